@@ -1,0 +1,60 @@
+use std::sync::Arc;
+
+use oxcd_proto::etcdserverpb::{
+    maintenance_server::Maintenance, AlarmRequest, AlarmResponse,
+    DefragmentRequest, DefragmentResponse, StatusRequest, StatusResponse,
+};
+use tonic::{Request, Response, Status};
+
+use super::HeaderFiller;
+use crate::raft::Consensus;
+use crate::storage::Engine;
+
+pub struct MaintenanceApi {
+    pub engine: Arc<Engine>,
+    pub consensus: Arc<Consensus>,
+    pub header: Arc<HeaderFiller>,
+    pub quota_bytes: u64,
+}
+
+#[tonic::async_trait]
+impl Maintenance for MaintenanceApi {
+    async fn status(&self, _req: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        let raft = self.consensus.status();
+        let mut resp = StatusResponse {
+            version: crate::ETCD_VERSION.to_string(),
+            storage_version: crate::ETCD_VERSION.to_string(),
+            db_size: self.engine.size_on_disk() as i64,
+            db_size_in_use: self.engine.live_data_size() as i64,
+            db_size_quota: self.quota_bytes as i64,
+            leader: raft.leader.unwrap_or(0),
+            raft_index: raft.last_log_index,
+            raft_term: raft.term,
+            raft_applied_index: raft.applied_index,
+            ..Default::default()
+        };
+        self.header.fill(&mut resp.header);
+        Ok(Response::new(resp))
+    }
+
+    /// No alarm can be raised yet (the space quota is not enforced), so the list is empty and
+    /// disarming is a no-op, exactly as on an etcd member without alarms.
+    async fn alarm(&self, _req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+        let mut resp = AlarmResponse::default();
+        self.header.fill(&mut resp.header);
+        Ok(Response::new(resp))
+    }
+
+    async fn defragment(
+        &self,
+        _req: Request<DefragmentRequest>,
+    ) -> Result<Response<DefragmentResponse>, Status> {
+        let engine = self.engine.clone();
+        tokio::task::spawn_blocking(move || engine.compact_all())
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let mut resp = DefragmentResponse::default();
+        self.header.fill(&mut resp.header);
+        Ok(Response::new(resp))
+    }
+}

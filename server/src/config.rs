@@ -1,0 +1,192 @@
+//! Command-line flags and `ETCD_*` environment variables, named as etcd names them, so an etcd
+//! systemd unit or kubeadm manifest starts oxcd unchanged.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "oxcd", version, about = "An etcd-compatible, Raft-replicated key-value store")]
+pub struct Config {
+    /// Human-readable name for this member.
+    #[arg(long, env = "ETCD_NAME", default_value = "default")]
+    pub name: String,
+    /// Path to the data directory (default: ${name}.oxcd).
+    #[arg(long, env = "ETCD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Accepted for compatibility; the Raft log lives in the data dir.
+    #[arg(long, env = "ETCD_WAL_DIR")]
+    pub wal_dir: Option<PathBuf>,
+
+    /// URLs to listen on for client traffic.
+    #[arg(long, env = "ETCD_LISTEN_CLIENT_URLS", default_value = "http://127.0.0.1:2379", value_delimiter = ',')]
+    pub listen_client_urls: Vec<String>,
+    /// Client URLs advertised to the rest of the cluster.
+    #[arg(long, env = "ETCD_ADVERTISE_CLIENT_URLS", default_value = "http://127.0.0.1:2379", value_delimiter = ',')]
+    pub advertise_client_urls: Vec<String>,
+    /// URLs to listen on for peer (Raft) traffic.
+    #[arg(long, env = "ETCD_LISTEN_PEER_URLS", default_value = "http://127.0.0.1:2380", value_delimiter = ',')]
+    pub listen_peer_urls: Vec<String>,
+    /// Peer URLs advertised to the rest of the cluster.
+    #[arg(long, env = "ETCD_INITIAL_ADVERTISE_PEER_URLS", default_value = "http://127.0.0.1:2380", value_delimiter = ',')]
+    pub initial_advertise_peer_urls: Vec<String>,
+    /// Initial cluster configuration for bootstrapping: name=peerURL,...
+    #[arg(long, env = "ETCD_INITIAL_CLUSTER")]
+    pub initial_cluster: Option<String>,
+    /// `new` or `existing`.
+    #[arg(long, env = "ETCD_INITIAL_CLUSTER_STATE", default_value = "new")]
+    pub initial_cluster_state: ClusterState,
+    /// Initial cluster token; member and cluster ids are derived from it.
+    #[arg(long, env = "ETCD_INITIAL_CLUSTER_TOKEN", default_value = "etcd-cluster")]
+    pub initial_cluster_token: String,
+
+    /// Maximum client request size in bytes.
+    #[arg(long, env = "ETCD_MAX_REQUEST_BYTES", default_value_t = 1536 * 1024)]
+    pub max_request_bytes: usize,
+    /// Maximum operations per transaction.
+    #[arg(long, env = "ETCD_MAX_TXN_OPS", default_value_t = 128)]
+    pub max_txn_ops: usize,
+    /// Backend size quota in bytes (0 = 2 GiB default).
+    #[arg(long, env = "ETCD_QUOTA_BACKEND_BYTES", default_value_t = 0)]
+    pub quota_backend_bytes: u64,
+    /// Time (ms) of a heartbeat interval.
+    #[arg(long, env = "ETCD_HEARTBEAT_INTERVAL", default_value_t = 100)]
+    pub heartbeat_interval: u64,
+    /// Time (ms) for an election to time out.
+    #[arg(long, env = "ETCD_ELECTION_TIMEOUT", default_value_t = 1000)]
+    pub election_timeout: u64,
+    /// Committed Raft entries between snapshots of the state machine.
+    #[arg(long, env = "ETCD_SNAPSHOT_COUNT", default_value_t = 10_000)]
+    pub snapshot_count: u64,
+
+    /// debug, info, warn, error, panic or fatal.
+    #[arg(long, env = "ETCD_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+    /// Accepted for compatibility (`zap`); oxcd always logs structured lines to stderr.
+    #[arg(long, env = "ETCD_LOGGER")]
+    pub logger: Option<String>,
+    #[arg(long, env = "ETCD_LOG_OUTPUTS", value_delimiter = ',')]
+    pub log_outputs: Vec<String>,
+
+    // TLS: accepted so existing units parse; serving TLS is refused until it is implemented,
+    // rather than silently serving plaintext.
+    #[arg(long, env = "ETCD_CERT_FILE")]
+    pub cert_file: Option<PathBuf>,
+    #[arg(long, env = "ETCD_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+    #[arg(long, env = "ETCD_TRUSTED_CA_FILE")]
+    pub trusted_ca_file: Option<PathBuf>,
+    #[arg(long, env = "ETCD_CLIENT_CERT_AUTH", num_args = 0..=1, default_missing_value = "true")]
+    pub client_cert_auth: Option<bool>,
+    #[arg(long, env = "ETCD_PEER_CERT_FILE")]
+    pub peer_cert_file: Option<PathBuf>,
+    #[arg(long, env = "ETCD_PEER_KEY_FILE")]
+    pub peer_key_file: Option<PathBuf>,
+    #[arg(long, env = "ETCD_PEER_TRUSTED_CA_FILE")]
+    pub peer_trusted_ca_file: Option<PathBuf>,
+    #[arg(long, env = "ETCD_PEER_CLIENT_CERT_AUTH", num_args = 0..=1, default_missing_value = "true")]
+    pub peer_client_cert_auth: Option<bool>,
+
+    // Accepted for compatibility with kubeadm manifests; used by later features.
+    #[arg(long, env = "ETCD_LISTEN_METRICS_URLS", value_delimiter = ',')]
+    pub listen_metrics_urls: Vec<String>,
+    #[arg(long, env = "ETCD_WATCH_PROGRESS_NOTIFY_INTERVAL", value_parser = humantime_like)]
+    pub watch_progress_notify_interval: Option<Duration>,
+    #[arg(long, env = "ETCD_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL", value_parser = humantime_like)]
+    pub experimental_watch_progress_notify_interval: Option<Duration>,
+    #[arg(long, env = "ETCD_FEATURE_GATES")]
+    pub feature_gates: Option<String>,
+    #[arg(long, env = "ETCD_AUTO_COMPACTION_MODE")]
+    pub auto_compaction_mode: Option<String>,
+    #[arg(long, env = "ETCD_AUTO_COMPACTION_RETENTION")]
+    pub auto_compaction_retention: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ClusterState {
+    New,
+    Existing,
+}
+
+/// Go duration strings as etcd takes them: "5s", "100ms", "10m", "1h".
+fn humantime_like(s: &str) -> Result<Duration, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
+    let secs = match unit {
+        "ns" => n / 1e9,
+        "us" | "µs" => n / 1e6,
+        "ms" => n / 1e3,
+        "s" | "" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("invalid duration unit in {s:?}")),
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+impl Config {
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir.clone().unwrap_or_else(|| PathBuf::from(format!("{}.oxcd", self.name)))
+    }
+
+    /// `--initial-cluster`, defaulting as etcd does to this member alone.
+    pub fn initial_cluster(&self) -> String {
+        self.initial_cluster.clone().unwrap_or_else(|| {
+            self.initial_advertise_peer_urls
+                .iter()
+                .map(|u| format!("{}={}", self.name, u))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+    }
+
+    pub fn quota_bytes(&self) -> u64 {
+        if self.quota_backend_bytes == 0 {
+            2 << 30
+        } else {
+            self.quota_backend_bytes
+        }
+    }
+
+    pub fn uses_tls(&self) -> bool {
+        self.cert_file.is_some()
+            || self.listen_client_urls.iter().any(|u| u.starts_with("https://"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_a_single_local_member() {
+        let c = Config::try_parse_from(["oxcd"]).unwrap();
+        assert_eq!(c.data_dir(), PathBuf::from("default.oxcd"));
+        assert_eq!(c.listen_client_urls, ["http://127.0.0.1:2379"]);
+        assert_eq!(c.initial_cluster(), "default=http://127.0.0.1:2380");
+        assert_eq!(c.max_txn_ops, 128);
+        assert_eq!(c.max_request_bytes, 1_572_864);
+    }
+
+    #[test]
+    fn kubeadm_flags_parse() {
+        let c = Config::try_parse_from([
+            "oxcd",
+            "--name=cp1",
+            "--data-dir=/var/lib/etcd",
+            "--listen-client-urls=https://127.0.0.1:2379,https://10.0.0.1:2379",
+            "--client-cert-auth=true",
+            "--snapshot-count=10000",
+            "--watch-progress-notify-interval=5s",
+            "--feature-gates=InitialCorruptCheck=true",
+            "--initial-cluster-state=new",
+        ])
+        .unwrap();
+        assert_eq!(c.listen_client_urls.len(), 2);
+        assert_eq!(c.watch_progress_notify_interval, Some(Duration::from_secs(5)));
+        assert_eq!(c.client_cert_auth, Some(true));
+        assert!(c.uses_tls());
+    }
+}

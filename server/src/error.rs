@@ -1,0 +1,111 @@
+//! etcd's client-visible errors. Clients (etcdctl, client-go, kube-apiserver) match on the exact
+//! message strings and gRPC codes, so every error that can reach a client is listed here once.
+
+use tonic::{Code, Status};
+
+/// An error with etcd's exact wire representation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum EtcdError {
+    #[error("etcdserver: key is not provided")]
+    EmptyKey,
+    #[error("etcdserver: key not found")]
+    KeyNotFound,
+    #[error("etcdserver: value is provided")]
+    ValueProvided,
+    #[error("etcdserver: lease is provided")]
+    LeaseProvided,
+    #[error("etcdserver: too many operations in txn request")]
+    TooManyOps,
+    #[error("etcdserver: duplicate key given in txn request")]
+    DuplicateKey,
+    #[error("etcdserver: invalid sort option")]
+    InvalidSortOption,
+    #[error("etcdserver: request is too large")]
+    RequestTooLarge,
+    #[error("etcdserver: mvcc: required revision has been compacted")]
+    Compacted,
+    #[error("etcdserver: mvcc: required revision is a future revision")]
+    FutureRevision,
+    #[error("etcdserver: requested lease not found")]
+    LeaseNotFound,
+    #[error("etcdserver: no leader")]
+    NoLeader,
+    #[error("etcdserver: leader changed")]
+    LeaderChanged,
+    #[error("etcdserver: server stopped")]
+    Stopped,
+    #[error("etcdserver: request timed out")]
+    Timeout,
+    #[error("etcdserver: corrupt cluster")]
+    Corrupt,
+}
+
+impl EtcdError {
+    pub fn code(self) -> Code {
+        use EtcdError::*;
+        match self {
+            EmptyKey | KeyNotFound | ValueProvided | LeaseProvided | TooManyOps | DuplicateKey
+            | InvalidSortOption | RequestTooLarge => Code::InvalidArgument,
+            Compacted | FutureRevision => Code::OutOfRange,
+            LeaseNotFound => Code::NotFound,
+            NoLeader | LeaderChanged | Stopped | Timeout => Code::Unavailable,
+            Corrupt => Code::DataLoss,
+        }
+    }
+
+    /// Stable numeric form used when an error travels inside a Raft apply result.
+    pub fn to_wire(self) -> u32 {
+        ALL.iter().position(|e| *e == self).map_or(u32::MAX, |i| i as u32)
+    }
+
+    pub fn from_wire(code: u32) -> EtcdError {
+        ALL.get(code as usize).copied().unwrap_or(EtcdError::Corrupt)
+    }
+}
+
+const ALL: [EtcdError; 16] = {
+    use EtcdError::*;
+    [
+        EmptyKey,
+        KeyNotFound,
+        ValueProvided,
+        LeaseProvided,
+        TooManyOps,
+        DuplicateKey,
+        InvalidSortOption,
+        RequestTooLarge,
+        Compacted,
+        FutureRevision,
+        LeaseNotFound,
+        NoLeader,
+        LeaderChanged,
+        Stopped,
+        Timeout,
+        Corrupt,
+    ]
+};
+
+impl From<EtcdError> for Status {
+    fn from(e: EtcdError) -> Status {
+        Status::new(e.code(), e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_codes_round_trip() {
+        for e in ALL {
+            assert_eq!(EtcdError::from_wire(e.to_wire()), e);
+        }
+    }
+
+    #[test]
+    fn statuses_carry_etcd_strings() {
+        let s: Status = EtcdError::Compacted.into();
+        assert_eq!(s.code(), Code::OutOfRange);
+        assert_eq!(s.message(), "etcdserver: mvcc: required revision has been compacted");
+    }
+}

@@ -1,0 +1,18 @@
+//! oxcd: an etcd-compatible, Raft-replicated key-value store.
+//!
+//! The crate is both the `oxcd` binary and a library: [`node::Node::start`] runs a member
+//! in-process.
+
+pub mod api;
+pub mod cluster;
+pub mod config;
+pub mod error;
+pub mod kv;
+pub mod mvcc;
+pub mod node;
+pub mod raft;
+pub mod storage;
+
+/// The etcd version oxcd reports. kube-apiserver enables watch-progress-based consistent reads
+/// only for etcd >= 3.5.13, and oxcd implements the 3.6 API.
+pub const ETCD_VERSION: &str = "3.6.0";

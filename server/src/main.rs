@@ -1,0 +1,47 @@
+use clap::Parser;
+use oxcd::config::Config;
+use oxcd::node::Node;
+use tokio::signal::unix::{signal, SignalKind};
+
+fn main() {
+    let config = Config::parse();
+    init_logging(&config.log_level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => fail(e.into()),
+    };
+    if let Err(e) = runtime.block_on(run(config)) {
+        fail(e);
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let node = Node::start(&config).await?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("received SIGTERM, shutting down"),
+        _ = int.recv() => tracing::info!("received SIGINT, shutting down"),
+    }
+    node.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn init_logging(level: &str) {
+    // etcd's levels; panic and fatal only ever log errors.
+    let level = match level {
+        "debug" => "debug",
+        "warn" => "warn",
+        "error" | "panic" | "fatal" => "error",
+        _ => "info",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("OXCD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},openraft=warn")));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn fail(e: anyhow::Error) -> ! {
+    eprintln!("oxcd: error: {e:#}");
+    std::process::exit(1);
+}

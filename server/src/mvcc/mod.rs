@@ -1,0 +1,12 @@
+//! Multi-version concurrency control: etcd's revisioned key space.
+
+mod index;
+mod revision;
+mod store;
+
+pub use index::KeyRange;
+pub use revision::Revision;
+pub use store::{Change, MvccStore, RangeOptions, RangeResult, ReadTxn, ReadView, TxnWrite, Writer};
+
+#[cfg(test)]
+mod tests;

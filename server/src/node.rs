@@ -1,0 +1,194 @@
+//! One oxcd member: storage, MVCC, consensus and the client API wired together. Embeddable:
+//! a Rust program can start a member in-process with [`Node::start`].
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use oxcd_proto::etcdserverpb::{kv_server::KvServer, maintenance_server::MaintenanceServer};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::api::{HeaderFiller, KvApi, MaintenanceApi};
+use crate::cluster;
+use crate::config::Config;
+use crate::kv::KvService;
+use crate::mvcc::MvccStore;
+use crate::raft::{Consensus, Member, NoLeases, RaftOptions};
+use crate::storage::{Cf, Engine};
+
+/// gRPC's receive limit sits this far above the request limit, so an oversized request gets
+/// etcd's "request is too large" rather than a transport error (etcd does the same).
+const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+const IDENTITY_KEY: &[u8] = b"identity";
+
+pub struct Node {
+    member_id: u64,
+    cluster_id: u64,
+    client_addrs: Vec<SocketAddr>,
+    consensus: Arc<Consensus>,
+    stop: watch::Sender<bool>,
+    servers: Vec<JoinHandle<()>>,
+}
+
+impl Node {
+    pub async fn start(config: &Config) -> anyhow::Result<Node> {
+        if config.uses_tls() {
+            bail!("TLS (--cert-file, https:// client URLs) is not supported by this oxcd build yet");
+        }
+        let members = cluster::parse_initial_cluster(&config.initial_cluster())
+            .map_err(anyhow::Error::msg)?;
+        let me = members
+            .iter()
+            .find(|m| m.name == config.name)
+            .with_context(|| format!("--initial-cluster has no member named {:?}", config.name))?;
+        if members.len() > 1 {
+            bail!("multi-member clusters are not supported by this oxcd build yet (--initial-cluster has {} members)", members.len());
+        }
+
+        let data_dir = config.data_dir();
+        let engine = Engine::open(&data_dir)?;
+        let (member_id, cluster_id) =
+            identity(&engine, &members, &config.initial_cluster_token, &me.peer_urls)?;
+        let store = MvccStore::open(engine.clone())?;
+
+        let raft_members: BTreeMap<u64, Member> = members
+            .iter()
+            .map(|m| {
+                let id = cluster::member_id(&m.peer_urls, &config.initial_cluster_token);
+                let client_urls =
+                    if m.name == config.name { config.advertise_client_urls.clone() } else { Vec::new() };
+                (id, Member { name: m.name.clone(), peer_urls: m.peer_urls.clone(), client_urls })
+            })
+            .collect();
+        let opts = RaftOptions {
+            heartbeat: Duration::from_millis(config.heartbeat_interval),
+            election_timeout: Duration::from_millis(config.election_timeout),
+            snapshot_count: config.snapshot_count.max(1),
+            max_request_bytes: config.max_request_bytes,
+            request_timeout: Duration::from_secs(5) + 2 * Duration::from_millis(config.election_timeout),
+        };
+        let consensus = Arc::new(
+            Consensus::start(member_id, engine.clone(), store.clone(), Arc::new(NoLeases), raft_members, &opts)
+                .await?,
+        );
+
+        let header = Arc::new(HeaderFiller {
+            cluster_id,
+            member_id,
+            consensus: consensus.clone(),
+            current_revision: {
+                let store = store.clone();
+                Box::new(move || store.current_revision())
+            },
+        });
+        let kv = Arc::new(KvService::new(store.clone(), consensus.clone(), config.max_txn_ops));
+        let max_decode = config.max_request_bytes + GRPC_OVERHEAD_BYTES;
+
+        let (stop, stopped) = watch::channel(false);
+        let mut servers = Vec::new();
+        let mut client_addrs = Vec::new();
+        for url in &config.listen_client_urls {
+            let listener = bind(url).await?;
+            client_addrs.push(listener.local_addr()?);
+            let router = tonic::transport::Server::builder()
+                .add_service(
+                    KvServer::new(KvApi { kv: kv.clone(), header: header.clone() })
+                        .max_decoding_message_size(max_decode)
+                        .max_encoding_message_size(usize::MAX),
+                )
+                .add_service(
+                    MaintenanceServer::new(MaintenanceApi {
+                        engine: engine.clone(),
+                        consensus: consensus.clone(),
+                        header: header.clone(),
+                        quota_bytes: config.quota_bytes(),
+                    })
+                    .max_decoding_message_size(max_decode)
+                    .max_encoding_message_size(usize::MAX),
+                );
+            let mut stopped = stopped.clone();
+            servers.push(tokio::spawn(async move {
+                let shutdown = async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                };
+                if let Err(e) = router
+                    .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+                    .await
+                {
+                    tracing::error!(error = %e, "client server failed");
+                }
+            }));
+        }
+        tracing::info!(
+            name = %config.name,
+            member_id = %format!("{member_id:x}"),
+            cluster_id = %format!("{cluster_id:x}"),
+            data_dir = %data_dir.display(),
+            clients = ?client_addrs,
+            "oxcd is serving"
+        );
+        Ok(Node { member_id, cluster_id, client_addrs, consensus, stop, servers })
+    }
+
+    pub fn member_id(&self) -> u64 {
+        self.member_id
+    }
+
+    pub fn cluster_id(&self) -> u64 {
+        self.cluster_id
+    }
+
+    /// The bound client addresses (useful with port 0).
+    pub fn client_addrs(&self) -> &[SocketAddr] {
+        &self.client_addrs
+    }
+
+    /// Stops serving clients, then stops consensus; everything acknowledged is already durable.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for s in self.servers {
+            let _ = s.await;
+        }
+        self.consensus.shutdown().await;
+    }
+}
+
+/// Member and cluster ids are fixed when the data dir is created; later flags cannot change
+/// them (etcd ignores --initial-cluster on restart too).
+fn identity(
+    engine: &Engine,
+    members: &[cluster::InitialMember],
+    token: &str,
+    my_peer_urls: &[String],
+) -> anyhow::Result<(u64, u64)> {
+    if let Some(v) = engine.get(Cf::RaftState, IDENTITY_KEY)? {
+        let ids: [u8; 16] = v.as_slice().try_into().context("corrupt member identity")?;
+        let member = u64::from_be_bytes(ids[..8].try_into()?);
+        let cluster = u64::from_be_bytes(ids[8..].try_into()?);
+        return Ok((member, cluster));
+    }
+    let member = cluster::member_id(my_peer_urls, token);
+    let ids: Vec<u64> = members.iter().map(|m| cluster::member_id(&m.peer_urls, token)).collect();
+    let cluster = cluster::cluster_id(&ids);
+    let mut value = member.to_be_bytes().to_vec();
+    value.extend_from_slice(&cluster.to_be_bytes());
+    let mut batch = engine.batch();
+    batch.put(Cf::RaftState, IDENTITY_KEY, &value);
+    engine.write(batch, true)?;
+    Ok((member, cluster))
+}
+
+async fn bind(url: &str) -> anyhow::Result<TcpListener> {
+    let parsed = url::Url::parse(url).with_context(|| format!("invalid listen URL {url:?}"))?;
+    let host = parsed.host_str().with_context(|| format!("listen URL {url:?} has no host"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port = parsed.port().with_context(|| format!("listen URL {url:?} has no port"))?;
+    TcpListener::bind((host, port))
+        .await
+        .with_context(|| format!("cannot listen on {url}"))
+}

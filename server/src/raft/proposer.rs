@@ -1,0 +1,133 @@
+//! Group commit. Client writes queue here; one task packs everything waiting into the next Raft
+//! entry, so a single fsync covers all writes that arrived while earlier entries were being made
+//! durable. A few entries may be in flight at once so replication and apply overlap.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use prost::Message;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use super::types::{Command, CommandBatch, Outcomes, Raft};
+use crate::error::EtcdError;
+
+const MAX_IN_FLIGHT: usize = 4;
+const MAX_BATCH_COMMANDS: usize = 4096;
+const MAX_BATCH_BYTES: usize = 8 << 20;
+
+struct Pending {
+    command: Command,
+    reply: oneshot::Sender<Result<Outcomes, EtcdError>>,
+}
+
+#[derive(Clone)]
+pub struct Proposer {
+    queue: mpsc::Sender<Pending>,
+    max_request_bytes: usize,
+    timeout: Duration,
+}
+
+impl Proposer {
+    pub fn start(raft: Raft, max_request_bytes: usize, timeout: Duration) -> Proposer {
+        let (tx, rx) = mpsc::channel(16 * 1024);
+        tokio::spawn(run(raft, rx));
+        Proposer { queue: tx, max_request_bytes, timeout }
+    }
+
+    /// Replicates `command` and returns the result of applying it.
+    pub async fn propose(&self, command: Command) -> Result<Outcomes, EtcdError> {
+        if command.encoded_len() > self.max_request_bytes {
+            return Err(EtcdError::RequestTooLarge);
+        }
+        let (reply, rx) = oneshot::channel();
+        self.queue.send(Pending { command, reply }).await.map_err(|_| EtcdError::Stopped)?;
+        match tokio::time::timeout(self.timeout, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(EtcdError::Stopped),
+            Err(_) => Err(EtcdError::Timeout),
+        }
+    }
+}
+
+async fn run(raft: Raft, mut queue: mpsc::Receiver<Pending>) {
+    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    while let Some(first) = queue.recv().await {
+        // Waiting for a slot before draining the queue is what lets a batch grow.
+        let Ok(permit) = in_flight.clone().acquire_owned().await else { break };
+        let mut bytes = first.command.encoded_len();
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH_COMMANDS && bytes < MAX_BATCH_BYTES {
+            match queue.try_recv() {
+                Ok(p) => {
+                    bytes += p.command.encoded_len();
+                    batch.push(p);
+                }
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            let (commands, replies): (Vec<_>, Vec<_>) =
+                batch.into_iter().map(|p| (p.command, p.reply)).unzip();
+            let result = write(&raft, CommandBatch { commands }).await;
+            drop(permit);
+            match result {
+                Ok(outcomes) => {
+                    for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                        let _ = reply.send(outcome);
+                    }
+                }
+                Err(e) => {
+                    for reply in replies {
+                        let _ = reply.send(Err(e));
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Writes one batch; returns one result per command, in order.
+async fn write(raft: &Raft, batch: CommandBatch) -> Result<Vec<Result<Outcomes, EtcdError>>, EtcdError> {
+    let expected = batch.commands.len();
+    let response = loop {
+        match raft.client_write(batch.clone()).await {
+            Ok(r) => break r,
+            // Refused before anything was appended, so retrying cannot write twice.
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) if f.leader_id.is_none() => {
+                wait_for_leader(raft).await?;
+            }
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                return Err(EtcdError::LeaderChanged)
+            }
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(_))) => {
+                return Err(EtcdError::Corrupt)
+            }
+            Err(RaftError::Fatal(_)) => return Err(EtcdError::Stopped),
+        }
+    };
+    let outcomes = response.data.outcomes;
+    if outcomes.len() != expected {
+        tracing::error!(expected, got = outcomes.len(), "apply returned the wrong number of results");
+        return Err(EtcdError::Corrupt);
+    }
+    Ok(outcomes
+        .into_iter()
+        .map(|o| match o.result {
+            Some(Outcomes::Error(code)) => Err(EtcdError::from_wire(code)),
+            Some(result) => Ok(result),
+            None => Err(EtcdError::Corrupt),
+        })
+        .collect())
+}
+
+/// Resolves once some member is leader.
+pub async fn wait_for_leader(raft: &Raft) -> Result<(), EtcdError> {
+    let mut metrics = raft.metrics();
+    metrics
+        .wait_for(|m| m.current_leader.is_some())
+        .await
+        .map(|_| ())
+        .map_err(|_| EtcdError::Stopped)
+}

@@ -1,0 +1,326 @@
+//! The Raft state machine: applies committed batches to the MVCC store and records the applied
+//! log id and membership in the same atomic engine write, so a restart resumes exactly where
+//! the last applied batch ended without replaying history.
+
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{
+    EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, StorageIOError,
+};
+use oxcd_proto::etcdserverpb::{CompactionResponse, ResponseHeader};
+
+use super::types::{
+    Command, CommandBatch, LogId, Op, Outcome, OutcomeBatch, Outcomes, SnapshotMeta, StorageError,
+    StoredMembership, TypeConfig,
+};
+use crate::error::EtcdError;
+use crate::kv::apply::{self, LeaseLookup};
+use crate::mvcc::{MvccStore, Writer};
+use crate::storage::{Cf, Engine};
+
+const META_APPLIED: &[u8] = b"raft_applied";
+const META_MEMBERSHIP: &[u8] = b"raft_membership";
+const SNAPSHOT_MAGIC: &[u8] = b"OXCDSNAP1\n";
+const SNAPSHOT_END: u8 = 0xff;
+
+/// Leases arrive with the lease service; until then no lease id exists.
+pub struct NoLeases;
+
+impl LeaseLookup for NoLeases {
+    fn exists(&self, _id: i64) -> bool {
+        false
+    }
+}
+
+pub struct StateMachine {
+    store: Arc<MvccStore>,
+    engine: Arc<Engine>,
+    applied: Option<LogId>,
+    membership: StoredMembership,
+    snapshot_dir: PathBuf,
+    leases: Arc<dyn LeaseLookup + Send + Sync>,
+}
+
+fn sm_err(verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::new(ErrorSubject::StateMachine, verb, openraft::AnyError::new(&e)).into()
+}
+
+fn snap_err(verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::new(ErrorSubject::Snapshot(None), verb, openraft::AnyError::new(&e)).into()
+}
+
+impl StateMachine {
+    pub fn open(
+        engine: Arc<Engine>,
+        store: Arc<MvccStore>,
+        leases: Arc<dyn LeaseLookup + Send + Sync>,
+    ) -> Result<StateMachine, StorageError> {
+        let (applied, membership) = read_applied(&engine)?;
+        let snapshot_dir = engine.data_dir().join("snap");
+        std::fs::create_dir_all(&snapshot_dir).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        Ok(StateMachine { store, engine, applied, membership, snapshot_dir, leases })
+    }
+
+    fn apply_command(&self, writer: &mut Writer<'_>, command: Command) -> Outcome {
+        let result = match command.op {
+            Some(Op::Put(p)) => apply::put(&mut writer.txn(), p, self.leases.as_ref()).map(Outcomes::Put),
+            Some(Op::DeleteRange(d)) => apply::delete_range(&mut writer.txn(), &d).map(Outcomes::DeleteRange),
+            Some(Op::Txn(t)) => apply::txn_write(&mut writer.txn(), t, self.leases.as_ref()).map(Outcomes::Txn),
+            Some(Op::Compaction(c)) => writer.compact(c.revision).map(|()| {
+                Outcomes::Compaction(CompactionResponse {
+                    header: Some(ResponseHeader { revision: writer.current_revision(), ..Default::default() }),
+                })
+            }),
+            None => Err(EtcdError::Corrupt),
+        };
+        Outcome { result: Some(result.unwrap_or_else(|e| Outcomes::Error(e.to_wire()))) }
+    }
+}
+
+fn read_applied(engine: &Engine) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+    let decode = |key: &[u8]| -> Result<Option<Vec<u8>>, StorageError> {
+        engine.get(Cf::Meta, key).map_err(|e| sm_err(ErrorVerb::Read, e))
+    };
+    let applied = match decode(META_APPLIED)? {
+        Some(v) => bincode::deserialize(&v).map_err(|e| sm_err(ErrorVerb::Read, e))?,
+        None => None,
+    };
+    let membership = match decode(META_MEMBERSHIP)? {
+        Some(v) => bincode::deserialize(&v).map_err(|e| sm_err(ErrorVerb::Read, e))?,
+        None => StoredMembership::default(),
+    };
+    Ok((applied, membership))
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        Ok((self.applied, self.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<OutcomeBatch>, StorageError>
+    where
+        I: IntoIterator<Item = openraft::Entry<TypeConfig>> + openraft::OptionalSend,
+        I::IntoIter: openraft::OptionalSend,
+    {
+        let store = self.store.clone();
+        let mut writer = store.writer();
+        let mut results = Vec::new();
+        for entry in entries {
+            self.applied = Some(entry.log_id);
+            let outcomes = match entry.payload {
+                EntryPayload::Blank => Vec::new(),
+                EntryPayload::Normal(CommandBatch { commands }) => {
+                    commands.into_iter().map(|c| self.apply_command(&mut writer, c)).collect()
+                }
+                EntryPayload::Membership(m) => {
+                    self.membership = StoredMembership::new(Some(entry.log_id), m);
+                    Vec::new()
+                }
+            };
+            results.push(OutcomeBatch { outcomes });
+        }
+        let applied = bincode::serialize(&self.applied).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        let membership = bincode::serialize(&self.membership).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        writer.put_meta(META_APPLIED, &applied);
+        writer.put_meta(META_MEMBERSHIP, &membership);
+        writer.commit().map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        Ok(results)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
+        SnapshotBuilder { store: self.store.clone(), dir: self.snapshot_dir.clone() }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        let path = self.snapshot_dir.join("receiving.data");
+        let file = tokio::fs::File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .await
+            .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        Ok(Box::new(file))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<tokio::fs::File>,
+    ) -> Result<(), StorageError> {
+        let file = snapshot.into_std().await;
+        let engine = self.engine.clone();
+        let dir = self.snapshot_dir.clone();
+        let meta_owned = meta.clone();
+        tokio::task::spawn_blocking(move || load_snapshot(&engine, &dir, file, &meta_owned))
+            .await
+            .map_err(|e| snap_err(ErrorVerb::Write, e))??;
+        self.store.reload().map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        self.applied = meta.last_log_id;
+        self.membership = meta.last_membership.clone();
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        current_snapshot(&self.snapshot_dir).await
+    }
+}
+
+async fn current_snapshot(dir: &Path) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+    let meta = match tokio::fs::read(dir.join("current.meta")).await {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(snap_err(ErrorVerb::Read, e)),
+    };
+    let meta: SnapshotMeta = bincode::deserialize(&meta).map_err(|e| snap_err(ErrorVerb::Read, e))?;
+    let data = tokio::fs::File::open(dir.join("current.data"))
+        .await
+        .map_err(|e| snap_err(ErrorVerb::Read, e))?;
+    Ok(Some(Snapshot { meta, snapshot: Box::new(data) }))
+}
+
+pub struct SnapshotBuilder {
+    store: Arc<MvccStore>,
+    dir: PathBuf,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let store = self.store.clone();
+        let dir = self.dir.clone();
+        tokio::task::spawn_blocking(move || dump_snapshot(&store, &dir))
+            .await
+            .map_err(|e| snap_err(ErrorVerb::Write, e))??;
+        current_snapshot(&self.dir)
+            .await?
+            .ok_or_else(|| snap_err(ErrorVerb::Read, std::io::Error::other("snapshot vanished")))
+    }
+}
+
+/// Streams the Kv and Meta column families of one engine snapshot into `current.data`.
+/// Memory stays bounded whatever the store's size.
+fn dump_snapshot(store: &MvccStore, dir: &Path) -> Result<(), StorageError> {
+    let snap = store.engine_snapshot();
+    let werr = |e: std::io::Error| snap_err(ErrorVerb::Write, e);
+    let get = |key: &[u8]| snap.get(Cf::Meta, key).map_err(|e| snap_err(ErrorVerb::Read, e));
+    let applied: Option<LogId> = match get(META_APPLIED)? {
+        Some(v) => bincode::deserialize(&v).map_err(|e| snap_err(ErrorVerb::Read, e))?,
+        None => None,
+    };
+    let membership: StoredMembership = match get(META_MEMBERSHIP)? {
+        Some(v) => bincode::deserialize(&v).map_err(|e| snap_err(ErrorVerb::Read, e))?,
+        None => StoredMembership::default(),
+    };
+    let snapshot_id = match applied {
+        Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, unix_millis()),
+        None => format!("0-0-{}", unix_millis()),
+    };
+    let meta = SnapshotMeta { last_log_id: applied, last_membership: membership, snapshot_id };
+
+    let tmp = dir.join("building.data");
+    let mut out = BufWriter::new(std::fs::File::create(&tmp).map_err(werr)?);
+    out.write_all(SNAPSHOT_MAGIC).map_err(werr)?;
+    for (tag, cf) in [(0u8, Cf::Kv), (1u8, Cf::Meta)] {
+        let mut io_result = Ok(());
+        snap.scan(cf, |k, v| {
+            io_result = write_record(&mut out, tag, k, v);
+            io_result.is_ok()
+        })
+        .map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        io_result.map_err(werr)?;
+    }
+    out.write_all(&[SNAPSHOT_END]).map_err(werr)?;
+    let file = out.into_inner().map_err(|e| werr(e.into_error()))?;
+    file.sync_all().map_err(werr)?;
+    std::fs::rename(&tmp, dir.join("current.data")).map_err(werr)?;
+    write_meta(dir, &meta)
+}
+
+fn write_meta(dir: &Path, meta: &SnapshotMeta) -> Result<(), StorageError> {
+    let werr = |e: std::io::Error| snap_err(ErrorVerb::Write, e);
+    let bytes = bincode::serialize(meta).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+    let tmp = dir.join("current.meta.tmp");
+    std::fs::write(&tmp, bytes).map_err(werr)?;
+    std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(werr)?;
+    std::fs::rename(&tmp, dir.join("current.meta")).map_err(werr)
+}
+
+fn write_record(out: &mut impl Write, tag: u8, k: &[u8], v: &[u8]) -> std::io::Result<()> {
+    out.write_all(&[tag])?;
+    out.write_all(&(k.len() as u32).to_be_bytes())?;
+    out.write_all(k)?;
+    out.write_all(&(v.len() as u32).to_be_bytes())?;
+    out.write_all(v)
+}
+
+/// Replaces the state machine's column families with a received snapshot, then keeps the
+/// snapshot as the current one.
+fn load_snapshot(
+    engine: &Engine,
+    dir: &Path,
+    mut file: std::fs::File,
+    meta: &SnapshotMeta,
+) -> Result<(), StorageError> {
+    use std::io::Seek;
+    let rerr = |e: std::io::Error| snap_err(ErrorVerb::Read, e);
+    file.seek(std::io::SeekFrom::Start(0)).map_err(rerr)?;
+    let mut input = BufReader::new(file);
+    let mut magic = vec![0u8; SNAPSHOT_MAGIC.len()];
+    input.read_exact(&mut magic).map_err(rerr)?;
+    if magic != SNAPSHOT_MAGIC {
+        return Err(rerr(std::io::Error::other("not an oxcd snapshot")));
+    }
+    let mut batch = engine.batch();
+    batch.delete_range(Cf::Kv, &[], &[0xff; 32]);
+    batch.delete_range(Cf::Meta, &[], &[0xff; 32]);
+    loop {
+        let mut tag = [0u8; 1];
+        input.read_exact(&mut tag).map_err(rerr)?;
+        let cf = match tag[0] {
+            0 => Cf::Kv,
+            1 => Cf::Meta,
+            SNAPSHOT_END => break,
+            t => return Err(rerr(std::io::Error::other(format!("bad snapshot record tag {t}")))),
+        };
+        let k = read_chunk(&mut input).map_err(rerr)?;
+        let v = read_chunk(&mut input).map_err(rerr)?;
+        batch.put(cf, &k, &v);
+        if batch.len() >= 10_000 {
+            engine.write(std::mem::replace(&mut batch, engine.batch()), false).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        }
+    }
+    let applied = bincode::serialize(&meta.last_log_id).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+    let membership = bincode::serialize(&meta.last_membership).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+    batch.put(Cf::Meta, META_APPLIED, &applied);
+    batch.put(Cf::Meta, META_MEMBERSHIP, &membership);
+    engine.write(batch, true).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+
+    let mut file = input.into_inner();
+    file.seek(std::io::SeekFrom::Start(0)).map_err(rerr)?;
+    let mut kept = std::fs::File::create(dir.join("current.data.tmp")).map_err(rerr)?;
+    std::io::copy(&mut file, &mut kept).map_err(rerr)?;
+    kept.sync_all().map_err(rerr)?;
+    std::fs::rename(dir.join("current.data.tmp"), dir.join("current.data")).map_err(rerr)?;
+    write_meta(dir, meta)
+}
+
+fn read_chunk(input: &mut impl Read) -> std::io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    input.read_exact(&mut len)?;
+    let mut buf = vec![0u8; u32::from_be_bytes(len) as usize];
+    input.read_exact(&mut buf)?;
+    Ok(buf)
+}
+
+fn unix_millis() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0)
+}

@@ -1,0 +1,127 @@
+//! The Raft type configuration and what travels through the log.
+//!
+//! A log entry carries a batch of client commands (group commit: everything that queued while
+//! the previous entry was being made durable). Commands are etcd's own request messages, so the
+//! log stores exactly what clients asked for and the state machine replays it deterministically.
+
+use oxcd_proto::etcdserverpb::{
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
+    PutResponse, TxnRequest, TxnResponse,
+};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+pub type NodeId = u64;
+
+/// A member as Raft's membership config records it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub name: String,
+    pub peer_urls: Vec<String>,
+    pub client_urls: Vec<String>,
+}
+
+openraft::declare_raft_types!(
+    pub TypeConfig:
+        D = CommandBatch,
+        R = OutcomeBatch,
+        NodeId = NodeId,
+        Node = Member,
+        SnapshotData = tokio::fs::File,
+);
+
+pub type Raft = openraft::Raft<TypeConfig>;
+pub type LogId = openraft::LogId<NodeId>;
+pub type Entry = openraft::Entry<TypeConfig>;
+pub type StoredMembership = openraft::StoredMembership<NodeId, Member>;
+pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, Member>;
+pub type StorageError = openraft::StorageError<NodeId>;
+
+/// One client write.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Command {
+    #[prost(oneof = "Op", tags = "1, 2, 3, 4")]
+    pub op: Option<Op>,
+}
+
+#[derive(Clone, PartialEq, prost::Oneof)]
+pub enum Op {
+    #[prost(message, tag = "1")]
+    Put(PutRequest),
+    #[prost(message, tag = "2")]
+    DeleteRange(DeleteRangeRequest),
+    #[prost(message, tag = "3")]
+    Txn(TxnRequest),
+    #[prost(message, tag = "4")]
+    Compaction(CompactionRequest),
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct CommandBatch {
+    #[prost(message, repeated, tag = "1")]
+    pub commands: Vec<Command>,
+}
+
+/// The result of applying one command.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Outcome {
+    #[prost(oneof = "Outcomes", tags = "1, 2, 3, 4, 5")]
+    pub result: Option<Outcomes>,
+}
+
+#[derive(Clone, PartialEq, prost::Oneof)]
+pub enum Outcomes {
+    #[prost(message, tag = "1")]
+    Put(PutResponse),
+    #[prost(message, tag = "2")]
+    DeleteRange(DeleteRangeResponse),
+    #[prost(message, tag = "3")]
+    Txn(TxnResponse),
+    #[prost(message, tag = "4")]
+    Compaction(CompactionResponse),
+    /// An [`crate::error::EtcdError`] in wire form.
+    #[prost(uint32, tag = "5")]
+    Error(u32),
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct OutcomeBatch {
+    #[prost(message, repeated, tag = "1")]
+    pub outcomes: Vec<Outcome>,
+}
+
+/// openraft wants serde for its payloads; ours are protobuf, carried as one byte string.
+macro_rules! serde_as_protobuf {
+    ($($t:ty),*) => {$(
+        impl Serialize for $t {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_bytes(&prost::Message::encode_to_vec(self))
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let bytes: serde_bytes::ByteBuf = Deserialize::deserialize(d)?;
+                <$t as prost::Message>::decode(bytes.as_slice()).map_err(serde::de::Error::custom)
+            }
+        }
+    )*};
+}
+
+serde_as_protobuf!(CommandBatch, OutcomeBatch);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_round_trip_through_bincode() {
+        let batch = CommandBatch {
+            commands: vec![Command {
+                op: Some(Op::Put(PutRequest { key: b"k".to_vec(), value: b"v".to_vec(), ..Default::default() })),
+            }],
+        };
+        let bytes = bincode::serialize(&batch).unwrap();
+        let back: CommandBatch = bincode::deserialize(&bytes).unwrap();
+        assert_eq!(back, batch);
+    }
+}
