@@ -67,8 +67,32 @@ struct State {
 pub struct MvccStore {
     engine: Arc<Engine>,
     state: RwLock<State>,
-    compactor: mpsc::Sender<(i64, HashSet<Revision>)>,
+    compactor: Compactor,
     compacted: watch::Receiver<i64>,
+}
+
+/// The background thread that deletes compacted revisions. Dropping it waits for the thread,
+/// so the engine (and its directory lock) is released when the store is.
+struct Compactor {
+    jobs: Option<mpsc::Sender<(i64, HashSet<Revision>)>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Compactor {
+    fn send(&self, job: (i64, HashSet<Revision>)) {
+        if let Some(jobs) = &self.jobs {
+            let _ = jobs.send(job);
+        }
+    }
+}
+
+impl Drop for Compactor {
+    fn drop(&mut self) {
+        self.jobs.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl MvccStore {
@@ -79,11 +103,12 @@ impl MvccStore {
         let (done_tx, done_rx) = watch::channel(finished);
         let (tx, rx) = mpsc::channel();
         let compactor_engine = engine.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("mvcc-compactor".into())
             .spawn(move || run_compactor(&compactor_engine, rx, done_tx))
             .map_err(|e| storage::StorageError::Io(engine.data_dir().into(), e))?;
-        let store = MvccStore { engine, state: RwLock::new(state), compactor: tx, compacted: done_rx };
+        let compactor = Compactor { jobs: Some(tx), thread: Some(thread) };
+        let store = MvccStore { engine, state: RwLock::new(state), compactor, compacted: done_rx };
         store.resume_compaction(finished);
         Ok(Arc::new(store))
     }
@@ -101,7 +126,7 @@ impl MvccStore {
         let at = state.compact;
         if at > finished {
             let keep = state.index.compact(at);
-            let _ = self.compactor.send((at, keep));
+            self.compactor.send((at, keep));
         }
     }
 
@@ -308,7 +333,7 @@ impl<'a> Writer<'a> {
         self.store.engine.write(self.batch, false)?;
         drop(self.state);
         if let Some(job) = self.compaction {
-            let _ = self.store.compactor.send(job);
+            self.store.compactor.send(job);
         }
         Ok(self.changes)
     }
