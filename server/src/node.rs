@@ -25,6 +25,7 @@ use crate::storage::{Cf, Engine};
 /// etcd's "request is too large" rather than a transport error (etcd does the same).
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 const IDENTITY_KEY: &[u8] = b"identity";
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
 pub struct Node {
     member_id: u64,
@@ -149,10 +150,14 @@ impl Node {
     }
 
     /// Stops serving clients, then stops consensus; everything acknowledged is already durable.
+    /// Clients get a short grace period to finish in-flight calls; connections still open after
+    /// it (idle clients, long-lived streams) are dropped, as etcd drops them.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
-        for s in self.servers {
-            let _ = s.await;
+        for mut server in self.servers {
+            if tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await.is_err() {
+                server.abort();
+            }
         }
         self.consensus.shutdown().await;
     }
