@@ -15,15 +15,22 @@ pub struct InitialMember {
 pub fn parse_initial_cluster(s: &str) -> Result<Vec<InitialMember>, String> {
     let mut members: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (name, url) =
-            part.split_once('=').ok_or_else(|| format!("invalid --initial-cluster entry {part:?}"))?;
+        let (name, url) = part
+            .split_once('=')
+            .ok_or_else(|| format!("invalid --initial-cluster entry {part:?}"))?;
         url::Url::parse(url).map_err(|e| format!("invalid peer URL {url:?}: {e}"))?;
-        members.entry(name.to_string()).or_default().push(url.to_string());
+        members
+            .entry(name.to_string())
+            .or_default()
+            .push(url.to_string());
     }
     if members.is_empty() {
         return Err("--initial-cluster is empty".into());
     }
-    Ok(members.into_iter().map(|(name, peer_urls)| InitialMember { name, peer_urls }).collect())
+    Ok(members
+        .into_iter()
+        .map(|(name, peer_urls)| InitialMember { name, peer_urls })
+        .collect())
 }
 
 /// etcd: sha1(sorted peer URLs joined + cluster token), first 8 bytes big-endian.
@@ -57,8 +64,10 @@ mod tests {
 
     #[test]
     fn parses_members_with_several_urls() {
-        let m = parse_initial_cluster("a=http://1.1.1.1:2380,b=http://2.2.2.2:2380,a=http://1.1.1.1:2381")
-            .unwrap();
+        let m = parse_initial_cluster(
+            "a=http://1.1.1.1:2380,b=http://2.2.2.2:2380,a=http://1.1.1.1:2381",
+        )
+        .unwrap();
         assert_eq!(m.len(), 2);
         assert_eq!(m[0].peer_urls.len(), 2);
         assert!(parse_initial_cluster("nonsense").is_err());

@@ -7,7 +7,11 @@ use std::time::Duration;
 use clap::Parser;
 
 #[derive(Debug, Clone, Parser)]
-#[command(name = "oxcd", version, about = "An etcd-compatible, Raft-replicated key-value store")]
+#[command(
+    name = "oxcd",
+    version,
+    about = "An etcd-compatible, Raft-replicated key-value store"
+)]
 pub struct Config {
     /// Human-readable name for this member.
     #[arg(long, env = "ETCD_NAME", default_value = "default")]
@@ -20,16 +24,36 @@ pub struct Config {
     pub wal_dir: Option<PathBuf>,
 
     /// URLs to listen on for client traffic.
-    #[arg(long, env = "ETCD_LISTEN_CLIENT_URLS", default_value = "http://127.0.0.1:2379", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "ETCD_LISTEN_CLIENT_URLS",
+        default_value = "http://127.0.0.1:2379",
+        value_delimiter = ','
+    )]
     pub listen_client_urls: Vec<String>,
     /// Client URLs advertised to the rest of the cluster.
-    #[arg(long, env = "ETCD_ADVERTISE_CLIENT_URLS", default_value = "http://127.0.0.1:2379", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "ETCD_ADVERTISE_CLIENT_URLS",
+        default_value = "http://127.0.0.1:2379",
+        value_delimiter = ','
+    )]
     pub advertise_client_urls: Vec<String>,
     /// URLs to listen on for peer (Raft) traffic.
-    #[arg(long, env = "ETCD_LISTEN_PEER_URLS", default_value = "http://127.0.0.1:2380", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "ETCD_LISTEN_PEER_URLS",
+        default_value = "http://127.0.0.1:2380",
+        value_delimiter = ','
+    )]
     pub listen_peer_urls: Vec<String>,
     /// Peer URLs advertised to the rest of the cluster.
-    #[arg(long, env = "ETCD_INITIAL_ADVERTISE_PEER_URLS", default_value = "http://127.0.0.1:2380", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "ETCD_INITIAL_ADVERTISE_PEER_URLS",
+        default_value = "http://127.0.0.1:2380",
+        value_delimiter = ','
+    )]
     pub initial_advertise_peer_urls: Vec<String>,
     /// Initial cluster configuration for bootstrapping: name=peerURL,...
     #[arg(long, env = "ETCD_INITIAL_CLUSTER")]
@@ -38,7 +62,11 @@ pub struct Config {
     #[arg(long, env = "ETCD_INITIAL_CLUSTER_STATE", default_value = "new")]
     pub initial_cluster_state: ClusterState,
     /// Initial cluster token; member and cluster ids are derived from it.
-    #[arg(long, env = "ETCD_INITIAL_CLUSTER_TOKEN", default_value = "etcd-cluster")]
+    #[arg(
+        long,
+        env = "ETCD_INITIAL_CLUSTER_TOKEN",
+        default_value = "etcd-cluster"
+    )]
     pub initial_cluster_token: String,
 
     /// Maximum client request size in bytes.
@@ -111,7 +139,9 @@ pub enum ClusterState {
 
 /// Go duration strings as etcd takes them: "5s", "100ms", "10m", "1h".
 fn humantime_like(s: &str) -> Result<Duration, String> {
-    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let n: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
     let secs = match unit {
@@ -128,7 +158,9 @@ fn humantime_like(s: &str) -> Result<Duration, String> {
 
 impl Config {
     pub fn data_dir(&self) -> PathBuf {
-        self.data_dir.clone().unwrap_or_else(|| PathBuf::from(format!("{}.oxcd", self.name)))
+        self.data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("{}.oxcd", self.name)))
     }
 
     /// `--initial-cluster`, defaulting as etcd does to this member alone.
@@ -152,7 +184,10 @@ impl Config {
 
     pub fn uses_tls(&self) -> bool {
         self.cert_file.is_some()
-            || self.listen_client_urls.iter().any(|u| u.starts_with("https://"))
+            || self
+                .listen_client_urls
+                .iter()
+                .any(|u| u.starts_with("https://"))
     }
 }
 
@@ -185,7 +220,10 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.listen_client_urls.len(), 2);
-        assert_eq!(c.watch_progress_notify_interval, Some(Duration::from_secs(5)));
+        assert_eq!(
+            c.watch_progress_notify_interval,
+            Some(Duration::from_secs(5))
+        );
         assert_eq!(c.client_cert_auth, Some(true));
         assert!(c.uses_tls());
     }

@@ -55,11 +55,15 @@ impl EtcdError {
 
     /// Stable numeric form used when an error travels inside a Raft apply result.
     pub fn to_wire(self) -> u32 {
-        ALL.iter().position(|e| *e == self).map_or(u32::MAX, |i| i as u32)
+        ALL.iter()
+            .position(|e| *e == self)
+            .map_or(u32::MAX, |i| i as u32)
     }
 
     pub fn from_wire(code: u32) -> EtcdError {
-        ALL.get(code as usize).copied().unwrap_or(EtcdError::Corrupt)
+        ALL.get(code as usize)
+            .copied()
+            .unwrap_or(EtcdError::Corrupt)
     }
 }
 
@@ -106,6 +110,9 @@ mod tests {
     fn statuses_carry_etcd_strings() {
         let s: Status = EtcdError::Compacted.into();
         assert_eq!(s.code(), Code::OutOfRange);
-        assert_eq!(s.message(), "etcdserver: mvcc: required revision has been compacted");
+        assert_eq!(
+            s.message(),
+            "etcdserver: mvcc: required revision has been compacted"
+        );
     }
 }

@@ -39,7 +39,9 @@ pub struct Node {
 impl Node {
     pub async fn start(config: &Config) -> anyhow::Result<Node> {
         if config.uses_tls() {
-            bail!("TLS (--cert-file, https:// client URLs) is not supported by this oxcd build yet");
+            bail!(
+                "TLS (--cert-file, https:// client URLs) is not supported by this oxcd build yet"
+            );
         }
         let members = cluster::parse_initial_cluster(&config.initial_cluster())
             .map_err(anyhow::Error::msg)?;
@@ -53,17 +55,31 @@ impl Node {
 
         let data_dir = config.data_dir();
         let engine = Engine::open(&data_dir)?;
-        let (member_id, cluster_id) =
-            identity(&engine, &members, &config.initial_cluster_token, &me.peer_urls)?;
+        let (member_id, cluster_id) = identity(
+            &engine,
+            &members,
+            &config.initial_cluster_token,
+            &me.peer_urls,
+        )?;
         let store = MvccStore::open(engine.clone())?;
 
         let raft_members: BTreeMap<u64, Member> = members
             .iter()
             .map(|m| {
                 let id = cluster::member_id(&m.peer_urls, &config.initial_cluster_token);
-                let client_urls =
-                    if m.name == config.name { config.advertise_client_urls.clone() } else { Vec::new() };
-                (id, Member { name: m.name.clone(), peer_urls: m.peer_urls.clone(), client_urls })
+                let client_urls = if m.name == config.name {
+                    config.advertise_client_urls.clone()
+                } else {
+                    Vec::new()
+                };
+                (
+                    id,
+                    Member {
+                        name: m.name.clone(),
+                        peer_urls: m.peer_urls.clone(),
+                        client_urls,
+                    },
+                )
             })
             .collect();
         let opts = RaftOptions {
@@ -71,11 +87,19 @@ impl Node {
             election_timeout: Duration::from_millis(config.election_timeout),
             snapshot_count: config.snapshot_count.max(1),
             max_request_bytes: config.max_request_bytes,
-            request_timeout: Duration::from_secs(5) + 2 * Duration::from_millis(config.election_timeout),
+            request_timeout: Duration::from_secs(5)
+                + 2 * Duration::from_millis(config.election_timeout),
         };
         let consensus = Arc::new(
-            Consensus::start(member_id, engine.clone(), store.clone(), Arc::new(NoLeases), raft_members, &opts)
-                .await?,
+            Consensus::start(
+                member_id,
+                engine.clone(),
+                store.clone(),
+                Arc::new(NoLeases),
+                raft_members,
+                &opts,
+            )
+            .await?,
         );
 
         let header = Arc::new(HeaderFiller {
@@ -87,7 +111,11 @@ impl Node {
                 Box::new(move || store.current_revision())
             },
         });
-        let kv = Arc::new(KvService::new(store.clone(), consensus.clone(), config.max_txn_ops));
+        let kv = Arc::new(KvService::new(
+            store.clone(),
+            consensus.clone(),
+            config.max_txn_ops,
+        ));
         let max_decode = config.max_request_bytes + GRPC_OVERHEAD_BYTES;
 
         let (stop, stopped) = watch::channel(false);
@@ -98,9 +126,12 @@ impl Node {
             client_addrs.push(listener.local_addr()?);
             let router = tonic::transport::Server::builder()
                 .add_service(
-                    KvServer::new(KvApi { kv: kv.clone(), header: header.clone() })
-                        .max_decoding_message_size(max_decode)
-                        .max_encoding_message_size(usize::MAX),
+                    KvServer::new(KvApi {
+                        kv: kv.clone(),
+                        header: header.clone(),
+                    })
+                    .max_decoding_message_size(max_decode)
+                    .max_encoding_message_size(usize::MAX),
                 )
                 .add_service(
                     MaintenanceServer::new(MaintenanceApi {
@@ -133,7 +164,14 @@ impl Node {
             clients = ?client_addrs,
             "oxcd is serving"
         );
-        Ok(Node { member_id, cluster_id, client_addrs, consensus, stop, servers })
+        Ok(Node {
+            member_id,
+            cluster_id,
+            client_addrs,
+            consensus,
+            stop,
+            servers,
+        })
     }
 
     pub fn member_id(&self) -> u64 {
@@ -155,7 +193,10 @@ impl Node {
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         for mut server in self.servers {
-            if tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await.is_err() {
+            if tokio::time::timeout(SHUTDOWN_GRACE, &mut server)
+                .await
+                .is_err()
+            {
                 server.abort();
             }
         }
@@ -178,7 +219,10 @@ fn identity(
         return Ok((member, cluster));
     }
     let member = cluster::member_id(my_peer_urls, token);
-    let ids: Vec<u64> = members.iter().map(|m| cluster::member_id(&m.peer_urls, token)).collect();
+    let ids: Vec<u64> = members
+        .iter()
+        .map(|m| cluster::member_id(&m.peer_urls, token))
+        .collect();
     let cluster = cluster::cluster_id(&ids);
     let mut value = member.to_be_bytes().to_vec();
     value.extend_from_slice(&cluster.to_be_bytes());
@@ -190,9 +234,13 @@ fn identity(
 
 async fn bind(url: &str) -> anyhow::Result<TcpListener> {
     let parsed = url::Url::parse(url).with_context(|| format!("invalid listen URL {url:?}"))?;
-    let host = parsed.host_str().with_context(|| format!("listen URL {url:?} has no host"))?;
+    let host = parsed
+        .host_str()
+        .with_context(|| format!("listen URL {url:?} has no host"))?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    let port = parsed.port().with_context(|| format!("listen URL {url:?} has no port"))?;
+    let port = parsed
+        .port()
+        .with_context(|| format!("listen URL {url:?} has no port"))?;
     TcpListener::bind((host, port))
         .await
         .with_context(|| format!("cannot listen on {url}"))

@@ -4,6 +4,7 @@
 //! Both binaries take etcd's command-line flags, so one launcher serves either flavour; that is
 //! what lets a test body run unchanged against the reference implementation and against oxcd.
 
+
 use std::collections::BTreeSet;
 use std::fmt;
 use std::fs::{File, OpenOptions};
@@ -42,7 +43,12 @@ impl Flavor {
     fn quiet_args(self) -> Vec<String> {
         match self {
             // etcd 3.4's default capnslog logger ignores --log-level; zap honours it.
-            Flavor::Etcd => vec!["--logger".into(), "zap".into(), "--log-level".into(), "error".into()],
+            Flavor::Etcd => vec![
+                "--logger".into(),
+                "zap".into(),
+                "--log-level".into(),
+                "error".into(),
+            ],
             Flavor::Oxcd => {
                 let level = std::env::var("OXCD_TEST_LOG_LEVEL").unwrap_or_else(|_| "error".into());
                 vec!["--log-level".into(), level]
@@ -67,7 +73,9 @@ pub fn oxcd_bin() -> PathBuf {
         return PathBuf::from(path);
     }
     let exe = std::env::current_exe().expect("cannot locate the running test executable");
-    let deps = exe.parent().expect("test executable has no parent directory");
+    let deps = exe
+        .parent()
+        .expect("test executable has no parent directory");
     deps.parent().unwrap_or(deps).join("oxcd")
 }
 
@@ -84,12 +92,15 @@ pub fn etcd_available() -> bool {
 /// Reference-dependent tests must fail, not skip, when etcd is missing: CI installs it, and a
 /// silently skipped comparison would look like a passing one.
 pub fn require_etcd() {
-    assert!(
-        etcd_available(),
-        "the reference etcd binary is missing at {} (install Debian's `etcd-server` package or set \
-         ETCD_BIN); this test compares oxcd against real etcd and cannot run without it",
+    assert!(etcd_available(), "{}", etcd_missing());
+}
+
+fn etcd_missing() -> String {
+    format!(
+        "the reference etcd binary is missing at {} (install Debian's `etcd-server` package or \
+         set ETCD_BIN); this test compares oxcd against real etcd and cannot run without it",
         etcd_bin().display()
-    );
+    )
 }
 
 fn require_binary(flavor: Flavor) -> Result<PathBuf> {
@@ -101,9 +112,7 @@ fn require_binary(flavor: Flavor) -> Result<PathBuf> {
                  OXCD_BIN at it",
                 bin.display()
             ),
-            Flavor::Etcd => {
-                require_etcd();
-            }
+            Flavor::Etcd => bail!("{}", etcd_missing()),
         }
     }
     Ok(bin)
@@ -131,7 +140,10 @@ pub fn free_port() -> u16 {
     }
     loop {
         let listener = TcpListener::bind(("127.0.0.1", 0)).expect("cannot bind 127.0.0.1:0");
-        let port = listener.local_addr().expect("bound socket has an address").port();
+        let port = listener
+            .local_addr()
+            .expect("bound socket has an address")
+            .port();
         if handed_out.insert(port) {
             return port;
         }
@@ -223,7 +235,10 @@ impl Server {
             .tempdir()
             .context("creating the server's temp dir")?;
         let dir_path = dir.path().to_path_buf();
-        let data_dir = options.data_dir.clone().unwrap_or_else(|| dir_path.join("data"));
+        let data_dir = options
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| dir_path.join("data"));
         let mut last_error = None;
         // A port probed free can still be taken before the server binds it; new ports fix that.
         for _attempt in 0..3 {
@@ -245,7 +260,10 @@ impl Server {
             match server.launch_and_wait().await {
                 Ok(()) => return Ok(server),
                 Err(e) => {
-                    let port_clash = server.log_tail(200).contains("address already in use");
+                    let port_clash = server
+                        .log_tail(200)
+                        .to_lowercase()
+                        .contains("address already in use");
                     server.stop_quietly();
                     dir = server.dir.take().expect("temp dir is owned until drop");
                     if !port_clash {
@@ -301,7 +319,13 @@ impl Server {
     pub async fn client(&self) -> Client {
         connect(&self.endpoint(), Duration::from_secs(10))
             .await
-            .unwrap_or_else(|e| panic!("connecting to {} at {}: {e}", self.flavor(), self.endpoint()))
+            .unwrap_or_else(|e| {
+                panic!(
+                    "connecting to {} at {}: {e}",
+                    self.flavor(),
+                    self.endpoint()
+                )
+            })
     }
 
     /// SIGKILL: no chance to flush anything that was not already durable.
@@ -314,7 +338,10 @@ impl Server {
 
     /// SIGTERM, then waits up to `timeout` for the exit; SIGKILLs and errors if it does not come.
     pub fn terminate(&mut self, timeout: Duration) -> Result<ExitStatus> {
-        let mut child = self.child.take().ok_or_else(|| anyhow!("server is not running"))?;
+        let mut child = self
+            .child
+            .take()
+            .ok_or_else(|| anyhow!("server is not running"))?;
         send_signal(child.id(), "TERM")?;
         match wait_timeout(&mut child, timeout)? {
             Some(status) => Ok(status),
@@ -332,7 +359,10 @@ impl Server {
 
     /// Waits for the process to exit by itself.
     pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
-        let child = self.child.as_mut().ok_or_else(|| anyhow!("server is not running"))?;
+        let child = self
+            .child
+            .as_mut()
+            .ok_or_else(|| anyhow!("server is not running"))?;
         match wait_timeout(child, timeout)? {
             Some(status) => {
                 self.child = None;
@@ -373,7 +403,11 @@ impl Server {
         let mut stdout = open_log(&self.dir_path.join("stdout.log"))?;
         let mut stderr = open_log(&self.dir_path.join("stderr.log"))?;
         for f in [&mut stdout, &mut stderr] {
-            writeln!(f, "===== launch #{} of {} =====", self.starts, self.spec.flavor)?;
+            writeln!(
+                f,
+                "===== launch #{} of {} =====",
+                self.starts, self.spec.flavor
+            )?;
         }
         let mut cmd = self.spec.command()?;
         cmd.stdout(stdout).stderr(stderr);
@@ -385,12 +419,19 @@ impl Server {
         let deadline = Instant::now() + READY_TIMEOUT;
         let endpoint = self.endpoint();
         loop {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 self.child = None;
                 bail!(
                     "{} exited before becoming ready ({status}); command: {:?}\n{}",
                     self.spec.flavor,
-                    self.spec.command().map(|c| format!("{c:?}")).unwrap_or_default(),
+                    self.spec
+                        .command()
+                        .map(|c| format!("{c:?}"))
+                        .unwrap_or_default(),
                     self.log_tail(40)
                 );
             }
@@ -526,7 +567,10 @@ pub fn run_expecting_exit(
         None => {
             let _ = child.kill();
             let _ = child.wait();
-            bail!("{} was still running after {timeout:?}; output:\n{output}", spec.flavor)
+            bail!(
+                "{} was still running after {timeout:?}; output:\n{output}",
+                spec.flavor
+            )
         }
     }
 }

@@ -53,21 +53,41 @@ async fn writer(
                 ]);
             match tokio::time::timeout(WRITE_TIMEOUT, client.txn(txn)).await {
                 Ok(Ok(resp)) => {
-                    assert!(resp.succeeded(), "fresh key {a} failed its version = 0 compare");
+                    assert!(
+                        resp.succeeded(),
+                        "fresh key {a} failed its version = 0 compare"
+                    );
                     let revision = resp.header().expect("txn header").revision();
                     Some(vec![
-                        Ack { value: value_for(&a), key: a, revision },
-                        Ack { value: value_for(&b), key: b, revision },
+                        Ack {
+                            value: value_for(&a),
+                            key: a,
+                            revision,
+                        },
+                        Ack {
+                            value: value_for(&b),
+                            key: b,
+                            revision,
+                        },
                     ])
                 }
                 _ => None,
             }
         } else {
             let key = format!("{prefix}/p{seq:06}");
-            match tokio::time::timeout(WRITE_TIMEOUT, client.put(key.clone(), value_for(&key), None)).await {
+            match tokio::time::timeout(
+                WRITE_TIMEOUT,
+                client.put(key.clone(), value_for(&key), None),
+            )
+            .await
+            {
                 Ok(Ok(resp)) => {
                     let revision = resp.header().expect("put header").revision();
-                    Some(vec![Ack { value: value_for(&key), key, revision }])
+                    Some(vec![Ack {
+                        value: value_for(&key),
+                        key,
+                        revision,
+                    }])
                 }
                 _ => None,
             }
@@ -91,28 +111,47 @@ struct WriterReport {
     interrupted: bool,
 }
 
-/// Reads everything under `prefix` as key -> (value, mod_revision, create_revision).
-async fn read_prefix(client: &mut Client, prefix: &str) -> (i64, BTreeMap<String, (String, i64, i64)>) {
-    let resp = client
-        .get(prefix, Some(GetOptions::new().with_prefix()))
-        .await
-        .unwrap_or_else(|e| panic!("reading back {prefix}: {e}"));
-    let revision = resp.header().expect("range header").revision();
-    let map = resp
-        .kvs()
-        .iter()
-        .map(|kv| {
-            (
+/// Reads everything under `prefix` as key -> (value, mod_revision, create_revision), in pages
+/// (a single response could exceed the client's 4 MiB message limit) pinned to one revision.
+async fn read_prefix(
+    client: &mut Client,
+    prefix: &str,
+) -> (i64, BTreeMap<String, (String, i64, i64)>) {
+    let mut range_end = prefix.as_bytes().to_vec();
+    *range_end.last_mut().expect("non-empty prefix") += 1;
+    let mut from = prefix.as_bytes().to_vec();
+    let mut snapshot = None;
+    let mut map = BTreeMap::new();
+    loop {
+        let mut options = GetOptions::new()
+            .with_range(range_end.clone())
+            .with_limit(2000);
+        if let Some(revision) = snapshot {
+            options = options.with_revision(revision);
+        }
+        let resp = client
+            .get(from.clone(), Some(options))
+            .await
+            .unwrap_or_else(|e| panic!("reading back {prefix}: {e}"));
+        let revision = *snapshot.get_or_insert(resp.header().expect("range header").revision());
+        for kv in resp.kvs() {
+            map.insert(
                 String::from_utf8_lossy(kv.key()).into_owned(),
                 (
                     String::from_utf8_lossy(kv.value()).into_owned(),
                     kv.mod_revision(),
                     kv.create_revision(),
                 ),
-            )
-        })
-        .collect();
-    (revision, map)
+            );
+        }
+        match resp.kvs().last() {
+            Some(last) if resp.more() => {
+                from = last.key().to_vec();
+                from.push(0);
+            }
+            _ => return (revision, map),
+        }
+    }
 }
 
 fn verify(all_acks: &[Ack], store: &BTreeMap<String, (String, i64, i64)>, context: &str) {
@@ -139,15 +178,26 @@ fn verify(all_acks: &[Ack], store: &BTreeMap<String, (String, i64, i64)>, contex
         wrong.iter().take(5).collect::<Vec<_>>()
     );
 
-    let by_key: HashMap<&str, &(String, i64, i64)> = store.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let by_key: HashMap<&str, &(String, i64, i64)> =
+        store.iter().map(|(k, v)| (k.as_str(), v)).collect();
     for (key, (value, mod_revision, create_revision)) in store {
-        assert_eq!(value, &value_for(key), "{context}: torn or foreign value under {key}");
-        assert_eq!(mod_revision, create_revision, "{context}: {key} was written once but has history");
+        assert_eq!(
+            value,
+            &value_for(key),
+            "{context}: torn or foreign value under {key}"
+        );
+        assert_eq!(
+            mod_revision, create_revision,
+            "{context}: {key} was written once but has history"
+        );
         if let Some(partner) = txn_partner_of(key) {
             let other = by_key.get(partner.as_str()).unwrap_or_else(|| {
                 panic!("{context}: txn wrote {key} and {partner} together, but only {key} survived")
             });
-            assert_eq!(other.1, *mod_revision, "{context}: {key} and {partner} came from one txn");
+            assert_eq!(
+                other.1, *mod_revision,
+                "{context}: {key} and {partner} came from one txn"
+            );
         }
     }
 }
@@ -212,7 +262,10 @@ async fn acknowledged_writes_survive_sigkill_repeatedly() {
             "cycle {cycle}: no write was in flight at the kill, so it did not land mid-stream"
         );
         if let Some(max) = cycle_acks.iter().map(|a| a.revision).max() {
-            assert!(max > max_acked_revision, "cycle {cycle}: revisions went backwards across a restart");
+            assert!(
+                max > max_acked_revision,
+                "cycle {cycle}: revisions went backwards across a restart"
+            );
             max_acked_revision = max;
         }
         all_acks.extend(cycle_acks);
@@ -226,7 +279,10 @@ async fn acknowledged_writes_survive_sigkill_repeatedly() {
         );
         verify(&all_acks, &store, &format!("after kill #{}", cycle + 1));
 
-        let probe = client.put("crash-probe", "after-restart", None).await.unwrap();
+        let probe = client
+            .put("crash-probe", "after-restart", None)
+            .await
+            .unwrap();
         let probe_revision = probe.header().unwrap().revision();
         assert!(
             probe_revision > revision,
@@ -242,22 +298,32 @@ async fn sigterm_exits_zero_and_keeps_written_data() {
     let mut client = server.client().await;
     let mut last = 0;
     for i in 0..20 {
-        last = client.put(format!("t/{i:02}"), format!("v{i}"), None).await.unwrap().header().unwrap().revision();
+        last = client
+            .put(format!("t/{i:02}"), format!("v{i}"), None)
+            .await
+            .unwrap()
+            .header()
+            .unwrap()
+            .revision();
     }
     drop(client);
 
     let started = Instant::now();
-    let status = server.terminate(Duration::from_secs(10)).expect("oxcd stops on SIGTERM");
+    let status = server
+        .terminate(Duration::from_secs(10))
+        .expect("oxcd stops on SIGTERM");
     assert!(
         status.success(),
-        "SIGTERM must be a clean shutdown with exit status 0, got {status} after {:?}\n{}",
-        started.elapsed(),
-        server.log_tail(30)
+        "SIGTERM must be a clean shutdown with exit status 0, got {status} after {:?}",
+        started.elapsed()
     );
 
     server.restart().await;
     let mut client = server.client().await;
-    let resp = client.get("t/", Some(GetOptions::new().with_prefix())).await.unwrap();
+    let resp = client
+        .get("t/", Some(GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
     assert_eq!(resp.kvs().len(), 20);
     assert_eq!(resp.header().unwrap().revision(), last);
     assert_eq!(resp.kvs()[19].value(), b"v19");
@@ -281,7 +347,10 @@ async fn second_member_on_a_data_dir_in_use_refuses_to_start() {
     .await
     .unwrap()
     .expect("a second member on a locked data dir must exit, not wait for the lock");
-    assert!(!status.success(), "second member exited with {status}; output:\n{output}");
+    assert!(
+        !status.success(),
+        "second member exited with {status}; output:\n{output}"
+    );
     let lowered = output.to_lowercase();
     let data_dir = server.data_dir().display().to_string();
     assert!(
@@ -289,6 +358,9 @@ async fn second_member_on_a_data_dir_in_use_refuses_to_start() {
         "the error should name the data dir ({data_dir}) or the lock; output:\n{output}"
     );
 
-    let still = client.get("owner", None).await.expect("the first member keeps serving");
+    let still = client
+        .get("owner", None)
+        .await
+        .expect("the first member keeps serving");
     assert_eq!(still.kvs()[0].value(), b"first");
 }

@@ -1,8 +1,8 @@
 use std::sync::Arc;
 
 use oxcd_proto::etcdserverpb::{
-    maintenance_server::Maintenance, AlarmRequest, AlarmResponse,
-    DefragmentRequest, DefragmentResponse, StatusRequest, StatusResponse,
+    maintenance_server::Maintenance, AlarmRequest, AlarmResponse, DefragmentRequest,
+    DefragmentResponse, StatusRequest, StatusResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -19,7 +19,10 @@ pub struct MaintenanceApi {
 
 #[tonic::async_trait]
 impl Maintenance for MaintenanceApi {
-    async fn status(&self, _req: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+    async fn status(
+        &self,
+        _req: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
         let raft = self.consensus.status();
         let mut resp = StatusResponse {
             version: crate::ETCD_VERSION.to_string(),

@@ -21,7 +21,10 @@ pub trait LeaseLookup {
 }
 
 fn header(revision: i64) -> Option<ResponseHeader> {
-    Some(ResponseHeader { revision, ..Default::default() })
+    Some(ResponseHeader {
+        revision,
+        ..Default::default()
+    })
 }
 
 pub fn range(view: &impl ReadView, r: &RangeRequest) -> Result<RangeResponse, EtcdError> {
@@ -39,7 +42,11 @@ pub fn range(view: &impl ReadView, r: &RangeRequest) -> Result<RangeResponse, Et
     };
     let rr = view.range(
         &KeyRange::new(&r.key, &r.range_end),
-        RangeOptions { limit, rev: r.revision, count_only: r.count_only },
+        RangeOptions {
+            limit,
+            rev: r.revision,
+            count_only: r.count_only,
+        },
     )?;
     let mut kvs = rr.kvs;
     kvs.retain(|kv| {
@@ -65,9 +72,11 @@ pub fn range(view: &impl ReadView, r: &RangeRequest) -> Result<RangeResponse, Et
                 SortTarget::Value => SortKey::Bytes(kv.value.clone()),
             }
         };
-        kvs.sort_by_cached_key(key);
+        // Stable in both directions: ties stay in ascending key order, as etcd returns them.
         if order == SortOrder::Descend {
-            kvs.reverse();
+            kvs.sort_by(|a, b| key(b).cmp(&key(a)));
+        } else {
+            kvs.sort_by_cached_key(key);
         }
     }
 
@@ -79,7 +88,12 @@ pub fn range(view: &impl ReadView, r: &RangeRequest) -> Result<RangeResponse, Et
     if r.keys_only {
         kvs.iter_mut().for_each(|kv| kv.value.clear());
     }
-    Ok(RangeResponse { header: header(rr.rev), kvs, more, count: rr.count as i64 })
+    Ok(RangeResponse {
+        header: header(rr.rev),
+        kvs,
+        more,
+        count: rr.count as i64,
+    })
 }
 
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
@@ -101,7 +115,9 @@ pub fn put(
 
 fn put_in_txn(txn: &mut TxnWrite<'_, '_>, p: PutRequest) -> Result<PutResponse, EtcdError> {
     let prev = if p.prev_kv || p.ignore_value || p.ignore_lease {
-        txn.range(&KeyRange::Single(p.key.clone()), RangeOptions::default())?.kvs.pop()
+        txn.range(&KeyRange::Single(p.key.clone()), RangeOptions::default())?
+            .kvs
+            .pop()
     } else {
         None
     };
@@ -117,7 +133,10 @@ fn put_in_txn(txn: &mut TxnWrite<'_, '_>, p: PutRequest) -> Result<PutResponse, 
         _ => p.lease,
     };
     let revision = txn.put(&p.key, value, lease);
-    Ok(PutResponse { header: header(revision), prev_kv: prev.filter(|_| p.prev_kv) })
+    Ok(PutResponse {
+        header: header(revision),
+        prev_kv: prev.filter(|_| p.prev_kv),
+    })
 }
 
 pub fn delete_range(
@@ -125,17 +144,26 @@ pub fn delete_range(
     d: &DeleteRangeRequest,
 ) -> Result<DeleteRangeResponse, EtcdError> {
     let range = KeyRange::new(&d.key, &d.range_end);
-    let prev_kvs =
-        if d.prev_kv { txn.range(&range, RangeOptions::default())?.kvs } else { Vec::new() };
+    let prev_kvs = if d.prev_kv {
+        txn.range(&range, RangeOptions::default())?.kvs
+    } else {
+        Vec::new()
+    };
     let (deleted, revision) = txn.delete_range(&range);
-    Ok(DeleteRangeResponse { header: header(revision), deleted, prev_kvs })
+    Ok(DeleteRangeResponse {
+        header: header(revision),
+        deleted,
+        prev_kvs,
+    })
 }
 
 /// A read-only transaction: compares and ranges against one consistent view.
 pub fn txn_read(view: &impl ReadView, t: &TxnRequest) -> Result<TxnResponse, EtcdError> {
     debug_assert!(txn_is_read_only(t));
     let path = compare_path(view, t);
-    check_path(view, t, &path, &mut |view, op| check_range_revision(view, op))?;
+    check_path(view, t, &path, &mut |view, op| {
+        check_range_revision(view, op)
+    })?;
     let mut resp = empty_response(t, &path);
     exec_read(view, t, &path, &mut resp)?;
     resp.header = header(view.rev());
@@ -176,7 +204,8 @@ pub fn txn_write(
     check_path(txn, &t, &path, &mut |view, op| match op {
         Request::RequestPut(p) => {
             if p.ignore_value || p.ignore_lease {
-                let found = view.range(&KeyRange::Single(p.key.clone()), RangeOptions::default())?;
+                let found =
+                    view.range(&KeyRange::Single(p.key.clone()), RangeOptions::default())?;
                 if found.kvs.is_empty() {
                     return Err(EtcdError::KeyNotFound);
                 }
@@ -188,7 +217,24 @@ pub fn txn_write(
         }
         _ => Ok(()),
     })?;
-    check_path(txn, &t, &path, &mut |view, op| check_range_revision(view, op))?;
+    check_path(txn, &t, &path, &mut |view, op| {
+        check_range_revision(view, op)
+    })?;
+    // A put that keeps the old value or lease of a key an earlier op of this txn deleted has
+    // nothing to keep. etcd's checks miss this (and it crashes); refuse it before any write.
+    let mut deleted: Vec<KeyRange> = Vec::new();
+    check_path(txn, &t, &path, &mut |_, op| match op {
+        Request::RequestDeleteRange(d) => {
+            deleted.push(KeyRange::new(&d.key, &d.range_end));
+            Ok(())
+        }
+        Request::RequestPut(p)
+            if (p.ignore_value || p.ignore_lease) && deleted.iter().any(|r| r.contains(&p.key)) =>
+        {
+            Err(EtcdError::KeyNotFound)
+        }
+        _ => Ok(()),
+    })?;
     let mut resp = empty_response(&t, &path);
     exec_write(txn, t, &path, &mut resp)?;
     let begin = txn.rev();
@@ -240,7 +286,10 @@ fn compare_path(view: &impl ReadView, t: &TxnRequest) -> Vec<bool> {
 }
 
 fn compare(view: &impl ReadView, c: &Compare) -> bool {
-    let Ok(rr) = view.range(&KeyRange::new(&c.key, &c.range_end), RangeOptions::default()) else {
+    let Ok(rr) = view.range(
+        &KeyRange::new(&c.key, &c.range_end),
+        RangeOptions::default(),
+    ) else {
         return false;
     };
     let target = CompareTarget::try_from(c.target).ok();
@@ -335,7 +384,9 @@ fn empty_response(t: &TxnRequest, path: &[bool]) -> TxnResponse {
             .iter()
             .map(|op| ResponseOp {
                 response: match &op.request {
-                    Some(Request::RequestRange(_)) => Some(Response::ResponseRange(Default::default())),
+                    Some(Request::RequestRange(_)) => {
+                        Some(Response::ResponseRange(Default::default()))
+                    }
                     Some(Request::RequestPut(_)) => Some(Response::ResponsePut(Default::default())),
                     Some(Request::RequestDeleteRange(_)) => {
                         Some(Response::ResponseDeleteRange(Default::default()))
@@ -357,4 +408,86 @@ fn empty_response(t: &TxnRequest, path: &[bool]) -> TxnResponse {
         (resp, nested)
     }
     build(t, path).0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mvcc::MvccStore;
+    use crate::storage::Engine;
+
+    struct NoLeases;
+    impl LeaseLookup for NoLeases {
+        fn exists(&self, _id: i64) -> bool {
+            false
+        }
+    }
+
+    fn op(request: Request) -> RequestOp {
+        RequestOp {
+            request: Some(request),
+        }
+    }
+
+    #[test]
+    fn a_txn_that_fails_after_a_delete_leaves_no_trace() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MvccStore::open(Engine::open(dir.path()).unwrap()).unwrap();
+        let mut w = store.writer();
+        w.txn().put(b"k", b"v".to_vec(), 0);
+        let t = TxnRequest {
+            compare: vec![],
+            success: vec![
+                op(Request::RequestDeleteRange(DeleteRangeRequest {
+                    key: b"a".to_vec(),
+                    range_end: vec![0],
+                    prev_kv: false,
+                })),
+                op(Request::RequestPut(PutRequest {
+                    key: b"k".to_vec(),
+                    ignore_value: true,
+                    ..Default::default()
+                })),
+            ],
+            failure: vec![],
+        };
+        let result = txn_write(&mut w.txn(), t, &NoLeases);
+        assert_eq!(result.unwrap_err(), EtcdError::KeyNotFound);
+        w.commit().unwrap();
+        assert_eq!(
+            store.current_revision(),
+            2,
+            "the failed txn must not take a revision"
+        );
+        let rr = store
+            .range(&KeyRange::new(b"k", &[]), RangeOptions::default())
+            .unwrap();
+        assert_eq!(rr.kvs.len(), 1, "the delete must not have happened");
+    }
+
+    #[test]
+    fn descending_sort_keeps_ties_in_key_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MvccStore::open(Engine::open(dir.path()).unwrap()).unwrap();
+        let mut w = store.writer();
+        for k in [b"a", b"b", b"c"] {
+            w.txn().put(k, b"v".to_vec(), 0);
+        }
+        w.txn().put(b"b", b"v".to_vec(), 0);
+        w.commit().unwrap();
+        let r = RangeRequest {
+            key: b"a".to_vec(),
+            range_end: b"z".to_vec(),
+            sort_order: SortOrder::Descend as i32,
+            sort_target: SortTarget::Version as i32,
+            ..Default::default()
+        };
+        let keys: Vec<_> = range(store.as_ref(), &r)
+            .unwrap()
+            .kvs
+            .into_iter()
+            .map(|kv| kv.key)
+            .collect();
+        assert_eq!(keys, [b"b".to_vec(), b"a".to_vec(), b"c".to_vec()]);
+    }
 }

@@ -23,7 +23,11 @@ pub struct KvService {
 
 impl KvService {
     pub fn new(store: Arc<MvccStore>, consensus: Arc<Consensus>, max_txn_ops: usize) -> KvService {
-        KvService { store, consensus, max_txn_ops }
+        KvService {
+            store,
+            consensus,
+            max_txn_ops,
+        }
     }
 
     pub async fn range(&self, r: RangeRequest) -> Result<RangeResponse, EtcdError> {
@@ -42,7 +46,10 @@ impl KvService {
         }
     }
 
-    pub async fn delete_range(&self, r: DeleteRangeRequest) -> Result<DeleteRangeResponse, EtcdError> {
+    pub async fn delete_range(
+        &self,
+        r: DeleteRangeRequest,
+    ) -> Result<DeleteRangeResponse, EtcdError> {
         validate::check_delete(&r)?;
         match self.propose(Op::DeleteRange(r)).await? {
             Outcomes::DeleteRange(resp) => Ok(resp),
@@ -74,8 +81,13 @@ impl KvService {
         if physical {
             self.store.wait_compacted(rev).await;
         }
-        let header = ResponseHeader { revision: self.store.current_revision(), ..Default::default() };
-        Ok(CompactionResponse { header: Some(header) })
+        let header = ResponseHeader {
+            revision: self.store.current_revision(),
+            ..Default::default()
+        };
+        Ok(CompactionResponse {
+            header: Some(header),
+        })
     }
 
     async fn propose(&self, op: Op) -> Result<Outcomes, EtcdError> {

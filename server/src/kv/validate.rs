@@ -96,15 +96,18 @@ fn write_sets(ops: &[RequestOp]) -> Result<(HashSet<Vec<u8>>, Vec<Deleted>), Etc
     let mut dels: Vec<Deleted> = ops
         .iter()
         .filter_map(|op| match &op.request {
-            Some(Request::RequestDeleteRange(d)) => {
-                Some(Deleted { start: d.key.clone(), end: d.range_end.clone() })
-            }
+            Some(Request::RequestDeleteRange(d)) => Some(Deleted {
+                start: d.key.clone(),
+                end: d.range_end.clone(),
+            }),
             _ => None,
         })
         .collect();
     let mut puts: HashSet<Vec<u8>> = HashSet::new();
     for op in ops {
-        let Some(Request::RequestTxn(t)) = &op.request else { continue };
+        let Some(Request::RequestTxn(t)) = &op.request else {
+            continue;
+        };
         let (puts_then, dels_then) = write_sets(&t.success)?;
         let (puts_else, dels_else) = write_sets(&t.failure)?;
         for k in &puts_then {
@@ -124,7 +127,9 @@ fn write_sets(ops: &[RequestOp]) -> Result<(HashSet<Vec<u8>>, Vec<Deleted>), Etc
         dels.extend(dels_else);
     }
     for op in ops {
-        let Some(Request::RequestPut(p)) = &op.request else { continue };
+        let Some(Request::RequestPut(p)) = &op.request else {
+            continue;
+        };
         if puts.contains(&p.key) || dels.iter().any(|d| d.covers(&p.key)) {
             return Err(EtcdError::DuplicateKey);
         }
@@ -135,20 +140,26 @@ fn write_sets(ops: &[RequestOp]) -> Result<(HashSet<Vec<u8>>, Vec<Deleted>), Etc
 
 /// True when the transaction only reads, on every path: it can then skip Raft.
 pub fn txn_is_read_only(r: &TxnRequest) -> bool {
-    r.success.iter().chain(&r.failure).all(|op| match &op.request {
-        Some(Request::RequestRange(_)) => true,
-        Some(Request::RequestTxn(t)) => txn_is_read_only(t),
-        _ => false,
-    })
+    r.success
+        .iter()
+        .chain(&r.failure)
+        .all(|op| match &op.request {
+            Some(Request::RequestRange(_)) => true,
+            Some(Request::RequestTxn(t)) => txn_is_read_only(t),
+            _ => false,
+        })
 }
 
 /// True when every read in the transaction accepts a local (serializable) answer.
 pub fn txn_is_serializable(r: &TxnRequest) -> bool {
-    r.success.iter().chain(&r.failure).all(|op| match &op.request {
-        Some(Request::RequestRange(r)) => r.serializable,
-        Some(Request::RequestTxn(t)) => txn_is_serializable(t),
-        _ => true,
-    })
+    r.success
+        .iter()
+        .chain(&r.failure)
+        .all(|op| match &op.request {
+            Some(Request::RequestRange(r)) => r.serializable,
+            Some(Request::RequestTxn(t)) => txn_is_serializable(t),
+            _ => true,
+        })
 }
 
 #[cfg(test)]
@@ -157,7 +168,10 @@ mod tests {
 
     fn put(k: &str) -> RequestOp {
         RequestOp {
-            request: Some(Request::RequestPut(PutRequest { key: k.into(), ..Default::default() })),
+            request: Some(Request::RequestPut(PutRequest {
+                key: k.into(),
+                ..Default::default()
+            })),
         }
     }
 
@@ -172,15 +186,28 @@ mod tests {
     }
 
     fn txn(success: Vec<RequestOp>, failure: Vec<RequestOp>) -> TxnRequest {
-        TxnRequest { compare: vec![], success, failure }
+        TxnRequest {
+            compare: vec![],
+            success,
+            failure,
+        }
     }
 
     #[test]
     fn duplicate_puts_and_put_inside_deleted_range_are_rejected() {
-        assert_eq!(check_txn(&txn(vec![put("a"), put("a")], vec![]), 128), Err(EtcdError::DuplicateKey));
-        assert_eq!(check_txn(&txn(vec![del("a", "c"), put("b")], vec![]), 128), Err(EtcdError::DuplicateKey));
+        assert_eq!(
+            check_txn(&txn(vec![put("a"), put("a")], vec![]), 128),
+            Err(EtcdError::DuplicateKey)
+        );
+        assert_eq!(
+            check_txn(&txn(vec![del("a", "c"), put("b")], vec![]), 128),
+            Err(EtcdError::DuplicateKey)
+        );
         assert_eq!(check_txn(&txn(vec![put("a")], vec![put("a")]), 128), Ok(()));
-        assert_eq!(check_txn(&txn(vec![del("a", ""), del("a", "")], vec![]), 128), Ok(()));
+        assert_eq!(
+            check_txn(&txn(vec![del("a", ""), del("a", "")], vec![]), 128),
+            Ok(())
+        );
     }
 
     #[test]
@@ -189,7 +216,10 @@ mod tests {
             request: Some(Request::RequestTxn(txn(vec![put("k")], vec![put("k")]))),
         };
         assert_eq!(check_txn(&txn(vec![nested.clone()], vec![]), 128), Ok(()));
-        assert_eq!(check_txn(&txn(vec![nested, put("k")], vec![]), 128), Err(EtcdError::DuplicateKey));
+        assert_eq!(
+            check_txn(&txn(vec![nested, put("k")], vec![]), 128),
+            Err(EtcdError::DuplicateKey)
+        );
     }
 
     #[test]
@@ -198,6 +228,9 @@ mod tests {
         assert_eq!(check_txn(&many, 128), Err(EtcdError::TooManyOps));
         let empty_op = txn(vec![RequestOp { request: None }], vec![]);
         assert_eq!(check_txn(&empty_op, 128), Err(EtcdError::KeyNotFound));
-        assert_eq!(check_txn(&txn(vec![put("")], vec![]), 128), Err(EtcdError::EmptyKey));
+        assert_eq!(
+            check_txn(&txn(vec![put("")], vec![]), 128),
+            Err(EtcdError::EmptyKey)
+        );
     }
 }

@@ -14,7 +14,10 @@ use super::revision::Revision;
 pub enum KeyRange {
     Single(Vec<u8>),
     /// `[start, end)`; `end == None` means every key from `start` on.
-    Span { start: Vec<u8>, end: Option<Vec<u8>> },
+    Span {
+        start: Vec<u8>,
+        end: Option<Vec<u8>>,
+    },
 }
 
 impl KeyRange {
@@ -23,8 +26,14 @@ impl KeyRange {
     pub fn new(key: &[u8], range_end: &[u8]) -> KeyRange {
         match range_end {
             [] => KeyRange::Single(key.to_vec()),
-            [0] => KeyRange::Span { start: key.to_vec(), end: None },
-            end => KeyRange::Span { start: key.to_vec(), end: Some(end.to_vec()) },
+            [0] => KeyRange::Span {
+                start: key.to_vec(),
+                end: None,
+            },
+            end => KeyRange::Span {
+                start: key.to_vec(),
+                end: Some(end.to_vec()),
+            },
         }
     }
 
@@ -79,7 +88,10 @@ impl KeyHistory {
         if self.generations.is_empty() {
             self.generations.push(Generation::default());
         }
-        let g = self.generations.last_mut().expect("at least one generation");
+        let g = self
+            .generations
+            .last_mut()
+            .expect("at least one generation");
         if g.revs.is_empty() {
             g.created = rev;
         }
@@ -92,7 +104,11 @@ impl KeyHistory {
     fn restore(&mut self, created: Revision, modified: Revision, version: i64) {
         if self.generations.last().is_none_or(Generation::is_empty) {
             self.generations.pop();
-            self.generations.push(Generation { version, created, revs: vec![modified] });
+            self.generations.push(Generation {
+                version,
+                created,
+                revs: vec![modified],
+            });
         } else {
             self.put(modified);
         }
@@ -106,7 +122,9 @@ impl KeyHistory {
     fn generation_at(&self, at: i64) -> Option<&Generation> {
         let last = self.generations.len().checked_sub(1)?;
         for (i, g) in self.generations.iter().enumerate().rev() {
-            let (Some(first), Some(tomb)) = (g.revs.first(), g.revs.last()) else { continue };
+            let (Some(first), Some(tomb)) = (g.revs.first(), g.revs.last()) else {
+                continue;
+            };
             if i != last && tomb.main <= at {
                 return None;
             }
@@ -132,7 +150,10 @@ impl KeyHistory {
         let last = self.generations.len() - 1;
         let mut gi = 0;
         while gi < last {
-            let tomb = self.generations[gi].revs.last().map_or(i64::MIN, |r| r.main);
+            let tomb = self.generations[gi]
+                .revs
+                .last()
+                .map_or(i64::MIN, |r| r.main);
             if tomb > at {
                 break;
             }
@@ -193,7 +214,10 @@ impl TreeIndex {
                     Some(e) => Bound::Excluded(e.as_slice()),
                     None => Bound::Unbounded,
                 };
-                for (k, h) in self.keys.range::<[u8], _>((Bound::Included(start.as_slice()), upper)) {
+                for (k, h) in self
+                    .keys
+                    .range::<[u8], _>((Bound::Included(start.as_slice()), upper))
+                {
                     f(k, h);
                 }
             }
@@ -219,7 +243,10 @@ impl TreeIndex {
     }
 
     pub fn restore(&mut self, key: &[u8], created: Revision, modified: Revision, version: i64) {
-        self.keys.entry(key.to_vec()).or_default().restore(created, modified, version);
+        self.keys
+            .entry(key.to_vec())
+            .or_default()
+            .restore(created, modified, version);
     }
 
     pub fn restore_tombstone(&mut self, key: &[u8], rev: Revision) {
@@ -262,10 +289,31 @@ mod tests {
         ix.tombstone(b"a", r(4));
         ix.put(b"a", r(5));
         assert_eq!(ix.get(b"a", 1), None);
-        assert_eq!(ix.get(b"a", 2), Some(KeyAt { modified: r(2), created: r(2), version: 1 }));
-        assert_eq!(ix.get(b"a", 3), Some(KeyAt { modified: r(3), created: r(2), version: 2 }));
+        assert_eq!(
+            ix.get(b"a", 2),
+            Some(KeyAt {
+                modified: r(2),
+                created: r(2),
+                version: 1
+            })
+        );
+        assert_eq!(
+            ix.get(b"a", 3),
+            Some(KeyAt {
+                modified: r(3),
+                created: r(2),
+                version: 2
+            })
+        );
         assert_eq!(ix.get(b"a", 4), None, "deleted at 4");
-        assert_eq!(ix.get(b"a", 5), Some(KeyAt { modified: r(5), created: r(5), version: 1 }));
+        assert_eq!(
+            ix.get(b"a", 5),
+            Some(KeyAt {
+                modified: r(5),
+                created: r(5),
+                version: 1
+            })
+        );
     }
 
     #[test]
@@ -277,7 +325,10 @@ mod tests {
         let span = KeyRange::new(b"b", b"\0");
         let (kvs, total) = ix.range(&span, 10, 2);
         assert_eq!(total, 3);
-        assert_eq!(kvs.iter().map(|(k, _)| k.as_slice()).collect::<Vec<_>>(), [b"b", b"c"]);
+        assert_eq!(
+            kvs.iter().map(|(k, _)| k.as_slice()).collect::<Vec<_>>(),
+            [b"b", b"c"]
+        );
         let (_, total) = ix.range(&KeyRange::new(b"a", b"c"), 3, 0);
         assert_eq!(total, 2);
         let (kvs, _) = ix.range(&KeyRange::new(b"c", b"a"), 10, 0);
@@ -295,7 +346,11 @@ mod tests {
         let keep = ix.compact(5);
         assert_eq!(keep, HashSet::from([r(3)]));
         assert_eq!(ix.len(), 1, "b's only generation is entirely compacted");
-        assert_eq!(ix.get(b"a", 5).unwrap().version, 2, "version survives compaction");
+        assert_eq!(
+            ix.get(b"a", 5).unwrap().version,
+            2,
+            "version survives compaction"
+        );
         assert_eq!(ix.get(b"a", 6).unwrap().version, 3);
         assert_eq!(ix.get(b"a", 6).unwrap().created, r(2));
     }

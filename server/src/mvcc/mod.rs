@@ -6,7 +6,9 @@ mod store;
 
 pub use index::KeyRange;
 pub use revision::Revision;
-pub use store::{Change, MvccStore, RangeOptions, RangeResult, ReadTxn, ReadView, TxnWrite, Writer};
+pub use store::{
+    Change, MvccStore, RangeOptions, RangeResult, ReadTxn, ReadView, TxnWrite, Writer,
+};
 
 #[cfg(test)]
 mod tests;

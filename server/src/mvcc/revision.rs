@@ -57,7 +57,12 @@ mod tests {
 
     #[test]
     fn keys_round_trip_and_sort_by_revision() {
-        let revs = [Revision::new(1, 0), Revision::new(1, 1), Revision::new(2, 0), Revision::new(256, 3)];
+        let revs = [
+            Revision::new(1, 0),
+            Revision::new(1, 1),
+            Revision::new(2, 0),
+            Revision::new(256, 3),
+        ];
         let keys: Vec<_> = revs.iter().map(|r| r.to_key(false)).collect();
         let mut sorted = keys.clone();
         sorted.sort();

@@ -107,8 +107,16 @@ impl MvccStore {
             .name("mvcc-compactor".into())
             .spawn(move || run_compactor(&compactor_engine, rx, done_tx))
             .map_err(|e| storage::StorageError::Io(engine.data_dir().into(), e))?;
-        let compactor = Compactor { jobs: Some(tx), thread: Some(thread) };
-        let store = MvccStore { engine, state: RwLock::new(state), compactor, compacted: done_rx };
+        let compactor = Compactor {
+            jobs: Some(tx),
+            thread: Some(thread),
+        };
+        let store = MvccStore {
+            engine,
+            state: RwLock::new(state),
+            compactor,
+            compacted: done_rx,
+        };
         store.resume_compaction(finished);
         Ok(Arc::new(store))
     }
@@ -149,7 +157,11 @@ impl MvccStore {
         let state = self.state.read();
         let (entries, count, rev) = resolve(&state, state.current, range, opts)?;
         if opts.count_only {
-            return Ok(RangeResult { kvs: Vec::new(), count, rev });
+            return Ok(RangeResult {
+                kvs: Vec::new(),
+                count,
+                rev,
+            });
         }
         let snapshot = self.engine.snapshot();
         drop(state);
@@ -159,7 +171,10 @@ impl MvccStore {
 
     /// A consistent view for a read-only transaction of several operations.
     pub fn read(&self) -> ReadTxn<'_> {
-        ReadTxn { state: self.state.read(), snapshot: self.engine.snapshot() }
+        ReadTxn {
+            state: self.state.read(),
+            snapshot: self.engine.snapshot(),
+        }
     }
 
     /// Exclusive access for applying one batch of writes.
@@ -183,7 +198,10 @@ impl MvccStore {
     /// Number of live keys at the current revision.
     pub fn key_count(&self) -> usize {
         let state = self.state.read();
-        state.index.range(&KeyRange::new(&[0], &[0]), state.current, 0).1
+        state
+            .index
+            .range(&KeyRange::new(&[0], &[0]), state.current, 0)
+            .1
     }
 }
 
@@ -191,7 +209,9 @@ impl MvccStore {
 /// to which physical compaction has finished.
 fn load_state(engine: &Engine) -> storage::Result<(State, i64)> {
     let read_i64 = |key: &[u8]| -> storage::Result<Option<i64>> {
-        Ok(engine.get(Cf::Meta, key)?.and_then(|v| Some(i64::from_be_bytes(v.try_into().ok()?))))
+        Ok(engine
+            .get(Cf::Meta, key)?
+            .and_then(|v| Some(i64::from_be_bytes(v.try_into().ok()?))))
     };
     let current = read_i64(META_CURRENT_REV)?.unwrap_or(1);
     let scheduled = read_i64(META_SCHEDULED_COMPACT)?.unwrap_or(-1);
@@ -207,15 +227,34 @@ fn load_state(engine: &Engine) -> storage::Result<(State, i64)> {
         if tombstone {
             index.restore_tombstone(&kv.key, rev);
         } else {
-            index.restore(&kv.key, Revision::new(kv.create_revision, 0), rev, kv.version);
+            index.restore(
+                &kv.key,
+                Revision::new(kv.create_revision, 0),
+                rev,
+                kv.version,
+            );
         }
         true
     })?;
     if let Some(k) = corrupt {
-        return Err(storage::StorageError::Corrupt(format!("undecodable revision {k:?}")));
+        return Err(storage::StorageError::Corrupt(format!(
+            "undecodable revision {k:?}"
+        )));
     }
-    tracing::info!(current, compacted = scheduled, keys = index.len(), "mvcc state loaded");
-    Ok((State { index, current, compact: scheduled }, finished))
+    tracing::info!(
+        current,
+        compacted = scheduled,
+        keys = index.len(),
+        "mvcc state loaded"
+    );
+    Ok((
+        State {
+            index,
+            current,
+            compact: scheduled,
+        },
+        finished,
+    ))
 }
 
 /// Looks up revisions for a range at the requested revision with etcd's revision checks.
@@ -241,7 +280,10 @@ fn fetch(
     entries: &[(Vec<u8>, KeyAt)],
     multi_get: impl FnOnce(&[Vec<u8>]) -> storage::Result<Vec<Option<Vec<u8>>>>,
 ) -> Result<Vec<KeyValue>, EtcdError> {
-    let keys: Vec<Vec<u8>> = entries.iter().map(|(_, at)| at.modified.to_key(false)).collect();
+    let keys: Vec<Vec<u8>> = entries
+        .iter()
+        .map(|(_, at)| at.modified.to_key(false))
+        .collect();
     let values = multi_get(&keys).map_err(|e| {
         tracing::error!(error = %e, "reading revisions failed");
         EtcdError::Corrupt
@@ -276,7 +318,11 @@ impl ReadView for ReadTxn<'_> {
     fn range(&self, range: &KeyRange, opts: RangeOptions) -> Result<RangeResult, EtcdError> {
         let (entries, count, rev) = resolve(&self.state, self.state.current, range, opts)?;
         if opts.count_only {
-            return Ok(RangeResult { kvs: Vec::new(), count, rev });
+            return Ok(RangeResult {
+                kvs: Vec::new(),
+                count,
+                rev,
+            });
         }
         let kvs = fetch(&entries, |keys| self.snapshot.multi_get(Cf::Kv, keys))?;
         Ok(RangeResult { kvs, count, rev })
@@ -298,7 +344,11 @@ impl<'a> Writer<'a> {
     /// Starts a write transaction; all its changes share one main revision.
     pub fn txn(&mut self) -> TxnWrite<'_, 'a> {
         let begin = self.state.current;
-        TxnWrite { writer: self, begin, changes: 0 }
+        TxnWrite {
+            writer: self,
+            begin,
+            changes: 0,
+        }
     }
 
     /// Schedules compaction at `rev`: the index forgets history at once, the compactor deletes
@@ -312,7 +362,8 @@ impl<'a> Writer<'a> {
         }
         let keep = self.state.index.compact(rev);
         self.state.compact = rev;
-        self.batch.put(Cf::Meta, META_SCHEDULED_COMPACT, &rev.to_be_bytes());
+        self.batch
+            .put(Cf::Meta, META_SCHEDULED_COMPACT, &rev.to_be_bytes());
         self.compaction = Some((rev, keep));
         Ok(())
     }
@@ -329,7 +380,8 @@ impl<'a> Writer<'a> {
     /// Writes everything to the engine, then releases the lock; returns the changes in order.
     pub fn commit(mut self) -> storage::Result<Vec<Change>> {
         let current = self.state.current;
-        self.batch.put(Cf::Meta, META_CURRENT_REV, &current.to_be_bytes());
+        self.batch
+            .put(Cf::Meta, META_CURRENT_REV, &current.to_be_bytes());
         self.store.engine.write(self.batch, false)?;
         drop(self.state);
         if let Some(job) = self.compaction {
@@ -342,11 +394,16 @@ impl<'a> Writer<'a> {
         if let Some(kv) = self.written.get(&rev) {
             return Ok(kv.clone());
         }
-        let raw = self.store.engine.get(Cf::Kv, &rev.to_key(false)).map_err(|e| {
-            tracing::error!(error = %e, "reading a revision failed");
-            EtcdError::Corrupt
-        })?;
-        raw.and_then(|v| KeyValue::decode(v.as_slice()).ok()).ok_or(EtcdError::Corrupt)
+        let raw = self
+            .store
+            .engine
+            .get(Cf::Kv, &rev.to_key(false))
+            .map_err(|e| {
+                tracing::error!(error = %e, "reading a revision failed");
+                EtcdError::Corrupt
+            })?;
+        raw.and_then(|v| KeyValue::decode(v.as_slice()).ok())
+            .ok_or(EtcdError::Corrupt)
     }
 }
 
@@ -389,7 +446,9 @@ impl TxnWrite<'_, '_> {
             value,
             lease,
         };
-        self.writer.batch.put(Cf::Kv, &rev.to_key(false), &kv.encode_to_vec());
+        self.writer
+            .batch
+            .put(Cf::Kv, &rev.to_key(false), &kv.encode_to_vec());
         self.writer.state.index.put(key, rev);
         self.writer.written.insert(rev, kv.clone());
         self.writer.changes.push(Change { kv, deleted: false });
@@ -401,8 +460,14 @@ impl TxnWrite<'_, '_> {
         let (keys, _) = self.writer.state.index.range(range, self.read_rev(), 0);
         for (key, _) in &keys {
             let rev = self.next_revision();
-            let kv = KeyValue { key: key.clone(), mod_revision: rev.main, ..Default::default() };
-            self.writer.batch.put(Cf::Kv, &rev.to_key(true), &kv.encode_to_vec());
+            let kv = KeyValue {
+                key: key.clone(),
+                mod_revision: rev.main,
+                ..Default::default()
+            };
+            self.writer
+                .batch
+                .put(Cf::Kv, &rev.to_key(true), &kv.encode_to_vec());
             self.writer.state.index.tombstone(key, rev);
             self.writer.changes.push(Change { kv, deleted: true });
         }
@@ -422,7 +487,11 @@ impl ReadView for TxnWrite<'_, '_> {
     fn range(&self, range: &KeyRange, opts: RangeOptions) -> Result<RangeResult, EtcdError> {
         let (entries, count, rev) = resolve(&self.writer.state, self.read_rev(), range, opts)?;
         if opts.count_only {
-            return Ok(RangeResult { kvs: Vec::new(), count, rev });
+            return Ok(RangeResult {
+                kvs: Vec::new(),
+                count,
+                rev,
+            });
         }
         let kvs = entries
             .iter()
@@ -473,10 +542,12 @@ fn run_compactor(
             if finished {
                 break;
             }
-            from = last.map(|mut k| {
-                k.push(0);
-                k
-            }).unwrap_or_default();
+            from = last
+                .map(|mut k| {
+                    k.push(0);
+                    k
+                })
+                .unwrap_or_default();
         }
         engine.compact_range(Cf::Kv, None, Some(&end));
         let _ = done.send(rev);

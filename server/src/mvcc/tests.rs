@@ -24,10 +24,25 @@ fn delete(store: &MvccStore, key: &str) -> i64 {
     n
 }
 
-fn get(store: &MvccStore, key: &str, rev: i64) -> Result<Option<(String, i64, i64, i64)>, EtcdError> {
-    let rr = store.range(&KeyRange::new(key.as_bytes(), &[]), RangeOptions { rev, ..Default::default() })?;
+fn get(
+    store: &MvccStore,
+    key: &str,
+    rev: i64,
+) -> Result<Option<(String, i64, i64, i64)>, EtcdError> {
+    let rr = store.range(
+        &KeyRange::new(key.as_bytes(), &[]),
+        RangeOptions {
+            rev,
+            ..Default::default()
+        },
+    )?;
     Ok(rr.kvs.first().map(|kv| {
-        (String::from_utf8(kv.value.clone()).unwrap(), kv.create_revision, kv.mod_revision, kv.version)
+        (
+            String::from_utf8(kv.value.clone()).unwrap(),
+            kv.create_revision,
+            kv.mod_revision,
+            kv.version,
+        )
     }))
 }
 
@@ -61,7 +76,11 @@ fn delete_leaves_a_tombstone_and_recreation_starts_a_new_generation() {
     put(&s, "k", "v2");
     assert_eq!(delete(&s, "k"), 1);
     assert_eq!(delete(&s, "k"), 0, "deleting nothing");
-    assert_eq!(s.current_revision(), 4, "an empty delete does not bump the revision");
+    assert_eq!(
+        s.current_revision(),
+        4,
+        "an empty delete does not bump the revision"
+    );
     assert_eq!(get(&s, "k", 0).unwrap(), None);
     assert_eq!(get(&s, "k", 3).unwrap(), Some(("v2".into(), 2, 3, 2)));
     put(&s, "k", "v3");
@@ -80,7 +99,11 @@ fn reads_check_future_and_compacted_revisions() {
     w.compact(4).unwrap();
     w.commit().unwrap();
     assert_eq!(get(&s, "k", 3).unwrap_err(), EtcdError::Compacted);
-    assert_eq!(get(&s, "k", 4).unwrap(), Some(("2".into(), 2, 4, 3)), "the compact revision stays readable");
+    assert_eq!(
+        get(&s, "k", 4).unwrap(),
+        Some(("2".into(), 2, 4, 3)),
+        "the compact revision stays readable"
+    );
     let mut w = s.writer();
     assert_eq!(w.compact(4), Err(EtcdError::Compacted));
     assert_eq!(w.compact(9), Err(EtcdError::FutureRevision));
@@ -100,7 +123,8 @@ async fn physical_compaction_frees_disk_space() {
     for round in 0..20 {
         let mut w = s.writer();
         for k in 0..100 {
-            w.txn().put(format!("key{k}").as_bytes(), random_value(round), 0);
+            w.txn()
+                .put(format!("key{k}").as_bytes(), random_value(round), 0);
         }
         w.commit().unwrap();
     }
@@ -113,10 +137,18 @@ async fn physical_compaction_frees_disk_space() {
     s.wait_compacted(rev).await;
     engine.compact_all();
     let after = engine.size_on_disk();
-    assert!(after * 3 < before, "compaction should free most of {before} bytes, left {after}");
-    let rr = s.range(&KeyRange::new(b"key", b"kez"), RangeOptions::default()).unwrap();
+    assert!(
+        after * 3 < before,
+        "compaction should free most of {before} bytes, left {after}"
+    );
+    let rr = s
+        .range(&KeyRange::new(b"key", b"kez"), RangeOptions::default())
+        .unwrap();
     assert_eq!(rr.count, 100, "live keys survive compaction");
-    assert!(rr.kvs.iter().all(|kv| kv.value[0] == 19 && kv.version == 20));
+    assert!(rr
+        .kvs
+        .iter()
+        .all(|kv| kv.value[0] == 19 && kv.version == 20));
 }
 
 #[tokio::test]
@@ -153,14 +185,22 @@ fn writes_in_a_batch_see_each_other() {
     w.txn().put(b"k", b"1".to_vec(), 0);
     {
         let t = w.txn();
-        let rr = t.range(&KeyRange::new(b"k", &[]), RangeOptions::default()).unwrap();
+        let rr = t
+            .range(&KeyRange::new(b"k", &[]), RangeOptions::default())
+            .unwrap();
         assert_eq!(rr.kvs[0].value, b"1");
         assert_eq!(rr.rev, 2);
     }
     let mut t = w.txn();
     t.put(b"k", b"2".to_vec(), 0);
-    let rr = t.range(&KeyRange::new(b"k", &[]), RangeOptions::default()).unwrap();
-    assert_eq!((rr.kvs[0].version, rr.rev), (2, 3), "a txn reads its own write at its revision");
+    let rr = t
+        .range(&KeyRange::new(b"k", &[]), RangeOptions::default())
+        .unwrap();
+    assert_eq!(
+        (rr.kvs[0].version, rr.rev),
+        (2, 3),
+        "a txn reads its own write at its revision"
+    );
     drop(t);
     w.commit().unwrap();
     assert_eq!(s.current_revision(), 3);

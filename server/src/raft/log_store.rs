@@ -27,11 +27,21 @@ fn index_key(index: u64) -> [u8; 8] {
 }
 
 fn read_err(e: impl std::error::Error + 'static) -> StorageError {
-    StorageIOError::new(ErrorSubject::Logs, ErrorVerb::Read, openraft::AnyError::new(&e)).into()
+    StorageIOError::new(
+        ErrorSubject::Logs,
+        ErrorVerb::Read,
+        openraft::AnyError::new(&e),
+    )
+    .into()
 }
 
 fn write_err(e: impl std::error::Error + 'static) -> StorageError {
-    StorageIOError::new(ErrorSubject::Logs, ErrorVerb::Write, openraft::AnyError::new(&e)).into()
+    StorageIOError::new(
+        ErrorSubject::Logs,
+        ErrorVerb::Write,
+        openraft::AnyError::new(&e),
+    )
+    .into()
 }
 
 impl LogStore {
@@ -46,9 +56,18 @@ impl LogStore {
         }
     }
 
-    fn put_state<T: Serialize>(&self, key: &[u8], value: &T, durable: bool) -> Result<(), StorageError> {
+    fn put_state<T: Serialize>(
+        &self,
+        key: &[u8],
+        value: &T,
+        durable: bool,
+    ) -> Result<(), StorageError> {
         let mut batch = self.engine.batch();
-        batch.put(Cf::RaftState, key, &bincode::serialize(value).map_err(write_err)?);
+        batch.put(
+            Cf::RaftState,
+            key,
+            &bincode::serialize(value).map_err(write_err)?,
+        );
         self.engine.write(batch, durable).map_err(write_err)
     }
 }
@@ -72,8 +91,11 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let mut failure = None;
         let end_key = end.map(index_key);
         self.engine
-            .scan(Cf::RaftLog, &index_key(start), end_key.as_ref().map(|k| k.as_slice()), |_, v| {
-                match bincode::deserialize::<Entry>(v) {
+            .scan(
+                Cf::RaftLog,
+                &index_key(start),
+                end_key.as_ref().map(|k| k.as_slice()),
+                |_, v| match bincode::deserialize::<Entry>(v) {
                     Ok(e) => {
                         entries.push(e);
                         true
@@ -82,8 +104,8 @@ impl RaftLogReader<TypeConfig> for LogStore {
                         failure = Some(e);
                         false
                     }
-                }
-            })
+                },
+            )
             .map_err(read_err)?;
         match failure {
             Some(e) => Err(read_err(e)),
@@ -101,7 +123,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             Some((_, v)) => Some(bincode::deserialize::<Entry>(&v).map_err(read_err)?.log_id),
             None => last_purged_log_id,
         };
-        Ok(LogState { last_purged_log_id, last_log_id: last })
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id: last,
+        })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -125,7 +150,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(self.get_state::<Option<LogId>>(COMMITTED)?.flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,

@@ -78,8 +78,13 @@ impl Consensus {
         if !raft.is_initialized().await? {
             raft.initialize(members).await?;
         }
-        let proposer = proposer::Proposer::start(raft.clone(), opts.max_request_bytes, opts.request_timeout);
-        Ok(Consensus { raft, proposer, timeout: opts.request_timeout })
+        let proposer =
+            proposer::Proposer::start(raft.clone(), opts.max_request_bytes, opts.request_timeout);
+        Ok(Consensus {
+            raft,
+            proposer,
+            timeout: opts.request_timeout,
+        })
     }
 
     pub async fn propose(&self, command: Command) -> Result<Outcomes, EtcdError> {
@@ -107,7 +112,9 @@ impl Consensus {
                 }
             }
         };
-        tokio::time::timeout(self.timeout, barrier).await.unwrap_or(Err(EtcdError::Timeout))
+        tokio::time::timeout(self.timeout, barrier)
+            .await
+            .unwrap_or(Err(EtcdError::Timeout))
     }
 
     pub fn status(&self) -> RaftStatus {

@@ -21,7 +21,8 @@ pub struct PeerClient {
 
 impl PeerClient {
     fn unreachable<E: std::error::Error>(&self) -> RPCError<NodeId, Member, E> {
-        let reason = std::io::Error::other(format!("no peer transport to member {:x}", self.target));
+        let reason =
+            std::io::Error::other(format!("no peer transport to member {:x}", self.target));
         RPCError::Unreachable(Unreachable::new(&reason))
     }
 }

@@ -13,6 +13,9 @@ use super::types::{Command, CommandBatch, Outcomes, Raft};
 use crate::error::EtcdError;
 
 const MAX_IN_FLIGHT: usize = 4;
+/// etcd measures a request inside its Raft envelope (a request header with a 64-bit id); ours
+/// is smaller, so add the difference to refuse exactly the requests etcd refuses.
+const ETCD_ENVELOPE_BYTES: usize = 12;
 const MAX_BATCH_COMMANDS: usize = 4096;
 const MAX_BATCH_BYTES: usize = 8 << 20;
 
@@ -32,16 +35,23 @@ impl Proposer {
     pub fn start(raft: Raft, max_request_bytes: usize, timeout: Duration) -> Proposer {
         let (tx, rx) = mpsc::channel(16 * 1024);
         tokio::spawn(run(raft, rx));
-        Proposer { queue: tx, max_request_bytes, timeout }
+        Proposer {
+            queue: tx,
+            max_request_bytes,
+            timeout,
+        }
     }
 
     /// Replicates `command` and returns the result of applying it.
     pub async fn propose(&self, command: Command) -> Result<Outcomes, EtcdError> {
-        if command.encoded_len() > self.max_request_bytes {
+        if command.encoded_len() + ETCD_ENVELOPE_BYTES > self.max_request_bytes {
             return Err(EtcdError::RequestTooLarge);
         }
         let (reply, rx) = oneshot::channel();
-        self.queue.send(Pending { command, reply }).await.map_err(|_| EtcdError::Stopped)?;
+        self.queue
+            .send(Pending { command, reply })
+            .await
+            .map_err(|_| EtcdError::Stopped)?;
         match tokio::time::timeout(self.timeout, rx).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(EtcdError::Stopped),
@@ -54,7 +64,9 @@ async fn run(raft: Raft, mut queue: mpsc::Receiver<Pending>) {
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     while let Some(first) = queue.recv().await {
         // Waiting for a slot before draining the queue is what lets a batch grow.
-        let Ok(permit) = in_flight.clone().acquire_owned().await else { break };
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            break;
+        };
         let mut bytes = first.command.encoded_len();
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH_COMMANDS && bytes < MAX_BATCH_BYTES {
@@ -89,13 +101,18 @@ async fn run(raft: Raft, mut queue: mpsc::Receiver<Pending>) {
 }
 
 /// Writes one batch; returns one result per command, in order.
-async fn write(raft: &Raft, batch: CommandBatch) -> Result<Vec<Result<Outcomes, EtcdError>>, EtcdError> {
+async fn write(
+    raft: &Raft,
+    batch: CommandBatch,
+) -> Result<Vec<Result<Outcomes, EtcdError>>, EtcdError> {
     let expected = batch.commands.len();
     let response = loop {
         match raft.client_write(batch.clone()).await {
             Ok(r) => break r,
             // Refused before anything was appended, so retrying cannot write twice.
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) if f.leader_id.is_none() => {
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))
+                if f.leader_id.is_none() =>
+            {
                 wait_for_leader(raft).await?;
             }
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
@@ -109,7 +126,11 @@ async fn write(raft: &Raft, batch: CommandBatch) -> Result<Vec<Result<Outcomes, 
     };
     let outcomes = response.data.outcomes;
     if outcomes.len() != expected {
-        tracing::error!(expected, got = outcomes.len(), "apply returned the wrong number of results");
+        tracing::error!(
+            expected,
+            got = outcomes.len(),
+            "apply returned the wrong number of results"
+        );
         return Err(EtcdError::Corrupt);
     }
     Ok(outcomes

@@ -7,9 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use openraft::storage::{RaftStateMachine, Snapshot};
-use openraft::{
-    EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, StorageIOError,
-};
+use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, StorageIOError};
 use oxcd_proto::etcdserverpb::{CompactionResponse, ResponseHeader};
 
 use super::types::{
@@ -45,11 +43,21 @@ pub struct StateMachine {
 }
 
 fn sm_err(verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
-    StorageIOError::new(ErrorSubject::StateMachine, verb, openraft::AnyError::new(&e)).into()
+    StorageIOError::new(
+        ErrorSubject::StateMachine,
+        verb,
+        openraft::AnyError::new(&e),
+    )
+    .into()
 }
 
 fn snap_err(verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
-    StorageIOError::new(ErrorSubject::Snapshot(None), verb, openraft::AnyError::new(&e)).into()
+    StorageIOError::new(
+        ErrorSubject::Snapshot(None),
+        verb,
+        openraft::AnyError::new(&e),
+    )
+    .into()
 }
 
 impl StateMachine {
@@ -61,28 +69,48 @@ impl StateMachine {
         let (applied, membership) = read_applied(&engine)?;
         let snapshot_dir = engine.data_dir().join("snap");
         std::fs::create_dir_all(&snapshot_dir).map_err(|e| snap_err(ErrorVerb::Write, e))?;
-        Ok(StateMachine { store, engine, applied, membership, snapshot_dir, leases })
+        Ok(StateMachine {
+            store,
+            engine,
+            applied,
+            membership,
+            snapshot_dir,
+            leases,
+        })
     }
 
     fn apply_command(&self, writer: &mut Writer<'_>, command: Command) -> Outcome {
         let result = match command.op {
-            Some(Op::Put(p)) => apply::put(&mut writer.txn(), p, self.leases.as_ref()).map(Outcomes::Put),
-            Some(Op::DeleteRange(d)) => apply::delete_range(&mut writer.txn(), &d).map(Outcomes::DeleteRange),
-            Some(Op::Txn(t)) => apply::txn_write(&mut writer.txn(), t, self.leases.as_ref()).map(Outcomes::Txn),
+            Some(Op::Put(p)) => {
+                apply::put(&mut writer.txn(), p, self.leases.as_ref()).map(Outcomes::Put)
+            }
+            Some(Op::DeleteRange(d)) => {
+                apply::delete_range(&mut writer.txn(), &d).map(Outcomes::DeleteRange)
+            }
+            Some(Op::Txn(t)) => {
+                apply::txn_write(&mut writer.txn(), t, self.leases.as_ref()).map(Outcomes::Txn)
+            }
             Some(Op::Compaction(c)) => writer.compact(c.revision).map(|()| {
                 Outcomes::Compaction(CompactionResponse {
-                    header: Some(ResponseHeader { revision: writer.current_revision(), ..Default::default() }),
+                    header: Some(ResponseHeader {
+                        revision: writer.current_revision(),
+                        ..Default::default()
+                    }),
                 })
             }),
             None => Err(EtcdError::Corrupt),
         };
-        Outcome { result: Some(result.unwrap_or_else(|e| Outcomes::Error(e.to_wire()))) }
+        Outcome {
+            result: Some(result.unwrap_or_else(|e| Outcomes::Error(e.to_wire()))),
+        }
     }
 }
 
 fn read_applied(engine: &Engine) -> Result<(Option<LogId>, StoredMembership), StorageError> {
     let decode = |key: &[u8]| -> Result<Option<Vec<u8>>, StorageError> {
-        engine.get(Cf::Meta, key).map_err(|e| sm_err(ErrorVerb::Read, e))
+        engine
+            .get(Cf::Meta, key)
+            .map_err(|e| sm_err(ErrorVerb::Read, e))
     };
     let applied = match decode(META_APPLIED)? {
         Some(v) => bincode::deserialize(&v).map_err(|e| sm_err(ErrorVerb::Read, e))?,
@@ -114,9 +142,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             self.applied = Some(entry.log_id);
             let outcomes = match entry.payload {
                 EntryPayload::Blank => Vec::new(),
-                EntryPayload::Normal(CommandBatch { commands }) => {
-                    commands.into_iter().map(|c| self.apply_command(&mut writer, c)).collect()
-                }
+                EntryPayload::Normal(CommandBatch { commands }) => commands
+                    .into_iter()
+                    .map(|c| self.apply_command(&mut writer, c))
+                    .collect(),
                 EntryPayload::Membership(m) => {
                     self.membership = StoredMembership::new(Some(entry.log_id), m);
                     Vec::new()
@@ -125,7 +154,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             results.push(OutcomeBatch { outcomes });
         }
         let applied = bincode::serialize(&self.applied).map_err(|e| sm_err(ErrorVerb::Write, e))?;
-        let membership = bincode::serialize(&self.membership).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        let membership =
+            bincode::serialize(&self.membership).map_err(|e| sm_err(ErrorVerb::Write, e))?;
         writer.put_meta(META_APPLIED, &applied);
         writer.put_meta(META_MEMBERSHIP, &membership);
         writer.commit().map_err(|e| sm_err(ErrorVerb::Write, e))?;
@@ -133,7 +163,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
-        SnapshotBuilder { store: self.store.clone(), dir: self.snapshot_dir.clone() }
+        SnapshotBuilder {
+            store: self.store.clone(),
+            dir: self.snapshot_dir.clone(),
+        }
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
@@ -161,7 +194,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         tokio::task::spawn_blocking(move || load_snapshot(&engine, &dir, file, &meta_owned))
             .await
             .map_err(|e| snap_err(ErrorVerb::Write, e))??;
-        self.store.reload().map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        self.store
+            .reload()
+            .map_err(|e| snap_err(ErrorVerb::Write, e))?;
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         Ok(())
@@ -178,11 +213,15 @@ async fn current_snapshot(dir: &Path) -> Result<Option<Snapshot<TypeConfig>>, St
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(snap_err(ErrorVerb::Read, e)),
     };
-    let meta: SnapshotMeta = bincode::deserialize(&meta).map_err(|e| snap_err(ErrorVerb::Read, e))?;
+    let meta: SnapshotMeta =
+        bincode::deserialize(&meta).map_err(|e| snap_err(ErrorVerb::Read, e))?;
     let data = tokio::fs::File::open(dir.join("current.data"))
         .await
         .map_err(|e| snap_err(ErrorVerb::Read, e))?;
-    Ok(Some(Snapshot { meta, snapshot: Box::new(data) }))
+    Ok(Some(Snapshot {
+        meta,
+        snapshot: Box::new(data),
+    }))
 }
 
 pub struct SnapshotBuilder {
@@ -208,7 +247,10 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 fn dump_snapshot(store: &MvccStore, dir: &Path) -> Result<(), StorageError> {
     let snap = store.engine_snapshot();
     let werr = |e: std::io::Error| snap_err(ErrorVerb::Write, e);
-    let get = |key: &[u8]| snap.get(Cf::Meta, key).map_err(|e| snap_err(ErrorVerb::Read, e));
+    let get = |key: &[u8]| {
+        snap.get(Cf::Meta, key)
+            .map_err(|e| snap_err(ErrorVerb::Read, e))
+    };
     let applied: Option<LogId> = match get(META_APPLIED)? {
         Some(v) => bincode::deserialize(&v).map_err(|e| snap_err(ErrorVerb::Read, e))?,
         None => None,
@@ -221,7 +263,11 @@ fn dump_snapshot(store: &MvccStore, dir: &Path) -> Result<(), StorageError> {
         Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, unix_millis()),
         None => format!("0-0-{}", unix_millis()),
     };
-    let meta = SnapshotMeta { last_log_id: applied, last_membership: membership, snapshot_id };
+    let meta = SnapshotMeta {
+        last_log_id: applied,
+        last_membership: membership,
+        snapshot_id,
+    };
 
     let tmp = dir.join("building.data");
     let mut out = BufWriter::new(std::fs::File::create(&tmp).map_err(werr)?);
@@ -247,7 +293,9 @@ fn write_meta(dir: &Path, meta: &SnapshotMeta) -> Result<(), StorageError> {
     let bytes = bincode::serialize(meta).map_err(|e| snap_err(ErrorVerb::Write, e))?;
     let tmp = dir.join("current.meta.tmp");
     std::fs::write(&tmp, bytes).map_err(werr)?;
-    std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(werr)?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(werr)?;
     std::fs::rename(&tmp, dir.join("current.meta")).map_err(werr)
 }
 
@@ -286,20 +334,30 @@ fn load_snapshot(
             0 => Cf::Kv,
             1 => Cf::Meta,
             SNAPSHOT_END => break,
-            t => return Err(rerr(std::io::Error::other(format!("bad snapshot record tag {t}")))),
+            t => {
+                return Err(rerr(std::io::Error::other(format!(
+                    "bad snapshot record tag {t}"
+                ))))
+            }
         };
         let k = read_chunk(&mut input).map_err(rerr)?;
         let v = read_chunk(&mut input).map_err(rerr)?;
         batch.put(cf, &k, &v);
         if batch.len() >= 10_000 {
-            engine.write(std::mem::replace(&mut batch, engine.batch()), false).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+            engine
+                .write(std::mem::replace(&mut batch, engine.batch()), false)
+                .map_err(|e| snap_err(ErrorVerb::Write, e))?;
         }
     }
-    let applied = bincode::serialize(&meta.last_log_id).map_err(|e| snap_err(ErrorVerb::Write, e))?;
-    let membership = bincode::serialize(&meta.last_membership).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+    let applied =
+        bincode::serialize(&meta.last_log_id).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+    let membership =
+        bincode::serialize(&meta.last_membership).map_err(|e| snap_err(ErrorVerb::Write, e))?;
     batch.put(Cf::Meta, META_APPLIED, &applied);
     batch.put(Cf::Meta, META_MEMBERSHIP, &membership);
-    engine.write(batch, true).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+    engine
+        .write(batch, true)
+        .map_err(|e| snap_err(ErrorVerb::Write, e))?;
 
     let mut file = input.into_inner();
     file.seek(std::io::SeekFrom::Start(0)).map_err(rerr)?;

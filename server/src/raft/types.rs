@@ -117,7 +117,11 @@ mod tests {
     fn entries_round_trip_through_bincode() {
         let batch = CommandBatch {
             commands: vec![Command {
-                op: Some(Op::Put(PutRequest { key: b"k".to_vec(), value: b"v".to_vec(), ..Default::default() })),
+                op: Some(Op::Put(PutRequest {
+                    key: b"k".to_vec(),
+                    value: b"v".to_vec(),
+                    ..Default::default()
+                })),
             }],
         };
         let bytes = bincode::serialize(&batch).unwrap();

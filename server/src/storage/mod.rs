@@ -104,7 +104,11 @@ impl Engine {
         });
         let db_path = data_dir.join(DB_DIR);
         let db = DB::open_cf_descriptors(&db_opts, &db_path, cfs)?;
-        Ok(Arc::new(Engine { db, dir: data_dir.into(), _lock: lock }))
+        Ok(Arc::new(Engine {
+            db,
+            dir: data_dir.into(),
+            _lock: lock,
+        }))
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -112,7 +116,9 @@ impl Engine {
     }
 
     fn cf(&self, cf: Cf) -> &rocksdb::ColumnFamily {
-        self.db.cf_handle(cf.name()).expect("column family is created at open")
+        self.db
+            .cf_handle(cf.name())
+            .expect("column family is created at open")
     }
 
     pub fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
@@ -120,7 +126,10 @@ impl Engine {
     }
 
     pub fn batch(&self) -> WriteBatch<'_> {
-        WriteBatch { engine: self, inner: rocksdb::WriteBatch::default() }
+        WriteBatch {
+            engine: self,
+            inner: rocksdb::WriteBatch::default(),
+        }
     }
 
     /// Writes a batch atomically; `durable` makes it survive power loss before returning.
@@ -143,8 +152,11 @@ impl Engine {
         if let Some(to) = to {
             opts.set_iterate_upper_bound(to.to_vec());
         }
-        let iter =
-            self.db.iterator_cf_opt(self.cf(cf), opts, IteratorMode::From(from, Direction::Forward));
+        let iter = self.db.iterator_cf_opt(
+            self.cf(cf),
+            opts,
+            IteratorMode::From(from, Direction::Forward),
+        );
         for item in iter {
             let (k, v) = item?;
             if !f(&k, &v) {
@@ -171,7 +183,10 @@ impl Engine {
 
     /// A consistent point-in-time view for readers that must not see later deletions.
     pub fn snapshot(&self) -> Snapshot<'_> {
-        Snapshot { engine: self, inner: self.db.snapshot() }
+        Snapshot {
+            engine: self,
+            inner: self.db.snapshot(),
+        }
     }
 
     /// Rewrites the key range so deleted data really leaves the disk.
@@ -257,7 +272,10 @@ impl Snapshot<'_> {
 
     /// Visits every key of a column family in order until `f` returns false.
     pub fn scan(&self, cf: Cf, mut f: impl FnMut(&[u8], &[u8]) -> bool) -> Result<()> {
-        for item in self.inner.iterator_cf(self.engine.cf(cf), IteratorMode::Start) {
+        for item in self
+            .inner
+            .iterator_cf(self.engine.cf(cf), IteratorMode::Start)
+        {
             let (k, v) = item?;
             if !f(&k, &v) {
                 break;
@@ -288,7 +306,9 @@ mod tests {
     fn second_open_of_a_data_dir_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let _first = Engine::open(dir.path()).unwrap();
-        let err = Engine::open(dir.path()).err().expect("second open must fail");
+        let err = Engine::open(dir.path())
+            .err()
+            .expect("second open must fail");
         assert!(matches!(err, StorageError::Locked(..)), "{err}");
         assert!(err.to_string().contains("already in use"));
     }
