@@ -182,6 +182,13 @@ impl Config {
         }
     }
 
+    /// etcd's default is 10 minutes; kubeadm sets 5 s.
+    pub fn progress_notify_interval(&self) -> Duration {
+        self.watch_progress_notify_interval
+            .or(self.experimental_watch_progress_notify_interval)
+            .unwrap_or(Duration::from_secs(600))
+    }
+
     pub fn uses_tls(&self) -> bool {
         self.cert_file.is_some()
             || self

@@ -12,6 +12,7 @@ pub mod mvcc;
 pub mod node;
 pub mod raft;
 pub mod storage;
+pub mod watch;
 
 /// The etcd version oxcd reports. kube-apiserver enables watch-progress-based consistent reads
 /// only for etcd >= 3.5.13, and oxcd implements the 3.6 API.

@@ -7,19 +7,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use oxcd_proto::etcdserverpb::{kv_server::KvServer, maintenance_server::MaintenanceServer};
+use oxcd_proto::etcdserverpb::{
+    kv_server::KvServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
+};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::api::{HeaderFiller, KvApi, MaintenanceApi};
+use crate::api::{HeaderFiller, KvApi, MaintenanceApi, WatchApi};
 use crate::cluster;
 use crate::config::Config;
 use crate::kv::KvService;
 use crate::mvcc::MvccStore;
 use crate::raft::{Consensus, Member, NoLeases, RaftOptions};
 use crate::storage::{Cf, Engine};
+use crate::watch::WatchHub;
 
 /// gRPC's receive limit sits this far above the request limit, so an oversized request gets
 /// etcd's "request is too large" rather than a transport error (etcd does the same).
@@ -90,12 +93,18 @@ impl Node {
             request_timeout: Duration::from_secs(5)
                 + 2 * Duration::from_millis(config.election_timeout),
         };
+        let watches = WatchHub::new(
+            store.clone(),
+            config.max_request_bytes,
+            config.progress_notify_interval(),
+        );
         let consensus = Arc::new(
             Consensus::start(
                 member_id,
                 engine.clone(),
                 store.clone(),
                 Arc::new(NoLeases),
+                watches.clone(),
                 raft_members,
                 &opts,
             )
@@ -129,6 +138,15 @@ impl Node {
                     KvServer::new(KvApi {
                         kv: kv.clone(),
                         header: header.clone(),
+                    })
+                    .max_decoding_message_size(max_decode)
+                    .max_encoding_message_size(usize::MAX),
+                )
+                .add_service(
+                    WatchServer::new(WatchApi {
+                        hub: watches.clone(),
+                        header: header.clone(),
+                        consensus: consensus.clone(),
                     })
                     .max_decoding_message_size(max_decode)
                     .max_encoding_message_size(usize::MAX),

@@ -4,6 +4,7 @@
 
 mod kv;
 mod maintenance;
+mod watch;
 
 use std::sync::Arc;
 
@@ -11,8 +12,23 @@ use oxcd_proto::etcdserverpb::ResponseHeader;
 
 pub use kv::KvApi;
 pub use maintenance::MaintenanceApi;
+pub use watch::WatchApi;
 
+use crate::error::EtcdError;
 use crate::raft::Consensus;
+
+/// etcd's `hasleader` metadata: a client that sets it wants an error, not a wait, when the
+/// member has no leader.
+pub fn require_leader<T>(
+    req: &tonic::Request<T>,
+    consensus: &Consensus,
+) -> Result<(), tonic::Status> {
+    let wants_leader = req.metadata().get("hasleader").is_some_and(|v| v == "true");
+    if wants_leader && consensus.status().leader.is_none() {
+        return Err(EtcdError::NoLeader.into());
+    }
+    Ok(())
+}
 
 /// Fills the member-level fields of response headers, as etcd's `header.fill` does.
 pub struct HeaderFiller {

@@ -433,7 +433,7 @@ mod tests {
     fn a_txn_that_fails_after_a_delete_leaves_no_trace() {
         let dir = tempfile::tempdir().unwrap();
         let store = MvccStore::open(Engine::open(dir.path()).unwrap()).unwrap();
-        let mut w = store.writer();
+        let mut w = store.writer(false);
         w.txn().put(b"k", b"v".to_vec(), 0);
         let t = TxnRequest {
             compare: vec![],
@@ -469,7 +469,7 @@ mod tests {
     fn descending_sort_keeps_ties_in_key_order() {
         let dir = tempfile::tempdir().unwrap();
         let store = MvccStore::open(Engine::open(dir.path()).unwrap()).unwrap();
-        let mut w = store.writer();
+        let mut w = store.writer(false);
         for k in [b"a", b"b", b"c"] {
             w.txn().put(k, b"v".to_vec(), 0);
         }

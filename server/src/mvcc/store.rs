@@ -47,6 +47,15 @@ pub struct RangeResult {
 pub struct Change {
     pub kv: KeyValue,
     pub deleted: bool,
+    /// The key's previous value, when the writer was asked to keep it (watchers want it).
+    pub prev: Option<KeyValue>,
+}
+
+/// One stored change read back from history.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryEvent {
+    pub kv: KeyValue,
+    pub deleted: bool,
 }
 
 /// Reads shared by plain reads, read-only transactions and write transactions.
@@ -177,8 +186,9 @@ impl MvccStore {
         }
     }
 
-    /// Exclusive access for applying one batch of writes.
-    pub fn writer(&self) -> Writer<'_> {
+    /// Exclusive access for applying one batch of writes; `keep_prev` records each changed
+    /// key's previous value in the returned changes.
+    pub fn writer(&self, keep_prev: bool) -> Writer<'_> {
         Writer {
             store: self,
             state: self.state.write(),
@@ -186,7 +196,73 @@ impl MvccStore {
             written: HashMap::new(),
             changes: Vec::new(),
             compaction: None,
+            keep_prev,
         }
+    }
+
+    /// Changes to keys in `range` with main revision in `[from, to]`, in revision order, at
+    /// most about `max_events` (never splitting a revision). Returns `Compacted` if part of
+    /// that history is gone.
+    pub fn history(
+        &self,
+        range: &KeyRange,
+        from: i64,
+        to: i64,
+        max_events: usize,
+    ) -> Result<Vec<HistoryEvent>, EtcdError> {
+        // Snapshot first, then check the compaction point: deletions of any later compaction
+        // happen after this check, so the snapshot still holds everything from `from` on.
+        let snapshot = self.engine.snapshot();
+        if from < self.compact_revision() {
+            return Err(EtcdError::Compacted);
+        }
+        let mut events = Vec::new();
+        let mut last_main = None;
+        let mut failure = None;
+        let end = Revision::lower_bound_key(to + 1);
+        snapshot
+            .scan_from(Cf::Kv, &Revision::lower_bound_key(from), &end, |k, v| {
+                let (Some((rev, deleted)), Ok(kv)) = (Revision::from_key(k), KeyValue::decode(v))
+                else {
+                    failure = Some(EtcdError::Corrupt);
+                    return false;
+                };
+                if events.len() >= max_events && last_main != Some(rev.main) {
+                    return false;
+                }
+                last_main = Some(rev.main);
+                if range.contains(&kv.key) {
+                    let kv = if deleted {
+                        KeyValue {
+                            mod_revision: rev.main,
+                            ..kv
+                        }
+                    } else {
+                        kv
+                    };
+                    events.push(HistoryEvent { kv, deleted });
+                }
+                true
+            })
+            .map_err(|_| EtcdError::Corrupt)?;
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(events),
+        }
+    }
+
+    /// The value `key` had just before main revision `rev`, if it existed then and that
+    /// history is still stored.
+    pub fn value_before(&self, key: &[u8], rev: i64) -> Option<KeyValue> {
+        let state = self.state.read();
+        let at = state.index.get(key, rev - 1)?;
+        let snapshot = self.engine.snapshot();
+        drop(state);
+        fetch(&[(key.to_vec(), at)], |keys| {
+            snapshot.multi_get(Cf::Kv, keys)
+        })
+        .ok()?
+        .pop()
     }
 
     /// Resolves once physical compaction up to `rev` has finished.
@@ -338,6 +414,7 @@ pub struct Writer<'a> {
     written: HashMap<Revision, KeyValue>,
     changes: Vec<Change>,
     compaction: Option<(i64, HashSet<Revision>)>,
+    keep_prev: bool,
 }
 
 impl<'a> Writer<'a> {
@@ -437,6 +514,7 @@ impl TxnWrite<'_, '_> {
     pub fn put(&mut self, key: &[u8], value: Vec<u8>, lease: i64) -> i64 {
         let at = self.begin + 1;
         let previous = self.writer.state.index.get(key, at);
+        let prev = self.previous_value(previous.map(|p| p.modified));
         let rev = self.next_revision();
         let kv = KeyValue {
             key: key.to_vec(),
@@ -451,14 +529,26 @@ impl TxnWrite<'_, '_> {
             .put(Cf::Kv, &rev.to_key(false), &kv.encode_to_vec());
         self.writer.state.index.put(key, rev);
         self.writer.written.insert(rev, kv.clone());
-        self.writer.changes.push(Change { kv, deleted: false });
+        self.writer.changes.push(Change {
+            kv,
+            deleted: false,
+            prev,
+        });
         rev.main
+    }
+
+    fn previous_value(&self, rev: Option<Revision>) -> Option<KeyValue> {
+        if !self.writer.keep_prev {
+            return None;
+        }
+        rev.and_then(|r| self.writer.value_at(r).ok())
     }
 
     /// Deletes every live key in `range`; returns how many and the revision to report.
     pub fn delete_range(&mut self, range: &KeyRange) -> (i64, i64) {
         let (keys, _) = self.writer.state.index.range(range, self.read_rev(), 0);
-        for (key, _) in &keys {
+        for (key, at) in &keys {
+            let prev = self.previous_value(Some(at.modified));
             let rev = self.next_revision();
             let kv = KeyValue {
                 key: key.clone(),
@@ -469,7 +559,11 @@ impl TxnWrite<'_, '_> {
                 .batch
                 .put(Cf::Kv, &rev.to_key(true), &kv.encode_to_vec());
             self.writer.state.index.tombstone(key, rev);
-            self.writer.changes.push(Change { kv, deleted: true });
+            self.writer.changes.push(Change {
+                kv,
+                deleted: true,
+                prev,
+            });
         }
         (keys.len() as i64, self.read_rev())
     }

@@ -11,14 +11,14 @@ fn open(dir: &std::path::Path) -> Arc<MvccStore> {
 }
 
 fn put(store: &MvccStore, key: &str, value: &str) -> i64 {
-    let mut w = store.writer();
+    let mut w = store.writer(false);
     let rev = w.txn().put(key.as_bytes(), value.as_bytes().to_vec(), 0);
     w.commit().unwrap();
     rev
 }
 
 fn delete(store: &MvccStore, key: &str) -> i64 {
-    let mut w = store.writer();
+    let mut w = store.writer(false);
     let (n, _) = w.txn().delete_range(&KeyRange::new(key.as_bytes(), &[]));
     w.commit().unwrap();
     n
@@ -57,7 +57,7 @@ fn revisions_start_at_one_and_each_write_bumps_once() {
     assert_eq!(get(&s, "a", 2).unwrap(), Some(("1".into(), 2, 2, 1)));
 
     // One transaction, several changes: one main revision.
-    let mut w = s.writer();
+    let mut w = s.writer(false);
     {
         let mut t = w.txn();
         t.put(b"x", b"1".to_vec(), 0);
@@ -95,7 +95,7 @@ fn reads_check_future_and_compacted_revisions() {
         put(&s, "k", &i.to_string());
     }
     assert_eq!(get(&s, "k", 7).unwrap_err(), EtcdError::FutureRevision);
-    let mut w = s.writer();
+    let mut w = s.writer(false);
     w.compact(4).unwrap();
     w.commit().unwrap();
     assert_eq!(get(&s, "k", 3).unwrap_err(), EtcdError::Compacted);
@@ -104,7 +104,7 @@ fn reads_check_future_and_compacted_revisions() {
         Some(("2".into(), 2, 4, 3)),
         "the compact revision stays readable"
     );
-    let mut w = s.writer();
+    let mut w = s.writer(false);
     assert_eq!(w.compact(4), Err(EtcdError::Compacted));
     assert_eq!(w.compact(9), Err(EtcdError::FutureRevision));
 }
@@ -121,7 +121,7 @@ async fn physical_compaction_frees_disk_space() {
         v
     };
     for round in 0..20 {
-        let mut w = s.writer();
+        let mut w = s.writer(false);
         for k in 0..100 {
             w.txn()
                 .put(format!("key{k}").as_bytes(), random_value(round), 0);
@@ -131,7 +131,7 @@ async fn physical_compaction_frees_disk_space() {
     engine.compact_all();
     let before = engine.size_on_disk();
     let rev = s.current_revision();
-    let mut w = s.writer();
+    let mut w = s.writer(false);
     w.compact(rev).unwrap();
     w.commit().unwrap();
     s.wait_compacted(rev).await;
@@ -161,7 +161,7 @@ async fn restart_recovers_revision_history_and_compaction_point() {
         put(&s, "b", "1");
         delete(&s, "b");
         put(&s, "a", "3");
-        let mut w = s.writer();
+        let mut w = s.writer(false);
         w.compact(3).unwrap();
         w.commit().unwrap();
         s.wait_compacted(3).await;
@@ -181,7 +181,7 @@ async fn restart_recovers_revision_history_and_compaction_point() {
 fn writes_in_a_batch_see_each_other() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(dir.path());
-    let mut w = s.writer();
+    let mut w = s.writer(false);
     w.txn().put(b"k", b"1".to_vec(), 0);
     {
         let t = w.txn();

@@ -24,6 +24,7 @@ use crate::error::EtcdError;
 use crate::kv::apply::LeaseLookup;
 use crate::mvcc::MvccStore;
 use crate::storage::Engine;
+use crate::watch::WatchHub;
 
 #[derive(Debug, Clone)]
 pub struct RaftOptions {
@@ -57,6 +58,7 @@ impl Consensus {
         engine: Arc<Engine>,
         store: Arc<MvccStore>,
         leases: Arc<dyn LeaseLookup + Send + Sync>,
+        watches: Arc<WatchHub>,
         members: BTreeMap<NodeId, Member>,
         opts: &RaftOptions,
     ) -> anyhow::Result<Consensus> {
@@ -73,7 +75,7 @@ impl Consensus {
         }
         .validate()?;
         let log = log_store::LogStore::new(engine.clone());
-        let sm = state_machine::StateMachine::open(engine, store, leases)?;
+        let sm = state_machine::StateMachine::open(engine, store, leases, watches)?;
         let raft = types::Raft::new(id, Arc::new(config), network::PeerNetwork, log, sm).await?;
         if !raft.is_initialized().await? {
             raft.initialize(members).await?;

@@ -18,6 +18,7 @@ use crate::error::EtcdError;
 use crate::kv::apply::{self, LeaseLookup};
 use crate::mvcc::{MvccStore, Writer};
 use crate::storage::{Cf, Engine};
+use crate::watch::WatchHub;
 
 const META_APPLIED: &[u8] = b"raft_applied";
 const META_MEMBERSHIP: &[u8] = b"raft_membership";
@@ -40,6 +41,7 @@ pub struct StateMachine {
     membership: StoredMembership,
     snapshot_dir: PathBuf,
     leases: Arc<dyn LeaseLookup + Send + Sync>,
+    watches: Arc<WatchHub>,
 }
 
 fn sm_err(verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
@@ -65,6 +67,7 @@ impl StateMachine {
         engine: Arc<Engine>,
         store: Arc<MvccStore>,
         leases: Arc<dyn LeaseLookup + Send + Sync>,
+        watches: Arc<WatchHub>,
     ) -> Result<StateMachine, StorageError> {
         let (applied, membership) = read_applied(&engine)?;
         let snapshot_dir = engine.data_dir().join("snap");
@@ -76,6 +79,7 @@ impl StateMachine {
             membership,
             snapshot_dir,
             leases,
+            watches,
         })
     }
 
@@ -136,7 +140,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: openraft::OptionalSend,
     {
         let store = self.store.clone();
-        let mut writer = store.writer();
+        let mut writer = store.writer(self.watches.wants_prev_kv());
         let mut results = Vec::new();
         for entry in entries {
             self.applied = Some(entry.log_id);
@@ -158,7 +162,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             bincode::serialize(&self.membership).map_err(|e| sm_err(ErrorVerb::Write, e))?;
         writer.put_meta(META_APPLIED, &applied);
         writer.put_meta(META_MEMBERSHIP, &membership);
-        writer.commit().map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        let changes = writer.commit().map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        self.watches.publish(&changes, store.current_revision());
         Ok(results)
     }
 

@@ -270,6 +270,31 @@ impl Snapshot<'_> {
         Ok(self.inner.get_cf(self.engine.cf(cf), key)?)
     }
 
+    /// Visits keys in `[from, to)` in order until `f` returns false.
+    pub fn scan_from(
+        &self,
+        cf: Cf,
+        from: &[u8],
+        to: &[u8],
+        mut f: impl FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<()> {
+        let mut opts = ReadOptions::default();
+        opts.set_snapshot(&self.inner);
+        opts.set_iterate_upper_bound(to.to_vec());
+        let iter = self.engine.db.iterator_cf_opt(
+            self.engine.cf(cf),
+            opts,
+            IteratorMode::From(from, Direction::Forward),
+        );
+        for item in iter {
+            let (k, v) = item?;
+            if !f(&k, &v) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     /// Visits every key of a column family in order until `f` returns false.
     pub fn scan(&self, cf: Cf, mut f: impl FnMut(&[u8], &[u8]) -> bool) -> Result<()> {
         for item in self
