@@ -28,6 +28,12 @@ pub enum EtcdError {
     FutureRevision,
     #[error("etcdserver: requested lease not found")]
     LeaseNotFound,
+    #[error("etcdserver: lease already exists")]
+    LeaseExists,
+    #[error("etcdserver: too large lease TTL")]
+    LeaseTtlTooLarge,
+    #[error("etcdserver: not leader")]
+    NotLeader,
     #[error("etcdserver: no leader")]
     NoLeader,
     #[error("etcdserver: leader changed")]
@@ -46,8 +52,9 @@ impl EtcdError {
         match self {
             EmptyKey | KeyNotFound | ValueProvided | LeaseProvided | TooManyOps | DuplicateKey
             | InvalidSortOption | RequestTooLarge => Code::InvalidArgument,
-            Compacted | FutureRevision => Code::OutOfRange,
+            Compacted | FutureRevision | LeaseTtlTooLarge => Code::OutOfRange,
             LeaseNotFound => Code::NotFound,
+            LeaseExists | NotLeader => Code::FailedPrecondition,
             NoLeader | LeaderChanged | Stopped | Timeout => Code::Unavailable,
             Corrupt => Code::DataLoss,
         }
@@ -67,7 +74,7 @@ impl EtcdError {
     }
 }
 
-const ALL: [EtcdError; 16] = {
+const ALL: [EtcdError; 19] = {
     use EtcdError::*;
     [
         EmptyKey,
@@ -86,6 +93,9 @@ const ALL: [EtcdError; 16] = {
         Stopped,
         Timeout,
         Corrupt,
+        LeaseExists,
+        LeaseTtlTooLarge,
+        NotLeader,
     ]
 };
 

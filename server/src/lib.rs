@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod kv;
+pub mod lease;
 pub mod mvcc;
 pub mod node;
 pub mod raft;

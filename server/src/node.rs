@@ -8,19 +8,22 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use oxcd_proto::etcdserverpb::{
-    kv_server::KvServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
+    kv_server::KvServer, lease_server::LeaseServer, maintenance_server::MaintenanceServer,
+    watch_server::WatchServer,
 };
+use prost::Message;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::api::{HeaderFiller, KvApi, MaintenanceApi, WatchApi};
+use crate::api::{HeaderFiller, KvApi, LeaseApi, MaintenanceApi, WatchApi};
 use crate::cluster;
 use crate::config::Config;
 use crate::kv::KvService;
+use crate::lease::{LeaseService, Lessor, StoredLease};
 use crate::mvcc::MvccStore;
-use crate::raft::{Consensus, Member, NoLeases, RaftOptions};
+use crate::raft::{Consensus, Member, RaftOptions};
 use crate::storage::{Cf, Engine};
 use crate::watch::WatchHub;
 
@@ -93,6 +96,11 @@ impl Node {
             request_timeout: Duration::from_secs(5)
                 + 2 * Duration::from_millis(config.election_timeout),
         };
+        let lessor = Arc::new(Lessor::new(
+            min_lease_ttl(config.heartbeat_interval, config.election_timeout),
+            stored_leases(&engine)?,
+            store.take_leased_keys(),
+        ));
         let watches = WatchHub::new(
             store.clone(),
             config.max_request_bytes,
@@ -103,7 +111,7 @@ impl Node {
                 member_id,
                 engine.clone(),
                 store.clone(),
-                Arc::new(NoLeases),
+                lessor.clone(),
                 watches.clone(),
                 raft_members,
                 &opts,
@@ -125,6 +133,7 @@ impl Node {
             consensus.clone(),
             config.max_txn_ops,
         ));
+        let leases = LeaseService::start(lessor, consensus.clone(), member_id);
         let max_decode = config.max_request_bytes + GRPC_OVERHEAD_BYTES;
 
         let (stop, stopped) = watch::channel(false);
@@ -137,6 +146,14 @@ impl Node {
                 .add_service(
                     KvServer::new(KvApi {
                         kv: kv.clone(),
+                        header: header.clone(),
+                    })
+                    .max_decoding_message_size(max_decode)
+                    .max_encoding_message_size(usize::MAX),
+                )
+                .add_service(
+                    LeaseServer::new(LeaseApi {
+                        leases: leases.clone(),
                         header: header.clone(),
                     })
                     .max_decoding_message_size(max_decode)
@@ -248,6 +265,34 @@ fn identity(
     batch.put(Cf::RaftState, IDENTITY_KEY, &value);
     engine.write(batch, true)?;
     Ok((member, cluster))
+}
+
+/// etcd: a lease lives at least 1.5 election timeouts (in whole heartbeats), rounded up to a
+/// second, so it cannot expire while a new leader is being elected.
+fn min_lease_ttl(heartbeat_ms: u64, election_ms: u64) -> i64 {
+    let heartbeat_ms = heartbeat_ms.max(1);
+    let ticks = election_ms / heartbeat_ms;
+    let min_ms = (3 * ticks / 2) * heartbeat_ms;
+    min_ms.div_ceil(1000) as i64
+}
+
+fn stored_leases(engine: &Engine) -> anyhow::Result<Vec<StoredLease>> {
+    let mut leases = Vec::new();
+    let mut bad = None;
+    engine.scan(Cf::Lease, &[], None, |k, v| match StoredLease::decode(v) {
+        Ok(l) => {
+            leases.push(l);
+            true
+        }
+        Err(e) => {
+            bad = Some(format!("lease {k:?}: {e}"));
+            false
+        }
+    })?;
+    match bad {
+        Some(e) => bail!("corrupt lease record: {e}"),
+        None => Ok(leases),
+    }
 }
 
 async fn bind(url: &str) -> anyhow::Result<TcpListener> {

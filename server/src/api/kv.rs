@@ -14,15 +14,6 @@ pub struct KvApi {
     pub header: Arc<HeaderFiller>,
 }
 
-/// Every KV response: its header completed, errors in etcd's form.
-macro_rules! respond {
-    ($self:ident, $call:expr) => {{
-        let mut resp = $call.await.map_err(Status::from)?;
-        $self.header.fill(&mut resp.header);
-        Ok(Response::new(resp))
-    }};
-}
-
 #[tonic::async_trait]
 impl Kv for KvApi {
     async fn range(&self, req: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {

@@ -2,7 +2,17 @@
 //! logic lives here; services not built yet are simply not registered, so tonic answers them
 //! with `Unimplemented` at once.
 
+/// Every unary response: header completed, errors in etcd's form.
+macro_rules! respond {
+    ($self:ident, $call:expr) => {{
+        let mut resp = $call.await.map_err(tonic::Status::from)?;
+        $self.header.fill(&mut resp.header);
+        Ok(tonic::Response::new(resp))
+    }};
+}
+
 mod kv;
+mod lease;
 mod maintenance;
 mod watch;
 
@@ -11,6 +21,7 @@ use std::sync::Arc;
 use oxcd_proto::etcdserverpb::ResponseHeader;
 
 pub use kv::KvApi;
+pub use lease::LeaseApi;
 pub use maintenance::MaintenanceApi;
 pub use watch::WatchApi;
 

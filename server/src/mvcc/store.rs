@@ -78,6 +78,8 @@ pub struct MvccStore {
     state: RwLock<State>,
     compactor: Compactor,
     compacted: watch::Receiver<i64>,
+    /// Key -> lease of every live leased key found while loading, for the lessor to take.
+    restored_leases: parking_lot::Mutex<HashMap<Vec<u8>, i64>>,
 }
 
 /// The background thread that deletes compacted revisions. Dropping it waits for the thread,
@@ -108,7 +110,7 @@ impl MvccStore {
     /// Opens the store, rebuilding the index from the stored revisions and resuming an
     /// interrupted physical compaction.
     pub fn open(engine: Arc<Engine>) -> storage::Result<Arc<MvccStore>> {
-        let (state, finished) = load_state(&engine)?;
+        let (state, finished, leased) = load_state(&engine)?;
         let (done_tx, done_rx) = watch::channel(finished);
         let (tx, rx) = mpsc::channel();
         let compactor_engine = engine.clone();
@@ -125,6 +127,7 @@ impl MvccStore {
             state: RwLock::new(state),
             compactor,
             compacted: done_rx,
+            restored_leases: parking_lot::Mutex::new(leased),
         };
         store.resume_compaction(finished);
         Ok(Arc::new(store))
@@ -132,10 +135,16 @@ impl MvccStore {
 
     /// Replaces the in-memory state with what the engine now holds (after a snapshot install).
     pub fn reload(&self) -> storage::Result<()> {
-        let (state, finished) = load_state(&self.engine)?;
+        let (state, finished, leased) = load_state(&self.engine)?;
         *self.state.write() = state;
+        *self.restored_leases.lock() = leased;
         self.resume_compaction(finished);
         Ok(())
+    }
+
+    /// The live leased keys found when the store was last loaded (taken once).
+    pub fn take_leased_keys(&self) -> HashMap<Vec<u8>, i64> {
+        std::mem::take(&mut *self.restored_leases.lock())
     }
 
     fn resume_compaction(&self, finished: i64) {
@@ -282,8 +291,9 @@ impl MvccStore {
 }
 
 /// Rebuilds the index by scanning the stored revisions; returns the state and the revision up
-/// to which physical compaction has finished.
-fn load_state(engine: &Engine) -> storage::Result<(State, i64)> {
+/// to which physical compaction has finished, and the live leased keys.
+#[allow(clippy::type_complexity)]
+fn load_state(engine: &Engine) -> storage::Result<(State, i64, HashMap<Vec<u8>, i64>)> {
     let read_i64 = |key: &[u8]| -> storage::Result<Option<i64>> {
         Ok(engine
             .get(Cf::Meta, key)?
@@ -294,12 +304,18 @@ fn load_state(engine: &Engine) -> storage::Result<(State, i64)> {
     let finished = read_i64(META_FINISHED_COMPACT)?.unwrap_or(-1);
 
     let mut index = TreeIndex::default();
+    let mut leased = HashMap::new();
     let mut corrupt = None;
     engine.scan(Cf::Kv, &[], None, |k, v| {
         let (Some((rev, tombstone)), Ok(kv)) = (Revision::from_key(k), KeyValue::decode(v)) else {
             corrupt = Some(k.to_vec());
             return false;
         };
+        if tombstone || kv.lease == 0 {
+            leased.remove(&kv.key);
+        } else {
+            leased.insert(kv.key.clone(), kv.lease);
+        }
         if tombstone {
             index.restore_tombstone(&kv.key, rev);
         } else {
@@ -330,6 +346,7 @@ fn load_state(engine: &Engine) -> storage::Result<(State, i64)> {
             compact: scheduled,
         },
         finished,
+        leased,
     ))
 }
 
@@ -449,9 +466,18 @@ impl<'a> Writer<'a> {
         self.state.current
     }
 
-    /// Adds state-machine metadata to the same atomic engine write.
-    pub fn put_meta(&mut self, key: &[u8], value: &[u8]) {
-        self.batch.put(Cf::Meta, key, value);
+    /// Adds other state (metadata, leases) to the same atomic engine write.
+    pub fn put_extra(&mut self, cf: Cf, key: &[u8], value: &[u8]) {
+        self.batch.put(cf, key, value);
+    }
+
+    pub fn delete_extra(&mut self, cf: Cf, key: &[u8]) {
+        self.batch.delete(cf, key);
+    }
+
+    /// The changes made so far in this batch, in order.
+    pub fn changes(&self) -> &[Change] {
+        &self.changes
     }
 
     /// Writes everything to the engine, then releases the lock; returns the changes in order.

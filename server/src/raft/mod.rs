@@ -17,11 +17,10 @@ use std::time::Duration;
 use openraft::error::{CheckIsLeaderError, RaftError};
 use openraft::{Config, SnapshotPolicy};
 
-pub use state_machine::NoLeases;
 pub use types::{Command, Member, NodeId, Op, Outcomes};
 
 use crate::error::EtcdError;
-use crate::kv::apply::LeaseLookup;
+use crate::lease::Lessor;
 use crate::mvcc::MvccStore;
 use crate::storage::Engine;
 use crate::watch::WatchHub;
@@ -57,7 +56,7 @@ impl Consensus {
         id: NodeId,
         engine: Arc<Engine>,
         store: Arc<MvccStore>,
-        leases: Arc<dyn LeaseLookup + Send + Sync>,
+        lessor: Arc<Lessor>,
         watches: Arc<WatchHub>,
         members: BTreeMap<NodeId, Member>,
         opts: &RaftOptions,
@@ -75,7 +74,7 @@ impl Consensus {
         }
         .validate()?;
         let log = log_store::LogStore::new(engine.clone());
-        let sm = state_machine::StateMachine::open(engine, store, leases, watches)?;
+        let sm = state_machine::StateMachine::open(engine, store, lessor, watches)?;
         let raft = types::Raft::new(id, Arc::new(config), network::PeerNetwork, log, sm).await?;
         if !raft.is_initialized().await? {
             raft.initialize(members).await?;
@@ -127,6 +126,25 @@ impl Consensus {
             last_log_index: m.last_log_index.unwrap_or(0),
             applied_index: m.last_applied.map_or(0, |l| l.index),
         }
+    }
+
+    /// Follows whether this member is the leader.
+    pub fn leadership(&self, me: NodeId) -> tokio::sync::watch::Receiver<bool> {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let mut metrics = self.raft.metrics();
+        tokio::spawn(async move {
+            loop {
+                let leading = {
+                    let m = metrics.borrow_and_update();
+                    m.current_leader == Some(me) && m.state.is_leader()
+                };
+                tx.send_if_modified(|was| std::mem::replace(was, leading) != leading);
+                if metrics.changed().await.is_err() || tx.is_closed() {
+                    return;
+                }
+            }
+        });
+        rx
     }
 
     pub fn term(&self) -> u64 {

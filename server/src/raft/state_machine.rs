@@ -8,15 +8,18 @@ use std::sync::Arc;
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, StorageIOError};
-use oxcd_proto::etcdserverpb::{CompactionResponse, ResponseHeader};
+use oxcd_proto::etcdserverpb::{
+    CompactionResponse, LeaseGrantResponse, LeaseRevokeResponse, ResponseHeader,
+};
 
 use super::types::{
     Command, CommandBatch, LogId, Op, Outcome, OutcomeBatch, Outcomes, SnapshotMeta, StorageError,
     StoredMembership, TypeConfig,
 };
 use crate::error::EtcdError;
-use crate::kv::apply::{self, LeaseLookup};
-use crate::mvcc::{MvccStore, Writer};
+use crate::kv::apply;
+use crate::lease::{Lessor, StoredLease};
+use crate::mvcc::{KeyRange, MvccStore, Writer};
 use crate::storage::{Cf, Engine};
 use crate::watch::WatchHub;
 
@@ -25,22 +28,13 @@ const META_MEMBERSHIP: &[u8] = b"raft_membership";
 const SNAPSHOT_MAGIC: &[u8] = b"OXCDSNAP1\n";
 const SNAPSHOT_END: u8 = 0xff;
 
-/// Leases arrive with the lease service; until then no lease id exists.
-pub struct NoLeases;
-
-impl LeaseLookup for NoLeases {
-    fn exists(&self, _id: i64) -> bool {
-        false
-    }
-}
-
 pub struct StateMachine {
     store: Arc<MvccStore>,
     engine: Arc<Engine>,
     applied: Option<LogId>,
     membership: StoredMembership,
     snapshot_dir: PathBuf,
-    leases: Arc<dyn LeaseLookup + Send + Sync>,
+    lessor: Arc<Lessor>,
     watches: Arc<WatchHub>,
 }
 
@@ -66,7 +60,7 @@ impl StateMachine {
     pub fn open(
         engine: Arc<Engine>,
         store: Arc<MvccStore>,
-        leases: Arc<dyn LeaseLookup + Send + Sync>,
+        lessor: Arc<Lessor>,
         watches: Arc<WatchHub>,
     ) -> Result<StateMachine, StorageError> {
         let (applied, membership) = read_applied(&engine)?;
@@ -78,34 +72,67 @@ impl StateMachine {
             applied,
             membership,
             snapshot_dir,
-            leases,
+            lessor,
             watches,
         })
     }
 
     fn apply_command(&self, writer: &mut Writer<'_>, command: Command) -> Outcome {
-        let result = match command.op {
+        let before = writer.changes().len();
+        let result = self.execute(writer, command);
+        self.lessor.track(&writer.changes()[before..]);
+        Outcome {
+            result: Some(result.unwrap_or_else(|e| Outcomes::Error(e.to_wire()))),
+        }
+    }
+
+    fn execute(&self, writer: &mut Writer<'_>, command: Command) -> Result<Outcomes, EtcdError> {
+        let header = |revision| {
+            Some(ResponseHeader {
+                revision,
+                ..Default::default()
+            })
+        };
+        match command.op {
             Some(Op::Put(p)) => {
-                apply::put(&mut writer.txn(), p, self.leases.as_ref()).map(Outcomes::Put)
+                apply::put(&mut writer.txn(), p, self.lessor.as_ref()).map(Outcomes::Put)
             }
             Some(Op::DeleteRange(d)) => {
                 apply::delete_range(&mut writer.txn(), &d).map(Outcomes::DeleteRange)
             }
             Some(Op::Txn(t)) => {
-                apply::txn_write(&mut writer.txn(), t, self.leases.as_ref()).map(Outcomes::Txn)
+                apply::txn_write(&mut writer.txn(), t, self.lessor.as_ref()).map(Outcomes::Txn)
             }
             Some(Op::Compaction(c)) => writer.compact(c.revision).map(|()| {
                 Outcomes::Compaction(CompactionResponse {
-                    header: Some(ResponseHeader {
-                        revision: writer.current_revision(),
-                        ..Default::default()
-                    }),
+                    header: header(writer.current_revision()),
                 })
             }),
+            Some(Op::LeaseGrant(g)) => {
+                let lease = self.lessor.grant(g.id, g.ttl)?;
+                writer.put_extra(Cf::Lease, &StoredLease::key(lease.id), &lease.value());
+                Ok(Outcomes::LeaseGrant(LeaseGrantResponse {
+                    header: header(writer.current_revision()),
+                    id: lease.id,
+                    ttl: lease.ttl,
+                    error: String::new(),
+                }))
+            }
+            Some(Op::LeaseRevoke(r)) => {
+                let keys = self.lessor.revoke(r.id)?;
+                {
+                    // One transaction: every attached key goes at one revision.
+                    let mut txn = writer.txn();
+                    for key in keys {
+                        txn.delete_range(&KeyRange::Single(key));
+                    }
+                }
+                writer.delete_extra(Cf::Lease, &StoredLease::key(r.id));
+                Ok(Outcomes::LeaseRevoke(LeaseRevokeResponse {
+                    header: header(writer.current_revision()),
+                }))
+            }
             None => Err(EtcdError::Corrupt),
-        };
-        Outcome {
-            result: Some(result.unwrap_or_else(|e| Outcomes::Error(e.to_wire()))),
         }
     }
 }
@@ -160,8 +187,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let applied = bincode::serialize(&self.applied).map_err(|e| sm_err(ErrorVerb::Write, e))?;
         let membership =
             bincode::serialize(&self.membership).map_err(|e| sm_err(ErrorVerb::Write, e))?;
-        writer.put_meta(META_APPLIED, &applied);
-        writer.put_meta(META_MEMBERSHIP, &membership);
+        writer.put_extra(Cf::Meta, META_APPLIED, &applied);
+        writer.put_extra(Cf::Meta, META_MEMBERSHIP, &membership);
         let changes = writer.commit().map_err(|e| sm_err(ErrorVerb::Write, e))?;
         self.watches.publish(&changes, store.current_revision());
         Ok(results)

@@ -5,7 +5,8 @@
 //! log stores exactly what clients asked for and the state machine replays it deterministically.
 
 use oxcd_proto::etcdserverpb::{
-    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
+    LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest, LeaseRevokeResponse, PutRequest,
     PutResponse, TxnRequest, TxnResponse,
 };
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -39,7 +40,7 @@ pub type StorageError = openraft::StorageError<NodeId>;
 /// One client write.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Command {
-    #[prost(oneof = "Op", tags = "1, 2, 3, 4")]
+    #[prost(oneof = "Op", tags = "1, 2, 3, 4, 5, 6")]
     pub op: Option<Op>,
 }
 
@@ -53,6 +54,11 @@ pub enum Op {
     Txn(TxnRequest),
     #[prost(message, tag = "4")]
     Compaction(CompactionRequest),
+    /// Always carries the id (the proposer picks one when the client did not).
+    #[prost(message, tag = "5")]
+    LeaseGrant(LeaseGrantRequest),
+    #[prost(message, tag = "6")]
+    LeaseRevoke(LeaseRevokeRequest),
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -64,7 +70,7 @@ pub struct CommandBatch {
 /// The result of applying one command.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Outcome {
-    #[prost(oneof = "Outcomes", tags = "1, 2, 3, 4, 5")]
+    #[prost(oneof = "Outcomes", tags = "1, 2, 3, 4, 5, 6, 7")]
     pub result: Option<Outcomes>,
 }
 
@@ -81,6 +87,10 @@ pub enum Outcomes {
     /// An [`crate::error::EtcdError`] in wire form.
     #[prost(uint32, tag = "5")]
     Error(u32),
+    #[prost(message, tag = "6")]
+    LeaseGrant(LeaseGrantResponse),
+    #[prost(message, tag = "7")]
+    LeaseRevoke(LeaseRevokeResponse),
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

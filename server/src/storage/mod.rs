@@ -26,10 +26,12 @@ pub enum Cf {
     Kv,
     /// State-machine metadata written atomically with each applied batch.
     Meta,
+    /// Leases: id -> ttl.
+    Lease,
 }
 
 impl Cf {
-    const ALL: [Cf; 4] = [Cf::RaftLog, Cf::RaftState, Cf::Kv, Cf::Meta];
+    const ALL: [Cf; 5] = [Cf::RaftLog, Cf::RaftState, Cf::Kv, Cf::Meta, Cf::Lease];
 
     fn name(self) -> &'static str {
         match self {
@@ -37,6 +39,7 @@ impl Cf {
             Cf::RaftState => "raft_state",
             Cf::Kv => "kv",
             Cf::Meta => "meta",
+            Cf::Lease => "lease",
         }
     }
 }

@@ -1,0 +1,290 @@
+//! Leases: etcd's lessor.
+//!
+//! Grants and revokes are Raft commands, applied identically on every member; a revoke deletes
+//! every attached key in one revision. Expiry is decided only by the leader (the *primary*
+//! lessor), which proposes the revoke through Raft. Keep-alives only move the leader's in-memory
+//! deadline, as in etcd; a new leader (or a restart) gives every lease its full TTL again, so a
+//! leader change never cuts a lease short.
+
+mod service;
+
+pub use service::LeaseService;
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use prost::Message;
+
+use crate::error::EtcdError;
+use crate::kv::apply::LeaseLookup;
+use crate::mvcc::Change;
+
+/// etcd's `MaxLeaseTTL`: 9,000,000,000 seconds.
+pub const MAX_TTL: i64 = 9_000_000_000;
+
+/// A lease as stored (etcd's `leasepb.Lease`).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct StoredLease {
+    #[prost(int64, tag = "1")]
+    pub id: i64,
+    #[prost(int64, tag = "2")]
+    pub ttl: i64,
+}
+
+impl StoredLease {
+    pub fn key(id: i64) -> [u8; 8] {
+        id.to_be_bytes()
+    }
+
+    pub fn value(&self) -> Vec<u8> {
+        self.encode_to_vec()
+    }
+}
+
+struct Lease {
+    ttl: i64,
+    keys: BTreeSet<Vec<u8>>,
+    /// Only the primary tracks deadlines.
+    deadline: Option<Instant>,
+}
+
+#[derive(Default)]
+struct State {
+    leases: HashMap<i64, Lease>,
+    /// Which lease each leased key is attached to.
+    key_lease: HashMap<Vec<u8>, i64>,
+    primary: bool,
+}
+
+/// What TimeToLive reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseInfo {
+    pub ttl: i64,
+    pub granted_ttl: i64,
+    pub keys: Vec<Vec<u8>>,
+}
+
+pub struct Lessor {
+    state: Mutex<State>,
+    min_ttl: i64,
+}
+
+impl Lessor {
+    /// `min_ttl`: etcd's floor of 1.5 election timeouts (rounded up to seconds), so a lease
+    /// cannot expire during a leader election.
+    pub fn new(
+        min_ttl: i64,
+        stored: Vec<StoredLease>,
+        leased_keys: HashMap<Vec<u8>, i64>,
+    ) -> Lessor {
+        let mut state = State::default();
+        for l in stored {
+            state.leases.insert(
+                l.id,
+                Lease {
+                    ttl: l.ttl,
+                    keys: BTreeSet::new(),
+                    deadline: None,
+                },
+            );
+        }
+        for (key, id) in leased_keys {
+            if let Some(l) = state.leases.get_mut(&id) {
+                l.keys.insert(key.clone());
+                state.key_lease.insert(key, id);
+            }
+        }
+        Lessor {
+            state: Mutex::new(state),
+            min_ttl,
+        }
+    }
+
+    pub fn min_ttl(&self) -> i64 {
+        self.min_ttl
+    }
+
+    /// Applies a grant; returns the TTL granted.
+    pub fn grant(&self, id: i64, ttl: i64) -> Result<StoredLease, EtcdError> {
+        let mut st = self.state.lock();
+        if st.leases.contains_key(&id) {
+            return Err(EtcdError::LeaseExists);
+        }
+        let ttl = ttl.max(self.min_ttl);
+        let deadline = st.primary.then(|| deadline_after(ttl));
+        st.leases.insert(
+            id,
+            Lease {
+                ttl,
+                keys: BTreeSet::new(),
+                deadline,
+            },
+        );
+        Ok(StoredLease { id, ttl })
+    }
+
+    /// Applies a revoke: forgets the lease and returns the keys to delete.
+    pub fn revoke(&self, id: i64) -> Result<Vec<Vec<u8>>, EtcdError> {
+        let mut st = self.state.lock();
+        let lease = st.leases.remove(&id).ok_or(EtcdError::LeaseNotFound)?;
+        for k in &lease.keys {
+            st.key_lease.remove(k);
+        }
+        Ok(lease.keys.into_iter().collect())
+    }
+
+    /// Moves keys between leases as puts and deletes are applied.
+    pub fn track(&self, changes: &[Change]) {
+        let mut guard = self.state.lock();
+        let st = &mut *guard;
+        for c in changes {
+            let new = if c.deleted { 0 } else { c.kv.lease };
+            let old = if new == 0 {
+                st.key_lease.remove(&c.kv.key)
+            } else {
+                st.key_lease.insert(c.kv.key.clone(), new)
+            };
+            if old == Some(new) {
+                continue;
+            }
+            if let Some(l) = old.and_then(|o| st.leases.get_mut(&o)) {
+                l.keys.remove(&c.kv.key);
+            }
+            if let Some(l) = st.leases.get_mut(&new) {
+                l.keys.insert(c.kv.key.clone());
+            }
+        }
+    }
+
+    /// Becoming leader: every lease gets its full TTL from now. Losing leadership: no
+    /// deadlines, the new leader decides expiry.
+    pub fn set_primary(&self, primary: bool) {
+        let mut st = self.state.lock();
+        if st.primary == primary {
+            return;
+        }
+        st.primary = primary;
+        for l in st.leases.values_mut() {
+            l.deadline = primary.then(|| deadline_after(l.ttl));
+        }
+    }
+
+    /// Keep-alive on the primary: returns the TTL, or `None` for an unknown lease.
+    pub fn renew(&self, id: i64) -> Result<Option<i64>, EtcdError> {
+        let mut st = self.state.lock();
+        if !st.primary {
+            return Err(EtcdError::NotLeader);
+        }
+        Ok(st.leases.get_mut(&id).map(|l| {
+            l.deadline = Some(deadline_after(l.ttl));
+            l.ttl
+        }))
+    }
+
+    pub fn info(&self, id: i64, with_keys: bool) -> Option<LeaseInfo> {
+        let st = self.state.lock();
+        let l = st.leases.get(&id)?;
+        let remaining = match l.deadline {
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                left.as_secs() as i64 + i64::from(left.subsec_nanos() > 0)
+            }
+            None => l.ttl,
+        };
+        let keys = if with_keys {
+            l.keys.iter().cloned().collect()
+        } else {
+            Vec::new()
+        };
+        Some(LeaseInfo {
+            ttl: remaining,
+            granted_ttl: l.ttl,
+            keys,
+        })
+    }
+
+    pub fn ids(&self) -> Vec<i64> {
+        let mut ids: Vec<i64> = self.state.lock().leases.keys().copied().collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// Leases past their deadline; each is given a short grace so a revoke in flight is not
+    /// proposed again at once.
+    pub fn expired(&self, now: Instant, retry_after: Duration) -> Vec<i64> {
+        let mut st = self.state.lock();
+        if !st.primary {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for (id, l) in st.leases.iter_mut() {
+            if l.deadline.is_some_and(|d| d <= now) {
+                l.deadline = Some(now + retry_after);
+                out.push(*id);
+            }
+        }
+        out
+    }
+}
+
+impl LeaseLookup for Lessor {
+    fn exists(&self, id: i64) -> bool {
+        self.state.lock().leases.contains_key(&id)
+    }
+}
+
+fn deadline_after(ttl: i64) -> Instant {
+    Instant::now() + Duration::from_secs(ttl.clamp(0, MAX_TTL) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oxcd_proto::mvccpb::KeyValue;
+
+    fn put(key: &str, lease: i64) -> Change {
+        Change {
+            kv: KeyValue {
+                key: key.into(),
+                lease,
+                ..Default::default()
+            },
+            deleted: false,
+            prev: None,
+        }
+    }
+
+    #[test]
+    fn keys_follow_their_latest_lease() {
+        let lessor = Lessor::new(2, vec![], HashMap::new());
+        lessor.grant(1, 10).unwrap();
+        lessor.grant(2, 1).unwrap();
+        assert_eq!(lessor.grant(1, 10), Err(EtcdError::LeaseExists));
+        lessor.track(&[put("a", 1), put("b", 1), put("a", 2), put("c", 0)]);
+        assert_eq!(lessor.info(1, true).unwrap().keys, vec![b"b".to_vec()]);
+        assert_eq!(lessor.info(2, true).unwrap().keys, vec![b"a".to_vec()]);
+        assert_eq!(
+            lessor.info(2, false).unwrap().granted_ttl,
+            2,
+            "raised to the minimum TTL"
+        );
+        assert_eq!(lessor.revoke(2).unwrap(), vec![b"a".to_vec()]);
+        assert_eq!(lessor.revoke(2), Err(EtcdError::LeaseNotFound));
+    }
+
+    #[test]
+    fn only_the_primary_expires_leases() {
+        let lessor = Lessor::new(1, vec![StoredLease { id: 7, ttl: 1 }], HashMap::new());
+        let later = Instant::now() + Duration::from_secs(5);
+        assert!(lessor.expired(later, Duration::from_secs(1)).is_empty());
+        assert_eq!(lessor.renew(7), Err(EtcdError::NotLeader));
+        lessor.set_primary(true);
+        assert_eq!(lessor.renew(7), Ok(Some(1)));
+        assert_eq!(lessor.expired(later, Duration::from_secs(1)), vec![7]);
+        assert!(
+            lessor.expired(later, Duration::from_secs(1)).is_empty(),
+            "not proposed twice at once"
+        );
+    }
+}

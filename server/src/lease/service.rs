@@ -1,0 +1,172 @@
+//! The Lease service's behaviour, independent of gRPC: id choice, TTL limits, Raft proposals,
+//! keep-alives on the leader and the leader's expiry loop.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use oxcd_proto::etcdserverpb::{
+    LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveResponse, LeaseLeasesResponse,
+    LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus, LeaseTimeToLiveRequest,
+    LeaseTimeToLiveResponse,
+};
+
+use super::{Lessor, MAX_TTL};
+use crate::error::EtcdError;
+use crate::raft::{Command, Consensus, NodeId, Op, Outcomes};
+
+const EXPIRY_CHECK: Duration = Duration::from_millis(500);
+/// A revoke that has not landed after this long is proposed again.
+const REVOKE_RETRY: Duration = Duration::from_secs(3);
+
+pub struct LeaseService {
+    lessor: Arc<Lessor>,
+    consensus: Arc<Consensus>,
+    ids: IdGenerator,
+}
+
+impl LeaseService {
+    /// Starts the service with its leader-only expiry loop.
+    pub fn start(
+        lessor: Arc<Lessor>,
+        consensus: Arc<Consensus>,
+        member_id: NodeId,
+    ) -> Arc<LeaseService> {
+        let service = Arc::new(LeaseService {
+            lessor,
+            consensus,
+            ids: IdGenerator::new(member_id),
+        });
+        let mut leading = service.consensus.leadership(member_id);
+        let lessor = service.lessor.clone();
+        tokio::spawn(async move {
+            loop {
+                lessor.set_primary(*leading.borrow_and_update());
+                if leading.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        tokio::spawn(expire(Arc::downgrade(&service)));
+        service
+    }
+
+    pub async fn grant(&self, r: LeaseGrantRequest) -> Result<LeaseGrantResponse, EtcdError> {
+        if r.ttl > MAX_TTL {
+            return Err(EtcdError::LeaseTtlTooLarge);
+        }
+        let id = if r.id == 0 { self.ids.next() } else { r.id };
+        match self
+            .propose(Op::LeaseGrant(LeaseGrantRequest { ttl: r.ttl, id }))
+            .await?
+        {
+            Outcomes::LeaseGrant(resp) => Ok(resp),
+            _ => Err(EtcdError::Corrupt),
+        }
+    }
+
+    pub async fn revoke(&self, r: LeaseRevokeRequest) -> Result<LeaseRevokeResponse, EtcdError> {
+        match self.propose(Op::LeaseRevoke(r)).await? {
+            Outcomes::LeaseRevoke(resp) => Ok(resp),
+            _ => Err(EtcdError::Corrupt),
+        }
+    }
+
+    /// An unknown lease is answered with TTL 0, as etcd does.
+    pub fn keep_alive(&self, id: i64) -> Result<LeaseKeepAliveResponse, EtcdError> {
+        let ttl = self.lessor.renew(id)?.unwrap_or(0);
+        Ok(LeaseKeepAliveResponse {
+            header: None,
+            id,
+            ttl,
+        })
+    }
+
+    /// An unknown (or expired) lease is answered with TTL -1 rather than an error, as etcd does.
+    pub async fn time_to_live(
+        &self,
+        r: LeaseTimeToLiveRequest,
+    ) -> Result<LeaseTimeToLiveResponse, EtcdError> {
+        self.consensus.read_barrier().await?;
+        Ok(match self.lessor.info(r.id, r.keys) {
+            Some(info) => LeaseTimeToLiveResponse {
+                header: None,
+                id: r.id,
+                ttl: info.ttl,
+                granted_ttl: info.granted_ttl,
+                keys: info.keys,
+            },
+            None => LeaseTimeToLiveResponse {
+                header: None,
+                id: r.id,
+                ttl: -1,
+                granted_ttl: 0,
+                keys: Vec::new(),
+            },
+        })
+    }
+
+    pub async fn leases(&self) -> Result<LeaseLeasesResponse, EtcdError> {
+        self.consensus.read_barrier().await?;
+        let leases = self
+            .lessor
+            .ids()
+            .into_iter()
+            .map(|id| LeaseStatus { id })
+            .collect();
+        Ok(LeaseLeasesResponse {
+            header: None,
+            leases,
+        })
+    }
+
+    async fn propose(&self, op: Op) -> Result<Outcomes, EtcdError> {
+        self.consensus.propose(Command { op: Some(op) }).await
+    }
+}
+
+/// Revokes expired leases through Raft; only the primary lessor reports any.
+async fn expire(service: std::sync::Weak<LeaseService>) {
+    let mut ticker = tokio::time::interval(EXPIRY_CHECK);
+    loop {
+        ticker.tick().await;
+        let Some(service) = service.upgrade() else {
+            return;
+        };
+        for id in service.lessor.expired(Instant::now(), REVOKE_RETRY) {
+            let service = service.clone();
+            tokio::spawn(async move {
+                match service.revoke(LeaseRevokeRequest { id }).await {
+                    Ok(_) | Err(EtcdError::LeaseNotFound) => {}
+                    Err(e) => {
+                        tracing::warn!(lease = id, error = %e, "revoking an expired lease failed; retrying")
+                    }
+                }
+            });
+        }
+    }
+}
+
+/// etcd's request-id generator: the member id's low 16 bits, then a counter seeded from the
+/// clock, so ids from different members and restarts do not collide.
+struct IdGenerator {
+    prefix: u64,
+    counter: AtomicU64,
+}
+
+impl IdGenerator {
+    fn new(member_id: NodeId) -> IdGenerator {
+        let millis = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        IdGenerator {
+            prefix: (member_id & 0xffff) << 48,
+            counter: AtomicU64::new((millis & 0xff_ffff_ffff) << 8),
+        }
+    }
+
+    fn next(&self) -> i64 {
+        let suffix = self.counter.fetch_add(1, Ordering::Relaxed) + 1;
+        ((self.prefix | (suffix & 0xffff_ffff_ffff)) & i64::MAX as u64) as i64
+    }
+}
