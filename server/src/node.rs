@@ -101,9 +101,10 @@ impl Node {
             stored_leases(&engine)?,
             store.take_leased_keys(),
         ));
+        // etcd fragments a watch response only past the gRPC message limit.
         let watches = WatchHub::new(
             store.clone(),
-            config.max_request_bytes,
+            config.max_request_bytes + GRPC_OVERHEAD_BYTES,
             config.progress_notify_interval(),
         );
         let consensus = Arc::new(

@@ -4,6 +4,7 @@
 //! Both binaries take etcd's command-line flags, so one launcher serves either flavour; that is
 //! what lets a test body run unchanged against the reference implementation and against oxcd.
 
+pub mod watch_checker;
 
 use std::collections::BTreeSet;
 use std::fmt;

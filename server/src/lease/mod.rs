@@ -186,10 +186,8 @@ impl Lessor {
         let st = self.state.lock();
         let l = st.leases.get(&id)?;
         let remaining = match l.deadline {
-            Some(d) => {
-                let left = d.saturating_duration_since(Instant::now());
-                left.as_secs() as i64 + i64::from(left.subsec_nanos() > 0)
-            }
+            // Whole seconds left, truncated as etcd reports them.
+            Some(d) => d.saturating_duration_since(Instant::now()).as_secs() as i64,
             None => l.ttl,
         };
         let keys = if with_keys {

@@ -21,7 +21,8 @@ const CATCH_UP_EVENTS: usize = 1000;
 #[derive(Debug, Clone)]
 pub struct WatchOptions {
     pub range: KeyRange,
-    /// 0 = from the next revision.
+    /// 0 = from the next revision. A negative start is below any compaction point, so such a
+    /// watch is canceled right after creation, as etcd does.
     pub start_revision: i64,
     pub prev_kv: bool,
     pub no_put: bool,
@@ -271,7 +272,7 @@ impl StreamHandle {
         if opts.watch_id == 0 {
             stream.next_id = id + 1;
         }
-        let next_rev = if opts.start_revision <= 0 {
+        let next_rev = if opts.start_revision == 0 {
             published + 1
         } else {
             opts.start_revision
