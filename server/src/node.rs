@@ -16,8 +16,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::interceptor::InterceptedService;
 
-use crate::api::{HeaderFiller, KvApi, LeaseApi, MaintenanceApi, WatchApi};
+use crate::api::{HeaderFiller, KvApi, LeaderGuard, LeaseApi, MaintenanceApi, WatchApi};
 use crate::cluster;
 use crate::config::Config;
 use crate::kv::KvService;
@@ -137,48 +138,55 @@ impl Node {
         let leases = LeaseService::start(lessor, consensus.clone(), member_id);
         let max_decode = config.max_request_bytes + GRPC_OVERHEAD_BYTES;
 
+        let guard = LeaderGuard(consensus.clone());
         let (stop, stopped) = watch::channel(false);
         let mut servers = Vec::new();
         let mut client_addrs = Vec::new();
         for url in &config.listen_client_urls {
             let listener = bind(url).await?;
             client_addrs.push(listener.local_addr()?);
+            // Every service: etcd's message limits and the `hasleader` guard.
+            macro_rules! service {
+                ($server:ident, $api:expr) => {
+                    InterceptedService::new(
+                        $server::new($api)
+                            .max_decoding_message_size(max_decode)
+                            .max_encoding_message_size(usize::MAX),
+                        guard.clone(),
+                    )
+                };
+            }
             let router = tonic::transport::Server::builder()
-                .add_service(
-                    KvServer::new(KvApi {
+                .add_service(service!(
+                    KvServer,
+                    KvApi {
                         kv: kv.clone(),
-                        header: header.clone(),
-                    })
-                    .max_decoding_message_size(max_decode)
-                    .max_encoding_message_size(usize::MAX),
-                )
-                .add_service(
-                    LeaseServer::new(LeaseApi {
+                        header: header.clone()
+                    }
+                ))
+                .add_service(service!(
+                    LeaseServer,
+                    LeaseApi {
                         leases: leases.clone(),
-                        header: header.clone(),
-                    })
-                    .max_decoding_message_size(max_decode)
-                    .max_encoding_message_size(usize::MAX),
-                )
-                .add_service(
-                    WatchServer::new(WatchApi {
+                        header: header.clone()
+                    }
+                ))
+                .add_service(service!(
+                    WatchServer,
+                    WatchApi {
                         hub: watches.clone(),
-                        header: header.clone(),
-                        consensus: consensus.clone(),
-                    })
-                    .max_decoding_message_size(max_decode)
-                    .max_encoding_message_size(usize::MAX),
-                )
-                .add_service(
-                    MaintenanceServer::new(MaintenanceApi {
+                        header: header.clone()
+                    }
+                ))
+                .add_service(service!(
+                    MaintenanceServer,
+                    MaintenanceApi {
                         engine: engine.clone(),
                         consensus: consensus.clone(),
                         header: header.clone(),
                         quota_bytes: config.quota_bytes(),
-                    })
-                    .max_decoding_message_size(max_decode)
-                    .max_encoding_message_size(usize::MAX),
-                );
+                    }
+                ));
             let mut stopped = stopped.clone();
             servers.push(tokio::spawn(async move {
                 let shutdown = async move {

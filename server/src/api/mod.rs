@@ -29,16 +29,18 @@ use crate::error::EtcdError;
 use crate::raft::Consensus;
 
 /// etcd's `hasleader` metadata: a client that sets it wants an error, not a wait, when the
-/// member has no leader.
-pub fn require_leader<T>(
-    req: &tonic::Request<T>,
-    consensus: &Consensus,
-) -> Result<(), tonic::Status> {
-    let wants_leader = req.metadata().get("hasleader").is_some_and(|v| v == "true");
-    if wants_leader && consensus.status().leader.is_none() {
-        return Err(EtcdError::NoLeader.into());
+/// member has no leader. Applied to every service.
+#[derive(Clone)]
+pub struct LeaderGuard(pub Arc<Consensus>);
+
+impl tonic::service::Interceptor for LeaderGuard {
+    fn call(&mut self, req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        let wants_leader = req.metadata().get("hasleader").is_some_and(|v| v == "true");
+        if wants_leader && self.0.status().leader.is_none() {
+            return Err(EtcdError::NoLeader.into());
+        }
+        Ok(req)
     }
-    Ok(())
 }
 
 /// Fills the member-level fields of response headers, as etcd's `header.fill` does.

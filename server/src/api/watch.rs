@@ -8,15 +8,13 @@ use tokio_stream::StreamExt;
 use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{require_leader, HeaderFiller};
+use super::HeaderFiller;
 use crate::mvcc::KeyRange;
-use crate::raft::Consensus;
 use crate::watch::{WatchHub, WatchOptions};
 
 pub struct WatchApi {
     pub hub: Arc<WatchHub>,
     pub header: Arc<HeaderFiller>,
-    pub consensus: Arc<Consensus>,
 }
 
 fn options(c: WatchCreateRequest) -> WatchOptions {
@@ -39,7 +37,6 @@ impl Watch for WatchApi {
         &self,
         req: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<BoxStream<WatchResponse>>, Status> {
-        require_leader(&req, &self.consensus)?;
         let mut requests = req.into_inner();
         let (stream, responses) = self.hub.open_stream();
         tokio::spawn(async move {
