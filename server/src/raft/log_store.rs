@@ -1,5 +1,10 @@
 //! Raft's log and vote in the engine. An append is acknowledged to openraft only after the
 //! engine write that holds it has been fsynced; the vote is fsynced before `save_vote` returns.
+//!
+//! Appends do not wait for the disk: the entries are written (readable at once) and their
+//! completion callback goes to the WAL syncer thread, which fsyncs once for every append that
+//! queued up meanwhile and then acknowledges them all. openraft's core never blocks on an
+//! fsync, and concurrent appends share one.
 
 use std::fmt::Debug;
 use std::io;
@@ -20,6 +25,7 @@ const LAST_PURGED: &[u8] = b"last_purged";
 #[derive(Clone)]
 pub struct LogStore {
     engine: Arc<Engine>,
+    syncer: std::sync::mpsc::Sender<LogFlushed<TypeConfig>>,
 }
 
 fn index_key(index: u64) -> [u8; 8] {
@@ -45,8 +51,13 @@ fn write_err(e: impl std::error::Error + 'static) -> StorageError {
 }
 
 impl LogStore {
-    pub fn new(engine: Arc<Engine>) -> LogStore {
-        LogStore { engine }
+    pub fn new(engine: Arc<Engine>) -> std::io::Result<LogStore> {
+        let (syncer, pending) = std::sync::mpsc::channel();
+        let wal = engine.clone();
+        std::thread::Builder::new()
+            .name("raft-wal-sync".into())
+            .spawn(move || sync_wal(&wal, pending))?;
+        Ok(LogStore { engine, syncer })
     }
 
     fn get_state<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
@@ -164,17 +175,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let bytes = bincode::serialize(&entry).map_err(write_err)?;
             batch.put(Cf::RaftLog, &index_key(entry.log_id.index), &bytes);
         }
-        let result = self.engine.write(batch, true);
-        match result {
-            Ok(()) => {
-                callback.log_io_completed(Ok(()));
-                Ok(())
-            }
-            Err(e) => {
-                callback.log_io_completed(Err(io::Error::other(e.to_string())));
-                Err(write_err(e))
-            }
+        self.engine.write(batch, false).map_err(write_err)?;
+        if let Err(unsent) = self.syncer.send(callback) {
+            let e = io::Error::other("the WAL sync thread has stopped");
+            unsent
+                .0
+                .log_io_completed(Err(io::Error::other(e.to_string())));
+            return Err(write_err(e));
         }
+        Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
@@ -189,5 +198,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut batch = self.engine.batch();
         batch.delete_range(Cf::RaftLog, &index_key(0), &index_key(log_id.index + 1));
         self.engine.write(batch, false).map_err(write_err)
+    }
+}
+
+/// Acknowledges appends once an fsync that began after them has completed; every append that
+/// queued during one fsync shares the next.
+fn sync_wal(engine: &Engine, pending: std::sync::mpsc::Receiver<LogFlushed<TypeConfig>>) {
+    while let Ok(first) = pending.recv() {
+        let mut waiting = vec![first];
+        waiting.extend(pending.try_iter());
+        let result = engine.sync_wal().map_err(|e| e.to_string());
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "fsync of the write-ahead log failed");
+        }
+        for callback in waiting {
+            callback.log_io_completed(result.clone().map_err(io::Error::other));
+        }
     }
 }

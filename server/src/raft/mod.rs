@@ -73,7 +73,7 @@ impl Consensus {
             ..Default::default()
         }
         .validate()?;
-        let log = log_store::LogStore::new(engine.clone());
+        let log = log_store::LogStore::new(engine.clone())?;
         let sm = state_machine::StateMachine::open(engine, store, lessor, watches)?;
         let raft = types::Raft::new(id, Arc::new(config), network::PeerNetwork, log, sm).await?;
         if !raft.is_initialized().await? {

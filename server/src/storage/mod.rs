@@ -143,6 +143,11 @@ impl Engine {
         Ok(())
     }
 
+    /// Makes every write issued so far durable (fsyncs the shared write-ahead log).
+    pub fn sync_wal(&self) -> Result<()> {
+        Ok(self.db.flush_wal(true)?)
+    }
+
     /// Visits keys in `[from, to)` (to = None: unbounded) in order until `f` returns false.
     pub fn scan(
         &self,
