@@ -27,7 +27,7 @@ impl Maintenance for MaintenanceApi {
         let mut resp = StatusResponse {
             version: crate::ETCD_VERSION.to_string(),
             storage_version: crate::ETCD_VERSION.to_string(),
-            db_size: self.engine.size_on_disk() as i64,
+            db_size: self.engine.data_size() as i64,
             db_size_in_use: self.engine.live_data_size() as i64,
             db_size_quota: self.quota_bytes as i64,
             leader: raft.leader.unwrap_or(0),

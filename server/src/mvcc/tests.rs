@@ -129,14 +129,14 @@ async fn physical_compaction_frees_disk_space() {
         w.commit().unwrap();
     }
     engine.compact_all();
-    let before = engine.size_on_disk();
+    let before = engine.data_size();
     let rev = s.current_revision();
     let mut w = s.writer(false);
     w.compact(rev).unwrap();
     w.commit().unwrap();
     s.wait_compacted(rev).await;
     engine.compact_all();
-    let after = engine.size_on_disk();
+    let after = engine.data_size();
     assert!(
         after * 3 < before,
         "compaction should free most of {before} bytes, left {after}"

@@ -213,9 +213,24 @@ impl Engine {
         }
     }
 
-    /// Bytes the database occupies on disk (SST files plus write-ahead log).
-    pub fn size_on_disk(&self) -> u64 {
-        dir_size(&self.dir.join(DB_DIR))
+    /// Bytes of stored data: table files plus memtables, like etcd's backend file size. The
+    /// write-ahead log (the Raft log's durability, recycled in place) is not counted, as etcd
+    /// does not count its WAL either.
+    pub fn data_size(&self) -> u64 {
+        let property = |cf: Cf, name: &str| {
+            self.db
+                .property_int_value_cf(self.cf(cf), name)
+                .ok()
+                .flatten()
+                .unwrap_or(0)
+        };
+        Cf::ALL
+            .iter()
+            .map(|cf| {
+                property(*cf, "rocksdb.total-sst-files-size")
+                    + property(*cf, "rocksdb.cur-size-all-mem-tables")
+            })
+            .sum()
     }
 
     /// Estimated bytes of live data, excluding garbage awaiting compaction.
@@ -230,18 +245,6 @@ impl Engine {
             })
             .sum()
     }
-}
-
-fn dir_size(dir: &Path) -> u64 {
-    std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok()?.metadata().ok())
-                .filter(|m| m.is_file())
-                .map(|m| m.len())
-                .sum()
-        })
-        .unwrap_or(0)
 }
 
 pub struct WriteBatch<'a> {
