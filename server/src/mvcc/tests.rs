@@ -137,6 +137,7 @@ async fn physical_compaction_frees_disk_space() {
     s.wait_compacted(rev).await;
     engine.compact_all();
     let after = engine.data_size();
+    println!("stored data before compaction: {before} bytes, after: {after} bytes");
     assert!(
         after * 3 < before,
         "compaction should free most of {before} bytes, left {after}"
