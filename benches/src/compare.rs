@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use crate::load::{format_ms, run_puts, PutReport, PutWorkload};
-use crate::server::ServerProcess;
+use crate::load::{run_puts, PutReport, PutWorkload};
+use crate::server::{new_work_dir, ServerProcess};
+use crate::stats::{format_ms, ratio, MIB};
 
 /// Workload shape shared by both runs; only the client/connection counts and totals vary.
 const KEY_SIZE: u64 = 8;
@@ -15,8 +16,6 @@ const VAL_SIZE: u64 = 256;
 const KEY_SPACE: u64 = 100_000;
 const CONCURRENT_CLIENTS: u64 = 50;
 const CONCURRENT_CONNS: u64 = 10;
-
-const MIB: f64 = 1024.0 * 1024.0;
 
 #[derive(clap::Args, Debug)]
 pub struct CompareArgs {
@@ -47,11 +46,7 @@ struct ServerMeasurements {
 /// a fixed order keeps repeated comparisons alike, and each server gets a fresh process and
 /// data dir, so neither inherits the other's state (only the OS page cache is shared).
 pub async fn compare_put(args: &CompareArgs) -> Result<String> {
-    // Kept after the run: it holds both servers' logs (data dirs are removed once measured).
-    let work_dir = tempfile::Builder::new()
-        .prefix("oxcd-bench-")
-        .tempdir()?
-        .keep();
+    let work_dir = new_work_dir()?;
     let workloads = [
         put_workload(1, 1, args.total_sequential),
         put_workload(CONCURRENT_CLIENTS, CONCURRENT_CONNS, args.total_concurrent),
@@ -87,14 +82,7 @@ async fn measure(
     work_dir: &Path,
     workloads: &[PutWorkload],
 ) -> Result<ServerMeasurements> {
-    std::fs::create_dir_all(work_dir)?;
-    eprintln!("{label}: starting {}", binary.display());
-    let mut server = ServerProcess::start(binary, work_dir)?;
-    server
-        .wait_until_ready()
-        .await
-        .with_context(|| format!("{label} did not become ready"))?;
-
+    let server = ServerProcess::start_ready(label, binary, work_dir).await?;
     let endpoints = [server.client_url().to_owned()];
     let mut reports = Vec::new();
     for workload in workloads {
@@ -187,13 +175,4 @@ fn render_summary(
         }
     }
     out
-}
-
-/// `numerator / denominator` to two decimals, or "n/a" when the denominator is zero.
-fn ratio(numerator: f64, denominator: f64) -> String {
-    if denominator > 0.0 {
-        format!("{:.2}", numerator / denominator)
-    } else {
-        "n/a".to_owned()
-    }
 }

@@ -12,18 +12,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 use tokio::task::JoinSet;
 
-/// Latencies are recorded in microseconds; anything slower than a minute is clamped to it.
-const MAX_TRACKED_LATENCY_US: u64 = 60_000_000;
-/// Three significant digits: 0.1% relative error on every reported percentile.
-const LATENCY_SIGNIFICANT_DIGITS: u8 = 3;
-
-/// The percentiles every report shows, besides the maximum.
-const REPORTED_QUANTILES: [(&str, f64); 4] = [
-    ("p50", 0.50),
-    ("p90", 0.90),
-    ("p99", 0.99),
-    ("p99.9", 0.999),
-];
+use crate::stats::{latency_json, latency_text, merge, micros, new_latency_histogram};
 
 /// The shape of one put run; the CLI flags of `oxcd-bench put` map onto it one to one.
 #[derive(clap::Args, Clone, Debug)]
@@ -126,15 +115,7 @@ impl PutReport {
             self.wall.as_secs_f64(),
             self.throughput()
         );
-        for (name, quantile) in REPORTED_QUANTILES {
-            let value = self.latency_us.value_at_quantile(quantile);
-            text.push_str(&format!("  {name:<6} {}\n", format_ms(value)));
-        }
-        text.push_str(&format!(
-            "  {:<6} {}\n",
-            "max",
-            format_ms(self.latency_us.max())
-        ));
+        text.push_str(&latency_text(&self.latency_us));
         if let Some(error) = &self.first_error {
             text.push_str(&format!("first error: {error}\n"));
         }
@@ -143,35 +124,15 @@ impl PutReport {
 
     /// The machine-readable report printed by `oxcd-bench put --json`; latencies in ms.
     pub fn to_json(&self) -> serde_json::Value {
-        let mut latency_ms = serde_json::Map::new();
-        for (name, quantile) in REPORTED_QUANTILES {
-            let value = self.latency_us.value_at_quantile(quantile);
-            latency_ms.insert(name.to_owned(), us_to_ms(value).into());
-        }
-        latency_ms.insert("max".to_owned(), us_to_ms(self.latency_us.max()).into());
         serde_json::json!({
             "total": self.total,
             "errors": self.errors,
             "first_error": self.first_error,
             "wall_s": self.wall.as_secs_f64(),
             "ops_per_s": self.throughput(),
-            "latency_ms": latency_ms,
+            "latency_ms": latency_json(&self.latency_us),
         })
     }
-}
-
-fn us_to_ms(micros: u64) -> f64 {
-    micros as f64 / 1000.0
-}
-
-/// Microseconds shown as milliseconds with microsecond resolution, e.g. `1.234 ms`.
-pub fn format_ms(micros: u64) -> String {
-    format!("{:.3} ms", us_to_ms(micros))
-}
-
-fn new_latency_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, MAX_TRACKED_LATENCY_US, LATENCY_SIGNIFICANT_DIGITS)
-        .expect("constant histogram bounds are valid")
 }
 
 /// Runs `workload` against `endpoints` and returns once all its puts have finished.
@@ -185,16 +146,7 @@ pub async fn run_puts(endpoints: &[String], workload: &PutWorkload) -> Result<Pu
 
     let mut connections = Vec::new();
     for _ in 0..workload.conns {
-        let mut client = Client::connect(endpoints, None)
-            .await
-            .with_context(|| format!("cannot connect to {endpoints:?}"))?;
-        // Channels connect lazily: one Get per connection keeps the TCP and HTTP/2 handshakes
-        // out of the first puts' latencies, and fails fast on an unreachable endpoint.
-        client
-            .get("oxcd-bench-warmup", None)
-            .await
-            .with_context(|| format!("warm-up Get against {endpoints:?} failed"))?;
-        connections.push(client);
+        connections.push(connect(endpoints).await?);
     }
 
     let next_ticket = Arc::new(AtomicU64::new(0));
@@ -220,15 +172,26 @@ pub async fn run_puts(endpoints: &[String], workload: &PutWorkload) -> Result<Pu
     };
     while let Some(outcome) = clients.join_next().await {
         let outcome = outcome.context("a client task panicked")?;
-        report
-            .latency_us
-            .add(&outcome.latency_us)
-            .expect("histograms with identical bounds always merge");
+        merge(&mut report.latency_us, &outcome.latency_us);
         report.errors += outcome.errors;
         report.first_error = report.first_error.or(outcome.first_error);
     }
     report.wall = started.elapsed();
     Ok(report)
+}
+
+/// A new gRPC connection to `endpoints`, already established. Channels connect lazily: one Get
+/// keeps the TCP and HTTP/2 handshakes out of the first requests' latencies, and fails fast on an
+/// unreachable endpoint.
+pub async fn connect(endpoints: &[String]) -> Result<Client> {
+    let mut client = Client::connect(endpoints, None)
+        .await
+        .with_context(|| format!("cannot connect to {endpoints:?}"))?;
+    client
+        .get("oxcd-bench-warmup", None)
+        .await
+        .with_context(|| format!("warm-up Get against {endpoints:?} failed"))?;
+    Ok(client)
 }
 
 async fn run_client(
@@ -257,10 +220,7 @@ async fn run_client(
 
         let sent = Instant::now();
         match kv.put(key, value, None).await {
-            Ok(_) => {
-                let micros = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
-                outcome.latency_us.saturating_record(micros);
-            }
+            Ok(_) => outcome.latency_us.saturating_record(micros(sent.elapsed())),
             Err(error) => {
                 outcome.errors += 1;
                 outcome.first_error.get_or_insert_with(|| error.to_string());
@@ -299,13 +259,6 @@ mod tests {
         assert!(KeyGenerator::new(2, 101, false).is_err());
         // 10^25 overflows u64, so any key space fits.
         assert!(KeyGenerator::new(25, u64::MAX, false).is_ok());
-    }
-
-    #[test]
-    fn latencies_print_as_milliseconds_with_three_decimals() {
-        assert_eq!(format_ms(0), "0.000 ms");
-        assert_eq!(format_ms(1_234), "1.234 ms");
-        assert_eq!(format_ms(60_000_000), "60000.000 ms");
     }
 
     #[test]

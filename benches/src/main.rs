@@ -1,9 +1,12 @@
-//! `oxcd-bench`: a put load generator for any etcd v3 gRPC endpoint (real etcd and oxcd alike),
-//! and a driver that runs the same load against a fresh etcd and a fresh oxcd side by side.
+//! `oxcd-bench`: put and watch load generators for any etcd v3 gRPC endpoint (real etcd and oxcd
+//! alike), and drivers that run the same load against a fresh etcd and a fresh oxcd side by side.
 
 mod compare;
+mod compare_watch;
 mod load;
 mod server;
+mod stats;
+mod watch;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -22,6 +25,12 @@ enum Command {
     /// Start a fresh single-member etcd, then a fresh oxcd, run the same put workloads against
     /// each, and print a Markdown comparison (etcd always runs first).
     ComparePut(compare::CompareArgs),
+    /// Create many watchers on one prefix, put under it at a fixed rate, and report how late
+    /// each watcher got each event, and which events it missed or got twice.
+    WatchLatency(WatchLatencyArgs),
+    /// Start a fresh single-member etcd, then a fresh oxcd, run the same watch load against
+    /// each, and print a Markdown comparison of latency and memory (etcd always runs first).
+    CompareWatch(compare_watch::CompareWatchArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -36,18 +45,43 @@ struct PutArgs {
     json: bool,
 }
 
+#[derive(clap::Args, Debug)]
+struct WatchLatencyArgs {
+    /// Comma-separated client endpoints (host:port or http://host:port).
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:2379")]
+    endpoints: Vec<String>,
+    #[command(flatten)]
+    workload: watch::WatchWorkload,
+    /// Print one JSON object instead of the text report.
+    #[arg(long)]
+    json: bool,
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Put(args) => {
             let report = load::run_puts(&args.endpoints, &args.workload).await?;
-            if args.json {
-                println!("{}", report.to_json());
-            } else {
-                print!("{}", report.to_text());
-            }
+            print_report(args.json, || report.to_json(), || report.to_text());
         }
         Command::ComparePut(args) => print!("{}", compare::compare_put(&args).await?),
+        Command::WatchLatency(args) => {
+            let report = watch::run_watch(&args.endpoints, &args.workload).await?;
+            print_report(args.json, || report.to_json(), || report.to_text());
+        }
+        Command::CompareWatch(args) => print!("{}", compare_watch::compare_watch(&args).await?),
     }
     Ok(())
+}
+
+fn print_report(
+    json: bool,
+    to_json: impl FnOnce() -> serde_json::Value,
+    to_text: impl FnOnce() -> String,
+) {
+    if json {
+        println!("{}", to_json());
+    } else {
+        print!("{}", to_text());
+    }
 }

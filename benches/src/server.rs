@@ -66,6 +66,19 @@ impl ServerProcess {
         })
     }
 
+    /// Starts `binary` in `work_dir` (created if missing) and returns once it serves requests;
+    /// `label` names it in progress messages and errors.
+    pub async fn start_ready(label: &str, binary: &Path, work_dir: &Path) -> Result<Self> {
+        fs::create_dir_all(work_dir)?;
+        eprintln!("{label}: starting {}", binary.display());
+        let mut server = Self::start(binary, work_dir)?;
+        server
+            .wait_until_ready()
+            .await
+            .with_context(|| format!("{label} did not become ready"))?;
+        Ok(server)
+    }
+
     pub fn client_url(&self) -> &str {
         &self.client_url
     }
@@ -139,6 +152,15 @@ impl ServerProcess {
         fs::remove_dir_all(&self.data_dir)
             .with_context(|| format!("cannot remove {}", self.data_dir.display()))
     }
+}
+
+/// A fresh directory for one comparison's servers. It is kept after the run because it holds
+/// their logs (each data dir is removed when its server stops).
+pub fn new_work_dir() -> Result<PathBuf> {
+    Ok(tempfile::Builder::new()
+        .prefix("oxcd-bench-")
+        .tempdir()?
+        .keep())
 }
 
 fn apparent_size(path: &Path) -> Result<u64> {

@@ -3,6 +3,9 @@ use oxcd::config::Config;
 use oxcd::node::Node;
 use tokio::signal::unix::{signal, SignalKind};
 
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() {
     let config = Config::parse();
     init_logging(&config.log_level);

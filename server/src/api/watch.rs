@@ -42,15 +42,20 @@ impl Watch for WatchApi {
         tokio::spawn(async move {
             // The stream (and its watchers) lives as long as the client keeps sending.
             while let Some(Ok(req)) = requests.next().await {
-                match req.request_union {
-                    Some(RequestUnion::CreateRequest(c)) => {
-                        if stream.create(options(c)).await.is_err() {
-                            break;
-                        }
+                let open = match req.request_union {
+                    Some(RequestUnion::CreateRequest(c)) => stream.create(options(c)).await.is_ok(),
+                    Some(RequestUnion::CancelRequest(c)) => {
+                        stream.cancel(c.watch_id).await;
+                        true
                     }
-                    Some(RequestUnion::CancelRequest(c)) => stream.cancel(c.watch_id).await,
-                    Some(RequestUnion::ProgressRequest(_)) => stream.request_progress(),
-                    None => {}
+                    Some(RequestUnion::ProgressRequest(_)) => {
+                        stream.request_progress();
+                        true
+                    }
+                    None => true,
+                };
+                if !open {
+                    break;
                 }
             }
         });

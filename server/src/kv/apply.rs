@@ -74,7 +74,7 @@ pub fn range(view: &impl ReadView, r: &RangeRequest) -> Result<RangeResponse, Et
         };
         // Stable in both directions: ties stay in ascending key order, as etcd returns them.
         if order == SortOrder::Descend {
-            kvs.sort_by(|a, b| key(b).cmp(&key(a)));
+            kvs.sort_by_cached_key(|kv| std::cmp::Reverse(key(kv)));
         } else {
             kvs.sort_by_cached_key(key);
         }

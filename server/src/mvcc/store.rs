@@ -350,13 +350,16 @@ fn load_state(engine: &Engine) -> storage::Result<(State, i64, HashMap<Vec<u8>, 
     ))
 }
 
+/// Keys with their state at the revision read, the total count, and the current revision.
+type Resolved = (Vec<(Vec<u8>, KeyAt)>, usize, i64);
+
 /// Looks up revisions for a range at the requested revision with etcd's revision checks.
 fn resolve(
     state: &State,
     current: i64,
     range: &KeyRange,
     opts: RangeOptions,
-) -> Result<(Vec<(Vec<u8>, KeyAt)>, usize, i64), EtcdError> {
+) -> Result<Resolved, EtcdError> {
     if opts.rev > current {
         return Err(EtcdError::FutureRevision);
     }

@@ -4,6 +4,9 @@
 //! acknowledged, even on a single member. Linearizable reads confirm leadership (ReadIndex) and
 //! wait until the state machine has applied the read index.
 
+// openraft's traits dictate its (large) StorageError as the error type.
+#![allow(clippy::result_large_err)]
+
 mod log_store;
 mod network;
 mod proposer;

@@ -58,6 +58,9 @@ pub enum StorageError {
 
 pub type Result<T> = std::result::Result<T, StorageError>;
 
+/// A key and its value as stored.
+pub type Entry = (Box<[u8]>, Box<[u8]>);
+
 const LOCK_FILE: &str = "oxcd.lock";
 const DB_DIR: &str = "db";
 
@@ -179,15 +182,8 @@ impl Engine {
     }
 
     /// The greatest key of a column family with its value.
-    pub fn last(&self, cf: Cf) -> Result<Option<(Box<[u8]>, Box<[u8]>)>> {
+    pub fn last(&self, cf: Cf) -> Result<Option<Entry>> {
         match self.db.iterator_cf(self.cf(cf), IteratorMode::End).next() {
-            Some(item) => Ok(Some(item?)),
-            None => Ok(None),
-        }
-    }
-
-    pub fn first(&self, cf: Cf) -> Result<Option<(Box<[u8]>, Box<[u8]>)>> {
-        match self.db.iterator_cf(self.cf(cf), IteratorMode::Start).next() {
             Some(item) => Ok(Some(item?)),
             None => Ok(None),
         }

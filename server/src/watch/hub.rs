@@ -13,7 +13,7 @@ use crate::error::EtcdError;
 use crate::mvcc::{Change, KeyRange, MvccStore};
 
 /// Responses queued per stream before its watchers fall back to catching up from storage.
-const STREAM_QUEUE: usize = 1024;
+const STREAM_QUEUE: usize = 128;
 /// Events read from storage per catch-up step.
 const CATCH_UP_EVENTS: usize = 1000;
 
@@ -31,6 +31,17 @@ pub struct WatchOptions {
     pub fragment: bool,
     /// 0 = server-assigned.
     pub watch_id: i64,
+}
+
+impl WatchOptions {
+    /// Whether the NOPUT / NODELETE filters let an event of this kind through.
+    fn passes(&self, deleted: bool) -> bool {
+        if deleted {
+            !self.no_delete
+        } else {
+            !self.no_put
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -53,8 +64,7 @@ struct Watcher {
 impl Watcher {
     fn wants(&self, kv: &KeyValue, deleted: bool) -> bool {
         kv.mod_revision >= self.next_rev
-            && !(deleted && self.opts.no_delete)
-            && !(!deleted && self.opts.no_put)
+            && self.opts.passes(deleted)
             && self.opts.range.contains(&kv.key)
     }
 }
@@ -408,7 +418,7 @@ impl WatchHub {
             let complete = events.len() < CATCH_UP_EVENTS;
             let wanted: Vec<Event> = events
                 .into_iter()
-                .filter(|e| !(e.deleted && opts.no_delete) && !(!e.deleted && opts.no_put))
+                .filter(|e| opts.passes(e.deleted))
                 .map(|e| {
                     let prev = if opts.prev_kv {
                         self.store.value_before(&e.kv.key, e.kv.mod_revision)
