@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
 use oxcd_proto::etcdserverpb::{
     kv_server::KvServer, lease_server::LeaseServer, maintenance_server::MaintenanceServer,
     watch_server::WatchServer,
@@ -15,8 +17,8 @@ use prost::Message;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::interceptor::InterceptedService;
+use tonic::service::Routes;
 
 use crate::api::{HeaderFiller, KvApi, LeaderGuard, LeaseApi, MaintenanceApi, WatchApi};
 use crate::cluster;
@@ -33,6 +35,10 @@ use crate::watch::WatchHub;
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 const IDENTITY_KEY: &[u8] = b"identity";
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+/// Response bytes HTTP/2 may buffer per stream beyond what the socket takes (grpc-go's write
+/// quota): a watch stream that cannot keep up then backs up into the watch hub, which holds
+/// bounded state per watcher, instead of into memory.
+const STREAM_SEND_BUFFER: usize = 64 * 1024;
 
 pub struct Node {
     member_id: u64,
@@ -156,7 +162,8 @@ impl Node {
                     )
                 };
             }
-            let router = tonic::transport::Server::builder()
+            let mut routes = Routes::builder();
+            routes
                 .add_service(service!(
                     KvServer,
                     KvApi {
@@ -187,18 +194,11 @@ impl Node {
                         quota_bytes: config.quota_bytes(),
                     }
                 ));
-            let mut stopped = stopped.clone();
-            servers.push(tokio::spawn(async move {
-                let shutdown = async move {
-                    let _ = stopped.wait_for(|s| *s).await;
-                };
-                if let Err(e) = router
-                    .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-                    .await
-                {
-                    tracing::error!(error = %e, "client server failed");
-                }
-            }));
+            servers.push(tokio::spawn(serve_clients(
+                listener,
+                routes.routes(),
+                stopped.clone(),
+            )));
         }
         tracing::info!(
             name = %config.name,
@@ -302,6 +302,43 @@ fn stored_leases(engine: &Engine) -> anyhow::Result<Vec<StoredLease>> {
         Some(e) => bail!("corrupt lease record: {e}"),
         None => Ok(leases),
     }
+}
+
+/// Serves gRPC (HTTP/2) on `listener` until `stopped`; open connections are closed when the
+/// returned future is dropped or finishes.
+async fn serve_clients(listener: TcpListener, routes: Routes, mut stopped: watch::Receiver<bool>) {
+    let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    http2
+        .max_send_buf_size(STREAM_SEND_BUFFER)
+        .max_concurrent_streams(None);
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (tcp, _) = match accepted {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accepting a client connection failed");
+                        continue;
+                    }
+                };
+                let _ = tcp.set_nodelay(true);
+                let conn = http2.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(routes.clone()));
+                connections.spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "client connection ended");
+                    }
+                });
+            }
+            _ = stopped.wait_for(|s| *s) => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    // Let in-flight calls finish briefly; the rest are cut when `connections` drops.
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
 }
 
 async fn bind(url: &str) -> anyhow::Result<TcpListener> {
