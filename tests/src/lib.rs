@@ -599,6 +599,19 @@ pub fn expect_grpc_error<T: fmt::Debug>(
     }
 }
 
+/// What a test body that ran in its own task failed with.
+pub fn failure_message(e: tokio::task::JoinError) -> String {
+    if !e.is_panic() {
+        return e.to_string();
+    }
+    let payload = e.into_panic();
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "(non-string panic)".into())
+}
+
 /// Runs `body` against a fresh etcd and then a fresh oxcd, so every assertion is checked against
 /// the reference first: a test that fails on etcd is a wrong test, one that fails only on oxcd is
 /// an oxcd bug. The panic message names the flavour that failed.
@@ -617,17 +630,7 @@ where
         };
         let outcome = tokio::spawn(body(target)).await;
         if let Err(e) = outcome {
-            let message = if e.is_panic() {
-                let payload = e.into_panic();
-                payload
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_else(|| "(non-string panic)".into())
-            } else {
-                format!("{e}")
-            };
-            panic!("[against {flavor}] {message}");
+            panic!("[against {flavor}] {}", failure_message(e));
         }
         drop(server);
     }

@@ -45,17 +45,7 @@ where
     for flavor in [Flavor::Etcd, Flavor::Oxcd] {
         let server = Server::start_with(flavor, options.clone()).await;
         if let Err(e) = tokio::spawn(body(server)).await {
-            let message = if e.is_panic() {
-                let payload = e.into_panic();
-                payload
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_else(|| "(non-string panic)".into())
-            } else {
-                format!("{e}")
-            };
-            panic!("[against {flavor}] {message}");
+            panic!("[against {flavor}] {}", crate::failure_message(e));
         }
     }
 }

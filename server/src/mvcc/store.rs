@@ -230,29 +230,35 @@ impl MvccStore {
         let mut failure = None;
         let end = Revision::lower_bound_key(to + 1);
         snapshot
-            .scan_from(Cf::Kv, &Revision::lower_bound_key(from), &end, |k, v| {
-                let (Some((rev, deleted)), Ok(kv)) = (Revision::from_key(k), KeyValue::decode(v))
-                else {
-                    failure = Some(EtcdError::Corrupt);
-                    return false;
-                };
-                if events.len() >= max_events && last_main != Some(rev.main) {
-                    return false;
-                }
-                last_main = Some(rev.main);
-                if range.contains(&kv.key) {
-                    let kv = if deleted {
-                        KeyValue {
-                            mod_revision: rev.main,
-                            ..kv
-                        }
-                    } else {
-                        kv
+            .scan(
+                Cf::Kv,
+                &Revision::lower_bound_key(from),
+                Some(&end),
+                |k, v| {
+                    let (Some((rev, deleted)), Ok(kv)) =
+                        (Revision::from_key(k), KeyValue::decode(v))
+                    else {
+                        failure = Some(EtcdError::Corrupt);
+                        return false;
                     };
-                    events.push(HistoryEvent { kv, deleted });
-                }
-                true
-            })
+                    if events.len() >= max_events && last_main != Some(rev.main) {
+                        return false;
+                    }
+                    last_main = Some(rev.main);
+                    if range.contains(&kv.key) {
+                        let kv = if deleted {
+                            KeyValue {
+                                mod_revision: rev.main,
+                                ..kv
+                            }
+                        } else {
+                            kv
+                        };
+                        events.push(HistoryEvent { kv, deleted });
+                    }
+                    true
+                },
+            )
             .map_err(|_| EtcdError::Corrupt)?;
         match failure {
             Some(e) => Err(e),

@@ -306,7 +306,7 @@ fn dump_snapshot(store: &MvccStore, dir: &Path) -> Result<(), StorageError> {
     out.write_all(SNAPSHOT_MAGIC).map_err(werr)?;
     for (tag, cf) in [(0u8, Cf::Kv), (1u8, Cf::Meta)] {
         let mut io_result = Ok(());
-        snap.scan(cf, |k, v| {
+        snap.scan(cf, &[], None, |k, v| {
             io_result = write_record(&mut out, tag, k, v);
             io_result.is_ok()
         })

@@ -161,7 +161,7 @@ impl Engine {
         cf: Cf,
         from: &[u8],
         to: Option<&[u8]>,
-        mut f: impl FnMut(&[u8], &[u8]) -> bool,
+        f: impl FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<()> {
         let mut opts = ReadOptions::default();
         if let Some(to) = to {
@@ -172,13 +172,7 @@ impl Engine {
             opts,
             IteratorMode::From(from, Direction::Forward),
         );
-        for item in iter {
-            let (k, v) = item?;
-            if !f(&k, &v) {
-                break;
-            }
-        }
-        Ok(())
+        visit(iter, f)
     }
 
     /// The greatest key of a column family with its value.
@@ -243,6 +237,20 @@ impl Engine {
     }
 }
 
+/// Feeds `f` key/value pairs from an engine iterator until it returns false.
+fn visit(
+    iter: impl Iterator<Item = std::result::Result<Entry, rocksdb::Error>>,
+    mut f: impl FnMut(&[u8], &[u8]) -> bool,
+) -> Result<()> {
+    for item in iter {
+        let (k, v) = item?;
+        if !f(&k, &v) {
+            break;
+        }
+    }
+    Ok(())
+}
+
 pub struct WriteBatch<'a> {
     engine: &'a Engine,
     inner: rocksdb::WriteBatch,
@@ -281,43 +289,25 @@ impl Snapshot<'_> {
         Ok(self.inner.get_cf(self.engine.cf(cf), key)?)
     }
 
-    /// Visits keys in `[from, to)` in order until `f` returns false.
-    pub fn scan_from(
+    /// Visits keys in `[from, to)` (to = None: unbounded) in order until `f` returns false.
+    pub fn scan(
         &self,
         cf: Cf,
         from: &[u8],
-        to: &[u8],
-        mut f: impl FnMut(&[u8], &[u8]) -> bool,
+        to: Option<&[u8]>,
+        f: impl FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<()> {
         let mut opts = ReadOptions::default();
         opts.set_snapshot(&self.inner);
-        opts.set_iterate_upper_bound(to.to_vec());
+        if let Some(to) = to {
+            opts.set_iterate_upper_bound(to.to_vec());
+        }
         let iter = self.engine.db.iterator_cf_opt(
             self.engine.cf(cf),
             opts,
             IteratorMode::From(from, Direction::Forward),
         );
-        for item in iter {
-            let (k, v) = item?;
-            if !f(&k, &v) {
-                break;
-            }
-        }
-        Ok(())
-    }
-
-    /// Visits every key of a column family in order until `f` returns false.
-    pub fn scan(&self, cf: Cf, mut f: impl FnMut(&[u8], &[u8]) -> bool) -> Result<()> {
-        for item in self
-            .inner
-            .iterator_cf(self.engine.cf(cf), IteratorMode::Start)
-        {
-            let (k, v) = item?;
-            if !f(&k, &v) {
-                break;
-            }
-        }
-        Ok(())
+        visit(iter, f)
     }
 
     /// Values for many keys at once, in the order given.
