@@ -97,8 +97,7 @@ pub struct Config {
     #[arg(long, env = "ETCD_LOG_OUTPUTS", value_delimiter = ',')]
     pub log_outputs: Vec<String>,
 
-    // TLS: accepted so existing units parse; serving TLS is refused until it is implemented,
-    // rather than silently serving plaintext.
+    // Client TLS (https:// listen URLs). Peer TLS flags are accepted for the peer transport.
     #[arg(long, env = "ETCD_CERT_FILE")]
     pub cert_file: Option<PathBuf>,
     #[arg(long, env = "ETCD_KEY_FILE")]
@@ -188,14 +187,6 @@ impl Config {
             .or(self.experimental_watch_progress_notify_interval)
             .unwrap_or(Duration::from_secs(600))
     }
-
-    pub fn uses_tls(&self) -> bool {
-        self.cert_file.is_some()
-            || self
-                .listen_client_urls
-                .iter()
-                .any(|u| u.starts_with("https://"))
-    }
 }
 
 #[cfg(test)]
@@ -232,6 +223,5 @@ mod tests {
             Some(Duration::from_secs(5))
         );
         assert_eq!(c.client_cert_auth, Some(true));
-        assert!(c.uses_tls());
     }
 }

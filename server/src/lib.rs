@@ -13,6 +13,7 @@ pub mod mvcc;
 pub mod node;
 pub mod raft;
 pub mod storage;
+pub mod tls;
 pub mod watch;
 
 /// The etcd version oxcd reports. kube-apiserver enables watch-progress-based consistent reads

@@ -17,6 +17,7 @@ use prost::Message;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::service::Routes;
 
@@ -51,11 +52,7 @@ pub struct Node {
 
 impl Node {
     pub async fn start(config: &Config) -> anyhow::Result<Node> {
-        if config.uses_tls() {
-            bail!(
-                "TLS (--cert-file, https:// client URLs) is not supported by this oxcd build yet"
-            );
-        }
+        let tls = crate::tls::client_acceptor(config)?;
         let members = cluster::parse_initial_cluster(&config.initial_cluster())
             .map_err(anyhow::Error::msg)?;
         let me = members
@@ -194,8 +191,14 @@ impl Node {
                         quota_bytes: config.quota_bytes(),
                     }
                 ));
+            let acceptor = if url.starts_with("https://") {
+                tls.clone()
+            } else {
+                None
+            };
             servers.push(tokio::spawn(serve_clients(
                 listener,
+                acceptor,
                 routes.routes(),
                 stopped.clone(),
             )));
@@ -306,7 +309,12 @@ fn stored_leases(engine: &Engine) -> anyhow::Result<Vec<StoredLease>> {
 
 /// Serves gRPC (HTTP/2) on `listener` until `stopped`; open connections are closed when the
 /// returned future is dropped or finishes.
-async fn serve_clients(listener: TcpListener, routes: Routes, mut stopped: watch::Receiver<bool>) {
+async fn serve_clients(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    routes: Routes,
+    mut stopped: watch::Receiver<bool>,
+) {
     let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     http2
         .max_send_buf_size(STREAM_SEND_BUFFER)
@@ -315,7 +323,7 @@ async fn serve_clients(listener: TcpListener, routes: Routes, mut stopped: watch
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let (tcp, _) = match accepted {
+                let (tcp, peer) = match accepted {
                     Ok(conn) => conn,
                     Err(e) => {
                         tracing::warn!(error = %e, "accepting a client connection failed");
@@ -323,10 +331,22 @@ async fn serve_clients(listener: TcpListener, routes: Routes, mut stopped: watch
                     }
                 };
                 let _ = tcp.set_nodelay(true);
-                let conn = http2.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(routes.clone()));
+                let (http2, service, tls) = (http2.clone(), TowerToHyperService::new(routes.clone()), tls.clone());
+                // The TLS handshake runs in the connection's task so a slow client cannot hold
+                // up accepting others.
                 connections.spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "client connection ended");
+                    let served = match tls {
+                        Some(tls) => match tls.accept(tcp).await {
+                            Ok(stream) => http2.serve_connection(TokioIo::new(stream), service).await,
+                            Err(e) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                        },
+                        None => http2.serve_connection(TokioIo::new(tcp), service).await,
+                    };
+                    if let Err(e) = served {
+                        tracing::debug!(%peer, error = %e, "client connection ended");
                     }
                 });
             }
