@@ -115,13 +115,15 @@ pub struct Config {
     #[arg(long, env = "ETCD_PEER_CLIENT_CERT_AUTH", num_args = 0..=1, default_missing_value = "true")]
     pub peer_client_cert_auth: Option<bool>,
 
-    // Accepted for compatibility with kubeadm manifests; used by later features.
+    /// URLs serving /livez, /readyz, /health and /metrics over plain HTTP.
     #[arg(long, env = "ETCD_LISTEN_METRICS_URLS", value_delimiter = ',')]
     pub listen_metrics_urls: Vec<String>,
+    /// Interval of progress notifications to watches that asked for them (etcd: 10m).
     #[arg(long, env = "ETCD_WATCH_PROGRESS_NOTIFY_INTERVAL", value_parser = humantime_like)]
     pub watch_progress_notify_interval: Option<Duration>,
     #[arg(long, env = "ETCD_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL", value_parser = humantime_like)]
     pub experimental_watch_progress_notify_interval: Option<Duration>,
+    // Accepted so kubeadm manifests start oxcd; not acted on yet.
     #[arg(long, env = "ETCD_FEATURE_GATES")]
     pub feature_gates: Option<String>,
     #[arg(long, env = "ETCD_AUTO_COMPACTION_MODE")]

@@ -7,6 +7,7 @@ pub mod api;
 pub mod cluster;
 pub mod config;
 pub mod error;
+pub mod health;
 pub mod kv;
 pub mod lease;
 pub mod mvcc;

@@ -203,6 +203,18 @@ impl Node {
                 stopped.clone(),
             )));
         }
+        let health = crate::health::Health {
+            consensus: consensus.clone(),
+            store: store.clone(),
+            engine: engine.clone(),
+            member_id,
+        };
+        for url in &config.listen_metrics_urls {
+            let listener = bind(url).await?;
+            servers.push(tokio::spawn(
+                health.clone().serve(listener, stopped.clone()),
+            ));
+        }
         tracing::info!(
             name = %config.name,
             member_id = %format!("{member_id:x}"),
