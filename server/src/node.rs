@@ -142,6 +142,11 @@ impl Node {
         let max_decode = config.max_request_bytes + GRPC_OVERHEAD_BYTES;
 
         let guard = LeaderGuard(consensus.clone());
+        // etcd registers the standard gRPC health service, serving for the empty service name.
+        let (health_reporter, grpc_health) = tonic_health::server::health_reporter();
+        health_reporter
+            .set_service_status("", tonic_health::ServingStatus::Serving)
+            .await;
         let (stop, stopped) = watch::channel(false);
         let mut servers = Vec::new();
         let mut client_addrs = Vec::new();
@@ -161,6 +166,7 @@ impl Node {
             }
             let mut routes = Routes::builder();
             routes
+                .add_service(grpc_health.clone())
                 .add_service(service!(
                     KvServer,
                     KvApi {

@@ -73,3 +73,25 @@ async fn probes_and_metrics_answer_like_etcd() {
     );
     assert_eq!(probes[5].0, 404);
 }
+
+#[tokio::test]
+async fn the_grpc_health_service_reports_serving() {
+    use tonic_health::pb::{
+        health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
+    };
+    let server = Server::start(Flavor::Oxcd).await;
+    let channel = tonic::transport::Endpoint::from_shared(server.client_url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel);
+    let resp = health
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resp.status, ServingStatus::Serving as i32);
+}
