@@ -193,6 +193,7 @@ impl Node {
                     MaintenanceApi {
                         engine: engine.clone(),
                         consensus: consensus.clone(),
+                        store: store.clone(),
                         header: header.clone(),
                         quota_bytes: config.quota_bytes(),
                     }

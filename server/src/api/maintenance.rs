@@ -2,17 +2,20 @@ use std::sync::Arc;
 
 use oxcd_proto::etcdserverpb::{
     maintenance_server::Maintenance, AlarmRequest, AlarmResponse, DefragmentRequest,
-    DefragmentResponse, StatusRequest, StatusResponse,
+    DefragmentResponse, HashKvRequest, HashKvResponse, ResponseHeader, StatusRequest,
+    StatusResponse,
 };
 use tonic::{Request, Response, Status};
 
 use super::HeaderFiller;
+use crate::mvcc::MvccStore;
 use crate::raft::Consensus;
 use crate::storage::Engine;
 
 pub struct MaintenanceApi {
     pub engine: Arc<Engine>,
     pub consensus: Arc<Consensus>,
+    pub store: Arc<MvccStore>,
     pub header: Arc<HeaderFiller>,
     pub quota_bytes: u64,
 }
@@ -44,6 +47,30 @@ impl Maintenance for MaintenanceApi {
     /// disarming is a no-op, exactly as on an etcd member without alarms.
     async fn alarm(&self, _req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
         let mut resp = AlarmResponse::default();
+        self.header.fill(&mut resp.header);
+        Ok(Response::new(resp))
+    }
+
+    async fn hash_kv(
+        &self,
+        req: Request<HashKvRequest>,
+    ) -> Result<Response<HashKvResponse>, Status> {
+        let store = self.store.clone();
+        let rev = req.into_inner().revision;
+        let (hash, hash_revision, compact_revision) =
+            tokio::task::spawn_blocking(move || store.hash_kv(rev))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))??;
+        // etcd reports the current revision in the header and the hashed one separately.
+        let mut resp = HashKvResponse {
+            header: Some(ResponseHeader {
+                revision: self.store.current_revision(),
+                ..Default::default()
+            }),
+            hash,
+            compact_revision,
+            hash_revision,
+        };
         self.header.fill(&mut resp.header);
         Ok(Response::new(resp))
     }

@@ -145,29 +145,41 @@ impl KeyHistory {
         })
     }
 
-    /// Drops history older than `at`, recording the revisions that must stay on disk in `keep`.
-    fn compact(&mut self, at: i64, keep: &mut HashSet<Revision>) {
+    /// Where compaction at `at` cuts this history: the first generation that survives, and the
+    /// revision it keeps (`None` when the generation is entirely above `at`). A kept revision
+    /// that is the tombstone ending its generation is history nobody can read: that generation
+    /// goes too.
+    fn compaction_point(&self, at: i64) -> (usize, Option<usize>) {
         let last = self.generations.len() - 1;
         let mut gi = 0;
-        while gi < last {
-            let tomb = self.generations[gi]
+        while gi < last
+            && self.generations[gi]
                 .revs
                 .last()
-                .map_or(i64::MIN, |r| r.main);
-            if tomb > at {
-                break;
-            }
+                .is_some_and(|r| r.main <= at)
+        {
             gi += 1;
         }
-        let g = &mut self.generations[gi];
-        if let Some(n) = g.last_at_or_before(at) {
+        let g = &self.generations[gi];
+        match g.last_at_or_before(at) {
+            Some(n) if n == g.revs.len() - 1 && gi != last => (gi + 1, None),
+            kept => (gi, kept),
+        }
+    }
+
+    /// The revision at or below `at` that compaction at `at` keeps, if any.
+    fn kept(&self, at: i64) -> Option<Revision> {
+        let (gi, n) = self.compaction_point(at);
+        n.map(|n| self.generations[gi].revs[n])
+    }
+
+    /// Drops history older than `at`, recording the revisions that must stay on disk in `keep`.
+    fn compact(&mut self, at: i64, keep: &mut HashSet<Revision>) {
+        let (gi, n) = self.compaction_point(at);
+        if let Some(n) = n {
+            let g = &mut self.generations[gi];
             keep.insert(g.revs[n]);
             g.revs.drain(..n);
-        }
-        // A generation reduced to its tombstone is history nobody can read any more.
-        if g.revs.len() == 1 && gi != last && g.revs[0].main <= at {
-            keep.remove(&g.revs[0]);
-            gi += 1;
         }
         self.generations.drain(..gi);
     }
@@ -257,6 +269,11 @@ impl TreeIndex {
         }
     }
 
+    /// The revisions at or below `at` that compaction at `at` keeps, without compacting.
+    pub fn keep(&self, at: i64) -> HashSet<Revision> {
+        self.keys.values().filter_map(|h| h.kept(at)).collect()
+    }
+
     /// Compacts every key's history at `at`; returns the revisions at or below `at` that must
     /// remain on disk.
     pub fn compact(&mut self, at: i64) -> HashSet<Revision> {
@@ -343,6 +360,11 @@ mod tests {
         ix.put(b"b", r(4));
         ix.tombstone(b"b", r(5));
         ix.put(b"a", r(6));
+        assert_eq!(
+            ix.keep(5),
+            HashSet::from([r(3)]),
+            "keep predicts what compact keeps"
+        );
         let keep = ix.compact(5);
         assert_eq!(keep, HashSet::from([r(3)]));
         assert_eq!(ix.len(), 1, "b's only generation is entirely compacted");

@@ -266,6 +266,43 @@ impl MvccStore {
         }
     }
 
+    /// etcd's HashKV: crc32c over every stored revision up to `rev` (0 = current), skipping
+    /// revisions compaction has already given up. Equal on members with equal history.
+    /// Returns (hash, revision hashed, compaction revision).
+    pub fn hash_kv(&self, rev: i64) -> Result<(u32, i64, i64), EtcdError> {
+        let state = self.state.read();
+        let (current, compacted) = (state.current, state.compact);
+        if rev > 0 && rev <= compacted {
+            return Err(EtcdError::Compacted);
+        }
+        if rev > current {
+            return Err(EtcdError::FutureRevision);
+        }
+        let rev = if rev <= 0 { current } else { rev };
+        let keep = state.index.keep(compacted);
+        let snapshot = self.engine.snapshot();
+        drop(state);
+        let mut hash = crc32c::crc32c(b"key");
+        snapshot
+            .scan(
+                Cf::Kv,
+                &[],
+                Some(&Revision::lower_bound_key(rev + 1)),
+                |k, v| {
+                    let Some((r, _)) = Revision::from_key(k) else {
+                        return true;
+                    };
+                    if r.main > compacted || keep.is_empty() || keep.contains(&r) {
+                        hash = crc32c::crc32c_append(hash, k);
+                        hash = crc32c::crc32c_append(hash, v);
+                    }
+                    true
+                },
+            )
+            .map_err(|_| EtcdError::Corrupt)?;
+        Ok((hash, rev, compacted))
+    }
+
     /// The value `key` had just before main revision `rev`, if it existed then and that
     /// history is still stored.
     pub fn value_before(&self, key: &[u8], rev: i64) -> Option<KeyValue> {
@@ -585,14 +622,19 @@ impl TxnWrite<'_, '_> {
         for (key, at) in &keys {
             let prev = self.previous_value(Some(at.modified));
             let rev = self.next_revision();
-            let kv = KeyValue {
+            // Stored as etcd stores a tombstone (the key alone, so HashKV agrees with etcd);
+            // the revision is in the storage key. Watchers get the delete revision.
+            let stored = KeyValue {
                 key: key.clone(),
-                mod_revision: rev.main,
                 ..Default::default()
             };
             self.writer
                 .batch
-                .put(Cf::Kv, &rev.to_key(true), &kv.encode_to_vec());
+                .put(Cf::Kv, &rev.to_key(true), &stored.encode_to_vec());
+            let kv = KeyValue {
+                mod_revision: rev.main,
+                ..stored
+            };
             self.writer.state.index.tombstone(key, rev);
             self.writer.changes.push(Change {
                 kv,
