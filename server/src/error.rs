@@ -34,6 +34,8 @@ pub enum EtcdError {
     LeaseTtlTooLarge,
     #[error("etcdserver: not leader")]
     NotLeader,
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
     #[error("etcdserver: no leader")]
     NoLeader,
     #[error("etcdserver: leader changed")]
@@ -55,6 +57,7 @@ impl EtcdError {
             Compacted | FutureRevision | LeaseTtlTooLarge => Code::OutOfRange,
             LeaseNotFound => Code::NotFound,
             LeaseExists | NotLeader => Code::FailedPrecondition,
+            NoSpace => Code::ResourceExhausted,
             NoLeader | LeaderChanged | Stopped | Timeout => Code::Unavailable,
             Corrupt => Code::DataLoss,
         }
@@ -74,7 +77,7 @@ impl EtcdError {
     }
 }
 
-const ALL: [EtcdError; 19] = {
+const ALL: [EtcdError; 20] = {
     use EtcdError::*;
     [
         EmptyKey,
@@ -96,6 +99,7 @@ const ALL: [EtcdError; 19] = {
         LeaseExists,
         LeaseTtlTooLarge,
         NotLeader,
+        NoSpace,
     ]
 };
 

@@ -3,6 +3,7 @@
 //! The crate is both the `oxcd` binary and a library: [`node::Node::start`] runs a member
 //! in-process.
 
+pub mod alarm;
 pub mod api;
 pub mod cluster;
 pub mod config;

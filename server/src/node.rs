@@ -21,13 +21,14 @@ use tokio_rustls::TlsAcceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::service::Routes;
 
+use crate::alarm::{Alarms, Quota};
 use crate::api::{HeaderFiller, KvApi, LeaderGuard, LeaseApi, MaintenanceApi, WatchApi};
 use crate::cluster;
 use crate::config::Config;
 use crate::kv::KvService;
 use crate::lease::{LeaseService, Lessor, StoredLease};
 use crate::mvcc::MvccStore;
-use crate::raft::{Consensus, Member, RaftOptions};
+use crate::raft::{Applied, Consensus, Member, RaftOptions};
 use crate::storage::{Cf, Engine};
 use crate::watch::WatchHub;
 
@@ -100,6 +101,7 @@ impl Node {
             request_timeout: Duration::from_secs(5)
                 + 2 * Duration::from_millis(config.election_timeout),
         };
+        let alarms = Arc::new(Alarms::load(&engine)?);
         let lessor = Arc::new(Lessor::new(
             min_lease_ttl(config.heartbeat_interval, config.election_timeout),
             stored_leases(&engine)?,
@@ -115,14 +117,24 @@ impl Node {
             Consensus::start(
                 member_id,
                 engine.clone(),
-                store.clone(),
-                lessor.clone(),
-                watches.clone(),
+                Applied {
+                    store: store.clone(),
+                    lessor: lessor.clone(),
+                    watches: watches.clone(),
+                    alarms: alarms.clone(),
+                },
                 raft_members,
                 &opts,
             )
             .await?,
         );
+        let quota = Arc::new(Quota {
+            engine: engine.clone(),
+            bytes: config.quota_bytes(),
+            alarms: alarms.clone(),
+            consensus: consensus.clone(),
+            member_id,
+        });
 
         let header = Arc::new(HeaderFiller {
             cluster_id,
@@ -136,9 +148,10 @@ impl Node {
         let kv = Arc::new(KvService::new(
             store.clone(),
             consensus.clone(),
+            quota.clone(),
             config.max_txn_ops,
         ));
-        let leases = LeaseService::start(lessor, consensus.clone(), member_id);
+        let leases = LeaseService::start(lessor, consensus.clone(), quota, member_id);
         let max_decode = config.max_request_bytes + GRPC_OVERHEAD_BYTES;
 
         let guard = LeaderGuard(consensus.clone());
@@ -194,6 +207,7 @@ impl Node {
                         engine: engine.clone(),
                         consensus: consensus.clone(),
                         store: store.clone(),
+                        alarms: alarms.clone(),
                         header: header.clone(),
                         quota_bytes: config.quota_bytes(),
                     }

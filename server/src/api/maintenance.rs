@@ -1,21 +1,24 @@
 use std::sync::Arc;
 
 use oxcd_proto::etcdserverpb::{
-    maintenance_server::Maintenance, AlarmRequest, AlarmResponse, DefragmentRequest,
-    DefragmentResponse, HashKvRequest, HashKvResponse, ResponseHeader, StatusRequest,
-    StatusResponse,
+    alarm_request::AlarmAction, maintenance_server::Maintenance, AlarmRequest, AlarmResponse,
+    DefragmentRequest, DefragmentResponse, HashKvRequest, HashKvResponse, ResponseHeader,
+    StatusRequest, StatusResponse,
 };
 use tonic::{Request, Response, Status};
 
 use super::HeaderFiller;
+use crate::alarm::Alarms;
+use crate::error::EtcdError;
 use crate::mvcc::MvccStore;
-use crate::raft::Consensus;
+use crate::raft::{Command, Consensus, Op, Outcomes};
 use crate::storage::Engine;
 
 pub struct MaintenanceApi {
     pub engine: Arc<Engine>,
     pub consensus: Arc<Consensus>,
     pub store: Arc<MvccStore>,
+    pub alarms: Arc<Alarms>,
     pub header: Arc<HeaderFiller>,
     pub quota_bytes: u64,
 }
@@ -43,10 +46,25 @@ impl Maintenance for MaintenanceApi {
         Ok(Response::new(resp))
     }
 
-    /// No alarm can be raised yet (the space quota is not enforced), so the list is empty and
-    /// disarming is a no-op, exactly as on an etcd member without alarms.
-    async fn alarm(&self, _req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
-        let mut resp = AlarmResponse::default();
+    async fn alarm(&self, req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+        let req = req.into_inner();
+        let mut resp = match AlarmAction::try_from(req.action) {
+            Ok(AlarmAction::Get) | Err(_) => AlarmResponse {
+                header: None,
+                alarms: self.alarms.list(req.alarm),
+            },
+            Ok(_) => match self
+                .consensus
+                .propose(Command {
+                    op: Some(Op::Alarm(req)),
+                })
+                .await
+                .map_err(Status::from)?
+            {
+                Outcomes::Alarm(resp) => resp,
+                _ => return Err(EtcdError::Corrupt.into()),
+            },
+        };
         self.header.fill(&mut resp.header);
         Ok(Response::new(resp))
     }

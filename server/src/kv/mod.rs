@@ -11,6 +11,7 @@ use oxcd_proto::etcdserverpb::{
     PutResponse, RangeRequest, RangeResponse, ResponseHeader, TxnRequest, TxnResponse,
 };
 
+use crate::alarm::Quota;
 use crate::error::EtcdError;
 use crate::mvcc::{KeyRange, MvccStore, RangeOptions, RangeResult, ReadView};
 use crate::raft::{Command, Consensus, Op, Outcomes};
@@ -18,14 +19,21 @@ use crate::raft::{Command, Consensus, Op, Outcomes};
 pub struct KvService {
     store: Arc<MvccStore>,
     consensus: Arc<Consensus>,
+    quota: Arc<Quota>,
     max_txn_ops: usize,
 }
 
 impl KvService {
-    pub fn new(store: Arc<MvccStore>, consensus: Arc<Consensus>, max_txn_ops: usize) -> KvService {
+    pub fn new(
+        store: Arc<MvccStore>,
+        consensus: Arc<Consensus>,
+        quota: Arc<Quota>,
+        max_txn_ops: usize,
+    ) -> KvService {
         KvService {
             store,
             consensus,
+            quota,
             max_txn_ops,
         }
     }
@@ -40,6 +48,7 @@ impl KvService {
 
     pub async fn put(&self, r: PutRequest) -> Result<PutResponse, EtcdError> {
         validate::check_put(&r)?;
+        self.quota.admit(Quota::put_cost(&r.key, &r.value)).await?;
         match self.propose(Op::Put(r)).await? {
             Outcomes::Put(resp) => Ok(resp),
             _ => Err(EtcdError::Corrupt),
@@ -65,6 +74,7 @@ impl KvService {
             }
             return apply::txn_read(&self.store.read(), &r);
         }
+        self.quota.admit(txn_cost(&r)).await?;
         match self.propose(Op::Txn(r)).await? {
             Outcomes::Txn(resp) => Ok(resp),
             _ => Err(EtcdError::Corrupt),
@@ -93,6 +103,20 @@ impl KvService {
     async fn propose(&self, op: Op) -> Result<Outcomes, EtcdError> {
         self.consensus.propose(Command { op: Some(op) }).await
     }
+}
+
+/// What a transaction's puts would add, on every path (etcd's `costTxn`).
+fn txn_cost(t: &TxnRequest) -> usize {
+    use oxcd_proto::etcdserverpb::request_op::Request;
+    t.success
+        .iter()
+        .chain(&t.failure)
+        .map(|op| match &op.request {
+            Some(Request::RequestPut(p)) => Quota::put_cost(&p.key, &p.value),
+            Some(Request::RequestTxn(inner)) => txn_cost(inner),
+            _ => 0,
+        })
+        .sum()
 }
 
 /// A single read straight from the store: revisions resolved under the lock, values read

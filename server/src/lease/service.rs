@@ -12,6 +12,7 @@ use oxcd_proto::etcdserverpb::{
 };
 
 use super::{Lessor, MAX_TTL};
+use crate::alarm::Quota;
 use crate::error::EtcdError;
 use crate::raft::{Command, Consensus, NodeId, Op, Outcomes};
 
@@ -22,6 +23,7 @@ const REVOKE_RETRY: Duration = Duration::from_secs(3);
 pub struct LeaseService {
     lessor: Arc<Lessor>,
     consensus: Arc<Consensus>,
+    quota: Arc<Quota>,
     ids: IdGenerator,
 }
 
@@ -30,11 +32,13 @@ impl LeaseService {
     pub fn start(
         lessor: Arc<Lessor>,
         consensus: Arc<Consensus>,
+        quota: Arc<Quota>,
         member_id: NodeId,
     ) -> Arc<LeaseService> {
         let service = Arc::new(LeaseService {
             lessor,
             consensus,
+            quota,
             ids: IdGenerator::new(member_id),
         });
         let mut leading = service.consensus.leadership(member_id);
@@ -55,6 +59,7 @@ impl LeaseService {
         if r.ttl > MAX_TTL {
             return Err(EtcdError::LeaseTtlTooLarge);
         }
+        self.quota.admit(Quota::lease_cost()).await?;
         let id = if r.id == 0 { self.ids.next() } else { r.id };
         match self
             .propose(Op::LeaseGrant(LeaseGrantRequest { ttl: r.ttl, id }))

@@ -20,13 +20,11 @@ use std::time::Duration;
 use openraft::error::{CheckIsLeaderError, RaftError};
 use openraft::{Config, SnapshotPolicy};
 
+pub use state_machine::Applied;
 pub use types::{Command, Member, NodeId, Op, Outcomes};
 
 use crate::error::EtcdError;
-use crate::lease::Lessor;
-use crate::mvcc::MvccStore;
 use crate::storage::Engine;
-use crate::watch::WatchHub;
 
 #[derive(Debug, Clone)]
 pub struct RaftOptions {
@@ -58,9 +56,7 @@ impl Consensus {
     pub async fn start(
         id: NodeId,
         engine: Arc<Engine>,
-        store: Arc<MvccStore>,
-        lessor: Arc<Lessor>,
-        watches: Arc<WatchHub>,
+        applied: Applied,
         members: BTreeMap<NodeId, Member>,
         opts: &RaftOptions,
     ) -> anyhow::Result<Consensus> {
@@ -77,7 +73,7 @@ impl Consensus {
         }
         .validate()?;
         let log = log_store::LogStore::new(engine.clone())?;
-        let sm = state_machine::StateMachine::open(engine, store, lessor, watches)?;
+        let sm = state_machine::StateMachine::open(engine, applied)?;
         let raft = types::Raft::new(id, Arc::new(config), network::PeerNetwork, log, sm).await?;
         if !raft.is_initialized().await? {
             raft.initialize(members).await?;

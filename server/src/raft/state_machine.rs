@@ -9,13 +9,14 @@ use std::sync::Arc;
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, StorageIOError};
 use oxcd_proto::etcdserverpb::{
-    CompactionResponse, LeaseGrantResponse, LeaseRevokeResponse, ResponseHeader,
+    AlarmResponse, CompactionResponse, LeaseGrantResponse, LeaseRevokeResponse, ResponseHeader,
 };
 
 use super::types::{
     Command, CommandBatch, LogId, Op, Outcome, OutcomeBatch, Outcomes, SnapshotMeta, StorageError,
     StoredMembership, TypeConfig,
 };
+use crate::alarm::Alarms;
 use crate::error::EtcdError;
 use crate::kv::apply;
 use crate::lease::{Lessor, StoredLease};
@@ -28,6 +29,15 @@ const META_MEMBERSHIP: &[u8] = b"raft_membership";
 const SNAPSHOT_MAGIC: &[u8] = b"OXCDSNAP1\n";
 const SNAPSHOT_END: u8 = 0xff;
 
+/// Everything applying a command changes besides the Raft bookkeeping.
+#[derive(Clone)]
+pub struct Applied {
+    pub store: Arc<MvccStore>,
+    pub lessor: Arc<Lessor>,
+    pub watches: Arc<WatchHub>,
+    pub alarms: Arc<Alarms>,
+}
+
 pub struct StateMachine {
     store: Arc<MvccStore>,
     engine: Arc<Engine>,
@@ -36,6 +46,7 @@ pub struct StateMachine {
     snapshot_dir: PathBuf,
     lessor: Arc<Lessor>,
     watches: Arc<WatchHub>,
+    alarms: Arc<Alarms>,
 }
 
 fn sm_err(verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
@@ -57,12 +68,13 @@ fn snap_err(verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageErro
 }
 
 impl StateMachine {
-    pub fn open(
-        engine: Arc<Engine>,
-        store: Arc<MvccStore>,
-        lessor: Arc<Lessor>,
-        watches: Arc<WatchHub>,
-    ) -> Result<StateMachine, StorageError> {
+    pub fn open(engine: Arc<Engine>, parts: Applied) -> Result<StateMachine, StorageError> {
+        let Applied {
+            store,
+            lessor,
+            watches,
+            alarms,
+        } = parts;
         let (applied, membership) = read_applied(&engine)?;
         let snapshot_dir = engine.data_dir().join("snap");
         std::fs::create_dir_all(&snapshot_dir).map_err(|e| snap_err(ErrorVerb::Write, e))?;
@@ -74,6 +86,7 @@ impl StateMachine {
             snapshot_dir,
             lessor,
             watches,
+            alarms,
         })
     }
 
@@ -93,6 +106,17 @@ impl StateMachine {
                 ..Default::default()
             })
         };
+        // etcd's capped applier: while NOSPACE is raised nothing may grow the store.
+        if self.alarms.no_space() {
+            let grows = match &command.op {
+                Some(Op::Put(_)) | Some(Op::LeaseGrant(_)) => true,
+                Some(Op::Txn(t)) => !crate::kv::validate::txn_is_read_only(t),
+                _ => false,
+            };
+            if grows {
+                return Err(EtcdError::NoSpace);
+            }
+        }
         match command.op {
             Some(Op::Put(p)) => {
                 apply::put(&mut writer.txn(), p, self.lessor.as_ref()).map(Outcomes::Put)
@@ -130,6 +154,14 @@ impl StateMachine {
                 writer.delete_extra(Cf::Lease, &StoredLease::key(r.id));
                 Ok(Outcomes::LeaseRevoke(LeaseRevokeResponse {
                     header: header(writer.current_revision()),
+                }))
+            }
+            Some(Op::Alarm(a)) => {
+                let (alarms, stored) = self.alarms.apply(&a);
+                writer.put_extra(Cf::Meta, Alarms::meta_key(), &stored);
+                Ok(Outcomes::Alarm(AlarmResponse {
+                    header: header(writer.current_revision()),
+                    alarms,
                 }))
             }
             None => Err(EtcdError::Corrupt),

@@ -5,9 +5,9 @@
 //! log stores exactly what clients asked for and the state machine replays it deterministically.
 
 use oxcd_proto::etcdserverpb::{
-    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
-    LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest, LeaseRevokeResponse, PutRequest,
-    PutResponse, TxnRequest, TxnResponse,
+    AlarmRequest, AlarmResponse, CompactionRequest, CompactionResponse, DeleteRangeRequest,
+    DeleteRangeResponse, LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest,
+    LeaseRevokeResponse, PutRequest, PutResponse, TxnRequest, TxnResponse,
 };
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -40,7 +40,7 @@ pub type StorageError = openraft::StorageError<NodeId>;
 /// One client write.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Command {
-    #[prost(oneof = "Op", tags = "1, 2, 3, 4, 5, 6")]
+    #[prost(oneof = "Op", tags = "1, 2, 3, 4, 5, 6, 7")]
     pub op: Option<Op>,
 }
 
@@ -59,6 +59,8 @@ pub enum Op {
     LeaseGrant(LeaseGrantRequest),
     #[prost(message, tag = "6")]
     LeaseRevoke(LeaseRevokeRequest),
+    #[prost(message, tag = "7")]
+    Alarm(AlarmRequest),
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -70,7 +72,7 @@ pub struct CommandBatch {
 /// The result of applying one command.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Outcome {
-    #[prost(oneof = "Outcomes", tags = "1, 2, 3, 4, 5, 6, 7")]
+    #[prost(oneof = "Outcomes", tags = "1, 2, 3, 4, 5, 6, 7, 8")]
     pub result: Option<Outcomes>,
 }
 
@@ -91,6 +93,8 @@ pub enum Outcomes {
     LeaseGrant(LeaseGrantResponse),
     #[prost(message, tag = "7")]
     LeaseRevoke(LeaseRevokeResponse),
+    #[prost(message, tag = "8")]
+    Alarm(AlarmResponse),
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

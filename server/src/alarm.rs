@@ -1,0 +1,157 @@
+//! Alarms and the backend quota: etcd's NOSPACE protocol. When stored data would grow past
+//! `--quota-backend-bytes`, the member raises NOSPACE through Raft; while it is active, every
+//! member refuses Puts, writing Txns and LeaseGrants with "database space exceeded", and still
+//! serves reads, deletes and compaction. Recovery is compact, defragment, `alarm disarm`.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use oxcd_proto::etcdserverpb::{alarm_request::AlarmAction, AlarmMember, AlarmRequest, AlarmType};
+use parking_lot::Mutex;
+
+use crate::error::EtcdError;
+use crate::raft::{Command, Consensus, Op};
+use crate::storage::{self, Cf, Engine};
+
+const META_ALARMS: &[u8] = b"alarms";
+
+/// Active alarms: (member id, alarm type).
+pub struct Alarms {
+    active: Mutex<BTreeSet<(u64, i32)>>,
+}
+
+impl Alarms {
+    pub fn load(engine: &Engine) -> storage::Result<Alarms> {
+        let active = match engine.get(Cf::Meta, META_ALARMS)? {
+            Some(v) => bincode::deserialize(&v)
+                .map_err(|e| storage::StorageError::Corrupt(format!("alarms: {e}")))?,
+            None => BTreeSet::new(),
+        };
+        Ok(Alarms {
+            active: Mutex::new(active),
+        })
+    }
+
+    pub fn no_space(&self) -> bool {
+        self.active
+            .lock()
+            .iter()
+            .any(|(_, t)| *t == AlarmType::Nospace as i32)
+    }
+
+    /// Alarms of one type (NONE = every type), as `AlarmMember`s.
+    pub fn list(&self, alarm: i32) -> Vec<AlarmMember> {
+        self.active
+            .lock()
+            .iter()
+            .filter(|(_, t)| alarm == AlarmType::None as i32 || *t == alarm)
+            .map(|(member_id, t)| AlarmMember {
+                member_id: *member_id,
+                alarm: *t,
+            })
+            .collect()
+    }
+
+    /// Applies an activate or deactivate; returns the alarms it changed and the state to store.
+    pub fn apply(&self, r: &AlarmRequest) -> (Vec<AlarmMember>, Vec<u8>) {
+        let mut active = self.active.lock();
+        let key = (r.member_id, r.alarm);
+        let changed = match AlarmAction::try_from(r.action) {
+            Ok(AlarmAction::Activate) if r.alarm != AlarmType::None as i32 => active.insert(key),
+            Ok(AlarmAction::Deactivate) => active.remove(&key),
+            _ => false,
+        };
+        let changed = if changed {
+            vec![AlarmMember {
+                member_id: r.member_id,
+                alarm: r.alarm,
+            }]
+        } else {
+            Vec::new()
+        };
+        (changed, bincode::serialize(&*active).unwrap_or_default())
+    }
+
+    pub fn meta_key() -> &'static [u8] {
+        META_ALARMS
+    }
+}
+
+/// The backend quota (etcd's `quotaKVServer`): checked before a write is proposed.
+pub struct Quota {
+    pub engine: Arc<Engine>,
+    pub bytes: u64,
+    pub alarms: Arc<Alarms>,
+    pub consensus: Arc<Consensus>,
+    pub member_id: u64,
+}
+
+/// etcd's cost model: a fixed overhead per stored key plus its key and value bytes.
+const KV_OVERHEAD: usize = 256;
+const LEASE_OVERHEAD: usize = 64;
+
+impl Quota {
+    pub fn put_cost(key: &[u8], value: &[u8]) -> usize {
+        KV_OVERHEAD + key.len() + value.len()
+    }
+
+    pub fn lease_cost() -> usize {
+        LEASE_OVERHEAD
+    }
+
+    /// Refuses a write of `cost` bytes when NOSPACE is raised or the write would pass the
+    /// quota; in the latter case raises NOSPACE for this member first.
+    pub async fn admit(&self, cost: usize) -> Result<(), EtcdError> {
+        if cost == 0 {
+            return Ok(());
+        }
+        if self.alarms.no_space() {
+            return Err(EtcdError::NoSpace);
+        }
+        if self.engine.data_size() + cost as u64 <= self.bytes {
+            return Ok(());
+        }
+        let raise = AlarmRequest {
+            action: AlarmAction::Activate as i32,
+            member_id: self.member_id,
+            alarm: AlarmType::Nospace as i32,
+        };
+        if let Err(e) = self
+            .consensus
+            .propose(Command {
+                op: Some(Op::Alarm(raise)),
+            })
+            .await
+        {
+            tracing::warn!(error = %e, "raising the NOSPACE alarm failed");
+        }
+        Err(EtcdError::NoSpace)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn activate_and_deactivate_nospace() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(dir.path()).unwrap();
+        let alarms = Alarms::load(&engine).unwrap();
+        let raise = AlarmRequest {
+            action: AlarmAction::Activate as i32,
+            member_id: 7,
+            alarm: AlarmType::Nospace as i32,
+        };
+        assert_eq!(alarms.apply(&raise).0.len(), 1);
+        assert_eq!(alarms.apply(&raise).0.len(), 0, "already active");
+        assert!(alarms.no_space());
+        assert_eq!(alarms.list(AlarmType::None as i32).len(), 1);
+        let clear = AlarmRequest {
+            action: AlarmAction::Deactivate as i32,
+            ..raise
+        };
+        assert_eq!(alarms.apply(&clear).0.len(), 1);
+        assert!(!alarms.no_space());
+    }
+}
