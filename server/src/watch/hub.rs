@@ -144,11 +144,12 @@ impl WatchHub {
                     .iter()
                     .filter(|c| w.wants(&c.kv, c.deleted))
                     .map(|c| {
-                        event(
-                            c.kv.clone(),
-                            c.deleted,
-                            if w.opts.prev_kv { c.prev.clone() } else { None },
-                        )
+                        let prev = if w.opts.prev_kv {
+                            self.previous(c)
+                        } else {
+                            None
+                        };
+                        event(c.kv.clone(), c.deleted, prev)
                     })
                     .collect();
                 let Some(first) = events
@@ -181,6 +182,16 @@ impl WatchHub {
             }
         }
         st.published = st.published.max(revision);
+    }
+
+    /// A change's previous value. Apply records it when prev_kv watchers existed as the batch
+    /// began; a watcher that arrived since gets it looked up. A put that created its key has
+    /// none.
+    fn previous(&self, c: &Change) -> Option<KeyValue> {
+        if c.prev.is_some() || (!c.deleted && c.kv.version == 1) {
+            return c.prev.clone();
+        }
+        self.store.value_before(&c.kv.key, c.kv.mod_revision)
     }
 
     /// Registers a client stream whose responses go to `queue`.
@@ -563,5 +574,53 @@ async fn progress_ticker(hub: std::sync::Weak<WatchHub>, interval: Duration) {
             Some(hub) => hub.progress_tick(),
             None => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::Engine;
+
+    fn watch_all(prev_kv: bool) -> WatchOptions {
+        WatchOptions {
+            range: KeyRange::new(&[0], &[0]),
+            start_revision: 0,
+            prev_kv,
+            no_put: false,
+            no_delete: false,
+            progress_notify: false,
+            fragment: false,
+            watch_id: 0,
+        }
+    }
+
+    /// A prev_kv watcher that arrives after a batch began applying (so apply did not record
+    /// previous values) still gets them.
+    #[tokio::test]
+    async fn prev_kv_reaches_a_watcher_newer_than_the_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MvccStore::open(Engine::open(dir.path()).unwrap()).unwrap();
+        let mut w = store.writer(false);
+        w.txn().put(b"k", b"old".to_vec(), 0);
+        let first = w.commit().unwrap();
+        let hub = WatchHub::new(store.clone(), 1 << 20, Duration::from_secs(600));
+        hub.publish(&first, store.current_revision());
+
+        let mut w = store.writer(hub.wants_prev_kv());
+        w.txn().put(b"k", b"new".to_vec(), 0);
+        let (stream, mut responses) = hub.open_stream();
+        stream.create(watch_all(true)).await.unwrap();
+        let changes = w.commit().unwrap();
+        hub.publish(&changes, store.current_revision());
+
+        let created = responses.recv().await.unwrap();
+        assert!(created.created);
+        let events = responses.recv().await.unwrap().events;
+        assert_eq!(events.len(), 1);
+        assert_eq!(
+            events[0].prev_kv.as_ref().map(|kv| kv.value.as_slice()),
+            Some(&b"old"[..])
+        );
     }
 }
