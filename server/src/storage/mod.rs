@@ -163,7 +163,22 @@ impl Engine {
         to: Option<&[u8]>,
         f: impl FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<()> {
+        self.scan_at(None, cf, from, to, f)
+    }
+
+    /// [`Engine::scan`], optionally as of a snapshot.
+    fn scan_at(
+        &self,
+        snapshot: Option<&rocksdb::SnapshotWithThreadMode<'_, DB>>,
+        cf: Cf,
+        from: &[u8],
+        to: Option<&[u8]>,
+        f: impl FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<()> {
         let mut opts = ReadOptions::default();
+        if let Some(snapshot) = snapshot {
+            opts.set_snapshot(snapshot);
+        }
         if let Some(to) = to {
             opts.set_iterate_upper_bound(to.to_vec());
         }
@@ -297,17 +312,7 @@ impl Snapshot<'_> {
         to: Option<&[u8]>,
         f: impl FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<()> {
-        let mut opts = ReadOptions::default();
-        opts.set_snapshot(&self.inner);
-        if let Some(to) = to {
-            opts.set_iterate_upper_bound(to.to_vec());
-        }
-        let iter = self.engine.db.iterator_cf_opt(
-            self.engine.cf(cf),
-            opts,
-            IteratorMode::From(from, Direction::Forward),
-        );
-        visit(iter, f)
+        self.engine.scan_at(Some(&self.inner), cf, from, to, f)
     }
 
     /// Values for many keys at once, in the order given.
