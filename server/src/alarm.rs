@@ -5,6 +5,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use oxcd_proto::etcdserverpb::{alarm_request::AlarmAction, AlarmMember, AlarmRequest, AlarmType};
 use parking_lot::Mutex;
@@ -79,24 +80,59 @@ impl Alarms {
 
 /// The backend quota (etcd's `quotaKVServer`): checked before a write is proposed.
 pub struct Quota {
-    pub engine: Arc<Engine>,
-    pub bytes: u64,
-    pub alarms: Arc<Alarms>,
-    pub consensus: Arc<Consensus>,
-    pub member_id: u64,
+    engine: Arc<Engine>,
+    bytes: u64,
+    alarms: Arc<Alarms>,
+    consensus: Arc<Consensus>,
+    member_id: u64,
+    /// The stored-data size and when it was read: reading it costs a RocksDB property lookup
+    /// per column family, too much for every write.
+    sampled: Mutex<Option<(Instant, u64)>>,
 }
+
+/// How stale the size a quota check uses may be.
+const SIZE_SAMPLE_INTERVAL: Duration = Duration::from_millis(100);
 
 /// etcd's cost model: a fixed overhead per stored key plus its key and value bytes.
 const KV_OVERHEAD: usize = 256;
 const LEASE_OVERHEAD: usize = 64;
 
 impl Quota {
+    pub fn new(
+        engine: Arc<Engine>,
+        bytes: u64,
+        alarms: Arc<Alarms>,
+        consensus: Arc<Consensus>,
+        member_id: u64,
+    ) -> Quota {
+        Quota {
+            engine,
+            bytes,
+            alarms,
+            consensus,
+            member_id,
+            sampled: Mutex::new(None),
+        }
+    }
+
     pub fn put_cost(key: &[u8], value: &[u8]) -> usize {
         KV_OVERHEAD + key.len() + value.len()
     }
 
     pub fn lease_cost() -> usize {
         LEASE_OVERHEAD
+    }
+
+    fn data_size(&self, fresh: bool) -> u64 {
+        let mut sampled = self.sampled.lock();
+        match *sampled {
+            Some((at, size)) if !fresh && at.elapsed() < SIZE_SAMPLE_INTERVAL => size,
+            _ => {
+                let size = self.engine.data_size();
+                *sampled = Some((Instant::now(), size));
+                size
+            }
+        }
     }
 
     /// Refuses a write of `cost` bytes when NOSPACE is raised or the write would pass the
@@ -108,7 +144,11 @@ impl Quota {
         if self.alarms.no_space() {
             return Err(EtcdError::NoSpace);
         }
-        if self.engine.data_size() + cost as u64 <= self.bytes {
+        // A recent sample answers the common case; refusing needs the current size (space may
+        // just have been reclaimed by a defragment).
+        if self.data_size(false) + cost as u64 <= self.bytes
+            || self.data_size(true) + cost as u64 <= self.bytes
+        {
             return Ok(());
         }
         let raise = AlarmRequest {

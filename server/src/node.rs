@@ -128,13 +128,13 @@ impl Node {
             )
             .await?,
         );
-        let quota = Arc::new(Quota {
-            engine: engine.clone(),
-            bytes: config.quota_bytes(),
-            alarms: alarms.clone(),
-            consensus: consensus.clone(),
+        let quota = Arc::new(Quota::new(
+            engine.clone(),
+            config.quota_bytes(),
+            alarms.clone(),
+            consensus.clone(),
             member_id,
-        });
+        ));
 
         let header = Arc::new(HeaderFiller {
             cluster_id,
