@@ -39,6 +39,12 @@ pub mod v3electionpb {
     tonic::include_proto!("v3electionpb");
 }
 
+/// oxcd's own member-to-member service: Raft messages and requests forwarded to the leader.
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod peerpb {
+    tonic::include_proto!("peerpb");
+}
+
 #[cfg(test)]
 mod tests {
     //! Wire-format spot checks. Expected bytes are computed by hand from the

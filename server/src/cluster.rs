@@ -33,6 +33,22 @@ pub fn parse_initial_cluster(s: &str) -> Result<Vec<InitialMember>, String> {
         .collect())
 }
 
+/// etcd accepts member URLs that are http(s)://host:port, without a path.
+pub fn validate_peer_urls(urls: &[String]) -> Result<(), String> {
+    if urls.is_empty() {
+        return Err("no peer URLs".into());
+    }
+    for u in urls {
+        let parsed = url::Url::parse(u).map_err(|e| format!("{u:?}: {e}"))?;
+        let scheme_ok = matches!(parsed.scheme(), "http" | "https");
+        let path_ok = matches!(parsed.path(), "" | "/");
+        if !scheme_ok || !path_ok || parsed.host_str().is_none() || parsed.port().is_none() {
+            return Err(format!("{u:?} is not scheme://host:port"));
+        }
+    }
+    Ok(())
+}
+
 /// etcd: sha1(sorted peer URLs joined + cluster token), first 8 bytes big-endian.
 pub fn member_id(peer_urls: &[String], token: &str) -> u64 {
     let mut urls = peer_urls.to_vec();

@@ -46,6 +46,24 @@ pub enum EtcdError {
     Timeout,
     #[error("etcdserver: corrupt cluster")]
     Corrupt,
+    #[error("etcdserver: member not found")]
+    MemberNotFound,
+    #[error("etcdserver: Peer URLs already exists")]
+    PeerUrlExists,
+    #[error("etcdserver: given member URLs are invalid")]
+    MemberBadUrls,
+    #[error("etcdserver: can only promote a learner member")]
+    MemberNotLearner,
+    #[error("etcdserver: can only promote a learner member which is in sync with leader")]
+    LearnerNotReady,
+    #[error("etcdserver: too many learner members in cluster")]
+    TooManyLearners,
+    #[error("etcdserver: rpc not supported for learner")]
+    NotSupportedForLearner,
+    #[error("etcdserver: bad leader transferee")]
+    BadLeaderTransferee,
+    #[error("etcdserver: unhealthy cluster")]
+    Unhealthy,
 }
 
 impl EtcdError {
@@ -55,10 +73,14 @@ impl EtcdError {
             EmptyKey | KeyNotFound | ValueProvided | LeaseProvided | TooManyOps | DuplicateKey
             | InvalidSortOption | RequestTooLarge => Code::InvalidArgument,
             Compacted | FutureRevision | LeaseTtlTooLarge => Code::OutOfRange,
-            LeaseNotFound => Code::NotFound,
-            LeaseExists | NotLeader => Code::FailedPrecondition,
+            LeaseNotFound | MemberNotFound => Code::NotFound,
+            LeaseExists | NotLeader | PeerUrlExists | MemberNotLearner | LearnerNotReady
+            | TooManyLearners | BadLeaderTransferee => Code::FailedPrecondition,
+            MemberBadUrls => Code::InvalidArgument,
             NoSpace => Code::ResourceExhausted,
-            NoLeader | LeaderChanged | Stopped | Timeout => Code::Unavailable,
+            NoLeader | LeaderChanged | Stopped | Timeout | NotSupportedForLearner | Unhealthy => {
+                Code::Unavailable
+            }
             Corrupt => Code::DataLoss,
         }
     }
@@ -77,7 +99,7 @@ impl EtcdError {
     }
 }
 
-const ALL: [EtcdError; 20] = {
+const ALL: [EtcdError; 29] = {
     use EtcdError::*;
     [
         EmptyKey,
@@ -100,6 +122,15 @@ const ALL: [EtcdError; 20] = {
         LeaseTtlTooLarge,
         NotLeader,
         NoSpace,
+        MemberNotFound,
+        PeerUrlExists,
+        MemberBadUrls,
+        MemberNotLearner,
+        LearnerNotReady,
+        TooManyLearners,
+        NotSupportedForLearner,
+        BadLeaderTransferee,
+        Unhealthy,
     ]
 };
 

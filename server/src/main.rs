@@ -36,6 +36,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     tokio::select! {
         _ = term.recv() => tracing::info!("received SIGTERM, shutting down"),
         _ = int.recv() => tracing::info!("received SIGINT, shutting down"),
+        _ = node.removed() => tracing::warn!("the member has been permanently removed from the cluster; shutting down"),
     }
     node.shutdown().await;
     tracing::info!("stopped");

@@ -10,9 +10,14 @@ use anyhow::{bail, Context};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
 use oxcd_proto::etcdserverpb::{
-    kv_server::KvServer, lease_server::LeaseServer, maintenance_server::MaintenanceServer,
-    watch_server::WatchServer,
+    cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
+    maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
+use oxcd_proto::peerpb::{
+    discovery_client::DiscoveryClient, discovery_server::DiscoveryServer, peer_server::PeerServer,
+    MembersRequest,
+};
+use tonic::codegen::http;
 use prost::Message;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -22,13 +27,18 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::service::Routes;
 
 use crate::alarm::{Alarms, Quota};
-use crate::api::{HeaderFiller, KvApi, LeaderGuard, LeaseApi, MaintenanceApi, WatchApi};
+use crate::api::{
+    ClusterApi, ClusterCheck, DiscoveryApi, HeaderFiller, KvApi, LeaderGuard, LearnerGate,
+    LeaseApi, MaintenanceApi, PeerApi, WatchApi,
+};
 use crate::cluster;
-use crate::config::Config;
+use crate::config::{ClusterState, Config};
 use crate::kv::KvService;
 use crate::lease::{LeaseService, Lessor, StoredLease};
 use crate::mvcc::MvccStore;
-use crate::raft::{Applied, Consensus, Member, RaftOptions};
+use crate::raft::{
+    Applied, Consensus, Member, MemberChange, Peers, RaftOptions, MAX_PEER_MESSAGE,
+};
 use crate::storage::{Cf, Engine};
 use crate::watch::WatchHub;
 
@@ -37,6 +47,8 @@ use crate::watch::WatchHub;
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 const IDENTITY_KEY: &[u8] = b"identity";
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+/// How long a member started with `--initial-cluster-state existing` tries to reach the cluster.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Response bytes HTTP/2 may buffer per stream beyond what the socket takes (grpc-go's write
 /// quota): a watch stream that cannot keep up then backs up into the watch hub, which holds
 /// bounded state per watcher, instead of into memory.
@@ -49,50 +61,44 @@ pub struct Node {
     consensus: Arc<Consensus>,
     stop: watch::Sender<bool>,
     servers: Vec<JoinHandle<()>>,
+    background: Vec<JoinHandle<()>>,
 }
 
 impl Node {
     pub async fn start(config: &Config) -> anyhow::Result<Node> {
         let tls = crate::tls::client_acceptor(config)?;
-        let members = cluster::parse_initial_cluster(&config.initial_cluster())
+        let initial = cluster::parse_initial_cluster(&config.initial_cluster())
             .map_err(anyhow::Error::msg)?;
-        let me = members
+        let me = initial
             .iter()
             .find(|m| m.name == config.name)
             .with_context(|| format!("--initial-cluster has no member named {:?}", config.name))?;
-        if members.len() > 1 {
-            bail!("multi-member clusters are not supported by this oxcd build yet (--initial-cluster has {} members)", members.len());
-        }
 
         let data_dir = config.data_dir();
         let engine = Engine::open(&data_dir)?;
-        let (member_id, cluster_id) = identity(
-            &engine,
-            &members,
-            &config.initial_cluster_token,
-            &me.peer_urls,
-        )?;
-        let store = MvccStore::open(engine.clone())?;
-
-        let raft_members: BTreeMap<u64, Member> = members
-            .iter()
-            .map(|m| {
-                let id = cluster::member_id(&m.peer_urls, &config.initial_cluster_token);
-                let client_urls = if m.name == config.name {
-                    config.advertise_client_urls.clone()
-                } else {
-                    Vec::new()
+        let (member_id, cluster_id, bootstrap) = match stored_identity(&engine)? {
+            // Ids are fixed when the data dir is created; later flags cannot change them (etcd
+            // ignores --initial-cluster on restart too).
+            Some((member, cluster)) => (member, cluster, None),
+            None => {
+                let (member, cluster, bootstrap) = match config.initial_cluster_state {
+                    ClusterState::New => {
+                        let (member, cluster, members) =
+                            new_cluster(&initial, &config.initial_cluster_token, me);
+                        (member, cluster, Some(members))
+                    }
+                    ClusterState::Existing => {
+                        let (member, cluster) = join_existing(&initial, me).await?;
+                        (member, cluster, None)
+                    }
                 };
-                (
-                    id,
-                    Member {
-                        name: m.name.clone(),
-                        peer_urls: m.peer_urls.clone(),
-                        client_urls,
-                    },
-                )
-            })
-            .collect();
+                store_identity(&engine, member, cluster)?;
+                (member, cluster, bootstrap)
+            }
+        };
+        let store = MvccStore::open(engine.clone())?;
+        let peers = Arc::new(Peers::new(cluster_id));
+
         let opts = RaftOptions {
             heartbeat: Duration::from_millis(config.heartbeat_interval),
             election_timeout: Duration::from_millis(config.election_timeout),
@@ -123,7 +129,8 @@ impl Node {
                     watches: watches.clone(),
                     alarms: alarms.clone(),
                 },
-                raft_members,
+                bootstrap,
+                peers,
                 &opts,
             )
             .await?,
@@ -202,6 +209,13 @@ impl Node {
                     }
                 ))
                 .add_service(service!(
+                    ClusterServer,
+                    ClusterApi {
+                        consensus: consensus.clone(),
+                        header: header.clone()
+                    }
+                ))
+                .add_service(service!(
                     MaintenanceServer,
                     MaintenanceApi {
                         engine: engine.clone(),
@@ -217,13 +231,47 @@ impl Node {
             } else {
                 None
             };
-            servers.push(tokio::spawn(serve_clients(
+            let gated = LearnerGate {
+                inner: routes.routes(),
+                consensus: consensus.clone(),
+            };
+            servers.push(tokio::spawn(serve_grpc(
                 listener,
                 acceptor,
+                gated,
+                stopped.clone(),
+            )));
+        }
+        let mut peer_addrs = Vec::new();
+        for url in &config.listen_peer_urls {
+            let listener = bind(url).await?;
+            peer_addrs.push(listener.local_addr()?);
+            let peer = PeerServer::new(PeerApi {
+                consensus: consensus.clone(),
+                leases: leases.clone(),
+            })
+            .max_decoding_message_size(MAX_PEER_MESSAGE)
+            .max_encoding_message_size(MAX_PEER_MESSAGE);
+            let mut routes = Routes::builder();
+            routes
+                .add_service(InterceptedService::new(peer, ClusterCheck(cluster_id)))
+                .add_service(DiscoveryServer::new(DiscoveryApi {
+                    consensus: consensus.clone(),
+                    cluster_id,
+                }));
+            servers.push(tokio::spawn(serve_grpc(
+                listener,
+                None,
                 routes.routes(),
                 stopped.clone(),
             )));
         }
+        let background = vec![tokio::spawn(publish_attributes(
+            consensus.clone(),
+            member_id,
+            config.name.clone(),
+            config.advertise_client_urls.clone(),
+        ))];
         let health = crate::health::Health {
             consensus: consensus.clone(),
             store: store.clone(),
@@ -242,6 +290,7 @@ impl Node {
             cluster_id = %format!("{cluster_id:x}"),
             data_dir = %data_dir.display(),
             clients = ?client_addrs,
+            peers = ?peer_addrs,
             "oxcd is serving"
         );
         Ok(Node {
@@ -251,6 +300,7 @@ impl Node {
             consensus,
             stop,
             servers,
+            background,
         })
     }
 
@@ -270,7 +320,16 @@ impl Node {
     /// Stops serving clients, then stops consensus; everything acknowledged is already durable.
     /// Clients get a short grace period to finish in-flight calls; connections still open after
     /// it (idle clients, long-lived streams) are dropped, as etcd drops them.
+    /// Resolves when this member has been removed from the cluster; it should then stop, as
+    /// etcd does.
+    pub async fn removed(&self) {
+        self.consensus.removed().await
+    }
+
     pub async fn shutdown(self) {
+        for task in &self.background {
+            task.abort();
+        }
         let _ = self.stop.send(true);
         for mut server in self.servers {
             if tokio::time::timeout(SHUTDOWN_GRACE, &mut server)
@@ -284,32 +343,122 @@ impl Node {
     }
 }
 
-/// Member and cluster ids are fixed when the data dir is created; later flags cannot change
-/// them (etcd ignores --initial-cluster on restart too).
-fn identity(
-    engine: &Engine,
-    members: &[cluster::InitialMember],
-    token: &str,
-    my_peer_urls: &[String],
-) -> anyhow::Result<(u64, u64)> {
-    if let Some(v) = engine.get(Cf::RaftState, IDENTITY_KEY)? {
-        let ids: [u8; 16] = v.as_slice().try_into().context("corrupt member identity")?;
-        let member = u64::from_be_bytes(ids[..8].try_into()?);
-        let cluster = u64::from_be_bytes(ids[8..].try_into()?);
-        return Ok((member, cluster));
-    }
-    let member = cluster::member_id(my_peer_urls, token);
-    let ids: Vec<u64> = members
-        .iter()
-        .map(|m| cluster::member_id(&m.peer_urls, token))
-        .collect();
-    let cluster = cluster::cluster_id(&ids);
+fn stored_identity(engine: &Engine) -> anyhow::Result<Option<(u64, u64)>> {
+    let Some(v) = engine.get(Cf::RaftState, IDENTITY_KEY)? else {
+        return Ok(None);
+    };
+    let ids: [u8; 16] = v.as_slice().try_into().context("corrupt member identity")?;
+    let member = u64::from_be_bytes(ids[..8].try_into()?);
+    let cluster = u64::from_be_bytes(ids[8..].try_into()?);
+    Ok(Some((member, cluster)))
+}
+
+fn store_identity(engine: &Engine, member: u64, cluster: u64) -> anyhow::Result<()> {
     let mut value = member.to_be_bytes().to_vec();
     value.extend_from_slice(&cluster.to_be_bytes());
     let mut batch = engine.batch();
     batch.put(Cf::RaftState, IDENTITY_KEY, &value);
     engine.write(batch, true)?;
-    Ok((member, cluster))
+    Ok(())
+}
+
+/// A new cluster: every member derives the same ids and the same initial membership from the
+/// same flags. Names and client URLs are published by each member once it runs, so the
+/// membership every member bootstraps with is identical.
+fn new_cluster(
+    initial: &[cluster::InitialMember],
+    token: &str,
+    me: &cluster::InitialMember,
+) -> (u64, u64, BTreeMap<u64, Member>) {
+    let members: BTreeMap<u64, Member> = initial
+        .iter()
+        .map(|m| {
+            let member = Member {
+                name: m.name.clone(),
+                peer_urls: m.peer_urls.clone(),
+                client_urls: Vec::new(),
+            };
+            (cluster::member_id(&m.peer_urls, token), member)
+        })
+        .collect();
+    let ids: Vec<u64> = members.keys().copied().collect();
+    (
+        cluster::member_id(&me.peer_urls, token),
+        cluster::cluster_id(&ids),
+        members,
+    )
+}
+
+/// Joining a running cluster after `member add`: the other members say who we are (the id the
+/// add assigned to our peer URLs) and which cluster this is.
+async fn join_existing(
+    initial: &[cluster::InitialMember],
+    me: &cluster::InitialMember,
+) -> anyhow::Result<(u64, u64)> {
+    let mut mine = me.peer_urls.clone();
+    mine.sort();
+    let deadline = tokio::time::Instant::now() + JOIN_TIMEOUT;
+    loop {
+        let mut last_error = String::from("no other member in --initial-cluster");
+        for other in initial.iter().filter(|m| m.name != me.name) {
+            match discover(&other.peer_urls).await {
+                Ok(reply) => {
+                    let found = reply.members.iter().find(|m| {
+                        let mut urls = m.peer_urls.clone();
+                        urls.sort();
+                        urls == mine
+                    });
+                    return match found {
+                        Some(m) => Ok((m.id, reply.cluster_id)),
+                        None => bail!(
+                            "member {} (peer URLs {:?}) is not in the cluster's membership; add it with `member add` before starting it with --initial-cluster-state existing",
+                            me.name,
+                            me.peer_urls
+                        ),
+                    };
+                }
+                Err(e) => last_error = format!("{}: {e}", other.name),
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("cannot reach the existing cluster to join it ({last_error})");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn discover(peer_urls: &[String]) -> anyhow::Result<oxcd_proto::peerpb::MembersReply> {
+    let url = peer_urls.first().context("member has no peer URLs")?;
+    let channel = tonic::transport::Endpoint::from_shared(url.clone())?
+        .connect_timeout(Duration::from_secs(1))
+        .timeout(Duration::from_secs(2))
+        .connect()
+        .await?;
+    let mut client = DiscoveryClient::new(channel);
+    Ok(client.members(MembersRequest {}).await?.into_inner())
+}
+
+/// etcd publishes a started member's name and client URLs through Raft; until then
+/// `member list` shows them empty. Retried until the membership shows them.
+async fn publish_attributes(consensus: Arc<Consensus>, id: u64, name: String, client_urls: Vec<String>) {
+    loop {
+        let published = consensus
+            .members()
+            .iter()
+            .any(|m| m.id == id && m.member.name == name && m.member.client_urls == client_urls);
+        if published {
+            return;
+        }
+        let change = MemberChange::Publish {
+            id,
+            name: name.clone(),
+            client_urls: client_urls.clone(),
+        };
+        if let Err(e) = consensus.change_members(change).await {
+            tracing::debug!(error = %e, "publishing member attributes; retrying");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// etcd: a lease lives at least 1.5 election timeouts (in whole heartbeats), rounded up to a
@@ -342,12 +491,21 @@ fn stored_leases(engine: &Engine) -> anyhow::Result<Vec<StoredLease>> {
 
 /// Serves gRPC (HTTP/2) on `listener` until `stopped`; open connections are closed when the
 /// returned future is dropped or finishes.
-async fn serve_clients(
+async fn serve_grpc<S>(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
-    routes: Routes,
+    service: S,
     mut stopped: watch::Receiver<bool>,
-) {
+) where
+    S: tonic::codegen::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
     let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     http2
         .max_send_buf_size(STREAM_SEND_BUFFER)
@@ -364,7 +522,7 @@ async fn serve_clients(
                     }
                 };
                 let _ = tcp.set_nodelay(true);
-                let (http2, service, tls) = (http2.clone(), TowerToHyperService::new(routes.clone()), tls.clone());
+                let (http2, service, tls) = (http2.clone(), TowerToHyperService::new(service.clone()), tls.clone());
                 // The TLS handshake runs in the connection's task so a slow client cannot hold
                 // up accepting others.
                 connections.spawn(async move {

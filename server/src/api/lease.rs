@@ -39,11 +39,13 @@ impl Lease for LeaseApi {
     ) -> Result<Response<BoxStream<LeaseKeepAliveResponse>>, Status> {
         let leases = self.leases.clone();
         let header = self.header.clone();
-        let responses = req.into_inner().map(move |r| {
-            let r = r?;
-            let mut resp = leases.keep_alive(r.id).map_err(Status::from)?;
-            header.fill(&mut resp.header);
-            Ok(resp)
+        let responses = req.into_inner().then(move |r| {
+            let (leases, header) = (leases.clone(), header.clone());
+            async move {
+                let mut resp = leases.keep_alive(r?.id).await.map_err(Status::from)?;
+                header.fill(&mut resp.header);
+                Ok(resp)
+            }
         });
         Ok(Response::new(Box::pin(responses)))
     }

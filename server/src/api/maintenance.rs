@@ -2,8 +2,9 @@ use std::sync::Arc;
 
 use oxcd_proto::etcdserverpb::{
     alarm_request::AlarmAction, maintenance_server::Maintenance, AlarmRequest, AlarmResponse,
-    DefragmentRequest, DefragmentResponse, HashKvRequest, HashKvResponse, ResponseHeader,
-    StatusRequest, StatusResponse,
+    AlarmType, DefragmentRequest, DefragmentResponse, HashKvRequest, HashKvResponse, HashRequest,
+    HashResponse, MoveLeaderRequest, MoveLeaderResponse, ResponseHeader, StatusRequest,
+    StatusResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -12,7 +13,7 @@ use crate::alarm::Alarms;
 use crate::error::EtcdError;
 use crate::mvcc::MvccStore;
 use crate::raft::{Command, Consensus, Op, Outcomes};
-use crate::storage::Engine;
+use crate::storage::{Cf, Engine};
 
 pub struct MaintenanceApi {
     pub engine: Arc<Engine>,
@@ -40,6 +41,13 @@ impl Maintenance for MaintenanceApi {
             raft_index: raft.last_log_index,
             raft_term: raft.term,
             raft_applied_index: raft.applied_index,
+            is_learner: raft.is_learner,
+            errors: self
+                .alarms
+                .list(0)
+                .iter()
+                .map(|a| format!("memberID:{} alarm:{}", a.member_id, alarm_name(a.alarm)))
+                .collect(),
             ..Default::default()
         };
         self.header.fill(&mut resp.header);
@@ -93,6 +101,28 @@ impl Maintenance for MaintenanceApi {
         Ok(Response::new(resp))
     }
 
+    async fn hash(&self, _req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        let engine = self.engine.clone();
+        let hash = tokio::task::spawn_blocking(move || engine.checksum(&[Cf::Kv, Cf::Lease]))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let mut resp = HashResponse { header: None, hash };
+        self.header.fill(&mut resp.header);
+        Ok(Response::new(resp))
+    }
+
+    async fn move_leader(
+        &self,
+        req: Request<MoveLeaderRequest>,
+    ) -> Result<Response<MoveLeaderResponse>, Status> {
+        let target = req.into_inner().target_id;
+        respond!(self, async {
+            self.consensus.move_leader(target).await?;
+            Ok::<_, EtcdError>(MoveLeaderResponse::default())
+        })
+    }
+
     async fn defragment(
         &self,
         _req: Request<DefragmentRequest>,
@@ -104,5 +134,13 @@ impl Maintenance for MaintenanceApi {
         let mut resp = DefragmentResponse::default();
         self.header.fill(&mut resp.header);
         Ok(Response::new(resp))
+    }
+}
+
+fn alarm_name(alarm: i32) -> &'static str {
+    match AlarmType::try_from(alarm) {
+        Ok(AlarmType::Nospace) => "NOSPACE",
+        Ok(AlarmType::Corrupt) => "CORRUPT",
+        _ => "NONE",
     }
 }

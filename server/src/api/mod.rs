@@ -11,18 +11,25 @@ macro_rules! respond {
     }};
 }
 
+mod cluster;
 mod kv;
 mod lease;
 mod maintenance;
+mod peer;
 mod watch;
 
 use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tonic::codegen::{http, BoxFuture, Service};
 
 use oxcd_proto::etcdserverpb::ResponseHeader;
 
+pub use cluster::ClusterApi;
 pub use kv::KvApi;
 pub use lease::LeaseApi;
 pub use maintenance::MaintenanceApi;
+pub use peer::{ClusterCheck, DiscoveryApi, PeerApi};
 pub use watch::WatchApi;
 
 use crate::error::EtcdError;
@@ -40,6 +47,43 @@ impl tonic::service::Interceptor for LeaderGuard {
             return Err(EtcdError::NoLeader.into());
         }
         Ok(req)
+    }
+}
+
+/// Learners answer only what etcd's learners answer: Status and serializable Range (the
+/// Range service refuses linearizable reads itself, as only it sees the request).
+#[derive(Clone)]
+pub struct LearnerGate<S> {
+    pub inner: S,
+    pub consensus: Arc<Consensus>,
+}
+
+const LEARNER_PATHS: [&str; 3] = [
+    "/etcdserverpb.Maintenance/Status",
+    "/etcdserverpb.KV/Range",
+    "/grpc.health.v1.Health/Check",
+];
+
+impl<S, B> Service<http::Request<B>> for LearnerGate<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<S::Response, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if self.consensus.status().is_learner && !LEARNER_PATHS.contains(&req.uri().path()) {
+            let refused = tonic::Status::from(EtcdError::NotSupportedForLearner).into_http();
+            return Box::pin(async move { Ok(refused) });
+        }
+        let call = self.inner.call(req);
+        Box::pin(call)
     }
 }
 

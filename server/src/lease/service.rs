@@ -11,10 +11,12 @@ use oxcd_proto::etcdserverpb::{
     LeaseTimeToLiveResponse,
 };
 
-use super::{Lessor, MAX_TTL};
+use oxcd_proto::peerpb::{self, Failure, LeaseRenewRequest};
+
+use super::{LeaseInfo, Lessor, MAX_TTL};
 use crate::alarm::Quota;
 use crate::error::EtcdError;
-use crate::raft::{Command, Consensus, NodeId, Op, Outcomes};
+use crate::raft::{failure, not_leader, Command, Consensus, NodeId, Op, Outcomes};
 
 const EXPIRY_CHECK: Duration = Duration::from_millis(500);
 /// A revoke that has not landed after this long is proposed again.
@@ -77,9 +79,21 @@ impl LeaseService {
         }
     }
 
-    /// An unknown lease is answered with TTL 0, as etcd does.
-    pub fn keep_alive(&self, id: i64) -> Result<LeaseKeepAliveResponse, EtcdError> {
-        let ttl = self.lessor.renew(id)?.unwrap_or(0);
+    /// Keep-alives are the leader's: answered here when this member leads, else forwarded. An
+    /// unknown lease is answered with TTL 0, as etcd does.
+    pub async fn keep_alive(&self, id: i64) -> Result<LeaseKeepAliveResponse, EtcdError> {
+        let ttl = self
+            .consensus
+            .leader_link()
+            .call(
+                None,
+                || async move { self.renew_here(id) },
+                |mut client| async move {
+                    let r = client.lease_renew(LeaseRenewRequest { id }).await?.into_inner();
+                    Ok((r.failure, r.ttl))
+                },
+            )
+            .await?;
         Ok(LeaseKeepAliveResponse {
             header: None,
             id,
@@ -87,28 +101,75 @@ impl LeaseService {
         })
     }
 
-    /// An unknown (or expired) lease is answered with TTL -1 rather than an error, as etcd does.
+    /// The leader's side of a keep-alive.
+    pub fn renew_here(&self, id: i64) -> Result<i64, Failure> {
+        match self.lessor.renew(id) {
+            Ok(ttl) => Ok(ttl.unwrap_or(0)),
+            Err(EtcdError::NotLeader) => Err(not_leader()),
+            Err(e) => Err(failure(e)),
+        }
+    }
+
+    /// Only the leader knows how long a lease has left, so this is answered there. An unknown
+    /// (or expired) lease is answered with TTL -1 rather than an error, as etcd does.
     pub async fn time_to_live(
         &self,
         r: LeaseTimeToLiveRequest,
     ) -> Result<LeaseTimeToLiveResponse, EtcdError> {
-        self.consensus.read_barrier().await?;
-        Ok(match self.lessor.info(r.id, r.keys) {
+        let (id, keys) = (r.id, r.keys);
+        let info = self
+            .consensus
+            .leader_link()
+            .call(
+                None,
+                || self.time_to_live_here(id, keys),
+                |mut client| async move {
+                    let r = client
+                        .lease_time_to_live(peerpb::LeaseTimeToLiveRequest { id, keys })
+                        .await?
+                        .into_inner();
+                    let info = r.found.then_some(LeaseInfo {
+                        ttl: r.ttl,
+                        granted_ttl: r.granted_ttl,
+                        keys: r.keys,
+                    });
+                    Ok((r.failure, info))
+                },
+            )
+            .await?;
+        Ok(match info {
             Some(info) => LeaseTimeToLiveResponse {
                 header: None,
-                id: r.id,
+                id,
                 ttl: info.ttl,
                 granted_ttl: info.granted_ttl,
                 keys: info.keys,
             },
             None => LeaseTimeToLiveResponse {
                 header: None,
-                id: r.id,
+                id,
                 ttl: -1,
                 granted_ttl: 0,
                 keys: Vec::new(),
             },
         })
+    }
+
+    /// The leader's side of [`LeaseService::time_to_live`].
+    pub async fn time_to_live_here(
+        &self,
+        id: i64,
+        keys: bool,
+    ) -> Result<Option<LeaseInfo>, Failure> {
+        if !self.consensus.leader_link().is_leader() {
+            return Err(not_leader());
+        }
+        let index = self.consensus.leader_link().read_index_local().await?;
+        self.consensus
+            .wait_applied(index)
+            .await
+            .map_err(failure)?;
+        Ok(self.lessor.info(id, keys))
     }
 
     pub async fn leases(&self) -> Result<LeaseLeasesResponse, EtcdError> {

@@ -7,7 +7,9 @@
 // openraft's traits dictate its (large) StorageError as the error type.
 #![allow(clippy::result_large_err)]
 
+mod leader;
 mod log_store;
+mod membership;
 mod network;
 mod proposer;
 mod state_machine;
@@ -17,11 +19,14 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{CheckIsLeaderError, RaftError};
 use openraft::{Config, SnapshotPolicy};
+use oxcd_proto::peerpb::Failure;
 
+pub use leader::{failure, not_leader, LeaderLink};
+pub use membership::{new_member_id, MemberChange, MemberInfo};
+pub use network::{Client as PeerClient, Peers, CLUSTER_ID_HEADER, MAX_PEER_MESSAGE};
 pub use state_machine::Applied;
-pub use types::{Command, Member, NodeId, Op, Outcomes};
+pub use types::{Command, CommandBatch, Member, NodeId, Op, OutcomeBatch, Outcomes};
 
 use crate::error::EtcdError;
 use crate::storage::Engine;
@@ -43,21 +48,34 @@ pub struct RaftStatus {
     pub term: u64,
     pub last_log_index: u64,
     pub applied_index: u64,
+    pub is_learner: bool,
 }
+
+/// Entries a member keeps after a snapshot so a briefly lagging follower catches up from the
+/// log rather than a full snapshot (etcd keeps 5,000).
+const MAX_CATCH_UP_ENTRIES: u64 = 5000;
+/// Entries per append message.
+const MAX_PAYLOAD_ENTRIES: u64 = 256;
+/// How long a member stays out of elections for a leader transfer that never finishes.
+const ELECTION_HOLD_LIMIT: Duration = Duration::from_secs(10);
 
 pub struct Consensus {
     raft: types::Raft,
+    link: LeaderLink,
     proposer: proposer::Proposer,
     timeout: Duration,
+    election_timeout: Duration,
 }
 
 impl Consensus {
-    /// Starts Raft on the engine; a new data dir is bootstrapped with `members`.
+    /// Starts Raft on the engine. A new data dir is bootstrapped with `bootstrap` when given
+    /// (a new cluster); without it the member waits for a leader to add it (joining one).
     pub async fn start(
         id: NodeId,
         engine: Arc<Engine>,
         applied: Applied,
-        members: BTreeMap<NodeId, Member>,
+        bootstrap: Option<BTreeMap<NodeId, Member>>,
+        peers: Arc<Peers>,
         opts: &RaftOptions,
     ) -> anyhow::Result<Consensus> {
         let election_ms = opts.election_timeout.as_millis() as u64;
@@ -68,22 +86,36 @@ impl Consensus {
             election_timeout_min: election_ms,
             election_timeout_max: election_ms * 2,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(opts.snapshot_count),
-            max_in_snapshot_log_to_keep: 1000,
+            max_in_snapshot_log_to_keep: opts.snapshot_count.min(MAX_CATCH_UP_ENTRIES),
+            max_payload_entries: MAX_PAYLOAD_ENTRIES,
             ..Default::default()
         }
         .validate()?;
         let log = log_store::LogStore::new(engine.clone())?;
         let sm = state_machine::StateMachine::open(engine, applied)?;
-        let raft = types::Raft::new(id, Arc::new(config), network::PeerNetwork, log, sm).await?;
-        if !raft.is_initialized().await? {
-            raft.initialize(members).await?;
+        let network = network::PeerNetwork(peers.clone());
+        let raft = types::Raft::new(id, Arc::new(config), network, log, sm).await?;
+        if let Some(members) = bootstrap {
+            // Every member of a new cluster initializes with the same membership, which
+            // openraft allows; whichever wins the first election leads.
+            if !raft.is_initialized().await? {
+                raft.initialize(members).await?;
+            }
         }
+        let link = LeaderLink {
+            raft: raft.clone(),
+            me: id,
+            peers,
+            transfer: Default::default(),
+        };
         let proposer =
-            proposer::Proposer::start(raft.clone(), opts.max_request_bytes, opts.request_timeout);
+            proposer::Proposer::start(link.clone(), opts.max_request_bytes, opts.request_timeout);
         Ok(Consensus {
             raft,
+            link,
             proposer,
             timeout: opts.request_timeout,
+            election_timeout: opts.election_timeout,
         })
     }
 
@@ -91,30 +123,202 @@ impl Consensus {
         self.proposer.propose(command).await
     }
 
-    /// Returns once every write committed before the call is applied locally.
+    /// Returns once every write committed before the call is applied locally (ReadIndex,
+    /// confirmed by the leader wherever this member is).
     pub async fn read_barrier(&self) -> Result<(), EtcdError> {
+        if self.status().is_learner {
+            return Err(EtcdError::NotSupportedForLearner);
+        }
         let barrier = async {
-            loop {
-                match self.raft.ensure_linearizable().await {
-                    Ok(_) => return Ok(()),
-                    Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))
-                        if f.leader_id.is_none() =>
-                    {
-                        proposer::wait_for_leader(&self.raft).await?;
-                    }
-                    Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
-                        return Err(EtcdError::LeaderChanged)
-                    }
-                    Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => {
-                        return Err(EtcdError::NoLeader)
-                    }
-                    Err(RaftError::Fatal(_)) => return Err(EtcdError::Stopped),
-                }
-            }
+            let index = self.link.read_index().await?;
+            self.wait_applied(index).await
         };
         tokio::time::timeout(self.timeout, barrier)
             .await
             .unwrap_or(Err(EtcdError::Timeout))
+    }
+
+    /// Returns once the state machine has applied log index `index`.
+    pub async fn wait_applied(&self, index: u64) -> Result<(), EtcdError> {
+        self.raft
+            .wait(None)
+            .applied_index_at_least(Some(index), "read barrier")
+            .await
+            .map(|_| ())
+            .map_err(|_| EtcdError::Stopped)
+    }
+
+    /// Runs a membership change on the leader.
+    pub async fn change_members(&self, change: MemberChange) -> Result<(), EtcdError> {
+        let encoded = bincode::serialize(&change).map_err(|_| EtcdError::Corrupt)?;
+        let call = self.link.call(
+            Some(EtcdError::LeaderChanged),
+            || self.change_members_here(&change),
+            |mut client| {
+                let change = encoded.clone();
+                async move {
+                    let r = client
+                        .change_members(oxcd_proto::peerpb::ChangeMembersRequest { change })
+                        .await?;
+                    Ok((r.into_inner().failure, ()))
+                }
+            },
+        );
+        tokio::time::timeout(self.timeout, call)
+            .await
+            .unwrap_or(Err(EtcdError::Timeout))
+    }
+
+    /// The leader's side of [`Consensus::change_members`].
+    pub async fn change_members_here(&self, change: &MemberChange) -> Result<(), Failure> {
+        if !self.link.is_leader() {
+            return Err(not_leader());
+        }
+        membership::apply(&self.raft, change).await.map_err(failure)
+    }
+
+    pub fn members(&self) -> Vec<MemberInfo> {
+        membership::list(&self.raft)
+    }
+
+    /// The members once `done` holds for them here (a change committed on the leader reaches
+    /// followers a heartbeat later), or as they are after a short wait.
+    pub async fn members_after(&self, done: impl Fn(&[MemberInfo]) -> bool) -> Vec<MemberInfo> {
+        let mut metrics = self.raft.metrics();
+        let wait = metrics.wait_for(|_| done(&self.members()));
+        let _ = tokio::time::timeout(self.election_timeout, wait).await;
+        self.members()
+    }
+
+    /// etcd's MoveLeader, run on the leader. openraft 0.9 has no leadership transfer and its
+    /// followers refuse votes while their leader lease lasts, so the leader makes way: it stops
+    /// taking writes and other voters stop campaigning, the target catches up, heartbeats stop
+    /// until the lease has run out everywhere, and then the target campaigns and wins.
+    pub async fn move_leader(&self, target: NodeId) -> Result<(), EtcdError> {
+        if !self.link.is_leader() {
+            return Err(EtcdError::NotLeader);
+        }
+        if target == self.link.me {
+            return Ok(());
+        }
+        let members = self.members();
+        let Some(transferee) = members.iter().find(|m| m.id == target && !m.learner) else {
+            return Err(EtcdError::BadLeaderTransferee);
+        };
+        let others: Vec<&MemberInfo> = members
+            .iter()
+            .filter(|m| m.id != target && m.id != self.link.me)
+            .collect();
+        let _writes_paused = self.link.transfer.write().await;
+        for m in &others {
+            self.hold_elections_of(m, true).await;
+        }
+        let result = self.hand_over(transferee).await;
+        self.raft.runtime_config().heartbeat(true);
+        for m in &others {
+            self.hold_elections_of(m, false).await;
+        }
+        result
+    }
+
+    async fn hand_over(&self, transferee: &MemberInfo) -> Result<(), EtcdError> {
+        let target = transferee.id;
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let mut metrics = self.raft.metrics();
+        let caught_up = metrics.wait_for(|m| {
+            let matched = m
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(&target).cloned().flatten());
+            matched.map(|l| l.index) >= m.last_log_index
+        });
+        tokio::time::timeout_at(deadline, caught_up)
+            .await
+            .map_err(|_| EtcdError::Timeout)?
+            .map_err(|_| EtcdError::Stopped)?;
+        self.raft.runtime_config().heartbeat(false);
+        // openraft's leader lease is the maximum election timeout (2x ours).
+        tokio::time::sleep(self.election_timeout * 2 + Duration::from_millis(50)).await;
+        let mut client = self
+            .link
+            .peers
+            .client(target, &transferee.member.peer_urls)
+            .map_err(|_| EtcdError::BadLeaderTransferee)?;
+        client
+            .timeout_now(oxcd_proto::peerpb::TimeoutNowRequest {})
+            .await
+            .map_err(|_| EtcdError::Timeout)?;
+        let elected = metrics.wait_for(|m| m.current_leader == Some(target));
+        tokio::time::timeout_at(deadline + self.election_timeout * 2, elected)
+            .await
+            .map_err(|_| EtcdError::Timeout)?
+            .map_err(|_| EtcdError::Stopped)?;
+        Ok(())
+    }
+
+    async fn hold_elections_of(&self, member: &MemberInfo, hold: bool) {
+        let Ok(mut client) = self.link.peers.client(member.id, &member.member.peer_urls) else {
+            return;
+        };
+        let request = oxcd_proto::peerpb::HoldElectionsRequest { hold };
+        if let Err(e) = client.hold_elections(request).await {
+            tracing::debug!(member = %format!("{:x}", member.id), error = %e, "holding elections");
+        }
+    }
+
+    /// Resolves when this member has been removed from the cluster (etcd then stops it).
+    pub async fn removed(&self) {
+        let me = self.link.me;
+        let mut metrics = self.raft.metrics();
+        let is_member = |m: &openraft::RaftMetrics<NodeId, Member>| {
+            m.membership_config.membership().get_node(&me).is_some()
+        };
+        if metrics.wait_for(is_member).await.is_err() {
+            return std::future::pending().await;
+        }
+        if metrics.wait_for(|m| !is_member(m)).await.is_err() {
+            std::future::pending::<()>().await
+        }
+    }
+
+    /// This member campaigns now (the target of a leader transfer).
+    pub async fn campaign(&self) {
+        if let Err(e) = self.raft.trigger().elect().await {
+            tracing::warn!(error = %e, "campaign");
+        }
+    }
+
+    /// Keeps this member out of elections (bounded, in case the transfer never finishes).
+    pub fn hold_elections(&self, hold: bool) {
+        self.raft.runtime_config().elect(!hold);
+        if hold {
+            let raft = self.raft.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(ELECTION_HOLD_LIMIT).await;
+                raft.runtime_config().elect(true);
+            });
+        }
+    }
+
+    /// Passes on openraft's messages from a peer; bincode in, bincode out.
+    pub async fn handle_append(&self, payload: &[u8]) -> Result<Vec<u8>, String> {
+        let request = decode(payload)?;
+        encode(&self.raft.append_entries(request).await)
+    }
+
+    pub async fn handle_vote(&self, payload: &[u8]) -> Result<Vec<u8>, String> {
+        let request = decode(payload)?;
+        encode(&self.raft.vote(request).await)
+    }
+
+    pub async fn handle_snapshot_chunk(&self, payload: &[u8]) -> Result<Vec<u8>, String> {
+        let request = decode(payload)?;
+        encode(&self.raft.install_snapshot(request).await)
+    }
+
+    /// The leader's side of forwarded writes and ReadIndex.
+    pub fn leader_link(&self) -> &LeaderLink {
+        &self.link
     }
 
     pub fn status(&self) -> RaftStatus {
@@ -124,6 +328,11 @@ impl Consensus {
             term: m.current_term,
             last_log_index: m.last_log_index.unwrap_or(0),
             applied_index: m.last_applied.map_or(0, |l| l.index),
+            is_learner: !m
+                .membership_config
+                .membership()
+                .voter_ids()
+                .any(|v| v == self.link.me),
         }
     }
 
@@ -155,4 +364,12 @@ impl Consensus {
             tracing::warn!(error = %e, "raft shutdown");
         }
     }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, String> {
+    bincode::deserialize(payload).map_err(|e| format!("undecodable Raft message: {e}"))
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, String> {
+    bincode::serialize(value).map_err(|e| format!("unencodable Raft reply: {e}"))
 }

@@ -1,65 +1,193 @@
-//! Raft peer transport.
+//! Peer transport: gRPC (HTTP/2) connections to the other members' peer URLs.
 //!
-//! A single-member cluster never sends a Raft message. Multi-member clusters need the peer
-//! transport on the peer URLs, which the cluster work adds; until then every peer is reported
-//! unreachable, and start-up refuses an `--initial-cluster` with more than one member.
+//! One lazily connected channel per member carries both openraft's messages and the requests
+//! a member forwards to the leader. HTTP/2 multiplexes them, so a large snapshot chunk does not
+//! hold up heartbeats, and openraft sends up to `max_payload_entries` entries per append.
+//! Every call carries the sender's cluster id: a member of another cluster (another
+//! `--initial-cluster-token` or membership) is refused, as etcd refuses it.
 
-use openraft::error::{InstallSnapshotError, RPCError, RaftError, Unreachable};
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use std::collections::HashMap;
+use std::time::Duration;
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
+use oxcd_proto::peerpb::peer_client::PeerClient;
+use oxcd_proto::peerpb::RaftMessage;
+use parking_lot::Mutex;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::metadata::MetadataValue;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
 
 use super::types::{Member, NodeId, TypeConfig};
 
-pub struct PeerNetwork;
+/// Metadata naming the sender's cluster on every peer call.
+pub const CLUSTER_ID_HEADER: &str = "x-oxcd-cluster-id";
+/// Largest peer message: a batch of appended entries or one snapshot chunk.
+pub const MAX_PEER_MESSAGE: usize = 256 << 20;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How soon an unreachable member is tried again; short, so a restarted member rejoins quickly.
+const RETRY_UNREACHABLE: Duration = Duration::from_millis(100);
 
-pub struct PeerClient {
-    target: NodeId,
+pub type Client = PeerClient<InterceptedService<Channel, ClusterStamp>>;
+
+/// Adds the cluster id to outgoing peer calls.
+#[derive(Clone)]
+pub struct ClusterStamp(MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for ClusterStamp {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        req.metadata_mut()
+            .insert(CLUSTER_ID_HEADER, self.0.clone());
+        Ok(req)
+    }
 }
 
-impl PeerClient {
-    fn unreachable<E: std::error::Error>(&self) -> RPCError<NodeId, Member, E> {
-        let reason =
-            std::io::Error::other(format!("no peer transport to member {:x}", self.target));
-        RPCError::Unreachable(Unreachable::new(&reason))
+/// Connections to the other members, shared by Raft replication and leader forwarding.
+pub struct Peers {
+    stamp: ClusterStamp,
+    channels: Mutex<HashMap<NodeId, (Vec<String>, Client)>>,
+}
+
+impl Peers {
+    pub fn new(cluster_id: u64) -> Peers {
+        let stamp = format!("{cluster_id:x}")
+            .parse()
+            .expect("a hex number is valid metadata");
+        Peers {
+            stamp: ClusterStamp(stamp),
+            channels: Mutex::new(HashMap::new()),
+        }
     }
+
+    /// A client for member `id`, reconnecting when its peer URLs changed.
+    pub fn client(&self, id: NodeId, peer_urls: &[String]) -> Result<Client, String> {
+        let mut channels = self.channels.lock();
+        if let Some((urls, client)) = channels.get(&id) {
+            if urls == peer_urls {
+                return Ok(client.clone());
+            }
+        }
+        let client = self.connect(peer_urls)?;
+        channels.insert(id, (peer_urls.to_vec(), client.clone()));
+        Ok(client)
+    }
+
+    /// A client for an address that is not (yet) a known member, e.g. while joining.
+    pub fn connect(&self, peer_urls: &[String]) -> Result<Client, String> {
+        let url = peer_urls
+            .first()
+            .ok_or_else(|| "member has no peer URLs".to_string())?;
+        let endpoint = Endpoint::from_shared(url.clone())
+            .map_err(|e| format!("invalid peer URL {url:?}: {e}"))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5));
+        Ok(
+            PeerClient::with_interceptor(endpoint.connect_lazy(), self.stamp.clone())
+                .max_decoding_message_size(MAX_PEER_MESSAGE)
+                .max_encoding_message_size(MAX_PEER_MESSAGE),
+        )
+    }
+}
+
+/// openraft's view of the transport.
+pub struct PeerNetwork(pub std::sync::Arc<Peers>);
+
+pub struct RaftPeer {
+    target: NodeId,
+    client: Result<Client, String>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
-    type Network = PeerClient;
+    type Network = RaftPeer;
 
-    async fn new_client(&mut self, target: NodeId, _node: &Member) -> PeerClient {
-        PeerClient { target }
+    async fn new_client(&mut self, target: NodeId, node: &Member) -> RaftPeer {
+        RaftPeer {
+            target,
+            client: self.0.client(target, &node.peer_urls),
+        }
     }
 }
 
-impl RaftNetwork<TypeConfig> for PeerClient {
+type RpcResult<T, E> = Result<T, RPCError<NodeId, Member, E>>;
+
+impl RaftPeer {
+    /// Sends one bincode-encoded openraft request; the reply is the remote `Result` as is.
+    async fn call<Req, Resp, E>(
+        &self,
+        request: &Req,
+        option: &RPCOption,
+        send: impl AsyncFnOnce(Client, RaftMessage) -> Result<tonic::Response<RaftMessage>, tonic::Status>,
+    ) -> RpcResult<Resp, E>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let client = self
+            .client
+            .clone()
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&std::io::Error::other(e))))?;
+        let payload = bincode::serialize(request)
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let reply = tokio::time::timeout(option.hard_ttl(), send(client, RaftMessage { payload }))
+            .await
+            .map_err(|_| {
+                RPCError::Unreachable(Unreachable::new(&std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("member {:x} did not answer in time", self.target),
+                )))
+            })?
+            .map_err(|status| match status.code() {
+                tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled => {
+                    RPCError::Unreachable(Unreachable::new(&status))
+                }
+                _ => RPCError::Network(NetworkError::new(&status)),
+            })?;
+        let result: Result<Resp, E> = bincode::deserialize(&reply.into_inner().payload)
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for RaftPeer {
     async fn append_entries(
         &mut self,
-        _rpc: AppendEntriesRequest<TypeConfig>,
-        _option: RPCOption,
-    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
-        Err(self.unreachable())
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<NodeId>, RaftError<NodeId>> {
+        self.call(&rpc, &option, async |mut c, m| c.append_entries(m).await)
+            .await
     }
 
     async fn install_snapshot(
         &mut self,
-        _rpc: InstallSnapshotRequest<TypeConfig>,
-        _option: RPCOption,
-    ) -> Result<
-        InstallSnapshotResponse<NodeId>,
-        RPCError<NodeId, Member, RaftError<NodeId, InstallSnapshotError>>,
-    > {
-        Err(self.unreachable())
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>> {
+        self.call(&rpc, &option, async |mut c, m| c.install_snapshot(m).await)
+            .await
     }
 
     async fn vote(
         &mut self,
-        _rpc: VoteRequest<NodeId>,
-        _option: RPCOption,
-    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
-        Err(self.unreachable())
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<NodeId>, RaftError<NodeId>> {
+        self.call(&rpc, &option, async |mut c, m| c.vote(m).await)
+            .await
+    }
+
+    fn backoff(&self) -> Backoff {
+        Backoff::new(std::iter::repeat(RETRY_UNREACHABLE))
     }
 }

@@ -6,11 +6,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{ClientWriteError, RaftError};
 use prost::Message;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use super::types::{Command, CommandBatch, Outcomes, Raft};
+use super::leader::LeaderLink;
+use super::types::{Command, CommandBatch, Outcomes};
 use crate::error::EtcdError;
 
 const MAX_IN_FLIGHT: usize = 2;
@@ -33,9 +33,9 @@ pub struct Proposer {
 }
 
 impl Proposer {
-    pub fn start(raft: Raft, max_request_bytes: usize, timeout: Duration) -> Proposer {
+    pub fn start(leader: LeaderLink, max_request_bytes: usize, timeout: Duration) -> Proposer {
         let (tx, rx) = mpsc::channel(16 * 1024);
-        tokio::spawn(run(raft, rx));
+        tokio::spawn(run(leader, rx));
         Proposer {
             queue: tx,
             max_request_bytes,
@@ -61,7 +61,7 @@ impl Proposer {
     }
 }
 
-async fn run(raft: Raft, mut queue: mpsc::Receiver<Pending>) {
+async fn run(leader: LeaderLink, mut queue: mpsc::Receiver<Pending>) {
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     while let Some(first) = queue.recv().await {
         // Waiting for a slot before draining the queue is what lets a batch grow.
@@ -79,11 +79,11 @@ async fn run(raft: Raft, mut queue: mpsc::Receiver<Pending>) {
                 Err(_) => break,
             }
         }
-        let raft = raft.clone();
+        let leader = leader.clone();
         tokio::spawn(async move {
             let (commands, replies): (Vec<_>, Vec<_>) =
                 batch.into_iter().map(|p| (p.command, p.reply)).unzip();
-            let result = write(&raft, CommandBatch { commands }).await;
+            let result = write(&leader, CommandBatch { commands }).await;
             drop(permit);
             match result {
                 Ok(outcomes) => {
@@ -101,31 +101,13 @@ async fn run(raft: Raft, mut queue: mpsc::Receiver<Pending>) {
     }
 }
 
-/// Writes one batch; returns one result per command, in order.
+/// Writes one batch through the leader; returns one result per command, in order.
 async fn write(
-    raft: &Raft,
+    leader: &LeaderLink,
     batch: CommandBatch,
 ) -> Result<Vec<Result<Outcomes, EtcdError>>, EtcdError> {
     let expected = batch.commands.len();
-    let response = loop {
-        match raft.client_write(batch.clone()).await {
-            Ok(r) => break r,
-            // Refused before anything was appended, so retrying cannot write twice.
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))
-                if f.leader_id.is_none() =>
-            {
-                wait_for_leader(raft).await?;
-            }
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                return Err(EtcdError::LeaderChanged)
-            }
-            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(_))) => {
-                return Err(EtcdError::Corrupt)
-            }
-            Err(RaftError::Fatal(_)) => return Err(EtcdError::Stopped),
-        }
-    };
-    let outcomes = response.data.outcomes;
+    let outcomes = leader.write(batch).await?.outcomes;
     if outcomes.len() != expected {
         tracing::error!(
             expected,
@@ -142,14 +124,4 @@ async fn write(
             None => Err(EtcdError::Corrupt),
         })
         .collect())
-}
-
-/// Resolves once some member is leader.
-pub async fn wait_for_leader(raft: &Raft) -> Result<(), EtcdError> {
-    let mut metrics = raft.metrics();
-    metrics
-        .wait_for(|m| m.current_leader.is_some())
-        .await
-        .map(|_| ())
-        .map_err(|_| EtcdError::Stopped)
 }

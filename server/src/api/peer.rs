@@ -1,0 +1,210 @@
+//! The peer service on the peer URLs: Raft messages between members, and what members forward
+//! to the leader. Calls from another cluster are refused before they reach Raft.
+
+use std::sync::Arc;
+
+use oxcd_proto::peerpb::{
+    discovery_server::Discovery, peer_server::Peer, ChangeMembersReply, ChangeMembersRequest, HoldElectionsReply,
+    HoldElectionsRequest, LeaseRenewReply, LeaseRenewRequest, LeaseTimeToLiveReply,
+    LeaseTimeToLiveRequest, ProposeReply, ProposeRequest, RaftMessage, ReadIndexReply,
+    ReadIndexRequest, TimeoutNowReply, TimeoutNowRequest, MemberEntry, MembersReply, MembersRequest,
+};
+use tonic::{Request, Response, Status};
+
+use crate::error::EtcdError;
+use crate::lease::LeaseService;
+use crate::raft::{failure, Consensus, MemberChange, CLUSTER_ID_HEADER};
+
+pub struct PeerApi {
+    pub consensus: Arc<Consensus>,
+    pub leases: Arc<LeaseService>,
+}
+
+/// Refuses calls stamped with another cluster's id (etcd: "request cluster ID mismatch").
+#[derive(Clone)]
+pub struct ClusterCheck(pub u64);
+
+impl tonic::service::Interceptor for ClusterCheck {
+    fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
+        let theirs = req
+            .metadata()
+            .get(CLUSTER_ID_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| u64::from_str_radix(v, 16).ok());
+        match theirs {
+            Some(id) if id == self.0 => Ok(req),
+            Some(id) => {
+                tracing::warn!(
+                    local = %format!("{:x}", self.0),
+                    remote = %format!("{id:x}"),
+                    "refused a peer of another cluster: request cluster ID mismatch"
+                );
+                Err(Status::failed_precondition("request cluster ID mismatch"))
+            }
+            None => Err(Status::failed_precondition("request carries no cluster ID")),
+        }
+    }
+}
+
+fn raft_reply(result: Result<Vec<u8>, String>) -> Result<Response<RaftMessage>, Status> {
+    result
+        .map(|payload| Response::new(RaftMessage { payload }))
+        .map_err(Status::invalid_argument)
+}
+
+#[tonic::async_trait]
+impl Peer for PeerApi {
+    async fn append_entries(
+        &self,
+        req: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        raft_reply(self.consensus.handle_append(&req.into_inner().payload).await)
+    }
+
+    async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        raft_reply(self.consensus.handle_vote(&req.into_inner().payload).await)
+    }
+
+    async fn install_snapshot(
+        &self,
+        req: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        raft_reply(
+            self.consensus
+                .handle_snapshot_chunk(&req.into_inner().payload)
+                .await,
+        )
+    }
+
+    async fn propose(&self, req: Request<ProposeRequest>) -> Result<Response<ProposeReply>, Status> {
+        let batch = prost::Message::decode(req.into_inner().batch.as_slice())
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let reply = match self.consensus.leader_link().write_local(batch).await {
+            Ok(outcomes) => ProposeReply {
+                failure: None,
+                outcomes: prost::Message::encode_to_vec(&outcomes),
+            },
+            Err(f) => ProposeReply {
+                failure: Some(f),
+                outcomes: Vec::new(),
+            },
+        };
+        Ok(Response::new(reply))
+    }
+
+    async fn read_index(
+        &self,
+        _req: Request<ReadIndexRequest>,
+    ) -> Result<Response<ReadIndexReply>, Status> {
+        let reply = match self.consensus.leader_link().read_index_local().await {
+            Ok(index) => ReadIndexReply {
+                failure: None,
+                index,
+            },
+            Err(f) => ReadIndexReply {
+                failure: Some(f),
+                index: 0,
+            },
+        };
+        Ok(Response::new(reply))
+    }
+
+    async fn lease_renew(
+        &self,
+        req: Request<LeaseRenewRequest>,
+    ) -> Result<Response<LeaseRenewReply>, Status> {
+        let reply = match self.leases.renew_here(req.into_inner().id) {
+            Ok(ttl) => LeaseRenewReply { failure: None, ttl },
+            Err(f) => LeaseRenewReply {
+                failure: Some(f),
+                ttl: 0,
+            },
+        };
+        Ok(Response::new(reply))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        req: Request<LeaseTimeToLiveRequest>,
+    ) -> Result<Response<LeaseTimeToLiveReply>, Status> {
+        let r = req.into_inner();
+        let reply = match self.leases.time_to_live_here(r.id, r.keys).await {
+            Ok(Some(info)) => LeaseTimeToLiveReply {
+                failure: None,
+                found: true,
+                ttl: info.ttl,
+                granted_ttl: info.granted_ttl,
+                keys: info.keys,
+            },
+            Ok(None) => LeaseTimeToLiveReply::default(),
+            Err(f) => LeaseTimeToLiveReply {
+                failure: Some(f),
+                ..Default::default()
+            },
+        };
+        Ok(Response::new(reply))
+    }
+
+    async fn change_members(
+        &self,
+        req: Request<ChangeMembersRequest>,
+    ) -> Result<Response<ChangeMembersReply>, Status> {
+        let change: MemberChange = match bincode::deserialize(&req.into_inner().change) {
+            Ok(c) => c,
+            Err(_) => {
+                return Ok(Response::new(ChangeMembersReply {
+                    failure: Some(failure(EtcdError::Corrupt)),
+                }))
+            }
+        };
+        let failure = self.consensus.change_members_here(&change).await.err();
+        Ok(Response::new(ChangeMembersReply { failure }))
+    }
+
+    async fn timeout_now(
+        &self,
+        _req: Request<TimeoutNowRequest>,
+    ) -> Result<Response<TimeoutNowReply>, Status> {
+        self.consensus.campaign().await;
+        Ok(Response::new(TimeoutNowReply {}))
+    }
+
+    async fn hold_elections(
+        &self,
+        req: Request<HoldElectionsRequest>,
+    ) -> Result<Response<HoldElectionsReply>, Status> {
+        self.consensus.hold_elections(req.into_inner().hold);
+        Ok(Response::new(HoldElectionsReply {}))
+    }
+}
+
+/// Tells a joining member who is in the cluster (and the cluster's id).
+pub struct DiscoveryApi {
+    pub consensus: Arc<Consensus>,
+    pub cluster_id: u64,
+}
+
+#[tonic::async_trait]
+impl Discovery for DiscoveryApi {
+    async fn members(
+        &self,
+        _req: Request<MembersRequest>,
+    ) -> Result<Response<MembersReply>, Status> {
+        let members = self
+            .consensus
+            .members()
+            .into_iter()
+            .map(|m| MemberEntry {
+                id: m.id,
+                name: m.member.name,
+                peer_urls: m.member.peer_urls,
+                client_urls: m.member.client_urls,
+                learner: m.learner,
+            })
+            .collect();
+        Ok(Response::new(MembersReply {
+            cluster_id: self.cluster_id,
+            members,
+        }))
+    }
+}

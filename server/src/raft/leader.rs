@@ -1,0 +1,209 @@
+//! Reaching the leader from any member.
+//!
+//! Writes, ReadIndex, lease renewals and membership changes are the leader's business. A member
+//! that is not the leader forwards them over the peer transport; the leader answers "not
+//! leader" before doing anything when it has lost the role, so such calls are retried safely.
+//! A call whose fate is unknown (the leader changed or vanished after accepting it) is reported
+//! to the client as etcd reports it: "leader changed" for writes; reads simply retry.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use oxcd_proto::peerpb::{Failure, ProposeRequest, ReadIndexRequest};
+
+use super::network::{Client, Peers};
+use super::types::{CommandBatch, NodeId, OutcomeBatch, Raft};
+use crate::error::EtcdError;
+
+/// Pause before asking again after a "not leader" answer, while the new leader is being found.
+const REROUTE_PAUSE: Duration = Duration::from_millis(20);
+
+#[derive(Clone)]
+pub struct LeaderLink {
+    pub raft: Raft,
+    pub me: NodeId,
+    pub peers: Arc<Peers>,
+    /// Held exclusively while leadership is handed over, so no write lands meanwhile.
+    pub transfer: Arc<tokio::sync::RwLock<()>>,
+}
+
+pub enum Route {
+    Local,
+    Remote(Client),
+}
+
+impl LeaderLink {
+    pub fn is_leader(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.current_leader == Some(self.me) && m.state.is_leader()
+    }
+
+    /// Where the leader is, waiting while there is none.
+    pub async fn route(&self) -> Result<Route, EtcdError> {
+        let mut metrics = self.raft.metrics();
+        let (leader, urls) = {
+            let m = metrics
+                .wait_for(|m| m.current_leader.is_some())
+                .await
+                .map_err(|_| EtcdError::Stopped)?;
+            let leader = m.current_leader.expect("waited for a leader");
+            let urls = m
+                .membership_config
+                .membership()
+                .get_node(&leader)
+                .map(|n| n.peer_urls.clone());
+            (leader, urls)
+        };
+        if leader == self.me {
+            return Ok(Route::Local);
+        }
+        let urls = urls.ok_or(EtcdError::NoLeader)?;
+        self.peers
+            .client(leader, &urls)
+            .map(Route::Remote)
+            .map_err(|_| EtcdError::NoLeader)
+    }
+
+    /// Replicates a batch through the leader and returns its outcomes.
+    pub async fn write(&self, batch: CommandBatch) -> Result<OutcomeBatch, EtcdError> {
+        let encoded = prost::Message::encode_to_vec(&batch);
+        let outcomes = self
+            .call(
+                Some(EtcdError::LeaderChanged),
+                || async {
+                    self.write_local(batch.clone())
+                        .await
+                        .map(|o| prost::Message::encode_to_vec(&o))
+                },
+                |mut client| {
+                    let batch = encoded.clone();
+                    async move {
+                        let r = client.propose(ProposeRequest { batch }).await?.into_inner();
+                        Ok((r.failure, r.outcomes))
+                    }
+                },
+            )
+            .await?;
+        prost::Message::decode(outcomes.as_slice()).map_err(|_| EtcdError::Corrupt)
+    }
+
+    /// The leader's side of [`LeaderLink::write`].
+    pub async fn write_local(&self, batch: CommandBatch) -> Result<OutcomeBatch, Failure> {
+        let _not_transferring = self.transfer.read().await;
+        if !self.is_leader() {
+            return Err(not_leader());
+        }
+        match self.raft.client_write(batch).await {
+            Ok(response) => Ok(response.data),
+            // Appended, then leadership was lost: the entry may or may not commit.
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                Err(failure(EtcdError::LeaderChanged))
+            }
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(_))) => {
+                Err(failure(EtcdError::Corrupt))
+            }
+            Err(RaftError::Fatal(_)) => Err(failure(EtcdError::Stopped)),
+        }
+    }
+
+    /// The log index a linearizable read must wait for, confirmed by the leader. Reads change
+    /// nothing, so a call lost on the way is simply asked again.
+    pub async fn read_index(&self) -> Result<u64, EtcdError> {
+        self.call(
+            None,
+            || self.read_index_local(),
+            |mut client| async move {
+                let r = client.read_index(ReadIndexRequest {}).await?.into_inner();
+                Ok((r.failure, r.index))
+            },
+        )
+        .await
+    }
+
+    /// The leader's side of [`LeaderLink::read_index`]: confirms leadership with a quorum.
+    pub async fn read_index_local(&self) -> Result<u64, Failure> {
+        match self.raft.get_read_log_id().await {
+            Ok((read, _applied)) => Ok(read.map_or(0, |l| l.index)),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => Err(not_leader()),
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => {
+                Err(failure(EtcdError::Timeout))
+            }
+            Err(RaftError::Fatal(_)) => Err(failure(EtcdError::Stopped)),
+        }
+    }
+
+    /// Runs `local` on the leader: here when this member leads, else `remote` through the
+    /// peer transport. A remote call lost in flight fails with `lost`, or is retried if `None`
+    /// (for calls that change nothing).
+    pub async fn call<T, L, LF, R, RF>(
+        &self,
+        lost: Option<EtcdError>,
+        local: L,
+        remote: R,
+    ) -> Result<T, EtcdError>
+    where
+        L: Fn() -> LF,
+        LF: Future<Output = Result<T, Failure>>,
+        R: Fn(Client) -> RF,
+        RF: Future<Output = Result<(Option<Failure>, T), tonic::Status>>,
+    {
+        loop {
+            let answer = match self.route().await? {
+                Route::Local => local().await.map(|v| (None, v)),
+                Route::Remote(client) => match remote(client).await {
+                    Ok(reply) => Ok(reply),
+                    Err(status) if never_sent(&status) => Err(not_leader()),
+                    Err(status) => {
+                        tracing::debug!(error = %status, "forwarding to the leader failed");
+                        match lost {
+                            Some(e) => Err(failure(e)),
+                            None => Err(not_leader()),
+                        }
+                    }
+                },
+            };
+            match answer {
+                Ok((None, v)) => return Ok(v),
+                Ok((Some(f), _)) | Err(f) if f.not_leader => {
+                    tokio::time::sleep(REROUTE_PAUSE).await
+                }
+                Ok((Some(f), _)) | Err(f) => return Err(EtcdError::from_wire(f.etcd_error)),
+            }
+        }
+    }
+}
+
+pub fn failure(e: EtcdError) -> Failure {
+    Failure {
+        etcd_error: e.to_wire(),
+        not_leader: false,
+    }
+}
+
+pub fn not_leader() -> Failure {
+    Failure {
+        etcd_error: EtcdError::NotLeader.to_wire(),
+        not_leader: true,
+    }
+}
+
+/// Whether a failed call certainly never reached the leader (so sending it again is safe).
+fn never_sent(status: &tonic::Status) -> bool {
+    use std::error::Error;
+    if status.code() != tonic::Code::Unavailable {
+        return false;
+    }
+    let mut source: Option<&dyn Error> = status.source();
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::ConnectionRefused {
+                return true;
+            }
+        }
+        source = e.source();
+    }
+    status.message().contains("connect")
+}
