@@ -4,6 +4,7 @@
 //! Both binaries take etcd's command-line flags, so one launcher serves either flavour; that is
 //! what lets a test body run unchanged against the reference implementation and against oxcd.
 
+pub mod cluster;
 pub mod watch_checker;
 
 use std::collections::BTreeSet;
@@ -17,7 +18,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use etcd_client::{Client, ConnectOptions};
+use etcd_client::{Client, ConnectOptions, GetOptions};
 use rand::Rng;
 
 /// How long a member gets to start answering KV requests. etcd needs ~1 s to elect itself.
@@ -160,6 +161,9 @@ pub struct MemberSpec {
     pub client_port: u16,
     pub peer_port: u16,
     pub extra_args: Vec<String>,
+    /// Membership flags when this is one member of a multi-member cluster; `None` bootstraps a
+    /// single-member cluster of this member alone.
+    pub cluster: Option<cluster::ClusterFlags>,
 }
 
 impl MemberSpec {
@@ -185,10 +189,22 @@ impl MemberSpec {
             .arg("--listen-peer-urls")
             .arg(self.peer_url())
             .arg("--initial-advertise-peer-urls")
-            .arg(self.peer_url())
-            .arg("--initial-cluster")
-            .arg(format!("{}={}", self.name, self.peer_url()))
-            .args(self.flavor.quiet_args())
+            .arg(self.peer_url());
+        match &self.cluster {
+            Some(flags) => {
+                cmd.arg("--initial-cluster")
+                    .arg(&flags.initial_cluster)
+                    .arg("--initial-cluster-state")
+                    .arg(&flags.state)
+                    .arg("--initial-cluster-token")
+                    .arg(&flags.token);
+            }
+            None => {
+                cmd.arg("--initial-cluster")
+                    .arg(format!("{}={}", self.name, self.peer_url()));
+            }
+        }
+        cmd.args(self.flavor.quiet_args())
             .args(&self.extra_args)
             .stdin(Stdio::null());
         Ok(cmd)
@@ -250,14 +266,9 @@ impl Server {
                 client_port: free_port(),
                 peer_port: free_port(),
                 extra_args: options.extra_args.clone(),
+                cluster: None,
             };
-            let mut server = Server {
-                spec,
-                dir: Some(dir),
-                dir_path: dir_path.clone(),
-                child: None,
-                starts: 0,
-            };
+            let mut server = Server::unstarted(spec, dir);
             match server.launch_and_wait().await {
                 Ok(()) => return Ok(server),
                 Err(e) => {
@@ -275,6 +286,17 @@ impl Server {
             }
         }
         Err(last_error.unwrap_or_else(|| anyhow!("could not find free ports")))
+    }
+
+    /// A member that is not running yet, logging into `dir` (which it owns from now on).
+    pub(crate) fn unstarted(spec: MemberSpec, dir: tempfile::TempDir) -> Server {
+        Server {
+            spec,
+            dir_path: dir.path().to_path_buf(),
+            dir: Some(dir),
+            child: None,
+            starts: 0,
+        }
     }
 
     pub fn flavor(&self) -> Flavor {
@@ -400,6 +422,14 @@ impl Server {
     }
 
     async fn launch_and_wait(&mut self) -> Result<()> {
+        self.spawn()?;
+        self.wait_ready(Readiness::Linearizable, READY_TIMEOUT)
+            .await
+    }
+
+    /// Starts the process without waiting for it to serve: the members of a multi-member cluster
+    /// only become ready once enough of them run to elect a leader, so they are all spawned first.
+    pub(crate) fn spawn(&mut self) -> Result<()> {
         self.starts += 1;
         let mut stdout = open_log(&self.dir_path.join("stdout.log"))?;
         let mut stderr = open_log(&self.dir_path.join("stderr.log"))?;
@@ -416,39 +446,53 @@ impl Server {
             .spawn()
             .with_context(|| format!("spawning {:?}", self.spec.flavor.binary()))?;
         self.child = Some(child);
+        Ok(())
+    }
 
-        let deadline = Instant::now() + READY_TIMEOUT;
-        let endpoint = self.endpoint();
+    /// Waits until the spawned process answers `readiness`'s probe. On timeout it is killed.
+    pub(crate) async fn wait_ready(
+        &mut self,
+        readiness: Readiness,
+        timeout: Duration,
+    ) -> Result<()> {
+        let deadline = Instant::now() + timeout;
         loop {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                self.child = None;
-                bail!(
-                    "{} exited before becoming ready ({status}); command: {:?}\n{}",
-                    self.spec.flavor,
-                    self.spec
-                        .command()
-                        .map(|c| format!("{c:?}"))
-                        .unwrap_or_default(),
-                    self.log_tail(40)
-                );
-            }
-            if probe_ready(&endpoint).await {
+            self.check_still_running()?;
+            if probe_ready(&self.endpoint(), readiness).await {
                 return Ok(());
             }
             if Instant::now() >= deadline {
                 let tail = self.log_tail(40);
                 self.stop_quietly();
                 bail!(
-                    "{} did not serve a Range on {endpoint} within {READY_TIMEOUT:?}\n{tail}",
-                    self.spec.flavor
+                    "{} did not serve a {readiness:?} Range on {} within {timeout:?}\n{tail}",
+                    self.spec.flavor,
+                    self.endpoint()
                 );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// An error carrying the command line and log tail if the process has exited.
+    pub(crate) fn check_still_running(&mut self) -> Result<()> {
+        if let Some(status) = self
+            .child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+        {
+            self.child = None;
+            bail!(
+                "{} exited before becoming ready ({status}); command: {:?}\n{}",
+                self.spec.flavor,
+                self.spec
+                    .command()
+                    .map(|c| format!("{c:?}"))
+                    .unwrap_or_default(),
+                self.log_tail(40)
+            );
+        }
+        Ok(())
     }
 
     fn stop_quietly(&mut self) {
@@ -483,12 +527,25 @@ pub async fn connect(endpoint: &str, request_timeout: Duration) -> Result<Client
     Ok(Client::connect([endpoint], Some(options)).await?)
 }
 
-/// A linearizable Range only succeeds once the member has a leader and applies requests, which
-/// is what the tests need (a Status can answer earlier).
-async fn probe_ready(endpoint: &str) -> bool {
+/// Which Range a starting member must answer before a test may use it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Readiness {
+    /// A linearizable Range only succeeds once the member has a leader and applies requests,
+    /// which is what the tests need (a Status can answer earlier).
+    Linearizable,
+    /// A serializable Range is served from the member's own state; a learner refuses every
+    /// linearizable request, so this is all it can show.
+    Serializable,
+}
+
+async fn probe_ready(endpoint: &str, readiness: Readiness) -> bool {
+    let options = match readiness {
+        Readiness::Linearizable => None,
+        Readiness::Serializable => Some(GetOptions::new().with_serializable()),
+    };
     let attempt = async {
         let mut client = connect(endpoint, Duration::from_secs(1)).await.ok()?;
-        client.get("oxcd-test-readiness-probe", None).await.ok()
+        client.get("oxcd-test-readiness-probe", options).await.ok()
     };
     matches!(
         tokio::time::timeout(Duration::from_secs(2), attempt).await,
