@@ -5,6 +5,7 @@
 
 pub mod alarm;
 pub mod api;
+mod authority;
 pub mod cluster;
 pub mod config;
 pub mod error;

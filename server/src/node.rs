@@ -27,6 +27,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::service::Routes;
 
 use crate::alarm::{Alarms, Quota};
+use crate::authority::AuthorityFix;
 use crate::api::{
     ClusterApi, ClusterCheck, DiscoveryApi, HeaderFiller, KvApi, LeaderGuard, LearnerGate,
     LeaseApi, MaintenanceApi, PeerApi, WatchApi,
@@ -528,13 +529,13 @@ async fn serve_grpc<S>(
                 connections.spawn(async move {
                     let served = match tls {
                         Some(tls) => match tls.accept(tcp).await {
-                            Ok(stream) => http2.serve_connection(TokioIo::new(stream), service).await,
+                            Ok(stream) => http2.serve_connection(TokioIo::new(AuthorityFix::new(stream)), service).await,
                             Err(e) => {
                                 tracing::debug!(%peer, error = %e, "TLS handshake failed");
                                 return;
                             }
                         },
-                        None => http2.serve_connection(TokioIo::new(tcp), service).await,
+                        None => http2.serve_connection(TokioIo::new(AuthorityFix::new(tcp)), service).await,
                     };
                     if let Err(e) = served {
                         tracing::debug!(%peer, error = %e, "client connection ended");
