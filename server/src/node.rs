@@ -62,7 +62,6 @@ pub struct Node {
     consensus: Arc<Consensus>,
     stop: watch::Sender<bool>,
     servers: Vec<JoinHandle<()>>,
-    background: Vec<JoinHandle<()>>,
 }
 
 impl Node {
@@ -170,6 +169,39 @@ impl Node {
             .await;
         let (stop, stopped) = watch::channel(false);
         let mut servers = Vec::new();
+        let mut peer_addrs = Vec::new();
+        for url in &config.listen_peer_urls {
+            let listener = bind(url).await?;
+            peer_addrs.push(listener.local_addr()?);
+            let peer = PeerServer::new(PeerApi {
+                consensus: consensus.clone(),
+                leases: leases.clone(),
+            })
+            .max_decoding_message_size(MAX_PEER_MESSAGE)
+            .max_encoding_message_size(MAX_PEER_MESSAGE);
+            let mut routes = Routes::builder();
+            routes
+                .add_service(InterceptedService::new(peer, ClusterCheck(cluster_id)))
+                .add_service(DiscoveryServer::new(DiscoveryApi {
+                    consensus: consensus.clone(),
+                    cluster_id,
+                }));
+            servers.push(tokio::spawn(serve_grpc(
+                listener,
+                None,
+                routes.routes(),
+                stopped.clone(),
+            )));
+        }
+        // Like etcd, serve clients only once this member's name and client URLs are in the
+        // membership, so `member list` (and `--cluster` tools) can find every serving member.
+        publish_attributes(
+            &consensus,
+            member_id,
+            &config.name,
+            &config.advertise_client_urls,
+        )
+        .await;
         let mut client_addrs = Vec::new();
         for url in &config.listen_client_urls {
             let listener = bind(url).await?;
@@ -243,36 +275,6 @@ impl Node {
                 stopped.clone(),
             )));
         }
-        let mut peer_addrs = Vec::new();
-        for url in &config.listen_peer_urls {
-            let listener = bind(url).await?;
-            peer_addrs.push(listener.local_addr()?);
-            let peer = PeerServer::new(PeerApi {
-                consensus: consensus.clone(),
-                leases: leases.clone(),
-            })
-            .max_decoding_message_size(MAX_PEER_MESSAGE)
-            .max_encoding_message_size(MAX_PEER_MESSAGE);
-            let mut routes = Routes::builder();
-            routes
-                .add_service(InterceptedService::new(peer, ClusterCheck(cluster_id)))
-                .add_service(DiscoveryServer::new(DiscoveryApi {
-                    consensus: consensus.clone(),
-                    cluster_id,
-                }));
-            servers.push(tokio::spawn(serve_grpc(
-                listener,
-                None,
-                routes.routes(),
-                stopped.clone(),
-            )));
-        }
-        let background = vec![tokio::spawn(publish_attributes(
-            consensus.clone(),
-            member_id,
-            config.name.clone(),
-            config.advertise_client_urls.clone(),
-        ))];
         let health = crate::health::Health {
             consensus: consensus.clone(),
             store: store.clone(),
@@ -301,7 +303,6 @@ impl Node {
             consensus,
             stop,
             servers,
-            background,
         })
     }
 
@@ -328,9 +329,6 @@ impl Node {
     }
 
     pub async fn shutdown(self) {
-        for task in &self.background {
-            task.abort();
-        }
         let _ = self.stop.send(true);
         for mut server in self.servers {
             if tokio::time::timeout(SHUTDOWN_GRACE, &mut server)
@@ -441,7 +439,8 @@ async fn discover(peer_urls: &[String]) -> anyhow::Result<oxcd_proto::peerpb::Me
 
 /// etcd publishes a started member's name and client URLs through Raft; until then
 /// `member list` shows them empty. Retried until the membership shows them.
-async fn publish_attributes(consensus: Arc<Consensus>, id: u64, name: String, client_urls: Vec<String>) {
+async fn publish_attributes(consensus: &Consensus, id: u64, name: &str, client_urls: &[String]) {
+    let mut attempts = 0u32;
     loop {
         let published = consensus
             .members()
@@ -452,11 +451,14 @@ async fn publish_attributes(consensus: Arc<Consensus>, id: u64, name: String, cl
         }
         let change = MemberChange::Publish {
             id,
-            name: name.clone(),
-            client_urls: client_urls.clone(),
+            name: name.to_string(),
+            client_urls: client_urls.to_vec(),
         };
         if let Err(e) = consensus.change_members(change).await {
-            tracing::debug!(error = %e, "publishing member attributes; retrying");
+            attempts += 1;
+            if attempts % 25 == 0 {
+                tracing::warn!(error = %e, "cannot publish this member's attributes to the cluster yet; not serving clients until then");
+            }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
