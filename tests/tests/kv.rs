@@ -1190,16 +1190,16 @@ async fn status_reports_a_version_and_the_member_as_leader() {
     .await;
 }
 
-/// Services not built yet must refuse promptly rather than leave clients hanging. Cluster is
-/// the next to land; point this at whatever is still missing then (etcd serves them all).
+/// Services not built yet must refuse promptly rather than leave clients hanging. Auth is still
+/// missing; point this at whatever is missing when it lands (etcd serves them all).
 #[tokio::test]
 async fn oxcd_only_unbuilt_services_answer_unimplemented_promptly() {
     let server = Server::start(Flavor::Oxcd).await;
     let mut client = server.client().await;
-    let outcome = tokio::time::timeout(Duration::from_secs(5), client.member_list())
+    let outcome = tokio::time::timeout(Duration::from_secs(5), client.user_list())
         .await
         .expect("an unbuilt service must answer within 5 s instead of hanging");
-    let err = outcome.expect_err("Cluster is expected to be unimplemented");
+    let err = outcome.expect_err("Auth is expected to be unimplemented");
     let (code, _) =
         oxcd_tests::grpc_error(&err).unwrap_or_else(|| panic!("not a gRPC status: {err:?}"));
     assert_eq!(code, "Unimplemented");
