@@ -112,8 +112,8 @@ impl<S> AuthorityFix<S> {
                     }
                     let mut frame = self.input.split_to(FRAME_HEADER + len);
                     let flags = frame[4];
-                    let stream_id = u32::from_be_bytes([frame[5], frame[6], frame[7], frame[8]])
-                        & 0x7fff_ffff;
+                    let stream_id =
+                        u32::from_be_bytes([frame[5], frame[6], frame[7], frame[8]]) & 0x7fff_ffff;
                     frame.advance(FRAME_HEADER);
                     self.collect(kind, flags, stream_id, frame)?;
                 }
@@ -121,12 +121,23 @@ impl<S> AuthorityFix<S> {
         }
     }
 
-    fn collect(&mut self, kind: u8, flags: u8, stream_id: u32, mut payload: BytesMut) -> io::Result<()> {
-        let malformed = |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("HTTP/2: {what}"));
+    fn collect(
+        &mut self,
+        kind: u8,
+        flags: u8,
+        stream_id: u32,
+        mut payload: BytesMut,
+    ) -> io::Result<()> {
+        let malformed =
+            |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("HTTP/2: {what}"));
         match (kind, &mut self.pending) {
             (HEADERS, None) => {
                 if flags & PADDED != 0 {
-                    let pad = usize::from(*payload.first().ok_or_else(|| malformed("empty padded HEADERS"))?);
+                    let pad = usize::from(
+                        *payload
+                            .first()
+                            .ok_or_else(|| malformed("empty padded HEADERS"))?,
+                    );
                     payload.advance(1);
                     if pad > payload.len() {
                         return Err(malformed("padding longer than HEADERS"));
@@ -185,9 +196,12 @@ impl<S> AuthorityFix<S> {
         if let Some(p) = done.priority {
             block.extend_from_slice(&p);
         }
-        self.encoder
-            .encode_into(fixed.iter().map(|(n, v)| (n.as_slice(), v.as_slice())), &mut block)?;
-        let mut flags = (done.flags & END_STREAM) | if done.priority.is_some() { PRIORITY } else { 0 };
+        self.encoder.encode_into(
+            fixed.iter().map(|(n, v)| (n.as_slice(), v.as_slice())),
+            &mut block,
+        )?;
+        let mut flags =
+            (done.flags & END_STREAM) | if done.priority.is_some() { PRIORITY } else { 0 };
         let mut kind = HEADERS;
         let mut rest = block.as_slice();
         loop {
@@ -258,7 +272,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for AuthorityFix<S> {
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for AuthorityFix<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
@@ -306,7 +324,11 @@ mod tests {
         while !rest.is_empty() {
             let len = u32::from_be_bytes([0, rest[0], rest[1], rest[2]]) as usize;
             if rest[3] == HEADERS {
-                blocks.push(decoder.decode(&rest[FRAME_HEADER..FRAME_HEADER + len]).unwrap());
+                blocks.push(
+                    decoder
+                        .decode(&rest[FRAME_HEADER..FRAME_HEADER + len])
+                        .unwrap(),
+                );
             }
             rest = &rest[FRAME_HEADER + len..];
         }
@@ -327,7 +349,10 @@ mod tests {
         };
         let mut wire = PREFACE.to_vec();
         wire.extend(frame(0x4, 0, 0, &[])); // SETTINGS
-        let first = client.encode(request(b"http://127.0.0.1:2379", b"/etcdserverpb.Maintenance/Status"));
+        let first = client.encode(request(
+            b"http://127.0.0.1:2379",
+            b"/etcdserverpb.Maintenance/Status",
+        ));
         // The first block split over HEADERS and CONTINUATION.
         wire.extend(frame(HEADERS, 0, 1, &first[..3]));
         wire.extend(frame(CONTINUATION, END_HEADERS, 1, &first[3..]));
@@ -340,13 +365,23 @@ mod tests {
         fixed.read_to_end(&mut out).await.unwrap();
         let blocks = server_view(&out);
         assert_eq!(blocks.len(), 2);
-        for (block, path) in blocks.iter().zip([&b"/etcdserverpb.Maintenance/Status"[..], b"/etcdserverpb.KV/Range"]) {
-            let get = |name: &[u8]| block.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+        for (block, path) in blocks.iter().zip([
+            &b"/etcdserverpb.Maintenance/Status"[..],
+            b"/etcdserverpb.KV/Range",
+        ]) {
+            let get = |name: &[u8]| {
+                block
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, v)| v.clone())
+            };
             assert_eq!(get(b":authority").unwrap(), b"127.0.0.1:2379");
             assert_eq!(get(b":path").unwrap(), path);
         }
         // The DATA frame passed through untouched.
-        assert!(out.windows(14).any(|w| w == frame(0x0, END_STREAM, 1, b"\0\0\0\0\0").as_slice()));
+        assert!(out
+            .windows(14)
+            .any(|w| w == frame(0x0, END_STREAM, 1, b"\0\0\0\0\0").as_slice()));
     }
 
     #[tokio::test]

@@ -17,29 +17,27 @@ use oxcd_proto::peerpb::{
     discovery_client::DiscoveryClient, discovery_server::DiscoveryServer, peer_server::PeerServer,
     MembersRequest,
 };
-use tonic::codegen::http;
 use prost::Message;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
+use tonic::codegen::http;
 use tonic::service::interceptor::InterceptedService;
 use tonic::service::Routes;
 
 use crate::alarm::{Alarms, Quota};
-use crate::authority::AuthorityFix;
 use crate::api::{
     ClusterApi, ClusterCheck, DiscoveryApi, HeaderFiller, KvApi, LeaderGuard, LearnerGate,
     LeaseApi, MaintenanceApi, PeerApi, WatchApi,
 };
+use crate::authority::AuthorityFix;
 use crate::cluster;
 use crate::config::{ClusterState, Config};
 use crate::kv::KvService;
 use crate::lease::{LeaseService, Lessor, StoredLease};
 use crate::mvcc::MvccStore;
-use crate::raft::{
-    Applied, Consensus, Member, MemberChange, Peers, RaftOptions, MAX_PEER_MESSAGE,
-};
+use crate::raft::{Applied, Consensus, Member, MemberChange, Peers, RaftOptions, MAX_PEER_MESSAGE};
 use crate::storage::{Cf, Engine};
 use crate::watch::WatchHub;
 
@@ -456,7 +454,7 @@ async fn publish_attributes(consensus: &Consensus, id: u64, name: &str, client_u
         };
         if let Err(e) = consensus.change_members(change).await {
             attempts += 1;
-            if attempts % 25 == 0 {
+            if attempts.is_multiple_of(25) {
                 tracing::warn!(error = %e, "cannot publish this member's attributes to the cluster yet; not serving clients until then");
             }
         }

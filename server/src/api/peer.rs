@@ -4,10 +4,11 @@
 use std::sync::Arc;
 
 use oxcd_proto::peerpb::{
-    discovery_server::Discovery, peer_server::Peer, ChangeMembersReply, ChangeMembersRequest, HoldElectionsReply,
-    HoldElectionsRequest, LeaseRenewReply, LeaseRenewRequest, LeaseTimeToLiveReply,
-    LeaseTimeToLiveRequest, ProposeReply, ProposeRequest, RaftMessage, ReadIndexReply,
-    ReadIndexRequest, TimeoutNowReply, TimeoutNowRequest, MemberEntry, MembersReply, MembersRequest,
+    discovery_server::Discovery, peer_server::Peer, ChangeMembersReply, ChangeMembersRequest,
+    HoldElectionsReply, HoldElectionsRequest, LeaseRenewReply, LeaseRenewRequest,
+    LeaseTimeToLiveReply, LeaseTimeToLiveRequest, MemberEntry, MembersReply, MembersRequest,
+    ProposeReply, ProposeRequest, RaftMessage, ReadIndexReply, ReadIndexRequest, TimeoutNowReply,
+    TimeoutNowRequest,
 };
 use tonic::{Request, Response, Status};
 
@@ -58,7 +59,11 @@ impl Peer for PeerApi {
         &self,
         req: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
-        raft_reply(self.consensus.handle_append(&req.into_inner().payload).await)
+        raft_reply(
+            self.consensus
+                .handle_append(&req.into_inner().payload)
+                .await,
+        )
     }
 
     async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
@@ -76,7 +81,10 @@ impl Peer for PeerApi {
         )
     }
 
-    async fn propose(&self, req: Request<ProposeRequest>) -> Result<Response<ProposeReply>, Status> {
+    async fn propose(
+        &self,
+        req: Request<ProposeRequest>,
+    ) -> Result<Response<ProposeReply>, Status> {
         let batch = prost::Message::decode(req.into_inner().batch.as_slice())
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let reply = match self.consensus.leader_link().write_local(batch).await {

@@ -89,7 +89,10 @@ impl LeaseService {
                 None,
                 || async move { self.renew_here(id) },
                 |mut client| async move {
-                    let r = client.lease_renew(LeaseRenewRequest { id }).await?.into_inner();
+                    let r = client
+                        .lease_renew(LeaseRenewRequest { id })
+                        .await?
+                        .into_inner();
                     Ok((r.failure, r.ttl))
                 },
             )
@@ -165,10 +168,7 @@ impl LeaseService {
             return Err(not_leader());
         }
         let index = self.consensus.leader_link().read_index_local().await?;
-        self.consensus
-            .wait_applied(index)
-            .await
-            .map_err(failure)?;
+        self.consensus.wait_applied(index).await.map_err(failure)?;
         Ok(self.lessor.info(id, keys))
     }
 

@@ -29,9 +29,9 @@ pub struct LeaderLink {
     pub transfer: Arc<tokio::sync::RwLock<()>>,
 }
 
-pub enum Route {
+enum Route {
     Local,
-    Remote(Client),
+    Remote(Box<Client>),
 }
 
 impl LeaderLink {
@@ -42,7 +42,7 @@ impl LeaderLink {
     }
 
     /// Where the leader is, waiting while there is none.
-    pub async fn route(&self) -> Result<Route, EtcdError> {
+    async fn route(&self) -> Result<Route, EtcdError> {
         let mut metrics = self.raft.metrics();
         let (leader, urls) = {
             let m = metrics
@@ -63,7 +63,7 @@ impl LeaderLink {
         let urls = urls.ok_or(EtcdError::NoLeader)?;
         self.peers
             .client(leader, &urls)
-            .map(Route::Remote)
+            .map(|c| Route::Remote(Box::new(c)))
             .map_err(|_| EtcdError::NoLeader)
     }
 
@@ -153,7 +153,7 @@ impl LeaderLink {
         loop {
             let answer = match self.route().await? {
                 Route::Local => local().await.map(|v| (None, v)),
-                Route::Remote(client) => match remote(client).await {
+                Route::Remote(client) => match remote(*client).await {
                     Ok(reply) => Ok(reply),
                     Err(status) if never_sent(&status) => Err(not_leader()),
                     Err(status) => {

@@ -402,7 +402,10 @@ async fn campaign_when_leader_silent(
                 return;
             }
             m.state == openraft::ServerState::Follower
-                && m.membership_config.membership().voter_ids().any(|v| v == me)
+                && m.membership_config
+                    .membership()
+                    .voter_ids()
+                    .any(|v| v == me)
         };
         let campaign = {
             let mut contact = leader_contact.lock();

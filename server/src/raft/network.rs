@@ -44,8 +44,7 @@ pub struct ClusterStamp(MetadataValue<tonic::metadata::Ascii>);
 
 impl tonic::service::Interceptor for ClusterStamp {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        req.metadata_mut()
-            .insert(CLUSTER_ID_HEADER, self.0.clone());
+        req.metadata_mut().insert(CLUSTER_ID_HEADER, self.0.clone());
         Ok(req)
     }
 }
@@ -126,7 +125,10 @@ impl RaftPeer {
         &self,
         request: &Req,
         option: &RPCOption,
-        send: impl AsyncFnOnce(Client, RaftMessage) -> Result<tonic::Response<RaftMessage>, tonic::Status>,
+        send: impl AsyncFnOnce(
+            Client,
+            RaftMessage,
+        ) -> Result<tonic::Response<RaftMessage>, tonic::Status>,
     ) -> RpcResult<Resp, E>
     where
         Req: Serialize,
@@ -137,8 +139,8 @@ impl RaftPeer {
             .client
             .clone()
             .map_err(|e| RPCError::Unreachable(Unreachable::new(&std::io::Error::other(e))))?;
-        let payload = bincode::serialize(request)
-            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let payload =
+            bincode::serialize(request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let reply = tokio::time::timeout(option.hard_ttl(), send(client, RaftMessage { payload }))
             .await
             .map_err(|_| {
