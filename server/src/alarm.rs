@@ -21,16 +21,25 @@ pub struct Alarms {
     active: Mutex<BTreeSet<(u64, i32)>>,
 }
 
+fn stored_alarms(engine: &Engine) -> storage::Result<BTreeSet<(u64, i32)>> {
+    Ok(match engine.get(Cf::Meta, META_ALARMS)? {
+        Some(v) => bincode::deserialize(&v)
+            .map_err(|e| storage::StorageError::Corrupt(format!("alarms: {e}")))?,
+        None => BTreeSet::new(),
+    })
+}
+
 impl Alarms {
     pub fn load(engine: &Engine) -> storage::Result<Alarms> {
-        let active = match engine.get(Cf::Meta, META_ALARMS)? {
-            Some(v) => bincode::deserialize(&v)
-                .map_err(|e| storage::StorageError::Corrupt(format!("alarms: {e}")))?,
-            None => BTreeSet::new(),
-        };
         Ok(Alarms {
-            active: Mutex::new(active),
+            active: Mutex::new(stored_alarms(engine)?),
         })
+    }
+
+    /// Takes the alarms the engine now holds (after a snapshot install).
+    pub fn reload(&self, engine: &Engine) -> storage::Result<()> {
+        *self.active.lock() = stored_alarms(engine)?;
+        Ok(())
     }
 
     pub fn no_space(&self) -> bool {

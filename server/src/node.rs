@@ -17,7 +17,6 @@ use oxcd_proto::peerpb::{
     discovery_client::DiscoveryClient, discovery_server::DiscoveryServer, peer_server::PeerServer,
     MembersRequest,
 };
-use prost::Message;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -35,7 +34,7 @@ use crate::authority::AuthorityFix;
 use crate::cluster;
 use crate::config::{ClusterState, Config};
 use crate::kv::KvService;
-use crate::lease::{LeaseService, Lessor, StoredLease};
+use crate::lease::{LeaseService, Lessor};
 use crate::mvcc::MvccStore;
 use crate::raft::{Applied, Consensus, Member, MemberChange, Peers, RaftOptions, MAX_PEER_MESSAGE};
 use crate::storage::{Cf, Engine};
@@ -108,7 +107,7 @@ impl Node {
         let alarms = Arc::new(Alarms::load(&engine)?);
         let lessor = Arc::new(Lessor::new(
             min_lease_ttl(config.heartbeat_interval, config.election_timeout),
-            stored_leases(&engine)?,
+            crate::lease::load_stored(&engine)?,
             store.take_leased_keys(),
         ));
         // etcd fragments a watch response only past the gRPC message limit.
@@ -469,25 +468,6 @@ fn min_lease_ttl(heartbeat_ms: u64, election_ms: u64) -> i64 {
     let ticks = election_ms / heartbeat_ms;
     let min_ms = (3 * ticks / 2) * heartbeat_ms;
     min_ms.div_ceil(1000) as i64
-}
-
-fn stored_leases(engine: &Engine) -> anyhow::Result<Vec<StoredLease>> {
-    let mut leases = Vec::new();
-    let mut bad = None;
-    engine.scan(Cf::Lease, &[], None, |k, v| match StoredLease::decode(v) {
-        Ok(l) => {
-            leases.push(l);
-            true
-        }
-        Err(e) => {
-            bad = Some(format!("lease {k:?}: {e}"));
-            false
-        }
-    })?;
-    match bad {
-        Some(e) => bail!("corrupt lease record: {e}"),
-        None => Ok(leases),
-    }
 }
 
 /// Serves gRPC (HTTP/2) on `listener` until `stopped`; open connections are closed when the

@@ -444,6 +444,21 @@ async fn snapshot_catch_up(cluster: &mut Cluster) {
         task.await.expect("writer task");
     }
     let expected: BTreeSet<String> = (0..SNAPSHOT_KEYS).map(|s| format!("snap/{s:05}")).collect();
+    // Leases travel in the snapshot too.
+    let mut client = client.clone();
+    let lease = client
+        .lease_grant(600, None)
+        .await
+        .expect("lease grant with one member down")
+        .id();
+    client
+        .put(
+            "snaplease/k",
+            "v",
+            Some(PutOptions::new().with_lease(lease)),
+        )
+        .await
+        .expect("leased put with one member down");
 
     cluster.restart(follower).await;
     let cluster = &*cluster;
@@ -478,6 +493,21 @@ async fn snapshot_catch_up(cluster: &mut Cluster) {
         },
     )
     .await;
+    let mut on_follower = cluster.members()[follower].client().await;
+    let leases = on_follower
+        .leases()
+        .await
+        .expect("lease list on the follower");
+    assert!(
+        leases.leases().iter().any(|l| l.id() == lease),
+        "the caught-up follower knows lease {lease:x}: {:?}",
+        leases.leases()
+    );
+    let leased = on_follower
+        .get("snaplease/k", Some(GetOptions::new().with_serializable()))
+        .await
+        .expect("serializable get on the follower");
+    assert_eq!(leased.kvs().first().map(|kv| kv.lease()), Some(lease));
 }
 
 // -------------------------------------------------------------------------------------------

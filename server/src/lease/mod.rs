@@ -19,6 +19,7 @@ use prost::Message;
 use crate::error::EtcdError;
 use crate::kv::apply::LeaseLookup;
 use crate::mvcc::Change;
+use crate::storage::{self, Cf, Engine};
 
 /// etcd's `MaxLeaseTTL`: 9,000,000,000 seconds.
 pub const MAX_TTL: i64 = 9_000_000_000;
@@ -57,6 +58,54 @@ struct State {
     primary: bool,
 }
 
+impl State {
+    fn restored(
+        stored: Vec<StoredLease>,
+        leased_keys: HashMap<Vec<u8>, i64>,
+        primary: bool,
+    ) -> State {
+        let mut state = State {
+            primary,
+            ..State::default()
+        };
+        for l in stored {
+            let lease = Lease {
+                ttl: l.ttl,
+                keys: BTreeSet::new(),
+                deadline: primary.then(|| deadline_after(l.ttl)),
+            };
+            state.leases.insert(l.id, lease);
+        }
+        for (key, id) in leased_keys {
+            if let Some(l) = state.leases.get_mut(&id) {
+                l.keys.insert(key.clone());
+                state.key_lease.insert(key, id);
+            }
+        }
+        state
+    }
+}
+
+/// Every lease record in the engine.
+pub fn load_stored(engine: &Engine) -> storage::Result<Vec<StoredLease>> {
+    let mut leases = Vec::new();
+    let mut bad = None;
+    engine.scan(Cf::Lease, &[], None, |k, v| match StoredLease::decode(v) {
+        Ok(l) => {
+            leases.push(l);
+            true
+        }
+        Err(e) => {
+            bad = Some(format!("lease record {k:?}: {e}"));
+            false
+        }
+    })?;
+    match bad {
+        Some(e) => Err(storage::StorageError::Corrupt(e)),
+        None => Ok(leases),
+    }
+}
+
 /// What TimeToLive reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeaseInfo {
@@ -78,27 +127,17 @@ impl Lessor {
         stored: Vec<StoredLease>,
         leased_keys: HashMap<Vec<u8>, i64>,
     ) -> Lessor {
-        let mut state = State::default();
-        for l in stored {
-            state.leases.insert(
-                l.id,
-                Lease {
-                    ttl: l.ttl,
-                    keys: BTreeSet::new(),
-                    deadline: None,
-                },
-            );
-        }
-        for (key, id) in leased_keys {
-            if let Some(l) = state.leases.get_mut(&id) {
-                l.keys.insert(key.clone());
-                state.key_lease.insert(key, id);
-            }
-        }
         Lessor {
-            state: Mutex::new(state),
+            state: Mutex::new(State::restored(stored, leased_keys, false)),
             min_ttl,
         }
+    }
+
+    /// Replaces every lease with the given ones (after a snapshot install); a primary lessor
+    /// gives each its full TTL from now.
+    pub fn restore(&self, stored: Vec<StoredLease>, leased_keys: HashMap<Vec<u8>, i64>) {
+        let mut st = self.state.lock();
+        *st = State::restored(stored, leased_keys, st.primary);
     }
 
     pub fn min_ttl(&self) -> i64 {

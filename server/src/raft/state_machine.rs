@@ -26,8 +26,10 @@ use crate::watch::WatchHub;
 
 const META_APPLIED: &[u8] = b"raft_applied";
 const META_MEMBERSHIP: &[u8] = b"raft_membership";
-const SNAPSHOT_MAGIC: &[u8] = b"OXCDSNAP1\n";
+const SNAPSHOT_MAGIC: &[u8] = b"OXCDSNAP2\n";
 const SNAPSHOT_END: u8 = 0xff;
+/// The state machine's column families and their record tags in a snapshot.
+const SNAPSHOT_CFS: [(u8, Cf); 3] = [(0, Cf::Kv), (1, Cf::Meta), (2, Cf::Lease)];
 
 /// Everything applying a command changes besides the Raft bookkeeping.
 #[derive(Clone)]
@@ -258,9 +260,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         tokio::task::spawn_blocking(move || load_snapshot(&engine, &dir, file, &meta_owned))
             .await
             .map_err(|e| snap_err(ErrorVerb::Write, e))??;
-        self.store
-            .reload()
-            .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        let reload = |e: crate::storage::StorageError| snap_err(ErrorVerb::Write, e);
+        self.store.reload().map_err(reload)?;
+        self.lessor.restore(
+            crate::lease::load_stored(&self.engine).map_err(reload)?,
+            self.store.take_leased_keys(),
+        );
+        self.alarms.reload(&self.engine).map_err(reload)?;
+        tracing::info!(snapshot = %meta.snapshot_id, last_log_id = ?meta.last_log_id, "installed a snapshot from the leader");
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         Ok(())
@@ -336,7 +343,7 @@ fn dump_snapshot(store: &MvccStore, dir: &Path) -> Result<(), StorageError> {
     let tmp = dir.join("building.data");
     let mut out = BufWriter::new(std::fs::File::create(&tmp).map_err(werr)?);
     out.write_all(SNAPSHOT_MAGIC).map_err(werr)?;
-    for (tag, cf) in [(0u8, Cf::Kv), (1u8, Cf::Meta)] {
+    for (tag, cf) in SNAPSHOT_CFS {
         let mut io_result = Ok(());
         snap.scan(cf, &[], None, |k, v| {
             io_result = write_record(&mut out, tag, k, v);
@@ -389,20 +396,20 @@ fn load_snapshot(
         return Err(rerr(std::io::Error::other("not an oxcd snapshot")));
     }
     let mut batch = engine.batch();
-    batch.delete_range(Cf::Kv, &[], &[0xff; 32]);
-    batch.delete_range(Cf::Meta, &[], &[0xff; 32]);
+    for (_, cf) in SNAPSHOT_CFS {
+        batch.delete_range(cf, &[], &[0xff; 32]);
+    }
     loop {
         let mut tag = [0u8; 1];
         input.read_exact(&mut tag).map_err(rerr)?;
-        let cf = match tag[0] {
-            0 => Cf::Kv,
-            1 => Cf::Meta,
-            SNAPSHOT_END => break,
-            t => {
-                return Err(rerr(std::io::Error::other(format!(
-                    "bad snapshot record tag {t}"
-                ))))
-            }
+        if tag[0] == SNAPSHOT_END {
+            break;
+        }
+        let Some((_, cf)) = SNAPSHOT_CFS.into_iter().find(|(t, _)| *t == tag[0]) else {
+            return Err(rerr(std::io::Error::other(format!(
+                "bad snapshot record tag {}",
+                tag[0]
+            ))));
         };
         let k = read_chunk(&mut input).map_err(rerr)?;
         let v = read_chunk(&mut input).map_err(rerr)?;
