@@ -7,15 +7,16 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 
 use crate::load::{run_puts, PutReport, PutWorkload};
-use crate::server::{new_work_dir, ServerProcess};
+use crate::server::{new_work_dir, Cluster};
 use crate::stats::{format_ms, ratio, MIB};
 
-/// Workload shape shared by both runs; only the client/connection counts and totals vary.
-const KEY_SIZE: u64 = 8;
-const VAL_SIZE: u64 = 256;
-const KEY_SPACE: u64 = 100_000;
-const CONCURRENT_CLIENTS: u64 = 50;
-const CONCURRENT_CONNS: u64 = 10;
+/// Workload shape shared by all runs (compare-cluster's too); only the client/connection counts
+/// and totals vary.
+pub const KEY_SIZE: u64 = 8;
+pub const VAL_SIZE: u64 = 256;
+pub const KEY_SPACE: u64 = 100_000;
+pub const CONCURRENT_CLIENTS: u64 = 50;
+pub const CONCURRENT_CONNS: u64 = 10;
 
 #[derive(clap::Args, Debug)]
 pub struct CompareArgs {
@@ -56,7 +57,7 @@ pub async fn compare_put(args: &CompareArgs) -> Result<String> {
     Ok(render_summary(args, &work_dir, &workloads, &etcd, &oxcd))
 }
 
-fn put_workload(clients: u64, conns: u64, total: u64) -> PutWorkload {
+pub fn put_workload(clients: u64, conns: u64, total: u64) -> PutWorkload {
     PutWorkload {
         clients,
         conns,
@@ -68,7 +69,7 @@ fn put_workload(clients: u64, conns: u64, total: u64) -> PutWorkload {
     }
 }
 
-fn workload_label(workload: &PutWorkload) -> String {
+pub fn workload_label(workload: &PutWorkload) -> String {
     format!(
         "put, {} client(s) / {} conn(s), {} puts",
         workload.clients, workload.conns, workload.total
@@ -82,8 +83,8 @@ async fn measure(
     work_dir: &Path,
     workloads: &[PutWorkload],
 ) -> Result<ServerMeasurements> {
-    let server = ServerProcess::start_ready(label, binary, work_dir).await?;
-    let endpoints = [server.client_url().to_owned()];
+    let server = Cluster::start_ready(label, binary, work_dir, 1).await?;
+    let endpoints = server.client_urls();
     let mut reports = Vec::new();
     for workload in workloads {
         eprintln!("{label}: {}", workload_label(workload));
@@ -99,12 +100,12 @@ async fn measure(
         reports.push(report);
     }
 
+    let member = &server.members()[0];
     let measurements = ServerMeasurements {
         reports,
-        rss_bytes: server.rss_bytes()?,
-        data_dir_bytes: server.data_dir_bytes()?,
+        rss_bytes: member.rss_bytes()?,
+        data_dir_bytes: member.data_dir_bytes()?,
     };
-    eprintln!("{label}: stopping");
     server.stop().await?;
     Ok(measurements)
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use crate::server::{new_work_dir, ServerProcess};
+use crate::server::{new_work_dir, Cluster};
 use crate::stats::{format_ms, ratio, MIB, REPORTED_QUANTILES};
 use crate::watch::{prepare, WatchReport, WatchWorkload};
 
@@ -83,10 +83,11 @@ async fn measure(
     work_dir: &Path,
     workload: &WatchWorkload,
 ) -> Result<ServerMeasurements> {
-    let server = ServerProcess::start_ready(label, binary, work_dir).await?;
-    let endpoints = [server.client_url().to_owned()];
+    let server = Cluster::start_ready(label, binary, work_dir, 1).await?;
+    let endpoints = server.client_urls();
+    let member = &server.members()[0];
     tokio::time::sleep(RSS_SETTLE).await;
-    let rss_idle = server.rss_bytes()?;
+    let rss_idle = member.rss_bytes()?;
 
     eprintln!(
         "{label}: creating {} watchers on {} streams",
@@ -96,7 +97,7 @@ async fn measure(
         .await
         .with_context(|| format!("{label}: creating the watchers failed"))?;
     tokio::time::sleep(RSS_SETTLE).await;
-    let rss_watchers = server.rss_bytes()?;
+    let rss_watchers = member.rss_bytes()?;
 
     eprintln!("{label}: {} puts at {}/s", workload.puts, workload.put_rate);
     let report = prepared
@@ -110,8 +111,7 @@ async fn measure(
         format_ms(report.latency_us.value_at_quantile(0.99)),
         report.stream_errors
     );
-    let rss_after = server.rss_bytes()?;
-    eprintln!("{label}: stopping");
+    let rss_after = member.rss_bytes()?;
     server.stop().await?;
     Ok(ServerMeasurements {
         rss_idle,

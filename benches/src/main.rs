@@ -2,6 +2,7 @@
 //! alike), and drivers that run the same load against a fresh etcd and a fresh oxcd side by side.
 
 mod compare;
+mod compare_cluster;
 mod compare_watch;
 mod load;
 mod server;
@@ -25,6 +26,10 @@ enum Command {
     /// Start a fresh single-member etcd, then a fresh oxcd, run the same put workloads against
     /// each, and print a Markdown comparison (etcd always runs first).
     ComparePut(compare::CompareArgs),
+    /// Start a fresh 3-member etcd cluster, then a fresh 3-member oxcd cluster, measure put
+    /// throughput and latency through all members, memory, and leader failover on each, and
+    /// print a Markdown comparison (etcd always runs first).
+    CompareCluster(compare_cluster::CompareClusterArgs),
     /// Create many watchers on one prefix, put under it at a fixed rate, and report how late
     /// each watcher got each event, and which events it missed or got twice.
     WatchLatency(WatchLatencyArgs),
@@ -65,6 +70,7 @@ async fn main() -> Result<()> {
             print_report(args.json, || report.to_json(), || report.to_text());
         }
         Command::ComparePut(args) => print!("{}", compare::compare_put(&args).await?),
+        Command::CompareCluster(args) => compare_cluster::compare_cluster(&args).await?,
         Command::WatchLatency(args) => {
             let report = watch::run_watch(&args.endpoints, &args.workload).await?;
             print_report(args.json, || report.to_json(), || report.to_text());

@@ -1,7 +1,12 @@
-//! Control of one single-member server process (etcd or oxcd: both take etcd's flags) on private
-//! loopback ports, with its data and logs in a directory of its own.
+//! Control of server processes (etcd or oxcd: both take etcd's flags) on private loopback ports:
+//! a cluster of one or more members on this machine, each member with its data and logs in a
+//! directory of its own. The single-member comparisons run clusters of one, so every comparison
+//! starts its servers with the same flags and the same readiness check.
 
-use std::fs::{self, File};
+use std::error::Error as _;
+use std::ffi::OsString;
+use std::fs::{self, File, OpenOptions};
+use std::future::Future;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -11,108 +16,71 @@ use anyhow::{bail, Context, Result};
 use etcd_client::Client;
 use rand::Rng;
 use tokio::process::{Child, Command};
+use tokio::task::JoinSet;
 
-/// etcd needs about a second to elect itself; leave ample room on a loaded machine.
+/// etcd needs a second or two to elect a leader; leave ample room on a loaded machine.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Per-attempt bound so a half-started server cannot stall a readiness probe.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 const PROBE_INTERVAL: Duration = Duration::from_millis(100);
 /// How long a server gets to shut down cleanly after SIGTERM before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(10);
+/// etcd's defaults, passed explicitly so that both servers surely run with the same Raft timing.
+pub const HEARTBEAT_INTERVAL_MS: u64 = 100;
+pub const ELECTION_TIMEOUT_MS: u64 = 1000;
 
-/// A running server. Dropping it kills the process, so an aborted run never leaves one behind.
-pub struct ServerProcess {
-    child: Child,
-    client_url: String,
-    data_dir: PathBuf,
+/// How to start one member: kept so a killed member can be started again on its data dir.
+struct Launch {
+    binary: PathBuf,
+    args: Vec<OsString>,
+    stdout_log: PathBuf,
     stderr_log: PathBuf,
 }
 
-impl ServerProcess {
-    /// Starts `binary` as member `n1` with its data dir, stdout.log and stderr.log in `work_dir`.
-    pub fn start(binary: &Path, work_dir: &Path) -> Result<Self> {
-        let [client_port, peer_port] = free_ports()?;
-        let client_url = format!("http://127.0.0.1:{client_port}");
-        let peer_url = format!("http://127.0.0.1:{peer_port}");
-        let data_dir = work_dir.join("data");
-        let stdout_log = work_dir.join("stdout.log");
-        let stderr_log = work_dir.join("stderr.log");
-        let child = Command::new(binary)
-            .arg("--name")
-            .arg("n1")
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .arg("--listen-client-urls")
-            .arg(&client_url)
-            .arg("--advertise-client-urls")
-            .arg(&client_url)
-            .arg("--listen-peer-urls")
-            .arg(&peer_url)
-            .arg("--initial-advertise-peer-urls")
-            .arg(&peer_url)
-            .arg("--initial-cluster")
-            .arg(format!("n1={peer_url}"))
+impl Launch {
+    fn spawn(&self) -> Result<Child> {
+        // Appending keeps what a killed member logged before its restart.
+        let log = |path: &Path| -> Result<File> {
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("cannot open {}", path.display()))
+        };
+        Command::new(&self.binary)
+            .args(&self.args)
             .stdin(Stdio::null())
-            .stdout(File::create(&stdout_log)?)
-            .stderr(File::create(&stderr_log)?)
+            .stdout(log(&self.stdout_log)?)
+            .stderr(log(&self.stderr_log)?)
             .kill_on_drop(true)
             .spawn()
-            .with_context(|| format!("cannot start {}", binary.display()))?;
-        Ok(Self {
-            child,
-            client_url,
-            data_dir,
-            stderr_log,
-        })
+            .with_context(|| format!("cannot start {}", self.binary.display()))
     }
+}
 
-    /// Starts `binary` in `work_dir` (created if missing) and returns once it serves requests;
-    /// `label` names it in progress messages and errors.
-    pub async fn start_ready(label: &str, binary: &Path, work_dir: &Path) -> Result<Self> {
-        fs::create_dir_all(work_dir)?;
-        eprintln!("{label}: starting {}", binary.display());
-        let mut server = Self::start(binary, work_dir)?;
-        server
-            .wait_until_ready()
-            .await
-            .with_context(|| format!("{label} did not become ready"))?;
-        Ok(server)
+/// One member's process. Dropping it kills the process, so an aborted run never leaves one
+/// behind.
+pub struct ServerProcess {
+    name: String,
+    launch: Launch,
+    child: Child,
+    client_url: String,
+    data_dir: PathBuf,
+}
+
+/// What one member said about itself and its leader; `leader` is 0 while it knows none.
+struct MemberView {
+    member_id: u64,
+    leader: u64,
+}
+
+impl ServerProcess {
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     pub fn client_url(&self) -> &str {
         &self.client_url
-    }
-
-    /// Returns once a Get succeeds, i.e. the member has elected itself and serves KV requests.
-    pub async fn wait_until_ready(&mut self) -> Result<()> {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                bail!(
-                    "server exited during startup ({status}); see {}",
-                    self.stderr_log.display()
-                );
-            }
-            if tokio::time::timeout(PROBE_TIMEOUT, self.probe())
-                .await
-                .is_ok_and(|probe| probe.is_ok())
-            {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "server did not serve a Get within {READY_TIMEOUT:?}; see {}",
-                    self.stderr_log.display()
-                );
-            }
-            tokio::time::sleep(PROBE_INTERVAL).await;
-        }
-    }
-
-    async fn probe(&self) -> Result<()> {
-        let mut client = Client::connect([self.client_url.as_str()], None).await?;
-        client.get("oxcd-bench-ready", None).await?;
-        Ok(())
     }
 
     /// Resident set size of the server process, from VmRSS in /proc/PID/status.
@@ -133,6 +101,56 @@ impl ServerProcess {
         apparent_size(&self.data_dir)
     }
 
+    /// SIGKILL, as a crash would: no chance to flush anything or hand leadership over.
+    pub async fn kill(&mut self) -> Result<()> {
+        self.child
+            .kill()
+            .await
+            .with_context(|| format!("cannot kill {}", self.name))
+    }
+
+    /// Starts the member again with the flags and data dir it had (after `kill`).
+    pub fn restart(&mut self) -> Result<()> {
+        self.child = self.launch.spawn()?;
+        Ok(())
+    }
+
+    /// Fails once the process has exited, quoting the last line it logged.
+    fn check_running(&mut self) -> Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            let stderr = &self.launch.stderr_log;
+            let last_line = fs::read_to_string(stderr)
+                .unwrap_or_default()
+                .lines()
+                .rev()
+                .find(|line| !line.trim().is_empty())
+                .unwrap_or("(nothing)")
+                .to_owned();
+            bail!(
+                "{} exited ({status}); last line of {}: {last_line}",
+                self.name,
+                stderr.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// The member's Status, then a Get through it: a linearizable read, which on a follower
+    /// needs the leader too, so success means this member serves KV requests. Each is bounded
+    /// by `PROBE_TIMEOUT`, so a member without a quorum cannot stall the probe.
+    async fn probe(&self) -> Result<MemberView, String> {
+        let connecting = Client::connect([self.client_url.as_str()], None);
+        let mut client = bounded("connect", connecting).await?;
+        let status = bounded("Status", client.status()).await?;
+        let view = MemberView {
+            member_id: status.header().map_or(0, |header| header.member_id()),
+            leader: status.leader(),
+        };
+        let get = client.get("oxcd-bench-ready", None);
+        bounded(&format!("leader {:x}, but Get", view.leader), get).await?;
+        Ok(view)
+    }
+
     /// SIGTERM, then SIGKILL if the server is still running after the grace period. The data
     /// dir is removed afterwards (it can be large); the logs are kept.
     pub async fn stop(mut self) -> Result<()> {
@@ -145,13 +163,214 @@ impl ServerProcess {
                 .await
                 .is_err()
             {
-                eprintln!("server ignored SIGTERM for {STOP_GRACE:?}; killing it");
+                eprintln!(
+                    "{} ignored SIGTERM for {STOP_GRACE:?}; killing it",
+                    self.name
+                );
                 self.child.kill().await?;
             }
         }
         fs::remove_dir_all(&self.data_dir)
             .with_context(|| format!("cannot remove {}", self.data_dir.display()))
     }
+}
+
+/// The members of one cluster, started together from one binary.
+pub struct Cluster {
+    label: String,
+    work_dir: PathBuf,
+    members: Vec<ServerProcess>,
+}
+
+impl Cluster {
+    /// Starts `size` members of `binary`, named n1, n2, ..., each in a directory of that name
+    /// in `work_dir` (created if missing), and returns once the cluster is ready (see
+    /// `wait_until_ready`). `label` names the cluster in progress messages and errors. If the
+    /// cluster does not get ready, every member is killed before the error is returned.
+    pub async fn start_ready(
+        label: &str,
+        binary: &Path,
+        work_dir: &Path,
+        size: usize,
+    ) -> Result<Self> {
+        eprintln!("{label}: starting {size} member(s) of {}", binary.display());
+        let ports = free_ports(2 * size)?;
+        let (client_ports, peer_ports) = ports.split_at(size);
+        let names: Vec<String> = (1..=size).map(|number| format!("n{number}")).collect();
+        let peer_urls: Vec<String> = peer_ports.iter().map(|port| loopback_url(*port)).collect();
+        let initial_cluster = names
+            .iter()
+            .zip(&peer_urls)
+            .map(|(name, url)| format!("{name}={url}"))
+            .collect::<Vec<_>>()
+            .join(",");
+
+        let mut members = Vec::with_capacity(size);
+        for ((name, peer_url), client_port) in names.into_iter().zip(peer_urls).zip(client_ports) {
+            let member_dir = work_dir.join(&name);
+            fs::create_dir_all(&member_dir)?;
+            let client_url = loopback_url(*client_port);
+            let data_dir = member_dir.join("data");
+            let flags: [(&str, OsString); 11] = [
+                ("--name", name.clone().into()),
+                ("--data-dir", data_dir.clone().into()),
+                ("--listen-client-urls", client_url.clone().into()),
+                ("--advertise-client-urls", client_url.clone().into()),
+                ("--listen-peer-urls", peer_url.clone().into()),
+                ("--initial-advertise-peer-urls", peer_url.into()),
+                ("--initial-cluster", initial_cluster.clone().into()),
+                // Token and state as a script bootstrapping a real cluster passes them, so the
+                // servers' handling of both is part of what is run.
+                ("--initial-cluster-token", "oxcd-bench".into()),
+                ("--initial-cluster-state", "new".into()),
+                (
+                    "--heartbeat-interval",
+                    HEARTBEAT_INTERVAL_MS.to_string().into(),
+                ),
+                ("--election-timeout", ELECTION_TIMEOUT_MS.to_string().into()),
+            ];
+            let launch = Launch {
+                binary: binary.to_owned(),
+                args: flags
+                    .into_iter()
+                    .flat_map(|(flag, value)| [flag.into(), value])
+                    .collect(),
+                stdout_log: member_dir.join("stdout.log"),
+                stderr_log: member_dir.join("stderr.log"),
+            };
+            let member = ServerProcess {
+                name,
+                child: launch.spawn()?,
+                launch,
+                client_url,
+                data_dir,
+            };
+            members.push(member);
+        }
+
+        let mut cluster = Self {
+            label: label.to_owned(),
+            work_dir: work_dir.to_owned(),
+            members,
+        };
+        cluster
+            .wait_until_ready()
+            .await
+            .with_context(|| format!("{label} did not become ready"))?;
+        Ok(cluster)
+    }
+
+    pub fn members(&self) -> &[ServerProcess] {
+        &self.members
+    }
+
+    pub fn members_mut(&mut self) -> &mut [ServerProcess] {
+        &mut self.members
+    }
+
+    pub fn client_urls(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .map(|member| member.client_url.clone())
+            .collect()
+    }
+
+    /// Returns the index of the leader once every member serves KV requests and all of them
+    /// name the same leader, which in turn says its own id. Fails at once if a member exits,
+    /// and after `READY_TIMEOUT` otherwise, with what each member said last.
+    pub async fn wait_until_ready(&mut self) -> Result<usize> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            for member in &mut self.members {
+                member
+                    .check_running()
+                    .with_context(|| format!("{} member died", self.label))?;
+            }
+            let last_seen = match self.agreed_leader().await {
+                Ok(leader) => return Ok(leader),
+                Err(last_seen) => last_seen,
+            };
+            if Instant::now() >= deadline {
+                bail!(
+                    "no leader all {} member(s) agree on within {READY_TIMEOUT:?} (last seen: \
+                     {last_seen}); member logs are under {}",
+                    self.members.len(),
+                    self.work_dir.display()
+                );
+            }
+            tokio::time::sleep(PROBE_INTERVAL).await;
+        }
+    }
+
+    /// The leader's index, or what each member said, for the error if it never gets ready.
+    async fn agreed_leader(&self) -> Result<usize, String> {
+        let mut views = Vec::with_capacity(self.members.len());
+        let mut seen = Vec::with_capacity(self.members.len());
+        for member in &self.members {
+            match member.probe().await {
+                Ok(view) => {
+                    seen.push(format!("{}: leader {:x}", member.name, view.leader));
+                    views.push(view);
+                }
+                Err(error) => seen.push(format!("{}: {error}", member.name)),
+            }
+        }
+        let seen = seen.join("; ");
+        if views.len() < self.members.len() {
+            return Err(seen);
+        }
+        let leader = views[0].leader;
+        if leader == 0 || views.iter().any(|view| view.leader != leader) {
+            return Err(seen);
+        }
+        views
+            .iter()
+            .position(|view| view.member_id == leader)
+            .ok_or(seen)
+    }
+
+    /// Stops all members at once (see `ServerProcess::stop`): one by one, the last ones would
+    /// spend their shutdown looking for a quorum that is already gone.
+    pub async fn stop(self) -> Result<()> {
+        eprintln!("{}: stopping", self.label);
+        let mut stopping = JoinSet::new();
+        for member in self.members {
+            stopping.spawn(member.stop());
+        }
+        while let Some(stopped) = stopping.join_next().await {
+            stopped.context("stopping a member panicked")??;
+        }
+        Ok(())
+    }
+}
+
+/// Awaits one probe request for at most `PROBE_TIMEOUT`; errors are described for the
+/// readiness report, prefixed with `what`.
+async fn bounded<T>(
+    what: &str,
+    request: impl Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(PROBE_TIMEOUT, request).await {
+        Ok(Ok(response)) => Ok(response),
+        Ok(Err(error)) => Err(format!("{what}: {}", root_cause(&error))),
+        Err(_) => Err(format!("{what}: no answer in {PROBE_TIMEOUT:?}")),
+    }
+}
+
+/// A gRPC error's innermost cause, e.g. "Connection refused (os error 111)", or the server's
+/// message: the full text repeats each of tonic's wrappers and runs to several lines.
+pub fn root_cause(error: &etcd_client::Error) -> String {
+    let etcd_client::Error::GRpcStatus(status) = error else {
+        return error.to_string();
+    };
+    match std::iter::successors(status.source(), |cause| (*cause).source()).last() {
+        Some(transport_failure) => transport_failure.to_string(),
+        None => status.message().to_owned(),
+    }
+}
+
+fn loopback_url(port: u16) -> String {
+    format!("http://127.0.0.1:{port}")
 }
 
 /// A fresh directory for one comparison's servers. It is kept after the run because it holds
@@ -175,30 +394,29 @@ fn apparent_size(path: &Path) -> Result<u64> {
     Ok(total)
 }
 
-/// `N` distinct, currently free ports on 127.0.0.1. Candidates come from below the kernel's
+/// `count` distinct, currently free ports on 127.0.0.1. Candidates come from below the kernel's
 /// ephemeral range (32768+), so the benchmark's own outgoing connections cannot take one between
 /// this probe and the server's bind. Each probe listener stays open until all are found, which
 /// is what keeps the ports distinct.
-fn free_ports<const N: usize>() -> Result<[u16; N]> {
+fn free_ports(count: usize) -> Result<Vec<u16>> {
     let mut rng = rand::thread_rng();
-    let mut listeners = Vec::with_capacity(N);
+    let mut listeners = Vec::with_capacity(count);
     for _ in 0..500 {
-        if listeners.len() == N {
+        if listeners.len() == count {
             break;
         }
         if let Ok(listener) = TcpListener::bind(("127.0.0.1", rng.gen_range(20_000..32_000))) {
             listeners.push(listener);
         }
     }
-    if listeners.len() < N {
+    if listeners.len() < count {
         bail!(
-            "found only {} of {N} free ports in 20000..32000",
+            "found only {} of {count} free ports in 20000..32000",
             listeners.len()
         );
     }
-    let mut ports = [0; N];
-    for (port, listener) in ports.iter_mut().zip(&listeners) {
-        *port = listener.local_addr()?.port();
-    }
-    Ok(ports)
+    listeners
+        .iter()
+        .map(|listener| Ok(listener.local_addr()?.port()))
+        .collect()
 }

@@ -85,6 +85,17 @@ fn reported_values(latency_us: &Histogram<u64>) -> Vec<(&'static str, u64)> {
         .collect()
 }
 
+/// The middle value (the mean of the two middle ones for an even count); zero for none.
+pub fn median(values: &[Duration]) -> Duration {
+    let mut sorted = values.to_vec();
+    sorted.sort();
+    match sorted.len() {
+        0 => Duration::ZERO,
+        len if len % 2 == 1 => sorted[len / 2],
+        len => (sorted[len / 2 - 1] + sorted[len / 2]) / 2,
+    }
+}
+
 /// `numerator / denominator` to two decimals, or "n/a" when the denominator is zero.
 pub fn ratio(numerator: f64, denominator: f64) -> String {
     if denominator > 0.0 {
@@ -126,6 +137,14 @@ mod tests {
         let deadline = std::time::Instant::now() + Duration::from_millis(20);
         while std::time::Instant::now() < deadline {}
         assert!(process_cpu_time() > before);
+    }
+
+    #[test]
+    fn the_median_is_the_middle_value_or_the_mean_of_the_two_middle_ones() {
+        let ms = Duration::from_millis;
+        assert_eq!(median(&[]), Duration::ZERO);
+        assert_eq!(median(&[ms(9), ms(1), ms(5)]), ms(5));
+        assert_eq!(median(&[ms(4), ms(1), ms(2), ms(9)]), ms(3));
     }
 
     #[test]
