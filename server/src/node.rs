@@ -178,7 +178,7 @@ impl Node {
             .max_encoding_message_size(MAX_PEER_MESSAGE);
             let mut routes = Routes::builder();
             routes
-                .add_service(InterceptedService::new(peer, ClusterCheck(cluster_id)))
+                .add_service(InterceptedService::new(peer, ClusterCheck::new(cluster_id)))
                 .add_service(DiscoveryServer::new(DiscoveryApi {
                     consensus: consensus.clone(),
                     cluster_id,

@@ -2,6 +2,7 @@
 //! to the leader. Calls from another cluster are refused before they reach Raft.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use oxcd_proto::peerpb::{
     discovery_server::Discovery, peer_server::Peer, ChangeMembersReply, ChangeMembersRequest,
@@ -23,7 +24,31 @@ pub struct PeerApi {
 
 /// Refuses calls stamped with another cluster's id (etcd: "request cluster ID mismatch").
 #[derive(Clone)]
-pub struct ClusterCheck(pub u64);
+pub struct ClusterCheck {
+    cluster_id: u64,
+    last_logged: Arc<parking_lot::Mutex<Option<Instant>>>,
+}
+
+/// A misconfigured peer keeps calling; say so at most this often.
+const MISMATCH_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+impl ClusterCheck {
+    pub fn new(cluster_id: u64) -> ClusterCheck {
+        ClusterCheck {
+            cluster_id,
+            last_logged: Default::default(),
+        }
+    }
+
+    fn should_log(&self) -> bool {
+        let mut last = self.last_logged.lock();
+        let due = last.is_none_or(|t| t.elapsed() >= MISMATCH_LOG_INTERVAL);
+        if due {
+            *last = Some(Instant::now());
+        }
+        due
+    }
+}
 
 impl tonic::service::Interceptor for ClusterCheck {
     fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
@@ -33,13 +58,15 @@ impl tonic::service::Interceptor for ClusterCheck {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| u64::from_str_radix(v, 16).ok());
         match theirs {
-            Some(id) if id == self.0 => Ok(req),
+            Some(id) if id == self.cluster_id => Ok(req),
             Some(id) => {
-                tracing::warn!(
-                    local = %format!("{:x}", self.0),
+                if self.should_log() {
+                    tracing::warn!(
+                    local = %format!("{:x}", self.cluster_id),
                     remote = %format!("{id:x}"),
-                    "refused a peer of another cluster: request cluster ID mismatch"
-                );
+                        "refused a peer of another cluster: request cluster ID mismatch"
+                    );
+                }
                 Err(Status::failed_precondition("request cluster ID mismatch"))
             }
             None => Err(Status::failed_precondition("request carries no cluster ID")),

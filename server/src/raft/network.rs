@@ -150,7 +150,12 @@ impl RaftPeer {
                 )))
             })?
             .map_err(|status| match status.code() {
-                tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled => {
+                // Unreachable makes openraft back off before retrying; a member of another
+                // cluster (FailedPrecondition) will not change its mind either.
+                tonic::Code::Unavailable
+                | tonic::Code::Unknown
+                | tonic::Code::Cancelled
+                | tonic::Code::FailedPrecondition => {
                     RPCError::Unreachable(Unreachable::new(&status))
                 }
                 _ => RPCError::Network(NetworkError::new(&status)),
