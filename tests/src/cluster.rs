@@ -312,6 +312,18 @@ impl Cluster {
         self.members[i].kill();
     }
 
+    /// Waits until member `i` exits by itself (as a removed member does); false on timeout.
+    pub async fn wait_for_exit(&mut self, i: usize, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.members[i].is_running() {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        true
+    }
+
     /// SIGTERM member `i` and wait for its exit.
     pub fn terminate(&mut self, i: usize) {
         let name = self.members[i].spec().name.clone();

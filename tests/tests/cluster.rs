@@ -715,8 +715,11 @@ async fn learner_add_promote_remove(cluster: &mut Cluster) {
             ids[victim]
         )
     );
-    // etcd shuts a removed member down by itself; either way it has no further part here.
-    cluster.kill(victim);
+    // A removed member shuts itself down, in etcd and in oxcd.
+    assert!(
+        cluster.wait_for_exit(victim, Duration::from_secs(10)).await,
+        "the removed member is still running 10 s after its removal"
+    );
     let remaining = cluster.endpoints();
     let mut client = cluster.client_all().await;
     client

@@ -8,8 +8,8 @@ use oxcd_proto::peerpb::{
     discovery_server::Discovery, peer_server::Peer, ChangeMembersReply, ChangeMembersRequest,
     HoldElectionsReply, HoldElectionsRequest, LeaseRenewReply, LeaseRenewRequest,
     LeaseTimeToLiveReply, LeaseTimeToLiveRequest, MemberEntry, MembersReply, MembersRequest,
-    ProposeReply, ProposeRequest, RaftMessage, ReadIndexReply, ReadIndexRequest, TimeoutNowReply,
-    TimeoutNowRequest,
+    ProposeReply, ProposeRequest, RaftMessage, ReadIndexReply, ReadIndexRequest, RemovedReply,
+    RemovedRequest, TimeoutNowReply, TimeoutNowRequest,
 };
 use tonic::{Request, Response, Status};
 
@@ -202,6 +202,15 @@ impl Peer for PeerApi {
     ) -> Result<Response<TimeoutNowReply>, Status> {
         self.consensus.campaign().await;
         Ok(Response::new(TimeoutNowReply {}))
+    }
+
+    async fn removed(
+        &self,
+        _req: Request<RemovedRequest>,
+    ) -> Result<Response<RemovedReply>, Status> {
+        tracing::warn!("the leader removed this member from the cluster");
+        self.consensus.mark_removed();
+        Ok(Response::new(RemovedReply {}))
     }
 
     async fn hold_elections(

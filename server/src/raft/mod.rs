@@ -67,6 +67,7 @@ pub struct Consensus {
     election_timeout: Duration,
     /// When a leader last sent this member entries or a heartbeat.
     leader_contact: Arc<parking_lot::Mutex<Instant>>,
+    removed: tokio::sync::watch::Sender<bool>,
 }
 
 impl Consensus {
@@ -129,6 +130,7 @@ impl Consensus {
             timeout: opts.request_timeout,
             election_timeout: opts.election_timeout,
             leader_contact,
+            removed: tokio::sync::watch::Sender::new(false),
         })
     }
 
@@ -187,7 +189,42 @@ impl Consensus {
         if !self.link.is_leader() {
             return Err(not_leader());
         }
-        membership::apply(&self.raft, change).await.map_err(failure)
+        let removed = match change {
+            MemberChange::Remove { id } => self.members().into_iter().find(|m| m.id == *id),
+            _ => None,
+        };
+        membership::apply(&self.raft, change)
+            .await
+            .map_err(failure)?;
+        if let Some(member) = removed {
+            self.tell_removed(member);
+        }
+        Ok(())
+    }
+
+    /// A removed member no longer hears from the leader, so it is told (best effort; etcd's
+    /// peers refuse a removed member's messages to the same end).
+    fn tell_removed(&self, member: MemberInfo) {
+        let Ok(mut client) = self.link.peers.client(member.id, &member.member.peer_urls) else {
+            return;
+        };
+        tokio::spawn(async move {
+            for _ in 0..10 {
+                let told = client.removed(oxcd_proto::peerpb::RemovedRequest {});
+                if tokio::time::timeout(Duration::from_secs(1), told)
+                    .await
+                    .is_ok_and(|r| r.is_ok())
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+    }
+
+    /// Called when the leader says this member was removed.
+    pub fn mark_removed(&self) {
+        self.removed.send_replace(true);
     }
 
     pub fn members(&self) -> Vec<MemberInfo> {
@@ -281,6 +318,14 @@ impl Consensus {
 
     /// Resolves when this member has been removed from the cluster (etcd then stops it).
     pub async fn removed(&self) {
+        let mut told = self.removed.subscribe();
+        tokio::select! {
+            _ = told.wait_for(|removed| *removed) => {}
+            _ = self.left_membership() => {}
+        }
+    }
+
+    async fn left_membership(&self) {
         let me = self.link.me;
         let mut metrics = self.raft.metrics();
         let is_member = |m: &openraft::RaftMetrics<NodeId, Member>| {
