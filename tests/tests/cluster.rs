@@ -721,11 +721,23 @@ async fn learner_add_promote_remove(cluster: &mut Cluster) {
         "the removed member is still running 10 s after its removal"
     );
     let remaining = cluster.endpoints();
-    let mut client = cluster.client_all().await;
-    client
-        .put("after-remove", "1", None)
-        .await
-        .expect("the three remaining members serve writes");
+    let client = cluster.client_all().await;
+    // A write in flight when the membership changed may fail once ("leader changed").
+    eventually(
+        Duration::from_secs(10),
+        "the three remaining members serve writes",
+        || {
+            let mut client = client.clone();
+            async move {
+                client
+                    .put("after-remove", "1", None)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+        },
+    )
+    .await;
     let mut expected = learner_row(false);
     expected.retain(|row| row.0 != ids[victim]);
     let remaining_ref = &remaining;

@@ -56,6 +56,10 @@ pub struct RaftStatus {
 const MAX_CATCH_UP_ENTRIES: u64 = 5000;
 /// Entries per append message.
 const MAX_PAYLOAD_ENTRIES: u64 = 256;
+/// How long a snapshot chunk call may take, the last one including loading the snapshot.
+const SNAPSHOT_INSTALL_TIMEOUT: Duration = Duration::from_secs(600);
+/// Elections stay off this long after the last snapshot chunk arrived.
+const SNAPSHOT_QUIET: Duration = Duration::from_secs(3);
 /// How long a member stays out of elections for a leader transfer that never finishes.
 const ELECTION_HOLD_LIMIT: Duration = Duration::from_secs(10);
 
@@ -65,8 +69,7 @@ pub struct Consensus {
     proposer: proposer::Proposer,
     timeout: Duration,
     election_timeout: Duration,
-    /// When a leader last sent this member entries or a heartbeat.
-    leader_contact: Arc<parking_lot::Mutex<Instant>>,
+    leader_contact: Arc<parking_lot::Mutex<LeaderContact>>,
     removed: tokio::sync::watch::Sender<bool>,
 }
 
@@ -93,6 +96,9 @@ impl Consensus {
             snapshot_policy: SnapshotPolicy::LogsSinceLast(opts.snapshot_count),
             max_in_snapshot_log_to_keep: opts.snapshot_count.min(MAX_CATCH_UP_ENTRIES),
             max_payload_entries: MAX_PAYLOAD_ENTRIES,
+            // The last chunk's call returns only once the receiver has loaded the snapshot,
+            // which for a large state takes far longer than openraft's 200 ms default.
+            install_snapshot_timeout: SNAPSHOT_INSTALL_TIMEOUT.as_millis() as u64,
             ..Default::default()
         }
         .validate()?;
@@ -115,7 +121,7 @@ impl Consensus {
         };
         let proposer =
             proposer::Proposer::start(link.clone(), opts.max_request_bytes, opts.request_timeout);
-        let leader_contact = Arc::new(parking_lot::Mutex::new(Instant::now()));
+        let leader_contact = Arc::new(parking_lot::Mutex::new(LeaderContact::new()));
         tokio::spawn(campaign_when_leader_silent(
             raft.clone(),
             id,
@@ -287,8 +293,8 @@ impl Consensus {
             .map_err(|_| EtcdError::Timeout)?
             .map_err(|_| EtcdError::Stopped)?;
         self.raft.runtime_config().heartbeat(false);
-        // openraft's leader lease is the maximum election timeout (2x ours).
-        tokio::time::sleep(self.election_timeout * 2 + Duration::from_millis(50)).await;
+        // openraft's leader lease is its maximum election timeout (1.5x ours).
+        tokio::time::sleep(self.election_timeout * 3 / 2 + Duration::from_millis(100)).await;
         let mut client = self
             .link
             .peers
@@ -348,20 +354,23 @@ impl Consensus {
 
     /// Keeps this member out of elections (bounded, in case the transfer never finishes).
     pub fn hold_elections(&self, hold: bool) {
-        self.raft.runtime_config().elect(!hold);
+        let mut contact = self.leader_contact.lock();
+        let now = Instant::now();
         if hold {
-            let raft = self.raft.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(ELECTION_HOLD_LIMIT).await;
-                raft.runtime_config().elect(true);
-            });
+            contact.held_until = Some(now + ELECTION_HOLD_LIMIT);
+            self.raft.runtime_config().elect(false);
+        } else {
+            contact.held_until = None;
+            if !contact.quiet(now) {
+                self.raft.runtime_config().elect(true);
+            }
         }
     }
 
     /// Passes on openraft's messages from a peer; bincode in, bincode out.
     pub async fn handle_append(&self, payload: &[u8]) -> Result<Vec<u8>, String> {
         let request = decode(payload)?;
-        *self.leader_contact.lock() = Instant::now();
+        self.leader_contact.lock().last = Instant::now();
         encode(&self.raft.append_entries(request).await)
     }
 
@@ -372,6 +381,15 @@ impl Consensus {
 
     pub async fn handle_snapshot_chunk(&self, payload: &[u8]) -> Result<Vec<u8>, String> {
         let request = decode(payload)?;
+        {
+            let mut contact = self.leader_contact.lock();
+            let now = Instant::now();
+            contact.last = now;
+            if !contact.quiet(now) {
+                self.raft.runtime_config().elect(false);
+            }
+            contact.snapshot_until = Some(now + SNAPSHOT_QUIET);
+        }
         encode(&self.raft.install_snapshot(request).await)
     }
 
@@ -425,6 +443,36 @@ impl Consensus {
     }
 }
 
+/// What a follower knows of its leader's liveness.
+struct LeaderContact {
+    /// When a leader last sent entries, a heartbeat or a snapshot chunk.
+    last: Instant,
+    /// While a snapshot streams in, openraft's follower sees no heartbeats and would campaign,
+    /// deposing the leader (it steps down on the higher term) and restarting the transfer:
+    /// a large snapshot would never finish. Elections stay off until this long after the last
+    /// chunk.
+    snapshot_until: Option<Instant>,
+    /// A leader transfer to another member asked this one to stay out of elections until then.
+    held_until: Option<Instant>,
+}
+
+impl LeaderContact {
+    fn new() -> LeaderContact {
+        LeaderContact {
+            last: Instant::now(),
+            snapshot_until: None,
+            held_until: None,
+        }
+    }
+
+    /// Whether elections are off at `now` (dropping quiet periods that have ended).
+    fn quiet(&mut self, now: Instant) -> bool {
+        self.snapshot_until = self.snapshot_until.filter(|until| *until > now);
+        self.held_until = self.held_until.filter(|until| *until > now);
+        self.snapshot_until.is_some() || self.held_until.is_some()
+    }
+}
+
 /// openraft's own election timer first fires while the other followers still honour the lost
 /// leader's lease, so that campaign is refused and the next comes a whole timeout later. This
 /// campaigns as soon as the lease has run out (plus a random spread so followers do not split
@@ -432,7 +480,7 @@ impl Consensus {
 async fn campaign_when_leader_silent(
     raft: types::Raft,
     me: NodeId,
-    leader_contact: Arc<parking_lot::Mutex<Instant>>,
+    leader_contact: Arc<parking_lot::Mutex<LeaderContact>>,
     lease: Duration,
     heartbeat: Duration,
 ) {
@@ -454,9 +502,14 @@ async fn campaign_when_leader_silent(
         };
         let campaign = {
             let mut contact = leader_contact.lock();
-            let silent = follower_voter && contact.elapsed() > lease + spread;
+            let was_quiet = contact.snapshot_until.is_some() || contact.held_until.is_some();
+            let quiet = contact.quiet(Instant::now());
+            if was_quiet && !quiet {
+                raft.runtime_config().elect(true);
+            }
+            let silent = follower_voter && !quiet && contact.last.elapsed() > lease + spread;
             if silent || !follower_voter {
-                *contact = Instant::now();
+                contact.last = Instant::now();
             }
             silent
         };

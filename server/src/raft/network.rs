@@ -33,6 +33,8 @@ pub const CLUSTER_ID_HEADER: &str = "x-oxcd-cluster-id";
 /// Largest peer message: a batch of appended entries or one snapshot chunk.
 pub const MAX_PEER_MESSAGE: usize = 256 << 20;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Entry bytes per append message (at least one entry is always sent).
+const MAX_APPEND_BYTES: u64 = 2 << 20;
 /// How soon an unreachable member is tried again; short, so a restarted member rejoins quickly.
 const RETRY_UNREACHABLE: Duration = Duration::from_millis(100);
 
@@ -167,13 +169,27 @@ impl RaftPeer {
 }
 
 impl RaftNetwork<TypeConfig> for RaftPeer {
+    /// openraft gives an append one heartbeat interval, however many entries it carries, so
+    /// large entries are sent a bounded prefix at a time; the follower's success then counts
+    /// for that prefix (a partial success), and openraft sends the rest next.
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, RaftError<NodeId>> {
-        self.call(&rpc, &option, async |mut c, m| c.append_entries(m).await)
-            .await
+        let keep = entries_within(&rpc.entries, MAX_APPEND_BYTES);
+        let cut = keep < rpc.entries.len();
+        rpc.entries.truncate(keep);
+        let last_sent = rpc.entries.last().map(|e| e.log_id);
+        let reply = self
+            .call(&rpc, &option, async |mut c, m| c.append_entries(m).await)
+            .await?;
+        Ok(match reply {
+            AppendEntriesResponse::Success if cut => {
+                AppendEntriesResponse::PartialSuccess(last_sent)
+            }
+            other => other,
+        })
     }
 
     async fn install_snapshot(
@@ -197,4 +213,16 @@ impl RaftNetwork<TypeConfig> for RaftPeer {
     fn backoff(&self) -> Backoff {
         Backoff::new(std::iter::repeat(RETRY_UNREACHABLE))
     }
+}
+
+/// How many of `entries`, from the first, fit in `budget` bytes (never fewer than one).
+fn entries_within(entries: &[super::types::Entry], budget: u64) -> usize {
+    let mut used = 0;
+    for (i, entry) in entries.iter().enumerate() {
+        used += bincode::serialized_size(entry).unwrap_or(u64::MAX);
+        if used > budget {
+            return i.max(1);
+        }
+    }
+    entries.len()
 }
