@@ -28,6 +28,8 @@ const META_APPLIED: &[u8] = b"raft_applied";
 const META_MEMBERSHIP: &[u8] = b"raft_membership";
 const SNAPSHOT_MAGIC: &[u8] = b"OXCDSNAP2\n";
 const SNAPSHOT_END: u8 = 0xff;
+/// Where a snapshot from the leader is written as it arrives.
+const RECEIVING: &str = "receiving.data";
 /// The state machine's column families and their record tags in a snapshot.
 const SNAPSHOT_CFS: [(u8, Cf); 3] = [(0, Cf::Kv), (1, Cf::Meta), (2, Cf::Lease)];
 
@@ -236,7 +238,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
-        let path = self.snapshot_dir.join("receiving.data");
+        let path = self.snapshot_dir.join(RECEIVING);
         let file = tokio::fs::File::options()
             .read(true)
             .write(true)
@@ -430,12 +432,9 @@ fn load_snapshot(
         .write(batch, true)
         .map_err(|e| snap_err(ErrorVerb::Write, e))?;
 
-    let mut file = input.into_inner();
-    file.seek(std::io::SeekFrom::Start(0)).map_err(rerr)?;
-    let mut kept = std::fs::File::create(dir.join("current.data.tmp")).map_err(rerr)?;
-    std::io::copy(&mut file, &mut kept).map_err(rerr)?;
-    kept.sync_all().map_err(rerr)?;
-    std::fs::rename(dir.join("current.data.tmp"), dir.join("current.data")).map_err(rerr)?;
+    // The received file becomes the current snapshot (it is what a later lagging member gets).
+    input.into_inner().sync_all().map_err(rerr)?;
+    std::fs::rename(dir.join(RECEIVING), dir.join("current.data")).map_err(rerr)?;
     write_meta(dir, meta)
 }
 
