@@ -507,7 +507,10 @@ async fn campaign_when_leader_silent(
             if was_quiet && !quiet {
                 raft.runtime_config().elect(true);
             }
-            let silent = follower_voter && !quiet && contact.last.elapsed() > lease + spread;
+            // The other followers may have heard the old leader up to a heartbeat later than
+            // this one; campaigning before their leases end too would be refused.
+            let silent =
+                follower_voter && !quiet && contact.last.elapsed() > lease + heartbeat + spread;
             if silent || !follower_voter {
                 contact.last = Instant::now();
             }
