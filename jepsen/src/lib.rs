@@ -1,0 +1,6 @@
+//! oxcd's Jepsen-style harness: histories of concurrent operations against real clusters under
+//! injected faults, and the checkers that judge them.
+
+pub mod checker;
+pub mod history;
+pub mod proxy;
