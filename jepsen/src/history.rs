@@ -1,0 +1,1 @@
+//! Operation histories (JSON Lines).
