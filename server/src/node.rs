@@ -24,6 +24,7 @@ use tokio_rustls::TlsAcceptor;
 use tonic::codegen::http;
 use tonic::service::interceptor::InterceptedService;
 use tonic::service::Routes;
+use tonic::transport::ClientTlsConfig;
 
 use crate::alarm::{Alarms, Quota};
 use crate::api::{
@@ -36,7 +37,9 @@ use crate::config::{ClusterState, Config};
 use crate::kv::KvService;
 use crate::lease::{LeaseService, Lessor};
 use crate::mvcc::MvccStore;
-use crate::raft::{Applied, Consensus, Member, MemberChange, Peers, RaftOptions, MAX_PEER_MESSAGE};
+use crate::raft::{
+    peer_endpoint, Applied, Consensus, Member, MemberChange, Peers, RaftOptions, MAX_PEER_MESSAGE,
+};
 use crate::storage::{Cf, Engine};
 use crate::watch::WatchHub;
 
@@ -64,6 +67,8 @@ pub struct Node {
 impl Node {
     pub async fn start(config: &Config) -> anyhow::Result<Node> {
         let tls = crate::tls::client_acceptor(config)?;
+        let peer_tls = crate::tls::peer_acceptor(config)?;
+        let peer_connector = crate::tls::peer_connector(config)?;
         let initial = cluster::parse_initial_cluster(&config.initial_cluster())
             .map_err(anyhow::Error::msg)?;
         let me = initial
@@ -85,7 +90,8 @@ impl Node {
                         (member, cluster, Some(members))
                     }
                     ClusterState::Existing => {
-                        let (member, cluster) = join_existing(&initial, me).await?;
+                        let (member, cluster) =
+                            join_existing(&initial, me, peer_connector.as_ref()).await?;
                         (member, cluster, None)
                     }
                 };
@@ -94,7 +100,7 @@ impl Node {
             }
         };
         let store = MvccStore::open(engine.clone())?;
-        let peers = Arc::new(Peers::new(cluster_id));
+        let peers = Arc::new(Peers::new(cluster_id, peer_connector.clone()));
 
         let opts = RaftOptions {
             heartbeat: Duration::from_millis(config.heartbeat_interval),
@@ -183,9 +189,14 @@ impl Node {
                     consensus: consensus.clone(),
                     cluster_id,
                 }));
+            let acceptor = if url.starts_with("https://") {
+                peer_tls.clone()
+            } else {
+                None
+            };
             servers.push(tokio::spawn(serve_grpc(
                 listener,
-                None,
+                acceptor,
                 routes.routes(),
                 stopped.clone(),
             )));
@@ -390,6 +401,7 @@ fn new_cluster(
 async fn join_existing(
     initial: &[cluster::InitialMember],
     me: &cluster::InitialMember,
+    tls: Option<&ClientTlsConfig>,
 ) -> anyhow::Result<(u64, u64)> {
     let mut mine = me.peer_urls.clone();
     mine.sort();
@@ -397,7 +409,7 @@ async fn join_existing(
     loop {
         let mut last_error = String::from("no other member in --initial-cluster");
         for other in initial.iter().filter(|m| m.name != me.name) {
-            match discover(&other.peer_urls).await {
+            match discover(&other.peer_urls, tls).await {
                 Ok(reply) => {
                     let found = reply.members.iter().find(|m| {
                         let mut urls = m.peer_urls.clone();
@@ -423,10 +435,12 @@ async fn join_existing(
     }
 }
 
-async fn discover(peer_urls: &[String]) -> anyhow::Result<oxcd_proto::peerpb::MembersReply> {
-    let url = peer_urls.first().context("member has no peer URLs")?;
-    let channel = tonic::transport::Endpoint::from_shared(url.clone())?
-        .connect_timeout(Duration::from_secs(1))
+async fn discover(
+    peer_urls: &[String],
+    tls: Option<&ClientTlsConfig>,
+) -> anyhow::Result<oxcd_proto::peerpb::MembersReply> {
+    let channel = peer_endpoint(peer_urls, tls)
+        .map_err(anyhow::Error::msg)?
         .timeout(Duration::from_secs(2))
         .connect()
         .await?;

@@ -1,5 +1,7 @@
-//! Client TLS as etcd configures it: `--cert-file`/`--key-file` serve https:// listen URLs;
+//! TLS as etcd configures it: `--cert-file`/`--key-file` serve https:// client URLs;
 //! `--client-cert-auth` with `--trusted-ca-file` requires client certificates signed by that CA.
+//! The `--peer-*` twins do the same for peer URLs, and a member presents its peer certificate
+//! when it connects to another member.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -10,27 +12,72 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::rustls::{crypto, RootCertStore, ServerConfig};
 use tokio_rustls::TlsAcceptor;
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 use crate::config::Config;
 
 /// The acceptor for https:// client URLs, or `None` when no URL asks for TLS.
 pub fn client_acceptor(config: &Config) -> anyhow::Result<Option<TlsAcceptor>> {
-    if !config
-        .listen_client_urls
-        .iter()
-        .any(|u| u.starts_with("https://"))
-    {
+    acceptor(
+        &config.listen_client_urls,
+        config.cert_file.as_deref(),
+        config.key_file.as_deref(),
+        config.client_cert_auth.unwrap_or(false),
+        config.trusted_ca_file.as_deref(),
+        "",
+    )
+}
+
+/// The acceptor for https:// peer URLs (`--peer-cert-file` and friends), or `None`.
+pub fn peer_acceptor(config: &Config) -> anyhow::Result<Option<TlsAcceptor>> {
+    acceptor(
+        &config.listen_peer_urls,
+        config.peer_cert_file.as_deref(),
+        config.peer_key_file.as_deref(),
+        config.peer_client_cert_auth.unwrap_or(false),
+        config.peer_trusted_ca_file.as_deref(),
+        "peer-",
+    )
+}
+
+/// How this member connects to https:// peer URLs: it trusts `--peer-trusted-ca-file` and
+/// presents its peer certificate (members authenticate each other, as etcd's do). `None`
+/// without peer certificates (peers are then reached over plain HTTP/2 only).
+pub fn peer_connector(config: &Config) -> anyhow::Result<Option<ClientTlsConfig>> {
+    let (Some(cert), Some(key)) = (&config.peer_cert_file, &config.peer_key_file) else {
+        return Ok(None);
+    };
+    let read = |path: &Path, flag: &str| {
+        std::fs::read(path).with_context(|| format!("cannot read --{flag} {}", path.display()))
+    };
+    let mut tls = ClientTlsConfig::new().identity(Identity::from_pem(
+        read(cert, "peer-cert-file")?,
+        read(key, "peer-key-file")?,
+    ));
+    if let Some(ca) = &config.peer_trusted_ca_file {
+        tls = tls.ca_certificate(Certificate::from_pem(read(ca, "peer-trusted-ca-file")?));
+    }
+    Ok(Some(tls))
+}
+
+fn acceptor(
+    urls: &[String],
+    cert: Option<&Path>,
+    key: Option<&Path>,
+    client_cert_auth: bool,
+    trusted_ca: Option<&Path>,
+    flag_prefix: &str,
+) -> anyhow::Result<Option<TlsAcceptor>> {
+    if !urls.iter().any(|u| u.starts_with("https://")) {
         return Ok(None);
     }
-    let (Some(cert), Some(key)) = (&config.cert_file, &config.key_file) else {
-        bail!("https:// client URLs need --cert-file and --key-file");
+    let (Some(cert), Some(key)) = (cert, key) else {
+        bail!("https:// URLs need --{flag_prefix}cert-file and --{flag_prefix}key-file");
     };
-    let client_ca = if config.client_cert_auth.unwrap_or(false) {
-        let ca = config
-            .trusted_ca_file
-            .as_deref()
-            .context("--client-cert-auth needs --trusted-ca-file")?;
-        Some(ca)
+    let client_ca = if client_cert_auth {
+        Some(trusted_ca.with_context(|| {
+            format!("--{flag_prefix}client-cert-auth needs --{flag_prefix}trusted-ca-file")
+        })?)
     } else {
         None
     };

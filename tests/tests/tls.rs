@@ -1,6 +1,7 @@
-//! Client TLS as kubeadm configures etcd: https:// client URLs, a server certificate, and
-//! client certificates required (`--client-cert-auth --trusted-ca-file`). Driven with Debian's
-//! etcdctl; certificates are made with the openssl command.
+//! TLS as kubeadm configures etcd: https:// client URLs, a server certificate, and client
+//! certificates required (`--client-cert-auth --trusted-ca-file`); https:// peer URLs with
+//! members authenticating each other (`--peer-client-cert-auth --peer-trusted-ca-file`).
+//! Driven with Debian's etcdctl; certificates are made with the openssl command.
 
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
@@ -19,7 +20,8 @@ fn openssl(dir: &Path, args: &[&str]) {
     assert!(status.success(), "openssl {args:?} failed");
 }
 
-/// A CA, a server certificate for 127.0.0.1 and a client certificate, all signed by the CA.
+/// A CA, a server certificate for 127.0.0.1, a client certificate and a peer certificate (for
+/// 127.0.0.1, usable both ways, as kubeadm's peer certificates are), all signed by the CA.
 fn make_certificates(dir: &Path) {
     openssl(
         dir,
@@ -45,7 +47,16 @@ fn make_certificates(dir: &Path) {
     )
     .unwrap();
     std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
-    for (name, cn) in [("server", "127.0.0.1"), ("client", "root")] {
+    std::fs::write(
+        dir.join("peer.ext"),
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n",
+    )
+    .unwrap();
+    for (name, cn) in [
+        ("server", "127.0.0.1"),
+        ("client", "root"),
+        ("peer", "peer"),
+    ] {
         openssl(
             dir,
             &[
@@ -186,4 +197,104 @@ fn etcdctl_talks_to_oxcd_over_tls_with_client_certificates() {
         !plain.status.success(),
         "plaintext must not be served on an https:// URL"
     );
+}
+
+/// Three members whose peer URLs are https:// and who require each other's certificates elect
+/// a leader and replicate writes.
+#[test]
+fn members_talk_over_peer_tls() {
+    oxcd_tests::require_etcd();
+    let dir = tempfile::tempdir().unwrap();
+    make_certificates(dir.path());
+    let c = |name: &str| dir.path().join(name).display().to_string();
+    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+    let initial = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (_, peer))| format!("m{i}=https://127.0.0.1:{peer}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let _members: Vec<Killed> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (client, peer))| {
+            Killed(
+                Command::new(oxcd_bin())
+                    .args([
+                        "--name",
+                        &format!("m{i}"),
+                        "--data-dir",
+                        &c(&format!("data{i}")),
+                    ])
+                    .args(["--log-level", "error"])
+                    .arg(format!("--listen-client-urls=http://127.0.0.1:{client}"))
+                    .arg(format!("--advertise-client-urls=http://127.0.0.1:{client}"))
+                    .arg(format!("--listen-peer-urls=https://127.0.0.1:{peer}"))
+                    .arg(format!(
+                        "--initial-advertise-peer-urls=https://127.0.0.1:{peer}"
+                    ))
+                    .arg(format!("--initial-cluster={initial}"))
+                    .args([
+                        "--peer-cert-file",
+                        &c("peer.crt"),
+                        "--peer-key-file",
+                        &c("peer.key"),
+                    ])
+                    .args([
+                        "--peer-trusted-ca-file",
+                        &c("ca.crt"),
+                        "--peer-client-cert-auth",
+                    ])
+                    .spawn()
+                    .unwrap(),
+            )
+        })
+        .collect();
+    let plain = |client: u16, args: &[&str]| {
+        Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints=127.0.0.1:{client}"))
+            .args(["--dial-timeout=2s", "--command-timeout=3s"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = plain(ports[0].0, &["put", "over-peer-tls", "yes"]);
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the peer-TLS cluster never took a write: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for (client, _) in &ports[1..] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let got = plain(
+                *client,
+                &[
+                    "get",
+                    "over-peer-tls",
+                    "--print-value-only",
+                    "--consistency=s",
+                ],
+            );
+            if String::from_utf8_lossy(&got.stdout).trim() == "yes" {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "member on {client} never got the write over peer TLS"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let members = plain(ports[2].0, &["member", "list"]);
+    let listed = String::from_utf8_lossy(&members.stdout);
+    assert_eq!(listed.matches("https://127.0.0.1:").count(), 3, "{listed}");
 }

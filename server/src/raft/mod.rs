@@ -24,7 +24,9 @@ use oxcd_proto::peerpb::Failure;
 
 pub use leader::{failure, not_leader, LeaderLink};
 pub use membership::{new_member_id, MemberChange, MemberInfo};
-pub use network::{Client as PeerClient, Peers, CLUSTER_ID_HEADER, MAX_PEER_MESSAGE};
+pub use network::{
+    peer_endpoint, Client as PeerClient, Peers, CLUSTER_ID_HEADER, MAX_PEER_MESSAGE,
+};
 pub use state_machine::Applied;
 pub use types::{Command, CommandBatch, Member, NodeId, Op, OutcomeBatch, Outcomes};
 

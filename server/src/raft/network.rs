@@ -24,7 +24,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use super::types::{Member, NodeId, TypeConfig};
 
@@ -54,16 +54,18 @@ impl tonic::service::Interceptor for ClusterStamp {
 /// Connections to the other members, shared by Raft replication and leader forwarding.
 pub struct Peers {
     stamp: ClusterStamp,
+    tls: Option<ClientTlsConfig>,
     channels: Mutex<HashMap<NodeId, (Vec<String>, Client)>>,
 }
 
 impl Peers {
-    pub fn new(cluster_id: u64) -> Peers {
+    pub fn new(cluster_id: u64, tls: Option<ClientTlsConfig>) -> Peers {
         let stamp = format!("{cluster_id:x}")
             .parse()
             .expect("a hex number is valid metadata");
         Peers {
             stamp: ClusterStamp(stamp),
+            tls,
             channels: Mutex::new(HashMap::new()),
         }
     }
@@ -83,21 +85,38 @@ impl Peers {
 
     /// A client for an address that is not (yet) a known member, e.g. while joining.
     pub fn connect(&self, peer_urls: &[String]) -> Result<Client, String> {
-        let url = peer_urls
-            .first()
-            .ok_or_else(|| "member has no peer URLs".to_string())?;
-        let endpoint = Endpoint::from_shared(url.clone())
-            .map_err(|e| format!("invalid peer URL {url:?}: {e}"))?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(5))
-            .keep_alive_timeout(Duration::from_secs(5));
+        let endpoint = peer_endpoint(peer_urls, self.tls.as_ref())?;
         Ok(
             PeerClient::with_interceptor(endpoint.connect_lazy(), self.stamp.clone())
                 .max_decoding_message_size(MAX_PEER_MESSAGE)
                 .max_encoding_message_size(MAX_PEER_MESSAGE),
         )
     }
+}
+
+/// An endpoint for a member's first peer URL, over TLS when it is https://.
+pub fn peer_endpoint(
+    peer_urls: &[String],
+    tls: Option<&ClientTlsConfig>,
+) -> Result<Endpoint, String> {
+    let url = peer_urls
+        .first()
+        .ok_or_else(|| "member has no peer URLs".to_string())?;
+    let mut endpoint = Endpoint::from_shared(url.clone())
+        .map_err(|e| format!("invalid peer URL {url:?}: {e}"))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(5));
+    if url.starts_with("https://") {
+        let tls = tls.ok_or_else(|| {
+            format!("peer URL {url} is https:// but --peer-cert-file/--peer-key-file are not set")
+        })?;
+        endpoint = endpoint
+            .tls_config(tls.clone())
+            .map_err(|e| format!("TLS for {url}: {e}"))?;
+    }
+    Ok(endpoint)
 }
 
 /// openraft's view of the transport.
