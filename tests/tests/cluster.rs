@@ -59,6 +59,7 @@ cluster_tests! {
     election [];
     leader_kill_while_writing [];
     snapshot_catch_up ["--snapshot-count=100"];
+    watch_across_catch_up ["--snapshot-count=100"];
     learner_add_promote_remove [];
     hashkv_equal [];
     follower_forwarding [];
@@ -509,6 +510,51 @@ async fn snapshot_catch_up(cluster: &mut Cluster) {
         .expect("serializable get on the follower");
     assert_eq!(leased.kvs().first().map(|kv| kv.lease()), Some(lease));
 }
+
+/// A watch open on a follower that falls far behind (paused while the others write and
+/// compact their logs, so oxcd catches it up with a snapshot) still delivers every event, in
+/// order, once the follower is back.
+async fn watch_across_catch_up(cluster: &mut Cluster) {
+    let leader = cluster.wait_for_leader(ELECTION_WAIT).await;
+    let follower = followers(cluster, leader)[0];
+    let mut on_follower = cluster.members()[follower].client().await;
+    let mut stream = on_follower
+        .watch("paused/", Some(WatchOptions::new().with_prefix()))
+        .await
+        .expect("watch on the follower");
+    let pid = cluster.members()[follower].pid().expect("follower runs");
+    oxcd_tests::send_signal(pid, "STOP").expect("SIGSTOP the follower");
+    let mut client = cluster.client_all().await;
+    let leader_client = cluster.members()[leader].endpoint();
+    client = Client::connect([leader_client], None)
+        .await
+        .unwrap_or(client);
+    for seq in 0..PAUSED_KEYS {
+        client
+            .put(format!("paused/{seq:05}"), "v", None)
+            .await
+            .unwrap_or_else(|e| panic!("put {seq} while a follower is paused: {e}"));
+    }
+    oxcd_tests::send_signal(pid, "CONT").expect("SIGCONT the follower");
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while seen.len() < PAUSED_KEYS {
+        let resp = tokio::time::timeout_at(deadline, stream.message())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {PAUSED_KEYS} events arrived", seen.len()))
+            .expect("watch stream")
+            .expect("watch stream open");
+        assert!(!resp.canceled(), "watch canceled: {resp:?}");
+        for event in resp.events() {
+            let kv = event.kv().expect("event kv");
+            seen.push(String::from_utf8_lossy(kv.key()).into_owned());
+        }
+    }
+    let expected: Vec<String> = (0..PAUSED_KEYS).map(|s| format!("paused/{s:05}")).collect();
+    assert_eq!(seen, expected, "events in order, none missing or repeated");
+}
+
+const PAUSED_KEYS: usize = 1500;
 
 // -------------------------------------------------------------------------------------------
 // 4. learner_add_promote_remove

@@ -269,6 +269,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             self.store.take_leased_keys(),
         );
         self.alarms.reload(&self.engine).map_err(reload)?;
+        self.watches.restored(self.store.current_revision());
         tracing::info!(snapshot = %meta.snapshot_id, last_log_id = ?meta.last_log_id, "installed a snapshot from the leader");
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();

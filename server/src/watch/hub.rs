@@ -184,6 +184,24 @@ impl WatchHub {
         st.published = st.published.max(revision);
     }
 
+    /// The store was replaced by a snapshot up to `revision`: the changes in between were never
+    /// published, so every synced watcher catches up from history (or is canceled as
+    /// compacted), as etcd's watchers do after a snapshot restore.
+    pub fn restored(&self, revision: i64) {
+        let mut st = self.state.lock();
+        let State {
+            watchers, streams, ..
+        } = &mut *st;
+        for ((stream_id, watch_id), w) in watchers.iter_mut().filter(|(_, w)| w.synced) {
+            w.synced = false;
+            if let Some(stream) = streams.get_mut(stream_id) {
+                stream.unsynced.insert(*watch_id);
+                stream.wake.notify_one();
+            }
+        }
+        st.published = st.published.max(revision);
+    }
+
     /// A change's previous value. Apply records it when prev_kv watchers existed as the batch
     /// began; a watcher that arrived since gets it looked up. A put that created its key has
     /// none.
