@@ -26,6 +26,8 @@ use crate::watch::WatchHub;
 
 const META_APPLIED: &[u8] = b"raft_applied";
 const META_MEMBERSHIP: &[u8] = b"raft_membership";
+/// Present while a received snapshot is being loaded (its metadata).
+const META_INSTALLING: &[u8] = b"snapshot_installing";
 const SNAPSHOT_MAGIC: &[u8] = b"OXCDSNAP2\n";
 const SNAPSHOT_END: u8 = 0xff;
 /// Where a snapshot from the leader is written as it arrives.
@@ -79,10 +81,10 @@ impl StateMachine {
             watches,
             alarms,
         } = parts;
-        let (applied, membership) = read_applied(&engine)?;
         let snapshot_dir = engine.data_dir().join("snap");
         std::fs::create_dir_all(&snapshot_dir).map_err(|e| snap_err(ErrorVerb::Write, e))?;
-        Ok(StateMachine {
+        let (applied, membership) = read_applied(&engine)?;
+        let mut sm = StateMachine {
             store,
             engine,
             applied,
@@ -91,7 +93,40 @@ impl StateMachine {
             lessor,
             watches,
             alarms,
-        })
+        };
+        sm.finish_interrupted_install()?;
+        Ok(sm)
+    }
+
+    /// A crash while a received snapshot was being loaded leaves a partly replaced state and
+    /// the install marker; the received file is still in place, so the load is done again.
+    fn finish_interrupted_install(&mut self) -> Result<(), StorageError> {
+        let rerr = |e: crate::storage::StorageError| snap_err(ErrorVerb::Read, e);
+        let Some(marker) = self.engine.get(Cf::Meta, META_INSTALLING).map_err(rerr)? else {
+            return Ok(());
+        };
+        let meta: SnapshotMeta =
+            bincode::deserialize(&marker).map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        tracing::warn!(snapshot = %meta.snapshot_id, "finishing a snapshot install interrupted by a crash");
+        let file = std::fs::File::open(self.snapshot_dir.join(RECEIVING))
+            .map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        load_snapshot(&self.engine, &self.snapshot_dir, file, &meta)?;
+        self.took_snapshot(&meta)
+    }
+
+    /// Brings the in-memory parts in line with a snapshot just loaded into the engine.
+    fn took_snapshot(&mut self, meta: &SnapshotMeta) -> Result<(), StorageError> {
+        let reload = |e: crate::storage::StorageError| snap_err(ErrorVerb::Write, e);
+        self.store.reload().map_err(reload)?;
+        self.lessor.restore(
+            crate::lease::load_stored(&self.engine).map_err(reload)?,
+            self.store.take_leased_keys(),
+        );
+        self.alarms.reload(&self.engine).map_err(reload)?;
+        self.watches.restored(self.store.current_revision());
+        self.applied = meta.last_log_id;
+        self.membership = meta.last_membership.clone();
+        Ok(())
     }
 
     fn apply_command(&self, writer: &mut Writer<'_>, command: Command) -> Outcome {
@@ -262,17 +297,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         tokio::task::spawn_blocking(move || load_snapshot(&engine, &dir, file, &meta_owned))
             .await
             .map_err(|e| snap_err(ErrorVerb::Write, e))??;
-        let reload = |e: crate::storage::StorageError| snap_err(ErrorVerb::Write, e);
-        self.store.reload().map_err(reload)?;
-        self.lessor.restore(
-            crate::lease::load_stored(&self.engine).map_err(reload)?,
-            self.store.take_leased_keys(),
-        );
-        self.alarms.reload(&self.engine).map_err(reload)?;
-        self.watches.restored(self.store.current_revision());
+        self.took_snapshot(meta)?;
         tracing::info!(snapshot = %meta.snapshot_id, last_log_id = ?meta.last_log_id, "installed a snapshot from the leader");
-        self.applied = meta.last_log_id;
-        self.membership = meta.last_membership.clone();
         Ok(())
     }
 
@@ -398,10 +424,17 @@ fn load_snapshot(
     if magic != SNAPSHOT_MAGIC {
         return Err(rerr(std::io::Error::other("not an oxcd snapshot")));
     }
+    // The old state goes and the install marker comes in one durable write: from here until
+    // the marker is removed with the last batch, a restart loads this snapshot again.
+    let marker = bincode::serialize(meta).map_err(|e| snap_err(ErrorVerb::Write, e))?;
     let mut batch = engine.batch();
     for (_, cf) in SNAPSHOT_CFS {
         batch.delete_range(cf, &[], &[0xff; 32]);
     }
+    batch.put(Cf::Meta, META_INSTALLING, &marker);
+    engine
+        .write(std::mem::replace(&mut batch, engine.batch()), true)
+        .map_err(|e| snap_err(ErrorVerb::Write, e))?;
     loop {
         let mut tag = [0u8; 1];
         input.read_exact(&mut tag).map_err(rerr)?;
@@ -429,6 +462,7 @@ fn load_snapshot(
         bincode::serialize(&meta.last_membership).map_err(|e| snap_err(ErrorVerb::Write, e))?;
     batch.put(Cf::Meta, META_APPLIED, &applied);
     batch.put(Cf::Meta, META_MEMBERSHIP, &membership);
+    batch.delete(Cf::Meta, META_INSTALLING);
     engine
         .write(batch, true)
         .map_err(|e| snap_err(ErrorVerb::Write, e))?;
@@ -452,4 +486,85 @@ fn unix_millis() -> u128 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::mvcc::RangeOptions;
+
+    fn parts(engine: &Arc<Engine>) -> Applied {
+        let store = MvccStore::open(engine.clone()).unwrap();
+        let lessor = Arc::new(Lessor::new(
+            1,
+            crate::lease::load_stored(engine).unwrap(),
+            store.take_leased_keys(),
+        ));
+        let watches = WatchHub::new(store.clone(), 1 << 20, Duration::from_secs(600));
+        let alarms = Arc::new(Alarms::load(engine).unwrap());
+        Applied {
+            store,
+            lessor,
+            watches,
+            alarms,
+        }
+    }
+
+    fn put(store: &MvccStore, key: &str) {
+        let mut w = store.writer(false);
+        w.txn().put(key.as_bytes(), b"v".to_vec(), 0);
+        w.commit().unwrap();
+    }
+
+    fn keys(store: &MvccStore) -> Vec<String> {
+        let all = KeyRange::new(b"\0", b"\0");
+        let rr = store.range(&all, RangeOptions::default()).unwrap();
+        rr.kvs
+            .iter()
+            .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn an_install_interrupted_by_a_crash_is_finished_when_the_member_opens() {
+        let leader_dir = tempfile::tempdir().unwrap();
+        let leader = Engine::open(leader_dir.path()).unwrap();
+        let leader_store = MvccStore::open(leader.clone()).unwrap();
+        for key in ["a", "b", "c"] {
+            put(&leader_store, key);
+        }
+        let leader_snap = leader_dir.path().join("snap");
+        std::fs::create_dir_all(&leader_snap).unwrap();
+        dump_snapshot(&leader_store, &leader_snap).unwrap();
+        let meta: SnapshotMeta =
+            bincode::deserialize(&std::fs::read(leader_snap.join("current.meta")).unwrap())
+                .unwrap();
+
+        // The follower had other data, received the snapshot, and crashed right after the
+        // first install batch (old state gone, marker written).
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(dir.path()).unwrap();
+        put(&MvccStore::open(engine.clone()).unwrap(), "stale");
+        let snap = dir.path().join("snap");
+        std::fs::create_dir_all(&snap).unwrap();
+        std::fs::copy(leader_snap.join("current.data"), snap.join(RECEIVING)).unwrap();
+        let mut crash = engine.batch();
+        crash.delete_range(Cf::Kv, &[], &[0xff; 32]);
+        crash.put(
+            Cf::Meta,
+            META_INSTALLING,
+            &bincode::serialize(&meta).unwrap(),
+        );
+        engine.write(crash, true).unwrap();
+
+        let applied = parts(&engine);
+        let store = applied.store.clone();
+        let sm = StateMachine::open(engine.clone(), applied).unwrap();
+        assert_eq!(keys(&store), ["a", "b", "c"]);
+        assert_eq!(sm.applied, meta.last_log_id);
+        assert!(engine.get(Cf::Meta, META_INSTALLING).unwrap().is_none());
+        assert!(snap.join("current.data").exists() && !snap.join(RECEIVING).exists());
+    }
 }
