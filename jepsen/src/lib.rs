@@ -2,5 +2,6 @@
 //! injected faults, and the checkers that judge them.
 
 pub mod checker;
+pub mod cluster;
 pub mod history;
 pub mod proxy;
