@@ -4,4 +4,5 @@
 pub mod checker;
 pub mod cluster;
 pub mod history;
+pub mod nemesis;
 pub mod proxy;

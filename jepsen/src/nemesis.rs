@@ -1,0 +1,347 @@
+//! The nemesis: faults injected into a [`Cluster`] on a schedule, and their log.
+//!
+//! The schedule alternates quiet periods with fault periods. Each fault period starts one fault
+//! (kinds taken in a shuffled round-robin, so a short run still sees every kind), holds it, then
+//! undoes it: killed members are restarted, paused ones resumed, partitions healed. Targets vary
+//! between a random member, the current leader and larger groups, since the leader and quorum
+//! losses are where consensus bugs hide.
+//!
+//! Every start and stop is written to a JSON Lines log as it happens (so a cancelled run keeps
+//! it), with times on the history's clock so plots can shade the fault periods:
+//!
+//! ```text
+//! {"time":5012345678,"type":"start","fault":"kill","members":["n2"],"detail":"leader"}
+//! {"time":10023456789,"type":"stop","fault":"kill","members":["n2"]}
+//! ```
+//!
+//! Members that exit without being killed (a crash, a refusal to restart) are logged as `exit`
+//! events; they are restarted when the current fault ends.
+
+use std::fmt;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use rand::seq::SliceRandom;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::cluster::Cluster;
+use crate::proxy::Partition;
+
+/// How often a waiting nemesis looks for members that exited by themselves.
+const WATCH_INTERVAL: Duration = Duration::from_millis(250);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FaultKind {
+    /// SIGKILL members, restart them when the fault ends.
+    Kill,
+    /// SIGSTOP members, SIGCONT them when the fault ends.
+    Pause,
+    /// Cut the network between groups of members, heal it when the fault ends.
+    Partition,
+}
+
+impl fmt::Display for FaultKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FaultKind::Kill => "kill",
+            FaultKind::Pause => "pause",
+            FaultKind::Partition => "partition",
+        })
+    }
+}
+
+impl FromStr for FaultKind {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "kill" => Ok(FaultKind::Kill),
+            "pause" => Ok(FaultKind::Pause),
+            "partition" => Ok(FaultKind::Partition),
+            _ => bail!("unknown fault {s:?} (kill, pause or partition)"),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    Start,
+    Stop,
+    /// A member exited without the nemesis killing it.
+    Exit,
+}
+
+/// One line of the nemesis log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NemesisEvent {
+    /// Nanoseconds since the start of the run, like the history's times.
+    pub time: u64,
+    #[serde(rename = "type")]
+    pub phase: Phase,
+    /// Absent for `exit` events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<FaultKind>,
+    pub members: Vec<String>,
+    /// How the targets were chosen, the partition's shape, or how a member exited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// For partitions: the pairs of members that cannot talk.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cut: Vec<(String, String)>,
+}
+
+/// Writes nemesis events to a file as they happen and keeps them for the run's summary.
+pub struct NemesisLog {
+    start: Instant,
+    file: BufWriter<File>,
+    events: Vec<NemesisEvent>,
+}
+
+impl NemesisLog {
+    /// `start` is the instant the history's clock started, so that both logs share a timeline.
+    pub fn create(path: &Path, start: Instant) -> Result<NemesisLog> {
+        let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(NemesisLog {
+            start,
+            file: BufWriter::new(file),
+            events: Vec::new(),
+        })
+    }
+
+    pub fn events(&self) -> &[NemesisEvent] {
+        &self.events
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn record(&mut self, event: NemesisEvent) -> Result<()> {
+        serde_json::to_writer(&mut self.file, &event)?;
+        self.file.write_all(b"\n")?;
+        // Flushed per event: a run cancelled half-way still shows what it did.
+        self.file.flush()?;
+        self.events.push(event);
+        Ok(())
+    }
+}
+
+/// When faults happen.
+#[derive(Clone, Debug)]
+pub struct Schedule {
+    /// The kinds of fault to inject; none makes the whole run quiet.
+    pub faults: Vec<FaultKind>,
+    /// Length of each quiet period; one comes first, so the cluster is seen working before any
+    /// fault.
+    pub quiet: Duration,
+    /// How long each fault is held before it is undone.
+    pub hold: Duration,
+}
+
+/// A fault in force, with what undoing it needs.
+struct Active {
+    kind: FaultKind,
+    members: Vec<usize>,
+}
+
+/// Runs the schedule until `until`, then undoes the fault in force, if any. Faults are cut short
+/// at `until`, so the run ends on time.
+pub async fn run(
+    cluster: &mut Cluster,
+    schedule: &Schedule,
+    until: Instant,
+    log: &mut NemesisLog,
+) -> Result<()> {
+    let mut queue: Vec<FaultKind> = Vec::new();
+    loop {
+        watch(cluster, log, until, schedule.quiet).await?;
+        if Instant::now() >= until || schedule.faults.is_empty() {
+            return watch(cluster, log, until, Duration::MAX).await;
+        }
+        if queue.is_empty() {
+            queue = schedule.faults.clone();
+            queue.shuffle(&mut rand::thread_rng());
+        }
+        let kind = queue.pop().expect("refilled above");
+        let active = start(cluster, kind, log).await?;
+        watch(cluster, log, until, schedule.hold).await?;
+        stop(cluster, active, log)?;
+    }
+}
+
+/// Waits `period` (or until `until`), logging members that exit meanwhile.
+async fn watch(
+    cluster: &mut Cluster,
+    log: &mut NemesisLog,
+    until: Instant,
+    period: Duration,
+) -> Result<()> {
+    let end = Instant::now()
+        .checked_add(period)
+        .map_or(until, |end| end.min(until));
+    loop {
+        for exit in cluster.exits() {
+            log.record(NemesisEvent {
+                time: log.now(),
+                phase: Phase::Exit,
+                fault: None,
+                members: vec![cluster.name(exit.member).to_owned()],
+                detail: Some(exit.status.to_string()),
+                cut: Vec::new(),
+            })?;
+        }
+        let now = Instant::now();
+        if now >= end {
+            return Ok(());
+        }
+        tokio::time::sleep(WATCH_INTERVAL.min(end - now)).await;
+    }
+}
+
+/// Which members a kill or pause hits, and how they were chosen.
+async fn targets(cluster: &Cluster, kind: FaultKind) -> (Vec<usize>, &'static str) {
+    let n = cluster.members();
+    let mut all: Vec<usize> = (0..n).collect();
+    all.shuffle(&mut rand::thread_rng());
+    // Pausing everyone only stops the clock; killing everyone tests what survives on disk.
+    let choices: &[&str] = match kind {
+        FaultKind::Kill => &["one", "leader", "majority", "all"],
+        _ => &["one", "leader", "majority"],
+    };
+    let choice = choices[rand::thread_rng().gen_range(0..choices.len())];
+    match choice {
+        "leader" => match cluster.leader().await {
+            Some(leader) => (vec![leader], "leader"),
+            None => (vec![all[0]], "one (no leader found)"),
+        },
+        "majority" => (all[..n / 2 + 1].to_vec(), "majority"),
+        "all" => (all, "all"),
+        _ => (vec![all[0]], "one"),
+    }
+}
+
+async fn start(cluster: &mut Cluster, kind: FaultKind, log: &mut NemesisLog) -> Result<Active> {
+    let (members, detail, cut) = match kind {
+        FaultKind::Kill => {
+            let (members, detail) = targets(cluster, kind).await;
+            for &m in &members {
+                cluster.kill(m);
+            }
+            (members, detail.to_owned(), Vec::new())
+        }
+        FaultKind::Pause => {
+            let (members, detail) = targets(cluster, kind).await;
+            let members: Vec<usize> = members
+                .into_iter()
+                .filter(|&m| cluster.is_running(m))
+                .collect();
+            for &m in &members {
+                cluster.pause(m)?;
+            }
+            (members, detail.to_owned(), Vec::new())
+        }
+        FaultKind::Partition => {
+            let (partition, isolated, detail) = partition_shape(cluster).await;
+            cluster.network().partition(&partition);
+            let cut = partition
+                .cut_pairs()
+                .into_iter()
+                .map(|(a, b)| (cluster.name(a).to_owned(), cluster.name(b).to_owned()))
+                .collect();
+            (isolated, detail, cut)
+        }
+    };
+    log.record(NemesisEvent {
+        time: log.now(),
+        phase: Phase::Start,
+        fault: Some(kind),
+        members: members
+            .iter()
+            .map(|&m| cluster.name(m).to_owned())
+            .collect(),
+        detail: Some(detail),
+        cut,
+    })?;
+    Ok(Active { kind, members })
+}
+
+/// A partition, the members on its smaller side (or the isolated one), and its shape's name.
+async fn partition_shape(cluster: &Cluster) -> (Partition, Vec<usize>, String) {
+    let n = cluster.members();
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut rand::thread_rng());
+    // Bridges and rings need at least four members to differ from halves.
+    let shapes: &[&str] = if n >= 4 {
+        &["halves", "isolate-leader", "bridge", "ring"]
+    } else {
+        &["halves", "isolate-leader"]
+    };
+    let shape = shapes[rand::thread_rng().gen_range(0..shapes.len())];
+    match shape {
+        "isolate-leader" => {
+            let (leader, detail) = match cluster.leader().await {
+                Some(leader) => (leader, "isolate-leader"),
+                None => (order[0], "isolate-one (no leader found)"),
+            };
+            (
+                Partition::isolate(n, leader),
+                vec![leader],
+                detail.to_owned(),
+            )
+        }
+        "bridge" => (
+            Partition::bridge(n).permute(&order),
+            vec![order[n / 2]],
+            "bridge".to_owned(),
+        ),
+        "ring" => (
+            Partition::ring(n).permute(&order),
+            Vec::new(),
+            "ring".to_owned(),
+        ),
+        _ => (
+            Partition::halves(n).permute(&order),
+            order[..n / 2].to_vec(),
+            "halves".to_owned(),
+        ),
+    }
+}
+
+/// Undoes a fault; members that exited by themselves meanwhile are restarted too.
+fn stop(cluster: &mut Cluster, active: Active, log: &mut NemesisLog) -> Result<()> {
+    match active.kind {
+        FaultKind::Kill => {}
+        FaultKind::Pause => {
+            for &m in &active.members {
+                if cluster.is_paused(m) {
+                    cluster.resume(m)?;
+                }
+            }
+        }
+        FaultKind::Partition => cluster.network().heal(),
+    }
+    for m in 0..cluster.members() {
+        if !cluster.is_running(m) {
+            cluster.restart(m)?;
+        }
+    }
+    log.record(NemesisEvent {
+        time: log.now(),
+        phase: Phase::Stop,
+        fault: Some(active.kind),
+        members: active
+            .members
+            .iter()
+            .map(|&m| cluster.name(m).to_owned())
+            .collect(),
+        detail: None,
+        cut: Vec::new(),
+    })
+}
