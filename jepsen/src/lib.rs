@@ -6,3 +6,5 @@ pub mod cluster;
 pub mod history;
 pub mod nemesis;
 pub mod proxy;
+pub mod runner;
+pub mod workload;
