@@ -86,6 +86,10 @@ pub struct Summary {
     pub by_f: BTreeMap<String, Counts>,
     /// The reads of every key from every member after recovery.
     pub final_reads: Counts,
+    /// The final reads' processes: this one reads from `n1`, the next from `n2`, and so on.
+    /// Worker processes are those below it; process `p` talked to member
+    /// `(p % concurrency) % nodes` (counting from 0).
+    pub first_final_process: u64,
     /// Faults started, by kind.
     pub faults: BTreeMap<String, usize>,
     /// Members that exited without being killed.
@@ -123,7 +127,17 @@ impl Summary {
         for (f, c) in &self.by_f {
             let _ = writeln!(out, "  {f}: {}", counts(c));
         }
-        let _ = writeln!(out, "final reads: {}", counts(&self.final_reads));
+        let _ = writeln!(
+            out,
+            "final reads: {} (processes {} and up)",
+            counts(&self.final_reads),
+            self.first_final_process
+        );
+        let _ = writeln!(
+            out,
+            "process p talked to member n((p mod {}) mod {} + 1)",
+            self.concurrency, self.nodes
+        );
         let faults: Vec<String> = self
             .faults
             .iter()
@@ -263,6 +277,7 @@ pub async fn run(options: &TestOptions) -> Result<TestResult> {
             by_f
         },
         final_reads: count(ops.iter().filter(|op| op.process >= first_final)),
+        first_final_process: first_final,
         faults,
         unexpected_exits,
         recovered,
