@@ -10,6 +10,8 @@
 //! (`info`) may take effect at any time after their invoke, even after the client gave up, or
 //! never; a read with an unknown outcome tells nothing and is left out too.
 
+#[cfg(test)]
+mod tests;
 mod wgl;
 
 use std::collections::{BTreeMap, HashSet};
@@ -22,7 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::anyhow;
 
 use crate::history::{Operation, Status, Value, F};
-use wgl::{Model, SearchOp};
+use wgl::{RegisterOp, SearchOp};
 
 #[derive(Clone, Debug, Default)]
 pub struct CheckOptions {
@@ -139,36 +141,6 @@ pub fn check_register(ops: &[Operation], options: &CheckOptions) -> anyhow::Resu
     Ok(Report { keys })
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum RegisterOp {
-    /// The value read; `None` when the key was absent.
-    Read(Option<i64>),
-    Write(i64),
-    /// Expected value (`None`: the key is absent) and new value.
-    Cas(Option<i64>, i64),
-}
-
-struct Register;
-
-impl Model for Register {
-    type State = Option<i64>;
-    type Op = RegisterOp;
-
-    fn init(&self) -> Option<i64> {
-        None
-    }
-
-    fn step(&self, state: &Option<i64>, op: &RegisterOp) -> Option<Option<i64>> {
-        match *op {
-            RegisterOp::Read(v) => (v == *state).then_some(*state),
-            RegisterOp::Write(v) => Some(Some(v)),
-            // An unknown-outcome cas whose comparison failed changed nothing, which is the same
-            // as never taking effect; the search covers that by skipping it.
-            RegisterOp::Cas(expected, new) => (expected == *state).then_some(Some(new)),
-        }
-    }
-}
-
 #[derive(Clone, Copy)]
 struct KeyOp {
     /// Index in the history's operations.
@@ -217,14 +189,23 @@ fn check_key(
     key_ops: &[KeyOp],
     deadline: Option<Instant>,
 ) -> KeyReport {
-    let mut key_ops = prune_unobservable(ops, key_ops);
+    let (mut key_ops, observed) = prune_unobservable(ops, key_ops);
     key_ops.sort_by_key(|k| (ops[k.source].invoke_time, k.source));
-    let search_ops: Vec<SearchOp<RegisterOp>> = key_ops
+    // Values nothing reads or expects are all alike to the search: make them one value, so that
+    // orders of writes that differ only in such values are one configuration, not many.
+    let unread = (i64::MIN..)
+        .find(|v| !observed.contains(v))
+        .expect("few values observed");
+    let search_ops: Vec<SearchOp> = key_ops
         .iter()
         .map(|k| {
             let op = &ops[k.source];
             SearchOp {
-                op: k.op,
+                op: match k.op {
+                    RegisterOp::Write(v) if !observed.contains(&v) => RegisterOp::Write(unread),
+                    RegisterOp::Cas(e, v) if !observed.contains(&v) => RegisterOp::Cas(e, unread),
+                    other => other,
+                },
                 invoke: op.invoke_time,
                 complete: if op.status == Status::Ok {
                     op.complete_time
@@ -234,7 +215,7 @@ fn check_key(
             }
         })
         .collect();
-    let (verdict, counterexample) = match wgl::search(&Register, &search_ops, deadline) {
+    let (verdict, counterexample) = match wgl::search(&search_ops, deadline) {
         wgl::Outcome::Valid => (Verdict::Valid, None),
         wgl::Outcome::Unknown => (Verdict::Unknown, None),
         wgl::Outcome::Invalid { longest } => {
@@ -252,9 +233,9 @@ fn check_key(
 
 /// Leaves out unknown-outcome writes (and cas) of values that nothing observes: whether such a
 /// write took effect cannot matter, since until the next write no operation that could succeed
-/// depends on the register holding that value. Timeouts during partitions leave many of these,
-/// and each one left in could double the search.
-fn prune_unobservable(ops: &[Operation], key_ops: &[KeyOp]) -> Vec<KeyOp> {
+/// depends on the register holding that value. Returns the operations kept and the values they
+/// read or expect.
+fn prune_unobservable(ops: &[Operation], key_ops: &[KeyOp]) -> (Vec<KeyOp>, HashSet<i64>) {
     let mut kept = key_ops.to_vec();
     loop {
         let observed: HashSet<i64> = kept
@@ -273,7 +254,7 @@ fn prune_unobservable(ops: &[Operation], key_ops: &[KeyOp]) -> Vec<KeyOp> {
         });
         // Dropping a cas can make what it expected unobserved in turn.
         if kept.len() == before {
-            return kept;
+            return (kept, observed);
         }
     }
 }
@@ -282,15 +263,16 @@ fn counterexample(
     key: &str,
     ops: &[Operation],
     key_ops: &[KeyOp],
-    search_ops: &[SearchOp<RegisterOp>],
+    search_ops: &[SearchOp],
     longest: &[usize],
 ) -> Counterexample {
-    let mut state = Register.init();
+    let mut state = None;
     let mut placed = vec![false; key_ops.len()];
     let mut linearized = Vec::with_capacity(longest.len());
     for &i in longest {
-        state = Register
-            .step(&state, &key_ops[i].op)
+        state = key_ops[i]
+            .op
+            .step(state)
             .expect("the search's own path replays");
         placed[i] = true;
         linearized.push((ops[key_ops[i].source].clone(), state));
@@ -306,7 +288,7 @@ fn counterexample(
         .filter(|&i| !placed[i] && search_ops[i].invoke <= bound)
         .map(|i| {
             let op = &ops[key_ops[i].source];
-            let mut reason = match (key_ops[i].op, Register.step(&state, &key_ops[i].op)) {
+            let mut reason = match (key_ops[i].op, key_ops[i].op.step(state)) {
                 (RegisterOp::Read(v), None) => {
                     format!("read {}, but the register held {}", show(v), show(state))
                         + &never_written(key, ops, v)
@@ -417,15 +399,17 @@ impl fmt::Display for Counterexample {
             )?;
         } else {
             let skipped = self.linearized.len().saturating_sub(PREFIX_ROWS);
+            let count = match self.linearized.len() {
+                1 => "1 operation".to_owned(),
+                n => format!("{n} operations"),
+            };
+            let shown = match skipped {
+                0 => String::new(),
+                _ => format!(" (the last {PREFIX_ROWS} shown)"),
+            };
             writeln!(
                 f,
-                "Longest linearizable prefix found: {} operations{}, each with the value after it:",
-                self.linearized.len(),
-                if skipped > 0 {
-                    format!(" (the last {PREFIX_ROWS} shown)")
-                } else {
-                    String::new()
-                }
+                "Longest linearizable prefix found: {count}{shown}, each with the value after it:"
             )?;
             writeln!(f, "  {header}  value")?;
             for (op, after) in &self.linearized[skipped..] {
