@@ -198,10 +198,6 @@ impl Cluster {
         Ok(cluster)
     }
 
-    pub fn flavor(&self) -> Flavor {
-        self.flavor
-    }
-
     pub fn members(&self) -> usize {
         self.members.len()
     }

@@ -10,7 +10,7 @@
 //! it), with times on the history's clock so plots can shade the fault periods:
 //!
 //! ```text
-//! {"time":5012345678,"type":"start","fault":"kill","members":["n2"],"detail":"leader"}
+//! {"time":5012345678,"type":"start","fault":"kill","members":["n2"],"detail":"leader","leader":"n2"}
 //! {"time":10023456789,"type":"stop","fault":"kill","members":["n2"]}
 //! ```
 //!
@@ -95,6 +95,10 @@ pub struct NemesisEvent {
     /// For partitions: the pairs of members that cannot talk.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cut: Vec<(String, String)>,
+    /// For `start` events: the member every answering member named leader just before the
+    /// fault, if they agreed; it tells a follower's fault from the leader's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
 }
 
 /// Writes nemesis events to a file as they happen and keeps them for the run's summary.
@@ -195,6 +199,7 @@ async fn watch(
                 members: vec![cluster.name(exit.member).to_owned()],
                 detail: Some(exit.status.to_string()),
                 cut: Vec::new(),
+                leader: None,
             })?;
         }
         let now = Instant::now();
@@ -206,7 +211,11 @@ async fn watch(
 }
 
 /// Which members a kill or pause hits, and how they were chosen.
-async fn targets(cluster: &Cluster, kind: FaultKind) -> (Vec<usize>, &'static str) {
+fn targets(
+    cluster: &Cluster,
+    kind: FaultKind,
+    leader: Option<usize>,
+) -> (Vec<usize>, &'static str) {
     let n = cluster.members();
     let mut all: Vec<usize> = (0..n).collect();
     all.shuffle(&mut rand::thread_rng());
@@ -217,7 +226,7 @@ async fn targets(cluster: &Cluster, kind: FaultKind) -> (Vec<usize>, &'static st
     };
     let choice = choices[rand::thread_rng().gen_range(0..choices.len())];
     match choice {
-        "leader" => match cluster.leader().await {
+        "leader" => match leader {
             Some(leader) => (vec![leader], "leader"),
             None => (vec![all[0]], "one (no leader found)"),
         },
@@ -228,16 +237,17 @@ async fn targets(cluster: &Cluster, kind: FaultKind) -> (Vec<usize>, &'static st
 }
 
 async fn start(cluster: &mut Cluster, kind: FaultKind, log: &mut NemesisLog) -> Result<Active> {
+    let leader = cluster.leader().await;
     let (members, detail, cut) = match kind {
         FaultKind::Kill => {
-            let (members, detail) = targets(cluster, kind).await;
+            let (members, detail) = targets(cluster, kind, leader);
             for &m in &members {
                 cluster.kill(m);
             }
             (members, detail.to_owned(), Vec::new())
         }
         FaultKind::Pause => {
-            let (members, detail) = targets(cluster, kind).await;
+            let (members, detail) = targets(cluster, kind, leader);
             let members: Vec<usize> = members
                 .into_iter()
                 .filter(|&m| cluster.is_running(m))
@@ -248,7 +258,7 @@ async fn start(cluster: &mut Cluster, kind: FaultKind, log: &mut NemesisLog) -> 
             (members, detail.to_owned(), Vec::new())
         }
         FaultKind::Partition => {
-            let (partition, isolated, detail) = partition_shape(cluster).await;
+            let (partition, isolated, detail) = partition_shape(cluster, leader);
             cluster.network().partition(&partition);
             let cut = partition
                 .cut_pairs()
@@ -268,12 +278,13 @@ async fn start(cluster: &mut Cluster, kind: FaultKind, log: &mut NemesisLog) -> 
             .collect(),
         detail: Some(detail),
         cut,
+        leader: leader.map(|l| cluster.name(l).to_owned()),
     })?;
     Ok(Active { kind, members })
 }
 
 /// A partition, the members on its smaller side (or the isolated one), and its shape's name.
-async fn partition_shape(cluster: &Cluster) -> (Partition, Vec<usize>, String) {
+fn partition_shape(cluster: &Cluster, leader: Option<usize>) -> (Partition, Vec<usize>, String) {
     let n = cluster.members();
     let mut order: Vec<usize> = (0..n).collect();
     order.shuffle(&mut rand::thread_rng());
@@ -286,7 +297,7 @@ async fn partition_shape(cluster: &Cluster) -> (Partition, Vec<usize>, String) {
     let shape = shapes[rand::thread_rng().gen_range(0..shapes.len())];
     match shape {
         "isolate-leader" => {
-            let (leader, detail) = match cluster.leader().await {
+            let (leader, detail) = match leader {
                 Some(leader) => (leader, "isolate-leader"),
                 None => (order[0], "isolate-one (no leader found)"),
             };
@@ -343,5 +354,6 @@ fn stop(cluster: &mut Cluster, active: Active, log: &mut NemesisLog) -> Result<(
             .collect(),
         detail: None,
         cut: Vec::new(),
+        leader: None,
     })
 }

@@ -21,10 +21,8 @@ const MIN_OK: usize = 200;
 #[test]
 fn register_under_kill_pause_and_partition_is_linearizable() {
     let jepsen = PathBuf::from(env!("CARGO_BIN_EXE_oxcd-jepsen"));
-    // The binary's own default, resolved from its directory as it will be.
-    let oxcd = std::env::var_os("OXCD_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| jepsen.with_file_name("oxcd"));
+    // From this test's `deps/` directory this finds the same oxcd that `oxcd-jepsen` would.
+    let oxcd = Flavor::Oxcd.default_binary();
     assert!(
         oxcd.is_file(),
         "no oxcd binary at {}; build it first with `cargo build -p oxcd --bin oxcd` (or set \
