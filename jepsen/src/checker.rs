@@ -284,14 +284,17 @@ fn counterexample(
         .filter_map(|i| search_ops[i].complete.map(|t| (t, i)))
         .min();
     let bound = first_return.map_or(u64::MAX, |(t, _)| t);
-    let stuck = (0..key_ops.len())
+    let candidates: Vec<usize> = (0..key_ops.len())
         .filter(|&i| !placed[i] && search_ops[i].invoke <= bound)
-        .map(|i| {
+        .collect();
+    let stuck = candidates
+        .iter()
+        .map(|&i| {
             let op = &ops[key_ops[i].source];
             let mut reason = match (key_ops[i].op, key_ops[i].op.step(state)) {
                 (RegisterOp::Read(v), None) => {
                     format!("read {}, but the register held {}", show(v), show(state))
-                        + &never_written(key, ops, v)
+                        + &source_of(ops, op, v)
                 }
                 (RegisterOp::Cas(e, _), None) => {
                     format!(
@@ -300,9 +303,10 @@ fn counterexample(
                         show(state)
                     )
                 }
+                _ if op.status != Status::Ok => "taking effect here leads nowhere".to_owned(),
                 _ => "could take effect here, but nothing can follow it".to_owned(),
             };
-            if first_return.is_some_and(|(_, first)| first == i) {
+            if candidates.len() > 1 && first_return.is_some_and(|(_, first)| first == i) {
                 reason += "; it returned first, so it must take effect before the others";
             }
             Stuck {
@@ -319,26 +323,37 @@ fn counterexample(
     }
 }
 
-/// A note for a read of a value no operation on the key tried to write.
-fn never_written(key: &str, ops: &[Operation], read: Option<i64>) -> String {
-    let Some(read) = read else {
+/// Where the value a read returned came from, as a note to its reason: the write of it invoked
+/// last before the read returned.
+fn source_of(ops: &[Operation], read: &Operation, value: Option<i64>) -> String {
+    let Some(value) = value else {
         return String::new();
     };
     let writers: Vec<&Operation> = ops
         .iter()
-        .filter(|op| op.key == key)
+        .filter(|op| op.key == read.key)
         .filter(|op| match (op.f, &op.value) {
-            (F::Write, Value::Int(v)) => *v == read,
-            (F::Cas, Value::List(pair)) => pair.get(1) == Some(&Value::Int(read)),
+            (F::Write, Value::Int(v)) => *v == value,
+            (F::Cas, Value::List(pair)) => pair.get(1) == Some(&Value::Int(value)),
             _ => false,
         })
         .collect();
-    if writers.is_empty() {
-        format!(" (no operation wrote {read})")
-    } else if writers.iter().all(|op| op.status == Status::Fail) {
-        format!(" (only failed operations wrote {read})")
-    } else {
-        String::new()
+    let before_read = writers
+        .iter()
+        .filter(|w| w.status != Status::Fail)
+        .filter(|w| read.complete_time.is_none_or(|t| w.invoke_time <= t))
+        .max_by_key(|w| w.invoke_time);
+    match before_read {
+        Some(w) => format!(
+            " (p{} wrote {value}, invoked {})",
+            w.process,
+            format_time(w.invoke_time)
+        ),
+        None if writers.is_empty() => format!(" (no operation wrote {value})"),
+        None if writers.iter().all(|w| w.status == Status::Fail) => {
+            format!(" (only failed operations wrote {value})")
+        }
+        None => format!(" (nothing wrote {value} before the read returned)"),
     }
 }
 

@@ -180,15 +180,18 @@ fn check(args: &CheckArgs) -> anyhow::Result<Verdict> {
     let elapsed = started.elapsed();
 
     let count = |status| ops.iter().filter(|op| op.status == status).count();
+    let keys = match report.keys.len() {
+        1 => "1 key".to_owned(),
+        n => format!("{n} keys"),
+    };
     println!(
-        "{}: {} events, {} operations ({} ok, {} fail, {} info) on {} keys",
+        "{}: {} events, {} operations ({} ok, {} fail, {} info) on {keys}",
         args.file.display(),
         history.events.len(),
         ops.len(),
         count(Status::Ok),
         count(Status::Fail),
         count(Status::Info),
-        report.keys.len()
     );
     println!("checked in {:.3}s", elapsed.as_secs_f64());
     for key in &report.keys {

@@ -363,7 +363,8 @@ fn the_counterexample_shows_a_timeline() {
             write(0, 1, (1_000_000, 2_500_000)),
             info(write(1, 2, (3_000_000, 4_000_000))),
             read(2, Some(2), (5_000_000, 6_000_000)),
-            read(2, Some(3), (7_000_000, 8_123_456)),
+            read(2, Some(1), (7_000_000, 8_123_456)),
+            read(3, Some(5), (7_500_000, 9_000_000)),
         ],
         "x",
     );
@@ -376,9 +377,11 @@ fn the_counterexample_shows_a_timeline() {
         "        5.000ms  ok 6.000ms         p2    read -> 2             2",
         "Then none of these can take effect (the register holds 2):",
         "        invoked  returned           proc  op                    why not",
-        "        7.000ms  ok 8.123ms         p2    read -> 3             read 3, but the register \
-         held 2 (no operation wrote 3); it returned first, so it must take effect before the \
-         others",
+        "        7.000ms  ok 8.123ms         p2    read -> 1             read 1, but the register \
+         held 2 (p0 wrote 1, invoked 1.000ms); it returned first, so it must take effect before \
+         the others",
+        "        7.500ms  ok 9.000ms         p3    read -> 5             read 5, but the register \
+         held 2 (no operation wrote 5)",
     ];
     let lines: Vec<&str> = text.lines().map(str::trim_end).collect();
     let expected: Vec<&str> = expected.iter().map(|l| l.trim_end()).collect();
