@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use anyhow::anyhow;
+use anyhow::{anyhow, bail};
 
 use crate::history::{Operation, Status, Value, F};
 use wgl::{RegisterOp, SearchOp};
@@ -151,6 +151,22 @@ struct KeyOp {
 /// The operation as the register model sees it, or `None` when it cannot matter: failed
 /// operations did not happen, and a read with an unknown outcome returned nothing.
 fn register_op(op: &Operation) -> anyhow::Result<Option<RegisterOp>> {
+    let what = || {
+        format!(
+            "process {}'s {} {:?} invoked at {}",
+            op.process,
+            op.f,
+            op.key,
+            format_time(op.invoke_time)
+        )
+    };
+    match (op.status, op.complete_time) {
+        (_, Some(t)) if t < op.invoke_time => {
+            bail!("{} completes before that, at {}", what(), format_time(t))
+        }
+        (Status::Ok | Status::Fail, None) => bail!("{} has an outcome but no completion", what()),
+        _ => {}
+    }
     let parsed = match op.f {
         F::Read if op.status != Status::Ok => return Ok(None),
         F::Read => op.result.as_register().map(RegisterOp::Read),

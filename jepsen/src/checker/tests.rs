@@ -389,19 +389,34 @@ fn the_counterexample_shows_a_timeline() {
 }
 
 #[test]
-fn values_that_are_not_a_registers_are_errors() {
+fn malformed_operations_are_errors() {
+    let mut completed_early = write(0, 1, (5, 4));
+    completed_early.complete_time = Some(4);
+    let mut ok_without_completion = write(0, 1, (0, 1));
+    ok_without_completion.complete_time = None;
     let bad = [
-        op(0, F::Write, Value::Null, Value::Null, (0, 1)),
-        op(0, F::Cas, 3.into(), 3.into(), (0, 1)),
-        op(0, F::Cas, Value::List(vec![1.into()]), Value::Null, (0, 1)),
-        op(0, F::Read, Value::Null, Value::List(vec![]), (0, 1)),
+        (
+            op(0, F::Write, Value::Null, Value::Null, (0, 1)),
+            "not a register operation",
+        ),
+        (
+            op(0, F::Cas, 3.into(), 3.into(), (0, 1)),
+            "not a register operation",
+        ),
+        (
+            op(0, F::Cas, Value::List(vec![1.into()]), Value::Null, (0, 1)),
+            "not a register",
+        ),
+        (
+            op(0, F::Read, Value::Null, Value::List(vec![]), (0, 1)),
+            "not a register operation",
+        ),
+        (completed_early, "completes before that"),
+        (ok_without_completion, "has an outcome but no completion"),
     ];
-    for op in bad {
+    for (op, message) in bad {
         let err = check_register(std::slice::from_ref(&op), &CheckOptions::default()).unwrap_err();
-        assert!(
-            err.to_string().contains("not a register operation"),
-            "{op:?}: {err}"
-        );
+        assert!(err.to_string().contains(message), "{op:?}: {err}");
     }
 }
 
