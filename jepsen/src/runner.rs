@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -78,6 +78,9 @@ pub struct Summary {
     pub flavor: String,
     pub nodes: usize,
     pub concurrency: usize,
+    /// When history time 0 was, in seconds since the Unix epoch: member logs carry wall-clock
+    /// times, and this lines them up with the history.
+    pub start_unix_secs: f64,
     /// Seconds the clients ran.
     pub workload_secs: f64,
     /// Every operation, final reads included.
@@ -122,6 +125,11 @@ impl Summary {
             out,
             "{} members of {}, {} clients for {:.1}s",
             self.nodes, self.flavor, self.concurrency, self.workload_secs
+        );
+        let _ = writeln!(
+            out,
+            "history time 0 is Unix time {:.3}",
+            self.start_unix_secs
         );
         let _ = writeln!(out, "operations: {}", counts(&self.ops));
         for (f, c) in &self.by_f {
@@ -185,6 +193,10 @@ pub async fn run(options: &TestOptions) -> Result<TestResult> {
     // Both logs count from here; the nemesis log's clock starts a moment earlier, which only
     // makes its times later by that moment.
     let start = Instant::now();
+    let start_unix_secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
     let recorder = Arc::new(Recorder::new());
     let mut nemesis_log = NemesisLog::create(&out.join("nemesis.jsonl"), start)?;
     let registers = Arc::new(Registers::new(
@@ -267,6 +279,7 @@ pub async fn run(options: &TestOptions) -> Result<TestResult> {
         flavor: options.flavor.to_string(),
         nodes: options.nodes,
         concurrency: options.concurrency,
+        start_unix_secs,
         workload_secs,
         ops: count(ops.iter()),
         by_f: {
