@@ -29,8 +29,10 @@ fn register_under_kill_pause_and_partition_is_linearizable() {
          OXCD_BIN)",
         oxcd.display()
     );
-    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("jepsen-short-run");
-    let _ = std::fs::remove_dir_all(&out);
+    // One directory per test process, so runs at the same time (two checkouts sharing a target
+    // directory) never delete each other's members; it is removed only when the test passes.
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("jepsen-short-run-{}", std::process::id()));
 
     let output = Command::new(&jepsen)
         .args(["test", "--workload", "register"])
@@ -85,4 +87,5 @@ fn register_under_kill_pause_and_partition_is_linearizable() {
         ops.iter().any(|op| op.status == Status::Info),
         "faults that long must leave some outcomes unknown\n{context}"
     );
+    std::fs::remove_dir_all(&out).expect("removing the results directory");
 }
