@@ -31,7 +31,8 @@ pub struct LeaderLink {
 
 enum Route {
     Local,
-    Remote(Box<Client>),
+    /// The leader's id and a client for it.
+    Remote(NodeId, Box<Client>),
 }
 
 impl LeaderLink {
@@ -63,7 +64,7 @@ impl LeaderLink {
         let urls = urls.ok_or(EtcdError::NoLeader)?;
         self.peers
             .client(leader, &urls)
-            .map(|c| Route::Remote(Box::new(c)))
+            .map(|c| Route::Remote(leader, Box::new(c)))
             .map_err(|_| EtcdError::NoLeader)
     }
 
@@ -153,17 +154,19 @@ impl LeaderLink {
         loop {
             let answer = match self.route().await? {
                 Route::Local => local().await.map(|v| (None, v)),
-                Route::Remote(client) => match remote(*client).await {
-                    Ok(reply) => Ok(reply),
-                    Err(status) if never_sent(&status) => Err(not_leader()),
-                    Err(status) => {
-                        tracing::debug!(error = %status, "forwarding to the leader failed");
-                        match lost {
-                            Some(e) => Err(failure(e)),
-                            None => Err(not_leader()),
+                Route::Remote(leader, client) => {
+                    match self.unless_deposed(leader, remote(*client)).await {
+                        Ok(reply) => Ok(reply),
+                        Err(status) if never_sent(&status) => Err(not_leader()),
+                        Err(status) => {
+                            tracing::debug!(error = %status, "forwarding to the leader failed");
+                            match lost {
+                                Some(e) => Err(failure(e)),
+                                None => Err(not_leader()),
+                            }
                         }
                     }
-                },
+                }
             };
             match answer {
                 Ok((None, v)) => return Ok(v),
@@ -172,6 +175,24 @@ impl LeaderLink {
                 }
                 Ok((Some(f), _)) | Err(f) => return Err(EtcdError::from_wire(f.etcd_error)),
             }
+        }
+    }
+}
+
+impl LeaderLink {
+    /// Runs a call to `leader`, abandoning it once this member learns of another leader: across
+    /// a partition that holds the connection open, the call would otherwise wait for as long as
+    /// the partition lasts. An abandoned call's fate is unknown, like a call lost in flight.
+    async fn unless_deposed<R>(
+        &self,
+        leader: NodeId,
+        call: impl Future<Output = Result<R, tonic::Status>>,
+    ) -> Result<R, tonic::Status> {
+        let mut metrics = self.raft.metrics();
+        let deposed = metrics.wait_for(|m| m.current_leader.is_some_and(|l| l != leader));
+        tokio::select! {
+            reply = call => reply,
+            _ = deposed => Err(tonic::Status::aborted("the leader changed while the call was in flight")),
         }
     }
 }
