@@ -400,8 +400,10 @@ impl Consensus {
         &self.link
     }
 
+    /// Read on every client request (learner and leader checks): borrowed, never cloned.
     pub fn status(&self) -> RaftStatus {
-        let m = self.raft.metrics().borrow().clone();
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
         RaftStatus {
             leader: m.current_leader,
             term: m.current_term,
