@@ -4,7 +4,9 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
 
 use crate::load::{run_puts, PutReport, PutWorkload};
 use crate::server::{new_work_dir, Cluster};
@@ -77,19 +79,22 @@ pub fn workload_label(workload: &PutWorkload) -> String {
 }
 
 /// Starts one server in `work_dir`, runs every workload against it, measures it, stops it.
-async fn measure(
+/// A put workload that has not finished after this long has failed (the server is stuck).
+const PUT_LOAD_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Runs each workload in turn against `endpoints`, reporting progress on stderr.
+pub async fn run_workloads(
     label: &str,
-    binary: &Path,
-    work_dir: &Path,
+    endpoints: &[String],
     workloads: &[PutWorkload],
-) -> Result<ServerMeasurements> {
-    let server = Cluster::start_ready(label, binary, work_dir, 1).await?;
-    let endpoints = server.client_urls();
+) -> Result<Vec<PutReport>> {
     let mut reports = Vec::new();
     for workload in workloads {
         eprintln!("{label}: {}", workload_label(workload));
-        let report = run_puts(&endpoints, workload)
+        let report = tokio::time::timeout(PUT_LOAD_TIMEOUT, run_puts(endpoints, workload))
             .await
+            .map_err(|_| anyhow!("not finished after {PUT_LOAD_TIMEOUT:?}"))
+            .and_then(|report| report)
             .with_context(|| format!("{label}: {} failed", workload_label(workload)))?;
         eprintln!(
             "{label}:   {:.1} ops/s, p99 {}, {} errors",
@@ -99,6 +104,18 @@ async fn measure(
         );
         reports.push(report);
     }
+    Ok(reports)
+}
+
+async fn measure(
+    label: &str,
+    binary: &Path,
+    work_dir: &Path,
+    workloads: &[PutWorkload],
+) -> Result<ServerMeasurements> {
+    let server = Cluster::start_ready(label, binary, work_dir, 1).await?;
+    let endpoints = server.client_urls();
+    let reports = run_workloads(label, &endpoints, workloads).await?;
 
     let member = &server.members()[0];
     let measurements = ServerMeasurements {

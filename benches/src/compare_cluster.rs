@@ -14,10 +14,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
 use crate::compare::{
-    put_workload, workload_label, CONCURRENT_CLIENTS, CONCURRENT_CONNS, KEY_SIZE, KEY_SPACE,
-    VAL_SIZE,
+    put_workload, run_workloads, workload_label, CONCURRENT_CLIENTS, CONCURRENT_CONNS, KEY_SIZE,
+    KEY_SPACE, VAL_SIZE,
 };
-use crate::load::{connect, run_puts, PutReport, PutWorkload};
+use crate::load::{connect, PutReport, PutWorkload};
 use crate::server::{
     new_work_dir, root_cause, Cluster, ELECTION_TIMEOUT_MS, HEARTBEAT_INTERVAL_MS,
 };
@@ -26,7 +26,6 @@ use crate::stats::{format_ms, median, micros, ratio, MIB};
 const MEMBERS: usize = 3;
 /// Bounds a put workload, so a cluster that stops answering fails the run instead of hanging
 /// it; far above what either server needs for the default totals.
-const PUT_LOAD_TIMEOUT: Duration = Duration::from_secs(300);
 /// The failover writer's pace: the resolution of the failover times.
 const WRITE_INTERVAL: Duration = Duration::from_millis(5);
 /// Steady writing before the leader is killed, which shows the writer works at all.
@@ -161,22 +160,7 @@ async fn measure(
     // Every connection is balanced over all members, as etcd's own clients are, so most puts
     // reach a follower and are forwarded to the leader.
     let endpoints = cluster.client_urls();
-    let mut reports = Vec::new();
-    for workload in workloads {
-        eprintln!("{label}: {}", workload_label(workload));
-        let report = tokio::time::timeout(PUT_LOAD_TIMEOUT, run_puts(&endpoints, workload))
-            .await
-            .map_err(|_| anyhow!("not finished after {PUT_LOAD_TIMEOUT:?}"))
-            .and_then(|report| report)
-            .with_context(|| format!("{label}: {} failed", workload_label(workload)))?;
-        eprintln!(
-            "{label}:   {:.1} ops/s, p99 {}, {} errors",
-            report.throughput(),
-            format_ms(report.p99_us()),
-            report.errors
-        );
-        reports.push(report);
-    }
+    let reports = run_workloads(label, &endpoints, workloads).await?;
     let rss_bytes = cluster
         .members()
         .iter()

@@ -157,6 +157,17 @@ fn member_rows(list: &serde_json::Value) -> Vec<(u64, String, bool)> {
     rows
 }
 
+/// Waits until `etcdctl member list` through `endpoints` shows exactly `expected`.
+async fn wait_for_member_rows(endpoints: &[String], expected: &[(u64, String, bool)], what: &str) {
+    eventually(Duration::from_secs(10), what, || async move {
+        let rows = member_rows(&member_list_json(endpoints).await?);
+        (rows == expected)
+            .then_some(())
+            .ok_or(format!("{rows:?}, expected {expected:?}"))
+    })
+    .await;
+}
+
 async fn member_list_json(endpoints: &[String]) -> Result<serde_json::Value, String> {
     let out = etcdctl(endpoints, &["member", "list", "-w", "json"]).await;
     if !out.success {
@@ -632,18 +643,10 @@ async fn learner_add_promote_remove(cluster: &mut Cluster) {
         rows
     };
     let expected = learner_row(true);
-    eventually(
-        Duration::from_secs(10),
+    wait_for_member_rows(
+        voters_ref,
+        &expected,
         "member list shows n4 as a started learner",
-        || {
-            let expected = &expected;
-            async move {
-                let rows = member_rows(&member_list_json(voters_ref).await?);
-                (&rows == expected)
-                    .then_some(())
-                    .ok_or(format!("{rows:?}, expected {expected:?}"))
-            }
-        },
     )
     .await;
 
@@ -718,20 +721,7 @@ async fn learner_add_promote_remove(cluster: &mut Cluster) {
         )
     );
     let expected = learner_row(false);
-    eventually(
-        Duration::from_secs(10),
-        "member list shows n4 as a voter",
-        || {
-            let expected = &expected;
-            async move {
-                let rows = member_rows(&member_list_json(voters_ref).await?);
-                (&rows == expected)
-                    .then_some(())
-                    .ok_or(format!("{rows:?}, expected {expected:?}"))
-            }
-        },
-    )
-    .await;
+    wait_for_member_rows(voters_ref, &expected, "member list shows n4 as a voter").await;
     eventually(
         Duration::from_secs(10),
         "the promoted member serves linearizable reads",
@@ -787,18 +777,10 @@ async fn learner_add_promote_remove(cluster: &mut Cluster) {
     let mut expected = learner_row(false);
     expected.retain(|row| row.0 != ids[victim]);
     let remaining_ref = &remaining;
-    eventually(
-        Duration::from_secs(10),
+    wait_for_member_rows(
+        remaining_ref,
+        &expected,
         "member list shows the three remaining",
-        || {
-            let expected = &expected;
-            async move {
-                let rows = member_rows(&member_list_json(remaining_ref).await?);
-                (&rows == expected)
-                    .then_some(())
-                    .ok_or(format!("{rows:?}, expected {expected:?}"))
-            }
-        },
     )
     .await;
 }
