@@ -21,8 +21,11 @@ const HISTORIES: &[(&str, Option<&str>)] = &[
     ("invalid-read-your-writes.jsonl", Some("x")),
 ];
 
+/// Read when the test runs (cargo sets it then too), not baked in when it is built: a target
+/// dir shared between checkouts may hold a test binary built in another one.
 fn dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/histories")
+    let manifest = std::env::var("CARGO_MANIFEST_DIR").expect("run by cargo test");
+    Path::new(&manifest).join("tests/histories")
 }
 
 #[test]

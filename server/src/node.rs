@@ -327,14 +327,15 @@ impl Node {
         &self.client_addrs
     }
 
-    /// Stops serving clients, then stops consensus; everything acknowledged is already durable.
-    /// Clients get a short grace period to finish in-flight calls; connections still open after
-    /// it (idle clients, long-lived streams) are dropped, as etcd drops them.
     /// Resolves when this member has been removed from the cluster; it should then stop, as
     /// etcd does.
     pub async fn removed(&self) {
         self.consensus.removed().await
     }
+
+    /// Stops serving clients, then stops consensus; everything acknowledged is already durable.
+    /// Clients get a short grace period to finish in-flight calls; connections still open after
+    /// it (idle clients, long-lived streams) are dropped, as etcd drops them.
 
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);

@@ -60,6 +60,7 @@ cluster_tests! {
     leader_kill_while_writing [];
     snapshot_catch_up ["--snapshot-count=100"];
     watch_across_catch_up ["--snapshot-count=100"];
+    paused_follower_rejoins_quietly [];
     learner_add_promote_remove [];
     hashkv_equal [];
     follower_forwarding [];
@@ -520,6 +521,68 @@ async fn snapshot_catch_up(cluster: &mut Cluster) {
         .await
         .expect("serializable get on the follower");
     assert_eq!(leased.kvs().first().map(|kv| kv.lease()), Some(lease));
+}
+
+/// A follower paused for several election timeouts while writes go on comes back without
+/// disturbing the leader: same leader, same term (it counted no silence while stopped, and
+/// oxcd's PreVote would refuse it a campaign anyway), and it catches up.
+async fn paused_follower_rejoins_quietly(cluster: &mut Cluster) {
+    let leader = cluster.wait_for_leader(ELECTION_WAIT).await;
+    let term = |status: Option<etcd_client::StatusResponse>| {
+        status.expect("the leader answers Status").raft_term()
+    };
+    let term_before = term(cluster.status(leader).await);
+    let follower = followers(cluster, leader)[0];
+    let pid = cluster.members()[follower].pid().expect("follower runs");
+    oxcd_tests::send_signal(pid, "STOP").expect("SIGSTOP the follower");
+    let mut client = Client::connect([cluster.members()[leader].endpoint()], None)
+        .await
+        .expect("connect to the leader");
+    let paused_until = Instant::now() + ELECTION_TIMEOUT * 3;
+    let mut written = 0;
+    while Instant::now() < paused_until {
+        client
+            .put(format!("pause/{written:04}"), "v", None)
+            .await
+            .unwrap_or_else(|e| panic!("put {written} while a follower is paused: {e}"));
+        written += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    oxcd_tests::send_signal(pid, "CONT").expect("SIGCONT the follower");
+    let last_key = format!("pause/{:04}", written - 1);
+    let on_follower = cluster.members()[follower].client().await;
+    eventually(
+        Duration::from_secs(10),
+        "the resumed follower has every write",
+        || {
+            let mut c = on_follower.clone();
+            let key = last_key.clone();
+            async move {
+                let resp = c
+                    .get(key, Some(GetOptions::new().with_serializable()))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if resp.kvs().is_empty() {
+                    Err("not there yet".to_string())
+                } else {
+                    Ok(())
+                }
+            }
+        },
+    )
+    .await;
+    // Time for a disruptive campaign to have happened, had there been one.
+    tokio::time::sleep(ELECTION_TIMEOUT * 2).await;
+    assert_eq!(
+        cluster.wait_for_leader(ELECTION_WAIT).await,
+        leader,
+        "the leader changed after a follower came back"
+    );
+    assert_eq!(
+        term(cluster.status(leader).await),
+        term_before,
+        "the term moved after a follower came back"
+    );
 }
 
 /// A watch open on a follower that falls far behind (paused while the others write and

@@ -38,21 +38,33 @@ impl ClusterApi {
             | MemberChange::Publish { id, .. } => *id,
         };
         self.consensus.change_members(change.clone()).await?;
-        let members = self
-            .consensus
-            .members_after(|members| {
-                let m = members.iter().find(|m| m.id == id);
-                match &change {
-                    MemberChange::Remove { .. } => m.is_none(),
-                    MemberChange::Add { learner, .. } => m.is_some_and(|m| m.learner == *learner),
-                    MemberChange::Promote { .. } => m.is_some_and(|m| !m.learner),
-                    MemberChange::UpdatePeerUrls { peer_urls, .. } => {
-                        m.is_some_and(|m| &m.member.peer_urls == peer_urls)
-                    }
-                    MemberChange::Publish { .. } => true,
-                }
-            })
-            .await;
+        let members = match &change {
+            // The leader has committed the removal. A member removing itself may never see
+            // that entry (the leader stops replicating to it) and is about to stop, so it
+            // answers at once rather than wait for its own copy.
+            MemberChange::Remove { .. } => {
+                let mut members = self.consensus.members();
+                members.retain(|m| m.id != id);
+                members
+            }
+            _ => {
+                self.consensus
+                    .members_after(|members| {
+                        let m = members.iter().find(|m| m.id == id);
+                        match &change {
+                            MemberChange::Add { learner, .. } => {
+                                m.is_some_and(|m| m.learner == *learner)
+                            }
+                            MemberChange::Promote { .. } => m.is_some_and(|m| !m.learner),
+                            MemberChange::UpdatePeerUrls { peer_urls, .. } => {
+                                m.is_some_and(|m| &m.member.peer_urls == peer_urls)
+                            }
+                            MemberChange::Remove { .. } | MemberChange::Publish { .. } => true,
+                        }
+                    })
+                    .await
+            }
+        };
         Ok(members.into_iter().map(to_wire).collect())
     }
 }

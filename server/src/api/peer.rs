@@ -8,8 +8,8 @@ use oxcd_proto::peerpb::{
     discovery_server::Discovery, peer_server::Peer, ChangeMembersReply, ChangeMembersRequest,
     HoldElectionsReply, HoldElectionsRequest, LeaseRenewReply, LeaseRenewRequest,
     LeaseTimeToLiveReply, LeaseTimeToLiveRequest, MemberEntry, MembersReply, MembersRequest,
-    ProposeReply, ProposeRequest, RaftMessage, ReadIndexReply, ReadIndexRequest, RemovedReply,
-    RemovedRequest, TimeoutNowReply, TimeoutNowRequest,
+    PreVoteReply, PreVoteRequest, ProposeReply, ProposeRequest, RaftMessage, ReadIndexReply,
+    ReadIndexRequest, RemovedReply, RemovedRequest, TimeoutNowReply, TimeoutNowRequest,
 };
 use tonic::{Request, Response, Status};
 
@@ -194,6 +194,17 @@ impl Peer for PeerApi {
         };
         let failure = self.consensus.change_members_here(&change).await.err();
         Ok(Response::new(ChangeMembersReply { failure }))
+    }
+
+    async fn pre_vote(
+        &self,
+        req: Request<PreVoteRequest>,
+    ) -> Result<Response<PreVoteReply>, Status> {
+        let granted = self
+            .consensus
+            .pre_vote(&req.into_inner().last_log_id)
+            .map_err(Status::invalid_argument)?;
+        Ok(Response::new(PreVoteReply { granted }))
     }
 
     async fn timeout_now(

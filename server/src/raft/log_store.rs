@@ -61,10 +61,7 @@ impl LogStore {
     }
 
     fn get_state<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
-        match self.engine.get(Cf::RaftState, key).map_err(read_err)? {
-            Some(v) => Ok(Some(bincode::deserialize(&v).map_err(read_err)?)),
-            None => Ok(None),
-        }
+        read_state(&self.engine, key)
     }
 
     fn put_state<T: Serialize>(
@@ -125,18 +122,30 @@ impl RaftLogReader<TypeConfig> for LogStore {
     }
 }
 
+/// The id of the last entry in the log, or of the last purged one when the log is empty.
+pub fn last_log_id(engine: &Engine) -> Result<Option<LogId>, StorageError> {
+    match engine.last(Cf::RaftLog).map_err(read_err)? {
+        Some((_, v)) => Ok(Some(
+            bincode::deserialize::<Entry>(&v).map_err(read_err)?.log_id,
+        )),
+        None => read_state(engine, LAST_PURGED),
+    }
+}
+
+fn read_state<T: DeserializeOwned>(engine: &Engine, key: &[u8]) -> Result<Option<T>, StorageError> {
+    match engine.get(Cf::RaftState, key).map_err(read_err)? {
+        Some(v) => Ok(Some(bincode::deserialize(&v).map_err(read_err)?)),
+        None => Ok(None),
+    }
+}
+
 impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        let last_purged_log_id: Option<LogId> = self.get_state(LAST_PURGED)?;
-        let last = match self.engine.last(Cf::RaftLog).map_err(read_err)? {
-            Some((_, v)) => Some(bincode::deserialize::<Entry>(&v).map_err(read_err)?.log_id),
-            None => last_purged_log_id,
-        };
         Ok(LogState {
-            last_purged_log_id,
-            last_log_id: last,
+            last_purged_log_id: self.get_state(LAST_PURGED)?,
+            last_log_id: last_log_id(&self.engine)?,
         })
     }
 

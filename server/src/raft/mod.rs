@@ -7,6 +7,7 @@
 // openraft's traits dictate its (large) StorageError as the error type.
 #![allow(clippy::result_large_err)]
 
+mod election;
 mod leader;
 mod log_store;
 mod membership;
@@ -17,7 +18,7 @@ mod types;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use openraft::{Config, SnapshotPolicy};
 use oxcd_proto::peerpb::Failure;
@@ -60,10 +61,6 @@ const MAX_CATCH_UP_ENTRIES: u64 = 5000;
 const MAX_PAYLOAD_ENTRIES: u64 = 256;
 /// How long a snapshot chunk call may take, the last one including loading the snapshot.
 const SNAPSHOT_INSTALL_TIMEOUT: Duration = Duration::from_secs(600);
-/// Elections stay off this long after the last snapshot chunk arrived.
-const SNAPSHOT_QUIET: Duration = Duration::from_secs(3);
-/// How long a member stays out of elections for a leader transfer that never finishes.
-const ELECTION_HOLD_LIMIT: Duration = Duration::from_secs(10);
 
 pub struct Consensus {
     raft: types::Raft,
@@ -71,7 +68,7 @@ pub struct Consensus {
     proposer: proposer::Proposer,
     timeout: Duration,
     election_timeout: Duration,
-    leader_contact: Arc<parking_lot::Mutex<LeaderContact>>,
+    elections: Arc<election::Elections>,
     removed: tokio::sync::watch::Sender<bool>,
 }
 
@@ -101,11 +98,13 @@ impl Consensus {
             // The last chunk's call returns only once the receiver has loaded the snapshot,
             // which for a large state takes far longer than openraft's 200 ms default.
             install_snapshot_timeout: SNAPSHOT_INSTALL_TIMEOUT.as_millis() as u64,
+            // Campaigns start from the election module, after a PreVote.
+            enable_elect: false,
             ..Default::default()
         }
         .validate()?;
         let log = log_store::LogStore::new(engine.clone())?;
-        let sm = state_machine::StateMachine::open(engine, applied)?;
+        let sm = state_machine::StateMachine::open(engine.clone(), applied)?;
         let network = network::PeerNetwork(peers.clone());
         let raft = types::Raft::new(id, Arc::new(config), network, log, sm).await?;
         if let Some(members) = bootstrap {
@@ -123,21 +122,21 @@ impl Consensus {
         };
         let proposer =
             proposer::Proposer::start(link.clone(), opts.max_request_bytes, opts.request_timeout);
-        let leader_contact = Arc::new(parking_lot::Mutex::new(LeaderContact::new()));
-        tokio::spawn(campaign_when_leader_silent(
+        let elections = election::Elections::start(
             raft.clone(),
             id,
-            leader_contact.clone(),
+            engine,
+            link.peers.clone(),
             Duration::from_millis(election_ms * 3 / 2),
             opts.heartbeat,
-        ));
+        );
         Ok(Consensus {
             raft,
             link,
             proposer,
             timeout: opts.request_timeout,
             election_timeout: opts.election_timeout,
-            leader_contact,
+            elections,
             removed: tokio::sync::watch::Sender::new(false),
         })
     }
@@ -356,24 +355,26 @@ impl Consensus {
 
     /// Keeps this member out of elections (bounded, in case the transfer never finishes).
     pub fn hold_elections(&self, hold: bool) {
-        let mut contact = self.leader_contact.lock();
-        let now = Instant::now();
-        if hold {
-            contact.held_until = Some(now + ELECTION_HOLD_LIMIT);
-            self.raft.runtime_config().elect(false);
-        } else {
-            contact.held_until = None;
-            if !contact.quiet(now) {
-                self.raft.runtime_config().elect(true);
-            }
-        }
+        self.elections.hold(hold);
+    }
+
+    /// Whether this member would vote for a candidate whose log ends at `candidate_last`.
+    pub fn pre_vote(&self, candidate_last: &[u8]) -> Result<bool, String> {
+        Ok(self.elections.grant_pre_vote(decode(candidate_last)?))
     }
 
     /// Passes on openraft's messages from a peer; bincode in, bincode out.
     pub async fn handle_append(&self, payload: &[u8]) -> Result<Vec<u8>, String> {
         let request = decode(payload)?;
-        self.leader_contact.lock().last = Instant::now();
-        encode(&self.raft.append_entries(request).await)
+        let reply = self.raft.append_entries(request).await;
+        // A deposed leader's appends are refused and are no sign of a live leader.
+        if !matches!(
+            reply,
+            Ok(openraft::raft::AppendEntriesResponse::HigherVote(_))
+        ) {
+            self.elections.leader_heard();
+        }
+        encode(&reply)
     }
 
     pub async fn handle_vote(&self, payload: &[u8]) -> Result<Vec<u8>, String> {
@@ -383,15 +384,7 @@ impl Consensus {
 
     pub async fn handle_snapshot_chunk(&self, payload: &[u8]) -> Result<Vec<u8>, String> {
         let request = decode(payload)?;
-        {
-            let mut contact = self.leader_contact.lock();
-            let now = Instant::now();
-            contact.last = now;
-            if !contact.quiet(now) {
-                self.raft.runtime_config().elect(false);
-            }
-            contact.snapshot_until = Some(now + SNAPSHOT_QUIET);
-        }
+        self.elections.snapshot_chunk_arrived();
         encode(&self.raft.install_snapshot(request).await)
     }
 
@@ -445,94 +438,6 @@ impl Consensus {
             tracing::warn!(error = %e, "raft shutdown");
         }
     }
-}
-
-/// What a follower knows of its leader's liveness.
-struct LeaderContact {
-    /// When a leader last sent entries, a heartbeat or a snapshot chunk.
-    last: Instant,
-    /// While a snapshot streams in, openraft's follower sees no heartbeats and would campaign,
-    /// deposing the leader (it steps down on the higher term) and restarting the transfer:
-    /// a large snapshot would never finish. Elections stay off until this long after the last
-    /// chunk.
-    snapshot_until: Option<Instant>,
-    /// A leader transfer to another member asked this one to stay out of elections until then.
-    held_until: Option<Instant>,
-}
-
-impl LeaderContact {
-    fn new() -> LeaderContact {
-        LeaderContact {
-            last: Instant::now(),
-            snapshot_until: None,
-            held_until: None,
-        }
-    }
-
-    /// Whether elections are off at `now` (dropping quiet periods that have ended).
-    fn quiet(&mut self, now: Instant) -> bool {
-        self.snapshot_until = self.snapshot_until.filter(|until| *until > now);
-        self.held_until = self.held_until.filter(|until| *until > now);
-        self.snapshot_until.is_some() || self.held_until.is_some()
-    }
-}
-
-/// openraft's own election timer first fires while the other followers still honour the lost
-/// leader's lease, so that campaign is refused and the next comes a whole timeout later. This
-/// campaigns as soon as the lease has run out (plus a random spread so followers do not split
-/// the vote), which brings failover close to one lease.
-async fn campaign_when_leader_silent(
-    raft: types::Raft,
-    me: NodeId,
-    leader_contact: Arc<parking_lot::Mutex<LeaderContact>>,
-    lease: Duration,
-    heartbeat: Duration,
-) {
-    let mut tick = tokio::time::interval(heartbeat.max(Duration::from_millis(10)));
-    let mut spread = random_spread(lease / 4);
-    loop {
-        tick.tick().await;
-        let follower_voter = {
-            let m = raft.metrics();
-            let m = m.borrow();
-            if m.running_state.is_err() {
-                return;
-            }
-            m.state == openraft::ServerState::Follower
-                && m.membership_config
-                    .membership()
-                    .voter_ids()
-                    .any(|v| v == me)
-        };
-        let campaign = {
-            let mut contact = leader_contact.lock();
-            let was_quiet = contact.snapshot_until.is_some() || contact.held_until.is_some();
-            let quiet = contact.quiet(Instant::now());
-            if was_quiet && !quiet {
-                raft.runtime_config().elect(true);
-            }
-            // The other followers may have heard the old leader up to a heartbeat later than
-            // this one; campaigning before their leases end too would be refused.
-            let silent =
-                follower_voter && !quiet && contact.last.elapsed() > lease + heartbeat + spread;
-            if silent || !follower_voter {
-                contact.last = Instant::now();
-            }
-            silent
-        };
-        if campaign {
-            spread = random_spread(lease / 4);
-            let _ = raft.trigger().elect().await;
-        }
-    }
-}
-
-fn random_spread(max: Duration) -> Duration {
-    use std::hash::{BuildHasher, Hasher};
-    let random = std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish();
-    max.mul_f64((random % 1000) as f64 / 1000.0)
 }
 
 fn decode<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, String> {

@@ -1,0 +1,276 @@
+//! When a member campaigns. openraft 0.9 has no PreVote: a member cut off from the leader would
+//! campaign again and again, raising its term, and on its return that term deposes a healthy
+//! leader (it steps down on the higher vote in an append reply) and stalls the cluster for
+//! another election. So openraft's own election timer is off and this module decides:
+//! a voter that has not heard from a leader for a whole lease first asks the others whether
+//! they would vote for it (PreVote), and campaigns only when a quorum says yes. A member still
+//! hearing from a leader says no, so a returning member rejoins at the leader's term.
+//!
+//! Silence is counted in ticks of one heartbeat interval, as etcd counts it, not in wall time:
+//! a member resumed after a pause (SIGSTOP, a stalled VM) has missed ticks, not heard silence,
+//! and must not count the pause against a leader that was there all along.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use oxcd_proto::peerpb::PreVoteRequest;
+
+use super::log_store;
+use super::network::Peers;
+use super::types::{LogId, NodeId, Raft};
+use crate::storage::Engine;
+
+/// Elections stay off this long after the last snapshot chunk arrived.
+const SNAPSHOT_QUIET: Duration = Duration::from_secs(3);
+/// How long a member stays out of elections for a leader transfer that never finishes.
+const HOLD_LIMIT: Duration = Duration::from_secs(10);
+
+pub struct Elections {
+    raft: Raft,
+    me: NodeId,
+    engine: Arc<Engine>,
+    peers: Arc<Peers>,
+    heartbeat: Duration,
+    /// openraft's leader lease in ticks: followers refuse votes this long after the leader's
+    /// last message (its maximum election timeout).
+    lease_ticks: u32,
+    /// How long a PreVote waits for answers.
+    pre_vote_timeout: Duration,
+    contact: parking_lot::Mutex<LeaderContact>,
+}
+
+/// What a member knows of its leader's liveness and its own campaigns.
+struct LeaderContact {
+    /// Ticks since a leader last sent entries, a heartbeat or a snapshot chunk (on the leader
+    /// itself, since it last led).
+    silent_ticks: u32,
+    /// Counts every time a leader is heard from.
+    heard: u64,
+    /// While a snapshot streams in, the follower sees no heartbeats; a campaign then would
+    /// depose the leader and restart the transfer, so a large snapshot would never finish.
+    snapshot_until: Option<Instant>,
+    /// A leader transfer to another member asked this one to stay out of elections until then.
+    held_until: Option<Instant>,
+    /// Ticks to wait before the next campaign (after a refused PreVote or an election).
+    backoff_ticks: u32,
+}
+
+impl LeaderContact {
+    fn quiet(&mut self, now: Instant) -> bool {
+        self.snapshot_until = self.snapshot_until.filter(|until| *until > now);
+        self.held_until = self.held_until.filter(|until| *until > now);
+        self.snapshot_until.is_some() || self.held_until.is_some()
+    }
+
+    fn heard(&mut self) {
+        self.silent_ticks = 0;
+        self.heard += 1;
+    }
+}
+
+/// Where a member stands, as far as campaigning goes.
+enum Standing {
+    /// A voter with no leader in sight.
+    Voter { alone: bool },
+    /// Leading, a learner, or stopped: never campaigns.
+    Other { stopped: bool },
+}
+
+impl Elections {
+    pub fn start(
+        raft: Raft,
+        me: NodeId,
+        engine: Arc<Engine>,
+        peers: Arc<Peers>,
+        lease: Duration,
+        heartbeat: Duration,
+    ) -> Arc<Elections> {
+        let heartbeat = heartbeat.max(Duration::from_millis(10));
+        let lease_ticks = lease.as_millis().div_ceil(heartbeat.as_millis()) as u32;
+        // A member that has voted in a term with a leader honours that leader's lease from its
+        // start (openraft does too); one that never has (a new cluster) may elect at once.
+        let voted_for_leader = raft.metrics().borrow().vote.committed;
+        let elections = Arc::new(Elections {
+            raft,
+            me,
+            engine,
+            peers,
+            heartbeat,
+            lease_ticks,
+            pre_vote_timeout: lease / 2,
+            contact: parking_lot::Mutex::new(LeaderContact {
+                silent_ticks: if voted_for_leader { 0 } else { lease_ticks + 1 },
+                heard: 0,
+                snapshot_until: None,
+                held_until: None,
+                backoff_ticks: 0,
+            }),
+        });
+        tokio::spawn(elections.clone().campaign_when_leader_silent());
+        elections
+    }
+
+    pub fn leader_heard(&self) {
+        self.contact.lock().heard();
+    }
+
+    pub fn snapshot_chunk_arrived(&self) {
+        let mut contact = self.contact.lock();
+        contact.heard();
+        contact.snapshot_until = Some(Instant::now() + SNAPSHOT_QUIET);
+    }
+
+    /// Keeps this member out of elections (bounded, in case the transfer never finishes).
+    pub fn hold(&self, hold: bool) {
+        self.contact.lock().held_until = hold.then(|| Instant::now() + HOLD_LIMIT);
+    }
+
+    /// The PreVote answer: yes when this member has not heard from a leader for a whole lease
+    /// (so openraft would grant the real vote) and the candidate's log is at least as new.
+    pub fn grant_pre_vote(&self, candidate_last: Option<LogId>) -> bool {
+        if self.raft.metrics().borrow().state.is_leader()
+            || self.contact.lock().silent_ticks <= self.lease_ticks
+        {
+            return false;
+        }
+        match log_store::last_log_id(&self.engine) {
+            Ok(mine) => candidate_last >= mine,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the last log id for a pre-vote");
+                false
+            }
+        }
+    }
+
+    fn standing(&self) -> Standing {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        if m.running_state.is_err() {
+            return Standing::Other { stopped: true };
+        }
+        let membership = m.membership_config.membership();
+        let voter = membership.voter_ids().any(|v| v == self.me);
+        let following = matches!(
+            m.state,
+            openraft::ServerState::Follower | openraft::ServerState::Candidate
+        );
+        if voter && following {
+            Standing::Voter {
+                alone: membership.voter_ids().all(|v| v == self.me),
+            }
+        } else {
+            Standing::Other { stopped: false }
+        }
+    }
+
+    /// Campaigns once the leader has been silent past the lease, plus a tick (the other
+    /// followers may have heard it that much later) and a random spread (so followers do not
+    /// split the vote); a sole voter campaigns at once.
+    async fn campaign_when_leader_silent(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(self.heartbeat);
+        // Ticks missed while the process was paused are not silence heard.
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let spread_ticks = || random_below(self.lease_ticks / 4 + 1);
+        let mut spread = spread_ticks();
+        loop {
+            tick.tick().await;
+            let alone = match self.standing() {
+                Standing::Other { stopped: true } => return,
+                Standing::Other { stopped: false } => {
+                    self.leader_heard();
+                    continue;
+                }
+                Standing::Voter { alone } => alone,
+            };
+            let due = {
+                let mut contact = self.contact.lock();
+                contact.silent_ticks = contact.silent_ticks.saturating_add(1);
+                contact.backoff_ticks = contact.backoff_ticks.saturating_sub(1);
+                !contact.quiet(Instant::now())
+                    && contact.backoff_ticks == 0
+                    && (alone || contact.silent_ticks > self.lease_ticks + 1 + spread)
+            };
+            if !due {
+                continue;
+            }
+            spread = spread_ticks();
+            let before = self.campaign_context();
+            // A PreVote answer is only good while nothing changed: a leader may have won (and
+            // been heard from) or this member may have voted meanwhile.
+            let elected =
+                alone || (self.pre_vote_won().await && self.campaign_context() == before);
+            let backoff = if elected {
+                let _ = self.raft.trigger().elect().await;
+                // A lost election is retried once it has had time to finish.
+                self.lease_ticks
+            } else {
+                1 + spread_ticks()
+            };
+            self.contact.lock().backoff_ticks = backoff;
+        }
+    }
+
+    /// How often a leader has been heard from, and this member's vote.
+    fn campaign_context(&self) -> (u64, openraft::Vote<NodeId>) {
+        let heard = self.contact.lock().heard;
+        (heard, self.raft.metrics().borrow().vote)
+    }
+
+    /// Asks every other voter; won when each of the (joint) configurations has a majority.
+    async fn pre_vote_won(&self) -> bool {
+        let last = match log_store::last_log_id(&self.engine) {
+            Ok(last) => last,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the last log id for a pre-vote");
+                return false;
+            }
+        };
+        let request = PreVoteRequest {
+            last_log_id: bincode::serialize(&last).expect("a log id encodes"),
+        };
+        let membership = self.raft.metrics().borrow().membership_config.clone();
+        let membership = membership.membership();
+        let mut asks = tokio::task::JoinSet::new();
+        for id in membership.voter_ids().filter(|id| *id != self.me) {
+            let Some(member) = membership.get_node(&id) else {
+                continue;
+            };
+            let Ok(mut client) = self.peers.client(id, &member.peer_urls) else {
+                continue;
+            };
+            let request = request.clone();
+            let timeout = self.pre_vote_timeout;
+            asks.spawn(async move {
+                let reply = tokio::time::timeout(timeout, client.pre_vote(request)).await;
+                (id, matches!(reply, Ok(Ok(r)) if r.get_ref().granted))
+            });
+        }
+        let joint = membership.get_joint_config();
+        let quorum = |granted: &[NodeId]| {
+            joint.iter().all(|config| {
+                let yes = config.iter().filter(|id| granted.contains(id)).count();
+                yes * 2 > config.len()
+            })
+        };
+        // Decided as soon as a quorum grants: waiting for a member that does not answer would
+        // let the answers go stale.
+        let mut granted = vec![self.me];
+        while !quorum(&granted) {
+            match asks.join_next().await {
+                Some(Ok((id, true))) => granted.push(id),
+                Some(_) => {}
+                None => return false,
+            }
+        }
+        true
+    }
+}
+
+/// A random number in `0..bound`.
+fn random_below(bound: u32) -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    (random % u64::from(bound.max(1))) as u32
+}
