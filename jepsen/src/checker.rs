@@ -183,6 +183,7 @@ fn register_op(op: &Operation) -> anyhow::Result<Option<RegisterOp>> {
             },
             _ => None,
         },
+        F::Txn | F::Grant | F::Revoke | F::Acquire | F::Release => None,
     };
     let parsed = parsed.ok_or_else(|| {
         anyhow!(
@@ -401,6 +402,7 @@ impl fmt::Display for Row<'_> {
                 Value::List(pair) if pair.len() == 2 => format!("cas {} -> {}", pair[0], pair[1]),
                 other => format!("cas {other}"),
             },
+            other => format!("{other} {}", op.value),
         };
         let invoked = format_time(op.invoke_time);
         write!(

@@ -37,14 +37,25 @@ pub enum EventType {
     Info,
 }
 
-/// The operation's function. Register workloads use `read`, `write` and `cas`; other workloads
-/// add their own variants here.
+/// The operation's function. Each workload uses some of them:
+///
+/// - register: `read`, `write`, `cas` (value `[expected, new]`);
+/// - append: `txn`, whose value is a list of micro-operations `["append", key, n]` and
+///   `["r", key, null]`, and whose ok result has each read's list filled in;
+/// - watch: `write` (result `[value, revision]`), `read` at the end;
+/// - lease: `grant`, `revoke`, `write` (value `[value, lease]`), `read`;
+/// - lock: `acquire`, `release`, and `write`/`read` of the protected data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum F {
     Read,
     Write,
     Cas,
+    Txn,
+    Grant,
+    Revoke,
+    Acquire,
+    Release,
 }
 
 impl fmt::Display for F {
@@ -53,18 +64,24 @@ impl fmt::Display for F {
             F::Read => "read",
             F::Write => "write",
             F::Cas => "cas",
+            F::Txn => "txn",
+            F::Grant => "grant",
+            F::Revoke => "revoke",
+            F::Acquire => "acquire",
+            F::Release => "release",
         })
     }
 }
 
-/// An argument or result: `null`, an integer, or a list (a cas is `[expected, new]`; list-valued
-/// workloads can use the same variant).
+/// An argument or result: `null`, an integer, a string (a key or a micro-operation's name), or
+/// a list (a cas is `[expected, new]`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Value {
     #[default]
     Null,
     Int(i64),
+    Str(String),
     List(Vec<Value>),
 }
 
@@ -74,7 +91,7 @@ impl Value {
         match self {
             Value::Null => Some(None),
             Value::Int(v) => Some(Some(*v)),
-            Value::List(_) => None,
+            Value::Str(_) | Value::List(_) => None,
         }
     }
 }
@@ -96,6 +113,7 @@ impl fmt::Display for Value {
         match self {
             Value::Null => f.write_str("null"),
             Value::Int(v) => write!(f, "{v}"),
+            Value::Str(s) => write!(f, "{s:?}"),
             Value::List(items) => {
                 f.write_str("[")?;
                 for (i, item) in items.iter().enumerate() {

@@ -15,6 +15,7 @@ use oxcd_jepsen::cluster::Flavor;
 use oxcd_jepsen::history::{History, Status};
 use oxcd_jepsen::nemesis::{FaultKind, Schedule};
 use oxcd_jepsen::runner::{self, TestOptions};
+use oxcd_jepsen::workload::register::Registers;
 
 #[derive(Parser)]
 #[command(version, about = "oxcd's Jepsen-style harness")]
@@ -117,7 +118,6 @@ fn limit(seconds: f64) -> anyhow::Result<Option<Duration>> {
 }
 
 fn test(args: &TestArgs) -> anyhow::Result<Verdict> {
-    let Workload::Register = args.workload;
     let faults = args
         .nemesis
         .iter()
@@ -143,7 +143,6 @@ fn test(args: &TestArgs) -> anyhow::Result<Verdict> {
             .unwrap_or_else(|| args.flavor.default_binary()),
         nodes: args.nodes,
         concurrency: args.concurrency.unwrap_or(2 * args.nodes).max(1),
-        keys: args.keys,
         rate: args.rate,
         time_limit: Duration::try_from_secs_f64(args.time_limit)?,
         schedule: Schedule {
@@ -161,8 +160,16 @@ fn test(args: &TestArgs) -> anyhow::Result<Verdict> {
         // Returning early drops the run, and with it the cluster, whose members are killed.
         let mut terminate =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let run = async {
+            let timeout = options.op_timeout;
+            match args.workload {
+                Workload::Register => {
+                    runner::run(&options, |r| Registers::new(args.keys, r, timeout)).await
+                }
+            }
+        };
         tokio::select! {
-            result = runner::run(&options) => result,
+            result = run => result,
             _ = tokio::signal::ctrl_c() => bail!("interrupted"),
             _ = terminate.recv() => bail!("terminated"),
         }

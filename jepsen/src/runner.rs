@@ -3,7 +3,7 @@
 //!
 //! - `history.jsonl`: every client operation (see [`crate::history`]);
 //! - `nemesis.jsonl`: every fault's start and stop (see [`crate::nemesis`]);
-//! - `verdict.txt`: the verdict, then a counterexample per key that is not linearizable;
+//! - `verdict.txt`: the verdict, then the checker's account of every anomaly;
 //! - `summary.json` and `summary.txt`: operation counts, faults, timings;
 //! - `members/`: each member's data directory and log.
 
@@ -17,17 +17,14 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::checker::{self, CheckOptions, Verdict};
-use crate::cluster::{connect, Cluster, ClusterOptions, Flavor};
-use crate::history::{Operation, Outcome, Recorder, Status};
+use crate::checker::{CheckOptions, Verdict};
+use crate::cluster::{Cluster, ClusterOptions, Flavor};
+use crate::history::{Operation, Recorder, Status};
 use crate::nemesis::{self, NemesisLog, Phase, Schedule};
-use crate::workload::register::{Op, Registers, Worker};
+use crate::workload::{Worker, Workload};
 
 /// How long the cluster gets to come up, and to recover after the last fault.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
-/// Final reads that fail are retried this often, a little apart, before the key is given up.
-const FINAL_READ_ATTEMPTS: usize = 10;
-const FINAL_READ_RETRY: Duration = Duration::from_millis(500);
 
 #[derive(Clone, Debug)]
 pub struct TestOptions {
@@ -36,7 +33,6 @@ pub struct TestOptions {
     pub nodes: usize,
     /// Client workers; worker `w` talks to member `w % nodes`.
     pub concurrency: usize,
-    pub keys: usize,
     /// Operations per second, over all workers.
     pub rate: f64,
     /// How long clients and nemesis run, before recovery and final reads.
@@ -103,8 +99,8 @@ pub struct Summary {
     /// been coarser than asked).
     pub unidentified_connections: u64,
     pub check_secs: f64,
-    /// Keys whose check was not `valid`, with their verdict.
-    pub failed_keys: BTreeMap<String, String>,
+    /// What the check found not `valid` (keys, leases, watchers…), with its verdict.
+    pub failed: BTreeMap<String, String>,
     pub verdict: String,
 }
 
@@ -165,8 +161,8 @@ impl Summary {
         if !self.recovered {
             let _ = writeln!(out, "the cluster did not recover after the faults");
         }
-        for (key, verdict) in &self.failed_keys {
-            let _ = writeln!(out, "key {key}: {verdict}");
+        for (what, verdict) in &self.failed {
+            let _ = writeln!(out, "{what}: {verdict}");
         }
         let _ = writeln!(out, "checked in {:.3}s", self.check_secs);
         out
@@ -178,7 +174,11 @@ pub struct TestResult {
     pub summary: Summary,
 }
 
-pub async fn run(options: &TestOptions) -> Result<TestResult> {
+/// Runs `workload`, made with the run's recorder, against a new cluster.
+pub async fn run<W: Workload>(
+    options: &TestOptions,
+    workload: impl FnOnce(Arc<Recorder>) -> W,
+) -> Result<TestResult> {
     let out = &options.out;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let mut cluster = Cluster::start(&ClusterOptions {
@@ -199,21 +199,21 @@ pub async fn run(options: &TestOptions) -> Result<TestResult> {
         .as_secs_f64();
     let recorder = Arc::new(Recorder::new());
     let mut nemesis_log = NemesisLog::create(&out.join("nemesis.jsonl"), start)?;
-    let registers = Arc::new(Registers::new(
-        options.keys,
-        recorder.clone(),
-        options.op_timeout,
-    ));
+    let workload = Arc::new(workload(recorder.clone()));
+    let endpoints: Vec<String> = (0..options.nodes).map(|m| cluster.endpoint(m)).collect();
+    let (stop_observers, observers_stopped) = watch::channel(false);
+    let observers = workload.observers(&endpoints, observers_stopped);
     let concurrency = options.concurrency as u64;
     let (stop, stopped) = watch::channel(false);
     let mut workers = Vec::new();
     for w in 0..options.concurrency {
         let worker = Worker {
-            registers: registers.clone(),
+            workload: workload.clone(),
             index: w as u64,
             concurrency,
-            endpoint: cluster.endpoint(w % options.nodes),
+            endpoint: endpoints[w % options.nodes].clone(),
             mean_interval: Duration::from_secs_f64(options.concurrency as f64 / options.rate),
+            timeout: options.op_timeout,
         };
         workers.push(tokio::spawn(worker.run(stopped.clone())));
     }
@@ -238,7 +238,11 @@ pub async fn run(options: &TestOptions) -> Result<TestResult> {
     };
     // Fresh process ids above every worker's, one per member.
     let first_final = (last_process / concurrency + 1) * concurrency;
-    final_reads(&cluster, &registers, first_final).await?;
+    workload.final_reads(&cluster, first_final).await?;
+    let _ = stop_observers.send(true);
+    for observer in observers {
+        observer.await??;
+    }
     let unidentified = cluster.network().unidentified();
     let unexpected_exits = nemesis_log
         .events()
@@ -249,25 +253,23 @@ pub async fn run(options: &TestOptions) -> Result<TestResult> {
 
     let history = recorder.history();
     history.save(out.join("history.jsonl"))?;
+    workload.save(out)?;
     let ops = history.operations()?;
     let check_started = Instant::now();
     let check_options = CheckOptions {
         timeout: options.check_timeout,
     };
-    let report = {
+    let judgement = {
         let ops = ops.clone();
-        tokio::task::spawn_blocking(move || checker::check_register(&ops, &check_options)).await??
+        let workload = workload.clone();
+        tokio::task::spawn_blocking(move || workload.check(&ops, &check_options)).await??
     };
     let check_secs = check_started.elapsed().as_secs_f64();
-    let verdict = report.verdict();
-
-    let mut verdict_text = format!("{verdict}\n");
-    for key in &report.keys {
-        if let Some(ce) = &key.counterexample {
-            let _ = write!(verdict_text, "\n{ce}\n");
-        }
-    }
-    std::fs::write(out.join("verdict.txt"), verdict_text)?;
+    let verdict = judgement.verdict;
+    std::fs::write(
+        out.join("verdict.txt"),
+        format!("{verdict}\n{}", judgement.explanation),
+    )?;
 
     let mut faults = BTreeMap::new();
     for event in nemesis_log.events() {
@@ -296,12 +298,7 @@ pub async fn run(options: &TestOptions) -> Result<TestResult> {
         recovered,
         unidentified_connections: unidentified,
         check_secs,
-        failed_keys: report
-            .keys
-            .iter()
-            .filter(|k| k.verdict != Verdict::Valid)
-            .map(|k| (k.key.clone(), k.verdict.to_string()))
-            .collect(),
+        failed: judgement.failed,
         verdict: verdict.to_string(),
     };
     std::fs::write(
@@ -318,22 +315,4 @@ fn count<'a>(ops: impl Iterator<Item = &'a Operation>) -> Counts {
         counts.add(op.status);
     }
     counts
-}
-
-/// Reads every key from every member, recorded like any operation, so that a write the cluster
-/// acknowledged and then lost shows up as a read the checker cannot place.
-async fn final_reads(cluster: &Cluster, registers: &Registers, first_process: u64) -> Result<()> {
-    for member in 0..cluster.members() {
-        let process = first_process + member as u64;
-        let mut client = connect(&cluster.endpoint(member), READY_TIMEOUT).await?;
-        for key in registers.keys() {
-            for _ in 0..FINAL_READ_ATTEMPTS {
-                match registers.execute(&mut client, process, key, Op::Read).await {
-                    Outcome::Ok(_) => break,
-                    _ => tokio::time::sleep(FINAL_READ_RETRY).await,
-                }
-            }
-        }
-    }
-    Ok(())
 }

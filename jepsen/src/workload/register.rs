@@ -10,11 +10,13 @@
 //! it certainly did not: a cas whose comparison failed, a read that got no answer (reads change
 //! nothing, so an unanswered one is as good as none), or a request the client could not even
 //! connect to send. Every other error of a write or cas (timeouts, "leader changed", dropped
-//! connections) is `info`: the request may have been committed, now or later. As in Jepsen, the
-//! process that got an `info` is then retired, since its operation may still be in flight, and
-//! the worker carries on as a new process with a fresh connection.
+//! connections) is `info`: the request may have been committed, now or later.
+//!
+//! The final reads read every key from every member, so that a write the cluster acknowledged
+//! and then lost shows up as a read the checker cannot place.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -22,10 +24,11 @@ use std::time::Duration;
 use anyhow::Result;
 use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
 use rand::Rng;
-use tokio::sync::watch;
 
-use crate::cluster::connect;
-use crate::history::{Outcome, Process, Recorder, Value, F};
+use super::{unanswered, Judgement, Workload, FINAL_READ_ATTEMPTS, FINAL_READ_RETRY};
+use crate::checker::{self, CheckOptions, Verdict};
+use crate::cluster::{connect, Cluster};
+use crate::history::{Operation, Outcome, Process, Recorder, Value, F};
 
 /// One operation, before it is recorded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,10 +63,6 @@ impl Registers {
             next_value: AtomicI64::new(1),
             last_seen: Mutex::new(HashMap::new()),
         }
-    }
-
-    pub fn keys(&self) -> &[String] {
-        &self.keys
     }
 
     /// A random operation on a random key: reads, writes and cas in equal parts.
@@ -103,7 +102,7 @@ impl Registers {
         let id = self.recorder.invoke(process, f, key, value);
         let outcome = match tokio::time::timeout(self.timeout, perform(client, key, op)).await {
             Ok(outcome) => outcome,
-            Err(_) => unanswered(op, "timed out".to_owned()),
+            Err(_) => unanswered(op != Op::Read, "timed out".to_owned()),
         };
         let seen = match (op, &outcome) {
             (Op::Read, Outcome::Ok(Value::Int(v))) => Some(Some(*v)),
@@ -137,11 +136,11 @@ async fn perform(client: &mut Client, key: &str, op: Op) -> Outcome {
                     )),
                 },
             },
-            Err(e) => unanswered(op, e.to_string()),
+            Err(e) => unanswered(false, e.to_string()),
         },
         Op::Write(v) => match client.put(key, v.to_string(), None).await {
             Ok(_) => Outcome::Ok(v.into()),
-            Err(e) => unanswered(op, e.to_string()),
+            Err(e) => unanswered(true, e.to_string()),
         },
         Op::Cas(expected, new) => {
             let compare = match expected {
@@ -157,7 +156,7 @@ async fn perform(client: &mut Client, key: &str, op: Op) -> Outcome {
                     Outcome::Ok(Value::List(vec![expected.into(), new.into()]))
                 }
                 Ok(_) => Outcome::Fail("compare failed".to_owned()),
-                Err(e) => unanswered(op, e.to_string()),
+                Err(e) => unanswered(true, e.to_string()),
             }
         }
     }
@@ -167,54 +166,45 @@ fn parse(bytes: &[u8]) -> Option<i64> {
     std::str::from_utf8(bytes).ok()?.parse().ok()
 }
 
-/// The outcome of a request that got no answer.
-fn unanswered(op: Op, error: String) -> Outcome {
-    // tonic says this when its connector failed, before any HTTP/2 connection (and so any
-    // request) existed; through the proxies that is a reset while connecting to a member that
-    // is down.
-    let never_sent = error.contains("tcp connect error");
-    if op == Op::Read || never_sent {
-        Outcome::Fail(error)
-    } else {
-        Outcome::Info(error)
+impl Workload for Registers {
+    async fn step(&self, client: &mut Client, process: Process) -> Outcome {
+        let (key, op) = self.generate();
+        self.execute(client, process, &key, op).await
     }
-}
 
-/// One client of the run: issues random operations against `endpoint` until `stop` turns true.
-pub struct Worker {
-    pub registers: Arc<Registers>,
-    /// Its first process id; later ones add `concurrency` each time, so ids never collide.
-    pub index: u64,
-    pub concurrency: u64,
-    pub endpoint: String,
-    /// The mean pause between operations; pauses are uniform in `[0, 2 * mean)` so that workers
-    /// do not fall into lockstep.
-    pub mean_interval: Duration,
-}
-
-impl Worker {
-    /// Runs until `stop` is set; returns the last process id it used. An operation in flight
-    /// when `stop` is set is finished (within the request timeout) so that it is recorded.
-    pub async fn run(self, mut stop: watch::Receiver<bool>) -> Result<Process> {
-        let mut process = self.index;
-        let mut client = connect(&self.endpoint, self.registers.timeout).await?;
-        loop {
-            let pause = self
-                .mean_interval
-                .mul_f64(2.0 * rand::thread_rng().gen::<f64>());
-            tokio::select! {
-                _ = tokio::time::sleep(pause) => {}
-                _ = stop.changed() => {}
-            }
-            if *stop.borrow() {
-                return Ok(process);
-            }
-            let (key, op) = self.registers.generate();
-            let outcome = self.registers.execute(&mut client, process, &key, op).await;
-            if matches!(outcome, Outcome::Info(_)) {
-                process += self.concurrency;
-                client = connect(&self.endpoint, self.registers.timeout).await?;
+    async fn final_reads(&self, cluster: &Cluster, first_process: Process) -> Result<()> {
+        for member in 0..cluster.members() {
+            let process = first_process + member as u64;
+            let mut client = connect(&cluster.endpoint(member), self.timeout).await?;
+            for key in &self.keys {
+                for _ in 0..FINAL_READ_ATTEMPTS {
+                    match self.execute(&mut client, process, key, Op::Read).await {
+                        Outcome::Ok(_) => break,
+                        _ => tokio::time::sleep(FINAL_READ_RETRY).await,
+                    }
+                }
             }
         }
+        Ok(())
+    }
+
+    fn check(&self, ops: &[Operation], options: &CheckOptions) -> Result<Judgement> {
+        let report = checker::check_register(ops, options)?;
+        let mut explanation = String::new();
+        for key in &report.keys {
+            if let Some(ce) = &key.counterexample {
+                let _ = write!(explanation, "\n{ce}\n");
+            }
+        }
+        Ok(Judgement {
+            verdict: report.verdict(),
+            explanation,
+            failed: report
+                .keys
+                .iter()
+                .filter(|k| k.verdict != Verdict::Valid)
+                .map(|k| (k.key.clone(), k.verdict.to_string()))
+                .collect(),
+        })
     }
 }
