@@ -197,8 +197,7 @@ impl Elections {
             let before = self.campaign_context();
             // A PreVote answer is only good while nothing changed: a leader may have won (and
             // been heard from) or this member may have voted meanwhile.
-            let elected =
-                alone || (self.pre_vote_won().await && self.campaign_context() == before);
+            let elected = alone || (self.pre_vote_won().await && self.campaign_context() == before);
             let backoff = if elected {
                 let _ = self.raft.trigger().elect().await;
                 // A lost election is retried once it has had time to finish.
