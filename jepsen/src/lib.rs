@@ -6,5 +6,6 @@ pub mod cluster;
 pub mod history;
 pub mod nemesis;
 pub mod proxy;
+pub mod report;
 pub mod runner;
 pub mod workload;

@@ -5,6 +5,8 @@
 //! - `nemesis.jsonl`: every fault's start and stop (see [`crate::nemesis`]);
 //! - `verdict.txt`: the verdict, then the checker's account of every anomaly;
 //! - `summary.json` and `summary.txt`: operation counts, faults, timings;
+//! - `latency.svg`, `throughput.svg` and `timeline.html`: the run at a glance, faults shaded
+//!   (see [`crate::report`]);
 //! - `members/`: each member's data directory and log.
 
 use std::collections::BTreeMap;
@@ -255,6 +257,7 @@ pub async fn run<W: Workload>(
     history.save(out.join("history.jsonl"))?;
     workload.save(out)?;
     let ops = history.operations()?;
+    crate::report::write(out, &ops, nemesis_log.events())?;
     let check_started = Instant::now();
     let check_options = CheckOptions {
         timeout: options.check_timeout,
