@@ -86,7 +86,13 @@ impl Consensus {
         let election_ms = opts.election_timeout.as_millis() as u64;
         let config = Config {
             cluster_name: "oxcd".into(),
-            heartbeat_interval: opts.heartbeat.as_millis() as u64,
+            // openraft gives every append, and every leadership round of a ReadIndex, one
+            // heartbeat interval to be answered and drops it after that; etcd's pipelined
+            // streams have no such bound. With etcd's 100 ms a round trip (or a follower's
+            // fsync) over 100 ms would stall replication altogether, so openraft's interval is
+            // half the election timeout. --heartbeat-interval paces the election module's
+            // ticks; idle heartbeats still reach followers three times per leader lease.
+            heartbeat_interval: (election_ms / 2).max(opts.heartbeat.as_millis() as u64),
             // etcd randomises the election timeout in [timeout, 2 x timeout). openraft's
             // followers also refuse votes until the maximum has passed since they last heard
             // from the leader (its leader lease), so a narrower range fails over sooner.
