@@ -33,6 +33,10 @@ const ELECTION_TIMEOUT_MS: u64 = 1000;
 /// How long one probe (Status or a linearizable Range) may take before the member counts as not
 /// answering.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// The bound on a MemberAdd or MemberRemove.
+const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a removed member gets to stop by itself.
+const REMOVED_EXIT_GRACE: Duration = Duration::from_secs(5);
 
 /// Which server the members run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,6 +121,10 @@ struct Member {
     child: Option<Child>,
     paused: bool,
     launches: u32,
+    /// Removed from the cluster (and its data wiped) until it is added back.
+    removed: bool,
+    /// Added back after a removal: it starts with `--initial-cluster-state existing`.
+    rejoined: bool,
 }
 
 /// A member process that ended without the harness killing it.
@@ -163,6 +171,8 @@ impl Cluster {
                 child: None,
                 paused: false,
                 launches: 0,
+                removed: false,
+                rejoined: false,
             });
         }
         let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
@@ -244,7 +254,7 @@ impl Cluster {
             .arg("--initial-cluster")
             .arg(&self.initial_cluster)
             .arg("--initial-cluster-state")
-            .arg("new")
+            .arg(if member.rejoined { "existing" } else { "new" })
             .arg("--initial-cluster-token")
             .arg(&self.token)
             .arg(format!("--heartbeat-interval={HEARTBEAT_INTERVAL_MS}"))
@@ -286,6 +296,67 @@ impl Cluster {
             bail!("{} is still running", self.members[member].name);
         }
         self.launch(member)
+    }
+
+    pub fn is_removed(&self, member: usize) -> bool {
+        self.members[member].removed
+    }
+
+    /// Removes `member` from the cluster through member `via` (MemberRemove), waits for the
+    /// removed process to stop by itself as etcd's members do (killing it after a grace
+    /// period), and wipes its data, so that only [`Cluster::add_back`] brings it back.
+    pub async fn remove(&mut self, member: usize, via: usize) -> Result<()> {
+        let mut client = connect(&self.endpoint(via), MEMBERSHIP_TIMEOUT).await?;
+        let id = self.member_id(&mut client, member).await?;
+        client.member_remove(id).await.with_context(|| {
+            format!("removing {} through {}", self.name(member), self.name(via))
+        })?;
+        let m = &mut self.members[member];
+        m.removed = true;
+        let deadline = Instant::now() + REMOVED_EXIT_GRACE;
+        while m
+            .child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.kill(member);
+        let data_dir = &self.members[member].data_dir;
+        if data_dir.exists() {
+            std::fs::remove_dir_all(data_dir)
+                .with_context(|| format!("wiping {}", data_dir.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Adds a removed member back through member `via` (MemberAdd with its old peer URL) and
+    /// starts it empty, joining the existing cluster.
+    pub async fn add_back(&mut self, member: usize, via: usize) -> Result<()> {
+        let mut client = connect(&self.endpoint(via), MEMBERSHIP_TIMEOUT).await?;
+        let peer_url = format!("http://{}", self.network.peer_addr(member));
+        client.member_add([peer_url], None).await.with_context(|| {
+            format!(
+                "adding {} back through {}",
+                self.name(member),
+                self.name(via)
+            )
+        })?;
+        let m = &mut self.members[member];
+        m.removed = false;
+        m.rejoined = true;
+        self.launch(member)
+    }
+
+    async fn member_id(&self, client: &mut Client, member: usize) -> Result<u64> {
+        let peer_url = format!("http://{}", self.network.peer_addr(member));
+        let list = client.member_list().await.context("listing members")?;
+        list.members()
+            .iter()
+            .find(|m| m.peer_urls().contains(&peer_url))
+            .map(|m| m.id())
+            .ok_or_else(|| anyhow!("{} is not a member", self.name(member)))
     }
 
     /// SIGSTOP: the process is frozen with its connections open, as a long GC pause or a stalled
@@ -338,14 +409,22 @@ impl Cluster {
         exits
     }
 
-    /// Undoes every fault: heals the network, resumes paused members and restarts stopped ones.
-    pub fn recover(&mut self) -> Result<()> {
+    /// Undoes every fault: heals the network, resumes paused members, restarts stopped ones and
+    /// adds removed ones back.
+    pub async fn recover(&mut self) -> Result<()> {
         self.network.clear();
         for i in 0..self.members() {
             if self.members[i].paused {
                 self.resume(i)?;
             }
-            if self.members[i].child.is_none() {
+        }
+        for i in 0..self.members() {
+            if self.members[i].removed {
+                let via = (0..self.members())
+                    .find(|&v| !self.members[v].removed)
+                    .ok_or_else(|| anyhow!("every member was removed"))?;
+                self.add_back(i, via).await?;
+            } else if self.members[i].child.is_none() {
                 self.launch(i)?;
             }
         }

@@ -30,7 +30,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::Cluster;
-use crate::proxy::Partition;
+use crate::proxy::{Fault, Partition, Scope};
 
 /// How often a waiting nemesis looks for members that exited by themselves.
 const WATCH_INTERVAL: Duration = Duration::from_millis(250);
@@ -44,6 +44,14 @@ pub enum FaultKind {
     Pause,
     /// Cut the network between groups of members, heal it when the fault ends.
     Partition,
+    /// Slow the peer links of one member or of all (every chunk late by 50-250 ms).
+    Delay,
+    /// Stall chunks on the peer links of one member or of all at random, as lost and
+    /// retransmitted packets would.
+    Loss,
+    /// Remove a member from the cluster (MemberRemove; its data is wiped) and add it back empty
+    /// when the fault ends (MemberAdd, then it joins the existing cluster).
+    Member,
 }
 
 impl fmt::Display for FaultKind {
@@ -52,6 +60,9 @@ impl fmt::Display for FaultKind {
             FaultKind::Kill => "kill",
             FaultKind::Pause => "pause",
             FaultKind::Partition => "partition",
+            FaultKind::Delay => "delay",
+            FaultKind::Loss => "loss",
+            FaultKind::Member => "member",
         })
     }
 }
@@ -64,7 +75,10 @@ impl FromStr for FaultKind {
             "kill" => Ok(FaultKind::Kill),
             "pause" => Ok(FaultKind::Pause),
             "partition" => Ok(FaultKind::Partition),
-            _ => bail!("unknown fault {s:?} (kill, pause or partition)"),
+            "delay" => Ok(FaultKind::Delay),
+            "loss" => Ok(FaultKind::Loss),
+            "member" => Ok(FaultKind::Member),
+            _ => bail!("unknown fault {s:?} (kill, pause, partition, delay, loss or member)"),
         }
     }
 }
@@ -176,7 +190,7 @@ pub async fn run(
         let kind = queue.pop().expect("refilled above");
         let active = start(cluster, kind, log).await?;
         watch(cluster, log, until, schedule.hold).await?;
-        stop(cluster, active, log)?;
+        stop(cluster, active, log).await?;
     }
 }
 
@@ -222,6 +236,8 @@ fn targets(
     // Pausing everyone only stops the clock; killing everyone tests what survives on disk.
     let choices: &[&str] = match kind {
         FaultKind::Kill => &["one", "leader", "majority", "all"],
+        // Membership changes one member at a time, as etcd requires.
+        FaultKind::Member => &["one", "leader"],
         _ => &["one", "leader", "majority"],
     };
     let choice = choices[rand::thread_rng().gen_range(0..choices.len())];
@@ -266,6 +282,46 @@ async fn start(cluster: &mut Cluster, kind: FaultKind, log: &mut NemesisLog) -> 
                 .map(|(a, b)| (cluster.name(a).to_owned(), cluster.name(b).to_owned()))
                 .collect();
             (isolated, detail, cut)
+        }
+        FaultKind::Delay | FaultKind::Loss => {
+            let mut rng = rand::thread_rng();
+            let fault = if kind == FaultKind::Delay {
+                Fault::Delay {
+                    base: Duration::from_millis(rng.gen_range(50..=250)),
+                    jitter: Duration::from_millis(50),
+                }
+            } else {
+                Fault::Lossy {
+                    probability: rng.gen_range(0.05..0.3),
+                    pause: Duration::from_millis(rng.gen_range(100..=800)),
+                }
+            };
+            let (scope, members) = if rng.gen_bool(0.5) {
+                (Scope::All, (0..cluster.members()).collect())
+            } else {
+                let one = rng.gen_range(0..cluster.members());
+                (Scope::Member(one), vec![one])
+            };
+            cluster.network().set_peer_fault(scope, fault);
+            (members, format!("{fault:?}"), Vec::new())
+        }
+        FaultKind::Member => {
+            let (members, detail) = targets(cluster, kind, leader);
+            let target = members[0];
+            let via = (0..cluster.members())
+                .find(|&m| m != target && cluster.is_running(m) && !cluster.is_paused(m));
+            let outcome = match via {
+                Some(via) => cluster
+                    .remove(target, via)
+                    .await
+                    .map(|()| detail.to_owned()),
+                None => Err(anyhow::anyhow!("no other member to ask")),
+            };
+            match outcome {
+                Ok(detail) => (vec![target], format!("remove {detail}"), Vec::new()),
+                // A cluster without quorum refuses the change; the attempt is the fault.
+                Err(e) => (Vec::new(), format!("remove refused: {e:#}"), Vec::new()),
+            }
         }
     };
     log.record(NemesisEvent {
@@ -326,7 +382,7 @@ fn partition_shape(cluster: &Cluster, leader: Option<usize>) -> (Partition, Vec<
 }
 
 /// Undoes a fault; members that exited by themselves meanwhile are restarted too.
-fn stop(cluster: &mut Cluster, active: Active, log: &mut NemesisLog) -> Result<()> {
+async fn stop(cluster: &mut Cluster, active: Active, log: &mut NemesisLog) -> Result<()> {
     match active.kind {
         FaultKind::Kill => {}
         FaultKind::Pause => {
@@ -337,9 +393,22 @@ fn stop(cluster: &mut Cluster, active: Active, log: &mut NemesisLog) -> Result<(
             }
         }
         FaultKind::Partition => cluster.network().heal(),
+        FaultKind::Delay | FaultKind::Loss => {
+            cluster.network().set_peer_fault(Scope::All, Fault::Pass)
+        }
+        FaultKind::Member => {
+            for &m in &active.members {
+                let via = (0..cluster.members())
+                    .find(|&v| v != m && cluster.is_running(v) && !cluster.is_paused(v))
+                    .ok_or_else(|| {
+                        anyhow::anyhow!("no member to add {} back through", cluster.name(m))
+                    })?;
+                cluster.add_back(m, via).await?;
+            }
+        }
     }
     for m in 0..cluster.members() {
-        if !cluster.is_running(m) {
+        if !cluster.is_running(m) && !cluster.is_removed(m) {
             cluster.restart(m)?;
         }
     }

@@ -230,7 +230,7 @@ pub async fn run<W: Workload>(
     nemesis?;
     let workload_secs = start.elapsed().as_secs_f64();
 
-    cluster.recover()?;
+    cluster.recover().await?;
     let recovered = match cluster.wait_healthy(READY_TIMEOUT).await {
         Ok(()) => true,
         Err(e) => {
