@@ -87,7 +87,8 @@ pub enum Observation {
     },
     /// The stream failed or ended.
     Broken { error: String },
-    /// A new watch was opened after a broken one, after this many attempts.
+    /// A new watch was opened after a broken stream (or, at the start, failed attempts); it took
+    /// this many attempts.
     Resumed { start_revision: i64, attempts: u32 },
     /// The server canceled the watch; `compact_revision` is set when it was for compaction,
     /// after which the watcher cannot go on without losing events, so it ends.
