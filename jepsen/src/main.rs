@@ -16,6 +16,7 @@ use oxcd_jepsen::history::{History, Status};
 use oxcd_jepsen::nemesis::{FaultKind, Schedule};
 use oxcd_jepsen::runner::{self, TestOptions};
 use oxcd_jepsen::workload::register::Registers;
+use oxcd_jepsen::workload::watch::Watches;
 
 #[derive(Parser)]
 #[command(version, about = "oxcd's Jepsen-style harness")]
@@ -36,6 +37,9 @@ enum Command {
 enum Workload {
     /// Reads, writes and compare-and-sets on a few independent registers.
     Register,
+    /// Puts to a few keys under one prefix, watched from every member; the watch streams are
+    /// checked against each other and the writes (saved as watches.jsonl).
+    Watch,
 }
 
 #[derive(clap::Args)]
@@ -57,7 +61,7 @@ struct TestArgs {
     /// Concurrent clients; default twice the members.
     #[arg(long)]
     concurrency: Option<usize>,
-    /// Registers (keys).
+    /// Keys: the registers, or the keys under the watched prefix.
     #[arg(long, default_value_t = 5)]
     keys: usize,
     /// Seconds of each quiet period and of each fault.
@@ -165,6 +169,9 @@ fn test(args: &TestArgs) -> anyhow::Result<Verdict> {
             match args.workload {
                 Workload::Register => {
                     runner::run(&options, |r| Registers::new(args.keys, r, timeout)).await
+                }
+                Workload::Watch => {
+                    runner::run(&options, |r| Watches::new(args.keys, r, timeout)).await
                 }
             }
         };

@@ -4,6 +4,7 @@
 //! and its checker gives the verdict.
 
 pub mod register;
+pub mod watch;
 
 use std::collections::BTreeMap;
 use std::future::Future;
