@@ -15,6 +15,7 @@ use oxcd_jepsen::cluster::Flavor;
 use oxcd_jepsen::history::{History, Status};
 use oxcd_jepsen::nemesis::{FaultKind, Schedule};
 use oxcd_jepsen::runner::{self, TestOptions};
+use oxcd_jepsen::workload::append::{self, Appends};
 use oxcd_jepsen::workload::register::Registers;
 
 #[derive(Parser)]
@@ -26,7 +27,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Check a saved history (JSON Lines) for linearizability.
+    /// Check a saved history (JSON Lines): linearizability of registers, or strict
+    /// serializability of list-append transactions.
     Check(CheckArgs),
     /// Run a workload against a local cluster under faults, then check its history.
     Test(TestArgs),
@@ -36,6 +38,9 @@ enum Command {
 enum Workload {
     /// Reads, writes and compare-and-sets on a few independent registers.
     Register,
+    /// Transactions of appends to and reads of a few lists (Elle's list-append), checked for
+    /// strict serializability.
+    Append,
 }
 
 #[derive(clap::Args)]
@@ -57,7 +62,7 @@ struct TestArgs {
     /// Concurrent clients; default twice the members.
     #[arg(long)]
     concurrency: Option<usize>,
-    /// Registers (keys).
+    /// Keys: the registers, or the lists the append workload uses at a time.
     #[arg(long, default_value_t = 5)]
     keys: usize,
     /// Seconds of each quiet period and of each fault.
@@ -85,6 +90,9 @@ struct TestArgs {
 struct CheckArgs {
     /// The history file.
     file: PathBuf,
+    /// The workload that recorded it.
+    #[arg(long, value_enum, default_value = "register")]
+    workload: Workload,
     /// Give up after this many seconds and answer `unknown`; 0 for no limit.
     #[arg(long, default_value_t = 300.0, value_name = "SECONDS")]
     timeout: f64,
@@ -166,6 +174,9 @@ fn test(args: &TestArgs) -> anyhow::Result<Verdict> {
                 Workload::Register => {
                     runner::run(&options, |r| Registers::new(args.keys, r, timeout)).await
                 }
+                Workload::Append => {
+                    runner::run(&options, |r| Appends::new(args.keys, r, timeout)).await
+                }
             }
         };
         tokio::select! {
@@ -182,11 +193,27 @@ fn check(args: &CheckArgs) -> anyhow::Result<Verdict> {
     let timeout = limit(args.timeout)?;
     let history = History::load(&args.file)?;
     let ops = history.operations()?;
+    let count = |status| ops.iter().filter(|op| op.status == status).count();
+    if let Workload::Append = args.workload {
+        let started = Instant::now();
+        let report = append::check_append(&ops, &CheckOptions { timeout })?;
+        println!(
+            "{}: {} events, {} transactions ({} ok, {} fail, {} info)",
+            args.file.display(),
+            history.events.len(),
+            ops.len(),
+            count(Status::Ok),
+            count(Status::Fail),
+            count(Status::Info),
+        );
+        println!("checked in {:.3}s", started.elapsed().as_secs_f64());
+        print!("{report}");
+        return Ok(report.verdict());
+    }
     let started = Instant::now();
     let report = checker::check_register(&ops, &CheckOptions { timeout })?;
     let elapsed = started.elapsed();
 
-    let count = |status| ops.iter().filter(|op| op.status == status).count();
     let keys = match report.keys.len() {
         1 => "1 key".to_owned(),
         n => format!("{n} keys"),
