@@ -35,9 +35,8 @@
 //!
 //! # Keys
 //!
-//! At any time there are `keys` active keys (8 by default in Jepsen's test; `--keys` here),
-//! chosen with a Zipf-like skew (the first twice as often as the second, and so on) so that
-//! transactions contend. A key takes at most [`MAX_WRITES_PER_KEY`] appends; then a fresh key
+//! At any time there are `keys` active keys (`--keys`; Jepsen's own test uses 8), chosen with a
+//! Zipf-like skew (the i-th weighted 1/i) so that transactions contend. A key takes at most [`MAX_WRITES_PER_KEY`] appends; then a fresh key
 //! takes its place, as in Jepsen, so lists stay short and reads cheap however long the run. The
 //! final reads read every key ever used, from every member.
 

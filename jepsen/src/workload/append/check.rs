@@ -292,6 +292,9 @@ struct Analysis<'a> {
 
 /// Checks a history of `txn` operations over append-only lists for strict serializability.
 /// Errors on operations that are not such transactions, and on a value appended twice to a key.
+///
+/// The check takes about linear time in the history, except for finding cycles to show; past the timeout,
+/// components still to be searched are only counted (the verdict is invalid all the same).
 pub fn check_append(ops: &[Operation], options: &CheckOptions) -> Result<AppendReport> {
     let deadline = options.timeout.map(|t| Instant::now() + t);
     let mut analysis = Analysis::parse(ops)?;
@@ -303,17 +306,12 @@ pub fn check_append(ops: &[Operation], options: &CheckOptions) -> Result<AppendR
     let graph = analysis.graph();
     let components = tarjan(&graph, ALL);
     let mut unexplained = 0;
-    let mut cycles = Vec::new();
     for component in &components {
         if deadline.is_some_and(|d| Instant::now() > d) {
             unexplained += 1;
             continue;
         }
-        let cycle = analysis.cycle_in(&graph, component);
-        cycles.push(cycle);
-    }
-    for cycle in cycles {
-        let anomaly = analysis.describe_cycle(&cycle);
+        let anomaly = analysis.describe_cycle(&cycle_in(&graph, component));
         analysis.anomalies.push(anomaly);
     }
     analysis.anomalies.sort_by_key(|a| a.kind);
@@ -812,31 +810,6 @@ impl<'a> Analysis<'a> {
         Graph::new(self.node_txn.len(), edges)
     }
 
-    /// A short cycle in `component`, searched for with the least severe edges first.
-    fn cycle_in(&self, graph: &Graph, component: &[u32]) -> Vec<(u32, u8)> {
-        let (local, global) = graph.subgraph(component);
-        let lift = |cycle: Vec<(u32, u8)>| -> Vec<(u32, u8)> {
-            cycle
-                .into_iter()
-                .map(|(n, kind)| (global[n as usize], kind))
-                .collect()
-        };
-        for realtime in [0, RT] {
-            for mask in [WW, WW | WR] {
-                if let Some(cycle) = shortest_cycle(&local, mask | realtime) {
-                    return lift(cycle);
-                }
-            }
-            if let Some(cycle) = single_anti_dependency_cycle(&local, WW | WR | realtime) {
-                return lift(cycle);
-            }
-            if let Some(cycle) = shortest_cycle(&local, WW | WR | RW | realtime) {
-                return lift(cycle);
-            }
-        }
-        unreachable!("a strongly connected component has a cycle")
-    }
-
     fn describe_cycle(&self, cycle: &[(u32, u8)]) -> Anomaly {
         let rw = cycle.iter().filter(|(_, k)| *k == RW).count();
         let wr = cycle.iter().any(|(_, k)| *k == WR);
@@ -1149,6 +1122,31 @@ fn tarjan(graph: &Graph, mask: u8) -> Vec<Vec<u32>> {
     components
 }
 
+/// A short cycle in `component`, searched for with the least severe edges first.
+fn cycle_in(graph: &Graph, component: &[u32]) -> Vec<(u32, u8)> {
+    let (local, global) = graph.subgraph(component);
+    let lift = |cycle: Vec<(u32, u8)>| -> Vec<(u32, u8)> {
+        cycle
+            .into_iter()
+            .map(|(n, kind)| (global[n as usize], kind))
+            .collect()
+    };
+    for realtime in [0, RT] {
+        for mask in [WW, WW | WR] {
+            if let Some(cycle) = shortest_cycle(&local, mask | realtime) {
+                return lift(cycle);
+            }
+        }
+        if let Some(cycle) = single_anti_dependency_cycle(&local, WW | WR | realtime) {
+            return lift(cycle);
+        }
+        if let Some(cycle) = shortest_cycle(&local, WW | WR | RW | realtime) {
+            return lift(cycle);
+        }
+    }
+    unreachable!("a strongly connected component has a cycle")
+}
+
 /// The preferred kind to name an edge by, among `kinds`: the least severe.
 fn label(kinds: u8) -> u8 {
     [WW, WR, RT, RW]
@@ -1157,31 +1155,30 @@ fn label(kinds: u8) -> u8 {
         .expect("an edge has a kind")
 }
 
-/// Breadth-first: the shortest path from `from` to `to` over edges with a kind in `mask`, as
-/// the nodes after `from` up to `to`.
+/// Breadth-first: the shortest path from `from` to `to` over edges with a kind in `mask`, as its
+/// nodes from `from` to the one with the edge into `to`. With `to == from`, a shortest cycle.
 fn shortest_path(graph: &Graph, from: u32, to: u32, mask: u8) -> Option<Vec<u32>> {
     let mut parent: HashMap<u32, u32> = HashMap::new();
     let mut queue = VecDeque::from([from]);
     while let Some(v) = queue.pop_front() {
         for (w, kinds) in graph.edges(v) {
-            if kinds & mask == 0 || w == from || parent.contains_key(&w) {
+            if kinds & mask == 0 {
                 continue;
             }
-            parent.insert(w, v);
             if w == to {
-                let mut path = vec![to];
-                let mut at = to;
-                while let Some(&p) = parent.get(&at) {
-                    if p == from {
-                        break;
-                    }
-                    path.push(p);
-                    at = p;
+                let mut path = vec![v];
+                let mut at = v;
+                while at != from {
+                    at = parent[&at];
+                    path.push(at);
                 }
                 path.reverse();
                 return Some(path);
             }
-            queue.push_back(w);
+            if w != from && !parent.contains_key(&w) {
+                parent.insert(w, v);
+                queue.push_back(w);
+            }
         }
     }
     None
@@ -1199,7 +1196,7 @@ fn shortest_cycle(graph: &Graph, mask: u8) -> Option<Vec<(u32, u8)>> {
     let component = components.iter().min_by_key(|c| c.len())?;
     let mut best: Option<Vec<u32>> = None;
     for &start in component.iter().take(CYCLE_STARTS) {
-        if let Some(path) = shortest_path_to_self(graph, start, mask) {
+        if let Some(path) = shortest_path(graph, start, start, mask) {
             if best.as_ref().is_none_or(|b| path.len() < b.len()) {
                 best = Some(path);
             }
@@ -1207,35 +1204,6 @@ fn shortest_cycle(graph: &Graph, mask: u8) -> Option<Vec<(u32, u8)>> {
     }
     let cycle = best?;
     Some(label_cycle(graph, &cycle, mask))
-}
-
-/// The shortest cycle through `start`, as its nodes starting with `start`.
-fn shortest_path_to_self(graph: &Graph, start: u32, mask: u8) -> Option<Vec<u32>> {
-    let mut parent: HashMap<u32, u32> = HashMap::new();
-    let mut queue = VecDeque::from([start]);
-    while let Some(v) = queue.pop_front() {
-        for (w, kinds) in graph.edges(v) {
-            if kinds & mask == 0 {
-                continue;
-            }
-            if w == start {
-                let mut path = vec![v];
-                let mut at = v;
-                while at != start {
-                    at = parent[&at];
-                    path.push(at);
-                }
-                path.reverse();
-                return Some(path);
-            }
-            if parent.contains_key(&w) {
-                continue;
-            }
-            parent.insert(w, v);
-            queue.push_back(w);
-        }
-    }
-    None
 }
 
 fn label_cycle(graph: &Graph, cycle: &[u32], mask: u8) -> Vec<(u32, u8)> {
@@ -1262,15 +1230,11 @@ fn single_anti_dependency_cycle(graph: &Graph, mask: u8) -> Option<Vec<(u32, u8)
                 return best;
             }
             tries += 1;
-            if b == a {
-                continue;
-            }
             // b ... a over `mask`, then a -rw-> b.
-            let Some(path) = shortest_path(graph, b, a, mask) else {
+            let Some(mut nodes) = shortest_path(graph, b, a, mask) else {
                 continue;
             };
-            let mut nodes = vec![b];
-            nodes.extend(path);
+            nodes.push(a);
             if best.as_ref().is_some_and(|c| c.len() <= nodes.len()) {
                 continue;
             }
