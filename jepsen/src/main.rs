@@ -15,6 +15,7 @@ use oxcd_jepsen::cluster::Flavor;
 use oxcd_jepsen::history::{History, Status};
 use oxcd_jepsen::nemesis::{FaultKind, Schedule};
 use oxcd_jepsen::runner::{self, TestOptions};
+use oxcd_jepsen::workload::append::{self, Appends};
 use oxcd_jepsen::workload::register::Registers;
 use oxcd_jepsen::workload::watch::Watches;
 
@@ -27,7 +28,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Check a saved history (JSON Lines) for linearizability.
+    /// Check a saved history (JSON Lines): linearizability of registers, or strict
+    /// serializability of list-append transactions.
     Check(CheckArgs),
     /// Run a workload against a local cluster under faults, then check its history.
     Test(TestArgs),
@@ -37,6 +39,9 @@ enum Command {
 enum Workload {
     /// Reads, writes and compare-and-sets on a few independent registers.
     Register,
+    /// Transactions of appends to and reads of a few lists (Elle's list-append), checked for
+    /// strict serializability.
+    Append,
     /// Puts to a few keys under one prefix, watched from every member; the watch streams are
     /// checked against each other and the writes (saved as watches.jsonl).
     Watch,
@@ -61,7 +66,8 @@ struct TestArgs {
     /// Concurrent clients; default twice the members.
     #[arg(long)]
     concurrency: Option<usize>,
-    /// Keys: the registers, or the keys under the watched prefix.
+    /// Keys: the registers, the lists the append workload uses at a time, or the keys under
+    /// the watched prefix.
     #[arg(long, default_value_t = 5)]
     keys: usize,
     /// Seconds of each quiet period and of each fault.
@@ -89,6 +95,9 @@ struct TestArgs {
 struct CheckArgs {
     /// The history file.
     file: PathBuf,
+    /// The workload that recorded it.
+    #[arg(long, value_enum, default_value = "register")]
+    workload: Workload,
     /// Give up after this many seconds and answer `unknown`; 0 for no limit.
     #[arg(long, default_value_t = 300.0, value_name = "SECONDS")]
     timeout: f64,
@@ -170,6 +179,9 @@ fn test(args: &TestArgs) -> anyhow::Result<Verdict> {
                 Workload::Register => {
                     runner::run(&options, |r| Registers::new(args.keys, r, timeout)).await
                 }
+                Workload::Append => {
+                    runner::run(&options, |r| Appends::new(args.keys, r, timeout)).await
+                }
                 Workload::Watch => {
                     runner::run(&options, |r| Watches::new(args.keys, r, timeout)).await
                 }
@@ -189,11 +201,30 @@ fn check(args: &CheckArgs) -> anyhow::Result<Verdict> {
     let timeout = limit(args.timeout)?;
     let history = History::load(&args.file)?;
     let ops = history.operations()?;
+    let count = |status| ops.iter().filter(|op| op.status == status).count();
+    if let Workload::Watch = args.workload {
+        bail!("a watch history is checked together with its watch streams, by `test`");
+    }
+    if let Workload::Append = args.workload {
+        let started = Instant::now();
+        let report = append::check_append(&ops, &CheckOptions { timeout })?;
+        println!(
+            "{}: {} events, {} transactions ({} ok, {} fail, {} info)",
+            args.file.display(),
+            history.events.len(),
+            ops.len(),
+            count(Status::Ok),
+            count(Status::Fail),
+            count(Status::Info),
+        );
+        println!("checked in {:.3}s", started.elapsed().as_secs_f64());
+        print!("{report}");
+        return Ok(report.verdict());
+    }
     let started = Instant::now();
     let report = checker::check_register(&ops, &CheckOptions { timeout })?;
     let elapsed = started.elapsed();
 
-    let count = |status| ops.iter().filter(|op| op.status == status).count();
     let keys = match report.keys.len() {
         1 => "1 key".to_owned(),
         n => format!("{n} keys"),
