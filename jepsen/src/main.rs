@@ -15,6 +15,7 @@ use oxcd_jepsen::cluster::Flavor;
 use oxcd_jepsen::history::{History, Status};
 use oxcd_jepsen::nemesis::{FaultKind, Schedule};
 use oxcd_jepsen::runner::{self, TestOptions};
+use oxcd_jepsen::workload::lease::Leases;
 use oxcd_jepsen::workload::register::Registers;
 
 #[derive(Parser)]
@@ -36,6 +37,9 @@ enum Command {
 enum Workload {
     /// Reads, writes and compare-and-sets on a few independent registers.
     Register,
+    /// Lease grants and revokes, writes attached to leases, reads of them all: no key survives
+    /// its lease's revoke or expiry, and no revoked lease keeps or takes keys.
+    Lease,
 }
 
 #[derive(clap::Args)]
@@ -57,7 +61,7 @@ struct TestArgs {
     /// Concurrent clients; default twice the members.
     #[arg(long)]
     concurrency: Option<usize>,
-    /// Registers (keys).
+    /// Registers (keys) of the register workload; the lease workload makes its own keys.
     #[arg(long, default_value_t = 5)]
     keys: usize,
     /// Seconds of each quiet period and of each fault.
@@ -165,6 +169,10 @@ fn test(args: &TestArgs) -> anyhow::Result<Verdict> {
             match args.workload {
                 Workload::Register => {
                     runner::run(&options, |r| Registers::new(args.keys, r, timeout)).await
+                }
+                Workload::Lease => {
+                    let time_limit = options.time_limit;
+                    runner::run(&options, |r| Leases::new(r, timeout, time_limit)).await
                 }
             }
         };
