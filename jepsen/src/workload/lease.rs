@@ -64,6 +64,8 @@ pub const EXPIRY_MARGIN: Duration = Duration::from_secs(5);
 pub const LEASE_NOT_FOUND: &str = "requested lease not found";
 /// Live leases beyond which clients revoke rather than grant.
 const MAX_LIVE: usize = 10;
+/// Live long-lived leases below which clients do not revoke them.
+const KEPT_LONG: usize = 3;
 
 /// The key of write `n` attached to `lease`.
 pub fn write_key(lease: i64, n: i64) -> String {
@@ -194,7 +196,7 @@ impl Leases {
 
     /// A random operation: about 12% grants (a third of them short), 12% revokes, 48% writes
     /// and 28% reads. A revoke targets a lease known gone one time in five, else a live
-    /// long-lived one (short ones are left to expire). A write targets a lease known gone one
+    /// long-lived one while more than [`KEPT_LONG`] are live (short ones are left to expire). A write targets a lease known gone one
     /// time in eight, else a live one, a short one (while its TTL lasts) three times in ten when
     /// there is one. Without a target, or past [`MAX_LIVE`] live leases for a grant, it is a
     /// grant or a revoke respectively.
@@ -235,8 +237,15 @@ impl Leases {
             } else {
                 None
             };
+            // A few long-lived leases are always kept, so that the end state holds keys whose
+            // survival the final reads check.
+            let spare = if long.len() > KEPT_LONG {
+                &long[..]
+            } else {
+                &[]
+            };
             target
-                .or_else(|| pick(rng, &long))
+                .or_else(|| pick(rng, spare))
                 .or_else(|| pick(rng, gone))
                 .map(|lease| Op::Revoke { lease })
         };

@@ -688,8 +688,8 @@ pub fn check_leases(ops: &[Operation]) -> Result<LeaseReport> {
                     AnomalyKind::LostLease,
                     lease_subject(lease),
                     format!(
-                        "the {which} does not list lease {}, granted by the {} (ttl far longer \
-                         than the run) and never revoked",
+                        "the {which} does not list lease {}, granted by the {}, never revoked, \
+                         and with a ttl far longer than the run",
                         hex(lease),
                         describe(grant)
                     ),

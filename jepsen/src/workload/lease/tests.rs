@@ -682,35 +682,42 @@ fn operations_target_the_leases_the_workload_knows() {
     for _ in 0..200 {
         assert!(matches!(leases.generate(), Op::Grant { .. } | Op::Read));
     }
+    let long = |id| Live { id, expires: None };
     {
         let mut book = leases.book();
-        book.live.push(Live {
-            id: A,
-            expires: None,
-        });
+        book.live.push(long(A));
         book.live.push(Live {
             id: S,
             expires: Some(Instant::now() + Duration::from_secs(60)),
         });
         book.gone.push(B);
     }
-    let mut seen = HashSet::new();
-    for _ in 0..2_000 {
-        match leases.generate() {
-            // Short leases are left to expire.
-            Op::Revoke { lease } => assert!(lease == A || lease == B, "revoke of {lease:x}"),
-            Op::Write { lease, .. } => {
-                seen.insert(lease);
-            }
-            Op::Grant { ttl } => assert!(ttl == SHORT_TTL || ttl == MIN_LONG_TTL),
-            Op::Read | Op::List => {}
+    let tally = |leases: &Leases| {
+        let (mut revoked, mut written) = (HashSet::new(), HashSet::new());
+        for _ in 0..2_000 {
+            match leases.generate() {
+                Op::Revoke { lease } => revoked.insert(lease),
+                Op::Write { lease, .. } => written.insert(lease),
+                Op::Grant { ttl } => {
+                    assert!(ttl == SHORT_TTL || ttl == MIN_LONG_TTL);
+                    false
+                }
+                Op::Read | Op::List => false,
+            };
         }
-    }
-    assert_eq!(seen, HashSet::from([A, B, S]));
+        (revoked, written)
+    };
+    // Short leases are left to expire, and the last few long ones are kept.
+    assert_eq!(
+        tally(&leases),
+        (HashSet::from([B]), HashSet::from([A, B, S]))
+    );
+    leases.book().live.extend([long(0xc), long(0xd), long(0xe)]);
+    assert_eq!(tally(&leases).0, HashSet::from([A, B, 0xc, 0xd, 0xe]));
     // Past its TTL, a short lease counts as gone.
     leases.book().live[1].expires = Some(Instant::now());
     leases.generate();
-    assert_eq!(leases.book().live.len(), 1);
+    assert!(leases.book().live.iter().all(|l| l.id != S));
     assert!(leases.book().gone.contains(&S));
 }
 
