@@ -6,18 +6,21 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use clap::{Parser, Subcommand, ValueEnum};
 use oxcd_jepsen::checker::{self, CheckOptions, Verdict};
 use oxcd_jepsen::cluster::Flavor;
-use oxcd_jepsen::history::{History, Status};
+use oxcd_jepsen::history::{History, Recorder, Status};
 use oxcd_jepsen::nemesis::{FaultKind, Schedule};
 use oxcd_jepsen::runner::{self, TestOptions};
 use oxcd_jepsen::workload::append::{self, Appends};
+use oxcd_jepsen::workload::lease::Leases;
 use oxcd_jepsen::workload::register::Registers;
 use oxcd_jepsen::workload::watch::Watches;
+use oxcd_jepsen::workload::Workload as _;
 
 #[derive(Parser)]
 #[command(version, about = "oxcd's Jepsen-style harness")]
@@ -45,6 +48,9 @@ enum Workload {
     /// Puts to a few keys under one prefix, watched from every member; the watch streams are
     /// checked against each other and the writes (saved as watches.jsonl).
     Watch,
+    /// Lease grants and revokes, writes attached to leases, reads of them all: no key survives
+    /// its lease's revoke or expiry, and no revoked lease keeps or takes keys.
+    Lease,
 }
 
 #[derive(clap::Args)]
@@ -67,7 +73,7 @@ struct TestArgs {
     #[arg(long)]
     concurrency: Option<usize>,
     /// Keys: the registers, the lists the append workload uses at a time, or the keys under
-    /// the watched prefix.
+    /// the watched prefix; the lease and lock workloads make their own.
     #[arg(long, default_value_t = 5)]
     keys: usize,
     /// Seconds of each quiet period and of each fault.
@@ -185,6 +191,10 @@ fn test(args: &TestArgs) -> anyhow::Result<Verdict> {
                 Workload::Watch => {
                     runner::run(&options, |r| Watches::new(args.keys, r, timeout)).await
                 }
+                Workload::Lease => {
+                    let time_limit = options.time_limit;
+                    runner::run(&options, |r| Leases::new(r, timeout, time_limit)).await
+                }
             }
         };
         tokio::select! {
@@ -201,53 +211,65 @@ fn check(args: &CheckArgs) -> anyhow::Result<Verdict> {
     let timeout = limit(args.timeout)?;
     let history = History::load(&args.file)?;
     let ops = history.operations()?;
+    let options = CheckOptions { timeout };
+    let started = Instant::now();
     let count = |status| ops.iter().filter(|op| op.status == status).count();
-    if let Workload::Watch = args.workload {
-        bail!("a watch history is checked together with its watch streams, by `test`");
-    }
-    if let Workload::Append = args.workload {
-        let started = Instant::now();
-        let report = append::check_append(&ops, &CheckOptions { timeout })?;
-        println!(
-            "{}: {} events, {} transactions ({} ok, {} fail, {} info)",
+    let counts = |noun: &str| {
+        format!(
+            "{}: {} events, {} {noun} ({} ok, {} fail, {} info)",
             args.file.display(),
             history.events.len(),
             ops.len(),
             count(Status::Ok),
             count(Status::Fail),
             count(Status::Info),
-        );
-        println!("checked in {:.3}s", started.elapsed().as_secs_f64());
-        print!("{report}");
-        return Ok(report.verdict());
-    }
-    let started = Instant::now();
-    let report = checker::check_register(&ops, &CheckOptions { timeout })?;
-    let elapsed = started.elapsed();
-
-    let keys = match report.keys.len() {
-        1 => "1 key".to_owned(),
-        n => format!("{n} keys"),
+        )
     };
-    println!(
-        "{}: {} events, {} operations ({} ok, {} fail, {} info) on {keys}",
-        args.file.display(),
-        history.events.len(),
-        ops.len(),
-        count(Status::Ok),
-        count(Status::Fail),
-        count(Status::Info),
-    );
-    println!("checked in {:.3}s", elapsed.as_secs_f64());
-    for key in &report.keys {
-        match (&key.counterexample, key.verdict) {
-            (Some(ce), _) => println!("\n{ce}"),
-            (None, Verdict::Unknown) => println!(
-                "key {:?} ({} operations): not decided before the timeout",
-                key.key, key.ops
-            ),
-            _ => {}
+    let (verdict, headline, explanation) = match args.workload {
+        Workload::Watch => {
+            bail!("a watch history is checked together with its watch streams, by `test`")
         }
-    }
-    Ok(report.verdict())
+        Workload::Lease => {
+            let leases = Leases::new(Arc::new(Recorder::new()), Duration::ZERO, Duration::ZERO);
+            let judgement = leases.check(&ops, &options)?;
+            (
+                judgement.verdict,
+                counts("operations"),
+                judgement.explanation,
+            )
+        }
+        Workload::Append => {
+            let report = append::check_append(&ops, &options)?;
+            (report.verdict(), counts("transactions"), report.to_string())
+        }
+        Workload::Register => {
+            let report = checker::check_register(&ops, &options)?;
+            let keys = match report.keys.len() {
+                1 => "1 key".to_owned(),
+                n => format!("{n} keys"),
+            };
+            let mut explanation = String::new();
+            for key in &report.keys {
+                match (&key.counterexample, key.verdict) {
+                    (Some(ce), _) => explanation += &format!("\n{ce}\n"),
+                    (None, Verdict::Unknown) => {
+                        explanation += &format!(
+                            "key {:?} ({} operations): not decided before the timeout\n",
+                            key.key, key.ops
+                        )
+                    }
+                    _ => {}
+                }
+            }
+            (
+                report.verdict(),
+                format!("{} on {keys}", counts("operations")),
+                explanation,
+            )
+        }
+    };
+    println!("{headline}");
+    println!("checked in {:.3}s", started.elapsed().as_secs_f64());
+    print!("{explanation}");
+    Ok(verdict)
 }

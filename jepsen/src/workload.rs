@@ -4,6 +4,7 @@
 //! and its checker gives the verdict.
 
 pub mod append;
+pub mod lease;
 pub mod register;
 pub mod watch;
 
