@@ -15,6 +15,7 @@ use oxcd_jepsen::cluster::Flavor;
 use oxcd_jepsen::history::{History, Status};
 use oxcd_jepsen::nemesis::{FaultKind, Schedule};
 use oxcd_jepsen::runner::{self, TestOptions};
+use oxcd_jepsen::workload::lock::Locks;
 use oxcd_jepsen::workload::register::Registers;
 
 #[derive(Parser)]
@@ -36,6 +37,9 @@ enum Command {
 enum Workload {
     /// Reads, writes and compare-and-sets on a few independent registers.
     Register,
+    /// Clients taking etcd's Lock (leases kept alive) to update a counter without fencing and
+    /// append to a list with fencing; reports what the lock did and did not guarantee.
+    Lock,
 }
 
 #[derive(clap::Args)]
@@ -166,6 +170,7 @@ fn test(args: &TestArgs) -> anyhow::Result<Verdict> {
                 Workload::Register => {
                     runner::run(&options, |r| Registers::new(args.keys, r, timeout)).await
                 }
+                Workload::Lock => runner::run(&options, |r| Locks::new(r, timeout)).await,
             }
         };
         tokio::select! {

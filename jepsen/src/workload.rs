@@ -3,6 +3,7 @@
 //! issue operations until the time limit, the cluster recovers, the workload's final reads run,
 //! and its checker gives the verdict.
 
+pub mod lock;
 pub mod register;
 
 use std::collections::BTreeMap;
