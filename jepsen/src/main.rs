@@ -61,7 +61,7 @@ struct TestArgs {
     /// Concurrent clients; default twice the members.
     #[arg(long)]
     concurrency: Option<usize>,
-    /// Registers (keys).
+    /// Registers (keys) of the register workload; the lock workload always uses one lock.
     #[arg(long, default_value_t = 5)]
     keys: usize,
     /// Seconds of each quiet period and of each fault.

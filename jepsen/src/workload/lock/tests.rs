@@ -1,6 +1,7 @@
 //! Hand-written lock histories: what the checker must accept, report, and reject.
 
 use super::*;
+use crate::checker::Verdict;
 use crate::history::History;
 
 /// One operation as its two history lines: `process` invoked `f` on `key` with `value` at
