@@ -18,6 +18,7 @@ use oxcd_jepsen::nemesis::{FaultKind, Schedule};
 use oxcd_jepsen::runner::{self, TestOptions};
 use oxcd_jepsen::workload::append::{self, Appends};
 use oxcd_jepsen::workload::lease::Leases;
+use oxcd_jepsen::workload::lock::Locks;
 use oxcd_jepsen::workload::register::Registers;
 use oxcd_jepsen::workload::watch::Watches;
 use oxcd_jepsen::workload::Workload as _;
@@ -51,6 +52,9 @@ enum Workload {
     /// Lease grants and revokes, writes attached to leases, reads of them all: no key survives
     /// its lease's revoke or expiry, and no revoked lease keeps or takes keys.
     Lease,
+    /// Clients taking etcd's Lock (leases kept alive) to update a counter without fencing and
+    /// append to a list with fencing; reports what the lock did and did not guarantee.
+    Lock,
 }
 
 #[derive(clap::Args)]
@@ -195,6 +199,7 @@ fn test(args: &TestArgs) -> anyhow::Result<Verdict> {
                     let time_limit = options.time_limit;
                     runner::run(&options, |r| Leases::new(r, timeout, time_limit)).await
                 }
+                Workload::Lock => runner::run(&options, |r| Locks::new(r, timeout)).await,
             }
         };
         tokio::select! {
@@ -229,9 +234,14 @@ fn check(args: &CheckArgs) -> anyhow::Result<Verdict> {
         Workload::Watch => {
             bail!("a watch history is checked together with its watch streams, by `test`")
         }
-        Workload::Lease => {
-            let leases = Leases::new(Arc::new(Recorder::new()), Duration::ZERO, Duration::ZERO);
-            let judgement = leases.check(&ops, &options)?;
+        Workload::Lease | Workload::Lock => {
+            // Their checkers need no run state: a workload made for checking alone will do.
+            let recorder = Arc::new(Recorder::new());
+            let judgement = if let Workload::Lease = args.workload {
+                Leases::new(recorder, Duration::ZERO, Duration::ZERO).check(&ops, &options)?
+            } else {
+                Locks::new(recorder, Duration::ZERO).check(&ops, &options)?
+            };
             (
                 judgement.verdict,
                 counts("operations"),

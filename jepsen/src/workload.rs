@@ -5,6 +5,7 @@
 
 pub mod append;
 pub mod lease;
+pub mod lock;
 pub mod register;
 pub mod watch;
 
