@@ -6,18 +6,16 @@
 //! Needs an oxcd binary: `$OXCD_BIN`, or the one next to this test's target directory
 //! (`./dev test` builds it; by hand: `cargo build -p oxcd --bin oxcd`).
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::time::Duration;
 
-use oxcd_jepsen::checker::Verdict;
+use common::{Plan, NODES};
 use oxcd_jepsen::cluster::Flavor;
-use oxcd_jepsen::history::{History, Status, F};
-use oxcd_jepsen::nemesis::{FaultKind, Schedule};
-use oxcd_jepsen::runner::{self, TestOptions};
+use oxcd_jepsen::history::{Status, F};
 use oxcd_jepsen::workload::append::{parse_txn, Appends, MicroOp};
 
-const NODES: usize = 3;
 const KEYS: usize = 8;
 /// 20 s at 50 transactions per second invokes up to 1000; a healthy run completes several
 /// hundred. The bound leaves room for a slow, loaded CI machine.
@@ -25,69 +23,24 @@ const MIN_OK: usize = 150;
 
 #[test]
 fn append_under_kill_pause_and_partition_is_strictly_serializable() {
-    let oxcd = Flavor::Oxcd.default_binary();
-    assert!(
-        oxcd.is_file(),
-        "no oxcd binary at {}; build it first with `cargo build -p oxcd --bin oxcd` (or set \
-         OXCD_BIN)",
-        oxcd.display()
-    );
-    // One directory per test process, removed only when the test passes.
-    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("jepsen-append-run-{}", std::process::id()));
-    let options = TestOptions {
+    let plan = Plan {
+        name: "append",
         flavor: Flavor::Oxcd,
-        binary: oxcd,
-        nodes: NODES,
-        concurrency: 2 * NODES,
         rate: 50.0,
-        time_limit: Duration::from_secs(20),
-        // Three-second quiet and fault periods give three faults in 20 s, one of each kind
-        // (kinds are dealt round-robin).
-        schedule: Schedule {
-            faults: vec![FaultKind::Kill, FaultKind::Pause, FaultKind::Partition],
-            quiet: Duration::from_secs(3),
-            hold: Duration::from_secs(3),
-        },
         op_timeout: Duration::from_millis(1500),
-        check_timeout: Some(Duration::from_secs(300)),
-        out: out.clone(),
     };
-    let timeout = options.op_timeout;
-    let result = tokio::runtime::Runtime::new()
-        .expect("a tokio runtime")
-        .block_on(runner::run(&options, |recorder| {
-            Appends::new(KEYS, recorder, timeout)
-        }))
-        .expect("the run");
-    let verdict = std::fs::read_to_string(out.join("verdict.txt")).unwrap_or_default();
-    let context = format!(
-        "results in {}\n{}--- verdict.txt ---\n{verdict}",
-        out.display(),
-        result.summary.text()
-    );
-    assert_eq!(result.verdict, Verdict::Valid, "{context}");
-
-    let summary = &result.summary;
-    for kind in ["kill", "pause", "partition"] {
-        assert!(
-            summary.faults.get(kind).copied().unwrap_or(0) >= 1,
-            "no {kind} fault happened\n{context}"
-        );
-    }
+    let run = common::run(plan, |recorder, options| {
+        Appends::new(KEYS, recorder, options.op_timeout)
+    });
+    let (summary, context) = (&run.summary, &run.context);
     assert!(
         summary.ops.ok > MIN_OK,
         "too few ok transactions\n{context}"
     );
-    assert!(summary.recovered, "the cluster did not recover\n{context}");
-    assert_eq!(summary.unexpected_exits, 0, "a member crashed\n{context}");
 
     // The saved history is what was checked: it must agree with the summary, and show that the
     // transactions did what the checker needs to see.
-    let ops = History::load(out.join("history.jsonl"))
-        .expect("history.jsonl")
-        .operations()
-        .expect("history.jsonl pairs");
+    let ops = run.operations();
     assert!(ops.iter().all(|op| op.f == F::Txn), "{context}");
     let ok = ops.iter().filter(|op| op.status == Status::Ok).count();
     assert_eq!(ok, summary.ops.ok, "{context}");
@@ -133,5 +86,5 @@ fn append_under_kill_pause_and_partition_is_strictly_serializable() {
             "final reads of process {process} lack {missing:?}\n{context}"
         );
     }
-    std::fs::remove_dir_all(&out).expect("removing the results directory");
+    run.passed();
 }

@@ -9,64 +9,31 @@
 //! etcd (`/usr/bin/etcd` or `$ETCD_BIN`; `./dev test` installs it) is the reference the workload
 //! and checker are calibrated against.
 
-use std::path::PathBuf;
+mod common;
+
 use std::time::Duration;
 
-use oxcd_jepsen::checker::Verdict;
+use common::{Plan, NODES};
 use oxcd_jepsen::cluster::Flavor;
-use oxcd_jepsen::history::{History, Status, F};
-use oxcd_jepsen::nemesis::{FaultKind, Schedule};
-use oxcd_jepsen::runner::{self, TestOptions};
+use oxcd_jepsen::history::{Status, F};
 use oxcd_jepsen::workload::lock::{Locks, FENCED_KEY};
 
-const NODES: usize = 3;
-/// 20 s with three 3 s faults leaves about 11 s of quiet; an uncontended hold takes tens of ms
-/// and six clients share one lock, so a healthy run holds it well over a hundred times.
 const MIN_HOLDS: usize = 30;
 
 fn run(flavor: Flavor) {
-    let binary = flavor.default_binary();
-    assert!(
-        binary.is_file(),
-        "no {flavor} binary at {} (oxcd: `cargo build -p oxcd --bin oxcd` or $OXCD_BIN; etcd: \
-         `./dev test` installs it, or $ETCD_BIN)",
-        binary.display()
-    );
-    // One directory per test process, removed only when the test passes.
-    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("jepsen-lock-run-{flavor}-{}", std::process::id()));
-    // Longer than the 2 s lease TTL: a holder's request can outlive its lease and land after
-    // another client took the lock, which is what fencing is for.
-    let op_timeout = Duration::from_secs(3);
-    let options = TestOptions {
+    let plan = Plan {
+        name: "lock",
         flavor,
-        binary,
-        nodes: NODES,
-        concurrency: 2 * NODES,
         rate: 50.0,
-        time_limit: Duration::from_secs(20),
-        schedule: Schedule {
-            faults: vec![FaultKind::Kill, FaultKind::Pause, FaultKind::Partition],
-            quiet: Duration::from_secs(3),
-            hold: Duration::from_secs(3),
-        },
-        op_timeout,
-        check_timeout: None,
-        out: out.clone(),
+        // Longer than the 2 s lease TTL: a holder's request can outlive its lease and land
+        // after another client took the lock, which is what fencing is for.
+        op_timeout: Duration::from_secs(3),
     };
-    let result = tokio::runtime::Runtime::new()
-        .unwrap()
-        .block_on(runner::run(&options, |recorder| {
-            Locks::new(recorder, op_timeout)
-        }))
-        .unwrap_or_else(|e| panic!("the run failed: {e:#}\nresults in {}", out.display()));
-    let verdict_txt = std::fs::read_to_string(out.join("verdict.txt")).expect("verdict.txt");
-    let context = format!(
-        "results in {}\n--- summary ---\n{}--- verdict.txt ---\n{verdict_txt}",
-        out.display(),
-        result.summary.text()
-    );
-    assert_eq!(result.verdict, Verdict::Valid, "{context}");
+    let run = common::run(plan, |recorder, options| {
+        Locks::new(recorder, options.op_timeout)
+    });
+    let (summary, context) = (&run.summary, &run.context);
+    let verdict_txt = run.file("verdict.txt");
 
     // The human summary comes first: the lock, then one line for each of the three questions.
     let lines: Vec<&str> = verdict_txt.lines().collect();
@@ -80,25 +47,13 @@ fn run(flavor: Flavor) {
         assert!(line.starts_with(question), "{question}\n{context}");
     }
 
-    let summary = &result.summary;
-    for kind in ["kill", "pause", "partition"] {
-        assert!(
-            summary.faults.get(kind).copied().unwrap_or(0) >= 1,
-            "no {kind} fault happened\n{context}"
-        );
-    }
-    assert!(summary.recovered, "the cluster did not recover\n{context}");
-    assert_eq!(summary.unexpected_exits, 0, "a member crashed\n{context}");
     assert_eq!(
         summary.final_reads.ok,
         NODES * 2,
         "every member must answer both final reads\n{context}"
     );
 
-    let ops = History::load(out.join("history.jsonl"))
-        .expect("history.jsonl")
-        .operations()
-        .expect("history.jsonl pairs");
+    let ops = run.operations();
     let ok = |f: F, key: Option<&str>| {
         ops.iter()
             .filter(|op| op.f == f && op.status == Status::Ok)
@@ -117,7 +72,7 @@ fn run(flavor: Flavor) {
         ok(F::Write, Some(FENCED_KEY)) >= MIN_HOLDS,
         "too few fenced writes\n{context}"
     );
-    std::fs::remove_dir_all(&out).expect("removing the results directory");
+    run.passed();
 }
 
 #[test]

@@ -5,6 +5,8 @@
 //! Needs the oxcd binary next to `oxcd-jepsen` in the target directory (`./dev test` builds it;
 //! by hand: `cargo build -p oxcd --bin oxcd`), or `$OXCD_BIN`.
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -22,17 +24,8 @@ const MIN_OK: usize = 200;
 fn register_under_kill_pause_and_partition_is_linearizable() {
     let jepsen = PathBuf::from(env!("CARGO_BIN_EXE_oxcd-jepsen"));
     // From this test's `deps/` directory this finds the same oxcd that `oxcd-jepsen` would.
-    let oxcd = Flavor::Oxcd.default_binary();
-    assert!(
-        oxcd.is_file(),
-        "no oxcd binary at {}; build it first with `cargo build -p oxcd --bin oxcd` (or set \
-         OXCD_BIN)",
-        oxcd.display()
-    );
-    // One directory per test process, so runs at the same time (two checkouts sharing a target
-    // directory) never delete each other's members; it is removed only when the test passes.
-    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("jepsen-short-run-{}", std::process::id()));
+    let oxcd = common::binary(Flavor::Oxcd);
+    let out = common::results_dir("register");
 
     let output = Command::new(&jepsen)
         .args(["test", "--workload", "register"])

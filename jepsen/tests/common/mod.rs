@@ -1,0 +1,125 @@
+//! What every short workload run in CI shares: 3 members, 20 s, one kill, one pause and one
+//! partition of 3 s each, and the checks any run must pass to mean something (a valid verdict,
+//! every fault kind, recovery, no crash). Each test adds what its workload must have done.
+
+// Every test binary compiles this module and uses only part of it.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use oxcd_jepsen::checker::Verdict;
+use oxcd_jepsen::cluster::Flavor;
+use oxcd_jepsen::history::{History, Operation, Recorder};
+use oxcd_jepsen::nemesis::{FaultKind, Schedule};
+use oxcd_jepsen::runner::{self, Summary, TestOptions};
+use oxcd_jepsen::workload::Workload;
+
+pub const NODES: usize = 3;
+
+/// How a run differs between workloads.
+pub struct Plan {
+    /// Names the results directory.
+    pub name: &'static str,
+    pub flavor: Flavor,
+    /// Operations per second, over all clients.
+    pub rate: f64,
+    pub op_timeout: Duration,
+}
+
+/// A finished run that passed the common checks.
+pub struct Run {
+    pub summary: Summary,
+    /// The results directory, and the summary and verdict text to print when an assertion fails.
+    pub context: String,
+    out: PathBuf,
+}
+
+impl Run {
+    /// The saved history, which is what was checked.
+    pub fn operations(&self) -> Vec<Operation> {
+        History::load(self.out.join("history.jsonl"))
+            .expect("history.jsonl")
+            .operations()
+            .expect("history.jsonl pairs")
+    }
+
+    pub fn file(&self, name: &str) -> String {
+        std::fs::read_to_string(self.out.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+    }
+
+    /// Removes the results directory; called once every assertion held, so a failed run keeps
+    /// its members' logs.
+    pub fn passed(self) {
+        std::fs::remove_dir_all(&self.out).expect("removing the results directory");
+    }
+}
+
+/// The server binary the members run; fails the test when it is not there.
+pub fn binary(flavor: Flavor) -> PathBuf {
+    let binary = flavor.default_binary();
+    assert!(
+        binary.is_file(),
+        "no {flavor} binary at {} (oxcd: `cargo build -p oxcd --bin oxcd` or $OXCD_BIN; etcd: \
+         `./dev test` installs it, or $ETCD_BIN)",
+        binary.display()
+    );
+    binary
+}
+
+/// A results directory of its own for this test process, so runs at the same time (two
+/// checkouts sharing a target directory) never delete each other's members.
+pub fn results_dir(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("jepsen-{name}-run-{}", std::process::id()))
+}
+
+/// Runs the workload `make` builds and checks what every run must show.
+pub fn run<W: Workload>(plan: Plan, make: impl FnOnce(Arc<Recorder>, &TestOptions) -> W) -> Run {
+    let binary = binary(plan.flavor);
+    let out = results_dir(&format!("{}-{}", plan.name, plan.flavor));
+    let options = TestOptions {
+        flavor: plan.flavor,
+        binary,
+        nodes: NODES,
+        concurrency: 2 * NODES,
+        rate: plan.rate,
+        time_limit: Duration::from_secs(20),
+        // Three-second quiet and fault periods give three faults in 20 s, one of each kind
+        // (kinds are dealt round-robin).
+        schedule: Schedule {
+            faults: vec![FaultKind::Kill, FaultKind::Pause, FaultKind::Partition],
+            quiet: Duration::from_secs(3),
+            hold: Duration::from_secs(3),
+        },
+        op_timeout: plan.op_timeout,
+        check_timeout: Some(Duration::from_secs(300)),
+        out: out.clone(),
+    };
+    let result = tokio::runtime::Runtime::new()
+        .expect("a tokio runtime")
+        .block_on(runner::run(&options, |recorder| make(recorder, &options)))
+        .unwrap_or_else(|e| panic!("the run failed: {e:#}\nresults in {}", out.display()));
+    let verdict = std::fs::read_to_string(out.join("verdict.txt")).unwrap_or_default();
+    let summary = result.summary;
+    let context = format!(
+        "results in {}\n{}--- verdict.txt ---\n{verdict}",
+        out.display(),
+        summary.text()
+    );
+    assert_eq!(result.verdict, Verdict::Valid, "{context}");
+    for kind in ["kill", "pause", "partition"] {
+        assert!(
+            summary.faults.get(kind).copied().unwrap_or(0) >= 1,
+            "no {kind} fault happened\n{context}"
+        );
+    }
+    assert!(summary.recovered, "the cluster did not recover\n{context}");
+    assert_eq!(summary.unexpected_exits, 0, "a member crashed\n{context}");
+    Run {
+        summary,
+        context,
+        out,
+    }
+}
