@@ -35,6 +35,8 @@ const ELECTION_TIMEOUT_MS: u64 = 1000;
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// The bound on a MemberAdd or MemberRemove.
 const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long adding a member back is retried.
+const MEMBERSHIP_DEADLINE: Duration = Duration::from_secs(30);
 /// How long a removed member gets to stop by itself.
 const REMOVED_EXIT_GRACE: Duration = Duration::from_secs(5);
 
@@ -302,10 +304,18 @@ impl Cluster {
         self.members[member].removed
     }
 
-    /// Removes `member` from the cluster through member `via` (MemberRemove), waits for the
+    /// Another member to send a membership change through: running, not paused.
+    fn live_member_other_than(&self, member: usize) -> Result<usize> {
+        (0..self.members())
+            .find(|&m| m != member && self.is_running(m) && !self.is_paused(m))
+            .ok_or_else(|| anyhow!("no running member besides {} to ask", self.name(member)))
+    }
+
+    /// Removes `member` from the cluster through another member (MemberRemove), waits for the
     /// removed process to stop by itself as etcd's members do (killing it after a grace
     /// period), and wipes its data, so that only [`Cluster::add_back`] brings it back.
-    pub async fn remove(&mut self, member: usize, via: usize) -> Result<()> {
+    pub async fn remove(&mut self, member: usize) -> Result<()> {
+        let via = self.live_member_other_than(member)?;
         let mut client = connect(&self.endpoint(via), MEMBERSHIP_TIMEOUT).await?;
         let id = self.member_id(&mut client, member).await?;
         client.member_remove(id).await.with_context(|| {
@@ -331,10 +341,30 @@ impl Cluster {
         Ok(())
     }
 
-    /// Adds a removed member back through member `via` (MemberAdd with its old peer URL) and
-    /// starts it empty, joining the existing cluster.
-    pub async fn add_back(&mut self, member: usize, via: usize) -> Result<()> {
+    /// Adds a removed member back through another member (MemberAdd with its old peer URL) and
+    /// starts it empty, joining the existing cluster. Retried while the cluster cannot take the
+    /// change yet (it may still be electing a leader after the removal).
+    pub async fn add_back(&mut self, member: usize) -> Result<()> {
+        let deadline = Instant::now() + MEMBERSHIP_DEADLINE;
+        while let Err(e) = self.add(member).await {
+            if Instant::now() >= deadline {
+                return Err(e);
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let m = &mut self.members[member];
+        m.removed = false;
+        m.rejoined = true;
+        self.launch(member)
+    }
+
+    /// One MemberAdd of `member`, unless an earlier one whose answer was lost already added it.
+    async fn add(&self, member: usize) -> Result<()> {
+        let via = self.live_member_other_than(member)?;
         let mut client = connect(&self.endpoint(via), MEMBERSHIP_TIMEOUT).await?;
+        if self.member_id(&mut client, member).await.is_ok() {
+            return Ok(());
+        }
         let peer_url = format!("http://{}", self.network.peer_addr(member));
         client.member_add([peer_url], None).await.with_context(|| {
             format!(
@@ -343,10 +373,7 @@ impl Cluster {
                 self.name(via)
             )
         })?;
-        let m = &mut self.members[member];
-        m.removed = false;
-        m.rejoined = true;
-        self.launch(member)
+        Ok(())
     }
 
     async fn member_id(&self, client: &mut Client, member: usize) -> Result<u64> {
@@ -419,13 +446,13 @@ impl Cluster {
             }
         }
         for i in 0..self.members() {
-            if self.members[i].removed {
-                let via = (0..self.members())
-                    .find(|&v| !self.members[v].removed)
-                    .ok_or_else(|| anyhow!("every member was removed"))?;
-                self.add_back(i, via).await?;
-            } else if self.members[i].child.is_none() {
+            if !self.members[i].removed && self.members[i].child.is_none() {
                 self.launch(i)?;
+            }
+        }
+        for i in 0..self.members() {
+            if self.members[i].removed {
+                self.add_back(i).await?;
             }
         }
         Ok(())

@@ -308,17 +308,8 @@ async fn start(cluster: &mut Cluster, kind: FaultKind, log: &mut NemesisLog) -> 
         FaultKind::Member => {
             let (members, detail) = targets(cluster, kind, leader);
             let target = members[0];
-            let via = (0..cluster.members())
-                .find(|&m| m != target && cluster.is_running(m) && !cluster.is_paused(m));
-            let outcome = match via {
-                Some(via) => cluster
-                    .remove(target, via)
-                    .await
-                    .map(|()| detail.to_owned()),
-                None => Err(anyhow::anyhow!("no other member to ask")),
-            };
-            match outcome {
-                Ok(detail) => (vec![target], format!("remove {detail}"), Vec::new()),
+            match cluster.remove(target).await {
+                Ok(()) => (vec![target], format!("remove {detail}"), Vec::new()),
                 // A cluster without quorum refuses the change; the attempt is the fault.
                 Err(e) => (Vec::new(), format!("remove refused: {e:#}"), Vec::new()),
             }
@@ -398,12 +389,7 @@ async fn stop(cluster: &mut Cluster, active: Active, log: &mut NemesisLog) -> Re
         }
         FaultKind::Member => {
             for &m in &active.members {
-                let via = (0..cluster.members())
-                    .find(|&v| v != m && cluster.is_running(v) && !cluster.is_paused(v))
-                    .ok_or_else(|| {
-                        anyhow::anyhow!("no member to add {} back through", cluster.name(m))
-                    })?;
-                cluster.add_back(m, via).await?;
+                cluster.add_back(m).await?;
             }
         }
     }
