@@ -4,10 +4,8 @@
 //! invalid, when the earlier holder's lease lapsed), the report must answer its three questions
 //! first, and the run must have held the lock often enough to mean something.
 //!
-//! oxcd does not serve the Lock service yet (it answers `Unimplemented`, so no acquire succeeds
-//! and the verdict is `unknown`): its run is ignored until it does (`cargo test -- --ignored`).
-//! etcd (`/usr/bin/etcd` or `$ETCD_BIN`; `./dev test` installs it) is the reference the workload
-//! and checker are calibrated against.
+//! Both flavours run: etcd (`/usr/bin/etcd` or `$ETCD_BIN`; `./dev test` installs it) is the
+//! reference the workload and checker are calibrated against.
 
 mod common;
 
@@ -81,7 +79,6 @@ fn etcd_lock_under_kill_pause_and_partition() {
 }
 
 #[test]
-#[ignore = "oxcd does not serve the Lock service yet: it answers Unimplemented"]
 fn oxcd_lock_under_kill_pause_and_partition() {
     run(Flavor::Oxcd);
 }

@@ -64,6 +64,16 @@ pub enum EtcdError {
     BadLeaderTransferee,
     #[error("etcdserver: unhealthy cluster")]
     Unhealthy,
+    // The Lock and Election services' own errors: etcd returns them as plain Go errors, which
+    // gRPC sends with code Unknown.
+    #[error("mutex: session is expired")]
+    SessionExpired,
+    #[error("election: not leader")]
+    ElectionNotLeader,
+    #[error("election: no leader")]
+    ElectionNoLeader,
+    #[error("\"leader\" field must be provided")]
+    MissingLeaderKey,
 }
 
 impl EtcdError {
@@ -82,6 +92,9 @@ impl EtcdError {
                 Code::Unavailable
             }
             Corrupt => Code::DataLoss,
+            SessionExpired | ElectionNotLeader | ElectionNoLeader | MissingLeaderKey => {
+                Code::Unknown
+            }
         }
     }
 
@@ -99,7 +112,7 @@ impl EtcdError {
     }
 }
 
-const ALL: [EtcdError; 29] = {
+const ALL: [EtcdError; 33] = {
     use EtcdError::*;
     [
         EmptyKey,
@@ -131,6 +144,10 @@ const ALL: [EtcdError; 29] = {
         NotSupportedForLearner,
         BadLeaderTransferee,
         Unhealthy,
+        SessionExpired,
+        ElectionNotLeader,
+        ElectionNoLeader,
+        MissingLeaderKey,
     ]
 };
 

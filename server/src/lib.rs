@@ -7,6 +7,7 @@ pub mod alarm;
 pub mod api;
 mod authority;
 pub mod cluster;
+pub mod concurrency;
 pub mod config;
 pub mod error;
 pub mod health;

@@ -17,6 +17,8 @@ use oxcd_proto::peerpb::{
     discovery_client::DiscoveryClient, discovery_server::DiscoveryServer, peer_server::PeerServer,
     MembersRequest,
 };
+use oxcd_proto::v3electionpb::election_server::ElectionServer;
+use oxcd_proto::v3lockpb::lock_server::LockServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -28,11 +30,12 @@ use tonic::transport::ClientTlsConfig;
 
 use crate::alarm::{Alarms, Quota};
 use crate::api::{
-    ClusterApi, ClusterCheck, DiscoveryApi, HeaderFiller, KvApi, LeaderGuard, LearnerGate,
-    LeaseApi, MaintenanceApi, PeerApi, WatchApi,
+    ClusterApi, ClusterCheck, DiscoveryApi, ElectionApi, HeaderFiller, KvApi, LeaderGuard,
+    LearnerGate, LeaseApi, LockApi, MaintenanceApi, PeerApi, WatchApi,
 };
 use crate::authority::AuthorityFix;
 use crate::cluster;
+use crate::concurrency::Contention;
 use crate::config::{ClusterState, Config};
 use crate::kv::KvService;
 use crate::lease::{LeaseService, Lessor};
@@ -162,6 +165,7 @@ impl Node {
             config.max_txn_ops,
         ));
         let leases = LeaseService::start(lessor, consensus.clone(), quota, member_id);
+        let contention = Arc::new(Contention::new(kv.clone(), watches.clone(), leases.clone()));
         let max_decode = config.max_request_bytes + GRPC_OVERHEAD_BYTES;
 
         let guard = LeaderGuard(consensus.clone());
@@ -246,6 +250,20 @@ impl Node {
                     WatchServer,
                     WatchApi {
                         hub: watches.clone(),
+                        header: header.clone()
+                    }
+                ))
+                .add_service(service!(
+                    LockServer,
+                    LockApi {
+                        contention: contention.clone(),
+                        header: header.clone()
+                    }
+                ))
+                .add_service(service!(
+                    ElectionServer,
+                    ElectionApi {
+                        contention: contention.clone(),
                         header: header.clone()
                     }
                 ))
@@ -336,7 +354,6 @@ impl Node {
     /// Stops serving clients, then stops consensus; everything acknowledged is already durable.
     /// Clients get a short grace period to finish in-flight calls; connections still open after
     /// it (idle clients, long-lived streams) are dropped, as etcd drops them.
-
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         for mut server in self.servers {

@@ -12,8 +12,10 @@ macro_rules! respond {
 }
 
 mod cluster;
+mod election;
 mod kv;
 mod lease;
+mod lock;
 mod maintenance;
 mod peer;
 mod watch;
@@ -26,8 +28,10 @@ use tonic::codegen::{http, BoxFuture, Service};
 use oxcd_proto::etcdserverpb::ResponseHeader;
 
 pub use cluster::ClusterApi;
+pub use election::ElectionApi;
 pub use kv::KvApi;
 pub use lease::LeaseApi;
+pub use lock::LockApi;
 pub use maintenance::MaintenanceApi;
 pub use peer::{ClusterCheck, DiscoveryApi, PeerApi};
 pub use watch::WatchApi;
@@ -85,6 +89,12 @@ where
         let call = self.inner.call(req);
         Box::pin(call)
     }
+}
+
+/// etcd serves Lock and Election through a client inside the server and hands that client's
+/// errors back as plain Go errors, which gRPC sends with code Unknown (and etcd's message).
+fn unknown_code(e: EtcdError) -> tonic::Status {
+    tonic::Status::unknown(e.to_string())
 }
 
 /// Fills the member-level fields of response headers, as etcd's `header.fill` does.

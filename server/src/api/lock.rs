@@ -1,0 +1,40 @@
+use std::sync::Arc;
+
+use oxcd_proto::v3lockpb::{
+    lock_server::Lock, LockRequest, LockResponse, UnlockRequest, UnlockResponse,
+};
+use tonic::{Request, Response, Status};
+
+use super::{unknown_code, HeaderFiller};
+use crate::concurrency::Contention;
+
+pub struct LockApi {
+    pub contention: Arc<Contention>,
+    pub header: Arc<HeaderFiller>,
+}
+
+#[tonic::async_trait]
+impl Lock for LockApi {
+    async fn lock(&self, req: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
+        let r = req.into_inner();
+        respond!(self, async {
+            let (key, header) = self
+                .contention
+                .lock(&r.name, r.lease)
+                .await
+                .map_err(unknown_code)?;
+            Ok::<_, Status>(LockResponse { header, key })
+        })
+    }
+
+    async fn unlock(
+        &self,
+        req: Request<UnlockRequest>,
+    ) -> Result<Response<UnlockResponse>, Status> {
+        let key = req.into_inner().key;
+        respond!(self, async {
+            let header = self.contention.unlock(key).await.map_err(unknown_code)?;
+            Ok::<_, Status>(UnlockResponse { header })
+        })
+    }
+}
