@@ -51,8 +51,12 @@ fn init_logging(level: &str) {
         "error" | "panic" | "fatal" => "error",
         _ => "info",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("OXCD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},openraft=warn")));
+    // openraft's info level narrates every vote and replication step; it never says more than
+    // warnings, and no more than the chosen level.
+    let openraft = if level == "error" { "error" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("OXCD_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("{level},openraft={openraft}"))
+    });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -861,6 +861,16 @@ impl<'a> Analysis<'a> {
         Anomaly { kind, text, ops }
     }
 
+    /// The first element of key `k`'s version order, from position `from` on, that the
+    /// transaction of graph node `node` appended.
+    fn first_appended_by(&self, node: u32, k: usize, from: usize) -> i64 {
+        self.orders[k].elements[from..]
+            .iter()
+            .find(|e| self.writer.get(&(k, **e)).and_then(|&w| self.txn_node[w]) == Some(node))
+            .copied()
+            .unwrap_or_default()
+    }
+
     /// What an edge of the graph was inferred from.
     fn explain(&self, from: u32, to: u32, kind: u8, a: &str, b: &str) -> String {
         let (ft, tt) = (self.node_txn[from as usize], self.node_txn[to as usize]);
@@ -873,14 +883,7 @@ impl<'a> Analysis<'a> {
                         continue;
                     };
                     if order.next_node[p + 1] == Some(to) {
-                        let next = order.elements[p + 1..]
-                            .iter()
-                            .find(|e| {
-                                self.writer.get(&(k, **e)).and_then(|&w| self.txn_node[w])
-                                    == Some(to)
-                            })
-                            .copied()
-                            .unwrap_or_default();
+                        let next = self.first_appended_by(to, k, p + 1);
                         return format!(
                             "{a} appended {v} to {:?}, and the next append in its order is \
                              {b}'s {next}",
@@ -910,14 +913,7 @@ impl<'a> Analysis<'a> {
                     let order = &self.orders[k];
                     let list = self.txns[ft].read(i);
                     if order.is_prefix(list) && order.next_node[list.len()] == Some(to) {
-                        let next = order.elements[list.len()..]
-                            .iter()
-                            .find(|e| {
-                                self.writer.get(&(k, **e)).and_then(|&w| self.txn_node[w])
-                                    == Some(to)
-                            })
-                            .copied()
-                            .unwrap_or_default();
+                        let next = self.first_appended_by(to, k, list.len());
                         return format!(
                             "{a} read {:?} = {}, without {b}'s {next}, which comes after it",
                             self.keys[k],
