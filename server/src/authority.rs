@@ -5,11 +5,14 @@
 //! status --cluster`, `hashkv --cluster`, `defrag --cluster` do this). grpc-go servers ignore the
 //! authority; the h2 crate refuses such a stream with PROTOCOL_ERROR, and offers no switch.
 //!
-//! [`AuthorityFix`] sits between the socket and the HTTP/2 server and rewrites the client's header
-//! blocks: each is decoded with the client's HPACK context, a scheme is stripped from
-//! `:authority`, and the block is encoded again with a context of our own (so the server's
-//! decoder always follows our encoder, whichever blocks needed a fix). Every other frame passes
-//! through untouched; responses are not looked at.
+//! [`AuthorityFix`] sits between the socket and the HTTP/2 server. A gRPC client keeps one
+//! authority for a connection, so the connection's first header block decides: when it is
+//! fine, it and everything after pass through untouched (decoding every block costs more than
+//! the request itself). When it carries a scheme, every header block of the connection is
+//! rewritten: decoded with the client's HPACK context, the scheme stripped from `:authority`,
+//! and encoded again with a context of our own (so the server's decoder always follows our
+//! encoder, whichever blocks needed a fix). Other frames pass through untouched; responses are
+//! not looked at.
 
 use std::io;
 use std::pin::Pin;
@@ -33,8 +36,11 @@ const MAX_BLOCK: usize = 1 << 20;
 
 enum Stage {
     Preface,
+    /// Until the first header block: it decides between the two below.
     Frames,
-    /// Not HTTP/2 with prior knowledge: nothing to fix.
+    /// Re-encoding every header block of a client that sends scheme-prefixed authorities.
+    Rewriting,
+    /// Not HTTP/2 with prior knowledge, or a client with well-formed authorities.
     Passthrough,
 }
 
@@ -93,7 +99,7 @@ impl<S> AuthorityFix<S> {
                     self.output.unsplit(preface);
                     self.stage = Stage::Frames;
                 }
-                Stage::Frames => {
+                Stage::Frames | Stage::Rewriting => {
                     if self.input.len() < FRAME_HEADER {
                         return Ok(());
                     }
@@ -182,6 +188,15 @@ impl<S> AuthorityFix<S> {
             .decoder
             .decode(&done.block)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("HPACK: {e:?}")))?;
+        let schemed = |(name, value): &(Vec<u8>, Vec<u8>)| {
+            name == b":authority" && value.windows(3).any(|w| w == b"://")
+        };
+        if matches!(self.stage, Stage::Frames) && !headers.iter().any(schemed) {
+            // The client's own encoding goes on: the server's HPACK context follows it.
+            self.stage = Stage::Passthrough;
+            return self.write_block(&done, &done.block);
+        }
+        self.stage = Stage::Rewriting;
         let fixed: Vec<(Vec<u8>, Vec<u8>)> = headers
             .into_iter()
             .map(|(name, value)| {
@@ -193,17 +208,25 @@ impl<S> AuthorityFix<S> {
             })
             .collect();
         let mut block = Vec::with_capacity(done.block.len());
-        if let Some(p) = done.priority {
-            block.extend_from_slice(&p);
-        }
         self.encoder.encode_into(
             fixed.iter().map(|(n, v)| (n.as_slice(), v.as_slice())),
             &mut block,
         )?;
+        self.write_block(&done, &block)
+    }
+
+    /// `block` as the HEADERS (and CONTINUATION) frames of `done`'s stream, in frames every peer
+    /// accepts.
+    fn write_block(&mut self, done: &PendingBlock, block: &[u8]) -> io::Result<()> {
+        let mut payload = Vec::with_capacity(block.len() + 5);
+        if let Some(p) = done.priority {
+            payload.extend_from_slice(&p);
+        }
+        payload.extend_from_slice(block);
         let mut flags =
             (done.flags & END_STREAM) | if done.priority.is_some() { PRIORITY } else { 0 };
         let mut kind = HEADERS;
-        let mut rest = block.as_slice();
+        let mut rest = payload.as_slice();
         loop {
             let take = rest.len().min(MAX_FRAME);
             let (chunk, tail) = rest.split_at(take);
@@ -382,6 +405,24 @@ mod tests {
         assert!(out
             .windows(14)
             .any(|w| w == frame(0x0, END_STREAM, 1, b"\0\0\0\0\0").as_slice()));
+    }
+
+    #[tokio::test]
+    async fn a_connection_whose_first_authority_is_fine_passes_through_untouched() {
+        let mut client = fluke_hpack::Encoder::new();
+        let block = client.encode(vec![
+            (&b":method"[..], &b"POST"[..]),
+            (&b":path"[..], &b"/etcdserverpb.KV/Range"[..]),
+            (&b":authority"[..], &b"127.0.0.1:2379"[..]),
+        ]);
+        let mut wire = PREFACE.to_vec();
+        wire.extend(frame(HEADERS, END_HEADERS, 1, &block));
+        let later = client.encode(vec![(&b":authority"[..], &b"127.0.0.1:2379"[..])]);
+        wire.extend(frame(HEADERS, END_HEADERS | END_STREAM, 3, &later));
+        let mut fixed = AuthorityFix::new(wire.as_slice());
+        let mut out = Vec::new();
+        fixed.read_to_end(&mut out).await.unwrap();
+        assert_eq!(out, wire);
     }
 
     #[tokio::test]
