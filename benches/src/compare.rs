@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 
-use crate::load::{run_puts, PutReport, PutWorkload};
+use crate::load::{run_puts, KeyShape, LoadReport, LoadShape, PutWorkload};
 use crate::server::{new_work_dir, Cluster};
 use crate::stats::{format_ms, ratio, MIB};
 
@@ -39,7 +39,7 @@ pub struct CompareArgs {
 /// Everything recorded for one server.
 struct ServerMeasurements {
     /// One report per workload, in the order the workloads ran.
-    reports: Vec<PutReport>,
+    reports: Vec<LoadReport>,
     /// Taken after the last workload, while the server still runs.
     rss_bytes: u64,
     data_dir_bytes: u64,
@@ -61,12 +61,12 @@ pub async fn compare_put(args: &CompareArgs) -> Result<String> {
 
 pub fn put_workload(clients: u64, conns: u64, total: u64) -> PutWorkload {
     PutWorkload {
-        clients,
-        conns,
-        total,
-        key_size: KEY_SIZE,
+        load: LoadShape::unpaced(clients, conns, total),
+        keys: KeyShape {
+            key_size: KEY_SIZE,
+            key_space: KEY_SPACE,
+        },
         val_size: VAL_SIZE,
-        key_space: KEY_SPACE,
         sequential_keys: false,
     }
 }
@@ -74,7 +74,7 @@ pub fn put_workload(clients: u64, conns: u64, total: u64) -> PutWorkload {
 pub fn workload_label(workload: &PutWorkload) -> String {
     format!(
         "put, {} client(s) / {} conn(s), {} puts",
-        workload.clients, workload.conns, workload.total
+        workload.load.clients, workload.load.conns, workload.load.total
     )
 }
 
@@ -87,7 +87,7 @@ pub async fn run_workloads(
     label: &str,
     endpoints: &[String],
     workloads: &[PutWorkload],
-) -> Result<Vec<PutReport>> {
+) -> Result<Vec<LoadReport>> {
     let mut reports = Vec::new();
     for workload in workloads {
         eprintln!("{label}: {}", workload_label(workload));

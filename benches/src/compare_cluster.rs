@@ -17,7 +17,7 @@ use crate::compare::{
     put_workload, run_workloads, workload_label, CONCURRENT_CLIENTS, CONCURRENT_CONNS, KEY_SIZE,
     KEY_SPACE, VAL_SIZE,
 };
-use crate::load::{connect, PutReport, PutWorkload};
+use crate::load::{connect, LoadReport, PutWorkload};
 use crate::server::{
     new_work_dir, root_cause, Cluster, ELECTION_TIMEOUT_MS, HEARTBEAT_INTERVAL_MS,
 };
@@ -93,7 +93,7 @@ struct ClusterMeasurements {
     label: &'static str,
     binary: PathBuf,
     /// One report per workload, in the order the workloads ran.
-    reports: Vec<PutReport>,
+    reports: Vec<LoadReport>,
     /// Per member, taken after the last put workload.
     rss_bytes: Vec<u64>,
     failovers: Vec<Failover>,

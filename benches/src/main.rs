@@ -1,4 +1,4 @@
-//! `oxcd-bench`: put and watch load generators for any etcd v3 gRPC endpoint (real etcd and oxcd
+//! `oxcd-bench`: put, range, txn, mixed, lease keep-alive and watch load generators for any etcd v3 gRPC endpoint (real etcd and oxcd
 //! alike), and drivers that run the same load against a fresh etcd and a fresh oxcd side by side.
 
 mod compare;
@@ -8,6 +8,7 @@ mod load;
 mod server;
 mod stats;
 mod watch;
+mod workloads;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -22,7 +23,17 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Issue puts against running endpoints and report throughput and latency.
-    Put(PutArgs),
+    Put(WorkloadArgs<load::PutWorkload>),
+    /// Issue ranges (single-key gets or prefix ranges) and report throughput and latency.
+    Range(WorkloadArgs<workloads::RangeWorkload>),
+    /// Issue transactions of several puts each and report throughput and latency.
+    TxnPut(WorkloadArgs<workloads::TxnPutWorkload>),
+    /// Issue a mix of linearizable gets and puts and report throughput and latency.
+    Mixed(WorkloadArgs<workloads::MixedWorkload>),
+    /// Grant leases, keep them alive over keep-alive streams, and report throughput and latency
+    /// of the keep-alives.
+    #[command(name = "lease-keepalive")]
+    LeaseKeepAlive(WorkloadArgs<workloads::LeaseKeepAliveWorkload>),
     /// Start a fresh single-member etcd, then a fresh oxcd, run the same put workloads against
     /// each, and print a Markdown comparison (etcd always runs first).
     ComparePut(compare::CompareArgs),
@@ -32,43 +43,45 @@ enum Command {
     CompareCluster(compare_cluster::CompareClusterArgs),
     /// Create many watchers on one prefix, put under it at a fixed rate, and report how late
     /// each watcher got each event, and which events it missed or got twice.
-    WatchLatency(WatchLatencyArgs),
+    WatchLatency(WorkloadArgs<watch::WatchWorkload>),
     /// Start a fresh single-member etcd, then a fresh oxcd, run the same watch load against
     /// each, and print a Markdown comparison of latency and memory (etcd always runs first).
     CompareWatch(compare_watch::CompareWatchArgs),
 }
 
+/// The flags every load generator takes around its workload's own.
 #[derive(clap::Args, Debug)]
-struct PutArgs {
+struct WorkloadArgs<W: clap::Args> {
     /// Comma-separated client endpoints (host:port or http://host:port).
     #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:2379")]
     endpoints: Vec<String>,
     #[command(flatten)]
-    workload: load::PutWorkload,
+    workload: W,
     /// Print one JSON object instead of the text report.
     #[arg(long)]
     json: bool,
 }
 
-#[derive(clap::Args, Debug)]
-struct WatchLatencyArgs {
-    /// Comma-separated client endpoints (host:port or http://host:port).
-    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:2379")]
-    endpoints: Vec<String>,
-    #[command(flatten)]
-    workload: watch::WatchWorkload,
-    /// Print one JSON object instead of the text report.
-    #[arg(long)]
-    json: bool,
+impl<W: clap::Args> WorkloadArgs<W> {
+    /// Runs the workload with `run` and prints its report.
+    async fn run(
+        &self,
+        run: impl AsyncFnOnce(&[String], &W) -> Result<load::LoadReport>,
+    ) -> Result<()> {
+        let report = run(&self.endpoints, &self.workload).await?;
+        print_report(self.json, || report.to_json(), || report.to_text());
+        Ok(())
+    }
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
     match Cli::parse().command {
-        Command::Put(args) => {
-            let report = load::run_puts(&args.endpoints, &args.workload).await?;
-            print_report(args.json, || report.to_json(), || report.to_text());
-        }
+        Command::Put(args) => args.run(load::run_puts).await?,
+        Command::Range(args) => args.run(workloads::run_ranges).await?,
+        Command::TxnPut(args) => args.run(workloads::run_txn_puts).await?,
+        Command::Mixed(args) => args.run(workloads::run_mixed).await?,
+        Command::LeaseKeepAlive(args) => args.run(workloads::run_lease_keep_alives).await?,
         Command::ComparePut(args) => print!("{}", compare::compare_put(&args).await?),
         Command::CompareCluster(args) => compare_cluster::compare_cluster(&args).await?,
         Command::WatchLatency(args) => {
