@@ -10,7 +10,13 @@ pub const API_VERSION: &str = "3.5";
 #[derive(clap::Args, Debug)]
 pub struct GlobalFlags {
     /// gRPC endpoints
-    #[arg(long, global = true, env = "ETCDCTL_ENDPOINTS", value_delimiter = ',', default_value = "127.0.0.1:2379")]
+    #[arg(
+        long,
+        global = true,
+        env = "ETCDCTL_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:2379"
+    )]
     pub endpoints: Vec<String>,
     /// dial timeout for client connections
     #[arg(long, global = true, env = "ETCDCTL_DIAL_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
@@ -19,7 +25,13 @@ pub struct GlobalFlags {
     #[arg(long, global = true, env = "ETCDCTL_COMMAND_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub command_timeout: Duration,
     /// set the output format (fields, json, protobuf, simple, table)
-    #[arg(short = 'w', long = "write-out", global = true, env = "ETCDCTL_WRITE_OUT", default_value = "simple")]
+    #[arg(
+        short = 'w',
+        long = "write-out",
+        global = true,
+        env = "ETCDCTL_WRITE_OUT",
+        default_value = "simple"
+    )]
     pub write_out: String,
 }
 
@@ -38,7 +50,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             .parse()
             .map_err(|_| format!("time: invalid duration \"{text}\""))?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
         let seconds = match &rest[..unit_len] {
             "ns" => 1e-9,
             "us" | "µs" => 1e-6,
@@ -46,7 +60,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             "s" => 1.0,
             "m" => 60.0,
             "h" => 3600.0,
-            unit => return Err(format!("time: unknown unit \"{unit}\" in duration \"{text}\"")),
+            unit => {
+                return Err(format!(
+                    "time: unknown unit \"{unit}\" in duration \"{text}\""
+                ))
+            }
         };
         total += Duration::from_secs_f64(value * seconds);
         rest = &rest[unit_len..];

@@ -1,12 +1,19 @@
 //! `oxcdctl`: etcdctl v3's commands, flags and output, plus a `registry` view of the Kubernetes
 //! objects stored under `/registry`.
 
+mod client;
+mod failure;
 mod global;
 
 use clap::{Parser, Subcommand};
 
+use failure::CtlResult;
+
 #[derive(Parser, Debug)]
-#[command(name = "oxcdctl", about = "A simple command line client for etcd3 and oxcd.")]
+#[command(
+    name = "oxcdctl",
+    about = "A simple command line client for etcd3 and oxcd."
+)]
 struct Cli {
     #[command(flatten)]
     global: global::GlobalFlags,
@@ -20,14 +27,20 @@ enum Command {
     Version,
 }
 
-fn main() {
-    let cli = Cli::parse();
-    let code = match cli.command {
+async fn run(cli: Cli) -> CtlResult {
+    match cli.command {
         Command::Version => {
             println!("etcdctl version: {}", global::ETCDCTL_VERSION);
             println!("API version: {}", global::API_VERSION);
-            0
+            Ok(())
         }
-    };
-    std::process::exit(code);
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    if let Err(failure) = run(cli).await {
+        failure.exit();
+    }
 }
