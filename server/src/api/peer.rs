@@ -114,7 +114,7 @@ impl Peer for PeerApi {
     ) -> Result<Response<ProposeReply>, Status> {
         let batch = prost::Message::decode(req.into_inner().batch.as_slice())
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let reply = match self.consensus.leader_link().write_local(batch).await {
+        let reply = match self.consensus.propose_forwarded(batch).await {
             Ok(outcomes) => ProposeReply {
                 failure: None,
                 outcomes: prost::Message::encode_to_vec(&outcomes),

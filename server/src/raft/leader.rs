@@ -92,7 +92,7 @@ impl LeaderLink {
     }
 
     /// The leader's side of [`LeaderLink::write`].
-    pub async fn write_local(&self, batch: CommandBatch) -> Result<OutcomeBatch, Failure> {
+    async fn write_local(&self, batch: CommandBatch) -> Result<OutcomeBatch, Failure> {
         let _not_transferring = self.transfer.read().await;
         if !self.is_leader() {
             return Err(not_leader());

@@ -20,6 +20,8 @@ const ETCD_ENVELOPE_BYTES: usize = 12;
 const MAX_BATCH_COMMANDS: usize = 4096;
 const MAX_BATCH_BYTES: usize = 8 << 20;
 
+type Reply = oneshot::Receiver<Result<Outcomes, EtcdError>>;
+
 struct Pending {
     command: Command,
     reply: oneshot::Sender<Result<Outcomes, EtcdError>>,
@@ -45,6 +47,28 @@ impl Proposer {
 
     /// Replicates `command` and returns the result of applying it.
     pub async fn propose(&self, command: Command) -> Result<Outcomes, EtcdError> {
+        let reply = self.enqueue(command).await?;
+        self.await_reply(reply).await
+    }
+
+    /// Replicates several commands, all queued before any is awaited so they can share an
+    /// entry; one result per command, in order.
+    pub async fn propose_all(&self, commands: Vec<Command>) -> Vec<Result<Outcomes, EtcdError>> {
+        let mut replies = Vec::with_capacity(commands.len());
+        for command in commands {
+            replies.push(self.enqueue(command).await);
+        }
+        let mut results = Vec::with_capacity(replies.len());
+        for reply in replies {
+            results.push(match reply {
+                Ok(reply) => self.await_reply(reply).await,
+                Err(e) => Err(e),
+            });
+        }
+        results
+    }
+
+    async fn enqueue(&self, command: Command) -> Result<Reply, EtcdError> {
         if command.encoded_len() + ETCD_ENVELOPE_BYTES > self.max_request_bytes {
             return Err(EtcdError::RequestTooLarge);
         }
@@ -53,7 +77,11 @@ impl Proposer {
             .send(Pending { command, reply })
             .await
             .map_err(|_| EtcdError::Stopped)?;
-        match tokio::time::timeout(self.timeout, rx).await {
+        Ok(rx)
+    }
+
+    async fn await_reply(&self, reply: Reply) -> Result<Outcomes, EtcdError> {
+        match tokio::time::timeout(self.timeout, reply).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(EtcdError::Stopped),
             Err(_) => Err(EtcdError::Timeout),
