@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Refreshes the Kubernetes .proto files `oxcdctl registry` decodes with, from the Go module cache.
-# Usage: ctl/proto/update-k8s-protos.sh [VERSION]   (e.g. v0.37.2 = Kubernetes 1.37)
+# Usage: ctl/proto/update-k8s-protos.sh [VERSION]   (e.g. v0.37.2 = Kubernetes 1.37; keep
+# jsonhints/go.mod on the same version)
 # Only kinds that kube-apiserver stores are kept, and `//` comment lines are dropped: they are
 # most of the bytes and the descriptors never need them.
 set -euo pipefail
@@ -23,3 +24,4 @@ for module in api apimachinery apiextensions-apiserver kube-aggregator; do
   done
 done
 echo "$version" >k8s.io/VERSION
+(cd jsonhints && go run .) >k8s.io/json-hints.txt
