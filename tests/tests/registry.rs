@@ -115,7 +115,11 @@ async fn registry_commands_read_kubernetes_objects() {
             row(&all, &["example.com/widgets"])[1],
             "/registry/example.com/widgets/"
         );
-        assert_eq!(row(&all, &["TOTAL"])[1], "9");
+        assert_eq!(
+            row(&all, &["customresourcedefinitions"])[1],
+            "/registry/apiextensions.k8s.io/customresourcedefinitions/"
+        );
+        assert_eq!(row(&all, &["TOTAL"])[1], "10");
 
         let pods = ok(&target, &["registry", "ls", "po", "-n", "default"]).await;
         assert_eq!(
@@ -191,6 +195,13 @@ async fn registry_commands_read_kubernetes_objects() {
         )
         .await;
         assert_eq!(widget["spec"]["color"], "blue");
+        let crd = json(&target, &["registry", "get", "crd", "widgets.example.com"]).await;
+        let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+        assert_eq!(
+            schema["properties"]["extra"]["x-kubernetes-preserve-unknown-fields"],
+            true
+        );
+        assert_eq!(schema["properties"]["color"]["default"], "blue");
 
         // Older revisions, and the history that walks them.
         let v1 = revision_of("deployment-web-v1.bin");

@@ -1,6 +1,7 @@
 // Command jsonhints writes what the .proto files cannot say about Kubernetes' JSON: which
-// fields the Go structs embed (encoding/json inlines them), which scalars they print even when
-// zero (no `omitempty`), and which structs they drop when zero (`omitzero`). It walks every type the
+// fields the Go structs embed (encoding/json inlines them), which scalars, slices and maps they
+// print even when zero or nil (no `omitempty`), and which structs they drop when zero
+// (`omitzero`). It walks every type the
 // apiserver stores, by reflection, and prints one line per exceptional field:
 //
 //	<proto message full name>.<proto field name> <inline|always|omitzero>
@@ -47,7 +48,7 @@ func main() {
 				hint = "inline"
 			case hasOption(options, "omitzero"):
 				hint = "omitzero"
-			case !hasOption(options, "omitempty") && isScalar(field.Type):
+			case !hasOption(options, "omitempty") && printsZero(field.Type):
 				hint = "always"
 			}
 			if hint != "" {
@@ -66,9 +67,12 @@ func main() {
 	}
 }
 
-func isScalar(t reflect.Type) bool {
+// printsZero: without omitempty, encoding/json prints zero scalars and nil slices and maps
+// (`null`); structs are printed either way.
+func printsZero(t reflect.Type) bool {
 	switch t.Kind() {
-	case reflect.Bool, reflect.String, reflect.Int, reflect.Int32, reflect.Int64, reflect.Uint32, reflect.Uint64, reflect.Float32, reflect.Float64:
+	case reflect.Bool, reflect.String, reflect.Int, reflect.Int32, reflect.Int64, reflect.Uint32, reflect.Uint64, reflect.Float32, reflect.Float64,
+		reflect.Slice, reflect.Map:
 		return true
 	}
 	return false

@@ -47,21 +47,25 @@ enum Action {
     },
     /// Prints one object decoded as `kubectl get -o json|yaml` shows it
     Get {
+        /// resource (pods, po, svc, deploy, widgets.example.com, …)
         resource: String,
+        /// object name
         name: String,
         /// namespace (namespaced resources default to "default")
         #[arg(short = 'n', long)]
         namespace: Option<String>,
         /// output format
-        #[arg(short = 'o', long, default_value = "json", value_parser = ["json", "yaml"])]
-        output: String,
+        #[arg(short = 'o', long, value_enum, default_value = "json")]
+        output: render::Format,
         /// read the object as of this store revision
         #[arg(long, default_value_t = 0)]
         rev: i64,
     },
     /// Lists the retained revisions of one object and what changed in each
     History {
+        /// resource (pods, po, svc, deploy, widgets.example.com, …)
         resource: String,
+        /// object name
         name: String,
         /// namespace (namespaced resources default to "default")
         #[arg(short = 'n', long)]
@@ -99,7 +103,7 @@ pub async fn run(global: &GlobalFlags, command: RegistryCommand) -> CtlResult {
             if let Some(note) = note {
                 eprintln!("{note}");
             }
-            render::document(&object, &output)?
+            render::document(&object, output)?
         }
         Action::History {
             resource,

@@ -34,7 +34,8 @@ fn pool() -> &'static DescriptorPool {
 enum Hint {
     /// An embedded Go struct: its fields appear in the parent object.
     Inline,
-    /// A scalar without `omitempty`: shown even when zero (`restartCount: 0`, `ready: false`).
+    /// A scalar, list or map without `omitempty`: shown even when zero (`restartCount: 0`,
+    /// `ready: false`) or absent (`null`).
     Always,
     /// A struct with `omitzero`: left out when zero.
     OmitZero,
@@ -214,13 +215,22 @@ fn message_json(message: &DynamicMessage) -> Value {
 /// Present fields, by JSON name, shaped by the Go struct tags: gogo-protobuf writes every
 /// non-pointer field, zero or not, where Go's JSON leaves out zero `omitempty` scalars.
 fn fields_json(message: &DynamicMessage, json_name: impl Fn(&FieldDescriptor) -> String) -> Value {
-    let message_name = message.descriptor().full_name().to_string();
+    let descriptor = message.descriptor();
     let mut object = Map::new();
-    for (field, value) in message.fields() {
+    for field in descriptor.fields() {
         let hint = hints()
-            .get(format!("{message_name}.{}", field.name()).as_str())
+            .get(format!("{}.{}", descriptor.full_name(), field.name()).as_str())
             .copied();
-        let rendered = field_json(value);
+        if !message.has_field(&field) {
+            // gogo-protobuf writes no empty lists or maps, and Go prints nil ones as null
+            // unless they are `omitempty`.
+            if hint == Some(Hint::Always) && (field.is_list() || field.is_map()) {
+                object.insert(json_name(&field), Value::Null);
+            }
+            continue;
+        }
+        let value = message.get_field(&field);
+        let rendered = field_json(&value);
         match hint {
             Some(Hint::Inline) => {
                 if let Value::Object(inner) = rendered {
@@ -235,7 +245,7 @@ fn fields_json(message: &DynamicMessage, json_name: impl Fn(&FieldDescriptor) ->
                 continue
             }
             Some(Hint::Always) => {}
-            _ if is_zero_scalar(value) => continue,
+            _ if is_zero_scalar(&value) => continue,
             _ => {}
         }
         object.insert(json_name(&field), rendered);
@@ -265,10 +275,8 @@ fn field_json(value: &Field) -> Value {
         Field::I64(n) => (*n).into(),
         Field::U32(n) => (*n).into(),
         Field::U64(n) => (*n).into(),
-        Field::F32(n) => {
-            serde_json::Number::from_f64(f64::from(*n)).map_or(Value::Null, Value::Number)
-        }
-        Field::F64(n) => serde_json::Number::from_f64(*n).map_or(Value::Null, Value::Number),
+        Field::F32(n) => float_json(f64::from(*n)),
+        Field::F64(n) => float_json(*n),
         Field::String(s) => s.clone().into(),
         // Go's encoding/json writes []byte (Secret data) as standard base64.
         Field::Bytes(b) => base64::engine::general_purpose::STANDARD.encode(b).into(),
@@ -281,6 +289,14 @@ fn field_json(value: &Field) -> Value {
                 .collect(),
         ),
     }
+}
+
+/// Go prints whole floats without a fraction (`minimum: 1`, not `1.0`).
+fn float_json(n: f64) -> Value {
+    if n.fract() == 0.0 && n.abs() < 1e15 {
+        return (n as i64).into();
+    }
+    serde_json::Number::from_f64(n).map_or(Value::Null, Value::Number)
 }
 
 fn map_key(key: &MapKey) -> String {
@@ -426,6 +442,7 @@ mod tests {
     #[test]
     fn fixtures_decode_as_kubectl_shows_them() {
         for name in [
+            "crd-widgets",
             "pod-web-1",
             "deployment-web-v1",
             "deployment-web-v2",
