@@ -112,7 +112,7 @@ async fn registry_commands_read_kubernetes_objects() {
         );
         assert_eq!(row(&all, &["secrets"])[2], "2");
         assert_eq!(
-            row(&all, &["example.com/widgets"])[1],
+            row(&all, &["widgets.example.com"])[1],
             "/registry/example.com/widgets/"
         );
         assert_eq!(

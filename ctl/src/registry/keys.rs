@@ -203,11 +203,20 @@ impl Resource {
                 path: path.to_string(),
                 namespaced: Some(*namespaced),
             },
-            None => Resource {
-                name: bare.to_string(),
-                path: path.to_string(),
-                namespaced: None,
-            },
+            None => {
+                // Custom resources get kubectl's `<plural>.<group>` name, which `named` resolves.
+                let name = match bare.split_once('/') {
+                    Some((group, plural)) if group.contains('.') && !plural.contains('/') => {
+                        format!("{plural}.{group}")
+                    }
+                    _ => bare.to_string(),
+                };
+                Resource {
+                    name,
+                    path: path.to_string(),
+                    namespaced: None,
+                }
+            }
         }
     }
 
@@ -367,8 +376,10 @@ mod tests {
         assert_eq!(Resource::stored_at("minions/").name, "nodes");
         assert_eq!(
             Resource::stored_at("example.com/widgets/").name,
-            "example.com/widgets"
+            "widgets.example.com"
         );
+        let widgets = Resource::stored_at("example.com/widgets/");
+        assert_eq!(Resource::named(&widgets.name).path, widgets.path);
     }
 
     #[test]
