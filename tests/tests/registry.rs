@@ -119,7 +119,8 @@ async fn registry_commands_read_kubernetes_objects() {
             row(&all, &["customresourcedefinitions"])[1],
             "/registry/apiextensions.k8s.io/customresourcedefinitions/"
         );
-        assert_eq!(row(&all, &["TOTAL"])[1], "10");
+        assert_eq!(row(&all, &["leases"])[2], "1");
+        assert_eq!(row(&all, &["TOTAL"])[1], "11");
 
         let pods = ok(&target, &["registry", "ls", "po", "-n", "default"]).await;
         assert_eq!(

@@ -443,6 +443,7 @@ mod tests {
     fn fixtures_decode_as_kubectl_shows_them() {
         for name in [
             "crd-widgets",
+            "lease-node-1",
             "pod-web-1",
             "deployment-web-v1",
             "deployment-web-v2",
