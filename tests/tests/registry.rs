@@ -4,9 +4,13 @@
 
 use std::path::{Path, PathBuf};
 
+use etcd_client::{Txn, TxnOp};
 use serde_json::Value;
 
 use oxcd_tests::{for_both, oxcdctl_bin, Target};
+
+/// More objects than `registry` reads per page (500).
+const BULK: usize = 1200;
 
 fn fixtures_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/registry")
@@ -88,6 +92,18 @@ async fn registry_commands_read_kubernetes_objects() {
             let put = client.put(key, value, None).await.expect("put fixture");
             revisions.push((file, put.header().expect("header").revision()));
         }
+        // Enough ConfigMaps in one namespace that listing them takes several pages.
+        let config_map = std::fs::read(fixtures_dir().join("configmap-cluster-info.bin")).unwrap();
+        for batch in 0..BULK / 100 {
+            let puts = (0..100).map(|i| {
+                let key = format!("/registry/configmaps/bulk/cm-{:04}", batch * 100 + i);
+                TxnOp::put(key, config_map.clone(), None)
+            });
+            client
+                .txn(Txn::new().and_then(puts.collect::<Vec<_>>()))
+                .await
+                .expect("bulk put");
+        }
         let revision_of = |file: &str| {
             revisions
                 .iter()
@@ -120,7 +136,15 @@ async fn registry_commands_read_kubernetes_objects() {
             "/registry/apiextensions.k8s.io/customresourcedefinitions/"
         );
         assert_eq!(row(&all, &["leases"])[2], "1");
-        assert_eq!(row(&all, &["TOTAL"])[1], "11");
+        assert_eq!(row(&all, &["configmaps"])[2], (BULK + 1).to_string());
+        assert_eq!(row(&all, &["TOTAL"])[1], (BULK + 11).to_string());
+        let bulk = ok(&target, &["registry", "ls", "cm", "-n", "bulk"]).await;
+        assert_eq!(
+            bulk.lines().count(),
+            BULK + 1,
+            "header and one row per object"
+        );
+        assert_eq!(row(&bulk, &["bulk", "cm-1199"])[2], "ConfigMap");
 
         let pods = ok(&target, &["registry", "ls", "po", "-n", "default"]).await;
         assert_eq!(
