@@ -179,7 +179,12 @@ fn typed_message(type_meta: &TypeMeta) -> Option<MessageDescriptor> {
     let package = match group {
         "" => "core",
         "internal.apiserver.k8s.io" => "apiserverinternal",
-        group => group.split('.').next().unwrap_or(group),
+        // Built-in groups are bare (`apps`) or end in .k8s.io; anything else is someone's API
+        // group, whose first label may well collide with a built-in one (`apps.example.com`).
+        group if !group.contains('.') || group.ends_with(".k8s.io") => {
+            group.split('.').next().unwrap_or(group)
+        }
+        _ => return None,
     };
     let kind = &type_meta.kind;
     [
@@ -501,6 +506,19 @@ mod tests {
         assert_eq!(got.object["metadata"]["name"], "web-1");
         assert_eq!(got.object.get("spec"), None);
         assert!(got.note.unwrap().contains("only its metadata"));
+        let lookalike = TypeMeta {
+            api_version: "apps.example.com/v1".into(),
+            kind: "Deployment".into(),
+        };
+        assert!(typed_message(&lookalike).is_none());
+        let builtin = TypeMeta {
+            api_version: "apps/v1".into(),
+            kind: "Deployment".into(),
+        };
+        assert_eq!(
+            typed_message(&builtin).unwrap().full_name(),
+            "k8s.io.api.apps.v1.Deployment"
+        );
     }
 
     #[test]
