@@ -4,6 +4,7 @@
 mod client;
 mod failure;
 mod global;
+mod registry;
 
 use clap::{Parser, Subcommand};
 
@@ -25,6 +26,8 @@ struct Cli {
 enum Command {
     /// Prints the version of oxcdctl
     Version,
+    /// Reads the Kubernetes objects kube-apiserver stores under /registry
+    Registry(registry::RegistryCommand),
 }
 
 async fn run(cli: Cli) -> CtlResult {
@@ -34,6 +37,7 @@ async fn run(cli: Cli) -> CtlResult {
             println!("API version: {}", global::API_VERSION);
             Ok(())
         }
+        Command::Registry(command) => registry::run(&cli.global, command).await,
     }
 }
 

@@ -71,14 +71,23 @@ impl fmt::Display for Flavor {
 /// `$OXCD_BIN`, else the `oxcd` binary next to the `deps/` directory this test executable is in
 /// (cargo puts test executables in `target/debug/deps/` and binaries in `target/debug/`).
 pub fn oxcd_bin() -> PathBuf {
-    if let Some(path) = std::env::var_os("OXCD_BIN") {
+    workspace_bin("OXCD_BIN", "oxcd")
+}
+
+/// `$OXCDCTL_BIN`, else the `oxcdctl` binary found as [`oxcd_bin`] finds `oxcd`.
+pub fn oxcdctl_bin() -> PathBuf {
+    workspace_bin("OXCDCTL_BIN", "oxcdctl")
+}
+
+fn workspace_bin(variable: &str, name: &str) -> PathBuf {
+    if let Some(path) = std::env::var_os(variable) {
         return PathBuf::from(path);
     }
     let exe = std::env::current_exe().expect("cannot locate the running test executable");
     let deps = exe
         .parent()
         .expect("test executable has no parent directory");
-    deps.parent().unwrap_or(deps).join("oxcd")
+    deps.parent().unwrap_or(deps).join(name)
 }
 
 pub fn etcd_bin() -> PathBuf {
