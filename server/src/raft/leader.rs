@@ -37,14 +37,14 @@ enum Route {
 
 impl LeaderLink {
     pub fn is_leader(&self) -> bool {
-        let m = self.raft.metrics();
+        let m = self.raft.server_metrics();
         let m = m.borrow();
         m.current_leader == Some(self.me) && m.state.is_leader()
     }
 
     /// Where the leader is, waiting while there is none.
     async fn route(&self) -> Result<Route, EtcdError> {
-        let mut metrics = self.raft.metrics();
+        let mut metrics = self.raft.server_metrics();
         let (leader, urls) = {
             let m = metrics
                 .wait_for(|m| m.current_leader.is_some())
@@ -188,7 +188,9 @@ impl LeaderLink {
         leader: NodeId,
         call: impl Future<Output = Result<R, tonic::Status>>,
     ) -> Result<R, tonic::Status> {
-        let mut metrics = self.raft.metrics();
+        // Server metrics change only with the role, leader or membership; the full metrics change
+        // with every append and apply and would wake this waiter for each.
+        let mut metrics = self.raft.server_metrics();
         let deposed = metrics.wait_for(|m| m.current_leader.is_some_and(|l| l != leader));
         tokio::select! {
             reply = call => reply,

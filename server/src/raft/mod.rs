@@ -272,7 +272,7 @@ impl Consensus {
     /// The members once `done` holds for them here (a change committed on the leader reaches
     /// followers a heartbeat later), or as they are after a short wait.
     pub async fn members_after(&self, done: impl Fn(&[MemberInfo]) -> bool) -> Vec<MemberInfo> {
-        let mut metrics = self.raft.metrics();
+        let mut metrics = self.raft.server_metrics();
         let wait = metrics.wait_for(|_| done(&self.members()));
         let _ = tokio::time::timeout(self.election_timeout, wait).await;
         self.members()
@@ -365,8 +365,8 @@ impl Consensus {
 
     async fn left_membership(&self) {
         let me = self.link.me;
-        let mut metrics = self.raft.metrics();
-        let is_member = |m: &openraft::RaftMetrics<NodeId, Member>| {
+        let mut metrics = self.raft.server_metrics();
+        let is_member = |m: &openraft::metrics::RaftServerMetrics<NodeId, Member>| {
             m.membership_config.membership().get_node(&me).is_some()
         };
         if metrics.wait_for(is_member).await.is_err() {
@@ -444,7 +444,8 @@ impl Consensus {
     /// Follows whether this member is the leader.
     pub fn leadership(&self, me: NodeId) -> tokio::sync::watch::Receiver<bool> {
         let (tx, rx) = tokio::sync::watch::channel(false);
-        let mut metrics = self.raft.metrics();
+        // Server metrics: they change with the role, not with every write (see LeaderLink).
+        let mut metrics = self.raft.server_metrics();
         tokio::spawn(async move {
             loop {
                 let leading = {
