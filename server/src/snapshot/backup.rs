@@ -1,0 +1,345 @@
+//! Backups: streaming one (Maintenance.Snapshot), reading one back (`snapshot status`) and
+//! making a new member's data dir from one (`snapshot restore`).
+
+use std::fs::File;
+use std::io::{BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use super::format::{self, DecodeError, Decoder};
+use crate::mvcc::MvccStore;
+use crate::node::RestoreFlags;
+use crate::raft::RAFT_META_KEYS;
+use crate::storage::{Cf, Engine, StorageError};
+
+/// Blob bytes per streamed message, as etcd sends them.
+pub const CHUNK_BYTES: usize = 32 * 1024;
+const SHA256_BYTES: usize = 32;
+/// A restore writes the engine in batches of at most this many bytes.
+const RESTORE_BATCH_BYTES: usize = 16 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    // The next two are etcd's words (etcdctl snapshot restore).
+    #[error("snapshot missing hash but --skip-hash-check=false")]
+    MissingHash,
+    #[error("expected sha256 {}, got {}", go_bytes(.expected), go_bytes(.got))]
+    HashMismatch { expected: Vec<u8>, got: Vec<u8> },
+    #[error("data-dir {0:?} exists")]
+    DataDirExists(String),
+    #[error(
+        "{path}: not an oxcd snapshot file (restoring etcd's bbolt snapshots is not supported)"
+    )]
+    NotOxcd { path: String },
+    #[error("{path}: snapshot file is corrupt: {reason}")]
+    Corrupt { path: String, reason: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("{0:#}")]
+    Flags(anyhow::Error),
+}
+
+/// Go's `%v` of a byte slice, as etcd prints hashes in its errors.
+fn go_bytes(bytes: &[u8]) -> String {
+    let words: Vec<String> = bytes.iter().map(u8::to_string).collect();
+    format!("[{}]", words.join(" "))
+}
+
+fn io_error(path: &Path) -> impl Fn(std::io::Error) -> BackupError + '_ {
+    move |source| BackupError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// Checks the sha256 trailer of bytes seen in order: everything but the last 32 bytes is hashed,
+/// the last 32 are the trailer. Holds 32 bytes however much passes through.
+#[derive(Default)]
+pub struct TrailerCheck {
+    hasher: Sha256,
+    held: Vec<u8>,
+}
+
+impl TrailerCheck {
+    pub fn update(&mut self, data: &[u8]) {
+        if data.len() >= SHA256_BYTES {
+            self.hasher.update(&self.held);
+            let (body, tail) = data.split_at(data.len() - SHA256_BYTES);
+            self.hasher.update(body);
+            self.held.clear();
+            self.held.extend_from_slice(tail);
+        } else {
+            self.held.extend_from_slice(data);
+            let extra = self.held.len().saturating_sub(SHA256_BYTES);
+            self.hasher.update(&self.held[..extra]);
+            self.held.drain(..extra);
+        }
+    }
+
+    /// Ok when the last 32 bytes are the sha256 of everything before them.
+    pub fn verify(self) -> Result<(), BackupError> {
+        if self.held.len() < SHA256_BYTES {
+            return Err(BackupError::MissingHash);
+        }
+        let got = self.hasher.finalize().to_vec();
+        if got != self.held {
+            return Err(BackupError::HashMismatch {
+                expected: self.held,
+                got,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Streams a backup of the whole store as of one instant, while writes go on: `send` gets each
+/// chunk with the bytes still to come after it and returns false when the receiver has gone.
+/// The last chunk is the sha256 trailer. Memory stays at about one chunk.
+pub fn stream(
+    store: &MvccStore,
+    mut send: impl FnMut(Vec<u8>, u64) -> bool,
+) -> Result<(), format::EncodeError> {
+    let snap = store.engine_snapshot();
+    let total = format::encoded_len(&snap)? + SHA256_BYTES as u64;
+    let mut out = ChunkSender {
+        chunk: Vec::with_capacity(CHUNK_BYTES),
+        left: total,
+        sha: Sha256::new(),
+        send: &mut send,
+    };
+    format::encode(&snap, &mut out)?;
+    out.flush()?;
+    let sha = out.sha.finalize().to_vec();
+    if !send(sha, 0) {
+        return Err(gone().into());
+    }
+    Ok(())
+}
+
+fn gone() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the receiver has gone")
+}
+
+struct ChunkSender<'a, F> {
+    chunk: Vec<u8>,
+    left: u64,
+    sha: Sha256,
+    send: &'a mut F,
+}
+
+impl<F: FnMut(Vec<u8>, u64) -> bool> Write for ChunkSender<'_, F> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let n = data.len().min(CHUNK_BYTES - self.chunk.len());
+        self.chunk.extend_from_slice(&data[..n]);
+        if self.chunk.len() == CHUNK_BYTES {
+            self.flush()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.chunk.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.chunk, Vec::with_capacity(CHUNK_BYTES));
+        self.sha.update(&chunk);
+        self.left -= chunk.len() as u64;
+        if (self.send)(chunk, self.left) {
+            Ok(())
+        } else {
+            Err(gone())
+        }
+    }
+}
+
+/// What `snapshot status` reports about a backup file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupStatus {
+    /// crc32c over the MVCC revisions and the leases (keys and values, in key order): the value
+    /// Maintenance.Hash returned on the member the backup came from while its store was at the
+    /// backup's revision, and returns on a member restored from it. (etcd's is a crc32 over its
+    /// bbolt buckets, which oxcd does not have.)
+    pub hash: u32,
+    /// The store's revision when the backup was taken.
+    pub revision: i64,
+    /// Stored records: every revision, lease and metadata entry (etcd counts every bbolt key).
+    pub total_keys: u64,
+    /// The file's size in bytes.
+    pub total_size: u64,
+}
+
+/// Reads and checks a backup file (its sha256 trailer included).
+pub fn status(path: &Path) -> Result<BackupStatus, BackupError> {
+    let mut hash = 0u32;
+    let mut revision = 0;
+    let mut total_keys = 0;
+    // Records come in column family order, revisions before leases, as Hash reads them.
+    let total_size = read(path, false, |cf, k, v| {
+        total_keys += 1;
+        match cf {
+            Cf::Kv | Cf::Lease => hash = crc32c::crc32c_append(crc32c::crc32c_append(hash, k), v),
+            _ => {
+                if let Some(rev) = crate::mvcc::current_revision_record(k, v) {
+                    revision = rev;
+                }
+            }
+        }
+        Ok(())
+    })?;
+    Ok(BackupStatus {
+        hash,
+        revision,
+        total_keys,
+        total_size,
+    })
+}
+
+/// `snapshot restore`'s options.
+pub struct RestoreOptions<'a> {
+    pub data_dir: &'a Path,
+    pub flags: RestoreFlags<'a>,
+    pub skip_hash_check: bool,
+}
+
+/// Makes `data_dir` hold exactly the backup's store (revisions, leases, compaction point) as
+/// the first state of a new cluster formed by `flags`, like etcd's restore. Nothing is left
+/// behind if the file is refused: the store is built in a directory next to `data_dir` and
+/// renamed at the end. Returns (member id, cluster id).
+pub fn restore(path: &Path, opts: &RestoreOptions<'_>) -> Result<(u64, u64), BackupError> {
+    let target = opts.data_dir;
+    if target.exists() {
+        return Err(BackupError::DataDirExists(target.display().to_string()));
+    }
+    let name = target
+        .file_name()
+        .ok_or_else(|| BackupError::DataDirExists(target.display().to_string()))?;
+    let parent = match target.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).map_err(io_error(&parent))?;
+    let building = parent.join(format!(
+        ".{}.restoring.{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let built = build(path, &building, opts);
+    let result = built.and_then(|ids| {
+        std::fs::rename(&building, target).map_err(io_error(target))?;
+        File::open(&parent)
+            .and_then(|d| d.sync_all())
+            .map_err(io_error(&parent))?;
+        Ok(ids)
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&building);
+    }
+    result
+}
+
+fn build(path: &Path, dir: &Path, opts: &RestoreOptions<'_>) -> Result<(u64, u64), BackupError> {
+    let engine = Engine::open(dir)?;
+    let mut batch = engine.batch();
+    let mut batch_bytes = 0;
+    read(path, opts.skip_hash_check, |cf, k, v| {
+        if cf == Cf::Meta && RAFT_META_KEYS.contains(&k) {
+            return Ok(());
+        }
+        batch.put(cf, k, v);
+        batch_bytes += k.len() + v.len();
+        if batch_bytes >= RESTORE_BATCH_BYTES {
+            engine.write(std::mem::replace(&mut batch, engine.batch()), false)?;
+            batch_bytes = 0;
+        }
+        Ok(())
+    })?;
+    let ids = crate::node::adopt_restored(&mut batch, &opts.flags).map_err(BackupError::Flags)?;
+    engine.write(batch, true)?;
+    // Everything written so far is only in the WAL; make the tables durable too, then close.
+    engine.sync_wal()?;
+    Ok(ids)
+}
+
+/// Reads a backup file record by record, checking its sha256 trailer unless told not to.
+/// Returns the file's size.
+fn read(
+    path: &Path,
+    skip_hash_check: bool,
+    mut visit: impl FnMut(Cf, &[u8], &[u8]) -> Result<(), BackupError>,
+) -> Result<u64, BackupError> {
+    let file = File::open(path).map_err(io_error(path))?;
+    let size = file.metadata().map_err(io_error(path))?.len();
+    let corrupt = |reason: String| BackupError::Corrupt {
+        path: path.display().to_string(),
+        reason,
+    };
+    let input = Checked {
+        inner: BufReader::with_capacity(1 << 20, file),
+        check: TrailerCheck::default(),
+    };
+    let mut decoder = match Decoder::new(input, size) {
+        Ok(d) => d,
+        Err(DecodeError::Io(e)) => return Err(io_error(path)(e)),
+        Err(_) => {
+            return Err(BackupError::NotOxcd {
+                path: path.display().to_string(),
+            })
+        }
+    };
+    let ended = loop {
+        match decoder.next_record() {
+            Ok(Some((cf, k, v))) => visit(cf, &k, &v)?,
+            Ok(None) => break Ok(()),
+            Err(DecodeError::Io(e)) => return Err(io_error(path)(e)),
+            Err(e) => break Err(e),
+        }
+    };
+    let trailer_bytes = decoder.bytes_left();
+    let mut input = decoder.into_inner();
+    // The trailer is checked over the whole file even when the records are broken: a damaged
+    // file is reported as etcd reports one, by its hash.
+    std::io::copy(&mut input, &mut std::io::sink()).map_err(io_error(path))?;
+    match (ended, trailer_bytes) {
+        (Ok(()), 0) if skip_hash_check => Ok(size),
+        (Ok(()), 0) => Err(BackupError::MissingHash),
+        (Ok(()), n) if n == SHA256_BYTES as u64 => {
+            if !skip_hash_check {
+                input.check.verify()?;
+            }
+            Ok(size)
+        }
+        (Ok(()), n) => {
+            if !skip_hash_check {
+                input.check.verify()?;
+            }
+            Err(corrupt(format!("{n} bytes after the end of the records")))
+        }
+        (Err(DecodeError::Truncated), _) if !skip_hash_check => Err(BackupError::MissingHash),
+        (Err(e), _) => {
+            if !skip_hash_check {
+                input.check.verify()?;
+            }
+            Err(corrupt(e.to_string()))
+        }
+    }
+}
+
+/// A reader that passes everything it reads through a [`TrailerCheck`].
+struct Checked<R> {
+    inner: R,
+    check: TrailerCheck,
+}
+
+impl<R: Read> Read for Checked<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.check.update(&buf[..n]);
+        Ok(n)
+    }
+}
