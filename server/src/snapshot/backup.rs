@@ -305,23 +305,26 @@ fn read(
     // The trailer is checked over the whole file even when the records are broken: a damaged
     // file is reported as etcd reports one, by its hash.
     std::io::copy(&mut input, &mut std::io::sink()).map_err(io_error(path))?;
-    match (ended, trailer_bytes) {
-        (Ok(()), 0) if skip_hash_check => Ok(size),
-        (Ok(()), 0) => Err(BackupError::MissingHash),
-        (Ok(()), n) if n == SHA256_BYTES as u64 => {
+    let sha_bytes = SHA256_BYTES as u64;
+    match ended {
+        Ok(()) if trailer_bytes == sha_bytes => {
             if !skip_hash_check {
                 input.check.verify()?;
             }
             Ok(size)
         }
-        (Ok(()), n) => {
+        Ok(()) if trailer_bytes == 0 && skip_hash_check => Ok(size),
+        Ok(()) if trailer_bytes < sha_bytes && !skip_hash_check => Err(BackupError::MissingHash),
+        Err(DecodeError::Truncated) if !skip_hash_check => Err(BackupError::MissingHash),
+        Ok(()) => {
             if !skip_hash_check {
                 input.check.verify()?;
             }
-            Err(corrupt(format!("{n} bytes after the end of the records")))
+            Err(corrupt(format!(
+                "{trailer_bytes} bytes after the records instead of a sha256"
+            )))
         }
-        (Err(DecodeError::Truncated), _) if !skip_hash_check => Err(BackupError::MissingHash),
-        (Err(e), _) => {
+        Err(e) => {
             if !skip_hash_check {
                 input.check.verify()?;
             }
@@ -341,5 +344,178 @@ impl<R: Read> Read for Checked<R> {
         let n = self.inner.read(buf)?;
         self.check.update(&buf[..n]);
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::lease::StoredLease;
+    use crate::storage::Entry;
+
+    /// A store with a few revisions, a deleted key and a lease, and its data dir.
+    fn store() -> (tempfile::TempDir, Arc<Engine>, Arc<MvccStore>) {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(dir.path()).unwrap();
+        let store = MvccStore::open(engine.clone()).unwrap();
+        for (key, value) in [("a", "1"), ("b", "2"), ("a", "3")] {
+            let mut w = store.writer(false);
+            w.txn().put(key.as_bytes(), value.as_bytes().to_vec(), 0);
+            w.commit().unwrap();
+        }
+        let mut w = store.writer(false);
+        w.txn()
+            .delete_range(&crate::mvcc::KeyRange::Single(b"b".to_vec()));
+        let lease = StoredLease { id: 7, ttl: 60 };
+        w.put_extra(Cf::Lease, &StoredLease::key(7), &lease.value());
+        w.put_extra(Cf::Meta, RAFT_META_KEYS[0], b"old cluster's log id");
+        w.commit().unwrap();
+        (dir, engine, store)
+    }
+
+    fn save(store: &MvccStore, path: &Path) {
+        let mut bytes = Vec::new();
+        let mut remainders = Vec::new();
+        stream(store, |chunk, remaining| {
+            assert!(chunk.len() <= CHUNK_BYTES);
+            bytes.extend_from_slice(&chunk);
+            remainders.push((bytes.len() as u64, remaining));
+            true
+        })
+        .unwrap();
+        let total = bytes.len() as u64;
+        assert!(remainders.iter().all(|(sent, left)| sent + left == total));
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    fn entries(engine: &Engine, cf: Cf) -> Vec<Entry> {
+        let mut all = Vec::new();
+        engine
+            .scan(cf, &[], None, |k, v| {
+                all.push((k.into(), v.into()));
+                true
+            })
+            .unwrap();
+        all
+    }
+
+    fn options<'a>(data_dir: &'a Path, peer_urls: &'a [String]) -> RestoreOptions<'a> {
+        RestoreOptions {
+            data_dir,
+            flags: RestoreFlags {
+                name: "m1",
+                initial_cluster: "m1=http://127.0.0.1:2380,m2=http://127.0.0.1:2381",
+                token: "restored",
+                advertise_peer_urls: peer_urls,
+            },
+            skip_hash_check: false,
+        }
+    }
+
+    #[test]
+    fn a_restored_data_dir_holds_the_saved_store_as_a_new_cluster() {
+        let (dir, engine, store) = store();
+        let file = dir.path().join("backup.db");
+        save(&store, &file);
+
+        let st = status(&file).unwrap();
+        assert_eq!(st.revision, store.current_revision());
+        assert_eq!(st.hash, engine.checksum(&[Cf::Kv, Cf::Lease]).unwrap());
+        assert_eq!(st.total_size, std::fs::metadata(&file).unwrap().len());
+
+        let target = dir.path().join("restored");
+        let urls = ["http://127.0.0.1:2380".to_string()];
+        let (member, cluster) = restore(&file, &options(&target, &urls)).unwrap();
+        assert_eq!(member, crate::cluster::member_id(&urls, "restored"));
+        assert_ne!(cluster, 0);
+        let restored = Engine::open(&target).unwrap();
+        for cf in [Cf::Kv, Cf::Lease] {
+            assert_eq!(entries(&restored, cf), entries(&engine, cf), "{cf:?}");
+        }
+        let meta = entries(&restored, Cf::Meta);
+        assert!(meta.iter().all(|(k, _)| !RAFT_META_KEYS.contains(&&k[..])));
+        assert_eq!(
+            meta.len() + 1,
+            entries(&engine, Cf::Meta).len(),
+            "everything but the old Raft bookkeeping"
+        );
+        let reopened = MvccStore::open(restored).unwrap();
+        assert_eq!(reopened.current_revision(), store.current_revision());
+    }
+
+    #[test]
+    fn damaged_files_are_refused_and_leave_no_data_dir() {
+        let (_store_dir, _engine, store) = store();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("backup.db");
+        save(&store, &file);
+        let good = std::fs::read(&file).unwrap();
+        let target = dir.path().join("restored");
+        let urls = ["http://127.0.0.1:2380".to_string()];
+        let restore_bytes = |bytes: &[u8], skip_hash_check: bool| {
+            std::fs::write(&file, bytes).unwrap();
+            let opts = RestoreOptions {
+                skip_hash_check,
+                ..options(&target, &urls)
+            };
+            let result = restore(&file, &opts);
+            if result.is_err() {
+                assert!(!target.exists());
+                let leftovers = std::fs::read_dir(dir.path()).unwrap().count();
+                assert_eq!(leftovers, 1, "only the backup file");
+            }
+            result
+        };
+
+        let mut flipped = good.clone();
+        flipped[good.len() / 2] ^= 0x20;
+        let err = restore_bytes(&flipped, false).unwrap_err().to_string();
+        assert!(err.starts_with("expected sha256 ["), "{err}");
+        let mut bad_trailer = good.clone();
+        *bad_trailer.last_mut().unwrap() ^= 1;
+        assert!(matches!(
+            restore_bytes(&bad_trailer, false),
+            Err(BackupError::HashMismatch { .. })
+        ));
+        for cut in [good.len() - 1, good.len() - 32, good.len() / 2] {
+            let err = restore_bytes(&good[..cut], false).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                "snapshot missing hash but --skip-hash-check=false"
+            );
+        }
+        assert!(matches!(
+            restore_bytes(&good[..good.len() / 2], true),
+            Err(BackupError::Corrupt { .. })
+        ));
+        assert!(matches!(
+            restore_bytes(b"not a snapshot at all", false),
+            Err(BackupError::NotOxcd { .. })
+        ));
+        // Without its trailer the records are still whole: accepted only when told to.
+        restore_bytes(&good[..good.len() - 32], true).unwrap();
+        std::fs::write(&file, &good).unwrap();
+        let err = restore(&file, &options(&target, &urls)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("data-dir {:?} exists", target.display().to_string())
+        );
+    }
+
+    #[test]
+    fn the_trailer_check_holds_back_the_last_32_bytes_across_any_split() {
+        let body = b"some backup bytes".repeat(5);
+        let mut file = body.clone();
+        file.extend_from_slice(&Sha256::digest(&body));
+        for split in [1, 5, 31, 32, 33, 64, file.len()] {
+            let mut check = TrailerCheck::default();
+            file.chunks(split).for_each(|c| check.update(c));
+            check.verify().unwrap();
+        }
+        let mut short = TrailerCheck::default();
+        short.update(&file[..20]);
+        assert!(matches!(short.verify(), Err(BackupError::MissingHash)));
     }
 }
