@@ -4,6 +4,7 @@
 mod client;
 mod failure;
 mod global;
+mod snapshot;
 
 use clap::{Parser, Subcommand};
 
@@ -25,6 +26,9 @@ struct Cli {
 enum Command {
     /// Prints the version of oxcdctl
     Version,
+    /// Manages etcd node snapshots
+    #[command(subcommand)]
+    Snapshot(snapshot::SnapshotCommand),
 }
 
 async fn run(cli: Cli) -> CtlResult {
@@ -34,6 +38,7 @@ async fn run(cli: Cli) -> CtlResult {
             println!("API version: {}", global::API_VERSION);
             Ok(())
         }
+        Command::Snapshot(command) => snapshot::run(command, &cli.global).await,
     }
 }
 
