@@ -16,6 +16,9 @@ use crate::storage::{Cf, Engine, StorageError};
 /// Blob bytes per streamed message, as etcd sends them.
 pub const CHUNK_BYTES: usize = 32 * 1024;
 const SHA256_BYTES: usize = 32;
+/// A backup's records are padded to whole blocks of this size before the sha256 trailer, so
+/// etcdctl, which finds the trailer by the file's size, accepts the file.
+const BLOCK_BYTES: u64 = 512;
 /// A restore writes the engine in batches of at most this many bytes.
 const RESTORE_BATCH_BYTES: usize = 16 << 20;
 
@@ -106,7 +109,9 @@ pub fn stream(
     mut send: impl FnMut(Vec<u8>, u64) -> bool,
 ) -> Result<(), format::EncodeError> {
     let snap = store.engine_snapshot();
-    let total = format::encoded_len(&snap)? + SHA256_BYTES as u64;
+    let records = format::encoded_len(&snap)?;
+    let body = records.next_multiple_of(BLOCK_BYTES);
+    let total = body + SHA256_BYTES as u64;
     let mut out = ChunkSender {
         chunk: Vec::with_capacity(CHUNK_BYTES),
         left: total,
@@ -114,6 +119,7 @@ pub fn stream(
         send: &mut send,
     };
     format::encode(&snap, &mut out)?;
+    out.write_all(&vec![0; (body - records) as usize])?;
     out.flush()?;
     let sha = out.sha.finalize().to_vec();
     if !send(sha, 0) {
@@ -275,61 +281,71 @@ fn read(
 ) -> Result<u64, BackupError> {
     let file = File::open(path).map_err(io_error(path))?;
     let size = file.metadata().map_err(io_error(path))?.len();
-    let corrupt = |reason: String| BackupError::Corrupt {
-        path: path.display().to_string(),
-        reason,
+    // etcd's rule: a file with its hash is whole blocks plus the 32 bytes of the hash.
+    let has_hash = size % BLOCK_BYTES == SHA256_BYTES as u64;
+    if !has_hash && !skip_hash_check {
+        return Err(BackupError::MissingHash);
+    }
+    let body = if has_hash {
+        size - SHA256_BYTES as u64
+    } else {
+        size
     };
-    let input = Checked {
+    let mut input = Checked {
         inner: BufReader::with_capacity(1 << 20, file),
         check: TrailerCheck::default(),
     };
-    let mut decoder = match Decoder::new(input, size) {
+    let decoded = decode(&mut input, body, &mut visit).map_err(|e| match e {
+        ReadError::Io(e) => io_error(path)(e),
+        ReadError::Visit(e) => e,
+    })?;
+    // A damaged file is reported by its hash, as etcd reports one, whatever its records say.
+    if has_hash && !skip_hash_check {
+        std::io::copy(&mut input, &mut std::io::sink()).map_err(io_error(path))?;
+        input.check.verify()?;
+    }
+    decoded.map_err(|e| match e {
+        DecodeError::NotASnapshot => BackupError::NotOxcd {
+            path: path.display().to_string(),
+        },
+        e => BackupError::Corrupt {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        },
+    })?;
+    Ok(size)
+}
+
+enum ReadError {
+    Io(std::io::Error),
+    Visit(BackupError),
+}
+
+/// Decodes the records in the first `len` bytes of `input`. The outer error stops the read; the
+/// inner one is a damaged file, reported once its hash has been checked.
+fn decode(
+    input: impl Read,
+    len: u64,
+    visit: &mut impl FnMut(Cf, &[u8], &[u8]) -> Result<(), BackupError>,
+) -> Result<Result<(), DecodeError>, ReadError> {
+    let damaged = |e| match e {
+        DecodeError::Io(e) => Err(ReadError::Io(e)),
+        e => Ok(Err(e)),
+    };
+    let mut decoder = match Decoder::new(input, len) {
         Ok(d) => d,
-        Err(DecodeError::Io(e)) => return Err(io_error(path)(e)),
-        Err(_) => {
-            return Err(BackupError::NotOxcd {
-                path: path.display().to_string(),
-            })
-        }
+        Err(e) => return damaged(e),
     };
-    let ended = loop {
+    loop {
         match decoder.next_record() {
-            Ok(Some((cf, k, v))) => visit(cf, &k, &v)?,
-            Ok(None) => break Ok(()),
-            Err(DecodeError::Io(e)) => return Err(io_error(path)(e)),
-            Err(e) => break Err(e),
+            Ok(Some((cf, k, v))) => visit(cf, &k, &v).map_err(ReadError::Visit)?,
+            Ok(None) => break,
+            Err(e) => return damaged(e),
         }
-    };
-    let trailer_bytes = decoder.bytes_left();
-    let mut input = decoder.into_inner();
-    // The trailer is checked over the whole file even when the records are broken: a damaged
-    // file is reported as etcd reports one, by its hash.
-    std::io::copy(&mut input, &mut std::io::sink()).map_err(io_error(path))?;
-    let sha_bytes = SHA256_BYTES as u64;
-    match ended {
-        Ok(()) if trailer_bytes == sha_bytes => {
-            if !skip_hash_check {
-                input.check.verify()?;
-            }
-            Ok(size)
-        }
-        Ok(()) if trailer_bytes == 0 && skip_hash_check => Ok(size),
-        Ok(()) if trailer_bytes < sha_bytes && !skip_hash_check => Err(BackupError::MissingHash),
-        Err(DecodeError::Truncated) if !skip_hash_check => Err(BackupError::MissingHash),
-        Ok(()) => {
-            if !skip_hash_check {
-                input.check.verify()?;
-            }
-            Err(corrupt(format!(
-                "{trailer_bytes} bytes after the records instead of a sha256"
-            )))
-        }
-        Err(e) => {
-            if !skip_hash_check {
-                input.check.verify()?;
-            }
-            Err(corrupt(e.to_string()))
-        }
+    }
+    match decoder.expect_padding(BLOCK_BYTES) {
+        Ok(()) => Ok(Ok(())),
+        Err(e) => damaged(e),
     }
 }
 
@@ -487,11 +503,14 @@ mod tests {
             );
         }
         assert!(matches!(
-            restore_bytes(&good[..good.len() / 2], true),
+            restore_bytes(&good[..30], true),
             Err(BackupError::Corrupt { .. })
         ));
+        // Whole blocks with a good hash, like an etcd (bbolt) backup.
+        let mut foreign = vec![7u8; 1024];
+        foreign.extend_from_slice(&Sha256::digest(&foreign));
         assert!(matches!(
-            restore_bytes(b"not a snapshot at all", false),
+            restore_bytes(&foreign, false),
             Err(BackupError::NotOxcd { .. })
         ));
         // Without its trailer the records are still whole: accepted only when told to.

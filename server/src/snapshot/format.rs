@@ -70,6 +70,8 @@ pub enum DecodeError {
     Truncated,
     #[error("bad snapshot record tag {0}")]
     BadTag(u8),
+    #[error("unexpected bytes after the end of the records")]
+    BadPadding,
     #[error("reading the snapshot: {0}")]
     Io(std::io::Error),
 }
@@ -110,9 +112,13 @@ impl<R: Read> Decoder<R> {
         Ok(Some((cf, k, v)))
     }
 
-    /// Bytes after the end marker (a backup's trailer).
-    pub fn bytes_left(&self) -> u64 {
-        self.left
+    /// Checks that the rest of the input, after the end marker, is zero padding shorter than
+    /// `block` (a backup pads its records to whole blocks).
+    pub fn expect_padding(mut self, block: u64) -> Result<(), DecodeError> {
+        if self.left >= block || self.take(self.left)?.iter().any(|b| *b != 0) {
+            return Err(DecodeError::BadPadding);
+        }
+        Ok(())
     }
 
     pub fn into_inner(self) -> R {
@@ -162,7 +168,7 @@ mod tests {
         while let Some(r) = decoder.next_record()? {
             records.push(r);
         }
-        assert_eq!(decoder.bytes_left(), 0);
+        decoder.expect_padding(1).unwrap();
         Ok(records)
     }
 
