@@ -172,7 +172,7 @@ async fn a_member_restored_from_a_backup_has_the_same_keys_revisions_leases_and_
     // etcdctl's own save against oxcd writes the same file.
     let by_etcdctl = dir.path().join("etcdctl.db");
     etcdctl(
-        &[endpoint.clone()],
+        std::slice::from_ref(&endpoint),
         &["snapshot", "save", by_etcdctl.to_str().unwrap()],
     )
     .await
@@ -197,7 +197,7 @@ async fn a_member_restored_from_a_backup_has_the_same_keys_revisions_leases_and_
     assert_compacted_at(&at, compacted).await;
 
     // The restored member is a working cluster that goes on from the saved revision.
-    let put = etcdctl(&[at.clone()], &["put", "new", "v", "-w", "json"]).await;
+    let put = etcdctl(std::slice::from_ref(&at), &["put", "new", "v", "-w", "json"]).await;
     assert_eq!(
         put.json()["header"]["revision"].as_i64(),
         Some(revision.as_i64().unwrap() + 1)
@@ -238,7 +238,7 @@ async fn three_members_restored_from_one_file_form_one_cluster() {
         .expect_ok();
     for at in &endpoints {
         let got = etcdctl(
-            &[at.clone()],
+            std::slice::from_ref(at),
             &["get", "after-restore", "--print-value-only"],
         )
         .await;
