@@ -50,7 +50,8 @@ use crate::watch::WatchHub;
 /// etcd's "request is too large" rather than a transport error (etcd does the same).
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 const IDENTITY_KEY: &[u8] = b"identity";
-/// The membership a data dir made by `snapshot restore` bootstraps its new cluster with.
+/// The membership a data dir made by `snapshot restore` bootstraps its new cluster with; present
+/// until its first start has put the restored store into a Raft snapshot.
 const RESTORED_MEMBERSHIP_KEY: &[u8] = b"restored_membership";
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 /// How long a member started with `--initial-cluster-state existing` tries to reach the cluster.
@@ -83,11 +84,13 @@ impl Node {
 
         let data_dir = config.data_dir();
         let engine = Engine::open(&data_dir)?;
+        let restored = restored_membership(&engine)?;
+        let is_restored = restored.is_some();
         let (member_id, cluster_id, bootstrap) = match stored_identity(&engine)? {
             // Ids are fixed when the data dir is created; later flags cannot change them (etcd
             // ignores --initial-cluster on restart too). A restored data dir also fixes the new
-            // cluster's membership (Raft ignores it once initialized).
-            Some((member, cluster)) => (member, cluster, restored_membership(&engine)?),
+            // cluster's membership.
+            Some((member, cluster)) => (member, cluster, restored),
             None => {
                 let (member, cluster, bootstrap) = match config.initial_cluster_state {
                     ClusterState::New => {
@@ -217,6 +220,17 @@ impl Node {
             &config.advertise_client_urls,
         )
         .await;
+        if is_restored {
+            // Before serving clients, so no `member add` can reach a log that still starts
+            // before the restored store.
+            consensus
+                .snapshot_restored_state()
+                .await
+                .context("taking the first snapshot of a restored data dir")?;
+            let mut batch = engine.batch();
+            batch.delete(Cf::RaftState, RESTORED_MEMBERSHIP_KEY);
+            engine.write(batch, true)?;
+        }
         let mut client_addrs = Vec::new();
         for url in &config.listen_client_urls {
             let listener = bind(url).await?;

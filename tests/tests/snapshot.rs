@@ -197,7 +197,11 @@ async fn a_member_restored_from_a_backup_has_the_same_keys_revisions_leases_and_
     assert_compacted_at(&at, compacted).await;
 
     // The restored member is a working cluster that goes on from the saved revision.
-    let put = etcdctl(std::slice::from_ref(&at), &["put", "new", "v", "-w", "json"]).await;
+    let put = etcdctl(
+        std::slice::from_ref(&at),
+        &["put", "new", "v", "-w", "json"],
+    )
+    .await;
     assert_eq!(
         put.json()["header"]["revision"].as_i64(),
         Some(revision.as_i64().unwrap() + 1)
@@ -355,4 +359,37 @@ async fn damaged_backups_are_refused_and_create_no_data_dir() {
         run.stderr,
         format!("Error: data-dir {:?} exists\n", target.to_str().unwrap())
     );
+}
+
+#[tokio::test]
+async fn a_member_added_to_a_restored_cluster_gets_the_restored_keys() {
+    let source = Cluster::start(Flavor::Oxcd, 1, &[]).await;
+    write_history(&source.endpoints()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("backup.db");
+    save(&source.endpoints()[0], &file);
+    let saved = everything(&source.endpoints()[0]).await;
+    drop(source);
+
+    let mut restored = Cluster::start_prepared(Flavor::Oxcd, 1, &[], restore_from(file)).await;
+    // A learner: the harness adds voters only to clusters that keep a quorum without them.
+    let added = restored.add_member("n2", true).await;
+    let at = restored.members()[added.index].endpoint();
+    let (kvs, _) = saved;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = etcdctl(
+            &[at.clone()],
+            &["get", "", "--from-key", "-w", "json", "--consistency=s"],
+        )
+        .await;
+        if out.json()["kvs"] == kvs {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the learner never got the restored keys: {out:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
