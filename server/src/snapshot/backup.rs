@@ -14,7 +14,7 @@ use crate::raft::RAFT_META_KEYS;
 use crate::storage::{Cf, Engine, StorageError};
 
 /// Blob bytes per streamed message, as etcd sends them.
-pub const CHUNK_BYTES: usize = 32 * 1024;
+const CHUNK_BYTES: usize = 32 * 1024;
 const SHA256_BYTES: usize = 32;
 /// A backup's records are padded to whole blocks of this size before the sha256 trailer, so
 /// etcdctl, which finds the trailer by the file's size, accepts the file.
@@ -252,6 +252,8 @@ pub fn restore(path: &Path, opts: &RestoreOptions<'_>) -> Result<(u64, u64), Bac
 fn build(path: &Path, dir: &Path, opts: &RestoreOptions<'_>) -> Result<(u64, u64), BackupError> {
     let engine = Engine::open(dir)?;
     let mut batch = engine.batch();
+    // First, so bad flags are refused before the file is read.
+    let ids = crate::node::adopt_restored(&mut batch, &opts.flags).map_err(BackupError::Flags)?;
     let mut batch_bytes = 0;
     read(path, opts.skip_hash_check, |cf, k, v| {
         if cf == Cf::Meta && RAFT_META_KEYS.contains(&k) {
@@ -265,10 +267,8 @@ fn build(path: &Path, dir: &Path, opts: &RestoreOptions<'_>) -> Result<(u64, u64
         }
         Ok(())
     })?;
-    let ids = crate::node::adopt_restored(&mut batch, &opts.flags).map_err(BackupError::Flags)?;
+    // All batches share one write-ahead log: this fsync makes the earlier ones durable too.
     engine.write(batch, true)?;
-    // Everything written so far is only in the WAL; make the tables durable too, then close.
-    engine.sync_wal()?;
     Ok(ids)
 }
 
@@ -521,6 +521,31 @@ mod tests {
             err.to_string(),
             format!("data-dir {:?} exists", target.display().to_string())
         );
+    }
+
+    #[test]
+    fn restore_flags_that_name_no_member_or_other_urls_are_refused() {
+        let (_store_dir, _engine, store) = store();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("backup.db");
+        save(&store, &file);
+        let target = dir.path().join("restored");
+        let other = ["http://127.0.0.1:9999".to_string()];
+        let err = restore(&file, &options(&target, &other)).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("missing from --initial-advertise-peer-urls"),
+            "{err}"
+        );
+        let urls = ["http://127.0.0.1:2380".to_string()];
+        let mut opts = options(&target, &urls);
+        opts.flags.name = "nobody";
+        let err = restore(&file, &opts).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "--initial-cluster has no member named \"nobody\""
+        );
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     #[test]
