@@ -379,7 +379,7 @@ async fn a_member_added_to_a_restored_cluster_gets_the_restored_keys() {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
         let out = etcdctl(
-            &[at.clone()],
+            std::slice::from_ref(&at),
             &["get", "", "--from-key", "-w", "json", "--consistency=s"],
         )
         .await;
