@@ -5,6 +5,7 @@ mod client;
 mod failure;
 mod global;
 mod registry;
+mod snapshot;
 
 use clap::{Parser, Subcommand};
 
@@ -28,6 +29,9 @@ enum Command {
     Version,
     /// Reads the Kubernetes objects kube-apiserver stores under /registry
     Registry(registry::RegistryCommand),
+    /// Manages etcd node snapshots
+    #[command(subcommand)]
+    Snapshot(snapshot::SnapshotCommand),
 }
 
 async fn run(cli: Cli) -> CtlResult {
@@ -38,6 +42,7 @@ async fn run(cli: Cli) -> CtlResult {
             Ok(())
         }
         Command::Registry(command) => registry::run(&cli.global, command).await,
+        Command::Snapshot(command) => snapshot::run(command, &cli.global).await,
     }
 }
 

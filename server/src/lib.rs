@@ -16,6 +16,7 @@ pub mod lease;
 pub mod mvcc;
 pub mod node;
 pub mod raft;
+pub mod snapshot;
 pub mod storage;
 pub mod tls;
 pub mod watch;

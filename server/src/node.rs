@@ -43,13 +43,16 @@ use crate::mvcc::MvccStore;
 use crate::raft::{
     peer_endpoint, Applied, Consensus, Member, MemberChange, Peers, RaftOptions, MAX_PEER_MESSAGE,
 };
-use crate::storage::{Cf, Engine};
+use crate::storage::{Cf, Engine, WriteBatch};
 use crate::watch::WatchHub;
 
 /// gRPC's receive limit sits this far above the request limit, so an oversized request gets
 /// etcd's "request is too large" rather than a transport error (etcd does the same).
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 const IDENTITY_KEY: &[u8] = b"identity";
+/// The membership a data dir made by `snapshot restore` bootstraps its new cluster with; present
+/// until its first start has put the restored store into a Raft snapshot.
+const RESTORED_MEMBERSHIP_KEY: &[u8] = b"restored_membership";
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 /// How long a member started with `--initial-cluster-state existing` tries to reach the cluster.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -81,10 +84,13 @@ impl Node {
 
         let data_dir = config.data_dir();
         let engine = Engine::open(&data_dir)?;
+        let restored = restored_membership(&engine)?;
+        let is_restored = restored.is_some();
         let (member_id, cluster_id, bootstrap) = match stored_identity(&engine)? {
             // Ids are fixed when the data dir is created; later flags cannot change them (etcd
-            // ignores --initial-cluster on restart too).
-            Some((member, cluster)) => (member, cluster, None),
+            // ignores --initial-cluster on restart too). A restored data dir also fixes the new
+            // cluster's membership.
+            Some((member, cluster)) => (member, cluster, restored),
             None => {
                 let (member, cluster, bootstrap) = match config.initial_cluster_state {
                     ClusterState::New => {
@@ -214,6 +220,17 @@ impl Node {
             &config.advertise_client_urls,
         )
         .await;
+        if is_restored {
+            // Before serving clients, so no `member add` can reach a log that still starts
+            // before the restored store.
+            consensus
+                .snapshot_restored_state()
+                .await
+                .context("taking the first snapshot of a restored data dir")?;
+            let mut batch = engine.batch();
+            batch.delete(Cf::RaftState, RESTORED_MEMBERSHIP_KEY);
+            engine.write(batch, true)?;
+        }
         let mut client_addrs = Vec::new();
         for url in &config.listen_client_urls {
             let listener = bind(url).await?;
@@ -379,12 +396,68 @@ fn stored_identity(engine: &Engine) -> anyhow::Result<Option<(u64, u64)>> {
 }
 
 fn store_identity(engine: &Engine, member: u64, cluster: u64) -> anyhow::Result<()> {
-    let mut value = member.to_be_bytes().to_vec();
-    value.extend_from_slice(&cluster.to_be_bytes());
     let mut batch = engine.batch();
-    batch.put(Cf::RaftState, IDENTITY_KEY, &value);
+    put_identity(&mut batch, member, cluster);
     engine.write(batch, true)?;
     Ok(())
+}
+
+fn put_identity(batch: &mut WriteBatch<'_>, member: u64, cluster: u64) {
+    let mut value = member.to_be_bytes().to_vec();
+    value.extend_from_slice(&cluster.to_be_bytes());
+    batch.put(Cf::RaftState, IDENTITY_KEY, &value);
+}
+
+/// Makes a data dir holding a restored store the first member of a new cluster, as `flags`
+/// would have made it (same ids, same initial membership on every member restored with them).
+/// Returns (member id, cluster id).
+pub(crate) fn adopt_restored(
+    batch: &mut WriteBatch<'_>,
+    flags: &RestoreFlags<'_>,
+) -> anyhow::Result<(u64, u64)> {
+    let initial =
+        cluster::parse_initial_cluster(flags.initial_cluster).map_err(anyhow::Error::msg)?;
+    let me = initial
+        .iter()
+        .find(|m| m.name == flags.name)
+        .with_context(|| format!("--initial-cluster has no member named {:?}", flags.name))?;
+    let mut advertised = flags.advertise_peer_urls.to_vec();
+    advertised.sort();
+    let mut listed = me.peer_urls.clone();
+    listed.sort();
+    if advertised != listed {
+        bail!(
+            "--initial-cluster has {}={} but missing from --initial-advertise-peer-urls={}",
+            me.name,
+            listed.join(","),
+            advertised.join(",")
+        );
+    }
+    let (member, cluster, members) = new_cluster(&initial, flags.token, me);
+    put_identity(batch, member, cluster);
+    batch.put(
+        Cf::RaftState,
+        RESTORED_MEMBERSHIP_KEY,
+        &bincode::serialize(&members)?,
+    );
+    Ok((member, cluster))
+}
+
+/// The cluster-forming flags of `snapshot restore`, as etcd's member start takes them.
+pub struct RestoreFlags<'a> {
+    pub name: &'a str,
+    pub initial_cluster: &'a str,
+    pub token: &'a str,
+    pub advertise_peer_urls: &'a [String],
+}
+
+fn restored_membership(engine: &Engine) -> anyhow::Result<Option<BTreeMap<u64, Member>>> {
+    match engine.get(Cf::RaftState, RESTORED_MEMBERSHIP_KEY)? {
+        Some(v) => Ok(Some(
+            bincode::deserialize(&v).context("corrupt restored membership")?,
+        )),
+        None => Ok(None),
+    }
 }
 
 /// A new cluster: every member derives the same ids and the same initial membership from the

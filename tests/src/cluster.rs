@@ -77,13 +77,31 @@ impl Cluster {
     /// a linearizable Range. `extra_args` go to every member. Panics with the members' log
     /// tails if the cluster does not come up.
     pub async fn start(flavor: Flavor, n: usize, extra_args: &[&str]) -> Cluster {
-        match Self::try_start(flavor, n, extra_args).await {
+        Self::start_prepared(flavor, n, extra_args, |_, _| Ok(())).await
+    }
+
+    /// [`Cluster::start`], with `prepare` called for every member (its spec, with its final
+    /// ports, data dir and membership flags) before any is launched: to create its data dir
+    /// beforehand, e.g. by restoring a backup. On a port clash it is called again for the new
+    /// attempt's members.
+    pub async fn start_prepared(
+        flavor: Flavor,
+        n: usize,
+        extra_args: &[&str],
+        mut prepare: impl FnMut(&MemberSpec, &ClusterFlags) -> Result<()>,
+    ) -> Cluster {
+        match Self::try_start(flavor, n, extra_args, &mut prepare).await {
             Ok(cluster) => cluster,
             Err(e) => panic!("failed to start a {n}-member {flavor} cluster: {e:#}"),
         }
     }
 
-    async fn try_start(flavor: Flavor, n: usize, extra_args: &[&str]) -> Result<Cluster> {
+    async fn try_start(
+        flavor: Flavor,
+        n: usize,
+        extra_args: &[&str],
+        prepare: &mut impl FnMut(&MemberSpec, &ClusterFlags) -> Result<()>,
+    ) -> Result<Cluster> {
         require_binary(flavor)?;
         let extra_args: Vec<String> = extra_args.iter().map(|a| a.to_string()).collect();
         let mut last_error = None;
@@ -115,18 +133,17 @@ impl Cluster {
                 .map(|s| format!("{}={}", s.name, s.peer_url()))
                 .collect::<Vec<_>>()
                 .join(",");
-            let members = specs
-                .into_iter()
-                .zip(dirs)
-                .map(|(mut spec, dir)| {
-                    spec.cluster = Some(ClusterFlags {
-                        initial_cluster: initial_cluster.clone(),
-                        state: "new".into(),
-                        token: token.clone(),
-                    });
-                    Server::unstarted(spec, dir)
-                })
-                .collect();
+            let flags = ClusterFlags {
+                initial_cluster,
+                state: "new".into(),
+                token: token.clone(),
+            };
+            let mut members = Vec::new();
+            for (mut spec, dir) in specs.into_iter().zip(dirs) {
+                prepare(&spec, &flags)?;
+                spec.cluster = Some(flags.clone());
+                members.push(Server::unstarted(spec, dir));
+            }
             let mut cluster = Cluster {
                 flavor,
                 token,

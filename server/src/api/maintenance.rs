@@ -3,9 +3,10 @@ use std::sync::Arc;
 use oxcd_proto::etcdserverpb::{
     alarm_request::AlarmAction, maintenance_server::Maintenance, AlarmRequest, AlarmResponse,
     AlarmType, DefragmentRequest, DefragmentResponse, HashKvRequest, HashKvResponse, HashRequest,
-    HashResponse, MoveLeaderRequest, MoveLeaderResponse, ResponseHeader, StatusRequest,
-    StatusResponse,
+    HashResponse, MoveLeaderRequest, MoveLeaderResponse, ResponseHeader, SnapshotRequest,
+    SnapshotResponse, StatusRequest, StatusResponse,
 };
+use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status};
 
 use super::HeaderFiller;
@@ -13,7 +14,11 @@ use crate::alarm::Alarms;
 use crate::error::EtcdError;
 use crate::mvcc::MvccStore;
 use crate::raft::{Command, Consensus, Op, Outcomes};
+use crate::snapshot::backup;
 use crate::storage::{Cf, Engine};
+
+/// Backup chunks buffered ahead of a slow client; this bounds a backup's memory.
+const SNAPSHOT_CHUNKS_AHEAD: usize = 8;
 
 pub struct MaintenanceApi {
     pub engine: Arc<Engine>,
@@ -110,6 +115,39 @@ impl Maintenance for MaintenanceApi {
         let mut resp = HashResponse { header: None, hash };
         self.header.fill(&mut resp.header);
         Ok(Response::new(resp))
+    }
+
+    /// A backup of the whole store at one revision, written by the backup module on a blocking
+    /// thread and sent as it is produced.
+    async fn snapshot(
+        &self,
+        _req: Request<SnapshotRequest>,
+    ) -> Result<Response<BoxStream<SnapshotResponse>>, Status> {
+        let (tx, rx) = tokio::sync::mpsc::channel(SNAPSHOT_CHUNKS_AHEAD);
+        let store = self.store.clone();
+        // etcd 3.5 puts the header and the storage version on the first message only.
+        let mut first = SnapshotResponse {
+            version: crate::ETCD_VERSION.to_string(),
+            ..Default::default()
+        };
+        self.header.fill(&mut first.header);
+        tokio::task::spawn_blocking(move || {
+            let mut first = Some(first);
+            let streamed = backup::stream(&store, |blob, remaining_bytes| {
+                let mut resp = first.take().unwrap_or_default();
+                resp.blob = blob;
+                resp.remaining_bytes = remaining_bytes;
+                tx.blocking_send(Ok(resp)).is_ok()
+            });
+            // A client that went away is no failure.
+            if let Err(e) = streamed.or_else(|e| if tx.is_closed() { Ok(()) } else { Err(e) }) {
+                tracing::warn!(error = %e, "streaming a snapshot failed");
+                let _ = tx.blocking_send(Err(Status::internal(e.to_string())));
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn move_leader(

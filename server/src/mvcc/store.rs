@@ -333,6 +333,11 @@ impl MvccStore {
     }
 }
 
+/// The store's revision, when `key` and `value` are the metadata record that holds it.
+pub fn current_revision_record(key: &[u8], value: &[u8]) -> Option<i64> {
+    (key == META_CURRENT_REV).then(|| Some(i64::from_be_bytes(value.try_into().ok()?)))?
+}
+
 /// Rebuilds the index by scanning the stored revisions; returns the state and the revision up
 /// to which physical compaction has finished, and the live leased keys.
 #[allow(clippy::type_complexity)]

@@ -29,7 +29,7 @@ pub use membership::{new_member_id, MemberChange, MemberInfo};
 pub use network::{
     peer_endpoint, Client as PeerClient, Peers, CLUSTER_ID_HEADER, MAX_PEER_MESSAGE,
 };
-pub use state_machine::Applied;
+pub use state_machine::{Applied, RAFT_META_KEYS};
 pub use types::{Command, CommandBatch, Member, NodeId, Op, OutcomeBatch, Outcomes};
 
 use crate::error::EtcdError;
@@ -149,6 +149,39 @@ impl Consensus {
             elections,
             removed: tokio::sync::watch::Sender::new(false),
         })
+    }
+
+    /// A restored store is in the state machine but in no log entry, so a member added later
+    /// would replay the log from its start and never get it. A snapshot covering the log so far,
+    /// with those entries purged, makes a leader send it the snapshot instead (etcd's restore
+    /// likewise starts the new cluster from a snapshot).
+    pub async fn snapshot_restored_state(&self) -> anyhow::Result<()> {
+        let applied = self
+            .raft
+            .wait(None)
+            .metrics(|m| m.last_applied.is_some(), "the new membership applied")
+            .await?
+            .last_applied
+            .expect("waited for it");
+        self.raft.trigger().snapshot().await?;
+        let built = self
+            .raft
+            .wait(None)
+            .metrics(
+                |m| m.snapshot.is_some_and(|s| s.index >= applied.index),
+                "snapshot of the restored state",
+            )
+            .await?;
+        let upto = built.snapshot.map_or(applied.index, |s| s.index);
+        self.raft.trigger().purge_log(upto).await?;
+        self.raft
+            .wait(None)
+            .metrics(
+                |m| m.purged.is_some_and(|p| p.index >= upto),
+                "log before the restored snapshot purged",
+            )
+            .await?;
+        Ok(())
     }
 
     pub async fn propose(&self, command: Command) -> Result<Outcomes, EtcdError> {

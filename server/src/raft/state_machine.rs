@@ -2,7 +2,7 @@
 //! log id and membership in the same atomic engine write, so a restart resumes exactly where
 //! the last applied batch ended without replaying history.
 
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, BufWriter};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -21,6 +21,7 @@ use crate::error::EtcdError;
 use crate::kv::apply;
 use crate::lease::{Lessor, StoredLease};
 use crate::mvcc::{KeyRange, MvccStore, Writer};
+use crate::snapshot::format::{self, Decoder};
 use crate::storage::{Cf, Engine};
 use crate::watch::WatchHub;
 
@@ -28,12 +29,11 @@ const META_APPLIED: &[u8] = b"raft_applied";
 const META_MEMBERSHIP: &[u8] = b"raft_membership";
 /// Present while a received snapshot is being loaded (its metadata).
 const META_INSTALLING: &[u8] = b"snapshot_installing";
-const SNAPSHOT_MAGIC: &[u8] = b"OXCDSNAP2\n";
-const SNAPSHOT_END: u8 = 0xff;
+/// This member's Raft bookkeeping in the Meta column family: state that belongs to one
+/// cluster's log, which a backup restored into a new cluster must leave behind.
+pub const RAFT_META_KEYS: [&[u8]; 3] = [META_APPLIED, META_MEMBERSHIP, META_INSTALLING];
 /// Where a snapshot from the leader is written as it arrives.
 const RECEIVING: &str = "receiving.data";
-/// The state machine's column families and their record tags in a snapshot.
-const SNAPSHOT_CFS: [(u8, Cf); 3] = [(0, Cf::Kv), (1, Cf::Meta), (2, Cf::Lease)];
 
 /// Everything applying a command changes besides the Raft bookkeeping.
 #[derive(Clone)]
@@ -342,8 +342,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     }
 }
 
-/// Streams the Kv and Meta column families of one engine snapshot into `current.data`.
-/// Memory stays bounded whatever the store's size.
+/// Streams the state machine's column families as of one engine snapshot into `current.data`.
 fn dump_snapshot(store: &MvccStore, dir: &Path) -> Result<(), StorageError> {
     let snap = store.engine_snapshot();
     let werr = |e: std::io::Error| snap_err(ErrorVerb::Write, e);
@@ -371,17 +370,7 @@ fn dump_snapshot(store: &MvccStore, dir: &Path) -> Result<(), StorageError> {
 
     let tmp = dir.join("building.data");
     let mut out = BufWriter::new(std::fs::File::create(&tmp).map_err(werr)?);
-    out.write_all(SNAPSHOT_MAGIC).map_err(werr)?;
-    for (tag, cf) in SNAPSHOT_CFS {
-        let mut io_result = Ok(());
-        snap.scan(cf, &[], None, |k, v| {
-            io_result = write_record(&mut out, tag, k, v);
-            io_result.is_ok()
-        })
-        .map_err(|e| snap_err(ErrorVerb::Read, e))?;
-        io_result.map_err(werr)?;
-    }
-    out.write_all(&[SNAPSHOT_END]).map_err(werr)?;
+    format::encode(&snap, &mut out).map_err(|e| snap_err(ErrorVerb::Write, e))?;
     let file = out.into_inner().map_err(|e| werr(e.into_error()))?;
     file.sync_all().map_err(werr)?;
     std::fs::rename(&tmp, dir.join("current.data")).map_err(werr)?;
@@ -399,14 +388,6 @@ fn write_meta(dir: &Path, meta: &SnapshotMeta) -> Result<(), StorageError> {
     std::fs::rename(&tmp, dir.join("current.meta")).map_err(werr)
 }
 
-fn write_record(out: &mut impl Write, tag: u8, k: &[u8], v: &[u8]) -> std::io::Result<()> {
-    out.write_all(&[tag])?;
-    out.write_all(&(k.len() as u32).to_be_bytes())?;
-    out.write_all(k)?;
-    out.write_all(&(v.len() as u32).to_be_bytes())?;
-    out.write_all(v)
-}
-
 /// Replaces the state machine's column families with a received snapshot, then keeps the
 /// snapshot as the current one.
 fn load_snapshot(
@@ -417,38 +398,22 @@ fn load_snapshot(
 ) -> Result<(), StorageError> {
     use std::io::Seek;
     let rerr = |e: std::io::Error| snap_err(ErrorVerb::Read, e);
+    let derr = |e: format::DecodeError| snap_err(ErrorVerb::Read, e);
     file.seek(std::io::SeekFrom::Start(0)).map_err(rerr)?;
-    let mut input = BufReader::new(file);
-    let mut magic = vec![0u8; SNAPSHOT_MAGIC.len()];
-    input.read_exact(&mut magic).map_err(rerr)?;
-    if magic != SNAPSHOT_MAGIC {
-        return Err(rerr(std::io::Error::other("not an oxcd snapshot")));
-    }
+    let len = file.metadata().map_err(rerr)?.len();
+    let mut input = Decoder::new(BufReader::new(file), len).map_err(derr)?;
     // The old state goes and the install marker comes in one durable write: from here until
     // the marker is removed with the last batch, a restart loads this snapshot again.
     let marker = bincode::serialize(meta).map_err(|e| snap_err(ErrorVerb::Write, e))?;
     let mut batch = engine.batch();
-    for (_, cf) in SNAPSHOT_CFS {
+    for cf in format::snapshot_cfs() {
         batch.delete_range(cf, &[], &[0xff; 32]);
     }
     batch.put(Cf::Meta, META_INSTALLING, &marker);
     engine
         .write(std::mem::replace(&mut batch, engine.batch()), true)
         .map_err(|e| snap_err(ErrorVerb::Write, e))?;
-    loop {
-        let mut tag = [0u8; 1];
-        input.read_exact(&mut tag).map_err(rerr)?;
-        if tag[0] == SNAPSHOT_END {
-            break;
-        }
-        let Some((_, cf)) = SNAPSHOT_CFS.into_iter().find(|(t, _)| *t == tag[0]) else {
-            return Err(rerr(std::io::Error::other(format!(
-                "bad snapshot record tag {}",
-                tag[0]
-            ))));
-        };
-        let k = read_chunk(&mut input).map_err(rerr)?;
-        let v = read_chunk(&mut input).map_err(rerr)?;
+    while let Some((cf, k, v)) = input.next_record().map_err(derr)? {
         batch.put(cf, &k, &v);
         if batch.len() >= 10_000 {
             engine
@@ -468,17 +433,9 @@ fn load_snapshot(
         .map_err(|e| snap_err(ErrorVerb::Write, e))?;
 
     // The received file becomes the current snapshot (it is what a later lagging member gets).
-    input.into_inner().sync_all().map_err(rerr)?;
+    input.into_inner().into_inner().sync_all().map_err(rerr)?;
     std::fs::rename(dir.join(RECEIVING), dir.join("current.data")).map_err(rerr)?;
     write_meta(dir, meta)
-}
-
-fn read_chunk(input: &mut impl Read) -> std::io::Result<Vec<u8>> {
-    let mut len = [0u8; 4];
-    input.read_exact(&mut len)?;
-    let mut buf = vec![0u8; u32::from_be_bytes(len) as usize];
-    input.read_exact(&mut buf)?;
-    Ok(buf)
 }
 
 fn unix_millis() -> u128 {

@@ -1,0 +1,395 @@
+//! Backups: `oxcdctl snapshot save` (and etcdctl's) against a running oxcd, `snapshot status`,
+//! and `snapshot restore` into new single- and three-member clusters that must hold exactly the
+//! saved keys, revisions, leases and compaction point.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{Txn, TxnOp};
+use oxcd_tests::cluster::{etcdctl, Cluster, ClusterFlags};
+use oxcd_tests::{oxcdctl_bin, Flavor, MemberSpec};
+
+const COMPACTED: &str = "etcdserver: mvcc: required revision has been compacted";
+
+#[derive(Debug)]
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn expect_ok(&self) -> &str {
+        assert_eq!(self.code, Some(0), "oxcdctl failed: {self:#?}");
+        &self.stdout
+    }
+}
+
+fn oxcdctl_command(args: &[&str]) -> std::process::Command {
+    let mut cmd = std::process::Command::new(oxcdctl_bin());
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("ETCDCTL_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.args(args).stdin(Stdio::null());
+    cmd
+}
+
+/// Runs oxcdctl to the end (restores are blocking work; saves are short in these tests).
+fn oxcdctl(args: &[&str]) -> Run {
+    let output = oxcdctl_command(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", oxcdctl_bin().display()));
+    Run {
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+fn save(endpoint: &str, file: &Path) {
+    let file = file.to_str().unwrap();
+    let run = oxcdctl(&[&format!("--endpoints={endpoint}"), "snapshot", "save", file]);
+    assert_eq!(run.expect_ok(), format!("Snapshot saved at {file}\n"));
+}
+
+fn status_json(file: &Path) -> serde_json::Value {
+    let run = oxcdctl(&["snapshot", "status", file.to_str().unwrap(), "-w", "json"]);
+    serde_json::from_str(run.expect_ok()).unwrap()
+}
+
+/// A `prepare` hook for [`Cluster::start_prepared`] that restores every member from `file` with
+/// that member's own flags.
+fn restore_from(file: PathBuf) -> impl FnMut(&MemberSpec, &ClusterFlags) -> anyhow::Result<()> {
+    move |spec, flags| {
+        let run = oxcdctl(&[
+            "snapshot",
+            "restore",
+            file.to_str().unwrap(),
+            "--data-dir",
+            spec.data_dir.to_str().unwrap(),
+            "--name",
+            &spec.name,
+            "--initial-cluster",
+            &flags.initial_cluster,
+            "--initial-cluster-token",
+            &flags.token,
+            "--initial-advertise-peer-urls",
+            &spec.peer_url(),
+        ]);
+        run.expect_ok();
+        Ok(())
+    }
+}
+
+/// Keys, values, revisions and lease ids of every key, and the store's revision, as seen by
+/// `endpoint` alone (member ids, cluster id and term differ between clusters).
+async fn everything(endpoint: &str) -> (serde_json::Value, serde_json::Value) {
+    let out = etcdctl(
+        &[endpoint.to_string()],
+        &["get", "", "--from-key", "-w", "json"],
+    )
+    .await;
+    let json = out.json();
+    (json["kvs"].clone(), json["header"]["revision"].clone())
+}
+
+/// `lease list`, and `lease timetolive --keys` of each lease without the remaining time (a
+/// restored lease starts its TTL afresh, as on etcd).
+async fn leases(endpoint: &str) -> (String, Vec<String>) {
+    let endpoints = [endpoint.to_string()];
+    let list = etcdctl(&endpoints, &["lease", "list"]).await;
+    let list = list.expect_ok().to_string();
+    let mut details = Vec::new();
+    for id in list.lines().skip(1) {
+        let out = etcdctl(&endpoints, &["lease", "timetolive", id, "--keys"]).await;
+        let line = out.expect_ok().trim().to_string();
+        let start = line
+            .find("remaining(")
+            .expect("timetolive prints the remaining TTL");
+        let end = start + line[start..].find("), ").unwrap() + 3;
+        details.push(format!("{}{}", &line[..start], &line[end..]));
+    }
+    (list, details)
+}
+
+/// A history with overwrites, a deletion, a leased key and a compaction. Returns a revision
+/// that is compacted away.
+async fn write_history(endpoints: &[String]) -> i64 {
+    let grant = etcdctl(endpoints, &["lease", "grant", "600"]).await;
+    let lease = grant
+        .expect_ok()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_string();
+    for args in [
+        ["put", "a", "1"],
+        ["put", "b", "2"],
+        ["put", "a", "3"],
+        ["del", "b", ""],
+        ["put", "c", "4"],
+    ] {
+        let args: Vec<&str> = args.into_iter().filter(|a| !a.is_empty()).collect();
+        etcdctl(endpoints, &args).await.expect_ok();
+    }
+    etcdctl(
+        endpoints,
+        &["put", "leased", "x", &format!("--lease={lease}")],
+    )
+    .await
+    .expect_ok();
+    etcdctl(endpoints, &["compact", "4"]).await.expect_ok();
+    etcdctl(endpoints, &["put", "a", "after-compaction"])
+        .await
+        .expect_ok();
+    3
+}
+
+async fn assert_compacted_at(endpoint: &str, rev: i64) {
+    let out = etcdctl(
+        &[endpoint.to_string()],
+        &["get", "a", &format!("--rev={rev}")],
+    )
+    .await;
+    assert_eq!(out.error(), Some(COMPACTED), "{out:#?}");
+}
+
+#[tokio::test]
+async fn a_member_restored_from_a_backup_has_the_same_keys_revisions_leases_and_compaction() {
+    let source = Cluster::start(Flavor::Oxcd, 1, &[]).await;
+    let endpoint = source.endpoints()[0].clone();
+    let compacted = write_history(&source.endpoints()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("backup.db");
+    save(&endpoint, &file);
+    assert!(!dir.path().join("backup.db.part").exists());
+
+    // etcdctl's own save against oxcd writes the same file.
+    let by_etcdctl = dir.path().join("etcdctl.db");
+    etcdctl(
+        std::slice::from_ref(&endpoint),
+        &["snapshot", "save", by_etcdctl.to_str().unwrap()],
+    )
+    .await
+    .expect_ok();
+    assert_eq!(status_json(&by_etcdctl), status_json(&file));
+    assert_eq!(
+        std::fs::read(&by_etcdctl).unwrap(),
+        std::fs::read(&file).unwrap()
+    );
+
+    let (kvs, revision) = everything(&endpoint).await;
+    let saved_leases = leases(&endpoint).await;
+    let status = status_json(&file);
+    assert_eq!(status["revision"], revision);
+    assert_eq!(status["totalSize"], std::fs::metadata(&file).unwrap().len());
+
+    let restored = Cluster::start_prepared(Flavor::Oxcd, 1, &[], restore_from(file)).await;
+    let at = restored.endpoints()[0].clone();
+    assert_eq!(everything(&at).await, (kvs.clone(), revision.clone()));
+    assert_eq!(leases(&at).await, saved_leases);
+    assert_eq!(saved_leases.1.len(), 1);
+    assert_compacted_at(&at, compacted).await;
+
+    // The restored member is a working cluster that goes on from the saved revision.
+    let put = etcdctl(
+        std::slice::from_ref(&at),
+        &["put", "new", "v", "-w", "json"],
+    )
+    .await;
+    assert_eq!(
+        put.json()["header"]["revision"].as_i64(),
+        Some(revision.as_i64().unwrap() + 1)
+    );
+    drop(source);
+}
+
+#[tokio::test]
+async fn three_members_restored_from_one_file_form_one_cluster() {
+    let source = Cluster::start(Flavor::Oxcd, 3, &[]).await;
+    let compacted = write_history(&source.endpoints()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("backup.db");
+    save(&source.endpoints()[1], &file);
+    let saved = everything(&source.endpoints()[0]).await;
+    let saved_leases = leases(&source.endpoints()[0]).await;
+    drop(source);
+
+    let restored = Cluster::start_prepared(Flavor::Oxcd, 3, &[], restore_from(file)).await;
+    let endpoints = restored.endpoints();
+    for at in &endpoints {
+        assert_eq!(everything(at).await, saved, "member at {at}");
+        assert_eq!(leases(at).await, saved_leases, "member at {at}");
+        assert_compacted_at(at, compacted).await;
+    }
+    let members = etcdctl(&endpoints, &["member", "list"]).await;
+    let mut names: Vec<&str> = members
+        .expect_ok()
+        .lines()
+        .map(|l| l.split(", ").nth(2).unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["n1", "n2", "n3"]);
+
+    // A write through one member is seen by every member.
+    etcdctl(&endpoints[..1], &["put", "after-restore", "yes"])
+        .await
+        .expect_ok();
+    for at in &endpoints {
+        let got = etcdctl(
+            std::slice::from_ref(at),
+            &["get", "after-restore", "--print-value-only"],
+        )
+        .await;
+        assert_eq!(got.expect_ok(), "yes\n", "member at {at}");
+    }
+}
+
+#[tokio::test]
+async fn a_backup_taken_while_a_writer_runs_holds_whole_transactions() {
+    let source = Cluster::start(Flavor::Oxcd, 1, &[]).await;
+    let endpoint = source.endpoints()[0].clone();
+    let mut client = source.client_all().await;
+    // Enough data that the backup takes a while.
+    let value = vec![b'x'; 4096];
+    for i in 0..2000 {
+        client
+            .put(format!("fill/{i:05}"), value.clone(), None)
+            .await
+            .unwrap();
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let mut round = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                round += 1;
+                let puts = (0..10).map(|j| TxnOp::put(format!("w/{j}"), round.to_string(), None));
+                client
+                    .txn(Txn::new().and_then(puts.collect::<Vec<_>>()))
+                    .await
+                    .unwrap();
+            }
+            round
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("backup.db");
+    let saved = {
+        let file = file.clone();
+        tokio::task::spawn_blocking(move || save(&endpoint, &file))
+    };
+    saved.await.unwrap();
+    stop.store(true, Ordering::Relaxed);
+    let rounds = writer.await.unwrap();
+    let revision = status_json(&file)["revision"].as_i64().unwrap();
+
+    let restored = Cluster::start_prepared(Flavor::Oxcd, 1, &[], restore_from(file)).await;
+    let at = restored.endpoints()[0].clone();
+    let out = etcdctl(&[at], &["get", "w/", "--prefix", "-w", "json"]).await;
+    let json = out.json();
+    let kvs = json["kvs"].as_array().unwrap();
+    assert_eq!(kvs.len(), 10, "every key of the transaction");
+    let first = &kvs[0];
+    for kv in kvs {
+        assert_eq!(kv["value"], first["value"], "one transaction's values");
+        assert_eq!(kv["mod_revision"], first["mod_revision"]);
+    }
+    assert_eq!(first["mod_revision"].as_i64(), Some(revision));
+    assert_eq!(json["header"]["revision"].as_i64(), Some(revision));
+    assert!(rounds > 1);
+}
+
+#[tokio::test]
+async fn damaged_backups_are_refused_and_create_no_data_dir() {
+    let source = Cluster::start(Flavor::Oxcd, 1, &[]).await;
+    write_history(&source.endpoints()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("backup.db");
+    save(&source.endpoints()[0], &file);
+    let good = std::fs::read(&file).unwrap();
+    let target = dir.path().join("restored");
+    let restore = |bytes: &[u8]| {
+        let damaged = dir.path().join("damaged.db");
+        std::fs::write(&damaged, bytes).unwrap();
+        let run = oxcdctl(&[
+            "snapshot",
+            "restore",
+            damaged.to_str().unwrap(),
+            "--data-dir",
+            target.to_str().unwrap(),
+        ]);
+        assert_eq!(run.code, Some(1), "{run:#?}");
+        assert!(!target.exists(), "no data dir is left behind");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 2, "nothing next to it either: {names:?}");
+        run.stderr
+    };
+
+    let truncated = restore(&good[..good.len() - 100]);
+    assert_eq!(
+        truncated,
+        "Error: snapshot missing hash but --skip-hash-check=false\n"
+    );
+    let mut flipped = good.clone();
+    flipped[good.len() / 3] ^= 0x01;
+    let err = restore(&flipped);
+    assert!(err.starts_with("Error: expected sha256 ["), "{err}");
+
+    std::fs::create_dir(&target).unwrap();
+    let run = oxcdctl(&[
+        "snapshot",
+        "restore",
+        file.to_str().unwrap(),
+        "--data-dir",
+        target.to_str().unwrap(),
+    ]);
+    assert_eq!(run.code, Some(1));
+    assert_eq!(
+        run.stderr,
+        format!("Error: data-dir {:?} exists\n", target.to_str().unwrap())
+    );
+}
+
+#[tokio::test]
+async fn a_member_added_to_a_restored_cluster_gets_the_restored_keys() {
+    let source = Cluster::start(Flavor::Oxcd, 1, &[]).await;
+    write_history(&source.endpoints()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("backup.db");
+    save(&source.endpoints()[0], &file);
+    let saved = everything(&source.endpoints()[0]).await;
+    drop(source);
+
+    let mut restored = Cluster::start_prepared(Flavor::Oxcd, 1, &[], restore_from(file)).await;
+    // A learner: the harness adds voters only to clusters that keep a quorum without them.
+    let added = restored.add_member("n2", true).await;
+    let at = restored.members()[added.index].endpoint();
+    let (kvs, _) = saved;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = etcdctl(
+            std::slice::from_ref(&at),
+            &["get", "", "--from-key", "-w", "json", "--consistency=s"],
+        )
+        .await;
+        if out.json()["kvs"] == kvs {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the learner never got the restored keys: {out:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
