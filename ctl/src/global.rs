@@ -3,11 +3,12 @@
 
 use std::time::Duration;
 
-/// The etcdctl release whose interface oxcdctl reproduces.
-pub const ETCDCTL_VERSION: &str = "3.5.0";
-pub const API_VERSION: &str = "3.5";
+/// The etcdctl release whose interface, flags and output oxcdctl reproduces; `version` prints it
+/// so scripts that check etcdctl's version keep working.
+pub const ETCDCTL_VERSION: &str = "3.4.23";
+pub const API_VERSION: &str = "3.4";
 
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args, Debug, Clone)]
 pub struct GlobalFlags {
     /// gRPC endpoints
     #[arg(
@@ -24,6 +25,12 @@ pub struct GlobalFlags {
     /// timeout for short running command (excluding dial timeout)
     #[arg(long, global = true, env = "ETCDCTL_COMMAND_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub command_timeout: Duration,
+    /// keepalive time for client connections
+    #[arg(long, global = true, env = "ETCDCTL_KEEPALIVE_TIME", default_value = "2s", value_parser = parse_duration)]
+    pub keepalive_time: Duration,
+    /// keepalive timeout for client connections
+    #[arg(long, global = true, env = "ETCDCTL_KEEPALIVE_TIMEOUT", default_value = "6s", value_parser = parse_duration)]
+    pub keepalive_timeout: Duration,
     /// set the output format (fields, json, protobuf, simple, table)
     #[arg(
         short = 'w',
@@ -33,6 +40,52 @@ pub struct GlobalFlags {
         default_value = "simple"
     )]
     pub write_out: String,
+    /// print byte strings as hex encoded strings
+    #[arg(long, global = true, env = "ETCDCTL_HEX", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value = "false", action = clap::ArgAction::Set)]
+    pub hex: bool,
+    /// verify certificates of TLS-enabled secure servers using this CA bundle
+    #[arg(long, global = true, env = "ETCDCTL_CACERT")]
+    pub cacert: Option<String>,
+    /// identify secure client using this TLS certificate file
+    #[arg(long, global = true, env = "ETCDCTL_CERT")]
+    pub cert: Option<String>,
+    /// identify secure client using this TLS key file
+    #[arg(long, global = true, env = "ETCDCTL_KEY")]
+    pub key: Option<String>,
+    /// disable transport security for client connections
+    #[arg(long, global = true, env = "ETCDCTL_INSECURE_TRANSPORT", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value = "true", action = clap::ArgAction::Set)]
+    pub insecure_transport: bool,
+    /// skip server certificate verification (CAUTION: this option should be enabled only for testing purposes)
+    #[arg(long, global = true, env = "ETCDCTL_INSECURE_SKIP_TLS_VERIFY", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value = "false", action = clap::ArgAction::Set)]
+    pub insecure_skip_tls_verify: bool,
+    /// username[:password] for authentication (prompt if password is not supplied)
+    #[arg(long, global = true, env = "ETCDCTL_USER")]
+    pub user: Option<String>,
+    /// password for authentication (if this option is used, --user option shouldn't include password)
+    #[arg(long, global = true, env = "ETCDCTL_PASSWORD")]
+    pub password: Option<String>,
+    /// enable client-side debug logging
+    #[arg(long, global = true, env = "ETCDCTL_DEBUG", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value = "false", action = clap::ArgAction::Set)]
+    pub debug: bool,
+}
+
+impl GlobalFlags {
+    /// `--user name:password`, or `--user name --password password`. etcdctl prompts when the
+    /// password is missing; oxcdctl never prompts and uses an empty password instead.
+    pub fn credentials(&self) -> Option<(String, String)> {
+        let user = self.user.as_deref().filter(|u| !u.is_empty())?;
+        match self.password.as_deref().filter(|p| !p.is_empty()) {
+            Some(password) => Some((user.to_string(), password.to_string())),
+            None => match user.split_once(':') {
+                Some((name, password)) => Some((name.to_string(), password.to_string())),
+                None => Some((user.to_string(), String::new())),
+            },
+        }
+    }
 }
 
 /// Go's time.ParseDuration for the forms etcdctl users write: "2s", "500ms", "1m30s".

@@ -1,9 +1,18 @@
 //! `oxcdctl`: etcdctl v3's commands, flags and output, plus a `registry` view of the Kubernetes
 //! objects stored under `/registry`.
 
+mod args;
 mod client;
+mod endpoint;
 mod failure;
 mod global;
+mod kv;
+mod lease;
+mod maintenance;
+mod member;
+mod output;
+mod txn;
+mod watch;
 
 use clap::{Parser, Subcommand};
 
@@ -23,12 +32,52 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Gets the key or a range of keys
+    Get(kv::GetArgs),
+    /// Puts the given key into the store
+    Put(kv::PutArgs),
+    /// Removes the specified key or range of keys [key, range_end)
+    Del(kv::DelArgs),
+    /// Txn processes all the requests in one transaction
+    Txn(txn::TxnArgs),
+    /// Compacts the event history in etcd
+    Compaction(kv::CompactionArgs),
+    /// Watches events stream on keys or prefixes
+    Watch(watch::WatchArgs),
+    /// Lease related commands
+    #[command(subcommand)]
+    Lease(lease::LeaseCommand),
+    /// Membership related commands
+    #[command(subcommand)]
+    Member(member::MemberCommand),
+    /// Endpoint related commands
+    Endpoint(endpoint::EndpointArgs),
+    /// Alarm related commands
+    #[command(subcommand)]
+    Alarm(maintenance::AlarmCommand),
+    /// Defragments the storage of the etcd members with given endpoints
+    Defrag(maintenance::DefragArgs),
+    /// Transfers leadership to another etcd cluster member.
+    MoveLeader(maintenance::MoveLeaderArgs),
     /// Prints the version of oxcdctl
     Version,
 }
 
 async fn run(cli: Cli) -> CtlResult {
+    let global = &cli.global;
     match cli.command {
+        Command::Get(args) => kv::get(global, args).await,
+        Command::Put(args) => kv::put(global, args).await,
+        Command::Del(args) => kv::del(global, args).await,
+        Command::Txn(args) => txn::txn(global, args).await,
+        Command::Compaction(args) => kv::compaction(global, args).await,
+        Command::Watch(args) => watch::watch(global, args).await,
+        Command::Lease(command) => lease::run(global, command).await,
+        Command::Member(command) => member::run(global, command).await,
+        Command::Endpoint(args) => endpoint::run(global, args).await,
+        Command::Alarm(command) => maintenance::alarm(global, command).await,
+        Command::Defrag(args) => maintenance::defrag(global, args).await,
+        Command::MoveLeader(args) => maintenance::move_leader(global, args).await,
         Command::Version => {
             println!("etcdctl version: {}", global::ETCDCTL_VERSION);
             println!("API version: {}", global::API_VERSION);
@@ -39,7 +88,7 @@ async fn run(cli: Cli) -> CtlResult {
 
 #[tokio::main]
 async fn main() {
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|e| failure::exit_for_cli_error(e));
     if let Err(failure) = run(cli).await {
         failure.exit();
     }
