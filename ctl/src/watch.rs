@@ -278,7 +278,11 @@ async fn print_watch(
                 reply.header.as_ref().map_or(0, |h| h.revision)
             );
         }
-        printer.watch(&reply)?;
+        {
+            // Interactive watches print from several tasks; each response stays in one piece.
+            let _whole_response = std::io::stdout().lock();
+            printer.watch(&reply)?;
+        }
         if !exec.is_empty() {
             let revision = reply.header.as_ref().map_or(0, |h| h.revision);
             for event in &reply.events {

@@ -81,6 +81,19 @@ pub fn oxcd_bin() -> PathBuf {
     deps.parent().unwrap_or(deps).join("oxcd")
 }
 
+/// `$OXCDCTL_BIN`, else the `oxcdctl` binary next to the `deps/` directory this test executable
+/// is in, as for [`oxcd_bin`].
+pub fn oxcdctl_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("OXCDCTL_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("cannot locate the running test executable");
+    let deps = exe
+        .parent()
+        .expect("test executable has no parent directory");
+    deps.parent().unwrap_or(deps).join("oxcdctl")
+}
+
 pub fn etcd_bin() -> PathBuf {
     std::env::var_os("ETCD_BIN")
         .map(PathBuf::from)

@@ -22,6 +22,9 @@ pub fn go_quote(bytes: &[u8]) -> String {
                 '\t' => out.push_str("\\t"),
                 '\x0b' => out.push_str("\\v"),
                 c if is_go_printable(c) => out.push(c),
+                c if (c as u32) < 0x20 || c == '\x7f' => {
+                    let _ = write!(out, "\\x{:02x}", c as u32);
+                }
                 c if (c as u32) < 0x10000 => {
                     let _ = write!(out, "\\u{:04x}", c as u32);
                 }
@@ -150,7 +153,7 @@ mod tests {
     #[test]
     fn quotes_like_go() {
         assert_eq!(go_quote(b"foo"), "\"foo\"");
-        assert_eq!(go_quote(b"a\"b\n\x00"), "\"a\\\"b\\n\\x00\"".replace("\\x00", "\\x00"));
+        assert_eq!(go_quote(b"a\"b\n\x00"), r#""a\"b\n\x00""#);
         assert_eq!(go_quote(b"k8s\x00\xff"), "\"k8s\\x00\\xff\"");
         assert_eq!(go_quote("é".as_bytes()), "\"é\"");
     }
