@@ -1,6 +1,8 @@
 //! `-w json`: what Go's encoding/json makes of the Go structs etcdctl prints. Protobuf messages
 //! carry `json:"name,omitempty"` tags (zero values vanish); clientv3's wrapper structs (lease and
 //! watch responses) use Go field names, no omitempty, and embed the header's fields inline.
+//! Fields etcd added after 3.4 (`hash_revision`, `storageVersion`, `dbSizeQuota`) are not
+//! printed: etcdctl 3.4 does not know them.
 
 use oxcd_proto::etcdserverpb::{
     response_op, AlarmResponse, DeleteRangeResponse, HashKvResponse, LeaseGrantResponse,
@@ -245,8 +247,6 @@ fn status(s: &StatusResponse) -> String {
         .list_omitempty("errors", &s.errors, |e| string(e))
         .num_omitempty("dbSizeInUse", s.db_size_in_use)
         .bool_omitempty("isLearner", s.is_learner)
-        .str_omitempty("storageVersion", &s.storage_version)
-        .num_omitempty("dbSizeQuota", s.db_size_quota)
         .done()
 }
 
@@ -255,7 +255,6 @@ fn hash_kv(h: &HashKvResponse) -> String {
         .obj_omitempty("header", h.header.as_ref(), header)
         .num_omitempty("hash", h.hash)
         .num_omitempty("compact_revision", h.compact_revision)
-        .num_omitempty("hash_revision", h.hash_revision)
         .done()
 }
 
