@@ -291,9 +291,11 @@ async fn seed_shared(tools: &Tools) {
     let del = run(&tools.oxcdctl, &tools.endpoints, &strings(&["del", "shared/d"]), "").await;
     assert_eq!(del.stdout, "1\n", "{del:?}");
     // Binary values, as Kubernetes stores them; etcdctl reads the value from stdin.
-    let args = strings(&["put", "shared/bin"]);
-    let put = run(&tools.oxcdctl, &tools.endpoints, &args, "k8s\u{0}\u{1}\u{7f}é").await;
-    assert_eq!(put.stdout, "OK\n", "{put:?}");
+    for key in ["shared/bin", "/registry/pods/default/web"] {
+        let args = strings(&["put", key]);
+        let put = run(&tools.oxcdctl, &tools.endpoints, &args, "k8s\u{0}\u{1}\u{7f}é\n\u{fffd}").await;
+        assert_eq!(put.stdout, "OK\n", "{put:?}");
+    }
 }
 
 async fn read_only_kv(tools: &Tools) {
@@ -311,6 +313,8 @@ async fn read_only_kv(tools: &Tools) {
             vec!["get", "shared/", "--prefix", "--print-value-only"],
             vec!["get", "shared/", "--prefix", "--hex"],
             vec!["get", "shared/bin"],
+            vec!["get", "/", "--prefix", "--keys-only"],
+            vec!["get", "/registry/", "--prefix"],
             vec!["get", "shared/a", "--consistency", "s"],
             vec!["get", "nothing-here"],
         ] {
@@ -579,6 +583,36 @@ async fn oxcdctl_prints_what_etcdctl_prints_against_etcd() {
         tools.same(&["alarm", "disarm", "-w", w]).await;
     }
     tools.same(&["defrag"]).await;
+    auth(&tools).await;
+}
+
+/// `--user name:password` and `--user name --password password` against an etcd with auth on.
+async fn auth(tools: &Tools) {
+    for args in [
+        vec!["user", "add", "root:pw"],
+        vec!["user", "grant-role", "root", "root"],
+        vec!["auth", "enable"],
+    ] {
+        let done = run(&tools.etcdctl, &tools.endpoints, &strings(&args), "").await;
+        assert_eq!(done.code, Some(0), "etcdctl {args:?}: {done:?}");
+    }
+    for args in [
+        vec!["get", "shared/a", "--user", "root:pw"],
+        vec!["get", "shared/", "--prefix", "--user=root", "--password=pw", "-w", "json"],
+        vec!["get", "shared/a", "--user", "root:wrong"],
+        vec!["get", "shared/a", "--user", "nobody:pw"],
+        vec!["get", "shared/a"],
+        vec!["member", "list", "--user", "root:pw"],
+    ] {
+        tools.same(&args).await;
+    }
+    tools
+        .parallel(&["put", "{ns}authed", "x", "--user", "root:pw", "-w", "json"], "", &Normalise::default())
+        .await;
+    let (e, o) = tools
+        .parallel_unchecked(&["endpoint", "health", "--user", "root:pw"], "")
+        .await;
+    assert_eq!(strip_took(e), strip_took(o), "endpoint health with auth");
 }
 
 /// Member, endpoint and leadership commands on a 3-member etcd cluster.
