@@ -9,7 +9,7 @@ pub fn parse_int(text: &str, base: u32) -> Result<i64, String> {
         Some(b'+') => (false, &text[1..]),
         _ => (false, text),
     };
-    let magnitude = parse_digits(digits, base).map_err(|e| error(e))?;
+    let magnitude = parse_digits(digits, base).map_err(&error)?;
     if negative {
         if magnitude > i64::MIN.unsigned_abs() {
             return Err(error("value out of range"));
@@ -34,7 +34,10 @@ fn parse_digits(digits: &str, base: u32) -> Result<u64, &'static str> {
     let mut overflow = false;
     for c in digits.chars() {
         let digit = c.to_digit(base).ok_or("invalid syntax")?;
-        match value.checked_mul(u64::from(base)).and_then(|v| v.checked_add(u64::from(digit))) {
+        match value
+            .checked_mul(u64::from(base))
+            .and_then(|v| v.checked_add(u64::from(digit)))
+        {
             Some(v) => value = v,
             None => overflow = true,
         }

@@ -14,8 +14,8 @@ use tonic::{Code, Status};
 
 use oxcd_proto::etcdserverpb::{
     auth_client::AuthClient, cluster_client::ClusterClient, kv_client::KvClient,
-    lease_client::LeaseClient, maintenance_client::MaintenanceClient,
-    watch_client::WatchClient, AuthenticateRequest,
+    lease_client::LeaseClient, maintenance_client::MaintenanceClient, watch_client::WatchClient,
+    AuthenticateRequest,
 };
 
 use crate::failure::{CtlResult, ExitCode, Failure};
@@ -215,7 +215,11 @@ pub fn is_unconnected(status: &Status) -> bool {
     status.code() == Code::Unavailable && !status.message().starts_with("etcdserver:")
 }
 
-fn dial(endpoint: &str, tls: Option<&ClientTlsConfig>, global: &GlobalFlags) -> CtlResult<Endpoint> {
+fn dial(
+    endpoint: &str,
+    tls: Option<&ClientTlsConfig>,
+    global: &GlobalFlags,
+) -> CtlResult<Endpoint> {
     let bare = endpoint
         .strip_prefix("http://")
         .or_else(|| endpoint.strip_prefix("https://"))

@@ -58,7 +58,10 @@ pub async fn targets(global: &GlobalFlags, cluster: bool) -> CtlResult<Vec<Strin
 }
 
 /// `Status` of one endpoint over its own connection.
-pub async fn status(conn: &Connection, endpoint: &str) -> CtlResult<Result<StatusResponse, RpcError>> {
+pub async fn status(
+    conn: &Connection,
+    endpoint: &str,
+) -> CtlResult<Result<StatusResponse, RpcError>> {
     let member = conn.to_endpoint(endpoint).await?;
     let maintenance = member.maintenance();
     Ok(member

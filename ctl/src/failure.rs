@@ -59,12 +59,7 @@ pub fn go_flag_error(error: &clap::Error) -> String {
         Some(ContextValue::Strings(s)) => s.join(" "),
         _ => String::new(),
     };
-    let flag_name = |arg: String| {
-        arg.split([' ', '='])
-            .next()
-            .unwrap_or_default()
-            .to_string()
-    };
+    let flag_name = |arg: String| arg.split([' ', '=']).next().unwrap_or_default().to_string();
     match error.kind() {
         ErrorKind::UnknownArgument => {
             let arg = context(ContextKind::InvalidArg);
@@ -75,7 +70,10 @@ pub fn go_flag_error(error: &clap::Error) -> String {
                         "unknown shorthand flag: '{}' in {arg}",
                         short.chars().next().unwrap_or('-')
                     ),
-                    None => format!("unknown command {}", crate::output::text::go_quote(arg.as_bytes())),
+                    None => format!(
+                        "unknown command {}",
+                        crate::output::text::go_quote(arg.as_bytes())
+                    ),
                 },
             }
         }
@@ -86,7 +84,9 @@ pub fn go_flag_error(error: &clap::Error) -> String {
             format!(
                 "invalid argument {} for {} flag: {source}",
                 crate::output::text::go_quote(context(ContextKind::InvalidValue).as_bytes()),
-                crate::output::text::go_quote(flag_name(context(ContextKind::InvalidArg)).as_bytes()),
+                crate::output::text::go_quote(
+                    flag_name(context(ContextKind::InvalidArg)).as_bytes()
+                ),
             )
         }
         ErrorKind::NoEquals | ErrorKind::TooFewValues | ErrorKind::WrongNumberOfValues => {
@@ -132,7 +132,12 @@ pub fn exit_for_cli_error(error: clap::Error) -> ! {
         _ => {
             // cobra reports the flag error, prints the usage, and etcdctl reports it again.
             let message = go_flag_error(&error);
-            eprint!("Error: {message}\n\nError: {message}\n");
+            eprintln!("Error: {message}");
+            let args: Vec<String> = std::env::args().collect();
+            let root = <crate::Cli as clap::CommandFactory>::command();
+            let path = crate::usage::command_path(&root, &args);
+            print!("{}", crate::usage::usage(&root, &path));
+            eprint!("\nError: {message}\n");
             std::process::exit(ExitCode::Error as i32)
         }
     }

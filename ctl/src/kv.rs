@@ -44,8 +44,8 @@ pub struct GetArgs {
     /// Get only the keys
     #[arg(long)]
     keys_only: bool,
-    /// Get only the count (etcdctl 3.5)
-    #[arg(long)]
+    /// Get only the count (etcdctl 3.5; not in 3.4's usage)
+    #[arg(long, hide = true)]
     count_only: bool,
     /// Only write values when using the "simple" output format
     #[arg(long)]
@@ -85,7 +85,10 @@ impl GetArgs {
             other => {
                 return Err(Failure::new(
                     ExitCode::BadFeature,
-                    format!("unknown consistency flag {}", crate::output::text::go_quote(other.as_bytes())),
+                    format!(
+                        "unknown consistency flag {}",
+                        crate::output::text::go_quote(other.as_bytes())
+                    ),
                 ))
             }
         }
@@ -127,7 +130,12 @@ impl GetArgs {
         };
         request.sort_order = order as i32;
         request.sort_target = target as i32;
-        apply_range_flags(&mut request.key, &mut request.range_end, self.prefix, self.from_key);
+        apply_range_flags(
+            &mut request.key,
+            &mut request.range_end,
+            self.prefix,
+            self.from_key,
+        );
         Ok(request)
     }
 }
@@ -249,7 +257,12 @@ impl DelArgs {
             }
             request.range_end = end.clone().into_bytes();
         }
-        apply_range_flags(&mut request.key, &mut request.range_end, self.prefix, self.from_key);
+        apply_range_flags(
+            &mut request.key,
+            &mut request.range_end,
+            self.prefix,
+            self.from_key,
+        );
         Ok(request)
     }
 }
@@ -317,8 +330,7 @@ pub async fn compaction(global: &GlobalFlags, args: CompactionArgs) -> CtlResult
     let [revision] = args.args.as_slice() else {
         return Err(bad_args("compaction command needs 1 argument"));
     };
-    let revision =
-        parse_int(revision, 10).map_err(|e| Failure::new(ExitCode::Error, e))?;
+    let revision = parse_int(revision, 10).map_err(|e| Failure::new(ExitCode::Error, e))?;
     printer_for(&global.write_out, global.hex, false)?;
     let conn = Connection::open(global).await?;
     let kv = conn.kv();
@@ -327,7 +339,7 @@ pub async fn compaction(global: &GlobalFlags, args: CompactionArgs) -> CtlResult
         physical: args.physical,
     };
     conn.call(|| {
-        let (request, mut kv) = (request.clone(), kv.clone());
+        let mut kv = kv.clone();
         async move { kv.compact(request).await }
     })
     .await?;

@@ -60,8 +60,7 @@ fn one_arg<'a>(args: &'a [String], missing: &str) -> CtlResult<&'a str> {
 }
 
 fn lease_id(arg: &str) -> CtlResult<i64> {
-    parse_int(arg, 16)
-        .map_err(|e| bad_args(format!("bad lease ID arg ({e}), expecting ID in Hex")))
+    parse_int(arg, 16).map_err(|e| bad_args(format!("bad lease ID arg ({e}), expecting ID in Hex")))
 }
 
 pub async fn run(global: &GlobalFlags, command: LeaseCommand) -> CtlResult {
@@ -79,7 +78,9 @@ pub async fn run(global: &GlobalFlags, command: LeaseCommand) -> CtlResult {
                     async move { lease.lease_grant(request).await }
                 })
                 .await
-                .map_err(|e| Failure::new(ExitCode::Error, format!("failed to grant lease ({})", e.0)))?;
+                .map_err(|e| {
+                    Failure::new(ExitCode::Error, format!("failed to grant lease ({})", e.0))
+                })?;
             // clientv3 turns a grant refused in the response body into an error.
             if !reply.error.is_empty() {
                 return Err(Failure::new(
@@ -100,7 +101,9 @@ pub async fn run(global: &GlobalFlags, command: LeaseCommand) -> CtlResult {
                     async move { lease.lease_revoke(LeaseRevokeRequest { id }).await }
                 })
                 .await
-                .map_err(|e| Failure::new(ExitCode::Error, format!("failed to revoke lease ({})", e.0)))?;
+                .map_err(|e| {
+                    Failure::new(ExitCode::Error, format!("failed to revoke lease ({})", e.0))
+                })?;
             printer.revoke(id, &reply)
         }
         LeaseCommand::Timetolive { keys, args } => {
@@ -173,7 +176,9 @@ async fn keep_alive(
     loop {
         let reply = match replies.next().await {
             Some(Ok(reply)) => reply,
-            Some(Err(status)) => return Err(RpcError::from_status(&status).exit(ExitCode::BadConnection)),
+            Some(Err(status)) => {
+                return Err(RpcError::from_status(&status).exit(ExitCode::BadConnection))
+            }
             None => break,
         };
         if reply.ttl <= 0 {

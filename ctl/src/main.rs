@@ -12,6 +12,7 @@ mod maintenance;
 mod member;
 mod output;
 mod txn;
+mod usage;
 mod watch;
 
 use clap::{Parser, Subcommand};
@@ -57,9 +58,9 @@ enum Command {
     Alarm(maintenance::AlarmCommand),
     /// Defragments the storage of the etcd members with given endpoints
     Defrag(maintenance::DefragArgs),
-    /// Transfers leadership to another etcd cluster member.
+    #[command(about = "Transfers leadership to another etcd cluster member.")]
     MoveLeader(maintenance::MoveLeaderArgs),
-    /// Prints the version of oxcdctl
+    /// Prints the version of etcdctl
     Version,
 }
 

@@ -31,6 +31,12 @@ pub struct DefragArgs {
     /// use all endpoints from the cluster member list
     #[arg(long)]
     cluster: bool,
+    #[arg(
+        long,
+        default_value = "",
+        help = "Optional. If present, defragments a data directory not in use by etcd."
+    )]
+    data_dir: String,
 }
 
 #[derive(clap::Args, Debug)]
@@ -42,7 +48,7 @@ pub struct MoveLeaderArgs {
 async fn alarm_call(conn: &Connection, request: AlarmRequest) -> Result<AlarmResponse, RpcError> {
     let maintenance = conn.maintenance();
     conn.call(|| {
-        let (request, mut maintenance) = (request.clone(), maintenance.clone());
+        let mut maintenance = maintenance.clone();
         async move { maintenance.alarm(request).await }
     })
     .await
@@ -87,6 +93,15 @@ pub async fn alarm(global: &GlobalFlags, command: AlarmCommand) -> CtlResult {
 }
 
 pub async fn defrag(global: &GlobalFlags, args: DefragArgs) -> CtlResult {
+    if !args.data_dir.is_empty() {
+        // etcdctl opens etcd's bbolt file itself; an oxcd data dir is RocksDB, defragmented
+        // online by the server.
+        eprintln!(
+            "Failed to defragment etcd data[{}] (offline defragmentation is not supported by oxcdctl; run defrag against the endpoint)",
+            args.data_dir
+        );
+        std::process::exit(ExitCode::Error as i32);
+    }
     printer_for(&global.write_out, global.hex, false)?;
     let conn = Connection::open(global).await?;
     let mut failures = 0;
@@ -136,7 +151,10 @@ pub async fn move_leader(global: &GlobalFlags, args: MoveLeaderArgs) -> CtlResul
     let Some((leader_conn, leader_id)) = leader else {
         return Err(Failure::new(
             ExitCode::BadArgs,
-            format!("no leader endpoint given at [{}]", conn.endpoints().join(" ")),
+            format!(
+                "no leader endpoint given at [{}]",
+                conn.endpoints().join(" ")
+            ),
         ));
     };
     let maintenance = leader_conn.maintenance();

@@ -15,8 +15,11 @@ use crate::output::{printer_for, text::go_quote};
 pub enum MemberCommand {
     /// Adds a member into the cluster
     Add {
-        /// comma separated peer URLs for the new member.
-        #[arg(long, default_value = "")]
+        #[arg(
+            long,
+            default_value = "",
+            help = "comma separated peer URLs for the new member."
+        )]
         peer_urls: String,
         /// indicates if the new member is raft learner
         #[arg(long)]
@@ -31,8 +34,11 @@ pub enum MemberCommand {
     },
     /// Updates a member in the cluster
     Update {
-        /// comma separated peer URLs for the updated member.
-        #[arg(long, default_value = "")]
+        #[arg(
+            long,
+            default_value = "",
+            help = "comma separated peer URLs for the updated member."
+        )]
         peer_urls: String,
         #[arg(value_name = "memberID")]
         args: Vec<String>,
@@ -102,7 +108,11 @@ pub async fn run(global: &GlobalFlags, command: MemberCommand) -> CtlResult {
                 let new_id = reply.member.as_ref().map_or(0, |m| m.id);
                 let mut initial = Vec::new();
                 for member in &reply.members {
-                    let member_name = if member.id == new_id { &name } else { &member.name };
+                    let member_name = if member.id == new_id {
+                        &name
+                    } else {
+                        &member.name
+                    };
                     for url in &member.peer_ur_ls {
                         initial.push(format!("{member_name}={url}"));
                     }
@@ -183,7 +193,13 @@ pub async fn list(
     let cluster = conn.cluster();
     conn.call(|| {
         let mut cluster = cluster.clone();
-        async move { cluster.member_list(MemberListRequest { linearizable: false }).await }
+        async move {
+            cluster
+                .member_list(MemberListRequest {
+                    linearizable: false,
+                })
+                .await
+        }
     })
     .await
 }

@@ -79,10 +79,7 @@ pub async fn txn(global: &GlobalFlags, args: TxnArgs) -> CtlResult {
 }
 
 /// Lines up to a blank one, each parsed by `parse`; input ending first is an error (`EOF`).
-fn read_block<T>(
-    input: &mut dyn BufRead,
-    parse: fn(&str) -> CtlResult<T>,
-) -> CtlResult<Vec<T>> {
+fn read_block<T>(input: &mut dyn BufRead, parse: fn(&str) -> CtlResult<T>) -> CtlResult<Vec<T>> {
     let mut items = Vec::new();
     loop {
         let mut line = String::new();
@@ -145,7 +142,10 @@ fn parse_compare(line: &str) -> CtlResult<Compare> {
     };
     let (target, union) = match target {
         "ver" | "version" => (CompareTarget::Version, TargetUnion::Version(number()?)),
-        "c" | "create" => (CompareTarget::Create, TargetUnion::CreateRevision(number()?)),
+        "c" | "create" => (
+            CompareTarget::Create,
+            TargetUnion::CreateRevision(number()?),
+        ),
         "m" | "mod" => (CompareTarget::Mod, TargetUnion::ModRevision(number()?)),
         "val" | "value" => (
             CompareTarget::Value,
@@ -228,13 +228,17 @@ fn unquote_prefix(text: &str) -> Option<(String, &str)> {
                             'u' => 4,
                             _ => 8,
                         };
-                        let hex: String = (0..digits).filter_map(|_| chars.next().map(|(_, c)| c)).collect();
+                        let hex: String = (0..digits)
+                            .filter_map(|_| chars.next().map(|(_, c)| c))
+                            .collect();
                         let code = u32::from_str_radix(&hex, 16).ok()?;
                         if escape == 'x' {
                             out.push(code as u8);
                         } else {
                             let mut buf = [0; 4];
-                            out.extend_from_slice(char::from_u32(code)?.encode_utf8(&mut buf).as_bytes());
+                            out.extend_from_slice(
+                                char::from_u32(code)?.encode_utf8(&mut buf).as_bytes(),
+                            );
                         }
                     }
                     _ => return None,
@@ -289,7 +293,10 @@ mod tests {
         let c = parse_compare(r#"val("a b") != "x\ty""#).unwrap();
         assert_eq!(c.key, b"a b");
         assert_eq!(c.target_union, Some(TargetUnion::Value(b"x\ty".to_vec())));
-        assert_eq!(parse_compare("bogus").unwrap_err().message, "malformed comparison: bogus");
+        assert_eq!(
+            parse_compare("bogus").unwrap_err().message,
+            "malformed comparison: bogus"
+        );
         assert_eq!(
             parse_compare(r#"ver("k") = "x""#).unwrap_err().message,
             r#"invalid txn compare request: ver("k") = "x""#
@@ -304,12 +311,21 @@ mod tests {
         };
         assert_eq!(put.value, b"bar baz");
         assert!(put.prev_kv);
-        assert_eq!(parse_op("put").unwrap_err().message, "invalid txn compare request: put");
-        assert_eq!(parse_op("frob a b").unwrap_err().message, "invalid txn request: frob a b");
+        assert_eq!(
+            parse_op("put").unwrap_err().message,
+            "invalid txn compare request: put"
+        );
+        assert_eq!(
+            parse_op("frob a b").unwrap_err().message,
+            "invalid txn request: frob a b"
+        );
     }
 
     #[test]
     fn argify_splits_like_etcdctl() {
-        assert_eq!(argify(r#"put k "a b" 'c d' e"#), ["put", "k", "a b", "c d", "e"]);
+        assert_eq!(
+            argify(r#"put k "a b" 'c d' e"#),
+            ["put", "k", "a b", "c d", "e"]
+        );
     }
 }

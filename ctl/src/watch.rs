@@ -108,7 +108,9 @@ impl WatchArgs {
         };
         if ranges.len() == 2 {
             if self.prefix {
-                return Err(bad_args("`range_end` and `--prefix` are mutually exclusive"));
+                return Err(bad_args(
+                    "`range_end` and `--prefix` are mutually exclusive",
+                ));
             }
             request.range_end = ranges[1].clone().into_bytes();
         }
@@ -139,7 +141,14 @@ pub async fn watch(global: &GlobalFlags, args: WatchArgs) -> CtlResult {
     let printer = printer_for(&global.write_out, global.hex, false)?;
     let conn = Connection::open(global).await?;
     let (_progress, progress_requests) = mpsc::channel(1);
-    print_watch(&conn, request, progress_requests, printer.as_ref(), &args.exec).await?;
+    print_watch(
+        &conn,
+        request,
+        progress_requests,
+        printer.as_ref(),
+        &args.exec,
+    )
+    .await?;
     Err(Failure::new(
         ExitCode::Interrupted,
         "watch is canceled by the server",
@@ -204,9 +213,14 @@ async fn interactive(global: &GlobalFlags, env: &WatchEnv) -> CtlResult {
                 let conn = conn.clone();
                 let printer = printer_for(&global.write_out, global.hex, false)?;
                 tokio::spawn(async move {
-                    if let Err(failure) =
-                        print_watch(&conn, request, progress_requests, printer.as_ref(), &parsed.exec)
-                            .await
+                    if let Err(failure) = print_watch(
+                        &conn,
+                        request,
+                        progress_requests,
+                        printer.as_ref(),
+                        &parsed.exec,
+                    )
+                    .await
                     {
                         failure.exit();
                     }
@@ -303,7 +317,10 @@ fn cancel_error(reply: &WatchResponse) -> String {
     if reply.cancel_reason.is_empty() {
         return "etcdserver: mvcc: required revision is a future revision".into();
     }
-    RpcError::from_status(&tonic::Status::failed_precondition(reply.cancel_reason.clone())).0
+    RpcError::from_status(&tonic::Status::failed_precondition(
+        reply.cancel_reason.clone(),
+    ))
+    .0
 }
 
 type Replies = tonic::Streaming<WatchResponse>;
@@ -322,9 +339,10 @@ async fn open_stream(
         let mut request =
             tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(receiver));
         // WithRequireLeader: a member cut off from its leader ends the watch instead of idling.
-        request
-            .metadata_mut()
-            .insert("hasleader", tonic::metadata::MetadataValue::from_static("true"));
+        request.metadata_mut().insert(
+            "hasleader",
+            tonic::metadata::MetadataValue::from_static("true"),
+        );
         match conn.watch().watch(request).await {
             Ok(replies) => return Ok((requests, replies.into_inner())),
             Err(status) if is_unconnected(&status) => {

@@ -72,7 +72,10 @@ impl Printer for FieldsPrinter {
                 Some(response_op::Response::ResponseRange(r)) => self.get(r)?,
                 Some(response_op::Response::ResponsePut(r)) => self.put(r)?,
                 Some(response_op::Response::ResponseDeleteRange(r)) => self.del(r)?,
-                other => println!("\"Unknown\" : {}", go_quote(format!("{other:?}").as_bytes())),
+                other => println!(
+                    "\"Unknown\" : {}",
+                    go_quote(format!("{other:?}").as_bytes())
+                ),
             }
         }
         Ok(())

@@ -292,7 +292,10 @@ impl Printer for JsonPrinter {
     fn watch(&self, r: &WatchResponse) -> CtlResult {
         let default_header = ResponseHeader::default();
         let line = Obj::new()
-            .raw("Header", &header(r.header.as_ref().unwrap_or(&default_header)))
+            .raw(
+                "Header",
+                &header(r.header.as_ref().unwrap_or(&default_header)),
+            )
             .raw("Events", &list(&r.events, event))
             .num("CompactRevision", r.compact_revision)
             .boolean("Canceled", r.canceled)

@@ -11,11 +11,10 @@ mod table;
 pub mod text;
 
 use oxcd_proto::etcdserverpb::{
-    AlarmResponse, DeleteRangeResponse, HashKvResponse, LeaseGrantResponse,
-    LeaseKeepAliveResponse, LeaseLeasesResponse, LeaseRevokeResponse, LeaseTimeToLiveResponse,
-    MemberAddResponse, MemberListResponse, MemberPromoteResponse, MemberRemoveResponse,
-    MemberUpdateResponse, MoveLeaderResponse, PutResponse, RangeResponse, StatusResponse,
-    TxnResponse, WatchResponse,
+    AlarmResponse, DeleteRangeResponse, HashKvResponse, LeaseGrantResponse, LeaseKeepAliveResponse,
+    LeaseLeasesResponse, LeaseRevokeResponse, LeaseTimeToLiveResponse, MemberAddResponse,
+    MemberListResponse, MemberPromoteResponse, MemberRemoveResponse, MemberUpdateResponse,
+    MoveLeaderResponse, PutResponse, RangeResponse, StatusResponse, TxnResponse, WatchResponse,
 };
 
 use crate::failure::{CtlResult, ExitCode, Failure};

@@ -48,7 +48,7 @@ impl Printer for ProtobufPrinter {
     }
     fn watch(&self, r: &WatchResponse) -> CtlResult {
         emit(&WatchResponse {
-            header: r.header.clone(),
+            header: r.header,
             events: r.events.clone(),
             compact_revision: r.compact_revision,
             canceled: r.canceled,

@@ -26,7 +26,12 @@ pub fn member_list(r: &MemberListResponse) -> Rows {
             .map(|m| {
                 vec![
                     format!("{:x}", m.id),
-                    if m.name.is_empty() { "unstarted" } else { "started" }.into(),
+                    if m.name.is_empty() {
+                        "unstarted"
+                    } else {
+                        "started"
+                    }
+                    .into(),
                     m.name.clone(),
                     m.peer_ur_ls.join(","),
                     m.client_ur_ls.join(","),

@@ -118,7 +118,11 @@ impl Printer for SimplePrinter {
     }
 
     fn grant(&self, r: &LeaseGrantResponse) -> CtlResult {
-        println!("lease {} granted with TTL({}s)", signed_hex(r.id, 16), r.ttl);
+        println!(
+            "lease {} granted with TTL({}s)",
+            signed_hex(r.id, 16),
+            r.ttl
+        );
         Ok(())
     }
 
@@ -128,7 +132,11 @@ impl Printer for SimplePrinter {
     }
 
     fn keep_alive(&self, r: &LeaseKeepAliveResponse) -> CtlResult {
-        println!("lease {} keepalived with TTL({})", signed_hex(r.id, 16), r.ttl);
+        println!(
+            "lease {} keepalived with TTL({})",
+            signed_hex(r.id, 16),
+            r.ttl
+        );
         Ok(())
     }
 
