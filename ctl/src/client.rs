@@ -103,10 +103,14 @@ impl Connection {
         for endpoint in endpoints {
             dials.push(dial(endpoint, tls.as_ref(), global)?);
         }
-        let channel = match dials.len() {
-            0 => return Err(Failure::new(ExitCode::BadConnection, "no endpoints")),
-            1 => dials.remove(0).connect_lazy(),
-            _ => Channel::balance_list(dials.into_iter()),
+        let channel = match (dials.len(), skip_verify_config(global, tls.is_some())?) {
+            (0, _) => return Err(Failure::new(ExitCode::BadConnection, "no endpoints")),
+            // Unverified TLS dials the first endpoint through its own connector.
+            (_, Some(config)) => dials.remove(0).connect_with_connector_lazy(tower::service_fn(
+                move |uri| crate::insecure_tls::connect(config.clone(), uri),
+            )),
+            (1, None) => dials.remove(0).connect_lazy(),
+            (_, None) => Channel::balance_list(dials.into_iter()),
         };
         let mut connection = Connection {
             channel,
@@ -209,10 +213,34 @@ where
     }
 }
 
-/// The call never reached a server: the transport could not connect. etcd's own Unavailable
-/// errors ("etcdserver: no leader") are real answers and are not retried.
+/// The call never reached a server: the transport could not connect (or finish its TLS
+/// handshake). etcd's own Unavailable errors ("etcdserver: no leader") are real answers and are
+/// not retried.
 pub fn is_unconnected(status: &Status) -> bool {
-    status.code() == Code::Unavailable && !status.message().starts_with("etcdserver:")
+    match status.code() {
+        Code::Unavailable => !status.message().starts_with("etcdserver:"),
+        // A failed handshake in the unverified-TLS connector, or a server closing the
+        // connection after the handshake (a client certificate it refuses), surfaces this way.
+        Code::Unknown => status.message() == "transport error",
+        Code::Cancelled => status.message() == "operation was canceled",
+        _ => false,
+    }
+}
+
+/// The rustls settings for `--insecure-skip-tls-verify` on a TLS connection.
+fn skip_verify_config(
+    global: &GlobalFlags,
+    tls: bool,
+) -> CtlResult<Option<std::sync::Arc<rustls::ClientConfig>>> {
+    let secure = tls || global.endpoints.iter().any(|e| e.starts_with("https://"));
+    if !(global.insecure_skip_tls_verify && secure) {
+        return Ok(None);
+    }
+    let identity = match (&global.cert, &global.key) {
+        (Some(cert), Some(key)) => Some((cert.as_str(), key.as_str())),
+        _ => None,
+    };
+    crate::insecure_tls::client_config(identity).map(Some)
 }
 
 fn dial(
@@ -225,14 +253,16 @@ fn dial(
         .or_else(|| endpoint.strip_prefix("https://"))
         .unwrap_or(endpoint);
     let secure = tls.is_some() || endpoint.starts_with("https://");
-    let url = format!("{}://{bare}", if secure { "https" } else { "http" });
+    // With unverified TLS the connector does the handshake; tonic sees plain HTTP/2.
+    let tonic_tls = secure && !global.insecure_skip_tls_verify;
+    let url = format!("{}://{bare}", if tonic_tls { "https" } else { "http" });
     let bad = |e: &dyn std::fmt::Display| Failure::new(ExitCode::BadArgs, e.to_string());
     let mut dial = Endpoint::from_shared(url)
         .map_err(|e| bad(&e))?
         .connect_timeout(global.dial_timeout)
         .keep_alive_timeout(global.keepalive_timeout)
         .http2_keep_alive_interval(global.keepalive_time);
-    if secure {
+    if tonic_tls {
         let config = tls.cloned().unwrap_or_default();
         dial = dial.tls_config(config).map_err(|e| bad(&e))?;
     }

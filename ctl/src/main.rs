@@ -6,6 +6,7 @@ mod client;
 mod endpoint;
 mod failure;
 mod global;
+mod insecure_tls;
 mod kv;
 mod lease;
 mod maintenance;
