@@ -99,3 +99,34 @@ mod tests {
         assert_eq!(prefix_range_end(b"\xff"), b"\0");
     }
 }
+
+/// Go's `strconv.ParseBool`, for `--flag=value` on boolean flags.
+fn go_bool(text: &str) -> Result<bool, String> {
+    match text {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(false),
+        _ => Err(format!(
+            "strconv.ParseBool: parsing {}: invalid syntax",
+            go_quoted(text)
+        )),
+    }
+}
+
+/// Lets every switch also take pflag's `--flag=true|false` form, in every subcommand.
+pub fn with_go_booleans(command: clap::Command) -> clap::Command {
+    use clap::ArgAction;
+    command
+        .mut_args(|arg| {
+            if matches!(arg.get_action(), ArgAction::SetTrue) {
+                arg.action(ArgAction::Set)
+                    .num_args(0..=1)
+                    .require_equals(true)
+                    .default_missing_value("true")
+                    .default_value("false")
+                    .value_parser(go_bool)
+            } else {
+                arg
+            }
+        })
+        .mut_subcommands(with_go_booleans)
+}

@@ -106,9 +106,11 @@ impl Connection {
         let channel = match (dials.len(), skip_verify_config(global, tls.is_some())?) {
             (0, _) => return Err(Failure::new(ExitCode::BadConnection, "no endpoints")),
             // Unverified TLS dials the first endpoint through its own connector.
-            (_, Some(config)) => dials.remove(0).connect_with_connector_lazy(tower::service_fn(
-                move |uri| crate::insecure_tls::connect(config.clone(), uri),
-            )),
+            (_, Some(config)) => dials
+                .remove(0)
+                .connect_with_connector_lazy(tower::service_fn(move |uri| {
+                    crate::insecure_tls::connect(config.clone(), uri)
+                })),
             (1, None) => dials.remove(0).connect_lazy(),
             (_, None) => Channel::balance_list(dials.into_iter()),
         };

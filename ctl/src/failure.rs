@@ -59,7 +59,12 @@ pub fn go_flag_error(error: &clap::Error) -> String {
         Some(ContextValue::Strings(s)) => s.join(" "),
         _ => String::new(),
     };
-    let flag_name = |arg: String| arg.split([' ', '=']).next().unwrap_or_default().to_string();
+    let flag_name = |arg: String| {
+        arg.split([' ', '=', '['])
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    };
     match error.kind() {
         ErrorKind::UnknownArgument => {
             let arg = context(ContextKind::InvalidArg);
@@ -75,6 +80,20 @@ pub fn go_flag_error(error: &clap::Error) -> String {
                         crate::output::text::go_quote(arg.as_bytes())
                     ),
                 },
+            }
+        }
+        ErrorKind::InvalidValue if context(ContextKind::InvalidValue).is_empty() => {
+            let flag = flag_name(context(ContextKind::InvalidArg));
+            // pflag names the flag as typed: `-w` or `--write-out`.
+            let short = std::env::args().rev().find_map(|a| {
+                let c = a.strip_prefix('-').filter(|c| c.len() == 1)?;
+                Some(c.to_string())
+            });
+            match short {
+                Some(c) if std::env::args().next_back().as_deref() == Some(&format!("-{c}")) => {
+                    format!("flag needs an argument: '{c}' in -{c}")
+                }
+                _ => format!("flag needs an argument: {flag}"),
             }
         }
         ErrorKind::InvalidValue | ErrorKind::ValueValidation => {

@@ -36,7 +36,12 @@ impl ServerCertVerifier for AnyServerCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -45,7 +50,12 @@ impl ServerCertVerifier for AnyServerCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -68,7 +78,9 @@ pub fn client_config(cert_and_key: Option<(&str, &str)>) -> CtlResult<Arc<Client
                 .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
                 .map_err(|e| bad(&format!("{cert}: {e}")))?;
             let key = PrivateKeyDer::from_pem_file(key).map_err(|e| bad(&format!("{key}: {e}")))?;
-            builder.with_client_auth_cert(certs, key).map_err(|e| bad(&e))?
+            builder
+                .with_client_auth_cert(certs, key)
+                .map_err(|e| bad(&e))?
         }
         None => builder.with_no_client_auth(),
     };
@@ -81,8 +93,12 @@ pub async fn connect(
     config: Arc<ClientConfig>,
     uri: http::Uri,
 ) -> std::io::Result<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>> {
-    let invalid = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, what.to_string());
-    let host = uri.host().ok_or_else(|| invalid("endpoint has no host"))?.to_string();
+    let invalid =
+        |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, what.to_string());
+    let host = uri
+        .host()
+        .ok_or_else(|| invalid("endpoint has no host"))?
+        .to_string();
     let port = uri.port_u16().unwrap_or(2379);
     let tcp = TcpStream::connect((host.as_str(), port)).await?;
     let name = ServerName::try_from(host).map_err(|e| invalid(&e.to_string()))?;

@@ -120,10 +120,11 @@ impl Normalise {
     }
 
     /// A lease or member id, in the hex and decimal forms the formats print.
+    /// Longest forms first: space-padded (`%16x`), zero-padded (`%016x`), bare hex, decimal.
     fn numeric_id(self, etcdctl: u64, oxcdctl: u64, name: &str) -> Normalise {
-        self.id(format!("{etcdctl:016x}"), format!("{oxcdctl:016x}"), name)
+        self.id(format!("{etcdctl:16x}"), format!("{oxcdctl:16x}"), name)
+            .id(format!("{etcdctl:016x}"), format!("{oxcdctl:016x}"), name)
             .id(format!("{etcdctl:x}"), format!("{oxcdctl:x}"), name)
-            .id(format!("{etcdctl:16x}"), format!("{oxcdctl:16x}"), name)
             .id(etcdctl, oxcdctl, name)
     }
 
@@ -359,6 +360,13 @@ async fn read_only_kv(tools: &Tools) {
             vec!["get", "/", "--prefix", "--keys-only"],
             vec!["get", "/registry/", "--prefix"],
             vec!["get", "shared/a", "--consistency", "s"],
+            vec![
+                "get",
+                "shared/",
+                "--prefix=true",
+                "--keys-only=false",
+                "--hex=false",
+            ],
             vec!["get", "nothing-here"],
         ] {
             let mut args = args.clone();
@@ -446,6 +454,9 @@ async fn bad_input(tools: &Tools) {
         vec!["endpoint", "status", "--bogus"],
         vec!["defrag", "--bogus"],
         vec!["move-leader", "--bogus"],
+        vec!["get", "--prefix=maybe", "a"],
+        vec!["get", "a", "-w"],
+        vec!["get", "a", "--limit"],
     ] {
         let run = tools.same(&args).await;
         assert!(run.stdout.starts_with("NAME:\n"), "{args:?}: {run:?}");
