@@ -1121,3 +1121,57 @@ async fn oxcdctl_prints_what_etcdctl_prints_against_oxcd() {
     let (e, o) = tools.parallel_unchecked(&["endpoint", "health"], "").await;
     assert_eq!(strip_took(e), strip_took(o), "endpoint health");
 }
+
+/// The TLS flags against etcd serving https:// with client certificates required.
+#[tokio::test]
+async fn oxcdctl_prints_what_etcdctl_prints_over_tls() {
+    require_etcd();
+    let dir = tempfile::tempdir().unwrap();
+    oxcd_tests::certs::make_certificates(dir.path());
+    let member = oxcd_tests::certs::TlsMember::start(&oxcd_tests::etcd_bin(), dir.path());
+    let tools = Tools::new(&[member.endpoint.clone()]);
+    let file = |name: &str| dir.path().join(name).display().to_string();
+    let (ca, cert, key) = (
+        format!("--cacert={}", file("ca.crt")),
+        format!("--cert={}", file("client.crt")),
+        format!("--key={}", file("client.key")),
+    );
+    let mut ready = false;
+    for _ in 0..100 {
+        let put = ["put", "tls/k", "v", &ca, &cert, &key];
+        if run(&tools.etcdctl, &tools.endpoints, &strings(&put), "")
+            .await
+            .code
+            == Some(0)
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(ready, "etcd never answered over TLS");
+    for args in [
+        vec!["get", "tls/k", &ca, &cert, &key],
+        vec!["get", "tls/", "--prefix", "-w", "json", &ca, &cert, &key],
+        vec!["member", "list", &ca, &cert, &key],
+        vec!["get", "tls/k", "--insecure-skip-tls-verify", &cert, &key],
+        // Refused without a client certificate or without trusting the server's CA.
+        vec!["get", "tls/k", &ca, "--command-timeout=1s"],
+        vec!["get", "tls/k", &cert, &key, "--command-timeout=1s"],
+        vec!["get", "tls/k", "--cert="],
+    ] {
+        tools.same(&args).await;
+    }
+    let plain = Tools::new(&[format!("127.0.0.1:{}", member.client_port)]);
+    plain.same(&["get", "tls/k", &ca, &cert, &key]).await;
+    plain
+        .same(&[
+            "get",
+            "tls/k",
+            "--insecure-transport=false",
+            "--insecure-skip-tls-verify",
+            &cert,
+            &key,
+        ])
+        .await;
+}
