@@ -133,7 +133,16 @@ pub fn exit_for_cli_error(error: clap::Error) -> ! {
         | ErrorKind::DisplayVersion
         | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
         | ErrorKind::MissingSubcommand => {
-            let _ = error.print();
+            let args: Vec<String> = std::env::args().collect();
+            let root = <crate::Cli as clap::CommandFactory>::command();
+            let path = crate::usage::command_path(&root, &args);
+            // etcdctl's own overview lists commands oxcdctl leaves to other tools; clap's
+            // help stands in for it.
+            if path.is_empty() {
+                let _ = error.print();
+            } else {
+                print!("{}", crate::usage::usage(&root, &path));
+            }
             std::process::exit(0)
         }
         ErrorKind::InvalidSubcommand => {

@@ -50,6 +50,10 @@ const USE_LINES: &[(&str, &str)] = &[
     ("member update", "update <memberID> [options]"),
     ("member promote", "promote <memberID>"),
     ("move-leader", "move-leader <transferee-member-id>"),
+    ("lease", "lease <subcommand>"),
+    ("member", "member <subcommand>"),
+    ("endpoint", "endpoint <subcommand>"),
+    ("alarm", "alarm <subcommand>"),
 ];
 
 /// The commands etcdctl describes at length.
@@ -103,7 +107,8 @@ fn flag_line(short: &str, name: &str, default: &str, usage: &str) -> FlagLine {
 /// The flag as pflag shows it: `[=false]` for booleans, quoted string defaults.
 fn local_flag(arg: &Arg) -> Option<(String, FlagLine)> {
     let name = arg.get_long()?.to_string();
-    if arg.is_hide_set() || arg.is_global_set() {
+    let root_global = GLOBAL_FLAGS.iter().any(|(global, ..)| *global == name);
+    if arg.is_hide_set() || root_global {
         return None;
     }
     let short = arg.get_short().map(String::from).unwrap_or_default();
@@ -122,13 +127,15 @@ fn local_flag(arg: &Arg) -> Option<(String, FlagLine)> {
 }
 
 /// Aligns the flag column as tabwriter(minwidth 0, tabwidth 8, padding 1, '\t') does.
+/// A head starting with a tab is an empty first cell and a second one, as in COMMANDS.
 fn aligned(lines: &[FlagLine]) -> String {
-    let width = lines.iter().map(|(head, _)| head.len()).max().unwrap_or(0) + 1;
+    let cell = |head: &str| head.trim_start_matches('\t').len();
+    let width = lines.iter().map(|(head, _)| cell(head)).max().unwrap_or(0) + 1;
     let column = width.div_ceil(8) * 8;
     lines
         .iter()
         .map(|(head, usage)| {
-            let tabs = (column - head.len()).div_ceil(8);
+            let tabs = (column - cell(head)).div_ceil(8);
             format!("{head}{}{usage}\n", "\t".repeat(tabs))
         })
         .collect()
@@ -167,6 +174,21 @@ pub fn usage(root: &Command, path: &[String]) -> String {
             .map(|n| format!("{n} "))
             .collect::<String>(),
     );
+    if command.has_subcommands() {
+        out.push_str(&format!(
+            "\nAPI VERSION:\n\t{}\n\n\nCOMMANDS:\n",
+            crate::global::API_VERSION
+        ));
+        let mut subcommands: Vec<FlagLine> = command
+            .get_subcommands()
+            .map(|sub| {
+                let about = sub.get_about().map(|a| a.to_string()).unwrap_or_default();
+                (format!("\t{}", sub.get_name()), about)
+            })
+            .collect();
+        subcommands.sort();
+        out.push_str(&aligned(&subcommands));
+    }
     if let Some(long) = lookup(DESCRIPTIONS, &key) {
         out.push_str("\nDESCRIPTION:\n");
         for line in long.split('\n') {

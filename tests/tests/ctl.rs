@@ -393,6 +393,20 @@ async fn read_only_kv(tools: &Tools) {
         tools.same(&["lease", "list", "-w", w]).await;
     }
     tools.same(&["version"]).await;
+    // Usage pages: a command group without a subcommand, and --help.
+    for args in [
+        vec!["lease"],
+        vec!["member"],
+        vec!["endpoint"],
+        vec!["alarm"],
+        vec!["get", "--help"],
+        vec!["put", "-h"],
+        vec!["endpoint", "status", "--help"],
+        vec!["lease", "keep-alive", "--help"],
+    ] {
+        let usage = tools.same(&args).await;
+        assert!(usage.stdout.starts_with("NAME:\n"), "{args:?}: {usage:?}");
+    }
 }
 
 async fn bad_input(tools: &Tools) {
@@ -1129,7 +1143,7 @@ async fn oxcdctl_prints_what_etcdctl_prints_over_tls() {
     let dir = tempfile::tempdir().unwrap();
     oxcd_tests::certs::make_certificates(dir.path());
     let member = oxcd_tests::certs::TlsMember::start(&oxcd_tests::etcd_bin(), dir.path());
-    let tools = Tools::new(&[member.endpoint.clone()]);
+    let tools = Tools::new(std::slice::from_ref(&member.endpoint));
     let file = |name: &str| dir.path().join(name).display().to_string();
     let (ca, cert, key) = (
         format!("--cacert={}", file("ca.crt")),
