@@ -88,6 +88,73 @@ impl GlobalFlags {
     }
 }
 
+/// etcdctl's checks of `ETCDCTL_*` variables: a global flag given both on the command line and
+/// as its variable is refused (logged at capnslog level C, exit 1); a variable that names no
+/// flag is reported (level W).
+pub fn check_variables(matches: &clap::ArgMatches) {
+    refuse_shadowed_variables(matches);
+    let watch = matches.subcommand_name() == Some("watch");
+    for (name, value) in std::env::vars() {
+        let Some(flag) = name.strip_prefix("ETCDCTL_") else {
+            continue;
+        };
+        let flag = flag.to_lowercase().replace('_', "-");
+        let known = flag == "api"
+            || crate::usage::is_global_flag(&flag)
+            || (watch && (flag == "watch-key" || flag == "watch-range-end"));
+        if !known {
+            eprintln!(
+                "{} W | pkg/flags: unrecognized environment variable {name}={value}",
+                capnslog_time(std::time::SystemTime::now())
+            );
+        }
+    }
+}
+
+fn refuse_shadowed_variables(matches: &clap::ArgMatches) {
+    let flags = <GlobalFlags as clap::Args>::augment_args(clap::Command::new("global"));
+    for arg in flags.get_arguments() {
+        let id = arg.get_id().as_str();
+        if matches.value_source(id) != Some(clap::parser::ValueSource::CommandLine) {
+            continue;
+        }
+        let variable = format!("ETCDCTL_{}", id.to_uppercase());
+        if std::env::var_os(&variable).is_some() {
+            eprintln!(
+                "{} C | pkg/flags: conflicting environment variable \"{variable}\" is shadowed by corresponding command-line flag (either unset environment variable or disable flag)",
+                capnslog_time(std::time::SystemTime::now())
+            );
+            std::process::exit(1);
+        }
+    }
+}
+
+/// capnslog's timestamp, "2006-01-02 15:04:05.000000" (UTC).
+fn capnslog_time(now: std::time::SystemTime) -> String {
+    let since_epoch = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let seconds = since_epoch.as_secs();
+    let (days, rest) = (seconds / 86_400, seconds % 86_400);
+    // Howard Hinnant's days-to-civil-date conversion.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}.{:06}",
+        rest / 3600,
+        rest / 60 % 60,
+        rest % 60,
+        since_epoch.subsec_micros()
+    )
+}
+
 /// Go's time.ParseDuration for the forms etcdctl users write: "2s", "500ms", "1m30s".
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let mut total = Duration::ZERO;
@@ -128,6 +195,12 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn capnslog_timestamps() {
+        let t = std::time::UNIX_EPOCH + Duration::from_micros(1_795_875_604_598_002);
+        assert_eq!(capnslog_time(t), "2026-11-28 14:20:04.598002");
+    }
 
     #[test]
     fn go_durations_parse() {

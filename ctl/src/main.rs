@@ -91,10 +91,11 @@ async fn run(cli: Cli) -> CtlResult {
 #[tokio::main]
 async fn main() {
     use clap::{CommandFactory, FromArgMatches};
-    let cli = args::with_go_booleans(Cli::command())
+    let matches = args::with_go_booleans(Cli::command())
         .try_get_matches()
-        .and_then(|matches| Cli::from_arg_matches(&matches))
         .unwrap_or_else(|e| failure::exit_for_cli_error(e));
+    global::check_variables(&matches);
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| failure::exit_for_cli_error(e));
     if let Err(failure) = run(cli).await {
         failure.exit();
     }

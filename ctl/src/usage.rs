@@ -27,6 +27,11 @@ const GLOBAL_FLAGS: &[(&str, &str, &str, &str)] = &[
     ("write-out", "w", "=\"simple\"", "set the output format (fields, json, protobuf, simple, table)"),
 ];
 
+/// Whether `name` is one of etcdctl's global flags.
+pub fn is_global_flag(name: &str) -> bool {
+    GLOBAL_FLAGS.iter().any(|(global, ..)| *global == name)
+}
+
 /// cobra's `Use` of each command: its name and argument synopsis.
 const USE_LINES: &[(&str, &str)] = &[
     ("get", "get [options] <key> [range_end]"),
@@ -107,8 +112,7 @@ fn flag_line(short: &str, name: &str, default: &str, usage: &str) -> FlagLine {
 /// The flag as pflag shows it: `[=false]` for booleans, quoted string defaults.
 fn local_flag(arg: &Arg) -> Option<(String, FlagLine)> {
     let name = arg.get_long()?.to_string();
-    let root_global = GLOBAL_FLAGS.iter().any(|(global, ..)| *global == name);
-    if arg.is_hide_set() || root_global {
+    if arg.is_hide_set() || is_global_flag(&name) {
         return None;
     }
     let short = arg.get_short().map(String::from).unwrap_or_default();

@@ -62,7 +62,19 @@ fn finish(output: std::process::Output, killed: bool) -> Run {
 
 /// Runs to completion with `stdin` as input.
 async fn run(bin: &Path, endpoints: &str, args: &[String], stdin: &str) -> Run {
+    run_with_env(bin, endpoints, args, stdin, &[]).await
+}
+
+/// [`run`] with `ETCDCTL_*` (or other) variables set.
+async fn run_with_env(
+    bin: &Path,
+    endpoints: &str,
+    args: &[String],
+    stdin: &str,
+    env: &[(&str, &str)],
+) -> Run {
     let mut child = command(bin, endpoints, args)
+        .envs(env.iter().copied())
         .spawn()
         .expect("spawning the CLI");
     let mut input = child.stdin.take().unwrap();
@@ -804,7 +816,41 @@ async fn oxcdctl_prints_what_etcdctl_prints_against_etcd() {
         tools.same(&["alarm", "disarm", "-w", w]).await;
     }
     tools.same(&["defrag"]).await;
+    environment(&tools).await;
     auth(&tools).await;
+}
+
+/// Global flags from `ETCDCTL_*` variables, and etcdctl's refusal of a variable that a flag
+/// also sets (its log line starts with a timestamp, which is not compared).
+async fn environment(tools: &Tools) {
+    for env in [
+        vec![("ETCDCTL_WRITE_OUT", "json")],
+        vec![("ETCDCTL_HEX", "true")],
+        vec![
+            ("ETCDCTL_WRITE_OUT", "fields"),
+            ("ETCDCTL_COMMAND_TIMEOUT", "3s"),
+        ],
+        vec![("ETCDCTL_ENDPOINTS", "127.0.0.1:1")],
+        vec![("ETCDCTL_WATCH_KEY", "shared/a"), ("ETCDCTL_BOGUS", "1")],
+    ] {
+        let args = strings(&["get", "shared/a"]);
+        let expected = run_with_env(&tools.etcdctl, &tools.endpoints, &args, "", &env).await;
+        let actual = run_with_env(&tools.oxcdctl, &tools.endpoints, &args, "", &env).await;
+        let untimed = |r: &Run| {
+            let stderr: String = r
+                .stderr
+                .lines()
+                .map(|l| {
+                    l.split_once(" | pkg/flags")
+                        .map_or(l, |(_, m)| m)
+                        .to_string()
+                        + "\n"
+                })
+                .collect();
+            (r.stdout.clone(), stderr, r.code)
+        };
+        assert_eq!(untimed(&actual), untimed(&expected), "{env:?}");
+    }
 }
 
 /// `--user name:password` and `--user name --password password` against an etcd with auth on.
