@@ -1,11 +1,22 @@
 //! `oxcdctl`: etcdctl v3's commands, flags and output, plus a `registry` view of the Kubernetes
 //! objects stored under `/registry`.
 
+mod args;
 mod client;
+mod endpoint;
 mod failure;
 mod global;
+mod insecure_tls;
+mod kv;
+mod lease;
+mod maintenance;
+mod member;
+mod output;
 mod registry;
 mod snapshot;
+mod txn;
+mod usage;
+mod watch;
 
 use clap::{Parser, Subcommand};
 
@@ -25,7 +36,34 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Prints the version of oxcdctl
+    /// Gets the key or a range of keys
+    Get(kv::GetArgs),
+    /// Puts the given key into the store
+    Put(kv::PutArgs),
+    /// Removes the specified key or range of keys [key, range_end)
+    Del(kv::DelArgs),
+    /// Txn processes all the requests in one transaction
+    Txn(txn::TxnArgs),
+    /// Compacts the event history in etcd
+    Compaction(kv::CompactionArgs),
+    /// Watches events stream on keys or prefixes
+    Watch(watch::WatchArgs),
+    /// Lease related commands
+    #[command(subcommand)]
+    Lease(lease::LeaseCommand),
+    /// Membership related commands
+    #[command(subcommand)]
+    Member(member::MemberCommand),
+    /// Endpoint related commands
+    Endpoint(endpoint::EndpointArgs),
+    /// Alarm related commands
+    #[command(subcommand)]
+    Alarm(maintenance::AlarmCommand),
+    /// Defragments the storage of the etcd members with given endpoints
+    Defrag(maintenance::DefragArgs),
+    #[command(about = "Transfers leadership to another etcd cluster member.")]
+    MoveLeader(maintenance::MoveLeaderArgs),
+    /// Prints the version of etcdctl
     Version,
     /// Reads the Kubernetes objects kube-apiserver stores under /registry
     Registry(registry::RegistryCommand),
@@ -35,7 +73,20 @@ enum Command {
 }
 
 async fn run(cli: Cli) -> CtlResult {
+    let global = &cli.global;
     match cli.command {
+        Command::Get(args) => kv::get(global, args).await,
+        Command::Put(args) => kv::put(global, args).await,
+        Command::Del(args) => kv::del(global, args).await,
+        Command::Txn(args) => txn::txn(global, args).await,
+        Command::Compaction(args) => kv::compaction(global, args).await,
+        Command::Watch(args) => watch::watch(global, args).await,
+        Command::Lease(command) => lease::run(global, command).await,
+        Command::Member(command) => member::run(global, command).await,
+        Command::Endpoint(args) => endpoint::run(global, args).await,
+        Command::Alarm(command) => maintenance::alarm(global, command).await,
+        Command::Defrag(args) => maintenance::defrag(global, args).await,
+        Command::MoveLeader(args) => maintenance::move_leader(global, args).await,
         Command::Version => {
             println!("etcdctl version: {}", global::ETCDCTL_VERSION);
             println!("API version: {}", global::API_VERSION);
@@ -48,7 +99,12 @@ async fn run(cli: Cli) -> CtlResult {
 
 #[tokio::main]
 async fn main() {
-    let cli = Cli::parse();
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = args::with_go_booleans(Cli::command())
+        .try_get_matches()
+        .unwrap_or_else(|e| failure::exit_for_cli_error(e));
+    global::check_variables(&matches);
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| failure::exit_for_cli_error(e));
     if let Err(failure) = run(cli).await {
         failure.exit();
     }

@@ -4,6 +4,7 @@
 //! Both binaries take etcd's command-line flags, so one launcher serves either flavour; that is
 //! what lets a test body run unchanged against the reference implementation and against oxcd.
 
+pub mod certs;
 pub mod cluster;
 pub mod watch_checker;
 

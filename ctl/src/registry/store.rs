@@ -3,12 +3,10 @@
 
 use std::time::Duration;
 
-use tonic::transport::Channel;
-
 use oxcd_proto::etcdserverpb::{kv_client::KvClient, RangeRequest, RangeResponse};
 use oxcd_proto::mvccpb::KeyValue;
 
-use crate::client::Connection;
+use crate::client::{Connection, Transport};
 use crate::failure::{CtlResult, ExitCode, Failure};
 
 use super::keys::prefix_end;
@@ -20,7 +18,7 @@ const PAGE: i64 = 500;
 pub const COMPACTED: &str = "etcdserver: mvcc: required revision has been compacted";
 
 pub struct Store {
-    kv: KvClient<Channel>,
+    kv: KvClient<Transport>,
     timeout: Duration,
 }
 

@@ -1,0 +1,107 @@
+//! `--insecure-skip-tls-verify`: TLS that accepts any server certificate (still checking the
+//! handshake signatures), for test clusters with self-made certificates. tonic's own TLS
+//! settings cannot turn verification off, so these connections dial through this connector.
+
+use std::sync::Arc;
+
+use hyper_util::rt::TokioIo;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use crate::failure::{CtlResult, ExitCode, Failure};
+
+#[derive(Debug)]
+struct AnyServerCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AnyServerCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// The rustls settings: any server certificate, the client certificate if given, HTTP/2.
+pub fn client_config(cert_and_key: Option<(&str, &str)>) -> CtlResult<Arc<ClientConfig>> {
+    let bad = |e: &dyn std::fmt::Display| Failure::new(ExitCode::BadArgs, e.to_string());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(&e))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServerCertificate(provider)));
+    let mut config = match cert_and_key {
+        Some((cert, key)) => {
+            let certs = CertificateDer::pem_file_iter(cert)
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| bad(&format!("{cert}: {e}")))?;
+            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| bad(&format!("{key}: {e}")))?;
+            builder
+                .with_client_auth_cert(certs, key)
+                .map_err(|e| bad(&e))?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Connects to the URI's host and port and runs the TLS handshake with `config`.
+pub async fn connect(
+    config: Arc<ClientConfig>,
+    uri: http::Uri,
+) -> std::io::Result<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>> {
+    let invalid =
+        |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, what.to_string());
+    let host = uri
+        .host()
+        .ok_or_else(|| invalid("endpoint has no host"))?
+        .to_string();
+    let port = uri.port_u16().unwrap_or(2379);
+    let tcp = TcpStream::connect((host.as_str(), port)).await?;
+    let name = ServerName::try_from(host).map_err(|e| invalid(&e.to_string()))?;
+    let tls = TlsConnector::from(config).connect(name, tcp).await?;
+    Ok(TokioIo::new(tls))
+}

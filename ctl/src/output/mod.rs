@@ -1,0 +1,137 @@
+//! The `-w` output formats. Each format is one [`Printer`]; commands hand it the server's
+//! response and never format output themselves. A format that has no rendering for a response
+//! fails the way etcdctl does: `Error: <format> not supported as output format`, exit 4.
+
+mod fields;
+mod json;
+mod protobuf;
+mod rows;
+pub mod simple;
+mod table;
+pub mod text;
+
+use oxcd_proto::etcdserverpb::{
+    AlarmResponse, DeleteRangeResponse, HashKvResponse, LeaseGrantResponse, LeaseKeepAliveResponse,
+    LeaseLeasesResponse, LeaseRevokeResponse, LeaseTimeToLiveResponse, MemberAddResponse,
+    MemberListResponse, MemberPromoteResponse, MemberRemoveResponse, MemberUpdateResponse,
+    MoveLeaderResponse, PutResponse, RangeResponse, StatusResponse, TxnResponse, WatchResponse,
+};
+
+use crate::failure::{CtlResult, ExitCode, Failure};
+
+/// One endpoint's answer to `endpoint health`.
+pub struct EndpointHealth {
+    pub endpoint: String,
+    pub health: bool,
+    /// Go's duration text of how long the check took.
+    pub took: String,
+    pub error: String,
+}
+
+pub struct EndpointStatus {
+    pub endpoint: String,
+    pub status: StatusResponse,
+}
+
+pub struct EndpointHash {
+    pub endpoint: String,
+    pub hash: HashKvResponse,
+}
+
+/// Renders responses in one output format. Every method defaults to the format not supporting
+/// the response.
+#[allow(unused_variables)]
+pub trait Printer: Send + Sync {
+    fn name(&self) -> &'static str;
+
+    fn unsupported(&self) -> CtlResult {
+        Err(Failure::new(
+            ExitCode::BadFeature,
+            format!("{} not supported as output format", self.name()),
+        ))
+    }
+
+    /// Whether this is the simple format, which alone prints a few trailing human hints.
+    fn is_simple(&self) -> bool {
+        false
+    }
+
+    fn get(&self, r: &RangeResponse) -> CtlResult {
+        self.unsupported()
+    }
+    fn put(&self, r: &PutResponse) -> CtlResult {
+        self.unsupported()
+    }
+    fn del(&self, r: &DeleteRangeResponse) -> CtlResult {
+        self.unsupported()
+    }
+    fn txn(&self, r: &TxnResponse) -> CtlResult {
+        self.unsupported()
+    }
+    fn watch(&self, r: &WatchResponse) -> CtlResult {
+        self.unsupported()
+    }
+    fn grant(&self, r: &LeaseGrantResponse) -> CtlResult {
+        self.unsupported()
+    }
+    fn revoke(&self, id: i64, r: &LeaseRevokeResponse) -> CtlResult {
+        self.unsupported()
+    }
+    fn keep_alive(&self, r: &LeaseKeepAliveResponse) -> CtlResult {
+        self.unsupported()
+    }
+    fn time_to_live(&self, r: &LeaseTimeToLiveResponse, keys: bool) -> CtlResult {
+        self.unsupported()
+    }
+    fn leases(&self, r: &LeaseLeasesResponse) -> CtlResult {
+        self.unsupported()
+    }
+    fn member_add(&self, r: &MemberAddResponse) -> CtlResult {
+        self.unsupported()
+    }
+    fn member_remove(&self, id: u64, r: &MemberRemoveResponse) -> CtlResult {
+        self.unsupported()
+    }
+    fn member_update(&self, id: u64, r: &MemberUpdateResponse) -> CtlResult {
+        self.unsupported()
+    }
+    fn member_promote(&self, id: u64, r: &MemberPromoteResponse) -> CtlResult {
+        self.unsupported()
+    }
+    fn member_list(&self, r: &MemberListResponse) -> CtlResult {
+        self.unsupported()
+    }
+    fn endpoint_health(&self, health: &[EndpointHealth]) -> CtlResult {
+        self.unsupported()
+    }
+    fn endpoint_status(&self, statuses: &[EndpointStatus]) -> CtlResult {
+        self.unsupported()
+    }
+    fn endpoint_hash_kv(&self, hashes: &[EndpointHash]) -> CtlResult {
+        self.unsupported()
+    }
+    fn move_leader(&self, leader: u64, target: u64, r: &MoveLeaderResponse) -> CtlResult {
+        self.unsupported()
+    }
+    fn alarm(&self, r: &AlarmResponse) -> CtlResult {
+        self.unsupported()
+    }
+}
+
+/// The printer for `-w <format>`; `hex` and `value_only` only change the simple format.
+pub fn printer_for(format: &str, hex: bool, value_only: bool) -> CtlResult<Box<dyn Printer>> {
+    let printer: Box<dyn Printer> = match format {
+        "simple" => Box::new(simple::SimplePrinter { hex, value_only }),
+        "json" => Box::new(json::JsonPrinter),
+        "fields" => Box::new(fields::FieldsPrinter),
+        "table" => Box::new(table::TablePrinter),
+        "protobuf" => Box::new(protobuf::ProtobufPrinter),
+        _ => {
+            return Err(Failure::new(
+                ExitCode::BadFeature,
+                "unsupported output format",
+            ))
+        }
+    };
+    Ok(printer)
+}

@@ -1,0 +1,259 @@
+//! `-w simple`, etcdctl's default: values as plain lines, one-line summaries for the rest.
+
+use oxcd_proto::etcdserverpb::{
+    response_op, AlarmResponse, AlarmType, DeleteRangeResponse, LeaseGrantResponse,
+    LeaseKeepAliveResponse, LeaseLeasesResponse, LeaseRevokeResponse, LeaseTimeToLiveResponse,
+    MemberAddResponse, MemberListResponse, MemberPromoteResponse, MemberRemoveResponse,
+    MemberUpdateResponse, MoveLeaderResponse, PutResponse, RangeResponse, ResponseHeader,
+    TxnResponse, WatchResponse,
+};
+use oxcd_proto::mvccpb::{event::EventType, KeyValue};
+
+use super::rows::{self, Rows};
+use super::text::{hex_escaped, signed_hex};
+use super::{EndpointHash, EndpointHealth, EndpointStatus, Printer};
+use crate::failure::CtlResult;
+
+pub struct SimplePrinter {
+    pub hex: bool,
+    pub value_only: bool,
+}
+
+impl SimplePrinter {
+    fn kv(&self, kv: &KeyValue) {
+        let mut out = Vec::new();
+        if !self.value_only {
+            push_line(&mut out, &kv.key, self.hex);
+        }
+        push_line(&mut out, &kv.value, self.hex);
+        write_stdout(&out);
+    }
+}
+
+/// Keys and values are raw bytes (Kubernetes stores protobuf), written to stdout unaltered.
+fn push_line(out: &mut Vec<u8>, bytes: &[u8], hex: bool) {
+    if hex {
+        out.extend_from_slice(hex_escaped(bytes).as_bytes());
+    } else {
+        out.extend_from_slice(bytes);
+    }
+    out.push(b'\n');
+}
+
+fn write_stdout(bytes: &[u8]) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(bytes);
+    let _ = stdout.flush();
+}
+
+fn cluster_id(h: Option<&ResponseHeader>) -> u64 {
+    h.map_or(0, |h| h.cluster_id)
+}
+
+fn print_rows(rows: Rows) {
+    for row in rows.rows {
+        println!("{}", row.join(", "));
+    }
+}
+
+pub fn event_type_name(t: i32) -> &'static str {
+    match EventType::try_from(t) {
+        Ok(EventType::Delete) => "DELETE",
+        _ => "PUT",
+    }
+}
+
+impl Printer for SimplePrinter {
+    fn name(&self) -> &'static str {
+        "simple"
+    }
+
+    fn is_simple(&self) -> bool {
+        true
+    }
+
+    fn get(&self, r: &RangeResponse) -> CtlResult {
+        r.kvs.iter().for_each(|kv| self.kv(kv));
+        Ok(())
+    }
+
+    fn put(&self, r: &PutResponse) -> CtlResult {
+        println!("OK");
+        if let Some(prev) = &r.prev_kv {
+            self.kv(prev);
+        }
+        Ok(())
+    }
+
+    fn del(&self, r: &DeleteRangeResponse) -> CtlResult {
+        println!("{}", r.deleted);
+        r.prev_kvs.iter().for_each(|kv| self.kv(kv));
+        Ok(())
+    }
+
+    fn txn(&self, r: &TxnResponse) -> CtlResult {
+        println!("{}", if r.succeeded { "SUCCESS" } else { "FAILURE" });
+        for op in &r.responses {
+            println!();
+            match &op.response {
+                Some(response_op::Response::ResponseRange(r)) => self.get(r)?,
+                Some(response_op::Response::ResponsePut(r)) => self.put(r)?,
+                Some(response_op::Response::ResponseDeleteRange(r)) => self.del(r)?,
+                other => println!("unexpected response {other:?}"),
+            }
+        }
+        Ok(())
+    }
+
+    fn watch(&self, r: &WatchResponse) -> CtlResult {
+        for e in &r.events {
+            println!("{}", event_type_name(e.r#type));
+            if let Some(prev) = &e.prev_kv {
+                self.kv(prev);
+            }
+            self.kv(e.kv.as_ref().unwrap_or(&KeyValue::default()));
+        }
+        Ok(())
+    }
+
+    fn grant(&self, r: &LeaseGrantResponse) -> CtlResult {
+        println!(
+            "lease {} granted with TTL({}s)",
+            signed_hex(r.id, 16),
+            r.ttl
+        );
+        Ok(())
+    }
+
+    fn revoke(&self, id: i64, _r: &LeaseRevokeResponse) -> CtlResult {
+        println!("lease {} revoked", signed_hex(id, 16));
+        Ok(())
+    }
+
+    fn keep_alive(&self, r: &LeaseKeepAliveResponse) -> CtlResult {
+        println!(
+            "lease {} keepalived with TTL({})",
+            signed_hex(r.id, 16),
+            r.ttl
+        );
+        Ok(())
+    }
+
+    fn time_to_live(&self, r: &LeaseTimeToLiveResponse, keys: bool) -> CtlResult {
+        let id = signed_hex(r.id, 16);
+        if r.granted_ttl == 0 && r.ttl == -1 {
+            println!("lease {id} already expired");
+            return Ok(());
+        }
+        let mut text = format!(
+            "lease {id} granted with TTL({}s), remaining({}s)",
+            r.granted_ttl, r.ttl
+        );
+        if keys {
+            let names: Vec<String> = r
+                .keys
+                .iter()
+                .map(|k| String::from_utf8_lossy(k).into_owned())
+                .collect();
+            text.push_str(&format!(", attached keys([{}])", names.join(" ")));
+        }
+        println!("{text}");
+        Ok(())
+    }
+
+    fn leases(&self, r: &LeaseLeasesResponse) -> CtlResult {
+        println!("found {} leases", r.leases.len());
+        for lease in &r.leases {
+            println!("{}", signed_hex(lease.id, 16));
+        }
+        Ok(())
+    }
+
+    fn member_add(&self, r: &MemberAddResponse) -> CtlResult {
+        let id = r.member.as_ref().map_or(0, |m| m.id);
+        println!(
+            "Member {id:16x} added to cluster {:16x}",
+            cluster_id(r.header.as_ref())
+        );
+        Ok(())
+    }
+
+    fn member_remove(&self, id: u64, r: &MemberRemoveResponse) -> CtlResult {
+        println!(
+            "Member {id:16x} removed from cluster {:16x}",
+            cluster_id(r.header.as_ref())
+        );
+        Ok(())
+    }
+
+    fn member_update(&self, id: u64, r: &MemberUpdateResponse) -> CtlResult {
+        println!(
+            "Member {id:16x} updated in cluster {:16x}",
+            cluster_id(r.header.as_ref())
+        );
+        Ok(())
+    }
+
+    fn member_promote(&self, id: u64, r: &MemberPromoteResponse) -> CtlResult {
+        println!(
+            "Member {id:16x} promoted in cluster {:16x}",
+            cluster_id(r.header.as_ref())
+        );
+        Ok(())
+    }
+
+    fn member_list(&self, r: &MemberListResponse) -> CtlResult {
+        print_rows(rows::member_list(r));
+        Ok(())
+    }
+
+    fn endpoint_health(&self, health: &[EndpointHealth]) -> CtlResult {
+        // etcdctl writes these verdicts to stderr.
+        for h in health {
+            if h.error.is_empty() {
+                eprintln!(
+                    "{} is healthy: successfully committed proposal: took = {}",
+                    h.endpoint, h.took
+                );
+            } else {
+                eprintln!(
+                    "{} is unhealthy: failed to commit proposal: {}",
+                    h.endpoint, h.error
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn endpoint_status(&self, statuses: &[EndpointStatus]) -> CtlResult {
+        print_rows(rows::endpoint_status(statuses));
+        Ok(())
+    }
+
+    fn endpoint_hash_kv(&self, hashes: &[EndpointHash]) -> CtlResult {
+        print_rows(rows::endpoint_hash_kv(hashes));
+        Ok(())
+    }
+
+    fn move_leader(&self, leader: u64, target: u64, _r: &MoveLeaderResponse) -> CtlResult {
+        println!("Leadership transferred from {leader:x} to {target:x}");
+        Ok(())
+    }
+
+    fn alarm(&self, r: &AlarmResponse) -> CtlResult {
+        // Go's %+v of the message: its compact text form, trailing space included.
+        for a in &r.alarms {
+            println!("memberID:{} alarm:{} ", a.member_id, alarm_name(a.alarm));
+        }
+        Ok(())
+    }
+}
+
+pub fn alarm_name(alarm: i32) -> &'static str {
+    match AlarmType::try_from(alarm) {
+        Ok(AlarmType::Nospace) => "NOSPACE",
+        Ok(AlarmType::Corrupt) => "CORRUPT",
+        _ => "NONE",
+    }
+}
