@@ -96,15 +96,6 @@ pub fn median(values: &[Duration]) -> Duration {
     }
 }
 
-/// `numerator / denominator` to two decimals, or "n/a" when the denominator is zero.
-pub fn ratio(numerator: f64, denominator: f64) -> String {
-    if denominator > 0.0 {
-        format!("{:.2}", numerator / denominator)
-    } else {
-        "n/a".to_owned()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,11 +136,5 @@ mod tests {
         assert_eq!(median(&[]), Duration::ZERO);
         assert_eq!(median(&[ms(9), ms(1), ms(5)]), ms(5));
         assert_eq!(median(&[ms(4), ms(1), ms(2), ms(9)]), ms(3));
-    }
-
-    #[test]
-    fn ratios_guard_against_a_zero_denominator() {
-        assert_eq!(ratio(3.0, 2.0), "1.50");
-        assert_eq!(ratio(3.0, 0.0), "n/a");
     }
 }
