@@ -10,8 +10,9 @@ use std::time::Duration;
 use anyhow::{anyhow, Context, Result};
 use hdrhistogram::Histogram;
 
+use crate::connection::Endpoints;
 use crate::failover::kill_leaders;
-use crate::footprint::{self, Footprint};
+use crate::footprint::{self, Footprint, LOAD_BATCH};
 use crate::load::{run_puts, KeyShape, LoadReport, LoadShape, PutWorkload};
 use crate::report::{self, Machine, Metric, MetricRow, Report, Run, Target, Unit};
 use crate::server::{new_work_dir, Cluster};
@@ -306,7 +307,10 @@ impl Workload {
                 vec![
                     metric(
                         "load",
-                        format!("load {keys} keys, 1000 clients"),
+                        format!(
+                            "load {keys} keys (keys/s; txns of {LOAD_BATCH} puts, {} clients)",
+                            footprint::LOAD_CLIENTS.0
+                        ),
                         Unit::OpsPerSec,
                         None,
                     ),
@@ -378,7 +382,7 @@ impl Workload {
         cluster: &mut Cluster,
         label: &str,
     ) -> Result<Vec<Cell>> {
-        let endpoints = cluster.client_urls();
+        let endpoints = Endpoints::plain(cluster.client_urls());
         let preset = &ctx.preset;
         let put = |(clients, conns)| PutWorkload {
             load: preset.load(clients, conns),
@@ -431,15 +435,10 @@ impl Workload {
             }
             Workload::Watch => return measure_watch(preset, cluster, label).await,
             Workload::Footprint => {
-                let loaded = PutWorkload {
-                    load: LoadShape::unpaced(LOAD_CLIENTS.0, LOAD_CLIENTS.1, preset.footprint_keys),
-                    keys: key_shape(preset.footprint_keys),
-                    val_size: VAL_SIZE,
-                    sequential_keys: true,
-                };
                 let footprint = footprint::measure(
                     cluster,
-                    &loaded,
+                    &key_shape(preset.footprint_keys),
+                    VAL_SIZE as usize,
                     preset.settle,
                     &ctx.restorer(label),
                     label,
@@ -485,7 +484,7 @@ fn key_shape(key_space: u64) -> KeyShape {
 }
 
 async fn measure_watch(preset: &Preset, cluster: &Cluster, label: &str) -> Result<Vec<Cell>> {
-    let endpoints = cluster.client_urls();
+    let endpoints = Endpoints::plain(cluster.client_urls());
     let workload = WatchWorkload {
         streams: preset.watch_streams,
         watchers: preset.watch_streams * preset.watchers_per_stream,
@@ -522,7 +521,10 @@ async fn measure_watch(preset: &Preset, cluster: &Cluster, label: &str) -> Resul
 fn footprint_cells(footprint: Footprint) -> Vec<Cell> {
     let snapshot = footprint.snapshot;
     vec![
-        Cell::from_load(footprint.load),
+        Cell {
+            value: Ok(footprint.keys_per_second),
+            ..Cell::from_load(footprint.load)
+        },
         Cell::value(footprint.rss_bytes as f64),
         Cell::value(footprint.data_dir_bytes as f64),
         Cell::value(footprint.restart.as_secs_f64()),

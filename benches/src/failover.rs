@@ -11,6 +11,7 @@ use etcd_client::KvClient;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
+use crate::connection::Endpoints;
 use crate::load::connect;
 use crate::server::{root_cause, Cluster};
 use crate::stats::{format_ms, micros};
@@ -97,7 +98,7 @@ async fn kill_leader(cluster: &mut Cluster, leader: usize) -> Result<Failover> {
         .filter(|(index, _)| *index != leader)
         .map(|(_, member)| member.client_url().to_owned())
         .collect();
-    let client = connect(&survivors).await?;
+    let client = connect(&Endpoints::plain(survivors), 0).await?;
     let (outcomes_tx, mut outcomes_rx) = mpsc::unbounded_channel();
     let (stop_tx, stop_rx) = oneshot::channel();
     let issued = Arc::new(AtomicU64::new(0));

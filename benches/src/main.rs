@@ -2,6 +2,7 @@
 //! alike), and drivers that run the same load against a fresh etcd and a fresh oxcd side by side.
 
 mod compare;
+mod connection;
 mod failover;
 mod footprint;
 mod load;
@@ -50,9 +51,11 @@ enum Command {
 /// The flags every load generator takes around its workload's own.
 #[derive(clap::Args, Debug)]
 struct WorkloadArgs<W: clap::Args> {
-    /// Comma-separated client endpoints (host:port or http://host:port).
+    /// Comma-separated client endpoints (host:port, http://host:port or https://host:port).
     #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:2379")]
     endpoints: Vec<String>,
+    #[command(flatten)]
+    tls: connection::TlsFlags,
     #[command(flatten)]
     workload: W,
     /// Print one JSON object instead of the text report.
@@ -61,12 +64,16 @@ struct WorkloadArgs<W: clap::Args> {
 }
 
 impl<W: clap::Args> WorkloadArgs<W> {
+    fn endpoints(&self) -> connection::Endpoints {
+        connection::Endpoints::new(&self.endpoints, self.tls.clone())
+    }
+
     /// Runs the workload with `run` and prints its report.
     async fn run(
         &self,
-        run: impl AsyncFnOnce(&[String], &W) -> Result<load::LoadReport>,
+        run: impl AsyncFnOnce(&connection::Endpoints, &W) -> Result<load::LoadReport>,
     ) -> Result<()> {
-        let report = run(&self.endpoints, &self.workload).await?;
+        let report = run(&self.endpoints(), &self.workload).await?;
         print_report(self.json, || report.to_json(), || report.to_text());
         Ok(())
     }
@@ -82,7 +89,7 @@ async fn main() -> Result<()> {
         Command::LeaseKeepAlive(args) => args.run(workloads::run_lease_keep_alives).await?,
         Command::Compare(args) => compare::compare(args).await?,
         Command::Watch(args) => {
-            let report = watch::run_watch(&args.endpoints, &args.workload).await?;
+            let report = watch::run_watch(&args.endpoints(), &args.workload).await?;
             print_report(args.json, || report.to_json(), || report.to_text());
         }
     }

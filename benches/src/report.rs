@@ -383,7 +383,7 @@ fn method(report: &Report) -> String {
          etcd's clients and kube-apiserver do), for both servers. Watch: {} streams × {} \
          watchers on one prefix, {} puts at {}/s; latency from put sent to event received, \
          RSS {WATCH_SETTLE} after the last watcher was created. Footprint: {} keys put once \
-         each (1000 clients), then a {:.0} s settle, then RSS (all members together) and data \
+         each (in transactions of 100 puts, from 100 clients), then a {:.0} s settle, then RSS (all members together) and data \
          dir size (apparent size of all files, all members; no compaction or defrag for \
          either, since no key has history), then a snapshot through Maintenance.Snapshot \
          from member 1 (streamed to a synced file), then its restore with `etcdctl snapshot \
