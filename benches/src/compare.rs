@@ -31,7 +31,7 @@ const KEY_SPACE: u64 = 100_000;
 /// A workload (on one server) that has not finished after this long has failed.
 const WORKLOAD_TIMEOUT: Duration = Duration::from_secs(1200);
 /// Pause before reading the servers' memory with the watchers in place.
-const WATCH_RSS_SETTLE: Duration = Duration::from_secs(2);
+pub const WATCH_RSS_SETTLE: Duration = Duration::from_secs(2);
 
 #[derive(clap::Args, Debug)]
 pub struct CompareArgs {
@@ -308,10 +308,10 @@ impl Workload {
                     metric(
                         "load",
                         format!(
-                            "load {keys} keys (keys/s; txns of {LOAD_BATCH} puts, {} clients)",
+                            "load {keys} keys (txns of {LOAD_BATCH} puts, {} clients)",
                             footprint::LOAD_CLIENTS.0
                         ),
-                        Unit::OpsPerSec,
+                        Unit::KeysPerSec,
                         None,
                     ),
                     metric(

@@ -175,10 +175,17 @@ pub fn latency_cdf(title: &str, series: &[Series]) -> String {
         );
     }
     for (index, (series, points)) in lines.iter().enumerate() {
-        let path: Vec<String> = points
-            .iter()
-            .map(|&(ms, fraction)| format!("{:.1},{:.1}", x(ms), y(fraction)))
-            .collect();
+        // Points closer than a pixel to the last one drawn add bytes, not detail.
+        let mut path: Vec<String> = Vec::new();
+        let mut last = (f64::NEG_INFINITY, f64::NEG_INFINITY);
+        for (index, &(ms, fraction)) in points.iter().enumerate() {
+            let point = (x(ms), y(fraction));
+            let final_point = index + 1 == points.len();
+            if final_point || (point.0 - last.0).abs() >= 1.0 || (point.1 - last.1).abs() >= 1.0 {
+                path.push(format!("{:.1},{:.1}", point.0, point.1));
+                last = point;
+            }
+        }
         let legend_y = TOP + 16.0 + 16.0 * index as f64;
         let _ = writeln!(
             svg,

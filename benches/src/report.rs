@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use crate::compare::{percentiles, Cell, Preset, Scale};
+use crate::compare::{percentiles, Cell, Preset, Scale, WATCH_RSS_SETTLE};
 use crate::plot::{self, Series};
 use crate::stats::MIB;
 
@@ -14,6 +14,7 @@ use crate::stats::MIB;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Unit {
     OpsPerSec,
+    KeysPerSec,
     EventsPerSec,
     Bytes,
     Seconds,
@@ -22,12 +23,16 @@ pub enum Unit {
 
 impl Unit {
     pub fn higher_is_better(self) -> bool {
-        matches!(self, Unit::OpsPerSec | Unit::EventsPerSec)
+        matches!(
+            self,
+            Unit::OpsPerSec | Unit::KeysPerSec | Unit::EventsPerSec
+        )
     }
 
     fn name(self) -> &'static str {
         match self {
             Unit::OpsPerSec => "ops/s",
+            Unit::KeysPerSec => "keys/s",
             Unit::EventsPerSec => "events/s",
             Unit::Bytes => "bytes",
             Unit::Seconds => "s",
@@ -38,6 +43,7 @@ impl Unit {
     fn format(self, value: f64) -> String {
         match self {
             Unit::OpsPerSec => format!("{value:.0} ops/s"),
+            Unit::KeysPerSec => format!("{value:.0} keys/s"),
             Unit::EventsPerSec => format!("{value:.0} events/s"),
             Unit::Bytes => format!("{:.1} MiB", value / MIB),
             Unit::Seconds => format!("{value:.3} s"),
@@ -382,7 +388,7 @@ fn method(report: &Report) -> String {
          With 3 members every client connection is balanced over all members' endpoints (as \
          etcd's clients and kube-apiserver do), for both servers. Watch: {} streams × {} \
          watchers on one prefix, {} puts at {}/s; latency from put sent to event received, \
-         RSS {WATCH_SETTLE} after the last watcher was created. Footprint: {} keys put once \
+         RSS {WATCH_RSS_SETTLE:?} after the last watcher was created. Footprint: {} keys put once \
          each (in transactions of 100 puts, from 100 clients), then a {:.0} s settle, then RSS (all members together) and data \
          dir size (apparent size of all files, all members; no compaction or defrag for \
          either, since no key has history), then a snapshot through Maintenance.Snapshot \
@@ -403,8 +409,6 @@ fn method(report: &Report) -> String {
         },
     )
 }
-
-const WATCH_SETTLE: &str = "2 s";
 
 fn headline(md: &mut String, run: &Run) {
     md.push_str(

@@ -100,5 +100,7 @@ fn a_ci_scale_comparison_writes_a_complete_report() {
         .as_str()
         .unwrap()
         .contains("3.4"));
-    assert!(Path::new(report["server_logs"].as_str().unwrap()).is_dir());
+    let server_logs = Path::new(report["server_logs"].as_str().unwrap());
+    assert!(server_logs.is_dir());
+    std::fs::remove_dir_all(server_logs).unwrap();
 }
