@@ -132,7 +132,7 @@ fn start_etcd(dir: &Path) -> TlsEtcd {
         ])
         .args(["--client-cert-auth", "--trusted-ca-file", &file("ca.crt")])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("etcd.log")).unwrap())
         .spawn()
         .expect("cannot start etcd");
     TlsEtcd { child, url }
@@ -162,10 +162,11 @@ fn put_over_tls(etcd: &TlsEtcd, dir: &Path, tls_flags: &[&str]) -> Value {
             return serde_json::from_slice(&output.stdout).unwrap();
         }
         let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-        assert!(
-            Instant::now() < deadline,
-            "oxcd-bench put {tls_flags:?} failed: {stderr}"
-        );
+        if Instant::now() >= deadline {
+            let log = std::fs::read_to_string(dir.join("etcd.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(5).collect();
+            panic!("oxcd-bench put {tls_flags:?} failed: {stderr}\netcd's last lines: {tail:#?}");
+        }
         std::thread::sleep(Duration::from_millis(200));
     }
 }
