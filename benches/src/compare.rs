@@ -16,7 +16,7 @@ use crate::footprint::{self, Footprint, LOAD_BATCH};
 use crate::load::{run_puts, KeyShape, LoadReport, LoadShape, PutWorkload};
 use crate::report::{self, Machine, Metric, MetricRow, Report, Run, Target, Unit};
 use crate::server::{new_work_dir, Cluster};
-use crate::stats::{median, REPORTED_QUANTILES};
+use crate::stats::median;
 use crate::watch::{prepare, WatchWorkload};
 use crate::workloads::{
     run_lease_keep_alives, run_mixed, run_ranges, run_txn_puts, Consistency,
@@ -752,15 +752,6 @@ async fn measure_on_fresh_cluster(
             vec![Cell::from_result(Err(reason)); metrics]
         }
     }
-}
-
-/// Percentile names and quantiles the report lists, then the maximum.
-pub fn percentiles(latency_us: &Histogram<u64>) -> Vec<(&'static str, f64)> {
-    REPORTED_QUANTILES
-        .iter()
-        .map(|&(name, quantile)| (name, latency_us.value_at_quantile(quantile) as f64 / 1000.0))
-        .chain([("max", latency_us.max() as f64 / 1000.0)])
-        .collect()
 }
 
 #[cfg(test)]

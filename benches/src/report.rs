@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use crate::compare::{percentiles, Cell, Preset, Scale, WATCH_RSS_SETTLE};
+use crate::compare::{Cell, Preset, Scale, WATCH_RSS_SETTLE};
 use crate::plot::{self, Series};
-use crate::stats::MIB;
+use crate::stats::{latency_json, reported_values, MIB};
 
 /// What a metric measures, which also says which way is better.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -266,12 +266,7 @@ fn latency_plot(members: usize, row: &MetricRow) -> Option<String> {
 }
 
 fn cell_json(cell: &Cell) -> serde_json::Value {
-    let latency = cell.latency_us.as_ref().map(|latency_us| {
-        percentiles(latency_us)
-            .into_iter()
-            .map(|(name, ms)| (name.to_owned(), ms.into()))
-            .collect::<serde_json::Map<_, _>>()
-    });
+    let latency = cell.latency_us.as_ref().map(latency_json);
     serde_json::json!({
         "value": cell.value.as_ref().ok(),
         "missing": cell.value.as_ref().err(),
@@ -453,9 +448,9 @@ fn latencies(md: &mut String, run: &Run) {
     for row in &run.rows {
         for (server, cell) in [("etcd", &row.etcd), ("oxcd", &row.oxcd)] {
             if let Some(latency_us) = &cell.latency_us {
-                let values: Vec<String> = percentiles(latency_us)
+                let values: Vec<String> = reported_values(latency_us)
                     .into_iter()
-                    .map(|(_, ms)| format!("{ms:.3}"))
+                    .map(|(_, micros)| format!("{:.3}", micros as f64 / 1000.0))
                     .collect();
                 let _ = writeln!(
                     md,

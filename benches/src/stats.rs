@@ -77,7 +77,8 @@ pub fn latency_json(latency_us: &Histogram<u64>) -> serde_json::Value {
         .into()
 }
 
-fn reported_values(latency_us: &Histogram<u64>) -> Vec<(&'static str, u64)> {
+/// The reported percentiles, then the maximum, in microseconds.
+pub fn reported_values(latency_us: &Histogram<u64>) -> Vec<(&'static str, u64)> {
     REPORTED_QUANTILES
         .iter()
         .map(|&(name, quantile)| (name, latency_us.value_at_quantile(quantile)))
