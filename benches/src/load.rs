@@ -16,6 +16,7 @@ use rand::seq::index;
 use rand::{Rng, SeedableRng};
 use tokio::task::JoinSet;
 
+use crate::connection::Endpoints;
 use crate::stats::{latency_json, latency_text, merge, micros, new_latency_histogram};
 
 /// How much load to offer, whatever each request is; every workload flattens it into its flags.
@@ -189,7 +190,7 @@ impl Requester for PutRequester {
 }
 
 /// Runs the put `workload` against `endpoints` and returns once all its puts have finished.
-pub async fn run_puts(endpoints: &[String], workload: &PutWorkload) -> Result<LoadReport> {
+pub async fn run_puts(endpoints: &Endpoints, workload: &PutWorkload) -> Result<LoadReport> {
     let keys = KeyGenerator::new(&workload.keys, workload.sequential_keys)?;
     let val_size = usize::try_from(workload.val_size).context("--val-size is too large")?;
     run_load(endpoints, &workload.load, |connection, _| {
@@ -329,7 +330,7 @@ impl LoadReport {
 /// requests have finished. Requesters are all built before the clock starts, so their set-up
 /// (opening streams, say) is not measured.
 pub async fn run_load<R, F>(
-    endpoints: &[String],
+    endpoints: &Endpoints,
     shape: &LoadShape,
     mut new_requester: impl FnMut(&Client, u64) -> F,
 ) -> Result<LoadReport>
@@ -338,8 +339,8 @@ where
     F: Future<Output = Result<R>>,
 {
     let mut connections = Vec::new();
-    for _ in 0..shape.conns {
-        connections.push(connect(endpoints).await?);
+    for index in 0..shape.conns {
+        connections.push(connect(endpoints, index as usize).await?);
     }
     let mut requesters = Vec::new();
     for client_index in 0..shape.clients {
@@ -401,11 +402,12 @@ async fn show_progress(schedule: Arc<Schedule>) {
     }
 }
 
-/// A new gRPC connection to `endpoints`, already established. Channels connect lazily: one Get
-/// keeps the TCP and HTTP/2 handshakes out of the first requests' latencies, and fails fast on an
-/// unreachable endpoint.
-pub async fn connect(endpoints: &[String]) -> Result<Client> {
-    let mut client = Client::connect(endpoints, None)
+/// Connection number `index` to `endpoints`, already established. Channels connect lazily: one
+/// Get keeps the TCP, TLS and HTTP/2 handshakes out of the first requests' latencies, and fails
+/// fast on an unreachable endpoint.
+pub async fn connect(endpoints: &Endpoints, index: usize) -> Result<Client> {
+    let mut client = endpoints
+        .connect(index, None)
         .await
         .with_context(|| format!("cannot connect to {endpoints:?}"))?;
     client

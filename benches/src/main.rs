@@ -2,9 +2,12 @@
 //! alike), and drivers that run the same load against a fresh etcd and a fresh oxcd side by side.
 
 mod compare;
-mod compare_cluster;
-mod compare_watch;
+mod connection;
+mod failover;
+mod footprint;
 mod load;
+mod plot;
+mod report;
 mod server;
 mod stats;
 mod watch;
@@ -34,27 +37,25 @@ enum Command {
     /// of the keep-alives.
     #[command(name = "lease-keepalive")]
     LeaseKeepAlive(WorkloadArgs<workloads::LeaseKeepAliveWorkload>),
-    /// Start a fresh single-member etcd, then a fresh oxcd, run the same put workloads against
-    /// each, and print a Markdown comparison (etcd always runs first).
-    ComparePut(compare::CompareArgs),
-    /// Start a fresh 3-member etcd cluster, then a fresh 3-member oxcd cluster, measure put
-    /// throughput and latency through all members, memory, and leader failover on each, and
-    /// print a Markdown comparison (etcd always runs first).
-    CompareCluster(compare_cluster::CompareClusterArgs),
-    /// Create many watchers on one prefix, put under it at a fixed rate, and report how late
-    /// each watcher got each event, and which events it missed or got twice.
-    WatchLatency(WorkloadArgs<watch::WatchWorkload>),
-    /// Start a fresh single-member etcd, then a fresh oxcd, run the same watch load against
-    /// each, and print a Markdown comparison of latency and memory (etcd always runs first).
-    CompareWatch(compare_watch::CompareWatchArgs),
+    /// Run the whole etcd-vs-oxcd matrix (puts, ranges, txns, mixed, lease keep-alives, watch,
+    /// footprint, failover) against fresh clusters of each, and write report.md, report.json and
+    /// SVG plots into --out.
+    Compare(compare::CompareArgs),
+    /// Create many watchers on one prefix (streams x watchers per stream), put under it at a
+    /// fixed rate, and report events delivered per second, how late each watcher got each event,
+    /// and which events it missed or got twice.
+    #[command(name = "watch", alias = "watch-latency")]
+    Watch(WorkloadArgs<watch::WatchWorkload>),
 }
 
 /// The flags every load generator takes around its workload's own.
 #[derive(clap::Args, Debug)]
 struct WorkloadArgs<W: clap::Args> {
-    /// Comma-separated client endpoints (host:port or http://host:port).
+    /// Comma-separated client endpoints (host:port, http://host:port or https://host:port).
     #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:2379")]
     endpoints: Vec<String>,
+    #[command(flatten)]
+    tls: connection::TlsFlags,
     #[command(flatten)]
     workload: W,
     /// Print one JSON object instead of the text report.
@@ -63,12 +64,16 @@ struct WorkloadArgs<W: clap::Args> {
 }
 
 impl<W: clap::Args> WorkloadArgs<W> {
+    fn endpoints(&self) -> connection::Endpoints {
+        connection::Endpoints::new(&self.endpoints, self.tls.clone())
+    }
+
     /// Runs the workload with `run` and prints its report.
     async fn run(
         &self,
-        run: impl AsyncFnOnce(&[String], &W) -> Result<load::LoadReport>,
+        run: impl AsyncFnOnce(&connection::Endpoints, &W) -> Result<load::LoadReport>,
     ) -> Result<()> {
-        let report = run(&self.endpoints, &self.workload).await?;
+        let report = run(&self.endpoints(), &self.workload).await?;
         print_report(self.json, || report.to_json(), || report.to_text());
         Ok(())
     }
@@ -82,13 +87,11 @@ async fn main() -> Result<()> {
         Command::TxnPut(args) => args.run(workloads::run_txn_puts).await?,
         Command::Mixed(args) => args.run(workloads::run_mixed).await?,
         Command::LeaseKeepAlive(args) => args.run(workloads::run_lease_keep_alives).await?,
-        Command::ComparePut(args) => print!("{}", compare::compare_put(&args).await?),
-        Command::CompareCluster(args) => compare_cluster::compare_cluster(&args).await?,
-        Command::WatchLatency(args) => {
-            let report = watch::run_watch(&args.endpoints, &args.workload).await?;
+        Command::Compare(args) => compare::compare(args).await?,
+        Command::Watch(args) => {
+            let report = watch::run_watch(&args.endpoints(), &args.workload).await?;
             print_report(args.json, || report.to_json(), || report.to_text());
         }
-        Command::CompareWatch(args) => print!("{}", compare_watch::compare_watch(&args).await?),
     }
     Ok(())
 }

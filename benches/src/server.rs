@@ -16,7 +16,6 @@ use anyhow::{bail, Context, Result};
 use etcd_client::Client;
 use rand::Rng;
 use tokio::process::{Child, Command};
-use tokio::task::JoinSet;
 
 /// etcd needs a second or two to elect a leader; leave ample room on a loaded machine.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -151,27 +150,31 @@ impl ServerProcess {
         Ok(view)
     }
 
-    /// SIGTERM, then SIGKILL if the server is still running after the grace period. The data
-    /// dir is removed afterwards (it can be large); the logs are kept.
-    pub async fn stop(mut self) -> Result<()> {
+    /// Sends SIGTERM, a clean shutdown request, if the process still runs.
+    fn request_shutdown(&self) -> Result<()> {
         if let Some(pid) = self.child.id() {
             let pid = libc::pid_t::try_from(pid).context("pid out of range")?;
             // SAFETY: kill(2) only sends a signal; `pid` is our own child, which has not been
             // reaped yet (id() returns None once it has), so the pid cannot have been reused.
             unsafe { libc::kill(pid, libc::SIGTERM) };
-            if tokio::time::timeout(STOP_GRACE, self.child.wait())
-                .await
-                .is_err()
-            {
-                eprintln!(
-                    "{} ignored SIGTERM for {STOP_GRACE:?}; killing it",
-                    self.name
-                );
-                self.child.kill().await?;
-            }
         }
-        fs::remove_dir_all(&self.data_dir)
-            .with_context(|| format!("cannot remove {}", self.data_dir.display()))
+        Ok(())
+    }
+
+    /// Waits for the process to exit after `request_shutdown`, killing it if it is still running
+    /// after the grace period. The data dir stays, so the member can be restarted on it.
+    async fn await_shutdown(&mut self) -> Result<()> {
+        if tokio::time::timeout(STOP_GRACE, self.child.wait())
+            .await
+            .is_err()
+        {
+            eprintln!(
+                "{} ignored SIGTERM for {STOP_GRACE:?}; killing it",
+                self.name
+            );
+            self.child.kill().await?;
+        }
+        Ok(())
     }
 }
 
@@ -275,6 +278,16 @@ impl Cluster {
             .collect()
     }
 
+    /// Resident set size of all members together.
+    pub fn rss_bytes(&self) -> Result<u64> {
+        self.members.iter().map(ServerProcess::rss_bytes).sum()
+    }
+
+    /// Size of all members' data dirs together.
+    pub fn data_dir_bytes(&self) -> Result<u64> {
+        self.members.iter().map(ServerProcess::data_dir_bytes).sum()
+    }
+
     /// Returns the index of the leader once every member serves KV requests and all of them
     /// name the same leader, which in turn says its own id. Fails at once if a member exits,
     /// and after `READY_TIMEOUT` otherwise, with what each member said last.
@@ -329,16 +342,31 @@ impl Cluster {
             .ok_or(seen)
     }
 
-    /// Stops all members at once (see `ServerProcess::stop`): one by one, the last ones would
-    /// spend their shutdown looking for a quorum that is already gone.
-    pub async fn stop(self) -> Result<()> {
-        eprintln!("{}: stopping", self.label);
-        let mut stopping = JoinSet::new();
-        for member in self.members {
-            stopping.spawn(member.stop());
+    /// Shuts every member down cleanly (SIGTERM, SIGKILL after a grace period), all at once:
+    /// one by one, the last ones would spend their shutdown looking for a quorum that is already
+    /// gone. Data dirs stay, for `restart_all`.
+    pub async fn shut_down(&mut self) -> Result<()> {
+        for member in &self.members {
+            member.request_shutdown()?;
         }
-        while let Some(stopped) = stopping.join_next().await {
-            stopped.context("stopping a member panicked")??;
+        for member in &mut self.members {
+            member.await_shutdown().await?;
+        }
+        Ok(())
+    }
+
+    /// Starts every member again on its data dir (after `shut_down`); does not wait for them.
+    pub fn restart_all(&mut self) -> Result<()> {
+        self.members.iter_mut().try_for_each(ServerProcess::restart)
+    }
+
+    /// Shuts the cluster down and removes the data dirs (they can be large); the logs are kept.
+    pub async fn stop(mut self) -> Result<()> {
+        eprintln!("{}: stopping", self.label);
+        self.shut_down().await?;
+        for member in &self.members {
+            fs::remove_dir_all(&member.data_dir)
+                .with_context(|| format!("cannot remove {}", member.data_dir.display()))?;
         }
         Ok(())
     }

@@ -77,7 +77,8 @@ pub fn latency_json(latency_us: &Histogram<u64>) -> serde_json::Value {
         .into()
 }
 
-fn reported_values(latency_us: &Histogram<u64>) -> Vec<(&'static str, u64)> {
+/// The reported percentiles, then the maximum, in microseconds.
+pub fn reported_values(latency_us: &Histogram<u64>) -> Vec<(&'static str, u64)> {
     REPORTED_QUANTILES
         .iter()
         .map(|&(name, quantile)| (name, latency_us.value_at_quantile(quantile)))
@@ -93,15 +94,6 @@ pub fn median(values: &[Duration]) -> Duration {
         0 => Duration::ZERO,
         len if len % 2 == 1 => sorted[len / 2],
         len => (sorted[len / 2 - 1] + sorted[len / 2]) / 2,
-    }
-}
-
-/// `numerator / denominator` to two decimals, or "n/a" when the denominator is zero.
-pub fn ratio(numerator: f64, denominator: f64) -> String {
-    if denominator > 0.0 {
-        format!("{:.2}", numerator / denominator)
-    } else {
-        "n/a".to_owned()
     }
 }
 
@@ -145,11 +137,5 @@ mod tests {
         assert_eq!(median(&[]), Duration::ZERO);
         assert_eq!(median(&[ms(9), ms(1), ms(5)]), ms(5));
         assert_eq!(median(&[ms(4), ms(1), ms(2), ms(9)]), ms(3));
-    }
-
-    #[test]
-    fn ratios_guard_against_a_zero_denominator() {
-        assert_eq!(ratio(3.0, 2.0), "1.50");
-        assert_eq!(ratio(3.0, 0.0), "n/a");
     }
 }

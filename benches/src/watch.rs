@@ -16,6 +16,7 @@ use hdrhistogram::Histogram;
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
+use crate::connection::Endpoints;
 use crate::load::connect;
 use crate::stats::{
     format_ms, latency_json, latency_text, merge, micros, new_latency_histogram, process_cpu_time,
@@ -222,17 +223,17 @@ pub struct PreparedWatch {
 }
 
 /// Opens the streams and creates every watcher, returning once each has been confirmed.
-pub async fn prepare(endpoints: &[String], workload: &WatchWorkload) -> Result<PreparedWatch> {
+pub async fn prepare(endpoints: &Endpoints, workload: &WatchWorkload) -> Result<PreparedWatch> {
     ensure!(
         workload.watchers >= workload.streams,
         "--watchers {} is fewer than --streams {}: some streams would have no watcher",
         workload.watchers,
         workload.streams
     );
-    let writer = connect(endpoints).await?.kv_client();
+    let writer = connect(endpoints, 0).await?.kv_client();
     let mut connections = Vec::new();
     for index in 0..workload.connections() {
-        connections.push(connect_for_watching(&endpoints[index as usize % endpoints.len()]).await?);
+        connections.push(connect_for_watching(endpoints, index as usize).await?);
     }
 
     let mut opening = JoinSet::new();
@@ -269,19 +270,17 @@ pub async fn prepare(endpoints: &[String], workload: &WatchWorkload) -> Result<P
     })
 }
 
-/// One established connection to `endpoint` (host:port or a URL), with the large window.
-async fn connect_for_watching(endpoint: &str) -> Result<Client> {
-    let url = if endpoint.contains("://") {
-        endpoint.to_owned()
-    } else {
-        format!("http://{endpoint}")
-    };
-    let channel = tonic::transport::Endpoint::from_shared(url)?
-        .initial_connection_window_size(WATCH_CONNECTION_WINDOW)
-        .connect()
+/// Watch connection number `index`, established, with the large window.
+async fn connect_for_watching(endpoints: &Endpoints, index: usize) -> Result<Client> {
+    let mut client = endpoints
+        .connect(index, Some(WATCH_CONNECTION_WINDOW))
         .await
-        .with_context(|| format!("cannot connect to {endpoint}"))?;
-    Ok(Client::from_channel(etcd_client::Channel::Tonic(channel), None).await?)
+        .with_context(|| format!("cannot connect to {endpoints:?}"))?;
+    client
+        .status()
+        .await
+        .with_context(|| format!("cannot reach {endpoints:?}"))?;
+    Ok(client)
 }
 
 async fn open_stream(
@@ -766,7 +765,7 @@ impl WatchReport {
 }
 
 /// Prepares and runs `workload` against `endpoints` in one go.
-pub async fn run_watch(endpoints: &[String], workload: &WatchWorkload) -> Result<WatchReport> {
+pub async fn run_watch(endpoints: &Endpoints, workload: &WatchWorkload) -> Result<WatchReport> {
     prepare(endpoints, workload).await?.run().await
 }
 

@@ -6,6 +6,7 @@ use etcd_client::{GetOptions, KvClient, LeaseKeepAliveStream, LeaseKeeper, Txn, 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use crate::connection::Endpoints;
 use crate::load::{
     connect, random_value, run_load, run_puts, KeyGenerator, KeyShape, LoadReport, LoadShape,
     PutWorkload, Requester,
@@ -111,7 +112,7 @@ impl Requester for RangeRequester {
     }
 }
 
-pub async fn run_ranges(endpoints: &[String], workload: &RangeWorkload) -> Result<LoadReport> {
+pub async fn run_ranges(endpoints: &Endpoints, workload: &RangeWorkload) -> Result<LoadReport> {
     let mut read_keys = workload.keys.clone();
     if workload.preload > 0 {
         ensure!(
@@ -136,7 +137,7 @@ pub async fn run_ranges(endpoints: &[String], workload: &RangeWorkload) -> Resul
 }
 
 /// Puts keys 0..preload with the run's clients and connections, unpaced.
-async fn preload(endpoints: &[String], workload: &RangeWorkload) -> Result<()> {
+async fn preload(endpoints: &Endpoints, workload: &RangeWorkload) -> Result<()> {
     let puts = PutWorkload {
         load: LoadShape::unpaced(workload.load.clients, workload.load.conns, workload.preload),
         keys: workload.keys.clone(),
@@ -199,7 +200,7 @@ impl Requester for TxnPutRequester {
     }
 }
 
-pub async fn run_txn_puts(endpoints: &[String], workload: &TxnPutWorkload) -> Result<LoadReport> {
+pub async fn run_txn_puts(endpoints: &Endpoints, workload: &TxnPutWorkload) -> Result<LoadReport> {
     ensure!(
         workload.txn_ops <= workload.keys.key_space,
         "--txn-ops {} needs at least that many keys, but --key-space is {}",
@@ -265,7 +266,7 @@ impl Requester for MixedRequester {
     }
 }
 
-pub async fn run_mixed(endpoints: &[String], workload: &MixedWorkload) -> Result<LoadReport> {
+pub async fn run_mixed(endpoints: &Endpoints, workload: &MixedWorkload) -> Result<LoadReport> {
     let keys = KeyGenerator::new(&workload.keys, false)?;
     let val_size = usize::try_from(workload.val_size).context("--val-size is too large")?;
     run_load(endpoints, &workload.load, |connection, _| {
@@ -341,10 +342,10 @@ impl Requester for KeepAliveRequester {
 }
 
 pub async fn run_lease_keep_alives(
-    endpoints: &[String],
+    endpoints: &Endpoints,
     workload: &LeaseKeepAliveWorkload,
 ) -> Result<LoadReport> {
-    let mut granter = connect(endpoints).await?;
+    let mut granter = connect(endpoints, 0).await?;
     let mut lease_ids = Vec::new();
     for _ in 0..workload.leases {
         let lease = granter
