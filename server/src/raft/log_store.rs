@@ -132,6 +132,11 @@ pub fn last_log_id(engine: &Engine) -> Result<Option<LogId>, StorageError> {
     }
 }
 
+/// The vote as last saved. At start-up openraft's metrics do not show it yet.
+pub fn saved_vote(engine: &Engine) -> Result<Option<Vote<NodeId>>, StorageError> {
+    read_state(engine, VOTE)
+}
+
 fn read_state<T: DeserializeOwned>(engine: &Engine, key: &[u8]) -> Result<Option<T>, StorageError> {
     match engine.get(Cf::RaftState, key).map_err(read_err)? {
         Some(v) => Ok(Some(bincode::deserialize(&v).map_err(read_err)?)),
