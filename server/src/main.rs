@@ -18,7 +18,6 @@ fn main() {
     let config = Config::parse();
     init_logging(&config.log_level);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(worker_threads())
         .enable_all()
         .build()
     {
@@ -28,23 +27,6 @@ fn main() {
     if let Err(e) = runtime.block_on(run(config)) {
         fail(e);
     }
-}
-
-/// Async workers: half the cores, at least one. The other half is left to the threads that do
-/// the store's heavy lifting outside the runtime (RocksDB's flushes and compactions, the WAL
-/// syncer, the blocking pool), so that a write's chain of hand-offs rarely waits for a core.
-/// Measured on 2 cores, single member, 50 writers: one worker gave 18.1-18.3k puts/s at
-/// 41-48 us of CPU each, two workers 16.2-17.5k at 54-60 us. `TOKIO_WORKER_THREADS` overrides.
-fn worker_threads() -> usize {
-    if let Some(n) = std::env::var("TOKIO_WORKER_THREADS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|n: &usize| *n > 0)
-    {
-        return n;
-    }
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    (cores / 2).max(1)
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
