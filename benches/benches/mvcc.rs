@@ -79,7 +79,10 @@ mod range {
         let mut i = 0u64;
         bencher.bench_local(|| {
             i = (i + 7919) % KEYS;
-            let opts = RangeOptions { rev: first_round_done, ..Default::default() };
+            let opts = RangeOptions {
+                rev: first_round_done,
+                ..Default::default()
+            };
             black_box(store.range(&KeyRange::Single(key(i)), opts).expect("range"));
         });
     }
@@ -103,7 +106,10 @@ mod range {
         let (_dir, store) = loaded_store(KEYS);
         let all = KeyRange::new(&[0], &[0]);
         bencher.bench_local(|| {
-            let opts = RangeOptions { count_only: true, ..Default::default() };
+            let opts = RangeOptions {
+                count_only: true,
+                ..Default::default()
+            };
             assert_eq!(store.range(&all, opts).expect("range").count as u64, KEYS);
         });
     }

@@ -70,36 +70,6 @@ pub fn prefix_range_end(prefix: &[u8]) -> Vec<u8> {
     vec![0]
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ints_parse_like_go() {
-        assert_eq!(parse_int("12c8a203d7419a10", 16), Ok(0x12c8a203d7419a10));
-        assert_eq!(parse_int("-5", 10), Ok(-5));
-        assert_eq!(
-            parse_int("zz", 16),
-            Err("strconv.ParseInt: parsing \"zz\": invalid syntax".into())
-        );
-        assert_eq!(
-            parse_int("ffffffffffffffff", 16),
-            Err("strconv.ParseInt: parsing \"ffffffffffffffff\": value out of range".into())
-        );
-        assert_eq!(
-            parse_uint("", 16),
-            Err("strconv.ParseUint: parsing \"\": invalid syntax".into())
-        );
-    }
-
-    #[test]
-    fn prefix_ends() {
-        assert_eq!(prefix_range_end(b"foo"), b"fop");
-        assert_eq!(prefix_range_end(b"a\xff"), b"b");
-        assert_eq!(prefix_range_end(b"\xff"), b"\0");
-    }
-}
-
 /// Go's `strconv.ParseBool`, for `--flag=value` on boolean flags.
 fn go_bool(text: &str) -> Result<bool, String> {
     match text {
@@ -129,4 +99,35 @@ pub fn with_go_booleans(command: clap::Command) -> clap::Command {
             }
         })
         .mut_subcommands(with_go_booleans)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ints_parse_like_go() {
+        assert_eq!(parse_int("12c8a203d7419a10", 16), Ok(0x12c8a203d7419a10));
+        assert_eq!(parse_int("-5", 10), Ok(-5));
+        assert_eq!(
+            parse_int("zz", 16),
+            Err("strconv.ParseInt: parsing \"zz\": invalid syntax".into())
+        );
+        assert_eq!(
+            parse_int("ffffffffffffffff", 16),
+            Err("strconv.ParseInt: parsing \"ffffffffffffffff\": value out of range".into())
+        );
+        assert_eq!(
+            parse_uint("", 16),
+            Err("strconv.ParseUint: parsing \"\": invalid syntax".into())
+        );
+    }
+
+    #[test]
+    fn prefix_ends() {
+        assert_eq!(prefix_range_end(b"foo"), b"fop");
+        assert_eq!(prefix_range_end(b"/registry/pods/"), b"/registry/pods0");
+        assert_eq!(prefix_range_end(b"a\xff"), b"b");
+        assert_eq!(prefix_range_end(b"\xff"), b"\0");
+    }
 }

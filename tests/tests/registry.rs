@@ -114,7 +114,10 @@ async fn registry_commands_read_kubernetes_objects() {
 
         // The plain etcdctl view works on a Kubernetes store too (binary values and all).
         let keys = ok(&target, &["get", "/registry", "--prefix", "--keys-only"]).await;
-        assert!(keys.lines().any(|l| l == "/registry/pods/default/web-1"), "{keys}");
+        assert!(
+            keys.lines().any(|l| l == "/registry/pods/default/web-1"),
+            "{keys}"
+        );
 
         // Every resource, found from the keys, with kube-apiserver's storage paths.
         let all = ok(&target, &["registry", "ls"]).await;

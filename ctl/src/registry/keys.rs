@@ -271,18 +271,6 @@ pub fn namespace_and_name<'k>(resource_prefix: &str, key: &'k str) -> (&'k str, 
     rest.rsplit_once('/').unwrap_or(("", rest))
 }
 
-/// The first key after every key starting with `prefix` (etcd's `--prefix` range end).
-pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -392,7 +380,5 @@ mod tests {
             namespace_and_name("/registry/minions/", "/registry/minions/n1"),
             ("", "n1")
         );
-        assert_eq!(prefix_end(b"/registry/pods/"), b"/registry/pods0".to_vec());
-        assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
     }
 }

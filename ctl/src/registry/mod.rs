@@ -19,6 +19,7 @@ mod store;
 
 use serde_json::Value;
 
+use crate::args::prefix_range_end;
 use crate::client::Connection;
 use crate::failure::{CtlResult, ExitCode, Failure};
 use crate::global::GlobalFlags;
@@ -132,7 +133,7 @@ fn not_found(resource: &str, name: &str, key: &str) -> Failure {
 /// next probe starts after that prefix.
 async fn list_resources(store: &mut Store, root: &str) -> CtlResult<String> {
     let root_prefix = format!("{root}/");
-    let end = keys::prefix_end(root_prefix.as_bytes());
+    let end = prefix_range_end(root_prefix.as_bytes());
     let (mut from, mut revision) = (root_prefix.clone().into_bytes(), 0);
     let mut rows = Vec::new();
     let (mut total_objects, mut total_bytes) = (0u64, 0u64);
@@ -151,7 +152,7 @@ async fn list_resources(store: &mut Store, root: &str) -> CtlResult<String> {
                     bytes += kv.value.len() as u64;
                 })
                 .await?;
-            from = keys::prefix_end(prefix.as_bytes());
+            from = prefix_range_end(prefix.as_bytes());
         } else {
             // A key directly under the root: its own one-object "resource".
             let kv = store.get(&first, revision).await?;

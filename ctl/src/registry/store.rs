@@ -9,7 +9,7 @@ use oxcd_proto::mvccpb::KeyValue;
 use crate::client::{Connection, Transport};
 use crate::failure::{CtlResult, ExitCode, Failure};
 
-use super::keys::prefix_end;
+use crate::args::prefix_range_end;
 
 /// Objects per page: kube-apiserver's objects are at most 1.5 MiB, so pages stay bounded.
 const PAGE: i64 = 500;
@@ -80,7 +80,7 @@ impl Store {
         mut revision: i64,
         mut each: impl FnMut(KeyValue),
     ) -> CtlResult<i64> {
-        let end = prefix_end(prefix);
+        let end = prefix_range_end(prefix);
         let mut from = prefix.to_vec();
         loop {
             let request = RangeRequest {

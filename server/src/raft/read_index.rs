@@ -47,7 +47,7 @@ async fn confirm_rounds(
             .unwrap_or(Err(EtcdError::Timeout));
         for waiter in round.drain(..) {
             // A reader that gave up (its request timed out) no longer listens.
-            let _ = waiter.send(result.clone());
+            let _ = waiter.send(result);
         }
     }
 }
