@@ -100,6 +100,8 @@ async fn run(cli: Cli) -> CtlResult {
 #[tokio::main]
 async fn main() {
     use clap::{CommandFactory, FromArgMatches};
+    // Crash tests stop `snapshot restore` at its failpoints (a build with oxcd's `failpoints`).
+    let _failpoints = oxcd::failpoints_from_env();
     let matches = args::with_go_booleans(Cli::command())
         .try_get_matches()
         .unwrap_or_else(|e| failure::exit_for_cli_error(e));

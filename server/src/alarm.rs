@@ -1,7 +1,9 @@
 //! Alarms and the backend quota: etcd's NOSPACE protocol. When stored data would grow past
 //! `--quota-backend-bytes`, the member raises NOSPACE through Raft; while it is active, every
-//! member refuses Puts, writing Txns and LeaseGrants with "database space exceeded", and still
-//! serves reads, deletes and compaction. Recovery is compact, defragment, `alarm disarm`.
+//! member refuses Puts, Txns that put and LeaseGrants with "database space exceeded", and still
+//! serves reads, deletes (also in a Txn, as kube-apiserver deletes) and compaction. Recovery is
+//! compact, defragment, `alarm disarm`. While CORRUPT is active, every write, compaction and
+//! lease change fails with "corrupt cluster" (etcd's corrupt applier); reads still work.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -9,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use oxcd_proto::etcdserverpb::{alarm_request::AlarmAction, AlarmMember, AlarmRequest, AlarmType};
 use parking_lot::Mutex;
+
+use oxcd_proto::etcdserverpb::{request_op::Request, RequestOp, TxnRequest};
 
 use crate::error::EtcdError;
 use crate::raft::{Command, Consensus, Op};
@@ -42,11 +46,27 @@ impl Alarms {
         Ok(())
     }
 
+    fn raised(&self, alarm: AlarmType) -> bool {
+        self.active.lock().iter().any(|(_, t)| *t == alarm as i32)
+    }
+
     pub fn no_space(&self) -> bool {
-        self.active
-            .lock()
-            .iter()
-            .any(|(_, t)| *t == AlarmType::Nospace as i32)
+        self.raised(AlarmType::Nospace)
+    }
+
+    /// The error an active alarm answers `command` with when it is applied, as etcd's corrupt
+    /// and capped appliers do; `None` when the command goes ahead.
+    pub fn refuses(&self, command: &Command) -> Option<EtcdError> {
+        let op = command.op.as_ref()?;
+        if self.raised(AlarmType::Corrupt) && !matches!(op, Op::Alarm(_)) {
+            return Some(EtcdError::Corrupt);
+        }
+        let grows = match op {
+            Op::Put(_) | Op::LeaseGrant(_) => true,
+            Op::Txn(t) => Quota::txn_cost(t) > 0,
+            _ => false,
+        };
+        (grows && self.no_space()).then_some(EtcdError::NoSpace)
     }
 
     /// Alarms of one type (NONE = every type), as `AlarmMember`s.
@@ -130,6 +150,21 @@ impl Quota {
 
     pub fn lease_cost() -> usize {
         LEASE_OVERHEAD
+    }
+
+    /// etcd's `costTxn`: the puts of the costlier branch, nested transactions included; a Txn
+    /// of deletes costs nothing and passes a full quota.
+    pub fn txn_cost(t: &TxnRequest) -> usize {
+        let branch = |ops: &[RequestOp]| -> usize {
+            ops.iter()
+                .map(|op| match &op.request {
+                    Some(Request::RequestPut(p)) => Self::put_cost(&p.key, &p.value),
+                    Some(Request::RequestTxn(inner)) => Self::txn_cost(inner),
+                    _ => 0,
+                })
+                .sum()
+        };
+        branch(&t.success).max(branch(&t.failure))
     }
 
     fn data_size(&self, fresh: bool) -> u64 {

@@ -19,7 +19,8 @@ pub struct Config {
     /// Path to the data directory (default: ${name}.oxcd).
     #[arg(long, env = "ETCD_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Accepted for compatibility; the Raft log lives in the data dir.
+    /// Directory of the write-ahead log, where every Raft log append is fsynced (a dedicated
+    /// device, as etcd's WAL directory). Default: inside the data dir.
     #[arg(long, env = "ETCD_WAL_DIR")]
     pub wal_dir: Option<PathBuf>,
 

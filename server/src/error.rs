@@ -64,6 +64,9 @@ pub enum EtcdError {
     BadLeaderTransferee,
     #[error("etcdserver: unhealthy cluster")]
     Unhealthy,
+    /// oxcd's own: physical compaction hit a storage error (etcd would crash instead).
+    #[error("etcdserver: mvcc: physical compaction failed; see the member's log")]
+    CompactionFailed,
     // The Lock and Election services' own errors: etcd returns them as plain Go errors, which
     // gRPC sends with code Unknown.
     #[error("mutex: session is expired")]
@@ -92,6 +95,7 @@ impl EtcdError {
                 Code::Unavailable
             }
             Corrupt => Code::DataLoss,
+            CompactionFailed => Code::Internal,
             SessionExpired | ElectionNotLeader | ElectionNoLeader | MissingLeaderKey => {
                 Code::Unknown
             }
@@ -112,7 +116,7 @@ impl EtcdError {
     }
 }
 
-const ALL: [EtcdError; 33] = {
+const ALL: [EtcdError; 34] = {
     use EtcdError::*;
     [
         EmptyKey,
@@ -148,6 +152,7 @@ const ALL: [EtcdError; 33] = {
         ElectionNotLeader,
         ElectionNoLeader,
         MissingLeaderKey,
+        CompactionFailed,
     ]
 };
 

@@ -21,6 +21,24 @@ pub mod storage;
 pub mod tls;
 pub mod watch;
 
+/// Crash tests' failpoints, from the FAILPOINTS environment variable (etcd's gofail reads
+/// GOFAIL_FAILPOINTS the same way), kept while the returned value lives. Only a build with the
+/// `failpoints` feature has them; it also makes a panic (a failpoint's `panic` action) abort the
+/// process, as a crash would, rather than unwind. Elsewhere this does nothing.
+pub fn failpoints_from_env() -> Option<fail::FailScenario<'static>> {
+    #[cfg(feature = "failpoints")]
+    {
+        let report = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            report(info);
+            std::process::abort();
+        }));
+        Some(fail::FailScenario::setup())
+    }
+    #[cfg(not(feature = "failpoints"))]
+    None
+}
+
 /// The etcd version oxcd reports. kube-apiserver enables watch-progress-based consistent reads
 /// only for etcd >= 3.5.13, and oxcd implements the 3.6 API.
 pub const ETCD_VERSION: &str = "3.6.0";

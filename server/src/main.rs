@@ -1,6 +1,8 @@
 use clap::Parser;
 use oxcd::config::Config;
 use oxcd::node::Node;
+use std::time::Duration;
+
 use tokio::signal::unix::{signal, SignalKind};
 
 #[global_allocator]
@@ -15,6 +17,9 @@ pub static _rjem_malloc_conf: &[u8] =
     b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
 
 fn main() {
+    abort_on_panic();
+    // Crash tests set FAILPOINTS (e.g. `raft::wal::after_fsync=5*off->panic`).
+    let _failpoints = oxcd::failpoints_from_env();
     let config = Config::parse();
     init_logging(&config.log_level);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -24,12 +29,18 @@ fn main() {
         Ok(rt) => rt,
         Err(e) => fail(e.into()),
     };
-    if let Err(e) = runtime.block_on(run(config)) {
-        fail(e);
+    let closed = runtime.block_on(run(config));
+    // Whatever is left of the runtime (tasks, blocking calls) is gone before the process exits.
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    match closed {
+        Ok(true) => tracing::info!("stopped"),
+        Ok(false) => std::process::exit(1),
+        Err(e) => fail(e),
     }
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
+/// Runs the member until a signal or its removal; returns whether it closed cleanly.
+async fn run(config: Config) -> anyhow::Result<bool> {
     let node = Node::start(&config).await?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -38,9 +49,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         _ = int.recv() => tracing::info!("received SIGINT, shutting down"),
         _ = node.removed() => tracing::warn!("the member has been permanently removed from the cluster; shutting down"),
     }
-    node.shutdown().await;
-    tracing::info!("stopped");
-    Ok(())
+    Ok(node.shutdown().await)
 }
 
 fn init_logging(level: &str) {
@@ -61,6 +70,18 @@ fn init_logging(level: &str) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+}
+
+/// A panic is a bug that may have left shared state half-changed (an apply half done, a lock
+/// poisoned), and tokio would only end the task it happened in. Like etcd, which crashes on a
+/// panic, the process stops at once instead of serving on; a failpoint's `panic` action is a
+/// crash at that point for the same reason.
+fn abort_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        std::process::abort();
+    }));
 }
 
 fn fail(e: anyhow::Error) -> ! {

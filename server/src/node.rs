@@ -31,7 +31,7 @@ use tonic::transport::ClientTlsConfig;
 use crate::alarm::{Alarms, Quota};
 use crate::api::{
     ClusterApi, ClusterCheck, DiscoveryApi, ElectionApi, HeaderFiller, KvApi, LeaderGuard,
-    LearnerGate, LeaseApi, LockApi, MaintenanceApi, PeerApi, WatchApi,
+    LeaderMonitor, LearnerGate, LeaseApi, LockApi, MaintenanceApi, PeerApi, WatchApi,
 };
 use crate::authority::AuthorityFix;
 use crate::cluster;
@@ -54,6 +54,8 @@ const IDENTITY_KEY: &[u8] = b"identity";
 /// until its first start has put the restored store into a Raft snapshot.
 const RESTORED_MEMBERSHIP_KEY: &[u8] = b"restored_membership";
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+/// How long shutting down waits for the last users of the engine.
+const ENGINE_CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a member started with `--initial-cluster-state existing` tries to reach the cluster.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Response bytes HTTP/2 may buffer per stream beyond what the socket takes (grpc-go's write
@@ -66,6 +68,7 @@ pub struct Node {
     cluster_id: u64,
     client_addrs: Vec<SocketAddr>,
     consensus: Arc<Consensus>,
+    engine: Arc<Engine>,
     stop: watch::Sender<bool>,
     servers: Vec<JoinHandle<()>>,
 }
@@ -83,7 +86,7 @@ impl Node {
             .with_context(|| format!("--initial-cluster has no member named {:?}", config.name))?;
 
         let data_dir = config.data_dir();
-        let engine = Engine::open(&data_dir)?;
+        let engine = Engine::open_with_wal_dir(&data_dir, config.wal_dir.as_deref())?;
         let restored = restored_membership(&engine)?;
         let is_restored = restored.is_some();
         let (member_id, cluster_id, bootstrap) = match stored_identity(&engine)? {
@@ -175,6 +178,10 @@ impl Node {
         let max_decode = config.max_request_bytes + GRPC_OVERHEAD_BYTES;
 
         let guard = LeaderGuard(consensus.clone());
+        let leader_monitor = LeaderMonitor {
+            consensus: consensus.clone(),
+            interval: Duration::from_millis(config.election_timeout),
+        };
         // etcd registers the standard gRPC health service, serving for the empty service name.
         let (health_reporter, grpc_health) = tonic_health::server::health_reporter();
         health_reporter
@@ -260,14 +267,16 @@ impl Node {
                     LeaseServer,
                     LeaseApi {
                         leases: leases.clone(),
-                        header: header.clone()
+                        header: header.clone(),
+                        leader: leader_monitor.clone(),
                     }
                 ))
                 .add_service(service!(
                     WatchServer,
                     WatchApi {
                         hub: watches.clone(),
-                        header: header.clone()
+                        header: header.clone(),
+                        leader: leader_monitor.clone(),
                     }
                 ))
                 .add_service(service!(
@@ -344,6 +353,7 @@ impl Node {
             cluster_id,
             client_addrs,
             consensus,
+            engine,
             stop,
             servers,
         })
@@ -368,10 +378,12 @@ impl Node {
         self.consensus.removed().await
     }
 
-    /// Stops serving clients, then stops consensus; everything acknowledged is already durable.
-    /// Clients get a short grace period to finish in-flight calls; connections still open after
-    /// it (idle clients, long-lived streams) are dropped, as etcd drops them.
-    pub async fn shutdown(self) {
+    /// Stops serving clients, then stops consensus, then closes the engine; everything
+    /// acknowledged is already durable. Clients get a short grace period to finish in-flight
+    /// calls; connections still open after it (idle clients, long-lived streams) are dropped, as
+    /// etcd drops them. Returns whether the engine closed: RocksDB must not be in use when the
+    /// process exits (its background threads then abort it).
+    pub async fn shutdown(self) -> bool {
         let _ = self.stop.send(true);
         for mut server in self.servers {
             if tokio::time::timeout(SHUTDOWN_GRACE, &mut server)
@@ -382,6 +394,34 @@ impl Node {
             }
         }
         self.consensus.shutdown().await;
+        drop(self.consensus);
+        close_engine(self.engine).await
+    }
+}
+
+/// Waits until every other holder of the engine has let go (the tasks, threads and blocking
+/// calls that wind down once the servers and Raft have stopped), then closes it here.
+async fn close_engine(mut engine: Arc<Engine>) -> bool {
+    let deadline = tokio::time::Instant::now() + ENGINE_CLOSE_TIMEOUT;
+    loop {
+        match Arc::try_unwrap(engine) {
+            Ok(only) => {
+                return tokio::task::spawn_blocking(move || drop(only))
+                    .await
+                    .is_ok();
+            }
+            Err(shared) if tokio::time::Instant::now() < deadline => {
+                engine = shared;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(shared) => {
+                tracing::error!(
+                    holders = Arc::strong_count(&shared) - 1,
+                    "the storage engine is still in use; it was not closed"
+                );
+                return false;
+            }
+        }
     }
 }
 

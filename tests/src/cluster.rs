@@ -324,6 +324,11 @@ impl Cluster {
         out
     }
 
+    /// Member `i`, to change how it is launched next (e.g. its environment).
+    pub fn member_mut(&mut self, i: usize) -> &mut Server {
+        &mut self.members[i]
+    }
+
     /// SIGKILL member `i`.
     pub fn kill(&mut self, i: usize) {
         self.members[i].kill();

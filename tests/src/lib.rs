@@ -7,6 +7,7 @@
 pub mod certs;
 pub mod cluster;
 pub mod watch_checker;
+pub mod writes;
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -229,12 +230,15 @@ pub struct StartOptions {
     /// Member name; defaults to "n1".
     pub name: Option<String>,
     pub extra_args: Vec<String>,
+    /// Environment variables for the process (e.g. FAILPOINTS).
+    pub env: Vec<(String, String)>,
 }
 
 /// One running member process. Killed (SIGKILL) on drop; if the test is panicking, the tails of
 /// its stdout/stderr are printed and its directory is kept for inspection.
 pub struct Server {
     spec: MemberSpec,
+    env: Vec<(String, String)>,
     dir: Option<tempfile::TempDir>,
     dir_path: PathBuf,
     child: Option<Child>,
@@ -279,6 +283,7 @@ impl Server {
                 cluster: None,
             };
             let mut server = Server::unstarted(spec, dir);
+            server.env = options.env.clone();
             match server.launch_and_wait().await {
                 Ok(()) => return Ok(server),
                 Err(e) => {
@@ -302,10 +307,19 @@ impl Server {
     pub(crate) fn unstarted(spec: MemberSpec, dir: tempfile::TempDir) -> Server {
         Server {
             spec,
+            env: Vec::new(),
             dir_path: dir.path().to_path_buf(),
             dir: Some(dir),
             child: None,
             starts: 0,
+        }
+    }
+
+    /// Sets (or with `None` removes) an environment variable for the next launches.
+    pub fn set_env(&mut self, name: &str, value: Option<&str>) {
+        self.env.retain(|(n, _)| n != name);
+        if let Some(value) = value {
+            self.env.push((name.to_string(), value.to_string()));
         }
     }
 
@@ -438,8 +452,9 @@ impl Server {
     }
 
     /// Starts the process without waiting for it to serve: the members of a multi-member cluster
-    /// only become ready once enough of them run to elect a leader, so they are all spawned first.
-    pub(crate) fn spawn(&mut self) -> Result<()> {
+    /// only become ready once enough of them run to elect a leader, so they are all spawned first
+    /// (and a test may want a member that crashes before it ever serves).
+    pub fn spawn(&mut self) -> Result<()> {
         self.starts += 1;
         let mut stdout = open_log(&self.dir_path.join("stdout.log"))?;
         let mut stderr = open_log(&self.dir_path.join("stderr.log"))?;
@@ -451,7 +466,9 @@ impl Server {
             )?;
         }
         let mut cmd = self.spec.command()?;
-        cmd.stdout(stdout).stderr(stderr);
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdout(stdout)
+            .stderr(stderr);
         let child = cmd
             .spawn()
             .with_context(|| format!("spawning {:?}", self.spec.flavor.binary()))?;

@@ -9,12 +9,13 @@ use tokio_stream::StreamExt;
 use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::HeaderFiller;
+use super::{HeaderFiller, LeaderMonitor};
 use crate::lease::LeaseService;
 
 pub struct LeaseApi {
     pub leases: Arc<LeaseService>,
     pub header: Arc<HeaderFiller>,
+    pub leader: LeaderMonitor,
 }
 
 #[tonic::async_trait]
@@ -39,6 +40,7 @@ impl Lease for LeaseApi {
     ) -> Result<Response<BoxStream<LeaseKeepAliveResponse>>, Status> {
         let leases = self.leases.clone();
         let header = self.header.clone();
+        let metadata = req.metadata().clone();
         let responses = req.into_inner().then(move |r| {
             let (leases, header) = (leases.clone(), header.clone());
             async move {
@@ -47,7 +49,9 @@ impl Lease for LeaseApi {
                 Ok(resp)
             }
         });
-        Ok(Response::new(Box::pin(responses)))
+        Ok(Response::new(
+            self.leader.watch_over(&metadata, Box::pin(responses)),
+        ))
     }
 
     async fn lease_time_to_live(

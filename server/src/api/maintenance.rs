@@ -154,11 +154,13 @@ impl Maintenance for MaintenanceApi {
         &self,
         req: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
+        // etcd answers MoveLeader and Defragment without a header, and client libraries check.
         let target = req.into_inner().target_id;
-        respond!(self, async {
-            self.consensus.move_leader(target).await?;
-            Ok::<_, EtcdError>(MoveLeaderResponse::default())
-        })
+        self.consensus
+            .move_leader(target)
+            .await
+            .map_err(Status::from)?;
+        Ok(Response::new(MoveLeaderResponse::default()))
     }
 
     async fn defragment(
@@ -169,9 +171,7 @@ impl Maintenance for MaintenanceApi {
         tokio::task::spawn_blocking(move || engine.compact_all())
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
-        let mut resp = DefragmentResponse::default();
-        self.header.fill(&mut resp.header);
-        Ok(Response::new(resp))
+        Ok(Response::new(DefragmentResponse::default()))
     }
 }
 

@@ -14,6 +14,7 @@ macro_rules! respond {
 mod cluster;
 mod election;
 mod kv;
+mod leader;
 mod lease;
 mod lock;
 mod maintenance;
@@ -30,6 +31,7 @@ use oxcd_proto::etcdserverpb::ResponseHeader;
 pub use cluster::ClusterApi;
 pub use election::ElectionApi;
 pub use kv::KvApi;
+pub use leader::{LeaderGuard, LeaderMonitor};
 pub use lease::LeaseApi;
 pub use lock::LockApi;
 pub use maintenance::MaintenanceApi;
@@ -38,21 +40,6 @@ pub use watch::WatchApi;
 
 use crate::error::EtcdError;
 use crate::raft::Consensus;
-
-/// etcd's `hasleader` metadata: a client that sets it wants an error, not a wait, when the
-/// member has no leader. Applied to every service.
-#[derive(Clone)]
-pub struct LeaderGuard(pub Arc<Consensus>);
-
-impl tonic::service::Interceptor for LeaderGuard {
-    fn call(&mut self, req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        let wants_leader = req.metadata().get("hasleader").is_some_and(|v| v == "true");
-        if wants_leader && self.0.status().leader.is_none() {
-            return Err(EtcdError::NoLeader.into());
-        }
-        Ok(req)
-    }
-}
 
 /// Learners answer only what etcd's learners answer: Status and serializable Range (the
 /// Range service refuses linearizable reads itself, as only it sees the request).

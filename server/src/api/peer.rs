@@ -148,7 +148,7 @@ impl Peer for PeerApi {
         &self,
         req: Request<LeaseRenewRequest>,
     ) -> Result<Response<LeaseRenewReply>, Status> {
-        let reply = match self.leases.renew_here(req.into_inner().id) {
+        let reply = match self.leases.renew_here(req.into_inner().id).await {
             Ok(ttl) => LeaseRenewReply { failure: None, ttl },
             Err(f) => LeaseRenewReply {
                 failure: Some(f),

@@ -8,13 +8,14 @@ use tokio_stream::StreamExt;
 use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::HeaderFiller;
+use super::{HeaderFiller, LeaderMonitor};
 use crate::mvcc::KeyRange;
 use crate::watch::{WatchHub, WatchOptions};
 
 pub struct WatchApi {
     pub hub: Arc<WatchHub>,
     pub header: Arc<HeaderFiller>,
+    pub leader: LeaderMonitor,
 }
 
 fn options(c: WatchCreateRequest) -> WatchOptions {
@@ -37,6 +38,7 @@ impl Watch for WatchApi {
         &self,
         req: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<BoxStream<WatchResponse>>, Status> {
+        let metadata = req.metadata().clone();
         let mut requests = req.into_inner();
         let (stream, responses) = self.hub.open_stream();
         tokio::spawn(async move {
@@ -64,6 +66,8 @@ impl Watch for WatchApi {
             header.fill(&mut resp.header);
             Ok(resp)
         });
-        Ok(Response::new(Box::pin(out)))
+        Ok(Response::new(
+            self.leader.watch_over(&metadata, Box::pin(out)),
+        ))
     }
 }

@@ -15,6 +15,7 @@ use crate::alarm::Quota;
 use crate::error::EtcdError;
 use crate::mvcc::{KeyRange, MvccStore, RangeOptions, RangeResult, ReadView};
 use crate::raft::{Command, Consensus, Op, Outcomes};
+use crate::storage::off_runtime;
 
 pub struct KvService {
     store: Arc<MvccStore>,
@@ -43,7 +44,13 @@ impl KvService {
         if !r.serializable {
             self.consensus.read_barrier().await?;
         }
-        apply::range(self.store.as_ref(), &r)
+        // A single key is a few microseconds; anything wider may visit every key of the range
+        // (its count ignores the limit), so it runs off the async workers.
+        if r.range_end.is_empty() {
+            return apply::range(self.store.as_ref(), &r);
+        }
+        let store = self.store.clone();
+        off_runtime(EtcdError::Stopped, move || apply::range(store.as_ref(), &r)).await
     }
 
     pub async fn put(&self, r: PutRequest) -> Result<PutResponse, EtcdError> {
@@ -72,9 +79,17 @@ impl KvService {
             if !validate::txn_is_serializable(&r) {
                 self.consensus.read_barrier().await?;
             }
-            return apply::txn_read(&self.store.read(), &r);
+            let store = self.store.clone();
+            return off_runtime(EtcdError::Stopped, move || loop {
+                let view = store.read();
+                match apply::txn_read(&view, &r) {
+                    Err(EtcdError::Compacted) if view.overtaken() => continue,
+                    done => return done,
+                }
+            })
+            .await;
         }
-        self.quota.admit(txn_cost(&r)).await?;
+        self.quota.admit(Quota::txn_cost(&r)).await?;
         match self.propose(Op::Txn(r)).await? {
             Outcomes::Txn(resp) => Ok(resp),
             _ => Err(EtcdError::Corrupt),
@@ -89,7 +104,7 @@ impl KvService {
             _ => return Err(EtcdError::Corrupt),
         }
         if physical {
-            self.store.wait_compacted(rev).await;
+            self.store.wait_compacted(rev).await?;
         }
         let header = ResponseHeader {
             revision: self.store.current_revision(),
@@ -103,20 +118,6 @@ impl KvService {
     async fn propose(&self, op: Op) -> Result<Outcomes, EtcdError> {
         self.consensus.propose(Command { op: Some(op) }).await
     }
-}
-
-/// What a transaction's puts would add, on every path (etcd's `costTxn`).
-fn txn_cost(t: &TxnRequest) -> usize {
-    use oxcd_proto::etcdserverpb::request_op::Request;
-    t.success
-        .iter()
-        .chain(&t.failure)
-        .map(|op| match &op.request {
-            Some(Request::RequestPut(p)) => Quota::put_cost(&p.key, &p.value),
-            Some(Request::RequestTxn(inner)) => txn_cost(inner),
-            _ => 0,
-        })
-        .sum()
 }
 
 /// A single read straight from the store: revisions resolved under the lock, values read

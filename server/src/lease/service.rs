@@ -87,7 +87,7 @@ impl LeaseService {
             .leader_link()
             .call(
                 None,
-                || async move { self.renew_here(id) },
+                || self.renew_here(id),
                 |mut client| async move {
                     let r = client
                         .lease_renew(LeaseRenewRequest { id })
@@ -104,8 +104,19 @@ impl LeaseService {
         })
     }
 
-    /// The leader's side of a keep-alive.
-    pub fn renew_here(&self, id: i64) -> Result<i64, Failure> {
+    /// The leader's side of a keep-alive. Answered only once this member has confirmed its
+    /// leadership with a quorum, as etcd does: a leader cut off by a partition would otherwise
+    /// keep a lease alive for its client while the new leader expires it and hands its lock or
+    /// election to another holder.
+    pub async fn renew_here(&self, id: i64) -> Result<i64, Failure> {
+        if !self.consensus.leader_link().is_leader() {
+            return Err(not_leader());
+        }
+        match self.consensus.confirm_leadership().await {
+            Ok(()) => {}
+            Err(EtcdError::NotLeader) => return Err(not_leader()),
+            Err(e) => return Err(failure(e)),
+        }
         match self.lessor.renew(id) {
             Ok(ttl) => Ok(ttl.unwrap_or(0)),
             Err(EtcdError::NotLeader) => Err(not_leader()),

@@ -1,5 +1,6 @@
 //! Multi-version concurrency control: etcd's revisioned key space.
 
+mod hash;
 mod index;
 mod revision;
 mod store;

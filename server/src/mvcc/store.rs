@@ -1,18 +1,26 @@
 //! The multi-version store: revisions on disk (column family `Kv`), the key index in memory.
 //!
-//! Writers hold the state lock for the whole of one applied Raft batch and write the batch to the
-//! engine before releasing it, so a reader that sees a revision in the index always finds its
-//! value. Readers hold the lock only to resolve revisions, then read values through an engine
-//! snapshot, which also protects them from the background compactor.
+//! The state lock guards the index and the published revision, and is never held across engine
+//! I/O, so a slow disk, a RocksDB write stall or a huge read cannot hold up the others:
+//!
+//! - A writer (one applied Raft batch) adds its revisions to the index as it goes, each change
+//!   under a short write lock, and reads previous values from the engine without the lock. Its
+//!   revisions are above the published revision, so readers, who read at the published
+//!   revision, do not see them. Once the batch is in the engine, the published revision moves
+//!   to the batch's last one (and a compaction in the batch is applied to the index): from then
+//!   on readers see the whole batch and find every value in the engine.
+//! - Readers hold the lock only to resolve keys to revisions and to take an engine snapshot, then
+//!   read values through the snapshot, which also protects them from the background compactor.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{mpsc, Arc};
 
 use oxcd_proto::mvccpb::KeyValue;
-use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use parking_lot::{Mutex, MutexGuard, RwLock};
 use prost::Message;
 use tokio::sync::watch;
 
+use super::hash::KvHasher;
 use super::index::{KeyAt, KeyRange, TreeIndex};
 use super::revision::Revision;
 use crate::error::EtcdError;
@@ -76,21 +84,60 @@ struct State {
 pub struct MvccStore {
     engine: Arc<Engine>,
     state: RwLock<State>,
+    /// Held by the one writer (and by a reload), for the whole of its batch.
+    writing: Mutex<()>,
     compactor: Compactor,
-    compacted: watch::Receiver<i64>,
+    compacted: watch::Receiver<CompactorState>,
     /// Key -> lease of every live leased key found while loading, for the lessor to take.
-    restored_leases: parking_lot::Mutex<HashMap<Vec<u8>, i64>>,
+    restored_leases: Mutex<HashMap<Vec<u8>, i64>>,
+    /// The hashes the latest physical compactions took (etcd's hashStorage), newest last.
+    compaction_hashes: Arc<Mutex<VecDeque<CompactionHash>>>,
 }
+
+/// The store's hash at a compaction revision, taken by its physical compaction under the
+/// compaction point before it.
+#[derive(Debug, Clone, Copy)]
+struct CompactionHash {
+    revision: i64,
+    compacted: i64,
+    hash: u32,
+}
+
+/// How many compaction hashes are kept (etcd keeps 10).
+const COMPACTION_HASHES: usize = 10;
+
+/// A physical compaction to run: at `revision`, after `previous`, keeping `keep`; `previous` is
+/// unknown for one resumed at start, which then takes no hash.
+struct CompactionJob {
+    revision: i64,
+    previous: Option<i64>,
+    keep: HashSet<Revision>,
+}
+
+/// How far physical compaction has got.
+#[derive(Debug, Clone, Copy, Default)]
+struct CompactorState {
+    /// Every revision below this compaction point is off the disk.
+    finished: i64,
+    /// The compaction point whose last attempt failed, while it is being retried.
+    failing: Option<i64>,
+    /// Failed attempts since the start (a metric).
+    failures: u64,
+}
+
+/// How soon a failed compaction is tried again, doubling up to the maximum.
+const COMPACTION_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+const COMPACTION_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The background thread that deletes compacted revisions. Dropping it waits for the thread,
 /// so the engine (and its directory lock) is released when the store is.
 struct Compactor {
-    jobs: Option<mpsc::Sender<(i64, HashSet<Revision>)>>,
+    jobs: Option<mpsc::Sender<CompactionJob>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Compactor {
-    fn send(&self, job: (i64, HashSet<Revision>)) {
+    fn send(&self, job: CompactionJob) {
         if let Some(jobs) = &self.jobs {
             let _ = jobs.send(job);
         }
@@ -111,12 +158,17 @@ impl MvccStore {
     /// interrupted physical compaction.
     pub fn open(engine: Arc<Engine>) -> storage::Result<Arc<MvccStore>> {
         let (state, finished, leased) = load_state(&engine)?;
-        let (done_tx, done_rx) = watch::channel(finished);
+        let (done_tx, done_rx) = watch::channel(CompactorState {
+            finished,
+            ..Default::default()
+        });
         let (tx, rx) = mpsc::channel();
         let compactor_engine = engine.clone();
+        let compaction_hashes = Arc::new(Mutex::new(VecDeque::new()));
+        let hashes = compaction_hashes.clone();
         let thread = std::thread::Builder::new()
             .name("mvcc-compactor".into())
-            .spawn(move || run_compactor(&compactor_engine, rx, done_tx))
+            .spawn(move || run_compactor(&compactor_engine, rx, done_tx, &hashes))
             .map_err(|e| storage::StorageError::Io(engine.data_dir().into(), e))?;
         let compactor = Compactor {
             jobs: Some(tx),
@@ -125,9 +177,11 @@ impl MvccStore {
         let store = MvccStore {
             engine,
             state: RwLock::new(state),
+            writing: Mutex::new(()),
             compactor,
             compacted: done_rx,
-            restored_leases: parking_lot::Mutex::new(leased),
+            restored_leases: Mutex::new(leased),
+            compaction_hashes,
         };
         store.resume_compaction(finished);
         Ok(Arc::new(store))
@@ -135,6 +189,7 @@ impl MvccStore {
 
     /// Replaces the in-memory state with what the engine now holds (after a snapshot install).
     pub fn reload(&self) -> storage::Result<()> {
+        let _no_writer = self.writing.lock();
         let (state, finished, leased) = load_state(&self.engine)?;
         *self.state.write() = state;
         *self.restored_leases.lock() = leased;
@@ -152,7 +207,11 @@ impl MvccStore {
         let at = state.compact;
         if at > finished {
             let keep = state.index.compact(at);
-            self.compactor.send((at, keep));
+            self.compactor.send(CompactionJob {
+                revision: at,
+                previous: None,
+                keep,
+            });
         }
     }
 
@@ -173,7 +232,8 @@ impl MvccStore {
     /// A single range read: revisions are resolved under the lock, values read after it.
     pub fn range(&self, range: &KeyRange, opts: RangeOptions) -> Result<RangeResult, EtcdError> {
         let state = self.state.read();
-        let (entries, count, rev) = resolve(&state, state.current, range, opts)?;
+        let (entries, count, rev) =
+            resolve(&state.index, state.compact, state.current, range, opts)?;
         if opts.count_only {
             return Ok(RangeResult {
                 kvs: Vec::new(),
@@ -187,20 +247,32 @@ impl MvccStore {
         Ok(RangeResult { kvs, count, rev })
     }
 
-    /// A consistent view for a read-only transaction of several operations.
+    /// A consistent view at the current revision for a read-only transaction of several
+    /// operations. It holds no lock between them; see [`ReadTxn::overtaken`].
     pub fn read(&self) -> ReadTxn<'_> {
+        let state = self.state.read();
         ReadTxn {
-            state: self.state.read(),
+            store: self,
+            rev: state.current,
+            compact: state.compact,
             snapshot: self.engine.snapshot(),
+            overtaken: std::cell::Cell::new(false),
         }
     }
 
-    /// Exclusive access for applying one batch of writes; `keep_prev` records each changed
-    /// key's previous value in the returned changes.
+    /// The one writer, for applying one batch of writes; `keep_prev` records each changed key's
+    /// previous value in the returned changes.
     pub fn writer(&self, keep_prev: bool) -> Writer<'_> {
+        let exclusive = self.writing.lock();
+        let (current, compact) = {
+            let state = self.state.read();
+            (state.current, state.compact)
+        };
         Writer {
             store: self,
-            state: self.state.write(),
+            _exclusive: exclusive,
+            current,
+            compact,
             batch: self.engine.batch(),
             written: HashMap::new(),
             changes: Vec::new(),
@@ -266,41 +338,49 @@ impl MvccStore {
         }
     }
 
-    /// etcd's HashKV: crc32c over every stored revision up to `rev` (0 = current), skipping
-    /// revisions compaction has already given up. Equal on members with equal history.
-    /// Returns (hash, revision hashed, compaction revision).
+    /// etcd's HashKV (3.6's `hashByRev`): the hash of the stored revisions up to `rev` (0 =
+    /// current; a negative one hashes nothing) under the current compaction point. A compaction
+    /// revision is answered from the hash its physical compaction took, with the compaction
+    /// point before it, as etcd answers it. Returns (hash, revision hashed, compaction revision).
     pub fn hash_kv(&self, rev: i64) -> Result<(u32, i64, i64), EtcdError> {
+        if rev > 0 {
+            let taken = self.compaction_hashes.lock();
+            if let Some(h) = taken.iter().find(|h| h.revision == rev) {
+                return Ok((h.hash, rev, h.compacted));
+            }
+        }
         let state = self.state.read();
         let (current, compacted) = (state.current, state.compact);
-        if rev > 0 && rev <= compacted {
+        if rev > 0 && rev < compacted {
             return Err(EtcdError::Compacted);
         }
         if rev > current {
             return Err(EtcdError::FutureRevision);
         }
-        let rev = if rev <= 0 { current } else { rev };
-        let keep = state.index.keep(compacted);
+        let rev = if rev == 0 { current } else { rev };
+        if rev < 0 {
+            return Ok((
+                KvHasher::new(compacted, rev, &HashSet::new()).finish(),
+                rev,
+                compacted,
+            ));
+        }
+        let keep = state.index.keep(rev);
         let snapshot = self.engine.snapshot();
         drop(state);
-        let mut hash = crc32c::crc32c(b"key");
+        let mut hasher = KvHasher::new(compacted, rev, &keep);
         snapshot
             .scan(
                 Cf::Kv,
                 &[],
                 Some(&Revision::lower_bound_key(rev + 1)),
                 |k, v| {
-                    let Some((r, _)) = Revision::from_key(k) else {
-                        return true;
-                    };
-                    if r.main > compacted || keep.is_empty() || keep.contains(&r) {
-                        hash = crc32c::crc32c_append(hash, k);
-                        hash = crc32c::crc32c_append(hash, v);
-                    }
+                    hasher.write(k, v);
                     true
                 },
             )
             .map_err(|_| EtcdError::Corrupt)?;
-        Ok((hash, rev, compacted))
+        Ok((hasher.finish(), rev, compacted))
     }
 
     /// The value `key` had just before main revision `rev`, if it existed then and that
@@ -317,10 +397,25 @@ impl MvccStore {
         .pop()
     }
 
-    /// Resolves once physical compaction up to `rev` has finished.
-    pub async fn wait_compacted(&self, rev: i64) {
+    /// Resolves once physical compaction up to `rev` has finished, or fails once an attempt
+    /// at it has failed (the compactor goes on retrying it).
+    pub async fn wait_compacted(&self, rev: i64) -> Result<(), EtcdError> {
         let mut rx = self.compacted.clone();
-        let _ = rx.wait_for(|done| *done >= rev).await;
+        let state = rx
+            .wait_for(|s| s.finished >= rev || s.failing.is_some_and(|f| f >= rev))
+            .await
+            .map(|s| *s)
+            .map_err(|_| EtcdError::Stopped)?;
+        if state.finished >= rev {
+            Ok(())
+        } else {
+            Err(EtcdError::CompactionFailed)
+        }
+    }
+
+    /// Physical compaction attempts that failed since the start.
+    pub fn compaction_failures(&self) -> u64 {
+        self.compacted.borrow().failures
     }
 
     /// Number of live keys at the current revision.
@@ -401,9 +496,11 @@ fn load_state(engine: &Engine) -> storage::Result<(State, i64, HashMap<Vec<u8>, 
 /// Keys with their state at the revision read, the total count, and the current revision.
 type Resolved = (Vec<(Vec<u8>, KeyAt)>, usize, i64);
 
-/// Looks up revisions for a range at the requested revision with etcd's revision checks.
+/// Looks up revisions for a range at the requested revision with etcd's revision checks, for a
+/// view at revision `current` with compaction point `compact`.
 fn resolve(
-    state: &State,
+    index: &TreeIndex,
+    compact: i64,
     current: i64,
     range: &KeyRange,
     opts: RangeOptions,
@@ -412,11 +509,11 @@ fn resolve(
         return Err(EtcdError::FutureRevision);
     }
     let at = if opts.rev <= 0 { current } else { opts.rev };
-    if at < state.compact {
+    if at < compact {
         return Err(EtcdError::Compacted);
     }
     let limit = if opts.count_only { 1 } else { opts.limit };
-    let (entries, count) = state.index.range(range, at, limit);
+    let (entries, count) = index.range(range, at, limit);
     Ok((entries, count, current))
 }
 
@@ -446,21 +543,42 @@ fn fetch(
 }
 
 pub struct ReadTxn<'a> {
-    state: RwLockReadGuard<'a, State>,
+    store: &'a MvccStore,
+    rev: i64,
+    compact: i64,
     snapshot: Snapshot<'a>,
+    overtaken: std::cell::Cell<bool>,
+}
+
+impl ReadTxn<'_> {
+    /// Whether a compaction past this view's revision was applied while it read, failing a read
+    /// with `Compacted` that etcd (whose compaction waits for readers) would have served. The
+    /// transaction is then run again on a fresh view: it changes nothing, so any later
+    /// revision answers it as linearizably.
+    pub fn overtaken(&self) -> bool {
+        self.overtaken.get()
+    }
 }
 
 impl ReadView for ReadTxn<'_> {
     fn rev(&self) -> i64 {
-        self.state.current
+        self.rev
     }
 
     fn compact_rev(&self) -> i64 {
-        self.state.compact
+        self.compact
     }
 
     fn range(&self, range: &KeyRange, opts: RangeOptions) -> Result<RangeResult, EtcdError> {
-        let (entries, count, rev) = resolve(&self.state, self.state.current, range, opts)?;
+        let resolved = {
+            let state = self.store.state.read();
+            let resolved = resolve(&state.index, state.compact, self.rev, range, opts);
+            if matches!(resolved, Err(EtcdError::Compacted)) && state.compact > self.compact {
+                self.overtaken.set(true);
+            }
+            resolved
+        };
+        let (entries, count, rev) = resolved?;
         if opts.count_only {
             return Ok(RangeResult {
                 kvs: Vec::new(),
@@ -476,19 +594,24 @@ impl ReadView for ReadTxn<'_> {
 /// Applies one batch of write transactions and commits them to the engine in one write.
 pub struct Writer<'a> {
     store: &'a MvccStore,
-    state: RwLockWriteGuard<'a, State>,
+    _exclusive: MutexGuard<'a, ()>,
+    /// The revision of the last transaction of this batch so far (published at commit).
+    current: i64,
+    /// The compaction point as of this batch (published at commit).
+    compact: i64,
     batch: WriteBatch<'a>,
     /// Values written by this batch, not yet in the engine.
     written: HashMap<Revision, KeyValue>,
     changes: Vec<Change>,
-    compaction: Option<(i64, HashSet<Revision>)>,
+    /// A compaction this batch applies, at its commit.
+    compaction: Option<i64>,
     keep_prev: bool,
 }
 
 impl<'a> Writer<'a> {
     /// Starts a write transaction; all its changes share one main revision.
     pub fn txn(&mut self) -> TxnWrite<'_, 'a> {
-        let begin = self.state.current;
+        let begin = self.current;
         TxnWrite {
             writer: self,
             begin,
@@ -496,25 +619,24 @@ impl<'a> Writer<'a> {
         }
     }
 
-    /// Schedules compaction at `rev`: the index forgets history at once, the compactor deletes
-    /// it from disk after this batch commits.
+    /// Schedules compaction at `rev`: the index forgets history when this batch commits (readers
+    /// may still be reading below `rev` until then), the compactor deletes it from disk after.
     pub fn compact(&mut self, rev: i64) -> Result<(), EtcdError> {
-        if rev <= self.state.compact {
+        if rev <= self.compact {
             return Err(EtcdError::Compacted);
         }
-        if rev > self.state.current {
+        if rev > self.current {
             return Err(EtcdError::FutureRevision);
         }
-        let keep = self.state.index.compact(rev);
-        self.state.compact = rev;
+        self.compact = rev;
         self.batch
             .put(Cf::Meta, META_SCHEDULED_COMPACT, &rev.to_be_bytes());
-        self.compaction = Some((rev, keep));
+        self.compaction = Some(rev);
         Ok(())
     }
 
     pub fn current_revision(&self) -> i64 {
-        self.state.current
+        self.current
     }
 
     /// Adds other state (metadata, leases) to the same atomic engine write.
@@ -531,14 +653,22 @@ impl<'a> Writer<'a> {
         &self.changes
     }
 
-    /// Writes everything to the engine, then releases the lock; returns the changes in order.
+    /// Writes everything to the engine, then publishes the batch to readers; returns the
+    /// changes in order.
     pub fn commit(mut self) -> storage::Result<Vec<Change>> {
-        let current = self.state.current;
         self.batch
-            .put(Cf::Meta, META_CURRENT_REV, &current.to_be_bytes());
+            .put(Cf::Meta, META_CURRENT_REV, &self.current.to_be_bytes());
         self.store.engine.write(self.batch, false)?;
-        drop(self.state);
-        if let Some(job) = self.compaction {
+        let job = {
+            let mut state = self.store.state.write();
+            state.current = self.current;
+            self.compaction.map(|rev| CompactionJob {
+                revision: rev,
+                previous: Some(std::mem::replace(&mut state.compact, rev)),
+                keep: state.index.compact(rev),
+            })
+        };
+        if let Some(job) = job {
             self.store.compactor.send(job);
         }
         Ok(self.changes)
@@ -590,7 +720,7 @@ impl TxnWrite<'_, '_> {
     /// Writes `key`; returns the revision of the write.
     pub fn put(&mut self, key: &[u8], value: Vec<u8>, lease: i64) -> i64 {
         let at = self.begin + 1;
-        let previous = self.writer.state.index.get(key, at);
+        let previous = self.writer.store.state.read().index.get(key, at);
         let prev = self.previous_value(previous.map(|p| p.modified));
         let rev = self.next_revision();
         let kv = KeyValue {
@@ -604,7 +734,7 @@ impl TxnWrite<'_, '_> {
         self.writer
             .batch
             .put(Cf::Kv, &rev.to_key(false), &kv.encode_to_vec());
-        self.writer.state.index.put(key, rev);
+        self.writer.store.state.write().index.put(key, rev);
         self.writer.written.insert(rev, kv.clone());
         self.writer.changes.push(Change {
             kv,
@@ -623,7 +753,14 @@ impl TxnWrite<'_, '_> {
 
     /// Deletes every live key in `range`; returns how many and the revision to report.
     pub fn delete_range(&mut self, range: &KeyRange) -> (i64, i64) {
-        let (keys, _) = self.writer.state.index.range(range, self.read_rev(), 0);
+        let (keys, _) = self
+            .writer
+            .store
+            .state
+            .read()
+            .index
+            .range(range, self.read_rev(), 0);
+        let mut tombstones = Vec::with_capacity(keys.len());
         for (key, at) in &keys {
             let prev = self.previous_value(Some(at.modified));
             let rev = self.next_revision();
@@ -640,13 +777,18 @@ impl TxnWrite<'_, '_> {
                 mod_revision: rev.main,
                 ..stored
             };
-            self.writer.state.index.tombstone(key, rev);
+            tombstones.push((key, rev));
             self.writer.changes.push(Change {
                 kv,
                 deleted: true,
                 prev,
             });
         }
+        let mut state = self.writer.store.state.write();
+        for (key, rev) in tombstones {
+            state.index.tombstone(key, rev);
+        }
+        drop(state);
         (keys.len() as i64, self.read_rev())
     }
 }
@@ -657,11 +799,18 @@ impl ReadView for TxnWrite<'_, '_> {
     }
 
     fn compact_rev(&self) -> i64 {
-        self.writer.state.compact
+        self.writer.compact
     }
 
     fn range(&self, range: &KeyRange, opts: RangeOptions) -> Result<RangeResult, EtcdError> {
-        let (entries, count, rev) = resolve(&self.writer.state, self.read_rev(), range, opts)?;
+        let resolved = resolve(
+            &self.writer.store.state.read().index,
+            self.writer.compact,
+            self.read_rev(),
+            range,
+            opts,
+        );
+        let (entries, count, rev) = resolved?;
         if opts.count_only {
             return Ok(RangeResult {
                 kvs: Vec::new(),
@@ -680,53 +829,106 @@ impl ReadView for TxnWrite<'_, '_> {
 impl Drop for TxnWrite<'_, '_> {
     fn drop(&mut self) {
         if self.changes > 0 {
-            self.writer.state.current = self.begin + 1;
+            self.writer.current = self.begin + 1;
         }
     }
 }
 
 fn run_compactor(
     engine: &Engine,
-    jobs: mpsc::Receiver<(i64, HashSet<Revision>)>,
-    done: watch::Sender<i64>,
+    jobs: mpsc::Receiver<CompactionJob>,
+    state: watch::Sender<CompactorState>,
+    hashes: &Mutex<VecDeque<CompactionHash>>,
 ) {
-    for (rev, keep) in jobs {
-        let end = Revision::lower_bound_key(rev + 1);
-        let mut from = Vec::new();
-        loop {
-            let mut doomed = Vec::new();
-            let mut last = None;
-            let scanned = engine.scan(Cf::Kv, &from, Some(&end), |k, _| {
-                last = Some(k.to_vec());
-                if Revision::from_key(k).is_some_and(|(r, _)| !keep.contains(&r)) {
-                    doomed.push(k.to_vec());
+    for job in jobs {
+        let rev = job.revision;
+        // A failure is reported to the waiting clients and to the metric, and the job is
+        // retried: a compactor that stopped would leave every later compaction undone.
+        let mut retry = COMPACTION_RETRY;
+        let mut first_attempt = true;
+        let hash = loop {
+            match compact(engine, &job) {
+                Ok(hash) => break hash.filter(|_| first_attempt),
+                Err(e) => {
+                    tracing::error!(error = %e, rev, retry_in = ?retry, "physical compaction failed");
+                    state.send_modify(|s| {
+                        s.failing = Some(rev);
+                        s.failures += 1;
+                    });
+                    std::thread::sleep(retry);
+                    retry = (retry * 2).min(COMPACTION_RETRY_MAX);
+                    // Revisions the failed attempt deleted are no longer there to hash.
+                    first_attempt = false;
                 }
-                doomed.len() < COMPACTION_BATCH
+            }
+        };
+        if let (Some(hash), Some(compacted)) = (hash, job.previous) {
+            let mut hashes = hashes.lock();
+            hashes.push_back(CompactionHash {
+                revision: rev,
+                compacted,
+                hash,
             });
-            let mut batch = engine.batch();
-            for k in &doomed {
-                batch.delete(Cf::Kv, k);
+            if hashes.len() > COMPACTION_HASHES {
+                hashes.pop_front();
             }
-            let finished = doomed.len() < COMPACTION_BATCH;
-            if finished {
-                batch.put(Cf::Meta, META_FINISHED_COMPACT, &rev.to_be_bytes());
-            }
-            if let Err(e) = scanned.and_then(|_| engine.write(batch, false)) {
-                tracing::error!(error = %e, rev, "compaction failed; it resumes at the next start");
-                return;
-            }
-            if finished {
-                break;
-            }
-            from = last
-                .map(|mut k| {
-                    k.push(0);
-                    k
-                })
-                .unwrap_or_default();
         }
-        engine.compact_range(Cf::Kv, None, Some(&end));
-        let _ = done.send(rev);
+        state.send_modify(|s| {
+            s.finished = rev;
+            s.failing = None;
+        });
         tracing::info!(rev, "physical compaction finished");
     }
+}
+
+/// Deletes the revisions below the job's revision that it does not keep, in batches, then has
+/// RocksDB rewrite the range so the space is really returned. Returns the store's hash at the
+/// compaction revision, taken on the way (as etcd's compaction takes it), when the job knows the
+/// compaction point before it.
+fn compact(engine: &Engine, job: &CompactionJob) -> storage::Result<Option<u32>> {
+    let rev = job.revision;
+    let keep = &job.keep;
+    let end = Revision::lower_bound_key(rev + 1);
+    let mut hasher = job
+        .previous
+        .map(|previous| KvHasher::new(previous, rev, keep));
+    let mut from = Vec::new();
+    loop {
+        let mut doomed = Vec::new();
+        let mut last = None;
+        engine.scan(Cf::Kv, &from, Some(&end), |k, v| {
+            last = Some(k.to_vec());
+            if let Some(hasher) = &mut hasher {
+                hasher.write(k, v);
+            }
+            if Revision::from_key(k).is_some_and(|(r, _)| !keep.contains(&r)) {
+                doomed.push(k.to_vec());
+            }
+            doomed.len() < COMPACTION_BATCH
+        })?;
+        let mut batch = engine.batch();
+        for k in &doomed {
+            batch.delete(Cf::Kv, k);
+        }
+        let finished = doomed.len() < COMPACTION_BATCH;
+        if finished {
+            batch.put(Cf::Meta, META_FINISHED_COMPACT, &rev.to_be_bytes());
+        }
+        fail::fail_point!("mvcc::compactor::write", |_| Err(
+            storage::StorageError::Corrupt("injected compaction failure".into())
+        ));
+        engine.write(batch, false)?;
+        if finished {
+            break;
+        }
+        fail::fail_point!("mvcc::compactor::between_batches");
+        from = last
+            .map(|mut k| {
+                k.push(0);
+                k
+            })
+            .unwrap_or_default();
+    }
+    engine.compact_range(Cf::Kv, None, Some(&end));
+    Ok(hasher.map(KvHasher::finish))
 }

@@ -134,7 +134,7 @@ async fn physical_compaction_frees_disk_space() {
     let mut w = s.writer(false);
     w.compact(rev).unwrap();
     w.commit().unwrap();
-    s.wait_compacted(rev).await;
+    s.wait_compacted(rev).await.unwrap();
     engine.compact_all();
     let after = engine.data_size();
     println!("stored data before compaction: {before} bytes, after: {after} bytes");
@@ -165,7 +165,7 @@ async fn restart_recovers_revision_history_and_compaction_point() {
         let mut w = s.writer(false);
         w.compact(3).unwrap();
         w.commit().unwrap();
-        s.wait_compacted(3).await;
+        s.wait_compacted(3).await.unwrap();
     }
     let s = open(dir.path());
     assert_eq!(s.current_revision(), 6);

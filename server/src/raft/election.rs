@@ -1,23 +1,39 @@
-//! When a member campaigns. openraft 0.9 has no PreVote: a member cut off from the leader would
-//! campaign again and again, raising its term, and on its return that term deposes a healthy
-//! leader (it steps down on the higher vote in an append reply) and stalls the cluster for
-//! another election. So openraft's own election timer is off and this module decides:
-//! a voter that has not heard from a leader for a whole lease first asks the others whether
-//! they would vote for it (PreVote), and campaigns only when a quorum says yes. A member still
-//! hearing from a leader says no, so a returning member rejoins at the leader's term.
+//! Who leads, as far as this member can vouch for it, and when this member campaigns.
+//!
+//! **Liveness of the leader** (etcd's CheckQuorum and a follower's election timeout). openraft
+//! 0.9 keeps a leader that lost its quorum in the leader state for as long as the partition
+//! lasts, and a follower keeps naming a leader it no longer hears from. Either would go on
+//! answering as if the cluster were healthy: keep-alives, `hasleader` requests, readiness probes,
+//! watch streams that want a leader. So every tick this module decides whether this member is
+//! *in contact*: a leader that heard back from a quorum (append or heartbeat replies) within an
+//! election timeout, a follower or learner that heard from its leader within one. A member out of
+//! contact reports no leader, as an etcd member does once raft steps a leader down or makes a
+//! follower a pre-candidate. The leader also sends a heartbeat every tick, as etcd's does, so a
+//! quorum answers many times per election timeout and a single slow reply never looks like a
+//! partition.
+//!
+//! **Elections.** openraft 0.9 has no PreVote: a member cut off from the leader would campaign
+//! again and again, raising its term, and on its return that term deposes a healthy leader (it
+//! steps down on the higher vote in an append reply) and stalls the cluster for another
+//! election. So openraft's own election timer is off and this module decides: a voter that has
+//! not heard from a leader for a whole lease first asks the others whether they would vote for it
+//! (PreVote), and campaigns only when a quorum says yes. A member still hearing from a leader
+//! says no, so a returning member rejoins at the leader's term.
 //!
 //! Silence is counted in ticks of one heartbeat interval, as etcd counts it, not in wall time:
 //! a member resumed after a pause (SIGSTOP, a stalled VM) has missed ticks, not heard silence,
 //! and must not count the pause against a leader that was there all along.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use openraft::Membership;
 use oxcd_proto::peerpb::PreVoteRequest;
 
 use super::log_store;
 use super::network::Peers;
-use super::types::{LogId, NodeId, Raft};
+use super::types::{LogId, Member, NodeId, Raft};
 use crate::storage::Engine;
 
 /// Elections stay off this long after the last snapshot chunk arrived.
@@ -31,12 +47,18 @@ pub struct Elections {
     engine: Arc<Engine>,
     peers: Arc<Peers>,
     heartbeat: Duration,
+    /// How long a leader may go without hearing from a quorum, and a follower without hearing
+    /// from its leader, before it reports no leader.
+    election_timeout: Duration,
+    election_ticks: u32,
     /// openraft's leader lease in ticks: followers refuse votes this long after the leader's
     /// last message (its maximum election timeout).
     lease_ticks: u32,
     /// How long a PreVote waits for answers.
     pre_vote_timeout: Duration,
     contact: parking_lot::Mutex<LeaderContact>,
+    /// The outcome of the last tick's check; see the module docs.
+    in_contact: AtomicBool,
 }
 
 /// What a member knows of its leader's liveness and its own campaigns.
@@ -46,11 +68,16 @@ struct LeaderContact {
     silent_ticks: u32,
     /// Counts every time a leader is heard from.
     heard: u64,
+    /// When this member became leader, while it leads. Its voters had just granted their votes,
+    /// so their replies count from then.
+    leading_since: Option<Instant>,
     /// While a snapshot streams in, the follower sees no heartbeats; a campaign then would
     /// depose the leader and restart the transfer, so a large snapshot would never finish.
     snapshot_until: Option<Instant>,
     /// A leader transfer to another member asked this one to stay out of elections until then.
     held_until: Option<Instant>,
+    /// A leader handing over leadership stops its heartbeats until the transfer is done.
+    heartbeats_paused: bool,
     /// Ticks to wait before the next campaign (after a refused PreVote or an election).
     backoff_ticks: u32,
 }
@@ -68,12 +95,23 @@ impl LeaderContact {
     }
 }
 
-/// Where a member stands, as far as campaigning goes.
+/// Where a member stands this tick.
 enum Standing {
-    /// A voter with no leader in sight.
-    Voter { alone: bool },
-    /// Leading, a learner, or stopped: never campaigns.
-    Other { stopped: bool },
+    Leader(Membership<NodeId, Member>),
+    /// A voter that follows (or campaigns).
+    Voter {
+        alone: bool,
+    },
+    Learner,
+    Stopped,
+}
+
+/// Timing of the election module, from etcd's flags.
+pub struct Timing {
+    pub heartbeat: Duration,
+    pub election_timeout: Duration,
+    /// openraft's leader lease (its maximum election timeout).
+    pub lease: Duration,
 }
 
 impl Elections {
@@ -82,11 +120,11 @@ impl Elections {
         me: NodeId,
         engine: Arc<Engine>,
         peers: Arc<Peers>,
-        lease: Duration,
-        heartbeat: Duration,
+        timing: Timing,
     ) -> Arc<Elections> {
-        let heartbeat = heartbeat.max(Duration::from_millis(10));
-        let lease_ticks = lease.as_millis().div_ceil(heartbeat.as_millis()) as u32;
+        let heartbeat = timing.heartbeat.max(Duration::from_millis(10));
+        let ticks = |d: Duration| d.as_millis().div_ceil(heartbeat.as_millis()) as u32;
+        let lease_ticks = ticks(timing.lease);
         // A member that has voted in a term with a leader honours that leader's lease from its
         // start (openraft does too); one that never has (a new cluster) may elect at once.
         // Read from the store: the metrics show the default vote until openraft's core has
@@ -103,33 +141,50 @@ impl Elections {
             engine,
             peers,
             heartbeat,
+            election_timeout: timing.election_timeout,
+            election_ticks: ticks(timing.election_timeout),
             lease_ticks,
-            pre_vote_timeout: lease / 2,
+            pre_vote_timeout: timing.lease / 2,
             contact: parking_lot::Mutex::new(LeaderContact {
                 silent_ticks: if voted_for_leader { 0 } else { lease_ticks + 1 },
                 heard: 0,
+                leading_since: None,
                 snapshot_until: None,
                 held_until: None,
+                heartbeats_paused: false,
                 backoff_ticks: 0,
             }),
+            in_contact: AtomicBool::new(false),
         });
-        tokio::spawn(elections.clone().campaign_when_leader_silent());
+        tokio::spawn(elections.clone().tick());
         elections
+    }
+
+    /// Whether this member can vouch for the leader it knows (see the module docs).
+    pub fn in_contact(&self) -> bool {
+        self.in_contact.load(Ordering::Acquire)
     }
 
     pub fn leader_heard(&self) {
         self.contact.lock().heard();
+        self.in_contact.store(true, Ordering::Release);
     }
 
     pub fn snapshot_chunk_arrived(&self) {
         let mut contact = self.contact.lock();
         contact.heard();
         contact.snapshot_until = Some(Instant::now() + SNAPSHOT_QUIET);
+        self.in_contact.store(true, Ordering::Release);
     }
 
     /// Keeps this member out of elections (bounded, in case the transfer never finishes).
     pub fn hold(&self, hold: bool) {
         self.contact.lock().held_until = hold.then(|| Instant::now() + HOLD_LIMIT);
+    }
+
+    /// Stops (or resumes) the heartbeats this module sends while leading.
+    pub fn pause_heartbeats(&self, paused: bool) {
+        self.contact.lock().heartbeats_paused = paused;
     }
 
     /// The PreVote answer: yes when this member has not heard from a leader for a whole lease
@@ -153,9 +208,12 @@ impl Elections {
         let m = self.raft.metrics();
         let m = m.borrow();
         if m.running_state.is_err() {
-            return Standing::Other { stopped: true };
+            return Standing::Stopped;
         }
         let membership = m.membership_config.membership();
+        if m.state.is_leader() {
+            return Standing::Leader(membership.clone());
+        }
         let voter = membership.voter_ids().any(|v| v == self.me);
         let following = matches!(
             m.state,
@@ -166,14 +224,15 @@ impl Elections {
                 alone: membership.voter_ids().all(|v| v == self.me),
             }
         } else {
-            Standing::Other { stopped: false }
+            Standing::Learner
         }
     }
 
-    /// Campaigns once the leader has been silent past the lease, plus a tick (the other
-    /// followers may have heard it that much later) and a random spread (so followers do not
-    /// split the vote); a sole voter campaigns at once.
-    async fn campaign_when_leader_silent(self: Arc<Self>) {
+    /// Every heartbeat interval: decides whether this member is in contact, heartbeats while
+    /// leading, and campaigns once the leader has been silent past the lease, plus a tick (the
+    /// other followers may have heard it that much later) and a random spread (so followers do
+    /// not split the vote); a sole voter campaigns at once.
+    async fn tick(self: Arc<Self>) {
         let mut tick = tokio::time::interval(self.heartbeat);
         // Ticks missed while the process was paused are not silence heard.
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -182,16 +241,20 @@ impl Elections {
         loop {
             tick.tick().await;
             let alone = match self.standing() {
-                Standing::Other { stopped: true } => return,
-                Standing::Other { stopped: false } => {
-                    self.leader_heard();
+                Standing::Stopped => return,
+                Standing::Leader(membership) => {
+                    self.lead(&membership).await;
+                    continue;
+                }
+                Standing::Learner => {
+                    self.count_silence();
                     continue;
                 }
                 Standing::Voter { alone } => alone,
             };
+            self.count_silence();
             let due = {
                 let mut contact = self.contact.lock();
-                contact.silent_ticks = contact.silent_ticks.saturating_add(1);
                 contact.backoff_ticks = contact.backoff_ticks.saturating_sub(1);
                 !contact.quiet(Instant::now())
                     && contact.backoff_ticks == 0
@@ -214,6 +277,56 @@ impl Elections {
             };
             self.contact.lock().backoff_ticks = backoff;
         }
+    }
+
+    /// A tick while following: one more tick of silence, unless a leader spoke meanwhile.
+    fn count_silence(&self) {
+        let mut contact = self.contact.lock();
+        contact.leading_since = None;
+        contact.silent_ticks = contact.silent_ticks.saturating_add(1);
+        self.in_contact.store(
+            contact.silent_ticks < self.election_ticks,
+            Ordering::Release,
+        );
+    }
+
+    /// A tick while leading: checks the quorum's replies and sends the next heartbeat.
+    async fn lead(&self, membership: &Membership<NodeId, Member>) {
+        let now = Instant::now();
+        let paused = {
+            let mut contact = self.contact.lock();
+            contact.heard();
+            let since = *contact.leading_since.get_or_insert(now);
+            self.in_contact
+                .store(self.quorum_heard(membership, since, now), Ordering::Release);
+            contact.heartbeats_paused
+        };
+        if !paused {
+            let _ = self.raft.trigger().heartbeat().await;
+        }
+    }
+
+    /// Whether every configuration of `membership` has a majority that replied to this leader
+    /// within an election timeout (the leader counting itself).
+    fn quorum_heard(
+        &self,
+        membership: &Membership<NodeId, Member>,
+        leading_since: Instant,
+        now: Instant,
+    ) -> bool {
+        let recent = |id: &NodeId| {
+            *id == self.me || {
+                let heard = self
+                    .peers
+                    .last_reply(*id)
+                    .map_or(leading_since, |t| t.max(leading_since));
+                now.saturating_duration_since(heard) < self.election_timeout
+            }
+        };
+        membership.get_joint_config().iter().all(|config| {
+            let replied = config.iter().filter(|id| recent(id)).count();
+            replied * 2 > config.len()
+        })
     }
 
     /// How often a leader has been heard from, and this member's vote.

@@ -4,7 +4,8 @@
 //! Appends do not wait for the disk: the entries are written (readable at once) and their
 //! completion callback goes to the WAL syncer thread, which fsyncs once for every append that
 //! queued up meanwhile and then acknowledges them all. openraft's core never blocks on an
-//! fsync, and concurrent appends share one.
+//! fsync, and concurrent appends share one. Every other engine call runs on the blocking pool,
+//! so a RocksDB write stall or a slow fsync never holds up the async workers.
 
 use std::fmt::Debug;
 use std::io;
@@ -16,7 +17,7 @@ use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader, StorageIOEr
 use serde::{de::DeserializeOwned, Serialize};
 
 use super::types::{Entry, LogId, NodeId, StorageError, TypeConfig};
-use crate::storage::{Cf, Engine};
+use crate::storage::{off_runtime, Cf, Engine};
 
 const VOTE: &[u8] = b"vote";
 const COMMITTED: &[u8] = b"committed";
@@ -25,7 +26,23 @@ const LAST_PURGED: &[u8] = b"last_purged";
 #[derive(Clone)]
 pub struct LogStore {
     engine: Arc<Engine>,
-    syncer: std::sync::mpsc::Sender<LogFlushed<TypeConfig>>,
+    syncer: Arc<WalSyncer>,
+}
+
+/// The WAL sync thread; dropping the last handle stops it and waits for it, so the engine is
+/// never in use by it once the log store is gone.
+struct WalSyncer {
+    pending: Option<std::sync::mpsc::Sender<LogFlushed<TypeConfig>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for WalSyncer {
+    fn drop(&mut self) {
+        self.pending.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 fn index_key(index: u64) -> [u8; 8] {
@@ -52,32 +69,50 @@ fn write_err(e: impl std::error::Error + 'static) -> StorageError {
 
 impl LogStore {
     pub fn new(engine: Arc<Engine>) -> std::io::Result<LogStore> {
-        let (syncer, pending) = std::sync::mpsc::channel();
+        let (pending, queue) = std::sync::mpsc::channel();
         let wal = engine.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("raft-wal-sync".into())
-            .spawn(move || sync_wal(&wal, pending))?;
-        Ok(LogStore { engine, syncer })
+            .spawn(move || sync_wal(&wal, queue))?;
+        Ok(LogStore {
+            engine,
+            syncer: Arc::new(WalSyncer {
+                pending: Some(pending),
+                thread: Some(thread),
+            }),
+        })
     }
 
-    fn get_state<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
-        read_state(&self.engine, key)
-    }
-
-    fn put_state<T: Serialize>(
+    async fn get_state<T: DeserializeOwned + Send + 'static>(
         &self,
-        key: &[u8],
+        key: &'static [u8],
+    ) -> Result<Option<T>, StorageError> {
+        let engine = self.engine.clone();
+        blocking(move || read_state(&engine, key)).await
+    }
+
+    async fn put_state<T: Serialize>(
+        &self,
+        key: &'static [u8],
         value: &T,
         durable: bool,
     ) -> Result<(), StorageError> {
-        let mut batch = self.engine.batch();
-        batch.put(
-            Cf::RaftState,
-            key,
-            &bincode::serialize(value).map_err(write_err)?,
-        );
-        self.engine.write(batch, durable).map_err(write_err)
+        let value = bincode::serialize(value).map_err(write_err)?;
+        let engine = self.engine.clone();
+        blocking(move || {
+            let mut batch = engine.batch();
+            batch.put(Cf::RaftState, key, &value);
+            engine.write(batch, durable).map_err(write_err)
+        })
+        .await
     }
+}
+
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
+) -> Result<T, StorageError> {
+    let cancelled = write_err(io::Error::other("shutting down"));
+    off_runtime(cancelled, work).await
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -95,30 +130,35 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(i) => Some(*i),
             Bound::Unbounded => None,
         };
-        let mut entries = Vec::new();
-        let mut failure = None;
-        let end_key = end.map(index_key);
-        self.engine
-            .scan(
-                Cf::RaftLog,
-                &index_key(start),
-                end_key.as_ref().map(|k| k.as_slice()),
-                |_, v| match bincode::deserialize::<Entry>(v) {
-                    Ok(e) => {
-                        entries.push(e);
-                        true
-                    }
-                    Err(e) => {
-                        failure = Some(e);
-                        false
-                    }
-                },
-            )
-            .map_err(read_err)?;
-        match failure {
-            Some(e) => Err(read_err(e)),
-            None => Ok(entries),
-        }
+        let engine = self.engine.clone();
+        blocking(move || read_entries(&engine, start, end)).await
+    }
+}
+
+fn read_entries(engine: &Engine, start: u64, end: Option<u64>) -> Result<Vec<Entry>, StorageError> {
+    let mut entries = Vec::new();
+    let mut failure = None;
+    let end_key = end.map(index_key);
+    engine
+        .scan(
+            Cf::RaftLog,
+            &index_key(start),
+            end_key.as_ref().map(|k| k.as_slice()),
+            |_, v| match bincode::deserialize::<Entry>(v) {
+                Ok(e) => {
+                    entries.push(e);
+                    true
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    false
+                }
+            },
+        )
+        .map_err(read_err)?;
+    match failure {
+        Some(e) => Err(read_err(e)),
+        None => Ok(entries),
     }
 }
 
@@ -130,6 +170,11 @@ pub fn last_log_id(engine: &Engine) -> Result<Option<LogId>, StorageError> {
         )),
         None => read_state(engine, LAST_PURGED),
     }
+}
+
+/// The id of the last entry purged from the log (the log before it is gone).
+pub fn last_purged(engine: &Engine) -> Result<Option<LogId>, StorageError> {
+    read_state(engine, LAST_PURGED)
 }
 
 /// The vote as last saved. At start-up openraft's metrics do not show it yet.
@@ -148,10 +193,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        Ok(LogState {
-            last_purged_log_id: self.get_state(LAST_PURGED)?,
-            last_log_id: last_log_id(&self.engine)?,
+        let engine = self.engine.clone();
+        blocking(move || {
+            Ok(LogState {
+                last_purged_log_id: last_purged(&engine)?,
+                last_log_id: last_log_id(&engine)?,
+            })
         })
+        .await
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -159,20 +208,22 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
-        self.put_state(VOTE, vote, true)
+        self.put_state(VOTE, vote, true).await?;
+        fail::fail_point!("raft::vote::after_save");
+        Ok(())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
-        self.get_state(VOTE)
+        self.get_state(VOTE).await
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         // Not fsynced: losing it only means re-learning the commit point from the leader.
-        self.put_state(COMMITTED, &committed, false)
+        self.put_state(COMMITTED, &committed, false).await
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        Ok(self.get_state::<Option<LogId>>(COMMITTED)?.flatten())
+        Ok(self.get_state::<Option<LogId>>(COMMITTED).await?.flatten())
     }
 
     async fn append<I>(
@@ -184,13 +235,25 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut batch = self.engine.batch();
+        let mut encoded = Vec::new();
         for entry in entries {
             let bytes = bincode::serialize(&entry).map_err(write_err)?;
-            batch.put(Cf::RaftLog, &index_key(entry.log_id.index), &bytes);
+            encoded.push((index_key(entry.log_id.index), bytes));
         }
-        self.engine.write(batch, false).map_err(write_err)?;
-        if let Err(unsent) = self.syncer.send(callback) {
+        let engine = self.engine.clone();
+        blocking(move || {
+            let mut batch = engine.batch();
+            for (key, bytes) in &encoded {
+                batch.put(Cf::RaftLog, key, bytes);
+            }
+            engine.write(batch, false).map_err(write_err)
+        })
+        .await?;
+        fail::fail_point!("raft::log::after_append");
+        let Some(syncer) = &self.syncer.pending else {
+            unreachable!("the syncer's queue lives as long as the log store")
+        };
+        if let Err(unsent) = syncer.send(callback) {
             let e = io::Error::other("the WAL sync thread has stopped");
             unsent
                 .0
@@ -201,17 +264,26 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let mut batch = self.engine.batch();
-        batch.delete_range(Cf::RaftLog, &index_key(log_id.index), &index_key(u64::MAX));
-        self.engine.write(batch, true).map_err(write_err)
+        let engine = self.engine.clone();
+        blocking(move || {
+            let mut batch = engine.batch();
+            batch.delete_range(Cf::RaftLog, &index_key(log_id.index), &index_key(u64::MAX));
+            engine.write(batch, true).map_err(write_err)
+        })
+        .await
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         // Record the purge point first: a crash in between leaves extra entries, never a gap.
-        self.put_state(LAST_PURGED, &log_id, true)?;
-        let mut batch = self.engine.batch();
-        batch.delete_range(Cf::RaftLog, &index_key(0), &index_key(log_id.index + 1));
-        self.engine.write(batch, false).map_err(write_err)
+        self.put_state(LAST_PURGED, &log_id, true).await?;
+        fail::fail_point!("raft::log::purge::after_mark");
+        let engine = self.engine.clone();
+        blocking(move || {
+            let mut batch = engine.batch();
+            batch.delete_range(Cf::RaftLog, &index_key(0), &index_key(log_id.index + 1));
+            engine.write(batch, false).map_err(write_err)
+        })
+        .await
     }
 }
 
@@ -221,7 +293,9 @@ fn sync_wal(engine: &Engine, pending: std::sync::mpsc::Receiver<LogFlushed<TypeC
     while let Ok(first) = pending.recv() {
         let mut waiting = vec![first];
         waiting.extend(pending.try_iter());
+        fail::fail_point!("raft::wal::before_fsync");
         let result = engine.sync_wal().map_err(|e| e.to_string());
+        fail::fail_point!("raft::wal::after_fsync");
         if let Err(e) = &result {
             tracing::error!(error = %e, "fsync of the write-ahead log failed");
         }

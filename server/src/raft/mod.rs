@@ -14,6 +14,7 @@ mod membership;
 mod network;
 mod proposer;
 mod read_index;
+mod snapshot_file;
 mod state_machine;
 mod types;
 
@@ -113,8 +114,17 @@ impl Consensus {
         .validate()?;
         let log = log_store::LogStore::new(engine.clone())?;
         let sm = state_machine::StateMachine::open(engine.clone(), applied)?;
+        // A lagging member can only be caught up from a snapshot that reaches the purged log;
+        // one lost to a crash (or dropped as inconsistent at start) is built again at once.
+        let snapshot_behind = log_store::last_purged(&engine)? > sm.current_snapshot_id()?;
         let network = network::PeerNetwork(peers.clone());
         let raft = types::Raft::new(id, Arc::new(config), network, log, sm).await?;
+        if snapshot_behind {
+            tracing::warn!(
+                "the current snapshot does not reach the purged log; building a new one"
+            );
+            raft.trigger().snapshot().await?;
+        }
         if let Some(members) = bootstrap {
             // Every member of a new cluster initializes with the same membership, which
             // openraft allows; whichever wins the first election leads.
@@ -136,8 +146,11 @@ impl Consensus {
             id,
             engine,
             link.peers.clone(),
-            Duration::from_millis(election_ms * 3 / 2),
-            opts.heartbeat,
+            election::Timing {
+                heartbeat: opts.heartbeat,
+                election_timeout: opts.election_timeout,
+                lease: Duration::from_millis(election_ms * 3 / 2),
+            },
         );
         Ok(Consensus {
             raft,
@@ -222,6 +235,25 @@ impl Consensus {
         tokio::time::timeout(self.timeout, barrier)
             .await
             .unwrap_or(Err(EtcdError::Timeout))
+    }
+
+    /// etcd's `ensureLeadership`: returns once this member has confirmed with a quorum that it
+    /// still leads (a ReadIndex round, shared with the reads waiting at the same time) and has
+    /// applied everything committed before. A leader cut off from its quorum fails here instead
+    /// of extending a lease the new leader will expire.
+    pub async fn confirm_leadership(&self) -> Result<(), EtcdError> {
+        let confirmed = async {
+            let index = self.reads.read_index().await?;
+            self.wait_applied(index).await
+        };
+        tokio::time::timeout(self.timeout, confirmed)
+            .await
+            .unwrap_or(Err(EtcdError::Timeout))?;
+        if self.link.is_leader() {
+            Ok(())
+        } else {
+            Err(EtcdError::NotLeader)
+        }
     }
 
     /// Returns once the state machine has applied log index `index`.
@@ -336,6 +368,7 @@ impl Consensus {
         }
         let result = self.hand_over(transferee).await;
         self.raft.runtime_config().heartbeat(true);
+        self.elections.pause_heartbeats(false);
         for m in &others {
             self.hold_elections_of(m, false).await;
         }
@@ -358,6 +391,7 @@ impl Consensus {
             .map_err(|_| EtcdError::Timeout)?
             .map_err(|_| EtcdError::Stopped)?;
         self.raft.runtime_config().heartbeat(false);
+        self.elections.pause_heartbeats(true);
         // openraft's leader lease is its maximum election timeout (1.5x ours).
         tokio::time::sleep(self.election_timeout * 3 / 2 + Duration::from_millis(100)).await;
         let mut client = self
@@ -457,12 +491,14 @@ impl Consensus {
         &self.link
     }
 
-    /// Read on every client request (learner and leader checks): borrowed, never cloned.
+    /// Read on every client request (learner and leader checks): borrowed, never cloned. The
+    /// leader is the one this member can vouch for: none when a leader lost its quorum or a
+    /// follower lost its leader for an election timeout, as etcd reports it.
     pub fn status(&self) -> RaftStatus {
         let metrics = self.raft.metrics();
         let m = metrics.borrow();
         RaftStatus {
-            leader: m.current_leader,
+            leader: m.current_leader.filter(|_| self.elections.in_contact()),
             term: m.current_term,
             last_log_index: m.last_log_index.unwrap_or(0),
             applied_index: m.last_applied.map_or(0, |l| l.index),

@@ -7,7 +7,7 @@
 //! `--initial-cluster-token` or membership) is refused, as etcd refuses it.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
@@ -56,6 +56,9 @@ pub struct Peers {
     stamp: ClusterStamp,
     tls: Option<ClientTlsConfig>,
     channels: Mutex<HashMap<NodeId, (Vec<String>, Client)>>,
+    /// When each member last answered a replication call of this member's (a leader's check
+    /// that a quorum still follows it).
+    replies: Mutex<HashMap<NodeId, Instant>>,
 }
 
 impl Peers {
@@ -67,7 +70,17 @@ impl Peers {
             stamp: ClusterStamp(stamp),
             tls,
             channels: Mutex::new(HashMap::new()),
+            replies: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn replied(&self, id: NodeId) {
+        self.replies.lock().insert(id, Instant::now());
+    }
+
+    /// When member `id` last answered an append, heartbeat or snapshot chunk from this member.
+    pub fn last_reply(&self, id: NodeId) -> Option<Instant> {
+        self.replies.lock().get(&id).copied()
     }
 
     /// A client for member `id`, reconnecting when its peer URLs changed.
@@ -125,6 +138,7 @@ pub struct PeerNetwork(pub std::sync::Arc<Peers>);
 pub struct RaftPeer {
     target: NodeId,
     client: Result<Client, String>,
+    peers: std::sync::Arc<Peers>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
@@ -134,6 +148,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
         RaftPeer {
             target,
             client: self.0.client(target, &node.peer_urls),
+            peers: self.0.clone(),
         }
     }
 }
@@ -203,6 +218,10 @@ impl RaftNetwork<TypeConfig> for RaftPeer {
         let reply = self
             .call(&rpc, &option, async |mut c, m| c.append_entries(m).await)
             .await?;
+        // A higher vote means this leader was deposed: no sign that the member follows it.
+        if !matches!(reply, AppendEntriesResponse::HigherVote(_)) {
+            self.peers.replied(self.target);
+        }
         Ok(match reply {
             AppendEntriesResponse::Success if cut => {
                 AppendEntriesResponse::PartialSuccess(last_sent)
@@ -216,8 +235,14 @@ impl RaftNetwork<TypeConfig> for RaftPeer {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>> {
-        self.call(&rpc, &option, async |mut c, m| c.install_snapshot(m).await)
-            .await
+        let reply: InstallSnapshotResponse<NodeId> = self
+            .call(&rpc, &option, async |mut c, m| c.install_snapshot(m).await)
+            .await?;
+        // A higher vote in the reply means this leader was deposed.
+        if reply.vote <= rpc.vote {
+            self.peers.replied(self.target);
+        }
+        Ok(reply)
     }
 
     async fn vote(

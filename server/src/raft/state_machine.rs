@@ -1,9 +1,10 @@
 //! The Raft state machine: applies committed batches to the MVCC store and records the applied
 //! log id and membership in the same atomic engine write, so a restart resumes exactly where
 //! the last applied batch ended without replaying history.
+//!
+//! Applying and loading snapshots is disk work: it runs on the blocking pool, never on the async
+//! workers that carry heartbeats and client calls.
 
-use std::io::{BufReader, BufWriter};
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use openraft::storage::{RaftStateMachine, Snapshot};
@@ -12,28 +13,29 @@ use oxcd_proto::etcdserverpb::{
     AlarmResponse, CompactionResponse, LeaseGrantResponse, LeaseRevokeResponse, ResponseHeader,
 };
 
+use super::snapshot_file::{SnapshotDir, SnapshotFileError};
 use super::types::{
-    Command, CommandBatch, LogId, Op, Outcome, OutcomeBatch, Outcomes, SnapshotMeta, StorageError,
-    StoredMembership, TypeConfig,
+    Command, CommandBatch, Entry, LogId, Op, Outcome, OutcomeBatch, Outcomes, SnapshotMeta,
+    StorageError, StoredMembership, TypeConfig,
 };
 use crate::alarm::Alarms;
 use crate::error::EtcdError;
 use crate::kv::apply;
 use crate::lease::{Lessor, StoredLease};
 use crate::mvcc::{KeyRange, MvccStore, Writer};
-use crate::snapshot::format::{self, Decoder};
-use crate::storage::{Cf, Engine};
+use crate::snapshot::format;
+use crate::storage::{off_runtime, Cf, Engine};
 use crate::watch::WatchHub;
 
-const META_APPLIED: &[u8] = b"raft_applied";
+pub(super) const META_APPLIED: &[u8] = b"raft_applied";
 const META_MEMBERSHIP: &[u8] = b"raft_membership";
 /// Present while a received snapshot is being loaded (its metadata).
 const META_INSTALLING: &[u8] = b"snapshot_installing";
 /// This member's Raft bookkeeping in the Meta column family: state that belongs to one
 /// cluster's log, which a backup restored into a new cluster must leave behind.
 pub const RAFT_META_KEYS: [&[u8]; 3] = [META_APPLIED, META_MEMBERSHIP, META_INSTALLING];
-/// Where a snapshot from the leader is written as it arrives.
-const RECEIVING: &str = "receiving.data";
+/// Records written per engine batch while a snapshot is loaded.
+const LOAD_BATCH: usize = 10_000;
 
 /// Everything applying a command changes besides the Raft bookkeeping.
 #[derive(Clone)]
@@ -45,14 +47,11 @@ pub struct Applied {
 }
 
 pub struct StateMachine {
-    store: Arc<MvccStore>,
+    parts: Applied,
     engine: Arc<Engine>,
     applied: Option<LogId>,
     membership: StoredMembership,
-    snapshot_dir: PathBuf,
-    lessor: Arc<Lessor>,
-    watches: Arc<WatchHub>,
-    alarms: Arc<Alarms>,
+    snapshots: Arc<SnapshotDir>,
 }
 
 fn sm_err(verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
@@ -73,138 +72,184 @@ fn snap_err(verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageErro
     .into()
 }
 
+fn file_err(e: SnapshotFileError) -> StorageError {
+    snap_err(ErrorVerb::Read, e)
+}
+
+/// Runs disk work on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
+) -> Result<T, StorageError> {
+    let cancelled = sm_err(ErrorVerb::Write, std::io::Error::other("shutting down"));
+    off_runtime(cancelled, work).await
+}
+
 impl StateMachine {
     pub fn open(engine: Arc<Engine>, parts: Applied) -> Result<StateMachine, StorageError> {
-        let Applied {
-            store,
-            lessor,
-            watches,
-            alarms,
-        } = parts;
-        let snapshot_dir = engine.data_dir().join("snap");
-        std::fs::create_dir_all(&snapshot_dir).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        let snapshots =
+            Arc::new(SnapshotDir::open(&engine.data_dir().join("snap")).map_err(file_err)?);
         let (applied, membership) = read_applied(&engine)?;
         let mut sm = StateMachine {
-            store,
+            parts,
             engine,
             applied,
             membership,
-            snapshot_dir,
-            lessor,
-            watches,
-            alarms,
+            snapshots,
         };
         sm.finish_interrupted_install()?;
         Ok(sm)
     }
 
+    /// The metadata of the current snapshot, if any.
+    pub fn current_snapshot_id(&self) -> Result<Option<LogId>, StorageError> {
+        Ok(self
+            .snapshots
+            .current()
+            .map_err(file_err)?
+            .and_then(|(meta, _)| meta.last_log_id))
+    }
+
     /// A crash while a received snapshot was being loaded leaves a partly replaced state and
-    /// the install marker; the received file is still in place, so the load is done again.
+    /// the install marker; the received file was made durable before the marker, so the load is
+    /// done again. A received file without a marker was never loaded and goes.
     fn finish_interrupted_install(&mut self) -> Result<(), StorageError> {
         let rerr = |e: crate::storage::StorageError| snap_err(ErrorVerb::Read, e);
         let Some(marker) = self.engine.get(Cf::Meta, META_INSTALLING).map_err(rerr)? else {
+            self.snapshots.discard_received();
             return Ok(());
         };
         let meta: SnapshotMeta =
             bincode::deserialize(&marker).map_err(|e| snap_err(ErrorVerb::Read, e))?;
         tracing::warn!(snapshot = %meta.snapshot_id, "finishing a snapshot install interrupted by a crash");
-        let file = std::fs::File::open(self.snapshot_dir.join(RECEIVING))
-            .map_err(|e| snap_err(ErrorVerb::Read, e))?;
-        load_snapshot(&self.engine, &self.snapshot_dir, file, &meta)?;
-        self.took_snapshot(&meta)
-    }
-
-    /// Brings the in-memory parts in line with a snapshot just loaded into the engine.
-    fn took_snapshot(&mut self, meta: &SnapshotMeta) -> Result<(), StorageError> {
-        let reload = |e: crate::storage::StorageError| snap_err(ErrorVerb::Write, e);
-        self.store.reload().map_err(reload)?;
-        self.lessor.restore(
-            crate::lease::load_stored(&self.engine).map_err(reload)?,
-            self.store.take_leased_keys(),
-        );
-        self.alarms.reload(&self.engine).map_err(reload)?;
-        self.watches.restored(self.store.current_revision());
+        load_received(&self.engine, &self.snapshots, &meta)?;
+        took_snapshot(&self.parts, &self.engine)?;
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         Ok(())
     }
+}
 
-    fn apply_command(&self, writer: &mut Writer<'_>, command: Command) -> Outcome {
-        let before = writer.changes().len();
-        let result = self.execute(writer, command);
-        self.lessor.track(&writer.changes()[before..]);
-        Outcome {
-            result: Some(result.unwrap_or_else(|e| Outcomes::Error(e.to_wire()))),
-        }
-    }
+/// Brings the in-memory parts in line with a snapshot just loaded into the engine.
+fn took_snapshot(parts: &Applied, engine: &Engine) -> Result<(), StorageError> {
+    let reload = |e: crate::storage::StorageError| snap_err(ErrorVerb::Write, e);
+    parts.store.reload().map_err(reload)?;
+    parts.lessor.restore(
+        crate::lease::load_stored(engine).map_err(reload)?,
+        parts.store.take_leased_keys(),
+    );
+    parts.alarms.reload(engine).map_err(reload)?;
+    parts.watches.restored(parts.store.current_revision());
+    Ok(())
+}
 
-    fn execute(&self, writer: &mut Writer<'_>, command: Command) -> Result<Outcomes, EtcdError> {
-        let header = |revision| {
-            Some(ResponseHeader {
-                revision,
-                ..Default::default()
-            })
+/// Applies committed entries in order; returns their outcomes, the last applied log id and the
+/// membership after them.
+fn apply_entries(
+    parts: &Applied,
+    mut applied: Option<LogId>,
+    mut membership: StoredMembership,
+    entries: Vec<Entry>,
+) -> Result<(Vec<OutcomeBatch>, Option<LogId>, StoredMembership), StorageError> {
+    let store = parts.store.clone();
+    let mut writer = store.writer(parts.watches.wants_prev_kv());
+    let mut results = Vec::with_capacity(entries.len());
+    for entry in entries {
+        applied = Some(entry.log_id);
+        let outcomes = match entry.payload {
+            EntryPayload::Blank => Vec::new(),
+            EntryPayload::Normal(CommandBatch { commands }) => commands
+                .into_iter()
+                .map(|c| apply_command(parts, &mut writer, c))
+                .collect(),
+            EntryPayload::Membership(m) => {
+                membership = StoredMembership::new(Some(entry.log_id), m);
+                Vec::new()
+            }
         };
-        // etcd's capped applier: while NOSPACE is raised nothing may grow the store.
-        if self.alarms.no_space() {
-            let grows = match &command.op {
-                Some(Op::Put(_)) | Some(Op::LeaseGrant(_)) => true,
-                Some(Op::Txn(t)) => !crate::kv::validate::txn_is_read_only(t),
-                _ => false,
-            };
-            if grows {
-                return Err(EtcdError::NoSpace);
-            }
+        results.push(OutcomeBatch { outcomes });
+    }
+    let applied_bytes = bincode::serialize(&applied).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+    let membership_bytes =
+        bincode::serialize(&membership).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+    writer.put_extra(Cf::Meta, META_APPLIED, &applied_bytes);
+    writer.put_extra(Cf::Meta, META_MEMBERSHIP, &membership_bytes);
+    fail::fail_point!("raft::apply::before_commit");
+    let changes = writer.commit().map_err(|e| sm_err(ErrorVerb::Write, e))?;
+    fail::fail_point!("raft::apply::after_commit");
+    parts.watches.publish(&changes, store.current_revision());
+    Ok((results, applied, membership))
+}
+
+fn apply_command(parts: &Applied, writer: &mut Writer<'_>, command: Command) -> Outcome {
+    let before = writer.changes().len();
+    let result = execute(parts, writer, command);
+    parts.lessor.track(&writer.changes()[before..]);
+    Outcome {
+        result: Some(result.unwrap_or_else(|e| Outcomes::Error(e.to_wire()))),
+    }
+}
+
+fn execute(
+    parts: &Applied,
+    writer: &mut Writer<'_>,
+    command: Command,
+) -> Result<Outcomes, EtcdError> {
+    let header = |revision| {
+        Some(ResponseHeader {
+            revision,
+            ..Default::default()
+        })
+    };
+    let Applied { lessor, alarms, .. } = parts;
+    if let Some(refused) = alarms.refuses(&command) {
+        return Err(refused);
+    }
+    match command.op {
+        Some(Op::Put(p)) => apply::put(&mut writer.txn(), p, lessor.as_ref()).map(Outcomes::Put),
+        Some(Op::DeleteRange(d)) => {
+            apply::delete_range(&mut writer.txn(), &d).map(Outcomes::DeleteRange)
         }
-        match command.op {
-            Some(Op::Put(p)) => {
-                apply::put(&mut writer.txn(), p, self.lessor.as_ref()).map(Outcomes::Put)
-            }
-            Some(Op::DeleteRange(d)) => {
-                apply::delete_range(&mut writer.txn(), &d).map(Outcomes::DeleteRange)
-            }
-            Some(Op::Txn(t)) => {
-                apply::txn_write(&mut writer.txn(), t, self.lessor.as_ref()).map(Outcomes::Txn)
-            }
-            Some(Op::Compaction(c)) => writer.compact(c.revision).map(|()| {
-                Outcomes::Compaction(CompactionResponse {
-                    header: header(writer.current_revision()),
-                })
-            }),
-            Some(Op::LeaseGrant(g)) => {
-                let lease = self.lessor.grant(g.id, g.ttl)?;
-                writer.put_extra(Cf::Lease, &StoredLease::key(lease.id), &lease.value());
-                Ok(Outcomes::LeaseGrant(LeaseGrantResponse {
-                    header: header(writer.current_revision()),
-                    id: lease.id,
-                    ttl: lease.ttl,
-                    error: String::new(),
-                }))
-            }
-            Some(Op::LeaseRevoke(r)) => {
-                let keys = self.lessor.revoke(r.id)?;
-                {
-                    // One transaction: every attached key goes at one revision.
-                    let mut txn = writer.txn();
-                    for key in keys {
-                        txn.delete_range(&KeyRange::Single(key));
-                    }
+        Some(Op::Txn(t)) => {
+            apply::txn_write(&mut writer.txn(), t, lessor.as_ref()).map(Outcomes::Txn)
+        }
+        Some(Op::Compaction(c)) => writer.compact(c.revision).map(|()| {
+            Outcomes::Compaction(CompactionResponse {
+                header: header(writer.current_revision()),
+            })
+        }),
+        Some(Op::LeaseGrant(g)) => {
+            let lease = lessor.grant(g.id, g.ttl)?;
+            writer.put_extra(Cf::Lease, &StoredLease::key(lease.id), &lease.value());
+            Ok(Outcomes::LeaseGrant(LeaseGrantResponse {
+                header: header(writer.current_revision()),
+                id: lease.id,
+                ttl: lease.ttl,
+                error: String::new(),
+            }))
+        }
+        Some(Op::LeaseRevoke(r)) => {
+            let keys = lessor.revoke(r.id)?;
+            {
+                // One transaction: every attached key goes at one revision.
+                let mut txn = writer.txn();
+                for key in keys {
+                    txn.delete_range(&KeyRange::Single(key));
                 }
-                writer.delete_extra(Cf::Lease, &StoredLease::key(r.id));
-                Ok(Outcomes::LeaseRevoke(LeaseRevokeResponse {
-                    header: header(writer.current_revision()),
-                }))
             }
-            Some(Op::Alarm(a)) => {
-                let (alarms, stored) = self.alarms.apply(&a);
-                writer.put_extra(Cf::Meta, Alarms::meta_key(), &stored);
-                Ok(Outcomes::Alarm(AlarmResponse {
-                    header: header(writer.current_revision()),
-                    alarms,
-                }))
-            }
-            None => Err(EtcdError::Corrupt),
+            writer.delete_extra(Cf::Lease, &StoredLease::key(r.id));
+            Ok(Outcomes::LeaseRevoke(LeaseRevokeResponse {
+                header: header(writer.current_revision()),
+            }))
         }
+        Some(Op::Alarm(a)) => {
+            let (changed, stored) = alarms.apply(&a);
+            writer.put_extra(Cf::Meta, Alarms::meta_key(), &stored);
+            Ok(Outcomes::Alarm(AlarmResponse {
+                header: header(writer.current_revision()),
+                alarms: changed,
+            }))
+        }
+        None => Err(EtcdError::Corrupt),
     }
 }
 
@@ -237,49 +282,30 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = openraft::Entry<TypeConfig>> + openraft::OptionalSend,
         I::IntoIter: openraft::OptionalSend,
     {
-        let store = self.store.clone();
-        let mut writer = store.writer(self.watches.wants_prev_kv());
-        let mut results = Vec::new();
-        for entry in entries {
-            self.applied = Some(entry.log_id);
-            let outcomes = match entry.payload {
-                EntryPayload::Blank => Vec::new(),
-                EntryPayload::Normal(CommandBatch { commands }) => commands
-                    .into_iter()
-                    .map(|c| self.apply_command(&mut writer, c))
-                    .collect(),
-                EntryPayload::Membership(m) => {
-                    self.membership = StoredMembership::new(Some(entry.log_id), m);
-                    Vec::new()
-                }
-            };
-            results.push(OutcomeBatch { outcomes });
-        }
-        let applied = bincode::serialize(&self.applied).map_err(|e| sm_err(ErrorVerb::Write, e))?;
-        let membership =
-            bincode::serialize(&self.membership).map_err(|e| sm_err(ErrorVerb::Write, e))?;
-        writer.put_extra(Cf::Meta, META_APPLIED, &applied);
-        writer.put_extra(Cf::Meta, META_MEMBERSHIP, &membership);
-        let changes = writer.commit().map_err(|e| sm_err(ErrorVerb::Write, e))?;
-        self.watches.publish(&changes, store.current_revision());
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let parts = self.parts.clone();
+        let (applied, membership) = (self.applied, self.membership.clone());
+        let (results, applied, membership) =
+            blocking(move || apply_entries(&parts, applied, membership, entries)).await?;
+        self.applied = applied;
+        self.membership = membership;
         Ok(results)
     }
 
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
         SnapshotBuilder {
-            store: self.store.clone(),
-            dir: self.snapshot_dir.clone(),
+            store: self.parts.store.clone(),
+            snapshots: self.snapshots.clone(),
         }
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
-        let path = self.snapshot_dir.join(RECEIVING);
         let file = tokio::fs::File::options()
             .read(true)
             .write(true)
             .create(true)
             .truncate(true)
-            .open(&path)
+            .open(self.snapshots.receiving_path())
             .await
             .map_err(|e| snap_err(ErrorVerb::Write, e))?;
         Ok(Box::new(file))
@@ -290,62 +316,62 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta,
         snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError> {
-        let file = snapshot.into_std().await;
-        let engine = self.engine.clone();
-        let dir = self.snapshot_dir.clone();
+        // Every chunk is written; the loader reopens the file by its path.
+        drop(snapshot);
+        let (engine, snapshots, parts) = (
+            self.engine.clone(),
+            self.snapshots.clone(),
+            self.parts.clone(),
+        );
         let meta_owned = meta.clone();
-        tokio::task::spawn_blocking(move || load_snapshot(&engine, &dir, file, &meta_owned))
-            .await
-            .map_err(|e| snap_err(ErrorVerb::Write, e))??;
-        self.took_snapshot(meta)?;
+        blocking(move || {
+            snapshots.verify_received(&meta_owned).map_err(file_err)?;
+            load_received(&engine, &snapshots, &meta_owned)?;
+            took_snapshot(&parts, &engine)
+        })
+        .await?;
+        self.applied = meta.last_log_id;
+        self.membership = meta.last_membership.clone();
         tracing::info!(snapshot = %meta.snapshot_id, last_log_id = ?meta.last_log_id, "installed a snapshot from the leader");
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        current_snapshot(&self.snapshot_dir).await
+        let snapshots = self.snapshots.clone();
+        let current = blocking(move || snapshots.current().map_err(file_err)).await?;
+        Ok(current.map(|(meta, file)| Snapshot {
+            meta,
+            snapshot: Box::new(tokio::fs::File::from_std(file)),
+        }))
     }
-}
-
-async fn current_snapshot(dir: &Path) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-    let meta = match tokio::fs::read(dir.join("current.meta")).await {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(snap_err(ErrorVerb::Read, e)),
-    };
-    let meta: SnapshotMeta =
-        bincode::deserialize(&meta).map_err(|e| snap_err(ErrorVerb::Read, e))?;
-    let data = tokio::fs::File::open(dir.join("current.data"))
-        .await
-        .map_err(|e| snap_err(ErrorVerb::Read, e))?;
-    Ok(Some(Snapshot {
-        meta,
-        snapshot: Box::new(data),
-    }))
 }
 
 pub struct SnapshotBuilder {
     store: Arc<MvccStore>,
-    dir: PathBuf,
+    snapshots: Arc<SnapshotDir>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let store = self.store.clone();
-        let dir = self.dir.clone();
-        tokio::task::spawn_blocking(move || dump_snapshot(&store, &dir))
-            .await
-            .map_err(|e| snap_err(ErrorVerb::Write, e))??;
-        current_snapshot(&self.dir)
-            .await?
-            .ok_or_else(|| snap_err(ErrorVerb::Read, std::io::Error::other("snapshot vanished")))
+        let (store, snapshots) = (self.store.clone(), self.snapshots.clone());
+        let (meta, file) = blocking(move || {
+            dump_snapshot(&store, &snapshots)?;
+            snapshots.current().map_err(file_err)?.ok_or_else(|| {
+                snap_err(ErrorVerb::Read, std::io::Error::other("snapshot vanished"))
+            })
+        })
+        .await?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(tokio::fs::File::from_std(file)),
+        })
     }
 }
 
-/// Streams the state machine's column families as of one engine snapshot into `current.data`.
-fn dump_snapshot(store: &MvccStore, dir: &Path) -> Result<(), StorageError> {
+/// Writes the state machine's column families as of one engine snapshot, with the applied log
+/// id and membership of that same snapshot as the metadata.
+fn dump_snapshot(store: &MvccStore, snapshots: &SnapshotDir) -> Result<(), StorageError> {
     let snap = store.engine_snapshot();
-    let werr = |e: std::io::Error| snap_err(ErrorVerb::Write, e);
     let get = |key: &[u8]| {
         snap.get(Cf::Meta, key)
             .map_err(|e| snap_err(ErrorVerb::Read, e))
@@ -367,41 +393,26 @@ fn dump_snapshot(store: &MvccStore, dir: &Path) -> Result<(), StorageError> {
         last_membership: membership,
         snapshot_id,
     };
-
-    let tmp = dir.join("building.data");
-    let mut out = BufWriter::new(std::fs::File::create(&tmp).map_err(werr)?);
-    format::encode(&snap, &mut out).map_err(|e| snap_err(ErrorVerb::Write, e))?;
-    let file = out.into_inner().map_err(|e| werr(e.into_error()))?;
-    file.sync_all().map_err(werr)?;
-    std::fs::rename(&tmp, dir.join("current.data")).map_err(werr)?;
-    write_meta(dir, &meta)
+    snapshots
+        .build(&meta, |mut out| {
+            format::encode(&snap, &mut out).map_err(|e| match e {
+                format::EncodeError::Io(e) => e,
+                other => std::io::Error::other(other),
+            })
+        })
+        .map_err(|e| snap_err(ErrorVerb::Write, e))
 }
 
-fn write_meta(dir: &Path, meta: &SnapshotMeta) -> Result<(), StorageError> {
-    let werr = |e: std::io::Error| snap_err(ErrorVerb::Write, e);
-    let bytes = bincode::serialize(meta).map_err(|e| snap_err(ErrorVerb::Write, e))?;
-    let tmp = dir.join("current.meta.tmp");
-    std::fs::write(&tmp, bytes).map_err(werr)?;
-    std::fs::File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(werr)?;
-    std::fs::rename(&tmp, dir.join("current.meta")).map_err(werr)
-}
-
-/// Replaces the state machine's column families with a received snapshot, then keeps the
-/// snapshot as the current one.
-fn load_snapshot(
+/// Replaces the state machine's column families with the received snapshot (already verified
+/// whole and durable), then makes it the current snapshot.
+fn load_received(
     engine: &Engine,
-    dir: &Path,
-    mut file: std::fs::File,
+    snapshots: &SnapshotDir,
     meta: &SnapshotMeta,
 ) -> Result<(), StorageError> {
-    use std::io::Seek;
-    let rerr = |e: std::io::Error| snap_err(ErrorVerb::Read, e);
     let derr = |e: format::DecodeError| snap_err(ErrorVerb::Read, e);
-    file.seek(std::io::SeekFrom::Start(0)).map_err(rerr)?;
-    let len = file.metadata().map_err(rerr)?.len();
-    let mut input = Decoder::new(BufReader::new(file), len).map_err(derr)?;
+    let werr = |e: crate::storage::StorageError| snap_err(ErrorVerb::Write, e);
+    let mut input = snapshots.received_records().map_err(file_err)?;
     // The old state goes and the install marker comes in one durable write: from here until
     // the marker is removed with the last batch, a restart loads this snapshot again.
     let marker = bincode::serialize(meta).map_err(|e| snap_err(ErrorVerb::Write, e))?;
@@ -412,13 +423,19 @@ fn load_snapshot(
     batch.put(Cf::Meta, META_INSTALLING, &marker);
     engine
         .write(std::mem::replace(&mut batch, engine.batch()), true)
-        .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        .map_err(werr)?;
+    fail::fail_point!("raft::snapshot::install::after_marker");
+    let mut loaded = 0usize;
     while let Some((cf, k, v)) = input.next_record().map_err(derr)? {
         batch.put(cf, &k, &v);
-        if batch.len() >= 10_000 {
+        if batch.len() >= LOAD_BATCH {
             engine
                 .write(std::mem::replace(&mut batch, engine.batch()), false)
-                .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+                .map_err(werr)?;
+            loaded += 1;
+            if loaded == 1 {
+                fail::fail_point!("raft::snapshot::install::mid_load");
+            }
         }
     }
     let applied =
@@ -428,14 +445,10 @@ fn load_snapshot(
     batch.put(Cf::Meta, META_APPLIED, &applied);
     batch.put(Cf::Meta, META_MEMBERSHIP, &membership);
     batch.delete(Cf::Meta, META_INSTALLING);
-    engine
-        .write(batch, true)
-        .map_err(|e| snap_err(ErrorVerb::Write, e))?;
-
+    engine.write(batch, true).map_err(werr)?;
+    fail::fail_point!("raft::snapshot::install::before_publish");
     // The received file becomes the current snapshot (it is what a later lagging member gets).
-    input.into_inner().into_inner().sync_all().map_err(rerr)?;
-    std::fs::rename(dir.join(RECEIVING), dir.join("current.data")).map_err(rerr)?;
-    write_meta(dir, meta)
+    snapshots.publish_received(meta).map_err(file_err)
 }
 
 fn unix_millis() -> u128 {
@@ -492,21 +505,18 @@ mod tests {
         for key in ["a", "b", "c"] {
             put(&leader_store, key);
         }
-        let leader_snap = leader_dir.path().join("snap");
-        std::fs::create_dir_all(&leader_snap).unwrap();
-        dump_snapshot(&leader_store, &leader_snap).unwrap();
-        let meta: SnapshotMeta =
-            bincode::deserialize(&std::fs::read(leader_snap.join("current.meta")).unwrap())
-                .unwrap();
+        let leader_snaps = SnapshotDir::open(&leader_dir.path().join("snap")).unwrap();
+        dump_snapshot(&leader_store, &leader_snaps).unwrap();
+        let (meta, mut sent) = leader_snaps.current().unwrap().unwrap();
 
         // The follower had other data, received the snapshot, and crashed right after the
         // first install batch (old state gone, marker written).
         let dir = tempfile::tempdir().unwrap();
         let engine = Engine::open(dir.path()).unwrap();
         put(&MvccStore::open(engine.clone()).unwrap(), "stale");
-        let snap = dir.path().join("snap");
-        std::fs::create_dir_all(&snap).unwrap();
-        std::fs::copy(leader_snap.join("current.data"), snap.join(RECEIVING)).unwrap();
+        let snaps = SnapshotDir::open(&dir.path().join("snap")).unwrap();
+        let mut received = std::fs::File::create(snaps.receiving_path()).unwrap();
+        std::io::copy(&mut sent, &mut received).unwrap();
         let mut crash = engine.batch();
         crash.delete_range(Cf::Kv, &[], &[0xff; 32]);
         crash.put(
@@ -522,6 +532,11 @@ mod tests {
         assert_eq!(keys(&store), ["a", "b", "c"]);
         assert_eq!(sm.applied, meta.last_log_id);
         assert!(engine.get(Cf::Meta, META_INSTALLING).unwrap().is_none());
-        assert!(snap.join("current.data").exists() && !snap.join(RECEIVING).exists());
+        assert_eq!(
+            sm.current_snapshot_id().unwrap(),
+            meta.last_log_id,
+            "the loaded snapshot is the current one"
+        );
+        assert!(!snaps.receiving_path().exists());
     }
 }

@@ -237,7 +237,9 @@ pub fn restore(path: &Path, opts: &RestoreOptions<'_>) -> Result<(u64, u64), Bac
     ));
     let built = build(path, &building, opts);
     let result = built.and_then(|ids| {
+        fail::fail_point!("snapshot::restore::before_rename");
         std::fs::rename(&building, target).map_err(io_error(target))?;
+        fail::fail_point!("snapshot::restore::before_dir_sync");
         File::open(&parent)
             .and_then(|d| d.sync_all())
             .map_err(io_error(&parent))?;

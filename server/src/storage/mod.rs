@@ -48,6 +48,12 @@ impl Cf {
 pub enum StorageError {
     #[error("data dir {0} is already in use by another oxcd process (lock {1} is held)")]
     Locked(PathBuf, PathBuf),
+    #[error("data dir {data_dir} keeps its write-ahead log in {recorded}; start with --wal-dir={recorded} (was given {given})")]
+    WalDirMismatch {
+        data_dir: PathBuf,
+        recorded: String,
+        given: String,
+    },
     #[error("cannot create or open data dir {0}: {1}")]
     Io(PathBuf, std::io::Error),
     #[error("storage: {0}")]
@@ -63,6 +69,9 @@ pub type Entry = (Box<[u8]>, Box<[u8]>);
 
 const LOCK_FILE: &str = "oxcd.lock";
 const DB_DIR: &str = "db";
+/// Names the directory of the write-ahead log when it is not inside the data dir (--wal-dir):
+/// starting without it would open the store without its log.
+const WAL_DIR_FILE: &str = "wal_dir";
 
 pub struct Engine {
     db: DB,
@@ -75,6 +84,13 @@ impl Engine {
     /// Opens (creating if needed) the store under `data_dir`, refusing a directory another
     /// process holds.
     pub fn open(data_dir: &Path) -> Result<Arc<Engine>> {
+        Self::open_with_wal_dir(data_dir, None)
+    }
+
+    /// [`Engine::open`] with the write-ahead log (the Raft log's durability: every fsync of an
+    /// append) in `wal_dir` when given, as etcd's --wal-dir puts its WAL on a dedicated device.
+    /// A data dir keeps the WAL directory it was created with.
+    pub fn open_with_wal_dir(data_dir: &Path, wal_dir: Option<&Path>) -> Result<Arc<Engine>> {
         std::fs::create_dir_all(data_dir).map_err(|e| StorageError::Io(data_dir.into(), e))?;
         let lock_path = data_dir.join(LOCK_FILE);
         let lock = File::options()
@@ -86,6 +102,7 @@ impl Engine {
         if lock.try_lock_exclusive().is_err() {
             return Err(StorageError::Locked(data_dir.into(), lock_path));
         }
+        let wal_dir = check_wal_dir(data_dir, wal_dir)?;
 
         let cache = Cache::new_lru_cache(64 << 20);
         let mut db_opts = Options::default();
@@ -98,6 +115,9 @@ impl Engine {
         // each Raft append durable does not also have to commit a file-size change (on ext4
         // that is about 0.18 ms instead of 0.6 ms per fsync here).
         db_opts.set_recycle_log_file_num(4);
+        if let Some(wal_dir) = &wal_dir {
+            db_opts.set_wal_dir(wal_dir);
+        }
         let cfs = Cf::ALL.map(|cf| {
             let mut o = Options::default();
             let mut table = BlockBasedOptions::default();
@@ -229,6 +249,7 @@ impl Engine {
     pub fn compact_all(&self) {
         for cf in Cf::ALL {
             self.compact_range(cf, None, None);
+            fail::fail_point!("storage::defrag::after_family");
         }
     }
 
@@ -264,6 +285,60 @@ impl Engine {
             })
             .sum()
     }
+}
+
+/// The WAL directory to open `data_dir` with: the one recorded when it was created, which a
+/// later start must name again (an absolute path; none = inside the data dir).
+fn check_wal_dir(data_dir: &Path, given: Option<&Path>) -> Result<Option<PathBuf>> {
+    let io = |e| StorageError::Io(data_dir.into(), e);
+    let given = given
+        .map(|g| {
+            std::fs::create_dir_all(g)
+                .and_then(|_| g.canonicalize())
+                .map_err(|e| StorageError::Io(g.into(), e))
+        })
+        .transpose()?;
+    let record = data_dir.join(WAL_DIR_FILE);
+    let recorded = match std::fs::read_to_string(&record) {
+        Ok(path) => Some(PathBuf::from(path)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(io(e)),
+    };
+    let fresh = !data_dir.join(DB_DIR).exists();
+    match (&recorded, &given) {
+        (None, Some(dir)) if fresh => {
+            std::fs::write(&record, dir.as_os_str().as_encoded_bytes()).map_err(io)?;
+            std::fs::File::open(data_dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io)?;
+        }
+        (recorded, given) if recorded != given => {
+            let show = |p: &Option<PathBuf>| {
+                p.as_ref().map_or("(inside the data dir)".to_string(), |p| {
+                    p.display().to_string()
+                })
+            };
+            return Err(StorageError::WalDirMismatch {
+                data_dir: data_dir.into(),
+                recorded: show(recorded),
+                given: show(given),
+            });
+        }
+        _ => {}
+    }
+    Ok(given)
+}
+
+/// Runs engine work that may block (a large read, a write during a RocksDB stall, an fsync) on
+/// tokio's blocking pool: on two cores, the async workers must stay free for heartbeats, apply
+/// and clients. `cancelled` answers if the runtime shuts down before the work runs.
+pub async fn off_runtime<T: Send + 'static, E: Send + 'static>(
+    cancelled: E,
+    work: impl FnOnce() -> std::result::Result<T, E> + Send + 'static,
+) -> std::result::Result<T, E> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or(Err(cancelled))
 }
 
 /// Feeds `f` key/value pairs from an engine iterator until it returns false.
@@ -356,6 +431,30 @@ mod tests {
             .expect("second open must fail");
         assert!(matches!(err, StorageError::Locked(..)), "{err}");
         assert!(err.to_string().contains("already in use"));
+    }
+
+    #[test]
+    fn a_data_dir_keeps_its_wal_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let (data, wal) = (dir.path().join("data"), dir.path().join("wal"));
+        {
+            let e = Engine::open_with_wal_dir(&data, Some(&wal)).unwrap();
+            let mut b = e.batch();
+            b.put(Cf::Meta, b"k", b"v");
+            e.write(b, true).unwrap();
+        }
+        assert!(
+            std::fs::read_dir(&wal).unwrap().any(|f| f
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".log")),
+            "the write-ahead log lives in --wal-dir"
+        );
+        let err = Engine::open(&data).err().expect("opened without its WAL");
+        assert!(matches!(err, StorageError::WalDirMismatch { .. }), "{err}");
+        let e = Engine::open_with_wal_dir(&data, Some(&wal)).unwrap();
+        assert_eq!(e.get(Cf::Meta, b"k").unwrap().as_deref(), Some(&b"v"[..]));
     }
 
     #[test]

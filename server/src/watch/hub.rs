@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, Notify};
 
 use crate::error::EtcdError;
 use crate::mvcc::{Change, KeyRange, MvccStore};
+use crate::storage::off_runtime;
 
 /// Responses queued per stream before its watchers fall back to catching up from storage.
 const STREAM_QUEUE: usize = 128;
@@ -21,8 +22,7 @@ const CATCH_UP_EVENTS: usize = 1000;
 #[derive(Debug, Clone)]
 pub struct WatchOptions {
     pub range: KeyRange,
-    /// 0 = from the next revision. A negative start is below any compaction point, so such a
-    /// watch is canceled right after creation, as etcd does.
+    /// 0 = from the next revision; a negative start is refused (as compacted history).
     pub start_revision: i64,
     pub prev_kv: bool,
     pub no_put: bool,
@@ -73,6 +73,8 @@ struct Stream {
     queue: mpsc::Sender<WatchResponse>,
     wake: Arc<Notify>,
     next_id: i64,
+    /// Watchers of this stream.
+    watching: usize,
     unsynced: HashSet<i64>,
 }
 
@@ -226,6 +228,7 @@ impl WatchHub {
                     queue: tx,
                     wake: wake.clone(),
                     next_id: 0,
+                    watching: 0,
                     unsynced: HashSet::new(),
                 },
             );
@@ -296,6 +299,15 @@ impl StreamHandle {
             permit.send(refuse(CreateError::EmptyRange));
             return Ok(());
         }
+        // etcd 3.6+: a negative start is refused as compacted history, at once, and takes no
+        // watch id (3.4 took it as "now" or canceled the watch later).
+        if opts.start_revision < 0 {
+            permit.send(WatchResponse {
+                cancel_reason: EtcdError::Compacted.to_string(),
+                ..refuse(CreateError::EmptyRange)
+            });
+            return Ok(());
+        }
         let id = if opts.watch_id != 0 {
             opts.watch_id
         } else {
@@ -330,6 +342,7 @@ impl StreamHandle {
             created: true,
             ..Default::default()
         });
+        stream.watching += 1;
         watchers.insert(
             (self.id, id),
             Watcher {
@@ -358,14 +371,15 @@ impl StreamHandle {
         }
     }
 
-    /// Answers a progress request (watch id -1) only when every watcher of the stream has been
-    /// given everything up to the published revision, so the answer never runs ahead.
+    /// Answers a progress request (watch id -1) only when the stream has watchers and every one
+    /// of them has been given everything up to the published revision, so the answer never runs
+    /// ahead; otherwise the request is dropped, as etcd 3.7 drops it (3.4 answered even then).
     pub fn request_progress(&self) {
         let st = self.hub.state.lock();
         let Some(stream) = st.streams.get(&self.id) else {
             return;
         };
-        if stream.unsynced.is_empty() {
+        if stream.watching > 0 && stream.unsynced.is_empty() {
             let resp = WatchResponse {
                 header: self.hub.header(st.published),
                 watch_id: -1,
@@ -404,6 +418,7 @@ impl WatchHub {
         }
         if let Some(s) = st.streams.get_mut(&stream) {
             s.unsynced.remove(&watch_id);
+            s.watching -= 1;
         }
         true
     }
@@ -423,11 +438,31 @@ impl WatchHub {
             (w.opts.clone(), w.next_rev, st.published, s.queue.clone())
         };
         if from <= target {
-            let history = self
-                .store
-                .history(&opts.range, from, target, CATCH_UP_EVENTS);
-            let events = match history {
-                Ok(events) => events,
+            // Reading history can take long (a narrow watch scans every revision in between),
+            // so it runs off the async workers.
+            let store = self.store.clone();
+            let want = opts.clone();
+            let history = off_runtime(EtcdError::Stopped, move || {
+                let events = store.history(&want.range, from, target, CATCH_UP_EVENTS)?;
+                let reached = events.last().map_or(target, |e| e.kv.mod_revision);
+                let complete = events.len() < CATCH_UP_EVENTS;
+                let wanted: Vec<Event> = events
+                    .into_iter()
+                    .filter(|e| want.passes(e.deleted))
+                    .map(|e| {
+                        let prev = if want.prev_kv {
+                            store.value_before(&e.kv.key, e.kv.mod_revision)
+                        } else {
+                            None
+                        };
+                        event(e.kv, e.deleted, prev)
+                    })
+                    .collect();
+                Ok((reached, complete, wanted))
+            })
+            .await;
+            let (reached, complete, wanted) = match history {
+                Ok(found) => found,
                 Err(_) => {
                     // etcd: a watcher behind the compaction point is canceled with the point.
                     let compacted = self.store.compact_revision();
@@ -443,20 +478,6 @@ impl WatchHub {
                     return false;
                 }
             };
-            let reached = events.last().map_or(target, |e| e.kv.mod_revision);
-            let complete = events.len() < CATCH_UP_EVENTS;
-            let wanted: Vec<Event> = events
-                .into_iter()
-                .filter(|e| opts.passes(e.deleted))
-                .map(|e| {
-                    let prev = if opts.prev_kv {
-                        self.store.value_before(&e.kv.key, e.kv.mod_revision)
-                    } else {
-                        None
-                    };
-                    event(e.kv, e.deleted, prev)
-                })
-                .collect();
             let next = if complete { target + 1 } else { reached + 1 };
             for resp in self.responses(watch_id, target, wanted, opts.fragment) {
                 if queue.send(resp).await.is_err() {

@@ -1,0 +1,375 @@
+//! Crash consistency at every step that matters. oxcd built with its `failpoints` feature (as
+//! `./dev test` builds it) stops at a named step when FAILPOINTS says so: the `panic` action
+//! aborts the process right there, as a crash would. Each test crashes a member at one step
+//! while clients write, restarts it without failpoints and checks that every acknowledged write
+//! is there, that the members agree (HashKV at one revision) and that the member starts.
+
+use std::os::unix::process::ExitStatusExt;
+use std::process::Command;
+use std::time::Duration;
+
+use etcd_client::{Client, CompactionOptions, GetOptions, Txn, TxnOp};
+use oxcd_tests::cluster::Cluster;
+use oxcd_tests::writes::{hash_kv_at, read_prefix, verify, Ack, Writers};
+use oxcd_tests::{connect, oxcdctl_bin, Flavor, Server, StartOptions};
+use rand::Rng;
+
+const FAILPOINTS: &str = "FAILPOINTS";
+const SIGABRT: i32 = 6;
+/// How long a failpoint may take to be reached under load.
+const CRASH_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Waits until the member aborts at its failpoint.
+async fn wait_for_crash(server: &mut Server, failpoint: &str) {
+    let status =
+        tokio::task::block_in_place(|| server.wait_exit(CRASH_TIMEOUT)).unwrap_or_else(|e| {
+            panic!(
+                "the member did not crash at {failpoint} ({e:#}); is oxcd built with \
+                 `--features oxcd/failpoints`?\n{}",
+                server.log_tail(30)
+            )
+        });
+    assert_eq!(
+        status.signal(),
+        Some(SIGABRT),
+        "the member should have aborted at {failpoint}, it exited with {status}\n{}",
+        server.log_tail(30)
+    );
+    assert!(
+        server.log_tail(200).contains(failpoint),
+        "the member aborted, but not at {failpoint}:\n{}",
+        server.log_tail(30)
+    );
+}
+
+/// FAILPOINTS for a crash at the `after + 1`-th time `failpoint` is reached.
+fn crash_at(failpoint: &str, after: u32) -> String {
+    if after == 0 {
+        format!("{failpoint}=panic")
+    } else {
+        format!("{failpoint}={after}*off->panic")
+    }
+}
+
+/// Writes `n` fresh keys under `prefix` in txns of 100 puts (one revision each).
+async fn bulk_write(client: &mut Client, prefix: &str, n: usize) {
+    for chunk in 0..n.div_ceil(100) {
+        let ops: Vec<TxnOp> = (chunk * 100..((chunk + 1) * 100).min(n))
+            .map(|i| TxnOp::put(format!("{prefix}/{i:06}"), "bulk", None))
+            .collect();
+        client.txn(Txn::new().and_then(ops)).await.unwrap();
+    }
+}
+
+/// One member crashed at `failpoint` while clients write; restarted, it must hold every
+/// acknowledged write.
+async fn crash_one_member_under_load(failpoint: &str, after: u32, extra_args: &[&str]) {
+    let mut server = Server::start_with(
+        Flavor::Oxcd,
+        StartOptions {
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
+            env: vec![(FAILPOINTS.into(), crash_at(failpoint, after))],
+            ..Default::default()
+        },
+    )
+    .await;
+    let writers = Writers::start(&[server.endpoint()], "fp", 16).await;
+    wait_for_crash(&mut server, failpoint).await;
+    let (acks, _) = writers.finish().await;
+    server.set_env(FAILPOINTS, None);
+    server.restart().await;
+    let mut client = server.client().await;
+    let (_, store) = read_prefix(&mut client, "fp/", false).await;
+    verify(&acks, &store, &format!("after a crash at {failpoint}"));
+    client.put("probe", "after restart", None).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_crashed_on_the_write_path_keeps_every_acknowledged_write() {
+    for failpoint in [
+        "raft::log::after_append",
+        "raft::wal::before_fsync",
+        "raft::wal::after_fsync",
+        "raft::apply::before_commit",
+        "raft::apply::after_commit",
+    ] {
+        let after = rand::thread_rng().gen_range(30..300);
+        crash_one_member_under_load(failpoint, after, &[]).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_crashed_while_publishing_a_snapshot_keeps_every_acknowledged_write() {
+    for failpoint in [
+        "raft::snapshot::build::before_sync",
+        "raft::snapshot::build::before_publish",
+        "raft::snapshot::publish::before_dir_sync",
+    ] {
+        // The first snapshot is built; the member crashes building the second.
+        crash_one_member_under_load(failpoint, 1, &["--snapshot-count=50"]).await;
+    }
+}
+
+/// A three-member cluster whose member `victim` crashes at `failpoint` under load from clients
+/// of every member; after its restart all three hold the same store and every acknowledged write.
+async fn crash_in_a_cluster(failpoint: &str, victim_is_leader: bool) {
+    let mut cluster = Cluster::start(Flavor::Oxcd, 3, &[]).await;
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
+    let victim = if victim_is_leader {
+        leader
+    } else {
+        (leader + 1) % 3
+    };
+    cluster.kill(victim);
+    let after = rand::thread_rng().gen_range(30..200);
+    cluster
+        .member_mut(victim)
+        .set_env(FAILPOINTS, Some(&crash_at(failpoint, after)));
+    cluster.restart(victim).await;
+    let writers = Writers::start(&cluster.endpoints(), "fp", 24).await;
+    wait_for_crash(cluster.member_mut(victim), failpoint).await;
+    // The others go on; give them a moment of writes without the victim.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (acks, _) = writers.finish().await;
+    cluster.member_mut(victim).set_env(FAILPOINTS, None);
+    cluster.restart(victim).await;
+    check_cluster(&cluster, &acks, failpoint).await;
+}
+
+/// Every acknowledged write is on every member, and the members hash alike at one revision.
+async fn check_cluster(cluster: &Cluster, acks: &[Ack], context: &str) {
+    let endpoints = cluster.endpoints();
+    let mut client = connect(&endpoints[0], Duration::from_secs(10))
+        .await
+        .unwrap();
+    let (revision, store) = read_prefix(&mut client, "fp/", false).await;
+    verify(acks, &store, &format!("after a crash at {context}"));
+    let mut hashes = Vec::new();
+    for endpoint in &endpoints {
+        // Serializable reads: each member's own state, once it has caught up.
+        let mut member = connect(endpoint, Duration::from_secs(10)).await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let (at, local) = read_prefix(&mut member, "fp/", true).await;
+            if at >= revision {
+                verify(
+                    acks,
+                    &local,
+                    &format!("{endpoint} after a crash at {context}"),
+                );
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{endpoint} did not catch up to revision {revision} within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        hashes.push(hash_kv_at(endpoint, revision).await);
+    }
+    assert!(
+        hashes.windows(2).all(|w| w[0] == w[1]),
+        "after a crash at {context} the members' HashKV at {revision} differ: {hashes:x?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_member_crashed_on_the_write_path_rejoins_with_the_same_store() {
+    for (failpoint, leader) in [
+        ("raft::wal::after_fsync", true),
+        ("raft::apply::before_commit", false),
+        ("raft::log::after_append", false),
+        ("raft::apply::after_commit", true),
+    ] {
+        crash_in_a_cluster(failpoint, leader).await;
+    }
+}
+
+/// A follower that missed enough of the log is sent a snapshot (more than one load batch of
+/// records), and crashes at `failpoint` while installing it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_crashed_while_installing_a_snapshot_recovers_it() {
+    for failpoint in [
+        "raft::snapshot::install::after_marker",
+        "raft::snapshot::install::mid_load",
+        "raft::snapshot::install::before_publish",
+        "raft::snapshot::publish::before_dir_sync",
+    ] {
+        let mut cluster = Cluster::start(Flavor::Oxcd, 3, &["--snapshot-count=100"]).await;
+        let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
+        let follower = (leader + 1) % 3;
+        let mut client = connect(&cluster.endpoints()[leader], Duration::from_secs(10))
+            .await
+            .unwrap();
+        bulk_write(&mut client, "fp/bulk", 12_000).await;
+        cluster.kill(follower);
+        // Enough entries that the leader purges what the follower lacks.
+        for i in 0..300 {
+            client
+                .put(format!("fp/seq/{i:04}"), "s", None)
+                .await
+                .unwrap();
+        }
+        cluster
+            .member_mut(follower)
+            .set_env(FAILPOINTS, Some(&crash_at(failpoint, 0)));
+        // It cannot serve before it has the snapshot, so it is launched, not waited for.
+        let member = cluster.member_mut(follower);
+        member.spawn().unwrap();
+        wait_for_crash(member, failpoint).await;
+        member.set_env(FAILPOINTS, None);
+        cluster.restart(follower).await;
+        let acks = acks_of_prefix(&mut client, "fp/").await;
+        check_cluster(&cluster, &acks, failpoint).await;
+    }
+}
+
+/// What is stored under `prefix` now, as acknowledged writes (for loads written in bulk).
+async fn acks_of_prefix(client: &mut Client, prefix: &str) -> Vec<Ack> {
+    let (_, store) = read_prefix(client, prefix, false).await;
+    store
+        .into_iter()
+        .map(|(key, (value, revision, _))| Ack {
+            key,
+            value,
+            revision,
+        })
+        .collect()
+}
+
+/// A member crashed between two batches of a physical compaction resumes it at its restart,
+/// and hashes like the members that finished theirs without a crash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_crashed_mid_compaction_resumes_it() {
+    let failpoint = "mvcc::compactor::between_batches";
+    let mut cluster = Cluster::start(Flavor::Oxcd, 3, &[]).await;
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
+    let victim = (leader + 1) % 3;
+    cluster.kill(victim);
+    cluster
+        .member_mut(victim)
+        .set_env(FAILPOINTS, Some(&crash_at(failpoint, 0)));
+    cluster.restart(victim).await;
+    let mut client = connect(&cluster.endpoints()[leader], Duration::from_secs(30))
+        .await
+        .unwrap();
+    bulk_write(&mut client, "fp/a", 12_000).await;
+    bulk_write(&mut client, "fp/a", 12_000).await;
+    let revision = client
+        .get("fp/a", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    client
+        .compact(revision, Some(CompactionOptions::new().with_physical()))
+        .await
+        .unwrap();
+    wait_for_crash(cluster.member_mut(victim), failpoint).await;
+    cluster.member_mut(victim).set_env(FAILPOINTS, None);
+    cluster.restart(victim).await;
+    client.put("fp/after", "compaction", None).await.unwrap();
+    let acks = acks_of_prefix(&mut client, "fp/").await;
+    check_cluster(&cluster, &acks, failpoint).await;
+    let old = client
+        .get("fp/a/000001", Some(GetOptions::new().with_revision(2)))
+        .await;
+    assert!(
+        old.is_err(),
+        "history below the compaction point must stay gone"
+    );
+}
+
+/// A defragment interrupted after its first column family.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_crashed_mid_defragment_keeps_every_write() {
+    let mut server = Server::start_with(
+        Flavor::Oxcd,
+        StartOptions {
+            env: vec![(
+                FAILPOINTS.into(),
+                crash_at("storage::defrag::after_family", 0),
+            )],
+            ..Default::default()
+        },
+    )
+    .await;
+    let writers = Writers::start(&[server.endpoint()], "fp", 8).await;
+    writers.wait_for_acks(200, Duration::from_secs(20)).await;
+    let mut client = server.client().await;
+    let _ = client.defragment().await;
+    wait_for_crash(&mut server, "storage::defrag::after_family").await;
+    let (acks, _) = writers.finish().await;
+    server.set_env(FAILPOINTS, None);
+    server.restart().await;
+    let mut client = server.client().await;
+    let (_, store) = read_prefix(&mut client, "fp/", false).await;
+    verify(&acks, &store, "after a crash mid-defragment");
+}
+
+/// `snapshot restore` crashed before or after publishing the restored data dir: the target is
+/// either absent (and a second restore succeeds) or complete (and a member starts on it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restore_crashed_at_its_rename_leaves_nothing_half_made() {
+    let source = Server::start(Flavor::Oxcd).await;
+    let mut client = source.client().await;
+    bulk_write(&mut client, "fp/r", 1_000).await;
+    let acks = acks_of_prefix(&mut client, "fp/").await;
+    let work = tempfile::tempdir().unwrap();
+    let backup = work.path().join("backup.db");
+    let saved = Command::new(oxcdctl_bin())
+        .args(["--endpoints", &source.endpoint(), "snapshot", "save"])
+        .arg(&backup)
+        .output()
+        .unwrap();
+    assert!(saved.status.success(), "{saved:?}");
+
+    for (failpoint, published) in [
+        ("snapshot::restore::before_rename", false),
+        ("snapshot::restore::before_dir_sync", true),
+    ] {
+        let restored = Cluster::start_prepared(Flavor::Oxcd, 1, &[], |spec, flags| {
+            let restore = |failpoints: Option<String>| {
+                let mut cmd = Command::new(oxcdctl_bin());
+                cmd.args(["snapshot", "restore"])
+                    .arg(&backup)
+                    .arg("--data-dir")
+                    .arg(&spec.data_dir)
+                    .args(["--name", &spec.name])
+                    .args(["--initial-cluster", &flags.initial_cluster])
+                    .args(["--initial-cluster-token", &flags.token])
+                    .args(["--initial-advertise-peer-urls", &spec.peer_url()]);
+                if let Some(f) = failpoints {
+                    cmd.env(FAILPOINTS, f);
+                }
+                cmd.output()
+            };
+            let crashed = restore(Some(crash_at(failpoint, 0)))?;
+            anyhow::ensure!(
+                crashed.status.signal() == Some(SIGABRT),
+                "restore should abort at {failpoint}: {crashed:?}"
+            );
+            anyhow::ensure!(
+                spec.data_dir.exists() == published,
+                "after a crash at {failpoint} the data dir exists: {}",
+                spec.data_dir.exists()
+            );
+            if !published {
+                let again = restore(None)?;
+                anyhow::ensure!(again.status.success(), "a second restore failed: {again:?}");
+            }
+            Ok(())
+        })
+        .await;
+        let mut client = connect(&restored.endpoints()[0], Duration::from_secs(10))
+            .await
+            .unwrap();
+        let (_, store) = read_prefix(&mut client, "fp/", false).await;
+        verify(
+            &acks,
+            &store,
+            &format!("restored after a crash at {failpoint}"),
+        );
+    }
+}
