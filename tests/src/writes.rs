@@ -279,7 +279,7 @@ pub async fn hash_kv_at(endpoint: &str, revision: i64) -> u32 {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let attempt = async {
-            let mut client = crate::connect(endpoint, Duration::from_secs(5))
+            let client = crate::connect(endpoint, Duration::from_secs(5))
                 .await
                 .ok()?;
             client

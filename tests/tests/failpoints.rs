@@ -8,9 +8,9 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::Command;
 use std::time::Duration;
 
-use etcd_client::{Client, CompactionOptions, GetOptions, Txn, TxnOp};
+use etcd_client::{Client, CompactionOptions, DeleteOptions, GetOptions, Txn, TxnOp};
 use oxcd_tests::cluster::Cluster;
-use oxcd_tests::writes::{hash_kv_at, read_prefix, verify, Ack, Writers};
+use oxcd_tests::writes::{hash_kv_at, read_prefix, value_for, verify, Ack, Writers};
 use oxcd_tests::{connect, oxcdctl_bin, Flavor, Server, StartOptions};
 use rand::Rng;
 
@@ -55,7 +55,10 @@ fn crash_at(failpoint: &str, after: u32) -> String {
 async fn bulk_write(client: &mut Client, prefix: &str, n: usize) {
     for chunk in 0..n.div_ceil(100) {
         let ops: Vec<TxnOp> = (chunk * 100..((chunk + 1) * 100).min(n))
-            .map(|i| TxnOp::put(format!("{prefix}/{i:06}"), "bulk", None))
+            .map(|i| {
+                let key = format!("{prefix}/{i:06}");
+                TxnOp::put(key.clone(), value_for(&key), None)
+            })
             .collect();
         client.txn(Txn::new().and_then(ops)).await.unwrap();
     }
@@ -205,8 +208,9 @@ async fn a_follower_crashed_while_installing_a_snapshot_recovers_it() {
         cluster.kill(follower);
         // Enough entries that the leader purges what the follower lacks.
         for i in 0..300 {
+            let key = format!("fp/seq/{i:04}");
             client
-                .put(format!("fp/seq/{i:04}"), "s", None)
+                .put(key.clone(), value_for(&key), None)
                 .await
                 .unwrap();
         }
@@ -253,10 +257,15 @@ async fn a_member_crashed_mid_compaction_resumes_it() {
     let mut client = connect(&cluster.endpoints()[leader], Duration::from_secs(30))
         .await
         .unwrap();
-    bulk_write(&mut client, "fp/a", 12_000).await;
-    bulk_write(&mut client, "fp/a", 12_000).await;
+    // More revisions to drop than one compaction batch holds.
+    bulk_write(&mut client, "fp/old", 12_000).await;
+    client
+        .delete("fp/old/", Some(DeleteOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    bulk_write(&mut client, "fp/new", 100).await;
     let revision = client
-        .get("fp/a", None)
+        .get("fp/new", None)
         .await
         .unwrap()
         .header()
@@ -269,11 +278,14 @@ async fn a_member_crashed_mid_compaction_resumes_it() {
     wait_for_crash(cluster.member_mut(victim), failpoint).await;
     cluster.member_mut(victim).set_env(FAILPOINTS, None);
     cluster.restart(victim).await;
-    client.put("fp/after", "compaction", None).await.unwrap();
+    client
+        .put("fp/after", value_for("fp/after"), None)
+        .await
+        .unwrap();
     let acks = acks_of_prefix(&mut client, "fp/").await;
     check_cluster(&cluster, &acks, failpoint).await;
     let old = client
-        .get("fp/a/000001", Some(GetOptions::new().with_revision(2)))
+        .get("fp/old/000001", Some(GetOptions::new().with_revision(2)))
         .await;
     assert!(
         old.is_err(),

@@ -114,17 +114,9 @@ impl Consensus {
         .validate()?;
         let log = log_store::LogStore::new(engine.clone())?;
         let sm = state_machine::StateMachine::open(engine.clone(), applied)?;
-        // A lagging member can only be caught up from a snapshot that reaches the purged log;
-        // one lost to a crash (or dropped as inconsistent at start) is built again at once.
-        let snapshot_behind = log_store::last_purged(&engine)? > sm.current_snapshot_id()?;
+        sm.cover_purged_log(log_store::last_purged(&engine)?)?;
         let network = network::PeerNetwork(peers.clone());
         let raft = types::Raft::new(id, Arc::new(config), network, log, sm).await?;
-        if snapshot_behind {
-            tracing::warn!(
-                "the current snapshot does not reach the purged log; building a new one"
-            );
-            raft.trigger().snapshot().await?;
-        }
         if let Some(members) = bootstrap {
             // Every member of a new cluster initializes with the same membership, which
             // openraft allows; whichever wins the first election leads.

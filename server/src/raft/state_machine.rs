@@ -101,12 +101,31 @@ impl StateMachine {
     }
 
     /// The metadata of the current snapshot, if any.
-    pub fn current_snapshot_id(&self) -> Result<Option<LogId>, StorageError> {
+    fn current_snapshot_id(&self) -> Result<Option<LogId>, StorageError> {
         Ok(self
             .snapshots
             .current()
             .map_err(file_err)?
             .and_then(|(meta, _)| meta.last_log_id))
+    }
+
+    /// Makes sure a snapshot reaches `purged`, the end of the purged log: openraft refuses to
+    /// start otherwise, and a lagging member could not be caught up. It falls short when a
+    /// crash came between openraft's purge (which runs alongside an install) and the install's
+    /// publication, or when the previous release's snapshot was dropped at start.
+    pub fn cover_purged_log(&self, purged: Option<LogId>) -> Result<(), StorageError> {
+        if purged <= self.current_snapshot_id()? {
+            return Ok(());
+        }
+        if purged > self.applied {
+            let e = std::io::Error::other(format!(
+                "the state machine (applied {:?}) is behind the purged Raft log ({purged:?}); the data dir is damaged",
+                self.applied
+            ));
+            return Err(sm_err(ErrorVerb::Read, e));
+        }
+        tracing::warn!(?purged, "no snapshot covers the purged log; building one");
+        dump_snapshot(&self.parts.store, &self.snapshots)
     }
 
     /// A crash while a received snapshot was being loaded leaves a partly replaced state and
