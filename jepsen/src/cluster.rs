@@ -120,6 +120,8 @@ struct Member {
     log: PathBuf,
     peer_port: u16,
     client_port: u16,
+    /// `--listen-metrics-urls`: /health, /readyz, /metrics of this member, not proxied.
+    metrics_port: u16,
     child: Option<Child>,
     paused: bool,
     launches: u32,
@@ -170,6 +172,7 @@ impl Cluster {
                 name,
                 peer_port: free_port(&mut ports)?,
                 client_port: free_port(&mut ports)?,
+                metrics_port: free_port(&mut ports)?,
                 child: None,
                 paused: false,
                 launches: 0,
@@ -227,6 +230,11 @@ impl Cluster {
         self.network.client_addr(member).to_string()
     }
 
+    /// "http://127.0.0.1:PORT" where member `member` serves /health, /readyz and /metrics.
+    pub fn metrics_url(&self, member: usize) -> String {
+        format!("http://127.0.0.1:{}", self.members[member].metrics_port)
+    }
+
     /// Spawns member `i` on its data directory and ports, and registers its pid with the network
     /// so that its peer connections are attributed to it.
     fn launch(&mut self, i: usize) -> Result<()> {
@@ -253,6 +261,8 @@ impl Cluster {
             .arg(format!("http://127.0.0.1:{}", member.client_port))
             .arg("--advertise-client-urls")
             .arg(&client_url)
+            .arg("--listen-metrics-urls")
+            .arg(format!("http://127.0.0.1:{}", member.metrics_port))
             .arg("--initial-cluster")
             .arg(&self.initial_cluster)
             .arg("--initial-cluster-state")

@@ -46,7 +46,7 @@ impl Alarms {
         Ok(())
     }
 
-    fn raised(&self, alarm: AlarmType) -> bool {
+    pub fn raised(&self, alarm: AlarmType) -> bool {
         self.active.lock().iter().any(|(_, t)| *t == alarm as i32)
     }
 

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::features::FeatureGates;
+
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "oxcd",
@@ -90,12 +92,18 @@ pub struct Config {
     pub snapshot_count: u64,
 
     /// debug, info, warn, error, panic or fatal.
-    #[arg(long, env = "ETCD_LOG_LEVEL", default_value = "info")]
+    #[arg(long, env = "ETCD_LOG_LEVEL", default_value = "info", value_parser = ["debug", "info", "warn", "error", "panic", "fatal"])]
     pub log_level: String,
-    /// Accepted for compatibility (`zap`); oxcd always logs structured lines to stderr.
-    #[arg(long, env = "ETCD_LOGGER")]
-    pub logger: Option<String>,
-    #[arg(long, env = "ETCD_LOG_OUTPUTS", value_delimiter = ',')]
+    /// `zap`, the only logger etcd 3.5+ has (oxcd writes structured lines like it).
+    #[arg(long, env = "ETCD_LOGGER", default_value = "zap", value_parser = ["zap"])]
+    pub logger: String,
+    /// Where logs go: `default` or `stderr`, `stdout`, or file paths (appended to).
+    #[arg(
+        long,
+        env = "ETCD_LOG_OUTPUTS",
+        value_delimiter = ',',
+        default_value = "default"
+    )]
     pub log_outputs: Vec<String>,
 
     // Client TLS (https:// listen URLs). Peer TLS flags are accepted for the peer transport.
@@ -120,17 +128,20 @@ pub struct Config {
     #[arg(long, env = "ETCD_LISTEN_METRICS_URLS", value_delimiter = ',')]
     pub listen_metrics_urls: Vec<String>,
     /// Interval of progress notifications to watches that asked for them (etcd: 10m).
-    #[arg(long, env = "ETCD_WATCH_PROGRESS_NOTIFY_INTERVAL", value_parser = humantime_like)]
+    #[arg(long, env = "ETCD_WATCH_PROGRESS_NOTIFY_INTERVAL", value_parser = go_duration)]
     pub watch_progress_notify_interval: Option<Duration>,
-    #[arg(long, env = "ETCD_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL", value_parser = humantime_like)]
+    #[arg(long, env = "ETCD_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL", value_parser = go_duration)]
     pub experimental_watch_progress_notify_interval: Option<Duration>,
-    // Accepted so kubeadm manifests start oxcd; not acted on yet.
-    #[arg(long, env = "ETCD_FEATURE_GATES")]
-    pub feature_gates: Option<String>,
-    #[arg(long, env = "ETCD_AUTO_COMPACTION_MODE")]
-    pub auto_compaction_mode: Option<String>,
-    #[arg(long, env = "ETCD_AUTO_COMPACTION_RETENTION")]
-    pub auto_compaction_retention: Option<String>,
+    /// etcd's server feature gates, `Name=true|false,...` (see `features`).
+    #[arg(long, env = "ETCD_FEATURE_GATES", default_value = "", value_parser = FeatureGates::parse)]
+    pub feature_gates: FeatureGates,
+    /// `periodic` (retention: a duration, or a number of hours) or `revision` (retention: a
+    /// number of revisions).
+    #[arg(long, env = "ETCD_AUTO_COMPACTION_MODE", default_value = "periodic")]
+    pub auto_compaction_mode: String,
+    /// How much history automatic compaction keeps; 0 turns it off.
+    #[arg(long, env = "ETCD_AUTO_COMPACTION_RETENTION", default_value = "0")]
+    pub auto_compaction_retention: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -139,23 +150,51 @@ pub enum ClusterState {
     Existing,
 }
 
-/// Go duration strings as etcd takes them: "5s", "100ms", "10m", "1h".
-fn humantime_like(s: &str) -> Result<Duration, String> {
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
-    let secs = match unit {
-        "ns" => n / 1e9,
-        "us" | "µs" => n / 1e6,
-        "ms" => n / 1e3,
-        "s" | "" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("invalid duration unit in {s:?}")),
-    };
-    Ok(Duration::from_secs_f64(secs))
+/// A Go duration as etcd's flags take one (Go's time.ParseDuration): a sequence of decimal
+/// numbers, each with a unit (`ns`, `us`, `µs`, `ms`, `s`, `m`, `h`), such as "300ms" or
+/// "1h30m"; "0" alone needs none. Errors read as Go's.
+pub fn go_duration(s: &str) -> Result<Duration, String> {
+    let quoted = format!("{s:?}");
+    let missing_unit = || format!("time: missing unit in duration {quoted}");
+    let invalid = || format!("time: invalid duration {quoted}");
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    if s.is_empty() || s.starts_with('-') {
+        return Err(
+            if s.starts_with('-') && s[1..].chars().all(|c| c.is_ascii_digit()) {
+                missing_unit()
+            } else {
+                invalid()
+            },
+        );
+    }
+    let mut rest = s.strip_prefix('+').unwrap_or(s);
+    let mut total = 0f64;
+    while !rest.is_empty() {
+        let number_len = rest
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(rest.len());
+        let (number, tail) = rest.split_at(number_len);
+        let value: f64 = number.parse().map_err(|_| invalid())?;
+        let unit_len = tail
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_len);
+        let seconds = match unit {
+            "" => return Err(missing_unit()),
+            "ns" => 1e-9,
+            "us" | "µs" | "μs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            other => return Err(format!("time: unknown unit {other:?} in duration {quoted}")),
+        };
+        total += value * seconds;
+        rest = tail;
+    }
+    Ok(Duration::from_secs_f64(total))
 }
 
 impl Config {
@@ -182,6 +221,12 @@ impl Config {
         } else {
             self.quota_backend_bytes
         }
+    }
+
+    /// Automatic compaction as the flags ask for it, or why they are refused.
+    pub fn auto_compaction(&self) -> anyhow::Result<Option<crate::auto_compaction::Retention>> {
+        crate::auto_compaction::parse(&self.auto_compaction_mode, &self.auto_compaction_retention)
+            .map_err(anyhow::Error::msg)
     }
 
     /// etcd's default is 10 minutes; kubeadm sets 5 s.
@@ -226,5 +271,38 @@ mod tests {
             Some(Duration::from_secs(5))
         );
         assert_eq!(c.client_cert_auth, Some(true));
+        assert!(c.feature_gates.enabled("InitialCorruptCheck"));
+    }
+
+    #[test]
+    fn go_durations() {
+        let ms = Duration::from_millis;
+        assert_eq!(go_duration("5s"), Ok(ms(5000)));
+        assert_eq!(go_duration("100ms"), Ok(ms(100)));
+        assert_eq!(go_duration("1h30m"), Ok(ms(5_400_000)));
+        assert_eq!(go_duration("1.5s"), Ok(ms(1500)));
+        assert_eq!(go_duration("0"), Ok(Duration::ZERO));
+        assert_eq!(
+            go_duration("1x"),
+            Err("time: unknown unit \"x\" in duration \"1x\"".into())
+        );
+        assert_eq!(
+            go_duration("10"),
+            Err("time: missing unit in duration \"10\"".into())
+        );
+    }
+
+    #[test]
+    fn flags_oxcd_cannot_honour_are_refused() {
+        for bad in [
+            "--logger=capnslog",
+            "--log-level=verbose",
+            "--feature-gates=LeaseCheckpoint=true",
+            "--feature-gates=NoSuchGate=true",
+        ] {
+            assert!(Config::try_parse_from(["oxcd", bad]).is_err(), "{bad}");
+        }
+        let c = Config::try_parse_from(["oxcd", "--auto-compaction-mode=hourly"]).unwrap();
+        assert!(c.auto_compaction().is_err());
     }
 }

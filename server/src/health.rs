@@ -1,30 +1,75 @@
 //! The HTTP endpoints etcd serves on `--listen-metrics-urls` (kubeadm probes them on
-//! 127.0.0.1:2381): `/livez`, `/readyz`, `/health` and a small `/metrics`.
+//! 127.0.0.1:2381): `/livez`, `/readyz`, `/health` and a small `/metrics`, with etcd 3.6/3.7's
+//! checks, reasons and bodies.
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use oxcd_proto::etcdserverpb::AlarmType;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::mvcc::MvccStore;
+use crate::alarm::Alarms;
+use crate::error::EtcdError;
+use crate::mvcc::{KeyRange, MvccStore, RangeOptions};
 use crate::raft::Consensus;
 use crate::storage::Engine;
-
-/// A linearizable `/health` check gives up after this long, as etcd's does.
-const HEALTH_READ_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Clone)]
 pub struct Health {
     pub consensus: Arc<Consensus>,
     pub store: Arc<MvccStore>,
     pub engine: Arc<Engine>,
+    pub alarms: Arc<Alarms>,
     pub member_id: u64,
+}
+
+/// The checks of `/readyz` (all of them) and `/livez` (the serializable read only), by etcd's
+/// names.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Check {
+    DataCorruption,
+    SerializableRead,
+    LinearizableRead,
+    NonLearner,
+}
+
+impl Check {
+    fn name(self) -> &'static str {
+        match self {
+            Check::DataCorruption => "data_corruption",
+            Check::SerializableRead => "serializable_read",
+            Check::LinearizableRead => "linearizable_read",
+            Check::NonLearner => "non_learner",
+        }
+    }
+}
+
+const READYZ: [Check; 4] = [
+    Check::DataCorruption,
+    Check::SerializableRead,
+    Check::LinearizableRead,
+    Check::NonLearner,
+];
+const LIVEZ: [Check; 1] = [Check::SerializableRead];
+
+/// The values of query parameter `name`.
+fn query_values<'a>(query: Option<&'a str>, name: &'a str) -> impl Iterator<Item = &'a str> {
+    query
+        .unwrap_or("")
+        .split('&')
+        .filter_map(move |pair| pair.strip_prefix(name)?.strip_prefix('='))
+}
+
+fn query_flag(query: Option<&str>, name: &str) -> bool {
+    query
+        .unwrap_or("")
+        .split('&')
+        .any(|pair| pair == name || query_values(Some(pair), name).any(|v| v == "true"))
 }
 
 impl Health {
@@ -53,47 +98,110 @@ impl Health {
     }
 
     async fn answer<B>(&self, req: Request<B>) -> Response<Full<Bytes>> {
-        let has_leader = self.consensus.status().leader.is_some();
+        let query = req.uri().query();
         match req.uri().path() {
-            "/livez" => text(StatusCode::OK, "ok"),
-            "/readyz" if has_leader => text(StatusCode::OK, "ok"),
-            "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready: no leader"),
-            "/health" => {
-                let serializable = req
-                    .uri()
-                    .query()
-                    .is_some_and(|q| q.contains("serializable=true"));
-                let reason = if !has_leader {
-                    Some("RAFT NO LEADER")
-                } else if !serializable
-                    && tokio::time::timeout(HEALTH_READ_TIMEOUT, self.consensus.read_barrier())
-                        .await
-                        .map_or(true, |r| r.is_err())
-                {
-                    Some("QGET ERROR")
-                } else {
-                    None
-                };
-                let body = format!(
-                    r#"{{"health":"{}","reason":"{}"}}"#,
-                    reason.is_none(),
-                    reason.unwrap_or("")
-                );
-                let status = if reason.is_none() {
-                    StatusCode::OK
-                } else {
-                    StatusCode::SERVICE_UNAVAILABLE
-                };
-                text(status, &body)
+            "/livez" => self.probe(&LIVEZ, query).await,
+            "/readyz" => self.probe(&READYZ, query).await,
+            "/health" => self.health(query).await,
+            "/metrics" => text(StatusCode::OK, &self.metrics()),
+            _ => text(StatusCode::NOT_FOUND, "404 page not found\n"),
+        }
+    }
+
+    /// `/livez` and `/readyz`: Kubernetes-style checks, `?exclude=<check>` and `?verbose`.
+    async fn probe(&self, checks: &[Check], query: Option<&str>) -> Response<Full<Bytes>> {
+        let excluded: Vec<&str> = query_values(query, "exclude").collect();
+        let mut lines = String::new();
+        let mut failed = false;
+        for check in checks {
+            let name = check.name();
+            if excluded.contains(&name) {
+                lines.push_str(&format!("[+]{name} excluded: ok\n"));
+                continue;
             }
-            "/metrics" => text(StatusCode::OK, &self.metrics(has_leader)),
-            _ => text(StatusCode::NOT_FOUND, "404 page not found"),
+            match self.run(*check).await {
+                Ok(()) => lines.push_str(&format!("[+]{name} ok\n")),
+                Err(reason) => {
+                    failed = true;
+                    lines.push_str(&format!("[-]{name} failed: {reason}\n"));
+                }
+            }
+        }
+        if failed {
+            // etcd writes it with http.Error, which ends the body with one more newline.
+            text(StatusCode::SERVICE_UNAVAILABLE, &format!("{lines}\n"))
+        } else if query_flag(query, "verbose") {
+            text(StatusCode::OK, &format!("{lines}ok\n"))
+        } else {
+            text(StatusCode::OK, "ok\n")
+        }
+    }
+
+    async fn run(&self, check: Check) -> Result<(), String> {
+        match check {
+            Check::DataCorruption => {
+                if self.alarms.raised(AlarmType::Corrupt) {
+                    Err("alarm activated: CORRUPT".into())
+                } else {
+                    Ok(())
+                }
+            }
+            Check::SerializableRead => self
+                .store
+                .range(&KeyRange::Single(Vec::new()), RangeOptions::default())
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            Check::LinearizableRead => self
+                .consensus
+                .read_barrier()
+                .await
+                .map_err(|e| e.to_string()),
+            Check::NonLearner => {
+                if self.consensus.status().is_learner {
+                    Err(EtcdError::NotSupportedForLearner.to_string())
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    /// `/health`: alarms (unless `?exclude=NOSPACE|CORRUPT`), then a leader and a linearizable
+    /// read, or with `?serializable=true` a local read only.
+    async fn health(&self, query: Option<&str>) -> Response<Full<Bytes>> {
+        let excluded: Vec<&str> = query_values(query, "exclude").collect();
+        let serializable = query_flag(query, "serializable");
+        let alarm = [AlarmType::Nospace, AlarmType::Corrupt]
+            .into_iter()
+            .find(|a| self.alarms.raised(*a) && !excluded.contains(&a.as_str_name()));
+        let reason = if let Some(alarm) = alarm {
+            Some(format!("ALARM {}", alarm.as_str_name()))
+        } else if serializable {
+            self.run(Check::SerializableRead)
+                .await
+                .err()
+                .map(|e| format!("RANGE ERROR:{e}"))
+        } else if self.consensus.status().leader.is_none() {
+            Some("RAFT NO LEADER".into())
+        } else {
+            self.run(Check::LinearizableRead)
+                .await
+                .err()
+                .map(|e| format!("RANGE ERROR:{e}"))
+        };
+        match reason {
+            None => text(StatusCode::OK, r#"{"health":"true","reason":""}"#),
+            Some(reason) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("{{\"health\":\"false\",\"reason\":\"{reason}\"}}\n"),
+            ),
         }
     }
 
     /// A few of etcd's own metric names, in Prometheus text format.
-    fn metrics(&self, has_leader: bool) -> String {
+    fn metrics(&self) -> String {
         let raft = self.consensus.status();
+        let has_leader = raft.leader.is_some();
         let gauge = |name: &str, help: &str, value: String| {
             format!("# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n")
         };
@@ -128,9 +236,18 @@ impl Health {
                 "The current revision of store.",
                 self.store.current_revision().to_string(),
             ),
+            counter(
+                "oxcd_mvcc_compaction_failures_total",
+                "Physical compaction attempts that failed (each is retried).",
+                self.store.compaction_failures().to_string(),
+            ),
         ]
         .concat()
     }
+}
+
+fn counter(name: &str, help: &str, value: String) -> String {
+    format!("# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n")
 }
 
 fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {

@@ -6,10 +6,13 @@
 pub mod alarm;
 pub mod api;
 mod authority;
+pub mod auto_compaction;
 pub mod cluster;
 pub mod concurrency;
 pub mod config;
+mod corruption;
 pub mod error;
+pub mod features;
 pub mod health;
 pub mod kv;
 pub mod lease;

@@ -4,6 +4,7 @@ use oxcd::node::Node;
 use std::time::Duration;
 
 use tokio::signal::unix::{signal, SignalKind};
+use tracing_subscriber::fmt::writer::{BoxMakeWriter, MakeWriterExt};
 
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -21,7 +22,10 @@ fn main() {
     // Crash tests set FAILPOINTS (e.g. `raft::wal::after_fsync=5*off->panic`).
     let _failpoints = oxcd::failpoints_from_env();
     let config = Config::parse();
-    init_logging(&config.log_level);
+    if let Err(e) = init_logging(&config.log_level, &config.log_outputs) {
+        fail(e);
+    }
+    config.feature_gates.log_no_effect();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -52,7 +56,7 @@ async fn run(config: Config) -> anyhow::Result<bool> {
     Ok(node.shutdown().await)
 }
 
-fn init_logging(level: &str) {
+fn init_logging(level: &str, outputs: &[String]) -> anyhow::Result<()> {
     // etcd's levels; panic and fatal only ever log errors.
     let level = match level {
         "debug" => "debug",
@@ -68,8 +72,38 @@ fn init_logging(level: &str) {
     });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(log_writer(outputs)?)
+        .with_ansi(
+            outputs
+                .iter()
+                .all(|o| matches!(o.as_str(), "default" | "stderr")),
+        )
         .init();
+    Ok(())
+}
+
+/// etcd's --log-outputs: `default`/`stderr`, `stdout`, or files, every line to each of them.
+fn log_writer(outputs: &[String]) -> anyhow::Result<BoxMakeWriter> {
+    let mut writer: Option<BoxMakeWriter> = None;
+    for output in outputs {
+        let next = match output.as_str() {
+            "default" | "stderr" => BoxMakeWriter::new(std::io::stderr),
+            "stdout" => BoxMakeWriter::new(std::io::stdout),
+            path => {
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|e| anyhow::anyhow!("cannot open --log-outputs file {path}: {e}"))?;
+                BoxMakeWriter::new(std::sync::Mutex::new(file))
+            }
+        };
+        writer = Some(match writer {
+            Some(before) => BoxMakeWriter::new(before.and(next)),
+            None => next,
+        });
+    }
+    Ok(writer.unwrap_or_else(|| BoxMakeWriter::new(std::io::stderr)))
 }
 
 /// A panic is a bug that may have left shared state half-changed (an apply half done, a lock

@@ -75,6 +75,8 @@ pub struct Node {
 
 impl Node {
     pub async fn start(config: &Config) -> anyhow::Result<Node> {
+        let auto_compaction = config.auto_compaction()?;
+        let gates = &config.feature_gates;
         let tls = crate::tls::client_acceptor(config)?;
         let peer_tls = crate::tls::peer_acceptor(config)?;
         let peer_connector = crate::tls::peer_connector(config)?;
@@ -173,7 +175,13 @@ impl Node {
             quota.clone(),
             config.max_txn_ops,
         ));
-        let leases = LeaseService::start(lessor, consensus.clone(), quota, member_id);
+        let leases = LeaseService::start(
+            lessor,
+            consensus.clone(),
+            quota,
+            member_id,
+            gates.enabled("FastLeaseKeepAlive"),
+        );
         let contention = Arc::new(Contention::new(kv.clone(), watches.clone(), leases.clone()));
         let max_decode = config.max_request_bytes + GRPC_OVERHEAD_BYTES;
 
@@ -196,6 +204,7 @@ impl Node {
             let peer = PeerServer::new(PeerApi {
                 consensus: consensus.clone(),
                 leases: leases.clone(),
+                store: store.clone(),
             })
             .max_decoding_message_size(MAX_PEER_MESSAGE)
             .max_encoding_message_size(MAX_PEER_MESSAGE);
@@ -217,6 +226,12 @@ impl Node {
                 routes.routes(),
                 stopped.clone(),
             )));
+        }
+        if gates.enabled("InitialCorruptCheck") {
+            crate::corruption::initial_check(&store, &consensus, member_id).await?;
+        }
+        if let Some(retention) = auto_compaction {
+            crate::auto_compaction::start(retention, store.clone(), consensus.clone());
         }
         // Like etcd, serve clients only once this member's name and client URLs are in the
         // membership, so `member list` (and `--cluster` tools) can find every serving member.
@@ -303,6 +318,9 @@ impl Node {
                 .add_service(service!(
                     MaintenanceServer,
                     MaintenanceApi {
+                        defrag_stops_serving: gates
+                            .enabled("StopGRPCServiceOnDefrag")
+                            .then(|| health_reporter.clone()),
                         engine: engine.clone(),
                         consensus: consensus.clone(),
                         store: store.clone(),
@@ -331,6 +349,7 @@ impl Node {
             consensus: consensus.clone(),
             store: store.clone(),
             engine: engine.clone(),
+            alarms: alarms.clone(),
             member_id,
         };
         for url in &config.listen_metrics_urls {

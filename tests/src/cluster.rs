@@ -168,11 +168,14 @@ impl Cluster {
         Err(last_error.unwrap_or_else(|| anyhow!("could not find free ports")))
     }
 
-    /// Spawns every member, then waits until all serve a linearizable Range. Fails at once if a
-    /// member exits (a port clash, a flag it rejects) rather than waiting out the timeout.
+    /// Spawns every member that is not running, then waits until all serve a linearizable Range.
+    /// Fails at once if a member exits (a port clash, a flag it rejects) rather than waiting out
+    /// the timeout.
     async fn launch_all(&mut self) -> Result<()> {
         for member in &mut self.members {
-            member.spawn()?;
+            if !member.is_running() {
+                member.spawn()?;
+            }
         }
         let deadline = Instant::now() + crate::READY_TIMEOUT;
         let mut ready = vec![false; self.members.len()];
@@ -358,6 +361,15 @@ impl Cluster {
     /// Range (so the rest of the cluster must have a quorum).
     pub async fn restart(&mut self, i: usize) {
         self.members[i].restart().await;
+    }
+
+    /// Starts every stopped member again at once and waits until all of them serve a
+    /// linearizable Range: after the whole cluster went down none can serve alone, so restarting
+    /// them one by one with [`Cluster::restart`] would wait for a quorum that never comes.
+    pub async fn restart_all(&mut self) {
+        if let Err(e) = self.launch_all().await {
+            panic!("restarting the {} cluster: {e:#}", self.flavor);
+        }
     }
 
     /// Announces a new member with `etcdctl member add` (as a learner if `learner`), then starts

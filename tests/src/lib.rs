@@ -6,6 +6,7 @@
 
 pub mod certs;
 pub mod cluster;
+pub mod powerfs;
 pub mod watch_checker;
 pub mod writes;
 

@@ -21,6 +21,9 @@ use crate::storage::{Cf, Engine};
 const SNAPSHOT_CHUNKS_AHEAD: usize = 8;
 
 pub struct MaintenanceApi {
+    /// With etcd's StopGRPCServiceOnDefrag gate: the gRPC health service, which reports
+    /// NOT_SERVING while a defragment runs so that load balancers route around the member.
+    pub defrag_stops_serving: Option<tonic_health::server::HealthReporter>,
     pub engine: Arc<Engine>,
     pub consensus: Arc<Consensus>,
     pub store: Arc<MvccStore>,
@@ -47,11 +50,18 @@ impl Maintenance for MaintenanceApi {
             raft_term: raft.term,
             raft_applied_index: raft.applied_index,
             is_learner: raft.is_learner,
-            errors: self
-                .alarms
-                .list(0)
-                .iter()
-                .map(|a| format!("memberID:{} alarm:{}", a.member_id, alarm_name(a.alarm)))
+            // etcd lists a missing leader first, then the alarms.
+            errors: raft
+                .leader
+                .is_none()
+                .then(|| EtcdError::NoLeader.to_string())
+                .into_iter()
+                .chain(
+                    self.alarms
+                        .list(0)
+                        .iter()
+                        .map(|a| format!("memberID:{} alarm:{}", a.member_id, alarm_name(a.alarm))),
+                )
                 .collect(),
             ..Default::default()
         };
@@ -167,10 +177,16 @@ impl Maintenance for MaintenanceApi {
         &self,
         _req: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
+        let serving = |status| async move {
+            if let Some(health) = &self.defrag_stops_serving {
+                health.set_service_status("", status).await;
+            }
+        };
+        serving(tonic_health::ServingStatus::NotServing).await;
         let engine = self.engine.clone();
-        tokio::task::spawn_blocking(move || engine.compact_all())
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?;
+        let defragmented = tokio::task::spawn_blocking(move || engine.compact_all()).await;
+        serving(tonic_health::ServingStatus::Serving).await;
+        defragmented.map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(DefragmentResponse::default()))
     }
 }

@@ -6,20 +6,24 @@ use std::time::{Duration, Instant};
 
 use oxcd_proto::peerpb::{
     discovery_server::Discovery, peer_server::Peer, ChangeMembersReply, ChangeMembersRequest,
-    HoldElectionsReply, HoldElectionsRequest, LeaseRenewReply, LeaseRenewRequest,
-    LeaseTimeToLiveReply, LeaseTimeToLiveRequest, MemberEntry, MembersReply, MembersRequest,
-    PreVoteReply, PreVoteRequest, ProposeReply, ProposeRequest, RaftMessage, ReadIndexReply,
-    ReadIndexRequest, RemovedReply, RemovedRequest, TimeoutNowReply, TimeoutNowRequest,
+    HashKvReply, HashKvRequest, HoldElectionsReply, HoldElectionsRequest, LeaseRenewReply,
+    LeaseRenewRequest, LeaseTimeToLiveReply, LeaseTimeToLiveRequest, MemberEntry, MembersReply,
+    MembersRequest, PreVoteReply, PreVoteRequest, ProposeReply, ProposeRequest, RaftMessage,
+    ReadIndexReply, ReadIndexRequest, RemovedReply, RemovedRequest, TimeoutNowReply,
+    TimeoutNowRequest,
 };
 use tonic::{Request, Response, Status};
 
 use crate::error::EtcdError;
 use crate::lease::LeaseService;
+use crate::mvcc::MvccStore;
 use crate::raft::{failure, Consensus, MemberChange, CLUSTER_ID_HEADER};
+use crate::storage::off_runtime;
 
 pub struct PeerApi {
     pub consensus: Arc<Consensus>,
     pub leases: Arc<LeaseService>,
+    pub store: Arc<MvccStore>,
 }
 
 /// Refuses calls stamped with another cluster's id (etcd: "request cluster ID mismatch").
@@ -222,6 +226,24 @@ impl Peer for PeerApi {
         tracing::warn!("the leader removed this member from the cluster");
         self.consensus.mark_removed();
         Ok(Response::new(RemovedReply {}))
+    }
+
+    async fn hash_kv(&self, req: Request<HashKvRequest>) -> Result<Response<HashKvReply>, Status> {
+        let store = self.store.clone();
+        let revision = req.into_inner().revision;
+        let reply = match off_runtime(EtcdError::Stopped, move || store.hash_kv(revision)).await {
+            Ok((hash, hash_revision, compact_revision)) => HashKvReply {
+                failure: None,
+                hash,
+                hash_revision,
+                compact_revision,
+            },
+            Err(e) => HashKvReply {
+                failure: Some(failure(e)),
+                ..Default::default()
+            },
+        };
+        Ok(Response::new(reply))
     }
 
     async fn hold_elections(

@@ -16,6 +16,7 @@ use oxcd_proto::peerpb::{self, Failure, LeaseRenewRequest};
 use super::{LeaseInfo, Lessor, MAX_TTL};
 use crate::alarm::Quota;
 use crate::error::EtcdError;
+use crate::kv::apply::LeaseLookup;
 use crate::raft::{failure, not_leader, Command, Consensus, NodeId, Op, Outcomes};
 
 const EXPIRY_CHECK: Duration = Duration::from_millis(500);
@@ -27,6 +28,9 @@ pub struct LeaseService {
     consensus: Arc<Consensus>,
     quota: Arc<Quota>,
     ids: IdGenerator,
+    /// etcd's FastLeaseKeepAlive gate: a keep-alive for a lease the leader already has does not
+    /// wait for the leader to apply everything committed.
+    fast_keep_alive: bool,
 }
 
 impl LeaseService {
@@ -36,12 +40,14 @@ impl LeaseService {
         consensus: Arc<Consensus>,
         quota: Arc<Quota>,
         member_id: NodeId,
+        fast_keep_alive: bool,
     ) -> Arc<LeaseService> {
         let service = Arc::new(LeaseService {
             lessor,
             consensus,
             quota,
             ids: IdGenerator::new(member_id),
+            fast_keep_alive,
         });
         let mut leading = service.consensus.leadership(member_id);
         let lessor = service.lessor.clone();
@@ -82,21 +88,22 @@ impl LeaseService {
     /// Keep-alives are the leader's: answered here when this member leads, else forwarded. An
     /// unknown lease is answered with TTL 0, as etcd does.
     pub async fn keep_alive(&self, id: i64) -> Result<LeaseKeepAliveResponse, EtcdError> {
-        let ttl = self
-            .consensus
-            .leader_link()
-            .call(
-                None,
-                || self.renew_here(id),
-                |mut client| async move {
-                    let r = client
-                        .lease_renew(LeaseRenewRequest { id })
-                        .await?
-                        .into_inner();
-                    Ok((r.failure, r.ttl))
-                },
-            )
-            .await?;
+        let renewed = self.consensus.leader_link().call(
+            None,
+            || self.renew_here(id),
+            |mut client| async move {
+                let r = client
+                    .lease_renew(LeaseRenewRequest { id })
+                    .await?
+                    .into_inner();
+                Ok((r.failure, r.ttl))
+            },
+        );
+        // A member that cannot reach a leader gives up as etcd's does, after its request
+        // timeout, rather than hold the keep-alive stream forever.
+        let ttl = tokio::time::timeout(self.consensus.request_timeout(), renewed)
+            .await
+            .unwrap_or(Err(EtcdError::Timeout))?;
         Ok(LeaseKeepAliveResponse {
             header: None,
             id,
@@ -112,9 +119,15 @@ impl LeaseService {
         if !self.consensus.leader_link().is_leader() {
             return Err(not_leader());
         }
-        match self.consensus.confirm_leadership().await {
+        let wait_applied = !(self.fast_keep_alive && self.lessor.exists(id));
+        match self.consensus.confirm_leadership(wait_applied).await {
             Ok(()) => {}
             Err(EtcdError::NotLeader) => return Err(not_leader()),
+            // Cut off from its quorum: etcd's member steps down and its renewals end with "no
+            // leader"; ours says so once it no longer vouches for itself.
+            Err(_) if self.consensus.status().leader.is_none() => {
+                return Err(failure(EtcdError::NoLeader))
+            }
             Err(e) => return Err(failure(e)),
         }
         match self.lessor.renew(id) {
@@ -131,26 +144,25 @@ impl LeaseService {
         r: LeaseTimeToLiveRequest,
     ) -> Result<LeaseTimeToLiveResponse, EtcdError> {
         let (id, keys) = (r.id, r.keys);
-        let info = self
-            .consensus
-            .leader_link()
-            .call(
-                None,
-                || self.time_to_live_here(id, keys),
-                |mut client| async move {
-                    let r = client
-                        .lease_time_to_live(peerpb::LeaseTimeToLiveRequest { id, keys })
-                        .await?
-                        .into_inner();
-                    let info = r.found.then_some(LeaseInfo {
-                        ttl: r.ttl,
-                        granted_ttl: r.granted_ttl,
-                        keys: r.keys,
-                    });
-                    Ok((r.failure, info))
-                },
-            )
-            .await?;
+        let asked = self.consensus.leader_link().call(
+            None,
+            || self.time_to_live_here(id, keys),
+            |mut client| async move {
+                let r = client
+                    .lease_time_to_live(peerpb::LeaseTimeToLiveRequest { id, keys })
+                    .await?
+                    .into_inner();
+                let info = r.found.then_some(LeaseInfo {
+                    ttl: r.ttl,
+                    granted_ttl: r.granted_ttl,
+                    keys: r.keys,
+                });
+                Ok((r.failure, info))
+            },
+        );
+        let info = tokio::time::timeout(self.consensus.request_timeout(), asked)
+            .await
+            .unwrap_or(Err(EtcdError::Timeout))?;
         Ok(match info {
             Some(info) => LeaseTimeToLiveResponse {
                 header: None,

@@ -230,13 +230,16 @@ impl Consensus {
     }
 
     /// etcd's `ensureLeadership`: returns once this member has confirmed with a quorum that it
-    /// still leads (a ReadIndex round, shared with the reads waiting at the same time) and has
-    /// applied everything committed before. A leader cut off from its quorum fails here instead
-    /// of extending a lease the new leader will expire.
-    pub async fn confirm_leadership(&self) -> Result<(), EtcdError> {
+    /// still leads (a ReadIndex round, shared with the reads waiting at the same time) and, if
+    /// `applied` is asked for, has applied everything committed before. A leader cut off from
+    /// its quorum fails here instead of extending a lease the new leader will expire.
+    pub async fn confirm_leadership(&self, applied: bool) -> Result<(), EtcdError> {
         let confirmed = async {
             let index = self.reads.read_index().await?;
-            self.wait_applied(index).await
+            if applied {
+                self.wait_applied(index).await?;
+            }
+            Ok(())
         };
         tokio::time::timeout(self.timeout, confirmed)
             .await
@@ -520,6 +523,11 @@ impl Consensus {
             }
         });
         rx
+    }
+
+    /// How long a request may wait for consensus (etcd's ReqTimeout).
+    pub fn request_timeout(&self) -> Duration {
+        self.timeout
     }
 
     pub fn term(&self) -> u64 {

@@ -54,7 +54,9 @@ impl SnapshotDir {
     /// previous release's two-file snapshot when its halves belong together.
     pub fn open(dir: &Path) -> Result<SnapshotDir> {
         let io = |e| SnapshotFileError::Io(dir.to_path_buf(), e);
-        std::fs::create_dir_all(dir).map_err(io)?;
+        std::fs::create_dir_all(dir)
+            .and_then(|_| crate::storage::sync_dir_and_parent(dir))
+            .map_err(io)?;
         let snapshots = SnapshotDir {
             dir: dir.to_path_buf(),
             publish: Mutex::new(()),
@@ -118,7 +120,9 @@ impl SnapshotDir {
             .write(true)
             .open(&path)
             .map_err(io)?;
+        // The install marker will point at this file: its bytes and its name must both last.
         file.sync_all().map_err(io)?;
+        sync_dir(&self.dir)?;
         let (received, _) = read_header(&mut file, &path)?;
         if received.last_log_id != meta.last_log_id
             || received.last_membership != meta.last_membership
@@ -268,10 +272,8 @@ fn records_of(mut file: File, path: &Path) -> Result<Decoder<BufReader<File>>> {
 }
 
 /// Makes the directory's entries (a rename, a new file) durable.
-pub fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| SnapshotFileError::Io(dir.to_path_buf(), e))
+fn sync_dir(dir: &Path) -> Result<()> {
+    crate::storage::sync_dir(dir).map_err(|e| SnapshotFileError::Io(dir.to_path_buf(), e))
 }
 
 #[cfg(test)]

@@ -134,6 +134,10 @@ impl Engine {
         });
         let db_path = data_dir.join(DB_DIR);
         let db = DB::open_cf_descriptors(&db_opts, &db_path, cfs)?;
+        // RocksDB makes its own files durable inside `db/`, but the entries of `db/` and the lock
+        // file in the data dir, and of a new data dir in its parent, are ours: without this a
+        // power cut right after the first start loses the whole store.
+        sync_dir_and_parent(data_dir).map_err(|e| StorageError::Io(data_dir.into(), e))?;
         Ok(Arc::new(Engine {
             db,
             dir: data_dir.into(),
@@ -287,6 +291,20 @@ impl Engine {
     }
 }
 
+/// Makes the entries of `dir` durable (a new file or directory in it, a rename into it).
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// [`sync_dir`] of `dir` and of its parent, which holds the entry of `dir` itself.
+pub fn sync_dir_and_parent(dir: &Path) -> std::io::Result<()> {
+    sync_dir(dir)?;
+    match dir.canonicalize()?.parent() {
+        Some(parent) => sync_dir(parent),
+        None => Ok(()),
+    }
+}
+
 /// The WAL directory to open `data_dir` with: the one recorded when it was created, which a
 /// later start must name again (an absolute path; none = inside the data dir).
 fn check_wal_dir(data_dir: &Path, given: Option<&Path>) -> Result<Option<PathBuf>> {
@@ -307,9 +325,9 @@ fn check_wal_dir(data_dir: &Path, given: Option<&Path>) -> Result<Option<PathBuf
     let fresh = !data_dir.join(DB_DIR).exists();
     match (&recorded, &given) {
         (None, Some(dir)) if fresh => {
-            std::fs::write(&record, dir.as_os_str().as_encoded_bytes()).map_err(io)?;
-            std::fs::File::open(data_dir)
-                .and_then(|d| d.sync_all())
+            std::fs::write(&record, dir.as_os_str().as_encoded_bytes())
+                .and_then(|_| File::open(&record)?.sync_all())
+                .and_then(|_| sync_dir(data_dir))
                 .map_err(io)?;
         }
         (recorded, given) if recorded != given => {
