@@ -33,7 +33,11 @@ pub const DEFAULT_ETCD_BIN: &str = "/usr/bin/etcd";
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Flavor {
     Oxcd,
+    /// Debian's etcd 3.4, the reference most tests compare with.
     Etcd,
+    /// The current etcd (3.7), built from the Go module proxy by `tests/reference/build-etcd.sh`:
+    /// the reference where 3.6/3.7 changed what 3.4 did.
+    Etcd37,
 }
 
 impl Flavor {
@@ -41,6 +45,7 @@ impl Flavor {
         match self {
             Flavor::Oxcd => oxcd_bin(),
             Flavor::Etcd => etcd_bin(),
+            Flavor::Etcd37 => etcd37_bin(),
         }
     }
 
@@ -48,7 +53,7 @@ impl Flavor {
     fn quiet_args(self) -> Vec<String> {
         match self {
             // etcd 3.4's default capnslog logger ignores --log-level; zap honours it.
-            Flavor::Etcd => vec![
+            Flavor::Etcd | Flavor::Etcd37 => vec![
                 "--logger".into(),
                 "zap".into(),
                 "--log-level".into(),
@@ -67,6 +72,7 @@ impl fmt::Display for Flavor {
         f.write_str(match self {
             Flavor::Oxcd => "oxcd",
             Flavor::Etcd => "etcd",
+            Flavor::Etcd37 => "etcd 3.7",
         })
     }
 }
@@ -99,6 +105,16 @@ pub fn etcd_bin() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(DEFAULT_ETCD_BIN))
 }
 
+/// `$ETCD37_BIN`, else where `tests/reference/build-etcd.sh` puts etcd 3.7.
+pub fn etcd37_bin() -> PathBuf {
+    std::env::var_os("ETCD37_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME").unwrap_or_default();
+            PathBuf::from(home).join(".cache/oxcd-reference/etcd-v3.7.3/etcd")
+        })
+}
+
 pub fn etcd_available() -> bool {
     etcd_bin().is_file()
 }
@@ -127,6 +143,11 @@ fn require_binary(flavor: Flavor) -> Result<PathBuf> {
                 bin.display()
             ),
             Flavor::Etcd => bail!("{}", etcd_missing()),
+            Flavor::Etcd37 => bail!(
+                "etcd 3.7 is missing at {} (tests/reference/build-etcd.sh builds it; ./dev test \
+                 runs that, or set ETCD37_BIN)",
+                bin.display()
+            ),
         }
     }
     Ok(bin)
