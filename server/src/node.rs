@@ -30,8 +30,8 @@ use tonic::transport::ClientTlsConfig;
 
 use crate::alarm::{Alarms, Quota};
 use crate::api::{
-    ClusterApi, ClusterCheck, DiscoveryApi, ElectionApi, HeaderFiller, KvApi, LeaderGuard,
-    LearnerGate, LeaseApi, LockApi, MaintenanceApi, PeerApi, WatchApi,
+    ClientRoutes, ClusterApi, ClusterCheck, DiscoveryApi, ElectionApi, GrpcWire, HeaderFiller,
+    KvApi, LeaderGuard, LearnerGate, LeaseApi, LockApi, MaintenanceApi, PeerApi, WatchApi,
 };
 use crate::authority::{AuthorityFix, Http2Limits};
 use crate::cluster;
@@ -242,18 +242,19 @@ impl Node {
         for url in &config.listen_client_urls {
             let listener = bind(url).await?;
             client_addrs.push(listener.local_addr()?);
-            // Every service: etcd's message limits and the `hasleader` guard.
+            // Every service: no message limits of tonic's (GrpcWire enforces etcd's receive
+            // limit, worded as grpc-go words it) and the `hasleader` guard.
             macro_rules! service {
                 ($server:ident, $api:expr) => {
                     InterceptedService::new(
                         $server::new($api)
-                            .max_decoding_message_size(max_decode)
+                            .max_decoding_message_size(usize::MAX)
                             .max_encoding_message_size(usize::MAX),
                         guard.clone(),
                     )
                 };
             }
-            let mut routes = Routes::builder();
+            let mut routes = ClientRoutes::default();
             routes
                 .add_service(grpc_health.clone())
                 .add_service(service!(
@@ -314,14 +315,18 @@ impl Node {
             } else {
                 None
             };
+            let (routes, known) = routes.finish(&[
+                oxcd_proto::FILE_DESCRIPTOR_SET,
+                tonic_health::pb::FILE_DESCRIPTOR_SET,
+            ])?;
             let gated = LearnerGate {
-                inner: routes.routes(),
+                inner: routes,
                 consensus: consensus.clone(),
             };
             servers.push(tokio::spawn(serve_grpc(
                 listener,
                 acceptor,
-                gated,
+                GrpcWire::new(gated, known, max_decode),
                 stopped.clone(),
             )));
         }
