@@ -19,6 +19,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::env::set_var("PROTOC", protoc);
 
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?);
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     let include = manifest_dir.join("proto");
     let protos: Vec<PathBuf> = PROTOS.iter().map(|p| manifest_dir.join(p)).collect();
 
@@ -34,6 +35,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Services are built one issue at a time; methods not written yet answer
         // `Unimplemented` instead of failing the build.
         .generate_default_stubs(true)
+        // The services and methods a server knows, for grpc-go's "unknown method" answers.
+        .file_descriptor_set_path(out_dir.join("oxcd_descriptor.bin"))
         .compile_protos(&protos, &[include])?;
     Ok(())
 }

@@ -45,6 +45,9 @@ pub mod peerpb {
     tonic::include_proto!("peerpb");
 }
 
+/// The `FileDescriptorSet` of every package above, as protoc produced it.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("oxcd_descriptor");
+
 #[cfg(test)]
 mod tests {
     //! Wire-format spot checks. Expected bytes are computed by hand from the

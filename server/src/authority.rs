@@ -13,6 +13,13 @@
 //! and encoded again with a context of our own (so the server's decoder always follows our
 //! encoder, whichever blocks needed a fix). Other frames pass through untouched; responses are
 //! not looked at.
+//!
+//! Everything it reads comes from clients that have not been authenticated at the HTTP level,
+//! so it holds them to the limits the server advertises ([`Http2Limits`]) before h2 could: a
+//! frame longer than SETTINGS_MAX_FRAME_SIZE is refused from its 9-byte header, a header block
+//! may be only a small multiple of SETTINGS_MAX_HEADER_LIST_SIZE on the wire, and decoding stops
+//! copying once the decoded list passes that size (HPACK lets a 1-byte index stand for a
+//! dynamic-table entry of kilobytes). A connection that breaks a limit is closed.
 
 use std::io;
 use std::pin::Pin;
@@ -31,8 +38,23 @@ const PADDED: u8 = 0x8;
 const PRIORITY: u8 = 0x20;
 /// The smallest frame size every HTTP/2 peer must accept; rewritten blocks are cut to it.
 const MAX_FRAME: usize = 16_384;
-/// A header block larger than this is refused (h2's own default header list limit is 16 MiB).
-const MAX_BLOCK: usize = 1 << 20;
+/// How much larger than the header list limit a header block may be on the wire. An encoder
+/// spends fewer bytes on a field than the 32 bytes of overhead it counts for in the list size,
+/// so honest blocks stay below the limit itself; the margin is for odd but legal encodings.
+const BLOCK_TO_LIST_RATIO: usize = 2;
+/// RFC 7541 §4.1: a field's size is its name and value plus this.
+const FIELD_OVERHEAD: usize = 32;
+
+/// The HTTP/2 settings the server advertises, which [`AuthorityFix`] enforces too.
+#[derive(Clone, Copy, Debug)]
+pub struct Http2Limits {
+    /// SETTINGS_MAX_FRAME_SIZE.
+    pub max_frame_size: u32,
+    /// SETTINGS_MAX_HEADER_LIST_SIZE.
+    pub max_header_list_size: u32,
+    /// SETTINGS_HEADER_TABLE_SIZE: the largest HPACK dynamic table a client may ask for.
+    pub header_table_size: u32,
+}
 
 enum Stage {
     Preface,
@@ -58,21 +80,29 @@ pub struct AuthorityFix<S> {
     input: BytesMut,
     output: BytesMut,
     pending: Option<PendingBlock>,
-    decoder: fluke_hpack::Decoder<'static>,
-    encoder: fluke_hpack::Encoder<'static>,
+    decoder: loona_hpack::Decoder<'static>,
+    encoder: loona_hpack::Encoder<'static>,
+    limits: Http2Limits,
     eof: bool,
 }
 
+fn malformed(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("HTTP/2: {what}"))
+}
+
 impl<S> AuthorityFix<S> {
-    pub fn new(inner: S) -> AuthorityFix<S> {
+    pub fn new(inner: S, limits: Http2Limits) -> AuthorityFix<S> {
+        let mut decoder = loona_hpack::Decoder::new();
+        decoder.set_max_allowed_table_size(limits.header_table_size as usize);
         AuthorityFix {
             inner,
             stage: Stage::Preface,
             input: BytesMut::with_capacity(16 * 1024),
             output: BytesMut::new(),
             pending: None,
-            decoder: fluke_hpack::Decoder::new(),
-            encoder: fluke_hpack::Encoder::new(),
+            decoder,
+            encoder: loona_hpack::Encoder::new(),
+            limits,
             eof: false,
         }
     }
@@ -106,6 +136,9 @@ impl<S> AuthorityFix<S> {
                     let len = (usize::from(self.input[0]) << 16)
                         | (usize::from(self.input[1]) << 8)
                         | usize::from(self.input[2]);
+                    if len > self.limits.max_frame_size as usize {
+                        return Err(malformed("frame larger than SETTINGS_MAX_FRAME_SIZE"));
+                    }
                     if self.input.len() < FRAME_HEADER + len {
                         self.input.reserve(FRAME_HEADER + len - self.input.len());
                         return Ok(());
@@ -134,8 +167,6 @@ impl<S> AuthorityFix<S> {
         stream_id: u32,
         mut payload: BytesMut,
     ) -> io::Result<()> {
-        let malformed =
-            |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("HTTP/2: {what}"));
         match (kind, &mut self.pending) {
             (HEADERS, None) => {
                 if flags & PADDED != 0 {
@@ -173,7 +204,7 @@ impl<S> AuthorityFix<S> {
             _ => return Err(malformed("header block interrupted")),
         }
         let pending = self.pending.as_ref().expect("just set");
-        if pending.block.len() > MAX_BLOCK {
+        if pending.block.len() > BLOCK_TO_LIST_RATIO * self.limits.max_header_list_size as usize {
             return Err(malformed("header block too large"));
         }
         if pending.flags & END_HEADERS != 0 {
@@ -184,10 +215,7 @@ impl<S> AuthorityFix<S> {
     }
 
     fn emit(&mut self, done: PendingBlock) -> io::Result<()> {
-        let headers = self
-            .decoder
-            .decode(&done.block)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("HPACK: {e:?}")))?;
+        let headers = self.decode(&done.block)?;
         let schemed = |(name, value): &(Vec<u8>, Vec<u8>)| {
             name == b":authority" && value.windows(3).any(|w| w == b"://")
         };
@@ -213,6 +241,28 @@ impl<S> AuthorityFix<S> {
             &mut block,
         )?;
         self.write_block(&done, &block)
+    }
+
+    /// Decodes `block` with the client's HPACK context, refusing a header list larger than
+    /// SETTINGS_MAX_HEADER_LIST_SIZE. Fields past that size are counted, never copied.
+    fn decode(&mut self, block: &[u8]) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let limit = self.limits.max_header_list_size as usize;
+        let mut size = 0usize;
+        let mut headers = Vec::new();
+        self.decoder
+            .decode_with_cb(block, |name, value| {
+                size = size.saturating_add(name.len() + value.len() + FIELD_OVERHEAD);
+                if size <= limit {
+                    headers.push((name.into_owned(), value.into_owned()));
+                }
+            })
+            .map_err(|e| malformed(&format!("HPACK: {e}")))?;
+        if size > limit {
+            return Err(malformed(
+                "header list larger than SETTINGS_MAX_HEADER_LIST_SIZE",
+            ));
+        }
+        Ok(headers)
     }
 
     /// `block` as the HEADERS (and CONTINUATION) frames of `done`'s stream, in frames every peer
@@ -327,7 +377,16 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for AuthorityFix<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
     use tokio::io::AsyncReadExt;
+
+    /// hyper's defaults, which the server advertises.
+    const LIMITS: Http2Limits = Http2Limits {
+        max_frame_size: 16 * 1024,
+        max_header_list_size: 16 * 1024,
+        header_table_size: 4096,
+    };
 
     fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
         let mut f = Vec::new();
@@ -341,7 +400,7 @@ mod tests {
 
     /// Decodes the header blocks of `bytes` (after the preface) as the server would.
     fn server_view(bytes: &[u8]) -> Vec<Vec<(Vec<u8>, Vec<u8>)>> {
-        let mut decoder = fluke_hpack::Decoder::new();
+        let mut decoder = loona_hpack::Decoder::new();
         let mut rest = &bytes[PREFACE.len()..];
         let mut blocks = Vec::new();
         while !rest.is_empty() {
@@ -358,9 +417,34 @@ mod tests {
         blocks
     }
 
+    async fn through_fix(wire: &[u8]) -> io::Result<Vec<u8>> {
+        let mut fixed = AuthorityFix::new(wire, LIMITS);
+        let mut out = Vec::new();
+        fixed.read_to_end(&mut out).await?;
+        Ok(out)
+    }
+
+    fn schemed_request(encoder: &mut loona_hpack::Encoder<'_>) -> Vec<u8> {
+        encoder.encode([
+            (&b":method"[..], &b"POST"[..]),
+            (b":path", b"/etcdserverpb.KV/Range"),
+            (b":authority", b"http://127.0.0.1:2379"),
+        ])
+    }
+
+    fn assert_refused(result: io::Result<Vec<u8>>, why: &str) {
+        match result {
+            Err(e) => {
+                assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+                assert!(e.to_string().contains(why), "{e}");
+            }
+            Ok(out) => panic!("passed {} bytes instead of refusing: {why}", out.len()),
+        }
+    }
+
     #[tokio::test]
     async fn strips_the_scheme_from_authority_and_keeps_hpack_contexts_in_step() {
-        let mut client = fluke_hpack::Encoder::new();
+        let mut client = loona_hpack::Encoder::new();
         let request = |authority: &'static [u8], path: &'static [u8]| {
             vec![
                 (&b":method"[..], &b"POST"[..]),
@@ -383,9 +467,7 @@ mod tests {
         let second = client.encode(request(b"127.0.0.1:2379", b"/etcdserverpb.KV/Range"));
         wire.extend(frame(HEADERS, END_HEADERS | END_STREAM, 3, &second));
 
-        let mut fixed = AuthorityFix::new(wire.as_slice());
-        let mut out = Vec::new();
-        fixed.read_to_end(&mut out).await.unwrap();
+        let out = through_fix(&wire).await.unwrap();
         let blocks = server_view(&out);
         assert_eq!(blocks.len(), 2);
         for (block, path) in blocks.iter().zip([
@@ -409,7 +491,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_connection_whose_first_authority_is_fine_passes_through_untouched() {
-        let mut client = fluke_hpack::Encoder::new();
+        let mut client = loona_hpack::Encoder::new();
         let block = client.encode(vec![
             (&b":method"[..], &b"POST"[..]),
             (&b":path"[..], &b"/etcdserverpb.KV/Range"[..]),
@@ -419,18 +501,143 @@ mod tests {
         wire.extend(frame(HEADERS, END_HEADERS, 1, &block));
         let later = client.encode(vec![(&b":authority"[..], &b"127.0.0.1:2379"[..])]);
         wire.extend(frame(HEADERS, END_HEADERS | END_STREAM, 3, &later));
-        let mut fixed = AuthorityFix::new(wire.as_slice());
-        let mut out = Vec::new();
-        fixed.read_to_end(&mut out).await.unwrap();
-        assert_eq!(out, wire);
+        assert_eq!(through_fix(&wire).await.unwrap(), wire);
     }
 
     #[tokio::test]
     async fn other_protocols_pass_through() {
         let wire = b"GET / HTTP/1.1\r\n\r\n".to_vec();
-        let mut fixed = AuthorityFix::new(wire.as_slice());
-        let mut out = Vec::new();
-        fixed.read_to_end(&mut out).await.unwrap();
-        assert_eq!(out, wire);
+        assert_eq!(through_fix(&wire).await.unwrap(), wire);
+    }
+
+    #[tokio::test]
+    async fn a_frame_longer_than_max_frame_size_is_refused_from_its_header() {
+        let mut wire = PREFACE.to_vec();
+        // 16 MiB announced; none of it sent.
+        wire.extend([0xff, 0xff, 0xff, HEADERS, END_HEADERS, 0, 0, 0, 1]);
+        assert_refused(through_fix(&wire).await, "SETTINGS_MAX_FRAME_SIZE");
+    }
+
+    #[tokio::test]
+    async fn indexed_references_past_the_header_list_limit_are_refused() {
+        let big = vec![b'x'; 4000];
+        let mut block = schemed_request(&mut loona_hpack::Encoder::new());
+        // One literal inserted into the dynamic table, then 1-byte references to it: 4.1 KB
+        // on the wire that decode to 40 KB.
+        let mut encoder = loona_hpack::Encoder::new();
+        block.extend(encoder.encode(std::iter::repeat_n((&b"x-bomb"[..], &big[..]), 10)));
+        assert!(block.len() < 4200);
+        let mut wire = PREFACE.to_vec();
+        wire.extend(frame(HEADERS, END_HEADERS, 1, &block));
+        assert_refused(through_fix(&wire).await, "SETTINGS_MAX_HEADER_LIST_SIZE");
+    }
+
+    #[tokio::test]
+    async fn a_header_block_longer_than_twice_the_list_limit_is_refused_before_it_ends() {
+        let mut wire = PREFACE.to_vec();
+        wire.extend(frame(
+            HEADERS,
+            0,
+            1,
+            &schemed_request(&mut loona_hpack::Encoder::new()),
+        ));
+        // CONTINUATION frames that never end the block.
+        for _ in 0..3 {
+            wire.extend(frame(CONTINUATION, 0, 1, &[0x82; MAX_FRAME]));
+        }
+        assert_refused(through_fix(&wire).await, "header block too large");
+    }
+
+    #[tokio::test]
+    async fn a_size_update_above_the_advertised_table_size_is_refused() {
+        let mut block = Vec::new();
+        loona_hpack::encoder::encode_integer_into(4097, 5, 0x20, &mut block).unwrap();
+        block.extend(schemed_request(&mut loona_hpack::Encoder::new()));
+        let mut wire = PREFACE.to_vec();
+        wire.extend(frame(HEADERS, END_HEADERS, 1, &block));
+        assert_refused(through_fix(&wire).await, "Dynamic table size exceeds");
+    }
+
+    #[tokio::test]
+    async fn a_truncated_size_update_is_refused() {
+        let mut wire = PREFACE.to_vec();
+        wire.extend(frame(HEADERS, END_HEADERS, 1, &[0x3f]));
+        assert_refused(through_fix(&wire).await, "HPACK");
+    }
+
+    /// A header block that is valid, cut short, or a valid one with random bytes overwritten,
+    /// inserted or removed; or random bytes.
+    fn hostile_block(rng: &mut StdRng, encoder: &mut loona_hpack::Encoder<'_>) -> Vec<u8> {
+        let fields: Vec<(Vec<u8>, Vec<u8>)> = (0..rng.gen_range(0..8))
+            .map(|_| {
+                let name = (0..rng.gen_range(0..12)).map(|_| rng.gen()).collect();
+                let value = (0..rng.gen_range(0..600)).map(|_| rng.gen()).collect();
+                (name, value)
+            })
+            .collect();
+        let mut block = encoder.encode(fields.iter().map(|(n, v)| (&n[..], &v[..])));
+        match rng.gen_range(0..5) {
+            0 => block.truncate(rng.gen_range(0..=block.len())),
+            1 => {
+                for _ in 0..rng.gen_range(1..4) {
+                    if let Some(at) = (!block.is_empty()).then(|| rng.gen_range(0..block.len())) {
+                        block[at] = rng.gen();
+                    }
+                }
+            }
+            2 => {
+                let at = rng.gen_range(0..=block.len());
+                let noise: Vec<u8> = (0..rng.gen_range(1..6)).map(|_| rng.gen()).collect();
+                block.splice(at..at, noise);
+            }
+            3 if !block.is_empty() => {
+                let from = rng.gen_range(0..block.len());
+                let to = rng.gen_range(from..=block.len());
+                block.drain(from..to);
+            }
+            _ => block = (0..rng.gen_range(0..64)).map(|_| rng.gen()).collect(),
+        }
+        block
+    }
+
+    /// Connections whose first block asks for rewriting (so every later block is decoded too),
+    /// followed by hostile blocks: decoding may fail, but must never panic.
+    #[test]
+    fn arbitrary_header_blocks_never_panic() {
+        let mut rng = StdRng::seed_from_u64(0x0c0d_4a11);
+        let (mut refused, mut passed) = (0, 0);
+        for _ in 0..3000 {
+            let mut encoder = loona_hpack::Encoder::new();
+            let mut wire = PREFACE.to_vec();
+            wire.extend(frame(
+                HEADERS,
+                END_HEADERS,
+                1,
+                &schemed_request(&mut encoder),
+            ));
+            for stream in 0..rng.gen_range(1..6u32) {
+                let block = hostile_block(&mut rng, &mut encoder);
+                wire.extend(frame(HEADERS, END_HEADERS, 3 + 2 * stream, &block));
+            }
+            let mut fix = AuthorityFix::new((), LIMITS);
+            // Fed in random pieces, as a socket delivers them.
+            let mut rest = wire.as_slice();
+            let mut result = Ok(());
+            while !rest.is_empty() && result.is_ok() {
+                let (piece, tail) = rest.split_at(rng.gen_range(1..=rest.len()));
+                fix.input.extend_from_slice(piece);
+                result = fix.process();
+                rest = tail;
+            }
+            match result {
+                Ok(()) => passed += 1,
+                Err(_) => refused += 1,
+            }
+        }
+        // Both outcomes must have been exercised for the test to mean anything.
+        assert!(
+            refused > 100 && passed > 100,
+            "{refused} refused, {passed} passed"
+        );
     }
 }

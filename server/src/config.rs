@@ -115,6 +115,9 @@ pub struct Config {
     pub trusted_ca_file: Option<PathBuf>,
     #[arg(long, env = "ETCD_CLIENT_CERT_AUTH", num_args = 0..=1, default_missing_value = "true")]
     pub client_cert_auth: Option<bool>,
+    /// Client certificates must be valid for one of these host names or IPs.
+    #[arg(long, env = "ETCD_CLIENT_CERT_ALLOWED_HOSTNAME", value_delimiter = ',')]
+    pub client_cert_allowed_hostname: Vec<String>,
     #[arg(long, env = "ETCD_PEER_CERT_FILE")]
     pub peer_cert_file: Option<PathBuf>,
     #[arg(long, env = "ETCD_PEER_KEY_FILE")]
@@ -123,6 +126,12 @@ pub struct Config {
     pub peer_trusted_ca_file: Option<PathBuf>,
     #[arg(long, env = "ETCD_PEER_CLIENT_CERT_AUTH", num_args = 0..=1, default_missing_value = "true")]
     pub peer_client_cert_auth: Option<bool>,
+    /// Peer certificates must have one of these subject CNs.
+    #[arg(long, env = "ETCD_PEER_CERT_ALLOWED_CN", value_delimiter = ',')]
+    pub peer_cert_allowed_cn: Vec<String>,
+    /// Peer certificates must be valid for one of these host names or IPs.
+    #[arg(long, env = "ETCD_PEER_CERT_ALLOWED_HOSTNAME", value_delimiter = ',')]
+    pub peer_cert_allowed_hostname: Vec<String>,
 
     /// URLs serving /livez, /readyz, /health and /metrics over plain HTTP.
     #[arg(long, env = "ETCD_LISTEN_METRICS_URLS", value_delimiter = ',')]
@@ -304,5 +313,18 @@ mod tests {
         }
         let c = Config::try_parse_from(["oxcd", "--auto-compaction-mode=hourly"]).unwrap();
         assert!(c.auto_compaction().is_err());
+    }
+
+    #[test]
+    fn certificate_identity_flags_take_one_name_or_a_list() {
+        let c = Config::try_parse_from([
+            "oxcd",
+            "--peer-cert-allowed-cn=etcd-peer",
+            "--client-cert-allowed-hostname=a.example,10.0.0.1",
+        ])
+        .unwrap();
+        assert_eq!(c.peer_cert_allowed_cn, ["etcd-peer"]);
+        assert!(c.peer_cert_allowed_hostname.is_empty());
+        assert_eq!(c.client_cert_allowed_hostname, ["a.example", "10.0.0.1"]);
     }
 }

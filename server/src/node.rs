@@ -30,10 +30,11 @@ use tonic::transport::ClientTlsConfig;
 
 use crate::alarm::{Alarms, Quota};
 use crate::api::{
-    ClusterApi, ClusterCheck, DiscoveryApi, ElectionApi, HeaderFiller, KvApi, LeaderGuard,
-    LeaderMonitor, LearnerGate, LeaseApi, LockApi, MaintenanceApi, PeerApi, WatchApi,
+    ClientRoutes, ClusterApi, ClusterCheck, DiscoveryApi, ElectionApi, GrpcWire, HeaderFiller,
+    KvApi, LeaderGuard, LeaderMonitor, LearnerGate, LeaseApi, LockApi, MaintenanceApi, PeerApi,
+    WatchApi,
 };
-use crate::authority::AuthorityFix;
+use crate::authority::{AuthorityFix, Http2Limits};
 use crate::cluster;
 use crate::concurrency::Contention;
 use crate::config::{ClusterState, Config};
@@ -62,6 +63,13 @@ const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// quota): a watch stream that cannot keep up then backs up into the watch hub, which holds
 /// bounded state per watcher, instead of into memory.
 const STREAM_SEND_BUFFER: usize = 64 * 1024;
+/// hyper's defaults (and the HTTP/2 spec's for the table), set explicitly because
+/// `AuthorityFix` holds clients to the same numbers before h2 sees their bytes.
+const HTTP2_LIMITS: Http2Limits = Http2Limits {
+    max_frame_size: 16 * 1024,
+    max_header_list_size: 16 * 1024,
+    header_table_size: 4096,
+};
 
 pub struct Node {
     member_id: u64,
@@ -257,18 +265,19 @@ impl Node {
         for url in &config.listen_client_urls {
             let listener = bind(url).await?;
             client_addrs.push(listener.local_addr()?);
-            // Every service: etcd's message limits and the `hasleader` guard.
+            // Every service: no message limits of tonic's (GrpcWire enforces etcd's receive
+            // limit, worded as grpc-go words it) and the `hasleader` guard.
             macro_rules! service {
                 ($server:ident, $api:expr) => {
                     InterceptedService::new(
                         $server::new($api)
-                            .max_decoding_message_size(max_decode)
+                            .max_decoding_message_size(usize::MAX)
                             .max_encoding_message_size(usize::MAX),
                         guard.clone(),
                     )
                 };
             }
-            let mut routes = Routes::builder();
+            let mut routes = ClientRoutes::default();
             routes
                 .add_service(grpc_health.clone())
                 .add_service(service!(
@@ -334,14 +343,18 @@ impl Node {
             } else {
                 None
             };
+            let (routes, known) = routes.finish(&[
+                oxcd_proto::FILE_DESCRIPTOR_SET,
+                tonic_health::pb::FILE_DESCRIPTOR_SET,
+            ])?;
             let gated = LearnerGate {
-                inner: routes.routes(),
+                inner: routes,
                 consensus: consensus.clone(),
             };
             servers.push(tokio::spawn(serve_grpc(
                 listener,
                 acceptor,
-                gated,
+                GrpcWire::new(gated, known, max_decode),
                 stopped.clone(),
             )));
         }
@@ -654,7 +667,10 @@ async fn serve_grpc<S>(
     let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     http2
         .max_send_buf_size(STREAM_SEND_BUFFER)
-        .max_concurrent_streams(None);
+        .max_concurrent_streams(None)
+        .max_frame_size(HTTP2_LIMITS.max_frame_size)
+        .max_header_list_size(HTTP2_LIMITS.max_header_list_size)
+        .header_table_size(HTTP2_LIMITS.header_table_size);
     let mut connections = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
@@ -673,13 +689,13 @@ async fn serve_grpc<S>(
                 connections.spawn(async move {
                     let served = match tls {
                         Some(tls) => match tls.accept(tcp).await {
-                            Ok(stream) => http2.serve_connection(TokioIo::new(AuthorityFix::new(stream)), service).await,
+                            Ok(stream) => http2.serve_connection(TokioIo::new(AuthorityFix::new(stream, HTTP2_LIMITS)), service).await,
                             Err(e) => {
                                 tracing::debug!(%peer, error = %e, "TLS handshake failed");
                                 return;
                             }
                         },
-                        None => http2.serve_connection(TokioIo::new(AuthorityFix::new(tcp)), service).await,
+                        None => http2.serve_connection(TokioIo::new(AuthorityFix::new(tcp, HTTP2_LIMITS)), service).await,
                     };
                     if let Err(e) = served {
                         tracing::debug!(%peer, error = %e, "client connection ended");

@@ -14,7 +14,7 @@ use oxcd_proto::etcdserverpb::{
     request_op::Request,
     watch_client::WatchClient,
     watch_request::RequestUnion,
-    AlarmRequest, AlarmType, Compare, CompactionRequest, DefragmentRequest, DeleteRangeRequest,
+    AlarmRequest, AlarmType, CompactionRequest, Compare, DefragmentRequest, DeleteRangeRequest,
     HashKvRequest, LeaseGrantRequest, MoveLeaderRequest, PutRequest, RangeRequest, RequestOp,
     StatusRequest, TxnRequest, TxnResponse, WatchCreateRequest, WatchProgressRequest, WatchRequest,
     WatchResponse,
@@ -49,7 +49,10 @@ async fn both(args: &[String]) -> [Server; 2] {
 }
 
 /// A call's outcome as a comparable string: its result's fields of interest, or its error.
-fn outcome<T>(result: Result<tonic::Response<T>, tonic::Status>, ok: impl Fn(T) -> String) -> String {
+fn outcome<T>(
+    result: Result<tonic::Response<T>, tonic::Status>,
+    ok: impl Fn(T) -> String,
+) -> String {
     match result {
         Ok(resp) => ok(resp.into_inner()),
         Err(status) => format!("{:?}: {}", status.code(), status.message()),
@@ -78,7 +81,10 @@ async fn hash_kv_matches_etcd_across_compactions() {
             let r = m.hash_kv(HashKvRequest { revision: rev }).await;
             table.push(format!(
                 "{rev}: {}",
-                outcome(r, |h| format!("{} {} {}", h.hash, h.compact_revision, h.hash_revision))
+                outcome(r, |h| format!(
+                    "{} {} {}",
+                    h.hash, h.compact_revision, h.hash_revision
+                ))
             ));
         };
         for (k, v) in [("a", "1"), ("b", "2"), ("a", "3")] {
@@ -121,7 +127,11 @@ async fn hash_kv_matches_etcd_across_compactions() {
 }
 
 /// Everything a Watch stream sends within `wait` of the last request.
-async fn watch_replies(server: &Server, requests: Vec<WatchRequest>, wait: Duration) -> Vec<String> {
+async fn watch_replies(
+    server: &Server,
+    requests: Vec<WatchRequest>,
+    wait: Duration,
+) -> Vec<String> {
     let mut watch = WatchClient::new(channel(server).await);
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     let mut replies = watch
@@ -209,10 +219,7 @@ fn txn(success: Vec<Request>, failure: Vec<Request>, compare_holds: bool) -> Txn
 }
 
 /// Writes and reads an active alarm may refuse, each as "ok …" or its error.
-async fn probe_writes(
-    kv: &mut KvClient<Channel>,
-    lease: &mut LeaseClient<Channel>,
-) -> Vec<String> {
+async fn probe_writes(kv: &mut KvClient<Channel>, lease: &mut LeaseClient<Channel>) -> Vec<String> {
     let range = |k: &str| {
         Request::RequestRange(RangeRequest {
             key: k.into(),
@@ -264,7 +271,10 @@ async fn alarms_refuse_what_etcd_refuses() {
     let mut seen = Vec::new();
     for server in both(&quota).await {
         let ch = channel(&server).await;
-        let (mut kv, mut m) = (KvClient::new(ch.clone()), MaintenanceClient::new(ch.clone()));
+        let (mut kv, mut m) = (
+            KvClient::new(ch.clone()),
+            MaintenanceClient::new(ch.clone()),
+        );
         let mut lease = LeaseClient::new(ch);
         let big = "x".repeat(256 * 1024);
         for i in 0..200 {
@@ -313,7 +323,11 @@ async fn alarms_refuse_what_etcd_refuses() {
 async fn defragment_and_move_leader_answer_without_a_header() {
     for server in both(&[]).await {
         let mut m = MaintenanceClient::new(channel(&server).await);
-        let defrag = m.defragment(DefragmentRequest {}).await.unwrap().into_inner();
+        let defrag = m
+            .defragment(DefragmentRequest {})
+            .await
+            .unwrap()
+            .into_inner();
         assert_eq!(defrag.header, None, "{} Defragment", server.flavor());
         let me = m
             .status(StatusRequest {})
@@ -393,19 +407,34 @@ async fn feature_gates_are_checked_as_etcd_checks_them() {
     for flavor in [REFERENCE, Flavor::Oxcd] {
         for (gate, message) in [
             ("NoSuchGate=true", "unrecognized feature gate: NoSuchGate"),
-            ("InitialCorruptCheck", "missing bool value for InitialCorruptCheck"),
+            (
+                "InitialCorruptCheck",
+                "missing bool value for InitialCorruptCheck",
+            ),
         ] {
             let dir = tempfile::tempdir().unwrap();
             let output = std::process::Command::new(flavor.binary())
                 .arg(format!("--feature-gates={gate}"))
                 .arg(format!("--data-dir={}", dir.path().join("d").display()))
-                .arg(format!("--listen-client-urls=http://127.0.0.1:{}", free_port()))
-                .arg(format!("--listen-peer-urls=http://127.0.0.1:{}", free_port()))
+                .arg(format!(
+                    "--listen-client-urls=http://127.0.0.1:{}",
+                    free_port()
+                ))
+                .arg(format!(
+                    "--listen-peer-urls=http://127.0.0.1:{}",
+                    free_port()
+                ))
                 .output()
                 .unwrap();
             let stderr = String::from_utf8_lossy(&output.stderr);
-            assert!(!output.status.success(), "{flavor} started with --feature-gates={gate}");
-            assert!(stderr.contains(message), "{flavor} --feature-gates={gate}:\n{stderr}");
+            assert!(
+                !output.status.success(),
+                "{flavor} started with --feature-gates={gate}"
+            );
+            assert!(
+                stderr.contains(message),
+                "{flavor} --feature-gates={gate}:\n{stderr}"
+            );
         }
         Server::start_with(
             flavor,

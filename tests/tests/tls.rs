@@ -1,14 +1,18 @@
 //! TLS as kubeadm configures etcd: https:// client URLs, a server certificate, and client
 //! certificates required (`--client-cert-auth --trusted-ca-file`); https:// peer URLs with
-//! members authenticating each other (`--peer-client-cert-auth --peer-trusted-ca-file`).
-//! Driven with Debian's etcdctl; certificates are made with the openssl command.
+//! members authenticating each other (`--peer-client-cert-auth --peer-trusted-ca-file`), and
+//! etcd's narrowing of whom those certificates may name (`--peer-cert-allowed-cn`,
+//! `--*-cert-allowed-hostname`). Driven with Debian's etcdctl and bare TLS handshakes;
+//! certificates are made with the openssl command.
 
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use oxcd_tests::certs::{make_certificates, Killed, TlsMember};
-use oxcd_tests::{free_port, oxcd_bin};
+use oxcd_tests::certs::{
+    make_certificates, tls12_handshake, wait_for_handshake, Killed, TlsMember, TlsSetup,
+};
+use oxcd_tests::{free_port, oxcd_bin, Flavor};
 
 fn etcdctl(dir: &Path, endpoint: &str, with_client_cert: bool, args: &[&str]) -> Output {
     let mut cmd = Command::new("etcdctl");
@@ -76,8 +80,8 @@ fn etcdctl_talks_to_oxcd_over_tls_with_client_certificates() {
     );
 }
 
-/// Three members whose peer URLs are https:// and who require each other's certificates elect
-/// a leader and replicate writes.
+/// Three members whose peer URLs are https:// and who require each other's certificates (with
+/// the CN their certificates have) elect a leader and replicate writes.
 #[test]
 fn members_talk_over_peer_tls() {
     oxcd_tests::require_etcd();
@@ -121,6 +125,8 @@ fn members_talk_over_peer_tls() {
                         "--peer-trusted-ca-file",
                         &c("ca.crt"),
                         "--peer-client-cert-auth",
+                        // Every member's certificate has this CN, so the cluster still forms.
+                        "--peer-cert-allowed-cn=peer",
                     ])
                     .spawn()
                     .unwrap(),
@@ -174,4 +180,95 @@ fn members_talk_over_peer_tls() {
     let members = plain(ports[2].0, &["member", "list"]);
     let listed = String::from_utf8_lossy(&members.stdout);
     assert_eq!(listed.matches("https://127.0.0.1:").count(), 3, "{listed}");
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Port {
+    Client,
+    Peer,
+}
+
+/// Starts etcd, then oxcd, configured by `setup`; on `port`, a TLS handshake presenting each
+/// certificate of `verdicts` must succeed or fail as it says, so what etcd lets in oxcd lets in
+/// and what etcd turns away oxcd turns away.
+async fn same_verdicts_as_etcd(setup: TlsSetup, port: Port, verdicts: &[(&str, bool)]) {
+    oxcd_tests::require_etcd();
+    let dir = tempfile::tempdir().unwrap();
+    make_certificates(dir.path());
+    let admitted = verdicts
+        .iter()
+        .find(|(_, admit)| *admit)
+        .expect("a certificate the port admits, to see it is up")
+        .0;
+    for flavor in [Flavor::Etcd, Flavor::Oxcd] {
+        let member = TlsMember::start_with(&flavor.binary(), dir.path(), &setup);
+        let port_number = match port {
+            Port::Client => member.client_port,
+            Port::Peer => member.peer_port,
+        };
+        wait_for_handshake(dir.path(), port_number, admitted, Duration::from_secs(20)).await;
+        for (cert, admit) in verdicts {
+            let verdict = tls12_handshake(dir.path(), port_number, cert).await;
+            assert_eq!(
+                verdict.is_ok(),
+                *admit,
+                "[{flavor}] {cert}.crt on the {port:?} port: {verdict:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn peer_cert_allowed_cn_admits_only_certificates_with_that_cn() {
+    let setup = TlsSetup {
+        peer_tls: true,
+        env: vec![("ETCD_PEER_CERT_ALLOWED_CN".into(), "peer".into())],
+        ..TlsSetup::default()
+    };
+    let verdicts = [("peer", true), ("client", false), ("client-san", false)];
+    same_verdicts_as_etcd(setup, Port::Peer, &verdicts).await;
+}
+
+#[tokio::test]
+async fn peer_cert_allowed_hostname_admits_only_certificates_valid_for_it() {
+    let setup = TlsSetup {
+        peer_tls: true,
+        extra_args: vec!["--peer-cert-allowed-hostname=127.0.0.1".into()],
+        ..TlsSetup::default()
+    };
+    // client-san names 127.0.0.1 among its SANs; client has no SANs at all.
+    let verdicts = [("peer", true), ("client-san", true), ("client", false)];
+    same_verdicts_as_etcd(setup, Port::Peer, &verdicts).await;
+}
+
+#[tokio::test]
+async fn client_cert_allowed_hostname_admits_only_certificates_valid_for_it() {
+    let setup = TlsSetup {
+        env: vec![(
+            "ETCD_CLIENT_CERT_ALLOWED_HOSTNAME".into(),
+            "client.oxcd.test".into(),
+        )],
+        ..TlsSetup::default()
+    };
+    // peer is valid for 127.0.0.1 only; client's CN is no host name.
+    let verdicts = [("client-san", true), ("client", false), ("peer", false)];
+    same_verdicts_as_etcd(setup, Port::Client, &verdicts).await;
+}
+
+/// Go accepts a self-signed certificate that the trusted CA file holds as a client certificate
+/// (unless its extended key usage rules out client authentication); webpki refuses every CA
+/// certificate as an end entity.
+#[tokio::test]
+async fn a_self_signed_client_certificate_in_the_trusted_ca_file_is_admitted() {
+    let setup = TlsSetup {
+        client_ca: Some("client-ca-bundle.crt".into()),
+        ..TlsSetup::default()
+    };
+    let verdicts = [
+        ("client", true),
+        ("self", true),
+        ("self-server-only", false),
+        ("self-untrusted", false),
+    ];
+    same_verdicts_as_etcd(setup, Port::Client, &verdicts).await;
 }

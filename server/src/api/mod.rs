@@ -1,6 +1,6 @@
 //! gRPC front end: translates etcd's wire messages to service calls and back. No business
-//! logic lives here; services not built yet are simply not registered, so tonic answers them
-//! with `Unimplemented` at once.
+//! logic lives here; services not built yet are simply not registered, so they are answered
+//! as grpc-go answers an unknown service (`grpc_wire`).
 
 /// Every unary response: header completed, errors in etcd's form.
 macro_rules! respond {
@@ -13,6 +13,7 @@ macro_rules! respond {
 
 mod cluster;
 mod election;
+mod grpc_wire;
 mod kv;
 mod leader;
 mod lease;
@@ -30,6 +31,7 @@ use oxcd_proto::etcdserverpb::ResponseHeader;
 
 pub use cluster::ClusterApi;
 pub use election::ElectionApi;
+pub use grpc_wire::{ClientRoutes, GrpcWire};
 pub use kv::KvApi;
 pub use leader::{LeaderGuard, LeaderMonitor};
 pub use lease::LeaseApi;

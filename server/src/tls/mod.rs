@@ -1,7 +1,11 @@
 //! TLS as etcd configures it: `--cert-file`/`--key-file` serve https:// client URLs;
-//! `--client-cert-auth` with `--trusted-ca-file` requires client certificates signed by that CA.
-//! The `--peer-*` twins do the same for peer URLs, and a member presents its peer certificate
-//! when it connects to another member.
+//! `--client-cert-auth` with `--trusted-ca-file` requires client certificates signed by that CA,
+//! and `--client-cert-allowed-hostname` narrows them to certificates valid for a host name.
+//! The `--peer-*` twins do the same for peer URLs (`--peer-cert-allowed-cn` or
+//! `--peer-cert-allowed-hostname`), and a member presents its peer certificate when it connects
+//! to another member.
+
+mod verifier;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -15,6 +19,7 @@ use tokio_rustls::TlsAcceptor;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 use crate::config::Config;
+use verifier::{AllowedIdentity, EtcdClientVerifier};
 
 /// The acceptor for https:// client URLs, or `None` when no URL asks for TLS.
 pub fn client_acceptor(config: &Config) -> anyhow::Result<Option<TlsAcceptor>> {
@@ -24,6 +29,7 @@ pub fn client_acceptor(config: &Config) -> anyhow::Result<Option<TlsAcceptor>> {
         config.key_file.as_deref(),
         config.client_cert_auth.unwrap_or(false),
         config.trusted_ca_file.as_deref(),
+        AllowedIdentity::from_flags(&[], &config.client_cert_allowed_hostname, "")?,
         "",
     )
 }
@@ -36,6 +42,11 @@ pub fn peer_acceptor(config: &Config) -> anyhow::Result<Option<TlsAcceptor>> {
         config.peer_key_file.as_deref(),
         config.peer_client_cert_auth.unwrap_or(false),
         config.peer_trusted_ca_file.as_deref(),
+        AllowedIdentity::from_flags(
+            &config.peer_cert_allowed_cn,
+            &config.peer_cert_allowed_hostname,
+            "peer-",
+        )?,
         "peer-",
     )
 }
@@ -66,6 +77,7 @@ fn acceptor(
     key: Option<&Path>,
     client_cert_auth: bool,
     trusted_ca: Option<&Path>,
+    allowed: AllowedIdentity,
     flag_prefix: &str,
 ) -> anyhow::Result<Option<TlsAcceptor>> {
     if !urls.iter().any(|u| u.starts_with("https://")) {
@@ -82,7 +94,7 @@ fn acceptor(
         None
     };
     Ok(Some(TlsAcceptor::from(server_config(
-        cert, key, client_ca,
+        cert, key, client_ca, allowed,
     )?)))
 }
 
@@ -90,6 +102,7 @@ fn server_config(
     cert: &Path,
     key: &Path,
     client_ca: Option<&Path>,
+    allowed: AllowedIdentity,
 ) -> anyhow::Result<Arc<ServerConfig>> {
     let provider = Arc::new(crypto::ring::default_provider());
     let certs = CertificateDer::pem_file_iter(cert)
@@ -106,17 +119,19 @@ fn server_config(
         .with_safe_default_protocol_versions()?;
     let builder = match client_ca {
         Some(ca) => {
-            let mut roots = RootCertStore::empty();
-            for c in CertificateDer::pem_file_iter(ca)
+            let trusted = CertificateDer::pem_file_iter(ca)
                 .with_context(|| format!("cannot read --trusted-ca-file {}", ca.display()))?
-            {
-                roots.add(
-                    c.with_context(|| format!("invalid CA certificate in {}", ca.display()))?,
-                )?;
+                .collect::<Result<Vec<_>, _>>()
+                .with_context(|| format!("invalid CA certificate in {}", ca.display()))?;
+            let mut roots = RootCertStore::empty();
+            for c in &trusted {
+                roots.add(c.clone())?;
             }
-            let verifier =
+            let chain =
                 WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).build()?;
-            builder.with_client_cert_verifier(verifier)
+            builder.with_client_cert_verifier(Arc::new(EtcdClientVerifier::new(
+                chain, trusted, allowed,
+            )))
         }
         None => builder.with_no_client_auth(),
     };
