@@ -107,6 +107,41 @@ async fn sigterm_exits_zero_and_keeps_written_data() {
     assert_eq!(resp.kvs()[19].value(), b"v19");
 }
 
+/// How many times the member is stopped under load: SIGABRT at exit showed up in about one
+/// stop in twenty-five (RocksDB still in use while the process exited).
+const STOPS_UNDER_LOAD: usize = 100;
+
+/// systemd and kubelet count any exit code but 0 after SIGTERM as a failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_under_load_exits_zero_every_time() {
+    let mut server = Server::start(Flavor::Oxcd).await;
+    for stop in 1..=STOPS_UNDER_LOAD {
+        let writers = Writers::start(&[server.endpoint()], &format!("stop/{stop}"), 8).await;
+        // Watchers replaying all history (reads from the engine in flight at the stop) and a
+        // watcher of new events.
+        let mut watcher = server.client().await;
+        let mut streams = Vec::new();
+        for start in [1, 1, 0] {
+            let options = etcd_client::WatchOptions::new()
+                .with_prefix()
+                .with_prev_key()
+                .with_start_revision(start);
+            streams.push(watcher.watch("stop/", Some(options)).await.unwrap());
+        }
+        writers.wait_for_acks(10, Duration::from_secs(20)).await;
+        let status = server
+            .terminate(Duration::from_secs(15))
+            .unwrap_or_else(|e| panic!("stop #{stop}: {e:#}"));
+        assert!(
+            status.success(),
+            "stop #{stop}: SIGTERM under load must exit 0, got {status}\n{}",
+            server.log_tail(30)
+        );
+        writers.finish().await;
+        server.restart().await;
+    }
+}
+
 #[tokio::test]
 async fn second_member_on_a_data_dir_in_use_refuses_to_start() {
     let server = Server::start(Flavor::Oxcd).await;
