@@ -60,11 +60,13 @@ struct Report {
 }
 
 async fn report(metrics: &str, endpoint: &str) -> Report {
-    let metric = http_get(&format!("{metrics}/metrics")).await.and_then(|(_, body)| {
-        body.lines()
-            .find_map(|l| l.strip_prefix("etcd_server_has_leader "))
-            .map(|v| v.trim() == "1")
-    });
+    let metric = http_get(&format!("{metrics}/metrics"))
+        .await
+        .and_then(|(_, body)| {
+            body.lines()
+                .find_map(|l| l.strip_prefix("etcd_server_has_leader "))
+                .map(|v| v.trim() == "1")
+        });
     let health = http_get(&format!("{metrics}/health")).await;
     let range = async {
         let mut client = require_leader(endpoint).await?;
@@ -76,7 +78,8 @@ async fn report(metrics: &str, endpoint: &str) -> Report {
         .flatten();
     Report {
         has_leader_metric: metric,
-        health_no_leader: health.is_some_and(|(code, body)| code == 503 && body.contains("RAFT NO LEADER")),
+        health_no_leader: health
+            .is_some_and(|(code, body)| code == 503 && body.contains("RAFT NO LEADER")),
         range_no_leader: range.is_some_and(|e| e.contains("etcdserver: no leader")),
     }
 }
@@ -92,10 +95,12 @@ async fn require_leader(endpoint: &str) -> Option<Client> {
 fn binary(flavor: Flavor) -> PathBuf {
     match flavor {
         Flavor::Oxcd => common::binary(flavor),
-        Flavor::Etcd => std::env::var_os("ETCD37_BIN").map(PathBuf::from).unwrap_or_else(|| {
-            let home = std::env::var_os("HOME").unwrap_or_default();
-            PathBuf::from(home).join(".cache/oxcd-reference/etcd-v3.7.3/etcd")
-        }),
+        Flavor::Etcd => std::env::var_os("ETCD37_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                let home = std::env::var_os("HOME").unwrap_or_default();
+                PathBuf::from(home).join(".cache/oxcd-reference/etcd-v3.7.3/etcd")
+            }),
     }
 }
 
@@ -106,13 +111,15 @@ fn keep_alive_forever(endpoint: String, lease: i64) -> Arc<Mutex<Vec<(Instant, b
     let record = log.clone();
     tokio::spawn(async move {
         loop {
-            let Ok(mut client) = oxcd_jepsen::cluster::connect(&endpoint, Duration::from_secs(2)).await
+            let Ok(mut client) =
+                oxcd_jepsen::cluster::connect(&endpoint, Duration::from_secs(2)).await
             else {
                 tokio::time::sleep(Duration::from_millis(250)).await;
                 continue;
             };
             let sent = Instant::now();
-            let opened = tokio::time::timeout(Duration::from_secs(2), client.lease_keep_alive(lease)).await;
+            let opened =
+                tokio::time::timeout(Duration::from_secs(2), client.lease_keep_alive(lease)).await;
             let Ok(Ok((mut keeper, mut answers))) = opened else {
                 record.lock().unwrap().push((sent, false));
                 continue;
@@ -153,9 +160,16 @@ async fn isolated_member_stops_vouching_for_a_leader(flavor: Flavor, isolate_lea
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let victim = if isolate_leader { leader } else { (leader + 1) % 3 };
+    let victim = if isolate_leader {
+        leader
+    } else {
+        (leader + 1) % 3
+    };
     let (endpoint, metrics) = (cluster.endpoint(victim), cluster.metrics_url(victim));
-    let context = format!("{flavor}, {} isolated", if isolate_leader { "leader" } else { "follower" });
+    let context = format!(
+        "{flavor}, {} isolated",
+        if isolate_leader { "leader" } else { "follower" }
+    );
 
     let mut client = oxcd_jepsen::cluster::connect(&endpoint, Duration::from_secs(5))
         .await
@@ -166,7 +180,10 @@ async fn isolated_member_stops_vouching_for_a_leader(flavor: Flavor, isolate_lea
     let mut events = watching.watch("w", None).await.unwrap();
     client.put("w", "before", None).await.unwrap();
     let first = tokio::time::timeout(Duration::from_secs(5), events.message()).await;
-    assert!(matches!(first, Ok(Ok(Some(_)))), "{context}: the watch works before the partition");
+    assert!(
+        matches!(first, Ok(Ok(Some(_)))),
+        "{context}: the watch works before the partition"
+    );
     let healthy = report(&metrics, &endpoint).await;
     assert_eq!(
         healthy,
@@ -197,7 +214,8 @@ async fn isolated_member_stops_vouching_for_a_leader(flavor: Flavor, isolate_lea
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let reported_at = reported_at.unwrap_or_else(|| panic!("{context}: still vouching for a leader: {seen:?}"));
+    let reported_at =
+        reported_at.unwrap_or_else(|| panic!("{context}: still vouching for a leader: {seen:?}"));
     assert!(
         reported_at <= REPORTS_NO_LEADER_WITHIN,
         "{context}: reported no leader only after {reported_at:?}"

@@ -75,7 +75,12 @@ async fn huge_read_only_txns_do_not_stall_writes_or_heartbeats() {
             .await
             .unwrap(),
     );
-    let term_before = status.status(StatusRequest {}).await.unwrap().into_inner().raft_term;
+    let term_before = status
+        .status(StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .raft_term;
 
     let stop = Instant::now() + LOAD_TIME;
     let mut readers = tokio::task::JoinSet::new();
@@ -124,7 +129,12 @@ async fn huge_read_only_txns_do_not_stall_writes_or_heartbeats() {
     while let Some(done) = readers.join_next().await {
         reads += done.unwrap();
     }
-    let term_after = status.status(StatusRequest {}).await.unwrap().into_inner().raft_term;
+    let term_after = status
+        .status(StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .raft_term;
     latencies.sort();
     let worst = *latencies.last().unwrap();
     let p99 = latencies[latencies.len() * 99 / 100];

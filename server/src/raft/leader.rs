@@ -213,20 +213,62 @@ pub fn not_leader() -> Failure {
     }
 }
 
-/// Whether a failed call certainly never reached the leader (so sending it again is safe).
+/// Whether a failed call certainly never reached the leader, so sending it again cannot apply a
+/// write twice: the connection was never made (tonic's ConnectError, a refused or timed-out
+/// connect, a failed TLS handshake), or the leader's HTTP/2 refused the stream before any of it
+/// was processed (REFUSED_STREAM). Told by the errors' types only: a message that merely
+/// mentions a connection says nothing about whether the call got through.
 fn never_sent(status: &tonic::Status) -> bool {
     use std::error::Error;
-    if status.code() != tonic::Code::Unavailable {
-        return false;
-    }
     let mut source: Option<&dyn Error> = status.source();
     while let Some(e) = source {
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::ConnectionRefused {
-                return true;
-            }
+        if e.is::<tonic::ConnectError>() {
+            return true;
+        }
+        if e.downcast_ref::<h2::Error>()
+            .is_some_and(|h2| h2.reason() == Some(h2::Reason::REFUSED_STREAM))
+        {
+            return true;
         }
         source = e.source();
     }
-    status.message().contains("connect")
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn only_calls_that_never_left_are_sent_again() {
+        // A member that is not there: the connect is refused.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let peers = Peers::new(1, None);
+        let mut client = peers
+            .connect(&[format!("http://127.0.0.1:{port}")])
+            .unwrap();
+        let refused = client
+            .read_index(ReadIndexRequest {})
+            .await
+            .expect_err("nothing listens there");
+        assert!(never_sent(&refused), "{refused:?}");
+
+        let stream_refused =
+            tonic::Status::from_error(Box::new(h2::Error::from(h2::Reason::REFUSED_STREAM)));
+        assert!(never_sent(&stream_refused), "{stream_refused:?}");
+
+        // Sent, then the connection broke: whether the leader applied it is unknown, whatever
+        // the message says.
+        for unknown in [
+            tonic::Status::unavailable("error trying to connect: connection reset by peer"),
+            tonic::Status::from_error(Box::new(h2::Error::from(h2::Reason::CANCEL))),
+            tonic::Status::unknown("transport error"),
+        ] {
+            assert!(!never_sent(&unknown), "{unknown:?}");
+        }
+    }
 }

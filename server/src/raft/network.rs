@@ -26,7 +26,7 @@ use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
-use super::types::{Member, NodeId, TypeConfig};
+use super::types::{LogId, Member, NodeId, TypeConfig};
 
 /// Metadata naming the sender's cluster on every peer call.
 pub const CLUSTER_ID_HEADER: &str = "x-oxcd-cluster-id";
@@ -35,6 +35,8 @@ pub const MAX_PEER_MESSAGE: usize = 256 << 20;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Entry bytes per append message (at least one entry is always sent).
 const MAX_APPEND_BYTES: u64 = 2 << 20;
+/// How long a large append may take over a slow link before it is given up for good.
+const APPEND_GIVE_UP: Duration = Duration::from_secs(60);
 /// How soon an unreachable member is tried again; short, so a restarted member rejoins quickly.
 const RETRY_UNREACHABLE: Duration = Duration::from_millis(100);
 
@@ -139,6 +141,18 @@ pub struct RaftPeer {
     target: NodeId,
     client: Result<Client, String>,
     peers: std::sync::Arc<Peers>,
+    /// An append still on its way after openraft gave up waiting for it (see `append_entries`).
+    in_flight: Option<InFlightAppend>,
+}
+
+/// An append of entries, sent in a task of its own so that openraft's timeout does not cancel
+/// it: the next attempt from the same position waits for it instead of sending it all again.
+struct InFlightAppend {
+    vote: openraft::Vote<NodeId>,
+    prev_log_id: Option<LogId>,
+    /// The last entry it carries.
+    last_sent: Option<LogId>,
+    reply: tokio::task::JoinHandle<RpcResult<AppendEntriesResponse<NodeId>, RaftError<NodeId>>>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
@@ -149,6 +163,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             target,
             client: self.0.client(target, &node.peer_urls),
             peers: self.0.clone(),
+            in_flight: None,
         }
     }
 }
@@ -177,54 +192,119 @@ impl RaftPeer {
             .map_err(|e| RPCError::Unreachable(Unreachable::new(&std::io::Error::other(e))))?;
         let payload =
             bincode::serialize(request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let reply = tokio::time::timeout(option.hard_ttl(), send(client, RaftMessage { payload }))
-            .await
-            .map_err(|_| {
-                RPCError::Unreachable(Unreachable::new(&std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("member {:x} did not answer in time", self.target),
-                )))
-            })?
-            .map_err(|status| match status.code() {
-                // Unreachable makes openraft back off before retrying; a member of another
-                // cluster (FailedPrecondition) will not change its mind either.
-                tonic::Code::Unavailable
-                | tonic::Code::Unknown
-                | tonic::Code::Cancelled
-                | tonic::Code::FailedPrecondition => {
-                    RPCError::Unreachable(Unreachable::new(&status))
-                }
-                _ => RPCError::Network(NetworkError::new(&status)),
-            })?;
-        let result: Result<Resp, E> = bincode::deserialize(&reply.into_inner().payload)
-            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+        peer_call(self.target, client, payload, option.hard_ttl(), send).await
+    }
+}
+
+/// One peer call of a bincode-encoded payload, within `timeout`.
+async fn peer_call<Resp, E>(
+    target: NodeId,
+    client: Client,
+    payload: Vec<u8>,
+    timeout: Duration,
+    send: impl AsyncFnOnce(Client, RaftMessage) -> Result<tonic::Response<RaftMessage>, tonic::Status>,
+) -> RpcResult<Resp, E>
+where
+    Resp: DeserializeOwned,
+    E: std::error::Error + DeserializeOwned,
+{
+    let reply = tokio::time::timeout(timeout, send(client, RaftMessage { payload }))
+        .await
+        .map_err(|_| {
+            RPCError::Unreachable(Unreachable::new(&std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("member {target:x} did not answer in time"),
+            )))
+        })?
+        .map_err(|status| match status.code() {
+            // Unreachable makes openraft back off before retrying; a member of another
+            // cluster (FailedPrecondition) will not change its mind either.
+            tonic::Code::Unavailable
+            | tonic::Code::Unknown
+            | tonic::Code::Cancelled
+            | tonic::Code::FailedPrecondition => RPCError::Unreachable(Unreachable::new(&status)),
+            _ => RPCError::Network(NetworkError::new(&status)),
+        })?;
+    let result: Result<Resp, E> = bincode::deserialize(&reply.into_inner().payload)
+        .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+    result.map_err(|e| RPCError::RemoteError(RemoteError::new(target, e)))
+}
+
+impl RaftPeer {
+    /// Notes a reply from the member: a higher vote means this leader was deposed, anything
+    /// else that the member still follows it.
+    fn heard(&self, reply: AppendEntriesResponse<NodeId>) -> AppendEntriesResponse<NodeId> {
+        if !matches!(reply, AppendEntriesResponse::HigherVote(_)) {
+            self.peers.replied(self.target);
+        }
+        reply
     }
 }
 
 impl RaftNetwork<TypeConfig> for RaftPeer {
-    /// openraft gives an append one heartbeat interval, however many entries it carries, so
-    /// large entries are sent a bounded prefix at a time; the follower's success then counts
-    /// for that prefix (a partial success), and openraft sends the rest next.
+    /// openraft gives an append one heartbeat interval, however many entries it carries, and
+    /// cancels it after that. Over a slow link (or to a follower slow to fsync) a large entry
+    /// could then never arrive: every attempt would be cancelled part way and sent again from
+    /// the start. So entries are sent a bounded prefix at a time (the follower's success counts
+    /// for that prefix, a partial success, and openraft sends the rest next), and each send
+    /// runs in a task of its own that openraft's timeout does not cancel: the next attempt from
+    /// the same position waits for it rather than starting over. Heartbeats (no entries) go out
+    /// on their own meanwhile, so the follower keeps hearing from its leader.
     async fn append_entries(
         &mut self,
         mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, RaftError<NodeId>> {
-        let keep = entries_within(&rpc.entries, MAX_APPEND_BYTES);
-        let cut = keep < rpc.entries.len();
-        rpc.entries.truncate(keep);
-        let last_sent = rpc.entries.last().map(|e| e.log_id);
-        let reply = self
-            .call(&rpc, &option, async |mut c, m| c.append_entries(m).await)
-            .await?;
-        // A higher vote means this leader was deposed: no sign that the member follows it.
-        if !matches!(reply, AppendEntriesResponse::HigherVote(_)) {
-            self.peers.replied(self.target);
+        if rpc.entries.is_empty() {
+            let reply: AppendEntriesResponse<NodeId> = self
+                .call(&rpc, &option, async |mut c, m| c.append_entries(m).await)
+                .await?;
+            return Ok(self.heard(reply));
         }
-        Ok(match reply {
-            AppendEntriesResponse::Success if cut => {
-                AppendEntriesResponse::PartialSuccess(last_sent)
+        let asked_up_to = rpc.entries.last().map(|e| e.log_id);
+        let resumable = self
+            .in_flight
+            .as_ref()
+            .is_some_and(|f| f.vote == rpc.vote && f.prev_log_id == rpc.prev_log_id);
+        if !resumable {
+            if let Some(stale) = self.in_flight.take() {
+                stale.reply.abort();
+            }
+            let keep = entries_within(&rpc.entries, MAX_APPEND_BYTES);
+            rpc.entries.truncate(keep);
+            let client = self
+                .client
+                .clone()
+                .map_err(|e| RPCError::Unreachable(Unreachable::new(&std::io::Error::other(e))))?;
+            let payload =
+                bincode::serialize(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+            let target = self.target;
+            self.in_flight = Some(InFlightAppend {
+                vote: rpc.vote,
+                prev_log_id: rpc.prev_log_id,
+                last_sent: rpc.entries.last().map(|e| e.log_id),
+                reply: tokio::spawn(async move {
+                    peer_call::<_, RaftError<NodeId>>(
+                        target,
+                        client,
+                        payload,
+                        APPEND_GIVE_UP,
+                        async |mut c, m| c.append_entries(m).await,
+                    )
+                    .await
+                }),
+            });
+        }
+        let flight = self.in_flight.as_mut().expect("set above");
+        // If openraft's timeout drops this future here, the task goes on and is found again.
+        let reply = (&mut flight.reply).await;
+        let sent = flight.last_sent;
+        self.in_flight = None;
+        let reply = reply.map_err(|e| RPCError::Network(NetworkError::new(&e)))??;
+        Ok(match self.heard(reply) {
+            // The follower has what was sent; a retry may have asked for more, or less.
+            AppendEntriesResponse::Success if sent < asked_up_to => {
+                AppendEntriesResponse::PartialSuccess(sent)
             }
             other => other,
         })
