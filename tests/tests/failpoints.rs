@@ -385,3 +385,58 @@ async fn a_restore_crashed_at_its_rename_leaves_nothing_half_made() {
         );
     }
 }
+
+/// A physical compaction that fails is reported to the client that waits for it (etcd would
+/// crash instead), counted, logged, and retried until it succeeds: the compactor never dies
+/// silently, leaving every later compaction undone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_physical_compaction_is_reported_and_retried() {
+    let metrics = oxcd_tests::free_port();
+    let server = Server::start_with(
+        Flavor::Oxcd,
+        StartOptions {
+            extra_args: vec![format!("--listen-metrics-urls=http://127.0.0.1:{metrics}")],
+            env: vec![(FAILPOINTS.into(), "mvcc::compactor::write=1*return".into())],
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut client = server.client().await;
+    for i in 0..10 {
+        client.put("k", format!("v{i}"), None).await.unwrap();
+    }
+    let failed = client
+        .compact(5, Some(CompactionOptions::new().with_physical()))
+        .await
+        .expect_err("the first attempt fails at its failpoint");
+    assert_eq!(
+        oxcd_tests::grpc_error(&failed),
+        Some((
+            "Internal".to_string(),
+            "etcdserver: mvcc: physical compaction failed; see the member's log".to_string()
+        ))
+    );
+    let failures = metric(metrics, "oxcd_mvcc_compaction_failures_total").await;
+    assert_eq!(failures, Some(1.0));
+    // The compactor retries; a later compaction then goes through it too.
+    client
+        .compact(8, Some(CompactionOptions::new().with_physical()))
+        .await
+        .expect("the retried compaction and the next one finish");
+    assert!(server.log_tail(50).contains("physical compaction failed"));
+}
+
+/// A value of the member's Prometheus text at /metrics.
+async fn metric(port: u16, name: &str) -> Option<f64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .ok()?;
+    let mut text = String::new();
+    conn.read_to_string(&mut text).await.ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
