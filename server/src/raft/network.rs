@@ -37,6 +37,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const MAX_APPEND_BYTES: u64 = 2 << 20;
 /// How long a large append may take over a slow link before it is given up for good.
 const APPEND_GIVE_UP: Duration = Duration::from_secs(60);
+/// How long a heartbeat's reply is waited for: one later than this is of no use to the
+/// leader's quorum check, which looks back one election timeout.
+const HEARTBEAT_GIVE_UP: Duration = Duration::from_secs(2);
 /// How soon an unreachable member is tried again; short, so a restarted member rejoins quickly.
 const RETRY_UNREACHABLE: Duration = Duration::from_millis(100);
 
@@ -230,15 +233,17 @@ where
     result.map_err(|e| RPCError::RemoteError(RemoteError::new(target, e)))
 }
 
-impl RaftPeer {
-    /// Notes a reply from the member: a higher vote means this leader was deposed, anything
-    /// else that the member still follows it.
-    fn heard(&self, reply: AppendEntriesResponse<NodeId>) -> AppendEntriesResponse<NodeId> {
-        if !matches!(reply, AppendEntriesResponse::HigherVote(_)) {
-            self.peers.replied(self.target);
-        }
-        reply
+/// Notes a reply from member `target`: a higher vote means this leader was deposed, anything
+/// else that the member still follows it.
+fn heard(
+    peers: &Peers,
+    target: NodeId,
+    reply: AppendEntriesResponse<NodeId>,
+) -> AppendEntriesResponse<NodeId> {
+    if !matches!(reply, AppendEntriesResponse::HigherVote(_)) {
+        peers.replied(target);
     }
+    reply
 }
 
 impl RaftNetwork<TypeConfig> for RaftPeer {
@@ -253,13 +258,32 @@ impl RaftNetwork<TypeConfig> for RaftPeer {
     async fn append_entries(
         &mut self,
         mut rpc: AppendEntriesRequest<TypeConfig>,
-        option: RPCOption,
+        _openraft_timeout: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, RaftError<NodeId>> {
         if rpc.entries.is_empty() {
-            let reply: AppendEntriesResponse<NodeId> = self
-                .call(&rpc, &option, async |mut c, m| c.append_entries(m).await)
+            // A heartbeat's reply counts for the leader's quorum check even when it comes
+            // after openraft stopped waiting (a round trip longer than its interval).
+            let client = self
+                .client
+                .clone()
+                .map_err(|e| RPCError::Unreachable(Unreachable::new(&std::io::Error::other(e))))?;
+            let payload =
+                bincode::serialize(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+            let (target, peers) = (self.target, self.peers.clone());
+            let beat = tokio::spawn(async move {
+                let reply = peer_call::<AppendEntriesResponse<NodeId>, RaftError<NodeId>>(
+                    target,
+                    client,
+                    payload,
+                    HEARTBEAT_GIVE_UP,
+                    async |mut c, m| c.append_entries(m).await,
+                )
                 .await?;
-            return Ok(self.heard(reply));
+                Ok(heard(&peers, target, reply))
+            });
+            return beat
+                .await
+                .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         }
         let asked_up_to = rpc.entries.last().map(|e| e.log_id);
         let resumable = self
@@ -301,7 +325,7 @@ impl RaftNetwork<TypeConfig> for RaftPeer {
         let sent = flight.last_sent;
         self.in_flight = None;
         let reply = reply.map_err(|e| RPCError::Network(NetworkError::new(&e)))??;
-        Ok(match self.heard(reply) {
+        Ok(match heard(&self.peers, self.target, reply) {
             // The follower has what was sent; a retry may have asked for more, or less.
             AppendEntriesResponse::Success if sent < asked_up_to => {
                 AppendEntriesResponse::PartialSuccess(sent)
