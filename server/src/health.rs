@@ -115,8 +115,8 @@ impl Health {
         let mut failed = false;
         for check in checks {
             let name = check.name();
+            // etcd leaves an excluded check out of the list altogether.
             if excluded.contains(&name) {
-                lines.push_str(&format!("[+]{name} excluded: ok\n"));
                 continue;
             }
             match self.run(*check).await {

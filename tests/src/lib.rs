@@ -727,7 +727,16 @@ where
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     require_etcd();
-    for flavor in [Flavor::Etcd, Flavor::Oxcd] {
+    against(Flavor::Etcd, body).await
+}
+
+/// [`for_both`] with another reference: etcd 3.7 where 3.6/3.7 changed what 3.4 did.
+pub async fn against<F, Fut>(reference: Flavor, body: F)
+where
+    F: Fn(Target) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    for flavor in [reference, Flavor::Oxcd] {
         let server = Server::start(flavor).await;
         let target = Target {
             flavor,

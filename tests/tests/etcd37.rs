@@ -199,6 +199,15 @@ async fn watch_start_and_progress_rules_match_etcd() {
         seen.push(vec![
             watch_replies(&server, vec![create("k0", -1), create("k0", 0)], wait).await,
             watch_replies(&server, vec![create("k0", -5)], wait).await,
+            {
+                kv.compact(CompactionRequest {
+                    revision: 3,
+                    physical: true,
+                })
+                .await
+                .unwrap();
+                watch_replies(&server, vec![create("k0", -1), create("k0", 1)], wait).await
+            },
             watch_replies(&server, vec![progress()], wait).await,
             // etcd sends a creation and a progress reply from two queues, in either order.
             sorted(watch_replies(&server, vec![create("k0", 0), progress()], wait).await),
