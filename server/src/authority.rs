@@ -247,6 +247,14 @@ impl<S> AuthorityFix<S> {
     /// SETTINGS_MAX_HEADER_LIST_SIZE. Fields past that size are counted, never copied.
     fn decode(&mut self, block: &[u8]) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let limit = self.limits.max_header_list_size as usize;
+        // Every field counts at least its 32 bytes of overhead against the limit, so a block
+        // with more fields is refused before any string is decoded: decoding costs per string
+        // (a Huffman table each), and a block of tiny fields would otherwise burn CPU for free.
+        if field_count(block).is_some_and(|fields| fields > limit / FIELD_OVERHEAD) {
+            return Err(malformed(
+                "header block has too many fields for SETTINGS_MAX_HEADER_LIST_SIZE",
+            ));
+        }
         let mut size = 0usize;
         let mut headers = Vec::new();
         self.decoder
@@ -259,7 +267,7 @@ impl<S> AuthorityFix<S> {
             .map_err(|e| malformed(&format!("HPACK: {e}")))?;
         if size > limit {
             return Err(malformed(
-                "header list larger than SETTINGS_MAX_HEADER_LIST_SIZE",
+                "header block has too many fields for SETTINGS_MAX_HEADER_LIST_SIZE",
             ));
         }
         Ok(headers)
@@ -296,6 +304,53 @@ impl<S> AuthorityFix<S> {
             flags = 0;
         }
     }
+}
+
+/// How many header fields an HPACK block holds, read from its representations' prefixes and
+/// string lengths alone (RFC 7541, section 6); `None` when it is malformed, which the decoder
+/// then reports.
+fn field_count(block: &[u8]) -> Option<usize> {
+    /// An integer with an `n`-bit prefix; returns it and the bytes after it.
+    fn integer(bytes: &[u8], n: u32) -> Option<(usize, &[u8])> {
+        let (first, mut rest) = bytes.split_first()?;
+        let mask = (1usize << n) - 1;
+        let mut value = usize::from(*first) & mask;
+        if value < mask {
+            return Some((value, rest));
+        }
+        for shift in (0..28).step_by(7) {
+            let (byte, after) = rest.split_first()?;
+            rest = after;
+            value += usize::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Some((value, rest));
+            }
+        }
+        None
+    }
+    fn string(bytes: &[u8]) -> Option<&[u8]> {
+        let (len, rest) = integer(bytes, 7)?;
+        rest.get(len..)
+    }
+    let mut rest = block;
+    let mut fields = 0;
+    while let Some(first) = rest.first() {
+        rest = match first {
+            b if b & 0x80 != 0 => integer(rest, 7)?.1,
+            b if b & 0xe0 == 0x20 => {
+                rest = integer(rest, 5)?.1;
+                continue;
+            }
+            b => {
+                let prefix = if b & 0xc0 == 0x40 { 6 } else { 4 };
+                let (index, after) = integer(rest, prefix)?;
+                let value = if index == 0 { string(after)? } else { after };
+                string(value)?
+            }
+        };
+        fields += 1;
+    }
+    Some(fields)
 }
 
 /// `http://host:port` becomes `host:port`; anything else is left alone.
@@ -556,6 +611,30 @@ mod tests {
         let mut wire = PREFACE.to_vec();
         wire.extend(frame(HEADERS, END_HEADERS, 1, &block));
         assert_refused(through_fix(&wire).await, "Dynamic table size exceeds");
+    }
+
+    #[test]
+    fn fields_are_counted_without_decoding_them() {
+        let mut encoder = loona_hpack::Encoder::new();
+        let block = schemed_request(&mut encoder);
+        let decoded = loona_hpack::Decoder::new().decode(&block).unwrap();
+        assert_eq!(field_count(&block), Some(decoded.len()));
+        assert_eq!(field_count(&block[..block.len() - 1]), None, "truncated");
+        // A size update is no field; two indexed fields follow it.
+        assert_eq!(field_count(&[0x3f, 0xe1, 0x1f, 0x82, 0x84]), Some(2));
+    }
+
+    #[tokio::test]
+    async fn a_block_of_more_fields_than_the_list_could_hold_is_refused_undecoded() {
+        // 1-byte literal fields (never indexed, indexed name :method, empty value): far below the
+        // raw block cap, far above what 16 KiB of header list can hold at 32 bytes a field.
+        let mut block = Vec::new();
+        for _ in 0..600 {
+            block.extend_from_slice(&[0x12, 0x00]);
+        }
+        let mut wire = PREFACE.to_vec();
+        wire.extend(frame(HEADERS, END_HEADERS, 1, &block));
+        assert_refused(through_fix(&wire).await, "too many fields");
     }
 
     #[tokio::test]

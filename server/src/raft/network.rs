@@ -155,7 +155,7 @@ struct InFlightAppend {
     prev_log_id: Option<LogId>,
     /// The last entry it carries.
     last_sent: Option<LogId>,
-    reply: tokio::task::JoinHandle<RpcResult<AppendEntriesResponse<NodeId>, RaftError<NodeId>>>,
+    reply: AppendTask,
 }
 
 impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
@@ -174,6 +174,20 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
 type RpcResult<T, E> = Result<T, RPCError<NodeId, Member, E>>;
 
 impl RaftPeer {
+    /// The client for the member and `request` encoded.
+    fn prepare<Req: Serialize, E: std::error::Error>(
+        &self,
+        request: &Req,
+    ) -> Result<(Client, Vec<u8>), RPCError<NodeId, Member, E>> {
+        let client = self
+            .client
+            .clone()
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&std::io::Error::other(e))))?;
+        let payload =
+            bincode::serialize(request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        Ok((client, payload))
+    }
+
     /// Sends one bincode-encoded openraft request; the reply is the remote `Result` as is.
     async fn call<Req, Resp, E>(
         &self,
@@ -189,15 +203,31 @@ impl RaftPeer {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let client = self
-            .client
-            .clone()
-            .map_err(|e| RPCError::Unreachable(Unreachable::new(&std::io::Error::other(e))))?;
-        let payload =
-            bincode::serialize(request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let (client, payload) = self.prepare(request)?;
         peer_call(self.target, client, payload, option.hard_ttl(), send).await
     }
+
+    /// An append in a task of its own, given up only after `give_up`; the member's reply is
+    /// noted for the leader's quorum check whenever it comes.
+    fn spawn_append(
+        &self,
+        rpc: &AppendEntriesRequest<TypeConfig>,
+        give_up: Duration,
+    ) -> Result<AppendTask, RPCError<NodeId, Member, RaftError<NodeId>>> {
+        let (client, payload) = self.prepare(rpc)?;
+        let (target, peers) = (self.target, self.peers.clone());
+        Ok(tokio::spawn(async move {
+            let reply = peer_call(target, client, payload, give_up, async |mut c, m| {
+                c.append_entries(m).await
+            })
+            .await?;
+            Ok(heard(&peers, target, reply))
+        }))
+    }
 }
+
+type AppendTask =
+    tokio::task::JoinHandle<RpcResult<AppendEntriesResponse<NodeId>, RaftError<NodeId>>>;
 
 /// One peer call of a bincode-encoded payload, within `timeout`.
 async fn peer_call<Resp, E>(
@@ -261,27 +291,10 @@ impl RaftNetwork<TypeConfig> for RaftPeer {
         _openraft_timeout: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, RaftError<NodeId>> {
         if rpc.entries.is_empty() {
-            // A heartbeat's reply counts for the leader's quorum check even when it comes
-            // after openraft stopped waiting (a round trip longer than its interval).
-            let client = self
-                .client
-                .clone()
-                .map_err(|e| RPCError::Unreachable(Unreachable::new(&std::io::Error::other(e))))?;
-            let payload =
-                bincode::serialize(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-            let (target, peers) = (self.target, self.peers.clone());
-            let beat = tokio::spawn(async move {
-                let reply = peer_call::<AppendEntriesResponse<NodeId>, RaftError<NodeId>>(
-                    target,
-                    client,
-                    payload,
-                    HEARTBEAT_GIVE_UP,
-                    async |mut c, m| c.append_entries(m).await,
-                )
-                .await?;
-                Ok(heard(&peers, target, reply))
-            });
-            return beat
+            // Its reply counts for the leader's quorum check even when it comes after openraft
+            // stopped waiting (a round trip longer than openraft's interval).
+            return self
+                .spawn_append(&rpc, HEARTBEAT_GIVE_UP)?
                 .await
                 .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         }
@@ -296,27 +309,11 @@ impl RaftNetwork<TypeConfig> for RaftPeer {
             }
             let keep = entries_within(&rpc.entries, MAX_APPEND_BYTES);
             rpc.entries.truncate(keep);
-            let client = self
-                .client
-                .clone()
-                .map_err(|e| RPCError::Unreachable(Unreachable::new(&std::io::Error::other(e))))?;
-            let payload =
-                bincode::serialize(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-            let target = self.target;
             self.in_flight = Some(InFlightAppend {
                 vote: rpc.vote,
                 prev_log_id: rpc.prev_log_id,
                 last_sent: rpc.entries.last().map(|e| e.log_id),
-                reply: tokio::spawn(async move {
-                    peer_call::<_, RaftError<NodeId>>(
-                        target,
-                        client,
-                        payload,
-                        APPEND_GIVE_UP,
-                        async |mut c, m| c.append_entries(m).await,
-                    )
-                    .await
-                }),
+                reply: self.spawn_append(&rpc, APPEND_GIVE_UP)?,
             });
         }
         let flight = self.in_flight.as_mut().expect("set above");
@@ -325,7 +322,7 @@ impl RaftNetwork<TypeConfig> for RaftPeer {
         let sent = flight.last_sent;
         self.in_flight = None;
         let reply = reply.map_err(|e| RPCError::Network(NetworkError::new(&e)))??;
-        Ok(match heard(&self.peers, self.target, reply) {
+        Ok(match reply {
             // The follower has what was sent; a retry may have asked for more, or less.
             AppendEntriesResponse::Success if sent < asked_up_to => {
                 AppendEntriesResponse::PartialSuccess(sent)
