@@ -183,7 +183,7 @@ fn register_op(op: &Operation) -> anyhow::Result<Option<RegisterOp>> {
             },
             _ => None,
         },
-        F::Txn | F::Grant | F::Revoke | F::Acquire | F::Release => None,
+        F::Txn | F::Grant | F::Revoke | F::Acquire | F::Release | F::KeepAlive => None,
     };
     let parsed = parsed.ok_or_else(|| {
         anyhow!(

@@ -11,7 +11,7 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use etcd_client::{Client, ConnectOptions};
+use oxcd_tests::powerfs::{CutReport, PowerFs};
 use rand::Rng;
 use tokio::task::JoinSet;
 
@@ -112,6 +113,10 @@ pub struct ClusterOptions {
     pub dir: PathBuf,
     /// How long the fresh cluster gets until every member serves a linearizable Range.
     pub ready_timeout: Duration,
+    /// Puts every member's data dir on a PowerFs of its own, so that [`Cluster::cut_power`]
+    /// can lose what a member did not fsync. Needs FUSE (`/dev/fuse`, and root to mount); the
+    /// data is in memory and gone when the cluster is dropped.
+    pub power_disks: bool,
 }
 
 struct Member {
@@ -146,6 +151,9 @@ pub struct Cluster {
     initial_cluster: String,
     members: Vec<Member>,
     network: Network,
+    /// Member `i`'s data dir's PowerFs, when [`ClusterOptions::power_disks`]; dropped (unmounted)
+    /// after the members are killed.
+    disks: Vec<PowerFs>,
 }
 
 impl Cluster {
@@ -180,6 +188,14 @@ impl Cluster {
                 rejoined: false,
             });
         }
+        let mut disks = Vec::new();
+        if options.power_disks {
+            for member in &members {
+                std::fs::create_dir_all(&member.data_dir)
+                    .with_context(|| format!("creating {}", member.data_dir.display()))?;
+                disks.push(PowerFs::mount(&member.data_dir)?);
+            }
+        }
         let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
         let peers: Vec<SocketAddr> = members.iter().map(|m| loopback(m.peer_port)).collect();
         let clients: Vec<SocketAddr> = members.iter().map(|m| loopback(m.client_port)).collect();
@@ -205,6 +221,7 @@ impl Cluster {
             initial_cluster,
             members,
             network,
+            disks,
         };
         for i in 0..n {
             cluster.launch(i)?;
@@ -343,12 +360,22 @@ impl Cluster {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         self.kill(member);
-        let data_dir = &self.members[member].data_dir;
-        if data_dir.exists() {
-            std::fs::remove_dir_all(data_dir)
-                .with_context(|| format!("wiping {}", data_dir.display()))?;
+        wipe(&self.members[member].data_dir)
+    }
+
+    /// Cuts the power of a stopped member's disk: what it did not fsync is lost.
+    pub fn cut_power(&mut self, member: usize) -> Result<CutReport> {
+        let m = &self.members[member];
+        if m.child.is_some() {
+            bail!(
+                "{} is still running: kill it before cutting its power",
+                m.name
+            );
         }
-        Ok(())
+        let disk = self.disks.get(member).ok_or_else(|| {
+            anyhow!("the members' disks are not on PowerFs (ClusterOptions::power_disks)")
+        })?;
+        Ok(disk.cut_power())
     }
 
     /// Adds a removed member back through another member (MemberAdd with its old peer URL) and
@@ -567,6 +594,27 @@ impl Drop for Cluster {
             }
         }
     }
+}
+
+/// Removes everything in `data_dir` (which may be a mount point) and makes that durable, as an
+/// operator's `rm -rf` and `sync` would: a later power cut must not bring the data back.
+fn wipe(data_dir: &Path) -> Result<()> {
+    if !data_dir.exists() {
+        return Ok(());
+    }
+    let context = || format!("wiping {}", data_dir.display());
+    for entry in std::fs::read_dir(data_dir).with_context(context)? {
+        let path = entry.with_context(context)?.path();
+        if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        }
+        .with_context(context)?;
+    }
+    File::open(data_dir)
+        .and_then(|dir| dir.sync_all())
+        .with_context(context)
 }
 
 /// A client with bounded connect and request timeouts. etcd-client connects lazily, so this

@@ -43,7 +43,8 @@ pub enum EventType {
 /// - append: `txn`, whose value is a list of micro-operations `["append", key, n]` and
 ///   `["r", key, null]`, and whose ok result has each read's list filled in;
 /// - watch: `write` (result `[value, revision]`), `read` at the end;
-/// - lease: `grant`, `revoke`, `write` (value `[value, lease]`), `read`;
+/// - lease: `grant`, `revoke`, `keepalive` (value: the lease, ok result: the TTL answered),
+///   `write` (value `[value, lease]`), `read`;
 /// - lock: `acquire`, `release`, and `write`/`read` of the protected data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -56,6 +57,7 @@ pub enum F {
     Revoke,
     Acquire,
     Release,
+    KeepAlive,
 }
 
 impl fmt::Display for F {
@@ -69,6 +71,7 @@ impl fmt::Display for F {
             F::Revoke => "revoke",
             F::Acquire => "acquire",
             F::Release => "release",
+            F::KeepAlive => "keepalive",
         })
     }
 }

@@ -49,8 +49,9 @@ enum Workload {
     /// Puts to a few keys under one prefix, watched from every member; the watch streams are
     /// checked against each other and the writes (saved as watches.jsonl).
     Watch,
-    /// Lease grants and revokes, writes attached to leases, reads of them all: no key survives
-    /// its lease's revoke or expiry, and no revoked lease keeps or takes keys.
+    /// Lease grants, keep-alives and revokes, writes attached to leases, reads of them all: no
+    /// key survives its lease's revoke or expiry, no revoked lease keeps or takes keys, and no
+    /// lease expires before the TTL its keep-alive promised.
     Lease,
     /// Clients taking etcd's Lock (leases kept alive) to update a counter without fencing and
     /// append to a list with fencing; reports what the lock did and did not guarantee.
@@ -61,7 +62,8 @@ enum Workload {
 struct TestArgs {
     #[arg(long, value_enum, default_value = "register")]
     workload: Workload,
-    /// Faults to inject, comma-separated: kill, pause, partition; `none` for a quiet run.
+    /// Faults to inject, comma-separated: kill, pause, partition, isolate-leader, delay, loss,
+    /// member, power (needs FUSE and root); `none` for a quiet run.
     #[arg(long, default_value = "kill,pause,partition", value_delimiter = ',')]
     nemesis: Vec<String>,
     /// Cluster members.
@@ -80,7 +82,7 @@ struct TestArgs {
     /// the watched prefix; the lease and lock workloads make their own.
     #[arg(long, default_value_t = 5)]
     keys: usize,
-    /// Seconds of each quiet period and of each fault.
+    /// Seconds of each quiet period and of each fault (isolate-leader faults last at least 8).
     #[arg(long, default_value_t = 5.0, value_name = "SECONDS")]
     interval: f64,
     /// Seconds a client waits for an answer before the outcome is unknown.
@@ -196,8 +198,8 @@ fn test(args: &TestArgs) -> anyhow::Result<Verdict> {
                     runner::run(&options, |r| Watches::new(args.keys, r, timeout)).await
                 }
                 Workload::Lease => {
-                    let time_limit = options.time_limit;
-                    runner::run(&options, |r| Leases::new(r, timeout, time_limit)).await
+                    let (time_limit, clients) = (options.time_limit, options.concurrency);
+                    runner::run(&options, |r| Leases::new(r, timeout, time_limit, clients)).await
                 }
                 Workload::Lock => runner::run(&options, |r| Locks::new(r, timeout)).await,
             }
@@ -238,7 +240,7 @@ fn check(args: &CheckArgs) -> anyhow::Result<Verdict> {
             // Their checkers need no run state: a workload made for checking alone will do.
             let recorder = Arc::new(Recorder::new());
             let judgement = if let Workload::Lease = args.workload {
-                Leases::new(recorder, Duration::ZERO, Duration::ZERO).check(&ops, &options)?
+                Leases::new(recorder, Duration::ZERO, Duration::ZERO, 1).check(&ops, &options)?
             } else {
                 Locks::new(recorder, Duration::ZERO).check(&ops, &options)?
             };

@@ -52,7 +52,23 @@ pub enum FaultKind {
     /// Remove a member from the cluster (MemberRemove; its data is wiped) and add it back empty
     /// when the fault ends (MemberAdd, then it joins the existing cluster).
     Member,
+    /// Cut the leader off from every other member, while the clients bound to it keep reaching
+    /// it (and only it), for at least [`ISOLATE_LEADER_HOLD`]: long enough for the majority to
+    /// elect a new leader and expire the leases the old one can no longer vouch for, so a
+    /// server that goes on renewing them is caught.
+    #[serde(rename = "isolate-leader")]
+    IsolateLeader,
+    /// SIGKILL members, cut the power of their disks (every write and directory entry not
+    /// fsynced is lost; the members' data dirs are on PowerFs), restart them when the fault
+    /// ends.
+    Power,
 }
+
+/// The least hold of an [`FaultKind::IsolateLeader`] fault, whatever the schedule says: an
+/// election (1-2 s with the harness's 1 s election timeout), a 2 s lease's full TTL that the new
+/// leader gives it again, the revoke's commit, and time for clients on the majority side to see
+/// the result while the isolated side still runs.
+pub const ISOLATE_LEADER_HOLD: Duration = Duration::from_secs(8);
 
 impl fmt::Display for FaultKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -63,6 +79,8 @@ impl fmt::Display for FaultKind {
             FaultKind::Delay => "delay",
             FaultKind::Loss => "loss",
             FaultKind::Member => "member",
+            FaultKind::IsolateLeader => "isolate-leader",
+            FaultKind::Power => "power",
         })
     }
 }
@@ -78,7 +96,12 @@ impl FromStr for FaultKind {
             "delay" => Ok(FaultKind::Delay),
             "loss" => Ok(FaultKind::Loss),
             "member" => Ok(FaultKind::Member),
-            _ => bail!("unknown fault {s:?} (kill, pause, partition, delay, loss or member)"),
+            "isolate-leader" => Ok(FaultKind::IsolateLeader),
+            "power" => Ok(FaultKind::Power),
+            _ => bail!(
+                "unknown fault {s:?} (kill, pause, partition, isolate-leader, delay, loss, member \
+                 or power)"
+            ),
         }
     }
 }
@@ -159,8 +182,19 @@ pub struct Schedule {
     /// Length of each quiet period; one comes first, so the cluster is seen working before any
     /// fault.
     pub quiet: Duration,
-    /// How long each fault is held before it is undone.
+    /// How long each fault is held before it is undone; isolate-leader faults are held for at
+    /// least [`ISOLATE_LEADER_HOLD`].
     pub hold: Duration,
+}
+
+impl Schedule {
+    /// How long a fault of `kind` is held.
+    pub fn hold(&self, kind: FaultKind) -> Duration {
+        match kind {
+            FaultKind::IsolateLeader => self.hold.max(ISOLATE_LEADER_HOLD),
+            _ => self.hold,
+        }
+    }
 }
 
 /// A fault in force, with what undoing it needs.
@@ -189,7 +223,7 @@ pub async fn run(
         }
         let kind = queue.pop().expect("refilled above");
         let active = start(cluster, kind, log).await?;
-        watch(cluster, log, until, schedule.hold).await?;
+        watch(cluster, log, until, schedule.hold(kind)).await?;
         stop(cluster, active, log).await?;
     }
 }
@@ -235,7 +269,7 @@ fn targets(
     all.shuffle(&mut rand::thread_rng());
     // Pausing everyone only stops the clock; killing everyone tests what survives on disk.
     let choices: &[&str] = match kind {
-        FaultKind::Kill => &["one", "leader", "majority", "all"],
+        FaultKind::Kill | FaultKind::Power => &["one", "leader", "majority", "all"],
         // Membership changes one member at a time, as etcd requires.
         FaultKind::Member => &["one", "leader"],
         _ => &["one", "leader", "majority"],
@@ -273,15 +307,42 @@ async fn start(cluster: &mut Cluster, kind: FaultKind, log: &mut NemesisLog) -> 
             }
             (members, detail.to_owned(), Vec::new())
         }
+        FaultKind::Power => {
+            let (members, detail) = targets(cluster, kind, leader);
+            let mut cuts = Vec::new();
+            for &m in &members {
+                cluster.kill(m);
+                let cut = cluster.cut_power(m)?;
+                cuts.push(format!("{}: {cut}", cluster.name(m)));
+            }
+            (
+                members,
+                format!("{detail}; {}", cuts.join("; ")),
+                Vec::new(),
+            )
+        }
+        FaultKind::IsolateLeader => {
+            let (isolated, detail) = match leader {
+                Some(leader) => (leader, "leader"),
+                None => (
+                    rand::thread_rng().gen_range(0..cluster.members()),
+                    "one (no leader found)",
+                ),
+            };
+            // Clients are bound to one member each, so cutting the peer links alone keeps the
+            // isolated member's clients with it and everyone else's with the majority.
+            let partition = Partition::isolate(cluster.members(), isolated);
+            cluster.network().partition(&partition);
+            (
+                vec![isolated],
+                detail.to_owned(),
+                cut_names(cluster, &partition),
+            )
+        }
         FaultKind::Partition => {
             let (partition, isolated, detail) = partition_shape(cluster, leader);
             cluster.network().partition(&partition);
-            let cut = partition
-                .cut_pairs()
-                .into_iter()
-                .map(|(a, b)| (cluster.name(a).to_owned(), cluster.name(b).to_owned()))
-                .collect();
-            (isolated, detail, cut)
+            (isolated, detail, cut_names(cluster, &partition))
         }
         FaultKind::Delay | FaultKind::Loss => {
             let mut rng = rand::thread_rng();
@@ -330,6 +391,15 @@ async fn start(cluster: &mut Cluster, kind: FaultKind, log: &mut NemesisLog) -> 
     Ok(Active { kind, members })
 }
 
+/// The pairs of members `partition` cuts, by name.
+fn cut_names(cluster: &Cluster, partition: &Partition) -> Vec<(String, String)> {
+    partition
+        .cut_pairs()
+        .into_iter()
+        .map(|(a, b)| (cluster.name(a).to_owned(), cluster.name(b).to_owned()))
+        .collect()
+}
+
 /// A partition, the members on its smaller side (or the isolated one), and its shape's name.
 fn partition_shape(cluster: &Cluster, leader: Option<usize>) -> (Partition, Vec<usize>, String) {
     let n = cluster.members();
@@ -375,7 +445,7 @@ fn partition_shape(cluster: &Cluster, leader: Option<usize>) -> (Partition, Vec<
 /// Undoes a fault; members that exited by themselves meanwhile are restarted too.
 async fn stop(cluster: &mut Cluster, active: Active, log: &mut NemesisLog) -> Result<()> {
     match active.kind {
-        FaultKind::Kill => {}
+        FaultKind::Kill | FaultKind::Power => {}
         FaultKind::Pause => {
             for &m in &active.members {
                 if cluster.is_paused(m) {
@@ -383,7 +453,7 @@ async fn stop(cluster: &mut Cluster, active: Active, log: &mut NemesisLog) -> Re
                 }
             }
         }
-        FaultKind::Partition => cluster.network().heal(),
+        FaultKind::Partition | FaultKind::IsolateLeader => cluster.network().heal(),
         FaultKind::Delay | FaultKind::Loss => {
             cluster.network().set_peer_fault(Scope::All, Fault::Pass)
         }

@@ -7,7 +7,8 @@
 //! - `summary.json` and `summary.txt`: operation counts, faults, timings;
 //! - `latency.svg`, `throughput.svg` and `timeline.html`: the run at a glance, faults shaded
 //!   (see [`crate::report`]);
-//! - `members/`: each member's data directory and log.
+//! - `members/`: each member's data directory and log (with the power nemesis the data
+//!   directories are PowerFs mounts, empty once the run is over).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -22,7 +23,7 @@ use tokio::sync::watch;
 use crate::checker::{CheckOptions, Verdict};
 use crate::cluster::{Cluster, ClusterOptions, Flavor};
 use crate::history::{Operation, Recorder, Status};
-use crate::nemesis::{self, NemesisLog, Phase, Schedule};
+use crate::nemesis::{self, FaultKind, NemesisLog, Phase, Schedule};
 use crate::workload::{Worker, Workload};
 
 /// How long the cluster gets to come up, and to recover after the last fault.
@@ -189,6 +190,7 @@ pub async fn run<W: Workload>(
         members: options.nodes,
         dir: out.join("members"),
         ready_timeout: READY_TIMEOUT,
+        power_disks: options.schedule.faults.contains(&FaultKind::Power),
     })
     .await?;
 

@@ -26,8 +26,11 @@ fn append_under_kill_pause_and_partition_is_strictly_serializable() {
     let plan = Plan {
         name: "append",
         flavor: Flavor::Oxcd,
+        binary: common::binary(Flavor::Oxcd),
         rate: 50.0,
         op_timeout: Duration::from_millis(1500),
+        faults: common::KILL_PAUSE_PARTITION,
+        time_limit: Duration::from_secs(20),
     };
     let run = common::run(plan, |recorder, options| {
         Appends::new(KEYS, recorder, options.op_timeout)

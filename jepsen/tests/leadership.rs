@@ -95,12 +95,7 @@ async fn require_leader(endpoint: &str) -> Option<Client> {
 fn binary(flavor: Flavor) -> PathBuf {
     match flavor {
         Flavor::Oxcd => common::binary(flavor),
-        Flavor::Etcd => std::env::var_os("ETCD37_BIN")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                let home = std::env::var_os("HOME").unwrap_or_default();
-                PathBuf::from(home).join(".cache/oxcd-reference/etcd-v3.7.3/etcd")
-            }),
+        Flavor::Etcd => common::etcd37_binary(),
     }
 }
 
@@ -145,12 +140,13 @@ fn keep_alive_forever(endpoint: String, lease: i64) -> Arc<Mutex<Vec<(Instant, b
 
 async fn isolated_member_stops_vouching_for_a_leader(flavor: Flavor, isolate_leader: bool) {
     let dir = common::results_dir(&format!("leadership-{flavor}-{isolate_leader}"));
-    let mut cluster = Cluster::start(&ClusterOptions {
+    let cluster = Cluster::start(&ClusterOptions {
         flavor,
         binary: binary(flavor),
         members: 3,
         dir: dir.clone(),
         ready_timeout: Duration::from_secs(30),
+        power_disks: false,
     })
     .await
     .unwrap_or_else(|e| panic!("starting a {flavor} cluster: {e:#}"));

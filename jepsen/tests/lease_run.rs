@@ -23,11 +23,19 @@ fn leases_under_kill_pause_and_partition_keep_their_promises() {
     let plan = Plan {
         name: "lease",
         flavor: Flavor::Oxcd,
+        binary: common::binary(Flavor::Oxcd),
         rate: 40.0,
         op_timeout: Duration::from_millis(1500),
+        faults: common::KILL_PAUSE_PARTITION,
+        time_limit: Duration::from_secs(20),
     };
     let run = common::run(plan, |recorder, options| {
-        Leases::new(recorder, options.op_timeout, options.time_limit)
+        Leases::new(
+            recorder,
+            options.op_timeout,
+            options.time_limit,
+            options.concurrency,
+        )
     });
     let (summary, context) = (&run.summary, &run.context);
     assert!(summary.ops.ok > MIN_OK, "too few ok operations\n{context}");

@@ -22,10 +22,13 @@ fn run(flavor: Flavor) {
     let plan = Plan {
         name: "lock",
         flavor,
+        binary: common::binary(flavor),
         rate: 50.0,
         // Longer than the 2 s lease TTL: a holder's request can outlive its lease and land
         // after another client took the lock, which is what fencing is for.
         op_timeout: Duration::from_secs(3),
+        faults: common::KILL_PAUSE_PARTITION,
+        time_limit: Duration::from_secs(20),
     };
     let run = common::run(plan, |recorder, options| {
         Locks::new(recorder, options.op_timeout)

@@ -26,6 +26,7 @@ async fn a_follower_behind_a_slow_link_gets_large_entries() {
         members: 3,
         dir: dir.clone(),
         ready_timeout: Duration::from_secs(30),
+        power_disks: false,
     })
     .await
     .unwrap();

@@ -23,8 +23,11 @@ fn watches_under_kill_pause_and_partition_are_valid() {
     let plan = Plan {
         name: "watch",
         flavor: Flavor::Oxcd,
+        binary: common::binary(Flavor::Oxcd),
         rate: 50.0,
         op_timeout: Duration::from_millis(1500),
+        faults: common::KILL_PAUSE_PARTITION,
+        time_limit: Duration::from_secs(20),
     };
     let run = common::run(plan, |recorder, options| {
         Watches::new(KEYS, recorder, options.op_timeout)

@@ -4,7 +4,13 @@
 //!
 //! - `grant` (value: the TTL asked for) is a LeaseGrant; its ok result is the lease id. Most
 //!   leases get a TTL far longer than the run ([`Leases::new`]), so they end only by a revoke;
-//!   some get [`SHORT_TTL`] and are never kept alive, so they expire during the run.
+//!   some get [`SHORT_TTL`] and expire during the run. A client that keeps none alive keeps its
+//!   next short lease alive for a while ([`KEPT_FOR_MS`]), then lets it expire.
+//! - `keepalive` (value: the lease) is one LeaseKeepAlive of a lease the client keeps alive,
+//!   sent [`KEEP_ALIVE_PERIOD`] apart as etcd's clients do, on the client's own member; its ok
+//!   result is the TTL the server answered. A lease that does not exist is answered TTL 0: a
+//!   `fail`. A client keeps alive only leases it granted, across its processes (a process ends
+//!   with an unknown outcome, the client goes on as a new one).
 //! - `write` of key `l/<lease-hex>/<n>` (value `[n, lease]`) is a Put attached to the lease. The
 //!   key is unique to the write, so a read identifies the write it saw. Etcd refuses a Put to a
 //!   lease that no longer exists with "etcdserver: requested lease not found": that is a `fail`.
@@ -62,8 +68,13 @@ pub const MIN_LONG_TTL: i64 = 3600;
 pub const EXPIRY_MARGIN: Duration = Duration::from_secs(5);
 /// The error etcd (and oxcd) gives for a lease that does not exist.
 pub const LEASE_NOT_FOUND: &str = "requested lease not found";
-/// Live leases beyond which clients revoke rather than grant.
+/// Live leases not kept alive beyond which clients revoke rather than grant.
 const MAX_LIVE: usize = 10;
+/// How often a client renews a lease it keeps alive: three times per TTL, as etcd's clients do.
+pub const KEEP_ALIVE_PERIOD: Duration = Duration::from_millis(SHORT_TTL as u64 * 1000 / 3);
+/// How long, in milliseconds, a client keeps a short lease alive before it lets it expire,
+/// uniformly drawn: a few keep-alives, then a TTL of silence and the expiry.
+const KEPT_FOR_MS: std::ops::Range<u64> = 5_000..20_000;
 /// Live long-lived leases below which clients do not revoke them.
 const KEPT_LONG: usize = 3;
 
@@ -85,6 +96,9 @@ pub enum Op {
     Revoke {
         lease: i64,
     },
+    KeepAlive {
+        lease: i64,
+    },
     /// A linearizable Range of the whole prefix.
     Read,
     /// A LeaseLeases listing (final reads only).
@@ -97,6 +111,7 @@ impl Op {
             Op::Grant { .. } => F::Grant,
             Op::Write { .. } => F::Write,
             Op::Revoke { .. } => F::Revoke,
+            Op::KeepAlive { .. } => F::KeepAlive,
             Op::Read | Op::List => F::Read,
         }
     }
@@ -105,7 +120,7 @@ impl Op {
         match self {
             Op::Grant { .. } | Op::Read => PREFIX.to_owned(),
             Op::Write { lease, n } => write_key(lease, n),
-            Op::Revoke { lease } => format!("{PREFIX}{lease:x}/"),
+            Op::Revoke { lease } | Op::KeepAlive { lease } => format!("{PREFIX}{lease:x}/"),
             Op::List => LEASES_KEY.to_owned(),
         }
     }
@@ -114,7 +129,7 @@ impl Op {
         match self {
             Op::Grant { ttl } => ttl.into(),
             Op::Write { lease, n } => Value::List(vec![n.into(), lease.into()]),
-            Op::Revoke { lease } => lease.into(),
+            Op::Revoke { lease } | Op::KeepAlive { lease } => lease.into(),
             Op::Read | Op::List => Value::Null,
         }
     }
@@ -128,8 +143,22 @@ impl Op {
 #[derive(Clone, Copy, Debug)]
 struct Live {
     id: i64,
-    /// When a short lease's TTL runs out (it may be gone from then on); `None` for long ones.
+    /// When a short lease's TTL runs out unless renewed (it may be gone from then on); `None`
+    /// for long ones.
     expires: Option<Instant>,
+    /// The client keeping it alive, while one does.
+    keeper: Option<Keeper>,
+}
+
+/// A client keeping a lease alive.
+#[derive(Clone, Copy, Debug)]
+struct Keeper {
+    /// The client that granted the lease: its processes' ids modulo the number of clients.
+    client: u64,
+    /// When its next keep-alive is due.
+    due: Instant,
+    /// When it stops keeping the lease alive.
+    until: Instant,
 }
 
 /// What the workers know of the leases, to choose targets.
@@ -144,14 +173,49 @@ struct Book {
 }
 
 impl Book {
-    /// Moves short leases past their TTL to `gone`.
+    /// Lets go of leases kept alive long enough, and moves short leases past their TTL to
+    /// `gone`. A lease kept alive stays until its client lets go, however late the answers
+    /// to its keep-alives: like etcd's clients, the client goes on sending them.
     fn expire(&mut self, now: Instant) {
+        for live in &mut self.live {
+            if live.keeper.is_some_and(|k| k.until <= now) {
+                live.keeper = None;
+            }
+        }
         let (expired, live): (Vec<Live>, Vec<Live>) = self
             .live
             .iter()
-            .partition(|l| l.expires.is_some_and(|e| e <= now));
+            .partition(|l| l.keeper.is_none() && l.expires.is_some_and(|e| e <= now));
         self.live = live;
         self.gone.extend(expired.iter().map(|l| l.id));
+    }
+
+    /// Whether `client` keeps a lease alive.
+    fn keeps(&self, client: u64) -> bool {
+        self.live
+            .iter()
+            .any(|l| l.keeper.is_some_and(|k| k.client == client))
+    }
+
+    /// A lease `client` keeps alive whose keep-alive is due at `now`; it is then due again a
+    /// period later, whatever the outcome of this one.
+    fn due_keep_alive(&mut self, client: u64, now: Instant) -> Option<i64> {
+        let live = self
+            .live
+            .iter_mut()
+            .find(|l| l.keeper.is_some_and(|k| k.client == client && k.due <= now))?;
+        if let Some(keeper) = &mut live.keeper {
+            keeper.due = now + KEEP_ALIVE_PERIOD;
+        }
+        Some(live.id)
+    }
+
+    /// A keep-alive of `lease` sent at `sent` was answered with `ttl` seconds.
+    fn renewed(&mut self, lease: i64, sent: Instant, ttl: i64) {
+        if let Some(live) = self.live.iter_mut().find(|l| l.id == lease) {
+            let until = sent + Duration::from_secs(ttl.unsigned_abs());
+            live.expires = live.expires.map(|e| e.max(until));
+        }
     }
 
     fn forget(&mut self, lease: i64) {
@@ -169,6 +233,8 @@ pub struct Leases {
     recorder: Arc<Recorder>,
     /// The bound on every request.
     timeout: Duration,
+    /// The run's clients: process `p` is client `p % clients`.
+    clients: u64,
     /// The TTL of long-lived leases.
     long_ttl: i64,
     /// Write numbers come from one counter, so keys are unique.
@@ -177,13 +243,19 @@ pub struct Leases {
 }
 
 impl Leases {
-    /// A workload whose long-lived leases outlive a run of `time_limit` (and its recovery and
-    /// final reads) by far.
-    pub fn new(recorder: Arc<Recorder>, timeout: Duration, time_limit: Duration) -> Leases {
+    /// A workload for `clients` clients whose long-lived leases outlive a run of `time_limit`
+    /// (and its recovery and final reads) by far.
+    pub fn new(
+        recorder: Arc<Recorder>,
+        timeout: Duration,
+        time_limit: Duration,
+        clients: usize,
+    ) -> Leases {
         let run = i64::try_from(time_limit.as_secs()).unwrap_or(i64::MAX / 4);
         Leases {
             recorder,
             timeout,
+            clients: clients.max(1) as u64,
             long_ttl: MIN_LONG_TTL.max(run.saturating_mul(2).saturating_add(600)),
             next_n: AtomicI64::new(1),
             book: Mutex::new(Book::default()),
@@ -194,16 +266,22 @@ impl Leases {
         self.book.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A random operation: about 12% grants (a third of them short), 12% revokes, 48% writes
-    /// and 28% reads. A revoke targets a lease known gone one time in five, else a live
-    /// long-lived one while more than [`KEPT_LONG`] are live (short ones are left to expire). A write targets a lease known gone one
-    /// time in eight, else a live one, a short one (while its TTL lasts) three times in ten when
-    /// there is one. Without a target, or past [`MAX_LIVE`] live leases for a grant, it is a
-    /// grant or a revoke respectively.
-    fn generate(&self) -> Op {
+    /// The next operation of `process`: a keep-alive when one of its client's leases is due
+    /// for one, else a random one: about 12% grants (a third of them short), 12% revokes, 48%
+    /// writes and 28% reads. A revoke targets a lease known gone one time in five, else a live
+    /// long-lived one while more than [`KEPT_LONG`] are live (short ones are left to expire). A
+    /// write targets a lease known gone one time in eight, else a live one, a short one (while
+    /// its TTL lasts) three times in ten when there is one. Without a target, or past
+    /// [`MAX_LIVE`] live leases not kept alive for a grant, it is a grant or a revoke
+    /// respectively.
+    fn generate(&self, process: Process) -> Op {
         let mut rng = rand::thread_rng();
         let mut book = self.book();
-        book.expire(Instant::now());
+        let now = Instant::now();
+        book.expire(now);
+        if let Some(lease) = book.due_keep_alive(process % self.clients, now) {
+            return Op::KeepAlive { lease };
+        }
         let r = rng.gen_range(0..100);
         if r >= 72 {
             return Op::Read;
@@ -250,7 +328,8 @@ impl Leases {
                 .map(|lease| Op::Revoke { lease })
         };
         if r < 12 {
-            return match book.live.len() < MAX_LIVE {
+            let unkept = book.live.iter().filter(|l| l.keeper.is_none()).count();
+            return match unkept < MAX_LIVE {
                 true => grant(),
                 false => revoke(&mut rng).unwrap_or_else(grant),
             };
@@ -281,25 +360,29 @@ impl Leases {
     /// Performs `op` as `process`, recording its invoke and completion; returns how it ended.
     pub async fn execute(&self, client: &mut Client, process: Process, op: Op) -> Outcome {
         let id = self.recorder.invoke(process, op.f(), op.key(), op.value());
-        let outcome = match tokio::time::timeout(self.timeout, self.perform(client, op)).await {
+        let sent = Instant::now();
+        let perform = self.perform(client, process, op);
+        let outcome = match tokio::time::timeout(self.timeout, perform).await {
             Ok(outcome) => outcome,
             Err(_) => unanswered(op.changes_state(), "timed out".to_owned()),
         };
         match (op, &outcome) {
             // Even an unknown outcome may have revoked it.
             (Op::Revoke { lease }, Outcome::Ok(_) | Outcome::Info(_)) => self.book().forget(lease),
-            (Op::Revoke { lease } | Op::Write { lease, .. }, Outcome::Fail(e))
-                if e.contains(LEASE_NOT_FOUND) =>
-            {
-                self.book().forget(lease)
+            (Op::KeepAlive { lease }, Outcome::Ok(Value::Int(ttl))) => {
+                self.book().renewed(lease, sent, *ttl)
             }
+            (
+                Op::Revoke { lease } | Op::Write { lease, .. } | Op::KeepAlive { lease },
+                Outcome::Fail(e),
+            ) if e.contains(LEASE_NOT_FOUND) => self.book().forget(lease),
             _ => {}
         }
         self.recorder.complete(id, outcome.clone());
         outcome
     }
 
-    async fn perform(&self, client: &mut Client, op: Op) -> Outcome {
+    async fn perform(&self, client: &mut Client, process: Process, op: Op) -> Outcome {
         let refused = |e: etcd_client::Error| {
             let e = e.to_string();
             if e.contains(LEASE_NOT_FOUND) {
@@ -317,10 +400,18 @@ impl Leases {
                     if short {
                         book.longest_short_ttl = book.longest_short_ttl.max(Some(granted));
                     }
+                    let now = Instant::now();
+                    let client = process % self.clients;
+                    let keeper = (short && !book.keeps(client)).then(|| Keeper {
+                        client,
+                        due: now + KEEP_ALIVE_PERIOD,
+                        until: now
+                            + Duration::from_millis(rand::thread_rng().gen_range(KEPT_FOR_MS)),
+                    });
                     book.live.push(Live {
                         id: response.id(),
-                        expires: short
-                            .then(|| Instant::now() + Duration::from_secs(granted.unsigned_abs())),
+                        expires: short.then(|| now + Duration::from_secs(granted.unsigned_abs())),
+                        keeper,
                     });
                     Outcome::Ok(response.id().into())
                 }
@@ -340,6 +431,29 @@ impl Leases {
                 Ok(_) => Outcome::Ok(lease.into()),
                 Err(e) => refused(e),
             },
+            // etcd-client opens the stream with a keep-alive and keeps its answer's TTL to
+            // itself, so a second keep-alive on the stream tells the TTL. Both were sent after
+            // the invoke, so the answer proves the lease renewed after it.
+            Op::KeepAlive { lease } => {
+                let (mut keeper, mut answers) = match client.lease_keep_alive(lease).await {
+                    Ok(stream) => stream,
+                    Err(etcd_client::Error::LeaseKeepAliveError(e)) if e.contains("not found") => {
+                        return Outcome::Fail(format!("{LEASE_NOT_FOUND}: keep-alive: {e}"))
+                    }
+                    Err(e) => return refused(e),
+                };
+                if let Err(e) = keeper.keep_alive().await {
+                    return unanswered(true, e.to_string());
+                }
+                match answers.message().await {
+                    Ok(Some(answer)) if answer.ttl() > 0 => Outcome::Ok(answer.ttl().into()),
+                    Ok(Some(_)) => {
+                        Outcome::Fail(format!("{LEASE_NOT_FOUND}: keep-alive answered TTL 0"))
+                    }
+                    Ok(None) => unanswered(true, "the keep-alive stream ended".to_owned()),
+                    Err(e) => refused(e),
+                }
+            }
             Op::Read => {
                 let options = GetOptions::new().with_prefix();
                 match client.get(PREFIX, Some(options)).await {
@@ -377,7 +491,7 @@ impl Leases {
 
 impl Workload for Leases {
     async fn step(&self, client: &mut Client, process: Process) -> Outcome {
-        let op = self.generate();
+        let op = self.generate(process);
         self.execute(client, process, op).await
     }
 

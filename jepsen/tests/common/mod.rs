@@ -1,6 +1,9 @@
-//! What every short workload run in CI shares: 3 members, 20 s, one kill, one pause and one
-//! partition of 3 s each, and the checks any run must pass to mean something (a valid verdict,
-//! every fault kind, recovery, no crash). Each test adds what its workload must have done.
+//! What every short workload run in CI shares: 3 members, quiet periods and faults of 3 s each
+//! (isolate-leader faults are held longer, see [`ISOLATE_LEADER_HOLD`]), and the checks any run
+//! must pass to mean something (a valid verdict, every fault kind, recovery, no crash). Each test
+//! adds what its workload must have done.
+//!
+//! [`ISOLATE_LEADER_HOLD`]: oxcd_jepsen::nemesis::ISOLATE_LEADER_HOLD
 
 // Every test binary compiles this module and uses only part of it.
 #![allow(dead_code)]
@@ -18,14 +21,25 @@ use oxcd_jepsen::workload::Workload;
 
 pub const NODES: usize = 3;
 
+/// The faults of most runs: in 20 s, one kill, one pause and one partition.
+pub const KILL_PAUSE_PARTITION: &[FaultKind] =
+    &[FaultKind::Kill, FaultKind::Pause, FaultKind::Partition];
+
 /// How a run differs between workloads.
 pub struct Plan {
     /// Names the results directory.
     pub name: &'static str,
     pub flavor: Flavor,
+    /// The server the members run: [`binary`] or [`etcd37_binary`].
+    pub binary: PathBuf,
     /// Operations per second, over all clients.
     pub rate: f64,
     pub op_timeout: Duration,
+    /// Each of them happens at least once in the run.
+    pub faults: &'static [FaultKind],
+    /// Long enough for every fault to happen: kinds are dealt round-robin, one per 3 s quiet
+    /// period and 3 s fault.
+    pub time_limit: Duration,
 }
 
 /// A finished run that passed the common checks.
@@ -68,6 +82,23 @@ pub fn binary(flavor: Flavor) -> PathBuf {
     binary
 }
 
+/// etcd 3.7 (`$ETCD37_BIN`, else where `tests/reference/build-etcd.sh` puts it), the reference
+/// where etcd 3.4 predates a behaviour under test; fails the test when it is not there.
+pub fn etcd37_binary() -> PathBuf {
+    let binary = std::env::var_os("ETCD37_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME").unwrap_or_default();
+            PathBuf::from(home).join(".cache/oxcd-reference/etcd-v3.7.3/etcd")
+        });
+    assert!(
+        binary.is_file(),
+        "no etcd 3.7 at {} (tests/reference/build-etcd.sh builds it, or set $ETCD37_BIN)",
+        binary.display()
+    );
+    binary
+}
+
 /// A results directory of its own for this test process, so runs at the same time (two
 /// checkouts sharing a target directory) never delete each other's members.
 pub fn results_dir(name: &str) -> PathBuf {
@@ -77,19 +108,16 @@ pub fn results_dir(name: &str) -> PathBuf {
 
 /// Runs the workload `make` builds and checks what every run must show.
 pub fn run<W: Workload>(plan: Plan, make: impl FnOnce(Arc<Recorder>, &TestOptions) -> W) -> Run {
-    let binary = binary(plan.flavor);
     let out = results_dir(&format!("{}-{}", plan.name, plan.flavor));
     let options = TestOptions {
         flavor: plan.flavor,
-        binary,
+        binary: plan.binary,
         nodes: NODES,
         concurrency: 2 * NODES,
         rate: plan.rate,
-        time_limit: Duration::from_secs(20),
-        // Three-second quiet and fault periods give three faults in 20 s, one of each kind
-        // (kinds are dealt round-robin).
+        time_limit: plan.time_limit,
         schedule: Schedule {
-            faults: vec![FaultKind::Kill, FaultKind::Pause, FaultKind::Partition],
+            faults: plan.faults.to_vec(),
             quiet: Duration::from_secs(3),
             hold: Duration::from_secs(3),
         },
@@ -109,9 +137,9 @@ pub fn run<W: Workload>(plan: Plan, make: impl FnOnce(Arc<Recorder>, &TestOption
         summary.text()
     );
     assert_eq!(result.verdict, Verdict::Valid, "{context}");
-    for kind in ["kill", "pause", "partition"] {
+    for kind in plan.faults {
         assert!(
-            summary.faults.get(kind).copied().unwrap_or(0) >= 1,
+            summary.faults.get(&kind.to_string()).copied().unwrap_or(0) >= 1,
             "no {kind} fault happened\n{context}"
         );
     }

@@ -214,7 +214,12 @@ impl LeaseService {
     }
 }
 
-/// Revokes expired leases through Raft; only the primary lessor reports any.
+/// Revokes expired leases through Raft; only the primary lessor reports any, and it revokes
+/// them only once it has confirmed with a quorum that it still leads, as etcd does
+/// (etcd-io/etcd#15247). A leader cut off from its quorum sees every lease expire, since the
+/// keep-alives now go to the new leader; its revokes would wait in its proposal queue behind
+/// writes it cannot commit, and reach the new leader once the partition heals, revoking leases
+/// the new leader kept alive.
 async fn expire(service: std::sync::Weak<LeaseService>) {
     let mut ticker = tokio::time::interval(EXPIRY_CHECK);
     loop {
@@ -222,17 +227,28 @@ async fn expire(service: std::sync::Weak<LeaseService>) {
         let Some(service) = service.upgrade() else {
             return;
         };
-        for id in service.lessor.expired(Instant::now(), REVOKE_RETRY) {
-            let service = service.clone();
-            tokio::spawn(async move {
-                match service.revoke(LeaseRevokeRequest { id }).await {
-                    Ok(_) | Err(EtcdError::LeaseNotFound) => {}
-                    Err(e) => {
-                        tracing::warn!(lease = id, error = %e, "revoking an expired lease failed; retrying")
-                    }
-                }
-            });
+        // Each is retried after REVOKE_RETRY whatever happens to it here.
+        let expired = service.lessor.expired(Instant::now(), REVOKE_RETRY);
+        if expired.is_empty() {
+            continue;
         }
+        tokio::spawn(async move {
+            if let Err(e) = service.consensus.confirm_leadership(false).await {
+                tracing::debug!(error = %e, "not revoking expired leases: leadership not confirmed");
+                return;
+            }
+            for id in expired {
+                let service = service.clone();
+                tokio::spawn(async move {
+                    match service.revoke(LeaseRevokeRequest { id }).await {
+                        Ok(_) | Err(EtcdError::LeaseNotFound) => {}
+                        Err(e) => {
+                            tracing::warn!(lease = id, error = %e, "revoking an expired lease failed; retrying")
+                        }
+                    }
+                });
+            }
+        });
     }
 }
 

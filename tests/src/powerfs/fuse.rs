@@ -2,7 +2,11 @@
 //!
 //! Every reply tells the kernel to cache nothing — attribute and entry TTLs are zero and files
 //! are opened with `FOPEN_DIRECT_IO`, so reads and writes bypass the page cache — because after a
-//! power cut the kernel must not serve a single byte or name from before it.
+//! power cut the kernel must not serve a single byte or name from before it. Shared mmaps of
+//! such files (etcd's bbolt reads its database through one) are allowed where the kernel can
+//! keep them coherent (`FUSE_DIRECT_IO_ALLOW_MMAP`, Linux 6.6 and later): it drops the file's
+//! cached pages at every mmap and direct write, so a process started after a cut maps only what
+//! the filesystem holds.
 
 use std::ffi::OsStr;
 use std::path::Path;
@@ -11,8 +15,9 @@ use std::time::{Duration, SystemTime};
 
 use fuser::{
     BsdFileFlags, Errno, FileAttr, FileHandle, Filesystem, FopenFlags, Generation, INodeNo,
-    LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
+    InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow,
+    WriteFlags,
 };
 
 use super::pages::PAGE_SIZE;
@@ -63,6 +68,12 @@ fn reply_empty(reply: ReplyEmpty, result: Result<(), Errno>) {
 }
 
 impl Filesystem for PowerFsOps {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // A kernel without it refuses shared mmaps of the files, as before.
+        let _ = config.add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP);
+        Ok(())
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         reply_entry(reply, self.tree().lookup(parent.0, name));
     }

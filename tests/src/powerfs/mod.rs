@@ -14,8 +14,9 @@
 //! - After a cut the filesystem holds exactly what is durable: inodes no durable entry reaches
 //!   are gone, and a file whose unlink was not durable is back with its durable data.
 //!
-//! The kernel is told to cache nothing (zero TTLs, direct I/O), so every process, including one
-//! started after a cut, sees the filesystem's own state. File locks (flock, fcntl) are left to
+//! The kernel is told to cache nothing (zero TTLs, direct I/O; the pages of a shared mmap are
+//! dropped at every mmap and write), so every process, including one started after a cut, sees
+//! the filesystem's own state. File locks (flock, fcntl) are left to
 //! the kernel's local locking.
 //!
 //! The FUSE session runs on background threads of the test process, so a test can start real

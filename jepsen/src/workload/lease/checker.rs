@@ -38,6 +38,9 @@ pub enum AnomalyKind {
     PhantomKey,
     /// Two ok grants returned the same lease id.
     DuplicateLease,
+    /// A keep-alive promised the lease alive for its TTL, and a read (or a final listing)
+    /// within that promise showed it gone, though no client revoked it.
+    ExpiredBeforePromise,
 }
 
 impl fmt::Display for AnomalyKind {
@@ -54,6 +57,9 @@ impl fmt::Display for AnomalyKind {
             AnomalyKind::LostLease => "lease lost",
             AnomalyKind::PhantomKey => "key no write put there",
             AnomalyKind::DuplicateLease => "lease id granted twice",
+            AnomalyKind::ExpiredBeforePromise => {
+                "lease expired before the TTL its keep-alive promised"
+            }
         })
     }
 }
@@ -75,6 +81,9 @@ pub struct LeaseReport {
     pub final_reads: usize,
     /// Final lease listings that were ok.
     pub final_listings: usize,
+    /// Reads held to a keep-alive's promise (rule 7): pairs of a read and a lease with keys it
+    /// must hold because some keep-alive of the lease promised it alive.
+    pub promised_reads: usize,
 }
 
 /// Anomalies of one kind spelled out in the explanation; the rest are counted.
@@ -95,7 +104,10 @@ impl LeaseReport {
 
     /// Every anomaly, grouped by kind (at most [`SHOWN_PER_KIND`] each spelled out).
     pub fn explanation(&self) -> String {
-        let mut out = String::new();
+        let mut out = format!(
+            "{} reads were held to a keep-alive's promise of a lease with keys\n",
+            self.promised_reads
+        );
         if self.final_reads == 0 {
             out.push_str(
                 "\nNo final read of the prefix succeeded: durability and expiry were not \
@@ -160,6 +172,12 @@ fn describe(op: &Operation) -> String {
         }
         F::Grant => format!("grant (ttl {}s)", op.value),
         F::Revoke => format!("revoke of {}", lease(&op.value)),
+        F::KeepAlive if op.status == Status::Ok => format!(
+            "keep-alive of {} (answered ttl {}s)",
+            lease(&op.value),
+            op.result
+        ),
+        F::KeepAlive => format!("keep-alive of {}", lease(&op.value)),
         F::Write => format!("write of {} attached to {}", op.key, lease(&op.value)),
         F::Read if op.key == LEASES_KEY => "lease listing".to_owned(),
         F::Read => format!("read of {}", op.key),
@@ -252,7 +270,9 @@ struct Facts<'a> {
     /// The earliest invoke of a revoke that is ok or of unknown outcome: from then on the
     /// lease may be gone.
     revoke_invoked: HashMap<i64, (u64, usize)>,
-    /// Ok reads of the prefix, with their results.
+    /// Ok keep-alives: `(index, lease, ttl answered)`.
+    keep_alives: Vec<(usize, i64, i64)>,
+    /// Ok reads of the prefix, with their results, in invoke order.
     reads: Vec<(usize, Vec<(String, i64)>)>,
     /// Ok final listings, with their results.
     listings: Vec<(usize, BTreeSet<i64>)>,
@@ -268,6 +288,7 @@ impl<'a> Facts<'a> {
             writes: HashMap::new(),
             gone: HashMap::new(),
             revoke_invoked: HashMap::new(),
+            keep_alives: Vec::new(),
             reads: Vec::new(),
             listings: Vec::new(),
             final_processes: BTreeSet::new(),
@@ -307,6 +328,13 @@ impl<'a> Facts<'a> {
                     }
                     if matches!(op.status, Status::Ok | Status::Info) {
                         earliest(&mut facts.revoke_invoked, lease, op.invoke_time, i);
+                    }
+                }
+                F::KeepAlive => {
+                    let lease = int(&op.value).ok_or_else(bad)?;
+                    if op.status == Status::Ok {
+                        let ttl = int(&op.result).ok_or_else(bad)?;
+                        facts.keep_alives.push((i, lease, ttl));
                     }
                 }
                 F::Write => {
@@ -382,6 +410,15 @@ impl<'a> Facts<'a> {
         self.final_processes.contains(&op.process)
     }
 
+    /// A read (or listing) in a sentence, saying which member a final one read from.
+    fn describe_read(&self, op: &Operation) -> String {
+        if self.is_final(op) {
+            format!("final {} from {}", describe(op), self.member(op))
+        } else {
+            describe(op)
+        }
+    }
+
     /// The member a final read's process read from, as `n<i>`.
     fn member(&self, op: &Operation) -> String {
         let first = self.final_processes.first().copied().unwrap_or(0);
@@ -415,6 +452,18 @@ fn gone_because(op: &Operation) -> String {
 /// 5. Every key a read returns was put there: by a write of that key, not failed, invoked
 ///    before the read returned, attached to the lease the read reports.
 /// 6. No two ok grants return the same lease id.
+/// 7. A keep-alive's promise holds. A keep-alive invoked at `s` and answered ok with TTL `t`
+///    was renewed by a leader after `s` (after confirming its leadership with a quorum), so
+///    the lease cannot expire before `s + t`: that leader's own expiry is later, and any later
+///    leader was elected after `s` and gives every lease its full TTL again. A read invoked
+///    after the keep-alive returned (the lease existed then) and returned before `s + t` must
+///    hold every key of the lease written ok before the read was invoked, unless a client's
+///    revoke of the lease (ok or unknown outcome) was invoked before the read returned. The
+///    same holds for a final lease listing, which must list the lease, when a linearizable read
+///    on the same member was invoked after the keep-alive returned and before the listing (the
+///    listing comes from the member's own lease table, so only such a read proves that the
+///    member had applied the grant). Every time is on the one clock of the harness's host,
+///    which the members share.
 ///
 /// Lease ids are assumed never reused (etcd's and oxcd's are unique per member and restart).
 /// Errors on operations that are not the lease workload's.
@@ -512,11 +561,7 @@ pub fn check_leases(ops: &[Operation]) -> Result<LeaseReport> {
         let read = &ops[*i];
         let returned = read.complete_time.unwrap_or(u64::MAX);
         let is_final = facts.is_final(read);
-        let which = if is_final {
-            format!("final {} from {}", describe(read), facts.member(read))
-        } else {
-            describe(read)
-        };
+        let which = facts.describe_read(read);
         for (key, lease) in entries {
             // 5: the key was put there.
             let problem = match facts.writes.get(key.as_str()) {
@@ -567,8 +612,9 @@ pub fn check_leases(ops: &[Operation]) -> Result<LeaseReport> {
                     AnomalyKind::KeyAfterExpiry,
                     lease_subject(*lease),
                     format!(
-                        "the {which} returned key {key} of lease {}, granted with ttl {}s and \
-                         never kept alive: it should have expired, and the key with it",
+                        "the {which} returned key {key} of lease {}, granted with ttl {}s and not \
+                         kept alive since the clients stopped: it should have expired, and the \
+                         key with it",
                         hex(*lease),
                         facts.ttl(*lease).unwrap_or_default()
                     ),
@@ -650,7 +696,7 @@ pub fn check_leases(ops: &[Operation]) -> Result<LeaseReport> {
     // 4: the final listings.
     for (i, listed) in &facts.listings {
         let listing = &ops[*i];
-        let which = format!("final {} from {}", describe(listing), facts.member(listing));
+        let which = facts.describe_read(listing);
         for &lease in listed {
             if let Some(gone) = facts.gone_before(lease, listing.invoke_time) {
                 flag(
@@ -667,8 +713,8 @@ pub fn check_leases(ops: &[Operation]) -> Result<LeaseReport> {
                     AnomalyKind::LeaseAfterExpiry,
                     lease_subject(lease),
                     format!(
-                        "the {which} lists lease {}, granted with ttl {}s and never kept alive: it \
-                         should have expired",
+                        "the {which} lists lease {}, granted with ttl {}s and not kept alive \
+                         since the clients stopped: it should have expired",
                         hex(lease),
                         facts.ttl(lease).unwrap_or_default()
                     ),
@@ -697,9 +743,114 @@ pub fn check_leases(ops: &[Operation]) -> Result<LeaseReport> {
             }
         }
     }
+    // 7: a keep-alive's promise holds.
+    let mut writes_of: HashMap<i64, Vec<&Operation>> = HashMap::new();
+    for op in ops
+        .iter()
+        .filter(|op| op.f == F::Write && op.status == Status::Ok)
+    {
+        let (_, lease) = write_value(&op.value).expect("checked when gathered");
+        writes_of.entry(lease).or_default().push(op);
+    }
+    let mut reads = facts.reads.clone();
+    reads.sort_by_key(|(i, _)| ops[*i].invoke_time);
+    // Each read and lease is judged, and accounted for, once, however many keep-alives
+    // promised the lease alive during the read.
+    let mut held_to_promise: HashSet<(usize, i64)> = HashSet::new();
+    for &(k, lease, ttl) in &facts.keep_alives {
+        let keep_alive = &ops[k];
+        let Some(answered) = keep_alive.complete_time else {
+            continue;
+        };
+        let promised = keep_alive.invoke_time.saturating_add(
+            u64::try_from(ttl)
+                .unwrap_or(0)
+                .saturating_mul(1_000_000_000),
+        );
+        let promise = format!(
+            "the {} promised it alive until {}",
+            describe(keep_alive),
+            at(promised)
+        );
+        let writes = writes_of.get(&lease).map_or(&[][..], Vec::as_slice);
+        let first = reads.partition_point(|(i, _)| ops[*i].invoke_time <= answered);
+        for (i, entries) in &reads[first..] {
+            let read = &ops[*i];
+            if read.invoke_time >= promised {
+                break;
+            }
+            let Some(returned) = read.complete_time.filter(|&t| t < promised) else {
+                continue;
+            };
+            let expected: Vec<&Operation> = writes
+                .iter()
+                .filter(|w| w.complete_time.is_some_and(|t| t < read.invoke_time))
+                .copied()
+                .collect();
+            if expected.is_empty()
+                || facts.revoked_before(lease, returned).is_some()
+                || !held_to_promise.insert((*i, lease))
+            {
+                continue;
+            }
+            let present: HashSet<&str> = entries.iter().map(|(k, _)| k.as_str()).collect();
+            let missing: Vec<&Operation> = expected
+                .into_iter()
+                .filter(|w| !present.contains(w.key.as_str()))
+                .collect();
+            let Some(first_missing) = missing.first() else {
+                continue;
+            };
+            let more = match missing.len() - 1 {
+                0 => String::new(),
+                n => format!(" and {n} more of its keys"),
+            };
+            flag(
+                AnomalyKind::ExpiredBeforePromise,
+                lease_subject(lease),
+                format!(
+                    "the {} lacks key {} of lease {} (written by the {}){more}; but {promise}, \
+                     the read was invoked after the keep-alive returned and returned before \
+                     then, and no revoke of the lease was invoked",
+                    facts.describe_read(read),
+                    first_missing.key,
+                    hex(lease),
+                    describe(first_missing)
+                ),
+            );
+        }
+        for (l, listed) in &facts.listings {
+            let listing = &ops[*l];
+            let in_promise = listing.complete_time.is_some_and(|t| t < promised);
+            if listed.contains(&lease) || !in_promise {
+                continue;
+            }
+            let applied_grant = facts.reads.iter().any(|(r, _)| {
+                let read = &ops[*r];
+                read.process == listing.process
+                    && read.invoke_time > answered
+                    && read.invoke_time < listing.invoke_time
+            });
+            let returned = listing.complete_time.unwrap_or(u64::MAX);
+            if applied_grant && facts.revoked_before(lease, returned).is_none() {
+                flag(
+                    AnomalyKind::ExpiredBeforePromise,
+                    lease_subject(lease),
+                    format!(
+                        "the {} does not list lease {}, but {promise}, a read on the same member \
+                         was invoked after the keep-alive returned, the listing returned before \
+                         then, and no revoke of the lease was invoked",
+                        facts.describe_read(listing),
+                        hex(lease)
+                    ),
+                );
+            }
+        }
+    }
     Ok(LeaseReport {
         anomalies,
         final_reads: finals.len(),
         final_listings: facts.listings.len(),
+        promised_reads: held_to_promise.len(),
     })
 }

@@ -605,6 +605,130 @@ fn a_lease_id_granted_twice_is_flagged() {
     assert!(text.contains("lease a was granted 2 times"), "{text}");
 }
 
+// Rule 7: a keep-alive's promise holds.
+
+fn keep_alive(process: Process, lease: i64, ttl: i64, ms: (u64, u64)) -> Operation {
+    let key = format!("{PREFIX}{lease:x}/");
+    op(process, F::KeepAlive, key, lease.into(), ttl.into(), ms)
+}
+
+/// The prelude, then S (its key l/5/3 written by 32 ms) kept alive by process 2 with a
+/// keep-alive invoked at 1 s and answered at 1.01 s with TTL 2 s: S must live until 3 s.
+fn kept() -> Vec<Operation> {
+    with(prelude(), [keep_alive(2, S, SHORT_TTL, (1_000, 1_010))])
+}
+
+fn then_finals(ops: Vec<Operation>) -> Vec<Operation> {
+    ops.into_iter()
+        .chain(finals(&[(A, 1), (B, 2)], &[A, B], 9_000))
+        .collect()
+}
+
+#[test]
+fn a_read_within_a_keep_alives_promise_without_the_leases_key_is_flagged() {
+    for window in [(1_011, 1_020), (2_980, 2_999)] {
+        let ops = then_finals(with(
+            kept(),
+            [
+                write(5, S, 8, (500, 600)),
+                read(4, &[(A, 1), (B, 2)], window),
+            ],
+        ));
+        let text = assert_invalid(&ops, &[AnomalyKind::ExpiredBeforePromise]);
+        assert!(
+            text.contains("lease expired before the TTL its keep-alive promised (1):"),
+            "{text}"
+        );
+        assert!(
+            text.contains("lacks key l/5/3 of lease 5 (written by the write of l/5/3"),
+            "{text}"
+        );
+        assert!(text.contains("and 1 more of its keys; but"), "{text}");
+        assert!(
+            text.contains(
+                "the keep-alive of lease 5 (answered ttl 2s) by process 2 (invoked at \
+                 1000.000ms, ok at 1010.000ms) promised it alive until 3000.000ms"
+            ),
+            "{text}"
+        );
+        assert_eq!(
+            check(&ops).failed().get("lease 5").map(String::as_str),
+            Some("invalid: lease expired before the TTL its keep-alive promised")
+        );
+    }
+}
+
+#[test]
+fn reads_outside_the_promise_or_of_what_it_does_not_cover_may_lack_the_key() {
+    let ops = then_finals(with(
+        kept(),
+        [
+            // Held to the promise, and there.
+            read(4, &[(A, 1), (B, 2), (S, 3)], (1_020, 1_030)),
+            // Invoked before the keep-alive returned, or returned once the promise was over.
+            read(4, &[(A, 1), (B, 2)], (1_005, 1_020)),
+            read(4, &[(A, 1), (B, 2)], (2_990, 3_000)),
+            // A write concurrent with the read need not be in it.
+            write(5, S, 7, (1_100, 1_200)),
+            read(6, &[(A, 1), (B, 2), (S, 3)], (1_150, 1_250)),
+            // Keep-alives that failed or whose outcome is unknown promise nothing.
+            refused(keep_alive(2, S, SHORT_TTL, (3_000, 3_010))),
+            info(keep_alive(8, S, SHORT_TTL, (3_100, 4_600))),
+            read(4, &[(A, 1), (B, 2)], (4_000, 4_100)),
+        ],
+    ));
+    assert_valid(&ops);
+    // The first read, and the one concurrent with a write: it must hold S's older key.
+    assert_eq!(check(&ops).promised_reads, 2);
+}
+
+#[test]
+fn a_revoke_by_a_client_ends_the_promise() {
+    let revoked = |revoke: Operation| {
+        then_finals(with(
+            kept(),
+            [revoke, read(4, &[(A, 1), (B, 2)], (1_500, 1_600))],
+        ))
+    };
+    assert_valid(&revoked(revoke(5, S, (1_100, 1_200))));
+    // One of unknown outcome too, even invoked while the read ran.
+    assert_valid(&revoked(info(revoke(5, S, (1_550, 3_000)))));
+    // Not one invoked after the read returned.
+    assert_invalid(
+        &revoked(revoke(5, S, (1_700, 1_800))),
+        &[AnomalyKind::ExpiredBeforePromise],
+    );
+}
+
+#[test]
+fn a_final_listing_within_the_promise_must_list_the_lease() {
+    // T is kept alive but has no keys: only the listing can show it gone.
+    const T: i64 = 0x7;
+    let history = |read_at: u64| {
+        with(
+            prelude(),
+            [
+                grant(2, SHORT_TTL, T, (2, 12)),
+                keep_alive(2, T, SHORT_TTL, (1_000, 1_010)),
+                read(100, &[(A, 1), (B, 2)], (read_at, read_at + 5)),
+                listing(100, &[A, B], (1_100, 1_110)),
+            ],
+        )
+    };
+    let text = assert_invalid(&history(1_050), &[AnomalyKind::ExpiredBeforePromise]);
+    assert!(
+        text.contains("the final lease listing by process 100 (invoked at 1100.000ms"),
+        "{text}"
+    );
+    assert!(
+        text.contains("does not list lease 7, but the keep-alive"),
+        "{text}"
+    );
+    // With the member's read invoked before the keep-alive returned, the listing may come from
+    // a member that had not applied the grant yet.
+    assert_valid(&history(1_000));
+}
+
 // The verdict and the report.
 
 #[test]
@@ -672,36 +796,38 @@ fn operations_of_other_workloads_are_refused() {
 
 #[test]
 fn operations_target_the_leases_the_workload_knows() {
-    let leases = Leases::new(
-        Arc::new(Recorder::new()),
-        Duration::from_secs(1),
-        Duration::ZERO,
-    );
+    let leases = workload();
     assert_eq!(leases.long_ttl, MIN_LONG_TTL);
     // Nothing granted yet: only grants and reads.
     for _ in 0..200 {
-        assert!(matches!(leases.generate(), Op::Grant { .. } | Op::Read));
+        assert!(matches!(leases.generate(0), Op::Grant { .. } | Op::Read));
     }
-    let long = |id| Live { id, expires: None };
+    let long = |id| Live {
+        id,
+        expires: None,
+        keeper: None,
+    };
     {
         let mut book = leases.book();
         book.live.push(long(A));
         book.live.push(Live {
             id: S,
             expires: Some(Instant::now() + Duration::from_secs(60)),
+            keeper: None,
         });
         book.gone.push(B);
     }
     let tally = |leases: &Leases| {
         let (mut revoked, mut written) = (HashSet::new(), HashSet::new());
         for _ in 0..2_000 {
-            match leases.generate() {
+            match leases.generate(0) {
                 Op::Revoke { lease } => revoked.insert(lease),
                 Op::Write { lease, .. } => written.insert(lease),
                 Op::Grant { ttl } => {
                     assert!(ttl == SHORT_TTL || ttl == MIN_LONG_TTL);
                     false
                 }
+                Op::KeepAlive { lease } => panic!("keep-alive of {lease:x}, which nobody keeps"),
                 Op::Read | Op::List => false,
             };
         }
@@ -716,9 +842,70 @@ fn operations_target_the_leases_the_workload_knows() {
     assert_eq!(tally(&leases).0, HashSet::from([A, B, 0xc, 0xd, 0xe]));
     // Past its TTL, a short lease counts as gone.
     leases.book().live[1].expires = Some(Instant::now());
-    leases.generate();
+    leases.generate(0);
     assert!(leases.book().live.iter().all(|l| l.id != S));
     assert!(leases.book().gone.contains(&S));
+}
+
+fn workload() -> Leases {
+    Leases::new(
+        Arc::new(Recorder::new()),
+        Duration::from_secs(1),
+        Duration::ZERO,
+        CLIENTS,
+    )
+}
+
+const CLIENTS: usize = 6;
+
+#[test]
+fn a_client_keeps_its_lease_alive_a_period_apart_until_it_lets_go() {
+    let leases = workload();
+    let now = Instant::now();
+    leases.book().live.push(Live {
+        id: S,
+        expires: Some(now + Duration::from_secs(2)),
+        keeper: Some(Keeper {
+            client: 1,
+            due: now,
+            until: now + Duration::from_secs(60),
+        }),
+    });
+    // Only client 1's processes renew it, the one that retired too (process 1 + CLIENTS).
+    for _ in 0..200 {
+        assert!(!matches!(leases.generate(2), Op::KeepAlive { .. }));
+    }
+    assert_eq!(
+        leases.generate(1 + CLIENTS as u64),
+        Op::KeepAlive { lease: S }
+    );
+    // Not again before a period has passed.
+    for _ in 0..200 {
+        assert_ne!(leases.generate(1), Op::KeepAlive { lease: S });
+    }
+    // An answer extends what the client counts on; a late one does not shorten it.
+    let expires = |leases: &Leases| leases.book().live[0].expires.unwrap();
+    leases.book().renewed(S, now + Duration::from_secs(1), 2);
+    assert_eq!(expires(&leases), now + Duration::from_secs(3));
+    leases.book().renewed(S, now, 2);
+    assert_eq!(expires(&leases), now + Duration::from_secs(3));
+    // Past its TTL it stays while kept: the client goes on sending keep-alives.
+    leases.book().expire(now + Duration::from_secs(10));
+    assert_eq!(leases.book().live[0].id, S);
+    // Once let go, no more keep-alives: it expires like any short lease.
+    {
+        let mut book = leases.book();
+        let keeper = book.live[0].keeper.as_mut().unwrap();
+        keeper.until = now;
+        keeper.due = now;
+    }
+    for _ in 0..200 {
+        assert_ne!(leases.generate(1), Op::KeepAlive { lease: S });
+    }
+    assert!(leases.book().live[0].keeper.is_none());
+    assert!(!leases.book().keeps(1));
+    leases.book().expire(now + Duration::from_secs(10));
+    assert_eq!(leases.book().gone, [S]);
 }
 
 #[test]
@@ -727,6 +914,12 @@ fn operations_are_recorded_as_documented() {
     assert_eq!(write.key(), "l/1f/7");
     assert_eq!(write.value(), Value::List(vec![7.into(), 0x1f.into()]));
     assert_eq!(Op::Revoke { lease: 0x1f }.key(), "l/1f/");
+    let keep_alive = Op::KeepAlive { lease: 0x1f };
+    assert_eq!(
+        (keep_alive.f(), keep_alive.key(), keep_alive.value()),
+        (F::KeepAlive, "l/1f/".to_owned(), Value::Int(0x1f))
+    );
+    assert!(keep_alive.changes_state());
     assert_eq!(Op::Grant { ttl: 2 }.value(), Value::Int(2));
     assert_eq!(
         (Op::List.f(), Op::List.key()),
