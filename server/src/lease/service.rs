@@ -17,7 +17,7 @@ use super::{LeaseInfo, Lessor, MAX_TTL};
 use crate::alarm::Quota;
 use crate::error::EtcdError;
 use crate::kv::apply::LeaseLookup;
-use crate::raft::{failure, not_leader, Command, Consensus, NodeId, Op, Outcomes};
+use crate::raft::{failure, not_leader, Command, Consensus, LeaseExpiry, NodeId, Op, Outcomes};
 
 const EXPIRY_CHECK: Duration = Duration::from_millis(500);
 /// A revoke that has not landed after this long is proposed again.
@@ -216,10 +216,10 @@ impl LeaseService {
 
 /// Revokes expired leases through Raft; only the primary lessor reports any, and it revokes
 /// them only once it has confirmed with a quorum that it still leads, as etcd does
-/// (etcd-io/etcd#15247). A leader cut off from its quorum sees every lease expire, since the
-/// keep-alives now go to the new leader; its revokes would wait in its proposal queue behind
-/// writes it cannot commit, and reach the new leader once the partition heals, revoking leases
-/// the new leader kept alive.
+/// (etcd-io/etcd#15247). Each expiry names the term it was decided in and is applied only from
+/// an entry of that term ([`LeaseExpiry`]): a leader cut off from its quorum sees every lease
+/// expire, since the keep-alives now go to the new leader, and an expiry that reached the new
+/// leader after the partition healed would revoke leases that leader kept alive.
 async fn expire(service: std::sync::Weak<LeaseService>) {
     let mut ticker = tokio::time::interval(EXPIRY_CHECK);
     loop {
@@ -227,6 +227,9 @@ async fn expire(service: std::sync::Weak<LeaseService>) {
         let Some(service) = service.upgrade() else {
             return;
         };
+        // Read before the expiries are found: a later term may belong to a later leadership of
+        // this member, whose lessor has renewed every lease since.
+        let term = service.consensus.term();
         // Each is retried after REVOKE_RETRY whatever happens to it here.
         let expired = service.lessor.expired(Instant::now(), REVOKE_RETRY);
         if expired.is_empty() {
@@ -240,8 +243,11 @@ async fn expire(service: std::sync::Weak<LeaseService>) {
             for id in expired {
                 let service = service.clone();
                 tokio::spawn(async move {
-                    match service.revoke(LeaseRevokeRequest { id }).await {
+                    match service.propose(Op::LeaseExpire(LeaseExpiry { id, term })).await {
                         Ok(_) | Err(EtcdError::LeaseNotFound) => {}
+                        Err(EtcdError::LeaderChanged) => {
+                            tracing::debug!(lease = id, "expiry of a former term not applied")
+                        }
                         Err(e) => {
                             tracing::warn!(lease = id, error = %e, "revoking an expired lease failed; retrying")
                         }

@@ -178,7 +178,7 @@ fn apply_entries(
             EntryPayload::Blank => Vec::new(),
             EntryPayload::Normal(CommandBatch { commands }) => commands
                 .into_iter()
-                .map(|c| apply_command(parts, &mut writer, c))
+                .map(|c| apply_command(parts, &mut writer, entry.log_id.leader_id.term, c))
                 .collect(),
             EntryPayload::Membership(m) => {
                 membership = StoredMembership::new(Some(entry.log_id), m);
@@ -199,18 +199,25 @@ fn apply_entries(
     Ok((results, applied, membership))
 }
 
-fn apply_command(parts: &Applied, writer: &mut Writer<'_>, command: Command) -> Outcome {
+fn apply_command(
+    parts: &Applied,
+    writer: &mut Writer<'_>,
+    term: u64,
+    command: Command,
+) -> Outcome {
     let before = writer.changes().len();
-    let result = execute(parts, writer, command);
+    let result = execute(parts, writer, term, command);
     parts.lessor.track(&writer.changes()[before..]);
     Outcome {
         result: Some(result.unwrap_or_else(|e| Outcomes::Error(e.to_wire()))),
     }
 }
 
+/// Applies one command of an entry of Raft term `term`.
 fn execute(
     parts: &Applied,
     writer: &mut Writer<'_>,
+    term: u64,
     command: Command,
 ) -> Result<Outcomes, EtcdError> {
     let header = |revision| {
@@ -246,20 +253,9 @@ fn execute(
                 error: String::new(),
             }))
         }
-        Some(Op::LeaseRevoke(r)) => {
-            let keys = lessor.revoke(r.id)?;
-            {
-                // One transaction: every attached key goes at one revision.
-                let mut txn = writer.txn();
-                for key in keys {
-                    txn.delete_range(&KeyRange::Single(key));
-                }
-            }
-            writer.delete_extra(Cf::Lease, &StoredLease::key(r.id));
-            Ok(Outcomes::LeaseRevoke(LeaseRevokeResponse {
-                header: header(writer.current_revision()),
-            }))
-        }
+        Some(Op::LeaseRevoke(r)) => revoke(lessor, writer, r.id),
+        Some(Op::LeaseExpire(e)) if e.term == term => revoke(lessor, writer, e.id),
+        Some(Op::LeaseExpire(_)) => Err(EtcdError::LeaderChanged),
         Some(Op::Alarm(a)) => {
             let (changed, stored) = alarms.apply(&a);
             writer.put_extra(Cf::Meta, Alarms::meta_key(), &stored);
@@ -270,6 +266,24 @@ fn execute(
         }
         None => Err(EtcdError::Corrupt),
     }
+}
+
+/// Revokes lease `id` and deletes every key attached to it in one revision.
+fn revoke(lessor: &Lessor, writer: &mut Writer<'_>, id: i64) -> Result<Outcomes, EtcdError> {
+    let keys = lessor.revoke(id)?;
+    {
+        let mut txn = writer.txn();
+        for key in keys {
+            txn.delete_range(&KeyRange::Single(key));
+        }
+    }
+    writer.delete_extra(Cf::Lease, &StoredLease::key(id));
+    Ok(Outcomes::LeaseRevoke(LeaseRevokeResponse {
+        header: Some(ResponseHeader {
+            revision: writer.current_revision(),
+            ..Default::default()
+        }),
+    }))
 }
 
 fn read_applied(engine: &Engine) -> Result<(Option<LogId>, StoredMembership), StorageError> {
@@ -481,8 +495,11 @@ fn unix_millis() -> u128 {
 mod tests {
     use std::time::Duration;
 
+    use oxcd_proto::etcdserverpb::{LeaseGrantRequest, PutRequest};
+
     use super::*;
     use crate::mvcc::RangeOptions;
+    use crate::raft::LeaseExpiry;
 
     fn parts(engine: &Arc<Engine>) -> Applied {
         let store = MvccStore::open(engine.clone()).unwrap();
@@ -557,5 +574,51 @@ mod tests {
             "the loaded snapshot is the current one"
         );
         assert!(!snaps.receiving_path().exists());
+    }
+
+    fn entry(term: u64, index: u64, op: Op) -> Entry {
+        Entry {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(term, 1), index),
+            payload: EntryPayload::Normal(CommandBatch {
+                commands: vec![Command { op: Some(op) }],
+            }),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_expiry_applies_only_in_an_entry_of_the_term_that_decided_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(dir.path()).unwrap();
+        let applied = parts(&engine);
+        let grant = |id| Op::LeaseGrant(LeaseGrantRequest { ttl: 2, id });
+        let attach = |key: &str, lease| {
+            Op::Put(PutRequest {
+                key: key.into(),
+                value: b"v".to_vec(),
+                lease,
+                ..Default::default()
+            })
+        };
+        let expire = |id, term| Op::LeaseExpire(LeaseExpiry { id, term });
+        let entries = vec![
+            entry(2, 1, grant(7)),
+            entry(2, 2, attach("kept", 7)),
+            entry(2, 3, grant(8)),
+            entry(2, 4, attach("expired", 8)),
+            // The leader of term 2, cut off, found both expired; one of its expiries reached
+            // the leader of term 3 (forwarded), the other was decided by that leader itself.
+            entry(3, 5, expire(7, 2)),
+            entry(3, 6, expire(8, 3)),
+        ];
+        let (outcomes, ..) =
+            apply_entries(&applied, None, StoredMembership::default(), entries).unwrap();
+        let result = |i: usize| outcomes[i].outcomes[0].result.clone().unwrap();
+        assert_eq!(
+            result(4),
+            Outcomes::Error(EtcdError::LeaderChanged.to_wire())
+        );
+        assert!(matches!(result(5), Outcomes::LeaseRevoke(_)));
+        assert_eq!(keys(&applied.store), ["kept"]);
+        assert_eq!(applied.lessor.ids(), [7]);
     }
 }

@@ -40,7 +40,7 @@ pub type StorageError = openraft::StorageError<NodeId>;
 /// One client write.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Command {
-    #[prost(oneof = "Op", tags = "1, 2, 3, 4, 5, 6, 7")]
+    #[prost(oneof = "Op", tags = "1, 2, 3, 4, 5, 6, 7, 8")]
     pub op: Option<Op>,
 }
 
@@ -61,6 +61,23 @@ pub enum Op {
     LeaseRevoke(LeaseRevokeRequest),
     #[prost(message, tag = "7")]
     Alarm(AlarmRequest),
+    /// The leader's revoke of a lease whose TTL ran out; answered like a revoke.
+    #[prost(message, tag = "8")]
+    LeaseExpire(LeaseExpiry),
+}
+
+/// An expiry is decided by the leader of one term and holds only in an entry of that term:
+/// a leader cut off from its quorum sees every lease expire (their keep-alives now go to the
+/// new leader), and an expiry it forwards once the partition heals would revoke leases the new
+/// leader kept alive. Entries of a term are appended only by that term's leader, so the check
+/// at apply time is exact.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LeaseExpiry {
+    #[prost(int64, tag = "1")]
+    pub id: i64,
+    /// The term in which the leader found the lease expired.
+    #[prost(uint64, tag = "2")]
+    pub term: u64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
