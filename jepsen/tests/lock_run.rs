@@ -16,7 +16,9 @@ use oxcd_jepsen::cluster::Flavor;
 use oxcd_jepsen::history::{Status, F};
 use oxcd_jepsen::workload::lock::{Locks, FENCED_KEY};
 
-const MIN_HOLDS: usize = 30;
+/// Both etcd and oxcd hold the lock 26-40 times in these 20 s: each of the three faults can
+/// stop it for an election plus a lease's TTL (a killed holder's lock waits for its lease).
+const MIN_HOLDS: usize = 20;
 
 fn run(flavor: Flavor) {
     let plan = Plan {
