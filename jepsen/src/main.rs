@@ -201,7 +201,19 @@ fn test(args: &TestArgs) -> anyhow::Result<Verdict> {
                     let (time_limit, clients) = (options.time_limit, options.concurrency);
                     runner::run(&options, |r| Leases::new(r, timeout, time_limit, clients)).await
                 }
-                Workload::Lock => runner::run(&options, |r| Locks::new(r, timeout)).await,
+                Workload::Lock => {
+                    // Only a cut-off leader with its clients makes long holds telling.
+                    let long_holds = options.schedule.faults.contains(&FaultKind::IsolateLeader);
+                    runner::run(&options, |r| {
+                        let locks = Locks::new(r, timeout);
+                        if long_holds {
+                            locks.with_long_holds()
+                        } else {
+                            locks
+                        }
+                    })
+                    .await
+                }
             }
         };
         tokio::select! {

@@ -78,7 +78,7 @@ fn assert_isolated_the_leader(run: &Run) {
 
 fn lock(flavor: Flavor, binary: PathBuf) {
     let run = common::run(plan("lock-isolate", flavor, binary), |recorder, options| {
-        Locks::new(recorder, options.op_timeout)
+        Locks::new(recorder, options.op_timeout).with_long_holds()
     });
     assert_isolated_the_leader(&run);
     let context = &run.context;
@@ -92,9 +92,9 @@ fn lock(flavor: Flavor, binary: PathBuf) {
         .iter()
         .filter(|op| op.f == F::Acquire && op.status == Status::Ok)
         .count();
-    // Fewer than lock_run.rs asks for: for 8 s the lock is held by a cut-off client, or
-    // waited for until its lease expires.
-    assert!(holds >= 15, "too few holds ({holds})\n{context}");
+    // Fewer than lock_run.rs asks for: one hold in four lasts up to 10 s (long holds), and
+    // for 8 s the lock is held by a cut-off client, or waited for until its lease expires.
+    assert!(holds >= 5, "too few holds ({holds})\n{context}");
     run.passed();
 }
 

@@ -75,6 +75,14 @@ pub const FENCED_KEY: &str = "lock/fenced";
 pub const LEASE_TTL: Duration = Duration::from_secs(2);
 /// How long a client holds the lock besides its requests, uniformly drawn.
 const HOLD_MS: std::ops::Range<u64> = 10..50;
+/// With long holds on, one hold in this many lasts [`LONG_HOLD`].
+const LONG_HOLD_ODDS: u32 = 4;
+/// As long as a lock-elected controller holds on: while its keep-alives get answered. Long
+/// enough to outlast the hand-over of a lock whose holder was cut off with its leader (an
+/// election, a lease TTL at the new leader, the revoke, the next Lock: about 4 s).
+const LONG_HOLD: Duration = Duration::from_secs(10);
+/// How often a long hold checks that its lease is still proven alive.
+const LONG_HOLD_CHECK: Duration = Duration::from_millis(50);
 /// The lease health of a hold whose lease was proven alive throughout.
 pub const LEASE_OK: &str = "lease-ok";
 /// The prefix of the other lease healths.
@@ -99,6 +107,8 @@ pub struct Locks {
     timeout: Duration,
     /// Fenced append tokens, unique across the run.
     next_token: AtomicI64,
+    /// Whether some holds last [`LONG_HOLD`].
+    long_holds: bool,
 }
 
 impl Locks {
@@ -107,7 +117,17 @@ impl Locks {
             recorder,
             timeout,
             next_token: AtomicI64::new(1),
+            long_holds: false,
         }
+    }
+
+    /// One hold in [`LONG_HOLD_ODDS`] lasts up to [`LONG_HOLD`] after its writes, ending early
+    /// when its lease lapses, as a careful holder does. This is what lets a run see a double
+    /// holder when a server keeps a cut-off client's lease alive: the holder is still holding,
+    /// with every keep-alive answered, when the majority hands the lock to another client.
+    pub fn with_long_holds(mut self) -> Locks {
+        self.long_holds = true;
+        self
     }
 
     /// Records one operation around `perform`.
@@ -271,6 +291,12 @@ impl Locks {
             .await;
         outcomes.push(outcome);
         tokio::time::sleep(hold / 2).await;
+        if self.long_holds && rand::thread_rng().gen_ratio(1, LONG_HOLD_ODDS) {
+            let until = Instant::now() + LONG_HOLD;
+            while Instant::now() < until && lapsed().is_none() {
+                tokio::time::sleep(LONG_HOLD_CHECK).await;
+            }
+        }
 
         // Taken just before the invoke. Were the lease to expire in the microseconds between,
         // a later holder would still need a Raft round (the key's deletion), its Lock answer and
