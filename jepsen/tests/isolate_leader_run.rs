@@ -9,7 +9,8 @@
 //! (Catching the previous release takes longer runs: see jepsen/README.md.)
 //!
 //! etcd 3.7, whose cut-off leader renews leases only until it steps down within an election
-//! timeout, runs the same as calibration.
+//! timeout, runs the same as calibration; its one known defect here (revokes of a cut-off
+//! leader committed after the heal, see [`only_broken_promises`]) is accepted for it only.
 
 mod common;
 
@@ -18,9 +19,9 @@ use std::time::Duration;
 
 use common::{Plan, Run, NODES};
 use oxcd_jepsen::cluster::Flavor;
-use oxcd_jepsen::history::{Status, F};
+use oxcd_jepsen::history::{Operation, Status, F};
 use oxcd_jepsen::nemesis::{FaultKind, NemesisEvent, Phase, ISOLATE_LEADER_HOLD};
-use oxcd_jepsen::workload::lease::{check_leases, Leases};
+use oxcd_jepsen::workload::lease::{check_leases, AnomalyKind, Leases};
 use oxcd_jepsen::workload::lock::Locks;
 
 const FAULTS: &[FaultKind] = &[FaultKind::IsolateLeader, FaultKind::Kill];
@@ -98,8 +99,22 @@ fn lock(flavor: Flavor, binary: PathBuf) {
     run.passed();
 }
 
+/// Whether every anomaly is a broken keep-alive promise: etcd 3.7's cut-off leader, like
+/// oxcd's before it bound expiries to their term, can revoke leases right after the heal that
+/// the new leader had kept alive (its revokes reach the new leader's log). Seen in 1 of 4
+/// 30-second runs of etcd 3.7.3 here; jepsen/results/2026-12-05.md.
+fn only_broken_promises(operations: &[Operation]) -> bool {
+    check_leases(operations).is_ok_and(|report| {
+        report
+            .anomalies
+            .iter()
+            .all(|anomaly| anomaly.kind == AnomalyKind::ExpiredBeforePromise)
+    })
+}
+
 fn leases(flavor: Flavor, binary: PathBuf) {
-    let run = common::run(
+    let known = |operations: &[Operation]| flavor == Flavor::Etcd && only_broken_promises(operations);
+    let run = common::run_accepting(
         plan("lease-isolate", flavor, binary),
         |recorder, options| {
             Leases::new(
@@ -109,6 +124,7 @@ fn leases(flavor: Flavor, binary: PathBuf) {
                 options.concurrency,
             )
         },
+        known,
     );
     assert_isolated_the_leader(&run);
     let context = &run.context;
