@@ -113,7 +113,8 @@ fn only_broken_promises(operations: &[Operation]) -> bool {
 }
 
 fn leases(flavor: Flavor, binary: PathBuf) {
-    let known = |operations: &[Operation]| flavor == Flavor::Etcd && only_broken_promises(operations);
+    let known =
+        |operations: &[Operation]| flavor == Flavor::Etcd && only_broken_promises(operations);
     let run = common::run_accepting(
         plan("lease-isolate", flavor, binary),
         |recorder, options| {

@@ -243,7 +243,10 @@ async fn expire(service: std::sync::Weak<LeaseService>) {
             for id in expired {
                 let service = service.clone();
                 tokio::spawn(async move {
-                    match service.propose(Op::LeaseExpire(LeaseExpiry { id, term })).await {
+                    match service
+                        .propose(Op::LeaseExpire(LeaseExpiry { id, term }))
+                        .await
+                    {
                         Ok(_) | Err(EtcdError::LeaseNotFound) => {}
                         Err(EtcdError::LeaderChanged) => {
                             tracing::debug!(lease = id, "expiry of a former term not applied")

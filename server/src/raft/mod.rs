@@ -31,9 +31,7 @@ pub use network::{
     peer_endpoint, Client as PeerClient, Peers, CLUSTER_ID_HEADER, MAX_PEER_MESSAGE,
 };
 pub use state_machine::{Applied, RAFT_META_KEYS};
-pub use types::{
-    Command, CommandBatch, LeaseExpiry, Member, NodeId, Op, OutcomeBatch, Outcomes,
-};
+pub use types::{Command, CommandBatch, LeaseExpiry, Member, NodeId, Op, OutcomeBatch, Outcomes};
 
 use crate::error::EtcdError;
 use crate::storage::Engine;

@@ -199,12 +199,7 @@ fn apply_entries(
     Ok((results, applied, membership))
 }
 
-fn apply_command(
-    parts: &Applied,
-    writer: &mut Writer<'_>,
-    term: u64,
-    command: Command,
-) -> Outcome {
+fn apply_command(parts: &Applied, writer: &mut Writer<'_>, term: u64, command: Command) -> Outcome {
     let before = writer.changes().len();
     let result = execute(parts, writer, term, command);
     parts.lessor.track(&writer.changes()[before..]);
