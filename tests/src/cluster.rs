@@ -59,6 +59,8 @@ pub struct Cluster {
     token: String,
     extra_args: Vec<String>,
     members: Vec<Server>,
+    /// `--user` for the harness's own etcdctl calls (membership changes) once auth is on.
+    etcdctl_user: Option<String>,
 }
 
 /// What `etcdctl member add` printed, and where the harness started the new member.
@@ -149,6 +151,7 @@ impl Cluster {
                 token,
                 extra_args: extra_args.clone(),
                 members,
+                etcdctl_user: None,
             };
             match cluster.launch_all().await {
                 Ok(()) => return Ok(cluster),
@@ -206,6 +209,11 @@ impl Cluster {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Membership changes made by the harness authenticate as `user` (`name:password`).
+    pub fn set_etcdctl_user(&mut self, user: &str) {
+        self.etcdctl_user = Some(user.to_string());
     }
 
     pub fn flavor(&self) -> Flavor {
@@ -396,7 +404,9 @@ impl Cluster {
             cluster: None,
         };
         let peer_urls = format!("--peer-urls={}", spec.peer_url());
+        let user = self.etcdctl_user.as_ref().map(|u| format!("--user={u}"));
         let mut args = vec!["member", "add", name, peer_urls.as_str()];
+        args.extend(user.as_deref());
         if learner {
             args.push("--learner");
         }

@@ -594,7 +594,17 @@ async fn probe_ready(endpoint: &str, readiness: Readiness) -> bool {
     };
     let attempt = async {
         let mut client = connect(endpoint, Duration::from_secs(1)).await.ok()?;
-        client.get("oxcd-test-readiness-probe", options).await.ok()
+        match client.get("oxcd-test-readiness-probe", options).await {
+            Ok(_) => Some(()),
+            // With auth on, an anonymous read is refused only after it was served its read
+            // barrier: the member is ready.
+            Err(etcd_client::Error::GRpcStatus(s))
+                if s.message() == "etcdserver: user name is empty" =>
+            {
+                Some(())
+            }
+            Err(_) => None,
+        }
     };
     matches!(
         tokio::time::timeout(Duration::from_secs(2), attempt).await,
