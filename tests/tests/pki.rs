@@ -65,6 +65,17 @@ fn start_cluster(
     n: usize,
     extra: &[String],
 ) -> Vec<Member> {
+    start_cluster_with(binary, pki, data, n, |_| extra.to_vec())
+}
+
+/// [`start_cluster`] with flags of each member's own (`extra(i)` for member m<i>).
+fn start_cluster_with(
+    binary: &Path,
+    pki: &Path,
+    data: &Path,
+    n: usize,
+    extra: impl Fn(usize) -> Vec<String>,
+) -> Vec<Member> {
     let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
     let initial = ports
         .iter()
@@ -102,7 +113,7 @@ fn start_cluster(
                 .args(["--peer-key-file", &file(format!("{m}/peer.key"))])
                 .args(["--peer-trusted-ca-file", &file("ca.crt".into())])
                 .arg("--peer-client-cert-auth")
-                .args(extra)
+                .args(extra(i))
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
@@ -467,6 +478,59 @@ async fn tls_versions_bound_the_handshakes() {
             refused.is_err(),
             "[{who}] TLS 1.3 against --tls-max-version=TLS1.2"
         );
+    }
+}
+
+/// The versions bind peer connections both ways, dials included: m0 speaks TLS 1.2 only and
+/// m1, m2 TLS 1.3 only, so m1 and m2 form a quorum over TLS 1.3 while m0 reaches no one and
+/// no one reaches m0 (if dials ignored the flags, m0's would get through to m1 and m2).
+#[test]
+fn tls_versions_bind_peer_dials_too() {
+    for binary in [oxcd_bin(), require(&etcd37_bin())] {
+        let who = binary.display().to_string();
+        let dir = tempfile::tempdir().unwrap();
+        let pki = dir.path().join("pki");
+        pki_init(&pki, 3);
+        let members = start_cluster_with(&binary, &pki, dir.path(), 3, |i| {
+            vec![if i == 0 {
+                "--tls-max-version=TLS1.2".to_string()
+            } else {
+                "--tls-min-version=TLS1.3".to_string()
+            }]
+        });
+        let m1 = members[1].endpoint();
+        eventually(
+            &format!("[{who}] put on m1"),
+            Duration::from_secs(30),
+            || etcdctl(&pki, &m1, "healthcheck-client", &["put", "k", "v"]),
+        );
+        let m2 = members[2].endpoint();
+        let got = eventually(
+            &format!("[{who}] get on m2"),
+            Duration::from_secs(10),
+            || {
+                etcdctl(
+                    &pki,
+                    &m2,
+                    "healthcheck-client",
+                    &["get", "k", "--print-value-only"],
+                )
+            },
+        );
+        assert_eq!(stdout(&got).trim(), "v", "[{who}]");
+        // m0 serves clients over TLS 1.2 (etcdctl offers it), but never joins: no write of its
+        // goes through in several election timeouts.
+        let m0 = members[0].endpoint();
+        let deadline = Instant::now() + Duration::from_secs(8);
+        while Instant::now() < deadline {
+            let put = etcdctl(
+                &pki,
+                &m0,
+                "healthcheck-client",
+                &["put", "from-m0", "v", "--command-timeout=2s"],
+            );
+            assert!(!put.status.success(), "[{who}] m0 reached the cluster");
+        }
     }
 }
 

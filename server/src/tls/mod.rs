@@ -39,7 +39,9 @@ struct Identity {
 }
 
 /// `--<prefix>cert-file`/`--<prefix>key-file`, else (with auto TLS and neither file given, as
-/// etcd decides) the self-signed pair under `<data-dir>/fixtures/<kind>`.
+/// etcd decides) the self-signed pair under `<data-dir>/fixtures/<kind>`. Auto TLS supplies
+/// only the certificate: etcd also drops `--<prefix>client-cert-auth` and the trusted CA then
+/// (it replaces its whole TLS settings), oxcd keeps requiring client certificates when asked.
 fn identity(
     config: &Config,
     files: (Option<&Path>, Option<&Path>),
