@@ -96,6 +96,10 @@ fn fill_random(buf: &mut [u8]) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::CertificateDer;
     use x509_parser::prelude::{FromDer, X509Certificate};
 
     use super::*;
@@ -111,7 +115,7 @@ mod tests {
         ];
         let (cert, key) = self_cert(&fixtures, &urls, 2).unwrap();
         let pem = std::fs::read(&cert).unwrap();
-        let der = rustls_pki_types::CertificateDer::from_pem_slice(&pem).unwrap();
+        let der = CertificateDer::from_pem_slice(&pem).unwrap();
         let (_, parsed) = X509Certificate::from_der(&der).unwrap();
         assert!(parsed.is_ca());
         let sans = parsed.subject_alternative_name().unwrap().unwrap();
@@ -129,7 +133,6 @@ mod tests {
                 .server_auth
         );
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
-        use std::os::unix::fs::PermissionsExt;
         assert_eq!(mode(&key), 0o600);
         assert_eq!(mode(&fixtures), 0o700);
 
@@ -140,6 +143,4 @@ mod tests {
         let zero = self_cert(&dir.path().join("other"), &urls, 0).unwrap_err();
         assert!(zero.to_string().contains("should be greater than 0"));
     }
-
-    use rustls_pki_types::pem::PemObject;
 }
