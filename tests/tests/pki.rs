@@ -584,9 +584,15 @@ async fn cipher_suites_narrow_tls12_handshakes() {
 /// Runs `binary` with `flags` (and a fresh data dir) and returns its output; it must exit,
 /// and fail.
 fn refused_at_start(binary: &Path, flags: &[&str]) -> String {
+    refused_at_start_with(binary, flags, &[])
+}
+
+/// [`refused_at_start`] with environment variables too.
+fn refused_at_start_with(binary: &Path, flags: &[&str], env: &[(&str, &str)]) -> String {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let mut child = Command::new(binary)
+        .envs(env.iter().copied())
         .arg("--data-dir")
         .arg(dir.path().join("data"))
         .arg(format!("--listen-client-urls=http://127.0.0.1:{port}"))
@@ -656,14 +662,17 @@ fn bad_transport_flags_are_refused_at_start_as_etcd_refuses_them() {
         "{rc4}"
     );
     // The variables are etcd's too.
-    let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(oxcd_bin())
-        .arg("--data-dir")
-        .arg(dir.path())
-        .env("ETCD_TLS_MIN_VERSION", "TLS1.1")
-        .output()
-        .unwrap();
-    assert!(String::from_utf8_lossy(&out.stderr).contains(r#"unexpected TLS version "TLS1.1""#));
+    let env = [("ETCD_CIPHER_SUITES", "TLS_FOO,TLS_BAR")];
+    let oxcd = refused_at_start_with(&oxcd_bin(), &[], &env);
+    assert!(
+        oxcd.contains(r#"unexpected TLS cipher suite "TLS_FOO""#),
+        "{oxcd}"
+    );
+    let reference = refused_at_start_with(&etcd, &[], &env);
+    assert!(
+        reference.contains(r#"unexpected TLS cipher suite \"TLS_FOO\""#),
+        "{reference}"
+    );
 }
 
 /// `--auto-tls` and `--peer-auto-tls` with no certificate files: three members make their own
