@@ -12,6 +12,7 @@ mod lease;
 mod maintenance;
 mod member;
 mod output;
+mod pki;
 mod registry;
 mod snapshot;
 mod txn;
@@ -70,6 +71,9 @@ enum Command {
     /// Manages etcd node snapshots
     #[command(subcommand)]
     Snapshot(snapshot::SnapshotCommand),
+    /// Makes the certificates of a TLS cluster, as kubeadm makes them for etcd
+    #[command(subcommand)]
+    Pki(pki::PkiCommand),
 }
 
 async fn run(cli: Cli) -> CtlResult {
@@ -94,6 +98,7 @@ async fn run(cli: Cli) -> CtlResult {
         }
         Command::Registry(command) => registry::run(&cli.global, command).await,
         Command::Snapshot(command) => snapshot::run(command, &cli.global).await,
+        Command::Pki(command) => pki::run(command),
     }
 }
 

@@ -193,7 +193,9 @@ pub fn usage(root: &Command, path: &[String]) -> String {
         subcommands.sort();
         out.push_str(&aligned(&subcommands));
     }
-    if let Some(long) = lookup(DESCRIPTIONS, &key) {
+    // oxcdctl's own commands describe themselves (clap's long about).
+    let own = command.get_long_about().map(|a| a.to_string());
+    if let Some(long) = lookup(DESCRIPTIONS, &key).or(own.as_deref()) {
         out.push_str("\nDESCRIPTION:\n");
         for line in long.split('\n') {
             out.push_str(&format!("\t{line}\n"));

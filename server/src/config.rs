@@ -132,6 +132,32 @@ pub struct Config {
     /// Peer certificates must be valid for one of these host names or IPs.
     #[arg(long, env = "ETCD_PEER_CERT_ALLOWED_HOSTNAME", value_delimiter = ',')]
     pub peer_cert_allowed_hostname: Vec<String>,
+    /// Client certificates revoked by this CRL (DER or PEM) are refused; re-read as it changes.
+    #[arg(long, env = "ETCD_CLIENT_CRL_FILE")]
+    pub client_crl_file: Option<PathBuf>,
+    /// Peer certificates revoked by this CRL (DER or PEM) are refused; re-read as it changes.
+    #[arg(long, env = "ETCD_PEER_CRL_FILE")]
+    pub peer_crl_file: Option<PathBuf>,
+    /// Client TLS with a self-signed certificate made under <data-dir>/fixtures/client, when
+    /// no --cert-file/--key-file are given.
+    #[arg(long, env = "ETCD_AUTO_TLS", num_args = 0..=1, default_missing_value = "true")]
+    pub auto_tls: Option<bool>,
+    /// Peer TLS with a self-signed certificate made under <data-dir>/fixtures/peer, when no
+    /// --peer-cert-file/--peer-key-file are given.
+    #[arg(long, env = "ETCD_PEER_AUTO_TLS", num_args = 0..=1, default_missing_value = "true")]
+    pub peer_auto_tls: Option<bool>,
+    /// Validity of the --auto-tls and --peer-auto-tls certificates, in years.
+    #[arg(long, env = "ETCD_SELF_SIGNED_CERT_VALIDITY", default_value_t = 1)]
+    pub self_signed_cert_validity: u32,
+    /// TLS 1.2 cipher suites (Go's names) of every client and peer connection; default: all.
+    #[arg(long, env = "ETCD_CIPHER_SUITES", value_delimiter = ',')]
+    pub cipher_suites: Vec<String>,
+    /// Minimum TLS version: TLS1.2 or TLS1.3.
+    #[arg(long, env = "ETCD_TLS_MIN_VERSION", default_value = "TLS1.2")]
+    pub tls_min_version: String,
+    /// Maximum TLS version: TLS1.2 or TLS1.3 (empty: the highest, TLS1.3).
+    #[arg(long, env = "ETCD_TLS_MAX_VERSION", default_value = "")]
+    pub tls_max_version: String,
 
     /// URLs serving /livez, /readyz, /health and /metrics over plain HTTP.
     #[arg(long, env = "ETCD_LISTEN_METRICS_URLS", value_delimiter = ',')]
@@ -355,5 +381,25 @@ mod tests {
         assert_eq!(c.peer_cert_allowed_cn, ["etcd-peer"]);
         assert!(c.peer_cert_allowed_hostname.is_empty());
         assert_eq!(c.client_cert_allowed_hostname, ["a.example", "10.0.0.1"]);
+    }
+
+    #[test]
+    fn transport_flags_parse_as_etcd_takes_them() {
+        let c = Config::try_parse_from([
+            "oxcd",
+            "--cipher-suites=TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+            "--tls-max-version=TLS1.3",
+            "--auto-tls",
+            "--peer-auto-tls=false",
+            "--self-signed-cert-validity=3",
+            "--client-crl-file=/etc/crl.pem",
+        ])
+        .unwrap();
+        assert_eq!(c.cipher_suites.len(), 2);
+        assert_eq!(c.tls_min_version, "TLS1.2");
+        assert_eq!(c.tls_max_version, "TLS1.3");
+        assert_eq!((c.auto_tls, c.peer_auto_tls), (Some(true), Some(false)));
+        assert_eq!(c.self_signed_cert_validity, 3);
+        assert_eq!(c.client_crl_file, Some(PathBuf::from("/etc/crl.pem")));
     }
 }

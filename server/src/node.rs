@@ -26,7 +26,6 @@ use tokio_rustls::TlsAcceptor;
 use tonic::codegen::http;
 use tonic::service::interceptor::InterceptedService;
 use tonic::service::Routes;
-use tonic::transport::ClientTlsConfig;
 
 use crate::alarm::{Alarms, Quota};
 use crate::api::{
@@ -591,7 +590,7 @@ fn new_cluster(
 async fn join_existing(
     initial: &[cluster::InitialMember],
     me: &cluster::InitialMember,
-    tls: Option<&ClientTlsConfig>,
+    tls: Option<&crate::tls::PeerConnector>,
 ) -> anyhow::Result<(u64, u64)> {
     let mut mine = me.peer_urls.clone();
     mine.sort();
@@ -627,7 +626,7 @@ async fn join_existing(
 
 async fn discover(
     peer_urls: &[String],
-    tls: Option<&ClientTlsConfig>,
+    tls: Option<&crate::tls::PeerConnector>,
 ) -> anyhow::Result<oxcd_proto::peerpb::MembersReply> {
     let channel = peer_endpoint(peer_urls, tls)
         .map_err(anyhow::Error::msg)?

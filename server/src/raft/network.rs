@@ -24,7 +24,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::tls::PeerConnector;
 
 use super::types::{LogId, Member, NodeId, TypeConfig};
 
@@ -59,7 +61,7 @@ impl tonic::service::Interceptor for ClusterStamp {
 /// Connections to the other members, shared by Raft replication and leader forwarding.
 pub struct Peers {
     stamp: ClusterStamp,
-    tls: Option<ClientTlsConfig>,
+    tls: Option<PeerConnector>,
     channels: Mutex<HashMap<NodeId, (Vec<String>, Client)>>,
     /// When each member last answered a replication call of this member's (a leader's check
     /// that a quorum still follows it).
@@ -67,7 +69,7 @@ pub struct Peers {
 }
 
 impl Peers {
-    pub fn new(cluster_id: u64, tls: Option<ClientTlsConfig>) -> Peers {
+    pub fn new(cluster_id: u64, tls: Option<PeerConnector>) -> Peers {
         let stamp = format!("{cluster_id:x}")
             .parse()
             .expect("a hex number is valid metadata");
@@ -112,29 +114,61 @@ impl Peers {
     }
 }
 
+/// A member's first peer URL, dialed through [`PeerConnector`] when it is https://.
+pub struct PeerEndpoint {
+    endpoint: Endpoint,
+    tls: Option<PeerConnector>,
+}
+
+impl PeerEndpoint {
+    pub fn timeout(mut self, timeout: Duration) -> PeerEndpoint {
+        self.endpoint = self.endpoint.timeout(timeout);
+        self
+    }
+
+    pub fn connect_lazy(&self) -> Channel {
+        match &self.tls {
+            Some(tls) => self.endpoint.connect_with_connector_lazy(tls.clone()),
+            None => self.endpoint.connect_lazy(),
+        }
+    }
+
+    pub async fn connect(&self) -> Result<Channel, tonic::transport::Error> {
+        match &self.tls {
+            Some(tls) => self.endpoint.connect_with_connector(tls.clone()).await,
+            None => self.endpoint.connect().await,
+        }
+    }
+}
+
 /// An endpoint for a member's first peer URL, over TLS when it is https://.
 pub fn peer_endpoint(
     peer_urls: &[String],
-    tls: Option<&ClientTlsConfig>,
-) -> Result<Endpoint, String> {
+    tls: Option<&PeerConnector>,
+) -> Result<PeerEndpoint, String> {
     let url = peer_urls
         .first()
         .ok_or_else(|| "member has no peer URLs".to_string())?;
-    let mut endpoint = Endpoint::from_shared(url.clone())
+    // tonic refuses an https:// URI with a connector of its own making; ours makes the TLS
+    // connection, so the channel is given the same authority as http://.
+    let (uri, tls) = match url.strip_prefix("https://") {
+        Some(authority) => {
+            let tls = tls.ok_or_else(|| {
+                format!(
+                    "peer URL {url} is https:// but --peer-cert-file/--peer-key-file are not set"
+                )
+            })?;
+            (format!("http://{authority}"), Some(tls.clone()))
+        }
+        None => (url.clone(), None),
+    };
+    let endpoint = Endpoint::from_shared(uri)
         .map_err(|e| format!("invalid peer URL {url:?}: {e}"))?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(5))
         .keep_alive_timeout(Duration::from_secs(5));
-    if url.starts_with("https://") {
-        let tls = tls.ok_or_else(|| {
-            format!("peer URL {url} is https:// but --peer-cert-file/--peer-key-file are not set")
-        })?;
-        endpoint = endpoint
-            .tls_config(tls.clone())
-            .map_err(|e| format!("TLS for {url}: {e}"))?;
-    }
-    Ok(endpoint)
+    Ok(PeerEndpoint { endpoint, tls })
 }
 
 /// openraft's view of the transport.

@@ -4,142 +4,256 @@
 //! The `--peer-*` twins do the same for peer URLs (`--peer-cert-allowed-cn` or
 //! `--peer-cert-allowed-hostname`), and a member presents its peer certificate when it connects
 //! to another member.
+//!
+//! Every endpoint takes `--cipher-suites` and `--tls-min/max-version` (`transport`);
+//! `--client-crl-file` / `--peer-crl-file` refuse revoked certificates (`crl`); `--auto-tls` /
+//! `--peer-auto-tls` serve a self-signed certificate when no files are given (`auto`).
 
+mod auto;
+mod crl;
+mod dial;
+mod transport;
 mod verifier;
 pub use verifier::common_name;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
-use tokio_rustls::rustls::{crypto, RootCertStore, ServerConfig};
+use tokio_rustls::rustls::{ClientConfig, RootCertStore, ServerConfig};
 use tokio_rustls::TlsAcceptor;
-use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 use crate::config::Config;
+pub use dial::PeerConnector;
+use transport::Transport;
 use verifier::{AllowedIdentity, EtcdClientVerifier};
+
+/// The certificate and key one side (client or peer) serves and presents.
+struct Identity {
+    cert: PathBuf,
+    key: PathBuf,
+    /// Made by auto TLS: self-signed, so the other members' are not verified when dialing.
+    self_signed: bool,
+}
+
+/// `--<prefix>cert-file`/`--<prefix>key-file`, else (with auto TLS and neither file given, as
+/// etcd decides) the self-signed pair under `<data-dir>/fixtures/<kind>`. Auto TLS supplies
+/// only the certificate: etcd also drops `--<prefix>client-cert-auth` and the trusted CA then
+/// (it replaces its whole TLS settings), oxcd keeps requiring client certificates when asked.
+fn identity(
+    config: &Config,
+    files: (Option<&Path>, Option<&Path>),
+    auto: bool,
+    urls: &[String],
+    kind: &str,
+) -> anyhow::Result<Option<Identity>> {
+    match files {
+        (None, None) if auto => {
+            let dir = config.data_dir().join("fixtures").join(kind);
+            let (cert, key) = auto::self_cert(&dir, urls, config.self_signed_cert_validity)?;
+            Ok(Some(Identity {
+                cert,
+                key,
+                self_signed: true,
+            }))
+        }
+        (cert, key) => {
+            if auto {
+                tracing::warn!("ignoring {kind} auto TLS since certs given");
+            }
+            match (cert, key) {
+                (Some(cert), Some(key)) => Ok(Some(Identity {
+                    cert: cert.to_path_buf(),
+                    key: key.to_path_buf(),
+                    self_signed: false,
+                })),
+                _ => Ok(None),
+            }
+        }
+    }
+}
+
+/// etcd's transport flags. Checked at every start, whether or not any URL is https://, as
+/// etcd checks them.
+fn transport(config: &Config) -> anyhow::Result<Transport> {
+    Transport::from_flags(
+        &config.cipher_suites,
+        &config.tls_min_version,
+        &config.tls_max_version,
+    )
+}
 
 /// The acceptor for https:// client URLs, or `None` when no URL asks for TLS.
 pub fn client_acceptor(config: &Config) -> anyhow::Result<Option<TlsAcceptor>> {
-    acceptor(
+    let transport = transport(config)?;
+    let identity = identity(
+        config,
+        (config.cert_file.as_deref(), config.key_file.as_deref()),
+        config.auto_tls.unwrap_or(false),
         &config.listen_client_urls,
-        config.cert_file.as_deref(),
-        config.key_file.as_deref(),
-        config.client_cert_auth.unwrap_or(false),
-        config.trusted_ca_file.as_deref(),
-        AllowedIdentity::from_flags(&[], &config.client_cert_allowed_hostname, "")?,
+        "client",
+    )?;
+    acceptor(
+        &transport,
+        &config.listen_client_urls,
+        identity,
+        ClientAuth {
+            required: config.client_cert_auth.unwrap_or(false),
+            trusted_ca: config.trusted_ca_file.as_deref(),
+            allowed: AllowedIdentity::from_flags(&[], &config.client_cert_allowed_hostname, "")?,
+            crl: config.client_crl_file.as_deref(),
+        },
         "",
     )
 }
 
 /// The acceptor for https:// peer URLs (`--peer-cert-file` and friends), or `None`.
 pub fn peer_acceptor(config: &Config) -> anyhow::Result<Option<TlsAcceptor>> {
+    let transport = transport(config)?;
     acceptor(
+        &transport,
         &config.listen_peer_urls,
-        config.peer_cert_file.as_deref(),
-        config.peer_key_file.as_deref(),
-        config.peer_client_cert_auth.unwrap_or(false),
-        config.peer_trusted_ca_file.as_deref(),
-        AllowedIdentity::from_flags(
-            &config.peer_cert_allowed_cn,
-            &config.peer_cert_allowed_hostname,
-            "peer-",
-        )?,
+        peer_identity(config)?,
+        ClientAuth {
+            required: config.peer_client_cert_auth.unwrap_or(false),
+            trusted_ca: config.peer_trusted_ca_file.as_deref(),
+            allowed: AllowedIdentity::from_flags(
+                &config.peer_cert_allowed_cn,
+                &config.peer_cert_allowed_hostname,
+                "peer-",
+            )?,
+            crl: config.peer_crl_file.as_deref(),
+        },
         "peer-",
     )
 }
 
-/// How this member connects to https:// peer URLs: it trusts `--peer-trusted-ca-file` and
-/// presents its peer certificate (members authenticate each other, as etcd's do). `None`
-/// without peer certificates (peers are then reached over plain HTTP/2 only).
-pub fn peer_connector(config: &Config) -> anyhow::Result<Option<ClientTlsConfig>> {
-    let (Some(cert), Some(key)) = (&config.peer_cert_file, &config.peer_key_file) else {
+fn peer_identity(config: &Config) -> anyhow::Result<Option<Identity>> {
+    identity(
+        config,
+        (
+            config.peer_cert_file.as_deref(),
+            config.peer_key_file.as_deref(),
+        ),
+        config.peer_auto_tls.unwrap_or(false),
+        &config.listen_peer_urls,
+        "peer",
+    )
+}
+
+/// How this member connects to https:// peer URLs: with the transport flags, trusting
+/// `--peer-trusted-ca-file` (nothing to verify against with `--peer-auto-tls`, as etcd) and
+/// presenting its peer certificate (members authenticate each other, as etcd's do). `None`
+/// without a peer certificate (peers are then reached over plain HTTP/2 only).
+pub fn peer_connector(config: &Config) -> anyhow::Result<Option<PeerConnector>> {
+    let transport = transport(config)?;
+    let Some(identity) = peer_identity(config)? else {
         return Ok(None);
     };
-    let read = |path: &Path, flag: &str| {
-        std::fs::read(path).with_context(|| format!("cannot read --{flag} {}", path.display()))
+    let (certs, key) = read_identity(&identity, "peer-")?;
+    let builder = ClientConfig::builder_with_provider(transport.provider().clone())
+        .with_protocol_versions(transport.versions())?;
+    let builder = if identity.self_signed {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(dial::AnyPeerCertificate(
+                transport.provider().clone(),
+            )))
+    } else {
+        let mut roots = RootCertStore::empty();
+        if let Some(ca) = &config.peer_trusted_ca_file {
+            for cert in read_certs(ca, "peer-trusted-ca-file")? {
+                roots.add(cert)?;
+            }
+        }
+        builder.with_root_certificates(roots)
     };
-    let mut tls = ClientTlsConfig::new().identity(Identity::from_pem(
-        read(cert, "peer-cert-file")?,
-        read(key, "peer-key-file")?,
-    ));
-    if let Some(ca) = &config.peer_trusted_ca_file {
-        tls = tls.ca_certificate(Certificate::from_pem(read(ca, "peer-trusted-ca-file")?));
-    }
-    Ok(Some(tls))
+    let mut tls = builder
+        .with_client_auth_cert(certs, key)
+        .context("--peer-cert-file and --peer-key-file do not match")?;
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Some(PeerConnector::new(tls)))
+}
+
+/// Whom a listener asks for a certificate, and what it checks of one.
+struct ClientAuth<'a> {
+    required: bool,
+    trusted_ca: Option<&'a Path>,
+    allowed: AllowedIdentity,
+    crl: Option<&'a Path>,
 }
 
 fn acceptor(
+    transport: &Transport,
     urls: &[String],
-    cert: Option<&Path>,
-    key: Option<&Path>,
-    client_cert_auth: bool,
-    trusted_ca: Option<&Path>,
-    allowed: AllowedIdentity,
+    identity: Option<Identity>,
+    auth: ClientAuth<'_>,
     flag_prefix: &str,
 ) -> anyhow::Result<Option<TlsAcceptor>> {
+    let crl = auth
+        .crl
+        .map(|path| crl::RevocationList::open(path, &format!("{flag_prefix}crl-file")))
+        .transpose()?;
     if !urls.iter().any(|u| u.starts_with("https://")) {
         return Ok(None);
     }
-    let (Some(cert), Some(key)) = (cert, key) else {
+    let Some(identity) = identity else {
         bail!("https:// URLs need --{flag_prefix}cert-file and --{flag_prefix}key-file");
     };
-    let client_ca = if client_cert_auth {
-        Some(trusted_ca.with_context(|| {
+    let (certs, key) = read_identity(&identity, flag_prefix)?;
+    let builder = ServerConfig::builder_with_provider(transport.provider().clone())
+        .with_protocol_versions(transport.versions())?;
+    let builder = if auth.required {
+        let ca = auth.trusted_ca.with_context(|| {
             format!("--{flag_prefix}client-cert-auth needs --{flag_prefix}trusted-ca-file")
-        })?)
-    } else {
-        None
-    };
-    Ok(Some(TlsAcceptor::from(server_config(
-        cert, key, client_ca, allowed,
-    )?)))
-}
-
-fn server_config(
-    cert: &Path,
-    key: &Path,
-    client_ca: Option<&Path>,
-    allowed: AllowedIdentity,
-) -> anyhow::Result<Arc<ServerConfig>> {
-    let provider = Arc::new(crypto::ring::default_provider());
-    let certs = CertificateDer::pem_file_iter(cert)
-        .with_context(|| format!("cannot read --cert-file {}", cert.display()))?
-        .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("invalid certificate in {}", cert.display()))?;
-    let key = PrivateKeyDer::from_pem_file(key).with_context(|| {
-        format!(
-            "cannot read a private key from --key-file {}",
-            key.display()
-        )
-    })?;
-    let builder = ServerConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()?;
-    let builder = match client_ca {
-        Some(ca) => {
-            let trusted = CertificateDer::pem_file_iter(ca)
-                .with_context(|| format!("cannot read --trusted-ca-file {}", ca.display()))?
-                .collect::<Result<Vec<_>, _>>()
-                .with_context(|| format!("invalid CA certificate in {}", ca.display()))?;
-            let mut roots = RootCertStore::empty();
-            for c in &trusted {
-                roots.add(c.clone())?;
-            }
-            let chain =
-                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).build()?;
-            builder.with_client_cert_verifier(Arc::new(EtcdClientVerifier::new(
-                chain, trusted, allowed,
-            )))
+        })?;
+        let trusted = read_certs(ca, &format!("{flag_prefix}trusted-ca-file"))?;
+        let mut roots = RootCertStore::empty();
+        for c in &trusted {
+            roots.add(c.clone())?;
         }
-        None => builder.with_no_client_auth(),
+        let chain = WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            transport.provider().clone(),
+        )
+        .build()?;
+        builder.with_client_cert_verifier(Arc::new(EtcdClientVerifier::new(
+            chain,
+            trusted,
+            auth.allowed,
+            crl,
+        )))
+    } else {
+        builder.with_no_client_auth()
     };
     let mut config = builder
         .with_single_cert(certs, key)
         .context("certificate and key do not match")?;
     // gRPC clients insist on ALPN h2.
     config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(Arc::new(config))
+    Ok(Some(TlsAcceptor::from(Arc::new(config))))
+}
+
+fn read_certs(path: &Path, flag: &str) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    CertificateDer::pem_file_iter(path)
+        .with_context(|| format!("cannot read --{flag} {}", path.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("invalid certificate in {}", path.display()))
+}
+
+fn read_identity(
+    identity: &Identity,
+    flag_prefix: &str,
+) -> anyhow::Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
+    let certs = read_certs(&identity.cert, &format!("{flag_prefix}cert-file"))?;
+    let key = PrivateKeyDer::from_pem_file(&identity.key).with_context(|| {
+        format!(
+            "cannot read a private key from --{flag_prefix}key-file {}",
+            identity.key.display()
+        )
+    })?;
+    Ok((certs, key))
 }

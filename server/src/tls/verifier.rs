@@ -7,6 +7,8 @@
 //! - A self-signed certificate that is itself in the trusted CA file is accepted as a client
 //!   certificate, as Go accepts it (its pool holds the certificate, so the chain is the
 //!   certificate alone); webpki refuses any CA certificate as an end entity.
+//! - `--client-crl-file` / `--peer-crl-file`: a chain with a revoked certificate is refused
+//!   (see `crl`).
 
 use std::fmt;
 use std::sync::Arc;
@@ -20,6 +22,8 @@ use tokio_rustls::rustls::{
 };
 use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::{ASN1Time, FromDer};
+
+use super::crl::{Refusal, RevocationList};
 
 /// Whom etcd's identity flags let in, beyond a certificate chain to a trusted CA.
 #[derive(Debug)]
@@ -109,6 +113,7 @@ pub struct EtcdClientVerifier {
     /// The certificates of the trusted CA file, as they are on disk.
     trusted: Vec<CertificateDer<'static>>,
     allowed: AllowedIdentity,
+    revoked: Option<RevocationList>,
 }
 
 impl EtcdClientVerifier {
@@ -116,11 +121,13 @@ impl EtcdClientVerifier {
         chain: Arc<dyn ClientCertVerifier>,
         trusted: Vec<CertificateDer<'static>>,
         allowed: AllowedIdentity,
+        revoked: Option<RevocationList>,
     ) -> EtcdClientVerifier {
         EtcdClientVerifier {
             chain,
             trusted,
             allowed,
+            revoked,
         }
     }
 }
@@ -130,6 +137,7 @@ impl fmt::Debug for EtcdClientVerifier {
         f.debug_struct("EtcdClientVerifier")
             .field("trusted", &self.trusted.len())
             .field("allowed", &self.allowed)
+            .field("crl", &self.revoked.is_some())
             .finish()
     }
 }
@@ -156,6 +164,17 @@ impl ClientCertVerifier for EtcdClientVerifier {
             Err(e) => return Err(e),
         }
         self.allowed.admits(end_entity)?;
+        if let Some(list) = &self.revoked {
+            let presented: Vec<&CertificateDer<'_>> =
+                std::iter::once(end_entity).chain(intermediates).collect();
+            list.check(&presented).map_err(|refusal| {
+                tracing::warn!(error = %refusal, "rejected a client certificate");
+                Error::InvalidCertificate(match refusal {
+                    Refusal::Revoked(_) => CertificateError::Revoked,
+                    Refusal::Unreadable(_) => CertificateError::ApplicationVerificationFailure,
+                })
+            })?;
+        }
         Ok(ClientCertVerified::assertion())
     }
 
