@@ -138,10 +138,20 @@ const NEWER_THAN_34: &[&str] = &[
     "--user alice:alicepw elect q/el v",
 ];
 
-/// Runs every step with `etcdctl` against `endpoint` (stdin holds a new password, for the
-/// step that asks for one) and returns what each printed, normalized.
+/// Runs every step of [`SEQUENCE`] with `etcdctl` against `endpoint`.
 fn run_sequence(etcdctl: &Path, endpoint: &str) -> Vec<(String, String)> {
-    SEQUENCE
+    run_steps(etcdctl, endpoint, &[], SEQUENCE)
+}
+
+/// Runs `steps` with `etcdctl` and `global` flags against `endpoint` (stdin holds a new
+/// password, for a step that asks for one) and returns what each printed, normalized.
+fn run_steps(
+    etcdctl: &Path,
+    endpoint: &str,
+    global: &[String],
+    steps: &[&str],
+) -> Vec<(String, String)> {
+    steps
         .iter()
         .map(|step| {
             let (volatile, args) = match step.strip_prefix('~') {
@@ -152,6 +162,7 @@ fn run_sequence(etcdctl: &Path, endpoint: &str) -> Vec<(String, String)> {
                 .arg("20")
                 .arg(etcdctl)
                 .arg(format!("--endpoints={endpoint}"))
+                .args(global)
                 .args(args.split_whitespace())
                 .env("ETCDCTL_API", "3")
                 .stdin(Stdio::piped())
@@ -264,6 +275,79 @@ async fn etcdctl_34_sees_the_same_auth_on_oxcd_as_on_etcd_34() {
         run_sequence(&ctl, &oxcd.endpoint()),
     );
     assert_same(&want, &got, NEWER_THAN_34);
+}
+
+/// With `--client-cert-auth`, a client certificate's common name is the user when a request
+/// carries no token: `root` (the CN of `client.crt`) administers, `san-client` may read `a`.
+const CERTIFICATE_STEPS: &[&str] = &[
+    "user add root:rootpw",
+    "role add root",
+    "user grant-role root root",
+    "user add san-client:pw",
+    "role add r",
+    "role grant-permission r read a",
+    "user grant-role san-client r",
+    "auth enable",
+    "put a 1",
+    "put foo 2",
+    "get foo",
+    "#san get a",
+    "#san get foo",
+    "#san put a 2",
+    "#san --user san-client:pw get a",
+    "#san --user san-client:pw get foo",
+    "#san user list",
+    "user list",
+    "auth disable",
+];
+
+#[tokio::test]
+async fn a_client_certificate_names_the_user_as_in_etcd() {
+    use oxcd_tests::certs::{make_certificates, TlsMember};
+    let dir = tempfile::tempdir().unwrap();
+    make_certificates(dir.path());
+    let file = |name: &str| dir.path().join(name).display().to_string();
+    let as_cert = |cert: &str| {
+        vec![
+            format!("--cacert={}", file("ca.crt")),
+            format!("--cert={}", file(&format!("{cert}.crt"))),
+            format!("--key={}", file(&format!("{cert}.key"))),
+        ]
+    };
+    let run = |endpoint: &str| {
+        let mut out = Vec::new();
+        for named in CERTIFICATE_STEPS {
+            let (cert, step) = match named.strip_prefix("#san ") {
+                Some(step) => ("client-san", step),
+                None => ("client", *named),
+            };
+            let printed = run_steps(&etcdctl37(), endpoint, &as_cert(cert), &[step]);
+            out.extend(printed.into_iter().map(|(_, o)| (named.to_string(), o)));
+        }
+        out
+    };
+    let etcd = TlsMember::start(&oxcd_tests::etcd37_bin(), dir.path());
+    let oxcd = TlsMember::start(&oxcd_tests::oxcd_bin(), dir.path());
+    for member in [&etcd, &oxcd] {
+        oxcd_tests::certs::wait_for_handshake(
+            dir.path(),
+            member.client_port,
+            "client",
+            Duration::from_secs(20),
+        )
+        .await;
+    }
+    let (want, got) = (run(&etcd.endpoint), run(&oxcd.endpoint));
+    assert_same(&want, &got, &[]);
+    let printed = |step: &str| &got.iter().find(|(s, _)| s == step).unwrap().1;
+    assert!(printed("put foo 2").starts_with("OK"), "{got:#?}");
+    assert!(printed("get foo").contains("foo\n2"), "{got:#?}");
+    assert!(printed("user list").contains("san-client"), "{got:#?}");
+    assert!(
+        printed("#san get foo").contains("permission denied"),
+        "{got:#?}"
+    );
+    assert!(printed("#san get a").contains("a\n1"), "{got:#?}");
 }
 
 // ---- raw gRPC: the advisories ----
