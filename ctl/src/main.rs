@@ -2,6 +2,7 @@
 //! objects stored under `/registry`.
 
 mod args;
+mod auth;
 mod client;
 mod endpoint;
 mod failure;
@@ -12,6 +13,7 @@ mod lease;
 mod maintenance;
 mod member;
 mod output;
+mod password;
 mod registry;
 mod snapshot;
 mod txn;
@@ -70,6 +72,15 @@ enum Command {
     /// Manages etcd node snapshots
     #[command(subcommand)]
     Snapshot(snapshot::SnapshotCommand),
+    /// User related commands
+    #[command(subcommand)]
+    User(auth::UserCommand),
+    /// Role related commands
+    #[command(subcommand)]
+    Role(auth::RoleCommand),
+    /// Enable or disable authentication
+    #[command(subcommand)]
+    Auth(auth::AuthCommand),
 }
 
 async fn run(cli: Cli) -> CtlResult {
@@ -94,6 +105,9 @@ async fn run(cli: Cli) -> CtlResult {
         }
         Command::Registry(command) => registry::run(&cli.global, command).await,
         Command::Snapshot(command) => snapshot::run(command, &cli.global).await,
+        Command::User(command) => auth::user(global, command).await,
+        Command::Role(command) => auth::role(global, command).await,
+        Command::Auth(command) => auth::auth(global, command).await,
     }
 }
 
