@@ -25,10 +25,12 @@ pub fn ask(prompt: &str) -> Result<String, String> {
     answer
 }
 
-/// speakeasy runs stty with an empty environment (Go's ForkExec without `Env`), so its messages
-/// are never translated.
+/// speakeasy runs `/bin/stty` as `stty` (its messages name it so) with an empty environment (Go's
+/// ForkExec without `Env`), so they are never translated.
 fn stty(setting: &str) -> Result<(), String> {
+    use std::os::unix::process::CommandExt;
     let status = std::process::Command::new("/bin/stty")
+        .arg0("stty")
         .arg(setting)
         .env_clear()
         .status();
