@@ -169,8 +169,10 @@ struct Session {
 
 impl Session {
     /// Checks the format, then connects (and authenticates `--user`), as etcdctl does once a
-    /// command's arguments and any new password are read.
+    /// command's arguments and any new password are read. A `--user` password is asked for
+    /// before the format is looked at, as etcdctl asks (the connection reuses the answer).
     async fn open(global: &GlobalFlags) -> CtlResult<Session> {
+        global.credentials()?;
         let printer = printer_for(&global.write_out, global.hex, false)?;
         let conn = Connection::open(global).await?;
         Ok(Session { printer, conn })

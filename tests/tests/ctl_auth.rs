@@ -437,6 +437,10 @@ fn authentication(s: &mut Sequence) {
     // `--user name` alone: the password is a line of stdin, after a prompt.
     s.input(&["role", "list", "--user", "root"], "rootpw\n");
     s.input(&["role", "list", "--user", "root"], "");
+    s.input(
+        &["role", "list", "--user", "root", "-w", "yaml"],
+        "rootpw\n",
+    );
     // With --password, all of --user is the name.
     s.run(&[
         "role",
