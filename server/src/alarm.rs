@@ -200,13 +200,7 @@ impl Quota {
             member_id: self.member_id,
             alarm: AlarmType::Nospace as i32,
         };
-        if let Err(e) = self
-            .consensus
-            .propose(Command {
-                op: Some(Op::Alarm(raise)),
-            })
-            .await
-        {
+        if let Err(e) = self.consensus.propose(Command::new(Op::Alarm(raise))).await {
             tracing::warn!(error = %e, "raising the NOSPACE alarm failed");
         }
         Err(EtcdError::NoSpace)

@@ -162,12 +162,10 @@ async fn run_revision(retention: i64, store: &MvccStore, consensus: &Consensus) 
 
 /// Proposes a compaction; true when it is done (or was already).
 async fn compact(consensus: &Consensus, revision: i64) -> bool {
-    let command = Command {
-        op: Some(Op::Compaction(CompactionRequest {
-            revision,
-            physical: false,
-        })),
-    };
+    let command = Command::new(Op::Compaction(CompactionRequest {
+        revision,
+        physical: false,
+    }));
     match consensus.propose(command).await {
         Ok(_) | Err(EtcdError::Compacted) => {
             tracing::info!(revision, "auto compaction");

@@ -8,6 +8,8 @@
 //!   owns it, and each contender waits until every older key has been deleted.
 //!
 //! A Lock or Campaign whose caller goes away while waiting deletes its key, as etcd's does.
+//! Every operation runs as the caller (etcd's services use an in-process client that forwards
+//! the caller's token), so it needs read and write permission on `<name>/`.
 
 use std::sync::Arc;
 
@@ -22,6 +24,7 @@ use oxcd_proto::etcdserverpb::{
 use oxcd_proto::mvccpb::KeyValue;
 use oxcd_proto::v3electionpb::LeaderKey;
 
+use crate::auth::AuthInfo;
 use crate::error::EtcdError;
 use crate::kv::KvService;
 use crate::lease::LeaseService;
@@ -53,6 +56,7 @@ struct Entry {
 /// dropped) or the wait failed, so it must not hold the lock later.
 struct Withdrawal {
     kv: Arc<KvService>,
+    who: AuthInfo,
     key: Option<Vec<u8>>,
 }
 
@@ -65,9 +69,9 @@ impl Withdrawal {
 impl Drop for Withdrawal {
     fn drop(&mut self) {
         if let Some(key) = self.key.take() {
-            let kv = self.kv.clone();
+            let (kv, who) = (self.kv.clone(), std::mem::take(&mut self.who));
             tokio::spawn(async move {
-                let _ = kv.delete_range(delete(key)).await;
+                let _ = kv.delete_range(&who, delete(key)).await;
             });
         }
     }
@@ -89,11 +93,12 @@ impl Contention {
     /// Lock: waits until this lease's key under `name` is the oldest; returns it.
     pub async fn lock(
         &self,
+        who: &AuthInfo,
         name: &[u8],
         lease: i64,
     ) -> Result<(Vec<u8>, Option<ResponseHeader>), EtcdError> {
         let prefix = with_slash(name);
-        let entry = self.enter(&prefix, lease, Vec::new()).await?;
+        let entry = self.enter(who, &prefix, lease, Vec::new()).await?;
         let owns = entry
             .owner
             .as_ref()
@@ -101,41 +106,46 @@ impl Contention {
         if owns {
             return Ok((entry.key, entry.header));
         }
-        let withdrawal = self.withdrawal(&entry.key);
-        let header = self.wait_turn(&prefix, entry.create_revision).await?;
+        let withdrawal = self.withdrawal(who, &entry.key);
+        let header = self.wait_turn(who, &prefix, entry.create_revision).await?;
         // etcd 3.5: the key may have gone with its lease while waiting.
-        if self.get(&entry.key).await?.is_none() {
+        if self.get(who, &entry.key).await?.is_none() {
             return Err(EtcdError::SessionExpired);
         }
         withdrawal.disarm();
         Ok((entry.key, Some(header)))
     }
 
-    pub async fn unlock(&self, key: Vec<u8>) -> Result<Option<ResponseHeader>, EtcdError> {
-        Ok(self.kv.delete_range(delete(key)).await?.header)
+    pub async fn unlock(
+        &self,
+        who: &AuthInfo,
+        key: Vec<u8>,
+    ) -> Result<Option<ResponseHeader>, EtcdError> {
+        Ok(self.kv.delete_range(who, delete(key)).await?.header)
     }
 
     /// Campaign: joins the election with `value` (proclaiming it if this lease was already a
     /// candidate with another value) and waits until it leads.
     pub async fn campaign(
         &self,
+        who: &AuthInfo,
         name: &[u8],
         lease: i64,
         value: Vec<u8>,
     ) -> Result<(LeaderKey, Option<ResponseHeader>), EtcdError> {
         let prefix = with_slash(name);
-        let entry = self.enter(&prefix, lease, value.clone()).await?;
+        let entry = self.enter(who, &prefix, lease, value.clone()).await?;
         let leader = LeaderKey {
             name: name.to_vec(),
             key: entry.key.clone(),
             rev: entry.create_revision,
             lease,
         };
-        let withdrawal = self.withdrawal(&entry.key);
+        let withdrawal = self.withdrawal(who, &entry.key);
         if entry.existing_value.is_some_and(|v| v != value) {
-            self.proclaim(&leader, value).await?;
+            self.proclaim(who, &leader, value).await?;
         }
-        self.wait_turn(&prefix, entry.create_revision).await?;
+        self.wait_turn(who, &prefix, entry.create_revision).await?;
         withdrawal.disarm();
         Ok((leader, entry.header))
     }
@@ -143,6 +153,7 @@ impl Contention {
     /// Proclaim: a new value from the leader, refused unless `leader` still leads.
     pub async fn proclaim(
         &self,
+        who: &AuthInfo,
         leader: &LeaderKey,
         value: Vec<u8>,
     ) -> Result<Option<ResponseHeader>, EtcdError> {
@@ -152,7 +163,7 @@ impl Contention {
             lease: leader.lease,
             ..Default::default()
         });
-        let resp = self.if_still_leads(leader, put).await?;
+        let resp = self.if_still_leads(who, leader, put).await?;
         if !resp.succeeded {
             return Err(EtcdError::ElectionNotLeader);
         }
@@ -160,17 +171,25 @@ impl Contention {
     }
 
     /// Resign: gives leadership up; a leader that no longer leads has nothing to give up.
-    pub async fn resign(&self, leader: &LeaderKey) -> Result<Option<ResponseHeader>, EtcdError> {
+    pub async fn resign(
+        &self,
+        who: &AuthInfo,
+        leader: &LeaderKey,
+    ) -> Result<Option<ResponseHeader>, EtcdError> {
         let delete = Request::RequestDeleteRange(delete(leader.key.clone()));
-        Ok(self.if_still_leads(leader, delete).await?.header)
+        Ok(self.if_still_leads(who, leader, delete).await?.header)
     }
 
     /// Leader: the oldest candidate's key and value.
     pub async fn leader(
         &self,
+        who: &AuthInfo,
         name: &[u8],
     ) -> Result<(KeyValue, Option<ResponseHeader>), EtcdError> {
-        let resp = self.kv.range(oldest_request(&with_slash(name))).await?;
+        let resp = self
+            .kv
+            .range(who, oldest_request(&with_slash(name)))
+            .await?;
         let owner = resp.kvs.into_iter().next();
         Ok((owner.ok_or(EtcdError::ElectionNoLeader)?, resp.header))
     }
@@ -179,13 +198,14 @@ impl Contention {
     /// same key); without a leader, waits for one.
     pub async fn next_leader(
         &self,
+        who: &AuthInfo,
         name: &[u8],
         last: Option<&KeyValue>,
     ) -> Result<(KeyValue, Option<ResponseHeader>), EtcdError> {
         let prefix = with_slash(name);
         let end = prefix_end(&prefix);
         loop {
-            let resp = self.kv.range(oldest_request(&prefix)).await?;
+            let resp = self.kv.range(who, oldest_request(&prefix)).await?;
             let revision = resp.header.as_ref().map_or(0, |h| h.revision);
             match resp.kvs.into_iter().next() {
                 Some(leader)
@@ -205,14 +225,20 @@ impl Contention {
 
     /// Puts this lease's key unless it exists (then reads it), and reads the current owner,
     /// in one transaction. Without a lease, etcd's session grants one.
-    async fn enter(&self, prefix: &[u8], lease: i64, value: Vec<u8>) -> Result<Entry, EtcdError> {
+    async fn enter(
+        &self,
+        who: &AuthInfo,
+        prefix: &[u8],
+        lease: i64,
+        value: Vec<u8>,
+    ) -> Result<Entry, EtcdError> {
         let lease = match lease {
             0 => {
                 let grant = LeaseGrantRequest {
                     ttl: SESSION_TTL,
                     id: 0,
                 };
-                self.leases.grant(grant).await?.id
+                self.leases.grant(who, grant).await?.id
             }
             lease => lease,
         };
@@ -243,7 +269,7 @@ impl Contention {
                 owner,
             ],
         };
-        let resp = self.kv.txn(txn).await?;
+        let resp = self.kv.txn(who, txn).await?;
         let range = |i: usize| match resp.responses.get(i).and_then(|r| r.response.as_ref()) {
             Some(Response::ResponseRange(r)) => r.kvs.first().cloned(),
             _ => None,
@@ -267,11 +293,12 @@ impl Contention {
     /// etcd's `waitDeletes`: until no key under `prefix` is older than `create_revision`.
     async fn wait_turn(
         &self,
+        who: &AuthInfo,
         prefix: &[u8],
         create_revision: i64,
     ) -> Result<ResponseHeader, EtcdError> {
         loop {
-            let (older, header) = self.newest_older_than(prefix, create_revision).await?;
+            let (older, header) = self.newest_older_than(who, prefix, create_revision).await?;
             let Some(older) = older else {
                 return Ok(header.unwrap_or_default());
             };
@@ -284,6 +311,7 @@ impl Contention {
     /// The youngest key under `prefix` created before `create_revision`.
     async fn newest_older_than(
         &self,
+        who: &AuthInfo,
         prefix: &[u8],
         create_revision: i64,
     ) -> Result<(Option<KeyValue>, Option<ResponseHeader>), EtcdError> {
@@ -292,22 +320,26 @@ impl Contention {
             max_create_revision: create_revision - 1,
             ..oldest_request(prefix)
         };
-        let resp = self.kv.range(request).await?;
+        let resp = self.kv.range(who, request).await?;
         Ok((resp.kvs.into_iter().next(), resp.header))
     }
 
-    async fn get(&self, key: &[u8]) -> Result<Option<KeyValue>, EtcdError> {
+    async fn get(&self, who: &AuthInfo, key: &[u8]) -> Result<Option<KeyValue>, EtcdError> {
         let resp = self
             .kv
-            .range(RangeRequest {
-                key: key.to_vec(),
-                ..Default::default()
-            })
+            .range(
+                who,
+                RangeRequest {
+                    key: key.to_vec(),
+                    ..Default::default()
+                },
+            )
             .await?;
         Ok(resp.kvs.into_iter().next())
     }
 
-    /// Waits for an event in `range` from `start_revision` on (deletions only, if asked).
+    /// Waits for an event in `range` from `start_revision` on (deletions only, if asked). The
+    /// caller has just read the range, so its read permission is checked.
     async fn next_event(
         &self,
         range: KeyRange,
@@ -345,21 +377,26 @@ impl Contention {
     /// `op` in a transaction that holds only while `leader`'s key is the one that campaigned.
     async fn if_still_leads(
         &self,
+        who: &AuthInfo,
         leader: &LeaderKey,
         op: Request,
     ) -> Result<oxcd_proto::etcdserverpb::TxnResponse, EtcdError> {
         self.kv
-            .txn(TxnRequest {
-                compare: vec![create_revision_is(&leader.key, leader.rev)],
-                success: vec![RequestOp { request: Some(op) }],
-                failure: Vec::new(),
-            })
+            .txn(
+                who,
+                TxnRequest {
+                    compare: vec![create_revision_is(&leader.key, leader.rev)],
+                    success: vec![RequestOp { request: Some(op) }],
+                    failure: Vec::new(),
+                },
+            )
             .await
     }
 
-    fn withdrawal(&self, key: &[u8]) -> Withdrawal {
+    fn withdrawal(&self, who: &AuthInfo, key: &[u8]) -> Withdrawal {
         Withdrawal {
             kv: self.kv.clone(),
+            who: who.clone(),
             key: Some(key.to_vec()),
         }
     }

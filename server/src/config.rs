@@ -151,6 +151,16 @@ pub struct Config {
     /// How much history automatic compaction keeps; 0 turns it off.
     #[arg(long, env = "ETCD_AUTO_COMPACTION_RETENTION", default_value = "0")]
     pub auto_compaction_retention: String,
+
+    /// `simple`, or `jwt,pub-key=<path>,priv-key=<path>,sign-method=<RS256…>,ttl=<duration>`.
+    #[arg(long, env = "ETCD_AUTH_TOKEN", default_value = "simple")]
+    pub auth_token: String,
+    /// Seconds a simple token lives unless used.
+    #[arg(long, env = "ETCD_AUTH_TOKEN_TTL", default_value_t = 300)]
+    pub auth_token_ttl: u64,
+    /// bcrypt cost of stored passwords (4–31; etcd falls back to 10 outside that range).
+    #[arg(long, env = "ETCD_BCRYPT_COST", default_value_t = crate::auth::DEFAULT_BCRYPT_COST)]
+    pub bcrypt_cost: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -229,6 +239,25 @@ impl Config {
             2 << 30
         } else {
             self.quota_backend_bytes
+        }
+    }
+
+    /// `--auth-token` and `--auth-token-ttl`, or why they are refused.
+    pub fn auth_tokens(&self) -> anyhow::Result<crate::auth::TokenConfig> {
+        crate::auth::TokenConfig::parse(&self.auth_token, Duration::from_secs(self.auth_token_ttl))
+    }
+
+    /// `--bcrypt-cost`; etcd warns and uses its default outside bcrypt's range.
+    pub fn bcrypt_cost(&self) -> u32 {
+        if (4..=31).contains(&self.bcrypt_cost) {
+            self.bcrypt_cost
+        } else {
+            tracing::warn!(
+                given = self.bcrypt_cost,
+                default = crate::auth::DEFAULT_BCRYPT_COST,
+                "use default bcrypt cost instead of the invalid given cost"
+            );
+            crate::auth::DEFAULT_BCRYPT_COST
         }
     }
 

@@ -77,6 +77,44 @@ pub enum EtcdError {
     ElectionNoLeader,
     #[error("\"leader\" field must be provided")]
     MissingLeaderKey,
+    // Auth.
+    #[error("etcdserver: root user does not exist")]
+    RootUserNotExist,
+    #[error("etcdserver: root user does not have root role")]
+    RootRoleNotExist,
+    #[error("etcdserver: user name already exists")]
+    UserAlreadyExists,
+    #[error("etcdserver: user name is empty")]
+    UserEmpty,
+    #[error("etcdserver: user name not found")]
+    UserNotFound,
+    #[error("etcdserver: role name already exists")]
+    RoleAlreadyExists,
+    #[error("etcdserver: role name not found")]
+    RoleNotFound,
+    #[error("etcdserver: role name is empty")]
+    RoleEmpty,
+    #[error("etcdserver: authentication failed, invalid user ID or password")]
+    AuthFailed,
+    #[error("etcdserver: permission not given")]
+    PermissionNotGiven,
+    #[error("etcdserver: permission denied")]
+    PermissionDenied,
+    #[error("etcdserver: role is not granted to the user")]
+    RoleNotGranted,
+    #[error("etcdserver: permission is not granted to the role")]
+    PermissionNotGranted,
+    #[error("etcdserver: authentication is not enabled")]
+    AuthNotEnabled,
+    #[error("etcdserver: invalid auth token")]
+    InvalidAuthToken,
+    #[error("etcdserver: invalid auth management")]
+    InvalidAuthMgmt,
+    #[error("etcdserver: revision of auth store is old")]
+    AuthOldRevision,
+    /// etcd has no gRPC form for this one: it reaches clients as a plain Go error (code Unknown).
+    #[error("auth: authentication failed, password was given for no password user")]
+    NoPasswordUser,
 }
 
 impl EtcdError {
@@ -96,9 +134,15 @@ impl EtcdError {
             }
             Corrupt => Code::DataLoss,
             CompactionFailed => Code::Internal,
-            SessionExpired | ElectionNotLeader | ElectionNoLeader | MissingLeaderKey => {
-                Code::Unknown
-            }
+            SessionExpired | ElectionNotLeader | ElectionNoLeader | MissingLeaderKey
+            | NoPasswordUser => Code::Unknown,
+            RootUserNotExist | RootRoleNotExist | UserAlreadyExists | UserNotFound
+            | RoleAlreadyExists | RoleNotFound | RoleNotGranted | PermissionNotGranted
+            | AuthNotEnabled => Code::FailedPrecondition,
+            UserEmpty | RoleEmpty | AuthFailed | PermissionNotGiven | InvalidAuthMgmt
+            | AuthOldRevision => Code::InvalidArgument,
+            PermissionDenied => Code::PermissionDenied,
+            InvalidAuthToken => Code::Unauthenticated,
         }
     }
 
@@ -116,7 +160,7 @@ impl EtcdError {
     }
 }
 
-const ALL: [EtcdError; 34] = {
+const ALL: [EtcdError; 52] = {
     use EtcdError::*;
     [
         EmptyKey,
@@ -153,6 +197,24 @@ const ALL: [EtcdError; 34] = {
         ElectionNoLeader,
         MissingLeaderKey,
         CompactionFailed,
+        RootUserNotExist,
+        RootRoleNotExist,
+        UserAlreadyExists,
+        UserEmpty,
+        UserNotFound,
+        RoleAlreadyExists,
+        RoleNotFound,
+        RoleEmpty,
+        AuthFailed,
+        PermissionNotGiven,
+        PermissionDenied,
+        RoleNotGranted,
+        PermissionNotGranted,
+        AuthNotEnabled,
+        InvalidAuthToken,
+        InvalidAuthMgmt,
+        AuthOldRevision,
+        NoPasswordUser,
     ]
 };
 

@@ -5,6 +5,7 @@
 
 pub mod alarm;
 pub mod api;
+pub mod auth;
 mod authority;
 pub mod auto_compaction;
 pub mod cluster;

@@ -10,8 +10,8 @@ use anyhow::{bail, Context};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
 use oxcd_proto::etcdserverpb::{
-    cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
-    maintenance_server::MaintenanceServer, watch_server::WatchServer,
+    auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
+    lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
 use oxcd_proto::peerpb::{
     discovery_client::DiscoveryClient, discovery_server::DiscoveryServer, peer_server::PeerServer,
@@ -30,10 +30,11 @@ use tonic::transport::ClientTlsConfig;
 
 use crate::alarm::{Alarms, Quota};
 use crate::api::{
-    ClientRoutes, ClusterApi, ClusterCheck, DiscoveryApi, ElectionApi, GrpcWire, HeaderFiller,
-    KvApi, LeaderGuard, LeaderMonitor, LearnerGate, LeaseApi, LockApi, MaintenanceApi, PeerApi,
-    WatchApi,
+    AuthApi, CertificateName, ClientRoutes, ClusterApi, ClusterCheck, DiscoveryApi, ElectionApi,
+    GrpcWire, HeaderFiller, KvApi, LeaderGuard, LeaderMonitor, LearnerGate, LeaseApi, LockApi,
+    MaintenanceApi, PeerApi, WatchApi,
 };
+use crate::auth::{AuthService, AuthStore};
 use crate::authority::{AuthorityFix, Http2Limits};
 use crate::cluster;
 use crate::concurrency::Contention;
@@ -84,6 +85,7 @@ pub struct Node {
 impl Node {
     pub async fn start(config: &Config) -> anyhow::Result<Node> {
         let auto_compaction = config.auto_compaction()?;
+        let tokens = config.auth_tokens()?;
         let gates = &config.feature_gates;
         let tls = crate::tls::client_acceptor(config)?;
         let peer_tls = crate::tls::peer_acceptor(config)?;
@@ -133,6 +135,7 @@ impl Node {
                 + 2 * Duration::from_millis(config.election_timeout),
         };
         let alarms = Arc::new(Alarms::load(&engine)?);
+        let auth_store = Arc::new(AuthStore::load(&engine, tokens)?);
         let lessor = Arc::new(Lessor::new(
             min_lease_ttl(config.heartbeat_interval, config.election_timeout),
             crate::lease::load_stored(&engine)?,
@@ -153,6 +156,7 @@ impl Node {
                     lessor: lessor.clone(),
                     watches: watches.clone(),
                     alarms: alarms.clone(),
+                    auth: auth_store.clone(),
                 },
                 bootstrap,
                 peers,
@@ -177,16 +181,25 @@ impl Node {
                 Box::new(move || store.current_revision())
             },
         });
+        let auth = Arc::new(AuthService::new(
+            auth_store.clone(),
+            consensus.clone(),
+            config.bcrypt_cost(),
+            config.client_cert_auth.unwrap_or(false),
+        ));
         let kv = Arc::new(KvService::new(
             store.clone(),
             consensus.clone(),
             quota.clone(),
+            auth_store.clone(),
+            lessor.clone(),
             config.max_txn_ops,
         ));
         let leases = LeaseService::start(
             lessor,
             consensus.clone(),
             quota,
+            auth_store,
             member_id,
             gates.enabled("FastLeaseKeepAlive"),
         );
@@ -284,6 +297,7 @@ impl Node {
                     KvServer,
                     KvApi {
                         kv: kv.clone(),
+                        auth: auth.clone(),
                         header: header.clone()
                     }
                 ))
@@ -291,6 +305,7 @@ impl Node {
                     LeaseServer,
                     LeaseApi {
                         leases: leases.clone(),
+                        auth: auth.clone(),
                         header: header.clone(),
                         leader: leader_monitor.clone(),
                     }
@@ -299,6 +314,7 @@ impl Node {
                     WatchServer,
                     WatchApi {
                         hub: watches.clone(),
+                        auth: auth.clone(),
                         header: header.clone(),
                         leader: leader_monitor.clone(),
                     }
@@ -307,6 +323,7 @@ impl Node {
                     LockServer,
                     LockApi {
                         contention: contention.clone(),
+                        auth: auth.clone(),
                         header: header.clone()
                     }
                 ))
@@ -314,6 +331,7 @@ impl Node {
                     ElectionServer,
                     ElectionApi {
                         contention: contention.clone(),
+                        auth: auth.clone(),
                         header: header.clone()
                     }
                 ))
@@ -321,6 +339,7 @@ impl Node {
                     ClusterServer,
                     ClusterApi {
                         consensus: consensus.clone(),
+                        auth: auth.clone(),
                         header: header.clone()
                     }
                 ))
@@ -334,8 +353,16 @@ impl Node {
                         consensus: consensus.clone(),
                         store: store.clone(),
                         alarms: alarms.clone(),
+                        auth: auth.clone(),
                         header: header.clone(),
                         quota_bytes: config.quota_bytes(),
+                    }
+                ))
+                .add_service(service!(
+                    AuthServer,
+                    AuthApi {
+                        auth: auth.clone(),
+                        header: header.clone(),
                     }
                 ));
             let acceptor = if url.starts_with("https://") {
@@ -683,19 +710,32 @@ async fn serve_grpc<S>(
                     }
                 };
                 let _ = tcp.set_nodelay(true);
-                let (http2, service, tls) = (http2.clone(), TowerToHyperService::new(service.clone()), tls.clone());
+                let (http2, service, tls) = (http2.clone(), service.clone(), tls.clone());
                 // The TLS handshake runs in the connection's task so a slow client cannot hold
                 // up accepting others.
                 connections.spawn(async move {
                     let served = match tls {
                         Some(tls) => match tls.accept(tcp).await {
-                            Ok(stream) => http2.serve_connection(TokioIo::new(AuthorityFix::new(stream, HTTP2_LIMITS)), service).await,
+                            Ok(stream) => {
+                                let name = stream
+                                    .get_ref()
+                                    .1
+                                    .peer_certificates()
+                                    .and_then(|chain| chain.first())
+                                    .and_then(crate::tls::common_name)
+                                    .map(|cn| CertificateName(cn.into()));
+                                let service = TowerToHyperService::new(WithCertificate { inner: service, name });
+                                http2.serve_connection(TokioIo::new(AuthorityFix::new(stream, HTTP2_LIMITS)), service).await
+                            }
                             Err(e) => {
                                 tracing::debug!(%peer, error = %e, "TLS handshake failed");
                                 return;
                             }
                         },
-                        None => http2.serve_connection(TokioIo::new(AuthorityFix::new(tcp, HTTP2_LIMITS)), service).await,
+                        None => {
+                            let service = TowerToHyperService::new(WithCertificate { inner: service, name: None });
+                            http2.serve_connection(TokioIo::new(AuthorityFix::new(tcp, HTTP2_LIMITS)), service).await
+                        }
                     };
                     if let Err(e) = served {
                         tracing::debug!(%peer, error = %e, "client connection ended");
@@ -711,6 +751,36 @@ async fn serve_grpc<S>(
         while connections.join_next().await.is_some() {}
     })
     .await;
+}
+
+/// Puts the name in a connection's client certificate on each of its requests.
+#[derive(Clone)]
+struct WithCertificate<S> {
+    inner: S,
+    name: Option<CertificateName>,
+}
+
+impl<S, B> tonic::codegen::Service<http::Request<B>> for WithCertificate<S>
+where
+    S: tonic::codegen::Service<http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> S::Future {
+        if let Some(name) = &self.name {
+            req.extensions_mut().insert(name.clone());
+        }
+        self.inner.call(req)
+    }
 }
 
 async fn bind(url: &str) -> anyhow::Result<TcpListener> {

@@ -7,12 +7,15 @@ use oxcd_proto::etcdserverpb::{
 };
 use tonic::{Request, Response, Status};
 
-use super::HeaderFiller;
+use super::{require_admin, require_user, HeaderFiller};
+use crate::auth::AuthService;
 use crate::error::EtcdError;
 use crate::raft::{new_member_id, Consensus, MemberChange, MemberInfo};
 
+/// Membership changes are the root role's while auth is on; listing needs a caller.
 pub struct ClusterApi {
     pub consensus: Arc<Consensus>,
+    pub auth: Arc<AuthService>,
     pub header: Arc<HeaderFiller>,
 }
 
@@ -75,6 +78,7 @@ impl Cluster for ClusterApi {
         &self,
         req: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
+        require_admin(&self.auth, &req).await?;
         let r = req.into_inner();
         let added = async {
             crate::cluster::validate_peer_urls(&r.peer_ur_ls)
@@ -101,6 +105,7 @@ impl Cluster for ClusterApi {
         &self,
         req: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
+        require_admin(&self.auth, &req).await?;
         let id = req.into_inner().id;
         respond!(self, async {
             let members = self.change(MemberChange::Remove { id }).await?;
@@ -115,6 +120,7 @@ impl Cluster for ClusterApi {
         &self,
         req: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
+        require_admin(&self.auth, &req).await?;
         let r = req.into_inner();
         respond!(self, async {
             crate::cluster::validate_peer_urls(&r.peer_ur_ls)
@@ -135,6 +141,7 @@ impl Cluster for ClusterApi {
         &self,
         req: Request<MemberListRequest>,
     ) -> Result<Response<MemberListResponse>, Status> {
+        require_user(&self.auth, &req).await?;
         let linearizable = req.into_inner().linearizable;
         respond!(self, async {
             if linearizable {
@@ -152,6 +159,7 @@ impl Cluster for ClusterApi {
         &self,
         req: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
+        require_admin(&self.auth, &req).await?;
         let id = req.into_inner().id;
         respond!(self, async {
             let members = self.change(MemberChange::Promote { id }).await?;

@@ -7,12 +7,14 @@ use oxcd_proto::v3electionpb::{
 use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status};
 
-use super::{unknown_code, HeaderFiller};
+use super::{caller, unknown_code, unknown_status, HeaderFiller};
+use crate::auth::AuthService;
 use crate::concurrency::Contention;
 use crate::error::EtcdError;
 
 pub struct ElectionApi {
     pub contention: Arc<Contention>,
+    pub auth: Arc<AuthService>,
     pub header: Arc<HeaderFiller>,
 }
 
@@ -26,11 +28,12 @@ impl Election for ElectionApi {
         &self,
         req: Request<CampaignRequest>,
     ) -> Result<Response<CampaignResponse>, Status> {
+        let who = caller(&self.auth, &req).await.map_err(unknown_status)?;
         let r = req.into_inner();
         respond!(self, async {
             let (leader, header) = self
                 .contention
-                .campaign(&r.name, r.lease, r.value)
+                .campaign(&who, &r.name, r.lease, r.value)
                 .await
                 .map_err(unknown_code)?;
             Ok::<_, Status>(CampaignResponse {
@@ -44,12 +47,13 @@ impl Election for ElectionApi {
         &self,
         req: Request<ProclaimRequest>,
     ) -> Result<Response<ProclaimResponse>, Status> {
+        let who = caller(&self.auth, &req).await.map_err(unknown_status)?;
         let r = req.into_inner();
         respond!(self, async {
             let leader = leader_key(r.leader).map_err(unknown_code)?;
             let header = self
                 .contention
-                .proclaim(&leader, r.value)
+                .proclaim(&who, &leader, r.value)
                 .await
                 .map_err(unknown_code)?;
             Ok::<_, Status>(ProclaimResponse { header })
@@ -60,9 +64,14 @@ impl Election for ElectionApi {
         &self,
         req: Request<LeaderRequest>,
     ) -> Result<Response<LeaderResponse>, Status> {
+        let who = caller(&self.auth, &req).await.map_err(unknown_status)?;
         let name = req.into_inner().name;
         respond!(self, async {
-            let (kv, header) = self.contention.leader(&name).await.map_err(unknown_code)?;
+            let (kv, header) = self
+                .contention
+                .leader(&who, &name)
+                .await
+                .map_err(unknown_code)?;
             Ok::<_, Status>(LeaderResponse {
                 header,
                 kv: Some(kv),
@@ -74,6 +83,7 @@ impl Election for ElectionApi {
         &self,
         req: Request<LeaderRequest>,
     ) -> Result<Response<BoxStream<LeaderResponse>>, Status> {
+        let who = caller(&self.auth, &req).await.map_err(unknown_status)?;
         let name = req.into_inner().name;
         let contention = self.contention.clone();
         let filler = self.header.clone();
@@ -81,7 +91,7 @@ impl Election for ElectionApi {
         tokio::spawn(async move {
             let mut last = None;
             loop {
-                let sent = match contention.next_leader(&name, last.as_ref()).await {
+                let sent = match contention.next_leader(&who, &name, last.as_ref()).await {
                     Ok((kv, mut header)) => {
                         filler.fill(&mut header);
                         last = Some(kv.clone());
@@ -110,12 +120,13 @@ impl Election for ElectionApi {
         &self,
         req: Request<ResignRequest>,
     ) -> Result<Response<ResignResponse>, Status> {
+        let who = caller(&self.auth, &req).await.map_err(unknown_status)?;
         let r = req.into_inner();
         respond!(self, async {
             let leader = leader_key(r.leader).map_err(unknown_code)?;
             let header = self
                 .contention
-                .resign(&leader)
+                .resign(&who, &leader)
                 .await
                 .map_err(unknown_code)?;
             Ok::<_, Status>(ResignResponse { header })

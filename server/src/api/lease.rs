@@ -9,11 +9,13 @@ use tokio_stream::StreamExt;
 use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{HeaderFiller, LeaderMonitor};
+use super::{caller, Credentials, HeaderFiller, LeaderMonitor};
+use crate::auth::AuthService;
 use crate::lease::LeaseService;
 
 pub struct LeaseApi {
     pub leases: Arc<LeaseService>,
+    pub auth: Arc<AuthService>,
     pub header: Arc<HeaderFiller>,
     pub leader: LeaderMonitor,
 }
@@ -24,27 +26,34 @@ impl Lease for LeaseApi {
         &self,
         req: Request<LeaseGrantRequest>,
     ) -> Result<Response<LeaseGrantResponse>, Status> {
-        respond!(self, self.leases.grant(req.into_inner()))
+        let who = caller(&self.auth, &req).await?;
+        respond!(self, self.leases.grant(&who, req.into_inner()))
     }
 
     async fn lease_revoke(
         &self,
         req: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
-        respond!(self, self.leases.revoke(req.into_inner()))
+        let who = caller(&self.auth, &req).await?;
+        respond!(self, self.leases.revoke(&who, req.into_inner()))
     }
 
     async fn lease_keep_alive(
         &self,
         req: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<BoxStream<LeaseKeepAliveResponse>>, Status> {
-        let leases = self.leases.clone();
+        let (leases, auth) = (self.leases.clone(), self.auth.clone());
         let header = self.header.clone();
         let metadata = req.metadata().clone();
+        let credentials = Credentials::of(&req);
         let responses = req.into_inner().then(move |r| {
-            let (leases, header) = (leases.clone(), header.clone());
+            let (leases, auth, header) = (leases.clone(), auth.clone(), header.clone());
+            let credentials = credentials.clone();
             async move {
-                let mut resp = leases.keep_alive(r?.id).await.map_err(Status::from)?;
+                let id = r?.id;
+                // Each keep-alive is checked as etcd checks it (checkLeaseRenew).
+                let who = credentials.identify(&auth).await?;
+                let mut resp = leases.keep_alive(&who, id).await.map_err(Status::from)?;
                 header.fill(&mut resp.header);
                 Ok(resp)
             }
@@ -58,13 +67,15 @@ impl Lease for LeaseApi {
         &self,
         req: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
-        respond!(self, self.leases.time_to_live(req.into_inner()))
+        let who = caller(&self.auth, &req).await?;
+        respond!(self, self.leases.time_to_live(&who, req.into_inner()))
     }
 
     async fn lease_leases(
         &self,
-        _req: Request<LeaseLeasesRequest>,
+        req: Request<LeaseLeasesRequest>,
     ) -> Result<Response<LeaseLeasesResponse>, Status> {
-        respond!(self, self.leases.leases())
+        let who = caller(&self.auth, &req).await?;
+        respond!(self, self.leases.leases(&who))
     }
 }

@@ -5,22 +5,25 @@ use oxcd_proto::v3lockpb::{
 };
 use tonic::{Request, Response, Status};
 
-use super::{unknown_code, HeaderFiller};
+use super::{caller, unknown_code, unknown_status, HeaderFiller};
+use crate::auth::AuthService;
 use crate::concurrency::Contention;
 
 pub struct LockApi {
     pub contention: Arc<Contention>,
+    pub auth: Arc<AuthService>,
     pub header: Arc<HeaderFiller>,
 }
 
 #[tonic::async_trait]
 impl Lock for LockApi {
     async fn lock(&self, req: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
+        let who = caller(&self.auth, &req).await.map_err(unknown_status)?;
         let r = req.into_inner();
         respond!(self, async {
             let (key, header) = self
                 .contention
-                .lock(&r.name, r.lease)
+                .lock(&who, &r.name, r.lease)
                 .await
                 .map_err(unknown_code)?;
             Ok::<_, Status>(LockResponse { header, key })
@@ -31,9 +34,14 @@ impl Lock for LockApi {
         &self,
         req: Request<UnlockRequest>,
     ) -> Result<Response<UnlockResponse>, Status> {
+        let who = caller(&self.auth, &req).await.map_err(unknown_status)?;
         let key = req.into_inner().key;
         respond!(self, async {
-            let header = self.contention.unlock(key).await.map_err(unknown_code)?;
+            let header = self
+                .contention
+                .unlock(&who, key)
+                .await
+                .map_err(unknown_code)?;
             Ok::<_, Status>(UnlockResponse { header })
         })
     }

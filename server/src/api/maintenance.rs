@@ -9,8 +9,9 @@ use oxcd_proto::etcdserverpb::{
 use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status};
 
-use super::HeaderFiller;
+use super::{require_admin, require_user, HeaderFiller};
 use crate::alarm::Alarms;
+use crate::auth::AuthService;
 use crate::error::EtcdError;
 use crate::mvcc::MvccStore;
 use crate::raft::{Command, Consensus, Op, Outcomes};
@@ -28,6 +29,7 @@ pub struct MaintenanceApi {
     pub consensus: Arc<Consensus>,
     pub store: Arc<MvccStore>,
     pub alarms: Arc<Alarms>,
+    pub auth: Arc<AuthService>,
     pub header: Arc<HeaderFiller>,
     pub quota_bytes: u64,
 }
@@ -36,8 +38,9 @@ pub struct MaintenanceApi {
 impl Maintenance for MaintenanceApi {
     async fn status(
         &self,
-        _req: Request<StatusRequest>,
+        req: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
+        require_user(&self.auth, &req).await?;
         let raft = self.consensus.status();
         let mut resp = StatusResponse {
             version: crate::ETCD_VERSION.to_string(),
@@ -69,7 +72,12 @@ impl Maintenance for MaintenanceApi {
         Ok(Response::new(resp))
     }
 
+    /// Reading alarms needs a caller, changing them the root role (etcd 3.6+).
     async fn alarm(&self, req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+        match AlarmAction::try_from(req.get_ref().action) {
+            Ok(AlarmAction::Get) | Err(_) => require_user(&self.auth, &req).await?,
+            Ok(_) => require_admin(&self.auth, &req).await?,
+        }
         let req = req.into_inner();
         let mut resp = match AlarmAction::try_from(req.action) {
             Ok(AlarmAction::Get) | Err(_) => AlarmResponse {
@@ -78,9 +86,7 @@ impl Maintenance for MaintenanceApi {
             },
             Ok(_) => match self
                 .consensus
-                .propose(Command {
-                    op: Some(Op::Alarm(req)),
-                })
+                .propose(Command::new(Op::Alarm(req)))
                 .await
                 .map_err(Status::from)?
             {
@@ -96,6 +102,7 @@ impl Maintenance for MaintenanceApi {
         &self,
         req: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
+        require_admin(&self.auth, &req).await?;
         let store = self.store.clone();
         let rev = req.into_inner().revision;
         let (hash, hash_revision, compact_revision) =
@@ -116,7 +123,8 @@ impl Maintenance for MaintenanceApi {
         Ok(Response::new(resp))
     }
 
-    async fn hash(&self, _req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+    async fn hash(&self, req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        require_admin(&self.auth, &req).await?;
         let engine = self.engine.clone();
         let hash = tokio::task::spawn_blocking(move || engine.checksum(&[Cf::Kv, Cf::Lease]))
             .await
@@ -131,8 +139,9 @@ impl Maintenance for MaintenanceApi {
     /// thread and sent as it is produced.
     async fn snapshot(
         &self,
-        _req: Request<SnapshotRequest>,
+        req: Request<SnapshotRequest>,
     ) -> Result<Response<BoxStream<SnapshotResponse>>, Status> {
+        require_admin(&self.auth, &req).await?;
         let (tx, rx) = tokio::sync::mpsc::channel(SNAPSHOT_CHUNKS_AHEAD);
         let store = self.store.clone();
         // etcd 3.5 puts the header and the storage version on the first message only.
@@ -164,6 +173,7 @@ impl Maintenance for MaintenanceApi {
         &self,
         req: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
+        require_admin(&self.auth, &req).await?;
         // etcd answers MoveLeader and Defragment without a header, and client libraries check.
         let target = req.into_inner().target_id;
         self.consensus
@@ -175,8 +185,9 @@ impl Maintenance for MaintenanceApi {
 
     async fn defragment(
         &self,
-        _req: Request<DefragmentRequest>,
+        req: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
+        require_admin(&self.auth, &req).await?;
         let serving = |status| async move {
             if let Some(health) = &self.defrag_stops_serving {
                 health.set_service_status("", status).await;

@@ -11,6 +11,7 @@ macro_rules! respond {
     }};
 }
 
+mod auth;
 mod cluster;
 mod election;
 mod grpc_wire;
@@ -29,6 +30,7 @@ use tonic::codegen::{http, BoxFuture, Service};
 
 use oxcd_proto::etcdserverpb::ResponseHeader;
 
+pub use auth::AuthApi;
 pub use cluster::ClusterApi;
 pub use election::ElectionApi;
 pub use grpc_wire::{ClientRoutes, GrpcWire};
@@ -40,8 +42,69 @@ pub use maintenance::MaintenanceApi;
 pub use peer::{ClusterCheck, DiscoveryApi, PeerApi};
 pub use watch::WatchApi;
 
+use crate::auth::{AuthInfo, AuthService};
 use crate::error::EtcdError;
 use crate::raft::Consensus;
+
+/// The subject common name of the client certificate a TLS connection presented; the server
+/// puts it on each request of the connection so `--client-cert-auth` can name the caller.
+#[derive(Clone, Debug)]
+pub struct CertificateName(pub Arc<str>);
+
+/// What a request says about its sender: its token metadata (`token`, or `authorization` as
+/// the gateway sends it) and its connection's certificate.
+#[derive(Clone, Default)]
+struct Credentials {
+    token: Option<String>,
+    certificate: Option<Arc<str>>,
+}
+
+impl Credentials {
+    fn of<T>(req: &tonic::Request<T>) -> Credentials {
+        let metadata = req.metadata();
+        let token = metadata
+            .get("token")
+            .or_else(|| metadata.get("authorization"))
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let certificate = req
+            .extensions()
+            .get::<CertificateName>()
+            .map(|c| c.0.clone());
+        Credentials { token, certificate }
+    }
+
+    /// Resolved afresh each time: a stream's token can lapse, or its user lose a role, while
+    /// the stream lives.
+    async fn identify(&self, auth: &AuthService) -> Result<AuthInfo, tonic::Status> {
+        self.resolve(auth).await.map_err(tonic::Status::from)
+    }
+
+    async fn resolve(&self, auth: &AuthService) -> Result<AuthInfo, EtcdError> {
+        auth.identify(self.token.as_deref(), self.certificate.as_deref())
+            .await
+    }
+}
+
+/// With auth on, only the root role may call this (etcd's AuthAdmin.isPermitted).
+async fn require_admin<T>(
+    auth: &AuthService,
+    req: &tonic::Request<T>,
+) -> Result<(), tonic::Status> {
+    let who = caller(auth, req).await?;
+    auth.store().check_admin(&who).map_err(tonic::Status::from)
+}
+
+/// With auth on, a caller must be someone (etcd's requireAuthInfo).
+async fn require_user<T>(auth: &AuthService, req: &tonic::Request<T>) -> Result<(), tonic::Status> {
+    let who = caller(auth, req).await?;
+    auth.store().require_user(&who).map_err(tonic::Status::from)
+}
+
+/// Who sent a request, as the Auth service resolves its credentials.
+async fn caller<T>(auth: &AuthService, req: &tonic::Request<T>) -> Result<AuthInfo, tonic::Status> {
+    Credentials::of(req).identify(auth).await
+}
 
 /// Learners answer only what etcd's learners answer: Status and serializable Range (the
 /// Range service refuses linearizable reads itself, as only it sees the request).
@@ -84,6 +147,11 @@ where
 /// errors back as plain Go errors, which gRPC sends with code Unknown (and etcd's message).
 fn unknown_code(e: EtcdError) -> tonic::Status {
     tonic::Status::unknown(e.to_string())
+}
+
+/// The same for an error already in gRPC form (the caller's identification failed).
+fn unknown_status(s: tonic::Status) -> tonic::Status {
+    tonic::Status::unknown(s.message())
 }
 
 /// Fills the member-level fields of response headers, as etcd's `header.fill` does.

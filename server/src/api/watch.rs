@@ -1,19 +1,24 @@
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use oxcd_proto::etcdserverpb::{
     watch_create_request::FilterType, watch_request::RequestUnion, watch_server::Watch,
     WatchCreateRequest, WatchRequest, WatchResponse,
 };
+use parking_lot::Mutex;
 use tokio_stream::StreamExt;
 use tonic::codegen::BoxStream;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Code, Request, Response, Status, Streaming};
 
-use super::{HeaderFiller, LeaderMonitor};
+use super::{Credentials, HeaderFiller, LeaderMonitor};
+use crate::auth::AuthService;
+use crate::error::EtcdError;
 use crate::mvcc::KeyRange;
 use crate::watch::{WatchHub, WatchOptions};
 
 pub struct WatchApi {
     pub hub: Arc<WatchHub>,
+    pub auth: Arc<AuthService>,
     pub header: Arc<HeaderFiller>,
     pub leader: LeaderMonitor,
 }
@@ -32,6 +37,32 @@ fn options(c: WatchCreateRequest) -> WatchOptions {
     }
 }
 
+/// etcd puts the gRPC error's text (`rpc error: code = … desc = …`) in a refused watch's
+/// cancel reason.
+fn cancel_reason(e: EtcdError) -> String {
+    let code = match e.code() {
+        Code::Unauthenticated => "Unauthenticated",
+        Code::InvalidArgument => "InvalidArgument",
+        _ => "PermissionDenied",
+    };
+    let e = match e.code() {
+        Code::Unauthenticated | Code::InvalidArgument => e,
+        _ => EtcdError::PermissionDenied,
+    };
+    format!("rpc error: code = {code} desc = {e}")
+}
+
+/// The ranges a stream's watches were permitted to read, checked again on their events
+/// whenever the auth state has changed since the last check.
+#[derive(Default)]
+struct Permitted {
+    /// The range of each create request, in order, until its `created` reply names its id
+    /// (None for one refused before it reached the hub).
+    pending: VecDeque<Option<(Vec<u8>, Vec<u8>)>>,
+    ranges: HashMap<i64, (Vec<u8>, Vec<u8>)>,
+    checked_at: u64,
+}
+
 #[tonic::async_trait]
 impl Watch for WatchApi {
     async fn watch(
@@ -39,14 +70,40 @@ impl Watch for WatchApi {
         req: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<BoxStream<WatchResponse>>, Status> {
         let metadata = req.metadata().clone();
+        let credentials = Credentials::of(&req);
         let mut requests = req.into_inner();
         let (stream, responses) = self.hub.open_stream();
+        let remover = stream.remover();
+        let permitted = Arc::new(Mutex::new(Permitted::default()));
+        let (auth, creds, perms) = (self.auth.clone(), credentials.clone(), permitted.clone());
         tokio::spawn(async move {
             // The stream (and its watchers) lives as long as the client keeps sending.
             while let Some(Ok(req)) = requests.next().await {
                 let open = match req.request_union {
-                    Some(RequestUnion::CreateRequest(c)) => stream.create(options(c)).await.is_ok(),
+                    Some(RequestUnion::CreateRequest(mut c)) => {
+                        // etcd checks the range as requested (a missing key is "\0"): the 2026
+                        // advisory was a range end of "\0" checked as a single key.
+                        if c.key.is_empty() {
+                            c.key = vec![0];
+                        }
+                        let allowed = match creds.resolve(&auth).await {
+                            Ok(who) => auth.store().check_range(&who, &c.key, &c.range_end),
+                            Err(e) => Err(e),
+                        };
+                        match allowed {
+                            Ok(()) => {
+                                let range = (c.key.clone(), c.range_end.clone());
+                                perms.lock().pending.push_back(Some(range));
+                                stream.create(options(c)).await.is_ok()
+                            }
+                            Err(e) => {
+                                perms.lock().pending.push_back(None);
+                                stream.refuse(cancel_reason(e)).await.is_ok()
+                            }
+                        }
+                    }
                     Some(RequestUnion::CancelRequest(c)) => {
+                        perms.lock().ranges.remove(&c.watch_id);
                         stream.cancel(c.watch_id).await;
                         true
                     }
@@ -62,12 +119,87 @@ impl Watch for WatchApi {
             }
         });
         let header = self.header.clone();
-        let out = tokio_stream::wrappers::ReceiverStream::new(responses).map(move |mut resp| {
-            header.fill(&mut resp.header);
-            Ok(resp)
-        });
+        let auth = self.auth.clone();
+        let out = tokio_stream::wrappers::ReceiverStream::new(responses)
+            .then(move |resp| {
+                let (auth, credentials, permitted) =
+                    (auth.clone(), credentials.clone(), permitted.clone());
+                let remover = remover.clone();
+                async move {
+                    let resp = recheck(resp, &auth, &credentials, &permitted, &remover).await;
+                    Ok::<_, Status>(resp)
+                }
+            })
+            .filter_map(move |resp| {
+                let mut resp = resp.ok()??;
+                header.fill(&mut resp.header);
+                Some(Ok(resp))
+            });
         Ok(Response::new(
             self.leader.watch_over(&metadata, Box::pin(out)),
         ))
     }
+}
+
+/// Follows created watches and, when the auth state has moved since the last check, checks
+/// every watch of the stream again before its events go out: a watch whose caller may no
+/// longer read its range is canceled (with etcd's permission-denied reason) instead of
+/// delivering them. None drops a response.
+async fn recheck(
+    resp: WatchResponse,
+    auth: &AuthService,
+    credentials: &Credentials,
+    permitted: &Mutex<Permitted>,
+    remover: &crate::watch::WatchRemover,
+) -> Option<WatchResponse> {
+    let store = auth.store();
+    if resp.created {
+        let mut p = permitted.lock();
+        if let Some(Some(range)) = p.pending.pop_front() {
+            if !resp.canceled {
+                p.ranges.insert(resp.watch_id, range);
+            }
+        }
+        if p.checked_at == 0 {
+            p.checked_at = store.revision();
+        }
+        return Some(resp);
+    }
+    if resp.canceled {
+        permitted.lock().ranges.remove(&resp.watch_id);
+        return Some(resp);
+    }
+    if resp.events.is_empty() || !store.is_enabled() {
+        return Some(resp);
+    }
+    let stale = {
+        let p = permitted.lock();
+        if !p.ranges.contains_key(&resp.watch_id) {
+            // Canceled for lost permission: its later events are dropped.
+            return None;
+        }
+        p.checked_at != store.revision()
+    };
+    if stale {
+        let who = credentials.resolve(auth).await.unwrap_or_default();
+        let mut p = permitted.lock();
+        p.checked_at = store.revision();
+        p.ranges.retain(|id, (key, end)| {
+            let keep = store.may_still_read(&who, key, end);
+            if !keep {
+                remover.remove(*id);
+            }
+            keep
+        });
+        if !p.ranges.contains_key(&resp.watch_id) {
+            return Some(WatchResponse {
+                header: resp.header,
+                watch_id: resp.watch_id,
+                canceled: true,
+                cancel_reason: cancel_reason(EtcdError::PermissionDenied),
+                ..Default::default()
+            });
+        }
+    }
+    Some(resp)
 }

@@ -12,6 +12,7 @@ use oxcd_proto::etcdserverpb::{
 };
 
 use crate::alarm::Quota;
+use crate::auth::{AuthInfo, AuthStore, LeaseKeys};
 use crate::error::EtcdError;
 use crate::mvcc::{KeyRange, MvccStore, RangeOptions, RangeResult, ReadView};
 use crate::raft::{Command, Consensus, Op, Outcomes};
@@ -21,6 +22,8 @@ pub struct KvService {
     store: Arc<MvccStore>,
     consensus: Arc<Consensus>,
     quota: Arc<Quota>,
+    auth: Arc<AuthStore>,
+    leases: Arc<dyn LeaseKeys + Send + Sync>,
     max_txn_ops: usize,
 }
 
@@ -29,34 +32,45 @@ impl KvService {
         store: Arc<MvccStore>,
         consensus: Arc<Consensus>,
         quota: Arc<Quota>,
+        auth: Arc<AuthStore>,
+        leases: Arc<dyn LeaseKeys + Send + Sync>,
         max_txn_ops: usize,
     ) -> KvService {
         KvService {
             store,
             consensus,
             quota,
+            auth,
+            leases,
             max_txn_ops,
         }
     }
 
-    pub async fn range(&self, r: RangeRequest) -> Result<RangeResponse, EtcdError> {
+    /// Reads are checked here, on the member that serves them; a change of permissions while
+    /// one runs fails it with the stale-revision error (etcd's doSerialize).
+    pub async fn range(&self, who: &AuthInfo, r: RangeRequest) -> Result<RangeResponse, EtcdError> {
         validate::check_range(&r)?;
         if !r.serializable {
             self.consensus.read_barrier().await?;
         }
+        self.auth.check_range(who, &r.key, &r.range_end)?;
         // A single key is a few microseconds; anything wider may visit every key of the range
         // (its count ignores the limit), so it runs off the async workers.
-        if r.range_end.is_empty() {
-            return apply::range(self.store.as_ref(), &r);
-        }
-        let store = self.store.clone();
-        off_runtime(EtcdError::Stopped, move || apply::range(store.as_ref(), &r)).await
+        let resp = if r.range_end.is_empty() {
+            apply::range(self.store.as_ref(), &r)
+        } else {
+            let store = self.store.clone();
+            off_runtime(EtcdError::Stopped, move || apply::range(store.as_ref(), &r)).await
+        }?;
+        self.auth.check_current(who)?;
+        Ok(resp)
     }
 
-    pub async fn put(&self, r: PutRequest) -> Result<PutResponse, EtcdError> {
+    /// Writes are checked when they apply (see the Raft state machine's auth applier).
+    pub async fn put(&self, who: &AuthInfo, r: PutRequest) -> Result<PutResponse, EtcdError> {
         validate::check_put(&r)?;
         self.quota.admit(Quota::put_cost(&r.key, &r.value)).await?;
-        match self.propose(Op::Put(r)).await? {
+        match self.propose(who, Op::Put(r)).await? {
             Outcomes::Put(resp) => Ok(resp),
             _ => Err(EtcdError::Corrupt),
         }
@@ -64,42 +78,52 @@ impl KvService {
 
     pub async fn delete_range(
         &self,
+        who: &AuthInfo,
         r: DeleteRangeRequest,
     ) -> Result<DeleteRangeResponse, EtcdError> {
         validate::check_delete(&r)?;
-        match self.propose(Op::DeleteRange(r)).await? {
+        match self.propose(who, Op::DeleteRange(r)).await? {
             Outcomes::DeleteRange(resp) => Ok(resp),
             _ => Err(EtcdError::Corrupt),
         }
     }
 
-    pub async fn txn(&self, r: TxnRequest) -> Result<TxnResponse, EtcdError> {
+    pub async fn txn(&self, who: &AuthInfo, r: TxnRequest) -> Result<TxnResponse, EtcdError> {
         validate::check_txn(&r, self.max_txn_ops)?;
         if validate::txn_is_read_only(&r) {
             if !validate::txn_is_serializable(&r) {
                 self.consensus.read_barrier().await?;
             }
+            self.auth.check_txn(who, &r, self.leases.as_ref())?;
             let store = self.store.clone();
-            return off_runtime(EtcdError::Stopped, move || loop {
+            let resp = off_runtime(EtcdError::Stopped, move || loop {
                 let view = store.read();
                 match apply::txn_read(&view, &r) {
                     Err(EtcdError::Compacted) if view.overtaken() => continue,
                     done => return done,
                 }
             })
-            .await;
+            .await?;
+            self.auth.check_current(who)?;
+            return Ok(resp);
         }
         self.quota.admit(Quota::txn_cost(&r)).await?;
-        match self.propose(Op::Txn(r)).await? {
+        match self.propose(who, Op::Txn(r)).await? {
             Outcomes::Txn(resp) => Ok(resp),
             _ => Err(EtcdError::Corrupt),
         }
     }
 
-    pub async fn compact(&self, r: CompactionRequest) -> Result<CompactionResponse, EtcdError> {
+    /// Compaction is the root role's while auth is on (etcd 3.6+).
+    pub async fn compact(
+        &self,
+        who: &AuthInfo,
+        r: CompactionRequest,
+    ) -> Result<CompactionResponse, EtcdError> {
+        self.auth.check_admin(who)?;
         let physical = r.physical;
         let rev = r.revision;
-        match self.propose(Op::Compaction(r)).await? {
+        match self.propose(who, Op::Compaction(r)).await? {
             Outcomes::Compaction(_) => {}
             _ => return Err(EtcdError::Corrupt),
         }
@@ -115,8 +139,8 @@ impl KvService {
         })
     }
 
-    async fn propose(&self, op: Op) -> Result<Outcomes, EtcdError> {
-        self.consensus.propose(Command { op: Some(op) }).await
+    async fn propose(&self, who: &AuthInfo, op: Op) -> Result<Outcomes, EtcdError> {
+        self.consensus.propose(Command::by(op, who)).await
     }
 }
 

@@ -271,6 +271,17 @@ impl LeaseLookup for Lessor {
     }
 }
 
+impl crate::auth::LeaseKeys for Lessor {
+    fn lease_keys(&self, lease: i64) -> Vec<Vec<u8>> {
+        self.state
+            .lock()
+            .leases
+            .get(&lease)
+            .map(|l| l.keys.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
 fn deadline_after(ttl: i64) -> Instant {
     Instant::now() + Duration::from_secs(ttl.clamp(0, MAX_TTL) as u64)
 }

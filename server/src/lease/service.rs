@@ -15,6 +15,7 @@ use oxcd_proto::peerpb::{self, Failure, LeaseRenewRequest};
 
 use super::{LeaseInfo, Lessor, MAX_TTL};
 use crate::alarm::Quota;
+use crate::auth::{AuthInfo, AuthStore, LeaseKeys};
 use crate::error::EtcdError;
 use crate::kv::apply::LeaseLookup;
 use crate::raft::{failure, not_leader, Command, Consensus, LeaseExpiry, NodeId, Op, Outcomes};
@@ -27,6 +28,7 @@ pub struct LeaseService {
     lessor: Arc<Lessor>,
     consensus: Arc<Consensus>,
     quota: Arc<Quota>,
+    auth: Arc<AuthStore>,
     ids: IdGenerator,
     /// etcd's FastLeaseKeepAlive gate: a keep-alive for a lease the leader already has does not
     /// wait for the leader to apply everything committed.
@@ -39,6 +41,7 @@ impl LeaseService {
         lessor: Arc<Lessor>,
         consensus: Arc<Consensus>,
         quota: Arc<Quota>,
+        auth: Arc<AuthStore>,
         member_id: NodeId,
         fast_keep_alive: bool,
     ) -> Arc<LeaseService> {
@@ -46,6 +49,7 @@ impl LeaseService {
             lessor,
             consensus,
             quota,
+            auth,
             ids: IdGenerator::new(member_id),
             fast_keep_alive,
         });
@@ -63,14 +67,20 @@ impl LeaseService {
         service
     }
 
-    pub async fn grant(&self, r: LeaseGrantRequest) -> Result<LeaseGrantResponse, EtcdError> {
+    /// With auth on, every lease call needs a caller (etcd 3.7).
+    pub async fn grant(
+        &self,
+        who: &AuthInfo,
+        r: LeaseGrantRequest,
+    ) -> Result<LeaseGrantResponse, EtcdError> {
+        self.auth.require_user(who)?;
         if r.ttl > MAX_TTL {
             return Err(EtcdError::LeaseTtlTooLarge);
         }
         self.quota.admit(Quota::lease_cost()).await?;
         let id = if r.id == 0 { self.ids.next() } else { r.id };
         match self
-            .propose(Op::LeaseGrant(LeaseGrantRequest { ttl: r.ttl, id }))
+            .propose(who, Op::LeaseGrant(LeaseGrantRequest { ttl: r.ttl, id }))
             .await?
         {
             Outcomes::LeaseGrant(resp) => Ok(resp),
@@ -78,16 +88,32 @@ impl LeaseService {
         }
     }
 
-    pub async fn revoke(&self, r: LeaseRevokeRequest) -> Result<LeaseRevokeResponse, EtcdError> {
-        match self.propose(Op::LeaseRevoke(r)).await? {
+    /// Revoking deletes the lease's keys: apply checks the caller may write each.
+    pub async fn revoke(
+        &self,
+        who: &AuthInfo,
+        r: LeaseRevokeRequest,
+    ) -> Result<LeaseRevokeResponse, EtcdError> {
+        self.auth.require_user(who)?;
+        match self.propose(who, Op::LeaseRevoke(r)).await? {
             Outcomes::LeaseRevoke(resp) => Ok(resp),
             _ => Err(EtcdError::Corrupt),
         }
     }
 
     /// Keep-alives are the leader's: answered here when this member leads, else forwarded. An
-    /// unknown lease is answered with TTL 0, as etcd does.
-    pub async fn keep_alive(&self, id: i64) -> Result<LeaseKeepAliveResponse, EtcdError> {
+    /// unknown lease is answered with TTL 0, as etcd does. With auth on, only a caller who may
+    /// write every key of the lease keeps it alive (etcd's checkLeaseRenew).
+    pub async fn keep_alive(
+        &self,
+        who: &AuthInfo,
+        id: i64,
+    ) -> Result<LeaseKeepAliveResponse, EtcdError> {
+        if self.auth.is_enabled() {
+            self.auth.require_user(who)?;
+            self.auth
+                .check_lease_keys_writable(who, id, self.lessor.as_ref())?;
+        }
         let renewed = self.consensus.leader_link().call(
             None,
             || self.renew_here(id),
@@ -139,10 +165,19 @@ impl LeaseService {
 
     /// Only the leader knows how long a lease has left, so this is answered there. An unknown
     /// (or expired) lease is answered with TTL -1 rather than an error, as etcd does.
+    /// With keys, the caller must be able to read each (etcd checks the keys this member knows
+    /// the lease to have).
     pub async fn time_to_live(
         &self,
+        who: &AuthInfo,
         r: LeaseTimeToLiveRequest,
     ) -> Result<LeaseTimeToLiveResponse, EtcdError> {
+        self.auth.require_user(who)?;
+        let checked_at = self.auth.revision();
+        if r.keys && self.auth.is_enabled() {
+            self.auth
+                .check_keys_readable(who, &self.lessor.lease_keys(r.id))?;
+        }
         let (id, keys) = (r.id, r.keys);
         let asked = self.consensus.leader_link().call(
             None,
@@ -163,6 +198,9 @@ impl LeaseService {
         let info = tokio::time::timeout(self.consensus.request_timeout(), asked)
             .await
             .unwrap_or(Err(EtcdError::Timeout))?;
+        if keys && self.auth.is_enabled() && checked_at != self.auth.revision() {
+            return Err(EtcdError::AuthOldRevision);
+        }
         Ok(match info {
             Some(info) => LeaseTimeToLiveResponse {
                 header: None,
@@ -195,22 +233,31 @@ impl LeaseService {
         Ok(self.lessor.info(id, keys))
     }
 
-    pub async fn leases(&self) -> Result<LeaseLeasesResponse, EtcdError> {
+    /// Listing leases reveals their keys' existence: a caller who is not root must be able to
+    /// read every attached key (etcd's checkLeaseLeases).
+    pub async fn leases(&self, who: &AuthInfo) -> Result<LeaseLeasesResponse, EtcdError> {
+        self.auth.require_user(who)?;
         self.consensus.read_barrier().await?;
-        let leases = self
-            .lessor
-            .ids()
-            .into_iter()
-            .map(|id| LeaseStatus { id })
-            .collect();
+        let ids = self.lessor.ids();
+        if self.auth.is_enabled() && self.auth.check_admin(who).is_err() {
+            let checked_at = self.auth.revision();
+            for id in &ids {
+                self.auth
+                    .check_keys_readable(who, &self.lessor.lease_keys(*id))?;
+            }
+            if checked_at != self.auth.revision() {
+                return Err(EtcdError::AuthOldRevision);
+            }
+        }
+        let leases = ids.into_iter().map(|id| LeaseStatus { id }).collect();
         Ok(LeaseLeasesResponse {
             header: None,
             leases,
         })
     }
 
-    async fn propose(&self, op: Op) -> Result<Outcomes, EtcdError> {
-        self.consensus.propose(Command { op: Some(op) }).await
+    async fn propose(&self, who: &AuthInfo, op: Op) -> Result<Outcomes, EtcdError> {
+        self.consensus.propose(Command::by(op, who)).await
     }
 }
 
@@ -244,7 +291,8 @@ async fn expire(service: std::sync::Weak<LeaseService>) {
                 let service = service.clone();
                 tokio::spawn(async move {
                     match service
-                        .propose(Op::LeaseExpire(LeaseExpiry { id, term }))
+                        .consensus
+                        .propose(Command::new(Op::LeaseExpire(LeaseExpiry { id, term })))
                         .await
                     {
                         Ok(_) | Err(EtcdError::LeaseNotFound) => {}

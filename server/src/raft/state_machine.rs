@@ -19,6 +19,7 @@ use super::types::{
     StorageError, StoredMembership, TypeConfig,
 };
 use crate::alarm::Alarms;
+use crate::auth::{AuthInfo, AuthStore, AUTH_META_KEY};
 use crate::error::EtcdError;
 use crate::kv::apply;
 use crate::lease::{Lessor, StoredLease};
@@ -44,6 +45,7 @@ pub struct Applied {
     pub lessor: Arc<Lessor>,
     pub watches: Arc<WatchHub>,
     pub alarms: Arc<Alarms>,
+    pub auth: Arc<AuthStore>,
 }
 
 pub struct StateMachine {
@@ -157,6 +159,7 @@ fn took_snapshot(parts: &Applied, engine: &Engine) -> Result<(), StorageError> {
         parts.store.take_leased_keys(),
     );
     parts.alarms.reload(engine).map_err(reload)?;
+    parts.auth.reload(engine).map_err(reload)?;
     parts.watches.restored(parts.store.current_revision());
     Ok(())
 }
@@ -178,7 +181,7 @@ fn apply_entries(
             EntryPayload::Blank => Vec::new(),
             EntryPayload::Normal(CommandBatch { commands }) => commands
                 .into_iter()
-                .map(|c| apply_command(parts, &mut writer, entry.log_id.leader_id.term, c))
+                .map(|c| apply_command(parts, &mut writer, entry.log_id, c))
                 .collect(),
             EntryPayload::Membership(m) => {
                 membership = StoredMembership::new(Some(entry.log_id), m);
@@ -199,20 +202,26 @@ fn apply_entries(
     Ok((results, applied, membership))
 }
 
-fn apply_command(parts: &Applied, writer: &mut Writer<'_>, term: u64, command: Command) -> Outcome {
+fn apply_command(
+    parts: &Applied,
+    writer: &mut Writer<'_>,
+    log_id: LogId,
+    command: Command,
+) -> Outcome {
     let before = writer.changes().len();
-    let result = execute(parts, writer, term, command);
+    let result = execute(parts, writer, log_id, command);
     parts.lessor.track(&writer.changes()[before..]);
     Outcome {
         result: Some(result.unwrap_or_else(|e| Outcomes::Error(e.to_wire()))),
     }
 }
 
-/// Applies one command of an entry of Raft term `term`.
+/// Applies one command of the entry `log_id`: etcd's applier chain, auth (the requester's
+/// permissions, as of this point in the log) → quota and alarms → the backend.
 fn execute(
     parts: &Applied,
     writer: &mut Writer<'_>,
-    term: u64,
+    log_id: LogId,
     command: Command,
 ) -> Result<Outcomes, EtcdError> {
     let header = |revision| {
@@ -221,10 +230,18 @@ fn execute(
             ..Default::default()
         })
     };
-    let Applied { lessor, alarms, .. } = parts;
+    let Applied {
+        lessor,
+        alarms,
+        auth,
+        ..
+    } = parts;
+    let who = command.requester.clone().unwrap_or_default();
+    check_permissions(auth, lessor, &who, &command)?;
     if let Some(refused) = alarms.refuses(&command) {
         return Err(refused);
     }
+    let term = log_id.leader_id.term;
     match command.op {
         Some(Op::Put(p)) => apply::put(&mut writer.txn(), p, lessor.as_ref()).map(Outcomes::Put),
         Some(Op::DeleteRange(d)) => {
@@ -259,7 +276,35 @@ fn execute(
                 alarms: changed,
             }))
         }
+        Some(Op::Auth(change)) => {
+            let (applied, stored) = auth.apply(change, &who, log_id.index)?;
+            if let Some(stored) = stored {
+                writer.put_extra(Cf::Meta, AUTH_META_KEY, &stored);
+            }
+            Ok(Outcomes::Auth(applied))
+        }
         None => Err(EtcdError::Corrupt),
+    }
+}
+
+/// The auth applier: a client's write is checked against its permissions when it applies, so
+/// a permission revoked by an earlier entry is honoured whichever member the write came
+/// through. Auth changes check the root role themselves.
+fn check_permissions(
+    auth: &AuthStore,
+    lessor: &Lessor,
+    who: &AuthInfo,
+    command: &Command,
+) -> Result<(), EtcdError> {
+    if !auth.is_enabled() {
+        return Ok(());
+    }
+    match &command.op {
+        Some(Op::Put(p)) => auth.check_put(who, p, lessor),
+        Some(Op::DeleteRange(d)) => auth.check_delete(who, d),
+        Some(Op::Txn(t)) => auth.check_txn(who, t, lessor),
+        Some(Op::LeaseRevoke(r)) => auth.check_lease_keys_writable(who, r.id, lessor),
+        _ => Ok(()),
     }
 }
 
@@ -505,11 +550,21 @@ mod tests {
         ));
         let watches = WatchHub::new(store.clone(), 1 << 20, Duration::from_secs(600));
         let alarms = Arc::new(Alarms::load(engine).unwrap());
+        let auth = Arc::new(
+            AuthStore::load(
+                engine,
+                crate::auth::TokenConfig::Simple {
+                    ttl: Duration::from_secs(300),
+                },
+            )
+            .unwrap(),
+        );
         Applied {
             store,
             lessor,
             watches,
             alarms,
+            auth,
         }
     }
 
@@ -575,7 +630,7 @@ mod tests {
         Entry {
             log_id: LogId::new(openraft::CommittedLeaderId::new(term, 1), index),
             payload: EntryPayload::Normal(CommandBatch {
-                commands: vec![Command { op: Some(op) }],
+                commands: vec![Command::new(op)],
             }),
         }
     }

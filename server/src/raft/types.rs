@@ -11,6 +11,8 @@ use oxcd_proto::etcdserverpb::{
 };
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::auth::{AuthApplied, AuthChange, AuthInfo};
+
 pub type NodeId = u64;
 
 /// A member as Raft's membership config records it.
@@ -40,8 +42,30 @@ pub type StorageError = openraft::StorageError<NodeId>;
 /// One client write.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Command {
-    #[prost(oneof = "Op", tags = "1, 2, 3, 4, 5, 6, 7, 8")]
+    #[prost(oneof = "Op", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9")]
     pub op: Option<Op>,
+    /// Who asked, as the proposing member identified them: apply checks their permissions
+    /// (etcd's RequestHeader username and auth revision). Absent for the server's own writes.
+    #[prost(message, optional, tag = "100")]
+    pub requester: Option<AuthInfo>,
+}
+
+impl Command {
+    /// A write of the server's own (lease expiry, alarms, compaction it schedules).
+    pub fn new(op: Op) -> Command {
+        Command {
+            op: Some(op),
+            requester: None,
+        }
+    }
+
+    /// A client's write, checked against `who`'s permissions when applied.
+    pub fn by(op: Op, who: &AuthInfo) -> Command {
+        Command {
+            op: Some(op),
+            requester: (!who.user.is_empty()).then(|| who.clone()),
+        }
+    }
 }
 
 #[derive(Clone, PartialEq, prost::Oneof)]
@@ -64,6 +88,8 @@ pub enum Op {
     /// The leader's revoke of a lease whose TTL ran out; answered like a revoke.
     #[prost(message, tag = "8")]
     LeaseExpire(LeaseExpiry),
+    #[prost(message, tag = "9")]
+    Auth(AuthChange),
 }
 
 /// An expiry is decided by the leader of one term and holds only in an entry of that term:
@@ -89,7 +115,7 @@ pub struct CommandBatch {
 /// The result of applying one command.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Outcome {
-    #[prost(oneof = "Outcomes", tags = "1, 2, 3, 4, 5, 6, 7, 8")]
+    #[prost(oneof = "Outcomes", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9")]
     pub result: Option<Outcomes>,
 }
 
@@ -112,6 +138,8 @@ pub enum Outcomes {
     LeaseRevoke(LeaseRevokeResponse),
     #[prost(message, tag = "8")]
     Alarm(AlarmResponse),
+    #[prost(message, tag = "9")]
+    Auth(AuthApplied),
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -147,13 +175,11 @@ mod tests {
     #[test]
     fn entries_round_trip_through_bincode() {
         let batch = CommandBatch {
-            commands: vec![Command {
-                op: Some(Op::Put(PutRequest {
-                    key: b"k".to_vec(),
-                    value: b"v".to_vec(),
-                    ..Default::default()
-                })),
-            }],
+            commands: vec![Command::new(Op::Put(PutRequest {
+                key: b"k".to_vec(),
+                value: b"v".to_vec(),
+                ..Default::default()
+            }))],
         };
         let bytes = bincode::serialize(&batch).unwrap();
         let back: CommandBatch = bincode::deserialize(&bytes).unwrap();

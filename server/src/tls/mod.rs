@@ -6,6 +6,7 @@
 //! to another member.
 
 mod verifier;
+pub use verifier::common_name;
 
 use std::path::Path;
 use std::sync::Arc;

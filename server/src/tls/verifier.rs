@@ -68,13 +68,7 @@ impl AllowedIdentity {
             AllowedIdentity::CommonNames(allowed) => {
                 let (_, parsed) = X509Certificate::from_der(cert)
                     .map_err(|_| Error::InvalidCertificate(CertificateError::BadEncoding))?;
-                // Go keeps the last CN of the subject.
-                let cn = parsed
-                    .subject()
-                    .iter_common_name()
-                    .last()
-                    .and_then(|cn| cn.as_str().ok());
-                cn.is_some_and(|cn| allowed.iter().any(|a| a == cn))
+                last_common_name(&parsed).is_some_and(|cn| allowed.iter().any(|a| a == cn))
             }
             AllowedIdentity::Hostnames(allowed) => {
                 let cert = webpki::EndEntityCert::try_from(cert)
@@ -92,6 +86,21 @@ impl AllowedIdentity {
             ))
         }
     }
+}
+
+/// Go keeps the last CN of the subject.
+fn last_common_name<'a>(cert: &'a X509Certificate<'_>) -> Option<&'a str> {
+    cert.subject()
+        .iter_common_name()
+        .last()
+        .and_then(|cn| cn.as_str().ok())
+}
+
+/// The subject common name of a client certificate: the user it authenticates as when auth is
+/// on (etcd's AuthInfoFromTLS).
+pub fn common_name(cert: &CertificateDer<'_>) -> Option<String> {
+    let (_, parsed) = X509Certificate::from_der(cert).ok()?;
+    last_common_name(&parsed).map(str::to_string)
 }
 
 /// rustls' webpki verifier plus etcd's rules (see the module docs).

@@ -258,7 +258,44 @@ fn event(kv: KeyValue, deleted: bool, prev_kv: Option<KeyValue>) -> Event {
     }
 }
 
+/// Removes watchers of one stream from outside its request loop (the response side), without
+/// a `canceled` reply of its own.
+#[derive(Clone)]
+pub struct WatchRemover {
+    hub: Arc<WatchHub>,
+    stream: u64,
+}
+
+impl WatchRemover {
+    pub fn remove(&self, watch_id: i64) {
+        self.hub.remove(self.stream, watch_id);
+    }
+}
+
 impl StreamHandle {
+    pub fn remover(&self) -> WatchRemover {
+        WatchRemover {
+            hub: self.hub.clone(),
+            stream: self.id,
+        }
+    }
+
+    /// Refuses a watch request with `created` and `canceled` and no watch id, as etcd refuses
+    /// one whose caller may not read the range.
+    pub async fn refuse(&self, cancel_reason: String) -> Result<(), EtcdError> {
+        let queue = self.queue().ok_or(EtcdError::Stopped)?;
+        let published = self.hub.state.lock().published;
+        let resp = WatchResponse {
+            header: self.hub.header(published),
+            watch_id: -1,
+            created: true,
+            canceled: true,
+            cancel_reason,
+            ..Default::default()
+        };
+        queue.send(resp).await.map_err(|_| EtcdError::Stopped)
+    }
+
     fn queue(&self) -> Option<mpsc::Sender<WatchResponse>> {
         self.hub
             .state

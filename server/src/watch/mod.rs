@@ -10,4 +10,4 @@
 
 mod hub;
 
-pub use hub::{CreateError, StreamHandle, WatchHub, WatchOptions};
+pub use hub::{CreateError, StreamHandle, WatchHub, WatchOptions, WatchRemover};
