@@ -32,6 +32,8 @@ use crate::global::GlobalFlags;
 use crate::output::{printer_for, AuthChange, Printer};
 use crate::password;
 
+// Each command takes its arguments as a list and checks their number itself, with etcdctl's
+// complaints; the usage lines are in `usage::USE_LINES`.
 #[derive(clap::Subcommand, Debug)]
 pub enum UserCommand {
     /// Adds a new user
@@ -46,20 +48,15 @@ pub enum UserCommand {
         /// Create a user without password (CN based auth only)
         #[arg(long)]
         no_password: bool,
-        #[arg(value_name = "user name or user:password")]
         args: Vec<String>,
     },
     /// Deletes a user
-    Delete {
-        #[arg(value_name = "user name")]
-        args: Vec<String>,
-    },
+    Delete { args: Vec<String> },
     /// Gets detailed information of a user
     Get {
         /// Show permissions of roles granted to the user
         #[arg(long)]
         detail: bool,
-        #[arg(value_name = "user name")]
         args: Vec<String>,
     },
     /// Lists all users
@@ -70,38 +67,22 @@ pub enum UserCommand {
         #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
               default_value = "true", action = clap::ArgAction::Set, value_parser = go_bool)]
         interactive: bool,
-        #[arg(value_name = "user name")]
         args: Vec<String>,
     },
     /// Grants a role to a user
-    GrantRole {
-        #[arg(value_name = "user name> <role name")]
-        args: Vec<String>,
-    },
+    GrantRole { args: Vec<String> },
     /// Revokes a role from a user
-    RevokeRole {
-        #[arg(value_name = "user name> <role name")]
-        args: Vec<String>,
-    },
+    RevokeRole { args: Vec<String> },
 }
 
 #[derive(clap::Subcommand, Debug)]
 pub enum RoleCommand {
     /// Adds a new role
-    Add {
-        #[arg(value_name = "role name")]
-        args: Vec<String>,
-    },
+    Add { args: Vec<String> },
     /// Deletes a role
-    Delete {
-        #[arg(value_name = "role name")]
-        args: Vec<String>,
-    },
+    Delete { args: Vec<String> },
     /// Gets detailed information of a role
-    Get {
-        #[arg(value_name = "role name")]
-        args: Vec<String>,
-    },
+    Get { args: Vec<String> },
     /// Lists all roles
     List { args: Vec<String> },
     /// Grants a key to a role
@@ -112,7 +93,6 @@ pub enum RoleCommand {
         /// grant a permission of keys that are greater than or equal to the given key using byte compare
         #[arg(long)]
         from_key: bool,
-        #[arg(value_name = "role name> <permission type> <key> [endkey")]
         args: Vec<String>,
     },
     /// Revokes a key from a role
@@ -123,7 +103,6 @@ pub enum RoleCommand {
         /// revoke a permission of keys that are greater than or equal to the given key using byte compare
         #[arg(long)]
         from_key: bool,
-        #[arg(value_name = "role name> <key> [endkey")]
         args: Vec<String>,
     },
 }
