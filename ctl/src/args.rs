@@ -71,7 +71,7 @@ pub fn prefix_range_end(prefix: &[u8]) -> Vec<u8> {
 }
 
 /// Go's `strconv.ParseBool`, for `--flag=value` on boolean flags.
-fn go_bool(text: &str) -> Result<bool, String> {
+pub fn go_bool(text: &str) -> Result<bool, String> {
     match text {
         "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(true),
         "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(false),

@@ -120,14 +120,14 @@ impl Connection {
             global: global.clone(),
             command_timeout: global.command_timeout,
         };
-        if let Some((name, password)) = global.credentials() {
+        if let Some((name, password)) = global.credentials()? {
             connection.authenticate(name, password).await?;
         }
         Ok(connection)
     }
 
     async fn authenticate(&mut self, name: String, password: String) -> CtlResult {
-        let auth = AuthClient::new(self.transport());
+        let auth = self.auth();
         let request = AuthenticateRequest { name, password };
         let reply = self
             .unary(Some(self.global.dial_timeout), || {
@@ -196,6 +196,10 @@ impl Connection {
 
     pub fn watch(&self) -> WatchClient<Transport> {
         WatchClient::new(self.transport())
+    }
+
+    pub fn auth(&self) -> AuthClient<Transport> {
+        AuthClient::new(self.transport())
     }
 }
 

@@ -145,6 +145,15 @@ pub fn exit_for_cli_error(error: clap::Error) -> ! {
             std::process::exit(0)
         }
         ErrorKind::InvalidSubcommand => {
+            // cobra answers an unknown word after a command group (`lease frob`) with the
+            // group's usage, as if no subcommand had been given.
+            let args: Vec<String> = std::env::args().collect();
+            let root = <crate::Cli as clap::CommandFactory>::command();
+            let path = crate::usage::command_path(&root, &args);
+            if !path.is_empty() {
+                print!("{}", crate::usage::usage(&root, &path));
+                std::process::exit(0)
+            }
             let name = match error.get(ContextKind::InvalidSubcommand) {
                 Some(ContextValue::String(s)) => s.clone(),
                 _ => String::new(),

@@ -1,7 +1,10 @@
 //! Flags every command takes, read from the command line or `ETCDCTL_*` variables as etcdctl
 //! reads them.
 
+use std::sync::OnceLock;
 use std::time::Duration;
+
+use crate::failure::{CtlResult, ExitCode, Failure};
 
 /// The etcdctl release whose interface, flags and output oxcdctl reproduces; `version` prints it
 /// so scripts that check etcdctl's version keep working.
@@ -74,18 +77,35 @@ pub struct GlobalFlags {
 }
 
 impl GlobalFlags {
-    /// `--user name:password`, or `--user name --password password`. etcdctl prompts when the
-    /// password is missing; oxcdctl never prompts and uses an empty password instead.
-    pub fn credentials(&self) -> Option<(String, String)> {
-        let user = self.user.as_deref().filter(|u| !u.is_empty())?;
-        match self.password.as_deref().filter(|p| !p.is_empty()) {
-            Some(password) => Some((user.to_string(), password.to_string())),
+    /// The name and password to authenticate with, as etcdctl takes them: `--user name:password`,
+    /// or `--user name --password password` (then all of `--user` is the name, colons included),
+    /// or `--user name` alone, when the password is asked for on the terminal (a line of stdin
+    /// when stdin is not one). `None` when there is nothing to authenticate with: the Go client
+    /// authenticates only when both the name and the password are non-empty, and otherwise sends
+    /// its calls without a token.
+    pub fn credentials(&self) -> CtlResult<Option<(String, String)>> {
+        let Some(user) = self.user.as_deref().filter(|u| !u.is_empty()) else {
+            return Ok(None);
+        };
+        let (name, password) = match self.password.as_deref().filter(|p| !p.is_empty()) {
+            Some(password) => (user, password.to_string()),
             None => match user.split_once(':') {
-                Some((name, password)) => Some((name.to_string(), password.to_string())),
-                None => Some((user.to_string(), String::new())),
+                Some((name, password)) => (name, password.to_string()),
+                None => (user, prompted_password()?),
             },
-        }
+        };
+        Ok((!name.is_empty() && !password.is_empty()).then(|| (name.to_string(), password)))
     }
+}
+
+/// The password `--user name` leaves out. etcdctl asks for it once, while it builds its client
+/// configuration; oxcdctl may open several connections (one per endpoint), which share the answer.
+fn prompted_password() -> CtlResult<String> {
+    static ANSWER: OnceLock<Result<String, String>> = OnceLock::new();
+    ANSWER
+        .get_or_init(|| crate::password::ask("Password: "))
+        .clone()
+        .map_err(|e| Failure::new(ExitCode::Error, e))
 }
 
 /// etcdctl's checks of `ETCDCTL_*` variables: a global flag given both on the command line and

@@ -2,6 +2,7 @@
 //! objects stored under `/registry`.
 
 mod args;
+mod auth;
 mod client;
 mod endpoint;
 mod failure;
@@ -13,6 +14,7 @@ mod maintenance;
 mod member;
 mod output;
 mod pki;
+mod password;
 mod registry;
 mod snapshot;
 mod txn;
@@ -74,6 +76,15 @@ enum Command {
     /// Makes the certificates of a TLS cluster, as kubeadm makes them for etcd
     #[command(subcommand)]
     Pki(pki::PkiCommand),
+    /// User related commands
+    #[command(subcommand)]
+    User(auth::UserCommand),
+    /// Role related commands
+    #[command(subcommand)]
+    Role(auth::RoleCommand),
+    /// Enable or disable authentication
+    #[command(subcommand)]
+    Auth(auth::AuthCommand),
 }
 
 async fn run(cli: Cli) -> CtlResult {
@@ -99,6 +110,9 @@ async fn run(cli: Cli) -> CtlResult {
         Command::Registry(command) => registry::run(&cli.global, command).await,
         Command::Snapshot(command) => snapshot::run(command, &cli.global).await,
         Command::Pki(command) => pki::run(command),
+        Command::User(command) => auth::user(global, command).await,
+        Command::Role(command) => auth::role(global, command).await,
+        Command::Auth(command) => auth::auth(global, command).await,
     }
 }
 

@@ -55,10 +55,30 @@ const USE_LINES: &[(&str, &str)] = &[
     ("member update", "update <memberID> [options]"),
     ("member promote", "promote <memberID>"),
     ("move-leader", "move-leader <transferee-member-id>"),
+    ("user add", "add <user name or user:password> [options]"),
+    ("user delete", "delete <user name>"),
+    ("user get", "get <user name> [options]"),
+    ("user passwd", "passwd <user name> [options]"),
+    ("user grant-role", "grant-role <user name> <role name>"),
+    ("user revoke-role", "revoke-role <user name> <role name>"),
+    ("role add", "add <role name>"),
+    ("role delete", "delete <role name>"),
+    ("role get", "get <role name>"),
+    (
+        "role grant-permission",
+        "grant-permission [options] <role name> <permission type> <key> [endkey]",
+    ),
+    (
+        "role revoke-permission",
+        "revoke-permission <role name> <key> [endkey]",
+    ),
     ("lease", "lease <subcommand>"),
     ("member", "member <subcommand>"),
     ("endpoint", "endpoint <subcommand>"),
     ("alarm", "alarm <subcommand>"),
+    ("user", "user <subcommand>"),
+    ("role", "role <subcommand>"),
+    ("auth", "auth <enable or disable>"),
 ];
 
 /// The commands etcdctl describes at length.
@@ -123,6 +143,8 @@ fn local_flag(arg: &Arg) -> Option<(String, FlagLine)> {
         .unwrap_or_default();
     let shown = match arg.get_action() {
         ArgAction::SetTrue => "[=false]".to_string(),
+        // A boolean that defaults to true (`--interactive`) takes an optional `=value`.
+        _ if arg.is_require_equals_set() => format!("[={default}]"),
         _ if INTEGER_FLAGS.contains(&name.as_str()) => format!("={default}"),
         _ => format!("={}", crate::output::text::go_quote(default.as_bytes())),
     };
@@ -183,8 +205,10 @@ pub fn usage(root: &Command, path: &[String]) -> String {
             "\nAPI VERSION:\n\t{}\n\n\nCOMMANDS:\n",
             crate::global::API_VERSION
         ));
+        // Hidden commands are newer than etcdctl 3.4, whose listing this is.
         let mut subcommands: Vec<FlagLine> = command
             .get_subcommands()
+            .filter(|sub| !sub.is_hide_set())
             .map(|sub| {
                 let about = sub.get_about().map(|a| a.to_string()).unwrap_or_default();
                 (format!("\t{}", sub.get_name()), about)

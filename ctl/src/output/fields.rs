@@ -1,15 +1,17 @@
 //! `-w fields`: one `"Name" : value` line per field, strings in Go's `%q` quoting.
 
+use oxcd_proto::authpb::permission::Type as PermissionType;
 use oxcd_proto::etcdserverpb::{
-    response_op, AlarmResponse, DeleteRangeResponse, LeaseGrantResponse, LeaseKeepAliveResponse,
-    LeaseLeasesResponse, LeaseRevokeResponse, LeaseTimeToLiveResponse, MemberListResponse,
-    PutResponse, RangeResponse, ResponseHeader, TxnResponse, WatchResponse,
+    response_op, AlarmResponse, AuthRoleGetResponse, AuthRoleListResponse, DeleteRangeResponse,
+    LeaseGrantResponse, LeaseKeepAliveResponse, LeaseLeasesResponse, LeaseRevokeResponse,
+    LeaseTimeToLiveResponse, MemberListResponse, PutResponse, RangeResponse, ResponseHeader,
+    TxnResponse, WatchResponse,
 };
 use oxcd_proto::mvccpb::KeyValue;
 
 use super::simple::{alarm_name, event_type_name};
 use super::text::go_quote;
-use super::{EndpointHash, EndpointHealth, EndpointStatus, Printer};
+use super::{AuthChange, EndpointHash, EndpointHealth, EndpointStatus, Printer};
 use crate::failure::CtlResult;
 
 pub struct FieldsPrinter;
@@ -194,6 +196,35 @@ impl Printer for FieldsPrinter {
             println!("\"AlarmType\" : {}", alarm_name(a.alarm));
             println!();
         }
+        Ok(())
+    }
+
+    fn auth_change(&self, _change: &AuthChange, h: Option<&ResponseHeader>) -> CtlResult {
+        header(h);
+        Ok(())
+    }
+
+    fn role_get(&self, _role: &str, r: &AuthRoleGetResponse) -> CtlResult {
+        header(r.header.as_ref());
+        for p in &r.perm {
+            // Go's Println of `"PermType" : ` and the name: two spaces between them.
+            let name = PermissionType::try_from(p.perm_type)
+                .map_or_else(|_| p.perm_type.to_string(), |t| t.as_str_name().to_string());
+            println!("\"PermType\" :  {name}");
+            println!("\"Key\" : {}", go_quote(&p.key));
+            println!("\"RangeEnd\" : {}", go_quote(&p.range_end));
+        }
+        Ok(())
+    }
+
+    fn role_list(&self, r: &AuthRoleListResponse) -> CtlResult {
+        header(r.header.as_ref());
+        let roles: String = r
+            .roles
+            .iter()
+            .map(|role| format!(" {}", go_quote(role.as_bytes())))
+            .collect();
+        println!("\"Roles\" :{roles}");
         Ok(())
     }
 }

@@ -4,17 +4,19 @@
 //! Fields etcd added after 3.4 (`hash_revision`, `storageVersion`, `dbSizeQuota`) are not
 //! printed: etcdctl 3.4 does not know them.
 
+use oxcd_proto::authpb::Permission;
 use oxcd_proto::etcdserverpb::{
-    response_op, AlarmResponse, DeleteRangeResponse, HashKvResponse, LeaseGrantResponse,
-    LeaseKeepAliveResponse, LeaseLeasesResponse, LeaseRevokeResponse, LeaseTimeToLiveResponse,
-    Member, MemberAddResponse, MemberListResponse, MemberPromoteResponse, MemberRemoveResponse,
-    MemberUpdateResponse, MoveLeaderResponse, PutResponse, RangeResponse, ResponseHeader,
-    StatusResponse, TxnResponse, WatchResponse,
+    response_op, AlarmResponse, AuthRoleGetResponse, AuthRoleListResponse, AuthStatusResponse,
+    AuthUserGetResponse, AuthUserListResponse, DeleteRangeResponse, HashKvResponse,
+    LeaseGrantResponse, LeaseKeepAliveResponse, LeaseLeasesResponse, LeaseRevokeResponse,
+    LeaseTimeToLiveResponse, Member, MemberAddResponse, MemberListResponse, MemberPromoteResponse,
+    MemberRemoveResponse, MemberUpdateResponse, MoveLeaderResponse, PutResponse, RangeResponse,
+    ResponseHeader, StatusResponse, TxnResponse, WatchResponse,
 };
 use oxcd_proto::mvccpb::{Event, KeyValue};
 
 use super::text::base64;
-use super::{EndpointHash, EndpointHealth, EndpointStatus, Printer};
+use super::{AuthChange, EndpointHash, EndpointHealth, EndpointStatus, Printer};
 use crate::failure::CtlResult;
 
 /// One JSON object under construction; fields appear in the order they are added.
@@ -262,6 +264,22 @@ fn header_only(h: Option<&ResponseHeader>) -> String {
     Obj::new().obj_omitempty("header", h, header).done()
 }
 
+fn permission(p: &Permission) -> String {
+    Obj::new()
+        .num_omitempty("permType", p.perm_type)
+        .bytes_omitempty("key", &p.key)
+        .bytes_omitempty("range_end", &p.range_end)
+        .done()
+}
+
+/// A response of a header and a list of names (users, roles).
+fn names(h: Option<&ResponseHeader>, field: &str, names: &[String]) -> String {
+    Obj::new()
+        .obj_omitempty("header", h, header)
+        .list_omitempty(field, names, |n| string(n))
+        .done()
+}
+
 pub struct JsonPrinter;
 
 impl Printer for JsonPrinter {
@@ -435,6 +453,45 @@ impl Printer for JsonPrinter {
                     .num_omitempty("alarm", a.alarm)
                     .done()
             })
+            .done();
+        println!("{line}");
+        Ok(())
+    }
+
+    fn auth_change(&self, _change: &AuthChange, h: Option<&ResponseHeader>) -> CtlResult {
+        println!("{}", header_only(h));
+        Ok(())
+    }
+
+    fn role_get(&self, _role: &str, r: &AuthRoleGetResponse) -> CtlResult {
+        let line = Obj::new()
+            .obj_omitempty("header", r.header.as_ref(), header)
+            .list_omitempty("perm", &r.perm, permission)
+            .done();
+        println!("{line}");
+        Ok(())
+    }
+
+    fn role_list(&self, r: &AuthRoleListResponse) -> CtlResult {
+        println!("{}", names(r.header.as_ref(), "roles", &r.roles));
+        Ok(())
+    }
+
+    fn user_get(&self, _user: &str, r: &AuthUserGetResponse) -> CtlResult {
+        println!("{}", names(r.header.as_ref(), "roles", &r.roles));
+        Ok(())
+    }
+
+    fn user_list(&self, r: &AuthUserListResponse) -> CtlResult {
+        println!("{}", names(r.header.as_ref(), "users", &r.users));
+        Ok(())
+    }
+
+    fn auth_status(&self, r: &AuthStatusResponse) -> CtlResult {
+        let line = Obj::new()
+            .obj_omitempty("header", r.header.as_ref(), header)
+            .bool_omitempty("enabled", r.enabled)
+            .num_omitempty("authRevision", r.auth_revision)
             .done();
         println!("{line}");
         Ok(())

@@ -11,10 +11,12 @@ mod table;
 pub mod text;
 
 use oxcd_proto::etcdserverpb::{
-    AlarmResponse, DeleteRangeResponse, HashKvResponse, LeaseGrantResponse, LeaseKeepAliveResponse,
-    LeaseLeasesResponse, LeaseRevokeResponse, LeaseTimeToLiveResponse, MemberAddResponse,
-    MemberListResponse, MemberPromoteResponse, MemberRemoveResponse, MemberUpdateResponse,
-    MoveLeaderResponse, PutResponse, RangeResponse, StatusResponse, TxnResponse, WatchResponse,
+    AlarmResponse, AuthRoleGetResponse, AuthRoleListResponse, AuthStatusResponse,
+    AuthUserGetResponse, AuthUserListResponse, DeleteRangeResponse, HashKvResponse,
+    LeaseGrantResponse, LeaseKeepAliveResponse, LeaseLeasesResponse, LeaseRevokeResponse,
+    LeaseTimeToLiveResponse, MemberAddResponse, MemberListResponse, MemberPromoteResponse,
+    MemberRemoveResponse, MemberUpdateResponse, MoveLeaderResponse, PutResponse, RangeResponse,
+    ResponseHeader, StatusResponse, TxnResponse, WatchResponse,
 };
 
 use crate::failure::{CtlResult, ExitCode, Failure};
@@ -36,6 +38,31 @@ pub struct EndpointStatus {
 pub struct EndpointHash {
     pub endpoint: String,
     pub hash: HashKvResponse,
+}
+
+/// What a `user` or `role` command changed. Each answer is just a header, so the formats differ
+/// only in the simple format's sentence.
+pub enum AuthChange<'a> {
+    UserAdded(&'a str),
+    UserDeleted(&'a str),
+    PasswordChanged,
+    RoleGranted {
+        user: &'a str,
+        role: &'a str,
+    },
+    RoleRevoked {
+        user: &'a str,
+        role: &'a str,
+    },
+    RoleAdded(&'a str),
+    RoleDeleted(&'a str),
+    PermissionGranted(&'a str),
+    /// `key` as typed, `range_end` as sent.
+    PermissionRevoked {
+        role: &'a str,
+        key: &'a str,
+        range_end: &'a [u8],
+    },
 }
 
 /// Renders responses in one output format. Every method defaults to the format not supporting
@@ -114,6 +141,24 @@ pub trait Printer: Send + Sync {
         self.unsupported()
     }
     fn alarm(&self, r: &AlarmResponse) -> CtlResult {
+        self.unsupported()
+    }
+    fn auth_change(&self, change: &AuthChange, header: Option<&ResponseHeader>) -> CtlResult {
+        self.unsupported()
+    }
+    fn role_get(&self, role: &str, r: &AuthRoleGetResponse) -> CtlResult {
+        self.unsupported()
+    }
+    fn role_list(&self, r: &AuthRoleListResponse) -> CtlResult {
+        self.unsupported()
+    }
+    fn user_get(&self, user: &str, r: &AuthUserGetResponse) -> CtlResult {
+        self.unsupported()
+    }
+    fn user_list(&self, r: &AuthUserListResponse) -> CtlResult {
+        self.unsupported()
+    }
+    fn auth_status(&self, r: &AuthStatusResponse) -> CtlResult {
         self.unsupported()
     }
 }

@@ -7,13 +7,15 @@ use std::io::Write;
 use prost::Message;
 
 use oxcd_proto::etcdserverpb::{
-    AlarmResponse, DeleteRangeResponse, LeaseGrantResponse, LeaseKeepAliveResponse,
-    LeaseLeasesResponse, LeaseRevokeResponse, LeaseTimeToLiveResponse, MemberAddResponse,
-    MemberListResponse, MemberPromoteResponse, MemberRemoveResponse, MemberUpdateResponse,
-    MoveLeaderResponse, PutResponse, RangeResponse, ResponseHeader, TxnResponse, WatchResponse,
+    AlarmResponse, AuthRoleGetResponse, AuthRoleListResponse, AuthStatusResponse,
+    AuthUserAddResponse, AuthUserGetResponse, AuthUserListResponse, DeleteRangeResponse,
+    LeaseGrantResponse, LeaseKeepAliveResponse, LeaseLeasesResponse, LeaseRevokeResponse,
+    LeaseTimeToLiveResponse, MemberAddResponse, MemberListResponse, MemberPromoteResponse,
+    MemberRemoveResponse, MemberUpdateResponse, MoveLeaderResponse, PutResponse, RangeResponse,
+    ResponseHeader, TxnResponse, WatchResponse,
 };
 
-use super::Printer;
+use super::{AuthChange, Printer};
 use crate::failure::{CtlResult, ExitCode, Failure};
 
 pub struct ProtobufPrinter;
@@ -94,6 +96,25 @@ impl Printer for ProtobufPrinter {
         emit(r)
     }
     fn alarm(&self, r: &AlarmResponse) -> CtlResult {
+        emit(r)
+    }
+    /// Every change's response is `{ header = 1 }`, so one of them encodes them all.
+    fn auth_change(&self, _change: &AuthChange, h: Option<&ResponseHeader>) -> CtlResult {
+        emit(&AuthUserAddResponse { header: h.copied() })
+    }
+    fn role_get(&self, _role: &str, r: &AuthRoleGetResponse) -> CtlResult {
+        emit(r)
+    }
+    fn role_list(&self, r: &AuthRoleListResponse) -> CtlResult {
+        emit(r)
+    }
+    fn user_get(&self, _user: &str, r: &AuthUserGetResponse) -> CtlResult {
+        emit(r)
+    }
+    fn user_list(&self, r: &AuthUserListResponse) -> CtlResult {
+        emit(r)
+    }
+    fn auth_status(&self, r: &AuthStatusResponse) -> CtlResult {
         emit(r)
     }
 }

@@ -1,17 +1,20 @@
 //! `-w simple`, etcdctl's default: values as plain lines, one-line summaries for the rest.
 
+use oxcd_proto::authpb::{permission::Type as PermissionType, Permission};
 use oxcd_proto::etcdserverpb::{
-    response_op, AlarmResponse, AlarmType, DeleteRangeResponse, LeaseGrantResponse,
-    LeaseKeepAliveResponse, LeaseLeasesResponse, LeaseRevokeResponse, LeaseTimeToLiveResponse,
-    MemberAddResponse, MemberListResponse, MemberPromoteResponse, MemberRemoveResponse,
-    MemberUpdateResponse, MoveLeaderResponse, PutResponse, RangeResponse, ResponseHeader,
-    TxnResponse, WatchResponse,
+    response_op, AlarmResponse, AlarmType, AuthRoleGetResponse, AuthRoleListResponse,
+    AuthStatusResponse, AuthUserGetResponse, AuthUserListResponse, DeleteRangeResponse,
+    LeaseGrantResponse, LeaseKeepAliveResponse, LeaseLeasesResponse, LeaseRevokeResponse,
+    LeaseTimeToLiveResponse, MemberAddResponse, MemberListResponse, MemberPromoteResponse,
+    MemberRemoveResponse, MemberUpdateResponse, MoveLeaderResponse, PutResponse, RangeResponse,
+    ResponseHeader, TxnResponse, WatchResponse,
 };
 use oxcd_proto::mvccpb::{event::EventType, KeyValue};
 
 use super::rows::{self, Rows};
 use super::text::{hex_escaped, signed_hex};
-use super::{EndpointHash, EndpointHealth, EndpointStatus, Printer};
+use super::{AuthChange, EndpointHash, EndpointHealth, EndpointStatus, Printer};
+use crate::args::prefix_range_end;
 use crate::failure::CtlResult;
 
 pub struct SimplePrinter {
@@ -247,6 +250,114 @@ impl Printer for SimplePrinter {
             println!("memberID:{} alarm:{} ", a.member_id, alarm_name(a.alarm));
         }
         Ok(())
+    }
+
+    fn auth_change(&self, change: &AuthChange, _header: Option<&ResponseHeader>) -> CtlResult {
+        write_stdout(&auth_change_text(change));
+        Ok(())
+    }
+
+    fn role_get(&self, role: &str, r: &AuthRoleGetResponse) -> CtlResult {
+        let mut out = format!("Role {role}\nKV Read:\n").into_bytes();
+        let grants = |p: &&Permission, kind: PermissionType| {
+            let t = PermissionType::try_from(p.perm_type);
+            t == Ok(kind) || t == Ok(PermissionType::Readwrite)
+        };
+        for p in r.perm.iter().filter(|p| grants(p, PermissionType::Read)) {
+            permission_line(&mut out, p);
+        }
+        out.extend_from_slice(b"KV Write:\n");
+        for p in r.perm.iter().filter(|p| grants(p, PermissionType::Write)) {
+            permission_line(&mut out, p);
+        }
+        write_stdout(&out);
+        Ok(())
+    }
+
+    fn role_list(&self, r: &AuthRoleListResponse) -> CtlResult {
+        r.roles.iter().for_each(|role| println!("{role}"));
+        Ok(())
+    }
+
+    fn user_get(&self, user: &str, r: &AuthUserGetResponse) -> CtlResult {
+        println!("User: {user}");
+        let roles: String = r.roles.iter().map(|role| format!(" {role}")).collect();
+        println!("Roles:{roles}");
+        Ok(())
+    }
+
+    fn user_list(&self, r: &AuthUserListResponse) -> CtlResult {
+        r.users.iter().for_each(|user| println!("{user}"));
+        Ok(())
+    }
+
+    /// etcdctl 3.5+ (`auth status` is not in 3.4).
+    fn auth_status(&self, r: &AuthStatusResponse) -> CtlResult {
+        println!("Authentication Status: {}", r.enabled);
+        println!("AuthRevision: {}", r.auth_revision);
+        Ok(())
+    }
+}
+
+/// One permission of `role get`: a key, or a range with its end (`\0`: open ended) and, when it
+/// is a prefix's range, the prefix. Names and keys are printed as raw bytes.
+fn permission_line(out: &mut Vec<u8>, p: &Permission) {
+    out.push(b'\t');
+    if p.range_end.is_empty() {
+        out.extend_from_slice(&p.key);
+    } else {
+        out.push(b'[');
+        out.extend_from_slice(&p.key);
+        if p.range_end == b"\0" {
+            out.extend_from_slice(b", <open ended>");
+        } else {
+            out.extend_from_slice(b", ");
+            out.extend_from_slice(&p.range_end);
+            out.push(b')');
+        }
+        if prefix_range_end(&p.key) == p.range_end {
+            out.extend_from_slice(b" (prefix ");
+            out.extend_from_slice(&p.key);
+            out.push(b')');
+        }
+    }
+    out.push(b'\n');
+}
+
+/// The sentence a user or role change prints; a revoked range's end is printed as raw bytes.
+fn auth_change_text(change: &AuthChange) -> Vec<u8> {
+    let line = |text: String| format!("{text}\n").into_bytes();
+    match change {
+        AuthChange::UserAdded(user) => line(format!("User {user} created")),
+        AuthChange::UserDeleted(user) => line(format!("User {user} deleted")),
+        AuthChange::PasswordChanged => line("Password updated".into()),
+        AuthChange::RoleGranted { user, role } => {
+            line(format!("Role {role} is granted to user {user}"))
+        }
+        AuthChange::RoleRevoked { user, role } => {
+            line(format!("Role {role} is revoked from user {user}"))
+        }
+        AuthChange::RoleAdded(role) => line(format!("Role {role} created")),
+        AuthChange::RoleDeleted(role) => line(format!("Role {role} deleted")),
+        AuthChange::PermissionGranted(role) => line(format!("Role {role} updated")),
+        AuthChange::PermissionRevoked {
+            role,
+            key,
+            range_end,
+        } => {
+            let mut out = match *range_end {
+                b"" => format!("Permission of key {key}").into_bytes(),
+                b"\0" => format!("Permission of range [{key}, <open ended>").into_bytes(),
+                end => {
+                    let mut out = format!("Permission of range [{key}, ").into_bytes();
+                    out.extend_from_slice(end);
+                    out.push(b')');
+                    out
+                }
+            };
+            out.extend_from_slice(format!(" is revoked from role {role}\n").as_bytes());
+            out
+        }
     }
 }
 
