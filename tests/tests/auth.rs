@@ -996,3 +996,65 @@ async fn a_member_added_after_auth_is_on_catches_up_with_it() {
         "PermissionDenied: etcdserver: permission denied"
     );
 }
+
+/// oxcd checks a watch's permission again on its events once the auth state has changed: a
+/// watcher whose read permission was revoked gets its watch canceled (with etcd's
+/// permission-denied reason) instead of later events. etcd checks only at creation and keeps
+/// delivering; this is the stricter reading of "permission checked on every event".
+#[tokio::test]
+async fn a_watch_stops_delivering_once_its_read_permission_is_revoked() {
+    let server = Server::start(Flavor::Oxcd).await;
+    let ch = channel(&server.endpoint()).await;
+    let (root, alice) = set_up_users(&ch).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(WatchRequest {
+        request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
+            key: b"mine/".to_vec(),
+            range_end: b"mine0".to_vec(),
+            ..Default::default()
+        })),
+    })
+    .await
+    .unwrap();
+    let mut stream = WatchClient::new(ch.clone())
+        .watch(with_token(tokio_stream::wrappers::ReceiverStream::new(rx), &alice))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut next = || {
+        let stream = &mut stream;
+        async move {
+            tokio::time::timeout(Duration::from_secs(10), stream.next())
+                .await
+                .expect("the watch answers")
+                .expect("the stream stays open")
+                .unwrap()
+        }
+    };
+    let created = next().await;
+    assert!(created.created && !created.canceled, "{created:?}");
+    let mut kv = KvClient::new(ch.clone());
+    kv.put(with_token(put(b"mine/1", 0, false), &root)).await.unwrap();
+    let first = next().await;
+    assert_eq!(first.events.len(), 1, "{first:?}");
+    AuthClient::new(ch.clone())
+        .role_revoke_permission(with_token(
+            oxcd_proto::etcdserverpb::AuthRoleRevokePermissionRequest {
+                role: "r".into(),
+                key: b"mine/".to_vec(),
+                range_end: b"mine0".to_vec(),
+            },
+            &root,
+        ))
+        .await
+        .unwrap();
+    kv.put(with_token(put(b"mine/2", 0, false), &root)).await.unwrap();
+    let after = next().await;
+    assert!(after.canceled && after.events.is_empty(), "{after:?}");
+    assert_eq!(after.watch_id, created.watch_id);
+    assert_eq!(
+        after.cancel_reason,
+        "rpc error: code = PermissionDenied desc = etcdserver: permission denied"
+    );
+    drop(tx);
+}
