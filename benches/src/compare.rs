@@ -187,6 +187,12 @@ pub enum Workload {
     TxnPut,
     Mixed,
     LeaseKeepalive,
+    /// put-50 with auth on: a user with a key-range permission and a simple token.
+    #[value(name = "put-50-auth")]
+    Put50Auth,
+    /// range-l with auth on, as that user.
+    #[value(name = "range-l-auth")]
+    RangeLAuth,
     Watch,
     /// Memory, disk, snapshot and restart with N keys stored.
     Footprint,
@@ -194,7 +200,7 @@ pub enum Workload {
     Failover,
 }
 
-pub const ALL_WORKLOADS: [Workload; 11] = [
+pub const ALL_WORKLOADS: [Workload; 13] = [
     Workload::PutSeq,
     Workload::Put50,
     Workload::Put1000,
@@ -203,6 +209,8 @@ pub const ALL_WORKLOADS: [Workload; 11] = [
     Workload::TxnPut,
     Workload::Mixed,
     Workload::LeaseKeepalive,
+    Workload::Put50Auth,
+    Workload::RangeLAuth,
     Workload::Watch,
     Workload::Footprint,
     Workload::Failover,
@@ -224,6 +232,8 @@ impl Workload {
             Workload::TxnPut => "txn-put",
             Workload::Mixed => "mixed",
             Workload::LeaseKeepalive => "lease-keepalive",
+            Workload::Put50Auth => "put-50-auth",
+            Workload::RangeLAuth => "range-l-auth",
             Workload::Watch => "watch",
             Workload::Footprint => "footprint",
             Workload::Failover => "failover",
@@ -276,6 +286,17 @@ impl Workload {
             Workload::LeaseKeepalive => {
                 throughput("lease keep-alive, 50 clients, 1000 leases".into(), None)
             }
+            Workload::Put50Auth => throughput(
+                "put with auth (simple token, non-root user), 50 clients / 10 conns".into(),
+                None,
+            ),
+            Workload::RangeLAuth => throughput(
+                format!(
+                    "range linearizable with auth (non-root user), 100 clients, {} keys",
+                    preset.range_keys
+                ),
+                None,
+            ),
             Workload::Watch => {
                 let watchers = preset.watch_streams * preset.watchers_per_stream;
                 vec![
@@ -401,12 +422,20 @@ impl Workload {
             val_size: VAL_SIZE,
         };
         let (clients, conns) = OTHER_CLIENTS;
+        let as_user = || async {
+            enable_auth(&endpoints).await?;
+            Ok::<_, anyhow::Error>(endpoints.clone().as_user(BENCH_USER, BENCH_PASSWORD))
+        };
         let report = match self {
             Workload::PutSeq => run_puts(&endpoints, &put((1, 1))).await?,
             Workload::Put50 => run_puts(&endpoints, &put(OTHER_CLIENTS)).await?,
             Workload::Put1000 => run_puts(&endpoints, &put(LOAD_CLIENTS)).await?,
             Workload::RangeL => run_ranges(&endpoints, &range(Consistency::Linearizable)).await?,
             Workload::RangeS => run_ranges(&endpoints, &range(Consistency::Serializable)).await?,
+            Workload::Put50Auth => run_puts(&as_user().await?, &put(OTHER_CLIENTS)).await?,
+            Workload::RangeLAuth => {
+                run_ranges(&as_user().await?, &range(Consistency::Linearizable)).await?
+            }
             Workload::TxnPut => {
                 let workload = TxnPutWorkload {
                     load: preset.load(clients, conns),
@@ -474,6 +503,25 @@ impl Workload {
         );
         Ok(vec![Cell::from_load(report)])
     }
+}
+
+/// The user the auth workloads run as: not root (whose requests skip the permission check),
+/// but holding read-write on every key through a role.
+const BENCH_USER: &str = "bench";
+const BENCH_PASSWORD: &str = "bench-password";
+
+/// Adds root and the bench user with their roles, then turns auth on.
+async fn enable_auth(endpoints: &Endpoints) -> Result<()> {
+    let mut client = crate::load::connect(endpoints, 0).await?;
+    for (user, password) in [("root", "root-password"), (BENCH_USER, BENCH_PASSWORD)] {
+        client.user_add(user, password, None).await?;
+        client.role_add(user).await?;
+        client.user_grant_role(user, user).await?;
+    }
+    let everything = etcd_client::Permission::read_write(vec![0]).with_from_key();
+    client.role_grant_permission(BENCH_USER, everything).await?;
+    client.auth_enable().await?;
+    Ok(())
 }
 
 fn key_shape(key_space: u64) -> KeyShape {

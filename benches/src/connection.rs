@@ -41,6 +41,9 @@ pub struct Endpoints {
     /// Full URLs: a bare host:port gets https:// when a TLS flag is given, http:// otherwise.
     urls: Vec<String>,
     tls: TlsFlags,
+    /// User and password each connection authenticates with (its token then goes with
+    /// every request, as etcd's Go client sends it).
+    user: Option<(String, String)>,
 }
 
 impl Endpoints {
@@ -56,7 +59,17 @@ impl Endpoints {
                 }
             })
             .collect();
-        Self { urls, tls }
+        Self {
+            urls,
+            tls,
+            user: None,
+        }
+    }
+
+    /// The same servers, as `user` with `password`.
+    pub fn as_user(mut self, user: &str, password: &str) -> Self {
+        self.user = Some((user.to_string(), password.to_string()));
+        self
     }
 
     /// Plain http:// URLs, as the comparison's own servers listen on.
@@ -85,7 +98,11 @@ impl Endpoints {
                 .collect::<Result<Vec<_>>>()?;
             Channel::balance_list(endpoints.into_iter())
         };
-        Ok(Client::from_channel(etcd_client::Channel::Tonic(channel), None).await?)
+        let options = self
+            .user
+            .as_ref()
+            .map(|(user, password)| etcd_client::ConnectOptions::new().with_user(user, password));
+        Ok(Client::from_channel(etcd_client::Channel::Tonic(channel), options).await?)
     }
 
     fn endpoint(&self, url: &str, window: Option<u32>) -> Result<Endpoint> {

@@ -1017,25 +1017,29 @@ async fn a_watch_stops_delivering_once_its_read_permission_is_revoked() {
     .await
     .unwrap();
     let mut stream = WatchClient::new(ch.clone())
-        .watch(with_token(tokio_stream::wrappers::ReceiverStream::new(rx), &alice))
+        .watch(with_token(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+            &alice,
+        ))
         .await
         .unwrap()
         .into_inner();
-    let mut next = || {
-        let stream = &mut stream;
-        async move {
-            tokio::time::timeout(Duration::from_secs(10), stream.next())
-                .await
-                .expect("the watch answers")
-                .expect("the stream stays open")
-                .unwrap()
-        }
-    };
-    let created = next().await;
+    async fn next(
+        stream: &mut tonic::Streaming<oxcd_proto::etcdserverpb::WatchResponse>,
+    ) -> oxcd_proto::etcdserverpb::WatchResponse {
+        tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .expect("the watch answers")
+            .expect("the stream stays open")
+            .unwrap()
+    }
+    let created = next(&mut stream).await;
     assert!(created.created && !created.canceled, "{created:?}");
     let mut kv = KvClient::new(ch.clone());
-    kv.put(with_token(put(b"mine/1", 0, false), &root)).await.unwrap();
-    let first = next().await;
+    kv.put(with_token(put(b"mine/1", 0, false), &root))
+        .await
+        .unwrap();
+    let first = next(&mut stream).await;
     assert_eq!(first.events.len(), 1, "{first:?}");
     AuthClient::new(ch.clone())
         .role_revoke_permission(with_token(
@@ -1048,8 +1052,10 @@ async fn a_watch_stops_delivering_once_its_read_permission_is_revoked() {
         ))
         .await
         .unwrap();
-    kv.put(with_token(put(b"mine/2", 0, false), &root)).await.unwrap();
-    let after = next().await;
+    kv.put(with_token(put(b"mine/2", 0, false), &root))
+        .await
+        .unwrap();
+    let after = next(&mut stream).await;
     assert!(after.canceled && after.events.is_empty(), "{after:?}");
     assert_eq!(after.watch_id, created.watch_id);
     assert_eq!(
