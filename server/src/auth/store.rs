@@ -706,3 +706,146 @@ fn grant(role: &mut Role, perm: Permission) {
     perms.push(perm);
     perms.sort_by(|a, b| a.key.cmp(&b.key));
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, AuthStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(dir.path()).unwrap();
+        let tokens = TokenConfig::Simple {
+            ttl: Duration::from_secs(300),
+        };
+        let store = AuthStore::load(&engine, tokens).unwrap();
+        (dir, store)
+    }
+
+    fn apply(store: &AuthStore, who: &AuthInfo, change: Change) -> Result<bool, EtcdError> {
+        let change = AuthChange {
+            change: Some(change),
+        };
+        store
+            .apply(change, who, 1)
+            .map(|(_, stored)| stored.is_some())
+    }
+
+    fn user(name: &str) -> Change {
+        Change::UserAdd(AuthUserAddRequest {
+            name: name.into(),
+            hashed_password: base64::engine::general_purpose::STANDARD.encode("hash"),
+            ..Default::default()
+        })
+    }
+
+    fn grant(user: &str, role: &str) -> Change {
+        Change::UserGrantRole(AuthUserGrantRoleRequest {
+            user: user.into(),
+            role: role.into(),
+        })
+    }
+
+    #[test]
+    fn auth_needs_a_root_user_with_the_root_role_which_it_then_keeps() {
+        let (_dir, s) = store();
+        let nobody = AuthInfo::default();
+        assert_eq!(
+            s.revision(),
+            1,
+            "a new store starts at revision 1, as etcd's"
+        );
+        let enable = || Change::Enable(AuthEnableRequest {});
+        assert_eq!(
+            apply(&s, &nobody, enable()),
+            Err(EtcdError::RootUserNotExist)
+        );
+        apply(&s, &nobody, user("root")).unwrap();
+        assert_eq!(
+            apply(&s, &nobody, enable()),
+            Err(EtcdError::RootRoleNotExist)
+        );
+        // The root role needs no RoleAdd to be granted.
+        apply(&s, &nobody, grant("root", "root")).unwrap();
+        let before = s.revision();
+        assert_eq!(apply(&s, &nobody, enable()), Ok(true));
+        assert_eq!(s.revision(), before, "enabling keeps the revision");
+        assert!(s.is_enabled());
+        // Now only root may change anything, and root keeps its role.
+        assert_eq!(apply(&s, &nobody, user("x")), Err(EtcdError::UserEmpty));
+        let root = s.certificate_user("root");
+        let revoke = Change::UserRevokeRole(AuthUserRevokeRoleRequest {
+            name: "root".into(),
+            role: "root".into(),
+        });
+        assert_eq!(apply(&s, &root, revoke), Err(EtcdError::InvalidAuthMgmt));
+        let delete = Change::UserDelete(AuthUserDeleteRequest {
+            name: "root".into(),
+        });
+        assert_eq!(apply(&s, &root, delete), Err(EtcdError::InvalidAuthMgmt));
+        apply(&s, &root, user("alice")).unwrap();
+        let alice = s.certificate_user("alice");
+        assert_eq!(
+            apply(&s, &alice, user("y")),
+            Err(EtcdError::PermissionDenied)
+        );
+        // Granting a role twice changes nothing, not even the revision.
+        apply(&s, &root, grant("alice", "root")).unwrap();
+        let before = s.revision();
+        assert_eq!(apply(&s, &root, grant("alice", "root")), Ok(false));
+        assert_eq!(s.revision(), before);
+        let disable = Change::Disable(AuthDisableRequest {});
+        assert_eq!(apply(&s, &root, disable), Ok(true));
+        assert_eq!(s.revision(), before + 1, "disabling moves the revision");
+    }
+
+    #[test]
+    fn a_stale_revision_or_an_unknown_user_is_refused_before_any_permission() {
+        let (_dir, s) = store();
+        let nobody = AuthInfo::default();
+        apply(&s, &nobody, user("root")).unwrap();
+        apply(&s, &nobody, grant("root", "root")).unwrap();
+        apply(&s, &nobody, Change::Enable(AuthEnableRequest {})).unwrap();
+        let root = s.certificate_user("root");
+        assert_eq!(s.check_range(&root, b"k", b""), Ok(()));
+        apply(&s, &root, user("bob")).unwrap();
+        assert_eq!(
+            s.check_range(&root, b"k", b""),
+            Err(EtcdError::AuthOldRevision)
+        );
+        assert_eq!(s.check_range(&nobody, b"k", b""), Err(EtcdError::UserEmpty));
+        let ghost = s.certificate_user("ghost");
+        assert_eq!(
+            s.check_range(&ghost, b"k", b""),
+            Err(EtcdError::PermissionDenied)
+        );
+        assert_eq!(s.check_admin(&ghost), Err(EtcdError::UserNotFound));
+    }
+
+    #[test]
+    fn the_state_survives_a_reload_from_its_stored_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(dir.path()).unwrap();
+        let tokens = TokenConfig::Simple {
+            ttl: Duration::from_secs(300),
+        };
+        let s = AuthStore::load(&engine, tokens.clone()).unwrap();
+        let nobody = AuthInfo::default();
+        let (_, stored) = s
+            .apply(
+                AuthChange {
+                    change: Some(user("root")),
+                },
+                &nobody,
+                1,
+            )
+            .unwrap();
+        let mut batch = engine.batch();
+        batch.put(Cf::Meta, AUTH_META_KEY, &stored.unwrap());
+        engine.write(batch, true).unwrap();
+        let again = AuthStore::load(&engine, tokens).unwrap();
+        assert_eq!(again.revision(), 2);
+        assert_eq!(again.user_names(&nobody).unwrap(), ["root"]);
+    }
+}
