@@ -101,8 +101,12 @@ async fn require_user<T>(auth: &AuthService, req: &tonic::Request<T>) -> Result<
     auth.store().require_user(&who).map_err(tonic::Status::from)
 }
 
-/// Who sent a request, as the Auth service resolves its credentials.
+/// Who sent a request, as the Auth service resolves its credentials (nobody while auth is
+/// off, without looking).
 async fn caller<T>(auth: &AuthService, req: &tonic::Request<T>) -> Result<AuthInfo, tonic::Status> {
+    if !auth.store().is_enabled() {
+        return Ok(AuthInfo::default());
+    }
     Credentials::of(req).identify(auth).await
 }
 

@@ -120,21 +120,18 @@ impl Watch for WatchApi {
         });
         let header = self.header.clone();
         let auth = self.auth.clone();
-        let out = tokio_stream::wrappers::ReceiverStream::new(responses)
-            .then(move |resp| {
-                let (auth, credentials, permitted) =
-                    (auth.clone(), credentials.clone(), permitted.clone());
-                let remover = remover.clone();
-                async move {
-                    let resp = recheck(resp, &auth, &credentials, &permitted, &remover).await;
-                    Ok::<_, Status>(resp)
-                }
-            })
-            .filter_map(move |resp| {
-                let mut resp = resp.ok()??;
+        let checked = tokio_stream::wrappers::ReceiverStream::new(responses).then(move |resp| {
+            let (auth, credentials, permitted) =
+                (auth.clone(), credentials.clone(), permitted.clone());
+            let remover = remover.clone();
+            async move { recheck(resp, &auth, &credentials, &permitted, &remover).await }
+        });
+        let out = futures_util::StreamExt::flat_map(checked, futures_util::stream::iter).map(
+            move |mut resp| {
                 header.fill(&mut resp.header);
-                Some(Ok(resp))
-            });
+                Ok(resp)
+            },
+        );
         Ok(Response::new(
             self.leader.watch_over(&metadata, Box::pin(out)),
         ))
@@ -142,16 +139,16 @@ impl Watch for WatchApi {
 }
 
 /// Follows created watches and, when the auth state has moved since the last check, checks
-/// every watch of the stream again before its events go out: a watch whose caller may no
-/// longer read its range is canceled (with etcd's permission-denied reason) instead of
-/// delivering them. None drops a response.
+/// every watch of the stream again before events go out: each watch whose caller may no
+/// longer read its range is canceled (with etcd's permission-denied reason), and its events
+/// are dropped from then on. Returns what to send in place of `resp`.
 async fn recheck(
     resp: WatchResponse,
     auth: &AuthService,
     credentials: &Credentials,
     permitted: &Mutex<Permitted>,
     remover: &crate::watch::WatchRemover,
-) -> Option<WatchResponse> {
+) -> Vec<WatchResponse> {
     let store = auth.store();
     if resp.created {
         let mut p = permitted.lock();
@@ -163,43 +160,50 @@ async fn recheck(
         if p.checked_at == 0 {
             p.checked_at = store.revision();
         }
-        return Some(resp);
+        return vec![resp];
     }
     if resp.canceled {
         permitted.lock().ranges.remove(&resp.watch_id);
-        return Some(resp);
+        return vec![resp];
     }
     if resp.events.is_empty() || !store.is_enabled() {
-        return Some(resp);
+        return vec![resp];
     }
     let stale = {
         let p = permitted.lock();
         if !p.ranges.contains_key(&resp.watch_id) {
-            // Canceled for lost permission: its later events are dropped.
-            return None;
+            // Canceled for lost permission.
+            return Vec::new();
         }
         p.checked_at != store.revision()
     };
-    if stale {
-        let who = credentials.resolve(auth).await.unwrap_or_default();
-        let mut p = permitted.lock();
-        p.checked_at = store.revision();
-        p.ranges.retain(|id, (key, end)| {
-            let keep = store.may_still_read(&who, key, end);
-            if !keep {
-                remover.remove(*id);
-            }
-            keep
-        });
-        if !p.ranges.contains_key(&resp.watch_id) {
-            return Some(WatchResponse {
-                header: resp.header,
-                watch_id: resp.watch_id,
-                canceled: true,
-                cancel_reason: cancel_reason(EtcdError::PermissionDenied),
-                ..Default::default()
-            });
-        }
+    if !stale {
+        return vec![resp];
     }
-    Some(resp)
+    let who = credentials.resolve(auth).await.unwrap_or_default();
+    let mut p = permitted.lock();
+    p.checked_at = store.revision();
+    let mut lost = Vec::new();
+    p.ranges.retain(|id, (key, end)| {
+        let keep = store.may_still_read(&who, key, end);
+        if !keep {
+            remover.remove(*id);
+            lost.push(*id);
+        }
+        keep
+    });
+    let mut out: Vec<WatchResponse> = lost
+        .into_iter()
+        .map(|watch_id| WatchResponse {
+            header: resp.header.clone(),
+            watch_id,
+            canceled: true,
+            cancel_reason: cancel_reason(EtcdError::PermissionDenied),
+            ..Default::default()
+        })
+        .collect();
+    if p.ranges.contains_key(&resp.watch_id) {
+        out.push(resp);
+    }
+    out
 }
