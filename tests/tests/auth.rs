@@ -37,6 +37,7 @@ const SEQUENCE: &[&str] = &[
     "user grant-role root root",
     "auth enable",
     "auth status",
+    "user list",
     "get foo",
     "--user root:bad get foo",
     "--user root:rootpw put foo bar",
@@ -80,6 +81,9 @@ const SEQUENCE: &[&str] = &[
     "--user alice:alicepw endpoint hashkv",
     "~--user alice:alicepw defrag",
     "~--user alice:alicepw snapshot save /dev/null",
+    "--user alice:alicepw member add m2 --peer-urls=http://127.0.0.1:1",
+    "--user alice:alicepw member remove 1234",
+    "--user alice:alicepw move-leader 1234",
     "--user alice:alicepw lock p/lk echo locked",
     "--user alice:alicepw lock q/lk echo locked",
     "--user alice:alicepw elect q/el v",
@@ -122,7 +126,8 @@ const SEQUENCE: &[&str] = &[
 
 /// Steps where etcd 3.4 answers otherwise and oxcd follows 3.6/3.7 (the 3.7 comparison checks
 /// them): compaction, hashes, defragment and snapshots became the root role's; Status, member
-/// list and leases need a user; a permission range must not be inverted; and 3.4 words
+/// list and leases need a user; MoveLeader is the root role's; a permission range must not be
+/// inverted; and 3.4 words
 /// permission errors of the maintenance calls as `auth: permission denied` (code Unknown).
 const NEWER_THAN_34: &[&str] = &[
     "--user alice:alicepw compaction 1",
@@ -136,6 +141,7 @@ const NEWER_THAN_34: &[&str] = &[
     "--user root:rootpw role grant-permission r1 read b a",
     "--user root:rootpw role get r1",
     "--user alice:alicepw elect q/el v",
+    "--user alice:alicepw move-leader 1234",
 ];
 
 /// Runs every step of [`SEQUENCE`] with `etcdctl` against `endpoint`.
@@ -824,7 +830,13 @@ async fn get_as(endpoint: &str, token: &str, key: &[u8]) -> String {
 
 #[tokio::test]
 async fn a_simple_token_from_one_member_is_honoured_by_every_member() {
-    let cluster = Cluster::start(Flavor::Oxcd, 3, &[]).await;
+    for flavor in [Flavor::Etcd37, Flavor::Oxcd] {
+        simple_token_on_every_member(flavor).await;
+    }
+}
+
+async fn simple_token_on_every_member(flavor: Flavor) {
+    let cluster = Cluster::start(flavor, 3, &[]).await;
     let token = enable_auth_and_login(&cluster, 0).await;
     for m in cluster.members() {
         assert_eq!(get_as(&m.endpoint(), &token, b"mine/x").await, "ok");
@@ -866,11 +878,17 @@ fn rsa_keys(dir: &Path) -> (String, String) {
 
 #[tokio::test]
 async fn a_jwt_issued_by_one_member_works_on_the_others_and_outlives_a_restart() {
+    for flavor in [Flavor::Etcd37, Flavor::Oxcd] {
+        jwt_on_every_member(flavor).await;
+    }
+}
+
+async fn jwt_on_every_member(flavor: Flavor) {
     let dir = tempfile::tempdir().unwrap();
     let (private, public) = rsa_keys(dir.path());
     let flag =
         format!("--auth-token=jwt,pub-key={public},priv-key={private},sign-method=RS256,ttl=10m");
-    let mut cluster = Cluster::start(Flavor::Oxcd, 3, &[flag.as_str()]).await;
+    let mut cluster = Cluster::start(flavor, 3, &[flag.as_str()]).await;
     let token = enable_auth_and_login(&cluster, 1).await;
     assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
     for m in cluster.members() {
