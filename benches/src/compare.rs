@@ -424,7 +424,7 @@ impl Workload {
         let (clients, conns) = OTHER_CLIENTS;
         let as_user = || async {
             enable_auth(&endpoints).await?;
-            Ok::<_, anyhow::Error>(endpoints.clone().as_user(BENCH_USER, BENCH_PASSWORD))
+            Ok::<_, anyhow::Error>(endpoints.clone().with_user(BENCH_USER, BENCH_PASSWORD))
         };
         let report = match self {
             Workload::PutSeq => run_puts(&endpoints, &put((1, 1))).await?,

@@ -67,7 +67,7 @@ impl Endpoints {
     }
 
     /// The same servers, as `user` with `password`.
-    pub fn as_user(mut self, user: &str, password: &str) -> Self {
+    pub fn with_user(mut self, user: &str, password: &str) -> Self {
         self.user = Some((user.to_string(), password.to_string()));
         self
     }

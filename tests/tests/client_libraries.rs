@@ -94,7 +94,7 @@ async fn run_auth_tests(flavor: Flavor) -> String {
         vec!["user", "add", "root", "--new-user-password=rootpwd"],
         vec!["user", "grant-role", "root", "root"],
     ] {
-        oxcd_tests::cluster::etcdctl(&[endpoint.clone()], &args)
+        oxcd_tests::cluster::etcdctl(std::slice::from_ref(&endpoint), &args)
             .await
             .expect_ok();
     }

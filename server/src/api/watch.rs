@@ -195,7 +195,7 @@ async fn recheck(
     let mut out: Vec<WatchResponse> = lost
         .into_iter()
         .map(|watch_id| WatchResponse {
-            header: resp.header.clone(),
+            header: resp.header,
             watch_id,
             canceled: true,
             cancel_reason: cancel_reason(EtcdError::PermissionDenied),
