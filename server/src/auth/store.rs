@@ -626,8 +626,11 @@ impl AuthStore {
         who: &AuthInfo,
         role: &str,
     ) -> Result<Vec<Permission>, EtcdError> {
+        // Checked before the read lock is taken: parking_lot's fair RwLock deadlocks on a
+        // recursive read while a writer waits.
+        let admin = self.check_admin(who);
         let state = self.state.read();
-        if let Err(e) = self.check_admin(who) {
+        if let Err(e) = admin {
             let holds = state
                 .users
                 .get(&who.user)
