@@ -172,3 +172,69 @@ fn single_dash_flags_and_a_relative_host_port_socket() {
     }
     assert_eq!(seen[0], seen[1], "etcd 3.7 (left), oxcd (right)");
 }
+
+/// Three members whose client and peer URLs are all Unix sockets: members dial each other's
+/// sockets. (etcd 3.7.3 started this way opens the sockets but never forms its cluster.)
+#[test]
+fn a_cluster_on_unix_sockets_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    let initial = (1..=3)
+        .map(|i| format!("m{i}=unix://{d}/p{i}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let members: Vec<Killed> = (1..=3)
+        .map(|i| {
+            let (client, peer) = (format!("unix://{d}/c{i}"), format!("unix://{d}/p{i}"));
+            Killed(
+                Command::new(Flavor::Oxcd.binary())
+                    .args(["-name", &format!("m{i}"), "-data-dir", &format!("{d}/d{i}")])
+                    .args([
+                        "-listen-client-urls",
+                        &client,
+                        "-advertise-client-urls",
+                        &client,
+                    ])
+                    .args([
+                        "-listen-peer-urls",
+                        &peer,
+                        "-initial-advertise-peer-urls",
+                        &peer,
+                    ])
+                    .args(["-initial-cluster", &initial, "-log-level", "error"])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap(),
+            )
+        })
+        .collect();
+    let endpoint = |i: u32| format!("unix://{d}/c{i}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !etcdctl37(&endpoint(2), dir.path(), &["put", "k", "v"])
+        .status
+        .success()
+    {
+        assert!(Instant::now() < deadline, "the cluster never took a write");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for i in [1, 3] {
+        let got = etcdctl34(
+            &endpoint(i),
+            dir.path(),
+            &["get", "k", "--print-value-only"],
+        );
+        assert_eq!(stdout(&got), "v\n", "member {i}");
+    }
+    let list = stdout(&etcdctl37(&endpoint(3), dir.path(), &["member", "list"]));
+    for i in 1..=3 {
+        assert!(
+            list.contains(&format!(
+                ", started, m{i}, unix://{d}/p{i}, unix://{d}/c{i}, false"
+            )),
+            "{list}"
+        );
+    }
+    drop(members);
+}
