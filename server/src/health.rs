@@ -1,6 +1,6 @@
 //! The HTTP endpoints etcd serves on `--listen-metrics-urls` (kubeadm probes them on
-//! 127.0.0.1:2381): `/livez`, `/readyz`, `/health` and a small `/metrics`, with etcd 3.6/3.7's
-//! checks, reasons and bodies.
+//! 127.0.0.1:2381) and on its client URLs (through `crate::http::Router`): `/livez`, `/readyz`,
+//! `/health` and a small `/metrics`, with etcd 3.6/3.7's checks, reasons and bodies.
 
 use std::convert::Infallible;
 use std::sync::Arc;
