@@ -238,3 +238,65 @@ fn a_cluster_on_unix_sockets_alone() {
     }
     drop(members);
 }
+
+/// A unixs:// client URL: TLS on a Unix socket, gRPC and HTTP on it, as etcd 3.7 serves it.
+#[test]
+fn a_unixs_client_url_serves_grpc_and_http_over_tls() {
+    let mut seen = Vec::new();
+    for flavor in [Flavor::Etcd37, Flavor::Oxcd] {
+        let dir = tempfile::tempdir().unwrap();
+        oxcd_tests::certs::make_certificates(dir.path());
+        let file = |name: &str| dir.path().join(name).display().to_string();
+        let endpoint = "unixs://localhost:4001";
+        let args = [
+            "-data-dir=data",
+            &format!("-listen-client-urls={endpoint}"),
+            &format!("-advertise-client-urls={endpoint}"),
+            "-listen-peer-urls=http://127.0.0.1:0",
+            "-cert-file",
+            &file("server.crt"),
+            "-key-file",
+            &file("server.key"),
+            "-log-level=error",
+        ];
+        let process = Killed(
+            Command::new(flavor.binary())
+                .current_dir(dir.path())
+                .args(args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        // The test server certificate names 127.0.0.1, not the socket: no verification.
+        let insecure = ["--insecure-skip-tls-verify", "put", "k", "v"];
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let put = loop {
+            let out = etcdctl37(endpoint, dir.path(), &insecure);
+            if out.status.success() || Instant::now() >= deadline {
+                break out;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        let get = etcdctl37(
+            endpoint,
+            dir.path(),
+            &[
+                "--insecure-skip-tls-verify",
+                "get",
+                "k",
+                "--print-value-only",
+            ],
+        );
+        let livez = Command::new("curl")
+            .current_dir(dir.path())
+            .args(["-sSk", "--unix-socket", "localhost:4001"])
+            .args(["--http1.1", "https://localhost/livez"])
+            .output()
+            .unwrap();
+        seen.push((stdout(&put), stdout(&get), stdout(&livez)));
+        drop(process);
+    }
+    assert_eq!(seen[0], seen[1], "etcd 3.7 (left), oxcd (right)");
+}
