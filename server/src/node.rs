@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use bytes::Bytes;
+use http_body_util::Full;
 use oxcd_proto::etcdserverpb::{
     auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
     lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
@@ -19,6 +21,7 @@ use oxcd_proto::v3electionpb::election_server::ElectionServer;
 use oxcd_proto::v3lockpb::lock_server::LockServer;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tonic::codegen::{http, Service};
 use tonic::service::interceptor::InterceptedService;
 use tonic::service::Routes;
 
@@ -32,7 +35,7 @@ use crate::auth::{AuthService, AuthStore};
 use crate::cluster;
 use crate::concurrency::Contention;
 use crate::config::{ClusterState, Config};
-use crate::http::Router;
+use crate::http::{Gateway, GrpcCall, Router};
 use crate::kv::KvService;
 use crate::lease::{LeaseService, Lessor};
 use crate::listen::{is_tls, Listener};
@@ -361,12 +364,29 @@ impl Node {
                 inner: routes,
                 consensus: consensus.clone(),
             };
+            let grpc = GrpcWire::new(gated, known, max_decode);
+            let gateway = {
+                let grpc = grpc.clone();
+                let call: GrpcCall = Arc::new(move |req| {
+                    let mut grpc = grpc.clone();
+                    Box::pin(async move {
+                        let Ok(()) = std::future::poll_fn(|cx| {
+                            Service::<http::Request<Full<Bytes>>>::poll_ready(&mut grpc, cx)
+                        })
+                        .await;
+                        let Ok(response) = grpc.call(req).await;
+                        response
+                    })
+                });
+                Gateway::new(call, max_decode)?
+            };
             servers.push(tokio::spawn(crate::http::serve(
                 listener,
                 acceptor,
-                GrpcWire::new(gated, known, max_decode),
+                grpc,
                 Some(Router {
                     health: health.clone(),
+                    gateway,
                 }),
                 stopped.clone(),
             )));

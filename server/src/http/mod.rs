@@ -1,6 +1,7 @@
 //! Plain HTTP on the client port, next to gRPC (etcd's cmux): what etcd's client port answers to
 //! requests that are not gRPC. [`serve`] tells the two apart per connection and per request.
 
+mod gateway;
 mod serve;
 
 use bytes::Bytes;
@@ -10,21 +11,30 @@ use hyper::{Request, Response, StatusCode};
 
 use crate::health::Health;
 
+pub use gateway::{Gateway, GrpcCall};
 pub use serve::serve;
 
 /// The HTTP endpoints of a client URL.
 #[derive(Clone)]
 pub struct Router {
     pub health: Health,
+    pub gateway: Gateway,
 }
 
 impl Router {
-    pub async fn answer<B>(&self, req: Request<B>) -> Response<Full<Bytes>> {
-        // The JSON gateway (`/v3/...`) is to be routed here, ahead of the rest.
-        let mut resp = match req.uri().path() {
-            "/version" => version(),
+    pub async fn answer<B>(&self, req: Request<B>) -> Response<Full<Bytes>>
+    where
+        B: hyper::body::Body<Data = Bytes>,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let path = req.uri().path();
+        let mut resp = if path.starts_with("/v3/") {
+            self.gateway.answer(req).await
+        } else if path == "/version" {
+            version()
+        } else {
             // /health, /livez, /readyz, /metrics and etcd's 404 for anything else.
-            _ => self.health.answer(req).await,
+            self.health.answer(req).await
         };
         // etcd wraps its client-port handlers in its CORS handler, whose default (`--cors=*`)
         // allows every origin.
