@@ -205,9 +205,25 @@ fn wait_until_put(dir: &Path, endpoint: &str) {
 /// any two clusters (ids, term, lease ids) taken out, and the message about a request that is
 /// not JSON (its wording is Go's JSON decoder's in etcd).
 fn gateway(base: &str, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
+    gateway_as(None, base, method, path, body)
+}
+
+/// [`gateway`] with an `Authorization` header.
+fn gateway_as(
+    token: Option<&str>,
+    base: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, serde_json::Value) {
     let url = format!("{base}{path}");
     let malformed = serde_json::from_str::<serde_json::Value>(body).is_err() && !body.is_empty();
-    let (status, content_type, body) = curl(&["-X", method, "-d", body, &url]);
+    let authorization = format!("Authorization: {}", token.unwrap_or_default());
+    let mut args = vec!["-X", method, "-d", body, &url];
+    if token.is_some() {
+        args.extend(["-H", &authorization]);
+    }
+    let (status, content_type, body) = curl(&args);
     assert_eq!(content_type, "application/json", "{path}");
     let mut json: serde_json::Value = serde_json::from_str(&body).unwrap();
     if let Some(header) = json.get_mut("header").and_then(|h| h.as_object_mut()) {
@@ -275,6 +291,70 @@ async fn the_json_gateway_answers_like_etcd() {
                 .iter()
                 .map(|(method, path, body)| (*path, gateway(&base, method, path, body)))
                 .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap();
+        seen.push(answered);
+    }
+    for (etcd, oxcd) in seen[0].iter().zip(&seen[1]) {
+        assert_eq!(etcd, oxcd, "etcd 3.7 (left), oxcd (right)");
+    }
+}
+
+/// Auth through the gateway: a token from `/v3/auth/authenticate` in the `Authorization` header
+/// is the caller, as in etcd 3.7; without it, or with a wrong one, the call is refused alike.
+#[tokio::test]
+async fn the_json_gateway_takes_the_authorization_header_as_etcd_does() {
+    let mut seen = Vec::new();
+    for flavor in [Flavor::Etcd37, Flavor::Oxcd] {
+        let server = Server::start(flavor).await;
+        let base = server.client_url();
+        let answered = tokio::task::spawn_blocking(move || {
+            let call = |token: Option<&str>, path: &str, body: &str| {
+                gateway_as(token, &base, "POST", path, body)
+            };
+            let mut answers = vec![
+                call(
+                    None,
+                    "/v3/auth/user/add",
+                    r#"{"name":"root","password":"pw"}"#,
+                ),
+                call(None, "/v3/auth/role/add", r#"{"name":"root"}"#),
+                call(
+                    None,
+                    "/v3/auth/user/grant",
+                    r#"{"user":"root","role":"root"}"#,
+                ),
+                call(None, "/v3/auth/enable", "{}"),
+                call(None, "/v3/kv/put", r#"{"key":"YQ==","value":"Yg=="}"#),
+                call(
+                    Some("wrong"),
+                    "/v3/kv/put",
+                    r#"{"key":"YQ==","value":"Yg=="}"#,
+                ),
+                call(
+                    None,
+                    "/v3/auth/authenticate",
+                    r#"{"name":"root","password":"no"}"#,
+                ),
+            ];
+            let (status, mut authenticated) = call(
+                None,
+                "/v3/auth/authenticate",
+                r#"{"name":"root","password":"pw"}"#,
+            );
+            let token = authenticated["token"].as_str().unwrap().to_string();
+            authenticated.as_object_mut().unwrap().remove("token");
+            answers.push((status, authenticated));
+            let token = Some(token.as_str());
+            answers.push(call(
+                token,
+                "/v3/kv/put",
+                r#"{"key":"YQ==","value":"Yg=="}"#,
+            ));
+            answers.push(call(token, "/v3/kv/range", r#"{"key":"YQ=="}"#));
+            answers.push(call(token, "/v3/auth/user/list", "{}"));
+            answers
         })
         .await
         .unwrap();
