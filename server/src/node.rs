@@ -7,8 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use bytes::Bytes;
-use http_body_util::Full;
 use oxcd_proto::etcdserverpb::{
     auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
     lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
@@ -371,7 +369,7 @@ impl Node {
                     let mut grpc = grpc.clone();
                     Box::pin(async move {
                         let Ok(()) = std::future::poll_fn(|cx| {
-                            Service::<http::Request<Full<Bytes>>>::poll_ready(&mut grpc, cx)
+                            Service::<http::Request<tonic::body::Body>>::poll_ready(&mut grpc, cx)
                         })
                         .await;
                         let Ok(response) = grpc.call(req).await;

@@ -364,3 +364,73 @@ async fn the_json_gateway_takes_the_authorization_header_as_etcd_does() {
         assert_eq!(etcd, oxcd, "etcd 3.7 (left), oxcd (right)");
     }
 }
+
+/// The gateway's streams as etcd 3.7 streams them: `/v3/watch` (history and live events, one
+/// `{"result":…}` line each) and `/v3/lease/keepalive`.
+#[tokio::test]
+async fn the_json_gateway_streams_watches_and_keep_alives_like_etcd() {
+    let mut seen = Vec::new();
+    for flavor in [Flavor::Etcd37, Flavor::Oxcd] {
+        let server = Server::start(flavor).await;
+        let base = server.client_url();
+        let answered = tokio::task::spawn_blocking(move || {
+            let stream = |path: &str, body: &str, seconds: &str| {
+                Command::new("curl")
+                    .args(["-sN", "--max-time", seconds, "-X", "POST", "-d", body])
+                    .arg(format!("{base}{path}"))
+                    .stdout(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            };
+            gateway(
+                &base,
+                "POST",
+                "/v3/kv/put",
+                r#"{"key":"Zm9v","value":"MQ=="}"#,
+            );
+            let watch = stream(
+                "/v3/watch",
+                r#"{"create_request":{"key":"Zm9v","start_revision":"1","prev_kv":true}}"#,
+                "3",
+            );
+            std::thread::sleep(Duration::from_millis(500));
+            gateway(
+                &base,
+                "POST",
+                "/v3/kv/put",
+                r#"{"key":"Zm9v","value":"Mg=="}"#,
+            );
+            gateway(&base, "POST", "/v3/kv/deleterange", r#"{"key":"Zm9v"}"#);
+            let grant = format!("{base}/v3/lease/grant");
+            let (_, _, granted) = curl(&["-X", "POST", "-d", r#"{"TTL":30}"#, &grant]);
+            let granted: serde_json::Value = serde_json::from_str(&granted).unwrap();
+            let id = granted["ID"].as_str().unwrap();
+            let keepalive = stream("/v3/lease/keepalive", &format!(r#"{{"ID":"{id}"}}"#), "1");
+            let mut lines = Vec::new();
+            for child in [watch, keepalive] {
+                let out = child.wait_with_output().unwrap();
+                for line in String::from_utf8(out.stdout).unwrap().lines() {
+                    let mut json: serde_json::Value = serde_json::from_str(line).unwrap();
+                    if let Some(result) = json.get_mut("result").and_then(|r| r.as_object_mut()) {
+                        result.remove("ID");
+                        if let Some(header) =
+                            result.get_mut("header").and_then(|h| h.as_object_mut())
+                        {
+                            for id in ["cluster_id", "member_id", "raft_term"] {
+                                header.remove(id);
+                            }
+                        }
+                    }
+                    lines.push(json.to_string());
+                }
+            }
+            lines
+        })
+        .await
+        .unwrap();
+        seen.push(answered);
+    }
+    assert_eq!(seen[0], seen[1], "etcd 3.7 (left), oxcd (right)");
+    // created, the put before it, the put and delete after it, one keep-alive.
+    assert_eq!(seen[1].len(), 5, "{:#?}", seen[1]);
+}

@@ -8,9 +8,11 @@
 
 use std::sync::Arc;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::future::BoxFuture;
-use http_body_util::{BodyExt, Full, Limited};
+use futures_util::StreamExt;
+use http_body_util::{BodyExt, Full, Limited, StreamBody};
+use hyper::body::Frame;
 use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use prost::Message;
@@ -19,12 +21,25 @@ use tonic::Code;
 
 /// One gRPC call on this member's own services.
 pub type GrpcCall = Arc<
-    dyn Fn(Request<Full<Bytes>>) -> BoxFuture<'static, Response<tonic::body::Body>> + Send + Sync,
+    dyn Fn(Request<tonic::body::Body>) -> BoxFuture<'static, Response<tonic::body::Body>>
+        + Send
+        + Sync,
 >;
 
-/// The gateway's paths and the methods behind them (etcd's rpc.proto `google.api.http` options;
-/// streaming calls are not served).
+/// The gateway's paths and the methods behind them (etcd's rpc.proto `google.api.http` options).
 const ROUTES: &[(&str, &str, &str)] = &[
+    ("/v3/watch", "etcdserverpb.Watch", "Watch"),
+    (
+        "/v3/lease/keepalive",
+        "etcdserverpb.Lease",
+        "LeaseKeepAlive",
+    ),
+    (
+        "/v3/maintenance/snapshot",
+        "etcdserverpb.Maintenance",
+        "Snapshot",
+    ),
+    ("/v3/election/observe", "v3electionpb.Election", "Observe"),
     ("/v3/kv/range", "etcdserverpb.KV", "Range"),
     ("/v3/kv/put", "etcdserverpb.KV", "Put"),
     ("/v3/kv/deleterange", "etcdserverpb.KV", "DeleteRange"),
@@ -165,7 +180,7 @@ impl Gateway {
     }
 
     /// Answers a request under `/v3/`.
-    pub async fn answer<B>(&self, req: Request<B>) -> Response<Full<Bytes>>
+    pub async fn answer<B>(&self, req: Request<B>) -> Response<tonic::body::Body>
     where
         B: hyper::body::Body<Data = Bytes>,
         B::Error: std::error::Error + Send + Sync + 'static,
@@ -182,14 +197,34 @@ impl Gateway {
             Ok(body) => body.to_bytes(),
             Err(e) => return error(Code::InvalidArgument, &e.to_string()),
         };
-        let input = match decode_json(method.input(), &body) {
-            Ok(input) => input,
+        // A streaming call's body is a sequence of JSON requests, as grpc-gateway reads it.
+        let inputs = if method.is_client_streaming() {
+            decode_json_sequence(method.input(), &body)
+        } else {
+            decode_json(method.input(), &body).map(|m| vec![m])
+        };
+        let inputs = match inputs {
+            Ok(inputs) => inputs,
             Err(e) => return error(Code::InvalidArgument, &e.to_string()),
         };
-        let mut frame = BytesMut::with_capacity(5 + input.encoded_len());
-        frame.put_u8(0);
-        frame.put_u32(input.encoded_len() as u32);
-        input.encode(&mut frame).expect("a BytesMut grows");
+        let mut frames = BytesMut::new();
+        for input in &inputs {
+            frames.put_u8(0);
+            frames.put_u32(input.encoded_len() as u32);
+            input.encode(&mut frames).expect("a BytesMut grows");
+        }
+        let frames = frames.freeze();
+        // Dropped with the response body, when the HTTP client goes away.
+        let (hang_up, hung_up) = tokio::sync::oneshot::channel::<()>();
+        let body = if method.is_client_streaming() {
+            // etcd ends a watch or keep-alive stream when its client stops sending, so the
+            // requests stay open until the HTTP client goes away.
+            let data = futures_util::stream::iter([Ok::<_, tonic::Status>(Frame::data(frames))])
+                .chain(futures_util::stream::once(hung_up).filter_map(|_| async { None }));
+            tonic::body::Body::new(StreamBody::new(data))
+        } else {
+            tonic::body::Body::new(Full::new(frames))
+        };
         let mut call = Request::builder()
             .method(Method::POST)
             .version(hyper::Version::HTTP_2)
@@ -203,10 +238,19 @@ impl Gateway {
         if let Some(token) = authorization {
             call = call.header(AUTHORIZATION, token);
         }
-        let call = call
-            .body(Full::new(frame.freeze()))
-            .expect("a request of valid parts");
+        let call = call.body(body).expect("a request of valid parts");
         let (parts, body) = (self.call)(call).await.into_parts();
+        if method.is_server_streaming() {
+            if let Some(status) =
+                tonic::Status::from_header_map(&parts.headers).filter(|s| s.code() != Code::Ok)
+            {
+                return error(status.code(), status.message());
+            }
+            let mut resp = Response::new(stream_json(method.output(), body, hang_up));
+            resp.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            return resp;
+        }
         let (data, trailers) = match body.collect().await {
             Ok(collected) => {
                 let trailers = collected.trailers().cloned();
@@ -229,6 +273,98 @@ impl Gateway {
             Err(e) => error(Code::Internal, &e),
         }
     }
+}
+
+/// A stream of gRPC responses as grpc-gateway streams them: each message as `{"result":…}`
+/// and a newline, a failure at the end as `{"error":{"code","message"}}`. `hang_up` is held
+/// as long as the stream lives.
+fn stream_json(
+    output: prost_reflect::MessageDescriptor,
+    body: tonic::body::Body,
+    hang_up: tokio::sync::oneshot::Sender<()>,
+) -> tonic::body::Body {
+    struct State {
+        body: tonic::body::Body,
+        buffer: BytesMut,
+        output: prost_reflect::MessageDescriptor,
+        done: bool,
+        _hang_up: tokio::sync::oneshot::Sender<()>,
+    }
+    let state = State {
+        body,
+        buffer: BytesMut::new(),
+        output,
+        done: false,
+        _hang_up: hang_up,
+    };
+    let lines = futures_util::stream::unfold(state, |mut state| async move {
+        loop {
+            if let Some(message) = take_message(&mut state.buffer) {
+                let json = DynamicMessage::decode(state.output.clone(), message)
+                    .map_err(|e| e.to_string())
+                    .and_then(|m| encode_json(&m));
+                let line = match json {
+                    Ok(json) => [&b"{\"result\":"[..], &json, b"}\n"].concat(),
+                    Err(e) => stream_error(Code::Internal, &e),
+                };
+                return Some((line, state));
+            }
+            if state.done {
+                return None;
+            }
+            match state.body.frame().await {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => state.buffer.extend_from_slice(&data),
+                    Err(frame) => {
+                        state.done = true;
+                        let failed = frame
+                            .trailers_ref()
+                            .and_then(tonic::Status::from_header_map)
+                            .filter(|s| s.code() != Code::Ok);
+                        if let Some(status) = failed {
+                            return Some((stream_error(status.code(), status.message()), state));
+                        }
+                    }
+                },
+                Some(Err(status)) => {
+                    state.done = true;
+                    return Some((stream_error(status.code(), status.message()), state));
+                }
+                None => state.done = true,
+            }
+        }
+    });
+    let frames = lines.map(|line| Ok::<_, tonic::Status>(Frame::data(Bytes::from(line))));
+    tonic::body::Body::new(StreamBody::new(frames))
+}
+
+/// The next whole length-prefixed gRPC message in `buffer`, taken out of it.
+fn take_message(buffer: &mut BytesMut) -> Option<Bytes> {
+    let len = u32::from_be_bytes(buffer.get(1..5)?.try_into().ok()?) as usize;
+    if buffer.len() < 5 + len {
+        return None;
+    }
+    let mut message = buffer.split_to(5 + len);
+    message.advance(5);
+    Some(message.freeze())
+}
+
+fn stream_error(code: Code, message: &str) -> Vec<u8> {
+    let body = serde_json::json!({ "error": { "code": code as i32, "message": message } });
+    let mut line = body.to_string().into_bytes();
+    line.push(b'\n');
+    line
+}
+
+/// The successive JSON requests of a streaming call's body.
+fn decode_json_sequence(
+    descriptor: prost_reflect::MessageDescriptor,
+    body: &[u8],
+) -> Result<Vec<DynamicMessage>, serde_json::Error> {
+    serde_json::Deserializer::from_slice(body)
+        .into_iter::<serde_json::Value>()
+        .map(|value| DynamicMessage::deserialize(descriptor.clone(), value?))
+        .collect()
 }
 
 /// A JSON request body as protojson reads it (field names or their JSON names); an empty body
@@ -260,8 +396,8 @@ fn encode_json(message: &DynamicMessage) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
-fn json_response(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
+fn json_response(status: StatusCode, body: Vec<u8>) -> Response<tonic::body::Body> {
+    let mut resp = Response::new(tonic::body::Body::new(Full::new(Bytes::from(body))));
     *resp.status_mut() = status;
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -269,7 +405,7 @@ fn json_response(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
 }
 
 /// grpc-gateway's error body and HTTP status for a gRPC code.
-fn error(code: Code, message: &str) -> Response<Full<Bytes>> {
+fn error(code: Code, message: &str) -> Response<tonic::body::Body> {
     let body = serde_json::json!({ "code": code as i32, "message": message });
     json_response(http_status(code), body.to_string().into_bytes())
 }

@@ -22,7 +22,7 @@ pub struct Router {
 }
 
 impl Router {
-    pub async fn answer<B>(&self, req: Request<B>) -> Response<Full<Bytes>>
+    pub async fn answer<B>(&self, req: Request<B>) -> Response<tonic::body::Body>
     where
         B: hyper::body::Body<Data = Bytes>,
         B::Error: std::error::Error + Send + Sync + 'static,
@@ -31,10 +31,10 @@ impl Router {
         let mut resp = if path.starts_with("/v3/") {
             self.gateway.answer(req).await
         } else if path == "/version" {
-            version()
+            version().map(tonic::body::Body::new)
         } else {
             // /health, /livez, /readyz, /metrics and etcd's 404 for anything else.
-            self.health.answer(req).await
+            self.health.answer(req).await.map(tonic::body::Body::new)
         };
         // etcd wraps its client-port handlers in its CORS handler, whose default (`--cors=*`)
         // allows every origin.

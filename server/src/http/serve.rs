@@ -207,9 +207,7 @@ where
         match &self.http {
             Some(http) if !is_grpc(&req) => {
                 let http = http.clone();
-                Either::Right(Box::pin(async move {
-                    Ok(http.answer(req).await.map(tonic::body::Body::new))
-                }))
+                Either::Right(Box::pin(async move { Ok(http.answer(req).await) }))
             }
             _ => {
                 if let Some(name) = &self.name {
