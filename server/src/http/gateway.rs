@@ -1,5 +1,6 @@
-//! etcd's JSON gateway (grpc-gateway) for the unary calls: `POST /v3/kv/range` with a JSON
-//! request answers the JSON of `KV.Range`'s response. As etcd's gateway dials its own gRPC
+//! etcd's JSON gateway (grpc-gateway): `POST /v3/kv/range` with a JSON request answers the JSON
+//! of `KV.Range`'s response; a streaming call (`/v3/watch`) takes a sequence of JSON requests
+//! and streams its responses. As etcd's gateway dials its own gRPC
 //! server, each call is made on this member's gRPC services, in-process: every check (auth
 //! with the `Authorization` header's token, leader, learner, size limits) applies as for gRPC.
 //! JSON is protojson as grpc-gateway writes it for etcd: proto field names, 64-bit integers as
@@ -207,38 +208,9 @@ impl Gateway {
             Ok(inputs) => inputs,
             Err(e) => return error(Code::InvalidArgument, &e.to_string()),
         };
-        let mut frames = BytesMut::new();
-        for input in &inputs {
-            frames.put_u8(0);
-            frames.put_u32(input.encoded_len() as u32);
-            input.encode(&mut frames).expect("a BytesMut grows");
-        }
-        let frames = frames.freeze();
         // Dropped with the response body, when the HTTP client goes away.
         let (hang_up, hung_up) = tokio::sync::oneshot::channel::<()>();
-        let body = if method.is_client_streaming() {
-            // etcd ends a watch or keep-alive stream when its client stops sending, so the
-            // requests stay open until the HTTP client goes away.
-            let data = futures_util::stream::iter([Ok::<_, tonic::Status>(Frame::data(frames))])
-                .chain(futures_util::stream::once(hung_up).filter_map(|_| async { None }));
-            tonic::body::Body::new(StreamBody::new(data))
-        } else {
-            tonic::body::Body::new(Full::new(frames))
-        };
-        let mut call = Request::builder()
-            .method(Method::POST)
-            .version(hyper::Version::HTTP_2)
-            .uri(format!(
-                "/{}/{}",
-                method.parent_service().full_name(),
-                method.name()
-            ))
-            .header(CONTENT_TYPE, HeaderValue::from_static("application/grpc"))
-            .header("te", HeaderValue::from_static("trailers"));
-        if let Some(token) = authorization {
-            call = call.header(AUTHORIZATION, token);
-        }
-        let call = call.body(body).expect("a request of valid parts");
+        let call = grpc_request(&method, &inputs, authorization, hung_up);
         let (parts, body) = (self.call)(call).await.into_parts();
         if method.is_server_streaming() {
             if let Some(status) =
@@ -273,6 +245,41 @@ impl Gateway {
             Err(e) => error(Code::Internal, &e),
         }
     }
+}
+
+/// The gRPC request of `method` carrying `inputs`. A client-streaming call's requests stay open
+/// until `hung_up` (etcd ends a watch or keep-alive stream when its client stops sending).
+fn grpc_request(
+    method: &MethodDescriptor,
+    inputs: &[DynamicMessage],
+    authorization: Option<HeaderValue>,
+    hung_up: tokio::sync::oneshot::Receiver<()>,
+) -> Request<tonic::body::Body> {
+    let mut frames = BytesMut::new();
+    for input in inputs {
+        frames.put_u8(0);
+        frames.put_u32(input.encoded_len() as u32);
+        input.encode(&mut frames).expect("a BytesMut grows");
+    }
+    let frames = frames.freeze();
+    let body = if method.is_client_streaming() {
+        let data = futures_util::stream::iter([Ok::<_, tonic::Status>(Frame::data(frames))])
+            .chain(futures_util::stream::once(hung_up).filter_map(|_| async { None }));
+        tonic::body::Body::new(StreamBody::new(data))
+    } else {
+        tonic::body::Body::new(Full::new(frames))
+    };
+    let path = format!("/{}/{}", method.parent_service().full_name(), method.name());
+    let mut call = Request::builder()
+        .method(Method::POST)
+        .version(hyper::Version::HTTP_2)
+        .uri(path)
+        .header(CONTENT_TYPE, HeaderValue::from_static("application/grpc"))
+        .header("te", HeaderValue::from_static("trailers"));
+    if let Some(token) = authorization {
+        call = call.header(AUTHORIZATION, token);
+    }
+    call.body(body).expect("a request of valid parts")
 }
 
 /// A stream of gRPC responses as grpc-gateway streams them: each message as `{"result":…}`
