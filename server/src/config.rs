@@ -242,11 +242,12 @@ pub fn go_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(total))
 }
 
-/// `args` with every single-dash long flag (`-log-level warn`, `-name=x`) given its second dash,
-/// so clap parses etcd's command line as Go's flag package does (Go takes `-flag` and `--flag`
-/// alike; clap reads `-log-level` as the short flags `-l -o -g …`). Only names clap knows as
-/// long flags are touched, and never a value: a flag's value after a space is left alone, as
-/// is everything after `--`. `-h` stays clap's short help; `-help` and `-version` are Go's too.
+/// `args` with every single-dash flag name longer than one letter (`-log-level warn`,
+/// `-name=x`) given its second dash, so clap parses etcd's command line as Go's flag package
+/// does: Go takes `-flag` and `--flag` alike, where clap reads `-log-level` as the short flags
+/// `-l -o -g …` (and an unknown `-nosuch` is then reported as `--nosuch`, not as `-n`). A flag's
+/// value after a space is never touched, nor is anything after `--`; one-letter flags (`-h`)
+/// stay clap's short flags.
 pub fn go_style_args<I>(args: I) -> Vec<std::ffi::OsString>
 where
     I: IntoIterator,
@@ -275,13 +276,11 @@ where
             Some((name, _)) => (name, true),
             None => (name, false),
         };
-        let Some(flag) = long(name) else {
-            rewritten.push(arg);
-            continue;
-        };
         // A flag that must have a value and has none inline takes the next argument.
-        value_next = !inline_value && flag.get_num_args().is_some_and(|n| n.min_values() > 0);
-        if text.starts_with("--") {
+        value_next = !inline_value
+            && long(name)
+                .is_some_and(|flag| flag.get_num_args().is_some_and(|n| n.min_values() > 0));
+        if text.starts_with("--") || name.chars().count() < 2 {
             rewritten.push(arg);
         } else {
             rewritten.push(format!("-{text}").into());
@@ -421,7 +420,7 @@ mod tests {
                 "unix:///tmp/etcd.sock",
                 "--client-cert-auth",
                 "-h",
-                "-nosuchflag",
+                "--nosuchflag",
             ]
         );
         assert_eq!(go_style(&["etcd", "-help"]), ["etcd", "--help"]);
