@@ -38,6 +38,7 @@ use crate::authority::{AuthorityFix, Http2Limits};
 use crate::cluster;
 use crate::concurrency::Contention;
 use crate::config::{ClusterState, Config};
+use crate::downgrade::Downgrade;
 use crate::kv::KvService;
 use crate::lease::{LeaseService, Lessor};
 use crate::mvcc::MvccStore;
@@ -134,6 +135,7 @@ impl Node {
                 + 2 * Duration::from_millis(config.election_timeout),
         };
         let alarms = Arc::new(Alarms::load(&engine)?);
+        let downgrade = Arc::new(Downgrade::load(&engine)?);
         let auth_store = Arc::new(AuthStore::load(&engine, tokens)?);
         let lessor = Arc::new(Lessor::new(
             min_lease_ttl(config.heartbeat_interval, config.election_timeout),
@@ -156,6 +158,7 @@ impl Node {
                     watches: watches.clone(),
                     alarms: alarms.clone(),
                     auth: auth_store.clone(),
+                    downgrade: downgrade.clone(),
                 },
                 bootstrap,
                 peers,
@@ -352,6 +355,7 @@ impl Node {
                         consensus: consensus.clone(),
                         store: store.clone(),
                         alarms: alarms.clone(),
+                        downgrade: downgrade.clone(),
                         auth: auth.clone(),
                         header: header.clone(),
                         quota_bytes: config.quota_bytes(),
