@@ -1,5 +1,5 @@
 //! Maintenance.Downgrade with etcd 3.6's protocol, driven by etcdctl 3.7 against etcd 3.7 and
-//! oxcd (same output, errors and exit codes), the Status fields that report it, and oxcd's own
+//! oxcd (same output, errors and exit codes; and by oxcdctl against oxcd), the Status fields that report it, and oxcd's own
 //! data-dir format check.
 //!
 //! etcd 3.7 has cluster version 3.7 and oxcd the minor of the etcd version it reports, so the
@@ -7,12 +7,12 @@
 //! minor below, `{prev2}` two below, `{next}` one above) and its output is compared with those
 //! versions put back as placeholders.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use oxcd_tests::cluster::Cluster;
-use oxcd_tests::{etcd37_bin, run_expecting_exit, Flavor, Server};
+use oxcd_tests::{etcd37_bin, oxcdctl_bin, run_expecting_exit, Flavor, Server};
 
 fn etcdctl37() -> PathBuf {
     etcd37_bin().with_file_name("etcdctl")
@@ -57,9 +57,14 @@ impl Versions {
 
 /// Runs etcdctl 3.7 with `args`; returns its exit code, stdout and final `Error:` line.
 fn etcdctl(endpoint: &str, args: &[String]) -> (i32, String, String) {
+    run_ctl(&etcdctl37(), endpoint, args)
+}
+
+/// [`etcdctl`] with another etcdctl-compatible binary.
+fn run_ctl(ctl: &Path, endpoint: &str, args: &[String]) -> (i32, String, String) {
     let out = std::process::Command::new("timeout")
         .arg("30")
-        .arg(etcdctl37())
+        .arg(ctl)
         .arg(format!("--endpoints={endpoint}"))
         .args(args)
         .env("ETCDCTL_API", "3")
@@ -123,16 +128,17 @@ async fn wait_storage_version(endpoints: &[String], v: &Versions, storage: &str,
     }
 }
 
-/// One step's masked outcome.
-fn step(endpoint: &str, v: &Versions, args: &str, extra: &[&str]) -> String {
+/// One step's masked outcome, run by `ctl`.
+fn step(ctl: &Path, endpoint: &str, v: &Versions, args: &str, extra: &[&str]) -> String {
     let mut argv: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
     argv.extend(v.fill(args).split_whitespace().map(str::to_string));
-    let (code, out, error) = etcdctl(endpoint, &argv);
+    let (code, out, error) = run_ctl(ctl, endpoint, &argv);
     v.mask(&format!("$ {args}\nexit {code}\n{out}{error}\n"))
 }
 
-/// The whole sequence on one cluster, as one transcript.
-async fn downgrade_transcript(flavor: Flavor, members: usize) -> String {
+/// The whole sequence on one cluster, as one transcript: the downgrade commands run by `ctl`,
+/// the Status fields read with etcdctl 3.7.
+async fn downgrade_transcript(flavor: Flavor, members: usize, ctl: &Path) -> String {
     let cluster = Cluster::start(flavor, members, &[]).await;
     let leader = cluster.wait_for_leader(Duration::from_secs(20)).await;
     // A follower when there is one: its calls reach the leader through it.
@@ -143,7 +149,7 @@ async fn downgrade_transcript(flavor: Flavor, members: usize) -> String {
     let mut t = String::new();
     let run = |t: &mut String, steps: &[&str]| {
         for args in steps {
-            t.push_str(&step(&endpoint, &v, args, &[]));
+            t.push_str(&step(ctl, &endpoint, &v, args, &[]));
         }
     };
     run(
@@ -214,9 +220,10 @@ fn assert_same(etcd: &str, oxcd: &str) {
 
 #[tokio::test]
 async fn etcdctl_downgrade_on_one_member_matches_etcd_37() {
+    let ctl = etcdctl37();
     let (etcd, oxcd) = tokio::join!(
-        downgrade_transcript(Flavor::Etcd37, 1),
-        downgrade_transcript(Flavor::Oxcd, 1)
+        downgrade_transcript(Flavor::Etcd37, 1, &ctl),
+        downgrade_transcript(Flavor::Oxcd, 1, &ctl)
     );
     assert_same(&etcd, &oxcd);
     // The sequence really went through both errors and an enable.
@@ -227,9 +234,21 @@ async fn etcdctl_downgrade_on_one_member_matches_etcd_37() {
 
 #[tokio::test]
 async fn etcdctl_downgrade_on_three_members_matches_etcd_37() {
+    let ctl = etcdctl37();
     let (etcd, oxcd) = tokio::join!(
-        downgrade_transcript(Flavor::Etcd37, 3),
-        downgrade_transcript(Flavor::Oxcd, 3)
+        downgrade_transcript(Flavor::Etcd37, 3, &ctl),
+        downgrade_transcript(Flavor::Oxcd, 3, &ctl)
+    );
+    assert_same(&etcd, &oxcd);
+}
+
+/// oxcdctl's `downgrade` against oxcd prints what etcdctl 3.7 prints against etcd 3.7.
+#[tokio::test]
+async fn oxcdctl_downgrade_matches_etcdctl_37() {
+    let (etcdctl, oxcdctl) = (etcdctl37(), oxcdctl_bin());
+    let (etcd, oxcd) = tokio::join!(
+        downgrade_transcript(Flavor::Etcd37, 1, &etcdctl),
+        downgrade_transcript(Flavor::Oxcd, 1, &oxcdctl)
     );
     assert_same(&etcd, &oxcd);
 }
@@ -270,12 +289,18 @@ async fn auth_transcript(flavor: Flavor) -> String {
         (Some("--user=root:rootpw"), "downgrade validate {prev}"),
         (Some("--user=root:rootpw"), "downgrade enable {prev}"),
     ] {
-        t.push_str(&step(&endpoint, &v, args, user.as_slice()));
+        t.push_str(&step(&etcdctl37(), &endpoint, &v, args, user.as_slice()));
     }
     // etcd lowers the cluster version a few seconds later, and reports it on a cancel.
     let root = ["--user=root:rootpw"];
     wait_storage_version(std::slice::from_ref(&endpoint), &v, "{prev}.0", &root).await;
-    t.push_str(&step(&endpoint, &v, "downgrade cancel", &root));
+    t.push_str(&step(
+        &etcdctl37(),
+        &endpoint,
+        &v,
+        "downgrade cancel",
+        &root,
+    ));
     t
 }
 

@@ -154,7 +154,7 @@ impl Maintenance for MaintenanceApi {
         let store = self.store.clone();
         // etcd 3.5 puts the header and the storage version on the first message only.
         let mut first = SnapshotResponse {
-            version: crate::ETCD_VERSION.to_string(),
+            version: self.downgrade.cluster_version().to_string(),
             ..Default::default()
         };
         self.header.fill(&mut first.header);
