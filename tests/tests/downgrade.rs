@@ -368,3 +368,39 @@ async fn a_data_dir_of_a_newer_format_is_refused() {
         "{output}"
     );
 }
+
+/// An enabled downgrade and the lowered cluster version survive a restart.
+async fn restart_transcript(flavor: Flavor) -> String {
+    let mut server = Server::start(flavor).await;
+    let endpoint = server.endpoint();
+    let version = server
+        .client()
+        .await
+        .status()
+        .await
+        .unwrap()
+        .version()
+        .to_string();
+    let v = Versions::of(&version);
+    let ctl = etcdctl37();
+    let mut t = step(&ctl, &endpoint, &v, "downgrade enable {prev}", &[]);
+    let endpoints = [endpoint.clone()];
+    wait_storage_version(&endpoints, &v, "{prev}.0", &[]).await;
+    server.terminate(Duration::from_secs(10)).unwrap();
+    server.restart().await;
+    t.push_str(&(status_fields(&endpoints, &v, &[]).join("\n") + "\n"));
+    for args in ["downgrade validate {prev}", "downgrade cancel"] {
+        t.push_str(&step(&ctl, &endpoint, &v, args, &[]));
+    }
+    t
+}
+
+#[tokio::test]
+async fn a_downgrade_survives_a_restart_as_on_etcd_37() {
+    let (etcd, oxcd) = tokio::join!(
+        restart_transcript(Flavor::Etcd37),
+        restart_transcript(Flavor::Oxcd)
+    );
+    assert_same(&etcd, &oxcd);
+    assert!(oxcd.contains("\"enabled\":true"), "{oxcd}");
+}
