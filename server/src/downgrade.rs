@@ -74,6 +74,37 @@ fn semver(v: &str) -> Option<ClusterVersion> {
     Some(ClusterVersion { major, minor })
 }
 
+/// etcd's check of a member joining a running cluster (`isCompatibleWithCluster`), given the
+/// cluster version and downgrade flag a member of that cluster reported: the cluster version
+/// must be at most this build's, and while a downgrade is enabled, exactly one minor above it
+/// (etcd lets only members of the downgrade's target version join then; every oxcd member runs
+/// the cluster's own version, so a new one is refused until the downgrade is canceled). An
+/// older oxcd reports no version; it is not checked.
+pub fn may_join(cluster_version: &str, downgrade_enabled: bool) -> anyhow::Result<()> {
+    let Some(remote) = semver(cluster_version) else {
+        return Ok(());
+    };
+    let local = ClusterVersion::of_server();
+    let compatible = match downgrade_enabled {
+        true => {
+            remote
+                == ClusterVersion {
+                    major: local.major,
+                    minor: local.minor + 1,
+                }
+        }
+        false => (remote.major, remote.minor) <= (local.major, local.minor),
+    };
+    anyhow::ensure!(
+        compatible,
+        "incompatible with current running cluster: its cluster version is {}{}, this member runs {}",
+        remote.short(),
+        if downgrade_enabled { " with a downgrade enabled" } else { "" },
+        crate::ETCD_VERSION
+    );
+    Ok(())
+}
+
 /// The replicated downgrade state.
 pub struct Downgrade {
     info: Mutex<DowngradeInfo>,
@@ -164,6 +195,27 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_member_joins_only_a_cluster_it_is_compatible_with() {
+        let here = ClusterVersion::of_server();
+        let minor = |delta: i64| {
+            ClusterVersion {
+                major: here.major,
+                minor: here.minor + delta,
+            }
+            .to_string()
+        };
+        assert!(may_join(&minor(0), false).is_ok());
+        assert!(may_join(&minor(-1), false).is_ok());
+        assert!(may_join("", false).is_ok(), "an older oxcd reports nothing");
+        let refused = may_join(&minor(1), false).unwrap_err().to_string();
+        assert!(refused.starts_with("incompatible with current running cluster"));
+        // During a downgrade only a member of the target version may join.
+        assert!(may_join(&minor(-1), true).is_err());
+        assert!(may_join(&minor(0), true).is_err());
+        assert!(may_join(&minor(1), true).is_ok());
     }
 
     #[test]

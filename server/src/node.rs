@@ -237,6 +237,7 @@ impl Node {
                 .add_service(DiscoveryServer::new(DiscoveryApi {
                     consensus: consensus.clone(),
                     cluster_id,
+                    downgrade: downgrade.clone(),
                 }));
             let acceptor = if url.starts_with("https://") {
                 peer_tls.clone()
@@ -609,6 +610,7 @@ async fn join_existing(
                         urls.sort();
                         urls == mine
                     });
+                    crate::downgrade::may_join(&reply.cluster_version, reply.downgrade_enabled)?;
                     return match found {
                         Some(m) => Ok((m.id, reply.cluster_id)),
                         None => bail!(

@@ -404,3 +404,82 @@ async fn a_downgrade_survives_a_restart_as_on_etcd_37() {
     assert_same(&etcd, &oxcd);
     assert!(oxcd.contains("\"enabled\":true"), "{oxcd}");
 }
+
+/// A follower that was down while a downgrade was enabled learns it when it returns (on oxcd
+/// from a Raft snapshot: with `--snapshot-count=5` the enabling entry is purged from the log
+/// by then). etcd lowers the cluster version only once it knows every member's version, so
+/// only after the follower is back; oxcd at once (its members all run one version).
+async fn returning_member_transcript(flavor: Flavor) -> String {
+    let mut cluster = Cluster::start(flavor, 3, &["--snapshot-count=5"]).await;
+    let leader = cluster.wait_for_leader(Duration::from_secs(20)).await;
+    let follower = (leader + 1) % 3;
+    let endpoint = cluster.members()[leader].endpoint();
+    let version = cluster.status(leader).await.unwrap().version().to_string();
+    let v = Versions::of(&version);
+    let ctl = etcdctl37();
+    cluster.kill(follower);
+    let mut t = step(&ctl, &endpoint, &v, "downgrade enable {prev}", &[]);
+    let mut client = cluster.client_all().await;
+    for i in 0..30 {
+        client.put(format!("k{i}"), "v", None).await.unwrap();
+    }
+    cluster.restart(follower).await;
+    let returned = [cluster.members()[follower].endpoint()];
+    wait_storage_version(&cluster.endpoints(), &v, "{prev}.0", &[]).await;
+    t.push_str(&(status_fields(&returned, &v, &[]).join("\n") + "\n"));
+    t.push_str(&step(
+        &ctl,
+        &returned[0],
+        &v,
+        "downgrade validate {prev2}",
+        &[],
+    ));
+    t
+}
+
+#[tokio::test]
+async fn a_member_that_was_down_learns_the_downgrade_as_on_etcd_37() {
+    let (etcd, oxcd) = tokio::join!(
+        returning_member_transcript(Flavor::Etcd37),
+        returning_member_transcript(Flavor::Oxcd)
+    );
+    assert_same(&etcd, &oxcd);
+    assert!(oxcd.contains("\"enabled\":true"), "{oxcd}");
+}
+
+/// A new member cannot join a cluster with a downgrade enabled (etcd admits only members of the
+/// target version then); once the downgrade is canceled it can. (etcd then leaves the cluster
+/// version lowered while the refused member, still in the membership, is down.)
+async fn joining(flavor: Flavor) -> (String, bool) {
+    let mut cluster = Cluster::start(flavor, 3, &[]).await;
+    let leader = cluster.wait_for_leader(Duration::from_secs(20)).await;
+    let endpoint = cluster.members()[leader].endpoint();
+    let version = cluster.status(leader).await.unwrap().version().to_string();
+    let v = Versions::of(&version);
+    let ctl = etcdctl37();
+    step(&ctl, &endpoint, &v, "downgrade enable {prev}", &[]);
+    wait_storage_version(&cluster.endpoints(), &v, "{prev}.0", &[]).await;
+    let refused = match cluster.try_add_member("early", false).await {
+        Ok(_) => "joined".to_string(),
+        Err(e) => format!("{e:#}"),
+    };
+    step(&ctl, &endpoint, &v, "downgrade cancel", &[]);
+    // The refused member stays in the membership, down; the cluster keeps its quorum.
+    let later = cluster.try_add_member("later", false).await.is_ok();
+    (refused, later)
+}
+
+#[tokio::test]
+async fn a_new_member_is_refused_during_a_downgrade_as_on_etcd_37() {
+    let (etcd, oxcd) = tokio::join!(joining(Flavor::Etcd37), joining(Flavor::Oxcd));
+    for (flavor, (refused, later)) in [("etcd 3.7", etcd), ("oxcd", oxcd)] {
+        assert!(
+            refused.contains("incompatible with current running cluster"),
+            "{flavor}: {refused}"
+        );
+        assert!(
+            later,
+            "{flavor}: a member joins once the downgrade is canceled"
+        );
+    }
+}
