@@ -128,6 +128,12 @@ async fn wait_storage_version(endpoints: &[String], v: &Versions, storage: &str,
     }
 }
 
+/// etcd's members report an older storage version (and a cluster version not yet decided)
+/// until the leader has settled the cluster version after start.
+async fn settle(endpoints: &[String], v: &Versions) {
+    wait_storage_version(endpoints, v, "{cv}.0", &[]).await;
+}
+
 /// One step's masked outcome, run by `ctl`.
 fn step(ctl: &Path, endpoint: &str, v: &Versions, args: &str, extra: &[&str]) -> String {
     let mut argv: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
@@ -146,6 +152,7 @@ async fn downgrade_transcript(flavor: Flavor, members: usize, ctl: &Path) -> Str
     let version = cluster.status(leader).await.unwrap().version().to_string();
     let endpoints = cluster.endpoints();
     let v = Versions::of(&version);
+    settle(&endpoints, &v).await;
     let mut t = String::new();
     let run = |t: &mut String, steps: &[&str]| {
         for args in steps {
@@ -266,6 +273,7 @@ async fn auth_transcript(flavor: Flavor) -> String {
         .version()
         .to_string();
     let v = Versions::of(&version);
+    settle(std::slice::from_ref(&endpoint), &v).await;
     for setup in [
         "user add root --new-user-password=rootpw",
         "user grant-role root root",
@@ -383,8 +391,9 @@ async fn restart_transcript(flavor: Flavor) -> String {
         .to_string();
     let v = Versions::of(&version);
     let ctl = etcdctl37();
-    let mut t = step(&ctl, &endpoint, &v, "downgrade enable {prev}", &[]);
     let endpoints = [endpoint.clone()];
+    settle(&endpoints, &v).await;
+    let mut t = step(&ctl, &endpoint, &v, "downgrade enable {prev}", &[]);
     wait_storage_version(&endpoints, &v, "{prev}.0", &[]).await;
     server.terminate(Duration::from_secs(10)).unwrap();
     server.restart().await;
@@ -417,6 +426,7 @@ async fn returning_member_transcript(flavor: Flavor) -> String {
     let version = cluster.status(leader).await.unwrap().version().to_string();
     let v = Versions::of(&version);
     let ctl = etcdctl37();
+    settle(&cluster.endpoints(), &v).await;
     cluster.kill(follower);
     let mut t = step(&ctl, &endpoint, &v, "downgrade enable {prev}", &[]);
     let mut client = cluster.client_all().await;
@@ -457,6 +467,7 @@ async fn joining(flavor: Flavor) -> (String, bool) {
     let version = cluster.status(leader).await.unwrap().version().to_string();
     let v = Versions::of(&version);
     let ctl = etcdctl37();
+    settle(&cluster.endpoints(), &v).await;
     step(&ctl, &endpoint, &v, "downgrade enable {prev}", &[]);
     wait_storage_version(&cluster.endpoints(), &v, "{prev}.0", &[]).await;
     let refused = match cluster.try_add_member("early", false).await {
