@@ -115,6 +115,16 @@ pub enum EtcdError {
     /// etcd has no gRPC form for this one: it reaches clients as a plain Go error (code Unknown).
     #[error("auth: authentication failed, password was given for no password user")]
     NoPasswordUser,
+    // Downgrades.
+    #[error("etcdserver: wrong downgrade target version format")]
+    WrongDowngradeVersionFormat,
+    #[error("etcdserver: invalid downgrade target version")]
+    InvalidDowngradeTarget,
+    #[error("etcdserver: cluster has a downgrade job in progress")]
+    DowngradeInProgress,
+    /// A Downgrade action etcd does not know; a plain Go error there (code Unknown).
+    #[error("etcdserver: unknown method")]
+    UnknownMethod,
 }
 
 impl EtcdError {
@@ -135,13 +145,15 @@ impl EtcdError {
             Corrupt => Code::DataLoss,
             CompactionFailed => Code::Internal,
             SessionExpired | ElectionNotLeader | ElectionNoLeader | MissingLeaderKey
-            | NoPasswordUser => Code::Unknown,
+            | NoPasswordUser | UnknownMethod => Code::Unknown,
             RootUserNotExist | RootRoleNotExist | UserAlreadyExists | UserNotFound
             | RoleAlreadyExists | RoleNotFound | RoleNotGranted | PermissionNotGranted
             | AuthNotEnabled => Code::FailedPrecondition,
             UserEmpty | RoleEmpty | AuthFailed | PermissionNotGiven | InvalidAuthMgmt
             | AuthOldRevision => Code::InvalidArgument,
             PermissionDenied => Code::PermissionDenied,
+            WrongDowngradeVersionFormat | InvalidDowngradeTarget => Code::InvalidArgument,
+            DowngradeInProgress => Code::FailedPrecondition,
             InvalidAuthToken => Code::Unauthenticated,
         }
     }
@@ -160,7 +172,7 @@ impl EtcdError {
     }
 }
 
-const ALL: [EtcdError; 52] = {
+const ALL: [EtcdError; 56] = {
     use EtcdError::*;
     [
         EmptyKey,
@@ -215,6 +227,10 @@ const ALL: [EtcdError; 52] = {
         InvalidAuthMgmt,
         AuthOldRevision,
         NoPasswordUser,
+        WrongDowngradeVersionFormat,
+        InvalidDowngradeTarget,
+        DowngradeInProgress,
+        UnknownMethod,
     ]
 };
 

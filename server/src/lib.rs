@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod concurrency;
 pub mod config;
 mod corruption;
+pub mod downgrade;
 pub mod error;
 pub mod features;
 pub mod health;

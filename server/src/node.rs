@@ -33,6 +33,7 @@ use crate::auth::{AuthService, AuthStore};
 use crate::cluster;
 use crate::concurrency::Contention;
 use crate::config::{ClusterState, Config};
+use crate::downgrade::Downgrade;
 use crate::http::{Gateway, GrpcCall, Router};
 use crate::kv::KvService;
 use crate::lease::{LeaseService, Lessor};
@@ -119,6 +120,7 @@ impl Node {
                 + 2 * Duration::from_millis(config.election_timeout),
         };
         let alarms = Arc::new(Alarms::load(&engine)?);
+        let downgrade = Arc::new(Downgrade::load(&engine)?);
         let auth_store = Arc::new(AuthStore::load(&engine, tokens)?);
         let lessor = Arc::new(Lessor::new(
             min_lease_ttl(config.heartbeat_interval, config.election_timeout),
@@ -141,6 +143,7 @@ impl Node {
                     watches: watches.clone(),
                     alarms: alarms.clone(),
                     auth: auth_store.clone(),
+                    downgrade: downgrade.clone(),
                 },
                 bootstrap,
                 peers,
@@ -219,6 +222,7 @@ impl Node {
                 .add_service(DiscoveryServer::new(DiscoveryApi {
                     consensus: consensus.clone(),
                     cluster_id,
+                    downgrade: downgrade.clone(),
                 }));
             let acceptor = if is_tls(url) { peer_tls.clone() } else { None };
             servers.push(tokio::spawn(crate::http::serve(
@@ -341,6 +345,7 @@ impl Node {
                         consensus: consensus.clone(),
                         store: store.clone(),
                         alarms: alarms.clone(),
+                        downgrade: downgrade.clone(),
                         auth: auth.clone(),
                         header: header.clone(),
                         quota_bytes: config.quota_bytes(),
@@ -603,6 +608,7 @@ async fn join_existing(
                         urls.sort();
                         urls == mine
                     });
+                    crate::downgrade::may_join(&reply.cluster_version, reply.downgrade_enabled)?;
                     return match found {
                         Some(m) => Ok((m.id, reply.cluster_id)),
                         None => bail!(
