@@ -115,6 +115,11 @@ pub enum EtcdError {
     /// etcd has no gRPC form for this one: it reaches clients as a plain Go error (code Unknown).
     #[error("auth: authentication failed, password was given for no password user")]
     NoPasswordUser,
+    // RangeStream's refusals (etcd 3.7 words them in its gRPC layer, with code Unimplemented).
+    #[error("RangeStream does not support custom sort orders")]
+    StreamSortUnsupported,
+    #[error("RangeStream does not support revision filters")]
+    StreamFiltersUnsupported,
 }
 
 impl EtcdError {
@@ -143,6 +148,7 @@ impl EtcdError {
             | AuthOldRevision => Code::InvalidArgument,
             PermissionDenied => Code::PermissionDenied,
             InvalidAuthToken => Code::Unauthenticated,
+            StreamSortUnsupported | StreamFiltersUnsupported => Code::Unimplemented,
         }
     }
 
@@ -160,7 +166,7 @@ impl EtcdError {
     }
 }
 
-const ALL: [EtcdError; 52] = {
+const ALL: [EtcdError; 54] = {
     use EtcdError::*;
     [
         EmptyKey,
@@ -215,6 +221,8 @@ const ALL: [EtcdError; 52] = {
         InvalidAuthMgmt,
         AuthOldRevision,
         NoPasswordUser,
+        StreamSortUnsupported,
+        StreamFiltersUnsupported,
     ]
 };
 

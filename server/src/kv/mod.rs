@@ -2,9 +2,12 @@
 //! local read, and the wait a physical compaction implies.
 
 pub mod apply;
+pub mod stream;
 pub mod validate;
 
 use std::sync::Arc;
+
+use tokio_stream::Stream;
 
 use oxcd_proto::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
@@ -17,6 +20,7 @@ use crate::error::EtcdError;
 use crate::mvcc::{KeyRange, MvccStore, RangeOptions, RangeResult, ReadView};
 use crate::raft::{Command, Consensus, Op, Outcomes};
 use crate::storage::off_runtime;
+use stream::RangeStreamer;
 
 pub struct KvService {
     store: Arc<MvccStore>,
@@ -64,6 +68,66 @@ impl KvService {
         }?;
         self.auth.check_current(who)?;
         Ok(resp)
+    }
+
+    /// etcd 3.7's RangeStream: checked as a Range is (before the first chunk, and the auth
+    /// revision again after the last), then read chunk by chunk, each off the async workers
+    /// and only when the consumer asks for it, so the server holds one chunk at a time.
+    pub async fn range_stream(
+        &self,
+        who: AuthInfo,
+        r: RangeRequest,
+    ) -> Result<impl Stream<Item = Result<RangeResponse, EtcdError>> + Send + 'static, EtcdError>
+    {
+        validate::check_range_stream(&r)?;
+        if !r.serializable {
+            self.consensus.read_barrier().await?;
+        }
+        self.auth.check_range(&who, &r.key, &r.range_end)?;
+        let streamer =
+            RangeStreamer::new(self.store.clone(), r, self.consensus.max_request_bytes());
+        let auth = self.auth.clone();
+        let step = move |state: StreamState| {
+            let (auth, who) = (auth.clone(), who.clone());
+            async move {
+                let mut streamer = match state {
+                    StreamState::Reading(streamer) => streamer,
+                    // etcd checks the auth revision once the whole stream has been sent.
+                    StreamState::Sent => {
+                        return auth
+                            .check_current(&who)
+                            .err()
+                            .map(|e| (Err(e), StreamState::Over))
+                    }
+                    StreamState::Over => return None,
+                };
+                let read = off_runtime(EtcdError::Stopped, move || {
+                    let chunk = streamer.next_chunk();
+                    Ok((streamer, chunk))
+                })
+                .await;
+                match read {
+                    Ok((streamer, Some(Ok(chunk)))) => {
+                        let next = if streamer.finished() {
+                            StreamState::Sent
+                        } else {
+                            StreamState::Reading(streamer)
+                        };
+                        Some((Ok(chunk), next))
+                    }
+                    // A stale auth revision takes precedence over the read's own error.
+                    Ok((_, Some(Err(e)))) | Err(e) => {
+                        let e = auth.check_current(&who).err().unwrap_or(e);
+                        Some((Err(e), StreamState::Over))
+                    }
+                    Ok((_, None)) => None,
+                }
+            }
+        };
+        Ok(futures_util::stream::unfold(
+            StreamState::Reading(Box::new(streamer)),
+            step,
+        ))
     }
 
     /// Writes are checked when they apply (see the Raft state machine's auth applier).
@@ -142,6 +206,14 @@ impl KvService {
     async fn propose(&self, who: &AuthInfo, op: Op) -> Result<Outcomes, EtcdError> {
         self.consensus.propose(Command::by(op, who)).await
     }
+}
+
+/// Where a RangeStream is.
+enum StreamState {
+    Reading(Box<RangeStreamer>),
+    /// Every chunk has gone out; the auth revision is still to be checked.
+    Sent,
+    Over,
 }
 
 /// A single read straight from the store: revisions resolved under the lock, values read
