@@ -72,7 +72,9 @@ impl KvService {
 
     /// etcd 3.7's RangeStream: checked as a Range is (before the first chunk, and the auth
     /// revision again after the last), then read chunk by chunk, each off the async workers
-    /// and only when the consumer asks for it, so the server holds one chunk at a time.
+    /// and only when the consumer asks for it, so the server holds one chunk at a time. The
+    /// first chunk is read before the stream is answered: a read that fails there (a
+    /// compacted or future revision) is refused as the call's status, as etcd refuses it.
     pub async fn range_stream(
         &self,
         who: AuthInfo,
@@ -86,47 +88,26 @@ impl KvService {
         self.auth.check_range(&who, &r.key, &r.range_end)?;
         let streamer =
             RangeStreamer::new(self.store.clone(), r, self.consensus.max_request_bytes());
+        let (first, next) = read_chunk(Box::new(streamer), &self.auth, &who).await;
+        let first = first?;
         let auth = self.auth.clone();
         let step = move |state: StreamState| {
             let (auth, who) = (auth.clone(), who.clone());
             async move {
-                let mut streamer = match state {
-                    StreamState::Reading(streamer) => streamer,
+                match state {
+                    StreamState::Reading(streamer) => Some(read_chunk(streamer, &auth, &who).await),
                     // etcd checks the auth revision once the whole stream has been sent.
-                    StreamState::Sent => {
-                        return auth
-                            .check_current(&who)
-                            .err()
-                            .map(|e| (Err(e), StreamState::Over))
-                    }
-                    StreamState::Over => return None,
-                };
-                let read = off_runtime(EtcdError::Stopped, move || {
-                    let chunk = streamer.next_chunk();
-                    Ok((streamer, chunk))
-                })
-                .await;
-                match read {
-                    Ok((streamer, Some(Ok(chunk)))) => {
-                        let next = if streamer.finished() {
-                            StreamState::Sent
-                        } else {
-                            StreamState::Reading(streamer)
-                        };
-                        Some((Ok(chunk), next))
-                    }
-                    // A stale auth revision takes precedence over the read's own error.
-                    Ok((_, Some(Err(e)))) | Err(e) => {
-                        let e = auth.check_current(&who).err().unwrap_or(e);
-                        Some((Err(e), StreamState::Over))
-                    }
-                    Ok((_, None)) => None,
+                    StreamState::Sent => auth
+                        .check_current(&who)
+                        .err()
+                        .map(|e| (Err(e), StreamState::Over)),
+                    StreamState::Over => None,
                 }
             }
         };
-        Ok(futures_util::stream::unfold(
-            StreamState::Reading(Box::new(streamer)),
-            step,
+        Ok(futures_util::StreamExt::chain(
+            futures_util::stream::once(async { Ok(first) }),
+            futures_util::stream::unfold(next, step),
         ))
     }
 
@@ -205,6 +186,34 @@ impl KvService {
 
     async fn propose(&self, who: &AuthInfo, op: Op) -> Result<Outcomes, EtcdError> {
         self.consensus.propose(Command::by(op, who)).await
+    }
+}
+
+/// Reads a RangeStream's next chunk off the async workers; returns it (or the error that ends
+/// the stream, a stale auth revision taking precedence as in etcd) and what comes next.
+async fn read_chunk(
+    mut streamer: Box<RangeStreamer>,
+    auth: &AuthStore,
+    who: &AuthInfo,
+) -> (Result<RangeResponse, EtcdError>, StreamState) {
+    let read = off_runtime(EtcdError::Stopped, move || {
+        let chunk = streamer.next_chunk();
+        Ok((streamer, chunk))
+    })
+    .await;
+    match read {
+        Ok((streamer, Ok(chunk))) => {
+            let next = if streamer.finished() {
+                StreamState::Sent
+            } else {
+                StreamState::Reading(streamer)
+            };
+            (Ok(chunk), next)
+        }
+        Ok((_, Err(e))) | Err(e) => {
+            let e = auth.check_current(who).err().unwrap_or(e);
+            (Err(e), StreamState::Over)
+        }
     }
 }
 

@@ -59,17 +59,14 @@ impl RangeStreamer {
         self.finished
     }
 
-    /// The next chunk, or None after the last one (or an error) was returned. Reads the store:
-    /// run it off the async workers.
-    pub fn next_chunk(&mut self) -> Option<Result<RangeResponse, EtcdError>> {
-        if self.finished {
-            return None;
-        }
+    /// The next chunk, until [`finished`](Self::finished). Reads the store: run it off the
+    /// async workers.
+    pub fn next_chunk(&mut self) -> Result<RangeResponse, EtcdError> {
         let chunk = self.read_chunk();
         if chunk.is_err() {
             self.finished = true;
         }
-        Some(chunk)
+        chunk
     }
 
     fn read_chunk(&mut self) -> Result<RangeResponse, EtcdError> {
@@ -181,9 +178,11 @@ mod tests {
 
     fn all(r: RangeRequest, store: &Arc<MvccStore>, target: usize) -> Vec<RangeResponse> {
         let mut s = RangeStreamer::new(store.clone(), r, target);
-        std::iter::from_fn(|| s.next_chunk())
-            .map(Result::unwrap)
-            .collect()
+        rest(&mut s)
+    }
+
+    fn rest(s: &mut RangeStreamer) -> Vec<RangeResponse> {
+        std::iter::from_fn(|| (!s.finished()).then(|| s.next_chunk().unwrap())).collect()
     }
 
     fn prefix(limit: i64) -> RangeRequest {
@@ -235,14 +234,12 @@ mod tests {
     fn later_chunks_read_at_the_first_chunks_revision() {
         let (_dir, store) = store_with(30, 10);
         let mut s = RangeStreamer::new(store.clone(), prefix(0), 1 << 20);
-        assert_eq!(s.next_chunk().unwrap().unwrap().kvs.len(), 10);
+        assert_eq!(s.next_chunk().unwrap().kvs.len(), 10);
         let mut w = store.writer(false);
         w.txn().put(b"k00015", b"new".to_vec(), 0);
         w.txn().put(b"k99999", b"new".to_vec(), 0);
         w.commit().unwrap();
-        let rest: Vec<_> = std::iter::from_fn(|| s.next_chunk())
-            .map(Result::unwrap)
-            .collect();
+        let rest = rest(&mut s);
         let kvs: Vec<_> = rest.iter().flat_map(|c| c.kvs.iter()).collect();
         assert_eq!(kvs.len(), 20);
         assert!(kvs.iter().all(|kv| kv.value == b"vvvvvvvvvv"));
@@ -253,12 +250,12 @@ mod tests {
     fn a_compaction_past_the_pinned_revision_fails_the_stream() {
         let (_dir, store) = store_with(30, 10);
         let mut s = RangeStreamer::new(store.clone(), prefix(0), 1 << 20);
-        s.next_chunk().unwrap().unwrap();
+        s.next_chunk().unwrap();
         let mut w = store.writer(false);
         w.txn().put(b"x", b"new".to_vec(), 0);
         w.compact(32).unwrap();
         w.commit().unwrap();
-        assert_eq!(s.next_chunk().unwrap().unwrap_err(), EtcdError::Compacted);
-        assert!(s.next_chunk().is_none());
+        assert_eq!(s.next_chunk().unwrap_err(), EtcdError::Compacted);
+        assert!(s.finished());
     }
 }
