@@ -532,3 +532,121 @@ async fn auth_is_checked_as_etcd_checks_it() {
     );
     assert_same("auth", &tables[0], &tables[1]);
 }
+
+/// The peak resident memory (VmHWM) of a process, in MiB.
+fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb / 1024.0
+}
+
+/// How a list is read in the memory comparison.
+#[derive(Debug, Clone, Copy)]
+enum ListMode {
+    RangeStream,
+    PagedRange500,
+    UnpagedRange,
+}
+
+/// Reads every key under `list/` as `mode` does; returns how many came back.
+async fn list(ch: &Channel, mode: ListMode) -> usize {
+    let mut kv = KvClient::new(ch.clone()).max_decoding_message_size(usize::MAX);
+    match mode {
+        ListMode::RangeStream => {
+            let (chunks, error) = drain(open(ch, range("list/", "list0"), "").await.unwrap()).await;
+            assert!(error.is_none(), "{error:?}");
+            chunks.iter().map(|c| c.kvs.len()).sum()
+        }
+        ListMode::UnpagedRange => kv
+            .range(range("list/", "list0"))
+            .await
+            .unwrap()
+            .into_inner()
+            .kvs
+            .len(),
+        ListMode::PagedRange500 => {
+            // As kube-apiserver pages: at the first page's revision, from after the last key.
+            let mut r = RangeRequest {
+                limit: 500,
+                ..range("list/", "list0")
+            };
+            let mut n = 0;
+            loop {
+                let resp = kv.range(r.clone()).await.unwrap().into_inner();
+                n += resp.kvs.len();
+                if !resp.more {
+                    return n;
+                }
+                r.revision = resp.header.unwrap().revision;
+                r.key = resp.kvs.last().unwrap().key.clone();
+                r.key.push(0);
+            }
+        }
+    }
+}
+
+/// Peak server memory for listing `OXCD_MEMORY_KEYS` (default 100,000) keys of 1 KiB, read as
+/// RangeStream, as Range pages of 500 and as one Range, on etcd 3.7 and oxcd. Each list runs
+/// in a freshly restarted process, so its peak is the list's (plus start-up; RocksDB's block
+/// cache and bbolt's mapped pages fill as values are read, whichever way). Run with
+/// `--ignored --nocapture`; prints one line per server and way of listing.
+#[tokio::test]
+#[ignore = "a measurement, not a check: minutes of loading"]
+async fn peak_memory_of_a_large_list() {
+    let keys: usize = std::env::var("OXCD_MEMORY_KEYS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    for mut server in both(&[]).await {
+        let flavor = server.flavor();
+        let ch = channel(&server).await;
+        let mut kv = KvClient::new(ch.clone());
+        let value = vec![b'v'; 1024];
+        for start in (0..keys).step_by(100) {
+            let success = (start..(start + 100).min(keys))
+                .map(|i| oxcd_proto::etcdserverpb::RequestOp {
+                    request: Some(oxcd_proto::etcdserverpb::request_op::Request::RequestPut(
+                        put(format!("list/{i:08}"), value.clone()),
+                    )),
+                })
+                .collect();
+            kv.txn(oxcd_proto::etcdserverpb::TxnRequest {
+                success,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        }
+        drop(kv);
+        drop(ch);
+        // One unpaged Range of a million keys would take gigabytes on either server.
+        let modes = if keys <= 200_000 {
+            &[
+                ListMode::RangeStream,
+                ListMode::PagedRange500,
+                ListMode::UnpagedRange,
+            ][..]
+        } else {
+            &[ListMode::RangeStream, ListMode::PagedRange500][..]
+        };
+        for &mode in modes {
+            server.kill();
+            server.restart().await;
+            let ch = channel(&server).await;
+            let pid = server.pid().unwrap();
+            let before = peak_rss_mib(pid);
+            let started = std::time::Instant::now();
+            let n = list(&ch, mode).await;
+            assert_eq!(n, keys);
+            println!(
+                "{flavor:>8} {keys} keys {mode:?}: peak RSS {:.0} MiB (at start {before:.0} MiB), {:.1}s",
+                peak_rss_mib(pid),
+                started.elapsed().as_secs_f64()
+            );
+        }
+    }
+}
