@@ -15,9 +15,14 @@ use oxcd_tests::{Flavor, Server, StartOptions};
 use tonic::transport::Channel;
 use tonic::Streaming;
 
+/// HTTP/2's smallest stream window (hyper's client would take 2 MiB): a stream the test does
+/// not read stalls the server after a few chunks, so it can act in the stream's middle. The
+/// connection's window stays large, so other calls on the connection go on meanwhile.
 async fn channel(server: &Server) -> Channel {
     Channel::from_shared(server.client_url())
         .unwrap()
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(16 << 20)
         .connect()
         .await
         .unwrap()
