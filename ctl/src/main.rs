@@ -66,6 +66,9 @@ enum Command {
     Defrag(maintenance::DefragArgs),
     #[command(about = "Transfers leadership to another etcd cluster member.")]
     MoveLeader(maintenance::MoveLeaderArgs),
+    /// Downgrade related commands
+    #[command(subcommand)]
+    Downgrade(maintenance::DowngradeCommand),
     /// Prints the version of etcdctl
     Version,
     /// Reads the Kubernetes objects kube-apiserver stores under /registry
@@ -102,6 +105,7 @@ async fn run(cli: Cli) -> CtlResult {
         Command::Alarm(command) => maintenance::alarm(global, command).await,
         Command::Defrag(args) => maintenance::defrag(global, args).await,
         Command::MoveLeader(args) => maintenance::move_leader(global, args).await,
+        Command::Downgrade(command) => maintenance::downgrade(global, command).await,
         Command::Version => {
             println!("etcdctl version: {}", global::ETCDCTL_VERSION);
             println!("API version: {}", global::API_VERSION);

@@ -1,8 +1,8 @@
-//! `alarm list|disarm`, `defrag` and `move-leader`.
+//! `alarm list|disarm`, `defrag`, `move-leader` and `downgrade validate|enable|cancel`.
 
 use oxcd_proto::etcdserverpb::{
-    alarm_request::AlarmAction, AlarmRequest, AlarmResponse, AlarmType, DefragmentRequest,
-    MoveLeaderRequest,
+    alarm_request::AlarmAction, downgrade_request::DowngradeAction, AlarmRequest, AlarmResponse,
+    AlarmType, DefragmentRequest, DowngradeRequest, MoveLeaderRequest,
 };
 
 use crate::args::parse_uint;
@@ -43,6 +43,26 @@ pub struct DefragArgs {
 pub struct MoveLeaderArgs {
     #[arg(value_name = "transferee-member-id")]
     args: Vec<String>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum DowngradeCommand {
+    /// Validate downgrade capability before starting downgrade
+    Validate {
+        #[arg(value_name = "TARGET_VERSION")]
+        args: Vec<String>,
+    },
+    /// Start a downgrade action to cluster
+    Enable {
+        #[arg(value_name = "TARGET_VERSION")]
+        args: Vec<String>,
+    },
+    /// Cancel the ongoing downgrade action to cluster
+    Cancel {
+        /// etcdctl ignores arguments here.
+        #[arg(hide = true)]
+        args: Vec<String>,
+    },
 }
 
 async fn alarm_call(conn: &Connection, request: AlarmRequest) -> Result<AlarmResponse, RpcError> {
@@ -169,4 +189,41 @@ pub async fn move_leader(global: &GlobalFlags, args: MoveLeaderArgs) -> CtlResul
         })
         .await?;
     printer.move_leader(leader_id, target, &reply)
+}
+
+/// `downgrade validate|enable <TARGET_VERSION>` and `downgrade cancel`: one Downgrade call.
+pub async fn downgrade(global: &GlobalFlags, command: DowngradeCommand) -> CtlResult {
+    let (action, name, version) = match command {
+        DowngradeCommand::Validate { args } => {
+            (DowngradeAction::Validate, "validate", target(args)?)
+        }
+        DowngradeCommand::Enable { args } => (DowngradeAction::Enable, "enable", target(args)?),
+        DowngradeCommand::Cancel { .. } => (DowngradeAction::Cancel, "cancel", String::new()),
+    };
+    let printer = printer_for(&global.write_out, global.hex, false)?;
+    let conn = Connection::open(global).await?;
+    let maintenance = conn.maintenance();
+    let request = DowngradeRequest {
+        action: action as i32,
+        version,
+    };
+    let reply = conn
+        .call(|| {
+            let mut maintenance = maintenance.clone();
+            let request = request.clone();
+            async move { maintenance.downgrade(request).await }
+        })
+        .await?;
+    printer.downgrade(name, &reply)
+}
+
+/// The one target version argument, checked as etcdctl checks it.
+fn target(args: Vec<String>) -> CtlResult<String> {
+    let bad = |message: &str| Err(Failure::new(ExitCode::BadArgs, message));
+    match <[String; 1]>::try_from(args) {
+        Ok([version]) if version.is_empty() => bad("target version not provided"),
+        Ok([version]) => Ok(version),
+        Err(args) if args.is_empty() => bad("TARGET_VERSION not provided"),
+        Err(_) => bad("too many arguments"),
+    }
 }

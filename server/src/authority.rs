@@ -1,15 +1,16 @@
-//! Accepts the malformed `:authority` etcd 3.4's clients send.
+//! Accepts the malformed `:authority` etcd 3.4's clients (and clients on Unix sockets) send.
 //!
 //! etcd 3.4's clientv3 dials a member found through `member list` with its full client URL as the
 //! gRPC target, so requests arrive with `:authority: http://127.0.0.1:2379` (`etcdctl endpoint
-//! status --cluster`, `hashkv --cluster`, `defrag --cluster` do this). grpc-go servers ignore the
-//! authority; the h2 crate refuses such a stream with PROTOCOL_ERROR, and offers no switch.
+//! status --cluster`, `hashkv --cluster`, `defrag --cluster` do this); on a Unix socket, clients
+//! send the socket's URL or path. grpc-go servers ignore the authority; the h2 crate refuses
+//! such a stream with PROTOCOL_ERROR, and offers no switch.
 //!
 //! [`AuthorityFix`] sits between the socket and the HTTP/2 server. A gRPC client keeps one
 //! authority for a connection, so the connection's first header block decides: when it is
 //! fine, it and everything after pass through untouched (decoding every block costs more than
-//! the request itself). When it carries a scheme, every header block of the connection is
-//! rewritten: decoded with the client's HPACK context, the scheme stripped from `:authority`,
+//! the request itself). When h2 could not parse it, every header block of the connection is
+//! rewritten: decoded with the client's HPACK context, `:authority` made one h2 takes,
 //! and encoded again with a context of our own (so the server's decoder always follows our
 //! encoder, whichever blocks needed a fix). Other frames pass through untouched; responses are
 //! not looked at.
@@ -28,7 +29,8 @@ use std::task::{Context, Poll};
 use bytes::{Buf, BufMut, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// The HTTP/2 connection preface (RFC 9113, section 3.4).
+pub(crate) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const FRAME_HEADER: usize = 9;
 const HEADERS: u8 = 0x1;
 const CONTINUATION: u8 = 0x9;
@@ -105,6 +107,15 @@ impl<S> AuthorityFix<S> {
             limits,
             eof: false,
         }
+    }
+
+    /// Like [`AuthorityFix::new`] on a connection whose first bytes, `read`, were already taken
+    /// from `inner` (to tell HTTP/2 from HTTP/1.1).
+    pub fn resume(inner: S, limits: Http2Limits, read: &[u8]) -> io::Result<AuthorityFix<S>> {
+        let mut fix = AuthorityFix::new(inner, limits);
+        fix.input.extend_from_slice(read);
+        fix.process()?;
+        Ok(fix)
     }
 
     /// Moves every complete unit of `input` to `output`, rewriting header blocks.
@@ -216,10 +227,9 @@ impl<S> AuthorityFix<S> {
 
     fn emit(&mut self, done: PendingBlock) -> io::Result<()> {
         let headers = self.decode(&done.block)?;
-        let schemed = |(name, value): &(Vec<u8>, Vec<u8>)| {
-            name == b":authority" && value.windows(3).any(|w| w == b"://")
-        };
-        if matches!(self.stage, Stage::Frames) && !headers.iter().any(schemed) {
+        let odd =
+            |(name, value): &(Vec<u8>, Vec<u8>)| name == b":authority" && !is_authority(value);
+        if matches!(self.stage, Stage::Frames) && !headers.iter().any(odd) {
             // The client's own encoding goes on: the server's HPACK context follows it.
             self.stage = Stage::Passthrough;
             return self.write_block(&done, &done.block);
@@ -228,8 +238,8 @@ impl<S> AuthorityFix<S> {
         let fixed: Vec<(Vec<u8>, Vec<u8>)> = headers
             .into_iter()
             .map(|(name, value)| {
-                if name == b":authority" {
-                    (name, strip_scheme(value))
+                if name == b":authority" && !is_authority(&value) {
+                    (name, fix_authority(value))
                 } else {
                     (name, value)
                 }
@@ -353,15 +363,29 @@ fn field_count(block: &[u8]) -> Option<usize> {
     Some(fields)
 }
 
-/// `http://host:port` becomes `host:port`; anything else is left alone.
-fn strip_scheme(value: Vec<u8>) -> Vec<u8> {
-    match value.windows(3).position(|w| w == b"://") {
+/// Whether h2 takes `value` as an `:authority` (it resets a stream whose authority it cannot
+/// parse).
+fn is_authority(value: &[u8]) -> bool {
+    hyper::http::uri::Authority::try_from(value).is_ok()
+}
+
+/// An `:authority` h2 takes for one it would refuse: `http://host:port` becomes `host:port`; one
+/// with no host and port left, such as a Unix socket's path (`/run/etcd.sock`,
+/// `unix:///run/etcd.sock`, which clients on Unix sockets send), becomes `localhost`, the name
+/// grpc-go gives such peers.
+fn fix_authority(value: Vec<u8>) -> Vec<u8> {
+    let host_port = match value.windows(3).position(|w| w == b"://") {
         Some(at) => {
             let rest = &value[at + 3..];
             let end = rest.iter().position(|b| *b == b'/').unwrap_or(rest.len());
-            rest[..end].to_vec()
+            &rest[..end]
         }
-        None => value,
+        None => &value[..],
+    };
+    if is_authority(host_port) {
+        host_port.to_vec()
+    } else {
+        b"localhost".to_vec()
     }
 }
 
@@ -542,6 +566,34 @@ mod tests {
         assert!(out
             .windows(14)
             .any(|w| w == frame(0x0, END_STREAM, 1, b"\0\0\0\0\0").as_slice()));
+    }
+
+    #[tokio::test]
+    async fn a_socket_path_authority_becomes_localhost_after_bytes_already_read() {
+        let mut client = loona_hpack::Encoder::new();
+        let mut wire = PREFACE.to_vec();
+        for (stream, authority) in [
+            (1, &b"/tmp/d/etcd.sock"[..]),
+            (3, b"unix:///tmp/d/etcd.sock"),
+        ] {
+            let block = client.encode(vec![
+                (&b":method"[..], &b"POST"[..]),
+                (&b":path"[..], &b"/etcdserverpb.KV/Range"[..]),
+                (&b":authority"[..], authority),
+            ]);
+            wire.extend(frame(HEADERS, END_HEADERS | END_STREAM, stream, &block));
+        }
+        // The preface was read already, to tell HTTP/2 from HTTP/1.1.
+        let (sniffed, rest) = wire.split_at(PREFACE.len());
+        let mut fixed = AuthorityFix::resume(rest, LIMITS, sniffed).unwrap();
+        let mut out = Vec::new();
+        fixed.read_to_end(&mut out).await.unwrap();
+        let blocks = server_view(&out);
+        assert_eq!(blocks.len(), 2);
+        for block in blocks {
+            let authority = block.iter().find(|(n, _)| n == b":authority").unwrap();
+            assert_eq!(authority.1, b"localhost");
+        }
     }
 
     #[tokio::test]

@@ -242,6 +242,53 @@ pub fn go_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(total))
 }
 
+/// `args` with every single-dash flag name longer than one letter (`-log-level warn`,
+/// `-name=x`) given its second dash, so clap parses etcd's command line as Go's flag package
+/// does: Go takes `-flag` and `--flag` alike, where clap reads `-log-level` as the short flags
+/// `-l -o -g …` (and an unknown `-nosuch` is then reported as `--nosuch`, not as `-n`). A flag's
+/// value after a space is never touched, nor is anything after `--`; one-letter flags (`-h`)
+/// stay clap's short flags.
+pub fn go_style_args<I>(args: I) -> Vec<std::ffi::OsString>
+where
+    I: IntoIterator,
+    I::Item: Into<std::ffi::OsString>,
+{
+    let mut command = <Config as clap::CommandFactory>::command();
+    command.build();
+    let long = |name: &str| command.get_arguments().find(|a| a.get_long() == Some(name));
+    let mut rewritten = Vec::new();
+    let mut value_next = false;
+    let mut rest_verbatim = false;
+    for (i, arg) in args.into_iter().map(Into::into).enumerate() {
+        let text = arg.to_str().unwrap_or_default();
+        let verbatim = i == 0 || rest_verbatim || std::mem::take(&mut value_next);
+        if verbatim || !text.starts_with('-') {
+            rewritten.push(arg);
+            continue;
+        }
+        if text == "--" {
+            rest_verbatim = true;
+            rewritten.push(arg);
+            continue;
+        }
+        let name = text.trim_start_matches('-');
+        let (name, inline_value) = match name.split_once('=') {
+            Some((name, _)) => (name, true),
+            None => (name, false),
+        };
+        // A flag that must have a value and has none inline takes the next argument.
+        value_next = !inline_value
+            && long(name)
+                .is_some_and(|flag| flag.get_num_args().is_some_and(|n| n.min_values() > 0));
+        if text.starts_with("--") || name.chars().count() < 2 {
+            rewritten.push(arg);
+        } else {
+            rewritten.push(format!("-{text}").into());
+        }
+    }
+    rewritten
+}
+
 impl Config {
     pub fn data_dir(&self) -> PathBuf {
         self.data_dir
@@ -336,6 +383,60 @@ mod tests {
         );
         assert_eq!(c.client_cert_auth, Some(true));
         assert!(c.feature_gates.enabled("InitialCorruptCheck"));
+    }
+
+    fn go_style(args: &[&str]) -> Vec<String> {
+        go_style_args(args.iter().copied())
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn single_dash_long_flags_parse_as_go_parses_them() {
+        let args = [
+            "etcd",
+            "-log-level",
+            "warn",
+            "-name=x",
+            "-data-dir",
+            "-weird-dir",
+            "--listen-client-urls",
+            "unix:///tmp/etcd.sock",
+            "-client-cert-auth",
+            "-h",
+            "-nosuchflag",
+        ];
+        assert_eq!(
+            go_style(&args),
+            [
+                "etcd",
+                "--log-level",
+                "warn",
+                "--name=x",
+                "--data-dir",
+                "-weird-dir",
+                "--listen-client-urls",
+                "unix:///tmp/etcd.sock",
+                "--client-cert-auth",
+                "-h",
+                "--nosuchflag",
+            ]
+        );
+        assert_eq!(go_style(&["etcd", "-help"]), ["etcd", "--help"]);
+        assert_eq!(go_style(&["etcd", "-version"]), ["etcd", "--version"]);
+        assert_eq!(go_style(&["etcd", "--", "-name"]), ["etcd", "--", "-name"]);
+        let c = Config::try_parse_from(go_style(&[
+            "etcd",
+            "-log-level",
+            "warn",
+            "-name=x",
+            "-data-dir",
+            "/d",
+        ]))
+        .unwrap();
+        assert_eq!((c.log_level.as_str(), c.name.as_str()), ("warn", "x"));
+        assert_eq!(c.data_dir(), PathBuf::from("/d"));
     }
 
     #[test]

@@ -115,6 +115,16 @@ pub enum EtcdError {
     /// etcd has no gRPC form for this one: it reaches clients as a plain Go error (code Unknown).
     #[error("auth: authentication failed, password was given for no password user")]
     NoPasswordUser,
+    // Downgrades.
+    #[error("etcdserver: wrong downgrade target version format")]
+    WrongDowngradeVersionFormat,
+    #[error("etcdserver: invalid downgrade target version")]
+    InvalidDowngradeTarget,
+    #[error("etcdserver: cluster has a downgrade job in progress")]
+    DowngradeInProgress,
+    /// A Downgrade action etcd does not know; a plain Go error there (code Unknown).
+    #[error("etcdserver: unknown method")]
+    UnknownMethod,
     // RangeStream's refusals (etcd 3.7 words them in its gRPC layer, with code Unimplemented).
     #[error("RangeStream does not support custom sort orders")]
     StreamSortUnsupported,
@@ -140,13 +150,15 @@ impl EtcdError {
             Corrupt => Code::DataLoss,
             CompactionFailed => Code::Internal,
             SessionExpired | ElectionNotLeader | ElectionNoLeader | MissingLeaderKey
-            | NoPasswordUser => Code::Unknown,
+            | NoPasswordUser | UnknownMethod => Code::Unknown,
             RootUserNotExist | RootRoleNotExist | UserAlreadyExists | UserNotFound
             | RoleAlreadyExists | RoleNotFound | RoleNotGranted | PermissionNotGranted
             | AuthNotEnabled => Code::FailedPrecondition,
             UserEmpty | RoleEmpty | AuthFailed | PermissionNotGiven | InvalidAuthMgmt
             | AuthOldRevision => Code::InvalidArgument,
             PermissionDenied => Code::PermissionDenied,
+            WrongDowngradeVersionFormat | InvalidDowngradeTarget => Code::InvalidArgument,
+            DowngradeInProgress => Code::FailedPrecondition,
             InvalidAuthToken => Code::Unauthenticated,
             StreamSortUnsupported | StreamFiltersUnsupported => Code::Unimplemented,
         }
@@ -166,7 +178,7 @@ impl EtcdError {
     }
 }
 
-const ALL: [EtcdError; 54] = {
+const ALL: [EtcdError; 58] = {
     use EtcdError::*;
     [
         EmptyKey,
@@ -221,6 +233,10 @@ const ALL: [EtcdError; 54] = {
         InvalidAuthMgmt,
         AuthOldRevision,
         NoPasswordUser,
+        WrongDowngradeVersionFormat,
+        InvalidDowngradeTarget,
+        DowngradeInProgress,
+        UnknownMethod,
         StreamSortUnsupported,
         StreamFiltersUnsupported,
     ]

@@ -1,20 +1,21 @@
 //! The HTTP endpoints etcd serves on `--listen-metrics-urls` (kubeadm probes them on
-//! 127.0.0.1:2381): `/livez`, `/readyz`, `/health` and a small `/metrics`, with etcd 3.6/3.7's
-//! checks, reasons and bodies.
+//! 127.0.0.1:2381) and on its client URLs (through `crate::http::Router`): `/livez`, `/readyz`,
+//! `/health` and a small `/metrics`, with etcd 3.6/3.7's checks, reasons and bodies.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::Full;
+use hyper::header::HeaderValue;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use oxcd_proto::etcdserverpb::AlarmType;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::alarm::Alarms;
 use crate::error::EtcdError;
+use crate::listen::Listener;
 use crate::mvcc::{KeyRange, MvccStore, RangeOptions};
 use crate::raft::Consensus;
 use crate::storage::Engine;
@@ -74,12 +75,12 @@ fn query_flag(query: Option<&str>, name: &str) -> bool {
 
 impl Health {
     /// Serves HTTP/1.1 on `listener` until `stopped`.
-    pub async fn serve(self, listener: TcpListener, mut stopped: watch::Receiver<bool>) {
+    pub async fn serve(self, listener: Listener, mut stopped: watch::Receiver<bool>) {
         let mut connections = tokio::task::JoinSet::new();
         loop {
             tokio::select! {
                 accepted = listener.accept() => {
-                    let Ok((tcp, _)) = accepted else { continue };
+                    let Ok((io, _)) = accepted else { continue };
                     let health = self.clone();
                     let service = hyper::service::service_fn(move |req| {
                         let health = health.clone();
@@ -87,7 +88,7 @@ impl Health {
                     });
                     connections.spawn(async move {
                         let _ = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(TokioIo::new(tcp), service)
+                            .serve_connection(TokioIo::new(io), service)
                             .await;
                     });
                 }
@@ -97,14 +98,23 @@ impl Health {
         }
     }
 
-    async fn answer<B>(&self, req: Request<B>) -> Response<Full<Bytes>> {
+    /// Answers one request; anything else than the probes and /metrics is etcd's 404.
+    pub(crate) async fn answer<B>(&self, req: Request<B>) -> Response<Full<Bytes>> {
         let query = req.uri().query();
         match req.uri().path() {
             "/livez" => self.probe(&LIVEZ, query).await,
             "/readyz" => self.probe(&READYZ, query).await,
             "/health" => self.health(query).await,
             "/metrics" => text(StatusCode::OK, &self.metrics()),
-            _ => text(StatusCode::NOT_FOUND, "404 page not found\n"),
+            _ => {
+                // Go's http.NotFound, as etcd answers an unknown path.
+                let mut resp = text(StatusCode::NOT_FOUND, "404 page not found\n");
+                resp.headers_mut().insert(
+                    "x-content-type-options",
+                    HeaderValue::from_static("nosniff"),
+                );
+                resp
+            }
         }
     }
 
@@ -250,8 +260,13 @@ fn counter(name: &str, help: &str, value: String) -> String {
     format!("# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n")
 }
 
+/// A text answer with the content type Go's net/http gives it.
 fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
     *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     resp
 }

@@ -21,7 +21,7 @@ fn main() {
     abort_on_panic();
     // Crash tests set FAILPOINTS (e.g. `raft::wal::after_fsync=5*off->panic`).
     let _failpoints = oxcd::failpoints_from_env();
-    let config = Config::parse();
+    let config = Config::parse_from(oxcd::config::go_style_args(std::env::args_os()));
     if let Err(e) = init_logging(&config.log_level, &config.log_outputs) {
         fail(e);
     }

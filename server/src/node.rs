@@ -7,8 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::service::TowerToHyperService;
 use oxcd_proto::etcdserverpb::{
     auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
     lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
@@ -19,27 +17,27 @@ use oxcd_proto::peerpb::{
 };
 use oxcd_proto::v3electionpb::election_server::ElectionServer;
 use oxcd_proto::v3lockpb::lock_server::LockServer;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_rustls::TlsAcceptor;
-use tonic::codegen::http;
+use tonic::codegen::{http, Service};
 use tonic::service::interceptor::InterceptedService;
 use tonic::service::Routes;
 
 use crate::alarm::{Alarms, Quota};
 use crate::api::{
-    AuthApi, CertificateName, ClientRoutes, ClusterApi, ClusterCheck, DiscoveryApi, ElectionApi,
-    GrpcWire, HeaderFiller, KvApi, LeaderGuard, LeaderMonitor, LearnerGate, LeaseApi, LockApi,
+    AuthApi, ClientRoutes, ClusterApi, ClusterCheck, DiscoveryApi, ElectionApi, GrpcWire,
+    HeaderFiller, KvApi, LeaderGuard, LeaderMonitor, LearnerGate, LeaseApi, LockApi,
     MaintenanceApi, PeerApi, WatchApi,
 };
 use crate::auth::{AuthService, AuthStore};
-use crate::authority::{AuthorityFix, Http2Limits};
 use crate::cluster;
 use crate::concurrency::Contention;
 use crate::config::{ClusterState, Config};
+use crate::downgrade::Downgrade;
+use crate::http::{Gateway, GrpcCall, Router};
 use crate::kv::KvService;
 use crate::lease::{LeaseService, Lessor};
+use crate::listen::{is_tls, Listener};
 use crate::mvcc::MvccStore;
 use crate::raft::{
     peer_endpoint, Applied, Consensus, Member, MemberChange, Peers, RaftOptions, MAX_PEER_MESSAGE,
@@ -54,23 +52,11 @@ const IDENTITY_KEY: &[u8] = b"identity";
 /// The membership a data dir made by `snapshot restore` bootstraps its new cluster with; present
 /// until its first start has put the restored store into a Raft snapshot.
 const RESTORED_MEMBERSHIP_KEY: &[u8] = b"restored_membership";
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 /// How long shutting down waits for the last users of the engine.
 const ENGINE_CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a member started with `--initial-cluster-state existing` tries to reach the cluster.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
-/// Response bytes HTTP/2 may buffer per stream beyond what the socket takes (grpc-go's write
-/// quota): a watch stream that cannot keep up then backs up into the watch hub, which holds
-/// bounded state per watcher, instead of into memory.
-const STREAM_SEND_BUFFER: usize = 64 * 1024;
-/// hyper's defaults (and the HTTP/2 spec's for the table), set explicitly because
-/// `AuthorityFix` holds clients to the same numbers before h2 sees their bytes.
-const HTTP2_LIMITS: Http2Limits = Http2Limits {
-    max_frame_size: 16 * 1024,
-    max_header_list_size: 16 * 1024,
-    header_table_size: 4096,
-};
-
 pub struct Node {
     member_id: u64,
     cluster_id: u64,
@@ -134,6 +120,7 @@ impl Node {
                 + 2 * Duration::from_millis(config.election_timeout),
         };
         let alarms = Arc::new(Alarms::load(&engine)?);
+        let downgrade = Arc::new(Downgrade::load(&engine)?);
         let auth_store = Arc::new(AuthStore::load(&engine, tokens)?);
         let lessor = Arc::new(Lessor::new(
             min_lease_ttl(config.heartbeat_interval, config.election_timeout),
@@ -156,6 +143,7 @@ impl Node {
                     watches: watches.clone(),
                     alarms: alarms.clone(),
                     auth: auth_store.clone(),
+                    downgrade: downgrade.clone(),
                 },
                 bootstrap,
                 peers,
@@ -219,8 +207,8 @@ impl Node {
         let mut servers = Vec::new();
         let mut peer_addrs = Vec::new();
         for url in &config.listen_peer_urls {
-            let listener = bind(url).await?;
-            peer_addrs.push(listener.local_addr()?);
+            let listener = Listener::bind(url).await?;
+            peer_addrs.extend(listener.tcp_addr()?);
             let peer = PeerServer::new(PeerApi {
                 consensus: consensus.clone(),
                 leases: leases.clone(),
@@ -234,16 +222,14 @@ impl Node {
                 .add_service(DiscoveryServer::new(DiscoveryApi {
                     consensus: consensus.clone(),
                     cluster_id,
+                    downgrade: downgrade.clone(),
                 }));
-            let acceptor = if url.starts_with("https://") {
-                peer_tls.clone()
-            } else {
-                None
-            };
-            servers.push(tokio::spawn(serve_grpc(
+            let acceptor = if is_tls(url) { peer_tls.clone() } else { None };
+            servers.push(tokio::spawn(crate::http::serve(
                 listener,
                 acceptor,
                 routes.routes(),
+                None,
                 stopped.clone(),
             )));
         }
@@ -273,10 +259,17 @@ impl Node {
             batch.delete(Cf::RaftState, RESTORED_MEMBERSHIP_KEY);
             engine.write(batch, true)?;
         }
+        let health = crate::health::Health {
+            consensus: consensus.clone(),
+            store: store.clone(),
+            engine: engine.clone(),
+            alarms: alarms.clone(),
+            member_id,
+        };
         let mut client_addrs = Vec::new();
         for url in &config.listen_client_urls {
-            let listener = bind(url).await?;
-            client_addrs.push(listener.local_addr()?);
+            let listener = Listener::bind(url).await?;
+            client_addrs.extend(listener.tcp_addr()?);
             // Every service: no message limits of tonic's (GrpcWire enforces etcd's receive
             // limit, worded as grpc-go words it) and the `hasleader` guard.
             macro_rules! service {
@@ -352,6 +345,7 @@ impl Node {
                         consensus: consensus.clone(),
                         store: store.clone(),
                         alarms: alarms.clone(),
+                        downgrade: downgrade.clone(),
                         auth: auth.clone(),
                         header: header.clone(),
                         quota_bytes: config.quota_bytes(),
@@ -364,11 +358,7 @@ impl Node {
                         header: header.clone(),
                     }
                 ));
-            let acceptor = if url.starts_with("https://") {
-                tls.clone()
-            } else {
-                None
-            };
+            let acceptor = if is_tls(url) { tls.clone() } else { None };
             let (routes, known) = routes.finish(&[
                 oxcd_proto::FILE_DESCRIPTOR_SET,
                 tonic_health::pb::FILE_DESCRIPTOR_SET,
@@ -377,22 +367,35 @@ impl Node {
                 inner: routes,
                 consensus: consensus.clone(),
             };
-            servers.push(tokio::spawn(serve_grpc(
+            let grpc = GrpcWire::new(gated, known, max_decode);
+            let gateway = {
+                let grpc = grpc.clone();
+                let call: GrpcCall = Arc::new(move |req| {
+                    let mut grpc = grpc.clone();
+                    Box::pin(async move {
+                        let Ok(()) = std::future::poll_fn(|cx| {
+                            Service::<http::Request<tonic::body::Body>>::poll_ready(&mut grpc, cx)
+                        })
+                        .await;
+                        let Ok(response) = grpc.call(req).await;
+                        response
+                    })
+                });
+                Gateway::new(call, max_decode)?
+            };
+            servers.push(tokio::spawn(crate::http::serve(
                 listener,
                 acceptor,
-                GrpcWire::new(gated, known, max_decode),
+                grpc,
+                Some(Router {
+                    health: health.clone(),
+                    gateway,
+                }),
                 stopped.clone(),
             )));
         }
-        let health = crate::health::Health {
-            consensus: consensus.clone(),
-            store: store.clone(),
-            engine: engine.clone(),
-            alarms: alarms.clone(),
-            member_id,
-        };
         for url in &config.listen_metrics_urls {
-            let listener = bind(url).await?;
+            let listener = Listener::bind(url).await?;
             servers.push(tokio::spawn(
                 health.clone().serve(listener, stopped.clone()),
             ));
@@ -605,6 +608,7 @@ async fn join_existing(
                         urls.sort();
                         urls == mine
                     });
+                    crate::downgrade::may_join(&reply.cluster_version, reply.downgrade_enabled)?;
                     return match found {
                         Some(m) => Ok((m.id, reply.cluster_id)),
                         None => bail!(
@@ -671,127 +675,4 @@ fn min_lease_ttl(heartbeat_ms: u64, election_ms: u64) -> i64 {
     let ticks = election_ms / heartbeat_ms;
     let min_ms = (3 * ticks / 2) * heartbeat_ms;
     min_ms.div_ceil(1000) as i64
-}
-
-/// Serves gRPC (HTTP/2) on `listener` until `stopped`; open connections are closed when the
-/// returned future is dropped or finishes.
-async fn serve_grpc<S>(
-    listener: TcpListener,
-    tls: Option<TlsAcceptor>,
-    service: S,
-    mut stopped: watch::Receiver<bool>,
-) where
-    S: tonic::codegen::Service<
-            http::Request<hyper::body::Incoming>,
-            Response = http::Response<tonic::body::Body>,
-            Error = std::convert::Infallible,
-        > + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    http2
-        .max_send_buf_size(STREAM_SEND_BUFFER)
-        .max_concurrent_streams(None)
-        .max_frame_size(HTTP2_LIMITS.max_frame_size)
-        .max_header_list_size(HTTP2_LIMITS.max_header_list_size)
-        .header_table_size(HTTP2_LIMITS.header_table_size);
-    let mut connections = tokio::task::JoinSet::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (tcp, peer) = match accepted {
-                    Ok(conn) => conn,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accepting a client connection failed");
-                        continue;
-                    }
-                };
-                let _ = tcp.set_nodelay(true);
-                let (http2, service, tls) = (http2.clone(), service.clone(), tls.clone());
-                // The TLS handshake runs in the connection's task so a slow client cannot hold
-                // up accepting others.
-                connections.spawn(async move {
-                    let served = match tls {
-                        Some(tls) => match tls.accept(tcp).await {
-                            Ok(stream) => {
-                                let name = stream
-                                    .get_ref()
-                                    .1
-                                    .peer_certificates()
-                                    .and_then(|chain| chain.first())
-                                    .and_then(crate::tls::common_name)
-                                    .map(|cn| CertificateName(cn.into()));
-                                let service = TowerToHyperService::new(WithCertificate { inner: service, name });
-                                http2.serve_connection(TokioIo::new(AuthorityFix::new(stream, HTTP2_LIMITS)), service).await
-                            }
-                            Err(e) => {
-                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                                return;
-                            }
-                        },
-                        None => {
-                            let service = TowerToHyperService::new(WithCertificate { inner: service, name: None });
-                            http2.serve_connection(TokioIo::new(AuthorityFix::new(tcp, HTTP2_LIMITS)), service).await
-                        }
-                    };
-                    if let Err(e) = served {
-                        tracing::debug!(%peer, error = %e, "client connection ended");
-                    }
-                });
-            }
-            _ = stopped.wait_for(|s| *s) => break,
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-        }
-    }
-    // Let in-flight calls finish briefly; the rest are cut when `connections` drops.
-    let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
-        while connections.join_next().await.is_some() {}
-    })
-    .await;
-}
-
-/// Puts the name in a connection's client certificate on each of its requests.
-#[derive(Clone)]
-struct WithCertificate<S> {
-    inner: S,
-    name: Option<CertificateName>,
-}
-
-impl<S, B> tonic::codegen::Service<http::Request<B>> for WithCertificate<S>
-where
-    S: tonic::codegen::Service<http::Request<B>>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    fn poll_ready(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: http::Request<B>) -> S::Future {
-        if let Some(name) = &self.name {
-            req.extensions_mut().insert(name.clone());
-        }
-        self.inner.call(req)
-    }
-}
-
-async fn bind(url: &str) -> anyhow::Result<TcpListener> {
-    let parsed = url::Url::parse(url).with_context(|| format!("invalid listen URL {url:?}"))?;
-    let host = parsed
-        .host_str()
-        .with_context(|| format!("listen URL {url:?} has no host"))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let port = parsed
-        .port()
-        .with_context(|| format!("listen URL {url:?} has no port"))?;
-    TcpListener::bind((host, port))
-        .await
-        .with_context(|| format!("cannot listen on {url}"))
 }

@@ -392,7 +392,8 @@ impl Cluster {
         }
     }
 
-    async fn try_add_member(&mut self, name: &str, learner: bool) -> Result<AddedMember> {
+    /// [`Cluster::add_member`], returning its failure (a member refused at start).
+    pub async fn try_add_member(&mut self, name: &str, learner: bool) -> Result<AddedMember> {
         let dir = member_dir(self.flavor, name)?;
         let mut spec = MemberSpec {
             flavor: self.flavor,

@@ -7,11 +7,11 @@
 use oxcd_proto::authpb::Permission;
 use oxcd_proto::etcdserverpb::{
     response_op, AlarmResponse, AuthRoleGetResponse, AuthRoleListResponse, AuthStatusResponse,
-    AuthUserGetResponse, AuthUserListResponse, DeleteRangeResponse, HashKvResponse,
-    LeaseGrantResponse, LeaseKeepAliveResponse, LeaseLeasesResponse, LeaseRevokeResponse,
-    LeaseTimeToLiveResponse, Member, MemberAddResponse, MemberListResponse, MemberPromoteResponse,
-    MemberRemoveResponse, MemberUpdateResponse, MoveLeaderResponse, PutResponse, RangeResponse,
-    ResponseHeader, StatusResponse, TxnResponse, WatchResponse,
+    AuthUserGetResponse, AuthUserListResponse, DeleteRangeResponse, DowngradeResponse,
+    HashKvResponse, LeaseGrantResponse, LeaseKeepAliveResponse, LeaseLeasesResponse,
+    LeaseRevokeResponse, LeaseTimeToLiveResponse, Member, MemberAddResponse, MemberListResponse,
+    MemberPromoteResponse, MemberRemoveResponse, MemberUpdateResponse, MoveLeaderResponse,
+    PutResponse, RangeResponse, ResponseHeader, StatusResponse, TxnResponse, WatchResponse,
 };
 use oxcd_proto::mvccpb::{Event, KeyValue};
 
@@ -441,6 +441,15 @@ impl Printer for JsonPrinter {
 
     fn move_leader(&self, _leader: u64, _target: u64, r: &MoveLeaderResponse) -> CtlResult {
         println!("{}", header_only(r.header.as_ref()));
+        Ok(())
+    }
+
+    fn downgrade(&self, _action: &str, r: &DowngradeResponse) -> CtlResult {
+        let line = Obj::new()
+            .obj_omitempty("header", r.header.as_ref(), header)
+            .str_omitempty("version", &r.version)
+            .done();
+        println!("{line}");
         Ok(())
     }
 

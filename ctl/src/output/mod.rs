@@ -12,11 +12,11 @@ pub mod text;
 
 use oxcd_proto::etcdserverpb::{
     AlarmResponse, AuthRoleGetResponse, AuthRoleListResponse, AuthStatusResponse,
-    AuthUserGetResponse, AuthUserListResponse, DeleteRangeResponse, HashKvResponse,
-    LeaseGrantResponse, LeaseKeepAliveResponse, LeaseLeasesResponse, LeaseRevokeResponse,
-    LeaseTimeToLiveResponse, MemberAddResponse, MemberListResponse, MemberPromoteResponse,
-    MemberRemoveResponse, MemberUpdateResponse, MoveLeaderResponse, PutResponse, RangeResponse,
-    ResponseHeader, StatusResponse, TxnResponse, WatchResponse,
+    AuthUserGetResponse, AuthUserListResponse, DeleteRangeResponse, DowngradeResponse,
+    HashKvResponse, LeaseGrantResponse, LeaseKeepAliveResponse, LeaseLeasesResponse,
+    LeaseRevokeResponse, LeaseTimeToLiveResponse, MemberAddResponse, MemberListResponse,
+    MemberPromoteResponse, MemberRemoveResponse, MemberUpdateResponse, MoveLeaderResponse,
+    PutResponse, RangeResponse, ResponseHeader, StatusResponse, TxnResponse, WatchResponse,
 };
 
 use crate::failure::{CtlResult, ExitCode, Failure};
@@ -141,6 +141,10 @@ pub trait Printer: Send + Sync {
         self.unsupported()
     }
     fn alarm(&self, r: &AlarmResponse) -> CtlResult {
+        self.unsupported()
+    }
+    /// `action`: validate, enable or cancel.
+    fn downgrade(&self, action: &str, r: &DowngradeResponse) -> CtlResult {
         self.unsupported()
     }
     fn auth_change(&self, change: &AuthChange, header: Option<&ResponseHeader>) -> CtlResult {

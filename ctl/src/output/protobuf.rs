@@ -9,10 +9,10 @@ use prost::Message;
 use oxcd_proto::etcdserverpb::{
     AlarmResponse, AuthRoleGetResponse, AuthRoleListResponse, AuthStatusResponse,
     AuthUserAddResponse, AuthUserGetResponse, AuthUserListResponse, DeleteRangeResponse,
-    LeaseGrantResponse, LeaseKeepAliveResponse, LeaseLeasesResponse, LeaseRevokeResponse,
-    LeaseTimeToLiveResponse, MemberAddResponse, MemberListResponse, MemberPromoteResponse,
-    MemberRemoveResponse, MemberUpdateResponse, MoveLeaderResponse, PutResponse, RangeResponse,
-    ResponseHeader, TxnResponse, WatchResponse,
+    DowngradeResponse, LeaseGrantResponse, LeaseKeepAliveResponse, LeaseLeasesResponse,
+    LeaseRevokeResponse, LeaseTimeToLiveResponse, MemberAddResponse, MemberListResponse,
+    MemberPromoteResponse, MemberRemoveResponse, MemberUpdateResponse, MoveLeaderResponse,
+    PutResponse, RangeResponse, ResponseHeader, TxnResponse, WatchResponse,
 };
 
 use super::{AuthChange, Printer};
@@ -96,6 +96,9 @@ impl Printer for ProtobufPrinter {
         emit(r)
     }
     fn alarm(&self, r: &AlarmResponse) -> CtlResult {
+        emit(r)
+    }
+    fn downgrade(&self, _action: &str, r: &DowngradeResponse) -> CtlResult {
         emit(r)
     }
     /// Every change's response is `{ header = 1 }`, so one of them encodes them all.

@@ -4,10 +4,10 @@ use oxcd_proto::authpb::{permission::Type as PermissionType, Permission};
 use oxcd_proto::etcdserverpb::{
     response_op, AlarmResponse, AlarmType, AuthRoleGetResponse, AuthRoleListResponse,
     AuthStatusResponse, AuthUserGetResponse, AuthUserListResponse, DeleteRangeResponse,
-    LeaseGrantResponse, LeaseKeepAliveResponse, LeaseLeasesResponse, LeaseRevokeResponse,
-    LeaseTimeToLiveResponse, MemberAddResponse, MemberListResponse, MemberPromoteResponse,
-    MemberRemoveResponse, MemberUpdateResponse, MoveLeaderResponse, PutResponse, RangeResponse,
-    ResponseHeader, TxnResponse, WatchResponse,
+    DowngradeResponse, LeaseGrantResponse, LeaseKeepAliveResponse, LeaseLeasesResponse,
+    LeaseRevokeResponse, LeaseTimeToLiveResponse, MemberAddResponse, MemberListResponse,
+    MemberPromoteResponse, MemberRemoveResponse, MemberUpdateResponse, MoveLeaderResponse,
+    PutResponse, RangeResponse, ResponseHeader, TxnResponse, WatchResponse,
 };
 use oxcd_proto::mvccpb::{event::EventType, KeyValue};
 
@@ -241,6 +241,11 @@ impl Printer for SimplePrinter {
 
     fn move_leader(&self, leader: u64, target: u64, _r: &MoveLeaderResponse) -> CtlResult {
         println!("Leadership transferred from {leader:x} to {target:x}");
+        Ok(())
+    }
+
+    fn downgrade(&self, action: &str, r: &DowngradeResponse) -> CtlResult {
+        println!("Downgrade {action} success, cluster version {}", r.version);
         Ok(())
     }
 

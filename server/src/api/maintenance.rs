@@ -1,10 +1,11 @@
 use std::sync::Arc;
 
 use oxcd_proto::etcdserverpb::{
-    alarm_request::AlarmAction, maintenance_server::Maintenance, AlarmRequest, AlarmResponse,
-    AlarmType, DefragmentRequest, DefragmentResponse, HashKvRequest, HashKvResponse, HashRequest,
-    HashResponse, MoveLeaderRequest, MoveLeaderResponse, ResponseHeader, SnapshotRequest,
-    SnapshotResponse, StatusRequest, StatusResponse,
+    alarm_request::AlarmAction, downgrade_request::DowngradeAction,
+    maintenance_server::Maintenance, AlarmRequest, AlarmResponse, AlarmType, DefragmentRequest,
+    DefragmentResponse, DowngradeInfo, DowngradeRequest, DowngradeResponse, HashKvRequest,
+    HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest, MoveLeaderResponse,
+    ResponseHeader, SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
 };
 use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status};
@@ -12,6 +13,7 @@ use tonic::{Request, Response, Status};
 use super::{require_admin, require_user, HeaderFiller};
 use crate::alarm::Alarms;
 use crate::auth::AuthService;
+use crate::downgrade::{ClusterVersion, Downgrade};
 use crate::error::EtcdError;
 use crate::mvcc::MvccStore;
 use crate::raft::{Command, Consensus, Op, Outcomes};
@@ -29,6 +31,7 @@ pub struct MaintenanceApi {
     pub consensus: Arc<Consensus>,
     pub store: Arc<MvccStore>,
     pub alarms: Arc<Alarms>,
+    pub downgrade: Arc<Downgrade>,
     pub auth: Arc<AuthService>,
     pub header: Arc<HeaderFiller>,
     pub quota_bytes: u64,
@@ -44,7 +47,12 @@ impl Maintenance for MaintenanceApi {
         let raft = self.consensus.status();
         let mut resp = StatusResponse {
             version: crate::ETCD_VERSION.to_string(),
-            storage_version: crate::ETCD_VERSION.to_string(),
+            // etcd migrates its storage schema to the cluster version (down to the target once
+            // a downgrade has lowered it) and reports that. oxcd's data-dir format is versioned
+            // apart (`storage::DATA_DIR_FORMAT`) and means the same to every 3.x version it
+            // reports.
+            storage_version: self.downgrade.cluster_version().to_string(),
+            downgrade_info: Some(self.downgrade.info()),
             db_size: self.engine.data_size() as i64,
             db_size_in_use: self.engine.live_data_size() as i64,
             db_size_quota: self.quota_bytes as i64,
@@ -146,7 +154,7 @@ impl Maintenance for MaintenanceApi {
         let store = self.store.clone();
         // etcd 3.5 puts the header and the storage version on the first message only.
         let mut first = SnapshotResponse {
-            version: crate::ETCD_VERSION.to_string(),
+            version: self.downgrade.cluster_version().to_string(),
             ..Default::default()
         };
         self.header.fill(&mut first.header);
@@ -181,6 +189,61 @@ impl Maintenance for MaintenanceApi {
             .await
             .map_err(Status::from)?;
         Ok(Response::new(MoveLeaderResponse::default()))
+    }
+
+    /// etcd 3.6's downgrade: validate a target (the previous minor of the cluster version),
+    /// enable it (the cluster version drops to it), cancel it. Each first waits until this
+    /// member has applied everything committed, so it decides on current state.
+    async fn downgrade(
+        &self,
+        req: Request<DowngradeRequest>,
+    ) -> Result<Response<DowngradeResponse>, Status> {
+        require_admin(&self.auth, &req).await?;
+        let req = req.into_inner();
+        let action = DowngradeAction::try_from(req.action).map_err(|_| EtcdError::UnknownMethod)?;
+        let target = match action {
+            DowngradeAction::Validate | DowngradeAction::Enable => {
+                Some(ClusterVersion::parse_target(&req.version)?)
+            }
+            DowngradeAction::Cancel => None,
+        };
+        self.consensus.read_barrier().await?;
+        // etcd answers with the cluster version as it was before the change: its version
+        // monitor moves the cluster version only later.
+        let version = self.downgrade.cluster_version().short();
+        if let Some(target) = target {
+            self.downgrade.validate(target)?;
+        }
+        let set = match action {
+            DowngradeAction::Validate => None,
+            DowngradeAction::Enable => target.map(|target| DowngradeInfo {
+                enabled: true,
+                target_version: target.to_string(),
+            }),
+            // etcd logs "no inflight downgrade job" and still answers a cancel with success.
+            DowngradeAction::Cancel if !self.downgrade.info().enabled => {
+                tracing::warn!("failed to cancel downgrade: no inflight downgrade job");
+                None
+            }
+            DowngradeAction::Cancel => Some(DowngradeInfo::default()),
+        };
+        if let Some(set) = set {
+            match self
+                .consensus
+                .propose(Command::new(Op::Downgrade(set)))
+                .await
+                .map_err(Status::from)?
+            {
+                Outcomes::Downgrade(_) => {}
+                _ => return Err(EtcdError::Corrupt.into()),
+            }
+        }
+        let mut resp = DowngradeResponse {
+            header: None,
+            version,
+        };
+        self.header.fill(&mut resp.header);
+        Ok(Response::new(resp))
     }
 
     async fn defragment(

@@ -14,6 +14,7 @@ use oxcd_proto::peerpb::{
 };
 use tonic::{Request, Response, Status};
 
+use crate::downgrade::Downgrade;
 use crate::error::EtcdError;
 use crate::lease::LeaseService;
 use crate::mvcc::MvccStore;
@@ -259,6 +260,7 @@ impl Peer for PeerApi {
 pub struct DiscoveryApi {
     pub consensus: Arc<Consensus>,
     pub cluster_id: u64,
+    pub downgrade: Arc<Downgrade>,
 }
 
 #[tonic::async_trait]
@@ -282,6 +284,8 @@ impl Discovery for DiscoveryApi {
         Ok(Response::new(MembersReply {
             cluster_id: self.cluster_id,
             members,
+            cluster_version: self.downgrade.cluster_version().to_string(),
+            downgrade_enabled: self.downgrade.info().enabled,
         }))
     }
 }

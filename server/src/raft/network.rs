@@ -7,7 +7,14 @@
 //! `--initial-cluster-token` or membership) is refused, as etcd refuses it.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+
+use hyper_util::rt::TokioIo;
 
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
@@ -22,6 +29,7 @@ use oxcd_proto::peerpb::RaftMessage;
 use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tokio::net::UnixStream;
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
@@ -117,7 +125,13 @@ impl Peers {
 /// A member's first peer URL, dialed through [`PeerConnector`] when it is https://.
 pub struct PeerEndpoint {
     endpoint: Endpoint,
-    tls: Option<PeerConnector>,
+    dial: Dial,
+}
+
+enum Dial {
+    Tcp,
+    Tls(PeerConnector),
+    Unix(UnixDialer),
 }
 
 impl PeerEndpoint {
@@ -127,21 +141,24 @@ impl PeerEndpoint {
     }
 
     pub fn connect_lazy(&self) -> Channel {
-        match &self.tls {
-            Some(tls) => self.endpoint.connect_with_connector_lazy(tls.clone()),
-            None => self.endpoint.connect_lazy(),
+        match &self.dial {
+            Dial::Tcp => self.endpoint.connect_lazy(),
+            Dial::Tls(tls) => self.endpoint.connect_with_connector_lazy(tls.clone()),
+            Dial::Unix(unix) => self.endpoint.connect_with_connector_lazy(unix.clone()),
         }
     }
 
     pub async fn connect(&self) -> Result<Channel, tonic::transport::Error> {
-        match &self.tls {
-            Some(tls) => self.endpoint.connect_with_connector(tls.clone()).await,
-            None => self.endpoint.connect().await,
+        match &self.dial {
+            Dial::Tcp => self.endpoint.connect().await,
+            Dial::Tls(tls) => self.endpoint.connect_with_connector(tls.clone()).await,
+            Dial::Unix(unix) => self.endpoint.connect_with_connector(unix.clone()).await,
         }
     }
 }
 
-/// An endpoint for a member's first peer URL, over TLS when it is https://.
+/// An endpoint for a member's first peer URL, over TLS when it is https://, on a Unix socket
+/// when it is unix://.
 pub fn peer_endpoint(
     peer_urls: &[String],
     tls: Option<&PeerConnector>,
@@ -151,16 +168,23 @@ pub fn peer_endpoint(
         .ok_or_else(|| "member has no peer URLs".to_string())?;
     // tonic refuses an https:// URI with a connector of its own making; ours makes the TLS
     // connection, so the channel is given the same authority as http://.
-    let (uri, tls) = match url.strip_prefix("https://") {
-        Some(authority) => {
-            let tls = tls.ok_or_else(|| {
-                format!(
-                    "peer URL {url} is https:// but --peer-cert-file/--peer-key-file are not set"
-                )
-            })?;
-            (format!("http://{authority}"), Some(tls.clone()))
-        }
-        None => (url.clone(), None),
+    let (uri, dial) = if let Some(authority) = url.strip_prefix("https://") {
+        let tls = tls.ok_or_else(|| {
+            format!("peer URL {url} is https:// but --peer-cert-file/--peer-key-file are not set")
+        })?;
+        (format!("http://{authority}"), Dial::Tls(tls.clone()))
+    } else if url.starts_with("unixs://") {
+        return Err(format!(
+            "peer URL {url}: dialing unixs:// peer URLs is not supported"
+        ));
+    } else if let Some(path) = crate::listen::unix_socket_path(url) {
+        // The connector ignores the URI; `localhost` is the authority grpc-go sends on a socket.
+        (
+            "http://localhost".to_string(),
+            Dial::Unix(UnixDialer(Arc::new(PathBuf::from(path)))),
+        )
+    } else {
+        (url.clone(), Dial::Tcp)
     };
     let endpoint = Endpoint::from_shared(uri)
         .map_err(|e| format!("invalid peer URL {url:?}: {e}"))?
@@ -168,7 +192,26 @@ pub fn peer_endpoint(
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(5))
         .keep_alive_timeout(Duration::from_secs(5));
-    Ok(PeerEndpoint { endpoint, tls })
+    Ok(PeerEndpoint { endpoint, dial })
+}
+
+/// A tower connector for tonic's `Endpoint::connect_with_connector*` that dials a Unix socket.
+#[derive(Clone)]
+struct UnixDialer(Arc<PathBuf>);
+
+impl tonic::codegen::Service<tonic::codegen::http::Uri> for UnixDialer {
+    type Response = TokioIo<UnixStream>;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = std::io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: tonic::codegen::http::Uri) -> Self::Future {
+        let path = self.0.clone();
+        Box::pin(async move { Ok(TokioIo::new(UnixStream::connect(path.as_path()).await?)) })
+    }
 }
 
 /// openraft's view of the transport.

@@ -20,6 +20,7 @@ use super::types::{
 };
 use crate::alarm::Alarms;
 use crate::auth::{AuthInfo, AuthStore, AUTH_META_KEY};
+use crate::downgrade::Downgrade;
 use crate::error::EtcdError;
 use crate::kv::apply;
 use crate::lease::{Lessor, StoredLease};
@@ -46,6 +47,7 @@ pub struct Applied {
     pub watches: Arc<WatchHub>,
     pub alarms: Arc<Alarms>,
     pub auth: Arc<AuthStore>,
+    pub downgrade: Arc<Downgrade>,
 }
 
 pub struct StateMachine {
@@ -160,6 +162,7 @@ fn took_snapshot(parts: &Applied, engine: &Engine) -> Result<(), StorageError> {
     );
     parts.alarms.reload(engine).map_err(reload)?;
     parts.auth.reload(engine).map_err(reload)?;
+    parts.downgrade.reload(engine).map_err(reload)?;
     parts.watches.restored(parts.store.current_revision());
     Ok(())
 }
@@ -234,6 +237,7 @@ fn execute(
         lessor,
         alarms,
         auth,
+        downgrade,
         ..
     } = parts;
     let who = command.requester.clone().unwrap_or_default();
@@ -282,6 +286,11 @@ fn execute(
                 writer.put_extra(Cf::Meta, AUTH_META_KEY, &stored);
             }
             Ok(Outcomes::Auth(applied))
+        }
+        Some(Op::Downgrade(set)) => {
+            let (info, stored) = downgrade.apply(&set);
+            writer.put_extra(Cf::Meta, Downgrade::meta_key(), &stored);
+            Ok(Outcomes::Downgrade(info))
         }
         None => Err(EtcdError::Corrupt),
     }
@@ -559,12 +568,14 @@ mod tests {
             )
             .unwrap(),
         );
+        let downgrade = Arc::new(Downgrade::load(engine).unwrap());
         Applied {
             store,
             lessor,
             watches,
             alarms,
             auth,
+            downgrade,
         }
     }
 

@@ -6,7 +6,7 @@
 
 use oxcd_proto::etcdserverpb::{
     AlarmRequest, AlarmResponse, CompactionRequest, CompactionResponse, DeleteRangeRequest,
-    DeleteRangeResponse, LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest,
+    DeleteRangeResponse, DowngradeInfo, LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest,
     LeaseRevokeResponse, PutRequest, PutResponse, TxnRequest, TxnResponse,
 };
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -42,7 +42,7 @@ pub type StorageError = openraft::StorageError<NodeId>;
 /// One client write.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Command {
-    #[prost(oneof = "Op", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9")]
+    #[prost(oneof = "Op", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10")]
     pub op: Option<Op>,
     /// Who asked, as the proposing member identified them: apply checks their permissions
     /// (etcd's RequestHeader username and auth revision). Absent for the server's own writes.
@@ -90,6 +90,9 @@ pub enum Op {
     LeaseExpire(LeaseExpiry),
     #[prost(message, tag = "9")]
     Auth(AuthChange),
+    /// etcd's `DowngradeInfoSetRequest`: enable a downgrade to a target, or cancel it.
+    #[prost(message, tag = "10")]
+    Downgrade(DowngradeInfo),
 }
 
 /// An expiry is decided by the leader of one term and holds only in an entry of that term:
@@ -115,7 +118,7 @@ pub struct CommandBatch {
 /// The result of applying one command.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Outcome {
-    #[prost(oneof = "Outcomes", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9")]
+    #[prost(oneof = "Outcomes", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10")]
     pub result: Option<Outcomes>,
 }
 
@@ -140,6 +143,9 @@ pub enum Outcomes {
     Alarm(AlarmResponse),
     #[prost(message, tag = "9")]
     Auth(AuthApplied),
+    /// The downgrade state after the change.
+    #[prost(message, tag = "10")]
+    Downgrade(DowngradeInfo),
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

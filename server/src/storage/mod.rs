@@ -54,6 +54,12 @@ pub enum StorageError {
         recorded: String,
         given: String,
     },
+    #[error("data dir {data_dir} has format version {found}, newer than this oxcd {build} understands (format version {DATA_DIR_FORMAT}); start it with the oxcd release that wrote it")]
+    NewerFormat {
+        data_dir: PathBuf,
+        found: u64,
+        build: &'static str,
+    },
     #[error("cannot create or open data dir {0}: {1}")]
     Io(PathBuf, std::io::Error),
     #[error("storage: {0}")]
@@ -69,6 +75,14 @@ pub type Entry = (Box<[u8]>, Box<[u8]>);
 
 const LOCK_FILE: &str = "oxcd.lock";
 const DB_DIR: &str = "db";
+/// The format of the data dir this build writes and reads, recorded in `raft_state` under
+/// [`FORMAT_KEY`] when the data dir is created. A release that changes how anything is stored
+/// raises it (and reads the older formats, or converts them at start); an older build refuses
+/// a newer data dir instead of misreading it.
+pub const DATA_DIR_FORMAT: u64 = 1;
+/// Data dirs of the releases before the format was recorded have format 1 and get the record
+/// when this build opens them.
+pub const FORMAT_KEY: &[u8] = b"format_version";
 /// Names the directory of the write-ahead log when it is not inside the data dir (--wal-dir):
 /// starting without it would open the store without its log.
 const WAL_DIR_FILE: &str = "wal_dir";
@@ -134,6 +148,7 @@ impl Engine {
         });
         let db_path = data_dir.join(DB_DIR);
         let db = DB::open_cf_descriptors(&db_opts, &db_path, cfs)?;
+        check_format(&db, data_dir)?;
         // RocksDB makes its own files durable inside `db/`, but the entries of `db/` and the lock
         // file in the data dir, and of a new data dir in its parent, are ours: without this a
         // power cut right after the first start loses the whole store.
@@ -261,32 +276,29 @@ impl Engine {
     /// write-ahead log (the Raft log's durability, recycled in place) is not counted, as etcd
     /// does not count its WAL either.
     pub fn data_size(&self) -> u64 {
-        let property = |cf: Cf, name: &str| {
-            self.db
-                .property_int_value_cf(self.cf(cf), name)
-                .ok()
-                .flatten()
-                .unwrap_or(0)
-        };
-        Cf::ALL
-            .iter()
-            .map(|cf| {
-                property(*cf, "rocksdb.total-sst-files-size")
-                    + property(*cf, "rocksdb.cur-size-all-mem-tables")
-            })
-            .sum()
+        self.sum_of(&[
+            "rocksdb.total-sst-files-size",
+            "rocksdb.cur-size-all-mem-tables",
+        ])
     }
 
-    /// Estimated bytes of live data, excluding garbage awaiting compaction.
+    /// Estimated bytes of live data, excluding garbage awaiting compaction (etcd's size in
+    /// use). RocksDB's estimate covers table files only; data still in memtables is counted as
+    /// live, so that a store that has not flushed yet is not reported empty.
     pub fn live_data_size(&self) -> u64 {
+        self.sum_of(&[
+            "rocksdb.estimate-live-data-size",
+            "rocksdb.cur-size-all-mem-tables",
+        ])
+        .min(self.data_size())
+    }
+
+    /// The sum of integer properties over every column family.
+    fn sum_of(&self, properties: &[&str]) -> u64 {
         Cf::ALL
             .iter()
-            .filter_map(|cf| {
-                self.db
-                    .property_int_value_cf(self.cf(*cf), "rocksdb.estimate-live-data-size")
-                    .ok()
-                    .flatten()
-            })
+            .flat_map(|cf| properties.iter().map(move |p| (*cf, *p)))
+            .filter_map(|(cf, p)| self.db.property_int_value_cf(self.cf(cf), p).ok().flatten())
             .sum()
     }
 }
@@ -303,6 +315,33 @@ pub fn sync_dir_and_parent(dir: &Path) -> std::io::Result<()> {
         Some(parent) => sync_dir(parent),
         None => Ok(()),
     }
+}
+
+/// Refuses a data dir of a newer format than [`DATA_DIR_FORMAT`]; records the format of one
+/// that has no record (new, or from a release before the record existed).
+fn check_format(db: &DB, data_dir: &Path) -> Result<()> {
+    let cf = db
+        .cf_handle(Cf::RaftState.name())
+        .expect("column family is created at open");
+    let found = match db.get_cf(cf, FORMAT_KEY)? {
+        Some(v) => u64::from_be_bytes(v.as_slice().try_into().map_err(|_| {
+            StorageError::Corrupt(format!("data dir format version {v:?} is not 8 bytes"))
+        })?),
+        None => {
+            let mut sync = WriteOptions::default();
+            sync.set_sync(true);
+            db.put_cf_opt(cf, FORMAT_KEY, DATA_DIR_FORMAT.to_be_bytes(), &sync)?;
+            DATA_DIR_FORMAT
+        }
+    };
+    if found > DATA_DIR_FORMAT {
+        return Err(StorageError::NewerFormat {
+            data_dir: data_dir.into(),
+            found,
+            build: env!("CARGO_PKG_VERSION"),
+        });
+    }
+    Ok(())
 }
 
 /// The WAL directory to open `data_dir` with: the one recorded when it was created, which a
@@ -445,6 +484,39 @@ impl Snapshot<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_data_dir_records_its_format_and_a_newer_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Engine::open(dir.path()).unwrap();
+        let stamp = |e: &Engine| e.get(Cf::RaftState, FORMAT_KEY).unwrap();
+        assert_eq!(stamp(&e), Some(DATA_DIR_FORMAT.to_be_bytes().to_vec()));
+        // A previous release's data dir has no record: it is format 1 and gets one.
+        let mut b = e.batch();
+        b.delete(Cf::RaftState, FORMAT_KEY);
+        e.write(b, true).unwrap();
+        drop(e);
+        let e = Engine::open(dir.path()).unwrap();
+        assert_eq!(stamp(&e), Some(1u64.to_be_bytes().to_vec()));
+        let mut b = e.batch();
+        b.put(
+            Cf::RaftState,
+            FORMAT_KEY,
+            &(DATA_DIR_FORMAT + 1).to_be_bytes(),
+        );
+        e.write(b, true).unwrap();
+        drop(e);
+        let refused = Engine::open(dir.path())
+            .err()
+            .expect("a newer format is refused");
+        assert!(
+            matches!(refused, StorageError::NewerFormat { found, .. } if found == DATA_DIR_FORMAT + 1)
+        );
+        assert!(
+            refused.to_string().contains("format version 2"),
+            "{refused}"
+        );
+    }
 
     #[test]
     fn second_open_of_a_data_dir_is_refused() {

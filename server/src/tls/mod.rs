@@ -197,7 +197,7 @@ fn acceptor(
         .crl
         .map(|path| crl::RevocationList::open(path, &format!("{flag_prefix}crl-file")))
         .transpose()?;
-    if !urls.iter().any(|u| u.starts_with("https://")) {
+    if !urls.iter().any(|u| crate::listen::is_tls(u)) {
         return Ok(None);
     }
     let Some(identity) = identity else {
@@ -232,8 +232,9 @@ fn acceptor(
     let mut config = builder
         .with_single_cert(certs, key)
         .context("certificate and key do not match")?;
-    // gRPC clients insist on ALPN h2.
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    // gRPC clients insist on ALPN h2; HTTP/1.1 clients (probes, curl --http1.1) are served on
+    // the same client ports.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Some(TlsAcceptor::from(Arc::new(config))))
 }
 
