@@ -125,6 +125,11 @@ pub enum EtcdError {
     /// A Downgrade action etcd does not know; a plain Go error there (code Unknown).
     #[error("etcdserver: unknown method")]
     UnknownMethod,
+    // RangeStream's refusals (etcd 3.7 words them in its gRPC layer, with code Unimplemented).
+    #[error("RangeStream does not support custom sort orders")]
+    StreamSortUnsupported,
+    #[error("RangeStream does not support revision filters")]
+    StreamFiltersUnsupported,
 }
 
 impl EtcdError {
@@ -155,6 +160,7 @@ impl EtcdError {
             WrongDowngradeVersionFormat | InvalidDowngradeTarget => Code::InvalidArgument,
             DowngradeInProgress => Code::FailedPrecondition,
             InvalidAuthToken => Code::Unauthenticated,
+            StreamSortUnsupported | StreamFiltersUnsupported => Code::Unimplemented,
         }
     }
 
@@ -172,7 +178,7 @@ impl EtcdError {
     }
 }
 
-const ALL: [EtcdError; 56] = {
+const ALL: [EtcdError; 58] = {
     use EtcdError::*;
     [
         EmptyKey,
@@ -231,6 +237,8 @@ const ALL: [EtcdError; 56] = {
         InvalidDowngradeTarget,
         DowngradeInProgress,
         UnknownMethod,
+        StreamSortUnsupported,
+        StreamFiltersUnsupported,
     ]
 };
 

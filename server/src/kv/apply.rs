@@ -28,6 +28,16 @@ fn header(revision: i64) -> Option<ResponseHeader> {
 }
 
 pub fn range(view: &impl ReadView, r: &RangeRequest) -> Result<RangeResponse, EtcdError> {
+    range_with(view, r, false)
+}
+
+/// A range; with `skip_total`, the count is only of the keys read up to the limit (plus one),
+/// as etcd counts a RangeStream chunk, so a chunk never visits the rest of the range.
+pub fn range_with(
+    view: &impl ReadView,
+    r: &RangeRequest,
+    skip_total: bool,
+) -> Result<RangeResponse, EtcdError> {
     let sort_order = SortOrder::try_from(r.sort_order).unwrap_or(SortOrder::None);
     let sort_target = SortTarget::try_from(r.sort_target).unwrap_or(SortTarget::Key);
     let filtered = r.min_mod_revision != 0
@@ -46,6 +56,7 @@ pub fn range(view: &impl ReadView, r: &RangeRequest) -> Result<RangeResponse, Et
             limit,
             rev: r.revision,
             count_only: r.count_only,
+            skip_total,
         },
     )?;
     let mut kvs = rr.kvs;

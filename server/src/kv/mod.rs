@@ -2,9 +2,12 @@
 //! local read, and the wait a physical compaction implies.
 
 pub mod apply;
+pub mod stream;
 pub mod validate;
 
 use std::sync::Arc;
+
+use tokio_stream::Stream;
 
 use oxcd_proto::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
@@ -17,6 +20,7 @@ use crate::error::EtcdError;
 use crate::mvcc::{KeyRange, MvccStore, RangeOptions, RangeResult, ReadView};
 use crate::raft::{Command, Consensus, Op, Outcomes};
 use crate::storage::off_runtime;
+use stream::RangeStreamer;
 
 pub struct KvService {
     store: Arc<MvccStore>,
@@ -64,6 +68,47 @@ impl KvService {
         }?;
         self.auth.check_current(who)?;
         Ok(resp)
+    }
+
+    /// etcd 3.7's RangeStream: checked as a Range is (before the first chunk, and the auth
+    /// revision again after the last), then read chunk by chunk, each off the async workers
+    /// and only when the consumer asks for it, so the server holds one chunk at a time. The
+    /// first chunk is read before the stream is answered: a read that fails there (a
+    /// compacted or future revision) is refused as the call's status, as etcd refuses it.
+    pub async fn range_stream(
+        &self,
+        who: AuthInfo,
+        r: RangeRequest,
+    ) -> Result<impl Stream<Item = Result<RangeResponse, EtcdError>> + Send + 'static, EtcdError>
+    {
+        validate::check_range_stream(&r)?;
+        if !r.serializable {
+            self.consensus.read_barrier().await?;
+        }
+        self.auth.check_range(&who, &r.key, &r.range_end)?;
+        let streamer =
+            RangeStreamer::new(self.store.clone(), r, self.consensus.max_request_bytes());
+        let (first, next) = read_chunk(Box::new(streamer), &self.auth, &who).await;
+        let first = first?;
+        let auth = self.auth.clone();
+        let step = move |state: StreamState| {
+            let (auth, who) = (auth.clone(), who.clone());
+            async move {
+                match state {
+                    StreamState::Reading(streamer) => Some(read_chunk(streamer, &auth, &who).await),
+                    // etcd checks the auth revision once the whole stream has been sent.
+                    StreamState::Sent => auth
+                        .check_current(&who)
+                        .err()
+                        .map(|e| (Err(e), StreamState::Over)),
+                    StreamState::Over => None,
+                }
+            }
+        };
+        Ok(futures_util::StreamExt::chain(
+            futures_util::stream::once(async { Ok(first) }),
+            futures_util::stream::unfold(next, step),
+        ))
     }
 
     /// Writes are checked when they apply (see the Raft state machine's auth applier).
@@ -142,6 +187,42 @@ impl KvService {
     async fn propose(&self, who: &AuthInfo, op: Op) -> Result<Outcomes, EtcdError> {
         self.consensus.propose(Command::by(op, who)).await
     }
+}
+
+/// Reads a RangeStream's next chunk off the async workers; returns it (or the error that ends
+/// the stream, a stale auth revision taking precedence as in etcd) and what comes next.
+async fn read_chunk(
+    mut streamer: Box<RangeStreamer>,
+    auth: &AuthStore,
+    who: &AuthInfo,
+) -> (Result<RangeResponse, EtcdError>, StreamState) {
+    let read = off_runtime(EtcdError::Stopped, move || {
+        let chunk = streamer.next_chunk();
+        Ok((streamer, chunk))
+    })
+    .await;
+    match read {
+        Ok((streamer, Ok(chunk))) => {
+            let next = if streamer.finished() {
+                StreamState::Sent
+            } else {
+                StreamState::Reading(streamer)
+            };
+            (Ok(chunk), next)
+        }
+        Ok((_, Err(e))) | Err(e) => {
+            let e = auth.check_current(who).err().unwrap_or(e);
+            (Err(e), StreamState::Over)
+        }
+    }
+}
+
+/// Where a RangeStream is.
+enum StreamState {
+    Reading(Box<RangeStreamer>),
+    /// Every chunk has gone out; the auth revision is still to be checked.
+    Sent,
+    Over,
 }
 
 /// A single read straight from the store: revisions resolved under the lock, values read

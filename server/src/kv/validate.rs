@@ -21,6 +21,26 @@ pub fn check_range(r: &RangeRequest) -> Result<(), EtcdError> {
     Ok(())
 }
 
+/// etcd 3.7's RangeStream checks: Range's, then no order other than by key ascending (a sort
+/// would need the whole range before the first chunk) and no revision filters (a chunk's
+/// limit counts keys, not matches). A sort target with no order is allowed, as etcd allows it.
+pub fn check_range_stream(r: &RangeRequest) -> Result<(), EtcdError> {
+    check_range(r)?;
+    let order = SortOrder::try_from(r.sort_order).unwrap_or(SortOrder::None);
+    let target = SortTarget::try_from(r.sort_target).unwrap_or(SortTarget::Key);
+    if !(order == SortOrder::None || (order == SortOrder::Ascend && target == SortTarget::Key)) {
+        return Err(EtcdError::StreamSortUnsupported);
+    }
+    if r.min_mod_revision != 0
+        || r.max_mod_revision != 0
+        || r.min_create_revision != 0
+        || r.max_create_revision != 0
+    {
+        return Err(EtcdError::StreamFiltersUnsupported);
+    }
+    Ok(())
+}
+
 pub fn check_put(r: &PutRequest) -> Result<(), EtcdError> {
     if r.key.is_empty() {
         return Err(EtcdError::EmptyKey);

@@ -207,11 +207,28 @@ impl TreeIndex {
                     out.push((key.to_vec(), k));
                 }
             }
+            true
         });
         (out, total)
     }
 
-    fn visit(&self, range: &KeyRange, mut f: impl FnMut(&[u8], &KeyHistory)) {
+    /// The first `limit` keys visible at `at` in `range`, in key order, visiting no further.
+    pub fn first(&self, range: &KeyRange, at: i64, limit: usize) -> Vec<(Vec<u8>, KeyAt)> {
+        let mut out = Vec::new();
+        if limit == 0 {
+            return out;
+        }
+        self.visit(range, |key, history| {
+            if let Some(k) = history.get(at) {
+                out.push((key.to_vec(), k));
+            }
+            out.len() < limit
+        });
+        out
+    }
+
+    /// Calls `f` on each key of `range` in order until it returns false.
+    fn visit(&self, range: &KeyRange, mut f: impl FnMut(&[u8], &KeyHistory) -> bool) {
         match range {
             KeyRange::Single(key) => {
                 if let Some(h) = self.keys.get(key) {
@@ -230,7 +247,9 @@ impl TreeIndex {
                     .keys
                     .range::<[u8], _>((Bound::Included(start.as_slice()), upper))
                 {
-                    f(k, h);
+                    if !f(k, h) {
+                        return;
+                    }
                 }
             }
         }

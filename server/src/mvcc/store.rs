@@ -39,12 +39,16 @@ pub struct RangeOptions {
     /// <= 0 = the view's current revision.
     pub rev: i64,
     pub count_only: bool,
+    /// Stop at the limit instead of counting the whole range (etcd's `WithTotalCount: false`,
+    /// which RangeStream's chunks use: counting would visit the rest of the range per chunk).
+    pub skip_total: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RangeResult {
     pub kvs: Vec<KeyValue>,
-    /// Keys in the range at the revision read, ignoring the limit.
+    /// Keys in the range at the revision read, ignoring the limit (with `skip_total`, only
+    /// the keys found up to the limit).
     pub count: usize,
     /// The view's current revision (not the revision requested).
     pub rev: i64,
@@ -513,7 +517,13 @@ fn resolve(
         return Err(EtcdError::Compacted);
     }
     let limit = if opts.count_only { 1 } else { opts.limit };
-    let (entries, count) = index.range(range, at, limit);
+    let (entries, count) = if opts.skip_total && !opts.count_only && limit > 0 {
+        let entries = index.first(range, at, limit);
+        let found = entries.len();
+        (entries, found)
+    } else {
+        index.range(range, at, limit)
+    };
     Ok((entries, count, current))
 }
 

@@ -525,6 +525,16 @@ impl Consensus {
         rx
     }
 
+    /// `--max-request-bytes`: also the size RangeStream aims its chunks at, as etcd does.
+    pub fn max_request_bytes(&self) -> usize {
+        self.proposer.max_request_bytes()
+    }
+
+    /// `--election-timeout`: how often a `hasleader` stream checks for a leader.
+    pub fn election_timeout(&self) -> Duration {
+        self.election_timeout
+    }
+
     /// How long a request may wait for consensus (etcd's ReqTimeout).
     pub fn request_timeout(&self) -> Duration {
         self.timeout

@@ -45,6 +45,10 @@ impl Proposer {
         }
     }
 
+    pub fn max_request_bytes(&self) -> usize {
+        self.max_request_bytes
+    }
+
     /// Replicates `command` and returns the result of applying it.
     pub async fn propose(&self, command: Command) -> Result<Outcomes, EtcdError> {
         let reply = self.enqueue(command).await?;
