@@ -20,6 +20,7 @@ use oxcd_proto::etcdserverpb::{
     AuthUserGrantRoleRequest, AuthenticateRequest, Compare, DeleteRangeRequest, LeaseGrantRequest,
     LeaseKeepAliveRequest, LeaseLeasesRequest, LeaseRevokeRequest, LeaseTimeToLiveRequest,
     PutRequest, RangeRequest, RequestOp, TxnRequest, WatchCreateRequest, WatchRequest,
+    WatchResponse,
 };
 use oxcd_tests::cluster::Cluster;
 use oxcd_tests::{Flavor, Server};
@@ -733,8 +734,17 @@ async fn advisory_outcomes(endpoint: &str) -> Vec<(String, String)> {
     results
 }
 
-/// The reply to one watch creation, as comparable text.
-async fn watch_create(ch: &Channel, token: &str, key: Vec<u8>, range_end: Vec<u8>) -> String {
+/// A watch stream as `token`'s caller with one watch on `[key, range_end)`; the sender keeps
+/// the stream open while held.
+async fn open_watch(
+    ch: &Channel,
+    token: &str,
+    key: Vec<u8>,
+    range_end: Vec<u8>,
+) -> (
+    tokio::sync::mpsc::Sender<WatchRequest>,
+    tonic::Streaming<WatchResponse>,
+) {
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     tx.send(WatchRequest {
         request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
@@ -745,7 +755,7 @@ async fn watch_create(ch: &Channel, token: &str, key: Vec<u8>, range_end: Vec<u8
     })
     .await
     .unwrap();
-    let mut stream = WatchClient::new(ch.clone())
+    let stream = WatchClient::new(ch.clone())
         .watch(with_token(
             tokio_stream::wrappers::ReceiverStream::new(rx),
             token,
@@ -753,12 +763,21 @@ async fn watch_create(ch: &Channel, token: &str, key: Vec<u8>, range_end: Vec<u8
         .await
         .unwrap()
         .into_inner();
-    let reply = tokio::time::timeout(Duration::from_secs(10), stream.next())
+    (tx, stream)
+}
+
+async fn next_reply(stream: &mut tonic::Streaming<WatchResponse>) -> WatchResponse {
+    tokio::time::timeout(Duration::from_secs(10), stream.next())
         .await
-        .expect("a watch creation is answered")
+        .expect("the watch answers")
         .expect("the stream stays open")
-        .unwrap();
-    drop(tx);
+        .unwrap()
+}
+
+/// The reply to one watch creation, as comparable text.
+async fn watch_create(ch: &Channel, token: &str, key: Vec<u8>, range_end: Vec<u8>) -> String {
+    let (_open, mut stream) = open_watch(ch, token, key, range_end).await;
+    let reply = next_reply(&mut stream).await;
     format!(
         "created={} canceled={} id={} reason={:?}",
         reply.created, reply.canceled, reply.watch_id, reply.cancel_reason
@@ -1025,40 +1044,14 @@ async fn a_watch_stops_delivering_once_its_read_permission_is_revoked() {
     let server = Server::start(Flavor::Oxcd).await;
     let ch = channel(&server.endpoint()).await;
     let (root, alice) = set_up_users(&ch).await;
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
-    tx.send(WatchRequest {
-        request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
-            key: b"mine/".to_vec(),
-            range_end: b"mine0".to_vec(),
-            ..Default::default()
-        })),
-    })
-    .await
-    .unwrap();
-    let mut stream = WatchClient::new(ch.clone())
-        .watch(with_token(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-            &alice,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    async fn next(
-        stream: &mut tonic::Streaming<oxcd_proto::etcdserverpb::WatchResponse>,
-    ) -> oxcd_proto::etcdserverpb::WatchResponse {
-        tokio::time::timeout(Duration::from_secs(10), stream.next())
-            .await
-            .expect("the watch answers")
-            .expect("the stream stays open")
-            .unwrap()
-    }
-    let created = next(&mut stream).await;
+    let (open, mut stream) = open_watch(&ch, &alice, b"mine/".to_vec(), b"mine0".to_vec()).await;
+    let created = next_reply(&mut stream).await;
     assert!(created.created && !created.canceled, "{created:?}");
     let mut kv = KvClient::new(ch.clone());
     kv.put(with_token(put(b"mine/1", 0, false), &root))
         .await
         .unwrap();
-    let first = next(&mut stream).await;
+    let first = next_reply(&mut stream).await;
     assert_eq!(first.events.len(), 1, "{first:?}");
     AuthClient::new(ch.clone())
         .role_revoke_permission(with_token(
@@ -1074,12 +1067,12 @@ async fn a_watch_stops_delivering_once_its_read_permission_is_revoked() {
     kv.put(with_token(put(b"mine/2", 0, false), &root))
         .await
         .unwrap();
-    let after = next(&mut stream).await;
+    let after = next_reply(&mut stream).await;
     assert!(after.canceled && after.events.is_empty(), "{after:?}");
     assert_eq!(after.watch_id, created.watch_id);
     assert_eq!(
         after.cancel_reason,
         "rpc error: code = PermissionDenied desc = etcdserver: permission denied"
     );
-    drop(tx);
+    drop(open);
 }
