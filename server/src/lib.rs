@@ -46,6 +46,16 @@ pub fn failpoints_from_env() -> Option<fail::FailScenario<'static>> {
     None
 }
 
+/// A failpoint whose `return(ms)` action makes an asynchronous step wait that long, to widen a
+/// race window in tests without blocking a runtime thread (the `sleep` action would).
+#[cfg_attr(not(feature = "failpoints"), allow(unused_variables))]
+pub fn failpoint_pause(name: &str) -> Option<std::time::Duration> {
+    fail::fail_point!(name, |ms| ms
+        .and_then(|ms| ms.parse().ok())
+        .map(std::time::Duration::from_millis));
+    None
+}
+
 /// The etcd version oxcd reports. kube-apiserver enables watch-progress-based consistent reads
 /// only for etcd >= 3.5.13, and oxcd implements the 3.6 API.
 pub const ETCD_VERSION: &str = "3.6.0";

@@ -8,7 +8,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::Command;
 use std::time::Duration;
 
-use etcd_client::{Client, CompactionOptions, DeleteOptions, GetOptions, Txn, TxnOp};
+use etcd_client::{Client, CompactionOptions, DeleteOptions, GetOptions, PutOptions, Txn, TxnOp};
 use oxcd_tests::cluster::Cluster;
 use oxcd_tests::writes::{hash_kv_at, read_prefix, value_for, verify, Ack, Writers};
 use oxcd_tests::{connect, oxcdctl_bin, Flavor, Server, StartOptions};
@@ -439,4 +439,39 @@ async fn metric(port: u16, name: &str) -> Option<f64> {
     conn.read_to_string(&mut text).await.ok()?;
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Between the leader deciding that a lease expired and its revoke applying, a keep-alive must
+/// not promise the lease a new TTL (etcd's lessor makes it wait for the revoke). The failpoint
+/// holds the revoke back for 2 s so the keep-alive surely lands in that window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_keep_alive_while_an_expiry_is_in_flight_waits_for_the_revoke() {
+    let server = Server::start_with(
+        Flavor::Oxcd,
+        StartOptions {
+            env: vec![(
+                FAILPOINTS.into(),
+                "lease::expire::before_propose=return(2000)".into(),
+            )],
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut client = server.client().await;
+    let lease = client.lease_grant(2, None).await.unwrap().id();
+    client
+        .put("expiring", "v", Some(PutOptions::new().with_lease(lease)))
+        .await
+        .unwrap();
+    // Opening the stream renews the lease once; the next keep-alive comes after its deadline.
+    let (mut keeper, mut stream) = client.lease_keep_alive(lease).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2700)).await;
+    keeper.keep_alive().await.unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("a keep-alive answer within 10 s")
+        .unwrap()
+        .expect("a keep-alive response");
+    assert_eq!((resp.id(), resp.ttl()), (lease, 0));
+    assert!(client.get("expiring", None).await.unwrap().kvs().is_empty());
 }

@@ -500,3 +500,34 @@ async fn leases_survive_a_restart_refreshed_to_their_full_ttl() {
     })
     .await;
 }
+
+/// A keep-alive that reaches the leader after its lease's deadline has passed (here the server
+/// was frozen past the TTL with the keep-alive in its socket) must not promise the lease a new
+/// TTL: its expiry is already decided. etcd's lessor makes such a renewal wait for the revoke
+/// and answers TTL 0; a positive TTL would be a promise the revoke that follows breaks.
+#[tokio::test]
+async fn a_keep_alive_arriving_after_the_deadline_waits_for_the_revoke() {
+    for_both_servers(StartOptions::default(), |server| async move {
+        let mut c = server.client().await;
+        let lease = grant(&mut c, MIN_TTL).await;
+        put_with_lease(&mut c, "frozen/k", "v", lease).await;
+        let (mut keeper, mut stream) = c.lease_keep_alive(lease).await.unwrap();
+        let pid = server.pid().expect("server runs");
+        oxcd_tests::send_signal(pid, "STOP").expect("SIGSTOP the server");
+        keeper.keep_alive().await.unwrap();
+        tokio::time::sleep(Duration::from_secs(MIN_TTL as u64 + 1)).await;
+        oxcd_tests::send_signal(pid, "CONT").expect("SIGCONT the server");
+        let resp = tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .expect("keep-alive answer within 10 s")
+            .unwrap()
+            .expect("a keep-alive response");
+        assert_eq!(
+            (resp.id(), resp.ttl()),
+            (lease, 0),
+            "no TTL is promised to an expired lease"
+        );
+        assert!(c.get("frozen/k", None).await.unwrap().kvs().is_empty());
+    })
+    .await;
+}

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use prost::Message;
+use tokio::sync::Notify;
 
 use crate::error::EtcdError;
 use crate::kv::apply::LeaseLookup;
@@ -48,6 +49,20 @@ struct Lease {
     keys: BTreeSet<Vec<u8>>,
     /// Only the primary tracks deadlines.
     deadline: Option<Instant>,
+    /// Its expiry has been decided by this primary: no keep-alive can save it any more.
+    expiring: bool,
+}
+
+/// What a keep-alive on the primary finds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Renewal {
+    /// Kept alive for this many seconds.
+    Renewed(i64),
+    /// No such lease (never granted, or already revoked).
+    Unknown,
+    /// Past its deadline: its revoke is (or is about to be) on its way through Raft, so the
+    /// keep-alive must wait for it rather than promise a TTL the lease will not live.
+    Expiring,
 }
 
 #[derive(Default)]
@@ -73,6 +88,7 @@ impl State {
                 ttl: l.ttl,
                 keys: BTreeSet::new(),
                 deadline: primary.then(|| deadline_after(l.ttl)),
+                expiring: false,
             };
             state.leases.insert(l.id, lease);
         }
@@ -117,6 +133,9 @@ pub struct LeaseInfo {
 pub struct Lessor {
     state: Mutex<State>,
     min_ttl: i64,
+    /// Woken when a lease goes away or primacy changes: what an expiring lease's keep-alive
+    /// waits for.
+    changed: Notify,
 }
 
 impl Lessor {
@@ -130,6 +149,7 @@ impl Lessor {
         Lessor {
             state: Mutex::new(State::restored(stored, leased_keys, false)),
             min_ttl,
+            changed: Notify::new(),
         }
     }
 
@@ -138,6 +158,8 @@ impl Lessor {
     pub fn restore(&self, stored: Vec<StoredLease>, leased_keys: HashMap<Vec<u8>, i64>) {
         let mut st = self.state.lock();
         *st = State::restored(stored, leased_keys, st.primary);
+        drop(st);
+        self.changed.notify_waiters();
     }
 
     pub fn min_ttl(&self) -> i64 {
@@ -158,6 +180,7 @@ impl Lessor {
                 ttl,
                 keys: BTreeSet::new(),
                 deadline,
+                expiring: false,
             },
         );
         Ok(StoredLease { id, ttl })
@@ -170,6 +193,8 @@ impl Lessor {
         for k in &lease.keys {
             st.key_lease.remove(k);
         }
+        drop(st);
+        self.changed.notify_waiters();
         Ok(lease.keys.into_iter().collect())
     }
 
@@ -206,19 +231,40 @@ impl Lessor {
         st.primary = primary;
         for l in st.leases.values_mut() {
             l.deadline = primary.then(|| deadline_after(l.ttl));
+            l.expiring = false;
+        }
+        drop(st);
+        self.changed.notify_waiters();
+    }
+
+    /// Keep-alive on the primary. A lease already past its deadline is not renewed: as etcd's
+    /// lessor does, the keep-alive waits until its revoke applies (and reports it unknown) or
+    /// this member stops being primary (the client retries on the new leader, whose lessor
+    /// gave the lease its full TTL again). Returns the TTL, or `None` for an unknown lease.
+    pub async fn renew(&self, id: i64) -> Result<Option<i64>, EtcdError> {
+        loop {
+            let changed = self.changed.notified();
+            match self.try_renew(id, Instant::now())? {
+                Renewal::Renewed(ttl) => return Ok(Some(ttl)),
+                Renewal::Unknown => return Ok(None),
+                Renewal::Expiring => changed.await,
+            }
         }
     }
 
-    /// Keep-alive on the primary: returns the TTL, or `None` for an unknown lease.
-    pub fn renew(&self, id: i64) -> Result<Option<i64>, EtcdError> {
+    fn try_renew(&self, id: i64, now: Instant) -> Result<Renewal, EtcdError> {
         let mut st = self.state.lock();
         if !st.primary {
             return Err(EtcdError::NotLeader);
         }
-        Ok(st.leases.get_mut(&id).map(|l| {
-            l.deadline = Some(deadline_after(l.ttl));
-            l.ttl
-        }))
+        let Some(l) = st.leases.get_mut(&id) else {
+            return Ok(Renewal::Unknown);
+        };
+        if l.expiring || l.deadline.is_some_and(|d| d <= now) {
+            return Ok(Renewal::Expiring);
+        }
+        l.deadline = Some(deadline_after(l.ttl));
+        Ok(Renewal::Renewed(l.ttl))
     }
 
     pub fn info(&self, id: i64, with_keys: bool) -> Option<LeaseInfo> {
@@ -258,6 +304,7 @@ impl Lessor {
         for (id, l) in st.leases.iter_mut() {
             if l.deadline.is_some_and(|d| d <= now) {
                 l.deadline = Some(now + retry_after);
+                l.expiring = true;
                 out.push(*id);
             }
         }
@@ -326,13 +373,56 @@ mod tests {
         let lessor = Lessor::new(1, vec![StoredLease { id: 7, ttl: 1 }], HashMap::new());
         let later = Instant::now() + Duration::from_secs(5);
         assert!(lessor.expired(later, Duration::from_secs(1)).is_empty());
-        assert_eq!(lessor.renew(7), Err(EtcdError::NotLeader));
+        let now = Instant::now();
+        assert_eq!(lessor.try_renew(7, now), Err(EtcdError::NotLeader));
         lessor.set_primary(true);
-        assert_eq!(lessor.renew(7), Ok(Some(1)));
+        assert_eq!(lessor.try_renew(7, now), Ok(Renewal::Renewed(1)));
+        assert_eq!(lessor.try_renew(8, now), Ok(Renewal::Unknown));
         assert_eq!(lessor.expired(later, Duration::from_secs(1)), vec![7]);
         assert!(
             lessor.expired(later, Duration::from_secs(1)).is_empty(),
             "not proposed twice at once"
         );
+    }
+
+    #[test]
+    fn a_lease_past_its_deadline_is_not_renewed() {
+        let lessor = Lessor::new(1, vec![StoredLease { id: 7, ttl: 1 }], HashMap::new());
+        lessor.set_primary(true);
+        let later = Instant::now() + Duration::from_secs(5);
+        assert_eq!(lessor.try_renew(7, later), Ok(Renewal::Expiring));
+        assert_eq!(lessor.expired(later, Duration::from_secs(1)), vec![7]);
+        assert_eq!(
+            lessor.try_renew(7, Instant::now()),
+            Ok(Renewal::Expiring),
+            "its revoke is on its way"
+        );
+        lessor.set_primary(false);
+        lessor.set_primary(true);
+        assert_eq!(
+            lessor.try_renew(7, Instant::now()),
+            Ok(Renewal::Renewed(1)),
+            "a new primacy gives it its full TTL"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_keep_alive_of_an_expiring_lease_waits_for_its_revoke() {
+        let lessor = std::sync::Arc::new(Lessor::new(
+            1,
+            vec![StoredLease { id: 7, ttl: 1 }],
+            HashMap::new(),
+        ));
+        lessor.set_primary(true);
+        let later = Instant::now() + Duration::from_secs(5);
+        assert_eq!(lessor.expired(later, Duration::from_secs(1)), vec![7]);
+        let waiting = tokio::spawn({
+            let lessor = lessor.clone();
+            async move { lessor.renew(7).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished());
+        lessor.revoke(7).unwrap();
+        assert_eq!(waiting.await.unwrap(), Ok(None));
     }
 }

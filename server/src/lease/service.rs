@@ -156,7 +156,10 @@ impl LeaseService {
             }
             Err(e) => return Err(failure(e)),
         }
-        match self.lessor.renew(id) {
+        let renewed = tokio::time::timeout(self.consensus.request_timeout(), self.lessor.renew(id))
+            .await
+            .unwrap_or(Err(EtcdError::Timeout));
+        match renewed {
             Ok(ttl) => Ok(ttl.unwrap_or(0)),
             Err(EtcdError::NotLeader) => Err(not_leader()),
             Err(e) => Err(failure(e)),
@@ -283,6 +286,9 @@ async fn expire(service: std::sync::Weak<LeaseService>) {
             continue;
         }
         tokio::spawn(async move {
+            if let Some(pause) = crate::failpoint_pause("lease::expire::before_propose") {
+                tokio::time::sleep(pause).await;
+            }
             if let Err(e) = service.consensus.confirm_leadership(false).await {
                 tracing::debug!(error = %e, "not revoking expired leases: leadership not confirmed");
                 return;
