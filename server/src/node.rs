@@ -390,6 +390,7 @@ impl Node {
                 Some(Router {
                     health: health.clone(),
                     gateway,
+                    downgrade: downgrade.clone(),
                 }),
                 stopped.clone(),
             )));

@@ -8,7 +8,7 @@
 //! versions put back as placeholders.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use oxcd_tests::cluster::Cluster;
@@ -101,12 +101,28 @@ fn status_fields(endpoints: &[String], v: &Versions, extra: &[&str]) -> Vec<Stri
                 status["dbSizeInUse"].as_i64().unwrap(),
             );
             assert!(in_use > 0 && in_use <= size, "{status}");
+            let version = http_version(endpoint);
             v.mask(&format!(
-                "storageVersion={} dbSizeQuota={} downgradeInfo={}",
-                status["storageVersion"], status["dbSizeQuota"], status["downgradeInfo"]
+                "storageVersion={} dbSizeQuota={} downgradeInfo={} /version:etcdcluster={},storage={}",
+                status["storageVersion"],
+                status["dbSizeQuota"],
+                status["downgradeInfo"],
+                version["etcdcluster"],
+                version["storage"]
             ))
         })
         .collect()
+}
+
+/// The member's `/version` (plain HTTP on the client port), whose cluster and storage versions
+/// follow a downgrade as Status does.
+fn http_version(endpoint: &str) -> serde_json::Value {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "5", &format!("{endpoint}/version")])
+        .output()
+        .expect("curl must be installed");
+    assert!(out.status.success(), "curl /version: {out:?}");
+    serde_json::from_slice(&out.stdout).expect("/version answers JSON")
 }
 
 /// Waits until every member reports `storage` (masked: `{prev}.0`) as its storage version: etcd's leader moves the

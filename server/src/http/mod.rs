@@ -9,6 +9,9 @@ use http_body_util::Full;
 use hyper::header::{HeaderValue, ACCESS_CONTROL_ALLOW_HEADERS, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
 
+use std::sync::Arc;
+
+use crate::downgrade::Downgrade;
 use crate::health::Health;
 
 pub use gateway::{Gateway, GrpcCall};
@@ -19,6 +22,7 @@ pub use serve::serve;
 pub struct Router {
     pub health: Health,
     pub gateway: Gateway,
+    pub downgrade: Arc<Downgrade>,
 }
 
 impl Router {
@@ -31,7 +35,7 @@ impl Router {
         let mut resp = if path.starts_with("/v3/") {
             self.gateway.answer(req).await
         } else if path == "/version" {
-            version().map(tonic::body::Body::new)
+            version(&self.downgrade).map(tonic::body::Body::new)
         } else {
             // /health, /livez, /readyz, /metrics and etcd's 404 for anything else.
             self.health.answer(req).await.map(tonic::body::Body::new)
@@ -53,34 +57,15 @@ impl Router {
 }
 
 /// etcd's `/version`: the server's version, and the cluster's and the storage's as etcd forms
-/// them (major.minor.0 of the version the members run).
-fn version() -> Response<Full<Bytes>> {
+/// them (major.minor.0 of the version the members run, lowered by an enabled downgrade).
+fn version(downgrade: &Downgrade) -> Response<Full<Bytes>> {
     let server = crate::ETCD_VERSION;
-    let minor = minor_version(server);
+    let cluster = downgrade.cluster_version();
     let body =
-        format!(r#"{{"etcdserver":"{server}","etcdcluster":"{minor}","storage":"{minor}"}}"#);
+        format!(r#"{{"etcdserver":"{server}","etcdcluster":"{cluster}","storage":"{cluster}"}}"#);
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = StatusCode::OK;
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
-}
-
-/// "3.7.3" → "3.7.0".
-fn minor_version(version: &str) -> String {
-    let mut parts = version.splitn(3, '.');
-    let major = parts.next().unwrap_or("0");
-    let minor = parts.next().unwrap_or("0");
-    format!("{major}.{minor}.0")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_cluster_version_is_the_minor_version() {
-        assert_eq!(minor_version("3.7.3"), "3.7.0");
-        assert_eq!(minor_version("3.6.0"), "3.6.0");
-    }
 }
