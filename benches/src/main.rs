@@ -5,6 +5,7 @@ mod compare;
 mod connection;
 mod failover;
 mod footprint;
+mod list_memory;
 mod load;
 mod plot;
 mod report;
@@ -46,6 +47,11 @@ enum Command {
     /// and which events it missed or got twice.
     #[command(name = "watch", alias = "watch-latency")]
     Watch(WorkloadArgs<watch::WatchWorkload>),
+    /// Peak server memory of one large list read as RangeStream, as Range pages of 500 and as
+    /// one Range, on a fresh etcd (3.7 or later) and a fresh oxcd; writes report.md and
+    /// report.json into --out.
+    #[command(name = "list-memory")]
+    ListMemory(list_memory::ListMemoryArgs),
 }
 
 /// The flags every load generator takes around its workload's own.
@@ -88,6 +94,7 @@ async fn main() -> Result<()> {
         Command::Mixed(args) => args.run(workloads::run_mixed).await?,
         Command::LeaseKeepAlive(args) => args.run(workloads::run_lease_keep_alives).await?,
         Command::Compare(args) => compare::compare(args).await?,
+        Command::ListMemory(args) => list_memory::run(args).await?,
         Command::Watch(args) => {
             let report = watch::run_watch(&args.endpoints(), &args.workload).await?;
             print_report(args.json, || report.to_json(), || report.to_text());

@@ -84,14 +84,24 @@ impl ServerProcess {
 
     /// Resident set size of the server process, from VmRSS in /proc/PID/status.
     pub fn rss_bytes(&self) -> Result<u64> {
+        self.memory_status("VmRSS")
+    }
+
+    /// The highest resident set size the process has had (VmHWM).
+    pub fn peak_rss_bytes(&self) -> Result<u64> {
+        self.memory_status("VmHWM")
+    }
+
+    /// A `kB` line of /proc/PID/status, in bytes.
+    fn memory_status(&self, field: &str) -> Result<u64> {
         let pid = self.child.id().context("server has already exited")?;
         let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
         let kib = status
             .lines()
-            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
             .and_then(|rest| rest.trim().strip_suffix("kB"))
             .and_then(|number| number.trim().parse::<u64>().ok())
-            .context("no VmRSS line in /proc/PID/status")?;
+            .with_context(|| format!("no {field} line in /proc/PID/status"))?;
         Ok(kib * 1024)
     }
 
