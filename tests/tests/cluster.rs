@@ -67,6 +67,59 @@ cluster_tests! {
     cli_cluster_commands [];
 }
 
+/// A cluster of one grows to three with `member add` (voters, not learners), each new member
+/// started as etcdctl says after the add has answered. Going from one voter to two, the new
+/// member is needed for every quorum, so the add must answer before it can commit with it.
+async fn one_member_grows_to_three(flavor: Flavor) {
+    let mut cluster = Cluster::start(flavor, 1, &[]).await;
+    cluster.wait_for_leader(ELECTION_WAIT).await;
+    let mut first = cluster.client_all().await;
+    first.put("grow/0", "before", None).await.unwrap();
+    for (n, name) in ["n2", "n3"].into_iter().enumerate() {
+        let added = cluster.add_member(name, false).await;
+        assert_eq!(
+            added.printed["ETCD_INITIAL_CLUSTER_STATE"], "existing",
+            "{added:?}"
+        );
+        let mut on_new = cluster.members()[added.index].client().await;
+        on_new
+            .put(format!("grow/{}", n + 1), "after", None)
+            .await
+            .unwrap_or_else(|e| panic!("put through {name}: {e}"));
+    }
+    for i in 0..3 {
+        let mut c = cluster.members()[i].client().await;
+        let kvs = c
+            .get("grow/", Some(GetOptions::new().with_prefix()))
+            .await
+            .unwrap();
+        assert_eq!(kvs.kvs().len(), 3, "member {i} has every write");
+    }
+    let members = cluster
+        .client_all()
+        .await
+        .member_list()
+        .await
+        .unwrap()
+        .members()
+        .iter()
+        .map(|m| (m.name().to_string(), m.is_learner()))
+        .collect::<BTreeSet<_>>();
+    let voters = ["n1", "n2", "n3"].map(|n| (n.to_string(), false));
+    assert_eq!(members, BTreeSet::from(voters));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_member_grows_to_three_etcd() {
+    require_etcd();
+    bounded(one_member_grows_to_three(Flavor::Etcd)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_member_grows_to_three_oxcd() {
+    bounded(one_member_grows_to_three(Flavor::Oxcd)).await;
+}
+
 async fn bounded(body: impl Future<Output = ()>) {
     if tokio::time::timeout(TEST_LIMIT, body).await.is_err() {
         panic!("the test body did not finish within {TEST_LIMIT:?}");

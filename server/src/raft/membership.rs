@@ -74,11 +74,17 @@ pub async fn apply(raft: &Raft, change: &MemberChange) -> Result<(), EtcdError> 
             return Ok(());
         };
         let result = match request {
-            Plan::Change(members) => raft.change_membership(members, false).await,
-            Plan::AddLearner(id, member) => raft.add_learner(id, member, false).await,
+            Plan::Change(members) if joins_as_voter(change) => {
+                match make_voter(raft, members, change).await {
+                    Some(result) => result,
+                    None => return Err(EtcdError::Stopped),
+                }
+            }
+            Plan::Change(members) => raft.change_membership(members, false).await.map(drop),
+            Plan::AddLearner(id, member) => raft.add_learner(id, member, false).await.map(drop),
         };
         match result {
-            Ok(_) => {}
+            Ok(()) => {}
             Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
                 ChangeMembershipError::InProgress(_),
             ))) => {
@@ -100,6 +106,53 @@ pub async fn apply(raft: &Raft, change: &MemberChange) -> Result<(), EtcdError> 
         }
     }
 }
+
+/// The second step of adding a voting member: the learner becomes a voter.
+fn joins_as_voter(change: &MemberChange) -> bool {
+    matches!(change, MemberChange::Add { learner: false, .. })
+}
+
+/// Makes the new member a voter, returning once the change is durable in the leader's log: from
+/// there Raft counts it in every quorum, as etcd's applied ConfChange does. The change itself commits
+/// in the background once a quorum of the new configuration has it, which may need the new
+/// member itself (a cluster of one growing to two) — and etcd's clients start the new member
+/// only after `member add` has answered. `None` if the change task died.
+async fn make_voter(
+    raft: &Raft,
+    members: ChangeMembers<NodeId, Member>,
+    change: &MemberChange,
+) -> Option<Result<(), ChangeError>> {
+    let mut committed = tokio::spawn({
+        let raft = raft.clone();
+        async move { raft.change_membership(members, false).await.map(drop) }
+    });
+    let mut metrics = raft.metrics();
+    loop {
+        if is_voter(raft, change) && membership_flushed_here(raft) {
+            return Some(Ok(()));
+        }
+        tokio::select! {
+            done = &mut committed => return done.ok(),
+            changed = metrics.changed() => changed.ok()?,
+        }
+    }
+}
+
+/// Whether the leader's own log has fsynced the entry of the membership in effect.
+fn membership_flushed_here(raft: &Raft) -> bool {
+    let metrics = raft.metrics();
+    let metrics = metrics.borrow();
+    let Some(entry) = metrics.membership_config.log_id() else {
+        return true;
+    };
+    metrics
+        .replication
+        .as_ref()
+        .and_then(|r| r.get(&metrics.id).cloned().flatten())
+        .is_some_and(|flushed| flushed.index >= entry.index)
+}
+
+type ChangeError = RaftError<NodeId, ClientWriteError<NodeId, Member>>;
 
 enum Plan {
     Change(ChangeMembers<NodeId, Member>),
