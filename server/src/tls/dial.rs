@@ -74,13 +74,14 @@ impl tonic::codegen::Service<http::Uri> for PeerConnector {
     }
 }
 
-/// The server verification of a `--peer-auto-tls` member: any certificate (the other members'
-/// are self-signed, and etcd skips verification for them too), with the handshake signatures
-/// still checked.
+/// Accepts any server certificate, still checking the handshake signatures, so the connection
+/// is at least encrypted to whoever holds the key. A `--peer-auto-tls` member dials its peers
+/// so (their certificates are self-signed, and etcd skips verification for them too), and
+/// clients' `--insecure-skip-tls-verify` (oxcdctl, oxcd-bench) is this.
 #[derive(Debug)]
-pub struct AnyPeerCertificate(pub Arc<CryptoProvider>);
+pub struct AnyServerCertificate(pub Arc<CryptoProvider>);
 
-impl ServerCertVerifier for AnyPeerCertificate {
+impl ServerCertVerifier for AnyServerCertificate {
     fn verify_server_cert(
         &self,
         _end_entity: &CertificateDer<'_>,

@@ -27,7 +27,7 @@ use tokio_rustls::rustls::{ClientConfig, RootCertStore, ServerConfig};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::Config;
-pub use dial::PeerConnector;
+pub use dial::{AnyServerCertificate, PeerConnector};
 use transport::Transport;
 use verifier::{AllowedIdentity, EtcdClientVerifier};
 
@@ -159,7 +159,7 @@ pub fn peer_connector(config: &Config) -> anyhow::Result<Option<PeerConnector>> 
     let builder = if identity.self_signed {
         builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(dial::AnyPeerCertificate(
+            .with_custom_certificate_verifier(Arc::new(dial::AnyServerCertificate(
                 transport.provider().clone(),
             )))
     } else {
