@@ -130,6 +130,7 @@ impl Consensus {
             peers,
             transfer: Default::default(),
         };
+        tokio::spawn(count_leader_changes(raft.server_metrics()));
         let proposer =
             proposer::Proposer::start(link.clone(), opts.max_request_bytes, opts.request_timeout);
         let reads = read_index::ReadIndexBatcher::start(link.clone(), opts.request_timeout);
@@ -327,6 +328,24 @@ impl Consensus {
 
     pub fn members(&self) -> Vec<MemberInfo> {
         membership::list(&self.raft)
+    }
+
+    /// The other members, each with whether this member is in touch with it: its leader while
+    /// it hears from it, any member that answered one of its calls within an election timeout.
+    /// (etcd counts its open peer connections; oxcd's peer calls connect on demand.)
+    pub fn peer_activity(&self) -> Vec<(NodeId, bool)> {
+        let leader = self.status().leader;
+        let recent = |id| {
+            self.link
+                .peers
+                .last_reply(id)
+                .is_some_and(|at| at.elapsed() < self.election_timeout)
+        };
+        self.members()
+            .into_iter()
+            .filter(|m| m.id != self.link.me)
+            .map(|m| (m.id, leader == Some(m.id) || recent(m.id)))
+            .collect()
     }
 
     /// The members once `done` holds for them here (a change committed on the leader reaches
@@ -547,6 +566,24 @@ impl Consensus {
     pub async fn shutdown(&self) {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
+        }
+    }
+}
+
+/// `etcd_server_leader_changes_seen_total`: as etcd counts it, each time this member learns of
+/// a leader other than the last one it knew (the first one included), until Raft stops.
+async fn count_leader_changes(
+    mut server: tokio::sync::watch::Receiver<openraft::metrics::RaftServerMetrics<NodeId, Member>>,
+) {
+    let mut known = None;
+    loop {
+        let leader = server.borrow_and_update().current_leader;
+        if leader.is_some() && leader != known {
+            known = leader;
+            crate::metrics::metrics().server.leader_changes.inc();
+        }
+        if server.changed().await.is_err() {
+            return;
         }
     }
 }

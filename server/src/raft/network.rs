@@ -27,6 +27,7 @@ use openraft::raft::{
 use oxcd_proto::peerpb::peer_client::PeerClient;
 use oxcd_proto::peerpb::RaftMessage;
 use parking_lot::Mutex;
+use prometheus::{Histogram, IntCounter};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::net::UnixStream;
@@ -34,6 +35,7 @@ use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::metrics::{member_label, metrics};
 use crate::tls::PeerConnector;
 
 use super::types::{LogId, Member, NodeId, TypeConfig};
@@ -220,6 +222,7 @@ pub struct PeerNetwork(pub std::sync::Arc<Peers>);
 pub struct RaftPeer {
     target: NodeId,
     client: Result<Client, String>,
+    metered: PeerMetered,
     peers: std::sync::Arc<Peers>,
     /// An append still on its way after openraft gave up waiting for it (see `append_entries`).
     in_flight: Option<InFlightAppend>,
@@ -242,6 +245,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
         RaftPeer {
             target,
             client: self.0.client(target, &node.peer_urls),
+            metered: PeerMetered::new(target),
             peers: self.0.clone(),
             in_flight: None,
         }
@@ -281,7 +285,15 @@ impl RaftPeer {
         E: std::error::Error + DeserializeOwned,
     {
         let (client, payload) = self.prepare(request)?;
-        peer_call(self.target, client, payload, option.hard_ttl(), send).await
+        peer_call(
+            self.target,
+            &self.metered,
+            client,
+            payload,
+            option.hard_ttl(),
+            send,
+        )
+        .await
     }
 
     /// An append in a task of its own, given up only after `give_up`; the member's reply is
@@ -292,13 +304,26 @@ impl RaftPeer {
         give_up: Duration,
     ) -> Result<AppendTask, RPCError<NodeId, Member, RaftError<NodeId>>> {
         let (client, payload) = self.prepare(rpc)?;
-        let (target, peers) = (self.target, self.peers.clone());
+        let (target, peers, metered) = (self.target, self.peers.clone(), self.metered.clone());
+        let heartbeat = rpc.entries.is_empty();
         Ok(tokio::spawn(async move {
-            let reply = peer_call(target, client, payload, give_up, async |mut c, m| {
-                c.append_entries(m).await
-            })
-            .await?;
-            Ok(heard(&peers, target, reply))
+            let sent = Instant::now();
+            let reply = peer_call(
+                target,
+                &metered,
+                client,
+                payload,
+                give_up,
+                async |mut c, m| c.append_entries(m).await,
+            )
+            .await;
+            if heartbeat {
+                match &reply {
+                    Ok(_) => metered.round_trip.observe(sent.elapsed().as_secs_f64()),
+                    Err(_) => metrics().server.heartbeat_send_failures.inc(),
+                }
+            }
+            Ok(heard(&peers, target, reply?))
         }))
     }
 }
@@ -306,9 +331,38 @@ impl RaftPeer {
 type AppendTask =
     tokio::task::JoinHandle<RpcResult<AppendEntriesResponse<NodeId>, RaftError<NodeId>>>;
 
+/// etcd's peer traffic series for one member, resolved once. oxcd's peer calls are
+/// request/reply, so this member counts both directions of the calls it makes: its requests
+/// as sent to the member, the member's replies as received from it. The round-trip time is
+/// that of heartbeats (empty appends), the closest to etcd's probes: no entries to fsync.
+#[derive(Clone)]
+struct PeerMetered {
+    sent_bytes: IntCounter,
+    received_bytes: IntCounter,
+    sent_failures: IntCounter,
+    received_failures: IntCounter,
+    round_trip: Histogram,
+}
+
+impl PeerMetered {
+    fn new(target: NodeId) -> PeerMetered {
+        let network = &metrics().network;
+        let label = [member_label(target)];
+        let label = [label[0].as_str()];
+        PeerMetered {
+            sent_bytes: network.peer_sent_bytes.with_label_values(&label),
+            received_bytes: network.peer_received_bytes.with_label_values(&label),
+            sent_failures: network.peer_sent_failures.with_label_values(&label),
+            received_failures: network.peer_received_failures.with_label_values(&label),
+            round_trip: network.peer_round_trip_time.with_label_values(&label),
+        }
+    }
+}
+
 /// One peer call of a bincode-encoded payload, within `timeout`.
 async fn peer_call<Resp, E>(
     target: NodeId,
+    metered: &PeerMetered,
     client: Client,
     payload: Vec<u8>,
     timeout: Duration,
@@ -318,14 +372,17 @@ where
     Resp: DeserializeOwned,
     E: std::error::Error + DeserializeOwned,
 {
+    metered.sent_bytes.inc_by(payload.len() as u64);
     let reply = tokio::time::timeout(timeout, send(client, RaftMessage { payload }))
         .await
+        .inspect_err(|_| metered.sent_failures.inc())
         .map_err(|_| {
             RPCError::Unreachable(Unreachable::new(&std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
                 format!("member {target:x} did not answer in time"),
             )))
         })?
+        .inspect_err(|_| metered.sent_failures.inc())
         .map_err(|status| match status.code() {
             // Unreachable makes openraft back off before retrying; a member of another
             // cluster (FailedPrecondition) will not change its mind either.
@@ -335,7 +392,10 @@ where
             | tonic::Code::FailedPrecondition => RPCError::Unreachable(Unreachable::new(&status)),
             _ => RPCError::Network(NetworkError::new(&status)),
         })?;
-    let result: Result<Resp, E> = bincode::deserialize(&reply.into_inner().payload)
+    let reply = reply.into_inner().payload;
+    metered.received_bytes.inc_by(reply.len() as u64);
+    let result: Result<Resp, E> = bincode::deserialize(&reply)
+        .inspect_err(|_| metered.received_failures.inc())
         .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
     result.map_err(|e| RPCError::RemoteError(RemoteError::new(target, e)))
 }
