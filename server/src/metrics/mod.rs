@@ -9,6 +9,7 @@
 
 pub mod grpc;
 
+use std::collections::HashMap;
 use std::sync::LazyLock;
 
 use parking_lot::Mutex;
@@ -90,12 +91,44 @@ pub struct MvccMetrics {
 
 /// `etcd_network_*`.
 pub struct NetworkMetrics {
-    pub peer_sent_bytes: IntCounterVec,
-    pub peer_received_bytes: IntCounterVec,
-    pub peer_sent_failures: IntCounterVec,
-    pub peer_received_failures: IntCounterVec,
+    peer_sent_bytes: IntCounterVec,
+    peer_received_bytes: IntCounterVec,
+    peer_sent_failures: IntCounterVec,
+    peer_received_failures: IntCounterVec,
     pub peer_round_trip_time: HistogramVec,
     active_peers: IntGaugeVec,
+    /// Each member's series, resolved once.
+    peers: Mutex<HashMap<u64, PeerSeries>>,
+}
+
+/// etcd's traffic series of one peer. Peer calls are request/reply here, so a member counts
+/// both directions of each: a call it makes as sent to the peer and the reply as received from
+/// it; a call it answers as received from the caller and its reply as sent to it.
+#[derive(Clone)]
+pub struct PeerSeries {
+    pub sent_bytes: IntCounter,
+    pub received_bytes: IntCounter,
+    pub sent_failures: IntCounter,
+    pub received_failures: IntCounter,
+}
+
+impl NetworkMetrics {
+    pub fn peer(&self, id: u64) -> PeerSeries {
+        self.peers
+            .lock()
+            .entry(id)
+            .or_insert_with(|| {
+                let label = [member_label(id)];
+                let label = [label[0].as_str()];
+                PeerSeries {
+                    sent_bytes: self.peer_sent_bytes.with_label_values(&label),
+                    received_bytes: self.peer_received_bytes.with_label_values(&label),
+                    sent_failures: self.peer_sent_failures.with_label_values(&label),
+                    received_failures: self.peer_received_failures.with_label_values(&label),
+                }
+            })
+            .clone()
+    }
 }
 
 pub struct Metrics {
@@ -397,6 +430,7 @@ impl Metrics {
                 &["From"],
             ),
             peer_round_trip_time: peer_rtt,
+            peers: Mutex::new(HashMap::new()),
             active_peers: gauge_vec(
                 "etcd",
                 "network",

@@ -131,6 +131,22 @@ impl Consensus {
             transfer: Default::default(),
         };
         tokio::spawn(count_leader_changes(raft.server_metrics()));
+        tokio::spawn(link.peers.clone().probe(
+            id,
+            {
+                let raft = raft.clone();
+                move || {
+                    membership::list(&raft)
+                        .into_iter()
+                        .map(|m| (m.id, m.member.peer_urls))
+                        .collect()
+                }
+            },
+            {
+                let mut server = raft.server_metrics();
+                async move { while server.changed().await.is_ok() {} }
+            },
+        ));
         let proposer =
             proposer::Proposer::start(link.clone(), opts.max_request_bytes, opts.request_timeout);
         let reads = read_index::ReadIndexBatcher::start(link.clone(), opts.request_timeout);
@@ -330,21 +346,13 @@ impl Consensus {
         membership::list(&self.raft)
     }
 
-    /// The other members, each with whether this member is in touch with it: its leader while
-    /// it hears from it, any member that answered one of its calls within an election timeout.
-    /// (etcd counts its open peer connections; oxcd's peer calls connect on demand.)
+    /// The other members, each with whether it answered this member's last probe (etcd
+    /// counts its open peer connections; oxcd's connect on demand, so reachability stands in).
     pub fn peer_activity(&self) -> Vec<(NodeId, bool)> {
-        let leader = self.status().leader;
-        let recent = |id| {
-            self.link
-                .peers
-                .last_reply(id)
-                .is_some_and(|at| at.elapsed() < self.election_timeout)
-        };
         self.members()
             .into_iter()
             .filter(|m| m.id != self.link.me)
-            .map(|m| (m.id, leader == Some(m.id) || recent(m.id)))
+            .map(|m| (m.id, self.link.peers.reachable(m.id)))
             .collect()
     }
 
@@ -477,7 +485,8 @@ impl Consensus {
 
     /// Passes on openraft's messages from a peer; bincode in, bincode out.
     pub async fn handle_append(&self, payload: &[u8]) -> Result<Vec<u8>, String> {
-        let request = decode(payload)?;
+        let request: openraft::raft::AppendEntriesRequest<types::TypeConfig> = decode(payload)?;
+        let from = request.vote.leader_id().voted_for();
         let reply = self.raft.append_entries(request).await;
         // A deposed leader's appends are refused and are no sign of a live leader.
         if !matches!(
@@ -486,18 +495,24 @@ impl Consensus {
         ) {
             self.elections.leader_heard();
         }
-        encode(&reply)
+        count_answered(from, payload, encode(&reply))
     }
 
     pub async fn handle_vote(&self, payload: &[u8]) -> Result<Vec<u8>, String> {
-        let request = decode(payload)?;
-        encode(&self.raft.vote(request).await)
+        let request: openraft::raft::VoteRequest<NodeId> = decode(payload)?;
+        let from = request.vote.leader_id().voted_for();
+        count_answered(from, payload, encode(&self.raft.vote(request).await))
     }
 
     pub async fn handle_snapshot_chunk(&self, payload: &[u8]) -> Result<Vec<u8>, String> {
-        let request = decode(payload)?;
+        let request: openraft::raft::InstallSnapshotRequest<types::TypeConfig> = decode(payload)?;
+        let from = request.vote.leader_id().voted_for();
         self.elections.snapshot_chunk_arrived();
-        encode(&self.raft.install_snapshot(request).await)
+        count_answered(
+            from,
+            payload,
+            encode(&self.raft.install_snapshot(request).await),
+        )
     }
 
     /// The leader's side of forwarded writes and ReadIndex.
@@ -586,6 +601,23 @@ async fn count_leader_changes(
             return;
         }
     }
+}
+
+/// The answering side of etcd's peer traffic series: a Raft message from member `from` (its
+/// sender, as its vote names it) and this member's reply.
+fn count_answered(
+    from: Option<NodeId>,
+    request: &[u8],
+    reply: Result<Vec<u8>, String>,
+) -> Result<Vec<u8>, String> {
+    if let Some(from) = from {
+        let peer = crate::metrics::metrics().network.peer(from);
+        peer.received_bytes.inc_by(request.len() as u64);
+        if let Ok(reply) = &reply {
+            peer.sent_bytes.inc_by(reply.len() as u64);
+        }
+    }
+    reply
 }
 
 fn decode<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, String> {

@@ -25,9 +25,8 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use oxcd_proto::peerpb::peer_client::PeerClient;
-use oxcd_proto::peerpb::RaftMessage;
+use oxcd_proto::peerpb::{ProbeRequest, RaftMessage};
 use parking_lot::Mutex;
-use prometheus::{Histogram, IntCounter};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::net::UnixStream;
@@ -35,7 +34,7 @@ use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::metrics::{member_label, metrics};
+use crate::metrics::{member_label, metrics, PeerSeries};
 use crate::tls::PeerConnector;
 
 use super::types::{LogId, Member, NodeId, TypeConfig};
@@ -52,6 +51,8 @@ const APPEND_GIVE_UP: Duration = Duration::from_secs(60);
 /// How long a heartbeat's reply is waited for: one later than this is of no use to the
 /// leader's quorum check, which looks back one election timeout.
 const HEARTBEAT_GIVE_UP: Duration = Duration::from_secs(2);
+/// How often each member probes the others (etcd's prober interval).
+const PROBE_INTERVAL: Duration = Duration::from_secs(4);
 /// How soon an unreachable member is tried again; short, so a restarted member rejoins quickly.
 const RETRY_UNREACHABLE: Duration = Duration::from_millis(100);
 
@@ -76,6 +77,8 @@ pub struct Peers {
     /// When each member last answered a replication call of this member's (a leader's check
     /// that a quorum still follows it).
     replies: Mutex<HashMap<NodeId, Instant>>,
+    /// Whether each member answered this member's last probe.
+    reachable: Mutex<HashMap<NodeId, bool>>,
 }
 
 impl Peers {
@@ -88,6 +91,7 @@ impl Peers {
             tls,
             channels: Mutex::new(HashMap::new()),
             replies: Mutex::new(HashMap::new()),
+            reachable: Mutex::new(HashMap::new()),
         }
     }
 
@@ -98,6 +102,52 @@ impl Peers {
     /// When member `id` last answered an append, heartbeat or snapshot chunk from this member.
     pub fn last_reply(&self, id: NodeId) -> Option<Instant> {
         self.replies.lock().get(&id).copied()
+    }
+
+    /// Whether member `id` answered this member's last probe.
+    pub fn reachable(&self, id: NodeId) -> bool {
+        self.reachable.lock().get(&id).copied().unwrap_or(false)
+    }
+
+    /// Probes every member of `members` other than `me`, every [`PROBE_INTERVAL`], until
+    /// `stopped` resolves: etcd's peer prober, which gives the peer round-trip times and which
+    /// peers are active.
+    pub async fn probe(
+        self: Arc<Self>,
+        me: NodeId,
+        members: impl Fn() -> Vec<(NodeId, Vec<String>)>,
+        stopped: impl Future<Output = ()>,
+    ) {
+        let mut stopped = std::pin::pin!(stopped);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(PROBE_INTERVAL) => {}
+                _ = &mut stopped => return,
+            }
+            let probes = members()
+                .into_iter()
+                .filter(|(id, _)| *id != me)
+                .map(|(id, urls)| self.probe_one(id, urls));
+            futures_util::future::join_all(probes).await;
+        }
+    }
+
+    async fn probe_one(&self, id: NodeId, peer_urls: Vec<String>) {
+        let Ok(mut client) = self.client(id, &peer_urls) else {
+            return;
+        };
+        let sent = Instant::now();
+        let answered = tokio::time::timeout(PROBE_INTERVAL, client.probe(ProbeRequest {}))
+            .await
+            .is_ok_and(|reply| reply.is_ok());
+        if answered {
+            metrics()
+                .network
+                .peer_round_trip_time
+                .with_label_values(&[&member_label(id)])
+                .observe(sent.elapsed().as_secs_f64());
+        }
+        self.reachable.lock().insert(id, answered);
     }
 
     /// A client for member `id`, reconnecting when its peer URLs changed.
@@ -222,7 +272,7 @@ pub struct PeerNetwork(pub std::sync::Arc<Peers>);
 pub struct RaftPeer {
     target: NodeId,
     client: Result<Client, String>,
-    metered: PeerMetered,
+    metered: PeerSeries,
     peers: std::sync::Arc<Peers>,
     /// An append still on its way after openraft gave up waiting for it (see `append_entries`).
     in_flight: Option<InFlightAppend>,
@@ -245,7 +295,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
         RaftPeer {
             target,
             client: self.0.client(target, &node.peer_urls),
-            metered: PeerMetered::new(target),
+            metered: metrics().network.peer(target),
             peers: self.0.clone(),
             in_flight: None,
         }
@@ -307,7 +357,6 @@ impl RaftPeer {
         let (target, peers, metered) = (self.target, self.peers.clone(), self.metered.clone());
         let heartbeat = rpc.entries.is_empty();
         Ok(tokio::spawn(async move {
-            let sent = Instant::now();
             let reply = peer_call(
                 target,
                 &metered,
@@ -317,11 +366,8 @@ impl RaftPeer {
                 async |mut c, m| c.append_entries(m).await,
             )
             .await;
-            if heartbeat {
-                match &reply {
-                    Ok(_) => metered.round_trip.observe(sent.elapsed().as_secs_f64()),
-                    Err(_) => metrics().server.heartbeat_send_failures.inc(),
-                }
+            if heartbeat && reply.is_err() {
+                metrics().server.heartbeat_send_failures.inc();
             }
             Ok(heard(&peers, target, reply?))
         }))
@@ -331,38 +377,10 @@ impl RaftPeer {
 type AppendTask =
     tokio::task::JoinHandle<RpcResult<AppendEntriesResponse<NodeId>, RaftError<NodeId>>>;
 
-/// etcd's peer traffic series for one member, resolved once. oxcd's peer calls are
-/// request/reply, so this member counts both directions of the calls it makes: its requests
-/// as sent to the member, the member's replies as received from it. The round-trip time is
-/// that of heartbeats (empty appends), the closest to etcd's probes: no entries to fsync.
-#[derive(Clone)]
-struct PeerMetered {
-    sent_bytes: IntCounter,
-    received_bytes: IntCounter,
-    sent_failures: IntCounter,
-    received_failures: IntCounter,
-    round_trip: Histogram,
-}
-
-impl PeerMetered {
-    fn new(target: NodeId) -> PeerMetered {
-        let network = &metrics().network;
-        let label = [member_label(target)];
-        let label = [label[0].as_str()];
-        PeerMetered {
-            sent_bytes: network.peer_sent_bytes.with_label_values(&label),
-            received_bytes: network.peer_received_bytes.with_label_values(&label),
-            sent_failures: network.peer_sent_failures.with_label_values(&label),
-            received_failures: network.peer_received_failures.with_label_values(&label),
-            round_trip: network.peer_round_trip_time.with_label_values(&label),
-        }
-    }
-}
-
 /// One peer call of a bincode-encoded payload, within `timeout`.
 async fn peer_call<Resp, E>(
     target: NodeId,
-    metered: &PeerMetered,
+    metered: &PeerSeries,
     client: Client,
     payload: Vec<u8>,
     timeout: Duration,
