@@ -436,3 +436,222 @@ impl Drop for MeteredResponse {
         self.handled(code);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, Full, StreamBody};
+    use std::convert::Infallible;
+
+    #[test]
+    fn codes_have_gos_names() {
+        for (code, name) in [
+            (tonic::Code::Ok, "OK"),
+            (tonic::Code::Cancelled, "Canceled"),
+            (tonic::Code::OutOfRange, "OutOfRange"),
+            (tonic::Code::Unauthenticated, "Unauthenticated"),
+        ] {
+            let status = (code as i32).to_string();
+            assert_eq!(CODE_NAMES[code_index(status.as_bytes())], name);
+        }
+        assert_eq!(CODE_NAMES[code_index(b"17")], "Unknown");
+        assert_eq!(CODE_NAMES[code_index(b"x")], "Unknown");
+    }
+
+    #[test]
+    fn streaming_flags_make_grpc_types() {
+        assert_eq!(GrpcType::of(false, false).as_str(), "unary");
+        assert_eq!(GrpcType::of(true, false).as_str(), "client_stream");
+        assert_eq!(GrpcType::of(false, true).as_str(), "server_stream");
+        assert_eq!(GrpcType::of(true, true).as_str(), "bidi_stream");
+    }
+
+    #[test]
+    fn framing_finds_messages_however_the_bytes_are_cut() {
+        let mut wire = Vec::new();
+        for len in [3usize, 0, 300] {
+            wire.push(0);
+            wire.extend((len as u32).to_be_bytes());
+            wire.resize(wire.len() + len, 1);
+        }
+        for chunk in [1, 2, 7, wire.len()] {
+            let mut framing = Framing::default();
+            let mut found = Vec::new();
+            for piece in wire.chunks(chunk) {
+                framing
+                    .scan(piece, |len| {
+                        found.push(len);
+                        Ok::<(), ()>(())
+                    })
+                    .unwrap();
+            }
+            assert_eq!(found, [3, 0, 300], "chunks of {chunk}");
+        }
+    }
+
+    fn message(len: usize) -> Bytes {
+        let mut m = vec![0];
+        m.extend((len as u32).to_be_bytes());
+        m.resize(PREFIX + len, 7);
+        Bytes::from(m)
+    }
+
+    /// A service answering every call with `answer`'s response, after reading the request.
+    #[derive(Clone)]
+    struct Answer(fn() -> http::Response<TonicBody>);
+
+    impl<B> Service<http::Request<B>> for Answer
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: std::fmt::Debug,
+    {
+        type Response = http::Response<TonicBody>;
+        type Error = Infallible;
+        type Future = BoxFuture<Self::Response, Infallible>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, req: http::Request<B>) -> Self::Future {
+            let answer = self.0;
+            Box::pin(async move {
+                req.into_body().collect().await.unwrap();
+                Ok(answer())
+            })
+        }
+    }
+
+    fn ok_with_two_messages() -> http::Response<TonicBody> {
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", "0".parse().unwrap());
+        let frames: Vec<Result<Frame<Bytes>, Status>> = vec![
+            Ok(Frame::data(message(4))),
+            Ok(Frame::data(message(6))),
+            Ok(Frame::trailers(trailers)),
+        ];
+        http::Response::new(TonicBody::new(StreamBody::new(tokio_stream::iter(frames))))
+    }
+
+    fn out_of_range() -> http::Response<TonicBody> {
+        Status::out_of_range("compacted").into_http()
+    }
+
+    /// A layer over `answer` on a registry of its own, serving etcdserverpb.KV/Range (unary)
+    /// and etcdserverpb.Watch/Watch (bidi).
+    fn layer(answer: fn() -> http::Response<TonicBody>) -> (Registry, GrpcMetered<Answer>) {
+        let registry = Registry::new();
+        let metrics = GrpcServerMetrics::new(&registry);
+        let methods = metrics.methods([
+            ("etcdserverpb.KV", "Range", GrpcType::Unary),
+            ("etcdserverpb.Watch", "Watch", GrpcType::BidiStream),
+        ]);
+        (
+            registry,
+            GrpcMetered {
+                inner: Answer(answer),
+                methods,
+            },
+        )
+    }
+
+    async fn call(layer: &mut GrpcMetered<Answer>, path: &str, request: Bytes) -> TonicBody {
+        let req = http::Request::builder()
+            .uri(path)
+            .body(Full::new(request))
+            .unwrap();
+        layer.call(req).await.unwrap().into_body()
+    }
+
+    /// The value of the series of `name` with exactly `labels` (as `k=v` pairs).
+    fn value(registry: &Registry, name: &str, labels: &[(&str, &str)]) -> u64 {
+        let family = registry
+            .gather()
+            .into_iter()
+            .find(|f| f.name() == name)
+            .unwrap_or_else(|| panic!("{name} is registered"));
+        family
+            .get_metric()
+            .iter()
+            .find(|m| {
+                labels.iter().all(|(k, v)| {
+                    m.get_label()
+                        .iter()
+                        .any(|l| l.name() == *k && l.value() == *v)
+                })
+            })
+            .map_or(0, |m| m.get_counter().get_value() as u64)
+    }
+
+    #[tokio::test]
+    async fn a_unary_call_counts_its_messages_bytes_and_code() {
+        let (registry, mut layer) = layer(ok_with_two_messages);
+        let body = call(&mut layer, "/etcdserverpb.KV/Range", message(9)).await;
+        body.collect().await.unwrap();
+        let range = [("grpc_method", "Range"), ("grpc_type", "unary")];
+        assert_eq!(value(&registry, "grpc_server_started_total", &range), 1);
+        assert_eq!(
+            value(&registry, "grpc_server_msg_received_total", &range),
+            1
+        );
+        assert_eq!(value(&registry, "grpc_server_msg_sent_total", &range), 2);
+        let ok = [("grpc_method", "Range"), ("grpc_code", "OK")];
+        assert_eq!(value(&registry, "grpc_server_handled_total", &ok), 1);
+        assert_eq!(
+            value(
+                &registry,
+                "etcd_network_client_grpc_received_bytes_total",
+                &[]
+            ),
+            9
+        );
+        assert_eq!(
+            value(&registry, "etcd_network_client_grpc_sent_bytes_total", &[]),
+            10
+        );
+    }
+
+    #[tokio::test]
+    async fn a_trailers_only_failure_counts_its_code() {
+        let (registry, mut layer) = layer(out_of_range);
+        drop(call(&mut layer, "/etcdserverpb.KV/Range", message(2)).await);
+        let failed = [("grpc_method", "Range"), ("grpc_code", "OutOfRange")];
+        assert_eq!(value(&registry, "grpc_server_handled_total", &failed), 1);
+        let ok = [("grpc_method", "Range"), ("grpc_code", "OK")];
+        assert_eq!(value(&registry, "grpc_server_handled_total", &ok), 0);
+    }
+
+    #[tokio::test]
+    async fn a_stream_dropped_before_its_end_is_canceled() {
+        let (registry, mut layer) = layer(ok_with_two_messages);
+        let mut body = call(&mut layer, "/etcdserverpb.Watch/Watch", message(1)).await;
+        body.frame().await.unwrap().unwrap();
+        drop(body);
+        let canceled = [("grpc_method", "Watch"), ("grpc_code", "Canceled")];
+        assert_eq!(value(&registry, "grpc_server_handled_total", &canceled), 1);
+        let watch = [("grpc_method", "Watch"), ("grpc_type", "bidi_stream")];
+        assert_eq!(value(&registry, "grpc_server_msg_sent_total", &watch), 1);
+    }
+
+    #[tokio::test]
+    async fn every_method_and_code_starts_at_zero_and_unknown_paths_are_not_counted() {
+        let (registry, mut layer) = layer(out_of_range);
+        let handled = registry
+            .gather()
+            .into_iter()
+            .find(|f| f.name() == "grpc_server_handled_total")
+            .unwrap();
+        assert_eq!(handled.get_metric().len(), 2 * CODE_NAMES.len());
+        drop(call(&mut layer, "/etcdserverpb.KV/Nope", message(2)).await);
+        let started: u64 = registry
+            .gather()
+            .into_iter()
+            .find(|f| f.name() == "grpc_server_started_total")
+            .unwrap()
+            .get_metric()
+            .iter()
+            .map(|m| m.get_counter().get_value() as u64)
+            .sum();
+        assert_eq!(started, 0);
+    }
+}
