@@ -162,6 +162,10 @@ pub struct Config {
     /// URLs serving /livez, /readyz, /health and /metrics over plain HTTP.
     #[arg(long, env = "ETCD_LISTEN_METRICS_URLS", value_delimiter = ',')]
     pub listen_metrics_urls: Vec<String>,
+    /// `basic`, or `extensive` to add gRPC handling-time histograms per method (etcd reads
+    /// nothing else from it and accepts any value).
+    #[arg(long, env = "ETCD_METRICS", default_value = "basic")]
+    pub metrics: String,
     /// Interval of progress notifications to watches that asked for them (etcd: 10m).
     #[arg(long, env = "ETCD_WATCH_PROGRESS_NOTIFY_INTERVAL", value_parser = go_duration)]
     pub watch_progress_notify_interval: Option<Duration>,

@@ -1,6 +1,6 @@
 //! The HTTP endpoints etcd serves on `--listen-metrics-urls` (kubeadm probes them on
 //! 127.0.0.1:2381) and on its client URLs (through `crate::http::Router`): `/livez`, `/readyz`,
-//! `/health` and a small `/metrics`, with etcd 3.6/3.7's checks, reasons and bodies.
+//! `/health` and `/metrics` (see `crate::metrics`), with etcd 3.6/3.7's checks, reasons and bodies.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -14,11 +14,14 @@ use oxcd_proto::etcdserverpb::AlarmType;
 use tokio::sync::watch;
 
 use crate::alarm::Alarms;
+use crate::downgrade::Downgrade;
 use crate::error::EtcdError;
 use crate::listen::Listener;
+use crate::metrics::{metrics, MemberState};
 use crate::mvcc::{KeyRange, MvccStore, RangeOptions};
 use crate::raft::Consensus;
 use crate::storage::Engine;
+use crate::watch::WatchHub;
 
 #[derive(Clone)]
 pub struct Health {
@@ -26,6 +29,9 @@ pub struct Health {
     pub store: Arc<MvccStore>,
     pub engine: Arc<Engine>,
     pub alarms: Arc<Alarms>,
+    pub watches: Arc<WatchHub>,
+    pub downgrade: Arc<Downgrade>,
+    pub quota_bytes: u64,
     pub member_id: u64,
 }
 
@@ -199,6 +205,12 @@ impl Health {
                 .err()
                 .map(|e| format!("RANGE ERROR:{e}"))
         };
+        let counted = if reason.is_none() {
+            &metrics().server.health_success
+        } else {
+            &metrics().server.health_failures
+        };
+        counted.inc();
         match reason {
             None => text(StatusCode::OK, r#"{"health":"true","reason":""}"#),
             Some(reason) => text(
@@ -208,56 +220,26 @@ impl Health {
         }
     }
 
-    /// A few of etcd's own metric names, in Prometheus text format.
+    /// etcd's metrics, with this member's state.
     fn metrics(&self) -> String {
         let raft = self.consensus.status();
-        let has_leader = raft.leader.is_some();
-        let gauge = |name: &str, help: &str, value: String| {
-            format!("# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n")
-        };
-        [
-            gauge(
-                "etcd_server_has_leader",
-                "Whether or not a leader exists. 1 is existence, 0 is not.",
-                u8::from(has_leader).to_string(),
-            ),
-            gauge(
-                "etcd_server_is_leader",
-                "Whether or not this member is a leader.",
-                u8::from(raft.leader == Some(self.member_id)).to_string(),
-            ),
-            gauge(
-                "etcd_server_proposals_committed_total",
-                "The total number of consensus proposals committed.",
-                raft.last_log_index.to_string(),
-            ),
-            gauge(
-                "etcd_server_proposals_applied_total",
-                "The total number of consensus proposals applied.",
-                raft.applied_index.to_string(),
-            ),
-            gauge(
-                "etcd_mvcc_db_total_size_in_bytes",
-                "Total size of the underlying database physically allocated in bytes.",
-                self.engine.data_size().to_string(),
-            ),
-            gauge(
-                "etcd_debugging_mvcc_current_revision",
-                "The current revision of store.",
-                self.store.current_revision().to_string(),
-            ),
-            counter(
-                "oxcd_mvcc_compaction_failures_total",
-                "Physical compaction attempts that failed (each is retried).",
-                self.store.compaction_failures().to_string(),
-            ),
-        ]
-        .concat()
+        metrics().render(&MemberState {
+            member_id: self.member_id,
+            has_leader: raft.leader.is_some(),
+            is_leader: raft.leader == Some(self.member_id),
+            committed_index: raft.last_log_index,
+            applied_index: raft.applied_index,
+            quota_backend_bytes: self.quota_bytes,
+            cluster_version: self.downgrade.cluster_version().short(),
+            db_total_size: self.engine.data_size(),
+            db_total_size_in_use: self.engine.live_data_size(),
+            keys: self.store.key_count() as u64,
+            current_revision: self.store.current_revision(),
+            compact_revision: self.store.compact_revision(),
+            watch: self.watches.counts(),
+            peers: self.consensus.peer_activity(),
+        })
     }
-}
-
-fn counter(name: &str, help: &str, value: String) -> String {
-    format!("# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n")
 }
 
 /// A text answer with the content type Go's net/http gives it.

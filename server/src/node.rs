@@ -38,6 +38,7 @@ use crate::http::{Gateway, GrpcCall, Router};
 use crate::kv::KvService;
 use crate::lease::{LeaseService, Lessor};
 use crate::listen::{is_tls, Listener};
+use crate::metrics::GrpcMetered;
 use crate::mvcc::MvccStore;
 use crate::raft::{
     peer_endpoint, Applied, Consensus, Member, MemberChange, Peers, RaftOptions, MAX_PEER_MESSAGE,
@@ -264,8 +265,14 @@ impl Node {
             store: store.clone(),
             engine: engine.clone(),
             alarms: alarms.clone(),
+            watches: watches.clone(),
+            downgrade: downgrade.clone(),
+            quota_bytes: config.quota_bytes(),
             member_id,
         };
+        if config.metrics == "extensive" {
+            crate::metrics::metrics().grpc.enable_handling_histogram();
+        }
         let mut client_addrs = Vec::new();
         for url in &config.listen_client_urls {
             let listener = Listener::bind(url).await?;
@@ -367,7 +374,10 @@ impl Node {
                 inner: routes,
                 consensus: consensus.clone(),
             };
-            let grpc = GrpcWire::new(gated, known, max_decode);
+            let grpc = GrpcMetered {
+                methods: crate::metrics::metrics().grpc.methods(known.methods()),
+                inner: GrpcWire::new(gated, known, max_decode),
+            };
             let gateway = {
                 let grpc = grpc.clone();
                 let call: GrpcCall = Arc::new(move |req| {

@@ -10,7 +10,7 @@
 //! buffered for a message. The services and methods it knows are the served services' methods
 //! in the proto descriptors ([`ClientRoutes`]).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -26,8 +26,8 @@ use tonic::server::NamedService;
 use tonic::service::{Routes, RoutesBuilder};
 use tonic::Status;
 
-/// Length-prefixed message framing: a compression flag byte, then a big-endian u32 length.
-const PREFIX: usize = 5;
+use crate::metrics::grpc::Framing;
+use crate::metrics::GrpcType;
 
 /// Routes that remember the names of the services added to them.
 #[derive(Default)]
@@ -66,8 +66,11 @@ impl ClientRoutes {
                         "" => service.name().to_string(),
                         package => format!("{package}.{}", service.name()),
                     };
-                    let methods = service.method.iter().map(|m| m.name().to_string());
-                    defined.insert(name, methods.collect::<HashSet<_>>());
+                    let methods = service.method.iter().map(|m| {
+                        let kind = GrpcType::of(m.client_streaming(), m.server_streaming());
+                        (m.name().to_string(), kind)
+                    });
+                    defined.insert(name, methods.collect::<HashMap<_, _>>());
                 }
             }
         }
@@ -85,10 +88,19 @@ impl ClientRoutes {
 /// The services a server serves and their methods.
 #[derive(Debug)]
 pub struct KnownMethods {
-    services: HashMap<String, HashSet<String>>,
+    services: HashMap<String, HashMap<String, GrpcType>>,
 }
 
 impl KnownMethods {
+    /// Every method: service, method and streaming type.
+    pub fn methods(&self) -> impl Iterator<Item = (&str, &str, GrpcType)> {
+        self.services.iter().flat_map(|(service, methods)| {
+            methods
+                .iter()
+                .map(move |(method, kind)| (service.as_str(), method.as_str(), *kind))
+        })
+    }
+
     /// grpc-go's answer to a call of `path` it has no handler for.
     fn refusal(&self, path: &str) -> Option<Status> {
         let Some((service, method)) = path
@@ -102,7 +114,7 @@ impl KnownMethods {
         };
         match self.services.get(service) {
             None => Some(Status::unimplemented(format!("unknown service {service}"))),
-            Some(methods) if !methods.contains(method) => Some(Status::unimplemented(format!(
+            Some(methods) if !methods.contains_key(method) => Some(Status::unimplemented(format!(
                 "unknown method {method} for service {service}"
             ))),
             Some(_) => None,
@@ -153,9 +165,7 @@ where
         let req = req.map(|body| MessageLimit {
             inner: body,
             oversize: oversize.clone(),
-            prefix: [0; PREFIX],
-            prefix_len: 0,
-            remaining: 0,
+            framing: Framing::default(),
         });
         let call = self.inner.call(req);
         Box::pin(async move {
@@ -217,41 +227,15 @@ impl Oversize {
 pub struct MessageLimit<B> {
     inner: B,
     oversize: Arc<Oversize>,
-    prefix: [u8; PREFIX],
-    prefix_len: usize,
-    /// Bytes of the current message not seen yet.
-    remaining: usize,
+    framing: Framing,
 }
 
 impl<B> MessageLimit<B> {
     /// Follows the message framing through `data`; the length of an oversized message.
-    fn scan(&mut self, mut data: &[u8]) -> Result<(), usize> {
-        while !data.is_empty() {
-            if self.remaining > 0 {
-                let skip = self.remaining.min(data.len());
-                self.remaining -= skip;
-                data = &data[skip..];
-                continue;
-            }
-            let take = (PREFIX - self.prefix_len).min(data.len());
-            self.prefix[self.prefix_len..self.prefix_len + take].copy_from_slice(&data[..take]);
-            self.prefix_len += take;
-            data = &data[take..];
-            if self.prefix_len == PREFIX {
-                self.prefix_len = 0;
-                let len = u32::from_be_bytes([
-                    self.prefix[1],
-                    self.prefix[2],
-                    self.prefix[3],
-                    self.prefix[4],
-                ]) as usize;
-                if len > self.oversize.limit {
-                    return Err(len);
-                }
-                self.remaining = len;
-            }
-        }
-        Ok(())
+    fn scan(&mut self, data: &[u8]) -> Result<(), usize> {
+        let limit = self.oversize.limit;
+        self.framing
+            .scan(data, |len| if len > limit { Err(len) } else { Ok(()) })
     }
 }
 
@@ -414,7 +398,7 @@ mod tests {
     fn message(len: usize) -> Vec<u8> {
         let mut m = vec![0];
         m.extend((len as u32).to_be_bytes());
-        m.resize(PREFIX + len, 7);
+        m.resize(5 + len, 7);
         m
     }
 
@@ -428,9 +412,7 @@ mod tests {
         let mut body = MessageLimit {
             inner: StreamBody::new(tokio_stream::iter(frames)),
             oversize: oversize.clone(),
-            prefix: [0; PREFIX],
-            prefix_len: 0,
-            remaining: 0,
+            framing: Framing::default(),
         };
         let mut passed = 0;
         while let Some(frame) = body.frame().await {
@@ -461,7 +443,7 @@ mod tests {
         for chunk in [1, 3, 16 * 1024] {
             let (passed, status) = read_through(&wire, chunk, 100).await;
             // The first message, and at most the oversized prefix's first bytes.
-            assert!(passed < 15 + PREFIX, "{chunk}: {passed} bytes passed");
+            assert!(passed < 15 + 5, "{chunk}: {passed} bytes passed");
             let status = status.expect("oversized");
             assert_eq!(status.code(), Code::ResourceExhausted);
             assert_eq!(

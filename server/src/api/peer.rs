@@ -8,9 +8,9 @@ use oxcd_proto::peerpb::{
     discovery_server::Discovery, peer_server::Peer, ChangeMembersReply, ChangeMembersRequest,
     HashKvReply, HashKvRequest, HoldElectionsReply, HoldElectionsRequest, LeaseRenewReply,
     LeaseRenewRequest, LeaseTimeToLiveReply, LeaseTimeToLiveRequest, MemberEntry, MembersReply,
-    MembersRequest, PreVoteReply, PreVoteRequest, ProposeReply, ProposeRequest, RaftMessage,
-    ReadIndexReply, ReadIndexRequest, RemovedReply, RemovedRequest, TimeoutNowReply,
-    TimeoutNowRequest,
+    MembersRequest, PreVoteReply, PreVoteRequest, ProbeReply, ProbeRequest, ProposeReply,
+    ProposeRequest, RaftMessage, ReadIndexReply, ReadIndexRequest, RemovedReply, RemovedRequest,
+    TimeoutNowReply, TimeoutNowRequest,
 };
 use tonic::{Request, Response, Status};
 
@@ -227,6 +227,10 @@ impl Peer for PeerApi {
         tracing::warn!("the leader removed this member from the cluster");
         self.consensus.mark_removed();
         Ok(Response::new(RemovedReply {}))
+    }
+
+    async fn probe(&self, _req: Request<ProbeRequest>) -> Result<Response<ProbeReply>, Status> {
+        Ok(Response::new(ProbeReply {}))
     }
 
     async fn hash_kv(&self, req: Request<HashKvRequest>) -> Result<Response<HashKvReply>, Status> {

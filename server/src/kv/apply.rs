@@ -13,6 +13,7 @@ use oxcd_proto::mvccpb::KeyValue;
 
 use super::validate::txn_is_read_only;
 use crate::error::EtcdError;
+use crate::metrics::metrics;
 use crate::mvcc::{KeyRange, RangeOptions, ReadView, TxnWrite};
 
 /// Answers whether a lease exists; Put and Txn refuse unknown leases.
@@ -171,6 +172,7 @@ pub fn delete_range(
 /// A read-only transaction: compares and ranges against one consistent view.
 pub fn txn_read(view: &impl ReadView, t: &TxnRequest) -> Result<TxnResponse, EtcdError> {
     debug_assert!(txn_is_read_only(t));
+    metrics().mvcc.txn.inc();
     let path = compare_path(view, t);
     check_path(view, t, &path, &mut |view, op| {
         check_range_revision(view, op)
@@ -211,6 +213,7 @@ pub fn txn_write(
     t: TxnRequest,
     leases: &dyn LeaseLookup,
 ) -> Result<TxnResponse, EtcdError> {
+    metrics().mvcc.txn.inc();
     let path = compare_path(txn, &t);
     check_path(txn, &t, &path, &mut |view, op| match op {
         Request::RequestPut(p) => {

@@ -24,6 +24,7 @@ use super::hash::KvHasher;
 use super::index::{KeyAt, KeyRange, TreeIndex};
 use super::revision::Revision;
 use crate::error::EtcdError;
+use crate::metrics::metrics;
 use crate::storage::{self, Cf, Engine, Snapshot, WriteBatch};
 
 const META_CURRENT_REV: &[u8] = b"current_rev";
@@ -125,8 +126,6 @@ struct CompactorState {
     finished: i64,
     /// The compaction point whose last attempt failed, while it is being retried.
     failing: Option<i64>,
-    /// Failed attempts since the start (a metric).
-    failures: u64,
 }
 
 /// How soon a failed compaction is tried again, doubling up to the maximum.
@@ -235,6 +234,7 @@ impl MvccStore {
 
     /// A single range read: revisions are resolved under the lock, values read after it.
     pub fn range(&self, range: &KeyRange, opts: RangeOptions) -> Result<RangeResult, EtcdError> {
+        metrics().mvcc.range.inc();
         let state = self.state.read();
         let (entries, count, rev) =
             resolve(&state.index, state.compact, state.current, range, opts)?;
@@ -418,17 +418,11 @@ impl MvccStore {
     }
 
     /// Physical compaction attempts that failed since the start.
-    pub fn compaction_failures(&self) -> u64 {
-        self.compacted.borrow().failures
-    }
-
     /// Number of live keys at the current revision.
+    /// Keys in the index: the live ones and the deleted ones whose history no compaction has
+    /// dropped yet (counting only live ones would take a walk of the whole index).
     pub fn key_count(&self) -> usize {
-        let state = self.state.read();
-        state
-            .index
-            .range(&KeyRange::new(&[0], &[0]), state.current, 0)
-            .1
+        self.state.read().index.len()
     }
 }
 
@@ -580,6 +574,7 @@ impl ReadView for ReadTxn<'_> {
     }
 
     fn range(&self, range: &KeyRange, opts: RangeOptions) -> Result<RangeResult, EtcdError> {
+        metrics().mvcc.range.inc();
         let resolved = {
             let state = self.store.state.read();
             let resolved = resolve(&state.index, state.compact, self.rev, range, opts);
@@ -729,6 +724,7 @@ impl TxnWrite<'_, '_> {
 
     /// Writes `key`; returns the revision of the write.
     pub fn put(&mut self, key: &[u8], value: Vec<u8>, lease: i64) -> i64 {
+        metrics().mvcc.put.inc();
         let at = self.begin + 1;
         let previous = self.writer.store.state.read().index.get(key, at);
         let prev = self.previous_value(previous.map(|p| p.modified));
@@ -763,6 +759,7 @@ impl TxnWrite<'_, '_> {
 
     /// Deletes every live key in `range`; returns how many and the revision to report.
     pub fn delete_range(&mut self, range: &KeyRange) -> (i64, i64) {
+        metrics().mvcc.delete.inc();
         let (keys, _) = self
             .writer
             .store
@@ -813,6 +810,7 @@ impl ReadView for TxnWrite<'_, '_> {
     }
 
     fn range(&self, range: &KeyRange, opts: RangeOptions) -> Result<RangeResult, EtcdError> {
+        metrics().mvcc.range.inc();
         let resolved = resolve(
             &self.writer.store.state.read().index,
             self.writer.compact,
@@ -861,10 +859,8 @@ fn run_compactor(
                 Ok(hash) => break hash.filter(|_| first_attempt),
                 Err(e) => {
                     tracing::error!(error = %e, rev, retry_in = ?retry, "physical compaction failed");
-                    state.send_modify(|s| {
-                        s.failing = Some(rev);
-                        s.failures += 1;
-                    });
+                    state.send_modify(|s| s.failing = Some(rev));
+                    metrics().mvcc.compaction_failures.inc();
                     std::thread::sleep(retry);
                     retry = (retry * 2).min(COMPACTION_RETRY_MAX);
                     // Revisions the failed attempt deleted are no longer there to hash.
@@ -928,6 +924,10 @@ fn compact(engine: &Engine, job: &CompactionJob) -> storage::Result<Option<u32>>
             storage::StorageError::Corrupt("injected compaction failure".into())
         ));
         engine.write(batch, false)?;
+        metrics()
+            .mvcc
+            .db_compaction_keys
+            .inc_by(doomed.len() as u64);
         if finished {
             break;
         }

@@ -17,6 +17,7 @@ use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader, StorageIOEr
 use serde::{de::DeserializeOwned, Serialize};
 
 use super::types::{Entry, LogId, NodeId, StorageError, TypeConfig};
+use crate::metrics::metrics;
 use crate::storage::{off_runtime, Cf, Engine};
 
 const VOTE: &[u8] = b"vote";
@@ -294,7 +295,9 @@ fn sync_wal(engine: &Engine, pending: std::sync::mpsc::Receiver<LogFlushed<TypeC
         let mut waiting = vec![first];
         waiting.extend(pending.try_iter());
         fail::fail_point!("raft::wal::before_fsync");
+        let fsync = metrics().disk.wal_fsync.start_timer();
         let result = engine.sync_wal().map_err(|e| e.to_string());
+        fsync.observe_duration();
         fail::fail_point!("raft::wal::after_fsync");
         if let Err(e) = &result {
             tracing::error!(error = %e, "fsync of the write-ahead log failed");

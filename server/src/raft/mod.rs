@@ -130,6 +130,23 @@ impl Consensus {
             peers,
             transfer: Default::default(),
         };
+        tokio::spawn(count_leader_changes(raft.server_metrics()));
+        tokio::spawn(link.peers.clone().probe(
+            id,
+            {
+                let raft = raft.clone();
+                move || {
+                    membership::list(&raft)
+                        .into_iter()
+                        .map(|m| (m.id, m.member.peer_urls))
+                        .collect()
+                }
+            },
+            {
+                let mut server = raft.server_metrics();
+                async move { while server.changed().await.is_ok() {} }
+            },
+        ));
         let proposer =
             proposer::Proposer::start(link.clone(), opts.max_request_bytes, opts.request_timeout);
         let reads = read_index::ReadIndexBatcher::start(link.clone(), opts.request_timeout);
@@ -329,6 +346,16 @@ impl Consensus {
         membership::list(&self.raft)
     }
 
+    /// The other members, each with whether it answered this member's last probe (etcd
+    /// counts its open peer connections; oxcd's connect on demand, so reachability stands in).
+    pub fn peer_activity(&self) -> Vec<(NodeId, bool)> {
+        self.members()
+            .into_iter()
+            .filter(|m| m.id != self.link.me)
+            .map(|m| (m.id, self.link.peers.reachable(m.id)))
+            .collect()
+    }
+
     /// The members once `done` holds for them here (a change committed on the leader reaches
     /// followers a heartbeat later), or as they are after a short wait.
     pub async fn members_after(&self, done: impl Fn(&[MemberInfo]) -> bool) -> Vec<MemberInfo> {
@@ -458,7 +485,8 @@ impl Consensus {
 
     /// Passes on openraft's messages from a peer; bincode in, bincode out.
     pub async fn handle_append(&self, payload: &[u8]) -> Result<Vec<u8>, String> {
-        let request = decode(payload)?;
+        let request: openraft::raft::AppendEntriesRequest<types::TypeConfig> = decode(payload)?;
+        let from = request.vote.leader_id().voted_for();
         let reply = self.raft.append_entries(request).await;
         // A deposed leader's appends are refused and are no sign of a live leader.
         if !matches!(
@@ -467,18 +495,24 @@ impl Consensus {
         ) {
             self.elections.leader_heard();
         }
-        encode(&reply)
+        count_answered(from, payload, encode(&reply))
     }
 
     pub async fn handle_vote(&self, payload: &[u8]) -> Result<Vec<u8>, String> {
-        let request = decode(payload)?;
-        encode(&self.raft.vote(request).await)
+        let request: openraft::raft::VoteRequest<NodeId> = decode(payload)?;
+        let from = request.vote.leader_id().voted_for();
+        count_answered(from, payload, encode(&self.raft.vote(request).await))
     }
 
     pub async fn handle_snapshot_chunk(&self, payload: &[u8]) -> Result<Vec<u8>, String> {
-        let request = decode(payload)?;
+        let request: openraft::raft::InstallSnapshotRequest<types::TypeConfig> = decode(payload)?;
+        let from = request.vote.leader_id().voted_for();
         self.elections.snapshot_chunk_arrived();
-        encode(&self.raft.install_snapshot(request).await)
+        count_answered(
+            from,
+            payload,
+            encode(&self.raft.install_snapshot(request).await),
+        )
     }
 
     /// The leader's side of forwarded writes and ReadIndex.
@@ -549,6 +583,41 @@ impl Consensus {
             tracing::warn!(error = %e, "raft shutdown");
         }
     }
+}
+
+/// `etcd_server_leader_changes_seen_total`: as etcd counts it, each time this member learns of
+/// a leader other than the last one it knew (the first one included), until Raft stops.
+async fn count_leader_changes(
+    mut server: tokio::sync::watch::Receiver<openraft::metrics::RaftServerMetrics<NodeId, Member>>,
+) {
+    let mut known = None;
+    loop {
+        let leader = server.borrow_and_update().current_leader;
+        if leader.is_some() && leader != known {
+            known = leader;
+            crate::metrics::metrics().server.leader_changes.inc();
+        }
+        if server.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The answering side of etcd's peer traffic series: a Raft message from member `from` (its
+/// sender, as its vote names it) and this member's reply.
+fn count_answered(
+    from: Option<NodeId>,
+    request: &[u8],
+    reply: Result<Vec<u8>, String>,
+) -> Result<Vec<u8>, String> {
+    if let Some(from) = from {
+        let peer = crate::metrics::metrics().network.peer(from);
+        peer.received_bytes.inc_by(request.len() as u64);
+        if let Ok(reply) = &reply {
+            peer.sent_bytes.inc_by(reply.len() as u64);
+        }
+    }
+    reply
 }
 
 fn decode<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, String> {

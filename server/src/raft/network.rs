@@ -25,7 +25,7 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use oxcd_proto::peerpb::peer_client::PeerClient;
-use oxcd_proto::peerpb::RaftMessage;
+use oxcd_proto::peerpb::{ProbeRequest, RaftMessage};
 use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -34,6 +34,7 @@ use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::metrics::{member_label, metrics, PeerSeries};
 use crate::tls::PeerConnector;
 
 use super::types::{LogId, Member, NodeId, TypeConfig};
@@ -50,6 +51,8 @@ const APPEND_GIVE_UP: Duration = Duration::from_secs(60);
 /// How long a heartbeat's reply is waited for: one later than this is of no use to the
 /// leader's quorum check, which looks back one election timeout.
 const HEARTBEAT_GIVE_UP: Duration = Duration::from_secs(2);
+/// How often each member probes the others (etcd's prober interval).
+const PROBE_INTERVAL: Duration = Duration::from_secs(4);
 /// How soon an unreachable member is tried again; short, so a restarted member rejoins quickly.
 const RETRY_UNREACHABLE: Duration = Duration::from_millis(100);
 
@@ -74,6 +77,8 @@ pub struct Peers {
     /// When each member last answered a replication call of this member's (a leader's check
     /// that a quorum still follows it).
     replies: Mutex<HashMap<NodeId, Instant>>,
+    /// Whether each member answered this member's last probe.
+    reachable: Mutex<HashMap<NodeId, bool>>,
 }
 
 impl Peers {
@@ -86,6 +91,7 @@ impl Peers {
             tls,
             channels: Mutex::new(HashMap::new()),
             replies: Mutex::new(HashMap::new()),
+            reachable: Mutex::new(HashMap::new()),
         }
     }
 
@@ -96,6 +102,52 @@ impl Peers {
     /// When member `id` last answered an append, heartbeat or snapshot chunk from this member.
     pub fn last_reply(&self, id: NodeId) -> Option<Instant> {
         self.replies.lock().get(&id).copied()
+    }
+
+    /// Whether member `id` answered this member's last probe.
+    pub fn reachable(&self, id: NodeId) -> bool {
+        self.reachable.lock().get(&id).copied().unwrap_or(false)
+    }
+
+    /// Probes every member of `members` other than `me`, every [`PROBE_INTERVAL`], until
+    /// `stopped` resolves: etcd's peer prober, which gives the peer round-trip times and which
+    /// peers are active.
+    pub async fn probe(
+        self: Arc<Self>,
+        me: NodeId,
+        members: impl Fn() -> Vec<(NodeId, Vec<String>)>,
+        stopped: impl Future<Output = ()>,
+    ) {
+        let mut stopped = std::pin::pin!(stopped);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(PROBE_INTERVAL) => {}
+                _ = &mut stopped => return,
+            }
+            let probes = members()
+                .into_iter()
+                .filter(|(id, _)| *id != me)
+                .map(|(id, urls)| self.probe_one(id, urls));
+            futures_util::future::join_all(probes).await;
+        }
+    }
+
+    async fn probe_one(&self, id: NodeId, peer_urls: Vec<String>) {
+        let Ok(mut client) = self.client(id, &peer_urls) else {
+            return;
+        };
+        let sent = Instant::now();
+        let answered = tokio::time::timeout(PROBE_INTERVAL, client.probe(ProbeRequest {}))
+            .await
+            .is_ok_and(|reply| reply.is_ok());
+        if answered {
+            metrics()
+                .network
+                .peer_round_trip_time
+                .with_label_values(&[&member_label(id)])
+                .observe(sent.elapsed().as_secs_f64());
+        }
+        self.reachable.lock().insert(id, answered);
     }
 
     /// A client for member `id`, reconnecting when its peer URLs changed.
@@ -220,6 +272,7 @@ pub struct PeerNetwork(pub std::sync::Arc<Peers>);
 pub struct RaftPeer {
     target: NodeId,
     client: Result<Client, String>,
+    metered: PeerSeries,
     peers: std::sync::Arc<Peers>,
     /// An append still on its way after openraft gave up waiting for it (see `append_entries`).
     in_flight: Option<InFlightAppend>,
@@ -242,6 +295,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
         RaftPeer {
             target,
             client: self.0.client(target, &node.peer_urls),
+            metered: metrics().network.peer(target),
             peers: self.0.clone(),
             in_flight: None,
         }
@@ -281,7 +335,15 @@ impl RaftPeer {
         E: std::error::Error + DeserializeOwned,
     {
         let (client, payload) = self.prepare(request)?;
-        peer_call(self.target, client, payload, option.hard_ttl(), send).await
+        peer_call(
+            self.target,
+            &self.metered,
+            client,
+            payload,
+            option.hard_ttl(),
+            send,
+        )
+        .await
     }
 
     /// An append in a task of its own, given up only after `give_up`; the member's reply is
@@ -292,13 +354,22 @@ impl RaftPeer {
         give_up: Duration,
     ) -> Result<AppendTask, RPCError<NodeId, Member, RaftError<NodeId>>> {
         let (client, payload) = self.prepare(rpc)?;
-        let (target, peers) = (self.target, self.peers.clone());
+        let (target, peers, metered) = (self.target, self.peers.clone(), self.metered.clone());
+        let heartbeat = rpc.entries.is_empty();
         Ok(tokio::spawn(async move {
-            let reply = peer_call(target, client, payload, give_up, async |mut c, m| {
-                c.append_entries(m).await
-            })
-            .await?;
-            Ok(heard(&peers, target, reply))
+            let reply = peer_call(
+                target,
+                &metered,
+                client,
+                payload,
+                give_up,
+                async |mut c, m| c.append_entries(m).await,
+            )
+            .await;
+            if heartbeat && reply.is_err() {
+                metrics().server.heartbeat_send_failures.inc();
+            }
+            Ok(heard(&peers, target, reply?))
         }))
     }
 }
@@ -309,6 +380,7 @@ type AppendTask =
 /// One peer call of a bincode-encoded payload, within `timeout`.
 async fn peer_call<Resp, E>(
     target: NodeId,
+    metered: &PeerSeries,
     client: Client,
     payload: Vec<u8>,
     timeout: Duration,
@@ -318,14 +390,17 @@ where
     Resp: DeserializeOwned,
     E: std::error::Error + DeserializeOwned,
 {
+    metered.sent_bytes.inc_by(payload.len() as u64);
     let reply = tokio::time::timeout(timeout, send(client, RaftMessage { payload }))
         .await
+        .inspect_err(|_| metered.sent_failures.inc())
         .map_err(|_| {
             RPCError::Unreachable(Unreachable::new(&std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
                 format!("member {target:x} did not answer in time"),
             )))
         })?
+        .inspect_err(|_| metered.sent_failures.inc())
         .map_err(|status| match status.code() {
             // Unreachable makes openraft back off before retrying; a member of another
             // cluster (FailedPrecondition) will not change its mind either.
@@ -335,7 +410,10 @@ where
             | tonic::Code::FailedPrecondition => RPCError::Unreachable(Unreachable::new(&status)),
             _ => RPCError::Network(NetworkError::new(&status)),
         })?;
-    let result: Result<Resp, E> = bincode::deserialize(&reply.into_inner().payload)
+    let reply = reply.into_inner().payload;
+    metered.received_bytes.inc_by(reply.len() as u64);
+    let result: Result<Resp, E> = bincode::deserialize(&reply)
+        .inspect_err(|_| metered.received_failures.inc())
         .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
     result.map_err(|e| RPCError::RemoteError(RemoteError::new(target, e)))
 }

@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use super::leader::LeaderLink;
 use super::types::{Command, CommandBatch, Outcomes};
 use crate::error::EtcdError;
+use crate::metrics::metrics;
 
 const MAX_IN_FLIGHT: usize = 2;
 /// etcd measures a request inside its Raft envelope (a request header with a 64-bit id); ours
@@ -20,7 +21,26 @@ const ETCD_ENVELOPE_BYTES: usize = 12;
 const MAX_BATCH_COMMANDS: usize = 4096;
 const MAX_BATCH_BYTES: usize = 8 << 20;
 
-type Reply = oneshot::Receiver<Result<Outcomes, EtcdError>>;
+type Reply = (
+    oneshot::Receiver<Result<Outcomes, EtcdError>>,
+    PendingProposal,
+);
+
+/// Counts a proposal in `etcd_server_proposals_pending` while its proposer waits for it.
+struct PendingProposal;
+
+impl PendingProposal {
+    fn new() -> PendingProposal {
+        metrics().server.proposals_pending.inc();
+        PendingProposal
+    }
+}
+
+impl Drop for PendingProposal {
+    fn drop(&mut self) {
+        metrics().server.proposals_pending.dec();
+    }
+}
 
 struct Pending {
     command: Command,
@@ -81,15 +101,17 @@ impl Proposer {
             .send(Pending { command, reply })
             .await
             .map_err(|_| EtcdError::Stopped)?;
-        Ok(rx)
+        Ok((rx, PendingProposal::new()))
     }
 
-    async fn await_reply(&self, reply: Reply) -> Result<Outcomes, EtcdError> {
-        match tokio::time::timeout(self.timeout, reply).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(EtcdError::Stopped),
-            Err(_) => Err(EtcdError::Timeout),
-        }
+    async fn await_reply(&self, (reply, _pending): Reply) -> Result<Outcomes, EtcdError> {
+        let failure = match tokio::time::timeout(self.timeout, reply).await {
+            Ok(Ok(result)) => return result,
+            Ok(Err(_)) => EtcdError::Stopped,
+            Err(_) => EtcdError::Timeout,
+        };
+        metrics().server.proposals_failed.inc();
+        Err(failure)
     }
 }
 
@@ -124,6 +146,11 @@ async fn run(leader: LeaderLink, mut queue: mpsc::Receiver<Pending>) {
                     }
                 }
                 Err(e) => {
+                    // The whole entry failed to commit (an apply error is a command's result).
+                    metrics()
+                        .server
+                        .proposals_failed
+                        .inc_by(replies.len() as u64);
                     for reply in replies {
                         let _ = reply.send(Err(e));
                     }

@@ -10,6 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::leader::LeaderLink;
 use crate::error::EtcdError;
+use crate::metrics::metrics;
 
 type Waiter = oneshot::Sender<Result<u64, EtcdError>>;
 
@@ -44,7 +45,13 @@ async fn confirm_rounds(
     while waiting.recv_many(&mut round, usize::MAX).await > 0 {
         let result = tokio::time::timeout(round_timeout, link.read_index())
             .await
-            .unwrap_or(Err(EtcdError::Timeout));
+            .unwrap_or_else(|_| {
+                metrics().server.slow_read_indexes.inc();
+                Err(EtcdError::Timeout)
+            });
+        if result.is_err() {
+            metrics().server.read_indexes_failed.inc();
+        }
         for waiter in round.drain(..) {
             // A reader that gave up (its request timed out) no longer listens.
             let _ = waiter.send(result);

@@ -6,6 +6,7 @@
 //! workers that carry heartbeats and client calls.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, StorageIOError};
@@ -24,6 +25,7 @@ use crate::downgrade::Downgrade;
 use crate::error::EtcdError;
 use crate::kv::apply;
 use crate::lease::{Lessor, StoredLease};
+use crate::metrics::metrics;
 use crate::mvcc::{KeyRange, MvccStore, Writer};
 use crate::snapshot::format;
 use crate::storage::{off_runtime, Cf, Engine};
@@ -167,6 +169,9 @@ fn took_snapshot(parts: &Applied, engine: &Engine) -> Result<(), StorageError> {
     Ok(())
 }
 
+/// etcd's warning limit for one apply (`warnApplyDuration`).
+const SLOW_APPLY: Duration = Duration::from_millis(100);
+
 /// Applies committed entries in order; returns their outcomes, the last applied log id and the
 /// membership after them.
 fn apply_entries(
@@ -175,6 +180,7 @@ fn apply_entries(
     mut membership: StoredMembership,
     entries: Vec<Entry>,
 ) -> Result<(Vec<OutcomeBatch>, Option<LogId>, StoredMembership), StorageError> {
+    let started = Instant::now();
     let store = parts.store.clone();
     let mut writer = store.writer(parts.watches.wants_prev_kv());
     let mut results = Vec::with_capacity(entries.len());
@@ -199,9 +205,14 @@ fn apply_entries(
     writer.put_extra(Cf::Meta, META_APPLIED, &applied_bytes);
     writer.put_extra(Cf::Meta, META_MEMBERSHIP, &membership_bytes);
     fail::fail_point!("raft::apply::before_commit");
+    let commit = metrics().disk.backend_commit.start_timer();
     let changes = writer.commit().map_err(|e| sm_err(ErrorVerb::Write, e))?;
+    commit.observe_duration();
     fail::fail_point!("raft::apply::after_commit");
     parts.watches.publish(&changes, store.current_revision());
+    if started.elapsed() > SLOW_APPLY {
+        metrics().server.slow_apply.inc();
+    }
     Ok((results, applied, membership))
 }
 

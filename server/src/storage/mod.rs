@@ -15,6 +15,8 @@ use rocksdb::{
     Options, ReadOptions, WriteOptions, DB,
 };
 
+use crate::metrics::metrics;
+
 /// Column families. Names are part of the on-disk format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cf {
@@ -266,10 +268,14 @@ impl Engine {
 
     /// Rewrites every column family: etcd's defragment, reclaiming space held by deleted data.
     pub fn compact_all(&self) {
+        let disk = &metrics().disk;
+        disk.defrag_inflight.set(1);
+        let _timer = disk.backend_defrag.start_timer();
         for cf in Cf::ALL {
             self.compact_range(cf, None, None);
             fail::fail_point!("storage::defrag::after_family");
         }
+        disk.defrag_inflight.set(0);
     }
 
     /// Bytes of stored data: table files plus memtables, like etcd's backend file size. The

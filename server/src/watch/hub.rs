@@ -10,6 +10,7 @@ use prost::Message;
 use tokio::sync::{mpsc, Notify};
 
 use crate::error::EtcdError;
+use crate::metrics::{metrics, WatchCounts};
 use crate::mvcc::{Change, KeyRange, MvccStore};
 use crate::storage::off_runtime;
 
@@ -172,7 +173,9 @@ impl WatchHub {
                 // Oversized batches for fragmenting watchers go through catch-up, which can
                 // send the fragments one after another.
                 let must_fragment = w.opts.fragment && resp.encoded_len() > self.max_response_bytes;
+                let sent = resp.events.len() as u64;
                 if !must_fragment && stream.queue.try_send(resp).is_ok() {
+                    metrics().mvcc.events.inc_by(sent);
                     w.next_rev = revision + 1;
                     w.active = true;
                 } else {
@@ -212,6 +215,21 @@ impl WatchHub {
             return c.prev.clone();
         }
         self.store.value_before(&c.kv.key, c.kv.mod_revision)
+    }
+
+    /// Streams, watchers, catching-up watchers and queued responses, for the metrics.
+    pub fn counts(&self) -> WatchCounts {
+        let st = self.state.lock();
+        let mut counts = WatchCounts {
+            streams: st.streams.len() as u64,
+            watchers: st.watchers.len() as u64,
+            ..Default::default()
+        };
+        for stream in st.streams.values() {
+            counts.unsynced += stream.unsynced.len() as u64;
+            counts.pending += (stream.queue.max_capacity() - stream.queue.capacity()) as u64;
+        }
+        counts
     }
 
     /// Registers a client stream whose responses go to `queue`.
@@ -517,9 +535,11 @@ impl WatchHub {
             };
             let next = if complete { target + 1 } else { reached + 1 };
             for resp in self.responses(watch_id, target, wanted, opts.fragment) {
+                let sent = resp.events.len() as u64;
                 if queue.send(resp).await.is_err() {
                     return false;
                 }
+                metrics().mvcc.events.inc_by(sent);
             }
             let mut st = self.state.lock();
             let Some(w) = st.watchers.get_mut(&(stream_id, watch_id)) else {
