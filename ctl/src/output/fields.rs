@@ -11,7 +11,9 @@ use oxcd_proto::mvccpb::KeyValue;
 
 use super::simple::{alarm_name, event_type_name};
 use super::text::go_quote;
-use super::{AuthChange, EndpointHash, EndpointHealth, EndpointStatus, Layout, Printer};
+use super::{
+    AuthChange, DataHashKv, EndpointHash, EndpointHealth, EndpointStatus, Layout, Printer,
+};
 use crate::failure::CtlResult;
 
 pub struct FieldsPrinter;
@@ -209,6 +211,13 @@ impl Printer for FieldsPrinter {
             }
             println!();
         }
+        Ok(())
+    }
+
+    fn data_hash_kv(&self, h: &DataHashKv) -> CtlResult {
+        println!("\"Hash\" : {}", h.hash);
+        println!("\"Hash revision\" : {}", h.hash_revision);
+        println!("\"Compact revision\" : {}", h.compact_revision);
         Ok(())
     }
 

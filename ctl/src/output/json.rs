@@ -16,7 +16,9 @@ use oxcd_proto::etcdserverpb::{
 use oxcd_proto::mvccpb::{Event, KeyValue};
 
 use super::text::base64;
-use super::{AuthChange, EndpointHash, EndpointHealth, EndpointStatus, Layout, Printer};
+use super::{
+    AuthChange, DataHashKv, EndpointHash, EndpointHealth, EndpointStatus, Layout, Printer,
+};
 use crate::failure::CtlResult;
 
 /// One JSON object under construction; fields appear in the order they are added.
@@ -451,6 +453,17 @@ impl Printer for JsonPrinter {
                 .raw("HashKV", &hash_kv(&h.hash, layout))
                 .done()
         });
+        println!("{line}");
+        Ok(())
+    }
+
+    /// A plain Go struct: no omitempty.
+    fn data_hash_kv(&self, h: &DataHashKv) -> CtlResult {
+        let line = Obj::new()
+            .num("hash", h.hash)
+            .num("hashRevision", h.hash_revision)
+            .num("compactRevision", h.compact_revision)
+            .done();
         println!("{line}");
         Ok(())
     }

@@ -53,6 +53,13 @@ pub struct EndpointHash {
     pub hash: HashKvResponse,
 }
 
+/// `hashkv`'s answer for a data dir (etcdutl's `HashKV`).
+pub struct DataHashKv {
+    pub hash: u32,
+    pub hash_revision: i64,
+    pub compact_revision: i64,
+}
+
 /// What a `user` or `role` command changed. Each answer is just a header, so the formats differ
 /// only in the simple format's sentence.
 pub enum AuthChange<'a> {
@@ -148,6 +155,10 @@ pub trait Printer: Send + Sync {
         self.unsupported()
     }
     fn endpoint_hash_kv(&self, hashes: &[EndpointHash], layout: Layout) -> CtlResult {
+        self.unsupported()
+    }
+    /// In etcdutl's layouts, which are etcd 3.7's.
+    fn data_hash_kv(&self, h: &DataHashKv) -> CtlResult {
         self.unsupported()
     }
     fn move_leader(&self, leader: u64, target: u64, r: &MoveLeaderResponse) -> CtlResult {

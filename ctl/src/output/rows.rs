@@ -3,7 +3,7 @@
 use oxcd_proto::etcdserverpb::MemberListResponse;
 
 use super::text::humanize_bytes;
-use super::{EndpointHash, EndpointHealth, EndpointStatus, Layout};
+use super::{DataHashKv, EndpointHash, EndpointHealth, EndpointStatus, Layout};
 
 pub struct Rows {
     pub header: Vec<&'static str>,
@@ -163,6 +163,17 @@ pub fn endpoint_hash_kv(hashes: &[EndpointHash], layout: Layout) -> Rows {
                 row
             })
             .collect(),
+    }
+}
+
+pub fn data_hash_kv(h: &DataHashKv) -> Rows {
+    Rows {
+        header: vec!["hash", "hash revision", "compact revision"],
+        rows: vec![vec![
+            h.hash.to_string(),
+            h.hash_revision.to_string(),
+            h.compact_revision.to_string(),
+        ]],
     }
 }
 

@@ -5,7 +5,7 @@
 use oxcd_proto::etcdserverpb::MemberListResponse;
 
 use super::rows::{self, Rows};
-use super::{EndpointHash, EndpointHealth, EndpointStatus, Layout, Printer};
+use super::{DataHashKv, EndpointHash, EndpointHealth, EndpointStatus, Layout, Printer};
 use crate::failure::CtlResult;
 
 pub struct TablePrinter;
@@ -121,6 +121,11 @@ impl Printer for TablePrinter {
     fn endpoint_hash_kv(&self, hashes: &[EndpointHash], layout: Layout) -> CtlResult {
         let table = rows::endpoint_hash_kv(hashes, layout);
         print!("{}", render(&table, borders(layout)));
+        Ok(())
+    }
+
+    fn data_hash_kv(&self, h: &DataHashKv) -> CtlResult {
+        print!("{}", render(&rows::data_hash_kv(h), &BOX_DRAWING));
         Ok(())
     }
 }
