@@ -4,7 +4,7 @@
 use tokio::sync::mpsc;
 
 use super::metrics::resident_memory;
-use super::{aftercare, clients, delete_prefix, has_keys, print_errors, put_all, random_put};
+use super::{aftercare, clients, delete_prefix, error_lines, has_keys, put_all, random_put};
 use super::{Aftercare, Model, Progress};
 use crate::failure::{CtlResult, ExitCode, Failure};
 use crate::global::GlobalFlags;
@@ -89,8 +89,11 @@ pub async fn run(global: &GlobalFlags, args: DatascaleArgs) -> CtlResult {
     let deleted = delete_prefix(first, &args.prefix, None).await?;
     aftercare(first, &args.aftercare, deleted.header.map(|h| h.revision)).await?;
 
-    if !stats.errors.is_empty() {
-        print_errors(&stats);
+    let errors = error_lines(&stats);
+    if !errors.is_empty() {
+        for line in errors {
+            println!("{line}");
+        }
         std::process::exit(ExitCode::Error as i32);
     }
     let used_mb = (after - before) / (1024.0 * 1024.0);

@@ -240,12 +240,17 @@ async fn defrag(conn: &Connection, endpoint: &str) -> CtlResult {
     Ok(())
 }
 
-/// etcdctl's lines for failed requests (sorted here; Go prints them in map order).
-fn print_errors(stats: &Stats) {
-    println!("FAIL: too many errors");
-    for (message, count) in &stats.errors {
-        println!("FAIL: ERROR({message}) -> {count}");
+/// etcdctl's lines for failed requests, none when all succeeded (sorted here; Go prints them in
+/// map order).
+fn error_lines(stats: &Stats) -> Vec<String> {
+    if stats.errors.is_empty() {
+        return Vec::new();
     }
+    let mut lines = vec!["FAIL: too many errors".to_string()];
+    for (message, count) in &stats.errors {
+        lines.push(format!("FAIL: ERROR({message}) -> {count}"));
+    }
+    lines
 }
 
 #[cfg(test)]

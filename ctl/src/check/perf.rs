@@ -6,7 +6,8 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::{aftercare, clients, delete_prefix, has_keys, print_errors, put_all, random_put};
+use super::stats::Stats;
+use super::{aftercare, clients, delete_prefix, error_lines, has_keys, put_all, random_put};
 use super::{Aftercare, Model, Progress, AFTERCARE_TIMEOUT};
 use crate::failure::{CtlResult, ExitCode, Failure};
 use crate::global::GlobalFlags;
@@ -95,36 +96,45 @@ pub async fn run(global: &GlobalFlags, args: PerfArgs) -> CtlResult {
     };
     aftercare(first, &args.aftercare, revision).await?;
 
-    let mut ok = true;
-    if !stats.errors.is_empty() {
-        print_errors(&stats);
-        ok = false;
+    let (lines, passed) = verdict(&stats, load.limit);
+    for line in lines {
+        println!("{line}");
     }
-    let throughput = stats.rps as i64 + 1;
-    if stats.rps / f64::from(load.limit) <= 0.9 {
-        println!("FAIL: Throughput too low: {throughput} writes/s");
-        ok = false;
-    } else {
-        println!("PASS: Throughput is {throughput} writes/s");
-    }
-    if stats.slowest > 0.5 {
-        println!("Slowest request took too long: {:.6}s", stats.slowest);
-        ok = false;
-    } else {
-        println!("PASS: Slowest request took {:.6}s", stats.slowest);
-    }
-    if stats.stddev > 0.1 {
-        println!("Stddev too high: {:.6}s", stats.stddev);
-        ok = false;
-    } else {
-        println!("PASS: Stddev is {:.6}s", stats.stddev);
-    }
-    if !ok {
-        println!("FAIL");
+    if !passed {
         std::process::exit(ExitCode::Error as i32);
     }
-    println!("PASS");
     Ok(())
+}
+
+/// etcdctl's report lines (its wording, including the two failures without `FAIL:`) and
+/// whether the check passed.
+fn verdict(stats: &Stats, limit: u32) -> (Vec<String>, bool) {
+    let mut lines = error_lines(stats);
+    let mut passed = lines.is_empty();
+    let throughput = stats.rps as i64 + 1;
+    if stats.rps / f64::from(limit) <= 0.9 {
+        lines.push(format!("FAIL: Throughput too low: {throughput} writes/s"));
+        passed = false;
+    } else {
+        lines.push(format!("PASS: Throughput is {throughput} writes/s"));
+    }
+    if stats.slowest > 0.5 {
+        lines.push(format!(
+            "Slowest request took too long: {:.6}s",
+            stats.slowest
+        ));
+        passed = false;
+    } else {
+        lines.push(format!("PASS: Slowest request took {:.6}s", stats.slowest));
+    }
+    if stats.stddev > 0.1 {
+        lines.push(format!("Stddev too high: {:.6}s", stats.stddev));
+        passed = false;
+    } else {
+        lines.push(format!("PASS: Stddev is {:.6}s", stats.stddev));
+    }
+    lines.push(if passed { "PASS" } else { "FAIL" }.to_string());
+    (lines, passed)
 }
 
 /// Queues puts at `limit` per second until `deadline` or an interrupt (after which the check
@@ -157,5 +167,54 @@ async fn generate(
         {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passes_at_the_rate_with_fast_steady_requests() {
+        let stats = Stats {
+            rps: 149.3,
+            slowest: 0.237_16,
+            stddev: 0.013_328,
+            ..Stats::default()
+        };
+        let (lines, passed) = verdict(&stats, 150);
+        assert!(passed);
+        assert_eq!(
+            lines,
+            [
+                "PASS: Throughput is 150 writes/s",
+                "PASS: Slowest request took 0.237160s",
+                "PASS: Stddev is 0.013328s",
+                "PASS",
+            ]
+        );
+    }
+
+    #[test]
+    fn fails_on_errors_low_rate_slow_requests_and_jitter() {
+        let stats = Stats {
+            rps: 135.0,
+            slowest: 0.6,
+            stddev: 0.2,
+            errors: [("etcdserver: too many requests".to_string(), 3)].into(),
+        };
+        let (lines, passed) = verdict(&stats, 150);
+        assert!(!passed);
+        assert_eq!(
+            lines,
+            [
+                "FAIL: too many errors",
+                "FAIL: ERROR(etcdserver: too many requests) -> 3",
+                "FAIL: Throughput too low: 136 writes/s",
+                "Slowest request took too long: 0.600000s",
+                "Stddev too high: 0.200000s",
+                "FAIL",
+            ]
+        );
     }
 }

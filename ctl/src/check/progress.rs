@@ -84,8 +84,10 @@ fn render(current: u64, total: u64, speed: Option<f64>) -> String {
         speed.map_or("?".to_string(), |s| format!("{s:.0}"))
     );
     let inner = WIDTH.saturating_sub(counters.len() + tail.len() + 4);
-    let filled = ((inner as f64 * fraction).ceil() as usize).min(inner);
-    let bar = if filled == inner {
+    let filled = (inner as f64 * fraction) as usize;
+    let bar = if current == 0 {
+        "_".repeat(inner)
+    } else if filled >= inner {
         "-".repeat(inner)
     } else {
         format!("{}>{}", "-".repeat(filled), "_".repeat(inner - filled - 1))
@@ -99,13 +101,15 @@ mod tests {
 
     #[test]
     fn renders_like_pb() {
-        // Drawn by etcdctl 3.7's datascale check.
+        // As etcdctl 3.7's checks drew them.
+        assert!(render(0, 60, None).starts_with("0 / 60 [_____"));
         let early = render(959, 10000, None);
-        assert!(early.starts_with("959 / 10000 [-------->____"), "{early}");
+        assert!(early.starts_with("959 / 10000 [------->____"), "{early}");
         assert!(early.ends_with("_] 9.59% ? p/s"), "{early}");
         assert_eq!(early.chars().count(), WIDTH);
         let done = render(10000, 10000, Some(5727.2));
         assert!(done.ends_with("-] 100.00% 5727 p/s"), "{done}");
         assert_eq!(done.chars().count(), WIDTH);
+        assert!(render(59, 60, Some(1.0)).ends_with("---->_] 98.33% 1 p/s"));
     }
 }
