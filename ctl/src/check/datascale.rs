@@ -15,8 +15,11 @@ pub struct DatascaleArgs {
     /// The datascale check's workload model. Accepted workloads: s(small), m(medium), l(large), xl(xLarge)
     #[arg(long, default_value = "s")]
     load: String,
-    /// The prefix for writing the datascale check's keys.
-    #[arg(long, default_value = "/etcdctl-check-datascale/")]
+    #[arg(
+        long,
+        default_value = "/etcdctl-check-datascale/",
+        help = "The prefix for writing the datascale check's keys."
+    )]
     prefix: String,
     #[command(flatten)]
     aftercare: Aftercare,

@@ -29,8 +29,8 @@ use stats::{Collector, Outcome, Stats};
 pub enum CheckCommand {
     /// Check the performance of the etcd cluster
     Perf(perf::PerfArgs),
-    /// Check the memory usage of holding data for different workloads on a given server endpoint.
     #[command(
+        about = "Check the memory usage of holding data for different workloads on a given server endpoint.",
         long_about = "If no endpoint is provided, localhost will be used. If multiple endpoints are provided, first endpoint will be used."
     )]
     Datascale(datascale::DatascaleArgs),
@@ -46,11 +46,12 @@ pub async fn run(global: &GlobalFlags, command: CheckCommand) -> CtlResult {
 /// What to do once a check's keys are deleted.
 #[derive(clap::Args, Debug)]
 struct Aftercare {
-    /// Compact storage with last revision after test is finished.
-    #[arg(long)]
+    #[arg(
+        long,
+        help = "Compact storage with last revision after test is finished."
+    )]
     auto_compact: bool,
-    /// Defragment storage after test is finished.
-    #[arg(long)]
+    #[arg(long, help = "Defragment storage after test is finished.")]
     auto_defrag: bool,
 }
 

@@ -15,11 +15,17 @@ use crate::output::text::go_quote;
 
 #[derive(clap::Args, Debug)]
 pub struct PerfArgs {
-    /// The performance check's workload model. Accepted workloads: s(small), m(medium), l(large), xl(xLarge). Different workload models use different configurations in terms of number of clients and expected throughput.
-    #[arg(long, default_value = "s")]
+    #[arg(
+        long,
+        default_value = "s",
+        help = "The performance check's workload model. Accepted workloads: s(small), m(medium), l(large), xl(xLarge). Different workload models use different configurations in terms of number of clients and expected throughput."
+    )]
     load: String,
-    /// The prefix for writing the performance check's keys.
-    #[arg(long, default_value = "/etcdctl-check-perf/")]
+    #[arg(
+        long,
+        default_value = "/etcdctl-check-perf/",
+        help = "The prefix for writing the performance check's keys."
+    )]
     prefix: String,
     #[command(flatten)]
     aftercare: Aftercare,

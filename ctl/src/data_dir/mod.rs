@@ -35,3 +35,31 @@ fn go_io_error(e: &std::io::Error) -> String {
         _ => e.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_a_path_that_is_no_data_dir_without_creating_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("typo");
+        let error = open(&missing).err().unwrap();
+        assert_eq!(
+            error,
+            format!(
+                "stat {}: no such file or directory",
+                missing.join("db").display()
+            )
+        );
+        assert!(!missing.exists());
+    }
+
+    #[test]
+    fn refuses_a_data_dir_another_holder_has_locked() {
+        let dir = tempfile::tempdir().unwrap();
+        let _server = Engine::open(dir.path()).unwrap();
+        let error = open(dir.path()).err().unwrap();
+        assert!(error.contains("in use by a running oxcd"), "{error}");
+    }
+}
