@@ -6,10 +6,11 @@ use std::sync::Arc;
 
 use hyper_util::rt::TokioIo;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WantsClientCert;
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
+use rustls::{ClientConfig, ConfigBuilder, DigitallySignedStruct, SignatureScheme};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
@@ -72,7 +73,18 @@ pub fn client_config(cert_and_key: Option<(&str, &str)>) -> CtlResult<Arc<Client
         .map_err(|e| bad(&e))?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AnyServerCertificate(provider)));
-    let mut config = match cert_and_key {
+    let mut config = with_identity(builder, cert_and_key)?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Completes client settings with the `--cert`/`--key` client certificate, if given.
+pub fn with_identity(
+    builder: ConfigBuilder<ClientConfig, WantsClientCert>,
+    cert_and_key: Option<(&str, &str)>,
+) -> CtlResult<ClientConfig> {
+    let bad = |e: &dyn std::fmt::Display| Failure::new(ExitCode::BadArgs, e.to_string());
+    Ok(match cert_and_key {
         Some((cert, key)) => {
             let certs = CertificateDer::pem_file_iter(cert)
                 .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
@@ -83,9 +95,7 @@ pub fn client_config(cert_and_key: Option<(&str, &str)>) -> CtlResult<Arc<Client
                 .map_err(|e| bad(&e))?
         }
         None => builder.with_no_client_auth(),
-    };
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(Arc::new(config))
+    })
 }
 
 /// Connects to the URI's host and port and runs the TLS handshake with `config`.

@@ -229,6 +229,51 @@ async fn check_datascale_reports_as_etcdctl_does() {
     }
 }
 
+/// Over https (client certificates required), `check datascale` reads /metrics with the client
+/// certificate: with `--insecure-skip-tls-verify` as etcdctl does (it verifies the server only
+/// against the system's roots), and, in oxcdctl, verified against `--cacert`.
+#[tokio::test]
+async fn check_datascale_reads_metrics_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    oxcd_tests::certs::make_certificates(dir.path());
+    let member = oxcd_tests::certs::TlsMember::start(&etcd37_bin(), dir.path());
+    let file = |name: &str| dir.path().join(name).display().to_string();
+    let endpoint = format!("--endpoints={}", member.endpoint);
+    let (ca, cert, key) = (
+        format!("--cacert={}", file("ca.crt")),
+        format!("--cert={}", file("client.crt")),
+        format!("--key={}", file("client.key")),
+    );
+    let health = [endpoint.as_str(), "endpoint", "health", &ca, &cert, &key];
+    let mut ready = false;
+    for _ in 0..100 {
+        if run(&oxcdctl_bin(), &health, &[]).await.code == Some(0) {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(ready, "etcd never answered over TLS");
+    let unverified = [
+        endpoint.as_str(),
+        "check",
+        "datascale",
+        "--insecure-skip-tls-verify",
+        &cert,
+        &key,
+    ];
+    let expected = run(&etcd37_tool("etcdctl"), &unverified, &[]).await;
+    let actual = run(&oxcdctl_bin(), &unverified, &[]).await;
+    let verified = [endpoint.as_str(), "check", "datascale", &ca, &cert, &key];
+    let against_ca = run(&oxcdctl_bin(), &verified, &[]).await;
+    let report = "Start data scale check for work load [N key-value pairs, N bytes per key-value, N concurrent clients].\n\
+         PASS: Approximate system memory used : N MB.\n";
+    for run in [&expected, &actual, &against_ca] {
+        assert_eq!(run.code, Some(0), "{run:?}");
+        assert_eq!(mask(&run.stdout, ""), report, "{run:?}");
+    }
+}
+
 /// What the checks refuse, byte for byte: a prefix that already has keys (which they leave
 /// alone) and an unknown load.
 #[tokio::test]

@@ -8,11 +8,12 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::global::GlobalFlags;
+use crate::insecure_tls;
 
 const RESIDENT_MEMORY: &str = "process_resident_memory_bytes";
 
@@ -97,9 +98,9 @@ where
 /// `--insecure-skip-tls-verify`; here against `--cacert` (Go uses the system roots).
 fn tls_config(global: &GlobalFlags) -> Result<Arc<rustls::ClientConfig>, String> {
     let identity = global.cert.as_deref().zip(global.key.as_deref());
+    let certificate_error = |e: crate::failure::Failure| format!("client certificate error: {e}");
     let mut config = if global.insecure_skip_tls_verify {
-        let config = crate::insecure_tls::client_config(identity).map_err(|e| e.message)?;
-        (*config).clone()
+        (*insecure_tls::client_config(identity).map_err(certificate_error)?).clone()
     } else {
         let mut roots = rustls::RootCertStore::empty();
         if let Some(ca) = &global.cacert {
@@ -114,19 +115,7 @@ fn tls_config(global: &GlobalFlags) -> Result<Arc<rustls::ClientConfig>, String>
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?
             .with_root_certificates(roots);
-        match identity {
-            Some((cert, key)) => {
-                let certs = CertificateDer::pem_file_iter(cert)
-                    .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-                    .map_err(|e| format!("client certificate error: {e}"))?;
-                let key = PrivateKeyDer::from_pem_file(key)
-                    .map_err(|e| format!("client certificate error: {e}"))?;
-                builder
-                    .with_client_auth_cert(certs, key)
-                    .map_err(|e| format!("client certificate error: {e}"))?
-            }
-            None => builder.with_no_client_auth(),
-        }
+        insecure_tls::with_identity(builder, identity).map_err(certificate_error)?
     };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
