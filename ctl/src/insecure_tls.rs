@@ -80,7 +80,7 @@ pub fn client_config(cert_and_key: Option<(&str, &str)>) -> CtlResult<Arc<Client
 
 /// Completes client settings with the `--cert`/`--key` client certificate, if given.
 pub fn with_identity(
-    builder: ConfigBuilder<ClientConfig, WantsClientCert>,
+    builder: rustls::ConfigBuilder<ClientConfig, rustls::client::WantsClientCert>,
     cert_and_key: Option<(&str, &str)>,
 ) -> CtlResult<ClientConfig> {
     let bad = |e: &dyn std::fmt::Display| Failure::new(ExitCode::BadArgs, e.to_string());
