@@ -107,7 +107,7 @@ pub async fn run(global: &GlobalFlags, args: EndpointArgs) -> CtlResult {
                     }
                 }
             }
-            printer.endpoint_status(&statuses)?;
+            printer.endpoint_status(&statuses, global.etcdctl_version)?;
             if failed {
                 std::process::exit(ExitCode::Error as i32);
             }
@@ -134,7 +134,7 @@ pub async fn run(global: &GlobalFlags, args: EndpointArgs) -> CtlResult {
                     }
                 }
             }
-            printer.endpoint_hash_kv(&hashes)?;
+            printer.endpoint_hash_kv(&hashes, global.etcdctl_version)?;
             match failure {
                 Some(e) => Err(e.into()),
                 None => Ok(()),

@@ -74,6 +74,16 @@ pub struct GlobalFlags {
     #[arg(long, global = true, env = "ETCDCTL_DEBUG", num_args = 0..=1, require_equals = true,
           default_missing_value = "true", default_value = "false", action = clap::ArgAction::Set)]
     pub debug: bool,
+    /// The etcdctl release whose layout to print where 3.7's differs from 3.4's. Not an
+    /// etcdctl flag, so hidden from etcdctl's help pages (README documents it).
+    #[arg(
+        long,
+        global = true,
+        hide = true,
+        env = "OXCDCTL_ETCDCTL_VERSION",
+        default_value = "3.4"
+    )]
+    pub etcdctl_version: crate::output::Layout,
 }
 
 impl GlobalFlags {

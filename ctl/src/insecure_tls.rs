@@ -23,7 +23,18 @@ pub fn client_config(cert_and_key: Option<(&str, &str)>) -> CtlResult<Arc<Client
         .map_err(|e| bad(&e))?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AnyServerCertificate(provider)));
-    let mut config = match cert_and_key {
+    let mut config = with_identity(builder, cert_and_key)?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Completes client settings with the `--cert`/`--key` client certificate, if given.
+pub fn with_identity(
+    builder: rustls::ConfigBuilder<ClientConfig, rustls::client::WantsClientCert>,
+    cert_and_key: Option<(&str, &str)>,
+) -> CtlResult<ClientConfig> {
+    let bad = |e: &dyn std::fmt::Display| Failure::new(ExitCode::BadArgs, e.to_string());
+    Ok(match cert_and_key {
         Some((cert, key)) => {
             let certs = CertificateDer::pem_file_iter(cert)
                 .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
@@ -34,9 +45,7 @@ pub fn client_config(cert_and_key: Option<(&str, &str)>) -> CtlResult<Arc<Client
                 .map_err(|e| bad(&e))?
         }
         None => builder.with_no_client_auth(),
-    };
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(Arc::new(config))
+    })
 }
 
 /// Connects to the URI's host and port and runs the TLS handshake with `config`.

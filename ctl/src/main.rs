@@ -3,7 +3,9 @@
 
 mod args;
 mod auth;
+mod check;
 mod client;
+mod data_dir;
 mod endpoint;
 mod failure;
 mod global;
@@ -71,6 +73,11 @@ enum Command {
     Downgrade(maintenance::DowngradeCommand),
     /// Prints the version of etcdctl
     Version,
+    /// commands for checking properties of the etcd cluster. Use `etcdctl check --help` to see subcommands
+    #[command(subcommand)]
+    Check(check::CheckCommand),
+    /// Prints the KV history hash of a stopped member's data dir (etcdutl hashkv)
+    Hashkv(data_dir::hashkv::HashKvArgs),
     /// Reads the Kubernetes objects kube-apiserver stores under /registry
     Registry(registry::RegistryCommand),
     /// Manages etcd node snapshots
@@ -111,6 +118,8 @@ async fn run(cli: Cli) -> CtlResult {
             println!("API version: {}", global::API_VERSION);
             Ok(())
         }
+        Command::Check(command) => check::run(global, command).await,
+        Command::Hashkv(args) => data_dir::hashkv::run(global, args),
         Command::Registry(command) => registry::run(&cli.global, command).await,
         Command::Snapshot(command) => snapshot::run(command, &cli.global).await,
         Command::Pki(command) => pki::run(command),

@@ -114,13 +114,8 @@ pub async fn alarm(global: &GlobalFlags, command: AlarmCommand) -> CtlResult {
 
 pub async fn defrag(global: &GlobalFlags, args: DefragArgs) -> CtlResult {
     if !args.data_dir.is_empty() {
-        // etcdctl opens etcd's bbolt file itself; an oxcd data dir is RocksDB, defragmented
-        // online by the server.
-        eprintln!(
-            "Failed to defragment etcd data[{}] (offline defragmentation is not supported by oxcdctl; run defrag against the endpoint)",
-            args.data_dir
-        );
-        std::process::exit(ExitCode::Error as i32);
+        crate::data_dir::defrag::run(&args.data_dir);
+        return Ok(());
     }
     printer_for(&global.write_out, global.hex, false)?;
     let conn = Connection::open(global).await?;

@@ -11,7 +11,9 @@ use oxcd_proto::mvccpb::KeyValue;
 
 use super::simple::{alarm_name, event_type_name};
 use super::text::go_quote;
-use super::{AuthChange, EndpointHash, EndpointHealth, EndpointStatus, Printer};
+use super::{
+    AuthChange, DataHashKv, EndpointHash, EndpointHealth, EndpointStatus, Layout, Printer,
+};
 use crate::failure::CtlResult;
 
 pub struct FieldsPrinter;
@@ -161,31 +163,61 @@ impl Printer for FieldsPrinter {
         Ok(())
     }
 
-    fn endpoint_status(&self, statuses: &[EndpointStatus]) -> CtlResult {
+    fn endpoint_status(&self, statuses: &[EndpointStatus], layout: Layout) -> CtlResult {
         for s in statuses {
             let r = &s.status;
             header(r.header.as_ref());
             println!("\"Version\" : {}", go_quote(r.version.as_bytes()));
-            println!("\"DBSize\" : {}", r.db_size);
+            match layout {
+                Layout::Etcdctl34 => println!("\"DBSize\" : {}", r.db_size),
+                Layout::Etcdctl37 => {
+                    println!(
+                        "\"StorageVersion\" : {}",
+                        go_quote(r.storage_version.as_bytes())
+                    );
+                    println!("\"DBSize\" : {}", r.db_size);
+                    println!("\"DBSizeInUse\" : {}", r.db_size_in_use);
+                    println!("\"DBSizeQuota\" : {}", r.db_size_quota);
+                }
+            }
             println!("\"Leader\" : {}", r.leader);
             println!("\"IsLearner\" : {}", r.is_learner);
             println!("\"RaftIndex\" : {}", r.raft_index);
-            println!("\"RaftTerm\" : {}", r.raft_term);
+            // etcdctl 3.7 no longer prints the term here (it is in the header).
+            if layout == Layout::Etcdctl34 {
+                println!("\"RaftTerm\" : {}", r.raft_term);
+            }
             println!("\"RaftAppliedIndex\" : {}", r.raft_applied_index);
             println!("\"Errors\" : {}", go_list(&r.errors));
             println!("\"Endpoint\" : {}", go_quote(s.endpoint.as_bytes()));
+            if layout == Layout::Etcdctl37 {
+                let downgrade = r.downgrade_info.clone().unwrap_or_default();
+                let target = go_quote(downgrade.target_version.as_bytes());
+                println!("\"DowngradeTargetVersion\" : {target}");
+                println!("\"DowngradeEnabled\" : {}", downgrade.enabled);
+            }
             println!();
         }
         Ok(())
     }
 
-    fn endpoint_hash_kv(&self, hashes: &[EndpointHash]) -> CtlResult {
+    fn endpoint_hash_kv(&self, hashes: &[EndpointHash], layout: Layout) -> CtlResult {
         for h in hashes {
             header(h.hash.header.as_ref());
             println!("\"Endpoint\" : {}", go_quote(h.endpoint.as_bytes()));
             println!("\"Hash\" : {}", h.hash.hash);
+            if layout == Layout::Etcdctl37 {
+                println!("\"HashRevision\" : {}", h.hash.hash_revision);
+            }
             println!();
         }
+        Ok(())
+    }
+
+    fn data_hash_kv(&self, h: &DataHashKv) -> CtlResult {
+        println!("\"Hash\" : {}", h.hash);
+        println!("\"Hash revision\" : {}", h.hash_revision);
+        println!("\"Compact revision\" : {}", h.compact_revision);
         Ok(())
     }
 

@@ -1,8 +1,8 @@
 //! `-w json`: what Go's encoding/json makes of the Go structs etcdctl prints. Protobuf messages
 //! carry `json:"name,omitempty"` tags (zero values vanish); clientv3's wrapper structs (lease and
 //! watch responses) use Go field names, no omitempty, and embed the header's fields inline.
-//! Fields etcd added after 3.4 (`hash_revision`, `storageVersion`, `dbSizeQuota`) are not
-//! printed: etcdctl 3.4 does not know them.
+//! Fields etcd added after 3.4 (`hash_revision`, `storageVersion`, `dbSizeQuota`,
+//! `downgradeInfo`) are printed only in etcdctl 3.7's [`Layout`]: etcdctl 3.4 does not know them.
 
 use oxcd_proto::authpb::Permission;
 use oxcd_proto::etcdserverpb::{
@@ -16,7 +16,9 @@ use oxcd_proto::etcdserverpb::{
 use oxcd_proto::mvccpb::{Event, KeyValue};
 
 use super::text::base64;
-use super::{AuthChange, EndpointHash, EndpointHealth, EndpointStatus, Printer};
+use super::{
+    AuthChange, DataHashKv, EndpointHash, EndpointHealth, EndpointStatus, Layout, Printer,
+};
 use crate::failure::CtlResult;
 
 /// One JSON object under construction; fields appear in the order they are added.
@@ -237,8 +239,8 @@ fn members_response(h: Option<&ResponseHeader>, members: &[Member]) -> String {
         .done()
 }
 
-fn status(s: &StatusResponse) -> String {
-    Obj::new()
+fn status(s: &StatusResponse, layout: Layout) -> String {
+    let obj = Obj::new()
         .obj_omitempty("header", s.header.as_ref(), header)
         .str_omitempty("version", &s.version)
         .num_omitempty("dbSize", s.db_size)
@@ -248,16 +250,32 @@ fn status(s: &StatusResponse) -> String {
         .num_omitempty("raftAppliedIndex", s.raft_applied_index)
         .list_omitempty("errors", &s.errors, |e| string(e))
         .num_omitempty("dbSizeInUse", s.db_size_in_use)
-        .bool_omitempty("isLearner", s.is_learner)
-        .done()
+        .bool_omitempty("isLearner", s.is_learner);
+    match layout {
+        Layout::Etcdctl34 => obj,
+        Layout::Etcdctl37 => obj
+            .str_omitempty("storageVersion", &s.storage_version)
+            .num_omitempty("dbSizeQuota", s.db_size_quota)
+            .obj_omitempty("downgradeInfo", s.downgrade_info.as_ref(), |d| {
+                Obj::new()
+                    .str_omitempty("targetVersion", &d.target_version)
+                    .bool_omitempty("enabled", d.enabled)
+                    .done()
+            }),
+    }
+    .done()
 }
 
-fn hash_kv(h: &HashKvResponse) -> String {
-    Obj::new()
+fn hash_kv(h: &HashKvResponse, layout: Layout) -> String {
+    let obj = Obj::new()
         .obj_omitempty("header", h.header.as_ref(), header)
         .num_omitempty("hash", h.hash)
-        .num_omitempty("compact_revision", h.compact_revision)
-        .done()
+        .num_omitempty("compact_revision", h.compact_revision);
+    match layout {
+        Layout::Etcdctl34 => obj,
+        Layout::Etcdctl37 => obj.num_omitempty("hash_revision", h.hash_revision),
+    }
+    .done()
 }
 
 fn header_only(h: Option<&ResponseHeader>) -> String {
@@ -417,24 +435,35 @@ impl Printer for JsonPrinter {
         Ok(())
     }
 
-    fn endpoint_status(&self, statuses: &[EndpointStatus]) -> CtlResult {
+    fn endpoint_status(&self, statuses: &[EndpointStatus], layout: Layout) -> CtlResult {
         let line = list(statuses, |s| {
             Obj::new()
                 .str("Endpoint", &s.endpoint)
-                .raw("Status", &status(&s.status))
+                .raw("Status", &status(&s.status, layout))
                 .done()
         });
         println!("{line}");
         Ok(())
     }
 
-    fn endpoint_hash_kv(&self, hashes: &[EndpointHash]) -> CtlResult {
+    fn endpoint_hash_kv(&self, hashes: &[EndpointHash], layout: Layout) -> CtlResult {
         let line = list(hashes, |h| {
             Obj::new()
                 .str("Endpoint", &h.endpoint)
-                .raw("HashKV", &hash_kv(&h.hash))
+                .raw("HashKV", &hash_kv(&h.hash, layout))
                 .done()
         });
+        println!("{line}");
+        Ok(())
+    }
+
+    /// A plain Go struct: no omitempty.
+    fn data_hash_kv(&self, h: &DataHashKv) -> CtlResult {
+        let line = Obj::new()
+            .num("hash", h.hash)
+            .num("hashRevision", h.hash_revision)
+            .num("compactRevision", h.compact_revision)
+            .done();
         println!("{line}");
         Ok(())
     }

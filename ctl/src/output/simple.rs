@@ -13,7 +13,9 @@ use oxcd_proto::mvccpb::{event::EventType, KeyValue};
 
 use super::rows::{self, Rows};
 use super::text::{hex_escaped, signed_hex};
-use super::{AuthChange, EndpointHash, EndpointHealth, EndpointStatus, Printer};
+use super::{
+    AuthChange, DataHashKv, EndpointHash, EndpointHealth, EndpointStatus, Layout, Printer,
+};
 use crate::args::prefix_range_end;
 use crate::failure::CtlResult;
 
@@ -229,13 +231,18 @@ impl Printer for SimplePrinter {
         Ok(())
     }
 
-    fn endpoint_status(&self, statuses: &[EndpointStatus]) -> CtlResult {
-        print_rows(rows::endpoint_status(statuses));
+    fn endpoint_status(&self, statuses: &[EndpointStatus], layout: Layout) -> CtlResult {
+        print_rows(rows::endpoint_status(statuses, layout));
         Ok(())
     }
 
-    fn endpoint_hash_kv(&self, hashes: &[EndpointHash]) -> CtlResult {
-        print_rows(rows::endpoint_hash_kv(hashes));
+    fn endpoint_hash_kv(&self, hashes: &[EndpointHash], layout: Layout) -> CtlResult {
+        print_rows(rows::endpoint_hash_kv(hashes, layout));
+        Ok(())
+    }
+
+    fn data_hash_kv(&self, h: &DataHashKv) -> CtlResult {
+        print_rows(rows::data_hash_kv(h));
         Ok(())
     }
 
