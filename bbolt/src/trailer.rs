@@ -1,0 +1,78 @@
+//! etcd ends a snapshot stream with the sha256 of the database before it, and etcdctl keeps it
+//! at the end of the saved file. A bbolt file is whole pages, so a file whose size is 32 past a
+//! multiple of 512 carries that trailer (etcd's own test, in `etcdutl snapshot restore`).
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+
+use sha2::{Digest, Sha256};
+
+pub const TRAILER_LEN: u64 = 32;
+
+/// Passes everything through to `inner` and hashes it; [`HashingWriter::finish`] appends the
+/// trailer.
+pub struct HashingWriter<W: Write> {
+    inner: W,
+    hash: Sha256,
+}
+
+impl<W: Write> HashingWriter<W> {
+    pub fn new(inner: W) -> Self {
+        HashingWriter {
+            inner,
+            hash: Sha256::new(),
+        }
+    }
+
+    pub fn finish(mut self) -> io::Result<W> {
+        let digest = self.hash.finalize();
+        self.inner.write_all(&digest)?;
+        Ok(self.inner)
+    }
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hash.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trailer {
+    /// The file is a bare database (a copied `member/snap/db`).
+    Absent,
+    Valid,
+    Mismatch,
+}
+
+/// Whether `file` ends with etcd's sha256 trailer and whether it matches, reading the file once.
+pub fn check(file: &File) -> io::Result<Trailer> {
+    let len = file.metadata()?.len();
+    if len % 512 != TRAILER_LEN {
+        return Ok(Trailer::Absent);
+    }
+    let body = len - TRAILER_LEN;
+    let mut hash = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut at = 0;
+    while at < body {
+        let n = buf.len().min((body - at) as usize);
+        file.read_exact_at(&mut buf[..n], at)?;
+        hash.update(&buf[..n]);
+        at += n as u64;
+    }
+    let mut stored = [0u8; TRAILER_LEN as usize];
+    file.read_exact_at(&mut stored, body)?;
+    Ok(if hash.finalize().as_slice() == stored {
+        Trailer::Valid
+    } else {
+        Trailer::Mismatch
+    })
+}
