@@ -85,6 +85,7 @@ impl Db {
             db: self,
             stack: Vec::new(),
             held: 0,
+            reads: 0,
             start: Some(bucket.clone()),
             last_key: None,
         }
@@ -380,12 +381,15 @@ impl Page {
     }
 }
 
-/// Iterates a bucket's entries depth-first. Keys must rise strictly, which also catches a page
-/// reached twice; the pages on the path must fit in the file together, which bounds memory.
+/// Iterates a bucket's entries depth-first. Keys must rise strictly, which also catches a leaf
+/// reached twice; no more pages may be read than the file has (empty leaves reached over and
+/// over through shared branches would otherwise loop without a key to compare); and the pages on
+/// the path must fit in the file together, which bounds memory.
 pub struct Entries<'a> {
     db: &'a Db,
     stack: Vec<(Page, usize)>,
     held: u64,
+    reads: u64,
     start: Option<Bucket>,
     last_key: Option<Vec<u8>>,
 }
@@ -393,6 +397,12 @@ pub struct Entries<'a> {
 impl Entries<'_> {
     fn push(&mut self, page: Page) -> Result<(), Error> {
         self.held += page.buf.len() as u64;
+        self.reads += 1;
+        if self.reads > self.db.meta.pgid {
+            return Err(corrupt(
+                "a bucket's tree reaches more pages than the file has (a cycle?)",
+            ));
+        }
         if self.stack.len() >= MAX_TREE_DEPTH || self.held > self.db.file_len {
             return Err(corrupt("tree deeper than any bbolt builds (a cycle?)"));
         }
