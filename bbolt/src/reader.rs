@@ -126,7 +126,8 @@ impl Db {
         })
     }
 
-    /// The page ids the freelist holds (pages of the file not in use).
+    /// The page ids a persisted freelist holds (none when the file has no persisted freelist, as
+    /// etcd writes them).
     pub fn free_pages(&self) -> Result<Vec<u64>, Error> {
         if self.meta.freelist == NO_FREELIST {
             return Ok(Vec::new());
