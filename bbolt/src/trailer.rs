@@ -48,11 +48,20 @@ impl<W: Write> Write for HashingWriter<W> {
 pub enum Trailer {
     /// The file is a bare database (a copied `member/snap/db`).
     Absent,
-    Valid,
-    Mismatch,
+    Present {
+        stored: [u8; TRAILER_LEN as usize],
+        computed: [u8; TRAILER_LEN as usize],
+    },
 }
 
-/// Whether `file` ends with etcd's sha256 trailer and whether it matches, reading the file once.
+impl Trailer {
+    pub fn is_valid(&self) -> bool {
+        matches!(self, Trailer::Present { stored, computed } if stored == computed)
+    }
+}
+
+/// Whether `file` ends with etcd's sha256 trailer, and the hash of what precedes it; reads the
+/// file once.
 pub fn check(file: &File) -> io::Result<Trailer> {
     let len = file.metadata()?.len();
     if len % 512 != TRAILER_LEN {
@@ -70,9 +79,8 @@ pub fn check(file: &File) -> io::Result<Trailer> {
     }
     let mut stored = [0u8; TRAILER_LEN as usize];
     file.read_exact_at(&mut stored, body)?;
-    Ok(if hash.finalize().as_slice() == stored {
-        Trailer::Valid
-    } else {
-        Trailer::Mismatch
+    Ok(Trailer::Present {
+        stored,
+        computed: hash.finalize().into(),
     })
 }
