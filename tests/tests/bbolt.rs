@@ -350,6 +350,17 @@ async fn snapshot_of(flavor: Flavor, dir: &Path) {
         );
     }
     assert_eq!(rewritten["revision"], serde_json::json!(compact + 3));
+
+    // `oxcdctl snapshot status` on etcd's file prints what etcdctl (3.4, the last etcdctl with
+    // the command) prints.
+    for format in ["json", "table", "simple", "fields"] {
+        let args = ["snapshot", "status", file.to_str().unwrap(), "-w", format];
+        assert_eq!(
+            run(&oxcdctl_bin(), &args),
+            run(&oxcd_tests::cluster::etcdctl_bin(), &args),
+            "{flavor} -w {format}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -179,8 +179,12 @@ pub struct BackupStatus {
     pub total_size: u64,
 }
 
-/// Reads and checks a backup file (its sha256 trailer included).
+/// Reads and checks a backup file (its sha256 trailer included); an etcd snapshot is read as
+/// etcdctl reads one (see [`EtcdSnapshot::status`]).
 pub fn status(path: &Path) -> Result<BackupStatus, BackupError> {
+    if super::etcd::is_bbolt(path)? {
+        return EtcdSnapshot::open(path, true)?.status();
+    }
     let mut hash = 0u32;
     let mut revision = 0;
     let mut total_keys = 0;
