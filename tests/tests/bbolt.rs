@@ -467,36 +467,52 @@ async fn restored_into_oxcd(flavor: Flavor) {
         expected.users,
         [("alice".to_string(), vec!["reader".to_string()])]
     );
+    // A copied `member/snap/db` of the stopped member: no trailer, and a live file's layout
+    // (two meta pages of different transactions, free pages, pages past the high-water mark).
+    let mut etcd = etcd;
+    etcd.terminate(std::time::Duration::from_secs(10)).unwrap();
+    let copied = dir.path().join("copied-db");
+    std::fs::copy(etcd.data_dir().join("member/snap/db"), &copied).unwrap();
     drop(etcd);
 
-    let restore = |spec: &oxcd_tests::MemberSpec, flags: &oxcd_tests::cluster::ClusterFlags| {
-        run(
-            &oxcdctl_bin(),
-            &[
-                "snapshot",
-                "restore",
-                file.to_str().unwrap(),
-                "--data-dir",
-                spec.data_dir.to_str().unwrap(),
-                "--name",
-                &spec.name,
-                "--initial-cluster",
-                &flags.initial_cluster,
-                "--initial-cluster-token",
-                &flags.token,
-                "--initial-advertise-peer-urls",
-                &spec.peer_url(),
-            ],
-        );
+    for (file, extra) in [(&file, None), (&copied, Some("--skip-hash-check"))] {
+        let oxcd = Cluster::start_prepared(Flavor::Oxcd, 1, &[], restore_from(file, extra)).await;
+        let mut client = oxcd.client_all().await;
+        assert_eq!(observe(&mut client, compact).await, expected, "{file:?}");
+        let compacted = client
+            .get("k/001", Some(GetOptions::new().with_revision(compact - 1)))
+            .await;
+        assert!(format!("{compacted:?}").contains("required revision has been compacted"));
+    }
+}
+
+/// A `prepare` hook for [`Cluster::start_prepared`]: `oxcdctl snapshot restore` of `file` with
+/// the member's own flags.
+fn restore_from<'a>(
+    file: &'a Path,
+    extra: Option<&'a str>,
+) -> impl FnMut(&oxcd_tests::MemberSpec, &oxcd_tests::cluster::ClusterFlags) -> anyhow::Result<()> + 'a
+{
+    move |spec, flags| {
+        let mut args = vec![
+            "snapshot",
+            "restore",
+            file.to_str().unwrap(),
+            "--data-dir",
+            spec.data_dir.to_str().unwrap(),
+            "--name",
+            &spec.name,
+            "--initial-cluster",
+            &flags.initial_cluster,
+            "--initial-cluster-token",
+            &flags.token,
+        ];
+        let peer_url = spec.peer_url();
+        args.extend(["--initial-advertise-peer-urls", &peer_url]);
+        args.extend(extra);
+        run(&oxcdctl_bin(), &args);
         Ok(())
-    };
-    let oxcd = Cluster::start_prepared(Flavor::Oxcd, 1, &[], restore).await;
-    let mut client = oxcd.client_all().await;
-    assert_eq!(observe(&mut client, compact).await, expected);
-    let compacted = client
-        .get("k/001", Some(GetOptions::new().with_revision(compact - 1)))
-        .await;
-    assert!(format!("{compacted:?}").contains("required revision has been compacted"));
+    }
 }
 
 #[tokio::test]
