@@ -7,10 +7,11 @@ use std::hash::Hasher;
 pub const MAGIC: u32 = 0xED0C_DAED;
 pub const VERSION: u32 = 2;
 pub const DEFAULT_PAGE_SIZE: u32 = 4096;
-/// bbolt refuses nothing smaller than this in practice; a smaller value read from a meta page is
-/// damage, not a configuration.
+/// The smallest page size bbolt's open probes for (its search for a second meta page starts at
+/// 1 KiB); smaller cannot hold a meta page and is read as damage.
 pub const MIN_PAGE_SIZE: u32 = 1024;
-/// bbolt's own bound on a page size it will map (larger would be a damaged meta page).
+/// A sanity bound rather than bbolt's: pages are the OS page size (4–64 KiB) unless chosen, and a
+/// damaged meta page must not size the reader's buffers.
 pub const MAX_PAGE_SIZE: u32 = 1 << 20;
 
 pub const PAGE_HEADER_SIZE: usize = 16;

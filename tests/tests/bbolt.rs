@@ -145,6 +145,17 @@ async fn write_history(client: &mut Client) -> i64 {
     client.user_grant_role("alice", "reader").await.unwrap();
     let perm = etcd_client::Permission::read("k/").with_prefix();
     client.role_grant_permission("reader", perm).await.unwrap();
+    let member = client.member_list().await.unwrap().members()[0].id();
+    let mut on_member = etcd_client::AlarmOptions::new();
+    on_member.with_member(member);
+    client
+        .alarm(
+            etcd_client::AlarmAction::Activate,
+            etcd_client::AlarmType::Nospace,
+            Some(on_member),
+        )
+        .await
+        .unwrap();
     compact
 }
 
@@ -388,6 +399,7 @@ struct Observed {
     leases: Vec<(i64, i64, Vec<Vec<u8>>)>,
     users: Vec<(String, Vec<String>)>,
     roles: Vec<(String, String)>,
+    alarms: Vec<(u64, i32)>,
 }
 
 async fn observe(client: &mut Client, compact: i64) -> Observed {
@@ -433,7 +445,21 @@ async fn observe(client: &mut Client, compact: i64) -> Observed {
         let perms = client.role_get(name.clone()).await.unwrap().permissions();
         roles.push((name, format!("{perms:?}")));
     }
+    let alarms = client
+        .alarm(
+            etcd_client::AlarmAction::Get,
+            etcd_client::AlarmType::None,
+            None,
+        )
+        .await
+        .unwrap();
+    let alarms = alarms
+        .alarms()
+        .iter()
+        .map(|a| (a.member_id(), a.alarm() as i32))
+        .collect();
     Observed {
+        alarms,
         revision,
         now: now.kvs().iter().map(served).collect(),
         at_compaction: at_compaction.kvs().iter().map(served).collect(),
@@ -463,6 +489,7 @@ async fn restored_into_oxcd(flavor: Flavor) {
     assert_eq!(expected.leases[0].2.len(), 2);
     assert!(expected.events.iter().any(|(deleted, _)| *deleted));
     assert!(expected.at_compaction.len() > 30);
+    assert_eq!(expected.alarms.len(), 1);
     assert_eq!(
         expected.users,
         [("alice".to_string(), vec!["reader".to_string()])]
