@@ -460,3 +460,58 @@ impl Iterator for Entries<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::WriteOptions;
+
+    fn written(txid: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        crate::write(
+            &mut out,
+            WriteOptions {
+                page_size: 4096,
+                txid,
+            },
+            |b| {
+                b.begin_bucket(b"b")?;
+                b.put(b"k", b"v")?;
+                b.end_bucket()
+            },
+        )
+        .unwrap();
+        out
+    }
+
+    fn open(bytes: &[u8]) -> Result<Db, Error> {
+        let mut file = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut file, bytes).unwrap();
+        Db::from_file(file)
+    }
+
+    #[test]
+    fn the_valid_meta_page_with_the_higher_txid_is_used() {
+        let bytes = written(9);
+        assert_eq!(open(&bytes).unwrap().meta().txid, 9);
+        // Meta page 0 (txid 9) damaged: page 1 (txid 8) is used, as bbolt falls back.
+        let mut damaged = bytes.clone();
+        damaged[PAGE_HEADER_SIZE + 48] ^= 1;
+        assert_eq!(open(&damaged).unwrap().meta().txid, 8);
+        // Both damaged: bbolt's own error for the first.
+        damaged[4096 + PAGE_HEADER_SIZE] ^= 1;
+        let err = open(&damaged).err().unwrap();
+        assert_eq!(err.to_string(), "checksum error");
+        assert!(matches!(
+            open(b"not a database at all, but long enough to read its meta page"),
+            Err(Error::InvalidMeta(MetaError::Magic))
+        ));
+    }
+
+    #[test]
+    fn a_file_shorter_than_its_meta_page_says_is_refused() {
+        let bytes = written(1);
+        let err = open(&bytes[..bytes.len() - 4096]).err().unwrap();
+        assert!(err.to_string().contains("truncated"), "{err}");
+    }
+}

@@ -84,3 +84,22 @@ pub fn check(file: &File) -> io::Result<Trailer> {
         computed: hash.finalize().into(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hashed_stream_checks_and_a_changed_byte_does_not() {
+        let mut file = tempfile::tempfile().unwrap();
+        let mut out = HashingWriter::new(&mut file);
+        out.write_all(&[7u8; 1024]).unwrap();
+        out.finish().unwrap();
+        assert!(check(&file).unwrap().is_valid());
+        file.write_all_at(&[8], 100).unwrap();
+        assert!(matches!(check(&file).unwrap(), Trailer::Present { .. }));
+        assert!(!check(&file).unwrap().is_valid());
+        file.set_len(1024).unwrap();
+        assert_eq!(check(&file).unwrap(), Trailer::Absent);
+    }
+}
