@@ -142,6 +142,34 @@ impl EtcdSnapshot {
         &self,
         visit: &mut impl FnMut(Cf, &[u8], &[u8]) -> Result<(), BackupError>,
     ) -> Result<(), BackupError> {
+        let last_main = self.revisions(visit)?;
+        self.for_each("lease", |_, v| {
+            // etcd's leasepb.Lease: oxcd keeps its ID and TTL (RemainingTTL is a checkpoint).
+            let lease = StoredLease::decode(v.as_slice())
+                .map_err(|e| self.corrupt(format!("lease: {e}")))?;
+            visit(Cf::Lease, &StoredLease::key(lease.id), &lease.value())
+        })?;
+        let compacted = self.compaction()?;
+        // etcd's own rule on opening a backend: the revision is at least the compaction's.
+        let current = last_main.max(compacted.map_or(0, |(s, _)| s)).max(1);
+        for (k, v) in crate::mvcc::restored_revision_records(current, compacted) {
+            visit(Cf::Meta, k, &v)?;
+        }
+        if let Some(auth) = self.auth()? {
+            visit(Cf::Meta, crate::auth::AUTH_META_KEY, &auth)?;
+        }
+        if let Some(alarms) = self.alarms()? {
+            visit(Cf::Meta, crate::alarm::Alarms::meta_key(), &alarms)?;
+        }
+        Ok(())
+    }
+
+    /// The `key` bucket as it is (etcd's layout is oxcd's), each entry checked; returns the last
+    /// main revision.
+    fn revisions(
+        &self,
+        visit: &mut impl FnMut(Cf, &[u8], &[u8]) -> Result<(), BackupError>,
+    ) -> Result<i64, BackupError> {
         let mut last_main = 0;
         self.for_each("key", |k, v| {
             let Some((rev, _)) = Revision::from_key(&k) else {
@@ -152,13 +180,11 @@ impl EtcdSnapshot {
             last_main = rev.main;
             visit(Cf::Kv, &k, &v)
         })?;
-        self.for_each("lease", |_, v| {
-            // etcd's leasepb.Lease: oxcd keeps its ID and TTL (RemainingTTL is a checkpoint).
-            let lease = StoredLease::decode(v.as_slice())
-                .map_err(|e| self.corrupt(format!("lease: {e}")))?;
-            visit(Cf::Lease, &StoredLease::key(lease.id), &lease.value())
-        })?;
+        Ok(last_main)
+    }
 
+    /// The compaction point (scheduled, finished) from `meta`, if the store was ever compacted.
+    fn compaction(&self) -> Result<Option<(i64, i64)>, BackupError> {
         let (mut scheduled, mut finished) = (None, None);
         self.for_each("meta", |k, v| {
             let rev = || {
@@ -173,13 +199,11 @@ impl EtcdSnapshot {
             }
             Ok(())
         })?;
-        // etcd's own rule on opening a backend: the revision is at least the compaction's.
-        let current = last_main.max(scheduled.unwrap_or(0)).max(1);
-        let compacted = scheduled.map(|s| (s, finished.unwrap_or(s)));
-        for (k, v) in crate::mvcc::restored_revision_records(current, compacted) {
-            visit(Cf::Meta, k, &v)?;
-        }
+        Ok(scheduled.map(|s| (s, finished.unwrap_or(s))))
+    }
 
+    /// oxcd's auth record from `auth`, `authUsers` and `authRoles`, unless auth was never used.
+    fn auth(&self) -> Result<Option<Vec<u8>>, BackupError> {
         let (mut enabled, mut revision) = (false, 1);
         self.for_each("auth", |k, v| {
             match k.as_slice() {
@@ -201,11 +225,12 @@ impl EtcdSnapshot {
             roles.push(Role::decode(v.as_slice()).map_err(|e| self.corrupt(format!("role: {e}")))?);
             Ok(())
         })?;
-        if enabled || !users.is_empty() || !roles.is_empty() {
-            let record = AuthStore::stored_record(enabled, revision, users, roles);
-            visit(Cf::Meta, crate::auth::AUTH_META_KEY, &record)?;
-        }
+        let used = enabled || !users.is_empty() || !roles.is_empty();
+        Ok(used.then(|| AuthStore::stored_record(enabled, revision, users, roles)))
+    }
 
+    /// oxcd's alarms record from `alarm` (whose keys are `AlarmMember`s), if any is raised.
+    fn alarms(&self) -> Result<Option<Vec<u8>>, BackupError> {
         let mut alarms = BTreeSet::new();
         self.for_each("alarm", |k, _| {
             let alarm = AlarmMember::decode(k.as_slice())
@@ -213,14 +238,7 @@ impl EtcdSnapshot {
             alarms.insert((alarm.member_id, alarm.alarm));
             Ok(())
         })?;
-        if !alarms.is_empty() {
-            visit(
-                Cf::Meta,
-                crate::alarm::Alarms::meta_key(),
-                &crate::alarm::stored_record(&alarms),
-            )?;
-        }
-        Ok(())
+        Ok((!alarms.is_empty()).then(|| crate::alarm::stored_record(&alarms)))
     }
 }
 
