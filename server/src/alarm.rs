@@ -99,12 +99,17 @@ impl Alarms {
         } else {
             Vec::new()
         };
-        (changed, bincode::serialize(&*active).unwrap_or_default())
+        (changed, stored_record(&active))
     }
 
     pub fn meta_key() -> &'static [u8] {
         META_ALARMS
     }
+}
+
+/// The stored form of a set of active alarms, (member id, alarm type) pairs.
+pub fn stored_record(active: &BTreeSet<(u64, i32)>) -> Vec<u8> {
+    bincode::serialize(active).unwrap_or_default()
 }
 
 /// The backend quota (etcd's `quotaKVServer`): checked before a write is proposed.

@@ -200,14 +200,29 @@ impl AuthStore {
         Ok(())
     }
 
-    fn encode(&self, state: &State) -> Vec<u8> {
+    /// The stored record of an auth state taken from elsewhere (etcd's snapshot).
+    pub fn stored_record(
+        enabled: bool,
+        revision: u64,
+        users: Vec<User>,
+        roles: Vec<Role>,
+    ) -> Vec<u8> {
         prost::Message::encode_to_vec(&StoredAuth {
             format: STORED_FORMAT,
-            enabled: self.is_enabled(),
-            revision: self.revision(),
-            users: state.users.values().cloned().collect(),
-            roles: state.roles.values().cloned().collect(),
+            enabled,
+            revision,
+            users,
+            roles,
         })
+    }
+
+    fn encode(&self, state: &State) -> Vec<u8> {
+        Self::stored_record(
+            self.is_enabled(),
+            self.revision(),
+            state.users.values().cloned().collect(),
+            state.roles.values().cloned().collect(),
+        )
     }
 
     pub fn is_enabled(&self) -> bool {

@@ -431,6 +431,20 @@ pub fn current_revision_record(key: &[u8], value: &[u8]) -> Option<i64> {
     (key == META_CURRENT_REV).then(|| Some(i64::from_be_bytes(value.try_into().ok()?)))?
 }
 
+/// The metadata records of a store restored from another's revisions (etcd's snapshot): its
+/// current revision and its compaction point (scheduled and finished), when it has one.
+pub fn restored_revision_records(
+    current: i64,
+    compacted: Option<(i64, i64)>,
+) -> Vec<(&'static [u8], Vec<u8>)> {
+    let mut records = vec![(META_CURRENT_REV, current.to_be_bytes().to_vec())];
+    if let Some((scheduled, finished)) = compacted {
+        records.push((META_SCHEDULED_COMPACT, scheduled.to_be_bytes().to_vec()));
+        records.push((META_FINISHED_COMPACT, finished.to_be_bytes().to_vec()));
+    }
+    records
+}
+
 /// Rebuilds the index by scanning the stored revisions; returns the state and the revision up
 /// to which physical compaction has finished, and the live leased keys.
 #[allow(clippy::type_complexity)]

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use super::etcd::EtcdSnapshot;
 use super::format::{self, DecodeError, Decoder};
 use crate::metrics::metrics;
 use crate::mvcc::MvccStore;
@@ -32,9 +33,7 @@ pub enum BackupError {
     HashMismatch { expected: Vec<u8>, got: Vec<u8> },
     #[error("data-dir {0:?} exists")]
     DataDirExists(String),
-    #[error(
-        "{path}: not an oxcd snapshot file (restoring etcd's bbolt snapshots is not supported)"
-    )]
+    #[error("{path}: neither an oxcd backup nor an etcd snapshot")]
     NotOxcd { path: String },
     #[error("{path}: snapshot file is corrupt: {reason}")]
     Corrupt { path: String, reason: String },
@@ -187,8 +186,12 @@ pub struct BackupStatus {
     pub total_size: u64,
 }
 
-/// Reads and checks a backup file (its sha256 trailer included).
+/// Reads and checks a backup file (its sha256 trailer included); an etcd snapshot is read as
+/// etcdctl reads one (see [`EtcdSnapshot::status`]).
 pub fn status(path: &Path) -> Result<BackupStatus, BackupError> {
+    if super::etcd::is_bbolt(path)? {
+        return EtcdSnapshot::open(path, true)?.status();
+    }
     let mut hash = 0u32;
     let mut revision = 0;
     let mut total_keys = 0;
@@ -264,7 +267,7 @@ fn build(path: &Path, dir: &Path, opts: &RestoreOptions<'_>) -> Result<(u64, u64
     // First, so bad flags are refused before the file is read.
     let ids = crate::node::adopt_restored(&mut batch, &opts.flags).map_err(BackupError::Flags)?;
     let mut batch_bytes = 0;
-    read(path, opts.skip_hash_check, |cf, k, v| {
+    let mut put = |cf: Cf, k: &[u8], v: &[u8]| {
         if cf == Cf::Meta && RAFT_META_KEYS.contains(&k) {
             return Ok(());
         }
@@ -275,7 +278,12 @@ fn build(path: &Path, dir: &Path, opts: &RestoreOptions<'_>) -> Result<(u64, u64
             batch_bytes = 0;
         }
         Ok(())
-    })?;
+    };
+    if super::etcd::is_bbolt(path)? {
+        EtcdSnapshot::open(path, opts.skip_hash_check)?.records(&mut put)?;
+    } else {
+        read(path, opts.skip_hash_check, put)?;
+    }
     // All batches share one write-ahead log: this fsync makes the earlier ones durable too.
     engine.write(batch, true)?;
     Ok(ids)
