@@ -60,7 +60,7 @@ fn run_openssl(dir: &Path, args: &[&str]) {
 /// A kube-apiserver process on `etcd_url`, serving HTTPS on a free port with a self-signed
 /// certificate it makes itself. Killed on drop; its log tail is printed if the test panics.
 struct ApiServer {
-    _process: Killed,
+    process: Killed,
     dir: PathBuf,
     port: u16,
 }
@@ -114,7 +114,7 @@ impl ApiServer {
         );
         std::fs::write(dir.join("kubeconfig"), kubeconfig).unwrap();
         ApiServer {
-            _process: Killed(process),
+            process: Killed(process),
             dir: dir.to_path_buf(),
             port,
         }
@@ -127,12 +127,32 @@ impl ApiServer {
         }
     }
 
+    /// Starts kube-controller-manager or kube-scheduler against this apiserver as its admin,
+    /// serving its own health port on a free port. Killed on drop.
+    fn start_component(&self, name: &str) -> Killed {
+        let log = std::fs::File::create(self.dir.join(format!("{name}.log"))).unwrap();
+        let process = Command::new(kube_binary(name))
+            .arg(format!(
+                "--kubeconfig={}",
+                self.dir.join("kubeconfig").display()
+            ))
+            .arg("--leader-elect=false")
+            .arg("--bind-address=127.0.0.1")
+            .arg(format!("--secure-port={}", free_port()))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {name}: {e}"));
+        Killed(process)
+    }
+
     /// Polls /readyz (all post-start hooks done, storage reachable) until it answers "ok".
     fn wait_ready(&mut self) {
         let kubectl = self.kubectl();
         let deadline = Instant::now() + APISERVER_READY_TIMEOUT;
         loop {
-            if let Ok(Some(status)) = self._process.0.try_wait() {
+            if let Ok(Some(status)) = self.process.0.try_wait() {
                 panic!("kube-apiserver exited before it was ready ({status})");
             }
             let out = kubectl.run(&["get", "--raw=/readyz"]);
@@ -149,8 +169,8 @@ impl ApiServer {
         }
     }
 
-    fn log_tail(&self, lines: usize) -> String {
-        let log = std::fs::read_to_string(self.dir.join("kube-apiserver.log")).unwrap_or_default();
+    fn log_tail(&self, name: &str, lines: usize) -> String {
+        let log = std::fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default();
         let all: Vec<&str> = log.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
     }
@@ -159,11 +179,19 @@ impl ApiServer {
 impl Drop for ApiServer {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!(
-                "\n===== kube-apiserver log tail ({}) =====\n{}",
-                self.dir.display(),
-                self.log_tail(80)
-            );
+            for name in [
+                "kube-apiserver",
+                "kube-controller-manager",
+                "kube-scheduler",
+            ] {
+                if self.dir.join(format!("{name}.log")).exists() {
+                    eprintln!(
+                        "\n===== {name} log tail ({}) =====\n{}",
+                        self.dir.display(),
+                        self.log_tail(name, 60)
+                    );
+                }
+            }
         }
     }
 }
@@ -290,13 +318,9 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-async fn apiserver_on_the_store(target: Target) {
-    let dir = tempfile::Builder::new()
-        .prefix("oxcd-test-kube-")
-        .tempdir()
-        .unwrap();
-    let mut client = target.client.clone();
-    let mut apiserver = ApiServer::start(&format!("http://{}", target.endpoint), dir.path());
+/// A ready kube-apiserver on `target`, in `dir`.
+fn ready_apiserver(target: &Target, dir: &Path) -> ApiServer {
+    let mut apiserver = ApiServer::start(&format!("http://{}", target.endpoint), dir);
     let started = Instant::now();
     apiserver.wait_ready();
     eprintln!(
@@ -304,6 +328,20 @@ async fn apiserver_on_the_store(target: Target) {
         target.flavor,
         started.elapsed().as_secs_f64()
     );
+    apiserver
+}
+
+fn test_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("oxcd-test-kube-")
+        .tempdir()
+        .unwrap()
+}
+
+async fn apiserver_on_the_store(target: Target) {
+    let dir = test_dir();
+    let mut client = target.client.clone();
+    let apiserver = ready_apiserver(&target, dir.path());
     let kubectl = apiserver.kubectl();
 
     kubectl.ok(&["create", "namespace", NAMESPACE]);
@@ -504,4 +542,128 @@ async fn kube_apiserver_and_kubectl_on_a_single_member() {
         "kube-apiserver stored different resource types on {} and {}",
         runs[0].0, runs[1].0
     );
+}
+
+/// A Node as a kubelet would register it, ready and with room for pods; nothing renews its Lease,
+/// so the node lifecycle controller marks it unreachable after its 40 s grace period, by which
+/// time the scheduler has bound the pods.
+const NODE: &str = "fake-node";
+
+fn register_node(kubectl: &Kubectl, dir: &Path) {
+    let manifest = dir.join("node.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "apiVersion: v1\nkind: Node\nmetadata:\n  name: {NODE}\n  labels:\n    \
+             kubernetes.io/hostname: {NODE}\n"
+        ),
+    )
+    .unwrap();
+    kubectl.ok(&["create", "-f", &manifest.display().to_string()]);
+    let resources = r#"{"cpu":"8","memory":"32Gi","pods":"110"}"#;
+    kubectl.ok(&[
+        "patch",
+        "node",
+        NODE,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &format!(
+            r#"{{"status":{{"capacity":{resources},"allocatable":{resources},"conditions":[{{"type":"Ready","status":"True","reason":"KubeletReady","message":"simulated"}}]}}}}"#
+        ),
+    ]);
+}
+
+/// Polls `probe` every half second until it returns `Some`, for at most `timeout`.
+fn eventually<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+async fn controllers_on_the_store(target: Target) {
+    const REPLICAS: usize = 3;
+    let dir = test_dir();
+    let mut client = target.client.clone();
+    let apiserver = ready_apiserver(&target, dir.path());
+    let _controller_manager = apiserver.start_component("kube-controller-manager");
+    let _scheduler = apiserver.start_component("kube-scheduler");
+    let kubectl = apiserver.kubectl();
+    register_node(&kubectl, dir.path());
+    kubectl.ok(&["create", "namespace", NAMESPACE]);
+    kubectl.ok(&[
+        "-n",
+        NAMESPACE,
+        "create",
+        "deployment",
+        "web",
+        "--image=registry.invalid/web:1",
+        &format!("--replicas={REPLICAS}"),
+    ]);
+
+    // The deployment controller makes a ReplicaSet, the ReplicaSet controller its Pods, and the
+    // scheduler binds each to the one node.
+    let started = Instant::now();
+    let nodes = eventually("pods created and bound", Duration::from_secs(120), || {
+        let out = kubectl.ok(&[
+            "-n",
+            NAMESPACE,
+            "get",
+            "pods",
+            "-l",
+            "app=web",
+            "-o",
+            "jsonpath={range .items[*]}{.spec.nodeName}{\"\\n\"}{end}",
+        ]);
+        let nodes: Vec<String> = out.lines().map(str::to_string).collect();
+        (nodes.len() == REPLICAS && nodes.iter().all(|n| n == NODE)).then_some(nodes)
+    });
+    eprintln!(
+        "[{}] {} pods created and bound in {:.1}s",
+        target.flavor,
+        nodes.len(),
+        started.elapsed().as_secs_f64()
+    );
+    let replica_sets = kubectl.ok(&["-n", NAMESPACE, "get", "replicasets", "-o", "name"]);
+    assert_eq!(replica_sets.lines().count(), 1, "{replica_sets}");
+
+    // Each object the controllers wrote is in the store where Kubernetes keeps it.
+    for (prefix, count) in [
+        (format!("/registry/replicasets/{NAMESPACE}/"), 1),
+        (format!("/registry/pods/{NAMESPACE}/"), REPLICAS),
+        (format!("/registry/minions/{NODE}"), 1),
+    ] {
+        let stored = client
+            .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
+            .await
+            .unwrap();
+        assert_eq!(stored.kvs().len(), count, "{prefix}");
+        for kv in stored.kvs() {
+            assert!(kv.value().starts_with(PROTOBUF_MAGIC), "{:?}", kv.key_str());
+        }
+    }
+    let pods = client
+        .get(
+            format!("/registry/pods/{NAMESPACE}/"),
+            Some(GetOptions::new().with_prefix()),
+        )
+        .await
+        .unwrap();
+    for kv in pods.kvs() {
+        assert!(
+            contains(kv.value(), NODE.as_bytes()),
+            "{:?} is bound",
+            kv.key_str()
+        );
+    }
+}
+
+#[tokio::test]
+async fn controllers_and_scheduler_place_a_deployment() {
+    against(Flavor::Etcd37, controllers_on_the_store).await;
 }
