@@ -115,6 +115,17 @@ pub fn etcd37_bin() -> PathBuf {
         })
 }
 
+/// `$KUBE_BIN_DIR`, else where `tests/reference/build-kubernetes.sh` puts kube-apiserver,
+/// kube-controller-manager, kube-scheduler and kubectl.
+pub fn kube_bin_dir() -> PathBuf {
+    std::env::var_os("KUBE_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME").unwrap_or_default();
+            PathBuf::from(home).join(".cache/oxcd-reference/kubernetes-v1.37.2")
+        })
+}
+
 pub fn etcd_available() -> bool {
     etcd_bin().is_file()
 }
