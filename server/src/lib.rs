@@ -20,6 +20,7 @@ pub mod http;
 pub mod kv;
 pub mod lease;
 pub mod listen;
+pub mod logging;
 pub mod mvcc;
 pub mod node;
 pub mod raft;

@@ -34,7 +34,7 @@ use crate::cluster;
 use crate::concurrency::Contention;
 use crate::config::{ClusterState, Config};
 use crate::downgrade::Downgrade;
-use crate::http::{Gateway, GrpcCall, Router};
+use crate::http::{ConnectionSettings, Gateway, GrpcCall, Router};
 use crate::kv::KvService;
 use crate::lease::{LeaseService, Lessor};
 use crate::listen::{is_tls, Listener};
@@ -42,7 +42,7 @@ use crate::mvcc::MvccStore;
 use crate::raft::{
     peer_endpoint, Applied, Consensus, Member, MemberChange, Peers, RaftOptions, MAX_PEER_MESSAGE,
 };
-use crate::storage::{Cf, Engine, WriteBatch};
+use crate::storage::{Cf, Engine, OpenOptions, WriteBatch};
 use crate::watch::WatchHub;
 
 /// gRPC's receive limit sits this far above the request limit, so an oversized request gets
@@ -69,6 +69,7 @@ pub struct Node {
 
 impl Node {
     pub async fn start(config: &Config) -> anyhow::Result<Node> {
+        config.refuse_unsupported()?;
         let auto_compaction = config.auto_compaction()?;
         let tokens = config.auth_tokens()?;
         let gates = &config.feature_gates;
@@ -83,7 +84,21 @@ impl Node {
             .with_context(|| format!("--initial-cluster has no member named {:?}", config.name))?;
 
         let data_dir = config.data_dir();
-        let engine = Engine::open_with_wal_dir(&data_dir, config.wal_dir.as_deref())?;
+        if config.unsafe_no_fsync {
+            tracing::warn!(
+                data_dir = %data_dir.display(),
+                "--unsafe-no-fsync is set: the Raft log and the store are never fsynced, so a \
+                 power loss or OS crash loses acknowledged writes and may break the guarantees \
+                 of the consensus protocol; use it for tests only"
+            );
+        }
+        let engine = Engine::open_with(
+            &data_dir,
+            OpenOptions {
+                wal_dir: config.wal_dir.as_deref(),
+                fsync: !config.unsafe_no_fsync,
+            },
+        )?;
         let restored = restored_membership(&engine)?;
         let is_restored = restored.is_some();
         let (member_id, cluster_id, bootstrap) = match stored_identity(&engine)? {
@@ -118,6 +133,8 @@ impl Node {
             max_request_bytes: config.max_request_bytes,
             request_timeout: Duration::from_secs(5)
                 + 2 * Duration::from_millis(config.election_timeout),
+            catch_up_entries: config.snapshot_catchup_entries,
+            max_learners: config.max_learners,
         };
         let alarms = Arc::new(Alarms::load(&engine)?);
         let downgrade = Arc::new(Downgrade::load(&engine)?);
@@ -144,6 +161,7 @@ impl Node {
                     alarms: alarms.clone(),
                     auth: auth_store.clone(),
                     downgrade: downgrade.clone(),
+                    slow_apply: config.warning_apply_duration,
                 },
                 bootstrap,
                 peers,
@@ -230,6 +248,7 @@ impl Node {
                 acceptor,
                 routes.routes(),
                 None,
+                ConnectionSettings::default(),
                 stopped.clone(),
             )));
         }
@@ -266,6 +285,7 @@ impl Node {
             alarms: alarms.clone(),
             member_id,
         };
+        let client_connections = client_connection_settings(config);
         let mut client_addrs = Vec::new();
         for url in &config.listen_client_urls {
             let listener = Listener::bind(url).await?;
@@ -391,6 +411,7 @@ impl Node {
                     health: health.clone(),
                     gateway,
                 }),
+                client_connections,
                 stopped.clone(),
             )));
         }
@@ -665,6 +686,20 @@ async fn publish_attributes(consensus: &Consensus, id: u64, name: &str, client_u
             }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// etcd's gRPC server options for client connections: a stream limit only below HTTP/2's
+/// maximum, and keep-alive pings unless either duration is 0.
+fn client_connection_settings(config: &Config) -> ConnectionSettings {
+    let (interval, timeout) = (
+        config.grpc_keepalive_interval,
+        config.grpc_keepalive_timeout,
+    );
+    ConnectionSettings {
+        max_concurrent_streams: Some(config.max_concurrent_streams)
+            .filter(|&limit| limit < u32::MAX),
+        keepalive: (!interval.is_zero() && !timeout.is_zero()).then_some((interval, timeout)),
     }
 }
 

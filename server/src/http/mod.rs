@@ -12,7 +12,7 @@ use hyper::{Request, Response, StatusCode};
 use crate::health::Health;
 
 pub use gateway::{Gateway, GrpcCall};
-pub use serve::serve;
+pub use serve::{serve, ConnectionSettings};
 
 /// The HTTP endpoints of a client URL.
 #[derive(Clone)]
