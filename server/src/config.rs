@@ -12,7 +12,9 @@ use crate::features::FeatureGates;
 #[command(
     name = "oxcd",
     version,
-    about = "An etcd-compatible, Raft-replicated key-value store"
+    about = "An etcd-compatible, Raft-replicated key-value store",
+    // Go's flag package takes a flag given twice, the last value winning.
+    args_override_self = true
 )]
 pub struct Config {
     /// Human-readable name for this member.
@@ -138,11 +140,11 @@ pub struct Config {
     /// Peer certificates revoked by this CRL (DER or PEM) are refused; re-read as it changes.
     #[arg(long, env = "ETCD_PEER_CRL_FILE")]
     pub peer_crl_file: Option<PathBuf>,
-    /// Client TLS with a self-signed certificate made under <data-dir>/fixtures/client, when
+    /// Client TLS with a self-signed certificate made under `<data-dir>/fixtures/client`, when
     /// no --cert-file/--key-file are given.
     #[arg(long, env = "ETCD_AUTO_TLS", num_args = 0..=1, default_missing_value = "true")]
     pub auto_tls: Option<bool>,
-    /// Peer TLS with a self-signed certificate made under <data-dir>/fixtures/peer, when no
+    /// Peer TLS with a self-signed certificate made under `<data-dir>/fixtures/peer`, when no
     /// --peer-cert-file/--peer-key-file are given.
     #[arg(long, env = "ETCD_PEER_AUTO_TLS", num_args = 0..=1, default_missing_value = "true")]
     pub peer_auto_tls: Option<bool>,
@@ -1000,6 +1002,18 @@ mod tests {
         assert_eq!(c.warning_apply_duration, Duration::from_secs(1));
         assert_eq!(c.grpc_keepalive_interval, Duration::from_secs(30));
         assert!(c.unsafe_no_fsync);
+    }
+
+    #[test]
+    fn a_repeated_flag_takes_its_last_value() {
+        let c = Config::try_parse_from([
+            "oxcd",
+            "--snapshot-count=7",
+            "--name=a",
+            "--snapshot-count=8",
+        ])
+        .unwrap();
+        assert_eq!((c.snapshot_count, c.name.as_str()), (8, "a"));
     }
 
     #[test]

@@ -57,6 +57,8 @@ pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 const ENGINE_CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a member started with `--initial-cluster-state existing` tries to reach the cluster.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// A running member: serving clients and peers on its listen URLs until
+/// [`shutdown`](Node::shutdown).
 pub struct Node {
     member_id: u64,
     cluster_id: u64,
@@ -68,6 +70,11 @@ pub struct Node {
 }
 
 impl Node {
+    /// Starts a member as `oxcd` with `config`'s flags would: opens (or creates) the data dir,
+    /// joins or bootstraps the cluster, and returns once the member serves clients on every
+    /// client URL. Must run inside a multi-threaded tokio runtime. Fails, without serving, on a
+    /// flag oxcd refuses, a data dir another process holds, or a listen URL that cannot be
+    /// bound.
     pub async fn start(config: &Config) -> anyhow::Result<Node> {
         config.refuse_unsupported()?;
         let auto_compaction = config.auto_compaction()?;
@@ -441,15 +448,18 @@ impl Node {
         })
     }
 
+    /// This member's id, as `member list` shows it (in hex there).
     pub fn member_id(&self) -> u64 {
         self.member_id
     }
 
+    /// The cluster's id, as every response header carries it.
     pub fn cluster_id(&self) -> u64 {
         self.cluster_id
     }
 
-    /// The bound client addresses (useful with port 0).
+    /// The bound TCP addresses of the client URLs, in their order (with port 0, the port
+    /// picked); `unix://` URLs have none.
     pub fn client_addrs(&self) -> &[SocketAddr] {
         &self.client_addrs
     }
