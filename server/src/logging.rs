@@ -1,6 +1,7 @@
 //! etcd's logging flags: `--logger zap`, `--log-level`, `--log-outputs` and `--log-format`.
-//! The JSON format writes the lines etcd's zap logger writes: `level`, `ts`, `caller`, `msg`,
-//! then the event's fields, so log pipelines built for etcd read oxcd's lines unchanged.
+//! The JSON format writes the lines etcd's zap logger writes: `level`, `ts`, `logger` (for a
+//! library's lines, as etcd names bbolt's and raft's), `caller`, `msg`, then the event's fields,
+//! so log pipelines built for etcd read oxcd's lines unchanged.
 
 use std::fmt;
 use std::time::SystemTime;
@@ -99,6 +100,10 @@ fn zap_line(event: &Event<'_>, now: SystemTime) -> String {
         ("level", zap_level(meta.level()).into()),
         ("ts", zap_timestamp(now).into()),
     ];
+    let library = meta.target().split("::").next().unwrap_or_default();
+    if library != env!("CARGO_CRATE_NAME") {
+        pairs.push(("logger", library.into()));
+    }
     if let (Some(file), Some(line)) = (meta.file(), meta.line()) {
         pairs.push(("caller", format!("{}:{line}", short_caller(file)).into()));
     }
@@ -250,6 +255,14 @@ mod tests {
             .starts_with("src/logging.rs:"));
         let ts = line["ts"].as_str().unwrap();
         assert_eq!((ts.len(), &ts[10..11], &ts[26..]), (27, "T", "Z"), "{ts}");
+    }
+
+    #[test]
+    fn a_librarys_lines_name_it_as_zaps_named_loggers_do() {
+        let lines = logged(|| tracing::info!(target: "openraft::engine", "startup done"));
+        assert_eq!(lines[0]["logger"], "openraft");
+        let lines = logged(|| tracing::info!("oxcd is serving"));
+        assert!(lines[0].get("logger").is_none());
     }
 
     #[test]
