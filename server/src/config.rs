@@ -217,6 +217,13 @@ pub struct Config {
     #[arg(long, env = "ETCD_COMPACT_HASH_CHECK_TIME", default_value = "1m", value_parser = go_duration)]
     pub compact_hash_check_time: Duration,
 
+    /// Revisions the compactor deletes per write (0: the default).
+    #[arg(long, env = "ETCD_COMPACTION_BATCH_LIMIT", default_value_t = 1000)]
+    pub compaction_batch_limit: i32,
+    /// The compactor's pause between two batches.
+    #[arg(long, env = "ETCD_COMPACTION_SLEEP_INTERVAL", default_value = "10ms", value_parser = go_duration)]
+    pub compaction_sleep_interval: Duration,
+
     #[command(flatten)]
     pub refused: RefusedFlags,
 }
@@ -358,10 +365,6 @@ pub struct RefusedFlags {
 
     #[arg(long, env = "ETCD_CORRUPT_CHECK_TIME", default_value = "0s", value_parser = go_duration)]
     pub corrupt_check_time: Duration,
-    #[arg(long, env = "ETCD_COMPACTION_BATCH_LIMIT", default_value_t = 1000)]
-    pub compaction_batch_limit: i32,
-    #[arg(long, env = "ETCD_COMPACTION_SLEEP_INTERVAL", default_value = "10ms", value_parser = go_duration)]
-    pub compaction_sleep_interval: Duration,
     #[arg(
         long,
         env = "ETCD_BOOTSTRAP_DEFRAG_THRESHOLD_MEGABYTES",
@@ -536,16 +539,6 @@ impl RefusedFlags {
                 "corrupt-check-time",
                 duration(&self.corrupt_check_time),
                 duration(&Duration::ZERO),
-            ),
-            (
-                "compaction-batch-limit",
-                self.compaction_batch_limit.to_string(),
-                "1000".into(),
-            ),
-            (
-                "compaction-sleep-interval",
-                duration(&self.compaction_sleep_interval),
-                duration(&ms(10)),
             ),
             (
                 "bootstrap-defrag-threshold-megabytes",
@@ -772,6 +765,19 @@ impl Config {
             .map_err(anyhow::Error::msg)
     }
 
+    /// --compaction-batch-limit and --compaction-sleep-interval; as in etcd, a batch limit of
+    /// 0 or less is the default.
+    pub fn compaction_pacing(&self) -> crate::mvcc::CompactionPacing {
+        let default = crate::mvcc::CompactionPacing::default();
+        crate::mvcc::CompactionPacing {
+            batch_limit: usize::try_from(self.compaction_batch_limit)
+                .ok()
+                .filter(|&limit| limit > 0)
+                .unwrap_or(default.batch_limit),
+            sleep: self.compaction_sleep_interval,
+        }
+    }
+
     /// etcd's default is 10 minutes; kubeadm sets 5 s.
     pub fn progress_notify_interval(&self) -> Duration {
         self.watch_progress_notify_interval
@@ -988,9 +994,20 @@ mod tests {
             "--compact-hash-check-time=2m",
             "--unsafe-no-fsync",
             "--log-format=console",
+            "--compaction-batch-limit=50",
+            "--compaction-sleep-interval=1ms",
         ])
         .unwrap();
         c.refuse_unsupported().unwrap();
+        assert_eq!(
+            c.compaction_pacing(),
+            crate::mvcc::CompactionPacing {
+                batch_limit: 50,
+                sleep: Duration::from_millis(1)
+            }
+        );
+        let default = Config::try_parse_from(["oxcd", "--compaction-batch-limit=0"]).unwrap();
+        assert_eq!(default.compaction_pacing(), Default::default());
         assert_eq!(
             (
                 c.snapshot_catchup_entries,

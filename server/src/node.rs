@@ -130,7 +130,7 @@ impl Node {
                 (member, cluster, bootstrap)
             }
         };
-        let store = MvccStore::open(engine.clone())?;
+        let store = MvccStore::open_with(engine.clone(), config.compaction_pacing())?;
         let peers = Arc::new(Peers::new(cluster_id, peer_connector.clone()));
 
         let opts = RaftOptions {

@@ -71,6 +71,36 @@ async fn etcd36_flag_names_start_both() {
     }
 }
 
+/// --compaction-batch-limit and --compaction-sleep-interval pace a physical compaction: 99
+/// revisions in batches of 10 with 100 ms between batches take at least 0.9 s on both.
+#[tokio::test]
+async fn compaction_is_paced_by_its_flags() {
+    for flavor in [Flavor::Etcd37, Flavor::Oxcd] {
+        let server = Server::start_with(
+            flavor,
+            options(&[
+                "--compaction-batch-limit=10",
+                "--compaction-sleep-interval=100ms",
+            ]),
+        )
+        .await;
+        let mut client = server.client().await;
+        let mut revision = 0;
+        for i in 0..100 {
+            let put = client.put("paced", i.to_string(), None).await.unwrap();
+            revision = put.header().unwrap().revision();
+        }
+        let started = std::time::Instant::now();
+        let options = etcd_client::CompactionOptions::new().with_physical();
+        client.compact(revision, Some(options)).await.unwrap();
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(850),
+            "{flavor} compacted in {took:?}"
+        );
+    }
+}
+
 /// The `--experimental-*` names etcd 3.6 still took and 3.7 removed: both refuse them at start
 /// with Go's flag error and exit code 2.
 #[tokio::test]
