@@ -7,7 +7,9 @@ use std::path::Path;
 use std::process::ExitStatus;
 use std::time::Duration;
 
-use oxcd_tests::{free_port, run_expecting_exit, Flavor, MemberSpec, Server, StartOptions};
+use oxcd_tests::{
+    free_port, grpc_error, run_expecting_exit, Flavor, MemberSpec, Server, StartOptions,
+};
 
 fn options(args: &[&str]) -> StartOptions {
     StartOptions {
@@ -98,6 +100,33 @@ async fn compaction_is_paced_by_its_flags() {
             took >= Duration::from_millis(850),
             "{flavor} compacted in {took:?}"
         );
+    }
+}
+
+/// --max-learners caps the learners `member add --learner` may add, with etcd's error past it.
+#[tokio::test]
+async fn max_learners_caps_learners_as_in_etcd() {
+    for flavor in [Flavor::Etcd37, Flavor::Oxcd] {
+        for (args, allowed) in [(&[][..], 1), (&["--max-learners=2"][..], 2)] {
+            let server = Server::start_with(flavor, options(args)).await;
+            let mut client = server.client().await;
+            let mut outcomes = Vec::new();
+            for _ in 0..3 {
+                // Learners that never start: they hold no vote, so the member keeps its quorum.
+                let url = format!("http://127.0.0.1:{}", free_port());
+                let learner = etcd_client::MemberAddOptions::new().with_is_learner();
+                let added = client.member_add([url], Some(learner)).await;
+                outcomes.push(added.map(|_| ()).map_err(|e| grpc_error(&e)));
+            }
+            let refused = Err(Some((
+                "FailedPrecondition".to_string(),
+                "etcdserver: too many learner members in cluster".to_string(),
+            )));
+            let expected: Vec<_> = (0..3)
+                .map(|i| if i < allowed { Ok(()) } else { refused.clone() })
+                .collect();
+            assert_eq!(outcomes, expected, "{flavor} {args:?}");
+        }
     }
 }
 
