@@ -224,6 +224,10 @@ pub struct Config {
     #[arg(long, env = "ETCD_COMPACTION_SLEEP_INTERVAL", default_value = "10ms", value_parser = go_duration)]
     pub compaction_sleep_interval: Duration,
 
+    /// etcd's JSON gateway (`/v3/...`) on the client URLs.
+    #[arg(long, env = "ETCD_ENABLE_GRPC_GATEWAY", num_args = 0..=1, default_value = "true", default_missing_value = "true", value_parser = go_bool)]
+    pub enable_grpc_gateway: bool,
+
     #[command(flatten)]
     pub refused: RefusedFlags,
 }
@@ -258,8 +262,6 @@ pub struct RefusedFlags {
     pub socket_reuse_port: bool,
     #[arg(long, env = "ETCD_SOCKET_REUSE_ADDRESS", num_args = 0..=1, default_value = "false", default_missing_value = "true", value_parser = go_bool)]
     pub socket_reuse_address: bool,
-    #[arg(long, env = "ETCD_ENABLE_GRPC_GATEWAY", num_args = 0..=1, default_value = "true", default_missing_value = "true", value_parser = go_bool)]
-    pub enable_grpc_gateway: bool,
     #[arg(long, env = "ETCD_RAFT_READ_TIMEOUT", default_value = "5s", value_parser = go_duration)]
     pub raft_read_timeout: Duration,
     #[arg(long, env = "ETCD_RAFT_WRITE_TIMEOUT", default_value = "5s", value_parser = go_duration)]
@@ -439,11 +441,6 @@ impl RefusedFlags {
                 "socket-reuse-address",
                 self.socket_reuse_address.to_string(),
                 "false".into(),
-            ),
-            (
-                "enable-grpc-gateway",
-                self.enable_grpc_gateway.to_string(),
-                "true".into(),
             ),
             (
                 "raft-read-timeout",

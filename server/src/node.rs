@@ -395,7 +395,10 @@ impl Node {
                 consensus: consensus.clone(),
             };
             let grpc = GrpcWire::new(gated, known, max_decode);
-            let gateway = {
+            // --enable-grpc-gateway=false: /v3/ paths get etcd's 404 like any unknown path.
+            let gateway = if !config.enable_grpc_gateway {
+                None
+            } else {
                 let grpc = grpc.clone();
                 let call: GrpcCall = Arc::new(move |req| {
                     let mut grpc = grpc.clone();
@@ -408,7 +411,7 @@ impl Node {
                         response
                     })
                 });
-                Gateway::new(call, max_decode)?
+                Some(Gateway::new(call, max_decode)?)
             };
             servers.push(tokio::spawn(crate::http::serve(
                 listener,

@@ -130,6 +130,45 @@ async fn max_learners_caps_learners_as_in_etcd() {
     }
 }
 
+/// `POST /v3/kv/range` on `server`'s client URL: the status and body.
+fn gateway_range(server: &Server) -> (u16, String) {
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "10",
+            "-w",
+            "\n%{http_code}",
+            "-X",
+            "POST",
+        ])
+        .args(["-d", r#"{"key":"YQ=="}"#])
+        .arg(format!("{}/v3/kv/range", server.client_url()))
+        .output()
+        .expect("curl must be installed");
+    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, status) = printed.rsplit_once('\n').unwrap();
+    (status.parse().unwrap(), body.to_string())
+}
+
+/// --enable-grpc-gateway=false takes the JSON gateway off the client port: `/v3/` gets the 404
+/// of any unknown path, on both.
+#[tokio::test]
+async fn the_grpc_gateway_can_be_turned_off() {
+    for flavor in [Flavor::Etcd37, Flavor::Oxcd] {
+        let on = Server::start(flavor).await;
+        let (status, body) = gateway_range(&on);
+        assert_eq!(status, 200, "{flavor}: {body}");
+        let off = Server::start_with(flavor, options(&["--enable-grpc-gateway=false"])).await;
+        assert_eq!(
+            gateway_range(&off),
+            (404, "404 page not found\n".to_string()),
+            "{flavor}"
+        );
+        serves(&off).await;
+    }
+}
+
 /// The `--experimental-*` names etcd 3.6 still took and 3.7 removed: both refuse them at start
 /// with Go's flag error and exit code 2.
 #[tokio::test]

@@ -18,7 +18,8 @@ pub use serve::{serve, ConnectionSettings};
 #[derive(Clone)]
 pub struct Router {
     pub health: Health,
-    pub gateway: Gateway,
+    /// etcd's JSON gateway on `/v3/`; `None` with `--enable-grpc-gateway=false`.
+    pub gateway: Option<Gateway>,
 }
 
 impl Router {
@@ -28,8 +29,9 @@ impl Router {
         B::Error: std::error::Error + Send + Sync + 'static,
     {
         let path = req.uri().path();
-        let mut resp = if path.starts_with("/v3/") {
-            self.gateway.answer(req).await
+        let gateway = self.gateway.as_ref().filter(|_| path.starts_with("/v3/"));
+        let mut resp = if let Some(gateway) = gateway {
+            gateway.answer(req).await
         } else if path == "/version" {
             version().map(tonic::body::Body::new)
         } else {
