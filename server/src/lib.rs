@@ -1,7 +1,34 @@
 //! oxcd: an etcd-compatible, Raft-replicated key-value store.
 //!
-//! The crate is both the `oxcd` binary and a library: [`node::Node::start`] runs a member
-//! in-process.
+//! It serves etcd's v3 gRPC API (and its JSON gateway and HTTP endpoints), so etcd's clients
+//! and tools use it in place of etcd, and it takes etcd's command-line flags.
+//!
+//! The crate is both the `oxcd` binary and a library. As a library it runs a member
+//! in-process: build a [`Config`] with [`Config::builder`] (etcd's flags, set in code), start
+//! it with [`Node::start`], talk to it with any etcd client over the addresses
+//! [`Node::client_addrs`] gives, and stop it with [`Node::shutdown`], which releases the data
+//! dir.
+//!
+//! ```no_run
+//! # async fn run() -> anyhow::Result<()> {
+//! let dir = std::env::temp_dir().join("oxcd-example");
+//! let config = oxcd::Config::builder()
+//!     .data_dir(&dir)
+//!     .listen_client_urls(["http://127.0.0.1:0"])
+//!     .listen_peer_urls(["http://127.0.0.1:0"])
+//!     .build()?;
+//! let member = oxcd::Node::start(&config).await?;
+//! let endpoint = member.client_addrs()[0].to_string();
+//! // ... etcd_client::Client::connect([endpoint], None).await? ...
+//! # let _ = endpoint;
+//! assert!(member.shutdown().await, "the data dir was released");
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! `server/examples/embedded.rs` does this with the `etcd-client` crate
+//! (`cargo run -p oxcd --example embedded`). Logging is the host program's: oxcd logs through
+//! [`tracing`], and [`logging::init`] installs the logger the `oxcd` binary uses.
 
 pub mod alarm;
 pub mod api;
@@ -13,6 +40,7 @@ pub mod concurrency;
 pub mod config;
 mod corruption;
 pub mod downgrade;
+pub mod embed;
 pub mod error;
 pub mod features;
 pub mod health;
@@ -20,6 +48,7 @@ pub mod http;
 pub mod kv;
 pub mod lease;
 pub mod listen;
+pub mod logging;
 pub mod metrics;
 pub mod mvcc;
 pub mod node;
@@ -28,6 +57,10 @@ pub mod snapshot;
 pub mod storage;
 pub mod tls;
 pub mod watch;
+
+pub use config::Config;
+pub use embed::ConfigBuilder;
+pub use node::Node;
 
 /// Crash tests' failpoints, from the FAILPOINTS environment variable (etcd's gofail reads
 /// GOFAIL_FAILPOINTS the same way), kept while the returned value lives. Only a build with the

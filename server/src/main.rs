@@ -4,7 +4,6 @@ use oxcd::node::Node;
 use std::time::Duration;
 
 use tokio::signal::unix::{signal, SignalKind};
-use tracing_subscriber::fmt::writer::{BoxMakeWriter, MakeWriterExt};
 
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -21,8 +20,21 @@ fn main() {
     abort_on_panic();
     // Crash tests set FAILPOINTS (e.g. `raft::wal::after_fsync=5*off->panic`).
     let _failpoints = oxcd::failpoints_from_env();
-    let config = Config::parse_from(oxcd::config::go_style_args(std::env::args_os()));
-    if let Err(e) = init_logging(&config.log_level, &config.log_outputs) {
+    let config = match Config::try_parse_from(oxcd::config::go_style_args(std::env::args_os())) {
+        Ok(config) => config,
+        // As Go's flag package (so etcd) words a bad command line, and exits with its code 2.
+        Err(e) => match oxcd::config::go_flag_error(&e) {
+            Some(message) => {
+                eprintln!("{message}");
+                std::process::exit(2);
+            }
+            None => e.exit(),
+        },
+    };
+    if let Err(e) = config
+        .refuse_unsupported()
+        .and_then(|()| oxcd::logging::init(&config))
+    {
         fail(e);
     }
     config.feature_gates.log_no_effect();
@@ -54,56 +66,6 @@ async fn run(config: Config) -> anyhow::Result<bool> {
         _ = node.removed() => tracing::warn!("the member has been permanently removed from the cluster; shutting down"),
     }
     Ok(node.shutdown().await)
-}
-
-fn init_logging(level: &str, outputs: &[String]) -> anyhow::Result<()> {
-    // etcd's levels; panic and fatal only ever log errors.
-    let level = match level {
-        "debug" => "debug",
-        "warn" => "warn",
-        "error" | "panic" | "fatal" => "error",
-        _ => "info",
-    };
-    // openraft's info level narrates every vote and replication step; it never says more than
-    // warnings, and no more than the chosen level.
-    let openraft = if level == "error" { "error" } else { "warn" };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("OXCD_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!("{level},openraft={openraft}"))
-    });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(log_writer(outputs)?)
-        .with_ansi(
-            outputs
-                .iter()
-                .all(|o| matches!(o.as_str(), "default" | "stderr")),
-        )
-        .init();
-    Ok(())
-}
-
-/// etcd's --log-outputs: `default`/`stderr`, `stdout`, or files, every line to each of them.
-fn log_writer(outputs: &[String]) -> anyhow::Result<BoxMakeWriter> {
-    let mut writer: Option<BoxMakeWriter> = None;
-    for output in outputs {
-        let next = match output.as_str() {
-            "default" | "stderr" => BoxMakeWriter::new(std::io::stderr),
-            "stdout" => BoxMakeWriter::new(std::io::stdout),
-            path => {
-                let file = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .map_err(|e| anyhow::anyhow!("cannot open --log-outputs file {path}: {e}"))?;
-                BoxMakeWriter::new(std::sync::Mutex::new(file))
-            }
-        };
-        writer = Some(match writer {
-            Some(before) => BoxMakeWriter::new(before.and(next)),
-            None => next,
-        });
-    }
-    Ok(writer.unwrap_or_else(|| BoxMakeWriter::new(std::io::stderr)))
 }
 
 /// A panic is a bug that may have left shared state half-changed (an apply half done, a lock

@@ -34,7 +34,7 @@ use crate::cluster;
 use crate::concurrency::Contention;
 use crate::config::{ClusterState, Config};
 use crate::downgrade::Downgrade;
-use crate::http::{Gateway, GrpcCall, Router};
+use crate::http::{ConnectionSettings, Gateway, GrpcCall, Router};
 use crate::kv::KvService;
 use crate::lease::{LeaseService, Lessor};
 use crate::listen::{is_tls, Listener};
@@ -43,7 +43,7 @@ use crate::mvcc::MvccStore;
 use crate::raft::{
     peer_endpoint, Applied, Consensus, Member, MemberChange, Peers, RaftOptions, MAX_PEER_MESSAGE,
 };
-use crate::storage::{Cf, Engine, WriteBatch};
+use crate::storage::{Cf, Engine, OpenOptions, WriteBatch};
 use crate::watch::WatchHub;
 
 /// gRPC's receive limit sits this far above the request limit, so an oversized request gets
@@ -58,6 +58,8 @@ pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 const ENGINE_CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a member started with `--initial-cluster-state existing` tries to reach the cluster.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// A running member: serving clients and peers on its listen URLs until
+/// [`shutdown`](Node::shutdown).
 pub struct Node {
     member_id: u64,
     cluster_id: u64,
@@ -69,7 +71,13 @@ pub struct Node {
 }
 
 impl Node {
+    /// Starts a member as `oxcd` with `config`'s flags would: opens (or creates) the data dir,
+    /// joins or bootstraps the cluster, and returns once the member serves clients on every
+    /// client URL. Must run inside a multi-threaded tokio runtime. Fails, without serving, on a
+    /// flag oxcd refuses, a data dir another process holds, or a listen URL that cannot be
+    /// bound.
     pub async fn start(config: &Config) -> anyhow::Result<Node> {
+        config.refuse_unsupported()?;
         let auto_compaction = config.auto_compaction()?;
         let tokens = config.auth_tokens()?;
         let gates = &config.feature_gates;
@@ -84,7 +92,21 @@ impl Node {
             .with_context(|| format!("--initial-cluster has no member named {:?}", config.name))?;
 
         let data_dir = config.data_dir();
-        let engine = Engine::open_with_wal_dir(&data_dir, config.wal_dir.as_deref())?;
+        if config.unsafe_no_fsync {
+            tracing::warn!(
+                data_dir = %data_dir.display(),
+                "--unsafe-no-fsync is set: the Raft log and the store are never fsynced, so a \
+                 power loss or OS crash loses acknowledged writes and may break the guarantees \
+                 of the consensus protocol; use it for tests only"
+            );
+        }
+        let engine = Engine::open_with(
+            &data_dir,
+            OpenOptions {
+                wal_dir: config.wal_dir.as_deref(),
+                fsync: !config.unsafe_no_fsync,
+            },
+        )?;
         let restored = restored_membership(&engine)?;
         let is_restored = restored.is_some();
         let (member_id, cluster_id, bootstrap) = match stored_identity(&engine)? {
@@ -109,7 +131,7 @@ impl Node {
                 (member, cluster, bootstrap)
             }
         };
-        let store = MvccStore::open(engine.clone())?;
+        let store = MvccStore::open_with(engine.clone(), config.compaction_pacing())?;
         let peers = Arc::new(Peers::new(cluster_id, peer_connector.clone()));
 
         let opts = RaftOptions {
@@ -119,6 +141,8 @@ impl Node {
             max_request_bytes: config.max_request_bytes,
             request_timeout: Duration::from_secs(5)
                 + 2 * Duration::from_millis(config.election_timeout),
+            catch_up_entries: config.snapshot_catchup_entries,
+            max_learners: config.max_learners,
         };
         let alarms = Arc::new(Alarms::load(&engine)?);
         let downgrade = Arc::new(Downgrade::load(&engine)?);
@@ -145,6 +169,7 @@ impl Node {
                     alarms: alarms.clone(),
                     auth: auth_store.clone(),
                     downgrade: downgrade.clone(),
+                    slow_apply: config.warning_apply_duration,
                 },
                 bootstrap,
                 peers,
@@ -231,6 +256,7 @@ impl Node {
                 acceptor,
                 routes.routes(),
                 None,
+                ConnectionSettings::default(),
                 stopped.clone(),
             )));
         }
@@ -273,6 +299,7 @@ impl Node {
         if config.metrics == "extensive" {
             crate::metrics::metrics().grpc.enable_handling_histogram();
         }
+        let client_connections = client_connection_settings(config);
         let mut client_addrs = Vec::new();
         for url in &config.listen_client_urls {
             let listener = Listener::bind(url).await?;
@@ -378,7 +405,10 @@ impl Node {
                 methods: crate::metrics::metrics().grpc.methods(known.methods()),
                 inner: GrpcWire::new(gated, known, max_decode),
             };
-            let gateway = {
+            // --enable-grpc-gateway=false: /v3/ paths get etcd's 404 like any unknown path.
+            let gateway = if !config.enable_grpc_gateway {
+                None
+            } else {
                 let grpc = grpc.clone();
                 let call: GrpcCall = Arc::new(move |req| {
                     let mut grpc = grpc.clone();
@@ -391,7 +421,7 @@ impl Node {
                         response
                     })
                 });
-                Gateway::new(call, max_decode)?
+                Some(Gateway::new(call, max_decode)?)
             };
             servers.push(tokio::spawn(crate::http::serve(
                 listener,
@@ -402,6 +432,7 @@ impl Node {
                     gateway,
                     downgrade: downgrade.clone(),
                 }),
+                client_connections,
                 stopped.clone(),
             )));
         }
@@ -431,15 +462,18 @@ impl Node {
         })
     }
 
+    /// This member's id, as `member list` shows it (in hex there).
     pub fn member_id(&self) -> u64 {
         self.member_id
     }
 
+    /// The cluster's id, as every response header carries it.
     pub fn cluster_id(&self) -> u64 {
         self.cluster_id
     }
 
-    /// The bound client addresses (useful with port 0).
+    /// The bound TCP addresses of the client URLs, in their order (with port 0, the port
+    /// picked); `unix://` URLs have none.
     pub fn client_addrs(&self) -> &[SocketAddr] {
         &self.client_addrs
     }
@@ -676,6 +710,20 @@ async fn publish_attributes(consensus: &Consensus, id: u64, name: &str, client_u
             }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// etcd's gRPC server options for client connections: a stream limit only below HTTP/2's
+/// maximum, and keep-alive pings unless either duration is 0.
+fn client_connection_settings(config: &Config) -> ConnectionSettings {
+    let (interval, timeout) = (
+        config.grpc_keepalive_interval,
+        config.grpc_keepalive_timeout,
+    );
+    ConnectionSettings {
+        max_concurrent_streams: Some(config.max_concurrent_streams)
+            .filter(|&limit| limit < u32::MAX),
+        keepalive: (!interval.is_zero() && !timeout.is_zero()).then_some((interval, timeout)),
     }
 }
 

@@ -50,13 +50,11 @@ where
     }
 }
 
-/// The etcd 3.4 flag (oxcd accepts the same) that sets the periodic progress-notify interval.
+/// The flag that sets the periodic progress-notify interval (etcd 3.4 gets its
+/// `--experimental-` name, see [`Flavor::flag_name`](crate::Flavor::flag_name)).
 pub fn progress_notify_interval(interval: &str) -> StartOptions {
     StartOptions {
-        extra_args: vec![
-            "--experimental-watch-progress-notify-interval".into(),
-            interval.into(),
-        ],
+        extra_args: vec!["--watch-progress-notify-interval".into(), interval.into()],
         ..StartOptions::default()
     }
 }

@@ -15,13 +15,14 @@ use crate::downgrade::Downgrade;
 use crate::health::Health;
 
 pub use gateway::{Gateway, GrpcCall};
-pub use serve::serve;
+pub use serve::{serve, ConnectionSettings};
 
 /// The HTTP endpoints of a client URL.
 #[derive(Clone)]
 pub struct Router {
     pub health: Health,
-    pub gateway: Gateway,
+    /// etcd's JSON gateway on `/v3/`; `None` with `--enable-grpc-gateway=false`.
+    pub gateway: Option<Gateway>,
     pub downgrade: Arc<Downgrade>,
 }
 
@@ -32,8 +33,9 @@ impl Router {
         B::Error: std::error::Error + Send + Sync + 'static,
     {
         let path = req.uri().path();
-        let mut resp = if path.starts_with("/v3/") {
-            self.gateway.answer(req).await
+        let gateway = self.gateway.as_ref().filter(|_| path.starts_with("/v3/"));
+        let mut resp = if let Some(gateway) = gateway {
+            gateway.answer(req).await
         } else if path == "/version" {
             version(&self.downgrade).map(tonic::body::Body::new)
         } else {

@@ -34,6 +34,17 @@ const HTTP2_LIMITS: Http2Limits = Http2Limits {
     header_table_size: 4096,
 };
 
+/// HTTP/2 settings of a listener's connections, as etcd's gRPC server options set them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ConnectionSettings {
+    /// Streams one connection may have open at once (--max-concurrent-streams); `None`: no
+    /// limit.
+    pub max_concurrent_streams: Option<u32>,
+    /// Idle connections are pinged this often (--grpc-keepalive-interval) and closed when a
+    /// ping goes unanswered for the second duration (--grpc-keepalive-timeout); `None`: never.
+    pub keepalive: Option<(std::time::Duration, std::time::Duration)>,
+}
+
 /// Serves `listener` until `stopped`: gRPC with `grpc`, and plain HTTP with `http` when given
 /// (client URLs; peer URLs serve gRPC alone). Open connections are closed when the returned
 /// future is dropped or finishes.
@@ -42,6 +53,7 @@ pub async fn serve<S>(
     tls: Option<TlsAcceptor>,
     grpc: S,
     http: Option<Router>,
+    settings: ConnectionSettings,
     mut stopped: watch::Receiver<bool>,
 ) where
     S: tonic::codegen::Service<
@@ -56,10 +68,16 @@ pub async fn serve<S>(
     let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     http2
         .max_send_buf_size(STREAM_SEND_BUFFER)
-        .max_concurrent_streams(None)
+        .max_concurrent_streams(settings.max_concurrent_streams)
         .max_frame_size(HTTP2_LIMITS.max_frame_size)
         .max_header_list_size(HTTP2_LIMITS.max_header_list_size)
         .header_table_size(HTTP2_LIMITS.header_table_size);
+    if let Some((interval, timeout)) = settings.keepalive {
+        http2
+            .timer(TokioTimer::new())
+            .keep_alive_interval(interval)
+            .keep_alive_timeout(timeout);
+    }
     let mut http1 = hyper::server::conn::http1::Builder::new();
     // The timer lets hyper's header read timeout close connections that never finish a request.
     http1.timer(TokioTimer::new());

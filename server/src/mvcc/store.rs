@@ -30,8 +30,24 @@ use crate::storage::{self, Cf, Engine, Snapshot, WriteBatch};
 const META_CURRENT_REV: &[u8] = b"current_rev";
 const META_SCHEDULED_COMPACT: &[u8] = b"scheduled_compact_rev";
 const META_FINISHED_COMPACT: &[u8] = b"finished_compact_rev";
-/// Revisions deleted per engine write by the compactor, so it never holds much in memory.
-const COMPACTION_BATCH: usize = 10_000;
+/// How the compactor paces its deletes, as etcd's --compaction-batch-limit and
+/// --compaction-sleep-interval pace etcd's: at most `batch_limit` revisions per engine write (so
+/// it never holds much in memory), then a pause of `sleep` that leaves the disk to the writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompactionPacing {
+    pub batch_limit: usize,
+    pub sleep: std::time::Duration,
+}
+
+impl Default for CompactionPacing {
+    /// etcd's defaults.
+    fn default() -> Self {
+        CompactionPacing {
+            batch_limit: 1000,
+            sleep: std::time::Duration::from_millis(10),
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RangeOptions {
@@ -160,6 +176,14 @@ impl MvccStore {
     /// Opens the store, rebuilding the index from the stored revisions and resuming an
     /// interrupted physical compaction.
     pub fn open(engine: Arc<Engine>) -> storage::Result<Arc<MvccStore>> {
+        Self::open_with(engine, CompactionPacing::default())
+    }
+
+    /// [`MvccStore::open`] with the compactor paced by `pacing`.
+    pub fn open_with(
+        engine: Arc<Engine>,
+        pacing: CompactionPacing,
+    ) -> storage::Result<Arc<MvccStore>> {
         let (state, finished, leased) = load_state(&engine)?;
         let (done_tx, done_rx) = watch::channel(CompactorState {
             finished,
@@ -171,7 +195,7 @@ impl MvccStore {
         let hashes = compaction_hashes.clone();
         let thread = std::thread::Builder::new()
             .name("mvcc-compactor".into())
-            .spawn(move || run_compactor(&compactor_engine, rx, done_tx, &hashes))
+            .spawn(move || run_compactor(&compactor_engine, pacing, rx, done_tx, &hashes))
             .map_err(|e| storage::StorageError::Io(engine.data_dir().into(), e))?;
         let compactor = Compactor {
             jobs: Some(tx),
@@ -858,6 +882,7 @@ impl Drop for TxnWrite<'_, '_> {
 
 fn run_compactor(
     engine: &Engine,
+    pacing: CompactionPacing,
     jobs: mpsc::Receiver<CompactionJob>,
     state: watch::Sender<CompactorState>,
     hashes: &Mutex<VecDeque<CompactionHash>>,
@@ -869,7 +894,7 @@ fn run_compactor(
         let mut retry = COMPACTION_RETRY;
         let mut first_attempt = true;
         let hash = loop {
-            match compact(engine, &job) {
+            match compact(engine, &job, pacing) {
                 Ok(hash) => break hash.filter(|_| first_attempt),
                 Err(e) => {
                     tracing::error!(error = %e, rev, retry_in = ?retry, "physical compaction failed");
@@ -905,7 +930,12 @@ fn run_compactor(
 /// RocksDB rewrite the range so the space is really returned. Returns the store's hash at the
 /// compaction revision, taken on the way (as etcd's compaction takes it), when the job knows the
 /// compaction point before it.
-fn compact(engine: &Engine, job: &CompactionJob) -> storage::Result<Option<u32>> {
+fn compact(
+    engine: &Engine,
+    job: &CompactionJob,
+    pacing: CompactionPacing,
+) -> storage::Result<Option<u32>> {
+    let batch_limit = pacing.batch_limit.max(1);
     let rev = job.revision;
     let keep = &job.keep;
     let end = Revision::lower_bound_key(rev + 1);
@@ -924,13 +954,13 @@ fn compact(engine: &Engine, job: &CompactionJob) -> storage::Result<Option<u32>>
             if Revision::from_key(k).is_some_and(|(r, _)| !keep.contains(&r)) {
                 doomed.push(k.to_vec());
             }
-            doomed.len() < COMPACTION_BATCH
+            doomed.len() < batch_limit
         })?;
         let mut batch = engine.batch();
         for k in &doomed {
             batch.delete(Cf::Kv, k);
         }
-        let finished = doomed.len() < COMPACTION_BATCH;
+        let finished = doomed.len() < batch_limit;
         if finished {
             batch.put(Cf::Meta, META_FINISHED_COMPACT, &rev.to_be_bytes());
         }
@@ -946,6 +976,7 @@ fn compact(engine: &Engine, job: &CompactionJob) -> storage::Result<Option<u32>>
             break;
         }
         fail::fail_point!("mvcc::compactor::between_batches");
+        std::thread::sleep(pacing.sleep);
         from = last
             .map(|mut k| {
                 k.push(0);

@@ -13,7 +13,6 @@ use super::types::{Member, NodeId, Raft};
 use crate::error::EtcdError;
 
 /// etcd allows one learner at a time.
-const MAX_LEARNERS: usize = 1;
 /// A learner is ready for promotion once it has 90% of the leader's log (etcd's rule).
 const READY_FRACTION: f64 = 0.9;
 /// A change is retried while an earlier one is still committing.
@@ -68,9 +67,13 @@ pub fn list(raft: &Raft) -> Vec<MemberInfo> {
 }
 
 /// Validates `change` against the current membership and commits it. Must run on the leader.
-pub async fn apply(raft: &Raft, change: &MemberChange) -> Result<(), EtcdError> {
+pub async fn apply(
+    raft: &Raft,
+    change: &MemberChange,
+    max_learners: usize,
+) -> Result<(), EtcdError> {
     loop {
-        let Some(request) = plan(raft, change)? else {
+        let Some(request) = plan(raft, change, max_learners)? else {
             return Ok(());
         };
         let result = match request {
@@ -167,7 +170,11 @@ fn is_voter(raft: &Raft, change: &MemberChange) -> bool {
 }
 
 /// The openraft change that carries out `change` next, or `None` when nothing is left to do.
-fn plan(raft: &Raft, change: &MemberChange) -> Result<Option<Plan>, EtcdError> {
+fn plan(
+    raft: &Raft,
+    change: &MemberChange,
+    max_learners: usize,
+) -> Result<Option<Plan>, EtcdError> {
     let members = list(raft);
     let find = |id: NodeId| {
         members
@@ -198,7 +205,7 @@ fn plan(raft: &Raft, change: &MemberChange) -> Result<Option<Plan>, EtcdError> {
                 if urls_taken(*id, peer_urls) {
                     return Err(EtcdError::PeerUrlExists);
                 }
-                if *learner && members.iter().filter(|m| m.learner).count() >= MAX_LEARNERS {
+                if *learner && members.iter().filter(|m| m.learner).count() >= max_learners {
                     return Err(EtcdError::TooManyLearners);
                 }
                 let member = Member {

@@ -44,6 +44,11 @@ pub struct RaftOptions {
     pub snapshot_count: u64,
     pub max_request_bytes: usize,
     pub request_timeout: Duration,
+    /// Entries kept after a snapshot so a briefly lagging follower catches up from the log
+    /// rather than a full snapshot (etcd's --snapshot-catchup-entries, 5,000).
+    pub catch_up_entries: u64,
+    /// Learners the membership may hold at once (etcd's --max-learners).
+    pub max_learners: usize,
 }
 
 /// What `Status` reports about consensus.
@@ -56,9 +61,6 @@ pub struct RaftStatus {
     pub is_learner: bool,
 }
 
-/// Entries a member keeps after a snapshot so a briefly lagging follower catches up from the
-/// log rather than a full snapshot (etcd keeps 5,000).
-const MAX_CATCH_UP_ENTRIES: u64 = 5000;
 /// Entries per append message.
 const MAX_PAYLOAD_ENTRIES: u64 = 256;
 /// How long a snapshot chunk call may take, the last one including loading the snapshot.
@@ -71,6 +73,7 @@ pub struct Consensus {
     reads: read_index::ReadIndexBatcher,
     timeout: Duration,
     election_timeout: Duration,
+    max_learners: usize,
     elections: Arc<election::Elections>,
     removed: tokio::sync::watch::Sender<bool>,
 }
@@ -102,7 +105,7 @@ impl Consensus {
             election_timeout_min: election_ms,
             election_timeout_max: election_ms * 3 / 2,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(opts.snapshot_count),
-            max_in_snapshot_log_to_keep: opts.snapshot_count.min(MAX_CATCH_UP_ENTRIES),
+            max_in_snapshot_log_to_keep: opts.snapshot_count.min(opts.catch_up_entries),
             max_payload_entries: MAX_PAYLOAD_ENTRIES,
             // The last chunk's call returns only once the receiver has loaded the snapshot,
             // which for a large state takes far longer than openraft's 200 ms default.
@@ -168,6 +171,7 @@ impl Consensus {
             reads,
             timeout: opts.request_timeout,
             election_timeout: opts.election_timeout,
+            max_learners: opts.max_learners,
             elections,
             removed: tokio::sync::watch::Sender::new(false),
         })
@@ -308,7 +312,7 @@ impl Consensus {
             MemberChange::Remove { id } => self.members().into_iter().find(|m| m.id == *id),
             _ => None,
         };
-        membership::apply(&self.raft, change)
+        membership::apply(&self.raft, change, self.max_learners)
             .await
             .map_err(failure)?;
         if let Some(member) = removed {

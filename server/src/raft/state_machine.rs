@@ -50,6 +50,8 @@ pub struct Applied {
     pub alarms: Arc<Alarms>,
     pub auth: Arc<AuthStore>,
     pub downgrade: Arc<Downgrade>,
+    /// An apply that takes longer is logged (etcd's --warning-apply-duration).
+    pub slow_apply: Duration,
 }
 
 pub struct StateMachine {
@@ -223,7 +225,17 @@ fn apply_command(
     command: Command,
 ) -> Outcome {
     let before = writer.changes().len();
+    let started = Instant::now();
     let result = execute(parts, writer, log_id, command);
+    let took = started.elapsed();
+    if took > parts.slow_apply {
+        tracing::warn!(
+            took = ?took,
+            expected_duration = ?parts.slow_apply,
+            index = log_id.index,
+            "apply request took too long"
+        );
+    }
     parts.lessor.track(&writer.changes()[before..]);
     Outcome {
         result: Some(result.unwrap_or_else(|e| Outcomes::Error(e.to_wire()))),
@@ -587,6 +599,7 @@ mod tests {
             alarms,
             auth,
             downgrade,
+            slow_apply: Duration::from_millis(100),
         }
     }
 

@@ -92,21 +92,42 @@ const WAL_DIR_FILE: &str = "wal_dir";
 pub struct Engine {
     db: DB,
     dir: PathBuf,
+    /// False with --unsafe-no-fsync: durable writes and WAL syncs return without an fsync.
+    fsync: bool,
     // Held for the process lifetime: the flock is what keeps a second process out.
     _lock: File,
+}
+
+/// How [`Engine::open_with`] opens a data dir.
+#[derive(Debug, Clone, Copy)]
+pub struct OpenOptions<'a> {
+    /// Where the write-ahead log lives (etcd's --wal-dir); `None`: inside the data dir.
+    pub wal_dir: Option<&'a Path>,
+    /// Whether durable writes are fsynced; false only with --unsafe-no-fsync.
+    pub fsync: bool,
+}
+
+impl Default for OpenOptions<'_> {
+    fn default() -> Self {
+        OpenOptions {
+            wal_dir: None,
+            fsync: true,
+        }
+    }
 }
 
 impl Engine {
     /// Opens (creating if needed) the store under `data_dir`, refusing a directory another
     /// process holds.
     pub fn open(data_dir: &Path) -> Result<Arc<Engine>> {
-        Self::open_with_wal_dir(data_dir, None)
+        Self::open_with(data_dir, OpenOptions::default())
     }
 
     /// [`Engine::open`] with the write-ahead log (the Raft log's durability: every fsync of an
-    /// append) in `wal_dir` when given, as etcd's --wal-dir puts its WAL on a dedicated device.
-    /// A data dir keeps the WAL directory it was created with.
-    pub fn open_with_wal_dir(data_dir: &Path, wal_dir: Option<&Path>) -> Result<Arc<Engine>> {
+    /// append) in `options.wal_dir` when given, as etcd's --wal-dir puts its WAL on a dedicated
+    /// device. A data dir keeps the WAL directory it was created with.
+    pub fn open_with(data_dir: &Path, options: OpenOptions<'_>) -> Result<Arc<Engine>> {
+        let OpenOptions { wal_dir, fsync } = options;
         std::fs::create_dir_all(data_dir).map_err(|e| StorageError::Io(data_dir.into(), e))?;
         let lock_path = data_dir.join(LOCK_FILE);
         let lock = File::options()
@@ -158,6 +179,7 @@ impl Engine {
         Ok(Arc::new(Engine {
             db,
             dir: data_dir.into(),
+            fsync,
             _lock: lock,
         }))
     }
@@ -186,14 +208,15 @@ impl Engine {
     /// Writes a batch atomically; `durable` makes it survive power loss before returning.
     pub fn write(&self, batch: WriteBatch<'_>, durable: bool) -> Result<()> {
         let mut opts = WriteOptions::default();
-        opts.set_sync(durable);
+        opts.set_sync(durable && self.fsync);
         self.db.write_opt(batch.inner, &opts)?;
         Ok(())
     }
 
-    /// Makes every write issued so far durable (fsyncs the shared write-ahead log).
+    /// Makes every write issued so far durable (fsyncs the shared write-ahead log). Without
+    /// fsync the log is still handed to the OS, so a crash of the process alone loses nothing.
     pub fn sync_wal(&self) -> Result<()> {
-        Ok(self.db.flush_wal(true)?)
+        Ok(self.db.flush_wal(self.fsync)?)
     }
 
     /// Visits keys in `[from, to)` (to = None: unbounded) in order until `f` returns false.
@@ -540,7 +563,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (data, wal) = (dir.path().join("data"), dir.path().join("wal"));
         {
-            let e = Engine::open_with_wal_dir(&data, Some(&wal)).unwrap();
+            let e = Engine::open_with(
+                &data,
+                OpenOptions {
+                    wal_dir: Some(&wal),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
             let mut b = e.batch();
             b.put(Cf::Meta, b"k", b"v");
             e.write(b, true).unwrap();
@@ -555,7 +585,33 @@ mod tests {
         );
         let err = Engine::open(&data).err().expect("opened without its WAL");
         assert!(matches!(err, StorageError::WalDirMismatch { .. }), "{err}");
-        let e = Engine::open_with_wal_dir(&data, Some(&wal)).unwrap();
+        let e = Engine::open_with(
+            &data,
+            OpenOptions {
+                wal_dir: Some(&wal),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(e.get(Cf::Meta, b"k").unwrap().as_deref(), Some(&b"v"[..]));
+    }
+
+    #[test]
+    fn without_fsync_durable_writes_and_wal_syncs_still_succeed() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = OpenOptions {
+            fsync: false,
+            ..Default::default()
+        };
+        {
+            let e = Engine::open_with(dir.path(), options).unwrap();
+            let mut b = e.batch();
+            b.put(Cf::Meta, b"k", b"v");
+            e.write(b, true).unwrap();
+            e.sync_wal().unwrap();
+        }
+        // A clean close still hands everything to the OS.
+        let e = Engine::open(dir.path()).unwrap();
         assert_eq!(e.get(Cf::Meta, b"k").unwrap().as_deref(), Some(&b"v"[..]));
     }
 
