@@ -559,11 +559,20 @@ fn bbolt_ref() -> &'static Path {
     BUILT.get_or_init(|| {
         let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bbolt-ref");
         let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("reference/bbolt");
+        // The same Go settings as tests/reference/build-etcd.sh: caches under ~/.cache, the
+        // committed go.sum as the truth, the machine's own Go (>= 1.26) only.
+        let cache =
+            Path::new(&std::env::var("HOME").expect("HOME is set")).join(".cache/oxcd-reference");
         let status = Command::new("go")
-            .args(["build", "-o", out.to_str().unwrap(), "."])
+            .args(["build", "-trimpath", "-o", out.to_str().unwrap(), "."])
             .current_dir(&source)
+            .env("GOMODCACHE", cache.join("gomod"))
+            .env("GOCACHE", cache.join("gocache"))
+            .env("GOTOOLCHAIN", "local")
+            .env("GOFLAGS", "-mod=readonly")
+            .env("CGO_ENABLED", "0")
             .status()
-            .expect("go is needed to build tests/reference/bbolt (./dev test installs it)");
+            .expect("go (>= 1.26, as for tests/reference/build-etcd.sh) must be on PATH");
         assert!(status.success(), "building tests/reference/bbolt failed");
         out
     })
