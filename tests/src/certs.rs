@@ -15,15 +15,19 @@ use tokio_rustls::TlsConnector;
 
 use crate::free_port;
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let status = Command::new("openssl")
+/// Runs the openssl command in `dir`; a failure panics with what openssl said.
+pub fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
         .args(args)
         .current_dir(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
+        .stdin(Stdio::null())
+        .output()
         .expect("openssl must be installed");
-    assert!(status.success(), "openssl {args:?} failed");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// `<name>.crt` and `<name>.key`: a certificate for `cn` signed by `ca.crt`, with the X.509 v3

@@ -15,7 +15,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, GetOptions};
-use oxcd_tests::certs::Killed;
+use oxcd_tests::certs::{openssl, Killed};
 use oxcd_tests::{against, free_port, kube_bin_dir, wait_timeout, Flavor, Target};
 
 const NAMESPACE: &str = "oxcd-kube";
@@ -44,19 +44,6 @@ fn kube_binary(name: &str) -> PathBuf {
     path
 }
 
-fn run_openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl must be installed");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// A kube-apiserver process on `etcd_url`, serving HTTPS on a free port with a self-signed
 /// certificate it makes itself. Killed on drop; its log tail is printed if the test panics.
 struct ApiServer {
@@ -68,8 +55,8 @@ struct ApiServer {
 impl ApiServer {
     fn start(etcd_url: &str, dir: &Path) -> ApiServer {
         // Service account tokens need a signing key; the apiserver refuses to start without one.
-        run_openssl(dir, &["genrsa", "-out", "sa.key", "2048"]);
-        run_openssl(dir, &["rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub"]);
+        openssl(dir, &["genrsa", "-out", "sa.key", "2048"]);
+        openssl(dir, &["rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub"]);
         std::fs::write(
             dir.join("tokens.csv"),
             format!("{ADMIN_TOKEN},admin,admin,system:masters\n"),

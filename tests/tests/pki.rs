@@ -10,7 +10,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use oxcd_tests::certs::Killed;
+use oxcd_tests::certs::{openssl, Killed};
 use oxcd_tests::{etcd37_bin, free_port, oxcd_bin, oxcdctl_bin};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -256,19 +256,6 @@ fn a_three_member_tls_cluster_starts_from_pki_init_files() {
             ]);
         assert!(!refused.output().unwrap().status.success(), "[{who}]");
     }
-}
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl must be installed");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Revokes `<name>.crt` of `pki`'s CA for each of `names` with `openssl ca` (adding to what
