@@ -567,3 +567,42 @@ pub async fn etcdctl(endpoints: &[String], args: &[&str]) -> EtcdctlOutput {
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
     }
 }
+
+/// A `prepare` hook for [`Cluster::start_prepared`]: `oxcdctl snapshot restore` of `file` into
+/// each member with that member's own name, URLs and cluster flags, plus `extra` arguments.
+pub fn restored_from(
+    file: PathBuf,
+    extra: Vec<String>,
+) -> impl FnMut(&MemberSpec, &ClusterFlags) -> Result<()> {
+    move |spec, flags| {
+        let mut restore = std::process::Command::new(crate::oxcdctl_bin());
+        // The caller's etcdctl settings are not the restore's.
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("ETCDCTL_") {
+                restore.env_remove(key);
+            }
+        }
+        let out = restore
+            .arg("snapshot")
+            .arg("restore")
+            .arg(&file)
+            .arg("--data-dir")
+            .arg(&spec.data_dir)
+            .args(["--name", &spec.name])
+            .args(["--initial-cluster", &flags.initial_cluster])
+            .args(["--initial-cluster-token", &flags.token])
+            .args(["--initial-advertise-peer-urls", &spec.peer_url()])
+            .args(&extra)
+            .stdin(Stdio::null())
+            .output()
+            .context("running oxcdctl snapshot restore")?;
+        if !out.status.success() {
+            bail!(
+                "oxcdctl snapshot restore {}: {}",
+                file.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+}

@@ -12,7 +12,7 @@ use oxcd_bbolt::trailer::{self, HashingWriter};
 use oxcd_bbolt::{Bucket, Builder, Db, Value, WriteOptions};
 use oxcd_proto::authpb;
 use oxcd_proto::mvccpb;
-use oxcd_tests::cluster::Cluster;
+use oxcd_tests::cluster::{restored_from, Cluster};
 use oxcd_tests::{etcd37_bin, oxcdctl_bin, require_etcd, Flavor, Server};
 use prost::Message;
 
@@ -503,42 +503,19 @@ async fn restored_into_oxcd(flavor: Flavor) {
     drop(etcd);
 
     for (file, extra) in [(&file, None), (&copied, Some("--skip-hash-check"))] {
-        let oxcd = Cluster::start_prepared(Flavor::Oxcd, 1, &[], restore_from(file, extra)).await;
+        let oxcd = Cluster::start_prepared(
+            Flavor::Oxcd,
+            1,
+            &[],
+            restored_from(file.clone(), extra.map(String::from).into_iter().collect()),
+        )
+        .await;
         let mut client = oxcd.client_all().await;
         assert_eq!(observe(&mut client, compact).await, expected, "{file:?}");
         let compacted = client
             .get("k/001", Some(GetOptions::new().with_revision(compact - 1)))
             .await;
         assert!(format!("{compacted:?}").contains("required revision has been compacted"));
-    }
-}
-
-/// A `prepare` hook for [`Cluster::start_prepared`]: `oxcdctl snapshot restore` of `file` with
-/// the member's own flags.
-fn restore_from<'a>(
-    file: &'a Path,
-    extra: Option<&'a str>,
-) -> impl FnMut(&oxcd_tests::MemberSpec, &oxcd_tests::cluster::ClusterFlags) -> anyhow::Result<()> + 'a
-{
-    move |spec, flags| {
-        let mut args = vec![
-            "snapshot",
-            "restore",
-            file.to_str().unwrap(),
-            "--data-dir",
-            spec.data_dir.to_str().unwrap(),
-            "--name",
-            &spec.name,
-            "--initial-cluster",
-            &flags.initial_cluster,
-            "--initial-cluster-token",
-            &flags.token,
-        ];
-        let peer_url = spec.peer_url();
-        args.extend(["--initial-advertise-peer-urls", &peer_url]);
-        args.extend(extra);
-        run(&oxcdctl_bin(), &args);
-        Ok(())
     }
 }
 

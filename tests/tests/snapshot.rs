@@ -2,15 +2,15 @@
 //! and `snapshot restore` into new single- and three-member clusters that must hold exactly the
 //! saved keys, revisions, leases and compaction point.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{Txn, TxnOp};
-use oxcd_tests::cluster::{etcdctl, Cluster, ClusterFlags};
-use oxcd_tests::{oxcdctl_bin, Flavor, MemberSpec};
+use oxcd_tests::cluster::{etcdctl, restored_from, Cluster};
+use oxcd_tests::{oxcdctl_bin, Flavor};
 
 const COMPACTED: &str = "etcdserver: mvcc: required revision has been compacted";
 
@@ -60,30 +60,6 @@ fn save(endpoint: &str, file: &Path) {
 fn status_json(file: &Path) -> serde_json::Value {
     let run = oxcdctl(&["snapshot", "status", file.to_str().unwrap(), "-w", "json"]);
     serde_json::from_str(run.expect_ok()).unwrap()
-}
-
-/// A `prepare` hook for [`Cluster::start_prepared`] that restores every member from `file` with
-/// that member's own flags.
-fn restore_from(file: PathBuf) -> impl FnMut(&MemberSpec, &ClusterFlags) -> anyhow::Result<()> {
-    move |spec, flags| {
-        let run = oxcdctl(&[
-            "snapshot",
-            "restore",
-            file.to_str().unwrap(),
-            "--data-dir",
-            spec.data_dir.to_str().unwrap(),
-            "--name",
-            &spec.name,
-            "--initial-cluster",
-            &flags.initial_cluster,
-            "--initial-cluster-token",
-            &flags.token,
-            "--initial-advertise-peer-urls",
-            &spec.peer_url(),
-        ]);
-        run.expect_ok();
-        Ok(())
-    }
 }
 
 /// Keys, values, revisions and lease ids of every key, and the store's revision, as seen by
@@ -189,7 +165,8 @@ async fn a_member_restored_from_a_backup_has_the_same_keys_revisions_leases_and_
     assert_eq!(status["revision"], revision);
     assert_eq!(status["totalSize"], std::fs::metadata(&file).unwrap().len());
 
-    let restored = Cluster::start_prepared(Flavor::Oxcd, 1, &[], restore_from(file)).await;
+    let restored =
+        Cluster::start_prepared(Flavor::Oxcd, 1, &[], restored_from(file, Vec::new())).await;
     let at = restored.endpoints()[0].clone();
     assert_eq!(everything(&at).await, (kvs.clone(), revision.clone()));
     assert_eq!(leases(&at).await, saved_leases);
@@ -220,7 +197,8 @@ async fn three_members_restored_from_one_file_form_one_cluster() {
     let saved_leases = leases(&source.endpoints()[0]).await;
     drop(source);
 
-    let restored = Cluster::start_prepared(Flavor::Oxcd, 3, &[], restore_from(file)).await;
+    let restored =
+        Cluster::start_prepared(Flavor::Oxcd, 3, &[], restored_from(file, Vec::new())).await;
     let endpoints = restored.endpoints();
     for at in &endpoints {
         assert_eq!(everything(at).await, saved, "member at {at}");
@@ -291,7 +269,8 @@ async fn a_backup_taken_while_a_writer_runs_holds_whole_transactions() {
     let rounds = writer.await.unwrap();
     let revision = status_json(&file)["revision"].as_i64().unwrap();
 
-    let restored = Cluster::start_prepared(Flavor::Oxcd, 1, &[], restore_from(file)).await;
+    let restored =
+        Cluster::start_prepared(Flavor::Oxcd, 1, &[], restored_from(file, Vec::new())).await;
     let at = restored.endpoints()[0].clone();
     let out = etcdctl(&[at], &["get", "w/", "--prefix", "-w", "json"]).await;
     let json = out.json();
@@ -371,7 +350,8 @@ async fn a_member_added_to_a_restored_cluster_gets_the_restored_keys() {
     let saved = everything(&source.endpoints()[0]).await;
     drop(source);
 
-    let mut restored = Cluster::start_prepared(Flavor::Oxcd, 1, &[], restore_from(file)).await;
+    let mut restored =
+        Cluster::start_prepared(Flavor::Oxcd, 1, &[], restored_from(file, Vec::new())).await;
     // A learner: the harness adds voters only to clusters that keep a quorum without them.
     let added = restored.add_member("n2", true).await;
     let at = restored.members()[added.index].endpoint();
