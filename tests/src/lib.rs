@@ -6,6 +6,7 @@
 
 pub mod certs;
 pub mod cluster;
+pub mod kube;
 pub mod powerfs;
 pub mod watch_checker;
 pub mod writes;
@@ -680,6 +681,31 @@ pub fn send_signal(pid: u32, signal: &str) -> Result<()> {
         bail!("kill -{signal} {pid} failed: {status}");
     }
     Ok(())
+}
+
+/// Runs a command-line tool (etcdctl, etcdutl, oxcdctl) to completion and returns its stdout;
+/// panics with its stderr unless it succeeds. Inherited `ETCDCTL_*` variables are dropped:
+/// etcdctl refuses a flag that an environment variable also sets.
+pub fn run_ok(program: &Path, args: &[&str]) -> String {
+    let mut cmd = Command::new(program);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("ETCDCTL_") {
+            cmd.env_remove(key);
+        }
+    }
+    let out = cmd
+        .args(args)
+        .env("ETCDCTL_API", "3")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", program.display()));
+    assert!(
+        out.status.success(),
+        "{} {args:?} failed: {}",
+        program.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
 }
 
 /// Polls `child` until it exits or `timeout` passes (`Ok(None)`).

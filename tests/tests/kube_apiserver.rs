@@ -6,258 +6,21 @@
 //! against etcd 3.7 first, as calibration.
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc;
+use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, GetOptions};
-use oxcd_tests::certs::{openssl, Killed};
-use oxcd_tests::{against, free_port, kube_bin_dir, wait_timeout, Flavor, Target};
+use oxcd_tests::kube::{test_dir, ApiServer, Kubectl, PROTOBUF_MAGIC};
+use oxcd_tests::{against, Flavor, Target};
 
 const NAMESPACE: &str = "oxcd-kube";
 const CONFIG_MAPS: usize = 5;
 const CHUNK: usize = 2;
-/// Startup runs post-start hooks that write the bootstrap objects (priority levels, the
-/// `kubernetes` Service, system namespaces); on a loaded two-core machine that takes a while.
-const APISERVER_READY_TIMEOUT: Duration = Duration::from_secs(180);
-const KUBECTL_TIMEOUT: Duration = Duration::from_secs(60);
 const WATCH_EVENT_TIMEOUT: Duration = Duration::from_secs(30);
-const ADMIN_TOKEN: &str = "oxcd-test-admin-token";
-/// What Kubernetes' protobuf serializer writes before every stored object.
-const PROTOBUF_MAGIC: &[u8] = b"k8s\0";
 
 /// The resource types each flavour's run found under /registry, compared once both ran.
 static RESOURCES: Mutex<Vec<(Flavor, BTreeSet<String>)>> = Mutex::new(Vec::new());
-
-fn kube_binary(name: &str) -> PathBuf {
-    let path = kube_bin_dir().join(name);
-    assert!(
-        path.is_file(),
-        "{} is missing; tests/reference/build-kubernetes.sh builds it (./dev test runs that, or \
-         set KUBE_BIN_DIR)",
-        path.display()
-    );
-    path
-}
-
-/// A kube-apiserver process on `etcd_url`, serving HTTPS on a free port with a self-signed
-/// certificate it makes itself. Killed on drop; its log tail is printed if the test panics.
-struct ApiServer {
-    process: Killed,
-    dir: PathBuf,
-    port: u16,
-}
-
-impl ApiServer {
-    fn start(etcd_url: &str, dir: &Path) -> ApiServer {
-        // Service account tokens need a signing key; the apiserver refuses to start without one.
-        openssl(dir, &["genrsa", "-out", "sa.key", "2048"]);
-        openssl(dir, &["rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub"]);
-        std::fs::write(
-            dir.join("tokens.csv"),
-            format!("{ADMIN_TOKEN},admin,admin,system:masters\n"),
-        )
-        .unwrap();
-        let port = free_port();
-        let log = std::fs::File::create(dir.join("kube-apiserver.log")).unwrap();
-        let process = Command::new(kube_binary("kube-apiserver"))
-            .arg(format!("--etcd-servers={etcd_url}"))
-            .arg("--etcd-prefix=/registry")
-            .arg("--bind-address=127.0.0.1")
-            .arg(format!("--secure-port={port}"))
-            // Only published in the `kubernetes` Service's endpoints, which nothing here dials;
-            // a loopback address would be refused by their validation.
-            .arg("--advertise-address=198.51.100.1")
-            .arg(format!("--cert-dir={}", dir.join("serving").display()))
-            .arg("--service-account-issuer=https://kubernetes.default.svc")
-            .arg(format!(
-                "--service-account-key-file={}",
-                dir.join("sa.pub").display()
-            ))
-            .arg(format!(
-                "--service-account-signing-key-file={}",
-                dir.join("sa.key").display()
-            ))
-            .arg(format!(
-                "--token-auth-file={}",
-                dir.join("tokens.csv").display()
-            ))
-            .arg("--authorization-mode=AlwaysAllow")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("spawning kube-apiserver");
-        let kubeconfig = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: oxcd\n  cluster:\n    \
-             server: https://127.0.0.1:{port}\n    insecure-skip-tls-verify: true\n\
-             users:\n- name: admin\n  user:\n    token: {ADMIN_TOKEN}\n\
-             contexts:\n- name: oxcd\n  context:\n    cluster: oxcd\n    user: admin\n\
-             current-context: oxcd\n"
-        );
-        std::fs::write(dir.join("kubeconfig"), kubeconfig).unwrap();
-        ApiServer {
-            process: Killed(process),
-            dir: dir.to_path_buf(),
-            port,
-        }
-    }
-
-    fn kubectl(&self) -> Kubectl {
-        Kubectl {
-            kubeconfig: self.dir.join("kubeconfig"),
-            dir: self.dir.clone(),
-        }
-    }
-
-    /// Starts kube-controller-manager or kube-scheduler against this apiserver as its admin,
-    /// serving its own health port on a free port. Killed on drop.
-    fn start_component(&self, name: &str) -> Killed {
-        let log = std::fs::File::create(self.dir.join(format!("{name}.log"))).unwrap();
-        let process = Command::new(kube_binary(name))
-            .arg(format!(
-                "--kubeconfig={}",
-                self.dir.join("kubeconfig").display()
-            ))
-            .arg("--leader-elect=false")
-            .arg("--bind-address=127.0.0.1")
-            .arg(format!("--secure-port={}", free_port()))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawning {name}: {e}"));
-        Killed(process)
-    }
-
-    /// Polls /readyz (all post-start hooks done, storage reachable) until it answers "ok".
-    fn wait_ready(&mut self) {
-        let kubectl = self.kubectl();
-        let deadline = Instant::now() + APISERVER_READY_TIMEOUT;
-        loop {
-            if let Ok(Some(status)) = self.process.0.try_wait() {
-                panic!("kube-apiserver exited before it was ready ({status})");
-            }
-            let out = kubectl.run(&["get", "--raw=/readyz"]);
-            if out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok" {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "kube-apiserver on port {} not ready within {APISERVER_READY_TIMEOUT:?}: {}",
-                self.port,
-                String::from_utf8_lossy(&out.stderr)
-            );
-            std::thread::sleep(Duration::from_millis(500));
-        }
-    }
-
-    fn log_tail(&self, name: &str, lines: usize) -> String {
-        let log = std::fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default();
-        let all: Vec<&str> = log.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
-    }
-}
-
-impl Drop for ApiServer {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            for name in [
-                "kube-apiserver",
-                "kube-controller-manager",
-                "kube-scheduler",
-            ] {
-                if self.dir.join(format!("{name}.log")).exists() {
-                    eprintln!(
-                        "\n===== {name} log tail ({}) =====\n{}",
-                        self.dir.display(),
-                        self.log_tail(name, 60)
-                    );
-                }
-            }
-        }
-    }
-}
-
-/// The real kubectl with a kubeconfig for the admin token, every call bounded in time.
-struct Kubectl {
-    kubeconfig: PathBuf,
-    dir: PathBuf,
-}
-
-impl Kubectl {
-    fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(kube_binary("kubectl"));
-        cmd.arg(format!("--kubeconfig={}", self.kubeconfig.display()))
-            .args(args)
-            .stdin(Stdio::null());
-        cmd
-    }
-
-    /// Runs to completion (output captured in files, so a chatty call cannot block on a pipe);
-    /// killed and reported if it outlives [`KUBECTL_TIMEOUT`].
-    fn run(&self, args: &[&str]) -> Output {
-        static CALLS: AtomicUsize = AtomicUsize::new(0);
-        let n = CALLS.fetch_add(1, Ordering::Relaxed);
-        let stdout_path = self.dir.join(format!("kubectl-{n}.out"));
-        let stderr_path = self.dir.join(format!("kubectl-{n}.err"));
-        let mut child = self
-            .command(args)
-            .stdout(std::fs::File::create(&stdout_path).unwrap())
-            .stderr(std::fs::File::create(&stderr_path).unwrap())
-            .spawn()
-            .expect("spawning kubectl");
-        let status = match wait_timeout(&mut child, KUBECTL_TIMEOUT).unwrap() {
-            Some(status) => status,
-            None => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("kubectl {args:?} still running after {KUBECTL_TIMEOUT:?}");
-            }
-        };
-        Output {
-            status,
-            stdout: std::fs::read(&stdout_path).unwrap(),
-            stderr: std::fs::read(&stderr_path).unwrap(),
-        }
-    }
-
-    /// Runs a call that must succeed and returns its stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "kubectl {args:?} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    /// A long-running call whose stdout lines arrive on the returned channel.
-    fn stream(&self, args: &[&str]) -> (Killed, mpsc::Receiver<String>) {
-        let mut child = self
-            .command(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawning kubectl");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        (Killed(child), rx)
-    }
-}
 
 fn config_map_names() -> Vec<String> {
     (0..CONFIG_MAPS).map(|i| format!("cm-{i}")).collect()
@@ -307,22 +70,8 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 
 /// A ready kube-apiserver on `target`, in `dir`.
 fn ready_apiserver(target: &Target, dir: &Path) -> ApiServer {
-    let mut apiserver = ApiServer::start(&format!("http://{}", target.endpoint), dir);
-    let started = Instant::now();
-    apiserver.wait_ready();
-    eprintln!(
-        "[{}] kube-apiserver ready after {:.1}s",
-        target.flavor,
-        started.elapsed().as_secs_f64()
-    );
-    apiserver
-}
-
-fn test_dir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("oxcd-test-kube-")
-        .tempdir()
-        .unwrap()
+    let etcd_url = format!("http://{}", target.endpoint);
+    ApiServer::start_ready(&etcd_url, dir, &[], &target.flavor.to_string())
 }
 
 async fn apiserver_on_the_store(target: Target) {
