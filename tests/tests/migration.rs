@@ -421,6 +421,7 @@ async fn a_kubernetes_cluster_moves_from_etcd_to_oxcd_and_back() {
     let created = kv(&created.kvs()[0]);
     assert!(created.1.starts_with(PROTOBUF_MAGIC));
     assert!(created.3 > on_etcd_store.revision);
+    let kube_objects = objects(&kubectl);
     apiserver.stop();
 
     // And back: oxcd's snapshot restored by etcdutl into etcd.
@@ -447,4 +448,14 @@ async fn a_kubernetes_cluster_moves_from_etcd_to_oxcd_and_back() {
     assert_compacted_below(&mut client, compacted).await;
     let plain_mod_revision = on_oxcd_store.value(PLAIN_KEY).3;
     assert_update_on_mod_revision(&mut client, PLAIN_KEY, plain_mod_revision).await;
+
+    // Kubernetes on etcd again: what it had on oxcd, the object created there included.
+    let on_etcd_again = test_dir();
+    let apiserver = ApiServer::start_ready(
+        &etcd_again.members()[0].client_url(),
+        on_etcd_again.path(),
+        APISERVER_FLAGS,
+        "etcd again",
+    );
+    assert_eq!(objects(&apiserver.kubectl()), kube_objects);
 }
