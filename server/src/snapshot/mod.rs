@@ -9,6 +9,7 @@
 
 pub mod backup;
 pub mod etcd;
+pub mod etcd_writer;
 pub mod format;
 
 pub use backup::{restore, status, BackupError, BackupStatus, RestoreOptions, TrailerCheck};
