@@ -11,8 +11,6 @@ pub const MAGIC: &[u8] = b"OXCDSNAP2\n";
 const END: u8 = 0xff;
 /// The state machine's column families and their record tags, in the order they are written.
 const TAGGED_CFS: [(u8, Cf); 3] = [(0, Cf::Kv), (1, Cf::Meta), (2, Cf::Lease)];
-/// Tag plus the two length words.
-const RECORD_OVERHEAD: u64 = 9;
 
 /// The column families a snapshot holds (and a snapshot install replaces).
 pub fn snapshot_cfs() -> impl Iterator<Item = Cf> {
