@@ -9,7 +9,7 @@ pub mod writer;
 
 pub use format::{Meta, MetaError};
 pub use reader::{Bucket, Db, Entries, Entry, Value};
-pub use writer::{write, Builder, Layout, WriteOptions};
+pub use writer::{plan, write, Builder, Layout, Plan, WriteOptions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -54,54 +54,92 @@ pub fn write<W: Write, E: From<Error>>(
     options: WriteOptions,
     mut fill: impl FnMut(&mut Builder<'_>) -> Result<(), E>,
 ) -> Result<Layout, E> {
+    let plan = plan(options, &mut fill)?;
+    plan.write(out, fill)?;
+    Ok(plan.layout)
+}
+
+/// The planning pass of [`write`] on its own, for a caller that must know the file's size
+/// before the first byte goes out (a stream that announces the bytes still to come).
+pub fn plan<E: From<Error>>(
+    options: WriteOptions,
+    fill: impl FnOnce(&mut Builder<'_>) -> Result<(), E>,
+) -> Result<Plan, E> {
     if !(MIN_PAGE_SIZE..=65536).contains(&options.page_size) || options.txid == 0 {
         return Err(
             Error::Invalid("page size must be 1 KiB .. 64 KiB and txid at least 1".into()).into(),
         );
     }
-    let mut plan = Builder::new(None, options.page_size);
-    fill(&mut plan)?;
-    let layout = plan.finish()?;
+    let mut planning = Builder::new(None, options.page_size);
+    fill(&mut planning)?;
+    let layout = planning.finish()?;
+    Ok(Plan { options, layout })
+}
 
-    let ps = options.page_size as usize;
-    let mut meta = Meta {
-        magic: MAGIC,
-        version: VERSION,
-        page_size: options.page_size,
-        flags: 0,
-        root: BucketHeader {
-            root: layout.root,
-            sequence: 0,
-        },
-        freelist: layout.freelist,
-        pgid: layout.pages,
-        txid: options.txid,
-        checksum: 0,
-    };
-    for id in 0..2u64 {
-        meta.txid = options.txid - id;
-        meta.checksum = meta.sum64();
-        let mut page = vec![0u8; ps];
-        PageHeader {
-            id,
-            flags: META_PAGE,
-            count: 0,
-            overflow: 0,
+/// A file laid out by [`plan`], ready to be written with the same data.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan {
+    options: WriteOptions,
+    layout: Layout,
+}
+
+impl Plan {
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    /// The file's size in bytes.
+    pub fn bytes(&self) -> u64 {
+        self.layout.bytes(self.options.page_size)
+    }
+
+    /// The writing pass: `fill` must add what it added when planned.
+    pub fn write<W: Write, E: From<Error>>(
+        &self,
+        out: &mut W,
+        fill: impl FnOnce(&mut Builder<'_>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let (options, layout) = (self.options, self.layout);
+        let ps = options.page_size as usize;
+        let mut meta = Meta {
+            magic: MAGIC,
+            version: VERSION,
+            page_size: options.page_size,
+            flags: 0,
+            root: BucketHeader {
+                root: layout.root,
+                sequence: 0,
+            },
+            freelist: layout.freelist,
+            pgid: layout.pages,
+            txid: options.txid,
+            checksum: 0,
+        };
+        for id in 0..2u64 {
+            meta.txid = options.txid - id;
+            meta.checksum = meta.sum64();
+            let mut page = vec![0u8; ps];
+            PageHeader {
+                id,
+                flags: META_PAGE,
+                count: 0,
+                overflow: 0,
+            }
+            .encode(&mut page);
+            page[PAGE_HEADER_SIZE..PAGE_HEADER_SIZE + META_LEN].copy_from_slice(&meta.encode());
+            out.write_all(&page).map_err(Error::from)?;
         }
-        .encode(&mut page);
-        page[PAGE_HEADER_SIZE..PAGE_HEADER_SIZE + META_LEN].copy_from_slice(&meta.encode());
-        out.write_all(&page).map_err(Error::from)?;
-    }
 
-    let mut writing = Builder::new(Some(out), options.page_size);
-    fill(&mut writing)?;
-    if writing.finish()? != layout {
-        return Err(Error::Invalid(
-            "the data changed between the planning and the writing pass".into(),
-        )
-        .into());
+        let mut writing = Builder::new(Some(out), options.page_size);
+        fill(&mut writing)?;
+        if writing.finish()? != layout {
+            return Err(Error::Invalid(
+                "the data changed between the planning and the writing pass".into(),
+            )
+            .into());
+        }
+        Ok(())
     }
-    Ok(layout)
 }
 
 /// Adds buckets and entries to the file being written; see [`write`].

@@ -26,11 +26,10 @@ pub struct Alarms {
 }
 
 fn stored_alarms(engine: &Engine) -> storage::Result<BTreeSet<(u64, i32)>> {
-    Ok(match engine.get(Cf::Meta, META_ALARMS)? {
-        Some(v) => bincode::deserialize(&v)
-            .map_err(|e| storage::StorageError::Corrupt(format!("alarms: {e}")))?,
-        None => BTreeSet::new(),
-    })
+    match engine.get(Cf::Meta, META_ALARMS)? {
+        Some(v) => parse_record(&v),
+        None => Ok(BTreeSet::new()),
+    }
 }
 
 impl Alarms {
@@ -110,6 +109,11 @@ impl Alarms {
 /// The stored form of a set of active alarms, (member id, alarm type) pairs.
 pub fn stored_record(active: &BTreeSet<(u64, i32)>) -> Vec<u8> {
     bincode::serialize(active).unwrap_or_default()
+}
+
+/// The active alarms of a stored record.
+pub fn parse_record(stored: &[u8]) -> storage::Result<BTreeSet<(u64, i32)>> {
+    bincode::deserialize(stored).map_err(|e| storage::StorageError::Corrupt(format!("alarms: {e}")))
 }
 
 /// The backend quota (etcd's `quotaKVServer`): checked before a write is proposed.

@@ -112,9 +112,23 @@ pub struct Downgrade {
 
 fn stored(engine: &Engine) -> storage::Result<DowngradeInfo> {
     match engine.get(Cf::Meta, META_DOWNGRADE)? {
-        Some(v) => DowngradeInfo::decode(v.as_slice())
-            .map_err(|e| storage::StorageError::Corrupt(format!("downgrade: {e}"))),
+        Some(v) => parse_record(&v),
         None => Ok(DowngradeInfo::default()),
+    }
+}
+
+/// The downgrade state of a stored record.
+pub fn parse_record(stored: &[u8]) -> storage::Result<DowngradeInfo> {
+    DowngradeInfo::decode(stored)
+        .map_err(|e| storage::StorageError::Corrupt(format!("downgrade: {e}")))
+}
+
+/// The cluster version while `info` is the downgrade state: its target once enabled.
+pub fn cluster_version(info: &DowngradeInfo) -> ClusterVersion {
+    match info.enabled {
+        true => ClusterVersion::parse_target(&info.target_version)
+            .unwrap_or_else(|_| ClusterVersion::of_server()),
+        false => ClusterVersion::of_server(),
     }
 }
 
@@ -137,12 +151,7 @@ impl Downgrade {
     }
 
     pub fn cluster_version(&self) -> ClusterVersion {
-        let info = self.info.lock();
-        match info.enabled {
-            true => ClusterVersion::parse_target(&info.target_version)
-                .unwrap_or_else(|_| ClusterVersion::of_server()),
-            false => ClusterVersion::of_server(),
-        }
+        cluster_version(&self.info.lock())
     }
 
     /// etcd's `DowngradeValidate`, on state the caller made current with a read barrier.

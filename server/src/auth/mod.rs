@@ -16,5 +16,7 @@ mod store;
 mod token;
 
 pub use service::AuthService;
-pub use store::{AuthApplied, AuthChange, AuthInfo, AuthStore, LeaseKeys, AUTH_META_KEY};
+pub use store::{
+    AuthApplied, AuthChange, AuthInfo, AuthRecord, AuthStore, LeaseKeys, AUTH_META_KEY,
+};
 pub use token::{TokenConfig, DEFAULT_BCRYPT_COST};

@@ -108,6 +108,44 @@ struct StoredAuth {
     roles: Vec<Role>,
 }
 
+/// The auth state as a backup carries it, in and out of the stored record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuthRecord {
+    pub enabled: bool,
+    pub revision: u64,
+    pub users: Vec<User>,
+    pub roles: Vec<Role>,
+}
+
+impl AuthRecord {
+    pub fn encode(self) -> Vec<u8> {
+        prost::Message::encode_to_vec(&StoredAuth {
+            format: STORED_FORMAT,
+            enabled: self.enabled,
+            revision: self.revision,
+            users: self.users,
+            roles: self.roles,
+        })
+    }
+
+    pub fn decode(bytes: &[u8]) -> storage::Result<AuthRecord> {
+        let stored = <StoredAuth as prost::Message>::decode(bytes)
+            .map_err(|e| storage::StorageError::Corrupt(format!("auth state: {e}")))?;
+        if stored.format > STORED_FORMAT {
+            return Err(storage::StorageError::Corrupt(format!(
+                "auth state format {} is newer than this oxcd understands ({STORED_FORMAT})",
+                stored.format
+            )));
+        }
+        Ok(AuthRecord {
+            enabled: stored.enabled,
+            revision: stored.revision,
+            users: stored.users,
+            roles: stored.roles,
+        })
+    }
+}
+
 /// The keys attached to a lease (a user may revoke, or attach keys to, only a lease whose keys
 /// it may write).
 pub trait LeaseKeys {
@@ -164,21 +202,12 @@ impl AuthStore {
     /// starts at revision 1, as etcd's does.
     pub fn reload(&self, engine: &Engine) -> storage::Result<()> {
         let stored = match engine.get(Cf::Meta, AUTH_META_KEY)? {
-            Some(bytes) => {
-                let stored = <StoredAuth as prost::Message>::decode(bytes.as_slice())
-                    .map_err(|e| storage::StorageError::Corrupt(format!("auth state: {e}")))?;
-                if stored.format > STORED_FORMAT {
-                    return Err(storage::StorageError::Corrupt(format!(
-                        "auth state format {} is newer than this oxcd understands ({STORED_FORMAT})",
-                        stored.format
-                    )));
-                }
-                stored
-            }
-            None => StoredAuth {
-                format: STORED_FORMAT,
+            Some(bytes) => AuthRecord::decode(&bytes)?,
+            None => AuthRecord {
+                enabled: false,
                 revision: 1,
-                ..Default::default()
+                users: Vec::new(),
+                roles: Vec::new(),
             },
         };
         let mut state = self.state.write();
@@ -200,29 +229,14 @@ impl AuthStore {
         Ok(())
     }
 
-    /// The stored record of an auth state taken from elsewhere (etcd's snapshot).
-    pub fn stored_record(
-        enabled: bool,
-        revision: u64,
-        users: Vec<User>,
-        roles: Vec<Role>,
-    ) -> Vec<u8> {
-        prost::Message::encode_to_vec(&StoredAuth {
-            format: STORED_FORMAT,
-            enabled,
-            revision,
-            users,
-            roles,
-        })
-    }
-
     fn encode(&self, state: &State) -> Vec<u8> {
-        Self::stored_record(
-            self.is_enabled(),
-            self.revision(),
-            state.users.values().cloned().collect(),
-            state.roles.values().cloned().collect(),
-        )
+        AuthRecord {
+            enabled: self.is_enabled(),
+            revision: self.revision(),
+            users: state.users.values().cloned().collect(),
+            roles: state.roles.values().cloned().collect(),
+        }
+        .encode()
     }
 
     pub fn is_enabled(&self) -> bool {

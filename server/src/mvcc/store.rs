@@ -455,6 +455,19 @@ pub fn current_revision_record(key: &[u8], value: &[u8]) -> Option<i64> {
     (key == META_CURRENT_REV).then(|| Some(i64::from_be_bytes(value.try_into().ok()?)))?
 }
 
+/// The compaction point among a store's metadata records, if the store was ever compacted: the
+/// scheduled revision, and the finished one once its physical compaction has completed.
+pub fn compaction_point(
+    meta: &std::collections::BTreeMap<Vec<u8>, Vec<u8>>,
+) -> Option<(i64, Option<i64>)> {
+    let read = |key: &[u8]| {
+        Some(i64::from_be_bytes(
+            meta.get(key)?.as_slice().try_into().ok()?,
+        ))
+    };
+    Some((read(META_SCHEDULED_COMPACT)?, read(META_FINISHED_COMPACT)))
+}
+
 /// The metadata records of a store restored from another's revisions (etcd's snapshot): its
 /// current revision and its compaction point (scheduled and finished), when it has one.
 pub fn restored_revision_records(

@@ -54,7 +54,11 @@ pub struct MemberInfo {
 pub fn list(raft: &Raft) -> Vec<MemberInfo> {
     let metrics = raft.metrics();
     let metrics = metrics.borrow();
-    let membership = metrics.membership_config.membership();
+    members_of(metrics.membership_config.membership())
+}
+
+/// The members of a membership config, voters and learners, in id order.
+pub(super) fn members_of(membership: &openraft::Membership<NodeId, Member>) -> Vec<MemberInfo> {
     let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
     membership
         .nodes()

@@ -30,7 +30,7 @@ pub use membership::{new_member_id, MemberChange, MemberInfo};
 pub use network::{
     peer_endpoint, Client as PeerClient, Peers, CLUSTER_ID_HEADER, MAX_PEER_MESSAGE,
 };
-pub use state_machine::{Applied, RAFT_META_KEYS};
+pub use state_machine::{applied_position, Applied, AppliedPosition, RAFT_META_KEYS};
 pub use types::{Command, CommandBatch, LeaseExpiry, Member, NodeId, Op, OutcomeBatch, Outcomes};
 
 use crate::error::EtcdError;

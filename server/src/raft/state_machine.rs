@@ -14,6 +14,7 @@ use oxcd_proto::etcdserverpb::{
     AlarmResponse, CompactionResponse, LeaseGrantResponse, LeaseRevokeResponse, ResponseHeader,
 };
 
+use super::membership::MemberInfo;
 use super::snapshot_file::{SnapshotDir, SnapshotFileError};
 use super::types::{
     Command, CommandBatch, Entry, LogId, Op, Outcome, OutcomeBatch, Outcomes, SnapshotMeta,
@@ -28,7 +29,7 @@ use crate::lease::{Lessor, StoredLease};
 use crate::metrics::metrics;
 use crate::mvcc::{KeyRange, MvccStore, Writer};
 use crate::snapshot::format;
-use crate::storage::{off_runtime, Cf, Engine};
+use crate::storage::{off_runtime, Cf, Engine, Snapshot as EngineSnapshot};
 use crate::watch::WatchHub;
 
 pub(super) const META_APPLIED: &[u8] = b"raft_applied";
@@ -473,10 +474,10 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     }
 }
 
-/// Writes the state machine's column families as of one engine snapshot, with the applied log
-/// id and membership of that same snapshot as the metadata.
-fn dump_snapshot(store: &MvccStore, snapshots: &SnapshotDir) -> Result<(), StorageError> {
-    let snap = store.engine_snapshot();
+/// The last applied log id and the membership recorded with it in an engine snapshot.
+fn applied_state(
+    snap: &EngineSnapshot<'_>,
+) -> Result<(Option<LogId>, StoredMembership), StorageError> {
     let get = |key: &[u8]| {
         snap.get(Cf::Meta, key)
             .map_err(|e| snap_err(ErrorVerb::Read, e))
@@ -489,6 +490,34 @@ fn dump_snapshot(store: &MvccStore, snapshots: &SnapshotDir) -> Result<(), Stora
         Some(v) => bincode::deserialize(&v).map_err(|e| snap_err(ErrorVerb::Read, e))?,
         None => StoredMembership::default(),
     };
+    Ok((applied, membership))
+}
+
+/// Where in the Raft log an engine snapshot stands, as etcd's backend records it: the term and
+/// index of the last applied entry (etcd's `term` and `consistent_index`) and the membership in
+/// force there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppliedPosition {
+    pub term: u64,
+    pub index: u64,
+    pub members: Vec<MemberInfo>,
+}
+
+pub fn applied_position(snap: &EngineSnapshot<'_>) -> crate::storage::Result<AppliedPosition> {
+    let (applied, membership) =
+        applied_state(snap).map_err(|e| crate::storage::StorageError::Corrupt(e.to_string()))?;
+    Ok(AppliedPosition {
+        term: applied.map_or(0, |id| id.leader_id.term),
+        index: applied.map_or(0, |id| id.index),
+        members: super::membership::members_of(membership.membership()),
+    })
+}
+
+/// Writes the state machine's column families as of one engine snapshot, with the applied log
+/// id and membership of that same snapshot as the metadata.
+fn dump_snapshot(store: &MvccStore, snapshots: &SnapshotDir) -> Result<(), StorageError> {
+    let snap = store.engine_snapshot();
+    let (applied, membership) = applied_state(&snap)?;
     let snapshot_id = match applied {
         Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, unix_millis()),
         None => format!("0-0-{}", unix_millis()),

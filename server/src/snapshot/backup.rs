@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use super::etcd::EtcdSnapshot;
-use super::format::{self, DecodeError, Decoder};
+use super::etcd_writer::{EtcdExport, ExportError};
+use super::format::{DecodeError, Decoder};
 use crate::metrics::metrics;
 use crate::mvcc::MvccStore;
 use crate::node::RestoreFlags;
@@ -101,27 +102,28 @@ impl TrailerCheck {
     }
 }
 
-/// Streams a backup of the whole store as of one instant, while writes go on: `send` gets each
-/// chunk with the bytes still to come after it and returns false when the receiver has gone.
-/// The last chunk is the sha256 trailer. Memory stays at about one chunk.
+/// Streams a backup of the whole store as of one instant, while writes go on, in etcd's own
+/// snapshot format: a bbolt database in etcd's schema ([`EtcdExport`]) followed by its sha256,
+/// as etcd streams one. `send` gets each chunk with the bytes still to come after it and
+/// returns false when the receiver has gone; the last chunk is the sha256. The database is laid
+/// out in a first pass over the snapshot, so that the first chunk can announce the total;
+/// memory stays at about one chunk plus a few pages.
 pub fn stream(
     store: &MvccStore,
     mut send: impl FnMut(Vec<u8>, u64) -> bool,
-) -> Result<(), format::EncodeError> {
+) -> Result<(), ExportError> {
     // etcd's backend snapshot time: the whole transfer, observed when it completes.
     let started = std::time::Instant::now();
     let snap = store.engine_snapshot();
-    let records = format::encoded_len(&snap)?;
-    let body = records.next_multiple_of(BLOCK_BYTES);
-    let total = body + SHA256_BYTES as u64;
+    let export = EtcdExport::new(&snap)?;
+    let plan = export.plan()?;
     let mut out = ChunkSender {
         chunk: Vec::with_capacity(CHUNK_BYTES),
-        left: total,
+        left: plan.bytes() + SHA256_BYTES as u64,
         sha: Sha256::new(),
         send: &mut send,
     };
-    format::encode(&snap, &mut out)?;
-    out.write_all(&vec![0; (body - records) as usize])?;
+    export.write(&plan, &mut out)?;
     out.flush()?;
     let sha = out.sha.finalize().to_vec();
     if !send(sha, 0) {
@@ -388,7 +390,8 @@ mod tests {
     use crate::lease::StoredLease;
     use crate::storage::Entry;
 
-    /// A store with a few revisions, a deleted key and a lease, and its data dir.
+    /// A store with a few revisions, a deleted key, a lease, a compaction, a user and a role, an
+    /// alarm and a downgrade, and its data dir.
     fn store() -> (tempfile::TempDir, Arc<Engine>, Arc<MvccStore>) {
         let dir = tempfile::tempdir().unwrap();
         let engine = Engine::open(dir.path()).unwrap();
@@ -403,8 +406,49 @@ mod tests {
             .delete_range(&crate::mvcc::KeyRange::Single(b"b".to_vec()));
         let lease = StoredLease { id: 7, ttl: 60 };
         w.put_extra(Cf::Lease, &StoredLease::key(7), &lease.value());
-        w.put_extra(Cf::Meta, RAFT_META_KEYS[0], b"old cluster's log id");
+        w.compact(2).unwrap();
+        let auth = crate::auth::AuthRecord {
+            enabled: true,
+            revision: 9,
+            users: vec![oxcd_proto::authpb::User {
+                name: b"root".to_vec(),
+                roles: vec!["root".into()],
+                ..Default::default()
+            }],
+            roles: vec![oxcd_proto::authpb::Role {
+                name: b"root".to_vec(),
+                ..Default::default()
+            }],
+        };
+        w.put_extra(Cf::Meta, crate::auth::AUTH_META_KEY, &auth.encode());
+        let alarms = [(0x42, 1), (0x7, 2)].into_iter().collect();
+        let alarms = crate::alarm::stored_record(&alarms);
+        w.put_extra(Cf::Meta, crate::alarm::Alarms::meta_key(), &alarms);
+        let downgrade = oxcd_proto::etcdserverpb::DowngradeInfo {
+            enabled: true,
+            target_version: "3.6.0".into(),
+        };
+        let downgrade = prost::Message::encode_to_vec(&downgrade);
+        w.put_extra(
+            Cf::Meta,
+            crate::downgrade::Downgrade::meta_key(),
+            &downgrade,
+        );
         w.commit().unwrap();
+        // The compactor finishes the compaction in the background; back up what it leaves.
+        let finished = || {
+            let meta = entries(&engine, Cf::Meta);
+            let meta = meta
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect();
+            matches!(crate::mvcc::compaction_point(&meta), Some((2, Some(2))))
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(finished(), "the compaction finished");
         (dir, engine, store)
     }
 
@@ -447,35 +491,69 @@ mod tests {
         }
     }
 
+    /// A backup as releases before etcd's format wrote one: oxcd's snapshot records, zeros to
+    /// whole 512-byte blocks, then the sha256.
+    fn legacy_backup(store: &MvccStore) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        super::super::format::encode(&store.engine_snapshot(), &mut bytes).unwrap();
+        bytes.resize(bytes.len().next_multiple_of(BLOCK_BYTES as usize), 0);
+        let sha = Sha256::digest(&bytes);
+        bytes.extend_from_slice(&sha);
+        bytes
+    }
+
+    fn meta_records(engine: &Engine) -> Vec<Entry> {
+        let mut meta = entries(engine, Cf::Meta);
+        meta.retain(|(k, _)| !RAFT_META_KEYS.contains(&&k[..]));
+        meta
+    }
+
+    /// Restores `file` and checks the new data dir holds the store's revisions, leases and
+    /// metadata, without its Raft bookkeeping, as a new cluster's first member.
+    fn assert_restores(file: &Path, engine: &Engine, store: &MvccStore, target: &Path) {
+        let urls = ["http://127.0.0.1:2380".to_string()];
+        let (member, cluster) = restore(file, &options(target, &urls)).unwrap();
+        assert_eq!(member, crate::cluster::member_id(&urls, "restored"));
+        assert_ne!(cluster, 0);
+        let restored = Engine::open(target).unwrap();
+        for cf in [Cf::Kv, Cf::Lease] {
+            assert_eq!(entries(&restored, cf), entries(engine, cf), "{cf:?}");
+        }
+        assert_eq!(meta_records(&restored), meta_records(engine));
+        let reopened = MvccStore::open(restored).unwrap();
+        assert_eq!(reopened.current_revision(), store.current_revision());
+    }
+
     #[test]
     fn a_restored_data_dir_holds_the_saved_store_as_a_new_cluster() {
         let (dir, engine, store) = store();
         let file = dir.path().join("backup.db");
         save(&store, &file);
+        assert!(super::super::etcd::is_bbolt(&file).unwrap());
+        let st = status(&file).unwrap();
+        assert_eq!(st.revision, store.current_revision());
+        assert_eq!(st.total_size, std::fs::metadata(&file).unwrap().len() - 32);
+        assert_restores(&file, &engine, &store, &dir.path().join("restored"));
+    }
 
+    #[test]
+    fn a_backup_of_an_earlier_release_still_restores() {
+        let (dir, engine, store) = store();
+        let file = dir.path().join("legacy.db");
+        std::fs::write(&file, legacy_backup(&store)).unwrap();
         let st = status(&file).unwrap();
         assert_eq!(st.revision, store.current_revision());
         assert_eq!(st.hash, engine.checksum(&[Cf::Kv, Cf::Lease]).unwrap());
         assert_eq!(st.total_size, std::fs::metadata(&file).unwrap().len());
+        assert_restores(&file, &engine, &store, &dir.path().join("restored"));
 
-        let target = dir.path().join("restored");
+        let mut flipped = std::fs::read(&file).unwrap();
+        let middle = flipped.len() / 2;
+        flipped[middle] ^= 0x20;
+        std::fs::write(&file, flipped).unwrap();
         let urls = ["http://127.0.0.1:2380".to_string()];
-        let (member, cluster) = restore(&file, &options(&target, &urls)).unwrap();
-        assert_eq!(member, crate::cluster::member_id(&urls, "restored"));
-        assert_ne!(cluster, 0);
-        let restored = Engine::open(&target).unwrap();
-        for cf in [Cf::Kv, Cf::Lease] {
-            assert_eq!(entries(&restored, cf), entries(&engine, cf), "{cf:?}");
-        }
-        let meta = entries(&restored, Cf::Meta);
-        assert!(meta.iter().all(|(k, _)| !RAFT_META_KEYS.contains(&&k[..])));
-        assert_eq!(
-            meta.len() + 1,
-            entries(&engine, Cf::Meta).len(),
-            "everything but the old Raft bookkeeping"
-        );
-        let reopened = MvccStore::open(restored).unwrap();
-        assert_eq!(reopened.current_revision(), store.current_revision());
+        let err = restore(&file, &options(&dir.path().join("again"), &urls)).unwrap_err();
+        assert!(matches!(err, BackupError::HashMismatch { .. }), "{err}");
     }
 
     #[test]

@@ -14,15 +14,51 @@ use std::path::Path;
 use oxcd_bbolt::trailer::{self, Trailer};
 use oxcd_bbolt::{Bucket, Db, Value};
 use oxcd_proto::authpb::{Role, User};
-use oxcd_proto::etcdserverpb::AlarmMember;
+use oxcd_proto::etcdserverpb::{AlarmMember, DowngradeInfo};
 use oxcd_proto::mvccpb::KeyValue;
 use prost::Message;
 
 use super::{BackupError, BackupStatus};
-use crate::auth::AuthStore;
+use crate::auth::AuthRecord;
 use crate::lease::StoredLease;
 use crate::mvcc::Revision;
 use crate::storage::Cf;
+
+/// etcd's bucket names.
+pub(super) mod bucket {
+    pub const ALARM: &str = "alarm";
+    pub const AUTH: &str = "auth";
+    pub const AUTH_ROLES: &str = "authRoles";
+    pub const AUTH_USERS: &str = "authUsers";
+    pub const CLUSTER: &str = "cluster";
+    pub const KEY: &str = "key";
+    pub const LEASE: &str = "lease";
+    pub const MEMBERS: &str = "members";
+    pub const MEMBERS_REMOVED: &str = "members_removed";
+    pub const META: &str = "meta";
+}
+
+/// etcd's keys in its `auth`, `cluster` and `meta` buckets.
+pub(super) mod meta_key {
+    pub const AUTH_ENABLED: &[u8] = b"authEnabled";
+    pub const AUTH_REVISION: &[u8] = b"authRevision";
+    pub const CLUSTER_VERSION: &[u8] = b"clusterVersion";
+    pub const DOWNGRADE: &[u8] = b"downgrade";
+    pub const CONF_STATE: &[u8] = b"confState";
+    pub const CONSISTENT_INDEX: &[u8] = b"consistent_index";
+    pub const FINISHED_COMPACT: &[u8] = b"finishedCompactRev";
+    pub const SCHEDULED_COMPACT: &[u8] = b"scheduledCompactRev";
+    pub const STORAGE_VERSION: &[u8] = b"storageVersion";
+    pub const TERM: &[u8] = b"term";
+}
+
+/// etcd's version.DowngradeInfo as its backend stores it (Go's encoding/json of the struct).
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(super) struct DowngradeJson {
+    #[serde(rename = "target-version")]
+    pub target_version: String,
+    pub enabled: bool,
+}
 
 /// Whether the file starts like a bbolt file (meta page 0's magic, after its page header).
 pub fn is_bbolt(path: &Path) -> Result<bool, BackupError> {
@@ -119,7 +155,7 @@ impl EtcdSnapshot {
             self.for_each(&name, |k, v| {
                 hash = crc32c::crc32c_append(crc32c::crc32c_append(hash, &k), &v);
                 total_keys += 1;
-                if name == "key" {
+                if name == bucket::KEY {
                     revision = Revision::from_key(&k)
                         .ok_or_else(|| self.corrupt(format!("bad revision key {k:?}")))?
                         .0
@@ -143,7 +179,7 @@ impl EtcdSnapshot {
         visit: &mut impl FnMut(Cf, &[u8], &[u8]) -> Result<(), BackupError>,
     ) -> Result<(), BackupError> {
         let last_main = self.revisions(visit)?;
-        self.for_each("lease", |_, v| {
+        self.for_each(bucket::LEASE, |_, v| {
             // etcd's leasepb.Lease: oxcd keeps its ID and TTL (RemainingTTL is a checkpoint).
             let lease = StoredLease::decode(v.as_slice())
                 .map_err(|e| self.corrupt(format!("lease: {e}")))?;
@@ -161,7 +197,34 @@ impl EtcdSnapshot {
         if let Some(alarms) = self.alarms()? {
             visit(Cf::Meta, crate::alarm::Alarms::meta_key(), &alarms)?;
         }
+        if let Some(downgrade) = self.downgrade()? {
+            visit(
+                Cf::Meta,
+                crate::downgrade::Downgrade::meta_key(),
+                &downgrade,
+            )?;
+        }
         Ok(())
+    }
+
+    /// oxcd's downgrade record from `cluster`/`downgrade`, if a downgrade is enabled.
+    fn downgrade(&self) -> Result<Option<Vec<u8>>, BackupError> {
+        let mut enabled = None;
+        self.for_each(bucket::CLUSTER, |k, v| {
+            if k == meta_key::DOWNGRADE {
+                let info: DowngradeJson = serde_json::from_slice(&v)
+                    .map_err(|e| self.corrupt(format!("downgrade: {e}")))?;
+                enabled = info.enabled.then(|| {
+                    DowngradeInfo {
+                        enabled: true,
+                        target_version: info.target_version,
+                    }
+                    .encode_to_vec()
+                });
+            }
+            Ok(())
+        })?;
+        Ok(enabled)
     }
 
     /// The `key` bucket as it is (etcd's layout is oxcd's), each entry checked; returns the last
@@ -171,7 +234,7 @@ impl EtcdSnapshot {
         visit: &mut impl FnMut(Cf, &[u8], &[u8]) -> Result<(), BackupError>,
     ) -> Result<i64, BackupError> {
         let mut last_main = 0;
-        self.for_each("key", |k, v| {
+        self.for_each(bucket::KEY, |k, v| {
             let Some((rev, _)) = Revision::from_key(&k) else {
                 return Err(self.corrupt(format!("bad revision key {k:?}")));
             };
@@ -186,15 +249,15 @@ impl EtcdSnapshot {
     /// The compaction point (scheduled, finished) from `meta`, if the store was ever compacted.
     fn compaction(&self) -> Result<Option<(i64, i64)>, BackupError> {
         let (mut scheduled, mut finished) = (None, None);
-        self.for_each("meta", |k, v| {
+        self.for_each(bucket::META, |k, v| {
             let rev = || {
                 Revision::from_key(&v)
                     .map(|(r, _)| r.main)
                     .ok_or_else(|| self.corrupt(format!("meta {k:?}: bad revision")))
             };
             match k.as_slice() {
-                b"scheduledCompactRev" => scheduled = Some(rev()?),
-                b"finishedCompactRev" => finished = Some(rev()?),
+                meta_key::SCHEDULED_COMPACT => scheduled = Some(rev()?),
+                meta_key::FINISHED_COMPACT => finished = Some(rev()?),
                 _ => {}
             }
             Ok(())
@@ -205,10 +268,10 @@ impl EtcdSnapshot {
     /// oxcd's auth record from `auth`, `authUsers` and `authRoles`, unless auth was never used.
     fn auth(&self) -> Result<Option<Vec<u8>>, BackupError> {
         let (mut enabled, mut revision) = (false, 1);
-        self.for_each("auth", |k, v| {
+        self.for_each(bucket::AUTH, |k, v| {
             match k.as_slice() {
-                b"authEnabled" => enabled = v == [1],
-                b"authRevision" if v.len() == 8 => {
+                meta_key::AUTH_ENABLED => enabled = v == [1],
+                meta_key::AUTH_REVISION if v.len() == 8 => {
                     revision = u64::from_be_bytes(v.try_into().expect("8 bytes"))
                 }
                 _ => {}
@@ -216,23 +279,31 @@ impl EtcdSnapshot {
             Ok(())
         })?;
         let mut users = Vec::new();
-        self.for_each("authUsers", |_, v| {
+        self.for_each(bucket::AUTH_USERS, |_, v| {
             users.push(User::decode(v.as_slice()).map_err(|e| self.corrupt(format!("user: {e}")))?);
             Ok(())
         })?;
         let mut roles = Vec::new();
-        self.for_each("authRoles", |_, v| {
+        self.for_each(bucket::AUTH_ROLES, |_, v| {
             roles.push(Role::decode(v.as_slice()).map_err(|e| self.corrupt(format!("role: {e}")))?);
             Ok(())
         })?;
         let used = enabled || !users.is_empty() || !roles.is_empty();
-        Ok(used.then(|| AuthStore::stored_record(enabled, revision, users, roles)))
+        Ok(used.then(|| {
+            AuthRecord {
+                enabled,
+                revision,
+                users,
+                roles,
+            }
+            .encode()
+        }))
     }
 
     /// oxcd's alarms record from `alarm` (whose keys are `AlarmMember`s), if any is raised.
     fn alarms(&self) -> Result<Option<Vec<u8>>, BackupError> {
         let mut alarms = BTreeSet::new();
-        self.for_each("alarm", |k, _| {
+        self.for_each(bucket::ALARM, |k, _| {
             let alarm = AlarmMember::decode(k.as_slice())
                 .map_err(|e| self.corrupt(format!("alarm: {e}")))?;
             alarms.insert((alarm.member_id, alarm.alarm));

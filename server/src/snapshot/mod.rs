@@ -1,14 +1,16 @@
-//! Snapshots of the state machine: the record format shared by Raft (a leader's snapshot for a
-//! lagging member) and by backups (Maintenance.Snapshot, `oxcdctl snapshot save|status|restore`).
+//! Snapshots of the state machine: the record format of Raft snapshots (a leader's snapshot for
+//! a lagging member) and backups (Maintenance.Snapshot, `oxcdctl snapshot save|status|restore`).
 //!
-//! A backup file is the Raft snapshot encoding ([`format`](mod@format)) padded with zeros to whole 512-byte
-//! blocks, then the 32-byte sha256 of everything before it. That is how etcd ends its snapshot
-//! stream, and etcdctl checks for it by the file's size (a bbolt file is whole pages), so
-//! `etcdctl snapshot save` against oxcd writes the same file as `oxcdctl snapshot save`. A restore
-//! also takes etcd's own (bbolt) snapshot files, told apart by their first bytes ([`etcd`]).
+//! A backup is etcd's own snapshot format: a bbolt database in etcd's schema followed by the
+//! sha256 of everything before it ([`etcd_writer`]), so etcdctl and etcdutl read oxcd's backups
+//! and `etcdutl snapshot restore` makes a real etcd member of one. A restore takes those files,
+//! etcd's own ([`etcd`]), and the backups of earlier oxcd releases, which were the Raft
+//! snapshot encoding ([`format`](mod@format)) padded with zeros to whole 512-byte blocks before
+//! the sha256; the two are told apart by their first bytes.
 
 pub mod backup;
 pub mod etcd;
+pub mod etcd_writer;
 pub mod format;
 
 pub use backup::{restore, status, BackupError, BackupStatus, RestoreOptions, TrailerCheck};
