@@ -12,7 +12,7 @@ use oxcd_bbolt::trailer::{self, HashingWriter};
 use oxcd_bbolt::{Bucket, Builder, Db, Value, WriteOptions};
 use oxcd_proto::authpb;
 use oxcd_proto::mvccpb;
-use oxcd_tests::cluster::{restored_from, Cluster};
+use oxcd_tests::cluster::{restored_by, restored_from, Cluster};
 use oxcd_tests::{etcd37_bin, oxcdctl_bin, require_etcd, Flavor, Server};
 use prost::Message;
 
@@ -387,6 +387,15 @@ async fn etcd_34_snapshots_are_read_and_rewritten_faithfully() {
     snapshot_of(Flavor::Etcd, dir.path()).await;
 }
 
+/// oxcd's own backup (saved here by etcdctl 3.4) is etcd's format: the same buckets and records
+/// as etcd's, accepted by etcdutl 3.7 and etcdctl 3.4.
+#[tokio::test]
+async fn oxcd_snapshots_are_etcds_format() {
+    require_etcd();
+    let dir = tempfile::tempdir().unwrap();
+    snapshot_of(Flavor::Oxcd, dir.path()).await;
+}
+
 /// What a client sees of a store: every key now, every key at the compaction revision, every
 /// event since it, HashKV now, leases with their keys, users and roles.
 #[derive(Debug, PartialEq)]
@@ -528,6 +537,44 @@ async fn an_etcd_37_snapshot_restored_into_oxcd_serves_the_same_history() {
 async fn an_etcd_34_snapshot_restored_into_oxcd_serves_the_same_history() {
     require_etcd();
     restored_into_oxcd(Flavor::Etcd).await;
+}
+
+/// The way back: oxcd's backup, restored by etcdutl 3.7 into three real etcd members, serves
+/// the same keys, history, compaction point, HashKV, leases (keys attached), users, roles and
+/// alarms as the oxcd member it was taken from.
+#[tokio::test]
+async fn an_oxcd_snapshot_restored_into_etcd_37_serves_the_same_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let oxcd = Server::start(Flavor::Oxcd).await;
+    let mut client = oxcd.client().await;
+    let compact = write_history(&mut client).await;
+    let file = dir.path().join("oxcd.db");
+    let endpoint = format!("--endpoints={}", oxcd.endpoint());
+    run(
+        &oxcdctl_bin(),
+        &[&endpoint, "snapshot", "save", file.to_str().unwrap()],
+    );
+    let expected = observe(&mut client, compact).await;
+    assert_eq!(expected.leases[0].2.len(), 2);
+    assert_eq!(expected.alarms.len(), 1);
+    drop(oxcd);
+
+    let etcd = Cluster::start_prepared(
+        Flavor::Etcd37,
+        3,
+        &[],
+        restored_by(etcdutl37(), file.clone(), Vec::new()),
+    )
+    .await;
+    for endpoint in etcd.endpoints() {
+        let mut client = Client::connect([endpoint.as_str()], None).await.unwrap();
+        assert_eq!(observe(&mut client, compact).await, expected, "{endpoint}");
+    }
+    let mut client = etcd.client_all().await;
+    let compacted = client
+        .get("k/001", Some(GetOptions::new().with_revision(compact - 1)))
+        .await;
+    assert!(format!("{compacted:?}").contains("required revision has been compacted"));
 }
 
 /// tests/reference/bbolt, real bbolt (the version etcd 3.7.3 uses), built once per test binary.
