@@ -33,9 +33,19 @@ die() {
 # replace directives. The module in ./etcd/vVERSION requires the three upstream main packages
 # as `tool`s at exactly that version (MVS picks the same dependency versions as each upstream
 # go.mod), so `go build <upstream main package>` yields etcd's own binaries, not wrappers.
+
+# `etcd --version`'s first line. Read whole, not through `| head` or `| grep -q`: those stop
+# reading early, etcd then dies of SIGPIPE, and with pipefail a built etcd looked unbuilt (and
+# an assignment of that pipeline ended the script under set -e).
+version_of() {
+    local text
+    text="$("$1" --version 2>&1)" || return 1
+    echo "${text%%$'\n'*}"
+}
+
 is_built() {
     [[ -x "$out/etcd" && -x "$out/etcdctl" && -x "$out/etcdutl" ]] || return 1
-    "$out/etcd" --version 2>/dev/null | grep -qx "etcd Version: $VERSION"
+    [[ "$(version_of "$out/etcd")" == "etcd Version: $VERSION" ]]
 }
 
 if is_built; then
@@ -87,7 +97,7 @@ go build -trimpath -o "$tmp/etcdctl" go.etcd.io/etcd/etcdctl/v3 ||
 go build -trimpath -o "$tmp/etcdutl" go.etcd.io/etcd/etcdutl/v3 ||
     die "go build of etcdutl (go.etcd.io/etcd/etcdutl/v3@v$VERSION) failed"
 
-got="$("$tmp/etcd" --version 2>&1 | head -n1)"
+got="$(version_of "$tmp/etcd")" || die "the built etcd does not run"
 [[ "$got" == "etcd Version: $VERSION" ]] || die "built etcd reports '$got', expected 'etcd Version: $VERSION'"
 
 rm -rf "$out"
