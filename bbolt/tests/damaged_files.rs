@@ -1,6 +1,6 @@
-//! Fuzzing without cargo-fuzz: real etcd snapshot files (bbolt/testdata, made by
-//! make-fixtures.sh) and a writer-made file with overflow pages and a deeper tree are damaged
-//! thousands of ways — flipped bytes, page headers and element tables overwritten, truncations,
+//! Fuzzing without cargo-fuzz: real etcd files (every file in bbolt/testdata: snapshots and copied
+//! backends of etcd 3.4 to 3.7, made by make-fixtures.sh) and a writer-made file with overflow
+//! pages and a deeper tree are damaged thousands of ways — flipped bytes, page headers and element tables overwritten, truncations,
 //! meta fields set to extremes and re-signed — and every read of them must end in a value or an
 //! error: no panic, no endless loop, and no allocation larger than the file.
 
@@ -138,11 +138,17 @@ fn damaged_files_give_errors_never_panics_or_huge_allocations() {
     let dir = tempfile::tempdir().unwrap();
     let testdata = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata");
     let mut originals = vec![("writer".to_string(), writer_made())];
-    for name in ["etcd-3.7.3.db", "etcd-3.4.23.db"] {
-        originals.push((
-            name.to_string(),
-            std::fs::read(testdata.join(name)).unwrap(),
-        ));
+    let mut fixtures: Vec<_> = std::fs::read_dir(&testdata)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "db"))
+        .collect();
+    fixtures.sort();
+    // Each release's snapshot and copied member file (make-fixtures.sh), 3.4 to 3.7.
+    assert!(fixtures.len() >= 8, "{fixtures:?}");
+    for path in fixtures {
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        originals.push((name, std::fs::read(&path).unwrap()));
     }
     for (name, original) in &originals {
         let path = dir.path().join("damaged.db");

@@ -574,12 +574,12 @@ pub fn restored_from(
     file: PathBuf,
     extra: Vec<String>,
 ) -> impl FnMut(&MemberSpec, &ClusterFlags) -> Result<()> {
-    restored_with(crate::oxcdctl_bin(), file, extra)
+    restored_by(crate::oxcdctl_bin(), file, extra)
 }
 
-/// [`restored_from`] with another restore tool taking etcdutl's flags (etcdutl itself, to
-/// restore into etcd).
-pub fn restored_with(
+/// [`restored_from`] with another restore tool that takes etcdutl's arguments (etcdutl itself,
+/// for a real etcd cluster).
+pub fn restored_by(
     tool: PathBuf,
     file: PathBuf,
     extra: Vec<String>,

@@ -12,7 +12,7 @@ use oxcd_bbolt::trailer::{self, HashingWriter};
 use oxcd_bbolt::{Bucket, Builder, Db, Value, WriteOptions};
 use oxcd_proto::authpb;
 use oxcd_proto::mvccpb;
-use oxcd_tests::cluster::{restored_from, Cluster};
+use oxcd_tests::cluster::{restored_by, restored_from, Cluster};
 use oxcd_tests::{etcd37_bin, oxcdctl_bin, require_etcd, Flavor, Server};
 use prost::Message;
 
@@ -387,6 +387,15 @@ async fn etcd_34_snapshots_are_read_and_rewritten_faithfully() {
     snapshot_of(Flavor::Etcd, dir.path()).await;
 }
 
+/// oxcd's own backup (saved here by etcdctl 3.4) is etcd's format: the same buckets and records
+/// as etcd's, accepted by etcdutl 3.7 and etcdctl 3.4.
+#[tokio::test]
+async fn oxcd_snapshots_are_etcds_format() {
+    require_etcd();
+    let dir = tempfile::tempdir().unwrap();
+    snapshot_of(Flavor::Oxcd, dir.path()).await;
+}
+
 /// What a client sees of a store: every key now, every key at the compaction revision, every
 /// event since it, HashKV now, leases with their keys, users and roles.
 #[derive(Debug, PartialEq)]
@@ -530,6 +539,44 @@ async fn an_etcd_34_snapshot_restored_into_oxcd_serves_the_same_history() {
     restored_into_oxcd(Flavor::Etcd).await;
 }
 
+/// The way back: oxcd's backup, restored by etcdutl 3.7 into three real etcd members, serves
+/// the same keys, history, compaction point, HashKV, leases (keys attached), users, roles and
+/// alarms as the oxcd member it was taken from.
+#[tokio::test]
+async fn an_oxcd_snapshot_restored_into_etcd_37_serves_the_same_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let oxcd = Server::start(Flavor::Oxcd).await;
+    let mut client = oxcd.client().await;
+    let compact = write_history(&mut client).await;
+    let file = dir.path().join("oxcd.db");
+    let endpoint = format!("--endpoints={}", oxcd.endpoint());
+    run(
+        &oxcdctl_bin(),
+        &[&endpoint, "snapshot", "save", file.to_str().unwrap()],
+    );
+    let expected = observe(&mut client, compact).await;
+    assert_eq!(expected.leases[0].2.len(), 2);
+    assert_eq!(expected.alarms.len(), 1);
+    drop(oxcd);
+
+    let etcd = Cluster::start_prepared(
+        Flavor::Etcd37,
+        3,
+        &[],
+        restored_by(etcdutl37(), file.clone(), Vec::new()),
+    )
+    .await;
+    for endpoint in etcd.endpoints() {
+        let mut client = Client::connect([endpoint.as_str()], None).await.unwrap();
+        assert_eq!(observe(&mut client, compact).await, expected, "{endpoint}");
+    }
+    let mut client = etcd.client_all().await;
+    let compacted = client
+        .get("k/001", Some(GetOptions::new().with_revision(compact - 1)))
+        .await;
+    assert!(format!("{compacted:?}").contains("required revision has been compacted"));
+}
+
 /// tests/reference/bbolt, real bbolt (the version etcd 3.7.3 uses), built once per test binary.
 fn bbolt_ref() -> &'static Path {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
@@ -555,11 +602,15 @@ fn bbolt_ref() -> &'static Path {
     })
 }
 
+/// Bytes as `bbolt-ref dump` names them.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|x| format!("{x:02x}")).collect()
+}
+
 /// The lines `bbolt-ref dump` prints, from oxcd-bbolt's reading of the same file.
 fn dump(db: &Db, bucket: &Bucket, path: &str, out: &mut String) {
     use sha2::{Digest, Sha256};
     use std::fmt::Write;
-    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
     writeln!(out, "B {path}").unwrap();
     for entry in db.entries(bucket) {
         let entry = entry.unwrap();
@@ -581,8 +632,7 @@ fn dump_all(db: &Db) -> String {
         let Value::Bucket(bucket) = entry.value else {
             panic!("data in the root bucket")
         };
-        let name: String = entry.key.iter().map(|x| format!("{x:02x}")).collect();
-        dump(db, &bucket, &name, &mut out);
+        dump(db, &bucket, &hex(&entry.key), &mut out);
     }
     out
 }
@@ -615,5 +665,110 @@ fn files_made_by_real_bbolt_and_by_the_writer_read_the_same_in_both() {
             expected,
             "page size {page_size}"
         );
+    }
+}
+
+/// The files of bbolt/testdata/make-fixtures.sh: each etcd release's (3.4 to 3.7) saved snapshot
+/// `etcd-VERSION.db` and copied backend `etcd-VERSION-member.db`, all of one history.
+fn fixtures() -> Vec<PathBuf> {
+    let testdata = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bbolt/testdata");
+    let mut files: Vec<_> = std::fs::read_dir(&testdata)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "db"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 8, "{files:?}");
+    files
+}
+
+/// Every fixture passes bbolt's check and reads in oxcd-bbolt as it reads in real bbolt.
+#[test]
+fn every_etcd_releases_files_read_as_real_bbolt_reads_them() {
+    for file in fixtures() {
+        let expected = run(bbolt_ref(), &["dump", file.to_str().unwrap()]);
+        for bucket in ETCD_BUCKETS {
+            let line = format!("B {}\n", hex(bucket.as_bytes()));
+            assert!(expected.contains(&line), "{file:?}: no bucket {bucket}");
+        }
+        let db = Db::open(&file).unwrap();
+        assert_eq!(dump_all(&db), expected, "{file:?}");
+    }
+}
+
+/// `oxcdctl snapshot status` on every fixture prints what etcdctl (3.4, the last etcdctl with the
+/// command) prints, in every output format.
+#[test]
+fn every_etcd_releases_files_have_etcdctls_status() {
+    require_etcd();
+    for file in fixtures() {
+        for format in ["json", "table", "simple", "fields"] {
+            let args = ["snapshot", "status", file.to_str().unwrap(), "-w", format];
+            assert_eq!(
+                run(&oxcdctl_bin(), &args),
+                run(&oxcd_tests::cluster::etcdctl_bin(), &args),
+                "{file:?} -w {format}"
+            );
+        }
+    }
+}
+
+/// Every fixture, restored by oxcdctl (a saved snapshot with its hash checked, a copied backend
+/// with --skip-hash-check), serves make-fixtures.sh's history: the same keys in every release,
+/// compacted at 34, the leased key with its lease, the user with its role.
+#[tokio::test]
+async fn every_etcd_releases_files_restore_into_the_same_store() {
+    let mut first: Option<(PathBuf, Vec<Kv>)> = None;
+    for file in fixtures() {
+        let copied = file.to_string_lossy().ends_with("-member.db");
+        let extra = copied.then(|| "--skip-hash-check".to_string());
+        let oxcd = Cluster::start_prepared(
+            Flavor::Oxcd,
+            1,
+            &[],
+            restored_from(file.clone(), extra.into_iter().collect()),
+        )
+        .await;
+        let mut client = oxcd.client_all().await;
+        let all = |rev| Some(GetOptions::new().with_from_key().with_revision(rev));
+        let now = client.get(vec![0u8], all(0)).await.unwrap();
+        assert_eq!(now.header().unwrap().revision(), 36, "{file:?}");
+        // key/01..30, less key/02 and key/10..19 deleted, and the leased key.
+        let kvs: Vec<Kv> = now.kvs().iter().map(served).collect();
+        assert_eq!(kvs.len(), 20, "{file:?}");
+        let at_compaction = client.get(vec![0u8], all(34)).await.unwrap();
+        assert_eq!(at_compaction.kvs().len(), 29, "{file:?}");
+        let compacted = client.get(vec![0u8], all(33)).await;
+        assert!(
+            format!("{compacted:?}").contains("required revision has been compacted"),
+            "{file:?}: {compacted:?}"
+        );
+        let leased = client.get("leased", None).await.unwrap();
+        let lease = leased.kvs()[0].lease();
+        let ttl = client
+            .lease_time_to_live(lease, Some(LeaseTimeToLiveOptions::new().with_keys()))
+            .await
+            .unwrap();
+        assert_eq!(
+            (ttl.granted_ttl(), ttl.keys()),
+            (3600, [b"leased".to_vec()].as_slice()),
+            "{file:?}"
+        );
+        let alice = client.user_get("alice").await.unwrap();
+        assert_eq!(alice.roles(), ["reader".to_string()], "{file:?}");
+        // Lease ids differ between the runs that made the files; all else is one history.
+        let comparable: Vec<Kv> = kvs
+            .into_iter()
+            .map(|mut kv| {
+                kv.5 = i64::from(kv.5 != 0);
+                kv
+            })
+            .collect();
+        match &first {
+            None => first = Some((file, comparable)),
+            Some((first_file, expected)) => {
+                assert_eq!(&comparable, expected, "{file:?} vs {first_file:?}")
+            }
+        }
     }
 }

@@ -11,7 +11,7 @@ use etcd_client::{
     Client, Compare, CompareOp, EventType, GetOptions, LeaseTimeToLiveOptions, Txn, TxnOp,
     WatchOptions,
 };
-use oxcd_tests::cluster::{restored_from, restored_with, Cluster};
+use oxcd_tests::cluster::{restored_from, restored_by, Cluster};
 use oxcd_tests::kube::{test_dir, ApiServer, Kubectl, PROTOBUF_MAGIC};
 use oxcd_tests::{etcd37_bin, oxcdctl_bin, run_ok, Flavor, Server};
 
@@ -435,7 +435,7 @@ async fn a_kubernetes_cluster_moves_from_etcd_to_oxcd_and_back() {
         Flavor::Etcd37,
         1,
         &[],
-        restored_with(etcd37_tool("etcdutl"), from_oxcd, Vec::new()),
+        restored_by(etcd37_tool("etcdutl"), from_oxcd, Vec::new()),
     )
     .await;
     let mut client = etcd_again.client_all().await;
