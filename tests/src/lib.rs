@@ -138,6 +138,11 @@ pub fn etcd37_bin() -> PathBuf {
         })
 }
 
+/// etcd 3.7's etcdctl or etcdutl, next to its etcd.
+pub fn etcd37_tool(name: &str) -> PathBuf {
+    etcd37_bin().with_file_name(name)
+}
+
 /// `$KUBE_BIN_DIR`, else where `tests/reference/build-kubernetes.sh` puts kube-apiserver,
 /// kube-controller-manager, kube-scheduler and kubectl.
 pub fn kube_bin_dir() -> PathBuf {

@@ -13,7 +13,7 @@ use oxcd_bbolt::{Bucket, Builder, Db, Value, WriteOptions};
 use oxcd_proto::authpb;
 use oxcd_proto::mvccpb;
 use oxcd_tests::cluster::{restored_by, restored_from, Cluster};
-use oxcd_tests::{etcd37_bin, oxcdctl_bin, require_etcd, Flavor, Server};
+use oxcd_tests::{etcd37_tool, oxcdctl_bin, require_etcd, run_ok, Flavor, Server};
 use prost::Message;
 
 const ETCD_BUCKETS: [&str; 10] = [
@@ -30,29 +30,14 @@ const ETCD_BUCKETS: [&str; 10] = [
 ];
 
 fn etcdutl37() -> PathBuf {
-    etcd37_bin().with_file_name("etcdutl")
+    etcd37_tool("etcdutl")
 }
 
 fn etcdctl_for(flavor: Flavor) -> PathBuf {
     match flavor {
-        Flavor::Etcd37 => etcd37_bin().with_file_name("etcdctl"),
+        Flavor::Etcd37 => etcd37_tool("etcdctl"),
         _ => oxcd_tests::cluster::etcdctl_bin(),
     }
-}
-
-fn run(program: &Path, args: &[&str]) -> String {
-    let out = Command::new(program)
-        .args(args)
-        .env("ETCDCTL_API", "3")
-        .output()
-        .unwrap_or_else(|e| panic!("running {}: {e}", program.display()));
-    assert!(
-        out.status.success(),
-        "{} {args:?} failed: {}",
-        program.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 /// A revision key: 8-byte main, '_', 8-byte sub, and a 't' for a tombstone.
@@ -257,7 +242,7 @@ fn tree(db: &Db, bucket: &Bucket) -> Vec<(Vec<u8>, Option<Vec<u8>>, usize)> {
 }
 
 fn status(file: &Path) -> serde_json::Value {
-    let out = run(
+    let out = run_ok(
         &etcdutl37(),
         &["snapshot", "status", file.to_str().unwrap(), "-w", "json"],
     );
@@ -270,7 +255,7 @@ async fn snapshot_of(flavor: Flavor, dir: &Path) {
     let compact = write_history(&mut client).await;
     let file = dir.join(format!("{flavor}.db").replace(' ', ""));
     let endpoint = format!("--endpoints={}", server.endpoint());
-    run(
+    run_ok(
         &etcdctl_for(flavor),
         &[&endpoint, "snapshot", "save", file.to_str().unwrap()],
     );
@@ -367,8 +352,8 @@ async fn snapshot_of(flavor: Flavor, dir: &Path) {
     for format in ["json", "table", "simple", "fields"] {
         let args = ["snapshot", "status", file.to_str().unwrap(), "-w", format];
         assert_eq!(
-            run(&oxcdctl_bin(), &args),
-            run(&oxcd_tests::cluster::etcdctl_bin(), &args),
+            run_ok(&oxcdctl_bin(), &args),
+            run_ok(&oxcd_tests::cluster::etcdctl_bin(), &args),
             "{flavor} -w {format}"
         );
     }
@@ -489,7 +474,7 @@ async fn restored_into_oxcd(flavor: Flavor) {
     let compact = write_history(&mut client).await;
     let file = dir.path().join("etcd.db");
     let endpoint = format!("--endpoints={}", etcd.endpoint());
-    run(
+    run_ok(
         &etcdctl_for(flavor),
         &[&endpoint, "snapshot", "save", file.to_str().unwrap()],
     );
@@ -550,7 +535,7 @@ async fn an_oxcd_snapshot_restored_into_etcd_37_serves_the_same_history() {
     let compact = write_history(&mut client).await;
     let file = dir.path().join("oxcd.db");
     let endpoint = format!("--endpoints={}", oxcd.endpoint());
-    run(
+    run_ok(
         &oxcdctl_bin(),
         &[&endpoint, "snapshot", "save", file.to_str().unwrap()],
     );
@@ -645,8 +630,8 @@ fn files_made_by_real_bbolt_and_by_the_writer_read_the_same_in_both() {
     let dir = tempfile::tempdir().unwrap();
     let made = dir.path().join("made-by-bbolt.db");
     let path = made.to_str().unwrap();
-    run(bbolt_ref(), &["make", path]);
-    let expected = run(bbolt_ref(), &["dump", path]);
+    run_ok(bbolt_ref(), &["make", path]);
+    let expected = run_ok(bbolt_ref(), &["dump", path]);
     assert!(expected.lines().count() > 6000);
     let db = Db::open(&made).unwrap();
     assert_eq!(dump_all(&db), expected);
@@ -661,7 +646,7 @@ fn files_made_by_real_bbolt_and_by_the_writer_read_the_same_in_both() {
         oxcd_bbolt::write(&mut out, options, |b| copy(&db, &db.root(), b)).unwrap();
         drop(out);
         assert_eq!(
-            run(bbolt_ref(), &["dump", written.to_str().unwrap()]),
+            run_ok(bbolt_ref(), &["dump", written.to_str().unwrap()]),
             expected,
             "page size {page_size}"
         );
@@ -686,7 +671,7 @@ fn fixtures() -> Vec<PathBuf> {
 #[test]
 fn every_etcd_releases_files_read_as_real_bbolt_reads_them() {
     for file in fixtures() {
-        let expected = run(bbolt_ref(), &["dump", file.to_str().unwrap()]);
+        let expected = run_ok(bbolt_ref(), &["dump", file.to_str().unwrap()]);
         for bucket in ETCD_BUCKETS {
             let line = format!("B {}\n", hex(bucket.as_bytes()));
             assert!(expected.contains(&line), "{file:?}: no bucket {bucket}");
@@ -705,8 +690,8 @@ fn every_etcd_releases_files_have_etcdctls_status() {
         for format in ["json", "table", "simple", "fields"] {
             let args = ["snapshot", "status", file.to_str().unwrap(), "-w", format];
             assert_eq!(
-                run(&oxcdctl_bin(), &args),
-                run(&oxcd_tests::cluster::etcdctl_bin(), &args),
+                run_ok(&oxcdctl_bin(), &args),
+                run_ok(&oxcd_tests::cluster::etcdctl_bin(), &args),
                 "{file:?} -w {format}"
             );
         }

@@ -5,12 +5,12 @@
 //! server (etcdctl against etcd 3.7, oxcdctl against oxcd) and the outputs are compared with every
 //! number masked. Everything else compares byte for byte.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
 use etcd_client::{Client, CompactionOptions, GetOptions};
-use oxcd_tests::{etcd37_bin, oxcdctl_bin, Flavor, Server};
+use oxcd_tests::{etcd37_bin, etcd37_tool, oxcdctl_bin, Flavor, Server};
 
 /// What one run printed and how it ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -19,11 +19,6 @@ struct Run {
     /// Without etcdutl's and the Go client's log lines.
     stderr: String,
     code: Option<i32>,
-}
-
-/// etcd 3.7's etcdctl or etcdutl, next to its etcd.
-fn etcd37_tool(name: &str) -> PathBuf {
-    etcd37_bin().with_file_name(name)
 }
 
 async fn run(bin: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {

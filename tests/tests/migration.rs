@@ -5,15 +5,15 @@
 //! objects served by kube-apiserver on oxcd with the same resourceVersions; then `oxcdctl snapshot
 //! save` and `etcdutl snapshot restore` into etcd again.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use etcd_client::{
     Client, Compare, CompareOp, EventType, GetOptions, LeaseTimeToLiveOptions, Txn, TxnOp,
     WatchOptions,
 };
-use oxcd_tests::cluster::{restored_from, restored_by, Cluster};
+use oxcd_tests::cluster::{restored_by, restored_from, Cluster};
 use oxcd_tests::kube::{test_dir, ApiServer, Kubectl, PROTOBUF_MAGIC};
-use oxcd_tests::{etcd37_bin, oxcdctl_bin, run_ok, Flavor, Server};
+use oxcd_tests::{etcd37_tool, oxcdctl_bin, run_ok, Flavor, Server};
 
 const NAMESPACE: &str = "migrated";
 const COMPACTED: &str = "etcdserver: mvcc: required revision has been compacted";
@@ -26,10 +26,6 @@ const LEASED_KEY: &str = "/migration/leased";
 /// restored lease simply expires on oxcd); the test wants a store that stands still once
 /// kube-apiserver is down.
 const APISERVER_FLAGS: &[&str] = &["--endpoint-reconciler-type=none"];
-
-fn etcd37_tool(name: &str) -> PathBuf {
-    etcd37_bin().with_file_name(name)
-}
 
 fn etcdctl37(endpoints: &str, args: &[&str]) -> String {
     let mut all = vec![endpoints];
