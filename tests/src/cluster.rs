@@ -574,8 +574,18 @@ pub fn restored_from(
     file: PathBuf,
     extra: Vec<String>,
 ) -> impl FnMut(&MemberSpec, &ClusterFlags) -> Result<()> {
+    restored_by(crate::oxcdctl_bin(), file, extra)
+}
+
+/// [`restored_from`] with another restore tool that takes etcdutl's `snapshot restore` flags:
+/// etcdutl itself, for etcd members.
+pub fn restored_by(
+    tool: PathBuf,
+    file: PathBuf,
+    extra: Vec<String>,
+) -> impl FnMut(&MemberSpec, &ClusterFlags) -> Result<()> {
     move |spec, flags| {
-        let mut restore = std::process::Command::new(crate::oxcdctl_bin());
+        let mut restore = std::process::Command::new(&tool);
         // The caller's etcdctl settings are not the restore's.
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("ETCDCTL_") {
@@ -595,10 +605,11 @@ pub fn restored_from(
             .args(&extra)
             .stdin(Stdio::null())
             .output()
-            .context("running oxcdctl snapshot restore")?;
+            .with_context(|| format!("running {} snapshot restore", tool.display()))?;
         if !out.status.success() {
             bail!(
-                "oxcdctl snapshot restore {}: {}",
+                "{} snapshot restore {}: {}",
+                tool.display(),
                 file.display(),
                 String::from_utf8_lossy(&out.stderr)
             );

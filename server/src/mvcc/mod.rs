@@ -8,8 +8,8 @@ mod store;
 pub use index::KeyRange;
 pub use revision::Revision;
 pub use store::{
-    current_revision_record, restored_revision_records, Change, CompactionPacing, MvccStore,
-    RangeOptions, RangeResult, ReadTxn, ReadView, TxnWrite, Writer,
+    bumped_revision_records, current_revision_record, restored_revision_records, Change,
+    CompactionPacing, MvccStore, RangeOptions, RangeResult, ReadTxn, ReadView, TxnWrite, Writer,
 };
 
 #[cfg(test)]

@@ -243,7 +243,7 @@ impl EtcdSnapshot {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::collections::BTreeMap;
     use std::path::PathBuf;
 
@@ -252,7 +252,7 @@ mod tests {
     /// Snapshots saved by etcdctl from real etcd (bbolt/testdata/make-fixtures.sh): 30 puts at
     /// revisions 2..=31, an overwrite, a deletion, a put at 34 compacted at, a range deletion
     /// at 35, a leased put at 36; user alice with role reader.
-    fn fixture(name: &str) -> PathBuf {
+    pub(in crate::snapshot) fn fixture(name: &str) -> PathBuf {
         PathBuf::from(env!("CARGO_MANIFEST_DIR"))
             .join("../bbolt/testdata")
             .join(name)
