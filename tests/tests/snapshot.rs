@@ -512,3 +512,51 @@ async fn a_restore_with_a_revision_bump_serves_what_etcd_serves_after_etcdutls()
         assert_eq!(observed, expected, "{file:?}");
     }
 }
+
+/// `snapshot restore` draws its progress on stderr when stderr is a terminal (script(1) gives
+/// it one), and prints only its result line otherwise.
+#[test]
+fn a_restore_shows_its_progress_on_a_terminal_only() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bbolt/testdata/etcd-3.7.3.db");
+    let dir = tempfile::tempdir().unwrap();
+    let target = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let fixture = fixture.to_str().unwrap();
+    let piped = oxcdctl(&[
+        "snapshot",
+        "restore",
+        fixture,
+        "--data-dir",
+        &target("piped"),
+    ]);
+    piped.expect_ok();
+    assert!(
+        piped.stderr.starts_with("restored snapshot ") && piped.stderr.lines().count() == 1,
+        "{piped:#?}"
+    );
+
+    let command = format!(
+        "'{}' snapshot restore '{fixture}' --data-dir '{}'",
+        oxcdctl_bin().display(),
+        target("on-a-terminal")
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qfec", &command, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("script(1) from util-linux");
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{shown}");
+    let full = format!("[{}] 100% 29 kB / 29 kB", "#".repeat(40));
+    let lines: Vec<&str> = shown.split("\r\n").collect();
+    assert!(lines[0].starts_with("\rchecking sha256 ["), "{shown:?}");
+    assert!(
+        lines[0].ends_with(&format!("checking sha256 {full}")),
+        "{shown:?}"
+    );
+    assert!(lines[1].starts_with("\rrestoring ["), "{shown:?}");
+    assert!(
+        lines[1].ends_with(&format!("restoring {full}")),
+        "{shown:?}"
+    );
+    assert!(lines[2].starts_with("restored snapshot "), "{shown:?}");
+}

@@ -199,7 +199,8 @@ pub fn status(path: &Path) -> Result<BackupStatus, BackupError> {
     let mut revision = 0;
     let mut total_keys = 0;
     // Records come in column family order, revisions before leases, as Hash reads them.
-    let total_size = read(path, false, |cf, k, v| {
+    let mut silent = Meter::new(None, RestoreStage::Restoring);
+    let total_size = read(path, false, &mut silent, |cf, k, v| {
         total_keys += 1;
         match cf {
             Cf::Kv | Cf::Lease => hash = crc32c::crc32c_append(crc32c::crc32c_append(hash, k), v),
@@ -229,6 +230,64 @@ pub struct RestoreOptions<'a> {
     /// the old cluster made after the backup see no revision again. A watch or read from
     /// below the new revision is refused as compacted instead of showing a different history.
     pub bump_revision: Option<NonZeroU64>,
+    /// Called as the restore reads the file: at the start and the end of each stage, and every
+    /// [`PROGRESS_STEP`] bytes.
+    pub progress: Option<&'a dyn Fn(RestoreProgress)>,
+}
+
+/// What a restore is busy with, for a progress display.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestoreStage {
+    /// Checking an etcd snapshot's sha256 trailer, which reads the whole file first. (An oxcd
+    /// backup's is checked as its records are read.)
+    CheckingHash,
+    /// Reading the file's records into the new data dir.
+    Restoring,
+}
+
+/// How far a restore has got: `done` of `total` bytes of the file in `stage`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestoreProgress {
+    pub stage: RestoreStage,
+    pub done: u64,
+    pub total: u64,
+}
+
+/// How often a restore reports its progress, in bytes read.
+pub const PROGRESS_STEP: u64 = 4 << 20;
+
+/// Calls a restore's progress hook for one stage: at its start, every [`PROGRESS_STEP`] bytes,
+/// and once at its end.
+struct Meter<'h> {
+    hook: Option<&'h dyn Fn(RestoreProgress)>,
+    stage: RestoreStage,
+    next: u64,
+}
+
+impl<'h> Meter<'h> {
+    fn new(hook: Option<&'h dyn Fn(RestoreProgress)>, stage: RestoreStage) -> Meter<'h> {
+        Meter {
+            hook,
+            stage,
+            next: 0,
+        }
+    }
+
+    fn at(&mut self, done: u64, total: u64) {
+        let Some(hook) = self.hook else {
+            return;
+        };
+        let done = done.min(total);
+        if done < self.next {
+            return;
+        }
+        let stage = self.stage;
+        hook(RestoreProgress { stage, done, total });
+        self.next = match done {
+            _ if done == total => u64::MAX,
+            _ => done.saturating_add(PROGRESS_STEP).min(total),
+        };
+    }
 }
 
 /// Makes `data_dir` hold exactly the backup's store (revisions, leases, compaction point) as
@@ -275,11 +334,22 @@ fn build(path: &Path, dir: &Path, opts: &RestoreOptions<'_>) -> Result<(u64, u64
     // First, so bad flags are refused before the file is read.
     let ids =
         crate::node::adopt_restored(&mut out.batch, &opts.flags).map_err(BackupError::Flags)?;
+    let mut reading = Meter::new(opts.progress, RestoreStage::Restoring);
     if super::etcd::is_bbolt(path)? {
-        EtcdSnapshot::open(path, opts.skip_hash_check)?
-            .records(&mut |cf, k, v| out.put(cf, k, v))?;
+        let mut hashing = Meter::new(opts.progress, RestoreStage::CheckingHash);
+        let snapshot = EtcdSnapshot::open_reporting(path, opts.skip_hash_check, |done, total| {
+            hashing.at(done, total)
+        })?;
+        let total = snapshot.size();
+        snapshot.records(&mut |cf, k, v| {
+            reading.at(snapshot.bytes_read(), total);
+            out.put(cf, k, v)
+        })?;
+        reading.at(total, total);
     } else {
-        read(path, opts.skip_hash_check, |cf, k, v| out.put(cf, k, v))?;
+        read(path, opts.skip_hash_check, &mut reading, |cf, k, v| {
+            out.put(cf, k, v)
+        })?;
     }
     if let Some(by) = opts.bump_revision {
         out.bump(by)?;
@@ -364,6 +434,7 @@ impl<'e> RestoreWriter<'e> {
 fn read(
     path: &Path,
     skip_hash_check: bool,
+    meter: &mut Meter<'_>,
     mut visit: impl FnMut(Cf, &[u8], &[u8]) -> Result<(), BackupError>,
 ) -> Result<u64, BackupError> {
     let file = File::open(path).map_err(io_error(path))?;
@@ -381,6 +452,9 @@ fn read(
     let mut input = Checked {
         inner: BufReader::with_capacity(1 << 20, file),
         check: TrailerCheck::default(),
+        read: 0,
+        size,
+        meter,
     };
     let decoded = decode(&mut input, body, &mut visit).map_err(|e| match e {
         ReadError::Io(e) => io_error(path)(e),
@@ -400,6 +474,7 @@ fn read(
             reason: e.to_string(),
         },
     })?;
+    input.meter.at(size, size);
     Ok(size)
 }
 
@@ -436,16 +511,22 @@ fn decode(
     }
 }
 
-/// A reader that passes everything it reads through a [`TrailerCheck`].
-struct Checked<R> {
+/// A reader that passes everything it reads through a [`TrailerCheck`], and tells a [`Meter`]
+/// how much of the file's `size` it has read.
+struct Checked<'m, 'h, R> {
     inner: R,
     check: TrailerCheck,
+    read: u64,
+    size: u64,
+    meter: &'m mut Meter<'h>,
 }
 
-impl<R: Read> Read for Checked<R> {
+impl<R: Read> Read for Checked<'_, '_, R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.check.update(&buf[..n]);
+        self.read += n as u64;
+        self.meter.at(self.read, self.size);
         Ok(n)
     }
 }
@@ -519,6 +600,7 @@ mod tests {
             },
             skip_hash_check: false,
             bump_revision: None,
+            progress: None,
         }
     }
 
@@ -621,6 +703,66 @@ mod tests {
             assert_eq!(restored.current_revision(), revision, "bump {by}");
             assert_eq!(restored.compact_revision(), revision, "bump {by}");
         }
+    }
+
+    /// Restores `file` with a progress hook; returns what it was told.
+    fn progress_of(file: &Path, target: &Path) -> Vec<RestoreProgress> {
+        let urls = ["http://127.0.0.1:2380".to_string()];
+        let seen = std::cell::RefCell::new(Vec::new());
+        let hook = |p: RestoreProgress| seen.borrow_mut().push(p);
+        let opts = RestoreOptions {
+            progress: Some(&hook),
+            ..options(target, &urls)
+        };
+        restore(file, &opts).unwrap();
+        seen.into_inner()
+    }
+
+    /// Each stage's reports rise to its total, a step apart but for the last.
+    fn assert_steady(reports: &[RestoreProgress], stage: RestoreStage, total: u64) {
+        let done: Vec<u64> = reports
+            .iter()
+            .filter(|p| p.stage == stage)
+            .inspect(|p| assert_eq!(p.total, total))
+            .map(|p| p.done)
+            .collect();
+        assert_eq!(done.last(), Some(&total), "{stage:?}: {done:?}");
+        for pair in done.windows(2) {
+            assert!(
+                pair[1] >= pair[0] + PROGRESS_STEP || pair[1] == total,
+                "{done:?}"
+            );
+        }
+        assert!(done.len() as u64 <= total / PROGRESS_STEP + 2, "{done:?}");
+    }
+
+    #[test]
+    fn a_restore_reports_its_progress_through_the_file() {
+        let (dir, _engine, store) = store();
+        let mut w = store.writer(false);
+        for i in 0..200 {
+            let value: Vec<u8> = (0..100_000u32).map(|b| (b * 7 + i) as u8).collect();
+            w.txn().put(format!("big/{i}").as_bytes(), value, 0);
+        }
+        w.commit().unwrap();
+        let file = dir.path().join("backup.db");
+        save(&store, &file);
+        let size = std::fs::metadata(&file).unwrap().len();
+        assert!(size > 4 * PROGRESS_STEP);
+        let reports = progress_of(&file, &dir.path().join("restored"));
+        assert!(reports.iter().all(|p| p.stage == RestoreStage::Restoring));
+        assert!(reports.len() >= 5, "{reports:?}");
+        assert_steady(&reports, RestoreStage::Restoring, size);
+
+        // An etcd snapshot's hash is checked first, then its pages are read.
+        let fixture = super::super::etcd::tests::fixture("etcd-3.7.3.db");
+        let reports = progress_of(&fixture, &dir.path().join("from-etcd"));
+        let size = std::fs::metadata(&fixture).unwrap().len();
+        assert_eq!(reports[0].stage, RestoreStage::CheckingHash);
+        assert_steady(&reports, RestoreStage::CheckingHash, size - 32);
+        assert_steady(&reports, RestoreStage::Restoring, 28672);
+        let stages: Vec<_> = reports.iter().map(|p| p.stage).collect();
+        assert!(stages.is_sorted_by_key(|s| *s == RestoreStage::Restoring));
     }
 
     #[test]

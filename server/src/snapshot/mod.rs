@@ -11,4 +11,7 @@ pub mod backup;
 pub mod etcd;
 pub mod format;
 
-pub use backup::{restore, status, BackupError, BackupStatus, RestoreOptions, TrailerCheck};
+pub use backup::{
+    restore, status, BackupError, BackupStatus, RestoreOptions, RestoreProgress, RestoreStage,
+    TrailerCheck,
+};
