@@ -86,6 +86,7 @@ impl Db {
             stack: Vec::new(),
             held: 0,
             reads: 0,
+            bytes_read: 0,
             start: Some(bucket.clone()),
             last_key: None,
         }
@@ -391,13 +392,21 @@ pub struct Entries<'a> {
     stack: Vec<(Page, usize)>,
     held: u64,
     reads: u64,
+    bytes_read: u64,
     start: Option<Bucket>,
     last_key: Option<Vec<u8>>,
 }
 
 impl Entries<'_> {
+    /// The bytes of the pages this iteration has read so far (overflow pages included): a
+    /// measure of progress through a large bucket against [`Db::size`].
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes_read
+    }
+
     fn push(&mut self, page: Page) -> Result<(), Error> {
         self.held += page.buf.len() as u64;
+        self.bytes_read += page.buf.len() as u64;
         self.reads += 1;
         if self.reads > self.db.meta.pgid {
             return Err(corrupt(
@@ -506,6 +515,33 @@ mod tests {
             open(b"not a database at all, but long enough to read its meta page"),
             Err(Error::InvalidMeta(MetaError::Magic))
         ));
+    }
+
+    #[test]
+    fn an_iteration_counts_the_bytes_of_every_page_it_reads() {
+        let mut bytes = Vec::new();
+        crate::write(&mut bytes, WriteOptions::default(), |b| {
+            b.begin_bucket(b"big")?;
+            for i in 0..2000u32 {
+                b.put(&i.to_be_bytes(), &[1u8; 100])?;
+            }
+            // A value over a page: a leaf with overflow pages.
+            b.put(b"\xff", &[2u8; 10_000])?;
+            b.end_bucket()
+        })
+        .unwrap();
+        let db = open(&bytes).unwrap();
+        let bucket = db.bucket(&db.root(), b"big").unwrap().unwrap();
+        let mut entries = db.entries(&bucket);
+        assert_eq!(entries.bytes_read(), 0);
+        let mut seen = Vec::new();
+        while let Some(entry) = entries.next() {
+            entry.unwrap();
+            seen.push(entries.bytes_read());
+        }
+        assert!(seen.windows(2).all(|w| w[0] <= w[1]));
+        // Every page but the two meta pages, the root bucket's and the freelist's.
+        assert_eq!(entries.bytes_read(), db.size() - 4 * db.page_size() as u64);
     }
 
     #[test]

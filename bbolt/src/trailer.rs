@@ -63,6 +63,11 @@ impl Trailer {
 /// Whether `file` ends with etcd's sha256 trailer, and the hash of what precedes it; reads the
 /// file once.
 pub fn check(file: &File) -> io::Result<Trailer> {
+    check_reporting(file, |_, _| {})
+}
+
+/// [`check`], telling `hashed` how far it has got (bytes hashed, bytes to hash) after each read.
+pub fn check_reporting(file: &File, mut hashed: impl FnMut(u64, u64)) -> io::Result<Trailer> {
     let len = file.metadata()?.len();
     if len % 512 != TRAILER_LEN {
         return Ok(Trailer::Absent);
@@ -76,6 +81,7 @@ pub fn check(file: &File) -> io::Result<Trailer> {
         file.read_exact_at(&mut buf[..n], at)?;
         hash.update(&buf[..n]);
         at += n as u64;
+        hashed(at, body);
     }
     let mut stored = [0u8; TRAILER_LEN as usize];
     file.read_exact_at(&mut stored, body)?;
@@ -101,5 +107,19 @@ mod tests {
         assert!(!check(&file).unwrap().is_valid());
         file.set_len(1024).unwrap();
         assert_eq!(check(&file).unwrap(), Trailer::Absent);
+    }
+
+    #[test]
+    fn the_check_reports_its_way_through_the_file() {
+        let mut file = tempfile::tempfile().unwrap();
+        let mut out = HashingWriter::new(&mut file);
+        out.write_all(&vec![7u8; 200 << 10]).unwrap();
+        out.finish().unwrap();
+        let mut seen = Vec::new();
+        let trailer = check_reporting(&file, |done, total| seen.push((done, total))).unwrap();
+        assert!(trailer.is_valid());
+        let body = 200 << 10;
+        assert_eq!(seen.last(), Some(&(body, body)));
+        assert!(seen.len() > 1 && seen.windows(2).all(|w| w[0].0 < w[1].0));
     }
 }

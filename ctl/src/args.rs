@@ -57,6 +57,11 @@ pub fn go_i64(text: &str) -> Result<i64, String> {
     parse_int(text, 10)
 }
 
+/// clap value parser for Go `uint64` flags, so bad values fail with pflag's wording.
+pub fn go_u64(text: &str) -> Result<u64, String> {
+    parse_uint(text, 10)
+}
+
 /// The end of the range holding every key that starts with `prefix` (clientv3's
 /// GetPrefixRangeEnd): the prefix with its last byte below 0xff incremented, or `\0` (all keys).
 pub fn prefix_range_end(prefix: &[u8]) -> Vec<u8> {

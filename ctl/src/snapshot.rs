@@ -2,13 +2,17 @@
 //! the restore itself are the server's (`oxcd::snapshot`), as etcdutl uses etcd's packages;
 //! this module handles the command line, the download and the output.
 
+use std::cell::RefCell;
 use std::io::{IsTerminal, Write};
+use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use clap::Subcommand;
 use oxcd::node::RestoreFlags;
-use oxcd::snapshot::{BackupError, BackupStatus, RestoreOptions, TrailerCheck};
+use oxcd::snapshot::{
+    BackupError, BackupStatus, RestoreOptions, RestoreProgress, RestoreStage, TrailerCheck,
+};
 use oxcd_proto::etcdserverpb::SnapshotRequest;
 
 use crate::client::Connection;
@@ -42,6 +46,12 @@ pub enum SnapshotCommand {
         /// Ignore snapshot integrity hash value (required if copied from data directory)
         #[arg(long)]
         skip_hash_check: bool,
+        /// How much to increase the latest revision after restore
+        #[arg(long, default_value = "0", value_parser = crate::args::go_u64, allow_negative_numbers = true)]
+        bump_revision: u64,
+        /// Mark the latest revision after restore as the point of scheduled compaction (required if --bump-revision > 0, disallowed otherwise)
+        #[arg(long)]
+        mark_compacted: bool,
     },
 }
 
@@ -68,11 +78,22 @@ pub async fn run(command: SnapshotCommand, global: &GlobalFlags) -> CtlResult {
             initial_cluster_token,
             initial_advertise_peer_urls,
             skip_hash_check,
+            bump_revision,
+            mark_compacted,
         } => {
             let file = one_argument(args, "snapshot restore requires exactly one argument")?;
+            let bump_revision = compacted_bump(bump_revision, mark_compacted)?;
             let data_dir = match data_dir.as_str() {
                 "" => PathBuf::from(format!("{name}.etcd")),
                 dir => PathBuf::from(dir),
+            };
+            let progress = Progress::on_terminal().map(RefCell::new);
+            let show = |p: RestoreProgress| {
+                if let Some(progress) = &progress {
+                    progress
+                        .borrow_mut()
+                        .show(stage_label(p.stage), p.done, p.total);
+                }
             };
             let opts = RestoreOptions {
                 data_dir: &data_dir,
@@ -83,12 +104,18 @@ pub async fn run(command: SnapshotCommand, global: &GlobalFlags) -> CtlResult {
                     advertise_peer_urls: &initial_advertise_peer_urls,
                 },
                 skip_hash_check,
+                bump_revision,
+                progress: progress
+                    .is_some()
+                    .then_some(&show as &dyn Fn(RestoreProgress)),
             };
             let file = PathBuf::from(file);
             // RocksDB and the file reads block; keep them off the async runtime.
-            let (member, cluster) =
-                tokio::task::block_in_place(|| oxcd::snapshot::restore(&file, &opts))
-                    .map_err(refused)?;
+            let restored = tokio::task::block_in_place(|| oxcd::snapshot::restore(&file, &opts));
+            if let Some(progress) = progress {
+                progress.into_inner().done();
+            }
+            let (member, cluster) = restored.map_err(refused)?;
             eprintln!(
                 "restored snapshot {} into {} (member {member:x}, cluster {cluster:x})",
                 file.display(),
@@ -104,6 +131,19 @@ fn one_argument(mut args: Vec<String>, message: &str) -> CtlResult<String> {
         1 => Ok(args.remove(0)),
         _ => Err(Failure::new(ExitCode::BadArgs, message)),
     }
+}
+
+/// etcdutl's rule: a bump is marked compacted, and only a bump is. (Its message names the
+/// flag `--revision-bump`, which does not exist.)
+fn compacted_bump(bump_revision: u64, mark_compacted: bool) -> CtlResult<Option<NonZeroU64>> {
+    let bump = NonZeroU64::new(bump_revision);
+    if bump.is_some() != mark_compacted {
+        return Err(Failure::new(
+            ExitCode::BadArgs,
+            "--mark-compacted required if --revision-bump > 0",
+        ));
+    }
+    Ok(bump)
 }
 
 fn refused(e: BackupError) -> Failure {
@@ -159,7 +199,7 @@ async fn download(global: &GlobalFlags, part: &Path) -> CtlResult {
         check.update(&message.blob);
         received += message.blob.len() as u64;
         if let Some(p) = progress.as_mut() {
-            p.show(received, received + message.remaining_bytes);
+            p.show("", received, received + message.remaining_bytes);
         }
     }
     if let Some(p) = progress {
@@ -179,10 +219,12 @@ fn io_failure(path: &Path, e: std::io::Error) -> Failure {
     Failure::new(ExitCode::Interrupted, format!("{}: {e}", path.display()))
 }
 
-/// A one-line download progress display on stderr, shown only when stderr is a terminal so
-/// scripts and logs get clean output.
+/// A one-line progress display on stderr, redrawn in place at most a few times a second, shown
+/// only when stderr is a terminal so scripts and logs get clean output.
 struct Progress {
     last_shown: Instant,
+    /// The label of the line being drawn, once one is.
+    drawing: Option<&'static str>,
 }
 
 impl Progress {
@@ -191,27 +233,52 @@ impl Progress {
     fn on_terminal() -> Option<Progress> {
         std::io::stderr().is_terminal().then(|| Progress {
             last_shown: Instant::now() - Self::EVERY,
+            drawing: None,
         })
     }
 
-    fn show(&mut self, done: u64, total: u64) {
-        if self.last_shown.elapsed() < Self::EVERY && done < total {
+    /// Draws `done` of `total` for the stage `label`; a new stage starts a new line.
+    fn show(&mut self, label: &'static str, done: u64, total: u64) {
+        let new_stage = self.drawing != Some(label);
+        if !new_stage && self.last_shown.elapsed() < Self::EVERY && done < total {
             return;
         }
+        if new_stage && self.drawing.is_some() {
+            eprintln!();
+        }
+        self.drawing = Some(label);
         self.last_shown = Instant::now();
-        const WIDTH: u64 = 40;
-        let filled = (done * WIDTH).checked_div(total).unwrap_or(WIDTH) as usize;
-        eprint!(
-            "\r[{}{}] {} / {}",
-            "#".repeat(filled),
-            " ".repeat(WIDTH as usize - filled),
-            humanize_bytes(done),
-            humanize_bytes(total)
-        );
+        eprint!("\r{}", progress_line(label, done, total));
     }
 
     fn done(self) {
-        eprintln!();
+        if self.drawing.is_some() {
+            eprintln!();
+        }
+    }
+}
+
+fn progress_line(label: &str, done: u64, total: u64) -> String {
+    const WIDTH: u64 = 40;
+    let filled = (done * WIDTH).checked_div(total).unwrap_or(WIDTH) as usize;
+    let percent = (done * 100).checked_div(total).unwrap_or(100);
+    let label = match label {
+        "" => String::new(),
+        label => format!("{label} "),
+    };
+    format!(
+        "{label}[{}{}] {percent:>3}% {} / {}",
+        "#".repeat(filled),
+        " ".repeat(WIDTH as usize - filled),
+        humanize_bytes(done),
+        humanize_bytes(total)
+    )
+}
+
+fn stage_label(stage: RestoreStage) -> &'static str {
+    match stage {
+        RestoreStage::CheckingHash => "checking sha256",
+        RestoreStage::Restoring => "restoring",
     }
 }
 
@@ -332,6 +399,40 @@ fn humanize_bytes(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bump_needs_mark_compacted_and_mark_compacted_needs_a_bump() {
+        assert_eq!(compacted_bump(0, false).unwrap(), None);
+        assert_eq!(compacted_bump(7, true).unwrap(), NonZeroU64::new(7));
+        for (bump, mark) in [(0, true), (7, false)] {
+            let refused = compacted_bump(bump, mark).unwrap_err();
+            assert_eq!(refused.code, ExitCode::BadArgs);
+            assert_eq!(
+                refused.message,
+                "--mark-compacted required if --revision-bump > 0"
+            );
+        }
+    }
+
+    #[test]
+    fn a_progress_line_shows_the_stage_a_bar_a_percentage_and_the_sizes() {
+        assert_eq!(
+            progress_line("restoring", 250_000_000, 1_000_000_000),
+            format!(
+                "restoring [{}{}]  25% 250 MB / 1.0 GB",
+                "#".repeat(10),
+                " ".repeat(30)
+            )
+        );
+        assert_eq!(
+            progress_line("", 20480, 20480),
+            format!("[{}] 100% 20 kB / 20 kB", "#".repeat(40))
+        );
+        assert_eq!(
+            progress_line("", 0, 0),
+            format!("[{}] 100% 0 B / 0 B", "#".repeat(40))
+        );
+    }
 
     #[test]
     fn sizes_are_humanised_as_etcdctl_prints_them() {

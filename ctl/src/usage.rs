@@ -119,7 +119,7 @@ fn lookup(table: &[(&str, &'static str)], key: &str) -> Option<&'static str> {
 }
 
 /// Flags whose Go type is an integer: their defaults are shown unquoted.
-const INTEGER_FLAGS: &[&str] = &["limit", "rev"];
+const INTEGER_FLAGS: &[&str] = &["bump-revision", "limit", "rev"];
 
 /// One flag line before alignment: the flag column and its usage.
 type FlagLine = (String, String);

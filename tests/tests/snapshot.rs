@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{Txn, TxnOp};
-use oxcd_tests::cluster::{etcdctl, restored_from, Cluster};
+use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp, WatchOptions};
+use oxcd_tests::cluster::{etcdctl, restored_by, restored_from, Cluster};
 use oxcd_tests::{oxcdctl_bin, Flavor};
 
 const COMPACTED: &str = "etcdserver: mvcc: required revision has been compacted";
@@ -376,4 +376,191 @@ async fn a_member_added_to_a_restored_cluster_gets_the_restored_keys() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// What a client sees of a member restored with `--bump-revision 1000 --mark-compacted` from a
+/// store saved at revision `saved`.
+#[derive(Debug, PartialEq)]
+struct Bumped {
+    revision: i64,
+    /// Every key at the latest revision and at the bumped one: (key, value, create, mod, version).
+    now: Vec<(String, String, i64, i64, i64)>,
+    at_bump: Vec<(String, String, i64, i64, i64)>,
+    hash_kv: (u32, i64),
+    /// The error of a read at the saved revision, and at the one just below the bump.
+    below: [String; 2],
+    /// A watch from the saved revision: canceled, and the compaction revision it names.
+    watch_from_saved: (bool, i64),
+    next_put: i64,
+    /// A Txn comparing the old keys' mod and create revisions: succeeded, at which revision.
+    txn: (bool, i64),
+}
+
+async fn observe_bumped(client: &mut Client, saved: i64) -> Bumped {
+    let all = |rev| Some(GetOptions::new().with_from_key().with_revision(rev));
+    let kvs = |resp: &etcd_client::GetResponse| {
+        resp.kvs()
+            .iter()
+            .map(|kv| {
+                let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+                let (key, value) = (text(kv.key()), text(kv.value()));
+                (
+                    key,
+                    value,
+                    kv.create_revision(),
+                    kv.mod_revision(),
+                    kv.version(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let now = client.get(vec![0u8], all(0)).await.unwrap();
+    let revision = now.header().unwrap().revision();
+    let at_bump = client.get(vec![0u8], all(revision)).await.unwrap();
+    let hash = client.hash_kv(revision).await.unwrap();
+    let mut below = Vec::new();
+    for rev in [saved, revision - 1] {
+        let err = client
+            .get("a", Some(GetOptions::new().with_revision(rev)))
+            .await;
+        below.push(err.expect_err("compacted").to_string());
+    }
+    let mut stream = client
+        .watch("a", Some(WatchOptions::new().with_start_revision(saved)))
+        .await
+        .unwrap();
+    let watch_from_saved = loop {
+        let message = stream.message().await.unwrap().expect("watch ended");
+        if !message.created() || message.canceled() {
+            break (message.canceled(), message.compact_revision());
+        }
+    };
+    let next_put = client.put("new", "v", None).await.unwrap();
+    let old = &kvs(&now)[0];
+    let txn = Txn::new()
+        .when([
+            Compare::mod_revision(old.0.clone(), CompareOp::Equal, old.3),
+            Compare::create_revision(old.0.clone(), CompareOp::Equal, old.2),
+        ])
+        .and_then([TxnOp::put("txn", "ok", None)]);
+    let txn = client.txn(txn).await.unwrap();
+    Bumped {
+        revision,
+        now: kvs(&now),
+        at_bump: kvs(&at_bump),
+        hash_kv: (hash.hash(), hash.compact_version()),
+        below: below.try_into().unwrap(),
+        watch_from_saved,
+        next_put: next_put.header().unwrap().revision(),
+        txn: (txn.succeeded(), txn.header().unwrap().revision()),
+    }
+}
+
+/// `snapshot restore --bump-revision 1000 --mark-compacted`: oxcdctl on oxcd's backup and on
+/// etcd 3.7's snapshot gives a member that serves what etcd 3.7 serves after etcdutl 3.7's
+/// restore of the same history: the revision goes on from the bump, everything below it reads
+/// and watches as compacted, the old keys keep their revisions, and HashKV agrees.
+#[tokio::test]
+async fn a_restore_with_a_revision_bump_serves_what_etcd_serves_after_etcdutls() {
+    let dir = tempfile::tempdir().unwrap();
+    let bump = ["--bump-revision", "1000", "--mark-compacted"].map(String::from);
+    let etcdutl = oxcd_tests::etcd37_bin().with_file_name("etcdutl");
+    let mut files = Vec::new();
+    for flavor in [Flavor::Oxcd, Flavor::Etcd37] {
+        let source = Cluster::start(flavor, 1, &[]).await;
+        let mut client = source.client_all().await;
+        for (key, value) in [("a", "1"), ("b", "2"), ("a", "3"), ("c", "4")] {
+            client.put(key, value, None).await.unwrap();
+        }
+        client.delete("b", None).await.unwrap();
+        client.compact(4, None).await.unwrap();
+        let saved = client.put("a", "5", None).await.unwrap();
+        assert_eq!(saved.header().unwrap().revision(), 7, "{flavor}");
+        let file = dir.path().join(format!("{flavor}.db").replace(' ', ""));
+        save(&source.endpoints()[0], &file);
+        files.push(file);
+    }
+    let [oxcd_file, etcd_file] = <[_; 2]>::try_from(files).unwrap();
+    let etcd = Cluster::start_prepared(
+        Flavor::Etcd37,
+        1,
+        &[],
+        restored_by(etcdutl, etcd_file.clone(), bump.to_vec()),
+    )
+    .await;
+    let expected = observe_bumped(&mut etcd.client_all().await, 7).await;
+    assert_eq!(expected.revision, 1007);
+    assert_eq!(expected.next_put, 1008);
+    assert_eq!(expected.txn, (true, 1009));
+    assert_eq!(expected.watch_from_saved, (true, 1007));
+    assert_eq!(expected.now, expected.at_bump);
+    assert_eq!(
+        expected.now.iter().map(|kv| kv.3).collect::<Vec<_>>(),
+        [7, 5],
+        "a and c keep their revisions"
+    );
+    for message in &expected.below {
+        assert!(message.contains(COMPACTED), "{message}");
+    }
+    drop(etcd);
+
+    for file in [oxcd_file, etcd_file] {
+        let oxcd = Cluster::start_prepared(
+            Flavor::Oxcd,
+            1,
+            &[],
+            restored_from(file.clone(), bump.to_vec()),
+        )
+        .await;
+        let observed = observe_bumped(&mut oxcd.client_all().await, 7).await;
+        assert_eq!(observed, expected, "{file:?}");
+    }
+}
+
+/// `snapshot restore` draws its progress on stderr when stderr is a terminal (script(1) gives
+/// it one), and prints only its result line otherwise.
+#[test]
+fn a_restore_shows_its_progress_on_a_terminal_only() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bbolt/testdata/etcd-3.7.3.db");
+    let dir = tempfile::tempdir().unwrap();
+    let target = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let fixture = fixture.to_str().unwrap();
+    let piped = oxcdctl(&[
+        "snapshot",
+        "restore",
+        fixture,
+        "--data-dir",
+        &target("piped"),
+    ]);
+    piped.expect_ok();
+    assert!(
+        piped.stderr.starts_with("restored snapshot ") && piped.stderr.lines().count() == 1,
+        "{piped:#?}"
+    );
+
+    let command = format!(
+        "'{}' snapshot restore '{fixture}' --data-dir '{}'",
+        oxcdctl_bin().display(),
+        target("on-a-terminal")
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qfec", &command, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("script(1) from util-linux");
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{shown}");
+    let full = format!("[{}] 100% 29 kB / 29 kB", "#".repeat(40));
+    let lines: Vec<&str> = shown.split("\r\n").collect();
+    assert!(lines[0].starts_with("\rchecking sha256 ["), "{shown:?}");
+    assert!(
+        lines[0].ends_with(&format!("checking sha256 {full}")),
+        "{shown:?}"
+    );
+    assert!(lines[1].starts_with("\rrestoring ["), "{shown:?}");
+    assert!(
+        lines[1].ends_with(&format!("restoring {full}")),
+        "{shown:?}"
+    );
+    assert!(lines[2].starts_with("restored snapshot "), "{shown:?}");
 }

@@ -8,8 +8,9 @@ mod store;
 pub use index::KeyRange;
 pub use revision::Revision;
 pub use store::{
-    compaction_point, current_revision_record, restored_revision_records, Change, CompactionPacing,
-    MvccStore, RangeOptions, RangeResult, ReadTxn, ReadView, TxnWrite, Writer,
+    bumped_revision_records, compaction_point, current_revision_record, restored_revision_records,
+    Change, CompactionPacing, MvccStore, RangeOptions, RangeResult, ReadTxn, ReadView, TxnWrite,
+    Writer,
 };
 
 #[cfg(test)]

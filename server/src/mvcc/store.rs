@@ -482,6 +482,21 @@ pub fn restored_revision_records(
     records
 }
 
+/// The records that etcdutl's `snapshot restore --bump-revision --mark-compacted` adds to a
+/// restored store to move it to `revision`, marked compacted. The store's revision is set, and
+/// compaction is scheduled there. The finished point is left alone, so the member compacts
+/// when it first starts, as etcd does. etcdutl also writes an empty entry at the revision in the
+/// key history. HashKV hashes that entry, so it is written here too. (It reads as the empty key,
+/// which no request can name.)
+pub fn bumped_revision_records(revision: i64) -> [(Cf, Vec<u8>, Vec<u8>); 3] {
+    let at = revision.to_be_bytes().to_vec();
+    [
+        (Cf::Kv, Revision::new(revision, 0).to_key(false), Vec::new()),
+        (Cf::Meta, META_CURRENT_REV.to_vec(), at.clone()),
+        (Cf::Meta, META_SCHEDULED_COMPACT.to_vec(), at),
+    ]
+}
+
 /// Rebuilds the index by scanning the stored revisions; returns the state and the revision up
 /// to which physical compaction has finished, and the live leased keys.
 #[allow(clippy::type_complexity)]

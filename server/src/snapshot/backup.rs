@@ -3,6 +3,7 @@
 
 use std::fs::File;
 use std::io::{BufReader, Read, Write};
+use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -11,10 +12,10 @@ use super::etcd::EtcdSnapshot;
 use super::etcd_writer::{EtcdExport, ExportError};
 use super::format::{DecodeError, Decoder};
 use crate::metrics::metrics;
-use crate::mvcc::MvccStore;
+use crate::mvcc::{MvccStore, Revision};
 use crate::node::RestoreFlags;
 use crate::raft::RAFT_META_KEYS;
-use crate::storage::{Cf, Engine, StorageError};
+use crate::storage::{Cf, Engine, StorageError, WriteBatch};
 
 /// Blob bytes per streamed message, as etcd sends them.
 const CHUNK_BYTES: usize = 32 * 1024;
@@ -47,6 +48,8 @@ pub enum BackupError {
     Storage(#[from] StorageError),
     #[error("{0:#}")]
     Flags(anyhow::Error),
+    #[error("--bump-revision {0} takes the revision past {max}", max = i64::MAX)]
+    BumpTooLarge(NonZeroU64),
 }
 
 /// Go's `%v` of a byte slice, as etcd prints hashes in its errors.
@@ -198,7 +201,8 @@ pub fn status(path: &Path) -> Result<BackupStatus, BackupError> {
     let mut revision = 0;
     let mut total_keys = 0;
     // Records come in column family order, revisions before leases, as Hash reads them.
-    let total_size = read(path, false, |cf, k, v| {
+    let mut silent = Meter::new(None, RestoreStage::Restoring);
+    let total_size = read(path, false, &mut silent, |cf, k, v| {
         total_keys += 1;
         match cf {
             Cf::Kv | Cf::Lease => hash = crc32c::crc32c_append(crc32c::crc32c_append(hash, k), v),
@@ -223,6 +227,69 @@ pub struct RestoreOptions<'a> {
     pub data_dir: &'a Path,
     pub flags: RestoreFlags<'a>,
     pub skip_hash_check: bool,
+    /// etcdutl's `--bump-revision N` with the `--mark-compacted` it requires: the restored
+    /// store's revision is raised by N and marked compacted. Clients that saw revisions of
+    /// the old cluster made after the backup see no revision again. A watch or read from
+    /// below the new revision is refused as compacted instead of showing a different history.
+    pub bump_revision: Option<NonZeroU64>,
+    /// Called as the restore reads the file: at the start and the end of each stage, and every
+    /// [`PROGRESS_STEP`] bytes.
+    pub progress: Option<&'a dyn Fn(RestoreProgress)>,
+}
+
+/// What a restore is busy with, for a progress display.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestoreStage {
+    /// Checking an etcd snapshot's sha256 trailer, which reads the whole file first. (An oxcd
+    /// backup's is checked as its records are read.)
+    CheckingHash,
+    /// Reading the file's records into the new data dir.
+    Restoring,
+}
+
+/// How far a restore has got: `done` of `total` bytes of the file in `stage`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestoreProgress {
+    pub stage: RestoreStage,
+    pub done: u64,
+    pub total: u64,
+}
+
+/// How often a restore reports its progress, in bytes read.
+pub const PROGRESS_STEP: u64 = 4 << 20;
+
+/// Calls a restore's progress hook for one stage: at its start, every [`PROGRESS_STEP`] bytes,
+/// and once at its end.
+struct Meter<'h> {
+    hook: Option<&'h dyn Fn(RestoreProgress)>,
+    stage: RestoreStage,
+    next: u64,
+}
+
+impl<'h> Meter<'h> {
+    fn new(hook: Option<&'h dyn Fn(RestoreProgress)>, stage: RestoreStage) -> Meter<'h> {
+        Meter {
+            hook,
+            stage,
+            next: 0,
+        }
+    }
+
+    fn at(&mut self, done: u64, total: u64) {
+        let Some(hook) = self.hook else {
+            return;
+        };
+        let done = done.min(total);
+        if done < self.next {
+            return;
+        }
+        let stage = self.stage;
+        hook(RestoreProgress { stage, done, total });
+        self.next = match done {
+            _ if done == total => u64::MAX,
+            _ => done.saturating_add(PROGRESS_STEP).min(total),
+        };
+    }
 }
 
 /// Makes `data_dir` hold exactly the backup's store (revisions, leases, compaction point) as
@@ -265,30 +332,103 @@ pub fn restore(path: &Path, opts: &RestoreOptions<'_>) -> Result<(u64, u64), Bac
 
 fn build(path: &Path, dir: &Path, opts: &RestoreOptions<'_>) -> Result<(u64, u64), BackupError> {
     let engine = Engine::open(dir)?;
-    let mut batch = engine.batch();
+    let mut out = RestoreWriter::new(&engine);
     // First, so bad flags are refused before the file is read.
-    let ids = crate::node::adopt_restored(&mut batch, &opts.flags).map_err(BackupError::Flags)?;
-    let mut batch_bytes = 0;
-    let mut put = |cf: Cf, k: &[u8], v: &[u8]| {
-        if cf == Cf::Meta && RAFT_META_KEYS.contains(&k) {
-            return Ok(());
+    let ids =
+        crate::node::adopt_restored(&mut out.batch, &opts.flags).map_err(BackupError::Flags)?;
+    let mut reading = Meter::new(opts.progress, RestoreStage::Restoring);
+    if super::etcd::is_bbolt(path)? {
+        let mut hashing = Meter::new(opts.progress, RestoreStage::CheckingHash);
+        let snapshot = EtcdSnapshot::open_reporting(path, opts.skip_hash_check, |done, total| {
+            hashing.at(done, total)
+        })?;
+        let total = snapshot.size();
+        snapshot.records(&mut |cf, k, v| {
+            reading.at(snapshot.bytes_read(), total);
+            out.put(cf, k, v)
+        })?;
+        reading.at(total, total);
+    } else {
+        read(path, opts.skip_hash_check, &mut reading, |cf, k, v| {
+            out.put(cf, k, v)
+        })?;
+    }
+    if let Some(by) = opts.bump_revision {
+        out.bump(by)?;
+    }
+    out.finish()?;
+    Ok(ids)
+}
+
+/// Writes a restore's records into the new engine in batches of bounded size, noting the
+/// revisions a bump starts from.
+struct RestoreWriter<'e> {
+    engine: &'e Engine,
+    batch: WriteBatch<'e>,
+    batch_bytes: usize,
+    /// The main revision of the last entry of the key history: what etcdutl bumps.
+    last_main: i64,
+    /// The store's revision, as the file records it.
+    revision: i64,
+}
+
+impl<'e> RestoreWriter<'e> {
+    fn new(engine: &'e Engine) -> RestoreWriter<'e> {
+        RestoreWriter {
+            engine,
+            batch: engine.batch(),
+            batch_bytes: 0,
+            last_main: 0,
+            revision: 1,
         }
-        batch.put(cf, k, v);
-        batch_bytes += k.len() + v.len();
-        if batch_bytes >= RESTORE_BATCH_BYTES {
-            engine.write(std::mem::replace(&mut batch, engine.batch()), false)?;
-            batch_bytes = 0;
+    }
+
+    fn put(&mut self, cf: Cf, k: &[u8], v: &[u8]) -> Result<(), BackupError> {
+        match cf {
+            Cf::Meta if RAFT_META_KEYS.contains(&k) => return Ok(()),
+            Cf::Meta => {
+                if let Some(rev) = crate::mvcc::current_revision_record(k, v) {
+                    self.revision = rev;
+                }
+            }
+            Cf::Kv => {
+                if let Some((rev, _)) = Revision::from_key(k) {
+                    self.last_main = self.last_main.max(rev.main);
+                }
+            }
+            _ => {}
+        }
+        self.batch.put(cf, k, v);
+        self.batch_bytes += k.len() + v.len();
+        if self.batch_bytes >= RESTORE_BATCH_BYTES {
+            let full = std::mem::replace(&mut self.batch, self.engine.batch());
+            self.engine.write(full, false)?;
+            self.batch_bytes = 0;
         }
         Ok(())
-    };
-    if super::etcd::is_bbolt(path)? {
-        EtcdSnapshot::open(path, opts.skip_hash_check)?.records(&mut put)?;
-    } else {
-        read(path, opts.skip_hash_check, put)?;
     }
-    // All batches share one write-ahead log: this fsync makes the earlier ones durable too.
-    engine.write(batch, true)?;
-    Ok(ids)
+
+    /// etcdutl's bump: the last revision of the key history plus `by`, marked compacted. It is
+    /// never below the store's revision. The history's last entries can be compacted-away
+    /// deletions. Then etcd's first start puts its revision back up to its compaction point,
+    /// which is the store's revision.
+    fn bump(&mut self, by: NonZeroU64) -> Result<(), BackupError> {
+        let bumped = i64::try_from(by.get())
+            .ok()
+            .and_then(|by| self.last_main.checked_add(by))
+            .ok_or(BackupError::BumpTooLarge(by))?
+            .max(self.revision);
+        for (cf, k, v) in crate::mvcc::bumped_revision_records(bumped) {
+            self.put(cf, &k, &v)?;
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Result<(), BackupError> {
+        // All batches share one write-ahead log: this fsync makes the earlier ones durable too.
+        self.engine.write(self.batch, true)?;
+        Ok(())
+    }
 }
 
 /// Reads a backup file record by record, checking its sha256 trailer unless told not to.
@@ -296,6 +436,7 @@ fn build(path: &Path, dir: &Path, opts: &RestoreOptions<'_>) -> Result<(u64, u64
 fn read(
     path: &Path,
     skip_hash_check: bool,
+    meter: &mut Meter<'_>,
     mut visit: impl FnMut(Cf, &[u8], &[u8]) -> Result<(), BackupError>,
 ) -> Result<u64, BackupError> {
     let file = File::open(path).map_err(io_error(path))?;
@@ -313,6 +454,9 @@ fn read(
     let mut input = Checked {
         inner: BufReader::with_capacity(1 << 20, file),
         check: TrailerCheck::default(),
+        read: 0,
+        size,
+        meter,
     };
     let decoded = decode(&mut input, body, &mut visit).map_err(|e| match e {
         ReadError::Io(e) => io_error(path)(e),
@@ -332,6 +476,7 @@ fn read(
             reason: e.to_string(),
         },
     })?;
+    input.meter.at(size, size);
     Ok(size)
 }
 
@@ -368,16 +513,22 @@ fn decode(
     }
 }
 
-/// A reader that passes everything it reads through a [`TrailerCheck`].
-struct Checked<R> {
+/// A reader that passes everything it reads through a [`TrailerCheck`], and tells a [`Meter`]
+/// how much of the file's `size` it has read.
+struct Checked<'m, 'h, R> {
     inner: R,
     check: TrailerCheck,
+    read: u64,
+    size: u64,
+    meter: &'m mut Meter<'h>,
 }
 
-impl<R: Read> Read for Checked<R> {
+impl<R: Read> Read for Checked<'_, '_, R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.check.update(&buf[..n]);
+        self.read += n as u64;
+        self.meter.at(self.read, self.size);
         Ok(n)
     }
 }
@@ -386,8 +537,12 @@ impl<R: Read> Read for Checked<R> {
 mod tests {
     use std::sync::Arc;
 
+    use oxcd_proto::mvccpb::KeyValue;
+
     use super::*;
+    use crate::error::EtcdError;
     use crate::lease::StoredLease;
+    use crate::mvcc::{KeyRange, RangeOptions};
     use crate::storage::Entry;
 
     /// A store with a few revisions, a deleted key, a lease, a compaction, a user and a role, an
@@ -488,7 +643,195 @@ mod tests {
                 advertise_peer_urls: peer_urls,
             },
             skip_hash_check: false,
+            bump_revision: None,
+            progress: None,
         }
+    }
+
+    fn bumped<'a>(data_dir: &'a Path, peer_urls: &'a [String], by: u64) -> RestoreOptions<'a> {
+        RestoreOptions {
+            bump_revision: Some(NonZeroU64::new(by).unwrap()),
+            ..options(data_dir, peer_urls)
+        }
+    }
+
+    fn get(store: &MvccStore, key: &str, rev: i64) -> Result<Vec<KeyValue>, EtcdError> {
+        let opts = RangeOptions {
+            rev,
+            ..RangeOptions::default()
+        };
+        let range = KeyRange::Single(key.as_bytes().to_vec());
+        store.range(&range, opts).map(|r| r.kvs)
+    }
+
+    fn put(store: &MvccStore, key: &str) -> i64 {
+        let mut w = store.writer(false);
+        w.txn().put(key.as_bytes(), b"v".to_vec(), 0);
+        w.commit().unwrap();
+        store.current_revision()
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_bumped_restore_goes_on_from_the_bump_with_everything_below_compacted() {
+        let (dir, _engine, store) = store();
+        let file = dir.path().join("backup.db");
+        save(&store, &file);
+        assert_eq!(store.current_revision(), 5);
+        let target = dir.path().join("restored");
+        let urls = ["http://127.0.0.1:2380".to_string()];
+        restore(&file, &bumped(&target, &urls, 1000)).unwrap();
+
+        let engine = Engine::open(&target).unwrap();
+        let restored = MvccStore::open(engine.clone()).unwrap();
+        assert_eq!(restored.current_revision(), 1005);
+        assert_eq!(restored.compact_revision(), 1005);
+        assert_eq!(get(&restored, "a", 4), Err(EtcdError::Compacted));
+        let a = get(&restored, "a", 0).unwrap();
+        assert_eq!((&a[0].value[..], a[0].mod_revision), (&b"3"[..], 4));
+        assert_eq!(get(&restored, "b", 0), Ok(Vec::new()));
+        assert_eq!(put(&restored, "new"), 1006);
+
+        // The first open compacts: what is left is the live key, etcdutl's empty entry at the
+        // bump, and the new write.
+        restored.wait_compacted(1005).await.unwrap();
+        let kv = entries(&engine, Cf::Kv);
+        let revisions: Vec<i64> = kv
+            .iter()
+            .map(|(k, _)| Revision::from_key(k).unwrap().0.main)
+            .collect();
+        assert_eq!(revisions, [4, 1005, 1006]);
+        assert!(kv[1].1.is_empty());
+    }
+
+    #[test]
+    fn an_etcd_snapshot_is_bumped_from_its_last_revision() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("restored");
+        let urls = ["http://127.0.0.1:2380".to_string()];
+        let fixture = super::super::etcd::tests::fixture("etcd-3.7.3.db");
+        restore(&fixture, &bumped(&target, &urls, 1000)).unwrap();
+        let restored = MvccStore::open(Engine::open(&target).unwrap()).unwrap();
+        // The fixture's last revision is 36, compacted at 34.
+        assert_eq!(restored.current_revision(), 1036);
+        assert_eq!(restored.compact_revision(), 1036);
+        assert_eq!(get(&restored, "any", 36), Err(EtcdError::Compacted));
+        assert_eq!(put(&restored, "new"), 1037);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_bump_never_takes_the_revision_below_the_stores() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(dir.path()).unwrap();
+        let store = MvccStore::open(engine.clone()).unwrap();
+        for _ in 0..3 {
+            put(&store, "a");
+        }
+        let mut w = store.writer(false);
+        w.txn()
+            .delete_range(&crate::mvcc::KeyRange::Single(b"a".to_vec()));
+        w.commit().unwrap();
+        let mut w = store.writer(false);
+        w.compact(5).unwrap();
+        w.commit().unwrap();
+        store.wait_compacted(5).await.unwrap();
+        assert!(entries(&engine, Cf::Kv).is_empty());
+        let file = dir.path().join("backup.db");
+        save(&store, &file);
+
+        let urls = ["http://127.0.0.1:2380".to_string()];
+        // etcdutl adds to the last revision of the key history, none here.
+        for (by, revision) in [(2, 5), (10, 10)] {
+            let target = dir.path().join(format!("restored-{by}"));
+            restore(&file, &bumped(&target, &urls, by)).unwrap();
+            let restored = MvccStore::open(Engine::open(&target).unwrap()).unwrap();
+            assert_eq!(restored.current_revision(), revision, "bump {by}");
+            assert_eq!(restored.compact_revision(), revision, "bump {by}");
+        }
+    }
+
+    /// Restores `file` with a progress hook; returns what it was told.
+    fn progress_of(file: &Path, target: &Path) -> Vec<RestoreProgress> {
+        let urls = ["http://127.0.0.1:2380".to_string()];
+        let seen = std::cell::RefCell::new(Vec::new());
+        let hook = |p: RestoreProgress| seen.borrow_mut().push(p);
+        let opts = RestoreOptions {
+            progress: Some(&hook),
+            ..options(target, &urls)
+        };
+        restore(file, &opts).unwrap();
+        seen.into_inner()
+    }
+
+    /// Each stage's reports rise to its total, a step apart but for the last.
+    fn assert_steady(reports: &[RestoreProgress], stage: RestoreStage, total: u64) {
+        let done: Vec<u64> = reports
+            .iter()
+            .filter(|p| p.stage == stage)
+            .inspect(|p| assert_eq!(p.total, total))
+            .map(|p| p.done)
+            .collect();
+        assert_eq!(done.last(), Some(&total), "{stage:?}: {done:?}");
+        for pair in done.windows(2) {
+            assert!(
+                pair[1] >= pair[0] + PROGRESS_STEP || pair[1] == total,
+                "{done:?}"
+            );
+        }
+        assert!(done.len() as u64 <= total / PROGRESS_STEP + 2, "{done:?}");
+    }
+
+    #[test]
+    fn a_restore_reports_its_progress_through_the_file() {
+        let (dir, _engine, store) = store();
+        let mut w = store.writer(false);
+        for i in 0..200 {
+            let value: Vec<u8> = (0..100_000u32).map(|b| (b * 7 + i) as u8).collect();
+            w.txn().put(format!("big/{i}").as_bytes(), value, 0);
+        }
+        w.commit().unwrap();
+        // An earlier release's backup is read once, its hash checked on the way.
+        let legacy = dir.path().join("legacy.db");
+        std::fs::write(&legacy, legacy_backup(&store)).unwrap();
+        let size = std::fs::metadata(&legacy).unwrap().len();
+        assert!(size > 4 * PROGRESS_STEP);
+        let reports = progress_of(&legacy, &dir.path().join("restored"));
+        assert!(reports.iter().all(|p| p.stage == RestoreStage::Restoring));
+        assert!(reports.len() >= 5, "{reports:?}");
+        assert_steady(&reports, RestoreStage::Restoring, size);
+
+        // A bbolt file (oxcd's backup, etcd's snapshot): its hash is checked first, then its
+        // pages are read.
+        let file = dir.path().join("backup.db");
+        save(&store, &file);
+        let fixture = super::super::etcd::tests::fixture("etcd-3.7.3.db");
+        for (file, target) in [(&file, "from-oxcd"), (&fixture, "from-etcd")] {
+            let reports = progress_of(file, &dir.path().join(target));
+            let size = std::fs::metadata(file).unwrap().len();
+            assert_eq!(reports[0].stage, RestoreStage::CheckingHash);
+            assert_steady(&reports, RestoreStage::CheckingHash, size - 32);
+            assert_steady(&reports, RestoreStage::Restoring, size - 32);
+            let stages: Vec<_> = reports.iter().map(|p| p.stage).collect();
+            assert!(stages.is_sorted_by_key(|s| *s == RestoreStage::Restoring));
+        }
+    }
+
+    #[test]
+    fn a_bump_past_the_largest_revision_is_refused() {
+        let (_store_dir, _engine, store) = store();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("backup.db");
+        save(&store, &file);
+        let target = dir.path().join("restored");
+        let urls = ["http://127.0.0.1:2380".to_string()];
+        for by in [u64::MAX, i64::MAX as u64] {
+            let err = restore(&file, &bumped(&target, &urls, by)).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!("--bump-revision {by} takes the revision past 9223372036854775807")
+            );
+            assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        }
+        restore(&file, &bumped(&target, &urls, i64::MAX as u64 - 5)).unwrap();
     }
 
     /// A backup as releases before etcd's format wrote one: oxcd's snapshot records, zeros to

@@ -6,6 +6,7 @@
 //! `consistent_index`) are not carried: a restore starts a new cluster from its flags, as
 //! etcdutl's does.
 
+use std::cell::Cell;
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::Read;
@@ -85,13 +86,25 @@ fn io_error(path: &Path) -> impl Fn(std::io::Error) -> BackupError + '_ {
 pub struct EtcdSnapshot {
     db: Db,
     path: String,
+    /// The bytes of the pages read so far, for a restore's progress.
+    bytes_read: Cell<u64>,
 }
 
 impl EtcdSnapshot {
     pub fn open(path: &Path, skip_hash_check: bool) -> Result<EtcdSnapshot, BackupError> {
+        Self::open_reporting(path, skip_hash_check, |_, _| {})
+    }
+
+    /// [`EtcdSnapshot::open`], telling `hashed` how far the hash check has got (bytes hashed,
+    /// bytes to hash): it reads the whole file before anything else is read.
+    pub fn open_reporting(
+        path: &Path,
+        skip_hash_check: bool,
+        hashed: impl FnMut(u64, u64),
+    ) -> Result<EtcdSnapshot, BackupError> {
         let file = File::open(path).map_err(io_error(path))?;
         if !skip_hash_check {
-            match trailer::check(&file).map_err(io_error(path))? {
+            match trailer::check_reporting(&file, hashed).map_err(io_error(path))? {
                 Trailer::Absent => return Err(BackupError::MissingHash),
                 Trailer::Present { stored, computed } if stored != computed => {
                     return Err(BackupError::HashMismatch {
@@ -107,7 +120,21 @@ impl EtcdSnapshot {
             path: path.clone(),
             reason: e.to_string(),
         })?;
-        Ok(EtcdSnapshot { db, path })
+        Ok(EtcdSnapshot {
+            db,
+            path,
+            bytes_read: Cell::new(0),
+        })
+    }
+
+    /// The database's size (its pages, without the trailer).
+    pub fn size(&self) -> u64 {
+        self.db.size()
+    }
+
+    /// The bytes of the database's pages read so far, up to [`EtcdSnapshot::size`].
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes_read.get()
     }
 
     fn corrupt(&self, reason: impl std::fmt::Display) -> BackupError {
@@ -132,8 +159,14 @@ impl EtcdSnapshot {
         let Some(bucket) = self.bucket(name)? else {
             return Ok(());
         };
-        for entry in self.db.entries(&bucket) {
+        let mut entries = self.db.entries(&bucket);
+        let mut counted = 0;
+        while let Some(entry) = entries.next() {
             let entry = entry.map_err(|e| self.corrupt(e))?;
+            let read = entries.bytes_read();
+            self.bytes_read
+                .set(self.bytes_read.get() + (read - counted));
+            counted = read;
             match entry.value {
                 Value::Data(v) => visit(entry.key, v)?,
                 Value::Bucket(_) => return Err(self.corrupt(format!("nested bucket in {name}"))),
@@ -314,7 +347,7 @@ impl EtcdSnapshot {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::collections::BTreeMap;
     use std::path::PathBuf;
 
@@ -323,7 +356,7 @@ mod tests {
     /// Files of real etcd (bbolt/testdata/make-fixtures.sh): 30 puts at revisions 2..=31, an
     /// overwrite, a deletion, a put at 34 compacted at, a range deletion at 35, a leased put at
     /// 36; user alice with role reader.
-    fn fixture(name: &str) -> PathBuf {
+    pub(in crate::snapshot) fn fixture(name: &str) -> PathBuf {
         PathBuf::from(env!("CARGO_MANIFEST_DIR"))
             .join("../bbolt/testdata")
             .join(name)

@@ -13,4 +13,7 @@ pub mod etcd;
 pub mod etcd_writer;
 pub mod format;
 
-pub use backup::{restore, status, BackupError, BackupStatus, RestoreOptions, TrailerCheck};
+pub use backup::{
+    restore, status, BackupError, BackupStatus, RestoreOptions, RestoreProgress, RestoreStage,
+    TrailerCheck,
+};
