@@ -198,6 +198,17 @@ impl Cluster {
         work_dir: &Path,
         size: usize,
     ) -> Result<Self> {
+        Self::start_ready_with(label, binary, work_dir, size, &[]).await
+    }
+
+    /// [`Cluster::start_ready`], with `extra_flags` after the common ones on every member.
+    pub async fn start_ready_with(
+        label: &str,
+        binary: &Path,
+        work_dir: &Path,
+        size: usize,
+        extra_flags: &[&str],
+    ) -> Result<Self> {
         eprintln!("{label}: starting {size} member(s) of {}", binary.display());
         let ports = free_ports(2 * size)?;
         let (client_ports, peer_ports) = ports.split_at(size);
@@ -239,6 +250,7 @@ impl Cluster {
                 args: flags
                     .into_iter()
                     .flat_map(|(flag, value)| [flag.into(), value])
+                    .chain(extra_flags.iter().map(OsString::from))
                     .collect(),
                 stdout_log: member_dir.join("stdout.log"),
                 stderr_log: member_dir.join("stderr.log"),
