@@ -24,7 +24,7 @@ use crate::workloads::{
 };
 
 /// Every key is 8 bytes and every value 256 random bytes, as the targets are stated.
-const KEY_SIZE: u64 = 8;
+pub const KEY_SIZE: u64 = 8;
 const VAL_SIZE: u64 = 256;
 /// Keys the write workloads pick from at random.
 const KEY_SPACE: u64 = 100_000;

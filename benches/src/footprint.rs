@@ -15,7 +15,7 @@ use crate::connection::Endpoints;
 use crate::load::{
     random_value, run_load, KeyGenerator, KeyShape, LoadReport, LoadShape, Requester,
 };
-use crate::server::{root_cause, Cluster};
+use crate::server::{root_cause, run_measured, Cluster, Measured};
 
 /// A restarted cluster that does not serve a read within this long has failed.
 const RESTART_TIMEOUT: Duration = Duration::from_secs(120);
@@ -75,9 +75,6 @@ pub async fn measure(
     let endpoints = cluster.client_urls();
     eprintln!("{label}: loading {} keys", keys.key_space);
     let report = load_keys(&Endpoints::plain(endpoints.clone()), keys, val_size).await?;
-    if let Some(error) = &report.first_error {
-        bail!("{} of {} txns failed: {error}", report.errors, report.total);
-    }
     let keys_per_second = keys.key_space as f64 / report.wall.as_secs_f64();
     eprintln!("{label}: loaded at {keys_per_second:.1} keys/s");
     tokio::time::sleep(settle).await;
@@ -90,7 +87,9 @@ pub async fn measure(
             let file = scratch.join("snapshot.db");
             let snapshot = save_snapshot(&endpoints[0], &file).await;
             let restore = match &snapshot {
-                Ok(_) => restore_snapshot(binary, &file, &scratch.join("restored")).await,
+                Ok(_) => restore_snapshot(binary, &file, &scratch.join("restored"))
+                    .await
+                    .map(|restored| restored.seconds),
                 Err(why) => Err(format!("no snapshot to restore ({why})")),
             };
             std::fs::remove_dir_all(scratch)?;
@@ -126,38 +125,48 @@ pub async fn measure(
     })
 }
 
-/// Puts keys 0..key_space of `keys` in transactions of `LOAD_BATCH`.
-async fn load_keys(endpoints: &Endpoints, keys: &KeyShape, val_size: usize) -> Result<LoadReport> {
+/// Puts keys 0..key_space of `keys` in transactions of `LOAD_BATCH`, from `LOAD_CLIENTS`; fails
+/// if any transaction did. The values are random bytes, the same on every run, so two servers
+/// store the same data.
+pub async fn load_keys(
+    endpoints: &Endpoints,
+    keys: &KeyShape,
+    val_size: usize,
+) -> Result<LoadReport> {
     let generator = KeyGenerator::new(keys, true)?;
     let batches = keys.key_space.div_ceil(LOAD_BATCH);
     let shape = LoadShape::unpaced(LOAD_CLIENTS.0, LOAD_CLIENTS.1, batches);
-    run_load(endpoints, &shape, |connection, _| {
+    let report = run_load(endpoints, &shape, |connection, _| {
         let loader = BatchLoader {
             kv: connection.kv_client(),
             keys: generator.clone(),
             val_size,
-            rng: StdRng::from_entropy(),
         };
         async { Ok(loader) }
     })
-    .await
+    .await?;
+    if let Some(error) = &report.first_error {
+        bail!("{} of {} txns failed: {error}", report.errors, report.total);
+    }
+    Ok(report)
 }
 
-/// Ticket t puts keys t·LOAD_BATCH up to the next batch (or the end of the key space).
+/// Ticket t puts keys t·LOAD_BATCH up to the next batch (or the end of the key space), with
+/// values drawn from a generator seeded by the ticket.
 struct BatchLoader {
     kv: KvClient,
     keys: KeyGenerator,
     val_size: usize,
-    rng: StdRng,
 }
 
 impl Requester for BatchLoader {
     async fn issue(&mut self, ticket: u64) -> Result<()> {
         let first = ticket * LOAD_BATCH;
         let end = (first + LOAD_BATCH).min(self.keys.key_space());
+        let mut rng = StdRng::seed_from_u64(ticket);
         let puts: Vec<TxnOp> = (first..end)
             .map(|index| {
-                let value = random_value(self.val_size, &mut self.rng);
+                let value = random_value(self.val_size, &mut rng);
                 TxnOp::put(self.keys.key_at(index), value, None)
             })
             .collect();
@@ -196,30 +205,32 @@ async fn save_snapshot(endpoint: &str, file: &Path) -> Result<SavedSnapshot, Str
     })
 }
 
-/// Times `binary snapshot restore file --data-dir into`.
-async fn restore_snapshot(binary: &Path, file: &Path, into: &Path) -> Result<f64, String> {
-    let started = Instant::now();
-    let output = tokio::process::Command::new(binary)
+/// `binary snapshot restore file --data-dir into`, timed, with its peak memory.
+pub async fn restore_snapshot(binary: &Path, file: &Path, into: &Path) -> Result<Measured, String> {
+    let mut command = std::process::Command::new(binary);
+    command
         .env("ETCDCTL_API", "3")
         .arg("snapshot")
         .arg("restore")
         .arg(file)
         .arg("--data-dir")
-        .arg(into)
-        .output()
+        .arg(into);
+    let restored = run_measured(command)
         .await
-        .map_err(|error| format!("failed: cannot run {}: {error}", binary.display()))?;
-    let seconds = started.elapsed().as_secs_f64();
-    if output.status.success() {
-        return Ok(seconds);
+        .map_err(|error| format!("failed: {error:#}"))?;
+    if restored.status.success() {
+        return Ok(restored);
     }
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let last_line = stderr.lines().rev().find(|line| !line.trim().is_empty());
+    let last_line = restored
+        .stderr
+        .lines()
+        .rev()
+        .find(|line| !line.trim().is_empty());
     let why = last_line.unwrap_or("(no output)").trim();
     if why.contains("unknown command") || why.contains("unrecognized subcommand") {
         Err(format!("not supported ({why})"))
     } else {
-        Err(format!("failed ({}): {why}", output.status))
+        Err(format!("failed ({}): {why}", restored.status))
     }
 }
 

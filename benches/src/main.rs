@@ -10,6 +10,7 @@ mod load;
 mod plot;
 mod report;
 mod server;
+mod snapshot;
 mod stats;
 mod watch;
 mod workloads;
@@ -52,6 +53,10 @@ enum Command {
     /// report.json into --out.
     #[command(name = "list-memory")]
     ListMemory(list_memory::ListMemoryArgs),
+    /// Time `snapshot save` of N keys from a fresh etcd (3.7) and a fresh oxcd with their own
+    /// ctl, then `snapshot restore` of etcd's file by etcdutl and by oxcdctl (and of oxcd's by
+    /// oxcdctl) with each restore's peak memory; writes report.md and results.json into --out.
+    Snapshot(snapshot::SnapshotArgs),
 }
 
 /// The flags every load generator takes around its workload's own.
@@ -95,6 +100,7 @@ async fn main() -> Result<()> {
         Command::LeaseKeepAlive(args) => args.run(workloads::run_lease_keep_alives).await?,
         Command::Compare(args) => compare::compare(args).await?,
         Command::ListMemory(args) => list_memory::run(args).await?,
+        Command::Snapshot(args) => snapshot::run(args).await?,
         Command::Watch(args) => {
             let report = watch::run_watch(&args.endpoints(), &args.workload).await?;
             print_report(args.json, || report.to_json(), || report.to_text());

@@ -92,17 +92,9 @@ impl ServerProcess {
         self.memory_status("VmHWM")
     }
 
-    /// A `kB` line of /proc/PID/status, in bytes.
     fn memory_status(&self, field: &str) -> Result<u64> {
         let pid = self.child.id().context("server has already exited")?;
-        let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
-        let kib = status
-            .lines()
-            .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
-            .and_then(|rest| rest.trim().strip_suffix("kB"))
-            .and_then(|number| number.trim().parse::<u64>().ok())
-            .with_context(|| format!("no {field} line in /proc/PID/status"))?;
-        Ok(kib * 1024)
+        memory_status(pid, field)
     }
 
     /// Sum of the sizes of all files under the data dir (apparent sizes, as `du -b` reports).
@@ -206,6 +198,17 @@ impl Cluster {
         work_dir: &Path,
         size: usize,
     ) -> Result<Self> {
+        Self::start_ready_with(label, binary, work_dir, size, &[]).await
+    }
+
+    /// [`Cluster::start_ready`], with `extra_flags` after the common ones on every member.
+    pub async fn start_ready_with(
+        label: &str,
+        binary: &Path,
+        work_dir: &Path,
+        size: usize,
+        extra_flags: &[&str],
+    ) -> Result<Self> {
         eprintln!("{label}: starting {size} member(s) of {}", binary.display());
         let ports = free_ports(2 * size)?;
         let (client_ports, peer_ports) = ports.split_at(size);
@@ -247,6 +250,7 @@ impl Cluster {
                 args: flags
                     .into_iter()
                     .flat_map(|(flag, value)| [flag.into(), value])
+                    .chain(extra_flags.iter().map(OsString::from))
                     .collect(),
                 stdout_log: member_dir.join("stdout.log"),
                 stderr_log: member_dir.join("stderr.log"),
@@ -382,6 +386,71 @@ impl Cluster {
     }
 }
 
+/// A command run to its end by [`run_measured`].
+pub struct Measured {
+    pub status: std::process::ExitStatus,
+    pub stderr: String,
+    pub seconds: f64,
+    /// The process's peak resident set size, as last sampled.
+    pub peak_rss_bytes: u64,
+}
+
+/// How often [`run_measured`] samples the peak resident set size.
+const RSS_SAMPLE_INTERVAL: Duration = Duration::from_millis(10);
+
+/// Runs `command` to its end (stdin empty, stdout discarded), timing it and sampling its peak
+/// resident set size (VmHWM) until it exits. wait4(2)'s ru_maxrss would be exact, but it also
+/// counts this process's own memory at the spawn, which hides a small tool's peak.
+pub async fn run_measured(mut command: std::process::Command) -> Result<Measured> {
+    use std::io::{Read, Seek};
+    // A file, not a pipe: a pipe nobody reads while the process runs could fill and stall it.
+    let mut stderr = tempfile::tempfile()?;
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr.try_clone()?);
+    let started = Instant::now();
+    let mut child = Command::from(command)
+        .kill_on_drop(true)
+        .spawn()
+        .context("cannot start the command")?;
+    let pid = child.id().context("the command has already been reaped")?;
+    let mut peak_rss_bytes = 0;
+    let status = loop {
+        // Once the process has exited, its status has no memory lines left: the last sample
+        // taken while it ran stands.
+        if let Ok(peak) = memory_status(pid, "VmHWM") {
+            peak_rss_bytes = peak_rss_bytes.max(peak);
+        }
+        tokio::select! {
+            status = child.wait() => break status?,
+            () = tokio::time::sleep(RSS_SAMPLE_INTERVAL) => {}
+        }
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    let mut text = String::new();
+    stderr.rewind()?;
+    stderr.read_to_string(&mut text)?;
+    Ok(Measured {
+        status,
+        stderr: text,
+        seconds,
+        peak_rss_bytes,
+    })
+}
+
+/// A `kB` line of /proc/PID/status, in bytes.
+fn memory_status(pid: u32, field: &str) -> Result<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib = status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|rest| rest.trim().strip_suffix("kB"))
+        .and_then(|number| number.trim().parse::<u64>().ok())
+        .with_context(|| format!("no {field} line in /proc/PID/status"))?;
+    Ok(kib * 1024)
+}
+
 /// Awaits one probe request for at most `PROBE_TIMEOUT`; errors are described for the
 /// readiness report, prefixed with `what`.
 async fn bounded<T>(
@@ -420,7 +489,8 @@ pub fn new_work_dir() -> Result<PathBuf> {
         .keep())
 }
 
-fn apparent_size(path: &Path) -> Result<u64> {
+/// The sizes of all files under `path` together (apparent sizes, as `du -b` reports).
+pub fn apparent_size(path: &Path) -> Result<u64> {
     let metadata = fs::symlink_metadata(path)?;
     if !metadata.is_dir() {
         return Ok(metadata.len());

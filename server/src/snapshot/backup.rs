@@ -285,9 +285,10 @@ impl<'h> Meter<'h> {
         }
         let stage = self.stage;
         hook(RestoreProgress { stage, done, total });
-        self.next = match done {
-            _ if done == total => u64::MAX,
-            _ => done.saturating_add(PROGRESS_STEP).min(total),
+        self.next = if done == total {
+            u64::MAX
+        } else {
+            done.saturating_add(PROGRESS_STEP).min(total)
         };
     }
 }
