@@ -34,6 +34,9 @@ pub enum Cf {
 
 impl Cf {
     const ALL: [Cf; 5] = [Cf::RaftLog, Cf::RaftState, Cf::Kv, Cf::Meta, Cf::Lease];
+    /// What etcd keeps in its backend (bbolt) file, whose size its quota and db size count;
+    /// the Raft log and state are its WAL, which they do not.
+    const BACKEND: [Cf; 3] = [Cf::Kv, Cf::Meta, Cf::Lease];
 
     fn name(self) -> &'static str {
         match self {
@@ -301,9 +304,10 @@ impl Engine {
         disk.defrag_inflight.set(0);
     }
 
-    /// Bytes of stored data: table files plus memtables, like etcd's backend file size. The
-    /// write-ahead log (the Raft log's durability, recycled in place) is not counted, as etcd
-    /// does not count its WAL either.
+    /// Bytes of stored data: table files plus memtables of the state machine's column families,
+    /// like etcd's backend file size. The Raft log and RocksDB's write-ahead log are etcd's WAL,
+    /// which etcd does not count either (a burst of writes would otherwise count twice until
+    /// the log is purged and compacted).
     pub fn data_size(&self) -> u64 {
         self.sum_of(&[
             "rocksdb.total-sst-files-size",
@@ -322,9 +326,9 @@ impl Engine {
         .min(self.data_size())
     }
 
-    /// The sum of integer properties over every column family.
+    /// The sum of integer properties over the backend's column families.
     fn sum_of(&self, properties: &[&str]) -> u64 {
-        Cf::ALL
+        Cf::BACKEND
             .iter()
             .flat_map(|cf| properties.iter().map(move |p| (*cf, *p)))
             .filter_map(|(cf, p)| self.db.property_int_value_cf(self.cf(cf), p).ok().flatten())
