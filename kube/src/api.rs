@@ -157,16 +157,18 @@ fn store_failure(error: StoreError) -> ApiError {
 }
 
 /// The `continue` token, as kube-apiserver encodes it (storage.encodeContinue): base64url of
-/// `{"v":"meta.k8s.io/v1","rv":<revision>,"start":<next key, relative to the list prefix>}`,
-/// so a token from either server pages through the other's list.
+/// `{"v":"meta.k8s.io/v1","rv":<revision>,"start":"/<next key after the list prefix>"}`, so a
+/// token from either server pages on through the other.
 fn continue_token(revision: i64, next_key: &[u8], prefix: &str) -> String {
-    let start = String::from_utf8_lossy(&next_key[prefix.len()..]).into_owned();
+    let rest = String::from_utf8_lossy(&next_key[prefix.len()..]);
     // Go's field order, which a JSON map would sort away.
-    let start = Value::from(start).to_string();
+    let start = Value::from(format!("/{rest}")).to_string();
     let token = format!(r#"{{"v":"meta.k8s.io/v1","rv":{revision},"start":{start}}}"#);
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token)
 }
 
+/// The revision and the key (after the list prefix) a token continues from. As kube-apiserver,
+/// a start that path.Clean would change (`..`, `//`) is refused: it could reach past the prefix.
 fn parse_continue(token: &str) -> ApiResult<(i64, String)> {
     let invalid = || {
         ApiError::bad_request("continue key is not valid: incorrect encoded start resourceVersion (version meta.k8s.io/v1)")
@@ -182,10 +184,14 @@ fn parse_continue(token: &str) -> ApiResult<(i64, String)> {
     ) else {
         return Err(invalid());
     };
-    if start.starts_with('/') || start.contains("..") {
+    let relative = start.strip_prefix('/').unwrap_or(start);
+    let clean = relative
+        .split('/')
+        .all(|segment| !matches!(segment, "" | "." | ".."));
+    if !clean {
         return Err(invalid());
     }
-    Ok((revision, start.to_string()))
+    Ok((revision, relative.to_string()))
 }
 
 /// The label and field selectors of a list or watch.
@@ -627,15 +633,20 @@ mod tests {
 
     #[test]
     fn continue_tokens_are_kube_apiservers() {
-        let prefix = "/registry/configmaps/ns/";
-        let token = continue_token(42, b"/registry/configmaps/ns/cm-2\0", prefix);
-        // What kube-apiserver 1.37 returns for the same page.
+        let prefix = "/registry/configmaps/shared/";
+        let token = continue_token(79, b"/registry/configmaps/shared/page-0\0", prefix);
+        // What kube-apiserver 1.37 returned for the same page.
         assert_eq!(
             token,
-            "eyJ2IjoibWV0YS5rOHMuaW8vdjEiLCJydiI6NDIsInN0YXJ0IjoiY20tMlx1MDAwMCJ9"
+            "eyJ2IjoibWV0YS5rOHMuaW8vdjEiLCJydiI6NzksInN0YXJ0IjoiL3BhZ2UtMFx1MDAwMCJ9"
         );
-        assert_eq!(parse_continue(&token).unwrap(), (42, "cm-2\0".to_string()));
+        assert_eq!(
+            parse_continue(&token).unwrap(),
+            (79, "page-0\0".to_string())
+        );
         assert_eq!(parse_continue("bm9wZQ").unwrap_err().code, 400);
+        let escaping = continue_token(1, b"/registry/configmaps/shared/../secrets/x", prefix);
+        assert_eq!(parse_continue(&escaping).unwrap_err().code, 400);
     }
 
     #[test]

@@ -309,6 +309,32 @@ mod tests {
         assert_eq!(decoded["status"]["startTime"], "2026-01-02T03:04:05Z");
     }
 
+    /// A Go pointer set to zero is on the wire and in JSON (kube-apiserver's bootstrap
+    /// PriorityLevelConfigurations have `lendablePercent: 0`); an unset one is in neither.
+    #[test]
+    fn pointers_set_to_zero_survive_both_ways() {
+        let level = |exempt: Value| {
+            json!({"apiVersion": "flowcontrol.apiserver.k8s.io/v1", "kind": "PriorityLevelConfiguration",
+                "metadata": {"name": "exempt", "creationTimestamp": "2026-01-02T03:04:05Z"},
+                "spec": {"type": "Exempt", "exempt": exempt}, "status": {}})
+        };
+        for exempt in [
+            json!({"lendablePercent": 0, "nominalConcurrencyShares": 0}),
+            json!({}),
+        ] {
+            let stored = encode(&level(exempt.clone())).unwrap();
+            let decoded = decode(&stored[PROTOBUF_MAGIC.len()..]).unwrap().object;
+            assert_eq!(decoded["spec"]["exempt"], exempt);
+        }
+        let set = encode(&level(json!({"lendablePercent": 0}))).unwrap();
+        let unset = encode(&level(json!({}))).unwrap();
+        assert_eq!(
+            set.len(),
+            unset.len() + 2,
+            "a zero varint field is two bytes"
+        );
+    }
+
     #[test]
     fn malformed_objects_are_refused_with_the_field() {
         let no_kind = json!({"apiVersion": "v1", "metadata": {"name": "x"}});

@@ -13,7 +13,7 @@ use prost_reflect::{DynamicMessage, FieldDescriptor, MapKey, ReflectMessage, Val
 use serde_json::{Map, Value};
 
 pub use crate::types::TypeMeta;
-use crate::types::{json_hint, message_type, typed_message, Hint, KUBERNETES_TYPES};
+use crate::types::{is_pointer, json_hint, message_type, typed_message, Hint, KUBERNETES_TYPES};
 
 /// A decoded object, and why it is incomplete when it is.
 #[derive(Debug)]
@@ -171,7 +171,8 @@ fn fields_json(message: &DynamicMessage, json_name: impl Fn(&FieldDescriptor) ->
                 continue
             }
             Some(Hint::Always) => {}
-            _ if is_zero_scalar(&value) => continue,
+            // `omitempty` leaves out a zero value, but never a pointer that is set.
+            _ if is_zero_scalar(&value) && !is_pointer(&field) => continue,
             _ => {}
         }
         object.insert(json_name(&field), rendered);

@@ -157,13 +157,15 @@ impl Resource {
         self.check_namespace(meta, namespace)?;
         let uid = &stored["metadata"]["uid"];
         match meta.get("uid") {
-            Some(given) if !given.is_null() && given != uid => return Err(ApiError::conflict(
-                self.name,
-                name,
-                &format!(
+            Some(given) if !given.is_null() && given != uid => {
+                return Err(ApiError::conflict(
+                    self.name,
+                    name,
+                    &format!(
                     "Precondition failed: UID in precondition: {given}, UID in object meta: {uid}"
                 ),
-            )),
+                ))
+            }
             _ => {}
         }
         meta.remove("resourceVersion");

@@ -71,10 +71,15 @@ pub(crate) fn json_hint(field: &FieldDescriptor) -> Option<Hint> {
     hints().json.get(field_key(field).as_str()).copied()
 }
 
+/// A Go pointer: written to protobuf only when set, and then shown in JSON even when zero.
+pub(crate) fn is_pointer(field: &FieldDescriptor) -> bool {
+    hints().pointers.contains(field_key(field).as_str())
+}
+
 /// Whether gogo-protobuf writes the field even when it is zero (every singular field that is
 /// not a Go pointer; lists and maps are written entry by entry).
 pub(crate) fn always_written(field: &FieldDescriptor) -> bool {
-    !field.is_list() && !field.is_map() && !hints().pointers.contains(field_key(field).as_str())
+    !field.is_list() && !field.is_map() && !is_pointer(field)
 }
 
 pub(crate) fn message_type(full_name: &str) -> MessageDescriptor {
