@@ -111,7 +111,7 @@ fn resource_list() -> Value {
                 "singularName": r.singular,
                 "namespaced": r.namespaced,
                 "kind": r.kind,
-                "verbs": ["create", "delete", "get", "list", "update", "watch"],
+                "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"],
                 "shortNames": r.short_names,
             })
         })
@@ -256,6 +256,7 @@ impl Api {
                 self.create(&target, request.body).await
             }
             ("PUT", Some(name)) => self.update(&target, name, request.body).await,
+            ("PATCH", Some(name)) => self.patch(&target, name, request.body).await,
             ("DELETE", Some(name)) => self.delete(&target, name, request.body).await,
             (method, _) => Err(ApiError::method_not_allowed(method)),
         }
@@ -469,6 +470,15 @@ impl Api {
         }
     }
 
+    /// A JSON merge patch applied to the current object, then stored as an update (a
+    /// resourceVersion in the patch is the update's precondition, as for a PUT).
+    async fn patch(&self, target: &Target, name: &str, patch: Option<Value>) -> ApiResult<Reply> {
+        let patch = patch.ok_or_else(|| ApiError::bad_request("the request has no patch"))?;
+        let (_, mut object) = self.current(target, name).await?;
+        merge_patch(&mut object, &patch);
+        self.update(target, name, Some(object)).await
+    }
+
     async fn delete(
         &self,
         target: &Target,
@@ -602,6 +612,25 @@ impl Api {
     }
 }
 
+/// RFC 7386: objects merge key by key, `null` removes a key, anything else replaces.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(changes) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    let fields = target.as_object_mut().expect("made an object");
+    for (key, change) in changes {
+        if change.is_null() {
+            fields.remove(key);
+        } else {
+            merge_patch(fields.entry(key.clone()).or_insert(Value::Null), change);
+        }
+    }
+}
+
 /// The event a watcher with `filter` sees for a change, if any: an object moving into the
 /// selection is ADDED, one moving out DELETED, as kube-apiserver's filtered watches report.
 fn watch_event(change: Change, filter: &Filter) -> Option<Value> {
@@ -647,6 +676,19 @@ mod tests {
         assert_eq!(parse_continue("bm9wZQ").unwrap_err().code, 400);
         let escaping = continue_token(1, b"/registry/configmaps/shared/../secrets/x", prefix);
         assert_eq!(parse_continue(&escaping).unwrap_err().code, 400);
+    }
+
+    #[test]
+    fn merge_patches_follow_rfc_7386() {
+        let mut object = json!({"metadata": {"labels": {"a": "1", "b": "2"}}, "data": {"k": "v"}});
+        merge_patch(
+            &mut object,
+            &json!({"metadata": {"labels": {"a": null, "c": "3"}}, "data": "x"}),
+        );
+        assert_eq!(
+            object,
+            json!({"metadata": {"labels": {"b": "2", "c": "3"}}, "data": "x"})
+        );
     }
 
     #[test]

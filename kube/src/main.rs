@@ -73,9 +73,9 @@ fn reply_response(reply: Result<Reply, ApiError>) -> Response<Body> {
     }
 }
 
-/// The request's object in kubectl's JSON: clients send JSON, or (kubectl and client-go for
-/// built-in kinds) Kubernetes' protobuf envelope. Replies are always JSON, which every client
-/// accepts.
+/// The request's object (or patch) in kubectl's JSON: clients send JSON, or (kubectl and
+/// client-go for built-in kinds) Kubernetes' protobuf envelope. Replies are always JSON, which
+/// every client accepts.
 fn request_body(
     body: &[u8],
     content_type: &str,
@@ -85,6 +85,19 @@ fn request_body(
         return Ok(None);
     }
     let media_type = content_type.split(';').next().unwrap_or("").trim();
+    // PATCH bodies are JSON merge patches, the kind `kubectl label` and `patch --type=merge`
+    // send; strategic merge and JSON patches are not implemented.
+    if method == hyper::Method::PATCH {
+        if media_type != "application/merge-patch+json" {
+            return Err(ApiError::unsupported_media_type(
+                content_type,
+                "application/merge-patch+json",
+            ));
+        }
+        return serde_json::from_slice(body)
+            .map(Some)
+            .map_err(|e| ApiError::bad_request(format!("the patch is not JSON: {e}")));
+    }
     let object = match media_type {
         "application/json" => serde_json::from_slice(body).map_err(|e| e.to_string()),
         "application/vnd.kubernetes.protobuf" => {
@@ -98,7 +111,12 @@ fn request_body(
                 Some(envelope) => object::decode(envelope).map(|decoded| decoded.object),
             }
         }
-        _ => return Err(ApiError::unsupported_media_type(content_type)),
+        _ => {
+            return Err(ApiError::unsupported_media_type(
+                content_type,
+                "application/json, application/vnd.kubernetes.protobuf",
+            ))
+        }
     };
     object
         .map(Some)
@@ -119,10 +137,10 @@ async fn serve(api: Api, request: hyper::Request<Incoming>) -> Response<Body> {
             return json_response(error.code, &error.status());
         }
     };
-    // Only these methods carry an object; others (PATCH) are refused by the API by method.
     let carries_object = [
         hyper::Method::POST,
         hyper::Method::PUT,
+        hyper::Method::PATCH,
         hyper::Method::DELETE,
     ];
     let body = if !carries_object.contains(&parts.method) {

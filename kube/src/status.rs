@@ -77,8 +77,8 @@ impl ApiError {
         Self::plain(405, "MethodNotAllowed", message)
     }
 
-    pub fn unsupported_media_type(content_type: &str) -> Self {
-        let message = format!("the body of the request was in an unknown format - accepted media types include: application/json, application/vnd.kubernetes.protobuf (got {content_type:?})");
+    pub fn unsupported_media_type(content_type: &str, accepted: &str) -> Self {
+        let message = format!("the body of the request was in an unknown format - accepted media types include: {accepted} (got {content_type:?})");
         Self::plain(415, "UnsupportedMediaType", message)
     }
 

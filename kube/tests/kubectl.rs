@@ -332,6 +332,30 @@ async fn kubectl_against_the_shim() {
         assert!(created.contains("created"), "{created}");
     }
     kubectl.create(&config_map(ns, "cm-4", json!({}), json!({"k": "v4"})));
+    // `kubectl label` and `patch --type=merge` send JSON merge patches.
+    kubectl.ok(&["-n", ns, "label", "cm", "cm-4", "tier=back"]);
+    kubectl.ok(&[
+        "-n",
+        ns,
+        "patch",
+        "cm",
+        "cm-4",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"labels":{"tier":null}},"data":{"k":"patched"}}"#,
+    ]);
+    let patched = kubectl.json(&["-n", ns, "get", "cm", "cm-4"]);
+    assert_eq!(patched["data"], json!({"k": "patched"}));
+    assert_eq!(
+        patched["metadata"].get("labels"),
+        None,
+        "an empty map is not stored"
+    );
+    let strategic = kubectl.fails(&["-n", ns, "patch", "cm", "cm-4", "-p", "{}"]);
+    assert!(
+        strategic.contains("strategic-merge-patch+json is not supported"),
+        "{strategic}"
+    );
     let selected =
         |selector: &str| kubectl.ok(&["-n", ns, "get", "cm", "-l", selector, "-o", "name"]);
     assert_eq!(
