@@ -271,9 +271,9 @@ impl Api {
     /// The object at `key` now, with its stored form, or NotFound.
     async fn current(&self, target: &Target, name: &str) -> ApiResult<(KeyValue, Value)> {
         let key = self.key(target, name);
-        let (kv, _) = self
+        let kv = self
             .store
-            .get(key.as_bytes(), 0)
+            .get(key.as_bytes())
             .await
             .map_err(store_failure)?;
         let kv = kv.ok_or_else(|| ApiError::not_found(target.resource.name, name))?;
@@ -287,6 +287,7 @@ impl Api {
 
     /// Matching objects under `prefix` from `from` at `revision` (0: now), up to `limit` (0:
     /// all), reading etcd page by page as kube-apiserver does when a selector thins them out.
+    /// `expired` is the answer when `revision` has been compacted.
     async fn read_list(
         &self,
         prefix: &str,
@@ -294,22 +295,21 @@ impl Api {
         mut revision: i64,
         limit: i64,
         filter: &Filter,
-    ) -> Result<Listing, StoreError> {
+        expired: &str,
+    ) -> ApiResult<Listing> {
         let end = prefix_end(prefix.as_bytes());
         let mut from = from;
         let mut items = Vec::new();
         loop {
-            let page = self.store.range(&from, &end, limit, revision).await?;
+            let page = match self.store.range(&from, &end, limit, revision).await {
+                Ok(page) => page,
+                Err(StoreError::Compacted { .. }) => return Err(ApiError::expired(expired)),
+                Err(other) => return Err(store_failure(other)),
+            };
             revision = page.revision;
             let mut read = page.kvs.into_iter().peekable();
             while let Some(kv) = read.next() {
-                let object = api_object(&kv.value, kv.mod_revision).map_err(|e| {
-                    StoreError::Unavailable(format!(
-                        "{}: {}",
-                        String::from_utf8_lossy(&kv.key),
-                        e.status()["message"]
-                    ))
-                })?;
+                let object = api_object(&kv.value, kv.mod_revision)?;
                 if filter.matches(&object) {
                     items.push(object);
                 }
@@ -358,16 +358,14 @@ impl Api {
                 (prefix.clone().into_bytes(), revision)
             }
         };
-        let listing = match self.read_list(&prefix, from, revision, limit, &filter).await {
-            Ok(listing) => listing,
-            Err(StoreError::Compacted { .. }) if continuing.is_some() => {
-                return Err(ApiError::expired("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter."))
-            }
-            Err(StoreError::Compacted { .. }) => {
-                return Err(ApiError::expired("The resourceVersion for the provided list is too old."))
-            }
-            Err(other) => return Err(store_failure(other)),
+        let expired = if continuing.is_some() {
+            "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter."
+        } else {
+            "The resourceVersion for the provided list is too old."
         };
+        let listing = self
+            .read_list(&prefix, from, revision, limit, &filter, expired)
+            .await?;
         let mut metadata = json!({"resourceVersion": listing.revision.to_string()});
         if let Some(next_key) = &listing.next_key {
             metadata["continue"] = continue_token(listing.revision, next_key, &prefix).into();
@@ -547,9 +545,9 @@ impl Api {
         let mut initial = Vec::new();
         if initial_events {
             let listing = self
-                .read_list(&prefix, prefix.clone().into_bytes(), 0, 0, &filter)
-                .await
-                .map_err(store_failure)?;
+                // Read at the latest revision, which no compaction can have passed.
+                .read_list(&prefix, prefix.clone().into_bytes(), 0, 0, &filter, "")
+                .await?;
             start = listing.revision;
             initial = listing.items;
         }

@@ -113,10 +113,10 @@ impl Store {
         })
     }
 
-    /// The key at `revision` (0: the latest), and the store's revision.
-    pub async fn get(&self, key: &[u8], revision: i64) -> StoreResult<(Option<KeyValue>, i64)> {
-        let page = self.range(key, &[], 0, revision).await?;
-        Ok((page.kvs.into_iter().next(), page.revision))
+    /// The key as it is now.
+    pub async fn get(&self, key: &[u8]) -> StoreResult<Option<KeyValue>> {
+        let page = self.range(key, &[], 0, 0).await?;
+        Ok(page.kvs.into_iter().next())
     }
 
     /// Keys from `from` up to `end` at `revision` (0: the latest), at most `limit` (0: all).
