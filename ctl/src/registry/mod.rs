@@ -11,12 +11,11 @@
 //!   (leaf paths with old → new values): what an operator looks for when asking "who changed
 //!   what when".
 
-mod envelope;
 mod keys;
-mod object;
 mod render;
 mod store;
 
+use oxcd_kube::{envelope, object};
 use serde_json::Value;
 
 use crate::args::prefix_range_end;

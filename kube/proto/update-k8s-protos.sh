@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Refreshes the Kubernetes .proto files `oxcdctl registry` decodes with, from the Go module cache.
-# Usage: ctl/proto/update-k8s-protos.sh [VERSION]   (e.g. v0.37.2 = Kubernetes 1.37; keep
+# Refreshes the Kubernetes .proto files `oxcdctl registry` and `oxcd-kube` encode and decode with, from the Go module cache.
+# Usage: kube/proto/update-k8s-protos.sh [VERSION]   (e.g. v0.37.2 = Kubernetes 1.37; keep
 # jsonhints/go.mod on the same version)
 # Only kinds that kube-apiserver stores are kept, and `//` comment lines are dropped: they are
 # most of the bytes and the descriptors never need them.

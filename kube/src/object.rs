@@ -7,72 +7,13 @@
 //! the Go types. Only the handful of apimachinery types with custom JSON forms (times,
 //! quantities, int-or-string, raw JSON) and apiextensions' schema unions need special cases.
 
-use std::collections::HashMap;
-use std::sync::OnceLock;
-
 use base64::Engine as _;
 use chrono::{DateTime, SecondsFormat};
-use prost_reflect::{
-    DescriptorPool, DynamicMessage, FieldDescriptor, MapKey, MessageDescriptor, ReflectMessage,
-    Value as Field,
-};
+use prost_reflect::{DynamicMessage, FieldDescriptor, MapKey, ReflectMessage, Value as Field};
 use serde_json::{Map, Value};
 
-static DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/k8s.fds"));
-/// The Kubernetes release whose types `proto/k8s.io` holds.
-pub const KUBERNETES_TYPES: &str = include_str!("../../proto/k8s.io/VERSION");
-
-fn pool() -> &'static DescriptorPool {
-    static POOL: OnceLock<DescriptorPool> = OnceLock::new();
-    POOL.get_or_init(|| {
-        DescriptorPool::decode(DESCRIPTOR_SET).expect("build.rs wrote a valid descriptor set")
-    })
-}
-
-/// How a field's JSON differs from the default (scalars omitted when zero, structs always shown).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Hint {
-    /// An embedded Go struct: its fields appear in the parent object.
-    Inline,
-    /// A scalar, list or map without `omitempty`: shown even when zero (`restartCount: 0`,
-    /// `ready: false`) or absent (`null`).
-    Always,
-    /// A struct with `omitzero`: left out when zero.
-    OmitZero,
-}
-
-/// `<message full name>.<field name>` → hint, from proto/jsonhints's output.
-fn hints() -> &'static HashMap<&'static str, Hint> {
-    static HINTS: OnceLock<HashMap<&'static str, Hint>> = OnceLock::new();
-    HINTS.get_or_init(|| {
-        include_str!("../../proto/k8s.io/json-hints.txt")
-            .lines()
-            .filter_map(|line| {
-                let (field, hint) = line.split_once(' ')?;
-                let hint = match hint {
-                    "inline" => Hint::Inline,
-                    "always" => Hint::Always,
-                    "omitzero" => Hint::OmitZero,
-                    _ => return None,
-                };
-                Some((field, hint))
-            })
-            .collect()
-    })
-}
-
-fn message_type(full_name: &str) -> MessageDescriptor {
-    pool()
-        .get_message_by_name(full_name)
-        .unwrap_or_else(|| panic!("{full_name} is in the vendored protos"))
-}
-
-/// An object's apiVersion and kind, from the envelope alone (cheap: `raw` is not decoded).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TypeMeta {
-    pub api_version: String,
-    pub kind: String,
-}
+pub use crate::types::TypeMeta;
+use crate::types::{is_pointer, json_hint, message_type, typed_message, Hint, KUBERNETES_TYPES};
 
 /// A decoded object, and why it is incomplete when it is.
 #[derive(Debug)]
@@ -118,6 +59,15 @@ fn unknown(envelope: &[u8]) -> Result<Unknown, String> {
 
 pub fn type_meta(envelope: &[u8]) -> Result<TypeMeta, String> {
     unknown(envelope).map(|u| u.type_meta)
+}
+
+/// Decodes the message after the `k8s\0` magic as the named message, whatever its typeMeta
+/// says: for request bodies of kinds that are never stored (`meta.v1.DeleteOptions`).
+pub fn decode_as(envelope: &[u8], full_name: &str) -> Result<Value, String> {
+    let Unknown { raw, .. } = unknown(envelope)?;
+    let message = DynamicMessage::decode(message_type(full_name), raw.as_slice())
+        .map_err(|e| format!("not a {full_name}: {e}"))?;
+    Ok(message_json(&message))
 }
 
 /// Decodes the message after the `k8s\0` magic into the object kubectl would print.
@@ -169,33 +119,6 @@ pub fn decode(envelope: &[u8]) -> Result<Decoded, String> {
     })
 }
 
-/// The message type for an apiVersion/kind: built-in groups live in `k8s.io.api.<group>.<version>`
-/// under the group's first label, the two types of the extension apiservers in their own trees.
-fn typed_message(type_meta: &TypeMeta) -> Option<MessageDescriptor> {
-    let (group, version) = type_meta
-        .api_version
-        .rsplit_once('/')
-        .unwrap_or(("", &type_meta.api_version));
-    let package = match group {
-        "" => "core",
-        "internal.apiserver.k8s.io" => "apiserverinternal",
-        // Built-in groups are bare (`apps`) or end in .k8s.io; anything else is someone's API
-        // group, whose first label may well collide with a built-in one (`apps.example.com`).
-        group if !group.contains('.') || group.ends_with(".k8s.io") => {
-            group.split('.').next().unwrap_or(group)
-        }
-        _ => return None,
-    };
-    let kind = &type_meta.kind;
-    [
-        format!("k8s.io.api.{package}.{version}.{kind}"),
-        format!("k8s.io.apiextensions_apiserver.pkg.apis.{package}.{version}.{kind}"),
-        format!("k8s.io.kube_aggregator.pkg.apis.{package}.{version}.{kind}"),
-    ]
-    .iter()
-    .find_map(|name| pool().get_message_by_name(name))
-}
-
 fn message_json(message: &DynamicMessage) -> Value {
     let descriptor = message.descriptor();
     let full_name = descriptor.full_name();
@@ -223,9 +146,7 @@ fn fields_json(message: &DynamicMessage, json_name: impl Fn(&FieldDescriptor) ->
     let descriptor = message.descriptor();
     let mut object = Map::new();
     for field in descriptor.fields() {
-        let hint = hints()
-            .get(format!("{}.{}", descriptor.full_name(), field.name()).as_str())
-            .copied();
+        let hint = json_hint(&field);
         if !message.has_field(&field) {
             // gogo-protobuf writes no empty lists or maps, and Go prints nil ones as null
             // unless they are `omitempty`.
@@ -250,7 +171,8 @@ fn fields_json(message: &DynamicMessage, json_name: impl Fn(&FieldDescriptor) ->
                 continue
             }
             Some(Hint::Always) => {}
-            _ if is_zero_scalar(&value) => continue,
+            // `omitempty` leaves out a zero value, but never a pointer that is set.
+            _ if is_zero_scalar(&value) && !is_pointer(&field) => continue,
             _ => {}
         }
         object.insert(json_name(&field), rendered);
@@ -425,7 +347,7 @@ fn go_duration(nanos: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::envelope::PROTOBUF_MAGIC;
+    use crate::envelope::PROTOBUF_MAGIC;
 
     fn fixture(name: &str) -> Vec<u8> {
         let dir =

@@ -1,10 +1,11 @@
 // Command jsonhints writes what the .proto files cannot say about Kubernetes' JSON: which
 // fields the Go structs embed (encoding/json inlines them), which scalars, slices and maps they
 // print even when zero or nil (no `omitempty`), and which structs they drop when zero
-// (`omitzero`). It walks every type the
-// apiserver stores, by reflection, and prints one line per exceptional field:
+// (`omitzero`); and about their protobuf: which scalars and structs are Go pointers, the only
+// ones gogo-protobuf leaves out when unset (it writes every other one, zero or not). It walks
+// every type the apiserver stores, by reflection, and prints one line per exceptional field:
 //
-//	<proto message full name>.<proto field name> <inline|always|omitzero>
+//	<proto message full name>.<proto field name> <inline|always|omitzero|pointer>
 //
 // Run by ../update-k8s-protos.sh, which writes the output to ../k8s.io/json-hints.txt.
 package main
@@ -53,6 +54,9 @@ func main() {
 			}
 			if hint != "" {
 				lines = append(lines, fmt.Sprintf("%s.%s %s", message, protoName, hint))
+			}
+			if field.Type.Kind() == reflect.Pointer {
+				lines = append(lines, fmt.Sprintf("%s.%s pointer", message, protoName))
 			}
 		}
 	}

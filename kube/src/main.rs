@@ -1,0 +1,196 @@
+//! `oxcd-kube`: a small apiserver-style front end on an etcd-compatible store. It keeps core/v1
+//! namespaces, nodes, pods and configmaps under `/registry` exactly as kube-apiserver does (keys,
+//! protobuf values, resourceVersions), so the two can serve the same store side by side.
+//!
+//! Layers: `store` (etcd calls) ← `resources` (kube-apiserver's registry strategies) and the
+//! library's codec ← `api` (REST semantics) ← this file (HTTP). Plain HTTP, no authentication
+//! or authorization: bind it to localhost.
+
+mod api;
+mod resources;
+mod selector;
+mod status;
+mod store;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use clap::Parser;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{header, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
+
+use api::{Api, Reply, Request};
+use oxcd_kube::envelope::PROTOBUF_MAGIC;
+use oxcd_kube::object;
+use status::ApiError;
+
+/// kube-apiserver refuses request bodies over 3 MiB.
+const MAX_BODY: usize = 3 * 1024 * 1024;
+
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Flags {
+    /// the store's client URL (kube-apiserver's --etcd-servers; one endpoint)
+    #[arg(long, default_value = "http://127.0.0.1:2379")]
+    etcd_servers: String,
+    /// key prefix objects live under (kube-apiserver's --etcd-prefix)
+    #[arg(long, default_value = "/registry")]
+    etcd_prefix: String,
+    /// address to serve plain HTTP on
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+}
+
+type Body = BoxBody<Bytes, Infallible>;
+
+fn json_response(code: u16, body: &serde_json::Value) -> Response<Body> {
+    Response::builder()
+        .status(StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body.to_string() + "\n")).boxed())
+        .expect("a valid response")
+}
+
+fn reply_response(reply: Result<Reply, ApiError>) -> Response<Body> {
+    match reply {
+        Ok(Reply::Document { code, body }) => json_response(code, &body),
+        Err(error) => json_response(error.code, &error.status()),
+        Ok(Reply::Watch(events)) => {
+            let lines = ReceiverStream::new(events).map(|event| {
+                Ok::<_, Infallible>(Frame::data(Bytes::from(event.to_string() + "\n")))
+            });
+            Response::builder()
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(StreamBody::new(lines).boxed())
+                .expect("a valid response")
+        }
+    }
+}
+
+/// The request's object (or patch) in kubectl's JSON: clients send JSON, or (kubectl and
+/// client-go for built-in kinds) Kubernetes' protobuf envelope. Replies are always JSON, which
+/// every client accepts.
+fn request_body(
+    body: &[u8],
+    content_type: &str,
+    method: &hyper::Method,
+) -> Result<Option<serde_json::Value>, ApiError> {
+    if body.is_empty() {
+        return Ok(None);
+    }
+    let media_type = content_type.split(';').next().unwrap_or("").trim();
+    // PATCH bodies are JSON merge patches, the kind `kubectl label` and `patch --type=merge`
+    // send; strategic merge and JSON patches are not implemented.
+    if method == hyper::Method::PATCH {
+        if media_type != "application/merge-patch+json" {
+            return Err(ApiError::unsupported_media_type(
+                content_type,
+                "application/merge-patch+json",
+            ));
+        }
+        return serde_json::from_slice(body)
+            .map(Some)
+            .map_err(|e| ApiError::bad_request(format!("the patch is not JSON: {e}")));
+    }
+    let object = match media_type {
+        "application/json" => serde_json::from_slice(body).map_err(|e| e.to_string()),
+        "application/vnd.kubernetes.protobuf" => {
+            // A DELETE's body is always DeleteOptions, whichever group the client names it in.
+            match body.strip_prefix(PROTOBUF_MAGIC) {
+                None => Err("the protobuf magic is missing".to_string()),
+                Some(envelope) if method == hyper::Method::DELETE => object::decode_as(
+                    envelope,
+                    "k8s.io.apimachinery.pkg.apis.meta.v1.DeleteOptions",
+                ),
+                Some(envelope) => object::decode(envelope).map(|decoded| decoded.object),
+            }
+        }
+        _ => {
+            return Err(ApiError::unsupported_media_type(
+                content_type,
+                "application/json, application/vnd.kubernetes.protobuf",
+            ))
+        }
+    };
+    object
+        .map(Some)
+        .map_err(|e| ApiError::bad_request(format!("the body is not an object: {e}")))
+}
+
+async fn serve(api: Api, request: hyper::Request<Incoming>) -> Response<Body> {
+    let (parts, body) = request.into_parts();
+    let content_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
+    let body = match Limited::new(body, MAX_BODY).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) => {
+            let error = ApiError::bad_request(format!("reading the request body: {e}"));
+            return json_response(error.code, &error.status());
+        }
+    };
+    let carries_object = [
+        hyper::Method::POST,
+        hyper::Method::PUT,
+        hyper::Method::PATCH,
+        hyper::Method::DELETE,
+    ];
+    let body = if !carries_object.contains(&parts.method) {
+        None
+    } else {
+        match request_body(&body, content_type, &parts.method) {
+            Ok(body) => body,
+            Err(error) => return json_response(error.code, &error.status()),
+        }
+    };
+    let request = Request {
+        method: parts.method.to_string(),
+        path: parts.uri.path().to_string(),
+        query: form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes())
+            .into_owned()
+            .collect(),
+        body,
+        host: parts
+            .headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or_default()
+            .to_string(),
+    };
+    reply_response(api.handle(request).await)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let flags = Flags::parse();
+    let store = store::Store::connect(&flags.etcd_servers).await?;
+    let api = Api::new(store, &flags.etcd_prefix);
+    let listener = tokio::net::TcpListener::bind(flags.listen).await?;
+    eprintln!(
+        "oxcd-kube serving http://{} on {} (prefix {}; no authentication)",
+        listener.local_addr()?,
+        flags.etcd_servers,
+        flags.etcd_prefix
+    );
+    loop {
+        let (connection, _) = listener.accept().await?;
+        let api = api.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let api = api.clone();
+                async move { Ok::<_, Infallible>(serve(api, request).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(connection), service)
+                .await;
+        });
+    }
+}

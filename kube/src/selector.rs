@@ -1,0 +1,206 @@
+//! `labelSelector` and `fieldSelector` as kube-apiserver parses them: comma-separated
+//! requirements, all of which must hold. Labels: `k=v`, `k==v`, `k!=v`, `k in (a,b)`,
+//! `k notin (a,b)`, `k`, `!k`. Fields: `metadata.name` and `metadata.namespace` with `=`, `==`,
+//! `!=` (the fields every kind supports).
+
+use serde_json::Value;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Test {
+    In(Vec<String>),
+    NotIn(Vec<String>),
+    Exists,
+    NotExists,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Requirement {
+    key: String,
+    test: Test,
+}
+
+impl Requirement {
+    /// `value` is the label's or field's value, `None` when absent.
+    fn holds(&self, value: Option<&str>) -> bool {
+        match (&self.test, value) {
+            (Test::In(values), Some(v)) => values.iter().any(|x| x == v),
+            (Test::NotIn(values), Some(v)) => !values.iter().any(|x| x == v),
+            (Test::NotIn(_), None) | (Test::Exists, Some(_)) | (Test::NotExists, None) => true,
+            _ => false,
+        }
+    }
+}
+
+/// Splits at the commas outside parentheses.
+fn top_level_terms(selector: &str) -> Vec<&str> {
+    let (mut terms, mut depth, mut start) = (Vec::new(), 0, 0);
+    for (i, c) in selector.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                terms.push(&selector[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    terms.push(&selector[start..]);
+    terms
+        .into_iter()
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
+fn equality(term: &str) -> Option<Requirement> {
+    let (key, test, value) = if let Some((k, v)) = term.split_once("!=") {
+        (k, false, v)
+    } else if let Some((k, v)) = term.split_once("==") {
+        (k, true, v)
+    } else {
+        let (k, v) = term.split_once('=')?;
+        (k, true, v)
+    };
+    let values = vec![value.trim().to_string()];
+    Some(Requirement {
+        key: key.trim().to_string(),
+        test: if test {
+            Test::In(values)
+        } else {
+            Test::NotIn(values)
+        },
+    })
+}
+
+fn set_based(term: &str) -> Option<Requirement> {
+    let (head, rest) = term.split_once('(')?;
+    let values = rest.strip_suffix(')')?;
+    let values: Vec<String> = values.split(',').map(|v| v.trim().to_string()).collect();
+    let mut words = head.split_whitespace();
+    let (key, operator) = (words.next()?, words.next()?);
+    let test = match operator {
+        "in" => Test::In(values),
+        "notin" => Test::NotIn(values),
+        _ => return None,
+    };
+    (words.next().is_none()).then(|| Requirement {
+        key: key.to_string(),
+        test,
+    })
+}
+
+fn valid_key(key: &str) -> bool {
+    !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LabelSelector(Vec<Requirement>);
+
+impl LabelSelector {
+    pub fn parse(selector: &str) -> Result<LabelSelector, String> {
+        let mut requirements = Vec::new();
+        for term in top_level_terms(selector) {
+            let requirement = if term.contains('(') {
+                set_based(term)
+            } else if term.contains('=') {
+                equality(term)
+            } else if let Some(key) = term.strip_prefix('!') {
+                Some(Requirement {
+                    key: key.trim().to_string(),
+                    test: Test::NotExists,
+                })
+            } else {
+                Some(Requirement {
+                    key: term.to_string(),
+                    test: Test::Exists,
+                })
+            };
+            match requirement {
+                Some(r) if valid_key(&r.key) => requirements.push(r),
+                _ => return Err(format!("unable to parse requirement: {term:?}")),
+            }
+        }
+        Ok(LabelSelector(requirements))
+    }
+
+    pub fn matches(&self, object: &Value) -> bool {
+        let labels = &object["metadata"]["labels"];
+        self.0
+            .iter()
+            .all(|r| r.holds(labels.get(&r.key).and_then(Value::as_str)))
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FieldSelector(Vec<Requirement>);
+
+impl FieldSelector {
+    pub fn parse(selector: &str) -> Result<FieldSelector, String> {
+        let mut requirements = Vec::new();
+        for term in top_level_terms(selector) {
+            let requirement =
+                equality(term).ok_or_else(|| format!("invalid selector: {term:?}"))?;
+            if !matches!(
+                requirement.key.as_str(),
+                "metadata.name" | "metadata.namespace"
+            ) {
+                return Err(format!("field label not supported: {}", requirement.key));
+            }
+            requirements.push(requirement);
+        }
+        Ok(FieldSelector(requirements))
+    }
+
+    pub fn matches(&self, object: &Value) -> bool {
+        self.0.iter().all(|r| {
+            let field = r.key.strip_prefix("metadata.").unwrap_or(&r.key);
+            // An absent field is the empty string, as in kube-apiserver's field sets.
+            let value = object["metadata"][field].as_str().unwrap_or("");
+            r.holds(Some(value))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn labelled(labels: Value) -> Value {
+        json!({"metadata": {"name": "a", "namespace": "ns", "labels": labels}})
+    }
+
+    #[test]
+    fn label_selectors_match_as_kubernetes_does() {
+        let object = labelled(json!({"app": "web", "tier": "front"}));
+        let matches = |s: &str| LabelSelector::parse(s).unwrap().matches(&object);
+        assert!(matches(""));
+        assert!(matches("app=web"));
+        assert!(matches("app==web,tier"));
+        assert!(!matches("app!=web"));
+        assert!(matches("app in (db, web),!missing"));
+        assert!(!matches("tier notin (front)"));
+        assert!(matches("missing notin (x)"));
+        assert!(!matches("missing"));
+        assert!(!matches("app=web,tier=back"));
+        assert!(LabelSelector::parse("app in web").is_err());
+        assert!(LabelSelector::parse("a b=c").is_err());
+    }
+
+    #[test]
+    fn field_selectors_know_name_and_namespace() {
+        let object = labelled(json!({}));
+        let matches = |s: &str| FieldSelector::parse(s).unwrap().matches(&object);
+        assert!(matches("metadata.name=a"));
+        assert!(matches("metadata.name==a,metadata.namespace=ns"));
+        assert!(!matches("metadata.namespace!=ns"));
+        assert_eq!(
+            FieldSelector::parse("spec.nodeName=x").unwrap_err(),
+            "field label not supported: spec.nodeName"
+        );
+    }
+}

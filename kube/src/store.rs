@@ -1,0 +1,299 @@
+//! The etcd calls kube-apiserver's storage layer makes (staging/.../storage/etcd3/store.go), with
+//! the same shapes: reads at a revision, create as `Txn(MOD(key) == 0, Put)`, update and delete
+//! as `Txn(MOD(key) == rv, Put|Delete, else Range)`, watches from `rv + 1` with `prev_kv`. The
+//! revision etcd answers with is the object's resourceVersion.
+
+use oxcd_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
+use oxcd_proto::etcdserverpb::kv_client::KvClient;
+use oxcd_proto::etcdserverpb::request_op::Request;
+use oxcd_proto::etcdserverpb::response_op::Response;
+use oxcd_proto::etcdserverpb::watch_client::WatchClient;
+use oxcd_proto::etcdserverpb::watch_request::RequestUnion;
+use oxcd_proto::etcdserverpb::{
+    Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
+    WatchCreateRequest, WatchRequest,
+};
+use oxcd_proto::mvccpb::{event::EventType, KeyValue};
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+
+/// etcd's error for a revision below the compaction point.
+const COMPACTED: &str = "etcdserver: mvcc: required revision has been compacted";
+
+#[derive(Debug)]
+pub enum StoreError {
+    /// The key does not exist (update, delete).
+    NotFound,
+    /// Create found the key already there.
+    Exists,
+    /// The key's mod revision is not the expected one.
+    Modified,
+    /// The requested revision has been compacted; `compacted` is the compaction point when
+    /// etcd said it (watches do, reads do not).
+    Compacted {
+        compacted: i64,
+    },
+    Unavailable(String),
+}
+
+impl From<tonic::Status> for StoreError {
+    fn from(status: tonic::Status) -> StoreError {
+        if status.message() == COMPACTED {
+            StoreError::Compacted { compacted: 0 }
+        } else {
+            StoreError::Unavailable(status.message().to_string())
+        }
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// One page of a range: the keys read, whether more follow, and the revision read at.
+pub struct Page {
+    pub kvs: Vec<KeyValue>,
+    pub more: bool,
+    pub revision: i64,
+}
+
+/// A change seen by a watch: the key's value after it (none for a delete) and before it.
+pub struct Change {
+    pub kind: EventType,
+    pub kv: KeyValue,
+    pub prev_kv: Option<KeyValue>,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    kv: KvClient<Channel>,
+    watch: WatchClient<Channel>,
+}
+
+/// The end of the range of every key starting with `prefix`.
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+fn mod_revision_is(key: &[u8], revision: i64) -> Compare {
+    Compare {
+        result: CompareResult::Equal as i32,
+        target: CompareTarget::Mod as i32,
+        key: key.to_vec(),
+        target_union: Some(TargetUnion::ModRevision(revision)),
+        ..Default::default()
+    }
+}
+
+fn op(request: Request) -> RequestOp {
+    RequestOp {
+        request: Some(request),
+    }
+}
+
+fn read(key: &[u8]) -> RequestOp {
+    op(Request::RequestRange(RangeRequest {
+        key: key.to_vec(),
+        ..Default::default()
+    }))
+}
+
+impl Store {
+    pub async fn connect(endpoint: &str) -> anyhow::Result<Store> {
+        let channel = Channel::from_shared(endpoint.to_string())?.connect_lazy();
+        Ok(Store {
+            // Pages of objects can outgrow tonic's 4 MiB default, as in kube-apiserver's client.
+            kv: KvClient::new(channel.clone()).max_decoding_message_size(usize::MAX),
+            watch: WatchClient::new(channel).max_decoding_message_size(usize::MAX),
+        })
+    }
+
+    /// The key as it is now.
+    pub async fn get(&self, key: &[u8]) -> StoreResult<Option<KeyValue>> {
+        let page = self.range(key, &[], 0, 0).await?;
+        Ok(page.kvs.into_iter().next())
+    }
+
+    /// Keys from `from` up to `end` at `revision` (0: the latest), at most `limit` (0: all).
+    pub async fn range(
+        &self,
+        from: &[u8],
+        end: &[u8],
+        limit: i64,
+        revision: i64,
+    ) -> StoreResult<Page> {
+        let response = self
+            .kv
+            .clone()
+            .range(RangeRequest {
+                key: from.to_vec(),
+                range_end: end.to_vec(),
+                limit,
+                revision,
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        Ok(Page {
+            revision: response.header.map_or(0, |h| h.revision),
+            more: response.more,
+            kvs: response.kvs,
+        })
+    }
+
+    /// Txn(`compare`, success `then`, failure Range(key)): the new revision, or the key as the
+    /// failed compare found it.
+    async fn guarded(
+        &self,
+        key: &[u8],
+        compare: Compare,
+        then: RequestOp,
+    ) -> StoreResult<Result<i64, Option<KeyValue>>> {
+        let response = self
+            .kv
+            .clone()
+            .txn(TxnRequest {
+                compare: vec![compare],
+                success: vec![then],
+                failure: vec![read(key)],
+            })
+            .await?
+            .into_inner();
+        if response.succeeded {
+            return Ok(Ok(response.header.map_or(0, |h| h.revision)));
+        }
+        let current = response
+            .responses
+            .into_iter()
+            .find_map(|r| match r.response {
+                Some(Response::ResponseRange(range)) => range.kvs.into_iter().next(),
+                _ => None,
+            });
+        Ok(Err(current))
+    }
+
+    /// Creates the key; its revision, or `Exists`.
+    pub async fn create(&self, key: &[u8], value: Vec<u8>) -> StoreResult<i64> {
+        let put = op(Request::RequestPut(PutRequest {
+            key: key.to_vec(),
+            value,
+            ..Default::default()
+        }));
+        match self.guarded(key, mod_revision_is(key, 0), put).await? {
+            Ok(revision) => Ok(revision),
+            Err(_) => Err(StoreError::Exists),
+        }
+    }
+
+    /// Replaces the key if its mod revision is `expected`; the new revision.
+    pub async fn update(&self, key: &[u8], value: Vec<u8>, expected: i64) -> StoreResult<i64> {
+        let put = op(Request::RequestPut(PutRequest {
+            key: key.to_vec(),
+            value,
+            ..Default::default()
+        }));
+        match self
+            .guarded(key, mod_revision_is(key, expected), put)
+            .await?
+        {
+            Ok(revision) => Ok(revision),
+            Err(None) => Err(StoreError::NotFound),
+            Err(Some(_)) => Err(StoreError::Modified),
+        }
+    }
+
+    /// Deletes the key if its mod revision is `expected`; the deletion's revision.
+    pub async fn delete(&self, key: &[u8], expected: i64) -> StoreResult<i64> {
+        let delete = op(Request::RequestDeleteRange(DeleteRangeRequest {
+            key: key.to_vec(),
+            ..Default::default()
+        }));
+        match self
+            .guarded(key, mod_revision_is(key, expected), delete)
+            .await?
+        {
+            Ok(revision) => Ok(revision),
+            Err(None) => Err(StoreError::NotFound),
+            Err(Some(_)) => Err(StoreError::Modified),
+        }
+    }
+
+    /// Every change under `prefix` from revision `start` on, in order, sent to `changes`
+    /// until the receiver goes away or the watch fails (the error is sent last).
+    pub async fn watch(
+        &self,
+        prefix: &[u8],
+        start: i64,
+        changes: tokio::sync::mpsc::Sender<StoreResult<Change>>,
+    ) {
+        let create = WatchRequest {
+            request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
+                key: prefix.to_vec(),
+                range_end: prefix_end(prefix),
+                start_revision: start,
+                prev_kv: true,
+                ..Default::default()
+            })),
+        };
+        // The request stream stays open (a closed one ends the watch) for as long as this runs.
+        let (requests, open) = tokio::sync::mpsc::channel(1);
+        if requests.send(create).await.is_err() {
+            return;
+        }
+        let requests_stream = tokio_stream::wrappers::ReceiverStream::new(open);
+        let mut responses = match self.watch.clone().watch(requests_stream).await {
+            Ok(responses) => responses.into_inner(),
+            Err(status) => {
+                let _ = changes.send(Err(status.into())).await;
+                return;
+            }
+        };
+        while let Some(response) = responses.next().await {
+            let response = match response {
+                Ok(response) => response,
+                Err(status) => {
+                    let _ = changes.send(Err(status.into())).await;
+                    return;
+                }
+            };
+            if response.compact_revision > 0 {
+                let compacted = response.compact_revision;
+                let _ = changes.send(Err(StoreError::Compacted { compacted })).await;
+                return;
+            }
+            if response.canceled {
+                let reason = response.cancel_reason;
+                let _ = changes.send(Err(StoreError::Unavailable(reason))).await;
+                return;
+            }
+            for event in response.events {
+                let change = Change {
+                    kind: EventType::try_from(event.r#type).unwrap_or(EventType::Put),
+                    kv: event.kv.unwrap_or_default(),
+                    prev_kv: event.prev_kv,
+                };
+                if changes.send(Ok(change)).await.is_err() {
+                    return;
+                }
+            }
+        }
+        drop(requests);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_end;
+
+    #[test]
+    fn prefix_ends_as_etcd_clients_compute_them() {
+        assert_eq!(prefix_end(b"/registry/pods/"), b"/registry/pods0");
+        assert_eq!(prefix_end(b"a\xff"), b"b");
+        assert_eq!(prefix_end(b"\xff"), b"\0");
+    }
+}
