@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Compiles Kubernetes v1.37.2's own integration tests that exercise the store (`go test -c`, one
+# test binary per package), so they can run on oxcd and on etcd (run-kube-integration.sh).
+#
+# Usage: tests/reference/build-kube-integration.sh
+#   The last line of stdout is the directory holding <package>.test for each package below
+#   ($HOME/.cache/oxcd-reference/kube-integration-v1.37.2), so callers can do
+#   KUBE_INTEGRATION_BIN_DIR="$(tests/reference/build-kube-integration.sh | tail -n1)".
+#   Everything else (progress, go's output) goes to stderr.
+#
+# The packages come from the same wrapper module as build-kubernetes.sh's binaries
+# (./kubernetes, whose go.sum already covers their test dependencies), so they test exactly the
+# apiserver that build-kubernetes.sh builds. Each links a whole control plane: a cold build takes
+# tens of minutes, less once build-kubernetes.sh has filled the Go build cache.
+set -euo pipefail
+
+VERSION=1.37.2
+# test/integration/<name>: every test in them starts an apiserver in-process through
+# test/integration/framework, whose EtcdMain uses the store at $KUBE_INTEGRATION_ETCD_URL.
+#   etcd          every built-in resource's storage path and encoding, CRD/built-in overlaps
+#   apimachinery  watches (restarts, timeouts, namespaces), watch-list fallback, empty lists
+#   apiserver     lists (options, chunking, RV=0), watches, the watch cache, patches, apply
+PACKAGES=(etcd apimachinery apiserver)
+SCRIPT=build-kube-integration.sh
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=go-build.sh
+source "$here/go-build.sh"
+
+# What a build records, so a change of version or of the package list rebuilds.
+stamp="k8s.io/kubernetes v$VERSION test/integration/{${PACKAGES[*]}}"
+
+is_built() {
+    local pkg
+    for pkg in "${PACKAGES[@]}"; do
+        [[ -x "$1/$pkg.test" ]] || return 1
+    done
+    [[ "$(cat "$1/built-from" 2>/dev/null)" == "$stamp" ]]
+}
+
+build_into() {
+    local pkg
+    for pkg in "${PACKAGES[@]}"; do
+        echo "$SCRIPT: go test -c k8s.io/kubernetes/test/integration/$pkg" >&2
+        # vet is for Kubernetes' CI; these binaries only run.
+        go test -c -vet=off -trimpath -o "$1/$pkg.test" "k8s.io/kubernetes/test/integration/$pkg" ||
+            die "go test -c of k8s.io/kubernetes/test/integration/$pkg@v$VERSION failed"
+    done
+    echo "$stamp" >"$1/built-from"
+}
+
+build_reference "$cache/kube-integration-v$VERSION" "$here/kubernetes" \
+    "Kubernetes v$VERSION's integration tests (${PACKAGES[*]})"
