@@ -7,6 +7,8 @@
 #   ($HOME/.cache/oxcd-reference/kube-integration-v1.37.2), so callers can do
 #   KUBE_INTEGRATION_BIN_DIR="$(tests/reference/build-kube-integration.sh | tail -n1)".
 #   Everything else (progress, go's output) goes to stderr.
+#   Run each test binary from src/test/integration/<package> in that directory, with
+#   TEST_SRCDIR=$GOMODCACHE and TEST_WORKSPACE=. (see build_into).
 #
 # The packages come from the same wrapper module as build-kubernetes.sh's binaries
 # (./kubernetes, whose go.sum already covers their test dependencies), so they test exactly the
@@ -26,8 +28,8 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=go-build.sh
 source "$here/go-build.sh"
 
-# What a build records, so a change of version or of the package list rebuilds.
-stamp="k8s.io/kubernetes v$VERSION test/integration/{${PACKAGES[*]}}"
+# What a build records, so a change of version, package list or layout rebuilds.
+stamp="k8s.io/kubernetes v$VERSION test/integration/{${PACKAGES[*]}} src-tree"
 
 is_built() {
     local pkg
@@ -45,6 +47,19 @@ build_into() {
         go test -c -vet=off -trimpath -o "$1/$pkg.test" "k8s.io/kubernetes/test/integration/$pkg" ||
             die "go test -c of k8s.io/kubernetes/test/integration/$pkg@v$VERSION failed"
     done
+    # Where the tests look for files of Kubernetes' repository: TestEtcdStoragePath globs
+    # k8s.io/api's serialization fixtures at ../../../staging/src/k8s.io/api/testdata from its
+    # package directory, which the module zip of k8s.io/kubernetes has no staging/ for. src/ lays
+    # the packages and k8s.io/api out as the repository does, in symlinks into the module cache.
+    # (The apiserver's test server finds its own testdata from its -trimpath'd source file name
+    # under $TEST_SRCDIR/$TEST_WORKSPACE, the variables it reads for Bazel's trimmed builds.)
+    mkdir -p "$1/src/test/integration" "$1/src/staging/src/k8s.io"
+    for pkg in "${PACKAGES[@]}"; do
+        cp -rs "$GOMODCACHE/k8s.io/kubernetes@v$VERSION/test/integration/$pkg" "$1/src/test/integration/$pkg"
+    done
+    # The module cache's directories are read-only, and cp copied that; a rebuild removes these.
+    chmod -R u+w "$1/src"
+    ln -s "$GOMODCACHE/k8s.io/api@v0.${VERSION#*.}" "$1/src/staging/src/k8s.io/api"
     echo "$stamp" >"$1/built-from"
 }
 

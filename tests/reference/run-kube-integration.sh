@@ -4,12 +4,13 @@
 # markdown table of every top-level test's result on each.
 #
 # Usage: tests/reference/run-kube-integration.sh [--store oxcd|etcd|both] [-run REGEX]
-#            [--packages "etcd apimachinery apiserver"] [--timeout 60m] [--out FILE]
+#            [--packages "etcd apimachinery apiserver"] [--timeout 60m] [--out FILE] [--parallel]
 #   --store     which store(s) to run on (default both: etcd first, as calibration)
 #   -run        go test's -run regex for the top-level tests (default: all)
 #   --packages  which test/integration packages (default: every one built)
 #   --timeout   go test's -timeout per package and store (default 60m)
 #   --out       the markdown file (default tests/results/kube-integration-<date>.md)
+#   --parallel  run the stores at the same time (each still runs its packages one by one)
 # Environment: OXCD_BIN (default $CARGO_TARGET_DIR/release/oxcd), ETCD37_BIN (default the one
 # build-etcd.sh builds), KUBE_INTEGRATION_BIN_DIR (default: build-kube-integration.sh's output),
 # KUBE_INTEGRATION_LOG_DIR (each run's full output; default a new directory under /tmp).
@@ -30,10 +31,12 @@ die() {
     exit 1
 }
 
+command_line="run-kube-integration.sh $*"
 stores=(etcd oxcd)
 run_regex=.
 packages=""
 timeout=60m
+parallel=0
 out="$repo/tests/results/kube-integration-$(date -u +%F).md"
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -49,7 +52,8 @@ while [[ $# -gt 0 ]]; do
         --packages) packages="${2:?--packages needs a list}"; shift 2 ;;
         --timeout) timeout="${2:?--timeout needs a duration}"; shift 2 ;;
         --out) out="${2:?--out needs a file}"; shift 2 ;;
-        *) sed -n '6,13p' "$0" >&2; exit 2 ;;
+        --parallel) parallel=1; shift ;;
+        *) sed -n '6,14p' "$0" >&2; exit 2 ;;
     esac
 done
 
@@ -62,8 +66,8 @@ etcd_bin="${ETCD37_BIN:-$HOME/.cache/oxcd-reference/etcd-v3.7.3/etcd}"
 etcdctl="$(dirname "$etcd_bin")/etcdctl"
 [[ -x "$oxcd_bin" ]] || die "no oxcd at $oxcd_bin (cargo build --release -p oxcd, or set OXCD_BIN)"
 [[ -x "$etcd_bin" && -x "$etcdctl" ]] || die "no etcd 3.7 at $etcd_bin (tests/reference/build-etcd.sh, or set ETCD37_BIN)"
-sources="$HOME/.cache/oxcd-reference/gomod/k8s.io/kubernetes@v$VERSION/test/integration"
-[[ -d "$sources" ]] || die "no Kubernetes sources at $sources (build-kube-integration.sh downloads them)"
+sources="$bin_dir/src/test/integration"
+[[ -d "$sources" ]] || die "no Kubernetes sources at $sources (build-kube-integration.sh lays them out)"
 log_dir="${KUBE_INTEGRATION_LOG_DIR:-$(mktemp -d /tmp/oxcd-kube-integration.XXXXXX)}"
 mkdir -p "$log_dir"
 
@@ -87,7 +91,6 @@ stop_store() {
     [[ -z "$work" ]] || rm -rf "$work"
     work=""
 }
-trap stop_store EXIT
 
 # start_store oxcd|etcd LOG: a fresh member on free ports; sets store_url, store_pid and work.
 start_store() {
@@ -137,32 +140,61 @@ results_of() {
         }' "$1"
 }
 
-table="$log_dir/results.tsv"
-: >"$table"
-for store in "${stores[@]}"; do
+# run_on STORE: every package on STORE, appending to $log_dir/STORE.tsv and STORE.exit.tsv.
+run_on() {
+    local store="$1" pkg log status
+    trap stop_store EXIT
     for pkg in $packages; do
         [[ -x "$bin_dir/$pkg.test" ]] || die "no $bin_dir/$pkg.test (build-kube-integration.sh builds it)"
         log="$log_dir/$store-$pkg.log"
         start_store "$store" "$log_dir/$store-$pkg.store.log"
         echo "run-kube-integration.sh: $pkg on $store ($store_url), log $log" >&2
         status=0
-        # The sources' directory, as `go test` would: some tests read files next to them.
+        # Where build-kube-integration.sh says to run them.
         (cd "$sources/$pkg" &&
             PATH="$work/bin:$PATH" KUBE_INTEGRATION_ETCD_URL="$store_url" \
+                TEST_SRCDIR="$HOME/.cache/oxcd-reference/gomod" TEST_WORKSPACE=. \
                 nice -n 19 "$bin_dir/$pkg.test" -test.v -test.timeout "$timeout" -test.run "$run_regex") \
             >"$log" 2>&1 || status=$?
         stop_store
-        results_of "$log" | sed "s/^/$store\t$pkg\t/" >>"$table"
+        results_of "$log" | sed "s/^/$store\t$pkg\t/" >>"$log_dir/$store.tsv"
         echo "run-kube-integration.sh: $pkg on $store exited $status:" \
-            "$(grep -c "^$store	$pkg	.*	PASS	" "$table") passed," \
-            "$(grep -c "^$store	$pkg	.*	FAIL	" "$table") failed" >&2
-        echo -e "$store\t$pkg\t(exit status)\t$status" >>"$log_dir/exit-status.tsv"
+            "$(grep -c "^$store	$pkg	.*	PASS	" "$log_dir/$store.tsv") passed," \
+            "$(grep -c "^$store	$pkg	.*	FAIL	" "$log_dir/$store.tsv") failed" >&2
+        echo -e "$store\t$pkg\t(exit status)\t$status" >>"$log_dir/$store.exit.tsv"
     done
+}
+
+runs=()
+for store in "${stores[@]}"; do
+    : >"$log_dir/$store.tsv"
+    : >"$log_dir/$store.exit.tsv"
+    if ((parallel)); then
+        (run_on "$store") &
+        runs+=($!)
+    else
+        (run_on "$store")
+    fi
 done
+for run in "${runs[@]}"; do
+    wait "$run"
+done
+table="$log_dir/results.tsv"
+for store in "${stores[@]}"; do cat "$log_dir/$store.tsv"; done >"$table"
+for store in "${stores[@]}"; do cat "$log_dir/$store.exit.tsv"; done >"$log_dir/exit-status.tsv"
 
 # The markdown: one row per test, one column per store.
 mkdir -p "$(dirname "$out")"
-python3 - "$table" "$log_dir/exit-status.tsv" "${stores[@]}" >"$out" <<'EOF'
+{
+    echo "# Kubernetes v$VERSION's storage integration tests on oxcd and etcd"
+    echo
+    echo "Run $(date -u '+%F %H:%M UTC') by \`$command_line\`: packages test/integration/{${packages% }}," \
+        "oxcd $(git -C "$repo" describe --always --dirty) ($("$oxcd_bin" --version 2>&1 | head -n1))," \
+        "$("$etcd_bin" --version 2>&1 | head -n1). One fresh single-member store per package;" \
+        "each cell is the top-level test's result and go test's time for it."
+    echo
+} >"$out"
+python3 - "$table" "$log_dir/exit-status.tsv" "${stores[@]}" >>"$out" <<'EOF'
 import sys
 from collections import OrderedDict
 
