@@ -8,7 +8,7 @@
 #   KUBE_INTEGRATION_BIN_DIR="$(tests/reference/build-kube-integration.sh | tail -n1)".
 #   Everything else (progress, go's output) goes to stderr.
 #   Run each test binary from src/test/integration/<package> in that directory, with
-#   TEST_SRCDIR=$GOMODCACHE and TEST_WORKSPACE=. (see build_into).
+#   TEST_SRCDIR=<that directory>/trimpath and TEST_WORKSPACE=. (see build_into).
 #
 # The packages come from the same wrapper module as build-kubernetes.sh's binaries
 # (./kubernetes, whose go.sum already covers their test dependencies), so they test exactly the
@@ -29,7 +29,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$here/go-build.sh"
 
 # What a build records, so a change of version, package list or layout rebuilds.
-stamp="k8s.io/kubernetes v$VERSION test/integration/{${PACKAGES[*]}} src-tree"
+stamp="k8s.io/kubernetes v$VERSION test/integration/{${PACKAGES[*]}} src-tree trimpath-tree"
 
 is_built() {
     local pkg
@@ -51,15 +51,26 @@ build_into() {
     # k8s.io/api's serialization fixtures at ../../../staging/src/k8s.io/api/testdata from its
     # package directory, which the module zip of k8s.io/kubernetes has no staging/ for. src/ lays
     # the packages and k8s.io/api out as the repository does, in symlinks into the module cache.
-    # (The apiserver's test server finds its own testdata from its -trimpath'd source file name
-    # under $TEST_SRCDIR/$TEST_WORKSPACE, the variables it reads for Bazel's trimmed builds.)
     mkdir -p "$1/src/test/integration" "$1/src/staging/src/k8s.io"
     for pkg in "${PACKAGES[@]}"; do
         cp -rs "$GOMODCACHE/k8s.io/kubernetes@v$VERSION/test/integration/$pkg" "$1/src/test/integration/$pkg"
     done
-    # The module cache's directories are read-only, and cp copied that; a rebuild removes these.
-    chmod -R u+w "$1/src"
     ln -s "$GOMODCACHE/k8s.io/api@v0.${VERSION#*.}" "$1/src/staging/src/k8s.io/api"
+    # The test servers of kube-apiserver and apiextensions-apiserver keep their serving
+    # certificates in testdata/ next to their source, found from its file name: under -trimpath
+    # that is module@version/path, which they resolve under $TEST_SRCDIR/$TEST_WORKSPACE (the
+    # variables they read for Bazel's trimmed builds). trimpath/ holds those two directories under
+    # the names the binaries carry (a replaced staging module is named by its required version,
+    # v0.0.0), writable, since a missing certificate is generated and written there.
+    local staging="v0.${VERSION#*.}" module name
+    for module in "kubernetes@v$VERSION=kubernetes@v$VERSION/cmd/kube-apiserver/app/testing" \
+        "apiextensions-apiserver@$staging=apiextensions-apiserver@v0.0.0/pkg/cmd/server/testing"; do
+        name="${module#*=}"
+        mkdir -p "$1/trimpath/k8s.io/$(dirname "$name")"
+        cp -rs "$GOMODCACHE/k8s.io/${module%%=*}/${name#*/}" "$1/trimpath/k8s.io/$name"
+    done
+    # The module cache's directories are read-only, and cp copied that.
+    chmod -R u+w "$1/src" "$1/trimpath"
     echo "$stamp" >"$1/built-from"
 }
 

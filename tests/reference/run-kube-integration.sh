@@ -153,7 +153,7 @@ run_on() {
         # Where build-kube-integration.sh says to run them.
         (cd "$sources/$pkg" &&
             PATH="$work/bin:$PATH" KUBE_INTEGRATION_ETCD_URL="$store_url" \
-                TEST_SRCDIR="$HOME/.cache/oxcd-reference/gomod" TEST_WORKSPACE=. \
+                TEST_SRCDIR="$bin_dir/trimpath" TEST_WORKSPACE=. \
                 nice -n 19 "$bin_dir/$pkg.test" -test.v -test.timeout "$timeout" -test.run "$run_regex") \
             >"$log" 2>&1 || status=$?
         stop_store
