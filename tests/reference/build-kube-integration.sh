@@ -22,7 +22,9 @@ VERSION=1.37.2
 #   etcd          every built-in resource's storage path and encoding, CRD/built-in overlaps
 #   apimachinery  watches (restarts, timeouts, namespaces), watch-list fallback, empty lists
 #   apiserver     lists (options, chunking, RV=0), watches, the watch cache, patches, apply
-PACKAGES=(etcd apimachinery apiserver)
+#   garbagecollector  cascading deletion through owner references, driven by informers' watches
+#   namespace     a namespace's deletion removing everything in it
+PACKAGES=(etcd apimachinery apiserver garbagecollector namespace)
 SCRIPT=build-kube-integration.sh
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=go-build.sh
