@@ -189,7 +189,7 @@ mkdir -p "$(dirname "$out")"
     echo "# Kubernetes v$VERSION's storage integration tests on oxcd and etcd"
     echo
     echo "Run $(date -u '+%F %H:%M UTC') by \`$command_line\`: packages test/integration/{${packages% }}," \
-        "oxcd $(git -C "$repo" describe --always --dirty) ($("$oxcd_bin" --version 2>&1 | head -n1))," \
+        "oxcd $oxcd_bin ($("$oxcd_bin" --version 2>&1 | head -n1); the checkout is at $(git -C "$repo" describe --always --dirty))," \
         "$("$etcd_bin" --version 2>&1 | head -n1). One fresh single-member store per package;" \
         "each cell is the top-level test's result and go test's time for it."
     echo
