@@ -15,15 +15,11 @@
 set -euo pipefail
 
 VERSION="${1:-3.7.3}"
+SCRIPT=build-etcd.sh
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-cache="${HOME:?HOME must be set}/.cache/oxcd-reference"
-out="$cache/etcd-v$VERSION"
 module="$here/etcd/v$VERSION"
-
-die() {
-    echo "build-etcd.sh: error: $*" >&2
-    exit 1
-}
+# shellcheck source=go-build.sh
+source "$here/go-build.sh"
 
 [[ -f "$module/go.mod" && -f "$module/go.sum" ]] ||
     die "no module for etcd v$VERSION at $module (see this script's usage to add one)"
@@ -44,64 +40,18 @@ version_of() {
 }
 
 is_built() {
-    [[ -x "$out/etcd" && -x "$out/etcdctl" && -x "$out/etcdutl" ]] || return 1
-    [[ "$(version_of "$out/etcd")" == "etcd Version: $VERSION" ]]
+    [[ -x "$1/etcd" && -x "$1/etcdctl" && -x "$1/etcdutl" ]] || return 1
+    [[ "$(version_of "$1/etcd")" == "etcd Version: $VERSION" ]]
 }
 
-if is_built; then
-    echo "$out"
-    exit 0
-fi
+build_into() {
+    go build -trimpath -o "$1/etcd" go.etcd.io/etcd/server/v3 ||
+        die "go build of etcd (go.etcd.io/etcd/server/v3@v$VERSION) failed"
+    go build -trimpath -o "$1/etcdctl" go.etcd.io/etcd/etcdctl/v3 ||
+        die "go build of etcdctl (go.etcd.io/etcd/etcdctl/v3@v$VERSION) failed"
+    go build -trimpath -o "$1/etcdutl" go.etcd.io/etcd/etcdutl/v3 ||
+        die "go build of etcdutl (go.etcd.io/etcd/etcdutl/v3@v$VERSION) failed"
+}
 
-command -v go >/dev/null 2>&1 ||
-    die "go is not installed (Go >= 1.26 is needed to build etcd v$VERSION); put a Go >= 1.26 toolchain on PATH (Debian's golang-go is too old)"
+build_reference "$cache/etcd-v$VERSION" "$module" "etcd v$VERSION"
 
-mkdir -p "$cache"
-# Two test runs may start at once; the second waits for the first instead of racing it.
-exec 9>"$cache/build-etcd.lock"
-if command -v flock >/dev/null 2>&1; then
-    flock 9
-fi
-if is_built; then
-    echo "$out"
-    exit 0
-fi
-
-# Caches live under $HOME/.cache so repeated CI runs on the same machine reuse the downloaded
-# modules and compiled packages (a cold build takes minutes, a warm one seconds).
-export GOMODCACHE="$cache/gomod"
-export GOCACHE="$cache/gocache"
-# go.mod asks for go 1.26; never let go download another toolchain (no network for that here),
-# fail instead with go's own "requires go >= …" message.
-export GOTOOLCHAIN=local
-# -mod=readonly: go.sum is committed, so a mismatch must fail rather than be silently rewritten.
-# Setting GOFLAGS also drops whatever the caller's environment put there.
-export GOFLAGS=-mod=readonly
-# etcd's release builds are static (CGO_ENABLED=0); this also avoids needing a C compiler.
-export CGO_ENABLED=0
-
-echo "build-etcd.sh: building etcd v$VERSION into $out ($(go version))" >&2
-
-# Build into a scratch directory and rename at the end, so an interrupted build never leaves
-# a half-written set of binaries that the check above would accept.
-tmp="$(mktemp -d "$cache/etcd-v$VERSION.tmp.XXXXXX")"
-chmod 755 "$tmp"
-trap 'rm -rf "$tmp"' EXIT
-
-cd "$module"
-start=$SECONDS
-go build -trimpath -o "$tmp/etcd" go.etcd.io/etcd/server/v3 ||
-    die "go build of etcd (go.etcd.io/etcd/server/v3@v$VERSION) failed"
-go build -trimpath -o "$tmp/etcdctl" go.etcd.io/etcd/etcdctl/v3 ||
-    die "go build of etcdctl (go.etcd.io/etcd/etcdctl/v3@v$VERSION) failed"
-go build -trimpath -o "$tmp/etcdutl" go.etcd.io/etcd/etcdutl/v3 ||
-    die "go build of etcdutl (go.etcd.io/etcd/etcdutl/v3@v$VERSION) failed"
-
-got="$(version_of "$tmp/etcd")" || die "the built etcd does not run"
-[[ "$got" == "etcd Version: $VERSION" ]] || die "built etcd reports '$got', expected 'etcd Version: $VERSION'"
-
-rm -rf "$out"
-mv "$tmp" "$out"
-trap - EXIT
-echo "build-etcd.sh: built in $((SECONDS - start))s" >&2
-echo "$out"
