@@ -142,6 +142,23 @@ impl Plan {
     }
 }
 
+/// A node packs elements larger than a page with others, up to this many pages, as bbolt's own
+/// nodes hold at least two elements: alone, each would round up to whole pages.
+const MAX_PACKED_PAGES: usize = 16;
+
+/// Whether an element of `size` bytes goes into the node `level` is filling: while the node is
+/// within a page, or when sharing its overflow pages takes fewer pages than a node of its own.
+fn fits(level: &Level, size: usize, page_size: usize) -> bool {
+    let pages = |bytes: usize| bytes.div_ceil(page_size);
+    let together = level.bytes + size;
+    if level.items.len() == u16::MAX as usize {
+        return false;
+    }
+    together <= page_size
+        || (pages(together) < pages(level.bytes) + pages(PAGE_HEADER_SIZE + size)
+            && pages(together) <= MAX_PACKED_PAGES)
+}
+
 /// Adds buckets and entries to the file being written; see [`write`].
 pub struct Builder<'w> {
     /// None in the planning pass, which only allocates page ids.
@@ -277,8 +294,7 @@ impl<'w> Builder<'w> {
             levels.push(Level::new());
         }
         let l = &levels[level];
-        if !l.items.is_empty() && (l.bytes + size > page_size || l.items.len() == u16::MAX as usize)
-        {
+        if !l.items.is_empty() && !fits(l, size, page_size) {
             self.spill(level)?;
         }
         let l = &mut self.current().levels[level];
@@ -561,6 +577,21 @@ mod tests {
         // `bbolt check` (and so `etcdutl snapshot status`) demands of a file.
         assert_eq!(layout.freelist, layout.pages - 1);
         assert_eq!(db.size(), layout.bytes(4096));
+    }
+
+    #[test]
+    fn values_over_a_page_share_overflow_pages() {
+        let wide: Vec<_> = (0..40u8)
+            .map(|i| (vec![i], Node::Data(vec![i; 6000])))
+            .collect();
+        let tree = vec![(b"wide".to_vec(), Node::Bucket(wide))];
+        let (file, layout) = build(&tree, WriteOptions::default());
+        let db = Db::open(file.path()).unwrap();
+        assert_eq!(read_back(&db, &db.root()), tree);
+        // Alone, each 6 KB element would take two whole pages (80 leaf pages); two share three,
+        // as in bbolt's nodes of two: 60 leaf pages, then a branch, the bucket's root page,
+        // the freelist and the two meta pages.
+        assert_eq!(layout.pages, 60 + 5, "{layout:?}");
     }
 
     #[test]

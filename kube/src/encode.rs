@@ -244,13 +244,8 @@ fn write_time(value: &Value, out: &mut Vec<u8>) -> Result<(), String> {
 mod tests {
     use super::*;
     use crate::object::decode;
+    use crate::object::tests::fixture;
     use serde_json::json;
-
-    fn fixture(name: &str) -> Vec<u8> {
-        let dir =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/registry");
-        std::fs::read(dir.join(name)).unwrap_or_else(|e| panic!("fixture {name}: {e}"))
-    }
 
     /// Values kube-apiserver wrote, decoded to kubectl's JSON and encoded again, come back byte
     /// for byte.

@@ -345,11 +345,12 @@ fn go_duration(nanos: i64) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::envelope::PROTOBUF_MAGIC;
 
-    fn fixture(name: &str) -> Vec<u8> {
+    /// A value kube-apiserver wrote (tests/fixtures/registry).
+    pub(crate) fn fixture(name: &str) -> Vec<u8> {
         let dir =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/registry");
         std::fs::read(dir.join(name)).unwrap_or_else(|e| panic!("fixture {name}: {e}"))

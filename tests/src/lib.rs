@@ -688,6 +688,20 @@ pub fn send_signal(pid: u32, signal: &str) -> Result<()> {
     Ok(())
 }
 
+/// A key as a client sees it: key, value, create revision, mod revision, version, lease.
+pub type Kv = (Vec<u8>, Vec<u8>, i64, i64, i64, i64);
+
+pub fn served(kv: &etcd_client::KeyValue) -> Kv {
+    (
+        kv.key().to_vec(),
+        kv.value().to_vec(),
+        kv.create_revision(),
+        kv.mod_revision(),
+        kv.version(),
+        kv.lease(),
+    )
+}
+
 /// Runs a command-line tool (etcdctl, etcdutl, oxcdctl) to completion and returns its stdout;
 /// panics with its stderr unless it succeeds. Inherited `ETCDCTL_*` variables are dropped:
 /// etcdctl refuses a flag that an environment variable also sets.

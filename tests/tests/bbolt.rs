@@ -13,7 +13,7 @@ use oxcd_bbolt::{Bucket, Builder, Db, Value, WriteOptions};
 use oxcd_proto::authpb;
 use oxcd_proto::mvccpb;
 use oxcd_tests::cluster::{restored_by, restored_from, Cluster};
-use oxcd_tests::{etcd37_tool, oxcdctl_bin, require_etcd, run_ok, Flavor, Server};
+use oxcd_tests::{etcd37_tool, oxcdctl_bin, require_etcd, run_ok, served, Flavor, Kv, Server};
 use prost::Message;
 
 const ETCD_BUCKETS: [&str; 10] = [
@@ -68,19 +68,6 @@ fn bucket(db: &Db, name: &str) -> Bucket {
         .unwrap_or_else(|| panic!("no bucket {name}"))
 }
 
-type Kv = (Vec<u8>, Vec<u8>, i64, i64, i64, i64);
-
-fn served(kv: &etcd_client::KeyValue) -> Kv {
-    (
-        kv.key().to_vec(),
-        kv.value().to_vec(),
-        kv.create_revision(),
-        kv.mod_revision(),
-        kv.version(),
-        kv.lease(),
-    )
-}
-
 fn stored(kv: &mvccpb::KeyValue) -> Kv {
     (
         kv.key.clone(),
@@ -110,6 +97,13 @@ async fn write_history(client: &mut Client) -> i64 {
         .await
         .unwrap();
     client.put("leased/b", "y", Some(opts)).await.unwrap();
+    // Values over a page in a row: writers pack them into shared overflow pages.
+    for i in 0..5 {
+        client
+            .put(format!("wide/{i}"), vec![b'w' + i; 6000], None)
+            .await
+            .unwrap();
+    }
     let compact = client
         .put("k/001", "before-compaction", None)
         .await

@@ -13,7 +13,7 @@ use etcd_client::{
 };
 use oxcd_tests::cluster::{restored_by, restored_from, Cluster};
 use oxcd_tests::kube::{test_dir, ApiServer, Kubectl, PROTOBUF_MAGIC};
-use oxcd_tests::{etcd37_tool, oxcdctl_bin, run_ok, Flavor, Server};
+use oxcd_tests::{etcd37_tool, oxcdctl_bin, run_ok, served, Flavor, Kv, Server};
 
 const NAMESPACE: &str = "migrated";
 const COMPACTED: &str = "etcdserver: mvcc: required revision has been compacted";
@@ -31,20 +31,6 @@ fn etcdctl37(endpoints: &str, args: &[&str]) -> String {
     let mut all = vec![endpoints];
     all.extend_from_slice(args);
     run_ok(&etcd37_tool("etcdctl"), &all)
-}
-
-/// key, value, create revision, mod revision, version, lease.
-type Kv = (Vec<u8>, Vec<u8>, i64, i64, i64, i64);
-
-fn kv(kv: &etcd_client::KeyValue) -> Kv {
-    (
-        kv.key().to_vec(),
-        kv.value().to_vec(),
-        kv.create_revision(),
-        kv.mod_revision(),
-        kv.version(),
-        kv.lease(),
-    )
 }
 
 /// What clients see of a store: HashKV and every key at its latest revision, every event after
@@ -92,8 +78,8 @@ async fn observe(client: &mut Client, since: i64) -> Observed {
         events_since.extend(message.events().iter().map(|e| {
             (
                 e.event_type() == EventType::Delete,
-                kv(e.kv().unwrap()),
-                e.prev_kv().map(kv),
+                served(e.kv().unwrap()),
+                e.prev_kv().map(served),
             )
         }));
     }
@@ -112,7 +98,7 @@ async fn observe(client: &mut Client, since: i64) -> Observed {
     Observed {
         revision,
         hash_kv: (hash.hash(), hash.compact_version()),
-        kvs: everything.kvs().iter().map(kv).collect(),
+        kvs: everything.kvs().iter().map(served).collect(),
         events_since,
         leases,
     }
@@ -414,7 +400,7 @@ async fn a_kubernetes_cluster_moves_from_etcd_to_oxcd_and_back() {
         .get(format!("/registry/configmaps/{NAMESPACE}/cm-on-oxcd"), None)
         .await
         .unwrap();
-    let created = kv(&created.kvs()[0]);
+    let created = served(&created.kvs()[0]);
     assert!(created.1.starts_with(PROTOBUF_MAGIC));
     assert!(created.3 > on_etcd_store.revision);
     let kube_objects = objects(&kubectl);
