@@ -14,9 +14,8 @@ use crate::footprint::{load_keys, restore_snapshot};
 use crate::load::KeyShape;
 use crate::server::{apparent_size, new_work_dir, run_measured, Cluster};
 
-/// Both servers' `--quota-backend-bytes` (etcd's largest recommended): their default of 2 GiB
-/// stops a load of about 1 GB on oxcd, which counts its Raft log (the whole load until
-/// `--snapshot-count` entries) in its stored data.
+/// Both servers' `--quota-backend-bytes` (etcd's largest recommended), so that loads of
+/// several GB, with their garbage awaiting compaction, stay clear of the 2 GiB default.
 const QUOTA_BYTES: u64 = 8 << 30;
 
 #[derive(clap::Args, Debug)]
