@@ -6,33 +6,18 @@
 //! Needs `OXCD_BIN` (or a built oxcd) and kube-apiserver + kubectl in `KUBE_BIN_DIR` (built by
 //! `tests/reference/build-kubernetes.sh`).
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, GetOptions};
 use oxcd_kube::envelope::PROTOBUF_MAGIC;
 use oxcd_kube::{encode, object};
-use oxcd_tests::certs::{openssl, Killed};
-use oxcd_tests::{free_port, kube_bin_dir, wait_timeout, Flavor, Server};
+use oxcd_tests::certs::Killed;
+use oxcd_tests::kube::{ApiServer, Kubectl};
+use oxcd_tests::{free_port, Flavor, Server};
 use serde_json::{json, Value};
 
-const KUBECTL_TIMEOUT: Duration = Duration::from_secs(60);
 const EVENT_TIMEOUT: Duration = Duration::from_secs(30);
-const APISERVER_READY_TIMEOUT: Duration = Duration::from_secs(180);
-const ADMIN_TOKEN: &str = "oxcd-kube-test-token";
-
-fn kube_binary(name: &str) -> PathBuf {
-    let path = kube_bin_dir().join(name);
-    assert!(
-        path.is_file(),
-        "{} is missing; tests/reference/build-kubernetes.sh builds it (or set KUBE_BIN_DIR)",
-        path.display()
-    );
-    path
-}
 
 /// The shim on `etcd_url`, on a free port; killed on drop.
 struct Shim {
@@ -65,186 +50,6 @@ impl Shim {
     }
 }
 
-/// kubectl with fixed leading arguments (the server to talk to), every call bounded in time.
-struct Kubectl {
-    server_args: Vec<String>,
-    dir: PathBuf,
-}
-
-impl Kubectl {
-    fn for_shim(shim: &Shim, dir: &Path) -> Kubectl {
-        Kubectl {
-            server_args: vec![format!("--server={}", shim.url)],
-            dir: dir.to_path_buf(),
-        }
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(kube_binary("kubectl"));
-        command
-            .args(&self.server_args)
-            .args(args)
-            .stdin(Stdio::null());
-        command
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        let mut child = self
-            .command(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawning kubectl");
-        let (mut stdout, mut stderr) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
-        let out = std::thread::spawn(move || {
-            let mut text = Vec::new();
-            std::io::Read::read_to_end(&mut stdout, &mut text).map(|_| text)
-        });
-        let err = std::thread::spawn(move || {
-            let mut text = Vec::new();
-            std::io::Read::read_to_end(&mut stderr, &mut text).map(|_| text)
-        });
-        let Some(status) = wait_timeout(&mut child, KUBECTL_TIMEOUT).unwrap() else {
-            let _ = child.kill();
-            panic!("kubectl {args:?} still running after {KUBECTL_TIMEOUT:?}");
-        };
-        Output {
-            status,
-            stdout: out.join().unwrap().unwrap(),
-            stderr: err.join().unwrap().unwrap(),
-        }
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "kubectl {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    /// A call that must fail; its stderr.
-    fn fails(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(!out.status.success(), "kubectl {args:?} succeeded");
-        String::from_utf8(out.stderr).unwrap()
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut args = args.to_vec();
-        args.extend(["-o", "json"]);
-        serde_json::from_str(&self.ok(&args)).unwrap()
-    }
-
-    /// `kubectl create -f` of a manifest written to a file.
-    fn create(&self, manifest: &Value) -> String {
-        self.with_manifest("create", manifest)
-    }
-
-    fn with_manifest(&self, verb: &str, manifest: &Value) -> String {
-        let file = tempfile::Builder::new()
-            .suffix(".json")
-            .tempfile_in(&self.dir)
-            .unwrap();
-        std::fs::write(file.path(), manifest.to_string()).unwrap();
-        let path = file.path().display().to_string();
-        let out = self.run(&[verb, "--validate=false", "-f", &path]);
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        text + &String::from_utf8_lossy(&out.stderr)
-    }
-
-    /// A long-running call whose stdout lines arrive on the returned channel.
-    fn stream(&self, args: &[&str]) -> (Killed, mpsc::Receiver<String>) {
-        let mut child = self
-            .command(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawning kubectl");
-        let stdout = child.stdout.take().unwrap();
-        let (lines, received) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if lines.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        (Killed(child), received)
-    }
-}
-
-/// The real kube-apiserver on `etcd_url` (HTTPS with its own self-signed certificate, a static
-/// admin token, no authorization checks), ready, with a kubectl for it.
-fn start_apiserver(etcd_url: &str, dir: &Path) -> (Killed, Kubectl) {
-    openssl(dir, &["genrsa", "-out", "sa.key", "2048"]);
-    openssl(dir, &["rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub"]);
-    std::fs::write(
-        dir.join("tokens.csv"),
-        format!("{ADMIN_TOKEN},admin,admin,system:masters\n"),
-    )
-    .unwrap();
-    let port = free_port();
-    let path = |name: &str| dir.join(name).display().to_string();
-    let log = std::fs::File::create(dir.join("kube-apiserver.log")).unwrap();
-    let mut process = Killed(
-        Command::new(kube_binary("kube-apiserver"))
-            .arg(format!("--etcd-servers={etcd_url}"))
-            .arg("--bind-address=127.0.0.1")
-            .arg(format!("--secure-port={port}"))
-            .arg("--advertise-address=198.51.100.1")
-            .arg(format!("--cert-dir={}", path("serving")))
-            .arg("--service-account-issuer=https://kubernetes.default.svc")
-            .arg(format!("--service-account-key-file={}", path("sa.pub")))
-            .arg(format!(
-                "--service-account-signing-key-file={}",
-                path("sa.key")
-            ))
-            .arg(format!("--token-auth-file={}", path("tokens.csv")))
-            .arg("--authorization-mode=AlwaysAllow")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("spawning kube-apiserver"),
-    );
-    let kubectl = Kubectl {
-        server_args: vec![
-            format!("--server=https://127.0.0.1:{port}"),
-            "--insecure-skip-tls-verify".into(),
-            format!("--token={ADMIN_TOKEN}"),
-        ],
-        dir: dir.to_path_buf(),
-    };
-    let deadline = Instant::now() + APISERVER_READY_TIMEOUT;
-    loop {
-        if let Ok(Some(status)) = process.0.try_wait() {
-            panic!(
-                "kube-apiserver exited ({status}): {}",
-                tail(&dir.join("kube-apiserver.log"))
-            );
-        }
-        let out = kubectl.run(&["get", "--raw=/readyz"]);
-        if out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok" {
-            return (process, kubectl);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "kube-apiserver not ready: {}",
-            tail(&dir.join("kube-apiserver.log"))
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
-}
-
-fn tail(log: &Path) -> String {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
-}
-
 async fn stored(client: &mut Client, key: &str) -> Option<(Vec<u8>, i64)> {
     let response = client.get(key, None).await.unwrap();
     response
@@ -268,7 +73,7 @@ async fn kubectl_against_the_shim() {
     let mut client = member.client().await;
     let shim = Shim::start(&member.client_url());
     let dir = tempfile::tempdir().unwrap();
-    let kubectl = Kubectl::for_shim(&shim, dir.path());
+    let kubectl = Kubectl::for_server(&shim.url, dir.path());
     let ns = "shims";
 
     // Discovery is enough for kubectl's resource names and short names.
@@ -541,9 +346,10 @@ async fn the_shim_and_kube_apiserver_share_the_store() {
     let member = Server::start(Flavor::Oxcd).await;
     let mut client = member.client().await;
     let dir = tempfile::tempdir().unwrap();
-    let (_apiserver, kube) = start_apiserver(&member.client_url(), dir.path());
+    let apiserver = ApiServer::start_ready(&member.client_url(), dir.path(), &[], "oxcd");
+    let kube = apiserver.kubectl();
     let shim_process = Shim::start(&member.client_url());
-    let shim = Kubectl::for_shim(&shim_process, dir.path());
+    let shim = Kubectl::for_server(&shim_process.url, dir.path());
     let ns = "shared";
 
     // The shim writes; kube-apiserver reads the same objects at the same resourceVersions.

@@ -212,6 +212,26 @@ pub struct Kubectl {
 }
 
 impl Kubectl {
+    /// kubectl for a plain-HTTP server at `url` with no credentials (oxcd-kube's front end).
+    pub fn for_server(url: &str, dir: &Path) -> Kubectl {
+        let name: String = url
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        let kubeconfig = dir.join(format!("kubeconfig-{name}"));
+        let config = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: server\n  cluster:\n    \
+             server: {url}\nusers:\n- name: anonymous\n  user: {{}}\n\
+             contexts:\n- name: server\n  context:\n    cluster: server\n    user: anonymous\n\
+             current-context: server\n"
+        );
+        std::fs::write(&kubeconfig, config).unwrap();
+        Kubectl {
+            kubeconfig,
+            dir: dir.to_path_buf(),
+        }
+    }
+
     fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(kube_binary("kubectl"));
         cmd.arg(format!("--kubeconfig={}", self.kubeconfig.display()))
@@ -258,6 +278,39 @@ impl Kubectl {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs a call that must fail and returns its stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(!out.status.success(), "kubectl {args:?} succeeded");
+        String::from_utf8(out.stderr).unwrap()
+    }
+
+    /// A call that must succeed, with `-o json` added, parsed.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut args = args.to_vec();
+        args.extend(["-o", "json"]);
+        serde_json::from_str(&self.ok(&args)).unwrap()
+    }
+
+    /// `kubectl create -f` of a manifest; see [`Kubectl::with_manifest`].
+    pub fn create(&self, manifest: &serde_json::Value) -> String {
+        self.with_manifest("create", manifest)
+    }
+
+    /// `kubectl <verb> -f` of a manifest written to a file, without client-side validation (a
+    /// server may publish no OpenAPI); stdout and stderr together, whether it succeeded or not.
+    pub fn with_manifest(&self, verb: &str, manifest: &serde_json::Value) -> String {
+        let file = tempfile::Builder::new()
+            .suffix(".json")
+            .tempfile_in(&self.dir)
+            .unwrap();
+        std::fs::write(file.path(), manifest.to_string()).unwrap();
+        let path = file.path().display().to_string();
+        let out = self.run(&[verb, "--validate=false", "-f", &path]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text + &String::from_utf8_lossy(&out.stderr)
     }
 
     /// A long-running call whose stdout lines arrive on the returned channel.
