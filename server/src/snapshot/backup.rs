@@ -58,7 +58,7 @@ fn go_bytes(bytes: &[u8]) -> String {
     format!("[{}]", words.join(" "))
 }
 
-fn io_error(path: &Path) -> impl Fn(std::io::Error) -> BackupError + '_ {
+pub(super) fn io_error(path: &Path) -> impl Fn(std::io::Error) -> BackupError + '_ {
     move |source| BackupError::Io {
         path: path.display().to_string(),
         source,

@@ -19,6 +19,7 @@ use oxcd_proto::etcdserverpb::{AlarmMember, DowngradeInfo};
 use oxcd_proto::mvccpb::KeyValue;
 use prost::Message;
 
+use super::backup::io_error;
 use super::{BackupError, BackupStatus};
 use crate::auth::AuthRecord;
 use crate::lease::StoredLease;
@@ -73,13 +74,6 @@ pub fn is_bbolt(path: &Path) -> Result<bool, BackupError> {
         }
     }
     Ok(u32::from_le_bytes(head[16..20].try_into().expect("4 bytes")) == oxcd_bbolt::format::MAGIC)
-}
-
-fn io_error(path: &Path) -> impl Fn(std::io::Error) -> BackupError + '_ {
-    move |source| BackupError::Io {
-        path: path.display().to_string(),
-        source,
-    }
 }
 
 /// An etcd snapshot open for reading, its sha256 trailer checked unless told not to.
