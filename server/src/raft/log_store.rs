@@ -20,9 +20,9 @@ use super::types::{Entry, LogId, NodeId, StorageError, TypeConfig};
 use crate::metrics::metrics;
 use crate::storage::{off_runtime, Cf, Engine};
 
-const VOTE: &[u8] = b"vote";
-const COMMITTED: &[u8] = b"committed";
-const LAST_PURGED: &[u8] = b"last_purged";
+pub(super) const VOTE: &[u8] = b"vote";
+pub(super) const COMMITTED: &[u8] = b"committed";
+pub(super) const LAST_PURGED: &[u8] = b"last_purged";
 
 #[derive(Clone)]
 pub struct LogStore {

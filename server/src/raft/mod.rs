@@ -9,11 +9,13 @@
 
 mod election;
 mod leader;
+mod legacy;
 mod log_store;
 mod membership;
 mod network;
 mod proposer;
 mod read_index;
+mod record;
 mod snapshot_file;
 mod state_machine;
 mod types;

@@ -33,9 +33,9 @@ use crate::storage::{off_runtime, Cf, Engine, Snapshot as EngineSnapshot};
 use crate::watch::WatchHub;
 
 pub(super) const META_APPLIED: &[u8] = b"raft_applied";
-const META_MEMBERSHIP: &[u8] = b"raft_membership";
+pub(super) const META_MEMBERSHIP: &[u8] = b"raft_membership";
 /// Present while a received snapshot is being loaded (its metadata).
-const META_INSTALLING: &[u8] = b"snapshot_installing";
+pub(super) const META_INSTALLING: &[u8] = b"snapshot_installing";
 /// This member's Raft bookkeeping in the Meta column family: state that belongs to one
 /// cluster's log, which a backup restored into a new cluster must leave behind.
 pub const RAFT_META_KEYS: [&[u8]; 3] = [META_APPLIED, META_MEMBERSHIP, META_INSTALLING];

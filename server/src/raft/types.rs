@@ -15,11 +15,15 @@ use crate::auth::{AuthApplied, AuthChange, AuthInfo};
 
 pub type NodeId = u64;
 
-/// A member as Raft's membership config records it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// A member as Raft's membership config records it (a protobuf message of the data dir's
+/// membership records, `record::NodeRecord`).
+#[derive(Clone, Eq, PartialEq, Serialize, Deserialize, prost::Message)]
 pub struct Member {
+    #[prost(string, tag = "1")]
     pub name: String,
+    #[prost(string, repeated, tag = "2")]
     pub peer_urls: Vec<String>,
+    #[prost(string, repeated, tag = "3")]
     pub client_urls: Vec<String>,
 }
 
@@ -34,6 +38,7 @@ openraft::declare_raft_types!(
 
 pub type Raft = openraft::Raft<TypeConfig>;
 pub type LogId = openraft::LogId<NodeId>;
+pub type Vote = openraft::Vote<NodeId>;
 pub type Entry = openraft::Entry<TypeConfig>;
 pub type StoredMembership = openraft::StoredMembership<NodeId, Member>;
 pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, Member>;

@@ -83,8 +83,9 @@ const DB_DIR: &str = "db";
 /// The format of the data dir this build writes and reads, recorded in `raft_state` under
 /// [`FORMAT_KEY`] when the data dir is created. A release that changes how anything is stored
 /// raises it (and reads the older formats, or converts them at start); an older build refuses
-/// a newer data dir instead of misreading it.
-pub const DATA_DIR_FORMAT: u64 = 1;
+/// a newer data dir instead of misreading it. Format 2 stores Raft's records as oxcd's own
+/// protobuf messages (`raft::record`); format 1 had bincode of openraft 0.9's layout.
+pub const DATA_DIR_FORMAT: u64 = 2;
 /// Data dirs of the releases before the format was recorded have format 1 and get the record
 /// when this build opens them.
 pub const FORMAT_KEY: &[u8] = b"format_version";
@@ -195,6 +196,15 @@ impl Engine {
         self.db
             .cf_handle(cf.name())
             .expect("column family is created at open")
+    }
+
+    /// The format of the data dir (see [`DATA_DIR_FORMAT`]).
+    pub fn format_version(&self) -> Result<u64> {
+        let stamp = self.get(Cf::RaftState, FORMAT_KEY)?.unwrap_or_default();
+        let stamp = stamp.as_slice().try_into().map_err(|_| {
+            StorageError::Corrupt(format!("data dir format version {stamp:?} is not 8 bytes"))
+        })?;
+        Ok(u64::from_be_bytes(stamp))
     }
 
     pub fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
@@ -351,7 +361,10 @@ pub fn sync_dir_and_parent(dir: &Path) -> std::io::Result<()> {
 }
 
 /// Refuses a data dir of a newer format than [`DATA_DIR_FORMAT`]; records the format of one
-/// that has no record (new, or from a release before the record existed).
+/// that has no record: [`DATA_DIR_FORMAT`] for a new one, 1 for one of a release before the
+/// record existed (its `raft_state` holds the member's identity and vote). Converting an older
+/// format is up to the layer that owns the records (`raft::legacy`), which then records the
+/// new format.
 fn check_format(db: &DB, data_dir: &Path) -> Result<()> {
     let cf = db
         .cf_handle(Cf::RaftState.name())
@@ -361,10 +374,15 @@ fn check_format(db: &DB, data_dir: &Path) -> Result<()> {
             StorageError::Corrupt(format!("data dir format version {v:?} is not 8 bytes"))
         })?),
         None => {
+            let mut existing = db.iterator_cf(cf, IteratorMode::Start);
+            let format = match existing.next().transpose()? {
+                Some(_) => 1,
+                None => DATA_DIR_FORMAT,
+            };
             let mut sync = WriteOptions::default();
             sync.set_sync(true);
-            db.put_cf_opt(cf, FORMAT_KEY, DATA_DIR_FORMAT.to_be_bytes(), &sync)?;
-            DATA_DIR_FORMAT
+            db.put_cf_opt(cf, FORMAT_KEY, format.to_be_bytes(), &sync)?;
+            format
         }
     };
     if found > DATA_DIR_FORMAT {
@@ -524,13 +542,17 @@ mod tests {
         let e = Engine::open(dir.path()).unwrap();
         let stamp = |e: &Engine| e.get(Cf::RaftState, FORMAT_KEY).unwrap();
         assert_eq!(stamp(&e), Some(DATA_DIR_FORMAT.to_be_bytes().to_vec()));
-        // A previous release's data dir has no record: it is format 1 and gets one.
+        assert_eq!(e.format_version().unwrap(), DATA_DIR_FORMAT);
+        // A data dir of a release before the record has no record but has Raft state: it is
+        // format 1 and gets one.
         let mut b = e.batch();
         b.delete(Cf::RaftState, FORMAT_KEY);
+        b.put(Cf::RaftState, b"vote", b"v");
         e.write(b, true).unwrap();
         drop(e);
         let e = Engine::open(dir.path()).unwrap();
         assert_eq!(stamp(&e), Some(1u64.to_be_bytes().to_vec()));
+        assert_eq!(e.format_version().unwrap(), 1);
         let mut b = e.batch();
         b.put(
             Cf::RaftState,
@@ -546,7 +568,7 @@ mod tests {
             matches!(refused, StorageError::NewerFormat { found, .. } if found == DATA_DIR_FORMAT + 1)
         );
         assert!(
-            refused.to_string().contains("format version 2"),
+            refused.to_string().contains("format version 3"),
             "{refused}"
         );
     }

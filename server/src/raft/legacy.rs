@@ -1,0 +1,436 @@
+//! Data dir format 1: what releases before format 2 stored, bincode 1 of openraft 0.9's serde
+//! layout (and of oxcd's own `Member`). The layout is written out here, so reading it does not
+//! depend on any openraft release, and translated into format 2's [`super::record`]s.
+//!
+//! [`upgrade`] converts a format-1 data dir when it is opened. It is resumable: each batch of
+//! log entries is rewritten together with the index the conversion has reached, and the last
+//! write (vote, positions, the state machine's records, the new format number) is one atomic
+//! batch, so a crash at any point leaves a data dir the next start converts the rest of.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use super::record::{
+    EntryRecord, LogIdRecord, MembershipRecord, NodeRecord, PayloadRecord, PositionRecord,
+    SnapshotMetaRecord, StoredMembershipRecord, VoteRecord, VoterSetRecord,
+};
+use super::log_store::{COMMITTED, LAST_PURGED, VOTE};
+use super::state_machine::{META_APPLIED, META_INSTALLING, META_MEMBERSHIP};
+use super::types::Member;
+use crate::storage::{Cf, Engine, StorageError, FORMAT_KEY};
+
+/// The data dir format that stores Raft's records as [`super::record`]s.
+pub const RECORD_FORMAT: u64 = 2;
+/// The log index a conversion in progress has reached (absent when none is).
+const CONVERTED_UPTO: &[u8] = b"format_upgrade_next_index";
+/// Log entries rewritten per batch: bounded memory whatever the log's size.
+const ENTRIES_PER_BATCH: usize = 256;
+
+#[derive(Serialize, Deserialize)]
+struct LeaderId {
+    term: u64,
+    node_id: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+pub(super) struct LogId {
+    leader_id: LeaderId,
+    index: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+pub(super) struct Vote {
+    leader_id: LeaderId,
+    committed: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct LegacyMember {
+    name: String,
+    peer_urls: Vec<String>,
+    client_urls: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub(super) struct Membership {
+    configs: Vec<BTreeSet<u64>>,
+    nodes: BTreeMap<u64, LegacyMember>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub(super) struct StoredMembership {
+    log_id: Option<LogId>,
+    membership: Membership,
+}
+
+/// The command batch went through serde as its protobuf bytes.
+#[derive(Serialize, Deserialize)]
+enum Payload {
+    Blank,
+    Normal(serde_bytes::ByteBuf),
+    Membership(Membership),
+}
+
+#[derive(Serialize, Deserialize)]
+pub(super) struct Entry {
+    log_id: LogId,
+    payload: Payload,
+}
+
+#[derive(Serialize, Deserialize)]
+pub(super) struct SnapshotMeta {
+    last_log_id: Option<LogId>,
+    last_membership: StoredMembership,
+    snapshot_id: String,
+}
+
+impl From<LogId> for LogIdRecord {
+    fn from(id: LogId) -> LogIdRecord {
+        LogIdRecord {
+            term: id.leader_id.term,
+            leader: id.leader_id.node_id,
+            index: id.index,
+        }
+    }
+}
+
+impl From<Vote> for VoteRecord {
+    fn from(vote: Vote) -> VoteRecord {
+        VoteRecord {
+            term: vote.leader_id.term,
+            candidate: vote.leader_id.node_id,
+            committed: vote.committed,
+        }
+    }
+}
+
+impl From<Membership> for MembershipRecord {
+    fn from(m: Membership) -> MembershipRecord {
+        MembershipRecord {
+            voters: m
+                .configs
+                .into_iter()
+                .map(|set| VoterSetRecord {
+                    ids: set.into_iter().collect(),
+                })
+                .collect(),
+            nodes: m
+                .nodes
+                .into_iter()
+                .map(|(id, m)| NodeRecord {
+                    id,
+                    member: Some(Member {
+                        name: m.name,
+                        peer_urls: m.peer_urls,
+                        client_urls: m.client_urls,
+                    }),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<StoredMembership> for StoredMembershipRecord {
+    fn from(m: StoredMembership) -> StoredMembershipRecord {
+        StoredMembershipRecord {
+            log_id: m.log_id.map(Into::into),
+            membership: Some(m.membership.into()),
+        }
+    }
+}
+
+impl From<SnapshotMeta> for SnapshotMetaRecord {
+    fn from(meta: SnapshotMeta) -> SnapshotMetaRecord {
+        SnapshotMetaRecord {
+            last_log_id: meta.last_log_id.map(Into::into),
+            last_membership: Some(meta.last_membership.into()),
+            snapshot_id: meta.snapshot_id,
+        }
+    }
+}
+
+impl TryFrom<Entry> for EntryRecord {
+    type Error = prost::DecodeError;
+
+    fn try_from(entry: Entry) -> Result<EntryRecord, prost::DecodeError> {
+        let payload = match entry.payload {
+            Payload::Blank => PayloadRecord::Blank(()),
+            Payload::Normal(bytes) => {
+                PayloadRecord::Commands(prost::Message::decode(bytes.as_slice())?)
+            }
+            Payload::Membership(m) => PayloadRecord::Membership(m.into()),
+        };
+        Ok(EntryRecord {
+            log_id: Some(entry.log_id.into()),
+            payload: Some(payload),
+        })
+    }
+}
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> StorageError {
+    StorageError::Corrupt(format!("format-1 {what}: {e}"))
+}
+
+/// Decodes a format-1 value of type `L` and encodes it as format 2's record `R`.
+fn convert<L, R>(what: &str, bytes: &[u8]) -> Result<Vec<u8>, StorageError>
+where
+    L: serde::de::DeserializeOwned,
+    R: prost::Message + From<L>,
+{
+    let legacy: L = bincode::deserialize(bytes).map_err(|e| corrupt(what, e))?;
+    Ok(R::from(legacy).encode_to_vec())
+}
+
+/// A format-1 snapshot file's metadata, as format 2 stores it.
+pub(super) fn snapshot_meta(bytes: &[u8]) -> Result<SnapshotMetaRecord, StorageError> {
+    let legacy: SnapshotMeta =
+        bincode::deserialize(bytes).map_err(|e| corrupt("snapshot metadata", e))?;
+    Ok(legacy.into())
+}
+
+/// A format-1 `Option<LogId>` (the state machine's applied position).
+pub(super) fn position(bytes: &[u8]) -> Result<Option<LogIdRecord>, StorageError> {
+    let legacy: Option<LogId> =
+        bincode::deserialize(bytes).map_err(|e| corrupt("log position", e))?;
+    Ok(legacy.map(Into::into))
+}
+
+fn position_record(bytes: &[u8]) -> Result<Vec<u8>, StorageError> {
+    Ok(prost::Message::encode_to_vec(&PositionRecord {
+        log_id: position(bytes)?,
+    }))
+}
+
+/// Format 1 kept the purge point as a bare `LogId`; format 2 as a position, like the others.
+fn purge_point_record(bytes: &[u8]) -> Result<Vec<u8>, StorageError> {
+    let legacy: LogId = bincode::deserialize(bytes).map_err(|e| corrupt("purge point", e))?;
+    Ok(prost::Message::encode_to_vec(&PositionRecord {
+        log_id: Some(legacy.into()),
+    }))
+}
+
+fn entry_record(bytes: &[u8]) -> Result<Vec<u8>, StorageError> {
+    let legacy: Entry = bincode::deserialize(bytes).map_err(|e| corrupt("log entry", e))?;
+    let record = EntryRecord::try_from(legacy).map_err(|e| corrupt("log entry", e))?;
+    Ok(prost::Message::encode_to_vec(&record))
+}
+
+/// Converts a data dir of format 1 to [`RECORD_FORMAT`]; does nothing to one already there.
+pub fn upgrade(engine: &Engine) -> Result<(), StorageError> {
+    if engine.format_version()? >= RECORD_FORMAT {
+        return Ok(());
+    }
+    tracing::info!(
+        "converting the data dir's Raft records from format 1 to {RECORD_FORMAT} (once)"
+    );
+    let mut next = match engine.get(Cf::RaftState, CONVERTED_UPTO)? {
+        Some(v) => u64::from_be_bytes(
+            v.as_slice()
+                .try_into()
+                .map_err(|_| corrupt("conversion progress", "not 8 bytes"))?,
+        ),
+        None => 0,
+    };
+    loop {
+        let mut converted = Vec::with_capacity(ENTRIES_PER_BATCH);
+        let mut failure = None;
+        engine.scan(Cf::RaftLog, &next.to_be_bytes(), None, |k, v| {
+            match entry_record(v) {
+                Ok(record) => converted.push((k.to_vec(), record)),
+                Err(e) => failure = Some(e),
+            }
+            failure.is_none() && converted.len() < ENTRIES_PER_BATCH
+        })?;
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        let Some((last, _)) = converted.last() else {
+            break;
+        };
+        next = u64::from_be_bytes(last.as_slice().try_into().expect("log keys are 8 bytes")) + 1;
+        let mut batch = engine.batch();
+        for (k, v) in &converted {
+            batch.put(Cf::RaftLog, k, v);
+        }
+        batch.put(Cf::RaftState, CONVERTED_UPTO, &next.to_be_bytes());
+        engine.write(batch, true)?;
+    }
+
+    let mut batch = engine.batch();
+    let mut rewrite = |cf: Cf, key: &[u8], to: &dyn Fn(&[u8]) -> Result<Vec<u8>, StorageError>| {
+        if let Some(v) = engine.get(cf, key)? {
+            batch.put(cf, key, &to(&v)?);
+        }
+        Ok::<_, StorageError>(())
+    };
+    rewrite(Cf::RaftState, VOTE, &|v| convert::<Vote, VoteRecord>("vote", v))?;
+    rewrite(Cf::RaftState, COMMITTED, &position_record)?;
+    rewrite(Cf::RaftState, LAST_PURGED, &purge_point_record)?;
+    rewrite(Cf::Meta, META_APPLIED, &position_record)?;
+    rewrite(Cf::Meta, META_MEMBERSHIP, &|v| {
+        convert::<StoredMembership, StoredMembershipRecord>("membership", v)
+    })?;
+    rewrite(Cf::Meta, META_INSTALLING, &|v| {
+        convert::<SnapshotMeta, SnapshotMetaRecord>("snapshot metadata", v)
+    })?;
+    batch.delete(Cf::RaftState, CONVERTED_UPTO);
+    batch.put(Cf::RaftState, FORMAT_KEY, &RECORD_FORMAT.to_be_bytes());
+    engine.write(batch, true)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    //! The layout above is checked against openraft 0.9 itself: what it wrote is what is read.
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use openraft as openraft09;
+    use oxcd_proto::etcdserverpb::PutRequest;
+
+    use super::*;
+    use crate::raft::record::LogIdRecord;
+    use crate::raft::types::{Command, CommandBatch, Op};
+
+    openraft09::declare_raft_types!(
+        Release09:
+            D = CommandBatch,
+            R = CommandBatch,
+            NodeId = u64,
+            Node = LegacyMember,
+            SnapshotData = std::io::Cursor<Vec<u8>>,
+    );
+
+    fn log_id(term: u64, leader: u64, index: u64) -> openraft09::LogId<u64> {
+        openraft09::LogId::new(openraft09::CommittedLeaderId::new(term, leader), index)
+    }
+
+    fn member(name: &str) -> Member {
+        Member {
+            name: name.into(),
+            peer_urls: vec![format!("http://{name}:2380")],
+            client_urls: vec![format!("http://{name}:2379")],
+        }
+    }
+
+    fn membership() -> openraft09::Membership<u64, LegacyMember> {
+        let node = |name| {
+            let m = member(name);
+            LegacyMember {
+                name: m.name,
+                peer_urls: m.peer_urls,
+                client_urls: m.client_urls,
+            }
+        };
+        openraft09::Membership::new(
+            vec![BTreeSet::from([1, 2]), BTreeSet::from([2, 3])],
+            BTreeMap::from([(1, node("a")), (2, node("b")), (3, node("c")), (9, node("l"))]),
+        )
+    }
+
+    fn membership_record() -> MembershipRecord {
+        MembershipRecord {
+            voters: vec![VoterSetRecord { ids: vec![1, 2] }, VoterSetRecord { ids: vec![2, 3] }],
+            nodes: [(1, "a"), (2, "b"), (3, "c"), (9, "l")]
+                .map(|(id, name)| NodeRecord {
+                    id,
+                    member: Some(member(name)),
+                })
+                .to_vec(),
+        }
+    }
+
+    fn record(term: u64, leader: u64, index: u64) -> LogIdRecord {
+        LogIdRecord {
+            term,
+            leader,
+            index,
+        }
+    }
+
+    fn decoded<R: prost::Message + Default>(bytes: Vec<u8>) -> R {
+        R::decode(bytes.as_slice()).unwrap()
+    }
+
+    #[test]
+    fn what_openraft_09_wrote_converts_to_records() {
+        let batch = CommandBatch {
+            commands: vec![Command::new(Op::Put(PutRequest {
+                key: b"k".to_vec(),
+                value: b"v".to_vec(),
+                ..Default::default()
+            }))],
+        };
+        let entries = [
+            (openraft09::EntryPayload::Blank, PayloadRecord::Blank(())),
+            (
+                openraft09::EntryPayload::Normal(batch.clone()),
+                PayloadRecord::Commands(batch),
+            ),
+            (
+                openraft09::EntryPayload::Membership(membership()),
+                PayloadRecord::Membership(membership_record()),
+            ),
+        ];
+        for (i, (payload, expected)) in entries.into_iter().enumerate() {
+            let entry = openraft09::Entry::<Release09> {
+                log_id: log_id(3, 2, 40 + i as u64),
+                payload,
+            };
+            let converted: EntryRecord =
+                decoded(entry_record(&bincode::serialize(&entry).unwrap()).unwrap());
+            assert_eq!(converted.log_id, Some(record(3, 2, 40 + i as u64)));
+            assert_eq!(converted.payload, Some(expected));
+        }
+
+        let vote = openraft09::Vote::new_committed(7u64, 3u64);
+        let converted: VoteRecord =
+            decoded(convert::<Vote, VoteRecord>("", &bincode::serialize(&vote).unwrap()).unwrap());
+        assert_eq!(
+            converted,
+            VoteRecord {
+                term: 7,
+                candidate: 3,
+                committed: true
+            }
+        );
+
+        for position in [None, Some(log_id(5, 1, 1 << 33))] {
+            let converted: PositionRecord =
+                decoded(position_record(&bincode::serialize(&position).unwrap()).unwrap());
+            assert_eq!(converted.log_id, position.map(|_| record(5, 1, 1 << 33)));
+        }
+        let purged: PositionRecord = decoded(
+            purge_point_record(&bincode::serialize(&log_id(2, 1, 99)).unwrap()).unwrap(),
+        );
+        assert_eq!(purged.log_id, Some(record(2, 1, 99)));
+
+        let stored = openraft09::StoredMembership::new(Some(log_id(3, 2, 41)), membership());
+        let converted: StoredMembershipRecord = decoded(
+            convert::<StoredMembership, StoredMembershipRecord>(
+                "",
+                &bincode::serialize(&stored).unwrap(),
+            )
+            .unwrap(),
+        );
+        let stored_record = StoredMembershipRecord {
+            log_id: Some(record(3, 2, 41)),
+            membership: Some(membership_record()),
+        };
+        assert_eq!(converted, stored_record);
+
+        let meta = openraft09::SnapshotMeta::<u64, LegacyMember> {
+            last_log_id: Some(log_id(3, 2, 60)),
+            last_membership: stored,
+            snapshot_id: "3-2-60-17".into(),
+        };
+        assert_eq!(
+            snapshot_meta(&bincode::serialize(&meta).unwrap()).unwrap(),
+            SnapshotMetaRecord {
+                last_log_id: Some(record(3, 2, 60)),
+                last_membership: Some(stored_record),
+                snapshot_id: "3-2-60-17".into(),
+            }
+        );
+    }
+}

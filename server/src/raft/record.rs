@@ -1,0 +1,431 @@
+//! oxcd's own encoding of what Raft keeps on disk: log entries, the vote, log positions,
+//! membership and snapshot metadata (data dir format 2, `docs/ARCHITECTURE.md`).
+//!
+//! These are protobuf messages defined here, field numbers fixed, so the data dir does not
+//! depend on how the Raft library lays its types out: an upgrade of openraft changes only the
+//! conversions below. Format 1 (bincode of openraft 0.9's serde layout) is read by
+//! [`super::legacy`] and converted when a data dir is opened.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use openraft::{CommittedLeaderId, EntryPayload, Membership};
+
+use super::types::{
+    CommandBatch, Entry, LogId, Member, NodeId, SnapshotMeta, StoredMembership, Vote,
+};
+
+/// Where an entry sits in the log: its index and the term and member of the leader that
+/// proposed it.
+#[derive(Clone, Copy, PartialEq, Eq, prost::Message)]
+pub struct LogIdRecord {
+    #[prost(uint64, tag = "1")]
+    pub term: u64,
+    #[prost(uint64, tag = "2")]
+    pub leader: u64,
+    #[prost(uint64, tag = "3")]
+    pub index: u64,
+}
+
+/// A member's vote: the candidate (or leader) it is for, in a term, and whether a quorum
+/// granted it.
+#[derive(Clone, Copy, PartialEq, Eq, prost::Message)]
+pub struct VoteRecord {
+    #[prost(uint64, tag = "1")]
+    pub term: u64,
+    #[prost(uint64, tag = "2")]
+    pub candidate: u64,
+    #[prost(bool, tag = "3")]
+    pub committed: bool,
+}
+
+/// A log position that may be absent (nothing committed or purged yet).
+#[derive(Clone, Copy, PartialEq, Eq, prost::Message)]
+pub struct PositionRecord {
+    #[prost(message, optional, tag = "1")]
+    pub log_id: Option<LogIdRecord>,
+}
+
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct VoterSetRecord {
+    #[prost(uint64, repeated, tag = "1")]
+    pub ids: Vec<u64>,
+}
+
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct NodeRecord {
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    #[prost(message, optional, tag = "2")]
+    pub member: Option<Member>,
+}
+
+/// A membership config: one voter set, or two while a joint change is in progress; a node
+/// that is in no voter set is a learner.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct MembershipRecord {
+    #[prost(message, repeated, tag = "1")]
+    pub voters: Vec<VoterSetRecord>,
+    #[prost(message, repeated, tag = "2")]
+    pub nodes: Vec<NodeRecord>,
+}
+
+/// A membership config and the entry that holds it.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct StoredMembershipRecord {
+    #[prost(message, optional, tag = "1")]
+    pub log_id: Option<LogIdRecord>,
+    #[prost(message, optional, tag = "2")]
+    pub membership: Option<MembershipRecord>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct EntryRecord {
+    #[prost(message, optional, tag = "1")]
+    pub log_id: Option<LogIdRecord>,
+    #[prost(oneof = "PayloadRecord", tags = "2, 3, 4")]
+    pub payload: Option<PayloadRecord>,
+}
+
+#[derive(Clone, PartialEq, prost::Oneof)]
+pub enum PayloadRecord {
+    /// The empty entry a new leader appends.
+    #[prost(message, tag = "2")]
+    Blank(()),
+    /// Client commands.
+    #[prost(message, tag = "3")]
+    Commands(CommandBatch),
+    /// A membership change.
+    #[prost(message, tag = "4")]
+    Membership(MembershipRecord),
+}
+
+/// What a Raft snapshot holds: the state up to `last_log_id`, with the membership then.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct SnapshotMetaRecord {
+    #[prost(message, optional, tag = "1")]
+    pub last_log_id: Option<LogIdRecord>,
+    #[prost(message, optional, tag = "2")]
+    pub last_membership: Option<StoredMembershipRecord>,
+    #[prost(string, tag = "3")]
+    pub snapshot_id: String,
+}
+
+/// A stored record that cannot be decoded.
+#[derive(Debug, thiserror::Error)]
+#[error("undecodable {what} record: {reason}")]
+pub struct RecordError {
+    what: &'static str,
+    reason: String,
+}
+
+impl RecordError {
+    fn new(what: &'static str, reason: impl ToString) -> RecordError {
+        RecordError {
+            what,
+            reason: reason.to_string(),
+        }
+    }
+}
+
+fn decode<R: prost::Message + Default>(what: &'static str, bytes: &[u8]) -> Result<R, RecordError> {
+    R::decode(bytes).map_err(|e| RecordError::new(what, e))
+}
+
+fn required<T>(what: &'static str, field: Option<T>) -> Result<T, RecordError> {
+    field.ok_or_else(|| RecordError::new(what, "a required field is missing"))
+}
+
+impl From<&LogId> for LogIdRecord {
+    fn from(id: &LogId) -> LogIdRecord {
+        LogIdRecord {
+            term: id.leader_id.term,
+            leader: id.leader_id.node_id,
+            index: id.index,
+        }
+    }
+}
+
+impl From<LogIdRecord> for LogId {
+    fn from(r: LogIdRecord) -> LogId {
+        LogId::new(CommittedLeaderId::new(r.term, r.leader), r.index)
+    }
+}
+
+impl From<&Vote> for VoteRecord {
+    fn from(vote: &Vote) -> VoteRecord {
+        VoteRecord {
+            term: vote.leader_id.term,
+            candidate: vote.leader_id.node_id,
+            committed: vote.committed,
+        }
+    }
+}
+
+impl From<VoteRecord> for Vote {
+    fn from(r: VoteRecord) -> Vote {
+        if r.committed {
+            Vote::new_committed(r.term, r.candidate)
+        } else {
+            Vote::new(r.term, r.candidate)
+        }
+    }
+}
+
+impl From<&Membership<NodeId, Member>> for MembershipRecord {
+    fn from(m: &Membership<NodeId, Member>) -> MembershipRecord {
+        MembershipRecord {
+            voters: m
+                .get_joint_config()
+                .iter()
+                .map(|set| VoterSetRecord {
+                    ids: set.iter().copied().collect(),
+                })
+                .collect(),
+            nodes: m
+                .nodes()
+                .map(|(id, member)| NodeRecord {
+                    id: *id,
+                    member: Some(member.clone()),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<MembershipRecord> for Membership<NodeId, Member> {
+    fn from(r: MembershipRecord) -> Membership<NodeId, Member> {
+        let configs: Vec<BTreeSet<NodeId>> = r
+            .voters
+            .into_iter()
+            .map(|set| set.ids.into_iter().collect())
+            .collect();
+        let nodes: BTreeMap<NodeId, Member> = r
+            .nodes
+            .into_iter()
+            .map(|n| (n.id, n.member.unwrap_or_default()))
+            .collect();
+        Membership::new(configs, nodes)
+    }
+}
+
+impl From<&StoredMembership> for StoredMembershipRecord {
+    fn from(m: &StoredMembership) -> StoredMembershipRecord {
+        StoredMembershipRecord {
+            log_id: m.log_id().as_ref().map(LogIdRecord::from),
+            membership: Some(m.membership().into()),
+        }
+    }
+}
+
+impl From<StoredMembershipRecord> for StoredMembership {
+    fn from(r: StoredMembershipRecord) -> StoredMembership {
+        StoredMembership::new(
+            r.log_id.map(LogId::from),
+            r.membership.unwrap_or_default().into(),
+        )
+    }
+}
+
+impl From<Entry> for EntryRecord {
+    fn from(entry: Entry) -> EntryRecord {
+        let payload = match entry.payload {
+            EntryPayload::Blank => PayloadRecord::Blank(()),
+            EntryPayload::Normal(batch) => PayloadRecord::Commands(batch),
+            EntryPayload::Membership(m) => PayloadRecord::Membership((&m).into()),
+        };
+        EntryRecord {
+            log_id: Some((&entry.log_id).into()),
+            payload: Some(payload),
+        }
+    }
+}
+
+impl TryFrom<EntryRecord> for Entry {
+    type Error = RecordError;
+
+    fn try_from(r: EntryRecord) -> Result<Entry, RecordError> {
+        let payload = match required("log entry", r.payload)? {
+            PayloadRecord::Blank(()) => EntryPayload::Blank,
+            PayloadRecord::Commands(batch) => EntryPayload::Normal(batch),
+            PayloadRecord::Membership(m) => EntryPayload::Membership(m.into()),
+        };
+        Ok(Entry {
+            log_id: required("log entry", r.log_id)?.into(),
+            payload,
+        })
+    }
+}
+
+impl From<&SnapshotMeta> for SnapshotMetaRecord {
+    fn from(meta: &SnapshotMeta) -> SnapshotMetaRecord {
+        SnapshotMetaRecord {
+            last_log_id: meta.last_log_id.as_ref().map(LogIdRecord::from),
+            last_membership: Some((&meta.last_membership).into()),
+            snapshot_id: meta.snapshot_id.clone(),
+        }
+    }
+}
+
+impl From<SnapshotMetaRecord> for SnapshotMeta {
+    fn from(r: SnapshotMetaRecord) -> SnapshotMeta {
+        SnapshotMeta {
+            last_log_id: r.last_log_id.map(LogId::from),
+            last_membership: r.last_membership.unwrap_or_default().into(),
+            snapshot_id: r.snapshot_id,
+        }
+    }
+}
+
+pub fn encode_entry(entry: Entry) -> Vec<u8> {
+    prost::Message::encode_to_vec(&EntryRecord::from(entry))
+}
+
+pub fn decode_entry(bytes: &[u8]) -> Result<Entry, RecordError> {
+    decode::<EntryRecord>("log entry", bytes)?.try_into()
+}
+
+/// The log id of a stored entry, without decoding its commands.
+pub fn entry_log_id(bytes: &[u8]) -> Result<LogId, RecordError> {
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct EntryHead {
+        #[prost(message, optional, tag = "1")]
+        log_id: Option<LogIdRecord>,
+    }
+    Ok(required("log entry", decode::<EntryHead>("log entry", bytes)?.log_id)?.into())
+}
+
+pub fn encode_vote(vote: &Vote) -> Vec<u8> {
+    prost::Message::encode_to_vec(&VoteRecord::from(vote))
+}
+
+pub fn decode_vote(bytes: &[u8]) -> Result<Vote, RecordError> {
+    Ok(decode::<VoteRecord>("vote", bytes)?.into())
+}
+
+pub fn encode_position(position: Option<&LogId>) -> Vec<u8> {
+    prost::Message::encode_to_vec(&PositionRecord {
+        log_id: position.map(LogIdRecord::from),
+    })
+}
+
+pub fn decode_position(bytes: &[u8]) -> Result<Option<LogId>, RecordError> {
+    Ok(decode::<PositionRecord>("log position", bytes)?
+        .log_id
+        .map(LogId::from))
+}
+
+pub fn encode_membership(membership: &StoredMembership) -> Vec<u8> {
+    prost::Message::encode_to_vec(&StoredMembershipRecord::from(membership))
+}
+
+pub fn decode_membership(bytes: &[u8]) -> Result<StoredMembership, RecordError> {
+    Ok(decode::<StoredMembershipRecord>("membership", bytes)?.into())
+}
+
+pub fn encode_snapshot_meta(meta: &SnapshotMeta) -> Vec<u8> {
+    prost::Message::encode_to_vec(&SnapshotMetaRecord::from(meta))
+}
+
+pub fn decode_snapshot_meta(bytes: &[u8]) -> Result<SnapshotMeta, RecordError> {
+    Ok(decode::<SnapshotMetaRecord>("snapshot metadata", bytes)?.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::types::{Command, Op};
+    use oxcd_proto::etcdserverpb::PutRequest;
+
+    fn log_id(term: u64, leader: u64, index: u64) -> LogId {
+        LogId::new(CommittedLeaderId::new(term, leader), index)
+    }
+
+    fn member(name: &str) -> Member {
+        Member {
+            name: name.into(),
+            peer_urls: vec![format!("http://{name}:2380")],
+            client_urls: vec![format!("http://{name}:2379")],
+        }
+    }
+
+    fn joint_membership() -> Membership<NodeId, Member> {
+        Membership::new(
+            vec![BTreeSet::from([1, 2]), BTreeSet::from([2, 3])],
+            BTreeMap::from([(1, member("a")), (2, member("b")), (3, member("c")), (4, member("d"))]),
+        )
+    }
+
+    #[test]
+    fn every_record_round_trips() {
+        let entries = [
+            Entry {
+                log_id: log_id(2, 7, 10),
+                payload: EntryPayload::Blank,
+            },
+            Entry {
+                log_id: log_id(2, 7, 11),
+                payload: EntryPayload::Normal(CommandBatch {
+                    commands: vec![Command::new(Op::Put(PutRequest {
+                        key: b"k".to_vec(),
+                        value: b"v".to_vec(),
+                        ..Default::default()
+                    }))],
+                }),
+            },
+            Entry {
+                log_id: log_id(3, 1, 12),
+                payload: EntryPayload::Membership(joint_membership()),
+            },
+        ];
+        for entry in entries {
+            let bytes = encode_entry(entry.clone());
+            assert_eq!(entry_log_id(&bytes).unwrap(), entry.log_id);
+            assert_eq!(decode_entry(&bytes).unwrap(), entry);
+        }
+        for vote in [Vote::new(5, 2), Vote::new_committed(6, 3)] {
+            assert_eq!(decode_vote(&encode_vote(&vote)).unwrap(), vote);
+        }
+        for position in [None, Some(log_id(1, 1, 0)), Some(log_id(9, 3, 1 << 40))] {
+            assert_eq!(
+                decode_position(&encode_position(position.as_ref())).unwrap(),
+                position
+            );
+        }
+        let stored = StoredMembership::new(Some(log_id(3, 1, 12)), joint_membership());
+        assert_eq!(decode_membership(&encode_membership(&stored)).unwrap(), stored);
+        let meta = SnapshotMeta {
+            last_log_id: Some(log_id(3, 1, 20)),
+            last_membership: stored,
+            snapshot_id: "3-1-20-1733443200000".into(),
+        };
+        assert_eq!(decode_snapshot_meta(&encode_snapshot_meta(&meta)).unwrap(), meta);
+    }
+
+    /// The field numbers are the format: these bytes must decode the same in every release.
+    #[test]
+    fn the_encoding_is_fixed() {
+        assert_eq!(encode_vote(&Vote::new_committed(5, 2)), [0x08, 5, 0x10, 2, 0x18, 1]);
+        assert_eq!(
+            encode_position(Some(&log_id(4, 3, 300))),
+            [0x0a, 7, 0x08, 4, 0x10, 3, 0x18, 0xac, 0x02]
+        );
+        let blank = Entry {
+            log_id: log_id(1, 2, 3),
+            payload: EntryPayload::Blank,
+        };
+        assert_eq!(
+            encode_entry(blank),
+            [0x0a, 6, 0x08, 1, 0x10, 2, 0x18, 3, 0x12, 0]
+        );
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        for bytes in [&b"\xff\xff\xff"[..], b"\x0a\x20", b""] {
+            let _ = decode_entry(bytes);
+            let _ = decode_membership(bytes);
+            let _ = decode_snapshot_meta(bytes);
+        }
+        assert!(decode_entry(b"").is_err(), "an entry needs its log id and payload");
+    }
+}
