@@ -13,10 +13,10 @@ use std::ops::{Bound, RangeBounds};
 use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
-use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader, StorageIOError, Vote};
-use serde::{de::DeserializeOwned, Serialize};
+use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader, StorageIOError};
 
-use super::types::{Entry, LogId, NodeId, StorageError, TypeConfig};
+use super::record::{self, RecordError};
+use super::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 use crate::metrics::metrics;
 use crate::storage::{off_runtime, Cf, Engine};
 
@@ -84,21 +84,21 @@ impl LogStore {
         })
     }
 
-    async fn get_state<T: DeserializeOwned + Send + 'static>(
+    async fn get_state<T: Send + 'static>(
         &self,
         key: &'static [u8],
+        decode: fn(&[u8]) -> Result<T, RecordError>,
     ) -> Result<Option<T>, StorageError> {
         let engine = self.engine.clone();
-        blocking(move || read_state(&engine, key)).await
+        blocking(move || read_state(&engine, key, decode)).await
     }
 
-    async fn put_state<T: Serialize>(
+    async fn put_state(
         &self,
         key: &'static [u8],
-        value: &T,
+        value: Vec<u8>,
         durable: bool,
     ) -> Result<(), StorageError> {
-        let value = bincode::serialize(value).map_err(write_err)?;
         let engine = self.engine.clone();
         blocking(move || {
             let mut batch = engine.batch();
@@ -145,7 +145,7 @@ fn read_entries(engine: &Engine, start: u64, end: Option<u64>) -> Result<Vec<Ent
             Cf::RaftLog,
             &index_key(start),
             end_key.as_ref().map(|k| k.as_slice()),
-            |_, v| match bincode::deserialize::<Entry>(v) {
+            |_, v| match record::decode_entry(v) {
                 Ok(e) => {
                     entries.push(e);
                     true
@@ -166,26 +166,28 @@ fn read_entries(engine: &Engine, start: u64, end: Option<u64>) -> Result<Vec<Ent
 /// The id of the last entry in the log, or of the last purged one when the log is empty.
 pub fn last_log_id(engine: &Engine) -> Result<Option<LogId>, StorageError> {
     match engine.last(Cf::RaftLog).map_err(read_err)? {
-        Some((_, v)) => Ok(Some(
-            bincode::deserialize::<Entry>(&v).map_err(read_err)?.log_id,
-        )),
-        None => read_state(engine, LAST_PURGED),
+        Some((_, v)) => Ok(Some(record::entry_log_id(&v).map_err(read_err)?)),
+        None => last_purged(engine),
     }
 }
 
 /// The id of the last entry purged from the log (the log before it is gone).
 pub fn last_purged(engine: &Engine) -> Result<Option<LogId>, StorageError> {
-    read_state(engine, LAST_PURGED)
+    Ok(read_state(engine, LAST_PURGED, record::decode_position)?.flatten())
 }
 
 /// The vote as last saved. At start-up openraft's metrics do not show it yet.
-pub fn saved_vote(engine: &Engine) -> Result<Option<Vote<NodeId>>, StorageError> {
-    read_state(engine, VOTE)
+pub fn saved_vote(engine: &Engine) -> Result<Option<Vote>, StorageError> {
+    read_state(engine, VOTE, record::decode_vote)
 }
 
-fn read_state<T: DeserializeOwned>(engine: &Engine, key: &[u8]) -> Result<Option<T>, StorageError> {
+fn read_state<T>(
+    engine: &Engine,
+    key: &[u8],
+    decode: fn(&[u8]) -> Result<T, RecordError>,
+) -> Result<Option<T>, StorageError> {
     match engine.get(Cf::RaftState, key).map_err(read_err)? {
-        Some(v) => Ok(Some(bincode::deserialize(&v).map_err(read_err)?)),
+        Some(v) => Ok(Some(decode(&v).map_err(read_err)?)),
         None => Ok(None),
     }
 }
@@ -208,23 +210,25 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.clone()
     }
 
-    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
-        self.put_state(VOTE, vote, true).await?;
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        self.put_state(VOTE, record::encode_vote(vote), true).await?;
         fail::fail_point!("raft::vote::after_save");
         Ok(())
     }
 
-    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
-        self.get_state(VOTE).await
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        self.get_state(VOTE, record::decode_vote).await
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         // Not fsynced: losing it only means re-learning the commit point from the leader.
-        self.put_state(COMMITTED, &committed, false).await
+        let position = record::encode_position(committed.as_ref());
+        self.put_state(COMMITTED, position, false).await
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        Ok(self.get_state::<Option<LogId>>(COMMITTED).await?.flatten())
+        let committed = self.get_state(COMMITTED, record::decode_position).await?;
+        Ok(committed.flatten())
     }
 
     async fn append<I>(
@@ -236,11 +240,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut encoded = Vec::new();
-        for entry in entries {
-            let bytes = bincode::serialize(&entry).map_err(write_err)?;
-            encoded.push((index_key(entry.log_id.index), bytes));
-        }
+        let encoded: Vec<_> = entries
+            .into_iter()
+            .map(|entry| (index_key(entry.log_id.index), record::encode_entry(entry)))
+            .collect();
         let engine = self.engine.clone();
         blocking(move || {
             let mut batch = engine.batch();
@@ -276,7 +279,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         // Record the purge point first: a crash in between leaves extra entries, never a gap.
-        self.put_state(LAST_PURGED, &log_id, true).await?;
+        let purged = record::encode_position(Some(&log_id));
+        self.put_state(LAST_PURGED, purged, true).await?;
         fail::fail_point!("raft::log::purge::after_mark");
         let engine = self.engine.clone();
         blocking(move || {

@@ -3,9 +3,11 @@
 //! published by two renames could pair new data with old metadata after a crash, and a follower
 //! loading such a pair would re-apply entries the data already holds.)
 //!
-//! Layout: `OXCDRAFTSNAP1\n`, the metadata's length (u32, big-endian), the metadata (bincode of
-//! openraft's `SnapshotMeta`), then the record stream of [`crate::snapshot::format`]. The file is
-//! sent to followers byte for byte, so a received snapshot has the same layout.
+//! Layout: `OXCDRAFTSNAP2\n`, the metadata's length (u32, big-endian), the metadata (a
+//! [`super::record::SnapshotMetaRecord`]), then the record stream of
+//! [`crate::snapshot::format`]. The file is sent to followers byte for byte, so a received
+//! snapshot has the same layout. Files of data dir format 1 (`OXCDRAFTSNAP1\n`, the metadata in
+//! openraft 0.9's bincode layout) are still read.
 //!
 //! Every publication is durable before it counts: the file is fsynced before its rename and the
 //! directory after it. A snapshot replaces the current one only if it is newer: a build that
@@ -20,7 +22,9 @@ use parking_lot::Mutex;
 use super::types::SnapshotMeta;
 use crate::snapshot::format::Decoder;
 
-const MAGIC: &[u8] = b"OXCDRAFTSNAP1\n";
+const MAGIC: &[u8] = b"OXCDRAFTSNAP2\n";
+/// Data dir format 1's header; the same length as [`MAGIC`].
+const FORMAT_1_MAGIC: &[u8] = b"OXCDRAFTSNAP1\n";
 /// Far above any real metadata (a membership of a few members); a corrupt length beyond it is
 /// refused before anything is allocated.
 const MAX_META_BYTES: u32 = 1 << 20;
@@ -199,8 +203,9 @@ impl SnapshotDir {
         let corrupt = |why: String| SnapshotFileError::Corrupt(meta_path.to_path_buf(), why);
         let meta_bytes =
             std::fs::read(meta_path).map_err(|e| SnapshotFileError::Io(meta_path.into(), e))?;
-        let meta: SnapshotMeta =
-            bincode::deserialize(&meta_bytes).map_err(|e| corrupt(e.to_string()))?;
+        let meta: SnapshotMeta = super::legacy::snapshot_meta(&meta_bytes)
+            .map_err(|e| corrupt(e.to_string()))?
+            .into();
         let data_io = |e| SnapshotFileError::Io(data_path.to_path_buf(), e);
         let data = File::open(data_path).map_err(data_io)?;
         let len = data.metadata().map_err(data_io)?.len();
@@ -216,7 +221,9 @@ impl SnapshotDir {
             }
         }
         let applied: Option<super::types::LogId> = match applied {
-            Some(v) => bincode::deserialize(&v).map_err(|e| corrupt(e.to_string()))?,
+            Some(v) => super::legacy::position(&v)
+                .map_err(|e| corrupt(e.to_string()))?
+                .map(Into::into),
             None => None,
         };
         if applied != meta.last_log_id {
@@ -231,7 +238,7 @@ impl SnapshotDir {
 }
 
 fn write_header(out: &mut impl Write, meta: &SnapshotMeta) -> std::io::Result<()> {
-    let bytes = bincode::serialize(meta).map_err(std::io::Error::other)?;
+    let bytes = super::record::encode_snapshot_meta(meta);
     out.write_all(MAGIC)?;
     out.write_all(&(bytes.len() as u32).to_be_bytes())?;
     out.write_all(&bytes)
@@ -244,7 +251,7 @@ fn read_header(file: &mut File, path: &Path) -> Result<(SnapshotMeta, u64)> {
     let len = file.metadata().map_err(io)?.len();
     let mut magic = vec![0; MAGIC.len()];
     let mut word = [0u8; 4];
-    if file.read_exact(&mut magic).is_err() || magic != MAGIC {
+    if file.read_exact(&mut magic).is_err() || (magic != MAGIC && magic != FORMAT_1_MAGIC) {
         return Err(corrupt("bad magic"));
     }
     file.read_exact(&mut word)
@@ -257,7 +264,13 @@ fn read_header(file: &mut File, path: &Path) -> Result<(SnapshotMeta, u64)> {
     let mut bytes = vec![0; meta_len as usize];
     file.read_exact(&mut bytes)
         .map_err(|_| corrupt("truncated metadata"))?;
-    let meta = bincode::deserialize(&bytes).map_err(|e| corrupt(&e.to_string()))?;
+    let meta = if magic == MAGIC {
+        super::record::decode_snapshot_meta(&bytes).map_err(|e| corrupt(&e.to_string()))?
+    } else {
+        super::legacy::snapshot_meta(&bytes)
+            .map_err(|e| corrupt(&e.to_string()))?
+            .into()
+    };
     Ok((meta, records_at))
 }
 
@@ -334,6 +347,19 @@ mod tests {
         assert!(snaps.verify_received(&meta(7)).is_err(), "truncated");
         std::fs::write(snaps.receiving_path(), &whole[..3]).unwrap();
         assert!(snaps.verify_received(&meta(7)).is_err(), "no header");
+    }
+
+    #[test]
+    fn a_file_of_data_dir_format_1_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let snaps = SnapshotDir::open(dir.path()).unwrap();
+        let meta_bytes = bincode::serialize(&meta(7)).unwrap();
+        let mut file = FORMAT_1_MAGIC.to_vec();
+        file.extend_from_slice(&(meta_bytes.len() as u32).to_be_bytes());
+        file.extend_from_slice(&meta_bytes);
+        records(b"")(&mut file).unwrap();
+        std::fs::write(snaps.receiving_path(), &file).unwrap();
+        snaps.verify_received(&meta(7)).unwrap();
     }
 
     #[test]
