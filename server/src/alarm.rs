@@ -14,8 +14,9 @@ use parking_lot::Mutex;
 
 use oxcd_proto::etcdserverpb::{request_op::Request, RequestOp, TxnRequest};
 
+use crate::apply::{Command, Op};
 use crate::error::EtcdError;
-use crate::raft::{Command, Consensus, Op};
+use crate::raft::Consensus;
 use crate::storage::{self, Cf, Engine};
 
 const META_ALARMS: &[u8] = b"alarms";
@@ -51,21 +52,6 @@ impl Alarms {
 
     pub fn no_space(&self) -> bool {
         self.raised(AlarmType::Nospace)
-    }
-
-    /// The error an active alarm answers `command` with when it is applied, as etcd's corrupt
-    /// and capped appliers do; `None` when the command goes ahead.
-    pub fn refuses(&self, command: &Command) -> Option<EtcdError> {
-        let op = command.op.as_ref()?;
-        if self.raised(AlarmType::Corrupt) && !matches!(op, Op::Alarm(_)) {
-            return Some(EtcdError::Corrupt);
-        }
-        let grows = match op {
-            Op::Put(_) | Op::LeaseGrant(_) => true,
-            Op::Txn(t) => Quota::txn_cost(t) > 0,
-            _ => false,
-        };
-        (grows && self.no_space()).then_some(EtcdError::NoSpace)
     }
 
     /// Alarms of one type (NONE = every type), as `AlarmMember`s.

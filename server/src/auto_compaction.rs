@@ -14,9 +14,10 @@ use std::time::Duration;
 use oxcd_proto::etcdserverpb::CompactionRequest;
 use tokio::time::Instant;
 
+use crate::apply::{Command, Op};
 use crate::error::EtcdError;
 use crate::mvcc::MvccStore;
-use crate::raft::{Command, Consensus, Op};
+use crate::raft::Consensus;
 
 const HOUR: Duration = Duration::from_secs(3600);
 /// etcd's revision compactor interval.

@@ -32,6 +32,7 @@
 
 pub mod alarm;
 pub mod api;
+pub mod apply;
 pub mod auth;
 mod authority;
 pub mod auto_compaction;

@@ -29,6 +29,7 @@ use crate::api::{
     HeaderFiller, KvApi, LeaderGuard, LeaderMonitor, LearnerGate, LeaseApi, LockApi,
     MaintenanceApi, PeerApi, WatchApi,
 };
+use crate::apply::Applier;
 use crate::auth::{AuthService, AuthStore};
 use crate::cluster;
 use crate::concurrency::Contention;
@@ -41,7 +42,7 @@ use crate::listen::{is_tls, Listener};
 use crate::metrics::GrpcMetered;
 use crate::mvcc::MvccStore;
 use crate::raft::{
-    peer_endpoint, Applied, Consensus, Member, MemberChange, Peers, RaftOptions, MAX_PEER_MESSAGE,
+    peer_endpoint, Consensus, Member, MemberChange, Peers, RaftOptions, MAX_PEER_MESSAGE,
 };
 use crate::storage::{Cf, Engine, OpenOptions, WriteBatch};
 use crate::watch::WatchHub;
@@ -162,7 +163,7 @@ impl Node {
             Consensus::start(
                 member_id,
                 engine.clone(),
-                Applied {
+                Applier {
                     store: store.clone(),
                     lessor: lessor.clone(),
                     watches: watches.clone(),

@@ -12,11 +12,12 @@ use tonic::{Request, Response, Status};
 
 use super::{require_admin, require_user, HeaderFiller};
 use crate::alarm::Alarms;
+use crate::apply::{Command, Op, Outcomes};
 use crate::auth::AuthService;
 use crate::downgrade::{ClusterVersion, Downgrade};
 use crate::error::EtcdError;
 use crate::mvcc::MvccStore;
-use crate::raft::{Command, Consensus, Op, Outcomes};
+use crate::raft::Consensus;
 use crate::snapshot::backup;
 use crate::storage::{Cf, Engine};
 

@@ -11,8 +11,9 @@ use oxcd_proto::etcdserverpb::{
 };
 
 use super::store::{AuthApplied, AuthChange, AuthInfo, AuthStore, Change, TokenRequest};
+use crate::apply::{Command, Op, Outcomes};
 use crate::error::EtcdError;
-use crate::raft::{Command, Consensus, Op, Outcomes};
+use crate::raft::Consensus;
 use crate::storage::off_runtime;
 
 pub struct AuthService {

@@ -15,10 +15,11 @@ use oxcd_proto::etcdserverpb::{
 };
 
 use crate::alarm::Quota;
+use crate::apply::{Command, Op, Outcomes};
 use crate::auth::{AuthInfo, AuthStore, LeaseKeys};
 use crate::error::EtcdError;
 use crate::mvcc::{KeyRange, MvccStore, RangeOptions, RangeResult, ReadView};
-use crate::raft::{Command, Consensus, Op, Outcomes};
+use crate::raft::Consensus;
 use crate::storage::off_runtime;
 use stream::RangeStreamer;
 

@@ -15,10 +15,11 @@ use oxcd_proto::peerpb::{self, Failure, LeaseRenewRequest};
 
 use super::{LeaseInfo, Lessor, MAX_TTL};
 use crate::alarm::Quota;
+use crate::apply::{Command, LeaseExpiry, Op, Outcomes};
 use crate::auth::{AuthInfo, AuthStore, LeaseKeys};
 use crate::error::EtcdError;
 use crate::kv::apply::LeaseLookup;
-use crate::raft::{failure, not_leader, Command, Consensus, LeaseExpiry, NodeId, Op, Outcomes};
+use crate::raft::{failure, not_leader, Consensus, NodeId};
 
 const EXPIRY_CHECK: Duration = Duration::from_millis(500);
 /// A revoke that has not landed after this long is proposed again.

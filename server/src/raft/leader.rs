@@ -14,7 +14,8 @@ use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use oxcd_proto::peerpb::{Failure, ProposeRequest, ReadIndexRequest};
 
 use super::network::{Client, Peers};
-use super::types::{CommandBatch, NodeId, OutcomeBatch, Raft};
+use super::types::{NodeId, Raft};
+use crate::apply::{CommandBatch, OutcomeBatch};
 use crate::error::EtcdError;
 
 /// Pause before asking again after a "not leader" answer, while the new leader is being found.

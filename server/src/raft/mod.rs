@@ -32,9 +32,10 @@ pub use membership::{new_member_id, MemberChange, MemberInfo};
 pub use network::{
     peer_endpoint, Client as PeerClient, Peers, CLUSTER_ID_HEADER, MAX_PEER_MESSAGE,
 };
-pub use state_machine::{applied_position, Applied, AppliedPosition, RAFT_META_KEYS};
-pub use types::{Command, CommandBatch, LeaseExpiry, Member, NodeId, Op, OutcomeBatch, Outcomes};
+pub use state_machine::{applied_position, AppliedPosition, RAFT_META_KEYS};
+pub use types::{Member, NodeId};
 
+use crate::apply::{Applier, Command, CommandBatch, Outcome, OutcomeBatch, Outcomes};
 use crate::error::EtcdError;
 use crate::storage::Engine;
 
@@ -86,7 +87,7 @@ impl Consensus {
     pub async fn start(
         id: NodeId,
         engine: Arc<Engine>,
-        applied: Applied,
+        applier: Applier,
         bootstrap: Option<BTreeMap<NodeId, Member>>,
         peers: Arc<Peers>,
         opts: &RaftOptions,
@@ -118,7 +119,7 @@ impl Consensus {
         }
         .validate()?;
         let log = log_store::LogStore::new(engine.clone())?;
-        let sm = state_machine::StateMachine::open(engine.clone(), applied)?;
+        let sm = state_machine::StateMachine::open(engine.clone(), applier)?;
         sm.cover_purged_log(log_store::last_purged(&engine)?)?;
         let network = network::PeerNetwork(peers.clone());
         let raft = types::Raft::new(id, Arc::new(config), network, log, sm).await?;
@@ -230,7 +231,7 @@ impl Consensus {
             .propose_all(batch.commands)
             .await
             .into_iter()
-            .map(|result| types::Outcome {
+            .map(|result| Outcome {
                 result: Some(result.unwrap_or_else(|e| Outcomes::Error(e.to_wire()))),
             })
             .collect();

@@ -10,7 +10,7 @@ use prost::Message;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::leader::LeaderLink;
-use super::types::{Command, CommandBatch, Outcomes};
+use crate::apply::{Command, CommandBatch, Outcomes};
 use crate::error::EtcdError;
 use crate::metrics::metrics;
 

@@ -1,36 +1,25 @@
-//! The Raft state machine: applies committed batches to the MVCC store and records the applied
-//! log id and membership in the same atomic engine write, so a restart resumes exactly where
-//! the last applied batch ended without replaying history.
+//! The Raft state machine: hands committed batches to the applier and records the applied log
+//! id and membership in the same atomic engine write, so a restart resumes exactly where the
+//! last applied batch ended without replaying history. It also builds, sends and installs
+//! snapshots.
 //!
 //! Applying and loading snapshots is disk work: it runs on the blocking pool, never on the async
 //! workers that carry heartbeats and client calls.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, StorageIOError};
-use oxcd_proto::etcdserverpb::{
-    AlarmResponse, CompactionResponse, LeaseGrantResponse, LeaseRevokeResponse, ResponseHeader,
-};
 
 use super::membership::MemberInfo;
 use super::snapshot_file::{SnapshotDir, SnapshotFileError};
 use super::types::{
-    Command, CommandBatch, Entry, LogId, Op, Outcome, OutcomeBatch, Outcomes, SnapshotMeta,
-    StorageError, StoredMembership, TypeConfig,
+    Entry, LogId, OutcomeBatch, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
-use crate::alarm::Alarms;
-use crate::auth::{AuthInfo, AuthStore, AUTH_META_KEY};
-use crate::downgrade::Downgrade;
-use crate::error::EtcdError;
-use crate::kv::apply;
-use crate::lease::{Lessor, StoredLease};
-use crate::metrics::metrics;
-use crate::mvcc::{KeyRange, MvccStore, Writer};
+use crate::apply::{Applier, CommandBatch, LogPosition};
+use crate::mvcc::MvccStore;
 use crate::snapshot::format;
 use crate::storage::{off_runtime, Cf, Engine, Snapshot as EngineSnapshot};
-use crate::watch::WatchHub;
 
 pub(super) const META_APPLIED: &[u8] = b"raft_applied";
 pub(super) const META_MEMBERSHIP: &[u8] = b"raft_membership";
@@ -42,21 +31,8 @@ pub const RAFT_META_KEYS: [&[u8]; 3] = [META_APPLIED, META_MEMBERSHIP, META_INST
 /// Records written per engine batch while a snapshot is loaded.
 const LOAD_BATCH: usize = 10_000;
 
-/// Everything applying a command changes besides the Raft bookkeeping.
-#[derive(Clone)]
-pub struct Applied {
-    pub store: Arc<MvccStore>,
-    pub lessor: Arc<Lessor>,
-    pub watches: Arc<WatchHub>,
-    pub alarms: Arc<Alarms>,
-    pub auth: Arc<AuthStore>,
-    pub downgrade: Arc<Downgrade>,
-    /// An apply that takes longer is logged (etcd's --warning-apply-duration).
-    pub slow_apply: Duration,
-}
-
 pub struct StateMachine {
-    parts: Applied,
+    applier: Applier,
     engine: Arc<Engine>,
     applied: Option<LogId>,
     membership: StoredMembership,
@@ -94,12 +70,12 @@ async fn blocking<T: Send + 'static>(
 }
 
 impl StateMachine {
-    pub fn open(engine: Arc<Engine>, parts: Applied) -> Result<StateMachine, StorageError> {
+    pub fn open(engine: Arc<Engine>, applier: Applier) -> Result<StateMachine, StorageError> {
         let snapshots =
             Arc::new(SnapshotDir::open(&engine.data_dir().join("snap")).map_err(file_err)?);
         let (applied, membership) = read_applied(&engine)?;
         let mut sm = StateMachine {
-            parts,
+            applier,
             engine,
             applied,
             membership,
@@ -134,7 +110,7 @@ impl StateMachine {
             return Err(sm_err(ErrorVerb::Read, e));
         }
         tracing::warn!(?purged, "no snapshot covers the purged log; building one");
-        dump_snapshot(&self.parts.store, &self.snapshots)
+        dump_snapshot(&self.applier.store, &self.snapshots)
     }
 
     /// A crash while a received snapshot was being loaded leaves a partly replaced state and
@@ -150,51 +126,40 @@ impl StateMachine {
             bincode::deserialize(&marker).map_err(|e| snap_err(ErrorVerb::Read, e))?;
         tracing::warn!(snapshot = %meta.snapshot_id, "finishing a snapshot install interrupted by a crash");
         load_received(&self.engine, &self.snapshots, &meta)?;
-        took_snapshot(&self.parts, &self.engine)?;
+        reload_applier(&self.applier, &self.engine)?;
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         Ok(())
     }
 }
 
-/// Brings the in-memory parts in line with a snapshot just loaded into the engine.
-fn took_snapshot(parts: &Applied, engine: &Engine) -> Result<(), StorageError> {
-    let reload = |e: crate::storage::StorageError| snap_err(ErrorVerb::Write, e);
-    parts.store.reload().map_err(reload)?;
-    parts.lessor.restore(
-        crate::lease::load_stored(engine).map_err(reload)?,
-        parts.store.take_leased_keys(),
-    );
-    parts.alarms.reload(engine).map_err(reload)?;
-    parts.auth.reload(engine).map_err(reload)?;
-    parts.downgrade.reload(engine).map_err(reload)?;
-    parts.watches.restored(parts.store.current_revision());
-    Ok(())
+fn reload_applier(applier: &Applier, engine: &Engine) -> Result<(), StorageError> {
+    applier
+        .reload(engine)
+        .map_err(|e| snap_err(ErrorVerb::Write, e))
 }
 
-/// etcd's warning limit for one apply (`warnApplyDuration`).
-const SLOW_APPLY: Duration = Duration::from_millis(100);
-
-/// Applies committed entries in order; returns their outcomes, the last applied log id and the
-/// membership after them.
+/// Applies committed entries in order, recording the last applied log id and the membership
+/// after them in the same engine write; returns their outcomes, that log id and membership.
 fn apply_entries(
-    parts: &Applied,
+    applier: &Applier,
     mut applied: Option<LogId>,
     mut membership: StoredMembership,
     entries: Vec<Entry>,
 ) -> Result<(Vec<OutcomeBatch>, Option<LogId>, StoredMembership), StorageError> {
-    let started = Instant::now();
-    let store = parts.store.clone();
-    let mut writer = store.writer(parts.watches.wants_prev_kv());
+    let mut round = applier.begin();
     let mut results = Vec::with_capacity(entries.len());
     for entry in entries {
         applied = Some(entry.log_id);
         let outcomes = match entry.payload {
             EntryPayload::Blank => Vec::new(),
-            EntryPayload::Normal(CommandBatch { commands }) => commands
-                .into_iter()
-                .map(|c| apply_command(parts, &mut writer, entry.log_id, c))
-                .collect(),
+            EntryPayload::Normal(CommandBatch { commands }) => {
+                let at = LogPosition {
+                    term: entry.log_id.leader_id.term,
+                    index: entry.log_id.index,
+                };
+                round.apply(at, commands)
+            }
             EntryPayload::Membership(m) => {
                 membership = StoredMembership::new(Some(entry.log_id), m);
                 Vec::new()
@@ -205,158 +170,10 @@ fn apply_entries(
     let applied_bytes = bincode::serialize(&applied).map_err(|e| sm_err(ErrorVerb::Write, e))?;
     let membership_bytes =
         bincode::serialize(&membership).map_err(|e| sm_err(ErrorVerb::Write, e))?;
-    writer.put_extra(Cf::Meta, META_APPLIED, &applied_bytes);
-    writer.put_extra(Cf::Meta, META_MEMBERSHIP, &membership_bytes);
-    fail::fail_point!("raft::apply::before_commit");
-    let commit = metrics().disk.backend_commit.start_timer();
-    let changes = writer.commit().map_err(|e| sm_err(ErrorVerb::Write, e))?;
-    commit.observe_duration();
-    fail::fail_point!("raft::apply::after_commit");
-    parts.watches.publish(&changes, store.current_revision());
-    if started.elapsed() > SLOW_APPLY {
-        metrics().server.slow_apply.inc();
-    }
+    round.record(Cf::Meta, META_APPLIED, &applied_bytes);
+    round.record(Cf::Meta, META_MEMBERSHIP, &membership_bytes);
+    round.commit().map_err(|e| sm_err(ErrorVerb::Write, e))?;
     Ok((results, applied, membership))
-}
-
-fn apply_command(
-    parts: &Applied,
-    writer: &mut Writer<'_>,
-    log_id: LogId,
-    command: Command,
-) -> Outcome {
-    let before = writer.changes().len();
-    let started = Instant::now();
-    let result = execute(parts, writer, log_id, command);
-    let took = started.elapsed();
-    if took > parts.slow_apply {
-        tracing::warn!(
-            took = ?took,
-            expected_duration = ?parts.slow_apply,
-            index = log_id.index,
-            "apply request took too long"
-        );
-    }
-    parts.lessor.track(&writer.changes()[before..]);
-    Outcome {
-        result: Some(result.unwrap_or_else(|e| Outcomes::Error(e.to_wire()))),
-    }
-}
-
-/// Applies one command of the entry `log_id`: etcd's applier chain, auth (the requester's
-/// permissions, as of this point in the log) → quota and alarms → the backend.
-fn execute(
-    parts: &Applied,
-    writer: &mut Writer<'_>,
-    log_id: LogId,
-    command: Command,
-) -> Result<Outcomes, EtcdError> {
-    let header = |revision| {
-        Some(ResponseHeader {
-            revision,
-            ..Default::default()
-        })
-    };
-    let Applied {
-        lessor,
-        alarms,
-        auth,
-        downgrade,
-        ..
-    } = parts;
-    let who = command.requester.clone().unwrap_or_default();
-    check_permissions(auth, lessor, &who, &command)?;
-    if let Some(refused) = alarms.refuses(&command) {
-        return Err(refused);
-    }
-    let term = log_id.leader_id.term;
-    match command.op {
-        Some(Op::Put(p)) => apply::put(&mut writer.txn(), p, lessor.as_ref()).map(Outcomes::Put),
-        Some(Op::DeleteRange(d)) => {
-            apply::delete_range(&mut writer.txn(), &d).map(Outcomes::DeleteRange)
-        }
-        Some(Op::Txn(t)) => {
-            apply::txn_write(&mut writer.txn(), t, lessor.as_ref()).map(Outcomes::Txn)
-        }
-        Some(Op::Compaction(c)) => writer.compact(c.revision).map(|()| {
-            Outcomes::Compaction(CompactionResponse {
-                header: header(writer.current_revision()),
-            })
-        }),
-        Some(Op::LeaseGrant(g)) => {
-            let lease = lessor.grant(g.id, g.ttl)?;
-            writer.put_extra(Cf::Lease, &StoredLease::key(lease.id), &lease.value());
-            Ok(Outcomes::LeaseGrant(LeaseGrantResponse {
-                header: header(writer.current_revision()),
-                id: lease.id,
-                ttl: lease.ttl,
-                error: String::new(),
-            }))
-        }
-        Some(Op::LeaseRevoke(r)) => revoke(lessor, writer, r.id),
-        Some(Op::LeaseExpire(e)) if e.term == term => revoke(lessor, writer, e.id),
-        Some(Op::LeaseExpire(_)) => Err(EtcdError::LeaderChanged),
-        Some(Op::Alarm(a)) => {
-            let (changed, stored) = alarms.apply(&a);
-            writer.put_extra(Cf::Meta, Alarms::meta_key(), &stored);
-            Ok(Outcomes::Alarm(AlarmResponse {
-                header: header(writer.current_revision()),
-                alarms: changed,
-            }))
-        }
-        Some(Op::Auth(change)) => {
-            let (applied, stored) = auth.apply(change, &who, log_id.index)?;
-            if let Some(stored) = stored {
-                writer.put_extra(Cf::Meta, AUTH_META_KEY, &stored);
-            }
-            Ok(Outcomes::Auth(applied))
-        }
-        Some(Op::Downgrade(set)) => {
-            let (info, stored) = downgrade.apply(&set);
-            writer.put_extra(Cf::Meta, Downgrade::meta_key(), &stored);
-            Ok(Outcomes::Downgrade(info))
-        }
-        None => Err(EtcdError::Corrupt),
-    }
-}
-
-/// The auth applier: a client's write is checked against its permissions when it applies, so
-/// a permission revoked by an earlier entry is honoured whichever member the write came
-/// through. Auth changes check the root role themselves.
-fn check_permissions(
-    auth: &AuthStore,
-    lessor: &Lessor,
-    who: &AuthInfo,
-    command: &Command,
-) -> Result<(), EtcdError> {
-    if !auth.is_enabled() {
-        return Ok(());
-    }
-    match &command.op {
-        Some(Op::Put(p)) => auth.check_put(who, p, lessor),
-        Some(Op::DeleteRange(d)) => auth.check_delete(who, d),
-        Some(Op::Txn(t)) => auth.check_txn(who, t, lessor),
-        Some(Op::LeaseRevoke(r)) => auth.check_lease_keys_writable(who, r.id, lessor),
-        _ => Ok(()),
-    }
-}
-
-/// Revokes lease `id` and deletes every key attached to it in one revision.
-fn revoke(lessor: &Lessor, writer: &mut Writer<'_>, id: i64) -> Result<Outcomes, EtcdError> {
-    let keys = lessor.revoke(id)?;
-    {
-        let mut txn = writer.txn();
-        for key in keys {
-            txn.delete_range(&KeyRange::Single(key));
-        }
-    }
-    writer.delete_extra(Cf::Lease, &StoredLease::key(id));
-    Ok(Outcomes::LeaseRevoke(LeaseRevokeResponse {
-        header: Some(ResponseHeader {
-            revision: writer.current_revision(),
-            ..Default::default()
-        }),
-    }))
 }
 
 fn read_applied(engine: &Engine) -> Result<(Option<LogId>, StoredMembership), StorageError> {
@@ -389,10 +206,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: openraft::OptionalSend,
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
-        let parts = self.parts.clone();
+        let applier = self.applier.clone();
         let (applied, membership) = (self.applied, self.membership.clone());
         let (results, applied, membership) =
-            blocking(move || apply_entries(&parts, applied, membership, entries)).await?;
+            blocking(move || apply_entries(&applier, applied, membership, entries)).await?;
         self.applied = applied;
         self.membership = membership;
         Ok(results)
@@ -400,7 +217,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
         SnapshotBuilder {
-            store: self.parts.store.clone(),
+            store: self.applier.store.clone(),
             snapshots: self.snapshots.clone(),
         }
     }
@@ -424,16 +241,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> Result<(), StorageError> {
         // Every chunk is written; the loader reopens the file by its path.
         drop(snapshot);
-        let (engine, snapshots, parts) = (
+        let (engine, snapshots, applier) = (
             self.engine.clone(),
             self.snapshots.clone(),
-            self.parts.clone(),
+            self.applier.clone(),
         );
         let meta_owned = meta.clone();
         blocking(move || {
             snapshots.verify_received(&meta_owned).map_err(file_err)?;
             load_received(&engine, &snapshots, &meta_owned)?;
-            took_snapshot(&parts, &engine)
+            reload_applier(&applier, &engine)
         })
         .await?;
         self.applied = meta.last_log_id;
@@ -594,57 +411,12 @@ fn unix_millis() -> u128 {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
-    use oxcd_proto::etcdserverpb::{LeaseGrantRequest, PutRequest};
-
     use super::*;
-    use crate::mvcc::RangeOptions;
-    use crate::raft::LeaseExpiry;
-
-    fn parts(engine: &Arc<Engine>) -> Applied {
-        let store = MvccStore::open(engine.clone()).unwrap();
-        let lessor = Arc::new(Lessor::new(
-            1,
-            crate::lease::load_stored(engine).unwrap(),
-            store.take_leased_keys(),
-        ));
-        let watches = WatchHub::new(store.clone(), 1 << 20, Duration::from_secs(600));
-        let alarms = Arc::new(Alarms::load(engine).unwrap());
-        let auth = Arc::new(
-            AuthStore::load(
-                engine,
-                crate::auth::TokenConfig::Simple {
-                    ttl: Duration::from_secs(300),
-                },
-            )
-            .unwrap(),
-        );
-        let downgrade = Arc::new(Downgrade::load(engine).unwrap());
-        Applied {
-            store,
-            lessor,
-            watches,
-            alarms,
-            auth,
-            downgrade,
-            slow_apply: Duration::from_millis(100),
-        }
-    }
 
     fn put(store: &MvccStore, key: &str) {
         let mut w = store.writer(false);
         w.txn().put(key.as_bytes(), b"v".to_vec(), 0);
         w.commit().unwrap();
-    }
-
-    fn keys(store: &MvccStore) -> Vec<String> {
-        let all = KeyRange::new(b"\0", b"\0");
-        let rr = store.range(&all, RangeOptions::default()).unwrap();
-        rr.kvs
-            .iter()
-            .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
-            .collect()
     }
 
     #[tokio::test]
@@ -676,10 +448,9 @@ mod tests {
         );
         engine.write(crash, true).unwrap();
 
-        let applied = parts(&engine);
-        let store = applied.store.clone();
-        let sm = StateMachine::open(engine.clone(), applied).unwrap();
-        assert_eq!(keys(&store), ["a", "b", "c"]);
+        let applier = Applier::open_for_tests(&engine);
+        let sm = StateMachine::open(engine.clone(), applier.clone()).unwrap();
+        assert_eq!(applier.keys(), ["a", "b", "c"]);
         assert_eq!(sm.applied, meta.last_log_id);
         assert!(engine.get(Cf::Meta, META_INSTALLING).unwrap().is_none());
         assert_eq!(
@@ -688,51 +459,5 @@ mod tests {
             "the loaded snapshot is the current one"
         );
         assert!(!snaps.receiving_path().exists());
-    }
-
-    fn entry(term: u64, index: u64, op: Op) -> Entry {
-        Entry {
-            log_id: LogId::new(openraft::CommittedLeaderId::new(term, 1), index),
-            payload: EntryPayload::Normal(CommandBatch {
-                commands: vec![Command::new(op)],
-            }),
-        }
-    }
-
-    #[tokio::test]
-    async fn an_expiry_applies_only_in_an_entry_of_the_term_that_decided_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let engine = Engine::open(dir.path()).unwrap();
-        let applied = parts(&engine);
-        let grant = |id| Op::LeaseGrant(LeaseGrantRequest { ttl: 2, id });
-        let attach = |key: &str, lease| {
-            Op::Put(PutRequest {
-                key: key.into(),
-                value: b"v".to_vec(),
-                lease,
-                ..Default::default()
-            })
-        };
-        let expire = |id, term| Op::LeaseExpire(LeaseExpiry { id, term });
-        let entries = vec![
-            entry(2, 1, grant(7)),
-            entry(2, 2, attach("kept", 7)),
-            entry(2, 3, grant(8)),
-            entry(2, 4, attach("expired", 8)),
-            // The leader of term 2, cut off, found both expired; one of its expiries reached
-            // the leader of term 3 (forwarded), the other was decided by that leader itself.
-            entry(3, 5, expire(7, 2)),
-            entry(3, 6, expire(8, 3)),
-        ];
-        let (outcomes, ..) =
-            apply_entries(&applied, None, StoredMembership::default(), entries).unwrap();
-        let result = |i: usize| outcomes[i].outcomes[0].result.clone().unwrap();
-        assert_eq!(
-            result(4),
-            Outcomes::Error(EtcdError::LeaderChanged.to_wire())
-        );
-        assert!(matches!(result(5), Outcomes::LeaseRevoke(_)));
-        assert_eq!(keys(&applied.store), ["kept"]);
-        assert_eq!(applied.lessor.ids(), [7]);
     }
 }
