@@ -255,6 +255,9 @@ pub fn upgrade(engine: &Engine) -> Result<(), StorageError> {
         }
         batch.put(Cf::RaftState, CONVERTED_UPTO, &next.to_be_bytes());
         engine.write(batch, true)?;
+        fail::fail_point!("raft::legacy::after_batch", |_| Err(StorageError::Corrupt(
+            "failpoint raft::legacy::after_batch".into()
+        )));
     }
 
     let mut batch = engine.batch();
@@ -290,7 +293,7 @@ mod tests {
 
     use super::*;
     use crate::raft::record::LogIdRecord;
-    use crate::raft::types::{Command, CommandBatch, Op};
+    use crate::apply::{Command, CommandBatch, Op};
 
     openraft09::declare_raft_types!(
         Release09:
@@ -350,6 +353,65 @@ mod tests {
 
     fn decoded<R: prost::Message + Default>(bytes: Vec<u8>) -> R {
         R::decode(bytes.as_slice()).unwrap()
+    }
+
+    /// A format-1 data dir as the previous release left it: `entries` log entries from index 1,
+    /// the vote, commit and purge points, and the state machine's position and membership.
+    fn format_1_engine(dir: &std::path::Path, entries: u64) -> std::sync::Arc<Engine> {
+        let engine = Engine::open(dir).unwrap();
+        let mut batch = engine.batch();
+        batch.put(Cf::RaftState, FORMAT_KEY, &1u64.to_be_bytes());
+        for index in 1..=entries {
+            let entry = openraft09::Entry::<Release09> {
+                log_id: log_id(2, 1, index),
+                payload: openraft09::EntryPayload::Blank,
+            };
+            batch.put(Cf::RaftLog, &index.to_be_bytes(), &bincode::serialize(&entry).unwrap());
+        }
+        let vote = openraft09::Vote::new_committed(2u64, 1u64);
+        batch.put(Cf::RaftState, VOTE, &bincode::serialize(&vote).unwrap());
+        let committed = Some(log_id(2, 1, entries));
+        batch.put(Cf::RaftState, COMMITTED, &bincode::serialize(&committed).unwrap());
+        batch.put(Cf::Meta, META_APPLIED, &bincode::serialize(&committed).unwrap());
+        let stored = openraft09::StoredMembership::new(Some(log_id(1, 1, 1)), membership());
+        batch.put(Cf::Meta, META_MEMBERSHIP, &bincode::serialize(&stored).unwrap());
+        engine.write(batch, true).unwrap();
+        engine
+    }
+
+    #[cfg(feature = "failpoints")]
+    #[test]
+    fn a_conversion_cut_short_resumes_where_it_stopped() {
+        let dir = tempfile::tempdir().unwrap();
+        let entries = ENTRIES_PER_BATCH as u64 * 2 + 10;
+        let engine = format_1_engine(dir.path(), entries);
+        fail::cfg("raft::legacy::after_batch", "1*return->off").unwrap();
+        upgrade(&engine).expect_err("the failpoint stops the first conversion");
+        assert_eq!(engine.format_version().unwrap(), 1);
+        let reached = engine.get(Cf::RaftState, CONVERTED_UPTO).unwrap().unwrap();
+        assert_eq!(reached, (ENTRIES_PER_BATCH as u64 + 1).to_be_bytes());
+
+        upgrade(&engine).unwrap();
+        assert_eq!(engine.format_version().unwrap(), RECORD_FORMAT);
+        assert!(engine.get(Cf::RaftState, CONVERTED_UPTO).unwrap().is_none());
+        for index in 1..=entries {
+            let bytes = engine.get(Cf::RaftLog, &index.to_be_bytes()).unwrap().unwrap();
+            let record = crate::raft::record::decode_entry(&bytes).unwrap();
+            assert_eq!(record.log_id.index, index);
+        }
+        let vote = engine.get(Cf::RaftState, VOTE).unwrap().unwrap();
+        let vote = crate::raft::record::decode_vote(&vote).unwrap();
+        assert!(vote.committed && vote.leader_id.term == 2);
+        let applied = engine.get(Cf::Meta, META_APPLIED).unwrap().unwrap();
+        let applied = crate::raft::record::decode_position(&applied).unwrap().unwrap();
+        assert_eq!(applied.index, entries);
+        let stored = engine.get(Cf::Meta, META_MEMBERSHIP).unwrap().unwrap();
+        let stored = crate::raft::record::decode_membership(&stored).unwrap();
+        assert_eq!(stored.membership().nodes().count(), 4);
+
+        // Converted once: a second open leaves it as it is.
+        upgrade(&engine).unwrap();
+        assert_eq!(engine.format_version().unwrap(), RECORD_FORMAT);
     }
 
     #[test]

@@ -118,6 +118,7 @@ impl Consensus {
             ..Default::default()
         }
         .validate()?;
+        legacy::upgrade(&engine)?;
         let log = log_store::LogStore::new(engine.clone())?;
         let sm = state_machine::StateMachine::open(engine.clone(), applier)?;
         sm.cover_purged_log(log_store::last_purged(&engine)?)?;

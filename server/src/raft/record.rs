@@ -333,7 +333,7 @@ pub fn decode_snapshot_meta(bytes: &[u8]) -> Result<SnapshotMeta, RecordError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::raft::types::{Command, Op};
+    use crate::apply::{Command, Op};
     use oxcd_proto::etcdserverpb::PutRequest;
 
     fn log_id(term: u64, leader: u64, index: u64) -> LogId {

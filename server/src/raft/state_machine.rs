@@ -12,6 +12,7 @@ use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, StorageIOError};
 
 use super::membership::MemberInfo;
+use super::record;
 use super::snapshot_file::{SnapshotDir, SnapshotFileError};
 use super::types::{
     Entry, LogId, OutcomeBatch, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
@@ -122,8 +123,7 @@ impl StateMachine {
             self.snapshots.discard_received();
             return Ok(());
         };
-        let meta: SnapshotMeta =
-            bincode::deserialize(&marker).map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        let meta = record::decode_snapshot_meta(&marker).map_err(|e| snap_err(ErrorVerb::Read, e))?;
         tracing::warn!(snapshot = %meta.snapshot_id, "finishing a snapshot install interrupted by a crash");
         load_received(&self.engine, &self.snapshots, &meta)?;
         reload_applier(&self.applier, &self.engine)?;
@@ -167,27 +167,34 @@ fn apply_entries(
         };
         results.push(OutcomeBatch { outcomes });
     }
-    let applied_bytes = bincode::serialize(&applied).map_err(|e| sm_err(ErrorVerb::Write, e))?;
-    let membership_bytes =
-        bincode::serialize(&membership).map_err(|e| sm_err(ErrorVerb::Write, e))?;
-    round.record(Cf::Meta, META_APPLIED, &applied_bytes);
-    round.record(Cf::Meta, META_MEMBERSHIP, &membership_bytes);
+    round.record(Cf::Meta, META_APPLIED, &record::encode_position(applied.as_ref()));
+    round.record(Cf::Meta, META_MEMBERSHIP, &record::encode_membership(&membership));
     round.commit().map_err(|e| sm_err(ErrorVerb::Write, e))?;
     Ok((results, applied, membership))
 }
 
 fn read_applied(engine: &Engine) -> Result<(Option<LogId>, StoredMembership), StorageError> {
-    let decode = |key: &[u8]| -> Result<Option<Vec<u8>>, StorageError> {
-        engine
-            .get(Cf::Meta, key)
-            .map_err(|e| sm_err(ErrorVerb::Read, e))
-    };
-    let applied = match decode(META_APPLIED)? {
-        Some(v) => bincode::deserialize(&v).map_err(|e| sm_err(ErrorVerb::Read, e))?,
+    decode_applied(|key| engine.get(Cf::Meta, key)).map_err(|e| sm_err(ErrorVerb::Read, e))
+}
+
+#[derive(Debug, thiserror::Error)]
+enum AppliedStateError {
+    #[error(transparent)]
+    Storage(#[from] crate::storage::StorageError),
+    #[error(transparent)]
+    Record(#[from] record::RecordError),
+}
+
+/// The last applied log id and the membership recorded with it, read with `get`.
+fn decode_applied(
+    get: impl Fn(&[u8]) -> crate::storage::Result<Option<Vec<u8>>>,
+) -> Result<(Option<LogId>, StoredMembership), AppliedStateError> {
+    let applied = match get(META_APPLIED)? {
+        Some(v) => record::decode_position(&v)?,
         None => None,
     };
-    let membership = match decode(META_MEMBERSHIP)? {
-        Some(v) => bincode::deserialize(&v).map_err(|e| sm_err(ErrorVerb::Read, e))?,
+    let membership = match get(META_MEMBERSHIP)? {
+        Some(v) => record::decode_membership(&v)?,
         None => StoredMembership::default(),
     };
     Ok((applied, membership))
@@ -295,19 +302,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 fn applied_state(
     snap: &EngineSnapshot<'_>,
 ) -> Result<(Option<LogId>, StoredMembership), StorageError> {
-    let get = |key: &[u8]| {
-        snap.get(Cf::Meta, key)
-            .map_err(|e| snap_err(ErrorVerb::Read, e))
-    };
-    let applied: Option<LogId> = match get(META_APPLIED)? {
-        Some(v) => bincode::deserialize(&v).map_err(|e| snap_err(ErrorVerb::Read, e))?,
-        None => None,
-    };
-    let membership: StoredMembership = match get(META_MEMBERSHIP)? {
-        Some(v) => bincode::deserialize(&v).map_err(|e| snap_err(ErrorVerb::Read, e))?,
-        None => StoredMembership::default(),
-    };
-    Ok((applied, membership))
+    decode_applied(|key| snap.get(Cf::Meta, key)).map_err(|e| snap_err(ErrorVerb::Read, e))
 }
 
 /// Where in the Raft log an engine snapshot stands, as etcd's backend records it: the term and
@@ -366,7 +361,7 @@ fn load_received(
     let mut input = snapshots.received_records().map_err(file_err)?;
     // The old state goes and the install marker comes in one durable write: from here until
     // the marker is removed with the last batch, a restart loads this snapshot again.
-    let marker = bincode::serialize(meta).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+    let marker = record::encode_snapshot_meta(meta);
     let mut batch = engine.batch();
     for cf in format::snapshot_cfs() {
         batch.delete_range(cf, &[], &[0xff; 32]);
@@ -389,11 +384,9 @@ fn load_received(
             }
         }
     }
-    let applied =
-        bincode::serialize(&meta.last_log_id).map_err(|e| snap_err(ErrorVerb::Write, e))?;
-    let membership =
-        bincode::serialize(&meta.last_membership).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+    let applied = record::encode_position(meta.last_log_id.as_ref());
     batch.put(Cf::Meta, META_APPLIED, &applied);
+    let membership = record::encode_membership(&meta.last_membership);
     batch.put(Cf::Meta, META_MEMBERSHIP, &membership);
     batch.delete(Cf::Meta, META_INSTALLING);
     engine.write(batch, true).map_err(werr)?;
@@ -444,7 +437,7 @@ mod tests {
         crash.put(
             Cf::Meta,
             META_INSTALLING,
-            &bincode::serialize(&meta).unwrap(),
+            &record::encode_snapshot_meta(&meta),
         );
         engine.write(crash, true).unwrap();
 
