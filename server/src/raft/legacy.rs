@@ -82,6 +82,7 @@ pub(super) struct Entry {
 pub(super) struct SnapshotMeta {
     last_log_id: Option<LogId>,
     last_membership: StoredMembership,
+    /// Dropped in format 2.
     snapshot_id: String,
 }
 
@@ -145,7 +146,6 @@ impl From<SnapshotMeta> for SnapshotMetaRecord {
         SnapshotMetaRecord {
             last_log_id: meta.last_log_id.map(Into::into),
             last_membership: Some(meta.last_membership.into()),
-            snapshot_id: meta.snapshot_id,
         }
     }
 }
@@ -288,7 +288,6 @@ mod tests {
     //! The layout above is checked against openraft 0.9 itself: what it wrote is what is read.
     use std::collections::{BTreeMap, BTreeSet};
 
-    use openraft as openraft09;
     use oxcd_proto::etcdserverpb::PutRequest;
 
     use super::*;
@@ -491,7 +490,6 @@ mod tests {
             SnapshotMetaRecord {
                 last_log_id: Some(record(3, 2, 60)),
                 last_membership: Some(stored_record),
-                snapshot_id: "3-2-60-17".into(),
             }
         );
     }

@@ -12,11 +12,11 @@ use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::sync::Arc;
 
-use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
-use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader, StorageIOError};
+use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
+use openraft::{OptionalSend, RaftLogReader};
 
 use super::record::{self, RecordError};
-use super::types::{Entry, LogId, StorageError, TypeConfig, Vote};
+use super::types::{Entry, LogId, TypeConfig, Vote};
 use crate::metrics::metrics;
 use crate::storage::{off_runtime, Cf, Engine};
 
@@ -33,7 +33,7 @@ pub struct LogStore {
 /// The WAL sync thread; dropping the last handle stops it and waits for it, so the engine is
 /// never in use by it once the log store is gone.
 struct WalSyncer {
-    pending: Option<std::sync::mpsc::Sender<LogFlushed<TypeConfig>>>,
+    pending: Option<std::sync::mpsc::Sender<IOFlushed<TypeConfig>>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -50,22 +50,15 @@ fn index_key(index: u64) -> [u8; 8] {
     index.to_be_bytes()
 }
 
-fn read_err(e: impl std::error::Error + 'static) -> StorageError {
-    StorageIOError::new(
-        ErrorSubject::Logs,
-        ErrorVerb::Read,
-        openraft::AnyError::new(&e),
-    )
-    .into()
+/// Errors as openraft's storage traits take them.
+type StorageError = io::Error;
+
+fn read_err(e: impl std::fmt::Display) -> StorageError {
+    io::Error::other(format!("reading the Raft log: {e}"))
 }
 
-fn write_err(e: impl std::error::Error + 'static) -> StorageError {
-    StorageIOError::new(
-        ErrorSubject::Logs,
-        ErrorVerb::Write,
-        openraft::AnyError::new(&e),
-    )
-    .into()
+fn write_err(e: impl std::fmt::Display) -> StorageError {
+    io::Error::other(format!("writing the Raft log: {e}"))
 }
 
 impl LogStore {
@@ -112,8 +105,7 @@ impl LogStore {
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
 ) -> Result<T, StorageError> {
-    let cancelled = write_err(io::Error::other("shutting down"));
-    off_runtime(cancelled, work).await
+    off_runtime(write_err("shutting down"), work).await
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -132,12 +124,38 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Unbounded => None,
         };
         let engine = self.engine.clone();
-        blocking(move || read_entries(&engine, start, end)).await
+        blocking(move || read_entries(&engine, start, end, u64::MAX)).await
+    }
+
+    /// What one append message to a follower carries: at least one entry, and no more than
+    /// [`MAX_APPEND_BYTES`] of them, so a large entry crosses a slow link without the ones
+    /// after it waiting in the same message.
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let engine = self.engine.clone();
+        blocking(move || read_entries(&engine, start, Some(end), MAX_APPEND_BYTES)).await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        self.get_state(VOTE, record::decode_vote).await
     }
 }
 
-fn read_entries(engine: &Engine, start: u64, end: Option<u64>) -> Result<Vec<Entry>, StorageError> {
+/// Entry bytes per append message (at least one entry is always sent).
+const MAX_APPEND_BYTES: u64 = 2 << 20;
+
+/// The entries from `start` to before `end`, stopping early once `budget` bytes are read.
+fn read_entries(
+    engine: &Engine,
+    start: u64,
+    end: Option<u64>,
+    budget: u64,
+) -> Result<Vec<Entry>, StorageError> {
     let mut entries = Vec::new();
+    let mut read = 0u64;
     let mut failure = None;
     let end_key = end.map(index_key);
     engine
@@ -148,7 +166,8 @@ fn read_entries(engine: &Engine, start: u64, end: Option<u64>) -> Result<Vec<Ent
             |_, v| match record::decode_entry(v) {
                 Ok(e) => {
                     entries.push(e);
-                    true
+                    read += v.len() as u64;
+                    read < budget
                 }
                 Err(e) => {
                     failure = Some(e);
@@ -216,10 +235,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(())
     }
 
-    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        self.get_state(VOTE, record::decode_vote).await
-    }
-
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         // Not fsynced: losing it only means re-learning the commit point from the leader.
         let position = record::encode_position(committed.as_ref());
@@ -234,7 +249,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn append<I>(
         &mut self,
         entries: I,
-        callback: LogFlushed<TypeConfig>,
+        callback: IOFlushed<TypeConfig>,
     ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
@@ -258,20 +273,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             unreachable!("the syncer's queue lives as long as the log store")
         };
         if let Err(unsent) = syncer.send(callback) {
-            let e = io::Error::other("the WAL sync thread has stopped");
-            unsent
-                .0
-                .log_io_completed(Err(io::Error::other(e.to_string())));
+            let e = "the WAL sync thread has stopped";
+            unsent.0.io_completed(Err(write_err(e)));
             return Err(write_err(e));
         }
         Ok(())
     }
 
-    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+    async fn truncate_after(&mut self, last_kept: Option<LogId>) -> Result<(), StorageError> {
+        let from = last_kept.map_or(0, |id| id.index + 1);
         let engine = self.engine.clone();
         blocking(move || {
             let mut batch = engine.batch();
-            batch.delete_range(Cf::RaftLog, &index_key(log_id.index), &index_key(u64::MAX));
+            batch.delete_range(Cf::RaftLog, &index_key(from), &index_key(u64::MAX));
             engine.write(batch, true).map_err(write_err)
         })
         .await
@@ -294,7 +308,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
 /// Acknowledges appends once an fsync that began after them has completed; every append that
 /// queued during one fsync shares the next.
-fn sync_wal(engine: &Engine, pending: std::sync::mpsc::Receiver<LogFlushed<TypeConfig>>) {
+fn sync_wal(engine: &Engine, pending: std::sync::mpsc::Receiver<IOFlushed<TypeConfig>>) {
     while let Ok(first) = pending.recv() {
         let mut waiting = vec![first];
         waiting.extend(pending.try_iter());
@@ -307,7 +321,7 @@ fn sync_wal(engine: &Engine, pending: std::sync::mpsc::Receiver<LogFlushed<TypeC
             tracing::error!(error = %e, "fsync of the write-ahead log failed");
         }
         for callback in waiting {
-            callback.log_io_completed(result.clone().map_err(io::Error::other));
+            callback.io_completed(result.clone().map_err(io::Error::other));
         }
     }
 }

@@ -16,19 +16,20 @@ use std::time::{Duration, Instant};
 
 use hyper_util::rt::TokioIo;
 
-use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
-};
-use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
+use futures_util::StreamExt;
+use openraft::base::{BoxFuture, BoxStream};
+use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{Backoff, RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendError,
+    StreamAppendResult, TransferLeaderRequest, TransferLeaderResponse, VoteRequest, VoteResponse,
 };
+use openraft::storage::Snapshot;
 use oxcd_proto::peerpb::peer_client::PeerClient;
 use oxcd_proto::peerpb::{ProbeRequest, RaftMessage};
 use parking_lot::Mutex;
-use serde::de::DeserializeOwned;
-use serde::Serialize;
+use prost::Message;
+use tokio::io::AsyncReadExt;
 use tokio::net::UnixStream;
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
@@ -37,20 +38,18 @@ use tonic::transport::{Channel, Endpoint};
 use crate::metrics::{member_label, metrics, PeerSeries};
 use crate::tls::PeerConnector;
 
-use super::types::{LogId, Member, NodeId, TypeConfig};
+use super::state_machine::SnapshotData;
+use super::types::{Member, NodeId, TypeConfig, Vote};
+use super::wire::{
+    self, AppendReplyRecord, AppendRequestRecord, SnapshotReplyRecord, TransferLeaderRecord,
+    TransferLeaderReplyRecord, VoteReplyRecord, VoteRequestRecord,
+};
 
 /// Metadata naming the sender's cluster on every peer call.
 pub const CLUSTER_ID_HEADER: &str = "x-oxcd-cluster-id";
 /// Largest peer message: a batch of appended entries or one snapshot chunk.
 pub const MAX_PEER_MESSAGE: usize = 256 << 20;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-/// Entry bytes per append message (at least one entry is always sent).
-const MAX_APPEND_BYTES: u64 = 2 << 20;
-/// How long a large append may take over a slow link before it is given up for good.
-const APPEND_GIVE_UP: Duration = Duration::from_secs(60);
-/// How long a heartbeat's reply is waited for: one later than this is of no use to the
-/// leader's quorum check, which looks back one election timeout.
-const HEARTBEAT_GIVE_UP: Duration = Duration::from_secs(2);
 /// How often each member probes the others (etcd's prober interval).
 const PROBE_INTERVAL: Duration = Duration::from_secs(4);
 /// How soon an unreachable member is tried again; short, so a restarted member rejoins quickly.
@@ -269,23 +268,13 @@ impl tonic::codegen::Service<tonic::codegen::http::Uri> for UnixDialer {
 /// openraft's view of the transport.
 pub struct PeerNetwork(pub std::sync::Arc<Peers>);
 
+/// Replication to one member: appends on one gRPC stream, in order, as many in flight as
+/// HTTP/2's flow control lets through; heartbeats, votes and snapshots on calls of their own.
 pub struct RaftPeer {
     target: NodeId,
     client: Result<Client, String>,
     metered: PeerSeries,
     peers: std::sync::Arc<Peers>,
-    /// An append still on its way after openraft gave up waiting for it (see `append_entries`).
-    in_flight: Option<InFlightAppend>,
-}
-
-/// An append of entries, sent in a task of its own so that openraft's timeout does not cancel
-/// it: the next attempt from the same position waits for it instead of sending it all again.
-struct InFlightAppend {
-    vote: openraft::Vote<NodeId>,
-    prev_log_id: Option<LogId>,
-    /// The last entry it carries.
-    last_sent: Option<LogId>,
-    reply: AppendTask,
 }
 
 impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
@@ -297,232 +286,220 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             client: self.0.client(target, &node.peer_urls),
             metered: metrics().network.peer(target),
             peers: self.0.clone(),
-            in_flight: None,
         }
     }
 }
 
-type RpcResult<T, E> = Result<T, RPCError<NodeId, Member, E>>;
+type RpcResult<T> = Result<T, RPCError<TypeConfig>>;
+
+fn unreachable(e: impl std::fmt::Display) -> RPCError<TypeConfig> {
+    RPCError::Unreachable(Unreachable::from_string(e.to_string()))
+}
+
+fn network_error(e: impl std::fmt::Display) -> RPCError<TypeConfig> {
+    RPCError::Network(NetworkError::from_string(e.to_string()))
+}
+
+/// A failed call: Unreachable makes openraft back off before retrying; a member of another
+/// cluster (FailedPrecondition) will not change its mind either.
+fn status_error(status: tonic::Status) -> RPCError<TypeConfig> {
+    match status.code() {
+        tonic::Code::Unavailable
+        | tonic::Code::Unknown
+        | tonic::Code::Cancelled
+        | tonic::Code::FailedPrecondition
+        | tonic::Code::Unimplemented => unreachable(status),
+        _ => network_error(status),
+    }
+}
+
+fn message<R: prost::Message>(record: &R) -> RaftMessage {
+    RaftMessage {
+        payload: record.encode_to_vec(),
+    }
+}
 
 impl RaftPeer {
-    /// The client for the member and `request` encoded.
-    fn prepare<Req: Serialize, E: std::error::Error>(
-        &self,
-        request: &Req,
-    ) -> Result<(Client, Vec<u8>), RPCError<NodeId, Member, E>> {
-        let client = self
-            .client
-            .clone()
-            .map_err(|e| RPCError::Unreachable(Unreachable::new(&std::io::Error::other(e))))?;
-        let payload =
-            bincode::serialize(request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        Ok((client, payload))
+    fn client(&self) -> RpcResult<Client> {
+        self.client.clone().map_err(unreachable)
     }
 
-    /// Sends one bincode-encoded openraft request; the reply is the remote `Result` as is.
-    async fn call<Req, Resp, E>(
+    /// One request and its reply within `timeout`, counted in the peer series.
+    async fn call<Reply: prost::Message + Default>(
         &self,
-        request: &Req,
-        option: &RPCOption,
+        request: RaftMessage,
+        timeout: Duration,
         send: impl AsyncFnOnce(
             Client,
             RaftMessage,
         ) -> Result<tonic::Response<RaftMessage>, tonic::Status>,
-    ) -> RpcResult<Resp, E>
-    where
-        Req: Serialize,
-        Resp: DeserializeOwned,
-        E: std::error::Error + DeserializeOwned,
-    {
-        let (client, payload) = self.prepare(request)?;
-        peer_call(
-            self.target,
-            &self.metered,
-            client,
-            payload,
-            option.hard_ttl(),
-            send,
-        )
-        .await
-    }
-
-    /// An append in a task of its own, given up only after `give_up`; the member's reply is
-    /// noted for the leader's quorum check whenever it comes.
-    fn spawn_append(
-        &self,
-        rpc: &AppendEntriesRequest<TypeConfig>,
-        give_up: Duration,
-    ) -> Result<AppendTask, RPCError<NodeId, Member, RaftError<NodeId>>> {
-        let (client, payload) = self.prepare(rpc)?;
-        let (target, peers, metered) = (self.target, self.peers.clone(), self.metered.clone());
-        let heartbeat = rpc.entries.is_empty();
-        Ok(tokio::spawn(async move {
-            let reply = peer_call(
-                target,
-                &metered,
-                client,
-                payload,
-                give_up,
-                async |mut c, m| c.append_entries(m).await,
-            )
-            .await;
-            if heartbeat && reply.is_err() {
-                metrics().server.heartbeat_send_failures.inc();
-            }
-            Ok(heard(&peers, target, reply?))
-        }))
+    ) -> RpcResult<Reply> {
+        let client = self.client()?;
+        let metered = &self.metered;
+        metered.sent_bytes.inc_by(request.payload.len() as u64);
+        let reply = tokio::time::timeout(timeout, send(client, request))
+            .await
+            .map_err(|_| {
+                unreachable(format!("member {:x} did not answer in time", self.target))
+            })
+            .and_then(|reply| reply.map_err(status_error))
+            .inspect_err(|_| metered.sent_failures.inc())?
+            .into_inner()
+            .payload;
+        metered.received_bytes.inc_by(reply.len() as u64);
+        wire::decode("Raft reply", &reply)
+            .inspect_err(|_| metered.received_failures.inc())
+            .map_err(network_error)
     }
 }
 
-type AppendTask =
-    tokio::task::JoinHandle<RpcResult<AppendEntriesResponse<NodeId>, RaftError<NodeId>>>;
+/// The snapshot file in messages of this size.
+const SNAPSHOT_CHUNK: usize = 1 << 20;
 
-/// One peer call of a bincode-encoded payload, within `timeout`.
-async fn peer_call<Resp, E>(
-    target: NodeId,
-    metered: &PeerSeries,
-    client: Client,
-    payload: Vec<u8>,
-    timeout: Duration,
-    send: impl AsyncFnOnce(Client, RaftMessage) -> Result<tonic::Response<RaftMessage>, tonic::Status>,
-) -> RpcResult<Resp, E>
-where
-    Resp: DeserializeOwned,
-    E: std::error::Error + DeserializeOwned,
-{
-    metered.sent_bytes.inc_by(payload.len() as u64);
-    let reply = tokio::time::timeout(timeout, send(client, RaftMessage { payload }))
-        .await
-        .inspect_err(|_| metered.sent_failures.inc())
-        .map_err(|_| {
-            RPCError::Unreachable(Unreachable::new(&std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("member {target:x} did not answer in time"),
-            )))
-        })?
-        .inspect_err(|_| metered.sent_failures.inc())
-        .map_err(|status| match status.code() {
-            // Unreachable makes openraft back off before retrying; a member of another
-            // cluster (FailedPrecondition) will not change its mind either.
-            tonic::Code::Unavailable
-            | tonic::Code::Unknown
-            | tonic::Code::Cancelled
-            | tonic::Code::FailedPrecondition => RPCError::Unreachable(Unreachable::new(&status)),
-            _ => RPCError::Network(NetworkError::new(&status)),
-        })?;
-    let reply = reply.into_inner().payload;
-    metered.received_bytes.inc_by(reply.len() as u64);
-    let result: Result<Resp, E> = bincode::deserialize(&reply)
-        .inspect_err(|_| metered.received_failures.inc())
-        .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-    result.map_err(|e| RPCError::RemoteError(RemoteError::new(target, e)))
-}
+impl RaftNetworkV2<TypeConfig> for RaftPeer {
+    type SnapshotData = SnapshotData;
 
-/// Notes a reply from member `target`: a higher vote means this leader was deposed, anything
-/// else that the member still follows it.
-fn heard(
-    peers: &Peers,
-    target: NodeId,
-    reply: AppendEntriesResponse<NodeId>,
-) -> AppendEntriesResponse<NodeId> {
-    if !matches!(reply, AppendEntriesResponse::HigherVote(_)) {
-        peers.replied(target);
-    }
-    reply
-}
-
-impl RaftNetwork<TypeConfig> for RaftPeer {
-    /// openraft gives an append one heartbeat interval, however many entries it carries, and
-    /// cancels it after that. Over a slow link (or to a follower slow to fsync) a large entry
-    /// could then never arrive: every attempt would be cancelled part way and sent again from
-    /// the start. So entries are sent a bounded prefix at a time (the follower's success counts
-    /// for that prefix, a partial success, and openraft sends the rest next), and each send
-    /// runs in a task of its own that openraft's timeout does not cancel: the next attempt from
-    /// the same position waits for it rather than starting over. Heartbeats (no entries) go out
-    /// on their own meanwhile, so the follower keeps hearing from its leader.
     async fn append_entries(
         &mut self,
-        mut rpc: AppendEntriesRequest<TypeConfig>,
-        _openraft_timeout: RPCOption,
-    ) -> RpcResult<AppendEntriesResponse<NodeId>, RaftError<NodeId>> {
-        if rpc.entries.is_empty() {
-            // Its reply counts for the leader's quorum check even when it comes after openraft
-            // stopped waiting (a round trip longer than openraft's interval).
-            return self
-                .spawn_append(&rpc, HEARTBEAT_GIVE_UP)?
-                .await
-                .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        }
-        let asked_up_to = rpc.entries.last().map(|e| e.log_id);
-        let resumable = self
-            .in_flight
-            .as_ref()
-            .is_some_and(|f| f.vote == rpc.vote && f.prev_log_id == rpc.prev_log_id);
-        if !resumable {
-            if let Some(stale) = self.in_flight.take() {
-                stale.reply.abort();
-            }
-            let keep = entries_within(&rpc.entries, MAX_APPEND_BYTES);
-            rpc.entries.truncate(keep);
-            self.in_flight = Some(InFlightAppend {
-                vote: rpc.vote,
-                prev_log_id: rpc.prev_log_id,
-                last_sent: rpc.entries.last().map(|e| e.log_id),
-                reply: self.spawn_append(&rpc, APPEND_GIVE_UP)?,
-            });
-        }
-        let flight = self.in_flight.as_mut().expect("set above");
-        // If openraft's timeout drops this future here, the task goes on and is found again.
-        let reply = (&mut flight.reply).await;
-        let sent = flight.last_sent;
-        self.in_flight = None;
-        let reply = reply.map_err(|e| RPCError::Network(NetworkError::new(&e)))??;
-        Ok(match reply {
-            // The follower has what was sent; a retry may have asked for more, or less.
-            AppendEntriesResponse::Success if sent < asked_up_to => {
-                AppendEntriesResponse::PartialSuccess(sent)
-            }
-            other => other,
-        })
-    }
-
-    async fn install_snapshot(
-        &mut self,
-        rpc: InstallSnapshotRequest<TypeConfig>,
+        rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
-    ) -> RpcResult<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>> {
-        let reply: InstallSnapshotResponse<NodeId> = self
-            .call(&rpc, &option, async |mut c, m| c.install_snapshot(m).await)
+    ) -> RpcResult<AppendEntriesResponse<TypeConfig>> {
+        let request = message(&AppendRequestRecord::from(rpc));
+        let reply: AppendReplyRecord = self
+            .call(request, option.hard_ttl(), async |mut c, m| c.append(m).await)
             .await?;
-        // A higher vote in the reply means this leader was deposed.
-        if reply.vote <= rpc.vote {
+        let reply = AppendEntriesResponse::try_from(reply).map_err(network_error)?;
+        if !matches!(reply, AppendEntriesResponse::HigherVote(_)) {
             self.peers.replied(self.target);
         }
         Ok(reply)
     }
 
+    /// Every request goes out on one gRPC stream as soon as openraft yields it; the follower
+    /// answers each once it holds the entries, in order. A dead or paused follower is found
+    /// by HTTP/2's keep-alive, which ends the stream; a slow one just answers later.
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        _option: RPCOption,
+    ) -> BoxFuture<'s, RpcResult<BoxStream<'s, RpcResult<StreamAppendResult<TypeConfig>>>>>
+    where
+        S: futures_util::Stream<Item = AppendEntriesRequest<TypeConfig>>
+            + openraft::OptionalSend
+            + Unpin
+            + 'static,
+    {
+        Box::pin(async move {
+            let mut client = self.client()?;
+            let sent = self.metered.clone();
+            let requests = input.map(move |rpc| {
+                let request = message(&AppendRequestRecord::from(rpc));
+                sent.sent_bytes.inc_by(request.payload.len() as u64);
+                request
+            });
+            let replies = client
+                .append_stream(requests)
+                .await
+                .inspect_err(|_| {
+                    self.metered.sent_failures.inc();
+                    metrics().server.heartbeat_send_failures.inc();
+                })
+                .map_err(status_error)?
+                .into_inner();
+            let (target, peers, metered) = (self.target, self.peers.clone(), self.metered.clone());
+            let results = replies.map(move |reply| {
+                let reply = reply
+                    .inspect_err(|_| metrics().server.heartbeat_send_failures.inc())
+                    .map_err(status_error)?
+                    .payload;
+                metered.received_bytes.inc_by(reply.len() as u64);
+                let result = wire::decode("stream append reply", &reply)
+                    .and_then(wire::stream_result)
+                    .inspect_err(|_| metered.received_failures.inc())
+                    .map_err(network_error)?;
+                if !matches!(result, Err(StreamAppendError::HigherVote(_))) {
+                    peers.replied(target);
+                }
+                Ok(result)
+            });
+            Ok(Box::pin(results) as BoxStream<'s, _>)
+        })
+    }
+
     async fn vote(
         &mut self,
-        rpc: VoteRequest<NodeId>,
+        rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
-    ) -> RpcResult<VoteResponse<NodeId>, RaftError<NodeId>> {
-        self.call(&rpc, &option, async |mut c, m| c.vote(m).await)
-            .await
+    ) -> RpcResult<VoteResponse<TypeConfig>> {
+        let request = message(&VoteRequestRecord::from(&rpc));
+        let reply: VoteReplyRecord = self
+            .call(request, option.hard_ttl(), async |mut c, m| {
+                c.request_vote(m).await
+            })
+            .await?;
+        VoteResponse::try_from(reply).map_err(network_error)
     }
 
-    fn backoff(&self) -> Backoff {
-        Backoff::new(std::iter::repeat(RETRY_UNREACHABLE))
+    /// The snapshot file goes out on one client stream, an offer (vote and metadata) first;
+    /// the reply comes once the follower has installed it.
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot<TypeConfig, SnapshotData>,
+        cancel: impl Future<Output = ReplicationClosed> + openraft::OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let SnapshotData::File(file) = snapshot.snapshot else {
+            return Err(network_error("only a snapshot file of this member's can be sent").into());
+        };
+        let mut client = self.client()?;
+        let offer = message(&wire::snapshot_offer(&vote, &snapshot.meta));
+        let metered = self.metered.clone();
+        let chunks = futures_util::stream::unfold(
+            Some(tokio::fs::File::from_std(file)),
+            |file| async move {
+                let mut file = file?;
+                let mut chunk = vec![0; SNAPSHOT_CHUNK];
+                let n = file.read(&mut chunk).await.ok().filter(|n| *n > 0)?;
+                chunk.truncate(n);
+                Some((RaftMessage { payload: chunk }, Some(file)))
+            },
+        );
+        let messages = futures_util::stream::once(async { offer })
+            .chain(chunks)
+            .inspect(move |m| metered.sent_bytes.inc_by(m.payload.len() as u64));
+        let sent = tokio::time::timeout(option.hard_ttl(), client.send_snapshot(messages));
+        let reply = tokio::select! {
+            reply = sent => reply,
+            closed = cancel => return Err(closed.into()),
+        };
+        self.peers.replied(self.target);
+        let reply = reply
+            .map_err(|_| unreachable("the snapshot was not installed in time"))?
+            .inspect_err(|_| self.metered.sent_failures.inc())
+            .map_err(status_error)?
+            .into_inner()
+            .payload;
+        let reply: SnapshotReplyRecord =
+            wire::decode("snapshot reply", &reply).map_err(network_error)?;
+        Ok(SnapshotResponse::try_from(reply).map_err(network_error)?)
     }
-}
 
-/// How many of `entries`, from the first, fit in `budget` bytes (never fewer than one).
-fn entries_within(entries: &[super::types::Entry], budget: u64) -> usize {
-    let mut used = 0;
-    for (i, entry) in entries.iter().enumerate() {
-        used += bincode::serialized_size(entry).unwrap_or(u64::MAX);
-        if used > budget {
-            return i.max(1);
-        }
+    async fn transfer_leader(
+        &mut self,
+        rpc: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<TransferLeaderResponse<TypeConfig>> {
+        let request = message(&TransferLeaderRecord::from(&rpc));
+        let reply: TransferLeaderReplyRecord = self
+            .call(request, option.hard_ttl(), async |mut c, m| {
+                c.transfer_leader(m).await
+            })
+            .await?;
+        wire::transfer_result(reply).map_err(network_error)
     }
-    entries.len()
+
+    fn backoff(&self) -> Option<Backoff> {
+        Some(Backoff::new(std::iter::repeat(RETRY_UNREACHABLE)))
+    }
 }

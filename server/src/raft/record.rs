@@ -8,10 +8,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use openraft::{CommittedLeaderId, EntryPayload, Membership};
+use openraft::EntryPayload;
 
 use super::types::{
-    CommandBatch, Entry, LogId, Member, NodeId, SnapshotMeta, StoredMembership, Vote,
+    log_id, CommandBatch, Entry, LogId, Member, Membership, NodeId, SnapshotMeta,
+    StoredMembership, Vote,
 };
 
 /// Where an entry sits in the log: its index and the term and member of the leader that
@@ -100,14 +101,13 @@ pub enum PayloadRecord {
 }
 
 /// What a Raft snapshot holds: the state up to `last_log_id`, with the membership then.
+/// (Tag 3 is reserved: format 1 had a snapshot id, which nothing reads any more.)
 #[derive(Clone, PartialEq, Eq, prost::Message)]
 pub struct SnapshotMetaRecord {
     #[prost(message, optional, tag = "1")]
     pub last_log_id: Option<LogIdRecord>,
     #[prost(message, optional, tag = "2")]
     pub last_membership: Option<StoredMembershipRecord>,
-    #[prost(string, tag = "3")]
-    pub snapshot_id: String,
 }
 
 /// A stored record that cannot be decoded.
@@ -119,7 +119,7 @@ pub struct RecordError {
 }
 
 impl RecordError {
-    fn new(what: &'static str, reason: impl ToString) -> RecordError {
+    pub(super) fn new(what: &'static str, reason: impl ToString) -> RecordError {
         RecordError {
             what,
             reason: reason.to_string(),
@@ -147,7 +147,7 @@ impl From<&LogId> for LogIdRecord {
 
 impl From<LogIdRecord> for LogId {
     fn from(r: LogIdRecord) -> LogId {
-        LogId::new(CommittedLeaderId::new(r.term, r.leader), r.index)
+        log_id(r.term, r.leader, r.index)
     }
 }
 
@@ -171,8 +171,8 @@ impl From<VoteRecord> for Vote {
     }
 }
 
-impl From<&Membership<NodeId, Member>> for MembershipRecord {
-    fn from(m: &Membership<NodeId, Member>) -> MembershipRecord {
+impl From<&Membership> for MembershipRecord {
+    fn from(m: &Membership) -> MembershipRecord {
         MembershipRecord {
             voters: m
                 .get_joint_config()
@@ -192,8 +192,10 @@ impl From<&Membership<NodeId, Member>> for MembershipRecord {
     }
 }
 
-impl From<MembershipRecord> for Membership<NodeId, Member> {
-    fn from(r: MembershipRecord) -> Membership<NodeId, Member> {
+impl TryFrom<MembershipRecord> for Membership {
+    type Error = RecordError;
+
+    fn try_from(r: MembershipRecord) -> Result<Membership, RecordError> {
         let configs: Vec<BTreeSet<NodeId>> = r
             .voters
             .into_iter()
@@ -204,7 +206,7 @@ impl From<MembershipRecord> for Membership<NodeId, Member> {
             .into_iter()
             .map(|n| (n.id, n.member.unwrap_or_default()))
             .collect();
-        Membership::new(configs, nodes)
+        Membership::new(configs, nodes).map_err(|e| RecordError::new("membership", e))
     }
 }
 
@@ -217,12 +219,14 @@ impl From<&StoredMembership> for StoredMembershipRecord {
     }
 }
 
-impl From<StoredMembershipRecord> for StoredMembership {
-    fn from(r: StoredMembershipRecord) -> StoredMembership {
-        StoredMembership::new(
+impl TryFrom<StoredMembershipRecord> for StoredMembership {
+    type Error = RecordError;
+
+    fn try_from(r: StoredMembershipRecord) -> Result<StoredMembership, RecordError> {
+        Ok(StoredMembership::new(
             r.log_id.map(LogId::from),
-            r.membership.unwrap_or_default().into(),
-        )
+            r.membership.unwrap_or_default().try_into()?,
+        ))
     }
 }
 
@@ -247,7 +251,7 @@ impl TryFrom<EntryRecord> for Entry {
         let payload = match required("log entry", r.payload)? {
             PayloadRecord::Blank(()) => EntryPayload::Blank,
             PayloadRecord::Commands(batch) => EntryPayload::Normal(batch),
-            PayloadRecord::Membership(m) => EntryPayload::Membership(m.into()),
+            PayloadRecord::Membership(m) => EntryPayload::Membership(m.try_into()?),
         };
         Ok(Entry {
             log_id: required("log entry", r.log_id)?.into(),
@@ -261,18 +265,18 @@ impl From<&SnapshotMeta> for SnapshotMetaRecord {
         SnapshotMetaRecord {
             last_log_id: meta.last_log_id.as_ref().map(LogIdRecord::from),
             last_membership: Some((&meta.last_membership).into()),
-            snapshot_id: meta.snapshot_id.clone(),
         }
     }
 }
 
-impl From<SnapshotMetaRecord> for SnapshotMeta {
-    fn from(r: SnapshotMetaRecord) -> SnapshotMeta {
-        SnapshotMeta {
+impl TryFrom<SnapshotMetaRecord> for SnapshotMeta {
+    type Error = RecordError;
+
+    fn try_from(r: SnapshotMetaRecord) -> Result<SnapshotMeta, RecordError> {
+        Ok(SnapshotMeta {
             last_log_id: r.last_log_id.map(LogId::from),
-            last_membership: r.last_membership.unwrap_or_default().into(),
-            snapshot_id: r.snapshot_id,
-        }
+            last_membership: r.last_membership.unwrap_or_default().try_into()?,
+        })
     }
 }
 
@@ -319,7 +323,7 @@ pub fn encode_membership(membership: &StoredMembership) -> Vec<u8> {
 }
 
 pub fn decode_membership(bytes: &[u8]) -> Result<StoredMembership, RecordError> {
-    Ok(decode::<StoredMembershipRecord>("membership", bytes)?.into())
+    decode::<StoredMembershipRecord>("membership", bytes)?.try_into()
 }
 
 pub fn encode_snapshot_meta(meta: &SnapshotMeta) -> Vec<u8> {
@@ -327,7 +331,7 @@ pub fn encode_snapshot_meta(meta: &SnapshotMeta) -> Vec<u8> {
 }
 
 pub fn decode_snapshot_meta(bytes: &[u8]) -> Result<SnapshotMeta, RecordError> {
-    Ok(decode::<SnapshotMetaRecord>("snapshot metadata", bytes)?.into())
+    decode::<SnapshotMetaRecord>("snapshot metadata", bytes)?.try_into()
 }
 
 #[cfg(test)]
@@ -335,10 +339,6 @@ mod tests {
     use super::*;
     use crate::apply::{Command, Op};
     use oxcd_proto::etcdserverpb::PutRequest;
-
-    fn log_id(term: u64, leader: u64, index: u64) -> LogId {
-        LogId::new(CommittedLeaderId::new(term, leader), index)
-    }
 
     fn member(name: &str) -> Member {
         Member {
@@ -348,11 +348,12 @@ mod tests {
         }
     }
 
-    fn joint_membership() -> Membership<NodeId, Member> {
+    fn joint_membership() -> Membership {
         Membership::new(
             vec![BTreeSet::from([1, 2]), BTreeSet::from([2, 3])],
             BTreeMap::from([(1, member("a")), (2, member("b")), (3, member("c")), (4, member("d"))]),
         )
+        .unwrap()
     }
 
     #[test]
@@ -396,7 +397,6 @@ mod tests {
         let meta = SnapshotMeta {
             last_log_id: Some(log_id(3, 1, 20)),
             last_membership: stored,
-            snapshot_id: "3-1-20-1733443200000".into(),
         };
         assert_eq!(decode_snapshot_meta(&encode_snapshot_meta(&meta)).unwrap(), meta);
     }

@@ -100,9 +100,7 @@ impl SnapshotDir {
         meta: &SnapshotMeta,
         write_records: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
     ) -> Result<()> {
-        let path = self
-            .dir
-            .join(format!("{BUILDING_PREFIX}{}", meta.snapshot_id));
+        let path = self.dir.join(format!("{BUILDING_PREFIX}{}", snapshot_name(meta)));
         let io = |e| SnapshotFileError::Io(path.clone(), e);
         let mut out = BufWriter::new(File::create(&path).map_err(io)?);
         write_header(&mut out, meta).map_err(io)?;
@@ -134,8 +132,8 @@ impl SnapshotDir {
             return Err(SnapshotFileError::Corrupt(
                 path,
                 format!(
-                    "it holds snapshot {} up to {:?}, not {} up to {:?}",
-                    received.snapshot_id, received.last_log_id, meta.snapshot_id, meta.last_log_id
+                    "it holds the snapshot up to {:?}, not the one up to {:?}",
+                    received.last_log_id, meta.last_log_id
                 ),
             ));
         }
@@ -151,6 +149,13 @@ impl SnapshotDir {
     /// The records of the received snapshot.
     pub fn received_records(&self) -> Result<Decoder<BufReader<File>>> {
         let path = self.receiving_path();
+        let file = File::open(&path).map_err(|e| SnapshotFileError::Io(path.clone(), e))?;
+        records_of(file, &path)
+    }
+
+    /// The records of the current snapshot.
+    pub fn current_records(&self) -> Result<Decoder<BufReader<File>>> {
+        let path = self.dir.join(CURRENT);
         let file = File::open(&path).map_err(|e| SnapshotFileError::Io(path.clone(), e))?;
         records_of(file, &path)
     }
@@ -203,9 +208,10 @@ impl SnapshotDir {
         let corrupt = |why: String| SnapshotFileError::Corrupt(meta_path.to_path_buf(), why);
         let meta_bytes =
             std::fs::read(meta_path).map_err(|e| SnapshotFileError::Io(meta_path.into(), e))?;
-        let meta: SnapshotMeta = super::legacy::snapshot_meta(&meta_bytes)
+        let meta = super::legacy::snapshot_meta(&meta_bytes)
             .map_err(|e| corrupt(e.to_string()))?
-            .into();
+            .try_into()
+            .map_err(|e: super::record::RecordError| corrupt(e.to_string()))?;
         let data_io = |e| SnapshotFileError::Io(data_path.to_path_buf(), e);
         let data = File::open(data_path).map_err(data_io)?;
         let len = data.metadata().map_err(data_io)?.len();
@@ -234,6 +240,17 @@ impl SnapshotDir {
         }
         let mut data = File::open(data_path).map_err(data_io)?;
         self.build(&meta, |out| std::io::copy(&mut data, out).map(|_| ()))
+    }
+}
+
+/// A name for a snapshot's file while it is built: its position, and a sequence number so two
+/// builds of the same position never share a file.
+fn snapshot_name(meta: &SnapshotMeta) -> String {
+    static BUILDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    match &meta.last_log_id {
+        Some(id) => format!("{}-{}-{}.{n}", id.leader_id.term, id.leader_id.node_id, id.index),
+        None => format!("empty.{n}"),
     }
 }
 
@@ -269,7 +286,8 @@ fn read_header(file: &mut File, path: &Path) -> Result<(SnapshotMeta, u64)> {
     } else {
         super::legacy::snapshot_meta(&bytes)
             .map_err(|e| corrupt(&e.to_string()))?
-            .into()
+            .try_into()
+            .map_err(|e: super::record::RecordError| corrupt(&e.to_string()))?
     };
     Ok((meta, records_at))
 }
@@ -296,13 +314,22 @@ mod tests {
 
     fn meta(index: u64) -> SnapshotMeta {
         SnapshotMeta {
-            last_log_id: Some(openraft::LogId::new(
-                openraft::CommittedLeaderId::new(1, 1),
+            last_log_id: Some(crate::raft::types::log_id(1, 1, index)),
+            last_membership: Default::default(),
+        }
+    }
+
+    /// `meta(index)` as the previous release wrote it (data dir format 1).
+    fn format_1_meta(index: u64) -> Vec<u8> {
+        let meta = openraft09::SnapshotMeta::<u64, openraft09::BasicNode> {
+            last_log_id: Some(openraft09::LogId::new(
+                openraft09::CommittedLeaderId::new(1, 1),
                 index,
             )),
             last_membership: Default::default(),
             snapshot_id: format!("1-{index}"),
-        }
+        };
+        bincode::serialize(&meta).unwrap()
     }
 
     fn records(body: &[u8]) -> impl FnOnce(&mut dyn Write) -> std::io::Result<()> + '_ {
@@ -353,7 +380,7 @@ mod tests {
     fn a_file_of_data_dir_format_1_is_read() {
         let dir = tempfile::tempdir().unwrap();
         let snaps = SnapshotDir::open(dir.path()).unwrap();
-        let meta_bytes = bincode::serialize(&meta(7)).unwrap();
+        let meta_bytes = format_1_meta(7);
         let mut file = FORMAT_1_MAGIC.to_vec();
         file.extend_from_slice(&(meta_bytes.len() as u32).to_be_bytes());
         file.extend_from_slice(&meta_bytes);
@@ -367,7 +394,10 @@ mod tests {
         let applied = meta(9).last_log_id;
         let legacy_data = |applied| {
             let mut data = format::MAGIC.to_vec();
-            let value = bincode::serialize(&applied).unwrap();
+            let value = bincode::serialize(&applied.map(|id: crate::raft::types::LogId| {
+                openraft09::LogId::new(openraft09::CommittedLeaderId::new(1u64, 1u64), id.index)
+            }))
+            .unwrap();
             data.push(1); // the Meta column family's tag
             data.extend_from_slice(
                 &(super::super::state_machine::META_APPLIED.len() as u32).to_be_bytes(),
@@ -382,7 +412,7 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             std::fs::write(
                 dir.path().join(LEGACY_META),
-                bincode::serialize(&meta(9)).unwrap(),
+                format_1_meta(9),
             )
             .unwrap();
             std::fs::write(dir.path().join(LEGACY_DATA), legacy_data(data_applied)).unwrap();

@@ -8,15 +8,14 @@
 
 use std::sync::Arc;
 
-use openraft::storage::{RaftStateMachine, Snapshot};
-use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, StorageIOError};
+use futures_util::StreamExt;
+use openraft::storage::{EntryResponder, RaftStateMachine, Snapshot};
+use openraft::{EntryPayload, RaftSnapshotBuilder};
 
 use super::membership::MemberInfo;
 use super::record;
 use super::snapshot_file::{SnapshotDir, SnapshotFileError};
-use super::types::{
-    Entry, LogId, OutcomeBatch, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
-};
+use super::types::{Entry, LogId, OutcomeBatch, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::apply::{Applier, CommandBatch, LogPosition};
 use crate::mvcc::MvccStore;
 use crate::snapshot::format;
@@ -40,34 +39,35 @@ pub struct StateMachine {
     snapshots: Arc<SnapshotDir>,
 }
 
-fn sm_err(verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
-    StorageIOError::new(
-        ErrorSubject::StateMachine,
-        verb,
-        openraft::AnyError::new(&e),
-    )
-    .into()
+/// What openraft hands over as a snapshot's data.
+pub enum SnapshotData {
+    /// One of this member's own snapshot files: the current one, sent to a follower (or, at
+    /// start, loaded if the state machine is behind it).
+    File(std::fs::File),
+    /// The snapshot a leader sent, written whole to `snap/receiving.snap` by the peer service.
+    Received,
 }
 
-fn snap_err(verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
-    StorageIOError::new(
-        ErrorSubject::Snapshot(None),
-        verb,
-        openraft::AnyError::new(&e),
-    )
-    .into()
+/// Errors as openraft's storage traits take them.
+type StorageError = std::io::Error;
+
+fn sm_err(e: impl std::fmt::Display) -> StorageError {
+    std::io::Error::other(format!("state machine: {e}"))
+}
+
+fn snap_err(e: impl std::fmt::Display) -> StorageError {
+    std::io::Error::other(format!("Raft snapshot: {e}"))
 }
 
 fn file_err(e: SnapshotFileError) -> StorageError {
-    snap_err(ErrorVerb::Read, e)
+    snap_err(e)
 }
 
 /// Runs disk work on the blocking pool.
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
 ) -> Result<T, StorageError> {
-    let cancelled = sm_err(ErrorVerb::Write, std::io::Error::other("shutting down"));
-    off_runtime(cancelled, work).await
+    off_runtime(sm_err("shutting down"), work).await
 }
 
 impl StateMachine {
@@ -108,7 +108,7 @@ impl StateMachine {
                 "the state machine (applied {:?}) is behind the purged Raft log ({purged:?}); the data dir is damaged",
                 self.applied
             ));
-            return Err(sm_err(ErrorVerb::Read, e));
+            return Err(sm_err(e));
         }
         tracing::warn!(?purged, "no snapshot covers the purged log; building one");
         dump_snapshot(&self.applier.store, &self.snapshots)
@@ -118,13 +118,13 @@ impl StateMachine {
     /// the install marker; the received file was made durable before the marker, so the load is
     /// done again. A received file without a marker was never loaded and goes.
     fn finish_interrupted_install(&mut self) -> Result<(), StorageError> {
-        let rerr = |e: crate::storage::StorageError| snap_err(ErrorVerb::Read, e);
+        let rerr = |e: crate::storage::StorageError| snap_err(e);
         let Some(marker) = self.engine.get(Cf::Meta, META_INSTALLING).map_err(rerr)? else {
             self.snapshots.discard_received();
             return Ok(());
         };
-        let meta = record::decode_snapshot_meta(&marker).map_err(|e| snap_err(ErrorVerb::Read, e))?;
-        tracing::warn!(snapshot = %meta.snapshot_id, "finishing a snapshot install interrupted by a crash");
+        let meta = record::decode_snapshot_meta(&marker).map_err(snap_err)?;
+        tracing::warn!(last_log_id = ?meta.last_log_id, "finishing a snapshot install interrupted by a crash");
         load_received(&self.engine, &self.snapshots, &meta)?;
         reload_applier(&self.applier, &self.engine)?;
         self.applied = meta.last_log_id;
@@ -136,7 +136,7 @@ impl StateMachine {
 fn reload_applier(applier: &Applier, engine: &Engine) -> Result<(), StorageError> {
     applier
         .reload(engine)
-        .map_err(|e| snap_err(ErrorVerb::Write, e))
+        .map_err(|e| snap_err(e))
 }
 
 /// Applies committed entries in order, recording the last applied log id and the membership
@@ -169,12 +169,12 @@ fn apply_entries(
     }
     round.record(Cf::Meta, META_APPLIED, &record::encode_position(applied.as_ref()));
     round.record(Cf::Meta, META_MEMBERSHIP, &record::encode_membership(&membership));
-    round.commit().map_err(|e| sm_err(ErrorVerb::Write, e))?;
+    round.commit().map_err(|e| sm_err(e))?;
     Ok((results, applied, membership))
 }
 
 fn read_applied(engine: &Engine) -> Result<(Option<LogId>, StoredMembership), StorageError> {
-    decode_applied(|key| engine.get(Cf::Meta, key)).map_err(|e| sm_err(ErrorVerb::Read, e))
+    decode_applied(|key| engine.get(Cf::Meta, key)).map_err(|e| sm_err(e))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -207,19 +207,35 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok((self.applied, self.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<OutcomeBatch>, StorageError>
+    type SnapshotData = SnapshotData;
+
+    /// The entries openraft has ready go to the applier as one engine write; their clients
+    /// are answered once it is done.
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), StorageError>
     where
-        I: IntoIterator<Item = openraft::Entry<TypeConfig>> + openraft::OptionalSend,
-        I::IntoIter: openraft::OptionalSend,
+        Strm: futures_util::Stream<Item = Result<EntryResponder<TypeConfig>, StorageError>>
+            + Unpin
+            + openraft::OptionalSend,
     {
-        let entries: Vec<Entry> = entries.into_iter().collect();
+        let mut batch = Vec::new();
+        let mut responders = Vec::new();
+        while let Some(next) = entries.next().await {
+            let (entry, responder) = next?;
+            batch.push(entry);
+            responders.push(responder);
+        }
         let applier = self.applier.clone();
         let (applied, membership) = (self.applied, self.membership.clone());
         let (results, applied, membership) =
-            blocking(move || apply_entries(&applier, applied, membership, entries)).await?;
+            blocking(move || apply_entries(&applier, applied, membership, batch)).await?;
         self.applied = applied;
         self.membership = membership;
-        Ok(results)
+        for (responder, outcomes) in responders.into_iter().zip(results) {
+            if let Some(responder) = responder {
+                responder.send(outcomes);
+            }
+        }
+        Ok(())
     }
 
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
@@ -229,49 +245,44 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
-        let file = tokio::fs::File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(self.snapshots.receiving_path())
-            .await
-            .map_err(|e| snap_err(ErrorVerb::Write, e))?;
-        Ok(Box::new(file))
-    }
-
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Box<tokio::fs::File>,
+        snapshot: SnapshotData,
     ) -> Result<(), StorageError> {
-        // Every chunk is written; the loader reopens the file by its path.
-        drop(snapshot);
         let (engine, snapshots, applier) = (
             self.engine.clone(),
             self.snapshots.clone(),
             self.applier.clone(),
         );
         let meta_owned = meta.clone();
+        let received = matches!(snapshot, SnapshotData::Received);
+        // The file is read again by its path.
+        drop(snapshot);
         blocking(move || {
-            snapshots.verify_received(&meta_owned).map_err(file_err)?;
-            load_received(&engine, &snapshots, &meta_owned)?;
+            if received {
+                snapshots.verify_received(&meta_owned).map_err(file_err)?;
+                load_received(&engine, &snapshots, &meta_owned)?;
+            } else {
+                load_current(&engine, &snapshots, &meta_owned)?;
+            }
             reload_applier(&applier, &engine)
         })
         .await?;
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
-        tracing::info!(snapshot = %meta.snapshot_id, last_log_id = ?meta.last_log_id, "installed a snapshot from the leader");
+        tracing::info!(last_log_id = ?meta.last_log_id, from_leader = received, "installed a snapshot");
         Ok(())
     }
 
-    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<Snapshot<TypeConfig, SnapshotData>>, StorageError> {
         let snapshots = self.snapshots.clone();
         let current = blocking(move || snapshots.current().map_err(file_err)).await?;
         Ok(current.map(|(meta, file)| Snapshot {
             meta,
-            snapshot: Box::new(tokio::fs::File::from_std(file)),
+            snapshot: SnapshotData::File(file),
         }))
     }
 }
@@ -282,18 +293,21 @@ pub struct SnapshotBuilder {
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
-    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+    type SnapshotData = SnapshotData;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig, SnapshotData>, StorageError> {
         let (store, snapshots) = (self.store.clone(), self.snapshots.clone());
         let (meta, file) = blocking(move || {
             dump_snapshot(&store, &snapshots)?;
-            snapshots.current().map_err(file_err)?.ok_or_else(|| {
-                snap_err(ErrorVerb::Read, std::io::Error::other("snapshot vanished"))
-            })
+            snapshots
+                .current()
+                .map_err(file_err)?
+                .ok_or_else(|| snap_err("the snapshot just built vanished"))
         })
         .await?;
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(tokio::fs::File::from_std(file)),
+            snapshot: SnapshotData::File(file),
         })
     }
 }
@@ -302,7 +316,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 fn applied_state(
     snap: &EngineSnapshot<'_>,
 ) -> Result<(Option<LogId>, StoredMembership), StorageError> {
-    decode_applied(|key| snap.get(Cf::Meta, key)).map_err(|e| snap_err(ErrorVerb::Read, e))
+    decode_applied(|key| snap.get(Cf::Meta, key)).map_err(|e| snap_err(e))
 }
 
 /// Where in the Raft log an engine snapshot stands, as etcd's backend records it: the term and
@@ -330,14 +344,9 @@ pub fn applied_position(snap: &EngineSnapshot<'_>) -> crate::storage::Result<App
 fn dump_snapshot(store: &MvccStore, snapshots: &SnapshotDir) -> Result<(), StorageError> {
     let snap = store.engine_snapshot();
     let (applied, membership) = applied_state(&snap)?;
-    let snapshot_id = match applied {
-        Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, unix_millis()),
-        None => format!("0-0-{}", unix_millis()),
-    };
     let meta = SnapshotMeta {
         last_log_id: applied,
         last_membership: membership,
-        snapshot_id,
     };
     snapshots
         .build(&meta, |mut out| {
@@ -346,7 +355,7 @@ fn dump_snapshot(store: &MvccStore, snapshots: &SnapshotDir) -> Result<(), Stora
                 other => std::io::Error::other(other),
             })
         })
-        .map_err(|e| snap_err(ErrorVerb::Write, e))
+        .map_err(snap_err)
 }
 
 /// Replaces the state machine's column families with the received snapshot (already verified
@@ -356,9 +365,30 @@ fn load_received(
     snapshots: &SnapshotDir,
     meta: &SnapshotMeta,
 ) -> Result<(), StorageError> {
-    let derr = |e: format::DecodeError| snap_err(ErrorVerb::Read, e);
-    let werr = |e: crate::storage::StorageError| snap_err(ErrorVerb::Write, e);
-    let mut input = snapshots.received_records().map_err(file_err)?;
+    let records = snapshots.received_records().map_err(file_err)?;
+    load(engine, records, meta)?;
+    // The received file becomes the current snapshot (it is what a later lagging member gets).
+    snapshots.publish_received(meta).map_err(file_err)
+}
+
+/// Replaces the state machine's column families with this member's current snapshot: openraft
+/// asks for it at start when the snapshot is ahead of what was applied.
+fn load_current(
+    engine: &Engine,
+    snapshots: &SnapshotDir,
+    meta: &SnapshotMeta,
+) -> Result<(), StorageError> {
+    load(engine, snapshots.current_records().map_err(file_err)?, meta)
+}
+
+/// Replaces the state machine's column families with a snapshot's records.
+fn load(
+    engine: &Engine,
+    mut input: format::Decoder<std::io::BufReader<std::fs::File>>,
+    meta: &SnapshotMeta,
+) -> Result<(), StorageError> {
+    let derr = |e: format::DecodeError| snap_err(e);
+    let werr = |e: crate::storage::StorageError| snap_err(e);
     // The old state goes and the install marker comes in one durable write: from here until
     // the marker is removed with the last batch, a restart loads this snapshot again.
     let marker = record::encode_snapshot_meta(meta);
@@ -391,15 +421,7 @@ fn load_received(
     batch.delete(Cf::Meta, META_INSTALLING);
     engine.write(batch, true).map_err(werr)?;
     fail::fail_point!("raft::snapshot::install::before_publish");
-    // The received file becomes the current snapshot (it is what a later lagging member gets).
-    snapshots.publish_received(meta).map_err(file_err)
-}
-
-fn unix_millis() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0)
+    Ok(())
 }
 
 #[cfg(test)]

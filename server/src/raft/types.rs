@@ -1,6 +1,6 @@
 //! The Raft type configuration: the log's entries carry the applier's command batches.
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
 pub use crate::apply::{CommandBatch, OutcomeBatch};
 
@@ -24,55 +24,25 @@ openraft::declare_raft_types!(
         R = OutcomeBatch,
         NodeId = NodeId,
         Node = Member,
-        SnapshotData = tokio::fs::File,
 );
 
-pub type Raft = openraft::Raft<TypeConfig>;
-pub type LogId = openraft::LogId<NodeId>;
-pub type Vote = openraft::Vote<NodeId>;
-pub type Entry = openraft::Entry<TypeConfig>;
-pub type StoredMembership = openraft::StoredMembership<NodeId, Member>;
-pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, Member>;
-pub type StorageError = openraft::StorageError<NodeId>;
+pub type Raft = openraft::Raft<TypeConfig, super::state_machine::StateMachine>;
+pub type LogId = openraft::type_config::alias::LogIdOf<TypeConfig>;
+pub type LeaderId = openraft::type_config::alias::CommittedLeaderIdOf<TypeConfig>;
+pub type Vote = openraft::type_config::alias::VoteOf<TypeConfig>;
+pub type Entry = openraft::type_config::alias::EntryOf<TypeConfig>;
+pub type Membership = openraft::Membership<NodeId, Member>;
+pub type StoredMembership = openraft::type_config::alias::StoredMembershipOf<TypeConfig>;
+pub type SnapshotMeta = openraft::type_config::alias::SnapshotMetaOf<TypeConfig>;
 
-/// openraft wants serde for its payloads; ours are protobuf, carried as one byte string.
-macro_rules! serde_as_protobuf {
-    ($($t:ty),*) => {$(
-        impl Serialize for $t {
-            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.serialize_bytes(&prost::Message::encode_to_vec(self))
-            }
-        }
-
-        impl<'de> Deserialize<'de> for $t {
-            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let bytes: serde_bytes::ByteBuf = Deserialize::deserialize(d)?;
-                <$t as prost::Message>::decode(bytes.as_slice()).map_err(serde::de::Error::custom)
-            }
-        }
-    )*};
+/// The id of the entry at `index` proposed by `leader` in `term`.
+pub fn log_id(term: u64, leader: NodeId, index: u64) -> LogId {
+    LogId::new(LeaderId { term, node_id: leader }, index)
 }
 
-serde_as_protobuf!(CommandBatch, OutcomeBatch);
-
-#[cfg(test)]
-mod tests {
-    use oxcd_proto::etcdserverpb::PutRequest;
-
-    use super::*;
-    use crate::apply::{Command, Op};
-
-    #[test]
-    fn entries_round_trip_through_bincode() {
-        let batch = CommandBatch {
-            commands: vec![Command::new(Op::Put(PutRequest {
-                key: b"k".to_vec(),
-                value: b"v".to_vec(),
-                ..Default::default()
-            }))],
-        };
-        let bytes = bincode::serialize(&batch).unwrap();
-        let back: CommandBatch = bincode::deserialize(&bytes).unwrap();
-        assert_eq!(back, batch);
+/// openraft logs entries by their payload.
+impl std::fmt::Display for CommandBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} commands", self.commands.len())
     }
 }

@@ -1,0 +1,381 @@
+//! Raft's messages between members, as oxcd's own protobuf records (`peerpb.Peer`'s `Append`,
+//! `AppendStream`, `RequestVote`, `SendSnapshot` and `TransferLeader` carry them in
+//! `RaftMessage.payload`). Like [`super::record`], the field numbers are the protocol: members
+//! of different oxcd releases, and so of different openraft releases, understand each other.
+
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendError,
+    StreamAppendResult, TransferLeaderError, TransferLeaderRequest, TransferLeaderResponse,
+    VoteRequest, VoteResponse,
+};
+
+use super::record::{
+    EntryRecord, LogIdRecord, PositionRecord, RecordError, SnapshotMetaRecord, VoteRecord,
+};
+use super::types::{LogId, SnapshotMeta, TypeConfig, Vote};
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct AppendRequestRecord {
+    #[prost(message, optional, tag = "1")]
+    pub vote: Option<VoteRecord>,
+    #[prost(message, optional, tag = "2")]
+    pub prev_log_id: Option<LogIdRecord>,
+    #[prost(message, repeated, tag = "3")]
+    pub entries: Vec<EntryRecord>,
+    #[prost(message, optional, tag = "4")]
+    pub leader_commit: Option<LogIdRecord>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct AppendReplyRecord {
+    #[prost(oneof = "AppendOutcome", tags = "1, 2, 3, 4")]
+    pub outcome: Option<AppendOutcome>,
+}
+
+#[derive(Clone, PartialEq, prost::Oneof)]
+pub enum AppendOutcome {
+    /// The follower holds every entry sent.
+    #[prost(message, tag = "1")]
+    Success(()),
+    /// The follower holds the entries up to this one.
+    #[prost(message, tag = "2")]
+    PartialSuccess(PositionRecord),
+    /// The follower's log does not hold the entry before the ones sent.
+    #[prost(message, tag = "3")]
+    Conflict(()),
+    /// The follower has seen a higher vote: the sender no longer leads.
+    #[prost(message, tag = "4")]
+    HigherVote(VoteRecord),
+}
+
+/// A reply on `AppendStream`: one per request, in the order they were sent.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct StreamAppendReplyRecord {
+    #[prost(oneof = "StreamAppendOutcome", tags = "1, 2, 3")]
+    pub outcome: Option<StreamAppendOutcome>,
+}
+
+#[derive(Clone, PartialEq, prost::Oneof)]
+pub enum StreamAppendOutcome {
+    /// The follower's log matches the leader's up to this entry.
+    #[prost(message, tag = "1")]
+    Matched(PositionRecord),
+    #[prost(message, tag = "2")]
+    Conflict(LogIdRecord),
+    #[prost(message, tag = "3")]
+    HigherVote(VoteRecord),
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct VoteRequestRecord {
+    #[prost(message, optional, tag = "1")]
+    pub vote: Option<VoteRecord>,
+    #[prost(message, optional, tag = "2")]
+    pub last_log_id: Option<LogIdRecord>,
+    /// The leader asked for this election (a leader transfer): granted even within a lease.
+    #[prost(bool, tag = "3")]
+    pub leadership_transfer: bool,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct VoteReplyRecord {
+    #[prost(message, optional, tag = "1")]
+    pub vote: Option<VoteRecord>,
+    #[prost(bool, tag = "2")]
+    pub granted: bool,
+    #[prost(message, optional, tag = "3")]
+    pub last_log_id: Option<LogIdRecord>,
+}
+
+/// The first message of `SendSnapshot`: whose snapshot it is and what it holds.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SnapshotOfferRecord {
+    #[prost(message, optional, tag = "1")]
+    pub vote: Option<VoteRecord>,
+    #[prost(message, optional, tag = "2")]
+    pub meta: Option<SnapshotMetaRecord>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SnapshotReplyRecord {
+    #[prost(message, optional, tag = "1")]
+    pub vote: Option<VoteRecord>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TransferLeaderRecord {
+    /// The vote of the leader handing over.
+    #[prost(message, optional, tag = "1")]
+    pub from_leader: Option<VoteRecord>,
+    #[prost(uint64, tag = "2")]
+    pub to: u64,
+    /// The last entry the new leader must hold.
+    #[prost(message, optional, tag = "3")]
+    pub last_log_id: Option<LogIdRecord>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TransferLeaderReplyRecord {
+    #[prost(oneof = "TransferOutcome", tags = "1, 2, 3")]
+    pub outcome: Option<TransferOutcome>,
+}
+
+#[derive(Clone, PartialEq, prost::Oneof)]
+pub enum TransferOutcome {
+    #[prost(message, tag = "1")]
+    Accepted(()),
+    /// The target had moved on to another vote: (the leader's, the target's).
+    #[prost(message, tag = "2")]
+    VoteChanged(VotePairRecord),
+    /// The target had not yet flushed the leader's last entry.
+    #[prost(message, tag = "3")]
+    LogNotFlushed(LogNotFlushedRecord),
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct VotePairRecord {
+    #[prost(message, optional, tag = "1")]
+    pub expected: Option<VoteRecord>,
+    #[prost(message, optional, tag = "2")]
+    pub actual: Option<VoteRecord>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LogNotFlushedRecord {
+    #[prost(message, optional, tag = "1")]
+    pub expected: Option<LogIdRecord>,
+    #[prost(message, optional, tag = "2")]
+    pub actual: Option<LogIdRecord>,
+}
+
+fn required<T>(what: &'static str, field: Option<T>) -> Result<T, RecordError> {
+    field.ok_or_else(|| RecordError::new(what, "a required field is missing"))
+}
+
+fn position(id: Option<&LogId>) -> Option<LogIdRecord> {
+    id.map(LogIdRecord::from)
+}
+
+/// Decodes a `RaftMessage.payload`.
+pub fn decode<R: prost::Message + Default>(what: &'static str, bytes: &[u8]) -> Result<R, RecordError> {
+    R::decode(bytes).map_err(|e| RecordError::new(what, e))
+}
+
+impl From<AppendEntriesRequest<TypeConfig>> for AppendRequestRecord {
+    fn from(rpc: AppendEntriesRequest<TypeConfig>) -> AppendRequestRecord {
+        AppendRequestRecord {
+            vote: Some((&rpc.vote).into()),
+            prev_log_id: position(rpc.prev_log_id.as_ref()),
+            entries: rpc.entries.into_iter().map(EntryRecord::from).collect(),
+            leader_commit: position(rpc.leader_commit.as_ref()),
+        }
+    }
+}
+
+impl TryFrom<AppendRequestRecord> for AppendEntriesRequest<TypeConfig> {
+    type Error = RecordError;
+
+    fn try_from(r: AppendRequestRecord) -> Result<Self, RecordError> {
+        Ok(AppendEntriesRequest {
+            vote: required("append", r.vote)?.into(),
+            prev_log_id: r.prev_log_id.map(LogId::from),
+            entries: r
+                .entries
+                .into_iter()
+                .map(TryInto::try_into)
+                .collect::<Result<_, _>>()?,
+            leader_commit: r.leader_commit.map(LogId::from),
+        })
+    }
+}
+
+impl From<AppendEntriesResponse<TypeConfig>> for AppendReplyRecord {
+    fn from(reply: AppendEntriesResponse<TypeConfig>) -> AppendReplyRecord {
+        let outcome = match reply {
+            AppendEntriesResponse::Success => AppendOutcome::Success(()),
+            AppendEntriesResponse::PartialSuccess(upto) => {
+                AppendOutcome::PartialSuccess(PositionRecord {
+                    log_id: position(upto.as_ref()),
+                })
+            }
+            AppendEntriesResponse::Conflict => AppendOutcome::Conflict(()),
+            AppendEntriesResponse::HigherVote(vote) => AppendOutcome::HigherVote((&vote).into()),
+        };
+        AppendReplyRecord {
+            outcome: Some(outcome),
+        }
+    }
+}
+
+impl TryFrom<AppendReplyRecord> for AppendEntriesResponse<TypeConfig> {
+    type Error = RecordError;
+
+    fn try_from(r: AppendReplyRecord) -> Result<Self, RecordError> {
+        Ok(match required("append reply", r.outcome)? {
+            AppendOutcome::Success(()) => AppendEntriesResponse::Success,
+            AppendOutcome::PartialSuccess(upto) => {
+                AppendEntriesResponse::PartialSuccess(upto.log_id.map(LogId::from))
+            }
+            AppendOutcome::Conflict(()) => AppendEntriesResponse::Conflict,
+            AppendOutcome::HigherVote(vote) => AppendEntriesResponse::HigherVote(vote.into()),
+        })
+    }
+}
+
+pub fn stream_reply(result: &StreamAppendResult<TypeConfig>) -> StreamAppendReplyRecord {
+    let outcome = match result {
+        Ok(matched) => StreamAppendOutcome::Matched(PositionRecord {
+            log_id: position(matched.as_ref()),
+        }),
+        Err(StreamAppendError::Conflict(at)) => StreamAppendOutcome::Conflict(at.into()),
+        Err(StreamAppendError::HigherVote(vote)) => StreamAppendOutcome::HigherVote(vote.into()),
+    };
+    StreamAppendReplyRecord {
+        outcome: Some(outcome),
+    }
+}
+
+pub fn stream_result(
+    r: StreamAppendReplyRecord,
+) -> Result<StreamAppendResult<TypeConfig>, RecordError> {
+    Ok(match required("stream append reply", r.outcome)? {
+        StreamAppendOutcome::Matched(upto) => Ok(upto.log_id.map(LogId::from)),
+        StreamAppendOutcome::Conflict(at) => Err(StreamAppendError::Conflict(at.into())),
+        StreamAppendOutcome::HigherVote(vote) => Err(StreamAppendError::HigherVote(vote.into())),
+    })
+}
+
+impl From<&VoteRequest<TypeConfig>> for VoteRequestRecord {
+    fn from(rpc: &VoteRequest<TypeConfig>) -> VoteRequestRecord {
+        VoteRequestRecord {
+            vote: Some((&rpc.vote).into()),
+            last_log_id: position(rpc.last_log_id.as_ref()),
+            leadership_transfer: rpc.leadership_transfer,
+        }
+    }
+}
+
+impl TryFrom<VoteRequestRecord> for VoteRequest<TypeConfig> {
+    type Error = RecordError;
+
+    fn try_from(r: VoteRequestRecord) -> Result<Self, RecordError> {
+        let mut rpc = VoteRequest::new(
+            Vote::from(required("vote", r.vote)?),
+            r.last_log_id.map(LogId::from),
+        );
+        rpc.leadership_transfer = r.leadership_transfer;
+        Ok(rpc)
+    }
+}
+
+impl From<&VoteResponse<TypeConfig>> for VoteReplyRecord {
+    fn from(reply: &VoteResponse<TypeConfig>) -> VoteReplyRecord {
+        VoteReplyRecord {
+            vote: Some((&reply.vote).into()),
+            granted: reply.vote_granted,
+            last_log_id: position(reply.last_log_id.as_ref()),
+        }
+    }
+}
+
+impl TryFrom<VoteReplyRecord> for VoteResponse<TypeConfig> {
+    type Error = RecordError;
+
+    fn try_from(r: VoteReplyRecord) -> Result<Self, RecordError> {
+        Ok(VoteResponse::new(
+            Vote::from(required("vote reply", r.vote)?),
+            r.last_log_id.map(LogId::from),
+            r.granted,
+        ))
+    }
+}
+
+pub fn snapshot_offer(vote: &Vote, meta: &SnapshotMeta) -> SnapshotOfferRecord {
+    SnapshotOfferRecord {
+        vote: Some(vote.into()),
+        meta: Some(meta.into()),
+    }
+}
+
+pub fn snapshot_offered(r: SnapshotOfferRecord) -> Result<(Vote, SnapshotMeta), RecordError> {
+    let vote = required("snapshot offer", r.vote)?.into();
+    let meta = required("snapshot offer", r.meta)?.try_into()?;
+    Ok((vote, meta))
+}
+
+impl From<&SnapshotResponse<TypeConfig>> for SnapshotReplyRecord {
+    fn from(reply: &SnapshotResponse<TypeConfig>) -> SnapshotReplyRecord {
+        SnapshotReplyRecord {
+            vote: Some((&reply.vote).into()),
+        }
+    }
+}
+
+impl TryFrom<SnapshotReplyRecord> for SnapshotResponse<TypeConfig> {
+    type Error = RecordError;
+
+    fn try_from(r: SnapshotReplyRecord) -> Result<Self, RecordError> {
+        Ok(SnapshotResponse::new(
+            required("snapshot reply", r.vote)?.into(),
+        ))
+    }
+}
+
+impl From<&TransferLeaderRequest<TypeConfig>> for TransferLeaderRecord {
+    fn from(rpc: &TransferLeaderRequest<TypeConfig>) -> TransferLeaderRecord {
+        TransferLeaderRecord {
+            from_leader: Some(rpc.from_leader().into()),
+            to: *rpc.to_node_id(),
+            last_log_id: position(rpc.last_log_id()),
+        }
+    }
+}
+
+impl TryFrom<TransferLeaderRecord> for TransferLeaderRequest<TypeConfig> {
+    type Error = RecordError;
+
+    fn try_from(r: TransferLeaderRecord) -> Result<Self, RecordError> {
+        Ok(TransferLeaderRequest::new(
+            required("transfer leader", r.from_leader)?.into(),
+            r.to,
+            r.last_log_id.map(LogId::from),
+        ))
+    }
+}
+
+pub fn transfer_reply(reply: &TransferLeaderResponse<TypeConfig>) -> TransferLeaderReplyRecord {
+    let outcome = match reply {
+        Ok(()) => TransferOutcome::Accepted(()),
+        Err(TransferLeaderError::VoteChanged { expected, actual }) => {
+            TransferOutcome::VoteChanged(VotePairRecord {
+                expected: Some(expected.into()),
+                actual: Some(actual.into()),
+            })
+        }
+        Err(TransferLeaderError::LogNotFlushed { expected, actual }) => {
+            TransferOutcome::LogNotFlushed(LogNotFlushedRecord {
+                expected: position(expected.as_ref()),
+                actual: position(actual.as_ref()),
+            })
+        }
+    };
+    TransferLeaderReplyRecord {
+        outcome: Some(outcome),
+    }
+}
+
+pub fn transfer_result(
+    r: TransferLeaderReplyRecord,
+) -> Result<TransferLeaderResponse<TypeConfig>, RecordError> {
+    Ok(match required("transfer leader reply", r.outcome)? {
+        TransferOutcome::Accepted(()) => Ok(()),
+        TransferOutcome::VoteChanged(pair) => Err(TransferLeaderError::VoteChanged {
+            expected: required("transfer leader reply", pair.expected)?.into(),
+            actual: required("transfer leader reply", pair.actual)?.into(),
+        }),
+        TransferOutcome::LogNotFlushed(r) => Err(TransferLeaderError::LogNotFlushed {
+            expected: r.expected.map(LogId::from),
+            actual: r.actual.map(LogId::from),
+        }),
+    })
+}
