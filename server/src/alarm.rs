@@ -16,7 +16,7 @@ use oxcd_proto::etcdserverpb::{request_op::Request, RequestOp, TxnRequest};
 
 use crate::apply::{Command, Op};
 use crate::error::EtcdError;
-use crate::raft::Consensus;
+use crate::replication::Replication;
 use crate::storage::{self, Cf, Engine};
 
 const META_ALARMS: &[u8] = b"alarms";
@@ -107,7 +107,7 @@ pub struct Quota {
     engine: Arc<Engine>,
     bytes: u64,
     alarms: Arc<Alarms>,
-    consensus: Arc<Consensus>,
+    consensus: Arc<dyn Replication>,
     member_id: u64,
     /// The stored-data size and when it was read: reading it costs a RocksDB property lookup
     /// per column family, too much for every write.
@@ -126,7 +126,7 @@ impl Quota {
         engine: Arc<Engine>,
         bytes: u64,
         alarms: Arc<Alarms>,
-        consensus: Arc<Consensus>,
+        consensus: Arc<dyn Replication>,
         member_id: u64,
     ) -> Quota {
         Quota {

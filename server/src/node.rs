@@ -262,7 +262,7 @@ impl Node {
             )));
         }
         if gates.enabled("InitialCorruptCheck") {
-            crate::corruption::initial_check(&store, &consensus, member_id).await?;
+            crate::corruption::initial_check(&store, consensus.as_ref(), member_id).await?;
         }
         if let Some(retention) = auto_compaction {
             crate::auto_compaction::start(retention, store.clone(), consensus.clone());

@@ -19,13 +19,13 @@ use crate::apply::{Command, Op, Outcomes};
 use crate::auth::{AuthInfo, AuthStore, LeaseKeys};
 use crate::error::EtcdError;
 use crate::mvcc::{KeyRange, MvccStore, RangeOptions, RangeResult, ReadView};
-use crate::raft::Consensus;
+use crate::replication::Replication;
 use crate::storage::off_runtime;
 use stream::RangeStreamer;
 
 pub struct KvService {
     store: Arc<MvccStore>,
-    consensus: Arc<Consensus>,
+    consensus: Arc<dyn Replication>,
     quota: Arc<Quota>,
     auth: Arc<AuthStore>,
     leases: Arc<dyn LeaseKeys + Send + Sync>,
@@ -35,7 +35,7 @@ pub struct KvService {
 impl KvService {
     pub fn new(
         store: Arc<MvccStore>,
-        consensus: Arc<Consensus>,
+        consensus: Arc<dyn Replication>,
         quota: Arc<Quota>,
         auth: Arc<AuthStore>,
         leases: Arc<dyn LeaseKeys + Send + Sync>,
