@@ -14,7 +14,7 @@ use oxcd_proto::etcdserverpb::{
     PutResponse, RangeRequest, RangeResponse, ResponseHeader, TxnRequest, TxnResponse,
 };
 
-use crate::alarm::Quota;
+use crate::alarm::{self, Quota};
 use crate::apply::{Command, Op, Outcomes};
 use crate::auth::{AuthInfo, AuthStore, LeaseKeys};
 use crate::error::EtcdError;
@@ -115,7 +115,7 @@ impl KvService {
     /// Writes are checked when they apply (see the Raft state machine's auth applier).
     pub async fn put(&self, who: &AuthInfo, r: PutRequest) -> Result<PutResponse, EtcdError> {
         validate::check_put(&r)?;
-        self.quota.admit(Quota::put_cost(&r.key, &r.value)).await?;
+        self.quota.admit(alarm::put_cost(&r.key, &r.value)).await?;
         match self.propose(who, Op::Put(r)).await? {
             Outcomes::Put(resp) => Ok(resp),
             _ => Err(EtcdError::Corrupt),
@@ -153,7 +153,7 @@ impl KvService {
             self.auth.check_current(who)?;
             return Ok(resp);
         }
-        self.quota.admit(Quota::txn_cost(&r)).await?;
+        self.quota.admit(alarm::txn_cost(&r)).await?;
         match self.propose(who, Op::Txn(r)).await? {
             Outcomes::Txn(resp) => Ok(resp),
             _ => Err(EtcdError::Corrupt),

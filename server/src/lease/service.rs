@@ -15,7 +15,7 @@ use futures_util::future::BoxFuture;
 use oxcd_proto::peerpb::Failure;
 
 use super::{LeaseInfo, Lessor, MAX_TTL};
-use crate::alarm::Quota;
+use crate::alarm::{self, Quota};
 use crate::apply::{Command, LeaseExpiry, Op, Outcomes};
 use crate::auth::{AuthInfo, AuthStore, LeaseKeys};
 use crate::error::EtcdError;
@@ -79,7 +79,7 @@ impl LeaseService {
         if r.ttl > MAX_TTL {
             return Err(EtcdError::LeaseTtlTooLarge);
         }
-        self.quota.admit(Quota::lease_cost()).await?;
+        self.quota.admit(alarm::lease_cost()).await?;
         let id = if r.id == 0 { self.ids.next() } else { r.id };
         match self
             .propose(who, Op::LeaseGrant(LeaseGrantRequest { ttl: r.ttl, id }))
