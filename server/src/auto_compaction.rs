@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use crate::apply::{Command, Op};
 use crate::error::EtcdError;
 use crate::mvcc::MvccStore;
-use crate::raft::Consensus;
+use crate::replication::Replication;
 
 const HOUR: Duration = Duration::from_secs(3600);
 /// etcd's revision compactor interval.
@@ -114,23 +114,23 @@ impl Periodic {
 }
 
 /// Runs the compactor for as long as the member lives; it acts only while this member leads.
-pub fn start(retention: Retention, store: Arc<MvccStore>, consensus: Arc<Consensus>) {
+pub fn start(retention: Retention, store: Arc<MvccStore>, consensus: Arc<dyn Replication>) {
     tokio::spawn(async move {
         match retention {
-            Retention::Periodic(period) => run_periodic(period, &store, &consensus).await,
-            Retention::Revisions(n) => run_revision(n, &store, &consensus).await,
+            Retention::Periodic(period) => run_periodic(period, &store, consensus.as_ref()).await,
+            Retention::Revisions(n) => run_revision(n, &store, consensus.as_ref()).await,
         }
     });
 }
 
-async fn run_periodic(period: Duration, store: &MvccStore, consensus: &Consensus) {
+async fn run_periodic(period: Duration, store: &MvccStore, consensus: &dyn Replication) {
     let mut plan = Periodic::new(period, Instant::now());
     let mut ticks = tokio::time::interval(Periodic::tick_of(period));
     ticks.tick().await;
     loop {
         plan.sample(store.current_revision());
         ticks.tick().await;
-        if !consensus.leader_link().is_leader() {
+        if !consensus.is_leader() {
             continue;
         }
         let now = Instant::now();
@@ -142,13 +142,13 @@ async fn run_periodic(period: Duration, store: &MvccStore, consensus: &Consensus
     }
 }
 
-async fn run_revision(retention: i64, store: &MvccStore, consensus: &Consensus) {
+async fn run_revision(retention: i64, store: &MvccStore, consensus: &dyn Replication) {
     let mut last = None;
     let mut ticks = tokio::time::interval(REVISION_INTERVAL);
     ticks.tick().await;
     loop {
         ticks.tick().await;
-        if !consensus.leader_link().is_leader() {
+        if !consensus.is_leader() {
             continue;
         }
         let rev = store.current_revision() - retention;
@@ -162,7 +162,7 @@ async fn run_revision(retention: i64, store: &MvccStore, consensus: &Consensus) 
 }
 
 /// Proposes a compaction; true when it is done (or was already).
-async fn compact(consensus: &Consensus, revision: i64) -> bool {
+async fn compact(consensus: &dyn Replication, revision: i64) -> bool {
     let command = Command::new(Op::Compaction(CompactionRequest {
         revision,
         physical: false,

@@ -7,11 +7,11 @@
 
 use std::time::Duration;
 
-use oxcd_proto::peerpb::HashKvRequest;
+use oxcd_proto::peerpb::HashKvReply;
 
 use crate::error::EtcdError;
 use crate::mvcc::MvccStore;
-use crate::raft::{Consensus, PeerClient};
+use crate::replication::Replication;
 use crate::storage::off_runtime;
 
 /// How long a member gets to answer (etcd: its request timeout).
@@ -19,7 +19,7 @@ const PEER_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub async fn initial_check(
     store: &std::sync::Arc<MvccStore>,
-    consensus: &Consensus,
+    consensus: &dyn Replication,
     me: u64,
 ) -> anyhow::Result<()> {
     let local = store.clone();
@@ -33,16 +33,9 @@ pub async fn initial_check(
         "starting initial corruption check"
     );
     let mut mismatches = 0;
-    for member in consensus.members().into_iter().filter(|m| m.id != me) {
-        let peer = format!("{:x}", member.id);
-        let Ok(client) = consensus
-            .leader_link()
-            .peers
-            .client(member.id, &member.member.peer_urls)
-        else {
-            continue;
-        };
-        match ask(client, revision).await {
+    for (id, answer) in consensus.peers_hash_kv(revision, PEER_TIMEOUT).await {
+        let peer = format!("{id:x}");
+        match answer.and_then(refused_as_error) {
             Ok(theirs) if theirs.hash == hash => {}
             Ok(theirs) if theirs.compact_revision == compacted => {
                 tracing::warn!(%peer, revision, local = hash, remote = theirs.hash, "found different hash values from remote peer");
@@ -64,15 +57,8 @@ pub async fn initial_check(
     Ok(())
 }
 
-async fn ask(
-    mut client: PeerClient,
-    revision: i64,
-) -> Result<oxcd_proto::peerpb::HashKvReply, String> {
-    let reply = tokio::time::timeout(PEER_TIMEOUT, client.hash_kv(HashKvRequest { revision }))
-        .await
-        .map_err(|_| "no answer in time".to_string())?
-        .map_err(|status| status.to_string())?
-        .into_inner();
+/// A member that answered but could not compute the hash says why.
+fn refused_as_error(reply: HashKvReply) -> Result<HashKvReply, String> {
     match reply.failure {
         Some(f) => Err(EtcdError::from_wire(f.etcd_error).to_string()),
         None => Ok(reply),

@@ -19,13 +19,13 @@ use crate::error::EtcdError;
 use crate::listen::Listener;
 use crate::metrics::{metrics, MemberState};
 use crate::mvcc::{KeyRange, MvccStore, RangeOptions};
-use crate::raft::Consensus;
+use crate::replication::Replication;
 use crate::storage::Engine;
 use crate::watch::WatchHub;
 
 #[derive(Clone)]
 pub struct Health {
-    pub consensus: Arc<Consensus>,
+    pub consensus: Arc<dyn Replication>,
     pub store: Arc<MvccStore>,
     pub engine: Arc<Engine>,
     pub alarms: Arc<Alarms>,

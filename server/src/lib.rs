@@ -54,6 +54,7 @@ pub mod metrics;
 pub mod mvcc;
 pub mod node;
 pub mod raft;
+pub mod replication;
 pub mod snapshot;
 pub mod storage;
 pub mod tls;

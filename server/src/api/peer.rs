@@ -18,7 +18,8 @@ use crate::downgrade::Downgrade;
 use crate::error::EtcdError;
 use crate::lease::LeaseService;
 use crate::mvcc::MvccStore;
-use crate::raft::{failure, Consensus, MemberChange, CLUSTER_ID_HEADER};
+use crate::raft::{Consensus, MemberChange, CLUSTER_ID_HEADER};
+use crate::replication::failure;
 use crate::storage::off_runtime;
 
 pub struct PeerApi {

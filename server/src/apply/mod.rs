@@ -15,7 +15,7 @@ use oxcd_proto::etcdserverpb::{
 
 pub use command::{Command, CommandBatch, LeaseExpiry, Op, Outcome, OutcomeBatch, Outcomes};
 
-use crate::alarm::{Alarms, Quota};
+use crate::alarm::{self, Alarms};
 use crate::auth::{AuthInfo, AuthStore, AUTH_META_KEY};
 use crate::downgrade::Downgrade;
 use crate::error::EtcdError;
@@ -246,7 +246,7 @@ fn alarm_refusal(alarms: &Alarms, op: &Op) -> Option<EtcdError> {
     }
     let grows = match op {
         Op::Put(_) | Op::LeaseGrant(_) => true,
-        Op::Txn(t) => Quota::txn_cost(t) > 0,
+        Op::Txn(t) => alarm::txn_cost(t) > 0,
         _ => false,
     };
     (grows && alarms.no_space()).then_some(EtcdError::NoSpace)

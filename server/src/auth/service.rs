@@ -13,12 +13,12 @@ use oxcd_proto::etcdserverpb::{
 use super::store::{AuthApplied, AuthChange, AuthInfo, AuthStore, Change, TokenRequest};
 use crate::apply::{Command, Op, Outcomes};
 use crate::error::EtcdError;
-use crate::raft::Consensus;
+use crate::replication::Replication;
 use crate::storage::off_runtime;
 
 pub struct AuthService {
     store: Arc<AuthStore>,
-    consensus: Arc<Consensus>,
+    consensus: Arc<dyn Replication>,
     bcrypt_cost: u32,
     /// `--client-cert-auth`: a client certificate's common name names the caller.
     client_cert_auth: bool,
@@ -27,7 +27,7 @@ pub struct AuthService {
 impl AuthService {
     pub fn new(
         store: Arc<AuthStore>,
-        consensus: Arc<Consensus>,
+        consensus: Arc<dyn Replication>,
         bcrypt_cost: u32,
         client_cert_auth: bool,
     ) -> AuthService {

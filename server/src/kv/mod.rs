@@ -14,18 +14,18 @@ use oxcd_proto::etcdserverpb::{
     PutResponse, RangeRequest, RangeResponse, ResponseHeader, TxnRequest, TxnResponse,
 };
 
-use crate::alarm::Quota;
+use crate::alarm::{self, Quota};
 use crate::apply::{Command, Op, Outcomes};
 use crate::auth::{AuthInfo, AuthStore, LeaseKeys};
 use crate::error::EtcdError;
 use crate::mvcc::{KeyRange, MvccStore, RangeOptions, RangeResult, ReadView};
-use crate::raft::Consensus;
+use crate::replication::Replication;
 use crate::storage::off_runtime;
 use stream::RangeStreamer;
 
 pub struct KvService {
     store: Arc<MvccStore>,
-    consensus: Arc<Consensus>,
+    consensus: Arc<dyn Replication>,
     quota: Arc<Quota>,
     auth: Arc<AuthStore>,
     leases: Arc<dyn LeaseKeys + Send + Sync>,
@@ -35,7 +35,7 @@ pub struct KvService {
 impl KvService {
     pub fn new(
         store: Arc<MvccStore>,
-        consensus: Arc<Consensus>,
+        consensus: Arc<dyn Replication>,
         quota: Arc<Quota>,
         auth: Arc<AuthStore>,
         leases: Arc<dyn LeaseKeys + Send + Sync>,
@@ -115,7 +115,7 @@ impl KvService {
     /// Writes are checked when they apply (see the Raft state machine's auth applier).
     pub async fn put(&self, who: &AuthInfo, r: PutRequest) -> Result<PutResponse, EtcdError> {
         validate::check_put(&r)?;
-        self.quota.admit(Quota::put_cost(&r.key, &r.value)).await?;
+        self.quota.admit(alarm::put_cost(&r.key, &r.value)).await?;
         match self.propose(who, Op::Put(r)).await? {
             Outcomes::Put(resp) => Ok(resp),
             _ => Err(EtcdError::Corrupt),
@@ -153,7 +153,7 @@ impl KvService {
             self.auth.check_current(who)?;
             return Ok(resp);
         }
-        self.quota.admit(Quota::txn_cost(&r)).await?;
+        self.quota.admit(alarm::txn_cost(&r)).await?;
         match self.propose(who, Op::Txn(r)).await? {
             Outcomes::Txn(resp) => Ok(resp),
             _ => Err(EtcdError::Corrupt),

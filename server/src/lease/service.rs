@@ -11,15 +11,16 @@ use oxcd_proto::etcdserverpb::{
     LeaseTimeToLiveResponse,
 };
 
-use oxcd_proto::peerpb::{self, Failure, LeaseRenewRequest};
+use futures_util::future::BoxFuture;
+use oxcd_proto::peerpb::Failure;
 
 use super::{LeaseInfo, Lessor, MAX_TTL};
-use crate::alarm::Quota;
+use crate::alarm::{self, Quota};
 use crate::apply::{Command, LeaseExpiry, Op, Outcomes};
 use crate::auth::{AuthInfo, AuthStore, LeaseKeys};
 use crate::error::EtcdError;
 use crate::kv::apply::LeaseLookup;
-use crate::raft::{failure, not_leader, Consensus, NodeId};
+use crate::replication::{failure, not_leader, Replication};
 
 const EXPIRY_CHECK: Duration = Duration::from_millis(500);
 /// A revoke that has not landed after this long is proposed again.
@@ -27,7 +28,7 @@ const REVOKE_RETRY: Duration = Duration::from_secs(3);
 
 pub struct LeaseService {
     lessor: Arc<Lessor>,
-    consensus: Arc<Consensus>,
+    consensus: Arc<dyn Replication>,
     quota: Arc<Quota>,
     auth: Arc<AuthStore>,
     ids: IdGenerator,
@@ -40,10 +41,10 @@ impl LeaseService {
     /// Starts the service with its leader-only expiry loop.
     pub fn start(
         lessor: Arc<Lessor>,
-        consensus: Arc<Consensus>,
+        consensus: Arc<dyn Replication>,
         quota: Arc<Quota>,
         auth: Arc<AuthStore>,
-        member_id: NodeId,
+        member_id: u64,
         fast_keep_alive: bool,
     ) -> Arc<LeaseService> {
         let service = Arc::new(LeaseService {
@@ -78,7 +79,7 @@ impl LeaseService {
         if r.ttl > MAX_TTL {
             return Err(EtcdError::LeaseTtlTooLarge);
         }
-        self.quota.admit(Quota::lease_cost()).await?;
+        self.quota.admit(alarm::lease_cost()).await?;
         let id = if r.id == 0 { self.ids.next() } else { r.id };
         match self
             .propose(who, Op::LeaseGrant(LeaseGrantRequest { ttl: r.ttl, id }))
@@ -115,17 +116,8 @@ impl LeaseService {
             self.auth
                 .check_lease_keys_writable(who, id, self.lessor.as_ref())?;
         }
-        let renewed = self.consensus.leader_link().call(
-            None,
-            || self.renew_here(id),
-            |mut client| async move {
-                let r = client
-                    .lease_renew(LeaseRenewRequest { id })
-                    .await?
-                    .into_inner();
-                Ok((r.failure, r.ttl))
-            },
-        );
+        let here = move || -> BoxFuture<'_, Result<i64, Failure>> { Box::pin(self.renew_here(id)) };
+        let renewed = self.consensus.renew_lease_on_leader(id, &here);
         // A member that cannot reach a leader gives up as etcd's does, after its request
         // timeout, rather than hold the keep-alive stream forever.
         let ttl = tokio::time::timeout(self.consensus.request_timeout(), renewed)
@@ -143,7 +135,7 @@ impl LeaseService {
     /// keep a lease alive for its client while the new leader expires it and hands its lock or
     /// election to another holder.
     pub async fn renew_here(&self, id: i64) -> Result<i64, Failure> {
-        if !self.consensus.leader_link().is_leader() {
+        if !self.consensus.is_leader() {
             return Err(not_leader());
         }
         let wait_applied = !(self.fast_keep_alive && self.lessor.exists(id));
@@ -183,22 +175,10 @@ impl LeaseService {
                 .check_keys_readable(who, &self.lessor.lease_keys(r.id))?;
         }
         let (id, keys) = (r.id, r.keys);
-        let asked = self.consensus.leader_link().call(
-            None,
-            || self.time_to_live_here(id, keys),
-            |mut client| async move {
-                let r = client
-                    .lease_time_to_live(peerpb::LeaseTimeToLiveRequest { id, keys })
-                    .await?
-                    .into_inner();
-                let info = r.found.then_some(LeaseInfo {
-                    ttl: r.ttl,
-                    granted_ttl: r.granted_ttl,
-                    keys: r.keys,
-                });
-                Ok((r.failure, info))
-            },
-        );
+        let here = move || -> BoxFuture<'_, Result<Option<LeaseInfo>, Failure>> {
+            Box::pin(self.time_to_live_here(id, keys))
+        };
+        let asked = self.consensus.lease_time_to_live_on_leader(id, keys, &here);
         let info = tokio::time::timeout(self.consensus.request_timeout(), asked)
             .await
             .unwrap_or(Err(EtcdError::Timeout))?;
@@ -229,10 +209,10 @@ impl LeaseService {
         id: i64,
         keys: bool,
     ) -> Result<Option<LeaseInfo>, Failure> {
-        if !self.consensus.leader_link().is_leader() {
+        if !self.consensus.is_leader() {
             return Err(not_leader());
         }
-        let index = self.consensus.leader_link().read_index_local().await?;
+        let index = self.consensus.leader_read_index().await?;
         self.consensus.wait_applied(index).await.map_err(failure)?;
         Ok(self.lessor.info(id, keys))
     }
@@ -324,7 +304,7 @@ struct IdGenerator {
 }
 
 impl IdGenerator {
-    fn new(member_id: NodeId) -> IdGenerator {
+    fn new(member_id: u64) -> IdGenerator {
         let millis = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);

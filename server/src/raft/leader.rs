@@ -17,6 +17,7 @@ use super::network::{Client, Peers};
 use super::types::{NodeId, Raft};
 use crate::apply::{CommandBatch, OutcomeBatch};
 use crate::error::EtcdError;
+use crate::replication::{failure, not_leader};
 
 /// Pause before asking again after a "not leader" answer, while the new leader is being found.
 const REROUTE_PAUSE: Duration = Duration::from_millis(20);
@@ -197,20 +198,6 @@ impl LeaderLink {
             reply = call => reply,
             _ = deposed => Err(tonic::Status::aborted("the leader changed while the call was in flight")),
         }
-    }
-}
-
-pub fn failure(e: EtcdError) -> Failure {
-    Failure {
-        etcd_error: e.to_wire(),
-        not_leader: false,
-    }
-}
-
-pub fn not_leader() -> Failure {
-    Failure {
-        etcd_error: EtcdError::NotLeader.to_wire(),
-        not_leader: true,
     }
 }
 

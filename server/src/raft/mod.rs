@@ -16,6 +16,7 @@ mod network;
 mod proposer;
 mod read_index;
 mod record;
+mod replication;
 mod snapshot_file;
 mod state_machine;
 mod types;
@@ -27,7 +28,7 @@ use std::time::Duration;
 use openraft::{Config, SnapshotPolicy};
 use oxcd_proto::peerpb::Failure;
 
-pub use leader::{failure, not_leader, LeaderLink};
+pub use leader::LeaderLink;
 pub use membership::{new_member_id, MemberChange, MemberInfo};
 pub use network::{
     peer_endpoint, Client as PeerClient, Peers, CLUSTER_ID_HEADER, MAX_PEER_MESSAGE,
@@ -37,6 +38,7 @@ pub use types::{Member, NodeId};
 
 use crate::apply::{Applier, Command, CommandBatch, Outcome, OutcomeBatch, Outcomes};
 use crate::error::EtcdError;
+use crate::replication::{failure, not_leader, ConsensusStatus};
 use crate::storage::Engine;
 
 #[derive(Debug, Clone)]
@@ -52,16 +54,6 @@ pub struct RaftOptions {
     pub catch_up_entries: u64,
     /// Learners the membership may hold at once (etcd's --max-learners).
     pub max_learners: usize,
-}
-
-/// What `Status` reports about consensus.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct RaftStatus {
-    pub leader: Option<NodeId>,
-    pub term: u64,
-    pub last_log_index: u64,
-    pub applied_index: u64,
-    pub is_learner: bool,
 }
 
 /// Entries per append message.
@@ -254,28 +246,6 @@ impl Consensus {
             .unwrap_or(Err(EtcdError::Timeout))
     }
 
-    /// etcd's `ensureLeadership`: returns once this member has confirmed with a quorum that it
-    /// still leads (a ReadIndex round, shared with the reads waiting at the same time) and, if
-    /// `applied` is asked for, has applied everything committed before. A leader cut off from
-    /// its quorum fails here instead of extending a lease the new leader will expire.
-    pub async fn confirm_leadership(&self, applied: bool) -> Result<(), EtcdError> {
-        let confirmed = async {
-            let index = self.reads.read_index().await?;
-            if applied {
-                self.wait_applied(index).await?;
-            }
-            Ok(())
-        };
-        tokio::time::timeout(self.timeout, confirmed)
-            .await
-            .unwrap_or(Err(EtcdError::Timeout))?;
-        if self.link.is_leader() {
-            Ok(())
-        } else {
-            Err(EtcdError::NotLeader)
-        }
-    }
-
     /// Returns once the state machine has applied log index `index`.
     pub async fn wait_applied(&self, index: u64) -> Result<(), EtcdError> {
         self.raft
@@ -352,16 +322,6 @@ impl Consensus {
 
     pub fn members(&self) -> Vec<MemberInfo> {
         membership::list(&self.raft)
-    }
-
-    /// The other members, each with whether it answered this member's last probe (etcd
-    /// counts its open peer connections; oxcd's connect on demand, so reachability stands in).
-    pub fn peer_activity(&self) -> Vec<(NodeId, bool)> {
-        self.members()
-            .into_iter()
-            .filter(|m| m.id != self.link.me)
-            .map(|m| (m.id, self.link.peers.reachable(m.id)))
-            .collect()
     }
 
     /// The members once `done` holds for them here (a change committed on the leader reaches
@@ -531,10 +491,10 @@ impl Consensus {
     /// Read on every client request (learner and leader checks): borrowed, never cloned. The
     /// leader is the one this member can vouch for: none when a leader lost its quorum or a
     /// follower lost its leader for an election timeout, as etcd reports it.
-    pub fn status(&self) -> RaftStatus {
+    pub fn status(&self) -> ConsensusStatus {
         let metrics = self.raft.metrics();
         let m = metrics.borrow();
-        RaftStatus {
+        ConsensusStatus {
             leader: m.current_leader.filter(|_| self.elections.in_contact()),
             term: m.current_term,
             last_log_index: m.last_log_index.unwrap_or(0),
@@ -547,39 +507,9 @@ impl Consensus {
         }
     }
 
-    /// Follows whether this member is the leader.
-    pub fn leadership(&self, me: NodeId) -> tokio::sync::watch::Receiver<bool> {
-        let (tx, rx) = tokio::sync::watch::channel(false);
-        // Server metrics: they change with the role, not with every write (see LeaderLink).
-        let mut metrics = self.raft.server_metrics();
-        tokio::spawn(async move {
-            loop {
-                let leading = {
-                    let m = metrics.borrow_and_update();
-                    m.current_leader == Some(me) && m.state.is_leader()
-                };
-                tx.send_if_modified(|was| std::mem::replace(was, leading) != leading);
-                if metrics.changed().await.is_err() || tx.is_closed() {
-                    return;
-                }
-            }
-        });
-        rx
-    }
-
-    /// `--max-request-bytes`: also the size RangeStream aims its chunks at, as etcd does.
-    pub fn max_request_bytes(&self) -> usize {
-        self.proposer.max_request_bytes()
-    }
-
     /// `--election-timeout`: how often a `hasleader` stream checks for a leader.
     pub fn election_timeout(&self) -> Duration {
         self.election_timeout
-    }
-
-    /// How long a request may wait for consensus (etcd's ReqTimeout).
-    pub fn request_timeout(&self) -> Duration {
-        self.timeout
     }
 
     pub fn term(&self) -> u64 {

@@ -5,18 +5,17 @@
 //! compact, defragment, `alarm disarm`. While CORRUPT is active, every write, compaction and
 //! lease change fails with "corrupt cluster" (etcd's corrupt applier); reads still work.
 
+mod quota;
+
 use std::collections::BTreeSet;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use oxcd_proto::etcdserverpb::{alarm_request::AlarmAction, AlarmMember, AlarmRequest, AlarmType};
 use parking_lot::Mutex;
 
 use oxcd_proto::etcdserverpb::{request_op::Request, RequestOp, TxnRequest};
 
-use crate::apply::{Command, Op};
-use crate::error::EtcdError;
-use crate::raft::Consensus;
+pub use quota::Quota;
+
 use crate::storage::{self, Cf, Engine};
 
 const META_ALARMS: &[u8] = b"alarms";
@@ -102,104 +101,31 @@ pub fn parse_record(stored: &[u8]) -> storage::Result<BTreeSet<(u64, i32)>> {
     bincode::deserialize(stored).map_err(|e| storage::StorageError::Corrupt(format!("alarms: {e}")))
 }
 
-/// The backend quota (etcd's `quotaKVServer`): checked before a write is proposed.
-pub struct Quota {
-    engine: Arc<Engine>,
-    bytes: u64,
-    alarms: Arc<Alarms>,
-    consensus: Arc<Consensus>,
-    member_id: u64,
-    /// The stored-data size and when it was read: reading it costs a RocksDB property lookup
-    /// per column family, too much for every write.
-    sampled: Mutex<Option<(Instant, u64)>>,
-}
-
-/// How stale the size a quota check uses may be.
-const SIZE_SAMPLE_INTERVAL: Duration = Duration::from_millis(100);
-
 /// etcd's cost model: a fixed overhead per stored key plus its key and value bytes.
 const KV_OVERHEAD: usize = 256;
 const LEASE_OVERHEAD: usize = 64;
 
-impl Quota {
-    pub fn new(
-        engine: Arc<Engine>,
-        bytes: u64,
-        alarms: Arc<Alarms>,
-        consensus: Arc<Consensus>,
-        member_id: u64,
-    ) -> Quota {
-        Quota {
-            engine,
-            bytes,
-            alarms,
-            consensus,
-            member_id,
-            sampled: Mutex::new(None),
-        }
-    }
+pub fn put_cost(key: &[u8], value: &[u8]) -> usize {
+    KV_OVERHEAD + key.len() + value.len()
+}
 
-    pub fn put_cost(key: &[u8], value: &[u8]) -> usize {
-        KV_OVERHEAD + key.len() + value.len()
-    }
+pub fn lease_cost() -> usize {
+    LEASE_OVERHEAD
+}
 
-    pub fn lease_cost() -> usize {
-        LEASE_OVERHEAD
-    }
-
-    /// etcd's `costTxn`: the puts of the costlier branch, nested transactions included; a Txn
-    /// of deletes costs nothing and passes a full quota.
-    pub fn txn_cost(t: &TxnRequest) -> usize {
-        let branch = |ops: &[RequestOp]| -> usize {
-            ops.iter()
-                .map(|op| match &op.request {
-                    Some(Request::RequestPut(p)) => Self::put_cost(&p.key, &p.value),
-                    Some(Request::RequestTxn(inner)) => Self::txn_cost(inner),
-                    _ => 0,
-                })
-                .sum()
-        };
-        branch(&t.success).max(branch(&t.failure))
-    }
-
-    fn data_size(&self, fresh: bool) -> u64 {
-        let mut sampled = self.sampled.lock();
-        match *sampled {
-            Some((at, size)) if !fresh && at.elapsed() < SIZE_SAMPLE_INTERVAL => size,
-            _ => {
-                let size = self.engine.data_size();
-                *sampled = Some((Instant::now(), size));
-                size
-            }
-        }
-    }
-
-    /// Refuses a write of `cost` bytes when NOSPACE is raised or the write would pass the
-    /// quota; in the latter case raises NOSPACE for this member first.
-    pub async fn admit(&self, cost: usize) -> Result<(), EtcdError> {
-        if cost == 0 {
-            return Ok(());
-        }
-        if self.alarms.no_space() {
-            return Err(EtcdError::NoSpace);
-        }
-        // A recent sample answers the common case; refusing needs the current size (space may
-        // just have been reclaimed by a defragment).
-        if self.data_size(false) + cost as u64 <= self.bytes
-            || self.data_size(true) + cost as u64 <= self.bytes
-        {
-            return Ok(());
-        }
-        let raise = AlarmRequest {
-            action: AlarmAction::Activate as i32,
-            member_id: self.member_id,
-            alarm: AlarmType::Nospace as i32,
-        };
-        if let Err(e) = self.consensus.propose(Command::new(Op::Alarm(raise))).await {
-            tracing::warn!(error = %e, "raising the NOSPACE alarm failed");
-        }
-        Err(EtcdError::NoSpace)
-    }
+/// etcd's `costTxn`: the puts of the costlier branch, nested transactions included; a Txn
+/// of deletes costs nothing and passes a full quota.
+pub fn txn_cost(t: &TxnRequest) -> usize {
+    let branch = |ops: &[RequestOp]| -> usize {
+        ops.iter()
+            .map(|op| match &op.request {
+                Some(Request::RequestPut(p)) => put_cost(&p.key, &p.value),
+                Some(Request::RequestTxn(inner)) => txn_cost(inner),
+                _ => 0,
+            })
+            .sum()
+    };
+    branch(&t.success).max(branch(&t.failure))
 }
 
 #[cfg(test)]
