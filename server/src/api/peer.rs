@@ -1,8 +1,11 @@
 //! The peer service on the peer URLs: Raft messages between members, and what members forward
 //! to the leader. Calls from another cluster are refused before they reach Raft.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use futures_util::Stream;
 
 use oxcd_proto::peerpb::{
     discovery_server::Discovery, peer_server::Peer, ChangeMembersReply, ChangeMembersRequest,
@@ -12,13 +15,13 @@ use oxcd_proto::peerpb::{
     ProposeRequest, RaftMessage, ReadIndexReply, ReadIndexRequest, RemovedReply, RemovedRequest,
     TimeoutNowReply, TimeoutNowRequest,
 };
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::downgrade::Downgrade;
 use crate::error::EtcdError;
 use crate::lease::LeaseService;
 use crate::mvcc::MvccStore;
-use crate::raft::{Consensus, MemberChange, CLUSTER_ID_HEADER};
+use crate::raft::{Consensus, InboundError, MemberChange, CLUSTER_ID_HEADER};
 use crate::replication::failure;
 use crate::storage::off_runtime;
 
@@ -80,27 +83,76 @@ impl tonic::service::Interceptor for ClusterCheck {
     }
 }
 
-fn raft_reply(result: Result<Vec<u8>, String>) -> Result<Response<RaftMessage>, Status> {
+fn raft_reply(result: Result<Vec<u8>, InboundError>) -> Result<Response<RaftMessage>, Status> {
     result
         .map(|payload| Response::new(RaftMessage { payload }))
-        .map_err(Status::invalid_argument)
+        .map_err(|e| match e {
+            InboundError::Stopped(_) => Status::unavailable(e.to_string()),
+            InboundError::Snapshot(_) => Status::internal(e.to_string()),
+            InboundError::Undecodable(_) | InboundError::Legacy(_) => {
+                Status::invalid_argument(e.to_string())
+            }
+        })
 }
+
+type RaftMessages = Pin<Box<dyn Stream<Item = Result<RaftMessage, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
 impl Peer for PeerApi {
+    async fn append(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        raft_reply(self.consensus.handle_append(&req.into_inner().payload).await)
+    }
+
+    async fn append_stream(
+        &self,
+        req: Request<Streaming<RaftMessage>>,
+    ) -> Result<Response<RaftMessages>, Status> {
+        let replies = self.consensus.handle_append_stream(req.into_inner());
+        Ok(Response::new(Box::pin(replies)))
+    }
+
+    async fn request_vote(
+        &self,
+        req: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        raft_reply(self.consensus.handle_vote(&req.into_inner().payload).await)
+    }
+
+    async fn send_snapshot(
+        &self,
+        req: Request<Streaming<RaftMessage>>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        raft_reply(self.consensus.receive_snapshot(req.into_inner()).await)
+    }
+
+    async fn transfer_leader(
+        &self,
+        req: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        raft_reply(
+            self.consensus
+                .handle_transfer_leader(&req.into_inner().payload)
+                .await,
+        )
+    }
+
     async fn append_entries(
         &self,
         req: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
         raft_reply(
             self.consensus
-                .handle_append(&req.into_inner().payload)
+                .handle_legacy_append(&req.into_inner().payload)
                 .await,
         )
     }
 
     async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        raft_reply(self.consensus.handle_vote(&req.into_inner().payload).await)
+        raft_reply(
+            self.consensus
+                .handle_legacy_vote(&req.into_inner().payload)
+                .await,
+        )
     }
 
     async fn install_snapshot(
@@ -109,7 +161,7 @@ impl Peer for PeerApi {
     ) -> Result<Response<RaftMessage>, Status> {
         raft_reply(
             self.consensus
-                .handle_snapshot_chunk(&req.into_inner().payload)
+                .handle_legacy_snapshot_chunk(&req.into_inner().payload)
                 .await,
         )
     }
@@ -206,9 +258,10 @@ impl Peer for PeerApi {
         &self,
         req: Request<PreVoteRequest>,
     ) -> Result<Response<PreVoteReply>, Status> {
+        let req = req.into_inner();
         let granted = self
             .consensus
-            .pre_vote(&req.into_inner().last_log_id)
+            .pre_vote(&req.last_log_position, &req.last_log_id)
             .map_err(Status::invalid_argument)?;
         Ok(Response::new(PreVoteReply { granted }))
     }

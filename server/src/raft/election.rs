@@ -28,12 +28,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use openraft::Membership;
+
 use oxcd_proto::peerpb::PreVoteRequest;
 
 use super::log_store;
 use super::network::Peers;
-use super::types::{LogId, Member, NodeId, Raft};
+use super::types::{LogId, Membership, NodeId, Raft, Vote, WatchReceiver};
 use crate::storage::Engine;
 
 /// Elections stay off this long after the last snapshot chunk arrived.
@@ -76,8 +76,6 @@ struct LeaderContact {
     snapshot_until: Option<Instant>,
     /// A leader transfer to another member asked this one to stay out of elections until then.
     held_until: Option<Instant>,
-    /// A leader handing over leadership stops its heartbeats until the transfer is done.
-    heartbeats_paused: bool,
     /// Ticks to wait before the next campaign (after a refused PreVote or an election).
     backoff_ticks: u32,
 }
@@ -97,7 +95,7 @@ impl LeaderContact {
 
 /// Where a member stands this tick.
 enum Standing {
-    Leader(Membership<NodeId, Member>),
+    Leader(Membership),
     /// A voter that follows (or campaigns).
     Voter {
         alone: bool,
@@ -151,7 +149,6 @@ impl Elections {
                 leading_since: None,
                 snapshot_until: None,
                 held_until: None,
-                heartbeats_paused: false,
                 backoff_ticks: 0,
             }),
             in_contact: AtomicBool::new(false),
@@ -182,15 +179,10 @@ impl Elections {
         self.contact.lock().held_until = hold.then(|| Instant::now() + HOLD_LIMIT);
     }
 
-    /// Stops (or resumes) the heartbeats this module sends while leading.
-    pub fn pause_heartbeats(&self, paused: bool) {
-        self.contact.lock().heartbeats_paused = paused;
-    }
-
     /// The PreVote answer: yes when this member has not heard from a leader for a whole lease
     /// (so openraft would grant the real vote) and the candidate's log is at least as new.
     pub fn grant_pre_vote(&self, candidate_last: Option<LogId>) -> bool {
-        if self.raft.metrics().borrow().state.is_leader()
+        if self.raft.metrics().borrow_watched().state.is_leader()
             || self.contact.lock().silent_ticks <= self.lease_ticks
         {
             return false;
@@ -206,7 +198,7 @@ impl Elections {
 
     fn standing(&self) -> Standing {
         let m = self.raft.metrics();
-        let m = m.borrow();
+        let m = m.borrow_watched();
         if m.running_state.is_err() {
             return Standing::Stopped;
         }
@@ -269,7 +261,7 @@ impl Elections {
             // been heard from) or this member may have voted meanwhile.
             let elected = alone || (self.pre_vote_won().await && self.campaign_context() == before);
             let backoff = if elected {
-                let _ = self.raft.trigger().elect().await;
+                let _ = self.raft.trigger().elect(false).await;
                 // A lost election is retried once it has had time to finish.
                 self.lease_ticks
             } else {
@@ -291,26 +283,24 @@ impl Elections {
     }
 
     /// A tick while leading: checks the quorum's replies and sends the next heartbeat.
-    async fn lead(&self, membership: &Membership<NodeId, Member>) {
+    async fn lead(&self, membership: &Membership) {
         let now = Instant::now();
-        let paused = {
+        {
             let mut contact = self.contact.lock();
             contact.heard();
             let since = *contact.leading_since.get_or_insert(now);
             self.in_contact
                 .store(self.quorum_heard(membership, since, now), Ordering::Release);
-            contact.heartbeats_paused
-        };
-        if !paused {
-            let _ = self.raft.trigger().heartbeat().await;
         }
+        // openraft skips it while leadership is being handed over.
+        let _ = self.raft.trigger().heartbeat().await;
     }
 
     /// Whether every configuration of `membership` has a majority that replied to this leader
     /// within an election timeout (the leader counting itself).
     fn quorum_heard(
         &self,
-        membership: &Membership<NodeId, Member>,
+        membership: &Membership,
         leading_since: Instant,
         now: Instant,
     ) -> bool {
@@ -330,9 +320,9 @@ impl Elections {
     }
 
     /// How often a leader has been heard from, and this member's vote.
-    fn campaign_context(&self) -> (u64, openraft::Vote<NodeId>) {
+    fn campaign_context(&self) -> (u64, Vote) {
         let heard = self.contact.lock().heard;
-        (heard, self.raft.metrics().borrow().vote)
+        (heard, self.raft.metrics().borrow_watched().vote)
     }
 
     /// Asks every other voter; won when each of the (joint) configurations has a majority.
@@ -345,9 +335,10 @@ impl Elections {
             }
         };
         let request = PreVoteRequest {
-            last_log_id: bincode::serialize(&last).expect("a log id encodes"),
+            last_log_id: super::legacy::encode_position(last.as_ref()),
+            last_log_position: super::record::encode_position(last.as_ref()),
         };
-        let membership = self.raft.metrics().borrow().membership_config.clone();
+        let membership = self.raft.metrics().borrow_watched().membership_config.clone();
         let membership = membership.membership();
         let mut asks = tokio::task::JoinSet::new();
         for id in membership.voter_ids().filter(|id| *id != self.me) {

@@ -10,11 +10,12 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
+use openraft::ReadPolicy;
 use oxcd_proto::peerpb::{Failure, ProposeRequest, ReadIndexRequest};
 
 use super::network::{Client, Peers};
-use super::types::{NodeId, Raft};
+use super::types::{wait_for, NodeId, Raft, WatchReceiver};
 use crate::apply::{CommandBatch, OutcomeBatch};
 use crate::error::EtcdError;
 use crate::replication::{failure, not_leader};
@@ -27,8 +28,6 @@ pub struct LeaderLink {
     pub raft: Raft,
     pub me: NodeId,
     pub peers: Arc<Peers>,
-    /// Held exclusively while leadership is handed over, so no write lands meanwhile.
-    pub transfer: Arc<tokio::sync::RwLock<()>>,
 }
 
 enum Route {
@@ -40,7 +39,7 @@ enum Route {
 impl LeaderLink {
     pub fn is_leader(&self) -> bool {
         let m = self.raft.server_metrics();
-        let m = m.borrow();
+        let m = m.borrow_watched();
         m.current_leader == Some(self.me) && m.state.is_leader()
     }
 
@@ -48,8 +47,7 @@ impl LeaderLink {
     async fn route(&self) -> Result<Route, EtcdError> {
         let mut metrics = self.raft.server_metrics();
         let (leader, urls) = {
-            let m = metrics
-                .wait_for(|m| m.current_leader.is_some())
+            let m = wait_for(&mut metrics, |m| m.current_leader.is_some())
                 .await
                 .map_err(|_| EtcdError::Stopped)?;
             let leader = m.current_leader.expect("waited for a leader");
@@ -95,15 +93,19 @@ impl LeaderLink {
 
     /// The leader's side of [`LeaderLink::write`].
     async fn write_local(&self, batch: CommandBatch) -> Result<OutcomeBatch, Failure> {
-        let _not_transferring = self.transfer.read().await;
         if !self.is_leader() {
             return Err(not_leader());
         }
         match self.raft.client_write(batch).await {
             Ok(response) => Ok(response.data),
-            // Appended, then leadership was lost: the entry may or may not commit.
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                Err(failure(EtcdError::LeaderChanged))
+            // Refused because leadership is being handed over or was lost, or appended and
+            // then lost: the entry may or may not commit.
+            Err(RaftError::APIError(
+                ClientWriteError::ForwardToLeader(_) | ClientWriteError::LogEntryDiscarded(_),
+            )) => Err(failure(EtcdError::LeaderChanged)),
+            // oxcd writes without preconditions.
+            Err(RaftError::APIError(ClientWriteError::PreconditionFailed(_))) => {
+                Err(failure(EtcdError::Corrupt))
             }
             Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(_))) => {
                 Err(failure(EtcdError::Corrupt))
@@ -128,10 +130,12 @@ impl LeaderLink {
 
     /// The leader's side of [`LeaderLink::read_index`]: confirms leadership with a quorum.
     pub async fn read_index_local(&self) -> Result<u64, Failure> {
-        match self.raft.get_read_log_id().await {
-            Ok((read, _applied)) => Ok(read.map_or(0, |l| l.index)),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => Err(not_leader()),
-            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => {
+        match self.raft.get_read_log_id(ReadPolicy::ReadIndex).await {
+            Ok((read, _applied)) => Ok(read.index()),
+            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(_))) => {
+                Err(not_leader())
+            }
+            Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(_))) => {
                 Err(failure(EtcdError::Timeout))
             }
             Err(RaftError::Fatal(_)) => Err(failure(EtcdError::Stopped)),
@@ -193,7 +197,9 @@ impl LeaderLink {
         // Server metrics change only with the role, leader or membership; the full metrics change
         // with every append and apply and would wake this waiter for each.
         let mut metrics = self.raft.server_metrics();
-        let deposed = metrics.wait_for(|m| m.current_leader.is_some_and(|l| l != leader));
+        let deposed = wait_for(&mut metrics, |m| {
+            m.current_leader.is_some_and(|l| l != leader)
+        });
         tokio::select! {
             reply = call => reply,
             _ = deposed => Err(tonic::Status::aborted("the leader changed while the call was in flight")),

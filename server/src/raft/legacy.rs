@@ -27,58 +27,58 @@ const CONVERTED_UPTO: &[u8] = b"format_upgrade_next_index";
 /// Log entries rewritten per batch: bounded memory whatever the log's size.
 const ENTRIES_PER_BATCH: usize = 256;
 
-#[derive(Serialize, Deserialize)]
-struct LeaderId {
+#[derive(Clone, Serialize, Deserialize)]
+pub(super) struct LeaderId {
     term: u64,
     node_id: u64,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub(super) struct LogId {
     leader_id: LeaderId,
     index: u64,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub(super) struct Vote {
     leader_id: LeaderId,
     committed: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-struct LegacyMember {
+pub(super) struct LegacyMember {
     name: String,
     peer_urls: Vec<String>,
     client_urls: Vec<String>,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub(super) struct Membership {
     configs: Vec<BTreeSet<u64>>,
     nodes: BTreeMap<u64, LegacyMember>,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub(super) struct StoredMembership {
     log_id: Option<LogId>,
     membership: Membership,
 }
 
 /// The command batch went through serde as its protobuf bytes.
-#[derive(Serialize, Deserialize)]
-enum Payload {
+#[derive(Clone, Serialize, Deserialize)]
+pub(super) enum Payload {
     Blank,
     Normal(serde_bytes::ByteBuf),
     Membership(Membership),
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub(super) struct Entry {
     log_id: LogId,
     payload: Payload,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub(super) struct SnapshotMeta {
     last_log_id: Option<LogId>,
     last_membership: StoredMembership,
@@ -168,6 +168,96 @@ impl TryFrom<Entry> for EntryRecord {
     }
 }
 
+// The way back, for messages to members of the previous release.
+
+impl From<LogIdRecord> for LogId {
+    fn from(r: LogIdRecord) -> LogId {
+        LogId {
+            leader_id: LeaderId {
+                term: r.term,
+                node_id: r.leader,
+            },
+            index: r.index,
+        }
+    }
+}
+
+impl From<VoteRecord> for Vote {
+    fn from(r: VoteRecord) -> Vote {
+        Vote {
+            leader_id: LeaderId {
+                term: r.term,
+                node_id: r.candidate,
+            },
+            committed: r.committed,
+        }
+    }
+}
+
+impl From<MembershipRecord> for Membership {
+    fn from(r: MembershipRecord) -> Membership {
+        Membership {
+            configs: r
+                .voters
+                .into_iter()
+                .map(|set| set.ids.into_iter().collect())
+                .collect(),
+            nodes: r
+                .nodes
+                .into_iter()
+                .map(|n| {
+                    let m = n.member.unwrap_or_default();
+                    let member = LegacyMember {
+                        name: m.name,
+                        peer_urls: m.peer_urls,
+                        client_urls: m.client_urls,
+                    };
+                    (n.id, member)
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<StoredMembershipRecord> for StoredMembership {
+    fn from(r: StoredMembershipRecord) -> StoredMembership {
+        StoredMembership {
+            log_id: r.log_id.map(Into::into),
+            membership: r.membership.unwrap_or_default().into(),
+        }
+    }
+}
+
+impl From<SnapshotMetaRecord> for SnapshotMeta {
+    /// openraft 0.9 tells snapshots apart by id while they are sent; the position names one.
+    fn from(r: SnapshotMetaRecord) -> SnapshotMeta {
+        let snapshot_id = r
+            .last_log_id
+            .map_or("empty".into(), |id| format!("{}-{}-{}", id.term, id.leader, id.index));
+        SnapshotMeta {
+            last_log_id: r.last_log_id.map(Into::into),
+            last_membership: r.last_membership.unwrap_or_default().into(),
+            snapshot_id,
+        }
+    }
+}
+
+impl From<EntryRecord> for Entry {
+    fn from(r: EntryRecord) -> Entry {
+        let payload = match r.payload {
+            Some(PayloadRecord::Commands(batch)) => {
+                Payload::Normal(serde_bytes::ByteBuf::from(prost::Message::encode_to_vec(&batch)))
+            }
+            Some(PayloadRecord::Membership(m)) => Payload::Membership(m.into()),
+            Some(PayloadRecord::Blank(())) | None => Payload::Blank,
+        };
+        Entry {
+            log_id: r.log_id.unwrap_or_default().into(),
+            payload,
+        }
+    }
+}
+
 fn corrupt(what: &str, e: impl std::fmt::Display) -> StorageError {
     StorageError::Corrupt(format!("format-1 {what}: {e}"))
 }
@@ -194,6 +284,18 @@ pub(super) fn position(bytes: &[u8]) -> Result<Option<LogIdRecord>, StorageError
     let legacy: Option<LogId> =
         bincode::deserialize(bytes).map_err(|e| corrupt("log position", e))?;
     Ok(legacy.map(Into::into))
+}
+
+/// A log position as format 1 (and the previous release's PreVote) encodes it.
+pub(super) fn encode_position(id: Option<&super::types::LogId>) -> Vec<u8> {
+    let legacy = id.map(|id| LogId {
+        leader_id: LeaderId {
+            term: id.leader_id.term,
+            node_id: id.leader_id.node_id,
+        },
+        index: id.index,
+    });
+    bincode::serialize(&legacy).expect("a log position encodes")
 }
 
 fn position_record(bytes: &[u8]) -> Result<Vec<u8>, StorageError> {
@@ -283,6 +385,41 @@ pub fn upgrade(engine: &Engine) -> Result<(), StorageError> {
     Ok(())
 }
 
+/// The previous release's Raft types, for tests that check what it wrote and sent is read.
+#[cfg(test)]
+pub(super) mod release09 {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use crate::apply::CommandBatch;
+
+    openraft09::declare_raft_types!(
+        pub(in crate::raft) Release09:
+            D = Batch09,
+            R = Batch09,
+            NodeId = u64,
+            Node = super::LegacyMember,
+            SnapshotData = std::io::Cursor<Vec<u8>>,
+    );
+
+    /// The previous release's log payload: a command batch through serde as its protobuf bytes.
+    #[derive(Debug, Clone, PartialEq)]
+    pub(in crate::raft) struct Batch09(pub CommandBatch);
+
+    impl Serialize for Batch09 {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_bytes(&prost::Message::encode_to_vec(&self.0))
+        }
+    }
+
+    impl<'de> Deserialize<'de> for Batch09 {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            let bytes: serde_bytes::ByteBuf = Deserialize::deserialize(d)?;
+            let batch = prost::Message::decode(bytes.as_slice()).map_err(serde::de::Error::custom)?;
+            Ok(Batch09(batch))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! The layout above is checked against openraft 0.9 itself: what it wrote is what is read.
@@ -294,14 +431,7 @@ mod tests {
     use crate::raft::record::LogIdRecord;
     use crate::apply::{Command, CommandBatch, Op};
 
-    openraft09::declare_raft_types!(
-        Release09:
-            D = CommandBatch,
-            R = CommandBatch,
-            NodeId = u64,
-            Node = LegacyMember,
-            SnapshotData = std::io::Cursor<Vec<u8>>,
-    );
+    use super::release09::{Batch09, Release09};
 
     fn log_id(term: u64, leader: u64, index: u64) -> openraft09::LogId<u64> {
         openraft09::LogId::new(openraft09::CommittedLeaderId::new(term, leader), index)
@@ -425,7 +555,7 @@ mod tests {
         let entries = [
             (openraft09::EntryPayload::Blank, PayloadRecord::Blank(())),
             (
-                openraft09::EntryPayload::Normal(batch.clone()),
+                openraft09::EntryPayload::Normal(Batch09(batch.clone())),
                 PayloadRecord::Commands(batch),
             ),
             (

@@ -9,7 +9,7 @@ use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::ChangeMembers;
 use serde::{Deserialize, Serialize};
 
-use super::types::{Member, NodeId, Raft};
+use super::types::{Member, NodeId, Raft, TypeConfig, WatchReceiver};
 use crate::error::EtcdError;
 
 /// etcd allows one learner at a time.
@@ -53,7 +53,7 @@ pub struct MemberInfo {
 /// Every member, voters and learners, in id order.
 pub fn list(raft: &Raft) -> Vec<MemberInfo> {
     let metrics = raft.metrics();
-    let metrics = metrics.borrow();
+    let metrics = metrics.borrow_watched();
     members_of(metrics.membership_config.membership())
 }
 
@@ -98,8 +98,12 @@ pub async fn apply(
                 tokio::time::sleep(IN_PROGRESS_PAUSE).await;
                 continue;
             }
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                return Err(EtcdError::LeaderChanged)
+            Err(RaftError::APIError(
+                ClientWriteError::ForwardToLeader(_) | ClientWriteError::LogEntryDiscarded(_),
+            )) => return Err(EtcdError::LeaderChanged),
+            Err(RaftError::APIError(ClientWriteError::PreconditionFailed(e))) => {
+                tracing::warn!(error = %e, ?change, "membership change refused");
+                return Err(EtcdError::Unhealthy);
             }
             Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
                 tracing::warn!(error = %e, ?change, "membership change refused");
@@ -148,7 +152,7 @@ async fn make_voter(
 /// Whether the leader's own log has fsynced the entry of the membership in effect.
 fn membership_flushed_here(raft: &Raft) -> bool {
     let metrics = raft.metrics();
-    let metrics = metrics.borrow();
+    let metrics = metrics.borrow_watched();
     let Some(entry) = metrics.membership_config.log_id() else {
         return true;
     };
@@ -159,7 +163,7 @@ fn membership_flushed_here(raft: &Raft) -> bool {
         .is_some_and(|flushed| flushed.index >= entry.index)
 }
 
-type ChangeError = RaftError<NodeId, ClientWriteError<NodeId, Member>>;
+type ChangeError = RaftError<TypeConfig, ClientWriteError<TypeConfig>>;
 
 enum Plan {
     Change(ChangeMembers<NodeId, Member>),
@@ -277,7 +281,7 @@ fn plan(
 /// Whether the leader has replicated at least 90% of its log to `id`.
 pub fn caught_up(raft: &Raft, id: NodeId) -> bool {
     let metrics = raft.metrics();
-    let metrics = metrics.borrow();
+    let metrics = metrics.borrow_watched();
     let last = metrics.last_log_index.unwrap_or(0);
     let matched = metrics
         .replication

@@ -8,8 +8,10 @@
 #![allow(clippy::result_large_err)]
 
 mod election;
+mod inbound;
 mod leader;
 mod legacy;
+mod legacy_wire;
 mod log_store;
 mod membership;
 mod network;
@@ -20,6 +22,7 @@ mod replication;
 mod snapshot_file;
 mod state_machine;
 mod types;
+mod wire;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -28,6 +31,7 @@ use std::time::Duration;
 use openraft::{Config, SnapshotPolicy};
 use oxcd_proto::peerpb::Failure;
 
+pub use inbound::InboundError;
 pub use leader::LeaderLink;
 pub use membership::{new_member_id, MemberChange, MemberInfo};
 pub use network::{
@@ -35,6 +39,7 @@ pub use network::{
 };
 pub use state_machine::{applied_position, AppliedPosition, RAFT_META_KEYS};
 pub use types::{Member, NodeId};
+use types::WatchReceiver;
 
 use crate::apply::{Applier, Command, CommandBatch, Outcome, OutcomeBatch, Outcomes};
 use crate::error::EtcdError;
@@ -58,7 +63,7 @@ pub struct RaftOptions {
 
 /// Entries per append message.
 const MAX_PAYLOAD_ENTRIES: u64 = 256;
-/// How long a snapshot chunk call may take, the last one including loading the snapshot.
+/// How long sending a snapshot may take, loading it on the follower included.
 const SNAPSHOT_INSTALL_TIMEOUT: Duration = Duration::from_secs(600);
 
 pub struct Consensus {
@@ -71,6 +76,9 @@ pub struct Consensus {
     max_learners: usize,
     elections: Arc<election::Elections>,
     removed: tokio::sync::watch::Sender<bool>,
+    /// Where a snapshot from the leader is written, one at a time.
+    receiving_path: std::path::PathBuf,
+    receiving: tokio::sync::Mutex<()>,
 }
 
 impl Consensus {
@@ -87,12 +95,11 @@ impl Consensus {
         let election_ms = opts.election_timeout.as_millis() as u64;
         let config = Config {
             cluster_name: "oxcd".into(),
-            // openraft gives every append, and every leadership round of a ReadIndex, one
-            // heartbeat interval to be answered and drops it after that; etcd's pipelined
-            // streams have no such bound. With etcd's 100 ms a round trip (or a follower's
-            // fsync) over 100 ms would stall replication altogether, so openraft's interval is
-            // half the election timeout. --heartbeat-interval paces the election module's
-            // ticks; idle heartbeats still reach followers three times per leader lease.
+            // openraft gives a heartbeat one heartbeat interval to be answered (appends, on their
+            // stream, have no bound). With etcd's 100 ms a round trip over 100 ms would never
+            // confirm the leader's quorum, so openraft's interval is half the election timeout.
+            // --heartbeat-interval paces the election module's ticks; idle heartbeats still
+            // reach followers three times per leader lease.
             heartbeat_interval: (election_ms / 2).max(opts.heartbeat.as_millis() as u64),
             // etcd randomises the election timeout in [timeout, 2 x timeout). openraft's
             // followers also refuse votes until the maximum has passed since they last heard
@@ -102,11 +109,13 @@ impl Consensus {
             snapshot_policy: SnapshotPolicy::LogsSinceLast(opts.snapshot_count),
             max_in_snapshot_log_to_keep: opts.snapshot_count.min(opts.catch_up_entries),
             max_payload_entries: MAX_PAYLOAD_ENTRIES,
-            // The last chunk's call returns only once the receiver has loaded the snapshot,
-            // which for a large state takes far longer than openraft's 200 ms default.
+            // Sending a snapshot returns only once the receiver has loaded it, which for a
+            // large state takes far longer than openraft's 200 ms default.
             install_snapshot_timeout: SNAPSHOT_INSTALL_TIMEOUT.as_millis() as u64,
             // Campaigns start from the election module, after a PreVote.
             enable_elect: false,
+            // A restarted member starts as a follower, as etcd's do, whatever it was before.
+            enable_leader_restore: Some(false),
             ..Default::default()
         }
         .validate()?;
@@ -114,6 +123,7 @@ impl Consensus {
         let log = log_store::LogStore::new(engine.clone())?;
         let sm = state_machine::StateMachine::open(engine.clone(), applier)?;
         sm.cover_purged_log(log_store::last_purged(&engine)?)?;
+        let receiving_path = sm.receiving_path();
         let network = network::PeerNetwork(peers.clone());
         let raft = types::Raft::new(id, Arc::new(config), network, log, sm).await?;
         if let Some(members) = bootstrap {
@@ -127,7 +137,6 @@ impl Consensus {
             raft: raft.clone(),
             me: id,
             peers,
-            transfer: Default::default(),
         };
         tokio::spawn(count_leader_changes(raft.server_metrics()));
         tokio::spawn(link.peers.clone().probe(
@@ -170,6 +179,8 @@ impl Consensus {
             max_learners: opts.max_learners,
             elections,
             removed: tokio::sync::watch::Sender::new(false),
+            receiving_path,
+            receiving: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -328,15 +339,14 @@ impl Consensus {
     /// followers a heartbeat later), or as they are after a short wait.
     pub async fn members_after(&self, done: impl Fn(&[MemberInfo]) -> bool) -> Vec<MemberInfo> {
         let mut metrics = self.raft.server_metrics();
-        let wait = metrics.wait_for(|_| done(&self.members()));
+        let wait = types::wait_for(&mut metrics, |_| done(&self.members()));
         let _ = tokio::time::timeout(self.election_timeout, wait).await;
         self.members()
     }
 
-    /// etcd's MoveLeader, run on the leader. openraft 0.9 has no leadership transfer and its
-    /// followers refuse votes while their leader lease lasts, so the leader makes way: it stops
-    /// taking writes and other voters stop campaigning, the target catches up, heartbeats stop
-    /// until the lease has run out everywhere, and then the target campaigns and wins.
+    /// etcd's MoveLeader, run on the leader: once the target has caught up, openraft hands
+    /// over (the leader stops taking writes and sending heartbeats, and the target campaigns
+    /// with the leader's leave, which voters grant within a lease).
     pub async fn move_leader(&self, target: NodeId) -> Result<(), EtcdError> {
         if !self.link.is_leader() {
             return Err(EtcdError::NotLeader);
@@ -344,32 +354,12 @@ impl Consensus {
         if target == self.link.me {
             return Ok(());
         }
-        let members = self.members();
-        let Some(transferee) = members.iter().find(|m| m.id == target && !m.learner) else {
+        if !self.members().iter().any(|m| m.id == target && !m.learner) {
             return Err(EtcdError::BadLeaderTransferee);
-        };
-        let others: Vec<&MemberInfo> = members
-            .iter()
-            .filter(|m| m.id != target && m.id != self.link.me)
-            .collect();
-        let _writes_paused = self.link.transfer.write().await;
-        for m in &others {
-            self.hold_elections_of(m, true).await;
         }
-        let result = self.hand_over(transferee).await;
-        self.raft.runtime_config().heartbeat(true);
-        self.elections.pause_heartbeats(false);
-        for m in &others {
-            self.hold_elections_of(m, false).await;
-        }
-        result
-    }
-
-    async fn hand_over(&self, transferee: &MemberInfo) -> Result<(), EtcdError> {
-        let target = transferee.id;
         let deadline = tokio::time::Instant::now() + self.timeout;
         let mut metrics = self.raft.metrics();
-        let caught_up = metrics.wait_for(|m| {
+        let caught_up = types::wait_for(&mut metrics, |m| {
             let matched = m
                 .replication
                 .as_ref()
@@ -380,35 +370,17 @@ impl Consensus {
             .await
             .map_err(|_| EtcdError::Timeout)?
             .map_err(|_| EtcdError::Stopped)?;
-        self.raft.runtime_config().heartbeat(false);
-        self.elections.pause_heartbeats(true);
-        // openraft's leader lease is its maximum election timeout (1.5x ours).
-        tokio::time::sleep(self.election_timeout * 3 / 2 + Duration::from_millis(100)).await;
-        let mut client = self
-            .link
-            .peers
-            .client(target, &transferee.member.peer_urls)
-            .map_err(|_| EtcdError::BadLeaderTransferee)?;
-        client
-            .timeout_now(oxcd_proto::peerpb::TimeoutNowRequest {})
+        self.raft
+            .trigger()
+            .transfer_leader(target)
             .await
-            .map_err(|_| EtcdError::Timeout)?;
-        let elected = metrics.wait_for(|m| m.current_leader == Some(target));
+            .map_err(|_| EtcdError::Stopped)?;
+        let elected = types::wait_for(&mut metrics, |m| m.current_leader == Some(target));
         tokio::time::timeout_at(deadline + self.election_timeout * 2, elected)
             .await
             .map_err(|_| EtcdError::Timeout)?
             .map_err(|_| EtcdError::Stopped)?;
         Ok(())
-    }
-
-    async fn hold_elections_of(&self, member: &MemberInfo, hold: bool) {
-        let Ok(mut client) = self.link.peers.client(member.id, &member.member.peer_urls) else {
-            return;
-        };
-        let request = oxcd_proto::peerpb::HoldElectionsRequest { hold };
-        if let Err(e) = client.hold_elections(request).await {
-            tracing::debug!(member = %format!("{:x}", member.id), error = %e, "holding elections");
-        }
     }
 
     /// Resolves when this member has been removed from the cluster (etcd then stops it).
@@ -423,20 +395,20 @@ impl Consensus {
     async fn left_membership(&self) {
         let me = self.link.me;
         let mut metrics = self.raft.server_metrics();
-        let is_member = |m: &openraft::metrics::RaftServerMetrics<NodeId, Member>| {
+        let is_member = |m: &types::ServerMetrics| {
             m.membership_config.membership().get_node(&me).is_some()
         };
-        if metrics.wait_for(is_member).await.is_err() {
+        if types::wait_for(&mut metrics, is_member).await.is_err() {
             return std::future::pending().await;
         }
-        if metrics.wait_for(|m| !is_member(m)).await.is_err() {
+        if types::wait_for(&mut metrics, |m| !is_member(m)).await.is_err() {
             std::future::pending::<()>().await
         }
     }
 
     /// This member campaigns now (the target of a leader transfer).
     pub async fn campaign(&self) {
-        if let Err(e) = self.raft.trigger().elect().await {
+        if let Err(e) = self.raft.trigger().elect(false).await {
             tracing::warn!(error = %e, "campaign");
         }
     }
@@ -446,41 +418,17 @@ impl Consensus {
         self.elections.hold(hold);
     }
 
-    /// Whether this member would vote for a candidate whose log ends at `candidate_last`.
-    pub fn pre_vote(&self, candidate_last: &[u8]) -> Result<bool, String> {
-        Ok(self.elections.grant_pre_vote(decode(candidate_last)?))
-    }
-
-    /// Passes on openraft's messages from a peer; bincode in, bincode out.
-    pub async fn handle_append(&self, payload: &[u8]) -> Result<Vec<u8>, String> {
-        let request: openraft::raft::AppendEntriesRequest<types::TypeConfig> = decode(payload)?;
-        let from = request.vote.leader_id().voted_for();
-        let reply = self.raft.append_entries(request).await;
-        // A deposed leader's appends are refused and are no sign of a live leader.
-        if !matches!(
-            reply,
-            Ok(openraft::raft::AppendEntriesResponse::HigherVote(_))
-        ) {
-            self.elections.leader_heard();
-        }
-        count_answered(from, payload, encode(&reply))
-    }
-
-    pub async fn handle_vote(&self, payload: &[u8]) -> Result<Vec<u8>, String> {
-        let request: openraft::raft::VoteRequest<NodeId> = decode(payload)?;
-        let from = request.vote.leader_id().voted_for();
-        count_answered(from, payload, encode(&self.raft.vote(request).await))
-    }
-
-    pub async fn handle_snapshot_chunk(&self, payload: &[u8]) -> Result<Vec<u8>, String> {
-        let request: openraft::raft::InstallSnapshotRequest<types::TypeConfig> = decode(payload)?;
-        let from = request.vote.leader_id().voted_for();
-        self.elections.snapshot_chunk_arrived();
-        count_answered(
-            from,
-            payload,
-            encode(&self.raft.install_snapshot(request).await),
-        )
+    /// Whether this member would vote for a candidate whose log ends at `candidate_last`
+    /// (a position record; a member of the previous release sends its bincode instead).
+    pub fn pre_vote(&self, candidate_last: &[u8], legacy: &[u8]) -> Result<bool, String> {
+        let last = if candidate_last.is_empty() {
+            legacy::position(legacy)
+                .map_err(|e| e.to_string())?
+                .map(types::LogId::from)
+        } else {
+            record::decode_position(candidate_last).map_err(|e| e.to_string())?
+        };
+        Ok(self.elections.grant_pre_vote(last))
     }
 
     /// The leader's side of forwarded writes and ReadIndex.
@@ -493,17 +441,18 @@ impl Consensus {
     /// follower lost its leader for an election timeout, as etcd reports it.
     pub fn status(&self) -> ConsensusStatus {
         let metrics = self.raft.metrics();
-        let m = metrics.borrow();
+        let m = metrics.borrow_watched();
+        let is_voter = m
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == self.link.me);
         ConsensusStatus {
             leader: m.current_leader.filter(|_| self.elections.in_contact()),
             term: m.current_term,
             last_log_index: m.last_log_index.unwrap_or(0),
             applied_index: m.last_applied.map_or(0, |l| l.index),
-            is_learner: !m
-                .membership_config
-                .membership()
-                .voter_ids()
-                .any(|v| v == self.link.me),
+            is_learner: !is_voter,
         }
     }
 
@@ -513,7 +462,7 @@ impl Consensus {
     }
 
     pub fn term(&self) -> u64 {
-        self.raft.metrics().borrow().current_term
+        self.raft.metrics().borrow_watched().current_term
     }
 
     pub async fn shutdown(&self) {
@@ -525,9 +474,7 @@ impl Consensus {
 
 /// `etcd_server_leader_changes_seen_total`: as etcd counts it, each time this member learns of
 /// a leader other than the last one it knew (the first one included), until Raft stops.
-async fn count_leader_changes(
-    mut server: tokio::sync::watch::Receiver<openraft::metrics::RaftServerMetrics<NodeId, Member>>,
-) {
+async fn count_leader_changes(mut server: types::MetricsWatch<types::ServerMetrics>) {
     let mut known = None;
     loop {
         let leader = server.borrow_and_update().current_leader;
@@ -539,29 +486,4 @@ async fn count_leader_changes(
             return;
         }
     }
-}
-
-/// The answering side of etcd's peer traffic series: a Raft message from member `from` (its
-/// sender, as its vote names it) and this member's reply.
-fn count_answered(
-    from: Option<NodeId>,
-    request: &[u8],
-    reply: Result<Vec<u8>, String>,
-) -> Result<Vec<u8>, String> {
-    if let Some(from) = from {
-        let peer = crate::metrics::metrics().network.peer(from);
-        peer.received_bytes.inc_by(request.len() as u64);
-        if let Ok(reply) = &reply {
-            peer.sent_bytes.inc_by(reply.len() as u64);
-        }
-    }
-    reply
-}
-
-fn decode<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, String> {
-    bincode::deserialize(payload).map_err(|e| format!("undecodable Raft message: {e}"))
-}
-
-fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, String> {
-    bincode::serialize(value).map_err(|e| format!("unencodable Raft reply: {e}"))
 }

@@ -24,12 +24,10 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendError,
     StreamAppendResult, TransferLeaderRequest, TransferLeaderResponse, VoteRequest, VoteResponse,
 };
-use openraft::storage::Snapshot;
 use oxcd_proto::peerpb::peer_client::PeerClient;
 use oxcd_proto::peerpb::{ProbeRequest, RaftMessage};
 use parking_lot::Mutex;
-use prost::Message;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::net::UnixStream;
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
@@ -38,8 +36,10 @@ use tonic::transport::{Channel, Endpoint};
 use crate::metrics::{member_label, metrics, PeerSeries};
 use crate::tls::PeerConnector;
 
-use super::state_machine::SnapshotData;
-use super::types::{Member, NodeId, TypeConfig, Vote};
+use super::legacy_wire;
+use super::snapshot_file;
+use super::state_machine::{RaftSnapshot, SnapshotData};
+use super::types::{Member, NodeId, SnapshotMeta, TypeConfig, Vote};
 use super::wire::{
     self, AppendReplyRecord, AppendRequestRecord, SnapshotReplyRecord, TransferLeaderRecord,
     TransferLeaderReplyRecord, VoteReplyRecord, VoteRequestRecord,
@@ -54,6 +54,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const PROBE_INTERVAL: Duration = Duration::from_secs(4);
 /// How soon an unreachable member is tried again; short, so a restarted member rejoins quickly.
 const RETRY_UNREACHABLE: Duration = Duration::from_millis(100);
+/// How long a member of the previous release is spoken to in its messages before this
+/// release's are tried again (it may have been upgraded meanwhile).
+const LEGACY_RECHECK: Duration = Duration::from_secs(10);
 
 pub type Client = PeerClient<InterceptedService<Channel, ClusterStamp>>;
 
@@ -78,6 +81,9 @@ pub struct Peers {
     replies: Mutex<HashMap<NodeId, Instant>>,
     /// Whether each member answered this member's last probe.
     reachable: Mutex<HashMap<NodeId, bool>>,
+    /// Members that answered a Raft call of this release "unimplemented" (the previous
+    /// release), and until when they are spoken to in its messages before trying again.
+    legacy: Mutex<HashMap<NodeId, Instant>>,
 }
 
 impl Peers {
@@ -91,7 +97,20 @@ impl Peers {
             channels: Mutex::new(HashMap::new()),
             replies: Mutex::new(HashMap::new()),
             reachable: Mutex::new(HashMap::new()),
+            legacy: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn is_legacy(&self, id: NodeId) -> bool {
+        self.legacy
+            .lock()
+            .get(&id)
+            .is_some_and(|until| Instant::now() < *until)
+    }
+
+    fn mark_legacy(&self, id: NodeId) {
+        tracing::info!(member = %format!("{id:x}"), "the member runs the previous release: speaking its Raft messages");
+        self.legacy.lock().insert(id, Instant::now() + LEGACY_RECHECK);
     }
 
     fn replied(&self, id: NodeId) {
@@ -324,7 +343,40 @@ impl RaftPeer {
         self.client.clone().map_err(unreachable)
     }
 
-    /// One request and its reply within `timeout`, counted in the peer series.
+    /// One request and its reply within `timeout`, counted in the peer series. A member that
+    /// does not know the call runs the previous release and is marked so.
+    async fn exchange(
+        &self,
+        request: RaftMessage,
+        timeout: Duration,
+        send: impl AsyncFnOnce(
+            Client,
+            RaftMessage,
+        ) -> Result<tonic::Response<RaftMessage>, tonic::Status>,
+    ) -> RpcResult<Vec<u8>> {
+        let client = self.client()?;
+        let metered = &self.metered;
+        metered.sent_bytes.inc_by(request.payload.len() as u64);
+        let reply = tokio::time::timeout(timeout, send(client, request))
+            .await
+            .map_err(|_| {
+                unreachable(format!("member {:x} did not answer in time", self.target))
+            })
+            .and_then(|reply| {
+                reply.map_err(|status| {
+                    if status.code() == tonic::Code::Unimplemented {
+                        self.peers.mark_legacy(self.target);
+                    }
+                    status_error(status)
+                })
+            })
+            .inspect_err(|_| metered.sent_failures.inc())?
+            .into_inner()
+            .payload;
+        metered.received_bytes.inc_by(reply.len() as u64);
+        Ok(reply)
+    }
+
     async fn call<Reply: prost::Message + Default>(
         &self,
         request: RaftMessage,
@@ -334,22 +386,103 @@ impl RaftPeer {
             RaftMessage,
         ) -> Result<tonic::Response<RaftMessage>, tonic::Status>,
     ) -> RpcResult<Reply> {
-        let client = self.client()?;
-        let metered = &self.metered;
-        metered.sent_bytes.inc_by(request.payload.len() as u64);
-        let reply = tokio::time::timeout(timeout, send(client, request))
-            .await
-            .map_err(|_| {
-                unreachable(format!("member {:x} did not answer in time", self.target))
-            })
-            .and_then(|reply| reply.map_err(status_error))
-            .inspect_err(|_| metered.sent_failures.inc())?
-            .into_inner()
-            .payload;
-        metered.received_bytes.inc_by(reply.len() as u64);
+        let reply = self.exchange(request, timeout, send).await?;
         wire::decode("Raft reply", &reply)
-            .inspect_err(|_| metered.received_failures.inc())
+            .inspect_err(|_| self.metered.received_failures.inc())
             .map_err(network_error)
+    }
+
+    /// A call in the previous release's messages.
+    async fn legacy_call<Reply: serde::de::DeserializeOwned>(
+        &self,
+        request: &impl serde::Serialize,
+        timeout: Duration,
+        send: impl AsyncFnOnce(
+            Client,
+            RaftMessage,
+        ) -> Result<tonic::Response<RaftMessage>, tonic::Status>,
+    ) -> RpcResult<Reply> {
+        let request = RaftMessage {
+            payload: legacy_wire::encode(request),
+        };
+        let reply = self.exchange(request, timeout, send).await?;
+        legacy_wire::decode_ok(&reply)
+            .inspect_err(|_| self.metered.received_failures.inc())
+            .map_err(network_error)
+    }
+
+    fn is_legacy(&self) -> bool {
+        self.peers.is_legacy(self.target)
+    }
+
+    async fn legacy_append(
+        &self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        timeout: Duration,
+    ) -> RpcResult<AppendEntriesResponse<TypeConfig>> {
+        let request = legacy_wire::AppendRequest::from(rpc);
+        let reply: legacy_wire::AppendReply = self
+            .legacy_call(&request, timeout, async |mut c, m| c.append_entries(m).await)
+            .await?;
+        Ok(reply.into())
+    }
+
+    /// A snapshot for a member of the previous release: the same records under format 1's
+    /// header, in openraft 0.9's chunks, each answered with the member's vote.
+    async fn legacy_snapshot(
+        &self,
+        vote: Vote,
+        meta: &SnapshotMeta,
+        file: std::fs::File,
+        timeout: Duration,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let deadline = Instant::now() + timeout;
+        let legacy_meta = legacy_wire::snapshot_meta(meta);
+        let (records_at, file) = tokio::task::spawn_blocking(move || {
+            let mut file = file;
+            let named = std::path::Path::new("the current snapshot");
+            snapshot_file::records_offset(&mut file, named).map(|at| (at, file))
+        })
+        .await
+        .map_err(network_error)?
+        .map_err(network_error)?;
+        let mut file = tokio::fs::File::from_std(file);
+        file.seek(std::io::SeekFrom::Start(records_at))
+            .await
+            .map_err(network_error)?;
+        let mut pending = snapshot_file::format_1_header(&legacy_wire::encode(&legacy_meta));
+        let mut offset = 0u64;
+        loop {
+            let mut done = false;
+            while pending.len() < SNAPSHOT_CHUNK {
+                let mut more = vec![0; SNAPSHOT_CHUNK - pending.len()];
+                let n = file.read(&mut more).await.map_err(network_error)?;
+                if n == 0 {
+                    done = true;
+                    break;
+                }
+                pending.extend_from_slice(&more[..n]);
+            }
+            let data = std::mem::take(&mut pending);
+            let sent = data.len() as u64;
+            let chunk = legacy_wire::SnapshotChunk {
+                vote: legacy_wire::vote(&vote),
+                meta: legacy_meta.clone(),
+                offset,
+                data,
+                done,
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            let reply: legacy_wire::SnapshotChunkReply = self
+                .legacy_call(&chunk, left, async |mut c, m| c.install_snapshot(m).await)
+                .await?;
+            self.peers.replied(self.target);
+            let theirs = legacy_wire::vote_back(reply.vote);
+            if done || theirs > vote {
+                return Ok(SnapshotResponse::new(theirs));
+            }
+            offset += sent;
+        }
     }
 }
 
@@ -364,11 +497,15 @@ impl RaftNetworkV2<TypeConfig> for RaftPeer {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<TypeConfig>> {
-        let request = message(&AppendRequestRecord::from(rpc));
-        let reply: AppendReplyRecord = self
-            .call(request, option.hard_ttl(), async |mut c, m| c.append(m).await)
-            .await?;
-        let reply = AppendEntriesResponse::try_from(reply).map_err(network_error)?;
+        let reply = if self.is_legacy() {
+            self.legacy_append(rpc, option.hard_ttl()).await?
+        } else {
+            let request = message(&AppendRequestRecord::from(rpc));
+            let reply: AppendReplyRecord = self
+                .call(request, option.hard_ttl(), async |mut c, m| c.append(m).await)
+                .await?;
+            AppendEntriesResponse::try_from(reply).map_err(network_error)?
+        };
         if !matches!(reply, AppendEntriesResponse::HigherVote(_)) {
             self.peers.replied(self.target);
         }
@@ -389,6 +526,10 @@ impl RaftNetworkV2<TypeConfig> for RaftPeer {
             + Unpin
             + 'static,
     {
+        if self.is_legacy() {
+            // The previous release takes one append per call.
+            return openraft::network::stream_append_sequential(self, input, _option);
+        }
         Box::pin(async move {
             let mut client = self.client()?;
             let sent = self.metered.clone();
@@ -400,7 +541,10 @@ impl RaftNetworkV2<TypeConfig> for RaftPeer {
             let replies = client
                 .append_stream(requests)
                 .await
-                .inspect_err(|_| {
+                .inspect_err(|status| {
+                    if status.code() == tonic::Code::Unimplemented {
+                        self.peers.mark_legacy(self.target);
+                    }
                     self.metered.sent_failures.inc();
                     metrics().server.heartbeat_send_failures.inc();
                 })
@@ -431,6 +575,13 @@ impl RaftNetworkV2<TypeConfig> for RaftPeer {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<VoteResponse<TypeConfig>> {
+        if self.is_legacy() {
+            let request = legacy_wire::VoteRequestV1::from(&rpc);
+            let reply: legacy_wire::VoteReplyV1 = self
+                .legacy_call(&request, option.hard_ttl(), async |mut c, m| c.vote(m).await)
+                .await?;
+            return Ok(reply.into());
+        }
         let request = message(&VoteRequestRecord::from(&rpc));
         let reply: VoteReplyRecord = self
             .call(request, option.hard_ttl(), async |mut c, m| {
@@ -445,13 +596,20 @@ impl RaftNetworkV2<TypeConfig> for RaftPeer {
     async fn full_snapshot(
         &mut self,
         vote: Vote,
-        snapshot: Snapshot<TypeConfig, SnapshotData>,
+        snapshot: RaftSnapshot,
         cancel: impl Future<Output = ReplicationClosed> + openraft::OptionalSend + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         let SnapshotData::File(file) = snapshot.snapshot else {
             return Err(network_error("only a snapshot file of this member's can be sent").into());
         };
+        if self.is_legacy() {
+            let sending = self.legacy_snapshot(vote, &snapshot.meta, file, option.hard_ttl());
+            return tokio::select! {
+                reply = sending => reply,
+                closed = cancel => Err(closed.into()),
+            };
+        }
         let mut client = self.client()?;
         let offer = message(&wire::snapshot_offer(&vote, &snapshot.meta));
         let metered = self.metered.clone();
@@ -476,7 +634,12 @@ impl RaftNetworkV2<TypeConfig> for RaftPeer {
         self.peers.replied(self.target);
         let reply = reply
             .map_err(|_| unreachable("the snapshot was not installed in time"))?
-            .inspect_err(|_| self.metered.sent_failures.inc())
+            .inspect_err(|status| {
+                if status.code() == tonic::Code::Unimplemented {
+                    self.peers.mark_legacy(self.target);
+                }
+                self.metered.sent_failures.inc();
+            })
             .map_err(status_error)?
             .into_inner()
             .payload;
@@ -490,6 +653,9 @@ impl RaftNetworkV2<TypeConfig> for RaftPeer {
         rpc: TransferLeaderRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<TransferLeaderResponse<TypeConfig>> {
+        if self.is_legacy() {
+            return Err(unreachable("the previous release has no leader transfer"));
+        }
         let request = message(&TransferLeaderRecord::from(&rpc));
         let reply: TransferLeaderReplyRecord = self
             .call(request, option.hard_ttl(), async |mut c, m| {

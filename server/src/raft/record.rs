@@ -244,10 +244,9 @@ impl From<Entry> for EntryRecord {
     }
 }
 
-impl TryFrom<EntryRecord> for Entry {
-    type Error = RecordError;
-
-    fn try_from(r: EntryRecord) -> Result<Entry, RecordError> {
+impl EntryRecord {
+    pub fn into_entry(self) -> Result<Entry, RecordError> {
+        let r = self;
         let payload = match required("log entry", r.payload)? {
             PayloadRecord::Blank(()) => EntryPayload::Blank,
             PayloadRecord::Commands(batch) => EntryPayload::Normal(batch),
@@ -285,7 +284,7 @@ pub fn encode_entry(entry: Entry) -> Vec<u8> {
 }
 
 pub fn decode_entry(bytes: &[u8]) -> Result<Entry, RecordError> {
-    decode::<EntryRecord>("log entry", bytes)?.try_into()
+    decode::<EntryRecord>("log entry", bytes)?.into_entry()
 }
 
 /// The log id of a stored entry, without decoding its commands.

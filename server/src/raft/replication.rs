@@ -6,6 +6,7 @@ use futures_util::future::BoxFuture;
 use oxcd_proto::peerpb::{self, Failure, HashKvReply, HashKvRequest, LeaseRenewRequest};
 use tokio::sync::watch;
 
+use super::types::WatchReceiver;
 use super::Consensus;
 use crate::apply::{Command, Outcomes};
 use crate::error::EtcdError;

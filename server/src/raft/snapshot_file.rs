@@ -208,7 +208,7 @@ impl SnapshotDir {
         let corrupt = |why: String| SnapshotFileError::Corrupt(meta_path.to_path_buf(), why);
         let meta_bytes =
             std::fs::read(meta_path).map_err(|e| SnapshotFileError::Io(meta_path.into(), e))?;
-        let meta = super::legacy::snapshot_meta(&meta_bytes)
+        let meta: SnapshotMeta = super::legacy::snapshot_meta(&meta_bytes)
             .map_err(|e| corrupt(e.to_string()))?
             .try_into()
             .map_err(|e: super::record::RecordError| corrupt(e.to_string()))?;
@@ -290,6 +290,22 @@ fn read_header(file: &mut File, path: &Path) -> Result<(SnapshotMeta, u64)> {
             .map_err(|e: super::record::RecordError| corrupt(&e.to_string()))?
     };
     Ok((meta, records_at))
+}
+
+/// Where the records of a snapshot file start.
+pub fn records_offset(file: &mut File, path: &Path) -> Result<u64> {
+    file.seek(SeekFrom::Start(0))
+        .map_err(|e| SnapshotFileError::Io(path.to_path_buf(), e))?;
+    Ok(read_header(file, path)?.1)
+}
+
+/// The header of data dir format 1 for metadata in that format's encoding: how a snapshot is
+/// sent to a member of the previous release.
+pub fn format_1_header(meta: &[u8]) -> Vec<u8> {
+    let mut header = FORMAT_1_MAGIC.to_vec();
+    header.extend_from_slice(&(meta.len() as u32).to_be_bytes());
+    header.extend_from_slice(meta);
+    header
 }
 
 fn records_of(mut file: File, path: &Path) -> Result<Decoder<BufReader<File>>> {
@@ -392,7 +408,7 @@ mod tests {
     #[test]
     fn a_legacy_pair_is_adopted_only_when_its_halves_match() {
         let applied = meta(9).last_log_id;
-        let legacy_data = |applied| {
+        let legacy_data = |applied: Option<crate::raft::types::LogId>| {
             let mut data = format::MAGIC.to_vec();
             let value = bincode::serialize(&applied.map(|id: crate::raft::types::LogId| {
                 openraft09::LogId::new(openraft09::CommittedLeaderId::new(1u64, 1u64), id.index)

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use futures_util::StreamExt;
-use openraft::storage::{EntryResponder, RaftStateMachine, Snapshot};
+use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, RaftSnapshotBuilder};
 
 use super::membership::MemberInfo;
@@ -48,6 +48,8 @@ pub enum SnapshotData {
     Received,
 }
 
+pub type RaftSnapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, SnapshotData>;
+
 /// Errors as openraft's storage traits take them.
 type StorageError = std::io::Error;
 
@@ -84,6 +86,11 @@ impl StateMachine {
         };
         sm.finish_interrupted_install()?;
         Ok(sm)
+    }
+
+    /// Where a snapshot from the leader is written before it is installed.
+    pub fn receiving_path(&self) -> std::path::PathBuf {
+        self.snapshots.receiving_path()
     }
 
     /// The metadata of the current snapshot, if any.
@@ -277,10 +284,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_current_snapshot(
         &mut self,
-    ) -> Result<Option<Snapshot<TypeConfig, SnapshotData>>, StorageError> {
+    ) -> Result<Option<RaftSnapshot>, StorageError> {
         let snapshots = self.snapshots.clone();
         let current = blocking(move || snapshots.current().map_err(file_err)).await?;
-        Ok(current.map(|(meta, file)| Snapshot {
+        Ok(current.map(|(meta, file)| RaftSnapshot {
             meta,
             snapshot: SnapshotData::File(file),
         }))
@@ -295,7 +302,7 @@ pub struct SnapshotBuilder {
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     type SnapshotData = SnapshotData;
 
-    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig, SnapshotData>, StorageError> {
+    async fn build_snapshot(&mut self) -> Result<RaftSnapshot, StorageError> {
         let (store, snapshots) = (self.store.clone(), self.snapshots.clone());
         let (meta, file) = blocking(move || {
             dump_snapshot(&store, &snapshots)?;
@@ -305,7 +312,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 .ok_or_else(|| snap_err("the snapshot just built vanished"))
         })
         .await?;
-        Ok(Snapshot {
+        Ok(RaftSnapshot {
             meta,
             snapshot: SnapshotData::File(file),
         })

@@ -46,3 +46,27 @@ impl std::fmt::Display for CommandBatch {
         write!(f, "{} commands", self.commands.len())
     }
 }
+
+pub use openraft::async_runtime::WatchReceiver;
+pub type ServerMetrics = openraft::metrics::RaftServerMetrics<TypeConfig>;
+pub type MetricsWatch<T> = openraft::type_config::alias::WatchReceiverOf<TypeConfig, T>;
+
+/// Raft has stopped: its metrics will not change again.
+#[derive(Debug)]
+pub struct Stopped;
+
+/// Waits until `done` holds for the watched metrics and returns them (tokio's `wait_for`).
+pub async fn wait_for<T: Clone + Send + Sync>(
+    metrics: &mut MetricsWatch<T>,
+    done: impl Fn(&T) -> bool,
+) -> Result<T, Stopped> {
+    loop {
+        {
+            let now = metrics.borrow_and_update();
+            if done(&now) {
+                return Ok(now.clone());
+            }
+        }
+        metrics.changed().await.map_err(|_| Stopped)?;
+    }
+}

@@ -182,7 +182,7 @@ impl TryFrom<AppendRequestRecord> for AppendEntriesRequest<TypeConfig> {
             entries: r
                 .entries
                 .into_iter()
-                .map(TryInto::try_into)
+                .map(EntryRecord::into_entry)
                 .collect::<Result<_, _>>()?,
             leader_commit: r.leader_commit.map(LogId::from),
         })
