@@ -63,7 +63,9 @@ async fn a_data_dir_of_format_1_is_converted_and_serves_what_it_held() {
             .await
             .unwrap_err();
         assert!(
-            compacted.to_string().contains("required revision has been compacted"),
+            compacted
+                .to_string()
+                .contains("required revision has been compacted"),
             "{start}: {compacted}"
         );
         let old = client
@@ -95,7 +97,10 @@ async fn a_data_dir_of_format_1_is_converted_and_serves_what_it_held() {
         assert_eq!(names, [("", true), ("fx", false)], "{start}");
 
         // Raft's log converted too: the member writes on after it.
-        let put = client.put(format!("after-{start}"), "v", None).await.unwrap();
+        let put = client
+            .put(format!("after-{start}"), "v", None)
+            .await
+            .unwrap();
         assert!(put.header().unwrap().revision() > revision);
 
         if start == "converted" {

@@ -102,11 +102,22 @@ impl StateMachine {
             .and_then(|(meta, _)| meta.last_log_id))
     }
 
-    /// Makes sure a snapshot reaches `purged`, the end of the purged log: openraft refuses to
-    /// start otherwise, and a lagging member could not be caught up. It falls short when a
-    /// crash came between openraft's purge (which runs alongside an install) and the install's
-    /// publication, or when the previous release's snapshot was dropped at start.
-    pub fn cover_purged_log(&self, purged: Option<LogId>) -> Result<(), StorageError> {
+    /// Makes sure a snapshot reaches what openraft will take as purged: the end of the purged
+    /// log, or the applied entry when the log ends before it (a snapshot from the leader was
+    /// loaded past the log's end, and openraft purges up to it at start). openraft refuses to
+    /// start when no snapshot covers it, and a lagging member could not be caught up. It falls
+    /// short when a crash came between the load of a received snapshot and its publication, or
+    /// when the previous release's snapshot was dropped at start.
+    pub fn cover_purged_log(
+        &self,
+        purged: Option<LogId>,
+        last_log: Option<LogId>,
+    ) -> Result<(), StorageError> {
+        let purged = if last_log < self.applied {
+            purged.max(self.applied)
+        } else {
+            purged
+        };
         if purged <= self.current_snapshot_id()? {
             return Ok(());
         }
@@ -141,9 +152,7 @@ impl StateMachine {
 }
 
 fn reload_applier(applier: &Applier, engine: &Engine) -> Result<(), StorageError> {
-    applier
-        .reload(engine)
-        .map_err(|e| snap_err(e))
+    applier.reload(engine).map_err(|e| snap_err(e))
 }
 
 /// Applies committed entries in order, recording the last applied log id and the membership
@@ -174,8 +183,16 @@ fn apply_entries(
         };
         results.push(OutcomeBatch { outcomes });
     }
-    round.record(Cf::Meta, META_APPLIED, &record::encode_position(applied.as_ref()));
-    round.record(Cf::Meta, META_MEMBERSHIP, &record::encode_membership(&membership));
+    round.record(
+        Cf::Meta,
+        META_APPLIED,
+        &record::encode_position(applied.as_ref()),
+    );
+    round.record(
+        Cf::Meta,
+        META_MEMBERSHIP,
+        &record::encode_membership(&membership),
+    );
     round.commit().map_err(|e| sm_err(e))?;
     Ok((results, applied, membership))
 }
@@ -282,9 +299,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(())
     }
 
-    async fn get_current_snapshot(
-        &mut self,
-    ) -> Result<Option<RaftSnapshot>, StorageError> {
+    async fn get_current_snapshot(&mut self) -> Result<Option<RaftSnapshot>, StorageError> {
         let snapshots = self.snapshots.clone();
         let current = blocking(move || snapshots.current().map_err(file_err)).await?;
         Ok(current.map(|(meta, file)| RaftSnapshot {
