@@ -100,7 +100,11 @@ type RaftMessages = Pin<Box<dyn Stream<Item = Result<RaftMessage, Status>> + Sen
 #[tonic::async_trait]
 impl Peer for PeerApi {
     async fn append(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        raft_reply(self.consensus.handle_append(&req.into_inner().payload).await)
+        raft_reply(
+            self.consensus
+                .handle_append(&req.into_inner().payload)
+                .await,
+        )
     }
 
     async fn append_stream(

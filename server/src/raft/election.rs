@@ -28,7 +28,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-
 use oxcd_proto::peerpb::PreVoteRequest;
 
 use super::log_store;
@@ -298,12 +297,7 @@ impl Elections {
 
     /// Whether every configuration of `membership` has a majority that replied to this leader
     /// within an election timeout (the leader counting itself).
-    fn quorum_heard(
-        &self,
-        membership: &Membership,
-        leading_since: Instant,
-        now: Instant,
-    ) -> bool {
+    fn quorum_heard(&self, membership: &Membership, leading_since: Instant, now: Instant) -> bool {
         let recent = |id: &NodeId| {
             *id == self.me || {
                 let heard = self
@@ -338,7 +332,12 @@ impl Elections {
             last_log_id: super::legacy::encode_position(last.as_ref()),
             last_log_position: super::record::encode_position(last.as_ref()),
         };
-        let membership = self.raft.metrics().borrow_watched().membership_config.clone();
+        let membership = self
+            .raft
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .clone();
         let membership = membership.membership();
         let mut asks = tokio::task::JoinSet::new();
         for id in membership.voter_ids().filter(|id| *id != self.me) {

@@ -8,8 +8,8 @@ use oxcd_proto::peerpb::RaftMessage;
 use prost::Message;
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
-use super::state_machine::{RaftSnapshot, SnapshotData};
 use super::legacy_wire;
+use super::state_machine::{RaftSnapshot, SnapshotData};
 use super::types::{NodeId, TypeConfig, WatchReceiver};
 use super::wire::{
     self, AppendReplyRecord, AppendRequestRecord, SnapshotOfferRecord, SnapshotReplyRecord,

@@ -11,11 +11,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use super::log_store::{COMMITTED, LAST_PURGED, VOTE};
 use super::record::{
     EntryRecord, LogIdRecord, MembershipRecord, NodeRecord, PayloadRecord, PositionRecord,
     SnapshotMetaRecord, StoredMembershipRecord, VoteRecord, VoterSetRecord,
 };
-use super::log_store::{COMMITTED, LAST_PURGED, VOTE};
 use super::state_machine::{META_APPLIED, META_INSTALLING, META_MEMBERSHIP};
 use super::types::Member;
 use crate::storage::{Cf, Engine, StorageError, FORMAT_KEY};
@@ -231,9 +231,9 @@ impl From<StoredMembershipRecord> for StoredMembership {
 impl From<SnapshotMetaRecord> for SnapshotMeta {
     /// openraft 0.9 tells snapshots apart by id while they are sent; the position names one.
     fn from(r: SnapshotMetaRecord) -> SnapshotMeta {
-        let snapshot_id = r
-            .last_log_id
-            .map_or("empty".into(), |id| format!("{}-{}-{}", id.term, id.leader, id.index));
+        let snapshot_id = r.last_log_id.map_or("empty".into(), |id| {
+            format!("{}-{}-{}", id.term, id.leader, id.index)
+        });
         SnapshotMeta {
             last_log_id: r.last_log_id.map(Into::into),
             last_membership: r.last_membership.unwrap_or_default().into(),
@@ -245,9 +245,9 @@ impl From<SnapshotMetaRecord> for SnapshotMeta {
 impl From<EntryRecord> for Entry {
     fn from(r: EntryRecord) -> Entry {
         let payload = match r.payload {
-            Some(PayloadRecord::Commands(batch)) => {
-                Payload::Normal(serde_bytes::ByteBuf::from(prost::Message::encode_to_vec(&batch)))
-            }
+            Some(PayloadRecord::Commands(batch)) => Payload::Normal(serde_bytes::ByteBuf::from(
+                prost::Message::encode_to_vec(&batch),
+            )),
             Some(PayloadRecord::Membership(m)) => Payload::Membership(m.into()),
             Some(PayloadRecord::Blank(())) | None => Payload::Blank,
         };
@@ -369,7 +369,9 @@ pub fn upgrade(engine: &Engine) -> Result<(), StorageError> {
         }
         Ok::<_, StorageError>(())
     };
-    rewrite(Cf::RaftState, VOTE, &|v| convert::<Vote, VoteRecord>("vote", v))?;
+    rewrite(Cf::RaftState, VOTE, &|v| {
+        convert::<Vote, VoteRecord>("vote", v)
+    })?;
     rewrite(Cf::RaftState, COMMITTED, &position_record)?;
     rewrite(Cf::RaftState, LAST_PURGED, &purge_point_record)?;
     rewrite(Cf::Meta, META_APPLIED, &position_record)?;
@@ -414,7 +416,8 @@ pub(super) mod release09 {
     impl<'de> Deserialize<'de> for Batch09 {
         fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
             let bytes: serde_bytes::ByteBuf = Deserialize::deserialize(d)?;
-            let batch = prost::Message::decode(bytes.as_slice()).map_err(serde::de::Error::custom)?;
+            let batch =
+                prost::Message::decode(bytes.as_slice()).map_err(serde::de::Error::custom)?;
             Ok(Batch09(batch))
         }
     }
@@ -428,8 +431,8 @@ mod tests {
     use oxcd_proto::etcdserverpb::PutRequest;
 
     use super::*;
-    use crate::raft::record::LogIdRecord;
     use crate::apply::{Command, CommandBatch, Op};
+    use crate::raft::record::LogIdRecord;
 
     use super::release09::{Batch09, Release09};
 
@@ -456,13 +459,21 @@ mod tests {
         };
         openraft09::Membership::new(
             vec![BTreeSet::from([1, 2]), BTreeSet::from([2, 3])],
-            BTreeMap::from([(1, node("a")), (2, node("b")), (3, node("c")), (9, node("l"))]),
+            BTreeMap::from([
+                (1, node("a")),
+                (2, node("b")),
+                (3, node("c")),
+                (9, node("l")),
+            ]),
         )
     }
 
     fn membership_record() -> MembershipRecord {
         MembershipRecord {
-            voters: vec![VoterSetRecord { ids: vec![1, 2] }, VoterSetRecord { ids: vec![2, 3] }],
+            voters: vec![
+                VoterSetRecord { ids: vec![1, 2] },
+                VoterSetRecord { ids: vec![2, 3] },
+            ],
             nodes: [(1, "a"), (2, "b"), (3, "c"), (9, "l")]
                 .map(|(id, name)| NodeRecord {
                     id,
@@ -495,15 +506,31 @@ mod tests {
                 log_id: log_id(2, 1, index),
                 payload: openraft09::EntryPayload::Blank,
             };
-            batch.put(Cf::RaftLog, &index.to_be_bytes(), &bincode::serialize(&entry).unwrap());
+            batch.put(
+                Cf::RaftLog,
+                &index.to_be_bytes(),
+                &bincode::serialize(&entry).unwrap(),
+            );
         }
         let vote = openraft09::Vote::new_committed(2u64, 1u64);
         batch.put(Cf::RaftState, VOTE, &bincode::serialize(&vote).unwrap());
         let committed = Some(log_id(2, 1, entries));
-        batch.put(Cf::RaftState, COMMITTED, &bincode::serialize(&committed).unwrap());
-        batch.put(Cf::Meta, META_APPLIED, &bincode::serialize(&committed).unwrap());
+        batch.put(
+            Cf::RaftState,
+            COMMITTED,
+            &bincode::serialize(&committed).unwrap(),
+        );
+        batch.put(
+            Cf::Meta,
+            META_APPLIED,
+            &bincode::serialize(&committed).unwrap(),
+        );
         let stored = openraft09::StoredMembership::new(Some(log_id(1, 1, 1)), membership());
-        batch.put(Cf::Meta, META_MEMBERSHIP, &bincode::serialize(&stored).unwrap());
+        batch.put(
+            Cf::Meta,
+            META_MEMBERSHIP,
+            &bincode::serialize(&stored).unwrap(),
+        );
         engine.write(batch, true).unwrap();
         engine
     }
@@ -524,7 +551,10 @@ mod tests {
         assert_eq!(engine.format_version().unwrap(), RECORD_FORMAT);
         assert!(engine.get(Cf::RaftState, CONVERTED_UPTO).unwrap().is_none());
         for index in 1..=entries {
-            let bytes = engine.get(Cf::RaftLog, &index.to_be_bytes()).unwrap().unwrap();
+            let bytes = engine
+                .get(Cf::RaftLog, &index.to_be_bytes())
+                .unwrap()
+                .unwrap();
             let record = crate::raft::record::decode_entry(&bytes).unwrap();
             assert_eq!(record.log_id.index, index);
         }
@@ -532,7 +562,9 @@ mod tests {
         let vote = crate::raft::record::decode_vote(&vote).unwrap();
         assert!(vote.committed && vote.leader_id.term == 2);
         let applied = engine.get(Cf::Meta, META_APPLIED).unwrap().unwrap();
-        let applied = crate::raft::record::decode_position(&applied).unwrap().unwrap();
+        let applied = crate::raft::record::decode_position(&applied)
+            .unwrap()
+            .unwrap();
         assert_eq!(applied.index, entries);
         let stored = engine.get(Cf::Meta, META_MEMBERSHIP).unwrap().unwrap();
         let stored = crate::raft::record::decode_membership(&stored).unwrap();
@@ -591,9 +623,8 @@ mod tests {
                 decoded(position_record(&bincode::serialize(&position).unwrap()).unwrap());
             assert_eq!(converted.log_id, position.map(|_| record(5, 1, 1 << 33)));
         }
-        let purged: PositionRecord = decoded(
-            purge_point_record(&bincode::serialize(&log_id(2, 1, 99)).unwrap()).unwrap(),
-        );
+        let purged: PositionRecord =
+            decoded(purge_point_record(&bincode::serialize(&log_id(2, 1, 99)).unwrap()).unwrap());
         assert_eq!(purged.log_id, Some(record(2, 1, 99)));
 
         let stored = openraft09::StoredMembership::new(Some(log_id(3, 2, 41)), membership());

@@ -208,7 +208,11 @@ impl From<&VoteResponse<TypeConfig>> for VoteReplyV1 {
 
 impl From<VoteReplyV1> for VoteResponse<TypeConfig> {
     fn from(r: VoteReplyV1) -> Self {
-        VoteResponse::new(vote_back(r.vote), log_id_back(r.last_log_id), r.vote_granted)
+        VoteResponse::new(
+            vote_back(r.vote),
+            log_id_back(r.last_log_id),
+            r.vote_granted,
+        )
     }
 }
 
@@ -262,27 +266,32 @@ mod tests {
         let reply = encode_ok(&AppendReply::from(&AppendEntriesResponse::HigherVote(
             types::Vote::new(4, 1),
         )));
-        let read09: Result<openraft09::raft::AppendEntriesResponse<u64>, openraft09::error::RaftError<u64>> =
-            bincode::deserialize(&reply).unwrap();
+        let read09: Result<
+            openraft09::raft::AppendEntriesResponse<u64>,
+            openraft09::error::RaftError<u64>,
+        > = bincode::deserialize(&reply).unwrap();
         assert_eq!(
             read09.unwrap(),
             openraft09::raft::AppendEntriesResponse::HigherVote(openraft09::Vote::new(4, 1))
         );
-        let reply09: Result<_, openraft09::error::RaftError<u64>> =
-            Ok(openraft09::raft::AppendEntriesResponse::<u64>::PartialSuccess(Some(log_id09(3, 10))));
+        let reply09: Result<_, openraft09::error::RaftError<u64>> = Ok(
+            openraft09::raft::AppendEntriesResponse::<u64>::PartialSuccess(Some(log_id09(3, 10))),
+        );
         let read: AppendReply = decode_ok(&bincode::serialize(&reply09).unwrap()).unwrap();
         assert_eq!(
             AppendEntriesResponse::from(read),
             AppendEntriesResponse::PartialSuccess(Some(types::log_id(3, 2, 10)))
         );
-        let refused: Result<openraft09::raft::VoteResponse<u64>, _> =
-            Err(openraft09::error::RaftError::<u64>::Fatal(openraft09::error::Fatal::Stopped));
+        let refused: Result<openraft09::raft::VoteResponse<u64>, _> = Err(
+            openraft09::error::RaftError::<u64>::Fatal(openraft09::error::Fatal::Stopped),
+        );
         assert!(matches!(
             decode_ok::<VoteReplyV1>(&bincode::serialize(&refused).unwrap()),
             Err(LegacyError::Refused)
         ));
 
-        let vote09 = openraft09::raft::VoteRequest::new(openraft09::Vote::new(5, 3), Some(log_id09(4, 20)));
+        let vote09 =
+            openraft09::raft::VoteRequest::new(openraft09::Vote::new(5, 3), Some(log_id09(4, 20)));
         let read: VoteRequestV1 = decode(&bincode::serialize(&vote09).unwrap()).unwrap();
         let read = VoteRequest::<TypeConfig>::from(read);
         assert_eq!(read.vote, types::Vote::new(5, 3));

@@ -230,7 +230,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
-        self.put_state(VOTE, record::encode_vote(vote), true).await?;
+        self.put_state(VOTE, record::encode_vote(vote), true)
+            .await?;
         fail::fail_point!("raft::vote::after_save");
         Ok(())
     }

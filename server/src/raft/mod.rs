@@ -38,8 +38,8 @@ pub use network::{
     peer_endpoint, Client as PeerClient, Peers, CLUSTER_ID_HEADER, MAX_PEER_MESSAGE,
 };
 pub use state_machine::{applied_position, AppliedPosition, RAFT_META_KEYS};
-pub use types::{Member, NodeId};
 use types::WatchReceiver;
+pub use types::{Member, NodeId};
 
 use crate::apply::{Applier, Command, CommandBatch, Outcome, OutcomeBatch, Outcomes};
 use crate::error::EtcdError;
@@ -395,13 +395,15 @@ impl Consensus {
     async fn left_membership(&self) {
         let me = self.link.me;
         let mut metrics = self.raft.server_metrics();
-        let is_member = |m: &types::ServerMetrics| {
-            m.membership_config.membership().get_node(&me).is_some()
-        };
+        let is_member =
+            |m: &types::ServerMetrics| m.membership_config.membership().get_node(&me).is_some();
         if types::wait_for(&mut metrics, is_member).await.is_err() {
             return std::future::pending().await;
         }
-        if types::wait_for(&mut metrics, |m| !is_member(m)).await.is_err() {
+        if types::wait_for(&mut metrics, |m| !is_member(m))
+            .await
+            .is_err()
+        {
             std::future::pending::<()>().await
         }
     }

@@ -110,7 +110,9 @@ impl Peers {
 
     fn mark_legacy(&self, id: NodeId) {
         tracing::info!(member = %format!("{id:x}"), "the member runs the previous release: speaking its Raft messages");
-        self.legacy.lock().insert(id, Instant::now() + LEGACY_RECHECK);
+        self.legacy
+            .lock()
+            .insert(id, Instant::now() + LEGACY_RECHECK);
     }
 
     fn replied(&self, id: NodeId) {
@@ -359,9 +361,7 @@ impl RaftPeer {
         metered.sent_bytes.inc_by(request.payload.len() as u64);
         let reply = tokio::time::timeout(timeout, send(client, request))
             .await
-            .map_err(|_| {
-                unreachable(format!("member {:x} did not answer in time", self.target))
-            })
+            .map_err(|_| unreachable(format!("member {:x} did not answer in time", self.target)))
             .and_then(|reply| {
                 reply.map_err(|status| {
                     if status.code() == tonic::Code::Unimplemented {
@@ -422,7 +422,9 @@ impl RaftPeer {
     ) -> RpcResult<AppendEntriesResponse<TypeConfig>> {
         let request = legacy_wire::AppendRequest::from(rpc);
         let reply: legacy_wire::AppendReply = self
-            .legacy_call(&request, timeout, async |mut c, m| c.append_entries(m).await)
+            .legacy_call(&request, timeout, async |mut c, m| {
+                c.append_entries(m).await
+            })
             .await?;
         Ok(reply.into())
     }
@@ -502,7 +504,9 @@ impl RaftNetworkV2<TypeConfig> for RaftPeer {
         } else {
             let request = message(&AppendRequestRecord::from(rpc));
             let reply: AppendReplyRecord = self
-                .call(request, option.hard_ttl(), async |mut c, m| c.append(m).await)
+                .call(request, option.hard_ttl(), async |mut c, m| {
+                    c.append(m).await
+                })
                 .await?;
             AppendEntriesResponse::try_from(reply).map_err(network_error)?
         };
@@ -578,7 +582,9 @@ impl RaftNetworkV2<TypeConfig> for RaftPeer {
         if self.is_legacy() {
             let request = legacy_wire::VoteRequestV1::from(&rpc);
             let reply: legacy_wire::VoteReplyV1 = self
-                .legacy_call(&request, option.hard_ttl(), async |mut c, m| c.vote(m).await)
+                .legacy_call(&request, option.hard_ttl(), async |mut c, m| {
+                    c.vote(m).await
+                })
                 .await?;
             return Ok(reply.into());
         }

@@ -11,8 +11,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use openraft::EntryPayload;
 
 use super::types::{
-    log_id, CommandBatch, Entry, LogId, Member, Membership, NodeId, SnapshotMeta,
-    StoredMembership, Vote,
+    log_id, CommandBatch, Entry, LogId, Member, Membership, NodeId, SnapshotMeta, StoredMembership,
+    Vote,
 };
 
 /// Where an entry sits in the log: its index and the term and member of the leader that
@@ -350,7 +350,12 @@ mod tests {
     fn joint_membership() -> Membership {
         Membership::new(
             vec![BTreeSet::from([1, 2]), BTreeSet::from([2, 3])],
-            BTreeMap::from([(1, member("a")), (2, member("b")), (3, member("c")), (4, member("d"))]),
+            BTreeMap::from([
+                (1, member("a")),
+                (2, member("b")),
+                (3, member("c")),
+                (4, member("d")),
+            ]),
         )
         .unwrap()
     }
@@ -392,18 +397,27 @@ mod tests {
             );
         }
         let stored = StoredMembership::new(Some(log_id(3, 1, 12)), joint_membership());
-        assert_eq!(decode_membership(&encode_membership(&stored)).unwrap(), stored);
+        assert_eq!(
+            decode_membership(&encode_membership(&stored)).unwrap(),
+            stored
+        );
         let meta = SnapshotMeta {
             last_log_id: Some(log_id(3, 1, 20)),
             last_membership: stored,
         };
-        assert_eq!(decode_snapshot_meta(&encode_snapshot_meta(&meta)).unwrap(), meta);
+        assert_eq!(
+            decode_snapshot_meta(&encode_snapshot_meta(&meta)).unwrap(),
+            meta
+        );
     }
 
     /// The field numbers are the format: these bytes must decode the same in every release.
     #[test]
     fn the_encoding_is_fixed() {
-        assert_eq!(encode_vote(&Vote::new_committed(5, 2)), [0x08, 5, 0x10, 2, 0x18, 1]);
+        assert_eq!(
+            encode_vote(&Vote::new_committed(5, 2)),
+            [0x08, 5, 0x10, 2, 0x18, 1]
+        );
         assert_eq!(
             encode_position(Some(&log_id(4, 3, 300))),
             [0x0a, 7, 0x08, 4, 0x10, 3, 0x18, 0xac, 0x02]
@@ -425,6 +439,9 @@ mod tests {
             let _ = decode_membership(bytes);
             let _ = decode_snapshot_meta(bytes);
         }
-        assert!(decode_entry(b"").is_err(), "an entry needs its log id and payload");
+        assert!(
+            decode_entry(b"").is_err(),
+            "an entry needs its log id and payload"
+        );
     }
 }

@@ -100,7 +100,9 @@ impl SnapshotDir {
         meta: &SnapshotMeta,
         write_records: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
     ) -> Result<()> {
-        let path = self.dir.join(format!("{BUILDING_PREFIX}{}", snapshot_name(meta)));
+        let path = self
+            .dir
+            .join(format!("{BUILDING_PREFIX}{}", snapshot_name(meta)));
         let io = |e| SnapshotFileError::Io(path.clone(), e);
         let mut out = BufWriter::new(File::create(&path).map_err(io)?);
         write_header(&mut out, meta).map_err(io)?;
@@ -249,7 +251,10 @@ fn snapshot_name(meta: &SnapshotMeta) -> String {
     static BUILDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     match &meta.last_log_id {
-        Some(id) => format!("{}-{}-{}.{n}", id.leader_id.term, id.leader_id.node_id, id.index),
+        Some(id) => format!(
+            "{}-{}-{}.{n}",
+            id.leader_id.term, id.leader_id.node_id, id.index
+        ),
         None => format!("empty.{n}"),
     }
 }
@@ -426,11 +431,7 @@ mod tests {
         };
         for (data_applied, adopted) in [(applied, true), (meta(4).last_log_id, false)] {
             let dir = tempfile::tempdir().unwrap();
-            std::fs::write(
-                dir.path().join(LEGACY_META),
-                format_1_meta(9),
-            )
-            .unwrap();
+            std::fs::write(dir.path().join(LEGACY_META), format_1_meta(9)).unwrap();
             std::fs::write(dir.path().join(LEGACY_DATA), legacy_data(data_applied)).unwrap();
             let snaps = SnapshotDir::open(dir.path()).unwrap();
             let current = snaps.current().unwrap();

@@ -141,9 +141,7 @@ impl StateMachine {
 }
 
 fn reload_applier(applier: &Applier, engine: &Engine) -> Result<(), StorageError> {
-    applier
-        .reload(engine)
-        .map_err(|e| snap_err(e))
+    applier.reload(engine).map_err(|e| snap_err(e))
 }
 
 /// Applies committed entries in order, recording the last applied log id and the membership
@@ -174,8 +172,16 @@ fn apply_entries(
         };
         results.push(OutcomeBatch { outcomes });
     }
-    round.record(Cf::Meta, META_APPLIED, &record::encode_position(applied.as_ref()));
-    round.record(Cf::Meta, META_MEMBERSHIP, &record::encode_membership(&membership));
+    round.record(
+        Cf::Meta,
+        META_APPLIED,
+        &record::encode_position(applied.as_ref()),
+    );
+    round.record(
+        Cf::Meta,
+        META_MEMBERSHIP,
+        &record::encode_membership(&membership),
+    );
     round.commit().map_err(|e| sm_err(e))?;
     Ok((results, applied, membership))
 }
@@ -282,9 +288,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(())
     }
 
-    async fn get_current_snapshot(
-        &mut self,
-    ) -> Result<Option<RaftSnapshot>, StorageError> {
+    async fn get_current_snapshot(&mut self) -> Result<Option<RaftSnapshot>, StorageError> {
         let snapshots = self.snapshots.clone();
         let current = blocking(move || snapshots.current().map_err(file_err)).await?;
         Ok(current.map(|(meta, file)| RaftSnapshot {

@@ -37,7 +37,13 @@ pub type SnapshotMeta = openraft::type_config::alias::SnapshotMetaOf<TypeConfig>
 
 /// The id of the entry at `index` proposed by `leader` in `term`.
 pub fn log_id(term: u64, leader: NodeId, index: u64) -> LogId {
-    LogId::new(LeaderId { term, node_id: leader }, index)
+    LogId::new(
+        LeaderId {
+            term,
+            node_id: leader,
+        },
+        index,
+    )
 }
 
 /// openraft logs entries by their payload.

@@ -157,7 +157,10 @@ fn position(id: Option<&LogId>) -> Option<LogIdRecord> {
 }
 
 /// Decodes a `RaftMessage.payload`.
-pub fn decode<R: prost::Message + Default>(what: &'static str, bytes: &[u8]) -> Result<R, RecordError> {
+pub fn decode<R: prost::Message + Default>(
+    what: &'static str,
+    bytes: &[u8],
+) -> Result<R, RecordError> {
     R::decode(bytes).map_err(|e| RecordError::new(what, e))
 }
 
