@@ -39,6 +39,10 @@ pub enum Flavor {
     /// The current etcd (3.7), built from the Go module proxy by `tests/reference/build-etcd.sh`:
     /// the reference where 3.6/3.7 changed what 3.4 did.
     Etcd37,
+    /// oxcd's previous release (the one before this data dir format and these Raft messages),
+    /// built by `tests/reference/build-oxcd-previous.sh`: clusters of it are upgraded one member
+    /// at a time to [`Flavor::Oxcd`].
+    OxcdPrevious,
 }
 
 impl Flavor {
@@ -47,6 +51,7 @@ impl Flavor {
             Flavor::Oxcd => oxcd_bin(),
             Flavor::Etcd => etcd_bin(),
             Flavor::Etcd37 => etcd37_bin(),
+            Flavor::OxcdPrevious => oxcd_previous_bin(),
         }
     }
 
@@ -60,7 +65,7 @@ impl Flavor {
                 "--log-level".into(),
                 "error".into(),
             ],
-            Flavor::Oxcd => {
+            Flavor::Oxcd | Flavor::OxcdPrevious => {
                 let level = std::env::var("OXCD_TEST_LOG_LEVEL").unwrap_or_else(|_| "error".into());
                 vec!["--log-level".into(), level]
             }
@@ -96,6 +101,7 @@ impl fmt::Display for Flavor {
             Flavor::Oxcd => "oxcd",
             Flavor::Etcd => "etcd",
             Flavor::Etcd37 => "etcd 3.7",
+            Flavor::OxcdPrevious => "previous oxcd",
         })
     }
 }
@@ -135,6 +141,23 @@ pub fn etcd37_bin() -> PathBuf {
         .unwrap_or_else(|| {
             let home = std::env::var_os("HOME").unwrap_or_default();
             PathBuf::from(home).join(".cache/oxcd-reference/etcd-v3.7.3/etcd")
+        })
+}
+
+/// The previous release's commit, whose binary `tests/reference/build-oxcd-previous.sh` builds
+/// by default.
+pub const OXCD_PREVIOUS_COMMIT: &str = "a3286cd";
+
+/// `$OXCD_PREVIOUS_BIN`, else where `tests/reference/build-oxcd-previous.sh` puts the previous
+/// release's oxcd.
+pub fn oxcd_previous_bin() -> PathBuf {
+    std::env::var_os("OXCD_PREVIOUS_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME").unwrap_or_default();
+            PathBuf::from(home).join(format!(
+                ".cache/oxcd-reference/oxcd-{OXCD_PREVIOUS_COMMIT}/oxcd"
+            ))
         })
 }
 
@@ -185,6 +208,11 @@ fn require_binary(flavor: Flavor) -> Result<PathBuf> {
             Flavor::Etcd37 => bail!(
                 "etcd 3.7 is missing at {} (tests/reference/build-etcd.sh builds it; ./dev test \
                  runs that, or set ETCD37_BIN)",
+                bin.display()
+            ),
+            Flavor::OxcdPrevious => bail!(
+                "the previous oxcd release is missing at {} (tests/reference/build-oxcd-previous.sh \
+                 builds it; ./dev test runs that, or set OXCD_PREVIOUS_BIN)",
                 bin.display()
             ),
         }
@@ -388,6 +416,12 @@ impl Server {
         self.spec.flavor
     }
 
+    /// Launches of this member from now on run `flavor`'s binary, on the same data dir, ports
+    /// and flags: an upgrade (or downgrade) once the running process is stopped.
+    pub fn set_flavor(&mut self, flavor: Flavor) {
+        self.spec.flavor = flavor;
+    }
+
     pub fn spec(&self) -> &MemberSpec {
         &self.spec
     }
@@ -504,6 +538,21 @@ impl Server {
             out.push_str(&tail_of_file(&path, lines));
         }
         out
+    }
+
+    /// What the latest launch of this member has logged so far (stderr, then stdout).
+    pub fn log_of_this_launch(&self) -> String {
+        let marker = format!("===== launch #{} ", self.starts);
+        ["stderr.log", "stdout.log"]
+            .iter()
+            .map(|name| {
+                let log = std::fs::read_to_string(self.dir_path.join(name)).unwrap_or_default();
+                match log.rfind(&marker) {
+                    Some(at) => log[at..].to_string(),
+                    None => String::new(),
+                }
+            })
+            .collect()
     }
 
     async fn launch_and_wait(&mut self) -> Result<()> {

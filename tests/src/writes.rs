@@ -34,6 +34,8 @@ pub struct WriterReport {
     pub attempted: usize,
     /// A write failed or timed out, i.e. the crash landed while this writer had one in flight.
     pub interrupted: bool,
+    /// Writes that failed or timed out (a [`Writers::spread`] writer goes on after them).
+    pub failed: usize,
 }
 
 /// Writers running until told to stop or until their member stops answering.
@@ -64,8 +66,33 @@ impl Writers {
         Writers { acks, stop, tasks }
     }
 
+    /// `count` writers that go on through failures, each sending its writes to the endpoints
+    /// in `endpoints` in turn. The test changes that list as it stops and starts members, so
+    /// writes go only to members meant to be running.
+    pub fn spread(endpoints: Arc<Mutex<Vec<String>>>, prefix: &str, count: usize) -> Writers {
+        let acks = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let tasks = (0..count)
+            .map(|w| {
+                tokio::spawn(write_spread_until_stopped(
+                    endpoints.clone(),
+                    w,
+                    format!("{prefix}/w{w:02}"),
+                    acks.clone(),
+                    stop.clone(),
+                ))
+            })
+            .collect();
+        Writers { acks, stop, tasks }
+    }
+
     pub fn acknowledged(&self) -> usize {
         self.acks.lock().unwrap().len()
+    }
+
+    /// The latest acknowledged write.
+    pub fn last_ack(&self) -> Option<Ack> {
+        self.acks.lock().unwrap().last().cloned()
     }
 
     /// Waits until at least `n` writes were acknowledged (panics after `timeout`).
@@ -105,62 +132,110 @@ async fn write_until_stopped(
             break;
         }
         report.attempted += 1;
-        let result = if seq % 4 == 3 {
-            let a = format!("{prefix}/t{seq:06}/a");
-            let b = format!("{prefix}/t{seq:06}/b");
-            let txn = Txn::new()
-                .when([Compare::version(a.clone(), CompareOp::Equal, 0)])
-                .and_then([
-                    TxnOp::put(a.clone(), value_for(&a), None),
-                    TxnOp::put(b.clone(), value_for(&b), None),
-                ]);
-            match tokio::time::timeout(WRITE_TIMEOUT, client.txn(txn)).await {
-                Ok(Ok(resp)) => {
-                    assert!(
-                        resp.succeeded(),
-                        "fresh key {a} failed its version = 0 compare"
-                    );
-                    let revision = resp.header().expect("txn header").revision();
-                    Some(vec![
-                        Ack {
-                            value: value_for(&a),
-                            key: a,
-                            revision,
-                        },
-                        Ack {
-                            value: value_for(&b),
-                            key: b,
-                            revision,
-                        },
-                    ])
-                }
-                _ => None,
-            }
-        } else {
-            let key = format!("{prefix}/p{seq:06}");
-            match tokio::time::timeout(
-                WRITE_TIMEOUT,
-                client.put(key.clone(), value_for(&key), None),
-            )
-            .await
-            {
-                Ok(Ok(resp)) => {
-                    let revision = resp.header().expect("put header").revision();
-                    Some(vec![Ack {
-                        value: value_for(&key),
-                        key,
-                        revision,
-                    }])
-                }
-                _ => None,
-            }
-        };
-        match result {
+        match write_one(&mut client, &prefix, seq).await {
             Some(new_acks) => acks.lock().unwrap().extend(new_acks),
             // The server is dead or dying; stop instead of hammering a closed port.
             None => {
                 report.interrupted = true;
                 break;
+            }
+        }
+    }
+    report
+}
+
+/// Write number `seq` under `prefix`: a put, or every fourth a two-key txn. `None` when it
+/// failed or timed out.
+async fn write_one(client: &mut Client, prefix: &str, seq: u64) -> Option<Vec<Ack>> {
+    if seq % 4 == 3 {
+        let a = format!("{prefix}/t{seq:06}/a");
+        let b = format!("{prefix}/t{seq:06}/b");
+        let txn = Txn::new()
+            .when([Compare::version(a.clone(), CompareOp::Equal, 0)])
+            .and_then([
+                TxnOp::put(a.clone(), value_for(&a), None),
+                TxnOp::put(b.clone(), value_for(&b), None),
+            ]);
+        match tokio::time::timeout(WRITE_TIMEOUT, client.txn(txn)).await {
+            Ok(Ok(resp)) => {
+                assert!(
+                    resp.succeeded(),
+                    "fresh key {a} failed its version = 0 compare"
+                );
+                let revision = resp.header().expect("txn header").revision();
+                Some(vec![
+                    Ack {
+                        value: value_for(&a),
+                        key: a,
+                        revision,
+                    },
+                    Ack {
+                        value: value_for(&b),
+                        key: b,
+                        revision,
+                    },
+                ])
+            }
+            _ => None,
+        }
+    } else {
+        let key = format!("{prefix}/p{seq:06}");
+        match tokio::time::timeout(
+            WRITE_TIMEOUT,
+            client.put(key.clone(), value_for(&key), None),
+        )
+        .await
+        {
+            Ok(Ok(resp)) => {
+                let revision = resp.header().expect("put header").revision();
+                Some(vec![Ack {
+                    value: value_for(&key),
+                    key,
+                    revision,
+                }])
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A [`Writers::spread`] writer: write `seq` goes to the `seq`-th endpoint (offset by the
+/// writer's number) of the current list; a failure is counted and the next write goes on.
+async fn write_spread_until_stopped(
+    endpoints: Arc<Mutex<Vec<String>>>,
+    writer: usize,
+    prefix: String,
+    acks: Arc<Mutex<Vec<Ack>>>,
+    stop: Arc<AtomicBool>,
+) -> WriterReport {
+    let mut clients: HashMap<String, Client> = HashMap::new();
+    let mut report = WriterReport::default();
+    for seq in 0.. {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let endpoint = {
+            let endpoints = endpoints.lock().unwrap();
+            endpoints[(seq as usize + writer) % endpoints.len()].clone()
+        };
+        if !clients.contains_key(&endpoint) {
+            match crate::connect(&endpoint, WRITE_TIMEOUT).await {
+                Ok(client) => clients.insert(endpoint.clone(), client),
+                Err(_) => {
+                    report.failed += 1;
+                    continue;
+                }
+            };
+        }
+        let client = clients.get_mut(&endpoint).expect("connected above");
+        report.attempted += 1;
+        match write_one(client, &prefix, seq).await {
+            Some(new_acks) => acks.lock().unwrap().extend(new_acks),
+            None => {
+                report.interrupted = true;
+                report.failed += 1;
+                // A member restarting or a leader being elected; give it a moment.
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
     }

@@ -199,8 +199,11 @@ impl Consensus {
 
     pub async fn handle_legacy_vote(&self, payload: &[u8]) -> Result<Vec<u8>, InboundError> {
         let request: legacy_wire::VoteRequestV1 = legacy_wire::decode(payload)?;
-        let request = openraft::raft::VoteRequest::from(request);
+        let mut request = openraft::raft::VoteRequest::from(request);
         let from = sender(&request.vote);
+        // The member this leader handed leadership to campaigns with its leave, which this
+        // release's candidates say in the request and the previous release's cannot.
+        request.leadership_transfer = self.link.peers.is_legacy_transferee(from);
         let reply = self
             .raft
             .vote(request)

@@ -318,6 +318,9 @@ fn entry_record(bytes: &[u8]) -> Result<Vec<u8>, StorageError> {
     Ok(prost::Message::encode_to_vec(&record))
 }
 
+/// How one stored record of format 1 becomes its format 2 encoding.
+type RecordRewrite<'a> = &'a dyn Fn(&[u8]) -> Result<Vec<u8>, StorageError>;
+
 /// Converts a data dir of format 1 to [`RECORD_FORMAT`]; does nothing to one already there.
 pub fn upgrade(engine: &Engine) -> Result<(), StorageError> {
     if engine.format_version()? >= RECORD_FORMAT {
@@ -363,7 +366,7 @@ pub fn upgrade(engine: &Engine) -> Result<(), StorageError> {
     }
 
     let mut batch = engine.batch();
-    let mut rewrite = |cf: Cf, key: &[u8], to: &dyn Fn(&[u8]) -> Result<Vec<u8>, StorageError>| {
+    let mut rewrite = |cf: Cf, key: &[u8], to: RecordRewrite| {
         if let Some(v) = engine.get(cf, key)? {
             batch.put(cf, key, &to(&v)?);
         }

@@ -25,7 +25,7 @@ use openraft::raft::{
     StreamAppendResult, TransferLeaderRequest, TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use oxcd_proto::peerpb::peer_client::PeerClient;
-use oxcd_proto::peerpb::{ProbeRequest, RaftMessage};
+use oxcd_proto::peerpb::{ProbeRequest, RaftMessage, TimeoutNowRequest};
 use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::net::UnixStream;
@@ -39,7 +39,7 @@ use crate::tls::PeerConnector;
 use super::legacy_wire;
 use super::snapshot_file;
 use super::state_machine::{RaftSnapshot, SnapshotData};
-use super::types::{Member, NodeId, SnapshotMeta, TypeConfig, Vote};
+use super::types::{LogId, Member, NodeId, SnapshotMeta, TypeConfig, Vote};
 use super::wire::{
     self, AppendReplyRecord, AppendRequestRecord, SnapshotReplyRecord, TransferLeaderRecord,
     TransferLeaderReplyRecord, VoteReplyRecord, VoteRequestRecord,
@@ -57,6 +57,9 @@ const RETRY_UNREACHABLE: Duration = Duration::from_millis(100);
 /// How long a member of the previous release is spoken to in its messages before this
 /// release's are tried again (it may have been upgraded meanwhile).
 const LEGACY_RECHECK: Duration = Duration::from_secs(10);
+/// How often a leader handing over to a member of the previous release checks that the
+/// member has caught up.
+const LEGACY_CATCH_UP_POLL: Duration = Duration::from_millis(5);
 
 pub type Client = PeerClient<InterceptedService<Channel, ClusterStamp>>;
 
@@ -84,6 +87,12 @@ pub struct Peers {
     /// Members that answered a Raft call of this release "unimplemented" (the previous
     /// release), and until when they are spoken to in its messages before trying again.
     legacy: Mutex<HashMap<NodeId, Instant>>,
+    /// The last log id each member of the previous release said it holds (its appends'
+    /// replies), for a leader transfer to it.
+    legacy_matched: Mutex<HashMap<NodeId, LogId>>,
+    /// The member of the previous release this leader last told to campaign for a leader
+    /// transfer, and until when its vote request counts as part of that transfer.
+    legacy_transferee: Mutex<Option<(NodeId, Instant)>>,
 }
 
 impl Peers {
@@ -98,6 +107,8 @@ impl Peers {
             replies: Mutex::new(HashMap::new()),
             reachable: Mutex::new(HashMap::new()),
             legacy: Mutex::new(HashMap::new()),
+            legacy_matched: Mutex::new(HashMap::new()),
+            legacy_transferee: Mutex::new(None),
         }
     }
 
@@ -113,6 +124,14 @@ impl Peers {
         self.legacy
             .lock()
             .insert(id, Instant::now() + LEGACY_RECHECK);
+    }
+
+    /// Whether `candidate`, a member of the previous release, campaigns because this leader
+    /// handed it leadership: its vote request cannot say so itself, as this release's do.
+    pub fn is_legacy_transferee(&self, candidate: NodeId) -> bool {
+        self.legacy_transferee
+            .lock()
+            .is_some_and(|(id, until)| id == candidate && Instant::now() < until)
     }
 
     fn replied(&self, id: NodeId) {
@@ -415,18 +434,62 @@ impl RaftPeer {
         self.peers.is_legacy(self.target)
     }
 
+    /// The previous release has no leader transfer; its own MoveLeader told the target to
+    /// campaign now (TimeoutNow), and so does this one, once the target holds this leader's
+    /// last entry (`leader_last`; the leader took writes until the transfer began, and a
+    /// candidate missing some is refused). This leader has given up its lease for the
+    /// transfer and grants the target's vote as a transfer's (see
+    /// [`Peers::is_legacy_transferee`]), which makes a quorum of three.
+    async fn legacy_campaign_now(
+        &self,
+        leader_last: Option<&LogId>,
+        timeout: Duration,
+    ) -> RpcResult<TransferLeaderResponse<TypeConfig>> {
+        let deadline = Instant::now() + timeout;
+        let matched = || self.peers.legacy_matched.lock().get(&self.target).copied();
+        while matched().as_ref() < leader_last {
+            if Instant::now() >= deadline {
+                return Err(unreachable(format!(
+                    "member {:x} did not catch up for the leader transfer",
+                    self.target
+                )));
+            }
+            tokio::time::sleep(LEGACY_CATCH_UP_POLL).await;
+        }
+        let mut client = self.client()?;
+        *self.peers.legacy_transferee.lock() = Some((self.target, deadline));
+        let left = deadline.saturating_duration_since(Instant::now());
+        tokio::time::timeout(left, client.timeout_now(TimeoutNowRequest {}))
+            .await
+            .map_err(|_| unreachable(format!("member {:x} did not answer in time", self.target)))?
+            .map_err(status_error)?;
+        Ok(Ok(()))
+    }
+
     async fn legacy_append(
         &self,
         rpc: AppendEntriesRequest<TypeConfig>,
         timeout: Duration,
     ) -> RpcResult<AppendEntriesResponse<TypeConfig>> {
+        let last = rpc.entries.last().map(|e| e.log_id).or(rpc.prev_log_id);
         let request = legacy_wire::AppendRequest::from(rpc);
         let reply: legacy_wire::AppendReply = self
             .legacy_call(&request, timeout, async |mut c, m| {
                 c.append_entries(m).await
             })
             .await?;
-        Ok(reply.into())
+        let reply = AppendEntriesResponse::from(reply);
+        let holds = match &reply {
+            AppendEntriesResponse::Success => last,
+            AppendEntriesResponse::PartialSuccess(upto) => *upto,
+            _ => None,
+        };
+        if let Some(holds) = holds {
+            let mut matched = self.peers.legacy_matched.lock();
+            let known = matched.entry(self.target).or_insert(holds);
+            *known = holds.max(*known);
+        }
+        Ok(reply)
     }
 
     /// A snapshot for a member of the previous release: the same records under format 1's
@@ -659,16 +722,23 @@ impl RaftNetworkV2<TypeConfig> for RaftPeer {
         rpc: TransferLeaderRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<TransferLeaderResponse<TypeConfig>> {
-        if self.is_legacy() {
-            return Err(unreachable("the previous release has no leader transfer"));
-        }
+        // Sent even to a member spoken to in the previous release's messages: that mark lasts
+        // LEGACY_RECHECK, and a member upgraded meanwhile (the usual target of a MoveLeader
+        // during a rolling upgrade) takes the transfer.
         let request = message(&TransferLeaderRecord::from(&rpc));
-        let reply: TransferLeaderReplyRecord = self
+        let reply: RpcResult<TransferLeaderReplyRecord> = self
             .call(request, option.hard_ttl(), async |mut c, m| {
                 c.transfer_leader(m).await
             })
-            .await?;
-        wire::transfer_result(reply).map_err(network_error)
+            .await;
+        match reply {
+            Ok(reply) => wire::transfer_result(reply).map_err(network_error),
+            Err(_) if self.is_legacy() && *rpc.to_node_id() == self.target => {
+                self.legacy_campaign_now(rpc.last_log_id(), option.hard_ttl())
+                    .await
+            }
+            Err(e) => Err(e),
+        }
     }
 
     fn backoff(&self) -> Option<Backoff> {

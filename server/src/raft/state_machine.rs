@@ -152,7 +152,7 @@ impl StateMachine {
 }
 
 fn reload_applier(applier: &Applier, engine: &Engine) -> Result<(), StorageError> {
-    applier.reload(engine).map_err(|e| snap_err(e))
+    applier.reload(engine).map_err(snap_err)
 }
 
 /// Applies committed entries in order, recording the last applied log id and the membership
@@ -193,12 +193,12 @@ fn apply_entries(
         META_MEMBERSHIP,
         &record::encode_membership(&membership),
     );
-    round.commit().map_err(|e| sm_err(e))?;
+    round.commit().map_err(sm_err)?;
     Ok((results, applied, membership))
 }
 
 fn read_applied(engine: &Engine) -> Result<(Option<LogId>, StoredMembership), StorageError> {
-    decode_applied(|key| engine.get(Cf::Meta, key)).map_err(|e| sm_err(e))
+    decode_applied(|key| engine.get(Cf::Meta, key)).map_err(sm_err)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -338,7 +338,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 fn applied_state(
     snap: &EngineSnapshot<'_>,
 ) -> Result<(Option<LogId>, StoredMembership), StorageError> {
-    decode_applied(|key| snap.get(Cf::Meta, key)).map_err(|e| snap_err(e))
+    decode_applied(|key| snap.get(Cf::Meta, key)).map_err(snap_err)
 }
 
 /// Where in the Raft log an engine snapshot stands, as etcd's backend records it: the term and
