@@ -53,9 +53,14 @@ impl Consensus {
         }
     }
 
-    pub async fn handle_append(&self, payload: &[u8]) -> Result<Vec<u8>, InboundError> {
-        let record: AppendRequestRecord = wire::decode("append", payload)?;
-        let request = AppendEntriesRequest::try_from(record)?;
+    /// An append, in whichever release's encoding it came: handed to openraft, the reply
+    /// encoded by `encode` and counted.
+    async fn answer_append(
+        &self,
+        request: AppendEntriesRequest<TypeConfig>,
+        received: usize,
+        encode: impl FnOnce(&AppendEntriesResponse<TypeConfig>) -> Vec<u8>,
+    ) -> Result<Vec<u8>, InboundError> {
         let from = sender(&request.vote);
         let reply = self
             .raft
@@ -63,9 +68,18 @@ impl Consensus {
             .await
             .map_err(|e| InboundError::Stopped(e.to_string()))?;
         self.note_append(&reply);
-        let reply = AppendReplyRecord::from(reply).encode_to_vec();
-        count_answered(from, payload.len(), reply.len());
+        let reply = encode(&reply);
+        count_answered(from, received, reply.len());
         Ok(reply)
+    }
+
+    pub async fn handle_append(&self, payload: &[u8]) -> Result<Vec<u8>, InboundError> {
+        let record: AppendRequestRecord = wire::decode("append", payload)?;
+        let request = AppendEntriesRequest::try_from(record)?;
+        self.answer_append(request, payload.len(), |reply| {
+            AppendReplyRecord::from(reply).encode_to_vec()
+        })
+        .await
     }
 
     /// The follower's side of pipelined replication: each reply once its entries are flushed,
@@ -185,16 +199,10 @@ impl Consensus {
     pub async fn handle_legacy_append(&self, payload: &[u8]) -> Result<Vec<u8>, InboundError> {
         let request: legacy_wire::AppendRequest = legacy_wire::decode(payload)?;
         let request = AppendEntriesRequest::try_from(request)?;
-        let from = sender(&request.vote);
-        let reply = self
-            .raft
-            .append_entries(request)
-            .await
-            .map_err(|e| InboundError::Stopped(e.to_string()))?;
-        self.note_append(&reply);
-        let reply = legacy_wire::encode_ok(&legacy_wire::AppendReply::from(&reply));
-        count_answered(from, payload.len(), reply.len());
-        Ok(reply)
+        self.answer_append(request, payload.len(), |reply| {
+            legacy_wire::encode_ok(&legacy_wire::AppendReply::from(reply))
+        })
+        .await
     }
 
     pub async fn handle_legacy_vote(&self, payload: &[u8]) -> Result<Vec<u8>, InboundError> {

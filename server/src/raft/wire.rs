@@ -192,8 +192,8 @@ impl TryFrom<AppendRequestRecord> for AppendEntriesRequest<TypeConfig> {
     }
 }
 
-impl From<AppendEntriesResponse<TypeConfig>> for AppendReplyRecord {
-    fn from(reply: AppendEntriesResponse<TypeConfig>) -> AppendReplyRecord {
+impl From<&AppendEntriesResponse<TypeConfig>> for AppendReplyRecord {
+    fn from(reply: &AppendEntriesResponse<TypeConfig>) -> AppendReplyRecord {
         let outcome = match reply {
             AppendEntriesResponse::Success => AppendOutcome::Success(()),
             AppendEntriesResponse::PartialSuccess(upto) => {
@@ -202,7 +202,7 @@ impl From<AppendEntriesResponse<TypeConfig>> for AppendReplyRecord {
                 })
             }
             AppendEntriesResponse::Conflict => AppendOutcome::Conflict(()),
-            AppendEntriesResponse::HigherVote(vote) => AppendOutcome::HigherVote((&vote).into()),
+            AppendEntriesResponse::HigherVote(vote) => AppendOutcome::HigherVote(vote.into()),
         };
         AppendReplyRecord {
             outcome: Some(outcome),
