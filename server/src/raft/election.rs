@@ -1,8 +1,9 @@
 //! Who leads, as far as this member can vouch for it, and when this member campaigns.
 //!
 //! **Liveness of the leader** (etcd's CheckQuorum and a follower's election timeout). openraft
-//! 0.9 keeps a leader that lost its quorum in the leader state for as long as the partition
-//! lasts, and a follower keeps naming a leader it no longer hears from. Either would go on
+//! keeps a leader that lost its quorum in the leader state for as long as the partition lasts
+//! (0.10 only stops it taking writes), and a follower keeps naming a leader it no longer hears
+//! from. Either would go on
 //! answering as if the cluster were healthy: keep-alives, `hasleader` requests, readiness probes,
 //! watch streams that want a leader. So every tick this module decides whether this member is
 //! *in contact*: a leader that heard back from a quorum (append or heartbeat replies) within an
@@ -12,10 +13,12 @@
 //! quorum answers many times per election timeout and a single slow reply never looks like a
 //! partition.
 //!
-//! **Elections.** openraft 0.9 has no PreVote: a member cut off from the leader would campaign
-//! again and again, raising its term, and on its return that term deposes a healthy leader (it
-//! steps down on the higher vote in an append reply) and stalls the cluster for another
-//! election. So openraft's own election timer is off and this module decides: a voter that has
+//! **Elections.** Without PreVote a member cut off from the leader would campaign again and
+//! again, raising its term, and on its return that term deposes a healthy leader (it steps down
+//! on the higher vote in an append reply) and stalls the cluster for another election. openraft
+//! 0.10's own PreVote counts silence in wall time and is unknown to members of the previous
+//! release (openraft 0.9, during a rolling upgrade), so openraft's election timer is off and
+//! this module decides: a voter that has
 //! not heard from a leader for a whole lease first asks the others whether they would vote for it
 //! (PreVote), and campaigns only when a quorum says yes. A member still hearing from a leader
 //! says no, so a returning member rejoins at the leader's term.
