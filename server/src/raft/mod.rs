@@ -101,14 +101,11 @@ impl Consensus {
             // --heartbeat-interval paces the election module's ticks; idle heartbeats still
             // reach followers three times per leader lease.
             heartbeat_interval: (election_ms / 2).max(opts.heartbeat.as_millis() as u64),
-            // Campaigns are the election module's (below), so openraft's election timeouts set
-            // only its leader lease (the maximum): how long followers refuse votes after they
-            // last heard from the leader, and how long a leader takes writes without a quorum's
-            // answer. One election timeout, so a follower may campaign as soon as etcd's would
-            // at the earliest; etcd then adds up to another timeout at random, the election
-            // module a quarter of one.
-            election_timeout_min: election_ms * 3 / 4,
-            election_timeout_max: election_ms,
+            // etcd randomises the election timeout in [timeout, 2 x timeout). openraft's
+            // followers also refuse votes until the maximum has passed since they last heard
+            // from the leader (its leader lease), so a narrower range fails over sooner.
+            election_timeout_min: election_ms,
+            election_timeout_max: election_ms * 3 / 2,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(opts.snapshot_count),
             max_in_snapshot_log_to_keep: opts.snapshot_count.min(opts.catch_up_entries),
             max_payload_entries: MAX_PAYLOAD_ENTRIES,
@@ -172,7 +169,7 @@ impl Consensus {
             election::Timing {
                 heartbeat: opts.heartbeat,
                 election_timeout: opts.election_timeout,
-                lease: opts.election_timeout,
+                lease: Duration::from_millis(election_ms * 3 / 2),
             },
         );
         Ok(Consensus {
