@@ -288,13 +288,7 @@ pub(super) fn position(bytes: &[u8]) -> Result<Option<LogIdRecord>, StorageError
 
 /// A log position as format 1 (and the previous release's PreVote) encodes it.
 pub(super) fn encode_position(id: Option<&super::types::LogId>) -> Vec<u8> {
-    let legacy = id.map(|id| LogId {
-        leader_id: LeaderId {
-            term: id.leader_id.term,
-            node_id: id.leader_id.node_id,
-        },
-        index: id.index,
-    });
+    let legacy = id.map(|id| LogId::from(LogIdRecord::from(id)));
     bincode::serialize(&legacy).expect("a log position encodes")
 }
 

@@ -127,11 +127,15 @@ impl RecordError {
     }
 }
 
-fn decode<R: prost::Message + Default>(what: &'static str, bytes: &[u8]) -> Result<R, RecordError> {
+/// Decodes a record of any kind, named `what` in the error.
+pub(super) fn decode<R: prost::Message + Default>(
+    what: &'static str,
+    bytes: &[u8],
+) -> Result<R, RecordError> {
     R::decode(bytes).map_err(|e| RecordError::new(what, e))
 }
 
-fn required<T>(what: &'static str, field: Option<T>) -> Result<T, RecordError> {
+pub(super) fn required<T>(what: &'static str, field: Option<T>) -> Result<T, RecordError> {
     field.ok_or_else(|| RecordError::new(what, "a required field is missing"))
 }
 

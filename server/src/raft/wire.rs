@@ -10,9 +10,12 @@ use openraft::raft::{
 };
 
 use super::record::{
-    EntryRecord, LogIdRecord, PositionRecord, RecordError, SnapshotMetaRecord, VoteRecord,
+    required, EntryRecord, LogIdRecord, PositionRecord, RecordError, SnapshotMetaRecord, VoteRecord,
 };
 use super::types::{LogId, SnapshotMeta, TypeConfig, Vote};
+
+/// `RaftMessage.payload`s decode as the stored records do.
+pub(super) use super::record::decode;
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct AppendRequestRecord {
@@ -148,20 +151,8 @@ pub struct LogNotFlushedRecord {
     pub actual: Option<LogIdRecord>,
 }
 
-fn required<T>(what: &'static str, field: Option<T>) -> Result<T, RecordError> {
-    field.ok_or_else(|| RecordError::new(what, "a required field is missing"))
-}
-
 fn position(id: Option<&LogId>) -> Option<LogIdRecord> {
     id.map(LogIdRecord::from)
-}
-
-/// Decodes a `RaftMessage.payload`.
-pub fn decode<R: prost::Message + Default>(
-    what: &'static str,
-    bytes: &[u8],
-) -> Result<R, RecordError> {
-    R::decode(bytes).map_err(|e| RecordError::new(what, e))
 }
 
 impl From<AppendEntriesRequest<TypeConfig>> for AppendRequestRecord {
