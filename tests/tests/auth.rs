@@ -23,7 +23,7 @@ use oxcd_proto::etcdserverpb::{
     WatchResponse,
 };
 use oxcd_tests::cluster::Cluster;
-use oxcd_tests::{Flavor, Server};
+use oxcd_tests::{Flavor, Server, StartOptions};
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 
@@ -941,6 +941,82 @@ async fn jwt_on_every_member(flavor: Flavor) {
         get_as(&cluster.members()[2].endpoint(), &token, b"mine/x").await,
         "InvalidArgument: etcdserver: revision of auth store is old"
     );
+}
+
+/// ES512 (P-521): jsonwebtoken has no such method, so oxcd signs these itself. The same users
+/// on one etcd 3.7 and one oxcd member with the same key: each accepts the other's token, so
+/// the two sign and verify the same tokens.
+#[tokio::test]
+async fn es512_jwts_of_oxcd_and_etcd_are_accepted_by_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let (private, public) = (dir.path().join("p521.key"), dir.path().join("p521.pub"));
+    for args in [
+        vec![
+            "ecparam",
+            "-name",
+            "secp521r1",
+            "-genkey",
+            "-noout",
+            "-out",
+            private.to_str().unwrap(),
+        ],
+        vec![
+            "ec",
+            "-in",
+            private.to_str().unwrap(),
+            "-pubout",
+            "-out",
+            public.to_str().unwrap(),
+        ],
+    ] {
+        let ok = std::process::Command::new("openssl")
+            .args(&args)
+            .stderr(Stdio::null())
+            .status()
+            .expect("openssl must be installed")
+            .success();
+        assert!(ok, "openssl {args:?}");
+    }
+    let flag = format!(
+        "--auth-token=jwt,pub-key={},priv-key={},sign-method=ES512,ttl=10m",
+        public.display(),
+        private.display()
+    );
+    let mut tokens = Vec::new();
+    let mut endpoints = Vec::new();
+    let mut servers = Vec::new();
+    for flavor in [Flavor::Etcd37, Flavor::Oxcd] {
+        let server = Server::start_with(
+            flavor,
+            StartOptions {
+                extra_args: vec![flag.clone()],
+                ..Default::default()
+            },
+        )
+        .await;
+        let ch = channel(&server.endpoint()).await;
+        let (_, alice) = set_up_users(&ch).await;
+        assert_eq!(alice.split('.').count(), 3, "{flavor}: a JWT: {alice}");
+        tokens.push(alice);
+        endpoints.push(server.endpoint());
+        servers.push(server);
+    }
+    for endpoint in &endpoints {
+        for token in &tokens {
+            assert_eq!(get_as(endpoint, token, b"mine/x").await, "ok");
+            assert_eq!(
+                get_as(endpoint, token, b"secret").await,
+                "PermissionDenied: etcdserver: permission denied"
+            );
+        }
+        let mut forged = tokens[1].clone();
+        forged.truncate(forged.len() - 4);
+        forged.push_str("AAAA");
+        assert_eq!(
+            get_as(endpoint, &forged, b"mine/x").await,
+            "Unauthenticated: etcdserver: invalid auth token"
+        );
+    }
 }
 
 #[tokio::test]

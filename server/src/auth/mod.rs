@@ -10,6 +10,7 @@
 //! identity and auth revision the proposing member resolved, so a change of permissions that
 //! commits first is honoured), a read's before it runs on the serving member.
 
+mod es512;
 mod perms;
 mod service;
 mod store;

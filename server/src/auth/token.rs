@@ -18,6 +18,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::PrivateKeyDer;
 use serde::{Deserialize, Serialize};
 
+use super::es512::Es512Keys;
 use super::store::AuthInfo;
 use crate::error::EtcdError;
 
@@ -38,12 +39,20 @@ pub enum TokenConfig {
 }
 
 pub struct JwtKeys {
-    algorithm: Algorithm,
-    /// None when only a public key was given: this member then verifies tokens but cannot
-    /// issue them (etcd's verify-only mode).
-    signing: Option<EncodingKey>,
-    verifying: DecodingKey,
+    signer: JwtSigner,
     ttl: Duration,
+}
+
+enum JwtSigner {
+    /// Every method but ES512.
+    Library {
+        algorithm: Algorithm,
+        /// None when only a public key was given: this member then verifies tokens but
+        /// cannot issue them (etcd's verify-only mode).
+        signing: Option<EncodingKey>,
+        verifying: DecodingKey,
+    },
+    Es512(Es512Keys),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -85,19 +94,19 @@ impl JwtKeys {
         }
         let method = opts.get("sign-method").copied().unwrap_or_default();
         let algorithm = match method {
-            "RS256" => Algorithm::RS256,
-            "RS384" => Algorithm::RS384,
-            "RS512" => Algorithm::RS512,
-            "PS256" => Algorithm::PS256,
-            "PS384" => Algorithm::PS384,
-            "PS512" => Algorithm::PS512,
-            "ES256" => Algorithm::ES256,
-            "ES384" => Algorithm::ES384,
-            "EdDSA" => Algorithm::EdDSA,
-            "HS256" => Algorithm::HS256,
-            "HS384" => Algorithm::HS384,
-            "HS512" => Algorithm::HS512,
-            "ES512" => bail!("--auth-token jwt: sign-method ES512 is not supported by oxcd (its JWT library has no P-521); use ES256 or ES384"),
+            "RS256" => Some(Algorithm::RS256),
+            "RS384" => Some(Algorithm::RS384),
+            "RS512" => Some(Algorithm::RS512),
+            "PS256" => Some(Algorithm::PS256),
+            "PS384" => Some(Algorithm::PS384),
+            "PS512" => Some(Algorithm::PS512),
+            "ES256" => Some(Algorithm::ES256),
+            "ES384" => Some(Algorithm::ES384),
+            "EdDSA" => Some(Algorithm::EdDSA),
+            "HS256" => Some(Algorithm::HS256),
+            "HS384" => Some(Algorithm::HS384),
+            "HS512" => Some(Algorithm::HS512),
+            "ES512" => None,
             _ => bail!("--auth-token jwt: invalid sign-method {method:?} (auth: invalid auth signature method)"),
         };
         let ttl = match opts.get("ttl") {
@@ -114,31 +123,40 @@ impl JwtKeys {
                 .transpose()
         };
         let (private, public) = (read("priv-key")?, read("pub-key")?);
-        let keys = match algorithm {
-            Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => {
+        let signer = match algorithm {
+            None => JwtSigner::Es512(Es512Keys::from_pem(private.as_deref(), public.as_deref())?),
+            Some(algorithm @ (Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)) => {
                 let secret = private.context(
                     "--auth-token jwt: HMAC signing needs priv-key (auth: missing key data)",
                 )?;
-                (
-                    Some(EncodingKey::from_secret(&secret)),
-                    DecodingKey::from_secret(&secret),
-                )
+                JwtSigner::Library {
+                    algorithm,
+                    signing: Some(EncodingKey::from_secret(&secret)),
+                    verifying: DecodingKey::from_secret(&secret),
+                }
             }
-            _ => asymmetric_keys(algorithm, private.as_deref(), public.as_deref())?,
+            Some(algorithm) => {
+                let (signing, verifying) =
+                    asymmetric_keys(algorithm, private.as_deref(), public.as_deref())?;
+                JwtSigner::Library {
+                    algorithm,
+                    signing,
+                    verifying,
+                }
+            }
         };
-        let jwt = JwtKeys {
-            algorithm,
-            signing: keys.0,
-            verifying: keys.1,
-            ttl,
-        };
+        let jwt = JwtKeys { signer, ttl };
         jwt.check_pair()?;
         Ok(jwt)
     }
 
     /// etcd refuses a public key that does not belong to the private key.
     fn check_pair(&self) -> anyhow::Result<()> {
-        if self.signing.is_none() {
+        let can_sign = match &self.signer {
+            JwtSigner::Library { signing, .. } => signing.is_some(),
+            JwtSigner::Es512(keys) => keys.can_sign(),
+        };
+        if !can_sign {
             return Ok(());
         }
         let token = self
@@ -151,7 +169,6 @@ impl JwtKeys {
     }
 
     fn sign(&self, user: &str, revision: u64) -> Result<String, EtcdError> {
-        let key = self.signing.as_ref().ok_or(EtcdError::AuthFailed)?;
         let exp = (SystemTime::now() + self.ttl)
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -160,20 +177,46 @@ impl JwtKeys {
             revision,
             exp,
         };
-        jsonwebtoken::encode(&Header::new(self.algorithm), &claims, key).map_err(|e| {
-            tracing::warn!(error = %e, "signing a JWT failed");
-            EtcdError::AuthFailed
-        })
+        match &self.signer {
+            JwtSigner::Library {
+                algorithm, signing, ..
+            } => {
+                let key = signing.as_ref().ok_or(EtcdError::AuthFailed)?;
+                jsonwebtoken::encode(&Header::new(*algorithm), &claims, key).map_err(|e| {
+                    tracing::warn!(error = %e, "signing a JWT failed");
+                    EtcdError::AuthFailed
+                })
+            }
+            JwtSigner::Es512(keys) => keys.sign(&claims).ok_or(EtcdError::AuthFailed),
+        }
     }
 
     fn verify(&self, token: &str) -> Option<AuthInfo> {
-        let mut validation = Validation::new(self.algorithm);
-        // Go's jwt library, which etcd uses, allows no clock skew.
-        validation.leeway = 0;
-        let data = jsonwebtoken::decode::<Claims>(token, &self.verifying, &validation).ok()?;
+        let claims = match &self.signer {
+            JwtSigner::Library {
+                algorithm,
+                verifying,
+                ..
+            } => {
+                let mut validation = Validation::new(*algorithm);
+                // Go's jwt library, which etcd uses, allows no clock skew.
+                validation.leeway = 0;
+                jsonwebtoken::decode::<Claims>(token, verifying, &validation)
+                    .ok()?
+                    .claims
+            }
+            JwtSigner::Es512(keys) => {
+                let claims: Claims = keys.verify(token)?;
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                // Go's jwt library: a token is expired from its `exp` second on.
+                (claims.exp > now).then_some(claims)?
+            }
+        };
         Some(AuthInfo {
-            user: data.claims.username,
-            revision: data.claims.revision,
+            user: claims.username,
+            revision: claims.revision,
         })
     }
 }

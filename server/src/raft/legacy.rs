@@ -494,6 +494,7 @@ mod tests {
 
     /// A format-1 data dir as the previous release left it: `entries` log entries from index 1,
     /// the vote, commit and purge points, and the state machine's position and membership.
+    #[cfg(feature = "failpoints")]
     fn format_1_engine(dir: &std::path::Path, entries: u64) -> std::sync::Arc<Engine> {
         let engine = Engine::open(dir).unwrap();
         let mut batch = engine.batch();
