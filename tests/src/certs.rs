@@ -146,6 +146,8 @@ pub struct TlsSetup {
     pub client_ca: Option<String>,
     /// An https:// peer URL with `peer.crt`, peer certificates signed by `ca.crt` required.
     pub peer_tls: bool,
+    /// Further `name=peer-url` entries of `--initial-cluster` (members that are not started).
+    pub other_members: Vec<String>,
     pub extra_args: Vec<String>,
     /// Environment variables (`ETCD_*` flags).
     pub env: Vec<(String, String)>,
@@ -188,7 +190,13 @@ impl TlsMember {
             .arg(format!("--advertise-client-urls={endpoint}"))
             .arg(format!("--listen-peer-urls={peer_url}"))
             .arg(format!("--initial-advertise-peer-urls={peer_url}"))
-            .arg(format!("--initial-cluster=n1={peer_url}"))
+            .arg(format!(
+                "--initial-cluster={}",
+                std::iter::once(format!("n1={peer_url}"))
+                    .chain(setup.other_members.iter().cloned())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ))
             .args([
                 "--cert-file",
                 &c("server.crt"),

@@ -272,3 +272,68 @@ async fn a_self_signed_client_certificate_in_the_trusted_ca_file_is_admitted() {
     ];
     same_verdicts_as_etcd(setup, Port::Client, &verdicts).await;
 }
+
+/// How a member's dials to a peer URL served with `<cert>.crt` ended in `window`: handshakes
+/// the member completed, and ones it broke off. The peer is this test's TLS listener; it asks
+/// for no client certificate, so only the dialling member judges.
+async fn dials_to_a_peer_serving(flavor: Flavor, cert: &str, window: Duration) -> (u32, u32) {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let dir = tempfile::tempdir().unwrap();
+    make_certificates(dir.path());
+    let chain = CertificateDer::pem_file_iter(dir.path().join(format!("{cert}.crt")))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(dir.path().join(format!("{cert}.key"))).unwrap();
+    let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        tokio_rustls::rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let fake = listener.local_addr().unwrap().port();
+    let setup = TlsSetup {
+        peer_tls: true,
+        other_members: vec![format!("n2=https://127.0.0.1:{fake}")],
+        env: vec![("ETCD_PEER_CERT_ALLOWED_CN".into(), "peer".into())],
+        ..TlsSetup::default()
+    };
+    let _member = TlsMember::start_with(&flavor.binary(), dir.path(), &setup);
+    let (mut completed, mut refused) = (0, 0);
+    let deadline = tokio::time::Instant::now() + window;
+    while let Ok(Ok((tcp, _))) = tokio::time::timeout_at(deadline, listener.accept()).await {
+        match tokio::time::timeout(Duration::from_secs(2), acceptor.accept(tcp)).await {
+            Ok(Ok(_)) => completed += 1,
+            _ => refused += 1,
+        }
+    }
+    (completed, refused)
+}
+
+/// etcd applies `--peer-cert-allowed-cn` to the members it dials too (Go's TLS config is one
+/// for both directions): a peer URL serving a certificate with another CN is never talked to.
+#[tokio::test]
+async fn peer_cert_allowed_cn_also_judges_the_members_a_member_dials() {
+    oxcd_tests::require_etcd();
+    for flavor in [Flavor::Etcd, Flavor::Oxcd] {
+        let (completed, refused) =
+            dials_to_a_peer_serving(flavor, "peer", Duration::from_secs(6)).await;
+        assert!(
+            completed > 0,
+            "[{flavor}] no dial to a peer with CN=peer completed ({refused} broken off)"
+        );
+        // server.crt is valid for 127.0.0.1 and signed by the same CA, but its CN is 127.0.0.1.
+        let (completed, refused) =
+            dials_to_a_peer_serving(flavor, "server", Duration::from_secs(6)).await;
+        assert_eq!(
+            completed, 0,
+            "[{flavor}] a dial to a peer with CN=127.0.0.1 completed"
+        );
+        assert!(refused > 0, "[{flavor}] the member never dialled its peer");
+    }
+}

@@ -3,7 +3,8 @@
 //! and `--client-cert-allowed-hostname` narrows them to certificates valid for a host name.
 //! The `--peer-*` twins do the same for peer URLs (`--peer-cert-allowed-cn` or
 //! `--peer-cert-allowed-hostname`), and a member presents its peer certificate when it connects
-//! to another member.
+//! to another member; the identity flags judge the certificate of a member dialled too, as in
+//! etcd.
 //!
 //! Every endpoint takes `--cipher-suites` and `--tls-min/max-version` (`transport`);
 //! `--client-crl-file` / `--peer-crl-file` refuse revoked certificates (`crl`); `--auto-tls` /
@@ -22,6 +23,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::client::WebPkiServerVerifier;
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::rustls::{ClientConfig, RootCertStore, ServerConfig};
 use tokio_rustls::TlsAcceptor;
@@ -29,7 +31,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::Config;
 pub use dial::{AnyServerCertificate, PeerConnector};
 use transport::Transport;
-use verifier::{AllowedIdentity, EtcdClientVerifier};
+use verifier::{AllowedIdentity, EtcdClientVerifier, EtcdPeerServerVerifier};
 
 /// The certificate and key one side (client or peer) serves and presents.
 struct Identity {
@@ -169,7 +171,26 @@ pub fn peer_connector(config: &Config) -> anyhow::Result<Option<PeerConnector>> 
                 roots.add(cert)?;
             }
         }
-        builder.with_root_certificates(roots)
+        match AllowedIdentity::from_flags(
+            &config.peer_cert_allowed_cn,
+            &config.peer_cert_allowed_hostname,
+            "peer-",
+        )? {
+            AllowedIdentity::Anyone => builder.with_root_certificates(roots),
+            allowed => {
+                let chain = WebPkiServerVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    transport.provider().clone(),
+                )
+                .build()
+                .context("--peer-trusted-ca-file")?;
+                builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(EtcdPeerServerVerifier::new(
+                        chain, allowed,
+                    )))
+            }
+        }
     };
     let mut tls = builder
         .with_client_auth_cert(certs, key)

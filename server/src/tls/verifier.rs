@@ -15,7 +15,10 @@ use std::sync::Arc;
 
 use anyhow::bail;
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
-use tokio_rustls::rustls::client::danger::HandshakeSignatureValid;
+use tokio_rustls::rustls::client::danger::{
+    HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier,
+};
+use tokio_rustls::rustls::client::WebPkiServerVerifier;
 use tokio_rustls::rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use tokio_rustls::rustls::{
     CertificateError, DigitallySignedStruct, DistinguishedName, Error, OtherError, SignatureScheme,
@@ -176,6 +179,66 @@ impl ClientCertVerifier for EtcdClientVerifier {
             })?;
         }
         Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        self.chain.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        self.chain.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.chain.supported_verify_schemes()
+    }
+}
+
+/// The certificate of a member this one dials: rustls' webpki checks (chain, host name) plus
+/// the same identity flags as for members dialling in, because etcd's Go TLS config applies
+/// `--peer-cert-allowed-cn`/`-hostname` to both directions.
+#[derive(Debug)]
+pub struct EtcdPeerServerVerifier {
+    chain: Arc<WebPkiServerVerifier>,
+    allowed: AllowedIdentity,
+}
+
+impl EtcdPeerServerVerifier {
+    pub fn new(chain: Arc<WebPkiServerVerifier>, allowed: AllowedIdentity) -> Self {
+        EtcdPeerServerVerifier { chain, allowed }
+    }
+}
+
+impl ServerCertVerifier for EtcdPeerServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, Error> {
+        let verified = self.chain.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        self.allowed.admits(end_entity).inspect_err(|_| {
+            tracing::warn!(?server_name, allowed = ?self.allowed, "a member's certificate is not one the peer identity flags allow");
+        })?;
+        Ok(verified)
     }
 
     fn verify_tls12_signature(
