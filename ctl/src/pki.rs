@@ -14,9 +14,8 @@
 //! - Leaf certificates start when the CA does and end 365 days from now; serials are random in
 //!   [1, 2^63), as kubeadm draws them; the authority key identifier names the CA's key.
 //!
-//! Keys are ECDSA P-256 (kubeadm's `encryptionAlgorithm: ECDSA-P256`; its default RSA-2048
-//! cannot be generated with ring, the one crypto provider in the build), PKCS#8 PEM, mode
-//! 0600. Existing files are never overwritten: an existing CA is reused to issue only what is
+//! Keys are kubeadm's `encryptionAlgorithm` (`--encryption-algorithm`): RSA-2048 by default,
+//! RSA-3072, RSA-4096, ECDSA-P256 or ECDSA-P384; PKCS#8 PEM, mode 0600. Existing files are never overwritten: an existing CA is reused to issue only what is
 //! missing, as kubeadm reuses one.
 
 use std::io::Write;
@@ -29,9 +28,10 @@ use clap::{Args, Subcommand};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType, SerialNumber, PKCS_ECDSA_P256_SHA256,
+    PKCS_ECDSA_P384_SHA384, PKCS_RSA_SHA256,
 };
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer, ServerName};
 use time::{Duration, OffsetDateTime};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
@@ -49,7 +49,8 @@ pub enum PkiCommand {
   healthcheck-client.crt, .key              client certificate, CN kube-etcd-healthcheck-client
   apiserver-etcd-client.crt, .key           client certificate, CN kube-apiserver-etcd-client
 Server and peer certificates are for the member's name, its address, localhost, 127.0.0.1 and
-::1, usable for serverAuth and clientAuth. Keys are ECDSA P-256, mode 0600.
+::1, usable for serverAuth and clientAuth. Keys are --encryption-algorithm's (kubeadm's
+encryptionAlgorithm, RSA-2048 by default), mode 0600; an existing CA keeps its own key.
 
 Nothing that exists is overwritten: when ca.crt and ca.key are already in --dir, that CA is
 reused and only the missing certificates are issued (run it again with more --members to add
@@ -67,6 +68,46 @@ pub struct InitArgs {
     /// Members as name=address (an IP or a DNS name), comma separated: m1=10.0.0.1,m2=host2.example
     #[arg(long, value_delimiter = ',', required = true)]
     members: Vec<String>,
+    /// The keys' type, as kubeadm's encryptionAlgorithm
+    #[arg(long, default_value = "RSA-2048", value_parser = ["RSA-2048", "RSA-3072", "RSA-4096", "ECDSA-P256", "ECDSA-P384"])]
+    encryption_algorithm: String,
+}
+
+/// kubeadm's `encryptionAlgorithm` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeyType {
+    Rsa(usize),
+    EcdsaP256,
+    EcdsaP384,
+}
+
+impl KeyType {
+    fn parse(name: &str) -> Result<KeyType, String> {
+        match name {
+            "RSA-2048" => Ok(KeyType::Rsa(2048)),
+            "RSA-3072" => Ok(KeyType::Rsa(3072)),
+            "RSA-4096" => Ok(KeyType::Rsa(4096)),
+            "ECDSA-P256" => Ok(KeyType::EcdsaP256),
+            "ECDSA-P384" => Ok(KeyType::EcdsaP384),
+            _ => Err(format!("--encryption-algorithm: unknown {name:?}")),
+        }
+    }
+
+    fn generate(self) -> anyhow::Result<KeyPair> {
+        match self {
+            KeyType::EcdsaP256 => Ok(KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?),
+            KeyType::EcdsaP384 => Ok(KeyPair::generate_for(&PKCS_ECDSA_P384_SHA384)?),
+            KeyType::Rsa(bits) => {
+                use rsa::pkcs8::EncodePrivateKey;
+                let key = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, bits)?;
+                let der = key.to_pkcs8_der()?;
+                Ok(KeyPair::from_pkcs8_der_and_sign_algo(
+                    &PrivatePkcs8KeyDer::from(der.as_bytes()),
+                    &PKCS_RSA_SHA256,
+                )?)
+            }
+        }
+    }
 }
 
 pub fn run(command: PkiCommand) -> CtlResult {
@@ -78,7 +119,9 @@ pub fn run(command: PkiCommand) -> CtlResult {
                 .map(|m| Member::parse(m))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| Failure::new(ExitCode::BadArgs, e))?;
-            init(&args.dir, &members, &mut std::io::stdout())?;
+            let key_type = KeyType::parse(&args.encryption_algorithm)
+                .map_err(|e| Failure::new(ExitCode::BadArgs, e))?;
+            init(&args.dir, &members, key_type, &mut std::io::stdout())?;
             Ok(())
         }
     }
@@ -194,7 +237,12 @@ fn paths(dir: &Path, base: &str) -> (PathBuf, PathBuf) {
     )
 }
 
-fn init(dir: &Path, members: &[Member], out: &mut dyn Write) -> anyhow::Result<()> {
+fn init(
+    dir: &Path,
+    members: &[Member],
+    key_type: KeyType,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
     mkdir(dir)?;
     let leaves = leaves(members);
     let (issuer, ca_not_before) = if existing(dir, "ca")? {
@@ -202,7 +250,7 @@ fn init(dir: &Path, members: &[Member], out: &mut dyn Write) -> anyhow::Result<(
         load_ca(dir)?
     } else {
         writeln!(out, "[certs] Generating \"ca\" certificate and key")?;
-        new_ca(dir)?
+        new_ca(dir, key_type)?
     };
     for leaf in &leaves {
         if existing(dir, &leaf.base)? {
@@ -229,7 +277,7 @@ fn init(dir: &Path, members: &[Member], out: &mut dyn Write) -> anyhow::Result<(
         if let Some(parent) = Path::new(&leaf.base).parent() {
             mkdir(&dir.join(parent))?;
         }
-        issue(dir, leaf, &issuer, ca_not_before)?;
+        issue(dir, leaf, &issuer, ca_not_before, key_type)?;
     }
     Ok(())
 }
@@ -242,7 +290,10 @@ fn mkdir(dir: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create {}", dir.display()))
 }
 
-fn new_ca(dir: &Path) -> anyhow::Result<(Issuer<'static, KeyPair>, OffsetDateTime)> {
+fn new_ca(
+    dir: &Path,
+    key_type: KeyType,
+) -> anyhow::Result<(Issuer<'static, KeyPair>, OffsetDateTime)> {
     let mut params = CertificateParams::new(vec!["etcd-ca".to_string()])?;
     params.distinguished_name = common_name("etcd-ca");
     params.serial_number = Some(serial()?);
@@ -255,7 +306,7 @@ fn new_ca(dir: &Path) -> anyhow::Result<(Issuer<'static, KeyPair>, OffsetDateTim
         KeyUsagePurpose::KeyEncipherment,
         KeyUsagePurpose::KeyCertSign,
     ];
-    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let key = key_type.generate()?;
     let cert = params.self_signed(&key)?;
     write_pair(dir, "ca", &cert.pem(), &key)?;
     let not_before = params.not_before;
@@ -295,6 +346,7 @@ fn issue(
     leaf: &Leaf,
     issuer: &Issuer<'_, KeyPair>,
     not_before: OffsetDateTime,
+    key_type: KeyType,
 ) -> anyhow::Result<()> {
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     params.subject_alt_names = leaf
@@ -323,7 +375,7 @@ fn issue(
         vec![ExtendedKeyUsagePurpose::ClientAuth]
     };
     params.use_authority_key_identifier_extension = true;
-    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let key = key_type.generate()?;
     let cert = params.signed_by(&key, issuer)?;
     write_pair(dir, &leaf.base, &cert.pem(), &key)
 }
@@ -378,6 +430,7 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     use x509_parser::extensions::GeneralName;
+    use x509_parser::public_key::PublicKey;
 
     use super::*;
 
@@ -405,6 +458,13 @@ mod tests {
         }
     }
 
+    fn rsa_bits(cert: &X509Certificate<'_>) -> Option<usize> {
+        match cert.public_key().parsed() {
+            Ok(PublicKey::RSA(key)) => Some(key.key_size()),
+            _ => None,
+        }
+    }
+
     #[test]
     fn writes_what_kubeadm_writes() {
         let dir = tempfile::tempdir().unwrap();
@@ -412,6 +472,7 @@ mod tests {
         init(
             dir.path(),
             &members(&["m1=10.0.0.1", "m2=host2.example"]),
+            KeyType::parse("RSA-2048").unwrap(),
             &mut out,
         )
         .unwrap();
@@ -425,6 +486,7 @@ mod tests {
         let ca_days =
             (ca.validity().not_after.timestamp() - ca.validity().not_before.timestamp()) / 86_400;
         assert_eq!(ca_days, 3650);
+        assert_eq!(rsa_bits(&ca), Some(2048));
 
         let server = read(dir.path(), "m2/server");
         let (_, server) = X509Certificate::from_der(&server).unwrap();
@@ -460,6 +522,8 @@ mod tests {
             - OffsetDateTime::now_utc().unix_timestamp())
             / 86_400;
         assert!((364..=365).contains(&days), "{days}");
+        assert_eq!(rsa_bits(&server), Some(2048));
+        assert!(server.verify_signature(Some(ca.public_key())).is_ok());
 
         let m1_peer = read(dir.path(), "m1/peer");
         let (_, m1_peer) = X509Certificate::from_der(&m1_peer).unwrap();
@@ -501,7 +565,13 @@ mod tests {
     #[test]
     fn an_existing_ca_is_reused_and_nothing_is_overwritten() {
         let dir = tempfile::tempdir().unwrap();
-        init(dir.path(), &members(&["m1=10.0.0.1"]), &mut Vec::new()).unwrap();
+        init(
+            dir.path(),
+            &members(&["m1=10.0.0.1"]),
+            KeyType::EcdsaP384,
+            &mut Vec::new(),
+        )
+        .unwrap();
         let ca_before = std::fs::read(dir.path().join("ca.crt")).unwrap();
         let m1_before = std::fs::read(dir.path().join("m1/server.crt")).unwrap();
 
@@ -509,6 +579,7 @@ mod tests {
         init(
             dir.path(),
             &members(&["m1=10.0.0.1", "m2=10.0.0.2"]),
+            KeyType::Rsa(3072),
             &mut out,
         )
         .unwrap();
@@ -521,16 +592,28 @@ mod tests {
             std::fs::read(dir.path().join("m1/server.crt")).unwrap(),
             m1_before
         );
-        // m2's certificate is signed by the same CA.
+        // m2's certificate is signed by the same (ECDSA P-384) CA, with a key of the type
+        // asked for this time.
         let ca = read(dir.path(), "ca");
         let (_, ca) = X509Certificate::from_der(&ca).unwrap();
+        assert!(matches!(
+            ca.public_key().parsed(),
+            Ok(PublicKey::EC(point)) if point.key_size() == 384
+        ));
         let m2 = read(dir.path(), "m2/server");
         let (_, m2) = X509Certificate::from_der(&m2).unwrap();
         assert!(m2.verify_signature(Some(ca.public_key())).is_ok());
+        assert_eq!(rsa_bits(&m2), Some(3072));
 
         // A CA certificate whose key is gone cannot issue anything.
         std::fs::remove_file(dir.path().join("ca.key")).unwrap();
-        let err = init(dir.path(), &members(&["m3=10.0.0.3"]), &mut Vec::new()).unwrap_err();
+        let err = init(
+            dir.path(),
+            &members(&["m3=10.0.0.3"]),
+            KeyType::EcdsaP256,
+            &mut Vec::new(),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("without its key"), "{err}");
     }
 }

@@ -530,13 +530,13 @@ async fn cipher_suites_narrow_tls12_handshakes() {
         let dir = tempfile::tempdir().unwrap();
         let pki = dir.path().join("pki");
         pki_init(&pki, 1);
-        // pki init's keys are ECDSA: the ECDHE_ECDSA suites are the ones in play.
+        // pki init's keys are RSA (kubeadm's default): the ECDHE_RSA suites are the ones in play.
         let member = start_cluster(
             &binary,
             &pki,
             dir.path(),
             1,
-            &["--cipher-suites=TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384".into()],
+            &["--cipher-suites=TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384".into()],
         )
         .remove(0);
         let port = member.client_port;
@@ -545,7 +545,7 @@ async fn cipher_suites_narrow_tls12_handshakes() {
             &pki,
             port,
             TLS12,
-            Some(&["TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"]),
+            Some(&["TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"]),
         )
         .await;
         assert!(listed.is_ok(), "[{who}] a listed suite: {listed:?}");
@@ -553,7 +553,7 @@ async fn cipher_suites_narrow_tls12_handshakes() {
             &pki,
             port,
             TLS12,
-            Some(&["TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256"]),
+            Some(&["TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256"]),
         )
         .await;
         assert!(

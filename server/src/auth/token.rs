@@ -52,7 +52,7 @@ enum JwtSigner {
         signing: Option<EncodingKey>,
         verifying: DecodingKey,
     },
-    Es512(Es512Keys),
+    Es512(Box<Es512Keys>),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -124,7 +124,10 @@ impl JwtKeys {
         };
         let (private, public) = (read("priv-key")?, read("pub-key")?);
         let signer = match algorithm {
-            None => JwtSigner::Es512(Es512Keys::from_pem(private.as_deref(), public.as_deref())?),
+            None => JwtSigner::Es512(Box::new(Es512Keys::from_pem(
+                private.as_deref(),
+                public.as_deref(),
+            )?)),
             Some(algorithm @ (Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)) => {
                 let secret = private.context(
                     "--auth-token jwt: HMAC signing needs priv-key (auth: missing key data)",
