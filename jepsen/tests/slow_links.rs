@@ -1,0 +1,130 @@
+//! Slow links between members: with every peer message delayed 500 ms each way (a 1 s round
+//! trip, a whole election timeout), etcd keeps its leader and keeps committing writes, a round
+//! trip each. oxcd must do the same: no election, no failed write, no stall.
+
+use std::time::Duration;
+
+use oxcd_jepsen::cluster::{connect, Cluster, ClusterOptions, Flavor};
+use oxcd_jepsen::proxy::{Fault, Scope};
+use tokio::time::Instant;
+
+mod common;
+
+const ONE_WAY_DELAY: Duration = Duration::from_millis(500);
+const RUN_FOR: Duration = Duration::from_secs(20);
+/// A write needs one round trip to a quorum (1 s) plus the fsyncs; this is a stall.
+const STALL: Duration = Duration::from_secs(4);
+const WRITERS: usize = 4;
+
+struct Outcome {
+    acknowledged: usize,
+    failed: Vec<String>,
+    slowest: Duration,
+    terms: (u64, u64),
+}
+
+async fn writes_over_slow_links(flavor: Flavor) -> Outcome {
+    let binary = match flavor {
+        Flavor::Oxcd => common::binary(flavor),
+        Flavor::Etcd => common::etcd37_binary(),
+    };
+    let dir = common::results_dir(&format!("slow-links-{flavor}"));
+    let cluster = Cluster::start(&ClusterOptions {
+        flavor,
+        binary,
+        members: 3,
+        dir: dir.clone(),
+        ready_timeout: Duration::from_secs(30),
+        power_disks: false,
+    })
+    .await
+    .unwrap();
+    let leader = loop {
+        if let Some(leader) = cluster.leader().await {
+            break leader;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let term = |endpoint: String| async move {
+        let mut client = connect(&endpoint, Duration::from_secs(5)).await.unwrap();
+        client.status().await.unwrap().raft_term()
+    };
+    let term_before = term(cluster.endpoint(leader)).await;
+    cluster.network().set_peer_fault(
+        Scope::All,
+        Fault::Delay {
+            base: ONE_WAY_DELAY,
+            jitter: Duration::ZERO,
+        },
+    );
+    let until = Instant::now() + RUN_FOR;
+    let mut writers = tokio::task::JoinSet::new();
+    for w in 0..WRITERS {
+        let endpoint = cluster.endpoint(leader);
+        writers.spawn(async move {
+            let mut client = connect(&endpoint, Duration::from_secs(5)).await.unwrap();
+            let (mut acknowledged, mut failed, mut slowest) = (0, Vec::new(), Duration::ZERO);
+            let mut i = 0;
+            while Instant::now() < until {
+                let started = Instant::now();
+                let put = client.put(format!("slow/{w}/{i}"), "v", None);
+                match tokio::time::timeout(STALL, put).await {
+                    Ok(Ok(_)) => acknowledged += 1,
+                    Ok(Err(e)) => failed.push(format!("put {w}/{i}: {e}")),
+                    Err(_) => failed.push(format!("put {w}/{i}: no answer within {STALL:?}")),
+                }
+                slowest = slowest.max(started.elapsed());
+                i += 1;
+            }
+            (acknowledged, failed, slowest)
+        });
+    }
+    let mut outcome = Outcome {
+        acknowledged: 0,
+        failed: Vec::new(),
+        slowest: Duration::ZERO,
+        terms: (term_before, 0),
+    };
+    while let Some(result) = writers.join_next().await {
+        let (acknowledged, failed, slowest) = result.unwrap();
+        outcome.acknowledged += acknowledged;
+        outcome.failed.extend(failed);
+        outcome.slowest = outcome.slowest.max(slowest);
+    }
+    outcome.terms.1 = term(cluster.endpoint(leader)).await;
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(dir);
+    outcome
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_keeps_its_leader_and_commits_over_500ms_one_way_links_as_etcd_does() {
+    for flavor in [Flavor::Etcd, Flavor::Oxcd] {
+        let outcome = writes_over_slow_links(flavor).await;
+        println!(
+            "{flavor}: {} writes acknowledged in {RUN_FOR:?} by {WRITERS} writers, slowest {:?}, \
+             term {} -> {}, {} failed",
+            outcome.acknowledged,
+            outcome.slowest,
+            outcome.terms.0,
+            outcome.terms.1,
+            outcome.failed.len()
+        );
+        assert!(
+            outcome.failed.is_empty(),
+            "{flavor}: writes failed over slow links: {:?}",
+            outcome.failed
+        );
+        assert_eq!(
+            outcome.terms.0, outcome.terms.1,
+            "{flavor}: the leader changed over slow links"
+        );
+        // Sequential writers over a 1 s round trip: at least half of one write per second each.
+        let expected = WRITERS * RUN_FOR.as_secs() as usize / 2;
+        assert!(
+            outcome.acknowledged >= expected,
+            "{flavor}: {} writes acknowledged, expected at least {expected}",
+            outcome.acknowledged
+        );
+    }
+}
