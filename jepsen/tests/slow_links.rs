@@ -1,6 +1,7 @@
 //! Slow links between members: with every peer message delayed 500 ms each way (a 1 s round
-//! trip, a whole election timeout), etcd keeps its leader and keeps committing writes, a round
-//! trip each. oxcd must do the same: no election, no failed write, no stall.
+//! trip, a whole election timeout), etcd keeps its leader and keeps committing writes and
+//! serving linearizable reads on every member, a round trip or two each. oxcd must do the
+//! same: no election, no failed request, no stall.
 
 use std::time::Duration;
 
@@ -15,9 +16,12 @@ const RUN_FOR: Duration = Duration::from_secs(20);
 /// A write needs one round trip to a quorum (1 s) plus the fsyncs; this is a stall.
 const STALL: Duration = Duration::from_secs(4);
 const WRITERS: usize = 4;
+/// Linearizable readers, one on each member.
+const READERS: usize = 3;
 
 struct Outcome {
     acknowledged: usize,
+    reads: usize,
     failed: Vec<String>,
     slowest: Duration,
     terms: (u64, u64),
@@ -59,6 +63,23 @@ async fn writes_over_slow_links(flavor: Flavor) -> Outcome {
     );
     let until = Instant::now() + RUN_FOR;
     let mut writers = tokio::task::JoinSet::new();
+    for r in 0..READERS {
+        let endpoint = cluster.endpoint(r);
+        writers.spawn(async move {
+            let mut client = connect(&endpoint, Duration::from_secs(5)).await.unwrap();
+            let (mut served, mut failed, mut slowest) = (0, Vec::new(), Duration::ZERO);
+            while Instant::now() < until {
+                let started = Instant::now();
+                match tokio::time::timeout(STALL, client.get("slow/0/0", None)).await {
+                    Ok(Ok(_)) => served += 1,
+                    Ok(Err(e)) => failed.push(format!("linearizable get on member {r}: {e}")),
+                    Err(_) => failed.push(format!("get on member {r}: no answer within {STALL:?}")),
+                }
+                slowest = slowest.max(started.elapsed());
+            }
+            (0, served, failed, slowest)
+        });
+    }
     for w in 0..WRITERS {
         let endpoint = cluster.endpoint(leader);
         writers.spawn(async move {
@@ -76,18 +97,20 @@ async fn writes_over_slow_links(flavor: Flavor) -> Outcome {
                 slowest = slowest.max(started.elapsed());
                 i += 1;
             }
-            (acknowledged, failed, slowest)
+            (acknowledged, 0, failed, slowest)
         });
     }
     let mut outcome = Outcome {
         acknowledged: 0,
+        reads: 0,
         failed: Vec::new(),
         slowest: Duration::ZERO,
         terms: (term_before, 0),
     };
     while let Some(result) = writers.join_next().await {
-        let (acknowledged, failed, slowest) = result.unwrap();
+        let (acknowledged, reads, failed, slowest) = result.unwrap();
         outcome.acknowledged += acknowledged;
+        outcome.reads += reads;
         outcome.failed.extend(failed);
         outcome.slowest = outcome.slowest.max(slowest);
     }
@@ -102,9 +125,10 @@ async fn a_cluster_keeps_its_leader_and_commits_over_500ms_one_way_links_as_etcd
     for flavor in [Flavor::Etcd, Flavor::Oxcd] {
         let outcome = writes_over_slow_links(flavor).await;
         println!(
-            "{flavor}: {} writes acknowledged in {RUN_FOR:?} by {WRITERS} writers, slowest {:?}, \
-             term {} -> {}, {} failed",
+            "{flavor}: {} writes acknowledged by {WRITERS} writers and {} linearizable reads \
+             served to {READERS} readers in {RUN_FOR:?}, slowest {:?}, term {} -> {}, {} failed",
             outcome.acknowledged,
+            outcome.reads,
             outcome.slowest,
             outcome.terms.0,
             outcome.terms.1,
@@ -112,7 +136,7 @@ async fn a_cluster_keeps_its_leader_and_commits_over_500ms_one_way_links_as_etcd
         );
         assert!(
             outcome.failed.is_empty(),
-            "{flavor}: writes failed over slow links: {:?}",
+            "{flavor}: requests failed over slow links: {:?}",
             outcome.failed
         );
         assert_eq!(
@@ -125,6 +149,13 @@ async fn a_cluster_keeps_its_leader_and_commits_over_500ms_one_way_links_as_etcd
             outcome.acknowledged >= expected,
             "{flavor}: {} writes acknowledged, expected at least {expected}",
             outcome.acknowledged
+        );
+        // A read needs a heartbeat round to a quorum (one round trip), two from a follower.
+        let expected = READERS * RUN_FOR.as_secs() as usize / 4;
+        assert!(
+            outcome.reads >= expected,
+            "{flavor}: {} linearizable reads served, expected at least {expected}",
+            outcome.reads
         );
     }
 }
