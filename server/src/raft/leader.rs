@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
-use openraft::ReadPolicy;
+use openraft::{LinearizerOption, ReadPolicy};
 use oxcd_proto::peerpb::{Failure, ProposeRequest, ReadIndexRequest};
 
 use super::network::{Client, Peers};
@@ -28,6 +28,10 @@ pub struct LeaderLink {
     pub raft: Raft,
     pub me: NodeId,
     pub peers: Arc<Peers>,
+    /// How long the leader waits for a quorum to confirm a read index: the request timeout, as
+    /// etcd's read loop keeps asking until then. openraft's default (one leader lease) failed
+    /// reads over slow links (1 s round trips) whenever a heartbeat round took longer.
+    pub read_index_wait: Duration,
 }
 
 enum Route {
@@ -130,7 +134,9 @@ impl LeaderLink {
 
     /// The leader's side of [`LeaderLink::read_index`]: confirms leadership with a quorum.
     pub async fn read_index_local(&self) -> Result<u64, Failure> {
-        match self.raft.get_read_log_id(ReadPolicy::ReadIndex).await {
+        let option =
+            LinearizerOption::from(ReadPolicy::ReadIndex).with_wait_timeout(self.read_index_wait);
+        match self.raft.get_read_log_id(option).await {
             Ok((read, _applied)) => Ok(read.index()),
             Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(_))) => {
                 Err(not_leader())

@@ -95,16 +95,19 @@ impl Consensus {
         let election_ms = opts.election_timeout.as_millis() as u64;
         let config = Config {
             cluster_name: "oxcd".into(),
-            // openraft gives a heartbeat one heartbeat interval to be answered (appends, on their
-            // stream, have no bound). With etcd's 100 ms a round trip over 100 ms would never
-            // confirm the leader's quorum, so openraft's interval is half the election timeout.
-            // --heartbeat-interval paces the election module's ticks; idle heartbeats still
-            // reach followers three times per leader lease.
-            heartbeat_interval: (election_ms / 2).max(opts.heartbeat.as_millis() as u64),
-            // etcd randomises the election timeout in [timeout, 2 x timeout). openraft's
-            // followers also refuse votes until the maximum has passed since they last heard
-            // from the leader (its leader lease), so a narrower range fails over sooner.
-            election_timeout_min: election_ms,
+            // openraft gives each heartbeat one heartbeat interval to be answered and counts
+            // only answered ones towards its leader lease, without which it takes no writes.
+            // The election module sends a heartbeat every --heartbeat-interval tick (as etcd),
+            // so openraft's own interval is only that deadline: long enough for a 1 s round
+            // trip, as etcd tolerates (an idle cluster over slower links would otherwise stop
+            // taking writes: jepsen/tests/slow_links.rs).
+            heartbeat_interval: (election_ms * 5 / 4).max(opts.heartbeat.as_millis() as u64),
+            // Campaigns are the election module's (openraft's election timer is off), so the
+            // maximum sets only openraft's leader lease: how long followers refuse votes after
+            // they last heard from the leader, and how long a leader takes writes without a
+            // quorum's answer. The minimum only bounds vote and leader-transfer calls and must
+            // exceed the heartbeat interval.
+            election_timeout_min: election_ms * 3 / 2 - 1,
             election_timeout_max: election_ms * 3 / 2,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(opts.snapshot_count),
             max_in_snapshot_log_to_keep: opts.snapshot_count.min(opts.catch_up_entries),
@@ -140,6 +143,7 @@ impl Consensus {
             raft: raft.clone(),
             me: id,
             peers,
+            read_index_wait: opts.request_timeout,
         };
         tokio::spawn(count_leader_changes(raft.server_metrics()));
         tokio::spawn(link.peers.clone().probe(

@@ -7,6 +7,7 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use fs2::FileExt;
@@ -98,6 +99,9 @@ pub struct Engine {
     dir: PathBuf,
     /// False with --unsafe-no-fsync: durable writes and WAL syncs return without an fsync.
     fsync: bool,
+    /// The largest [`Engine::data_size`] seen since the last defragment: etcd's backend file
+    /// never shrinks until then, and neither does what its quota and Status measure.
+    size_high_water: AtomicU64,
     // Held for the process lifetime: the flock is what keeps a second process out.
     _lock: File,
 }
@@ -184,6 +188,7 @@ impl Engine {
             db,
             dir: data_dir.into(),
             fsync,
+            size_high_water: AtomicU64::new(0),
             _lock: lock,
         }))
     }
@@ -311,6 +316,7 @@ impl Engine {
             self.compact_range(cf, None, None);
             fail::fail_point!("storage::defrag::after_family");
         }
+        self.size_high_water.store(0, Ordering::Relaxed);
         disk.defrag_inflight.set(0);
     }
 
@@ -318,11 +324,18 @@ impl Engine {
     /// like etcd's backend file size. The Raft log and RocksDB's write-ahead log are etcd's WAL,
     /// which etcd does not count either (a burst of writes would otherwise count twice until
     /// the log is purged and compacted).
+    ///
+    /// Like that file it only grows until a defragment: a memtable flushed into a compressed
+    /// table file, or a RocksDB compaction, would otherwise shrink it at moments no client can
+    /// predict (and lift a quota refusal that etcd keeps until a defragment).
     pub fn data_size(&self) -> u64 {
-        self.sum_of(&[
+        let now = self.sum_of(&[
             "rocksdb.total-sst-files-size",
             "rocksdb.cur-size-all-mem-tables",
-        ])
+        ]);
+        self.size_high_water
+            .fetch_max(now, Ordering::Relaxed)
+            .max(now)
     }
 
     /// Estimated bytes of live data, excluding garbage awaiting compaction (etcd's size in
@@ -570,6 +583,29 @@ mod tests {
         assert!(
             refused.to_string().contains("format version 3"),
             "{refused}"
+        );
+    }
+
+    #[test]
+    fn the_data_size_only_shrinks_with_a_defragment() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Engine::open(dir.path()).unwrap();
+        let mut b = e.batch();
+        for i in 0..64u32 {
+            b.put(Cf::Kv, &i.to_be_bytes(), &[b'x'; 64 * 1024]);
+        }
+        e.write(b, true).unwrap();
+        let grown = e.data_size();
+        assert!(grown >= 4 << 20, "{grown}");
+        // Flushed into a table file, 4 MiB of one letter compresses to almost nothing; etcd's
+        // file would not shrink, and neither does the size.
+        e.compact_range(Cf::Kv, None, None);
+        assert_eq!(e.data_size(), grown);
+        e.compact_all();
+        assert!(
+            e.data_size() < grown / 4,
+            "{} after a defragment",
+            e.data_size()
         );
     }
 
