@@ -45,7 +45,8 @@ async fn writes_over_slow_links(flavor: Flavor, one_way: Duration, idle: Duratio
         binary,
         members: 3,
         dir: dir.clone(),
-        ready_timeout: Duration::from_secs(30),
+        // Under the whole suite's load three members can take a while to serve.
+        ready_timeout: Duration::from_secs(60),
         power_disks: false,
     })
     .await
@@ -128,13 +129,12 @@ async fn writes_over_slow_links(flavor: Flavor, one_way: Duration, idle: Duratio
     outcome
 }
 
+/// One test, so that its clusters run one at a time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_cluster_keeps_its_leader_and_commits_over_500ms_one_way_links_as_etcd_does() {
+async fn a_cluster_serves_over_slow_links_as_etcd_does() {
+    // Busy over 500 ms each way.
     serves_over_slow_links(Duration::from_millis(500), Duration::ZERO).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_cluster_left_idle_over_300ms_one_way_links_takes_writes_as_etcd_does() {
+    // Left idle over 300 ms each way, then busy.
     serves_over_slow_links(Duration::from_millis(300), Duration::from_secs(10)).await;
 }
 
