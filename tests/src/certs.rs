@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
 use tokio_rustls::TlsConnector;
 
-use crate::free_port;
+use crate::{free_port, oxcdctl_bin};
 
 /// Runs the openssl command in `dir`; a failure panics with what openssl said.
 pub fn openssl(dir: &Path, args: &[&str]) {
@@ -281,4 +281,113 @@ pub async fn wait_for_handshake(dir: &Path, port: u16, cert: &str, timeout: Dura
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
+}
+
+/// `oxcdctl pki init` into `dir` for members m0.. at 127.0.0.1.
+pub fn pki_init(dir: &Path, members: usize) {
+    let spec = (0..members)
+        .map(|i| format!("m{i}=127.0.0.1"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let out = Command::new(oxcdctl_bin())
+        .args(["pki", "init", "--dir"])
+        .arg(dir)
+        .arg(format!("--members={spec}"))
+        .output()
+        .expect("oxcdctl must be built");
+    assert!(
+        out.status.success(),
+        "pki init failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A member of [`start_tls_cluster`]; killed (SIGKILL) on drop.
+pub struct TlsClusterMember {
+    pub client_port: u16,
+    pub peer_port: u16,
+    process: Killed,
+}
+
+impl TlsClusterMember {
+    pub fn endpoint(&self) -> String {
+        format!("https://127.0.0.1:{}", self.client_port)
+    }
+
+    /// SIGKILL, as a crash; waits for the process to be gone.
+    pub fn kill(&mut self) {
+        let _ = self.process.0.kill();
+        let _ = self.process.0.wait();
+    }
+}
+
+/// `n` members (`binary` is oxcd or etcd) with https:// client and peer URLs, client and peer
+/// certificates required, all from `pki`'s files; `extra` flags go to every member.
+pub fn start_tls_cluster(
+    binary: &Path,
+    pki: &Path,
+    data: &Path,
+    n: usize,
+    extra: &[String],
+) -> Vec<TlsClusterMember> {
+    start_tls_cluster_with(binary, pki, data, n, |_| extra.to_vec())
+}
+
+/// [`start_tls_cluster`] with flags of each member's own (`extra(i)` for member m<i>).
+pub fn start_tls_cluster_with(
+    binary: &Path,
+    pki: &Path,
+    data: &Path,
+    n: usize,
+    extra: impl Fn(usize) -> Vec<String>,
+) -> Vec<TlsClusterMember> {
+    let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+    let initial = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (_, peer))| format!("m{i}=https://127.0.0.1:{peer}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let file = |name: String| pki.join(name).display().to_string();
+    ports
+        .iter()
+        .enumerate()
+        .map(|(i, (client, peer))| {
+            let m = format!("m{i}");
+            let process = Command::new(binary)
+                .args(["--name", &m, "--log-level", "error"])
+                .arg("--data-dir")
+                .arg(data.join(&m))
+                .arg(format!("--listen-client-urls=https://127.0.0.1:{client}"))
+                .arg(format!(
+                    "--advertise-client-urls=https://127.0.0.1:{client}"
+                ))
+                .arg(format!("--listen-peer-urls=https://127.0.0.1:{peer}"))
+                .arg(format!(
+                    "--initial-advertise-peer-urls=https://127.0.0.1:{peer}"
+                ))
+                .arg(format!("--initial-cluster={initial}"))
+                .args(["--cert-file", &file(format!("{m}/server.crt"))])
+                .args(["--key-file", &file(format!("{m}/server.key"))])
+                .args([
+                    "--trusted-ca-file",
+                    &file("ca.crt".into()),
+                    "--client-cert-auth",
+                ])
+                .args(["--peer-cert-file", &file(format!("{m}/peer.crt"))])
+                .args(["--peer-key-file", &file(format!("{m}/peer.key"))])
+                .args(["--peer-trusted-ca-file", &file("ca.crt".into())])
+                .arg("--peer-client-cert-auth")
+                .args(extra(i))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("starting {}: {e}", binary.display()));
+            TlsClusterMember {
+                client_port: *client,
+                peer_port: *peer,
+                process: Killed(process),
+            }
+        })
+        .collect()
 }

@@ -341,3 +341,45 @@ pub fn test_dir() -> tempfile::TempDir {
         .tempdir()
         .unwrap()
 }
+
+/// A Node as a kubelet would register it, ready and with room for pods. Unless something renews
+/// its Lease (see `kube_control_plane.rs`'s kubelet), the node lifecycle controller marks it
+/// unreachable after its grace period (40 s).
+pub const NODE: &str = "fake-node";
+
+pub fn register_node(kubectl: &Kubectl, dir: &Path) {
+    let manifest = dir.join("node.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "apiVersion: v1\nkind: Node\nmetadata:\n  name: {NODE}\n  labels:\n    \
+             kubernetes.io/hostname: {NODE}\n"
+        ),
+    )
+    .unwrap();
+    kubectl.ok(&["create", "-f", &manifest.display().to_string()]);
+    let resources = r#"{"cpu":"8","memory":"32Gi","pods":"110"}"#;
+    kubectl.ok(&[
+        "patch",
+        "node",
+        NODE,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &format!(
+            r#"{{"status":{{"capacity":{resources},"allocatable":{resources},"conditions":[{{"type":"Ready","status":"True","reason":"KubeletReady","message":"simulated"}}]}}}}"#
+        ),
+    ]);
+}
+
+/// Polls `probe` every half second until it returns `Some`, for at most `timeout`.
+pub fn eventually<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}

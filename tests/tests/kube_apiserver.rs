@@ -11,7 +11,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, GetOptions};
-use oxcd_tests::kube::{test_dir, ApiServer, Kubectl, PROTOBUF_MAGIC};
+use oxcd_tests::kube::{
+    eventually, register_node, test_dir, ApiServer, Kubectl, NODE, PROTOBUF_MAGIC,
+};
 use oxcd_tests::{against, Flavor, Target};
 
 const NAMESPACE: &str = "oxcd-kube";
@@ -278,48 +280,6 @@ async fn kube_apiserver_and_kubectl_on_a_single_member() {
         "kube-apiserver stored different resource types on {} and {}",
         runs[0].0, runs[1].0
     );
-}
-
-/// A Node as a kubelet would register it, ready and with room for pods; nothing renews its Lease,
-/// so the node lifecycle controller marks it unreachable after its 40 s grace period, by which
-/// time the scheduler has bound the pods.
-const NODE: &str = "fake-node";
-
-fn register_node(kubectl: &Kubectl, dir: &Path) {
-    let manifest = dir.join("node.yaml");
-    std::fs::write(
-        &manifest,
-        format!(
-            "apiVersion: v1\nkind: Node\nmetadata:\n  name: {NODE}\n  labels:\n    \
-             kubernetes.io/hostname: {NODE}\n"
-        ),
-    )
-    .unwrap();
-    kubectl.ok(&["create", "-f", &manifest.display().to_string()]);
-    let resources = r#"{"cpu":"8","memory":"32Gi","pods":"110"}"#;
-    kubectl.ok(&[
-        "patch",
-        "node",
-        NODE,
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        &format!(
-            r#"{{"status":{{"capacity":{resources},"allocatable":{resources},"conditions":[{{"type":"Ready","status":"True","reason":"KubeletReady","message":"simulated"}}]}}}}"#
-        ),
-    ]);
-}
-
-/// Polls `probe` every half second until it returns `Some`, for at most `timeout`.
-fn eventually<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = probe() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
-        std::thread::sleep(Duration::from_millis(500));
-    }
 }
 
 async fn controllers_on_the_store(target: Target) {

@@ -10,8 +10,10 @@ use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use oxcd_tests::certs::{openssl, Killed};
-use oxcd_tests::{etcd37_bin, free_port, oxcd_bin, oxcdctl_bin};
+use oxcd_tests::certs::{
+    openssl, pki_init, start_tls_cluster, start_tls_cluster_with, Killed, TlsClusterMember,
+};
+use oxcd_tests::{etcd37_bin, free_port, oxcd_bin};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -20,111 +22,9 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore, SupportedProtocolVersion};
 use tokio_rustls::TlsConnector;
 
-/// `oxcdctl pki init` into `dir` for members m0.. at 127.0.0.1.
-fn pki_init(dir: &Path, members: usize) {
-    let spec = (0..members)
-        .map(|i| format!("m{i}=127.0.0.1"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let out = Command::new(oxcdctl_bin())
-        .args(["pki", "init", "--dir"])
-        .arg(dir)
-        .arg(format!("--members={spec}"))
-        .output()
-        .expect("oxcdctl must be built");
-    assert!(
-        out.status.success(),
-        "pki init failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn require(binary: &Path) -> PathBuf {
     assert!(binary.is_file(), "{} is missing", binary.display());
     binary.to_path_buf()
-}
-
-struct Member {
-    client_port: u16,
-    peer_port: u16,
-    _process: Killed,
-}
-
-impl Member {
-    fn endpoint(&self) -> String {
-        format!("https://127.0.0.1:{}", self.client_port)
-    }
-}
-
-/// `n` members (`binary` is oxcd or etcd) with https:// client and peer URLs, client and peer
-/// certificates required, all from `pki`'s files; `extra` flags go to every member.
-fn start_cluster(
-    binary: &Path,
-    pki: &Path,
-    data: &Path,
-    n: usize,
-    extra: &[String],
-) -> Vec<Member> {
-    start_cluster_with(binary, pki, data, n, |_| extra.to_vec())
-}
-
-/// [`start_cluster`] with flags of each member's own (`extra(i)` for member m<i>).
-fn start_cluster_with(
-    binary: &Path,
-    pki: &Path,
-    data: &Path,
-    n: usize,
-    extra: impl Fn(usize) -> Vec<String>,
-) -> Vec<Member> {
-    let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
-    let initial = ports
-        .iter()
-        .enumerate()
-        .map(|(i, (_, peer))| format!("m{i}=https://127.0.0.1:{peer}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let file = |name: String| pki.join(name).display().to_string();
-    ports
-        .iter()
-        .enumerate()
-        .map(|(i, (client, peer))| {
-            let m = format!("m{i}");
-            let process = Command::new(binary)
-                .args(["--name", &m, "--log-level", "error"])
-                .arg("--data-dir")
-                .arg(data.join(&m))
-                .arg(format!("--listen-client-urls=https://127.0.0.1:{client}"))
-                .arg(format!(
-                    "--advertise-client-urls=https://127.0.0.1:{client}"
-                ))
-                .arg(format!("--listen-peer-urls=https://127.0.0.1:{peer}"))
-                .arg(format!(
-                    "--initial-advertise-peer-urls=https://127.0.0.1:{peer}"
-                ))
-                .arg(format!("--initial-cluster={initial}"))
-                .args(["--cert-file", &file(format!("{m}/server.crt"))])
-                .args(["--key-file", &file(format!("{m}/server.key"))])
-                .args([
-                    "--trusted-ca-file",
-                    &file("ca.crt".into()),
-                    "--client-cert-auth",
-                ])
-                .args(["--peer-cert-file", &file(format!("{m}/peer.crt"))])
-                .args(["--peer-key-file", &file(format!("{m}/peer.key"))])
-                .args(["--peer-trusted-ca-file", &file("ca.crt".into())])
-                .arg("--peer-client-cert-auth")
-                .args(extra(i))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap_or_else(|e| panic!("starting {}: {e}", binary.display()));
-            Member {
-                client_port: *client,
-                peer_port: *peer,
-                _process: Killed(process),
-            }
-        })
-        .collect()
 }
 
 /// etcdctl 3.4 over TLS, trusting `ca.crt` and presenting `<cert>.crt` of `pki`.
@@ -178,10 +78,10 @@ fn a_three_member_tls_cluster_starts_from_pki_init_files() {
         let dir = tempfile::tempdir().unwrap();
         let pki = dir.path().join("pki");
         pki_init(&pki, 3);
-        let members = start_cluster(&binary, &pki, dir.path(), 3, &[]);
+        let members = start_tls_cluster(&binary, &pki, dir.path(), 3, &[]);
         let all = members
             .iter()
-            .map(Member::endpoint)
+            .map(TlsClusterMember::endpoint)
             .collect::<Vec<_>>()
             .join(",");
         let who = binary.display().to_string();
@@ -307,7 +207,7 @@ async fn certificates_revoked_by_the_crl_are_refused() {
         let pki = dir.path().join("pki");
         pki_init(&pki, 3);
         let crl = revoke(&pki, &["apiserver-etcd-client", "m2/peer"]);
-        let member = start_cluster(
+        let member = start_tls_cluster(
             &binary,
             &pki,
             dir.path(),
@@ -437,7 +337,7 @@ async fn tls_versions_bound_the_handshakes() {
         let dir = tempfile::tempdir().unwrap();
         let pki = dir.path().join("pki");
         pki_init(&pki, 1);
-        let min13 = start_cluster(
+        let min13 = start_tls_cluster(
             &binary,
             &pki,
             &dir.path().join("a"),
@@ -452,7 +352,7 @@ async fn tls_versions_bound_the_handshakes() {
         );
         drop(min13);
 
-        let max12 = start_cluster(
+        let max12 = start_tls_cluster(
             &binary,
             &pki,
             &dir.path().join("b"),
@@ -478,7 +378,7 @@ fn tls_versions_bind_peer_dials_too() {
         let dir = tempfile::tempdir().unwrap();
         let pki = dir.path().join("pki");
         pki_init(&pki, 3);
-        let members = start_cluster_with(&binary, &pki, dir.path(), 3, |i| {
+        let members = start_tls_cluster_with(&binary, &pki, dir.path(), 3, |i| {
             vec![if i == 0 {
                 "--tls-max-version=TLS1.2".to_string()
             } else {
@@ -531,7 +431,7 @@ async fn cipher_suites_narrow_tls12_handshakes() {
         let pki = dir.path().join("pki");
         pki_init(&pki, 1);
         // pki init's keys are RSA (kubeadm's default): the ECDHE_RSA suites are the ones in play.
-        let member = start_cluster(
+        let member = start_tls_cluster(
             &binary,
             &pki,
             dir.path(),
