@@ -22,6 +22,7 @@ use oxcd_proto::etcdserverpb::{
     PutRequest, RangeRequest, RequestOp, TxnRequest, WatchCreateRequest, WatchRequest,
     WatchResponse,
 };
+use oxcd_tests::certs::openssl;
 use oxcd_tests::cluster::Cluster;
 use oxcd_tests::{Flavor, Server, StartOptions};
 use tokio_stream::StreamExt;
@@ -872,27 +873,16 @@ async fn simple_token_on_every_member(flavor: Flavor) {
 
 /// An RSA key pair for `--auth-token jwt`, made with openssl.
 fn rsa_keys(dir: &Path) -> (String, String) {
-    let (private, public) = (dir.join("jwt.key"), dir.join("jwt.pub"));
-    for args in [
-        vec!["genrsa", "-out", private.to_str().unwrap(), "2048"],
-        vec![
-            "rsa",
-            "-in",
-            private.to_str().unwrap(),
-            "-pubout",
-            "-out",
-            public.to_str().unwrap(),
-        ],
-    ] {
-        let ok = std::process::Command::new("openssl")
-            .args(&args)
-            .stderr(Stdio::null())
-            .status()
-            .expect("openssl must be installed")
-            .success();
-        assert!(ok, "openssl {args:?}");
-    }
-    (private.display().to_string(), public.display().to_string())
+    key_pair(dir, &["genrsa", "-out", "jwt.key", "2048"], "rsa")
+}
+
+/// A private key made by openssl's `generate` (writing `jwt.key` in `dir`) and its public half
+/// (`jwt.pub`, through openssl's `kind` command: rsa or ec); their paths.
+fn key_pair(dir: &Path, generate: &[&str], kind: &str) -> (String, String) {
+    openssl(dir, generate);
+    openssl(dir, &[kind, "-in", "jwt.key", "-pubout", "-out", "jwt.pub"]);
+    let path = |name: &str| dir.join(name).display().to_string();
+    (path("jwt.key"), path("jwt.pub"))
 }
 
 #[tokio::test]
@@ -949,39 +939,21 @@ async fn jwt_on_every_member(flavor: Flavor) {
 #[tokio::test]
 async fn es512_jwts_of_oxcd_and_etcd_are_accepted_by_each_other() {
     let dir = tempfile::tempdir().unwrap();
-    let (private, public) = (dir.path().join("p521.key"), dir.path().join("p521.pub"));
-    for args in [
-        vec![
+    let (private, public) = key_pair(
+        dir.path(),
+        &[
             "ecparam",
             "-name",
             "secp521r1",
             "-genkey",
             "-noout",
             "-out",
-            private.to_str().unwrap(),
+            "jwt.key",
         ],
-        vec![
-            "ec",
-            "-in",
-            private.to_str().unwrap(),
-            "-pubout",
-            "-out",
-            public.to_str().unwrap(),
-        ],
-    ] {
-        let ok = std::process::Command::new("openssl")
-            .args(&args)
-            .stderr(Stdio::null())
-            .status()
-            .expect("openssl must be installed")
-            .success();
-        assert!(ok, "openssl {args:?}");
-    }
-    let flag = format!(
-        "--auth-token=jwt,pub-key={},priv-key={},sign-method=ES512,ttl=10m",
-        public.display(),
-        private.display()
+        "ec",
     );
+    let flag =
+        format!("--auth-token=jwt,pub-key={public},priv-key={private},sign-method=ES512,ttl=10m");
     let mut tokens = Vec::new();
     let mut endpoints = Vec::new();
     let mut servers = Vec::new();
