@@ -122,13 +122,18 @@ pub fn peer_acceptor(config: &Config) -> anyhow::Result<Option<TlsAcceptor>> {
         ClientAuth {
             required: config.peer_client_cert_auth.unwrap_or(false),
             trusted_ca: config.peer_trusted_ca_file.as_deref(),
-            allowed: AllowedIdentity::from_flags(
-                &config.peer_cert_allowed_cn,
-                &config.peer_cert_allowed_hostname,
-                "peer-",
-            )?,
+            allowed: peer_allowed_identity(config)?,
             crl: config.peer_crl_file.as_deref(),
         },
+        "peer-",
+    )
+}
+
+/// Whom `--peer-cert-allowed-cn`/`-hostname` admit, both dialling in and dialled.
+fn peer_allowed_identity(config: &Config) -> anyhow::Result<AllowedIdentity> {
+    AllowedIdentity::from_flags(
+        &config.peer_cert_allowed_cn,
+        &config.peer_cert_allowed_hostname,
         "peer-",
     )
 }
@@ -171,11 +176,7 @@ pub fn peer_connector(config: &Config) -> anyhow::Result<Option<PeerConnector>> 
                 roots.add(cert)?;
             }
         }
-        match AllowedIdentity::from_flags(
-            &config.peer_cert_allowed_cn,
-            &config.peer_cert_allowed_hostname,
-            "peer-",
-        )? {
+        match peer_allowed_identity(config)? {
             AllowedIdentity::Anyone => builder.with_root_certificates(roots),
             allowed => {
                 let chain = WebPkiServerVerifier::builder_with_provider(
