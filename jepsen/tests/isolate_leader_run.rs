@@ -93,7 +93,7 @@ fn lock(flavor: Flavor, binary: PathBuf) {
         .iter()
         .filter(|op| op.f == F::Acquire && op.status == Status::Ok)
         .count();
-    // Fewer than lock_run.rs asks for: one hold in four lasts up to 10 s (long holds), and
+    // Fewer than lock_run.rs asks for: every fourth hold lasts up to 10 s (long holds), and
     // for 8 s the lock is held by a cut-off client, or waited for until its lease expires.
     assert!(holds >= 5, "too few holds ({holds})\n{context}");
     run.passed();

@@ -16,9 +16,10 @@ use oxcd_jepsen::cluster::Flavor;
 use oxcd_jepsen::history::{Status, F};
 use oxcd_jepsen::workload::lock::{Locks, FENCED_KEY};
 
-/// Both etcd and oxcd hold the lock 26-40 times in these 20 s: each of the three faults can
-/// stop it for an election plus a lease's TTL (a killed holder's lock waits for its lease).
-const MIN_HOLDS: usize = 20;
+/// Both etcd and oxcd hold the lock 19-40 times in these 20 s: each of the three faults can
+/// stop it for an election plus a lease's TTL (a killed holder's lock waits for its lease),
+/// and when the killed or paused member is the holder's, both happen one after the other.
+const MIN_HOLDS: usize = 15;
 
 fn run(flavor: Flavor) {
     let plan = Plan {

@@ -42,7 +42,7 @@
 //!
 //! The checker (`lock/checker.rs`) puts what it concludes at the top of `verdict.txt`.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -75,8 +75,10 @@ pub const FENCED_KEY: &str = "lock/fenced";
 pub const LEASE_TTL: Duration = Duration::from_secs(2);
 /// How long a client holds the lock besides its requests, uniformly drawn.
 const HOLD_MS: std::ops::Range<u64> = 10..50;
-/// With long holds on, one hold in this many lasts [`LONG_HOLD`].
-const LONG_HOLD_ODDS: u32 = 4;
+/// With long holds on, every this-many-th hold of the run lasts [`LONG_HOLD`]. Counted, not
+/// drawn: drawn, three long holds in a row could fill a 30-second run, which then proves nothing
+/// about the hand-overs after faults (4 holds in 35 s once in CI).
+const LONG_HOLD_EVERY: u64 = 4;
 /// As long as a lock-elected controller holds on: while its keep-alives get answered. Long
 /// enough to outlast the hand-over of a lock whose holder was cut off with its leader (an
 /// election, a lease TTL at the new leader, the revoke, the next Lock: about 4 s).
@@ -109,6 +111,8 @@ pub struct Locks {
     next_token: AtomicI64,
     /// Whether some holds last [`LONG_HOLD`].
     long_holds: bool,
+    /// Holds begun so far in the run, to pick the long ones.
+    holds_begun: AtomicU64,
 }
 
 impl Locks {
@@ -118,10 +122,11 @@ impl Locks {
             timeout,
             next_token: AtomicI64::new(1),
             long_holds: false,
+            holds_begun: AtomicU64::new(0),
         }
     }
 
-    /// One hold in [`LONG_HOLD_ODDS`] lasts up to [`LONG_HOLD`] after its writes, ending early
+    /// Every [`LONG_HOLD_EVERY`]-th hold lasts up to [`LONG_HOLD`] after its writes, ending early
     /// when its lease lapses, as a careful holder does. This is what lets a run see a double
     /// holder when a server keeps a cut-off client's lease alive: the holder is still holding,
     /// with every keep-alive answered, when the majority hands the lock to another client.
@@ -291,7 +296,8 @@ impl Locks {
             .await;
         outcomes.push(outcome);
         tokio::time::sleep(hold / 2).await;
-        if self.long_holds && rand::thread_rng().gen_ratio(1, LONG_HOLD_ODDS) {
+        let nth = self.holds_begun.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.long_holds && nth % LONG_HOLD_EVERY == 0 {
             let until = Instant::now() + LONG_HOLD;
             while Instant::now() < until && lapsed().is_none() {
                 tokio::time::sleep(LONG_HOLD_CHECK).await;
