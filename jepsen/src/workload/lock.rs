@@ -297,7 +297,7 @@ impl Locks {
         outcomes.push(outcome);
         tokio::time::sleep(hold / 2).await;
         let nth = self.holds_begun.fetch_add(1, Ordering::Relaxed) + 1;
-        if self.long_holds && nth % LONG_HOLD_EVERY == 0 {
+        if self.long_holds && nth.is_multiple_of(LONG_HOLD_EVERY) {
             let until = Instant::now() + LONG_HOLD;
             while Instant::now() < until && lapsed().is_none() {
                 tokio::time::sleep(LONG_HOLD_CHECK).await;
