@@ -9,11 +9,12 @@ use futures_util::Stream;
 
 use oxcd_proto::peerpb::{
     discovery_server::Discovery, peer_server::Peer, ChangeMembersReply, ChangeMembersRequest,
-    HashKvReply, HashKvRequest, HoldElectionsReply, HoldElectionsRequest, LeaseRenewReply,
-    LeaseRenewRequest, LeaseTimeToLiveReply, LeaseTimeToLiveRequest, MemberEntry, MembersReply,
-    MembersRequest, PreVoteReply, PreVoteRequest, ProbeReply, ProbeRequest, ProposeReply,
-    ProposeRequest, RaftMessage, ReadIndexReply, ReadIndexRequest, RemovedReply, RemovedRequest,
-    TimeoutNowReply, TimeoutNowRequest,
+    HashKvReply, HashKvRequest, HoldElectionsReply, HoldElectionsRequest, LeaderBeaconReply,
+    LeaderBeaconRequest, LeaseRenewReply, LeaseRenewRequest, LeaseTimeToLiveReply,
+    LeaseTimeToLiveRequest, MemberEntry, MembersReply, MembersRequest, PreVoteReply,
+    PreVoteRequest, ProbeReply, ProbeRequest, ProposeReply, ProposeRequest, RaftMessage,
+    ReadIndexReply, ReadIndexRequest, RemovedReply, RemovedRequest, TimeoutNowReply,
+    TimeoutNowRequest,
 };
 use tonic::{Request, Response, Status, Streaming};
 
@@ -268,6 +269,15 @@ impl Peer for PeerApi {
             .pre_vote(&req.last_log_position, &req.last_log_id)
             .map_err(Status::invalid_argument)?;
         Ok(Response::new(PreVoteReply { granted }))
+    }
+
+    async fn leader_beacon(
+        &self,
+        req: Request<LeaderBeaconRequest>,
+    ) -> Result<Response<LeaderBeaconReply>, Status> {
+        let req = req.into_inner();
+        let following = self.consensus.leader_beacon(req.term, req.leader);
+        Ok(Response::new(LeaderBeaconReply { following }))
     }
 
     async fn timeout_now(

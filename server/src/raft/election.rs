@@ -9,8 +9,10 @@
 //! *in contact*: a leader that heard back from a quorum (append or heartbeat replies) within an
 //! election timeout, a follower or learner that heard from its leader within one. A member out of
 //! contact reports no leader, as an etcd member does once raft steps a leader down or makes a
-//! follower a pre-candidate. The leader also sends a heartbeat every tick, as etcd's does, so a
-//! quorum answers many times per election timeout and a single slow reply never looks like a
+//! follower a pre-candidate. The leader also sends a beacon to every member every tick, as
+//! etcd's leader sends heartbeats, without waiting for the previous tick's answers (openraft's
+//! heartbeats wait for each other: over a 1 s round trip a follower would hear one a second), so
+//! a quorum answers many times per election timeout and a single slow reply never looks like a
 //! partition.
 //!
 //! **Elections.** Without PreVote a member cut off from the leader would campaign again and
@@ -19,9 +21,13 @@
 //! 0.10's own PreVote counts silence in wall time and is unknown to members of the previous
 //! release (openraft 0.9, during a rolling upgrade), so openraft's election timer is off and
 //! this module decides: a voter that has
-//! not heard from a leader for a whole lease first asks the others whether they would vote for it
-//! (PreVote), and campaigns only when a quorum says yes. A member still hearing from a leader
-//! says no, so a returning member rejoins at the leader's term.
+//! not heard from a leader for an election timeout first asks the others whether they would vote
+//! for it (PreVote), and campaigns only when a quorum says yes. A member that heard from a leader
+//! within an election timeout says no (etcd's CheckQuorum lease), so a returning member rejoins at
+//! the leader's term. The campaign is openraft's leader-transfer election, which voters grant
+//! inside openraft's own lease: that lease is longer than an election timeout, since it is also
+//! how long an idle leader takes writes on one answered heartbeat (over slow links, one a round
+//! trip), and the PreVote quorum has already shown that the leader is gone.
 //!
 //! Silence is counted in ticks of one heartbeat interval, as etcd counts it, not in wall time:
 //! a member resumed after a pause (SIGSTOP, a stalled VM) has missed ticks, not heard silence,
@@ -31,11 +37,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use oxcd_proto::peerpb::PreVoteRequest;
+use oxcd_proto::peerpb::{LeaderBeaconRequest, PreVoteRequest};
 
 use super::log_store;
 use super::network::Peers;
-use super::types::{LogId, Membership, NodeId, Raft, Vote, WatchReceiver};
+use super::types::{LogId, Membership, NodeId, Raft, TransferLeaderRequest, Vote, WatchReceiver};
 use crate::storage::Engine;
 
 /// Elections stay off this long after the last snapshot chunk arrived.
@@ -53,11 +59,8 @@ pub struct Elections {
     /// from its leader, before it reports no leader.
     election_timeout: Duration,
     election_ticks: u32,
-    /// openraft's leader lease in ticks: followers refuse votes this long after the leader's
-    /// last message (its maximum election timeout).
-    lease_ticks: u32,
-    /// How long a PreVote waits for answers.
-    pre_vote_timeout: Duration,
+    /// How long a PreVote or a beacon waits for its answer: longer than a 1 s round trip.
+    answer_timeout: Duration,
     contact: parking_lot::Mutex<LeaderContact>,
     /// The outcome of the last tick's check; see the module docs.
     in_contact: AtomicBool,
@@ -110,8 +113,8 @@ enum Standing {
 pub struct Timing {
     pub heartbeat: Duration,
     pub election_timeout: Duration,
-    /// openraft's leader lease (its maximum election timeout).
-    pub lease: Duration,
+    /// How long a PreVote or a beacon waits for its answer.
+    pub answer_timeout: Duration,
 }
 
 impl Elections {
@@ -124,9 +127,9 @@ impl Elections {
     ) -> Arc<Elections> {
         let heartbeat = timing.heartbeat.max(Duration::from_millis(10));
         let ticks = |d: Duration| d.as_millis().div_ceil(heartbeat.as_millis()) as u32;
-        let lease_ticks = ticks(timing.lease);
-        // A member that has voted in a term with a leader honours that leader's lease from its
-        // start (openraft does too); one that never has (a new cluster) may elect at once.
+        let election_ticks = ticks(timing.election_timeout);
+        // A member that has voted in a term with a leader gives that leader an election timeout
+        // from its start; one that never has (a new cluster) may elect at once.
         // Read from the store: the metrics show the default vote until openraft's core has
         // reported once, and a restarted member that took that for "never voted" campaigned at
         // once, deposing the leader the others were about to follow again (a full-cluster
@@ -142,11 +145,14 @@ impl Elections {
             peers,
             heartbeat,
             election_timeout: timing.election_timeout,
-            election_ticks: ticks(timing.election_timeout),
-            lease_ticks,
-            pre_vote_timeout: timing.lease / 2,
+            election_ticks,
+            answer_timeout: timing.answer_timeout,
             contact: parking_lot::Mutex::new(LeaderContact {
-                silent_ticks: if voted_for_leader { 0 } else { lease_ticks + 1 },
+                silent_ticks: if voted_for_leader {
+                    0
+                } else {
+                    election_ticks + 1
+                },
                 heard: 0,
                 leading_since: None,
                 snapshot_until: None,
@@ -181,11 +187,11 @@ impl Elections {
         self.contact.lock().held_until = hold.then(|| Instant::now() + HOLD_LIMIT);
     }
 
-    /// The PreVote answer: yes when this member has not heard from a leader for a whole lease
-    /// (so openraft would grant the real vote) and the candidate's log is at least as new.
+    /// The PreVote answer: yes when this member has not heard from a leader for an election
+    /// timeout and the candidate's log is at least as new.
     pub fn grant_pre_vote(&self, candidate_last: Option<LogId>) -> bool {
         if self.raft.metrics().borrow_watched().state.is_leader()
-            || self.contact.lock().silent_ticks <= self.lease_ticks
+            || self.contact.lock().silent_ticks < self.election_ticks
         {
             return false;
         }
@@ -196,6 +202,20 @@ impl Elections {
                 false
             }
         }
+    }
+
+    /// A beacon from `leader` in `term`: heard when this member follows that leader (its vote
+    /// is that leader's, committed); says whether it does.
+    pub fn answer_beacon(&self, term: u64, leader: NodeId) -> bool {
+        let vote = self.raft.metrics().borrow_watched().vote;
+        let following = vote.committed
+            && vote.leader_id.term == term
+            && vote.leader_id.node_id == leader
+            && leader != self.me;
+        if following {
+            self.leader_heard();
+        }
+        following
     }
 
     fn standing(&self) -> Standing {
@@ -223,14 +243,15 @@ impl Elections {
     }
 
     /// Every heartbeat interval: decides whether this member is in contact, heartbeats while
-    /// leading, and campaigns once the leader has been silent past the lease, plus a tick (the
-    /// other followers may have heard it that much later) and a random spread (so followers do
-    /// not split the vote); a sole voter campaigns at once.
+    /// leading, and campaigns once the leader has been silent past an election timeout and a
+    /// random spread (so followers do not split the vote); a sole voter campaigns at once. The
+    /// others grant its PreVote after an election timeout of silence: the tick past it covers
+    /// a follower that heard the leader up to a tick later.
     async fn tick(self: Arc<Self>) {
         let mut tick = tokio::time::interval(self.heartbeat);
         // Ticks missed while the process was paused are not silence heard.
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let spread_ticks = || random_below(self.lease_ticks / 4 + 1);
+        let spread_ticks = || random_below(self.election_ticks / 4 + 1);
         let mut spread = spread_ticks();
         loop {
             tick.tick().await;
@@ -252,7 +273,7 @@ impl Elections {
                 contact.backoff_ticks = contact.backoff_ticks.saturating_sub(1);
                 !contact.quiet(Instant::now())
                     && contact.backoff_ticks == 0
-                    && (alone || contact.silent_ticks > self.lease_ticks + 1 + spread)
+                    && (alone || contact.silent_ticks > self.election_ticks + spread)
             };
             if !due {
                 continue;
@@ -263,9 +284,9 @@ impl Elections {
             // been heard from) or this member may have voted meanwhile.
             let elected = alone || (self.pre_vote_won().await && self.campaign_context() == before);
             let backoff = if elected {
-                let _ = self.raft.trigger().elect(false).await;
+                self.campaign().await;
                 // A lost election is retried once it has had time to finish.
-                self.lease_ticks
+                self.election_ticks + spread_ticks()
             } else {
                 1 + spread_ticks()
             };
@@ -284,7 +305,26 @@ impl Elections {
         );
     }
 
-    /// A tick while leading: checks the quorum's replies and sends the next heartbeat.
+    /// Campaigns as openraft's leader-transfer election from this member's own vote: voters
+    /// grant it although openraft's lease on the old leader has not run out (see the module
+    /// docs). Falls back to a plain election when the vote changed meanwhile.
+    async fn campaign(&self) {
+        let vote = self.raft.metrics().borrow_watched().vote;
+        let last = match log_store::last_log_id(&self.engine) {
+            Ok(last) => last,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the last log id for a campaign");
+                return;
+            }
+        };
+        let request = TransferLeaderRequest::new(vote, self.me, last);
+        if !matches!(self.raft.handle_transfer_leader(request).await, Ok(Ok(()))) {
+            let _ = self.raft.trigger().elect(false).await;
+        }
+    }
+
+    /// A tick while leading: checks the quorum's replies, sends the next heartbeat and a beacon
+    /// to every other member.
     async fn lead(&self, membership: &Membership) {
         let now = Instant::now();
         {
@@ -296,6 +336,26 @@ impl Elections {
         }
         // openraft skips it while leadership is being handed over.
         let _ = self.raft.trigger().heartbeat().await;
+        let term = self.raft.metrics().borrow_watched().vote.leader_id.term;
+        for (id, member) in membership.nodes().filter(|(id, _)| **id != self.me) {
+            let Ok(mut client) = self.peers.client(*id, &member.peer_urls) else {
+                continue;
+            };
+            let (id, peers, timeout) = (*id, self.peers.clone(), self.answer_timeout);
+            let request = LeaderBeaconRequest {
+                term,
+                leader: self.me,
+            };
+            // Each beacon waits for its own answer; a member that answers a later one first
+            // has still heard this leader.
+            tokio::spawn(async move {
+                let sent = Instant::now();
+                let reply = tokio::time::timeout(timeout, client.leader_beacon(request)).await;
+                if matches!(reply, Ok(Ok(r)) if r.get_ref().following) {
+                    peers.followed_since(id, sent);
+                }
+            });
+        }
     }
 
     /// Whether every configuration of `membership` has a majority that replied to this leader
@@ -351,7 +411,7 @@ impl Elections {
                 continue;
             };
             let request = request.clone();
-            let timeout = self.pre_vote_timeout;
+            let timeout = self.answer_timeout;
             asks.spawn(async move {
                 let reply = tokio::time::timeout(timeout, client.pre_vote(request)).await;
                 (id, matches!(reply, Ok(Ok(r)) if r.get_ref().granted))

@@ -93,22 +93,25 @@ impl Consensus {
         opts: &RaftOptions,
     ) -> anyhow::Result<Consensus> {
         let election_ms = opts.election_timeout.as_millis() as u64;
+        let answer_timeout = (opts.election_timeout * 5 / 4).max(opts.heartbeat);
         let config = Config {
             cluster_name: "oxcd".into(),
             // openraft gives each heartbeat one heartbeat interval to be answered and counts
             // only answered ones towards its leader lease, without which it takes no writes.
-            // The election module sends a heartbeat every --heartbeat-interval tick (as etcd),
-            // so openraft's own interval is only that deadline: long enough for a 1 s round
-            // trip, as etcd tolerates (an idle cluster over slower links would otherwise stop
-            // taking writes: jepsen/tests/slow_links.rs).
-            heartbeat_interval: (election_ms * 5 / 4).max(opts.heartbeat.as_millis() as u64),
-            // Campaigns are the election module's (openraft's election timer is off), so the
-            // maximum sets only openraft's leader lease: how long followers refuse votes after
-            // they last heard from the leader, and how long a leader takes writes without a
-            // quorum's answer. The minimum only bounds vote and leader-transfer calls and must
-            // exceed the heartbeat interval.
-            election_timeout_min: election_ms * 3 / 2 - 1,
-            election_timeout_max: election_ms * 3 / 2,
+            // The election module asks for a heartbeat every --heartbeat-interval tick (as etcd
+            // sends them), so openraft's own interval is only that deadline: long enough for a
+            // 1 s round trip, as etcd tolerates.
+            heartbeat_interval: answer_timeout.as_millis() as u64,
+            // Campaigns are the election module's (openraft's election timer is off, and its
+            // campaigns are leader-transfer elections, which voters grant inside this lease), so
+            // the maximum sets only openraft's leader lease: how long a leader takes writes on a
+            // quorum's last answer. openraft sends the next heartbeat to a follower only once the
+            // last is answered, so an idle leader hears a quorum once a round trip plus a tick,
+            // and the lease must outlast two round trips: 2.5 election timeouts cover 1.2 s
+            // round trips (jepsen/tests/slow_links.rs). The minimum only bounds vote and
+            // leader-transfer calls and must exceed the heartbeat interval.
+            election_timeout_min: election_ms * 5 / 2 - 1,
+            election_timeout_max: election_ms * 5 / 2,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(opts.snapshot_count),
             max_in_snapshot_log_to_keep: opts.snapshot_count.min(opts.catch_up_entries),
             max_payload_entries: MAX_PAYLOAD_ENTRIES,
@@ -173,7 +176,7 @@ impl Consensus {
             election::Timing {
                 heartbeat: opts.heartbeat,
                 election_timeout: opts.election_timeout,
-                lease: Duration::from_millis(election_ms * 3 / 2),
+                answer_timeout,
             },
         );
         Ok(Consensus {
@@ -438,6 +441,11 @@ impl Consensus {
             record::decode_position(candidate_last).map_err(|e| e.to_string())?
         };
         Ok(self.elections.grant_pre_vote(last))
+    }
+
+    /// A leader's beacon (see [`election`]): whether this member follows it.
+    pub fn leader_beacon(&self, term: u64, leader: NodeId) -> bool {
+        self.elections.answer_beacon(term, leader)
     }
 
     /// The leader's side of forwarded writes and ReadIndex.

@@ -138,7 +138,15 @@ impl Peers {
         self.replies.lock().insert(id, Instant::now());
     }
 
-    /// When member `id` last answered an append, heartbeat or snapshot chunk from this member.
+    /// Member `id` answered that it follows this leader, to a beacon sent at `sent`.
+    pub fn followed_since(&self, id: NodeId, sent: Instant) {
+        let mut replies = self.replies.lock();
+        let last = replies.entry(id).or_insert(sent);
+        *last = (*last).max(sent);
+    }
+
+    /// When member `id` last answered an append, heartbeat or snapshot chunk from this member,
+    /// or (when sent) a beacon it answered as a follower.
     pub fn last_reply(&self, id: NodeId) -> Option<Instant> {
         self.replies.lock().get(&id).copied()
     }
