@@ -4,9 +4,9 @@
 //! exactly what clients asked for and the applier replays it deterministically.
 
 use oxcd_proto::etcdserverpb::{
-    AlarmRequest, AlarmResponse, CompactionRequest, CompactionResponse, DeleteRangeRequest,
-    DeleteRangeResponse, DowngradeInfo, LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest,
-    LeaseRevokeResponse, PutRequest, PutResponse, TxnRequest, TxnResponse,
+    request_op, AlarmRequest, AlarmResponse, CompactionRequest, CompactionResponse,
+    DeleteRangeRequest, DeleteRangeResponse, DowngradeInfo, LeaseGrantRequest, LeaseGrantResponse,
+    LeaseRevokeRequest, LeaseRevokeResponse, PutRequest, PutResponse, TxnRequest, TxnResponse,
 };
 
 use crate::auth::{AuthApplied, AuthChange, AuthInfo};
@@ -67,6 +67,31 @@ pub enum Op {
     Downgrade(DowngradeInfo),
 }
 
+impl Op {
+    /// Whether applying it is a little work whatever the store holds: it touches single keys
+    /// only (no range to delete, read or compare, no lease's keys, no compaction).
+    pub fn is_short(&self) -> bool {
+        match self {
+            Op::Put(_) | Op::LeaseGrant(_) | Op::Alarm(_) | Op::Downgrade(_) => true,
+            Op::DeleteRange(delete) => delete.range_end.is_empty(),
+            Op::Txn(txn) => is_short_txn(txn),
+            Op::Compaction(_) | Op::LeaseRevoke(_) | Op::LeaseExpire(_) | Op::Auth(_) => false,
+        }
+    }
+}
+
+fn is_short_txn(txn: &TxnRequest) -> bool {
+    let short_op = |op: &oxcd_proto::etcdserverpb::RequestOp| match &op.request {
+        Some(request_op::Request::RequestPut(_)) | None => true,
+        Some(request_op::Request::RequestRange(range)) => range.range_end.is_empty(),
+        Some(request_op::Request::RequestDeleteRange(delete)) => delete.range_end.is_empty(),
+        Some(request_op::Request::RequestTxn(txn)) => is_short_txn(txn),
+    };
+    txn.compare.iter().all(|c| c.range_end.is_empty())
+        && txn.success.iter().all(short_op)
+        && txn.failure.iter().all(short_op)
+}
+
 /// An expiry is decided by the leader of one term and holds only in an entry of that term:
 /// a leader cut off from its quorum sees every lease expire (their keep-alives now go to the
 /// new leader), and an expiry it forwards once the partition heals would revoke leases the new
@@ -124,4 +149,77 @@ pub enum Outcomes {
 pub struct OutcomeBatch {
     #[prost(message, repeated, tag = "1")]
     pub outcomes: Vec<Outcome>,
+}
+
+#[cfg(test)]
+mod tests {
+    use oxcd_proto::etcdserverpb::{Compare, RangeRequest, RequestOp};
+
+    use super::*;
+
+    fn put(key: &str) -> RequestOp {
+        RequestOp {
+            request: Some(request_op::Request::RequestPut(PutRequest {
+                key: key.into(),
+                ..Default::default()
+            })),
+        }
+    }
+
+    fn range(key: &str, range_end: &str) -> RequestOp {
+        RequestOp {
+            request: Some(request_op::Request::RequestRange(RangeRequest {
+                key: key.into(),
+                range_end: range_end.into(),
+                ..Default::default()
+            })),
+        }
+    }
+
+    #[test]
+    fn only_single_key_work_is_short() {
+        let delete = |range_end: &str| {
+            Op::DeleteRange(DeleteRangeRequest {
+                key: b"a".to_vec(),
+                range_end: range_end.into(),
+                ..Default::default()
+            })
+        };
+        assert!(Op::Put(PutRequest::default()).is_short());
+        assert!(delete("").is_short());
+        assert!(!delete("b").is_short());
+        assert!(!Op::LeaseRevoke(LeaseRevokeRequest { id: 1 }).is_short());
+        assert!(!Op::Compaction(CompactionRequest::default()).is_short());
+
+        // kube-apiserver's update: compare one key's revision, put it, else read it back.
+        let compare = |range_end: &str| Compare {
+            key: b"a".to_vec(),
+            range_end: range_end.into(),
+            ..Default::default()
+        };
+        let txn = |compare, success: Vec<RequestOp>, failure: Vec<RequestOp>| {
+            Op::Txn(TxnRequest {
+                compare: vec![compare],
+                success,
+                failure,
+            })
+        };
+        assert!(txn(compare(""), vec![put("a")], vec![range("a", "")]).is_short());
+        assert!(!txn(compare("b"), vec![put("a")], vec![]).is_short());
+        assert!(!txn(compare(""), vec![put("a")], vec![range("a", "\0")]).is_short());
+        let nested = |inner: Op| {
+            let Op::Txn(inner) = inner else {
+                unreachable!()
+            };
+            txn(
+                compare(""),
+                vec![RequestOp {
+                    request: Some(request_op::Request::RequestTxn(inner)),
+                }],
+                vec![],
+            )
+        };
+        assert!(nested(txn(compare(""), vec![put("a")], vec![])).is_short());
+        assert!(!nested(txn(compare(""), vec![range("a", "z")], vec![])).is_short());
+    }
 }

@@ -18,7 +18,7 @@ use openraft::{OptionalSend, RaftLogReader};
 use super::record::{self, RecordError};
 use super::types::{Entry, LogId, TypeConfig, Vote};
 use crate::metrics::metrics;
-use crate::storage::{off_runtime, Cf, Engine};
+use crate::storage::{off_runtime, short_unless_held_back, Cf, Engine};
 
 pub(super) const VOTE: &[u8] = b"vote";
 pub(super) const COMMITTED: &[u8] = b"committed";
@@ -93,12 +93,17 @@ impl LogStore {
         durable: bool,
     ) -> Result<(), StorageError> {
         let engine = self.engine.clone();
-        blocking(move || {
+        let work = move || {
             let mut batch = engine.batch();
             batch.put(Cf::RaftState, key, &value);
             engine.write(batch, durable).map_err(write_err)
-        })
-        .await
+        };
+        // The commit point is saved after every commit; a vote, fsynced, only in elections.
+        if durable {
+            blocking(work).await
+        } else {
+            short_unless_held_back(&self.engine, write_err("shutting down"), work).await
+        }
     }
 }
 
@@ -107,6 +112,10 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, StorageError> {
     off_runtime(write_err("shutting down"), work).await
 }
+
+/// Reads of at most this many entries run right on the async worker (see
+/// [`short_unless_held_back`]).
+const SHORT_READ_ENTRIES: u64 = 64;
 
 impl RaftLogReader<TypeConfig> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
@@ -124,7 +133,13 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Unbounded => None,
         };
         let engine = self.engine.clone();
-        blocking(move || read_entries(&engine, start, end, u64::MAX)).await
+        let work = move || read_entries(&engine, start, end, u64::MAX);
+        // The entries just committed, read back to be applied: recent, so in the memtable.
+        if end.is_some_and(|end| end.saturating_sub(start) <= SHORT_READ_ENTRIES) {
+            short_unless_held_back(&self.engine, read_err("shutting down"), work).await
+        } else {
+            blocking(work).await
+        }
     }
 
     /// What one append message to a follower carries: at least one entry, and no more than
@@ -136,7 +151,10 @@ impl RaftLogReader<TypeConfig> for LogStore {
         end: u64,
     ) -> Result<Vec<Entry>, StorageError> {
         let engine = self.engine.clone();
-        blocking(move || read_entries(&engine, start, Some(end), MAX_APPEND_BYTES)).await
+        short_unless_held_back(&self.engine, write_err("shutting down"), move || {
+            read_entries(&engine, start, Some(end), MAX_APPEND_BYTES)
+        })
+        .await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
@@ -261,7 +279,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map(|entry| (index_key(entry.log_id.index), record::encode_entry(entry)))
             .collect();
         let engine = self.engine.clone();
-        blocking(move || {
+        short_unless_held_back(&self.engine, write_err("shutting down"), move || {
             let mut batch = engine.batch();
             for (key, bytes) in &encoded {
                 batch.put(Cf::RaftLog, key, bytes);

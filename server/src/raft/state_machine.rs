@@ -19,7 +19,7 @@ use super::types::{Entry, LogId, OutcomeBatch, SnapshotMeta, StoredMembership, T
 use crate::apply::{Applier, CommandBatch, LogPosition};
 use crate::mvcc::MvccStore;
 use crate::snapshot::format;
-use crate::storage::{off_runtime, Cf, Engine, Snapshot as EngineSnapshot};
+use crate::storage::{off_runtime, short_unless_held_back, Cf, Engine, Snapshot as EngineSnapshot};
 
 pub(super) const META_APPLIED: &[u8] = b"raft_applied";
 pub(super) const META_MEMBERSHIP: &[u8] = b"raft_membership";
@@ -157,6 +157,26 @@ fn reload_applier(applier: &Applier, engine: &Engine) -> Result<(), StorageError
 
 /// Applies committed entries in order, recording the last applied log id and the membership
 /// after them in the same engine write; returns their outcomes, that log id and membership.
+/// At most this many commands are applied right on the async worker (see [`is_short`]).
+const SHORT_BATCH_COMMANDS: usize = 1024;
+
+/// Whether applying `entries` is a little work whatever the store holds: a bounded number of
+/// commands, each touching single keys.
+fn is_short(entries: &[Entry]) -> bool {
+    let mut commands = 0;
+    entries.iter().all(|entry| match &entry.payload {
+        EntryPayload::Normal(batch) => {
+            commands += batch.commands.len();
+            commands <= SHORT_BATCH_COMMANDS
+                && batch
+                    .commands
+                    .iter()
+                    .all(|command| command.op.as_ref().is_none_or(|op| op.is_short()))
+        }
+        EntryPayload::Blank | EntryPayload::Membership(_) => true,
+    })
+}
+
 fn apply_entries(
     applier: &Applier,
     mut applied: Option<LogId>,
@@ -250,8 +270,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         let applier = self.applier.clone();
         let (applied, membership) = (self.applied, self.membership.clone());
-        let (results, applied, membership) =
-            blocking(move || apply_entries(&applier, applied, membership, batch)).await?;
+        let short = is_short(&batch);
+        let work = move || apply_entries(&applier, applied, membership, batch);
+        let (results, applied, membership) = if short {
+            short_unless_held_back(&self.engine, sm_err("shutting down"), work).await?
+        } else {
+            blocking(work).await?
+        };
         self.applied = applied;
         self.membership = membership;
         for (responder, outcomes) in responders.into_iter().zip(results) {
@@ -454,6 +479,28 @@ mod tests {
         let mut w = store.writer(false);
         w.txn().put(key.as_bytes(), b"v".to_vec(), 0);
         w.commit().unwrap();
+    }
+
+    #[test]
+    fn a_batch_is_short_while_its_commands_are_few_and_single_key() {
+        use crate::apply::{Command, Op};
+        use oxcd_proto::etcdserverpb::{DeleteRangeRequest, PutRequest};
+        let entry = |index: u64, ops: Vec<Op>| Entry {
+            log_id: crate::raft::types::log_id(2, 1, index),
+            payload: EntryPayload::Normal(CommandBatch {
+                commands: ops.into_iter().map(Command::new).collect(),
+            }),
+        };
+        let puts = |n: usize| vec![Op::Put(PutRequest::default()); n];
+        let half = SHORT_BATCH_COMMANDS / 2;
+        assert!(is_short(&[entry(1, puts(half)), entry(2, puts(half))]));
+        assert!(!is_short(&[entry(1, puts(half)), entry(2, puts(half + 1))]));
+        let wide_delete = Op::DeleteRange(DeleteRangeRequest {
+            key: b"a".to_vec(),
+            range_end: b"z".to_vec(),
+            ..Default::default()
+        });
+        assert!(!is_short(&[entry(1, puts(1)), entry(2, vec![wide_delete])]));
     }
 
     #[tokio::test]
