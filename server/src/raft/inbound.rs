@@ -17,9 +17,6 @@ use super::wire::{
 };
 use super::Consensus;
 
-/// Replies of a follower's append stream waiting for the leader to read them.
-const STREAM_REPLIES_BUFFERED: usize = 64;
-
 /// Why a message was not handled; the peer service answers it as a gRPC status.
 #[derive(Debug, thiserror::Error)]
 pub enum InboundError {
@@ -84,10 +81,13 @@ impl Consensus {
 
     /// The follower's side of pipelined replication: each reply once its entries are flushed,
     /// in the order the requests came. The stream ends at the first undecodable request.
-    pub fn handle_append_stream(
+    pub fn handle_append_stream<S>(
         &self,
-        requests: impl Stream<Item = Result<RaftMessage, tonic::Status>> + Send + 'static,
-    ) -> impl Stream<Item = Result<RaftMessage, tonic::Status>> + Send + 'static {
+        requests: S,
+    ) -> impl Stream<Item = Result<RaftMessage, tonic::Status>> + Send + 'static + use<'_, S>
+    where
+        S: Stream<Item = Result<RaftMessage, tonic::Status>> + Send + 'static,
+    {
         let sizes = std::sync::Arc::new(parking_lot::Mutex::new(std::collections::VecDeque::new()));
         let received = sizes.clone();
         let requests = requests
@@ -103,13 +103,13 @@ impl Consensus {
                 });
                 std::future::ready(request)
             });
-        let (elections, raft) = (self.elections.clone(), self.raft.clone());
-        // openraft's reply stream borrows its Raft handle; a task owns both.
-        let (replies, out) = tokio::sync::mpsc::channel(STREAM_REPLIES_BUFFERED);
-        tokio::spawn(async move {
-            let mut results = std::pin::pin!(raft.stream_append(requests));
-            while let Some(result) = results.next().await {
-                let reply = result
+        let elections = self.elections.clone();
+        // Straight from openraft's reply stream to the gRPC response, with no task between:
+        // each hand-off is a thread wake-up on every append.
+        self.raft
+            .stream_append(requests)
+            .map(move |result| {
+                result
                     .map_err(|e| tonic::Status::unavailable(e.to_string()))
                     .map(|result| {
                         if !matches!(result, Err(StreamAppendError::HigherVote(_))) {
@@ -120,14 +120,14 @@ impl Consensus {
                             count_answered(from, request, payload.len());
                         }
                         RaftMessage { payload }
-                    });
-                let failed = reply.is_err();
-                if replies.send(reply).await.is_err() || failed {
-                    return;
-                }
-            }
-        });
-        tokio_stream::wrappers::ReceiverStream::new(out)
+                    })
+            })
+            // The stream ends with its first failure.
+            .scan(false, |failed, reply| {
+                let answer = (!*failed).then_some(reply);
+                *failed = answer.as_ref().is_some_and(Result::is_err);
+                std::future::ready(answer)
+            })
     }
 
     pub async fn handle_vote(&self, payload: &[u8]) -> Result<Vec<u8>, InboundError> {
