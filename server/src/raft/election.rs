@@ -307,18 +307,25 @@ impl Elections {
 
     /// Campaigns as openraft's leader-transfer election from this member's own vote: voters
     /// grant it although openraft's lease on the old leader has not run out (see the module
-    /// docs). Falls back to a plain election when the vote changed meanwhile.
+    /// docs). Falls back to a plain election when openraft does not take it at once.
     async fn campaign(&self) {
-        let vote = self.raft.metrics().borrow_watched().vote;
-        let last = match log_store::last_log_id(&self.engine) {
-            Ok(last) => last,
-            Err(e) => {
-                tracing::warn!(error = %e, "reading the last log id for a campaign");
-                return;
+        // The vote as stored, which is what openraft checks the request against (its metrics
+        // may still show an older one, right after a start or a vote). No last log id: openraft
+        // would wait for the log to be flushed up to it, and after a start it reports no
+        // flushed log until the first write; the voters judge the candidate's log anyway.
+        let vote = log_store::saved_vote(&self.engine).ok().flatten();
+        let transferred = match vote {
+            Some(vote) => {
+                let request = TransferLeaderRequest::new(vote, self.me, None);
+                let asked = self.raft.handle_transfer_leader(request);
+                matches!(
+                    tokio::time::timeout(self.heartbeat, asked).await,
+                    Ok(Ok(Ok(())))
+                )
             }
+            None => false,
         };
-        let request = TransferLeaderRequest::new(vote, self.me, last);
-        if !matches!(self.raft.handle_transfer_leader(request).await, Ok(Ok(()))) {
+        if !transferred {
             let _ = self.raft.trigger().elect(false).await;
         }
     }
