@@ -316,18 +316,37 @@ impl Elections {
         let vote = log_store::saved_vote(&self.engine).ok().flatten();
         let transferred = match vote {
             Some(vote) => {
+                let before = self.raft.metrics().borrow_watched().vote;
                 let request = TransferLeaderRequest::new(vote, self.me, None);
                 let asked = self.raft.handle_transfer_leader(request);
                 matches!(
                     tokio::time::timeout(self.heartbeat, asked).await,
                     Ok(Ok(Ok(())))
-                )
+                ) && self.vote_moves_from(before).await
             }
             None => false,
         };
         if !transferred {
             let _ = self.raft.trigger().elect(false).await;
         }
+    }
+
+    /// Whether this member's vote changes from `before` within a tick: openraft's core drops a
+    /// leader-transfer request whose vote is not the one it holds (after a start it may hold it
+    /// uncommitted), without saying so.
+    async fn vote_moves_from(&self, before: Vote) -> bool {
+        let mut metrics = self.raft.metrics();
+        let moved = async {
+            while metrics.borrow_watched().vote == before {
+                if metrics.changed().await.is_err() {
+                    return false;
+                }
+            }
+            true
+        };
+        tokio::time::timeout(self.heartbeat, moved)
+            .await
+            .unwrap_or(false)
     }
 
     /// A tick while leading: checks the quorum's replies, sends the next heartbeat and a beacon
