@@ -91,14 +91,47 @@ impl Alarms {
     }
 }
 
-/// The stored form of a set of active alarms, (member id, alarm type) pairs.
+/// The stored form of a set of active alarms (meta `alarms`, also in Raft snapshots, so members
+/// of every release read it): the number of alarms as 8 bytes little-endian, then for each, in
+/// (member id, type) order, the member id as 8 bytes and the alarm type as 4 bytes, both
+/// little-endian. The releases before this one wrote it through bincode 1; the bytes are the
+/// same, now written here so no crate's serialization defines them.
 pub fn stored_record(active: &BTreeSet<(u64, i32)>) -> Vec<u8> {
-    bincode::serialize(active).unwrap_or_default()
+    let mut out = Vec::with_capacity(8 + ALARM_RECORD_BYTES * active.len());
+    out.extend_from_slice(&(active.len() as u64).to_le_bytes());
+    for (member, alarm) in active {
+        out.extend_from_slice(&member.to_le_bytes());
+        out.extend_from_slice(&alarm.to_le_bytes());
+    }
+    out
 }
 
-/// The active alarms of a stored record.
+/// Bytes per alarm in a [`stored_record`].
+const ALARM_RECORD_BYTES: usize = 12;
+
+/// The active alarms of a [`stored_record`].
 pub fn parse_record(stored: &[u8]) -> storage::Result<BTreeSet<(u64, i32)>> {
-    bincode::deserialize(stored).map_err(|e| storage::StorageError::Corrupt(format!("alarms: {e}")))
+    let corrupt = |why: &str| storage::StorageError::Corrupt(format!("alarms: {why}"));
+    let (count, alarms) = stored
+        .split_first_chunk::<8>()
+        .ok_or_else(|| corrupt("shorter than its count"))?;
+    let count = u64::from_le_bytes(*count);
+    if count.checked_mul(ALARM_RECORD_BYTES as u64) != Some(alarms.len() as u64) {
+        return Err(corrupt(&format!(
+            "{} bytes cannot hold {count} alarms",
+            stored.len()
+        )));
+    }
+    Ok(alarms
+        .chunks_exact(ALARM_RECORD_BYTES)
+        .map(|a| {
+            let (member, alarm) = a.split_at(8);
+            (
+                u64::from_le_bytes(member.try_into().expect("8 bytes")),
+                i32::from_le_bytes(alarm.try_into().expect("4 bytes")),
+            )
+        })
+        .collect())
 }
 
 /// etcd's cost model: a fixed overhead per stored key plus its key and value bytes.
@@ -152,5 +185,36 @@ mod tests {
         };
         assert_eq!(alarms.apply(&clear).0.len(), 1);
         assert!(!alarms.no_space());
+    }
+
+    #[test]
+    fn the_record_is_the_layout_earlier_releases_wrote_and_read() {
+        let active = BTreeSet::from([
+            (7u64, AlarmType::Nospace as i32),
+            (9, AlarmType::Corrupt as i32),
+        ]);
+        let record = stored_record(&active);
+        assert_eq!(record, bincode::serialize(&active).unwrap());
+        assert_eq!(parse_record(&record).unwrap(), active);
+        let none = stored_record(&BTreeSet::new());
+        assert_eq!(
+            none,
+            bincode::serialize(&BTreeSet::<(u64, i32)>::new()).unwrap()
+        );
+        assert!(parse_record(&none).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_damaged_record_is_corrupt_not_a_panic() {
+        let record = stored_record(&BTreeSet::from([(7u64, 1i32)]));
+        for bad in [&record[..3], &record[..record.len() - 1], &[0xff; 8][..]] {
+            assert!(matches!(
+                parse_record(bad),
+                Err(storage::StorageError::Corrupt(_))
+            ));
+        }
+        let mut longer = record.clone();
+        longer.extend_from_slice(&[0; 12]);
+        assert!(parse_record(&longer).is_err());
     }
 }

@@ -22,7 +22,7 @@ use crate::downgrade::Downgrade;
 use crate::error::EtcdError;
 use crate::lease::LeaseService;
 use crate::mvcc::MvccStore;
-use crate::raft::{Consensus, InboundError, MemberChange, CLUSTER_ID_HEADER};
+use crate::raft::{requested_change, Consensus, InboundError, CLUSTER_ID_HEADER};
 use crate::replication::failure;
 use crate::storage::off_runtime;
 
@@ -247,7 +247,7 @@ impl Peer for PeerApi {
         &self,
         req: Request<ChangeMembersRequest>,
     ) -> Result<Response<ChangeMembersReply>, Status> {
-        let change: MemberChange = match bincode::deserialize(&req.into_inner().change) {
+        let change = match requested_change(&req.into_inner()) {
             Ok(c) => c,
             Err(_) => {
                 return Ok(Response::new(ChangeMembersReply {

@@ -11,13 +11,13 @@ use oxcd_proto::peerpb::{discovery_client::DiscoveryClient, MembersRequest};
 
 use crate::cluster;
 use crate::config::{ClusterState, Config};
-use crate::raft::{peer_endpoint, Consensus, Member, MemberChange};
+use crate::raft::{
+    decode_member_list, encode_member_list, peer_endpoint, Consensus, Member, MemberChange,
+    RESTORED_MEMBERSHIP_KEY,
+};
 use crate::storage::{Cf, Engine, WriteBatch};
 
 const IDENTITY_KEY: &[u8] = b"identity";
-/// The membership a data dir made by `snapshot restore` bootstraps its new cluster with; present
-/// until its first start has put the restored store into a Raft snapshot.
-const RESTORED_MEMBERSHIP_KEY: &[u8] = b"restored_membership";
 /// How long a member started with `--initial-cluster-state existing` tries to reach the cluster.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -136,7 +136,7 @@ pub(crate) fn adopt_restored(
     batch.put(
         Cf::RaftState,
         RESTORED_MEMBERSHIP_KEY,
-        &bincode::serialize(&members)?,
+        &encode_member_list(&members),
     );
     Ok((member, cluster))
 }
@@ -152,7 +152,7 @@ pub struct RestoreFlags<'a> {
 fn restored_membership(engine: &Engine) -> anyhow::Result<Option<BTreeMap<u64, Member>>> {
     match engine.get(Cf::RaftState, RESTORED_MEMBERSHIP_KEY)? {
         Some(v) => Ok(Some(
-            bincode::deserialize(&v).context("corrupt restored membership")?,
+            decode_member_list(&v).context("corrupt restored membership")?,
         )),
         None => Ok(None),
     }

@@ -1,11 +1,14 @@
-//! Data dir format 1: what releases before format 2 stored, bincode 1 of openraft 0.9's serde
-//! layout (and of oxcd's own `Member`). The layout is written out here, so reading it does not
-//! depend on any openraft release, and translated into format 2's [`super::record`]s.
+//! Data dir formats 1 and 2. Format 1, what releases before format 2 stored, is bincode 1 of
+//! openraft 0.9's serde layout (and of oxcd's own `Member`). Format 2 stored Raft's records as
+//! [`super::record`]s but still kept a restored data dir's membership as bincode of oxcd's
+//! `Member`s. The layouts are written out here, so reading them depends on no openraft release
+//! and on no type of this build, and translated into format 3's [`super::record`]s.
 //!
-//! [`upgrade`] converts a format-1 data dir when it is opened. It is resumable: each batch of
-//! log entries is rewritten together with the index the conversion has reached, and the last
-//! write (vote, positions, the state machine's records, the new format number) is one atomic
-//! batch, so a crash at any point leaves a data dir the next start converts the rest of.
+//! [`upgrade`] converts an older data dir when it is opened, a format at a time. It is
+//! resumable: each batch of log entries is rewritten together with the index the conversion has
+//! reached, and the last write of each step (vote, positions, the state machine's records, the
+//! new format number) is one atomic batch, so a crash at any point leaves a data dir the next
+//! start converts the rest of.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -13,15 +16,18 @@ use serde::{Deserialize, Serialize};
 
 use super::log_store::{COMMITTED, LAST_PURGED, VOTE};
 use super::record::{
-    EntryRecord, LogIdRecord, MembershipRecord, NodeRecord, PayloadRecord, PositionRecord,
-    SnapshotMetaRecord, StoredMembershipRecord, VoteRecord, VoterSetRecord,
+    encode_member_list, EntryRecord, LogIdRecord, MembershipRecord, NodeRecord, PayloadRecord,
+    PositionRecord, SnapshotMetaRecord, StoredMembershipRecord, VoteRecord, VoterSetRecord,
+    RESTORED_MEMBERSHIP_KEY,
 };
 use super::state_machine::{META_APPLIED, META_INSTALLING, META_MEMBERSHIP};
 use super::types::Member;
 use crate::storage::{Cf, Engine, StorageError, FORMAT_KEY};
 
 /// The data dir format that stores Raft's records as [`super::record`]s.
-pub const RECORD_FORMAT: u64 = 2;
+const RECORD_FORMAT: u64 = 2;
+/// The data dir format that also stores a restored data dir's membership as a record.
+const MEMBER_LIST_FORMAT: u64 = 3;
 /// The log index a conversion in progress has reached (absent when none is).
 const CONVERTED_UPTO: &[u8] = b"format_upgrade_next_index";
 /// Log entries rewritten per batch: bounded memory whatever the log's size.
@@ -121,13 +127,19 @@ impl From<Membership> for MembershipRecord {
                 .into_iter()
                 .map(|(id, m)| NodeRecord {
                     id,
-                    member: Some(Member {
-                        name: m.name,
-                        peer_urls: m.peer_urls,
-                        client_urls: m.client_urls,
-                    }),
+                    member: Some(m.into()),
                 })
                 .collect(),
+        }
+    }
+}
+
+impl From<LegacyMember> for Member {
+    fn from(m: LegacyMember) -> Member {
+        Member {
+            name: m.name,
+            peer_urls: m.peer_urls,
+            client_urls: m.client_urls,
         }
     }
 }
@@ -315,11 +327,38 @@ fn entry_record(bytes: &[u8]) -> Result<Vec<u8>, StorageError> {
 /// How one stored record of format 1 becomes its format 2 encoding.
 type RecordRewrite<'a> = &'a dyn Fn(&[u8]) -> Result<Vec<u8>, StorageError>;
 
-/// Converts a data dir of format 1 to [`RECORD_FORMAT`]; does nothing to one already there.
+/// Converts a data dir of an older format to this build's; does nothing to one already there.
 pub fn upgrade(engine: &Engine) -> Result<(), StorageError> {
-    if engine.format_version()? >= RECORD_FORMAT {
-        return Ok(());
+    debug_assert_eq!(MEMBER_LIST_FORMAT, crate::storage::DATA_DIR_FORMAT);
+    if engine.format_version()? < RECORD_FORMAT {
+        to_records(engine)?;
     }
+    if engine.format_version()? < MEMBER_LIST_FORMAT {
+        to_member_list(engine)?;
+    }
+    Ok(())
+}
+
+/// Format 2 → 3: the restored membership, bincode of a map from member id to `Member`, becomes
+/// a [`super::record::MemberListRecord`].
+fn to_member_list(engine: &Engine) -> Result<(), StorageError> {
+    let mut batch = engine.batch();
+    if let Some(v) = engine.get(Cf::RaftState, RESTORED_MEMBERSHIP_KEY)? {
+        let legacy: BTreeMap<u64, LegacyMember> =
+            bincode::deserialize(&v).map_err(|e| corrupt("restored membership", e))?;
+        let members = legacy.into_iter().map(|(id, m)| (id, m.into())).collect();
+        batch.put(
+            Cf::RaftState,
+            RESTORED_MEMBERSHIP_KEY,
+            &encode_member_list(&members),
+        );
+    }
+    batch.put(Cf::RaftState, FORMAT_KEY, &MEMBER_LIST_FORMAT.to_be_bytes());
+    engine.write(batch, true)
+}
+
+/// Format 1 → 2: the log, the vote, the log positions, the membership and snapshot metadata.
+fn to_records(engine: &Engine) -> Result<(), StorageError> {
     tracing::info!(
         "converting the data dir's Raft records from format 1 to {RECORD_FORMAT} (once)"
     );
@@ -546,7 +585,7 @@ mod tests {
         assert_eq!(reached, (ENTRIES_PER_BATCH as u64 + 1).to_be_bytes());
 
         upgrade(&engine).unwrap();
-        assert_eq!(engine.format_version().unwrap(), RECORD_FORMAT);
+        assert_eq!(engine.format_version().unwrap(), MEMBER_LIST_FORMAT);
         assert!(engine.get(Cf::RaftState, CONVERTED_UPTO).unwrap().is_none());
         for index in 1..=entries {
             let bytes = engine
@@ -570,7 +609,40 @@ mod tests {
 
         // Converted once: a second open leaves it as it is.
         upgrade(&engine).unwrap();
-        assert_eq!(engine.format_version().unwrap(), RECORD_FORMAT);
+        assert_eq!(engine.format_version().unwrap(), MEMBER_LIST_FORMAT);
+    }
+
+    #[test]
+    fn a_format_2_restored_membership_becomes_a_member_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(dir.path()).unwrap();
+        let legacy = BTreeMap::from([(
+            7u64,
+            LegacyMember {
+                name: "m7".into(),
+                peer_urls: vec!["http://127.0.0.1:2380".into()],
+                client_urls: vec![],
+            },
+        )]);
+        let mut batch = engine.batch();
+        batch.put(Cf::RaftState, FORMAT_KEY, &RECORD_FORMAT.to_be_bytes());
+        batch.put(
+            Cf::RaftState,
+            RESTORED_MEMBERSHIP_KEY,
+            &bincode::serialize(&legacy).unwrap(),
+        );
+        engine.write(batch, true).unwrap();
+
+        upgrade(&engine).unwrap();
+        assert_eq!(engine.format_version().unwrap(), MEMBER_LIST_FORMAT);
+        let stored = engine
+            .get(Cf::RaftState, RESTORED_MEMBERSHIP_KEY)
+            .unwrap()
+            .unwrap();
+        let members = crate::raft::record::decode_member_list(&stored).unwrap();
+        assert_eq!(members.len(), 1);
+        assert_eq!(members[&7].name, "m7");
+        assert_eq!(members[&7].peer_urls, ["http://127.0.0.1:2380"]);
     }
 
     #[test]

@@ -12,6 +12,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::legacy::{Entry, LogId, SnapshotMeta, Vote};
+use super::membership::MemberChange;
 use super::record::{EntryRecord, LogIdRecord, RecordError, SnapshotMetaRecord, VoteRecord};
 use super::types::{self, TypeConfig};
 
@@ -57,6 +58,92 @@ pub(super) struct SnapshotChunk {
 #[derive(Serialize, Deserialize)]
 pub(super) struct SnapshotChunkReply {
     pub(super) vote: Vote,
+}
+
+/// A membership change as the previous release sent it to its leader (`ChangeMembersRequest`'s
+/// `change`): the variants and fields in its order, which is what bincode encodes.
+#[derive(Serialize, Deserialize)]
+pub(super) enum MemberChangeV1 {
+    Add {
+        id: u64,
+        peer_urls: Vec<String>,
+        learner: bool,
+    },
+    Remove {
+        id: u64,
+    },
+    UpdatePeerUrls {
+        id: u64,
+        peer_urls: Vec<String>,
+    },
+    Promote {
+        id: u64,
+    },
+    Publish {
+        id: u64,
+        name: String,
+        client_urls: Vec<String>,
+    },
+}
+
+impl From<&MemberChange> for MemberChangeV1 {
+    fn from(change: &MemberChange) -> MemberChangeV1 {
+        match change.clone() {
+            MemberChange::Add {
+                id,
+                peer_urls,
+                learner,
+            } => MemberChangeV1::Add {
+                id,
+                peer_urls,
+                learner,
+            },
+            MemberChange::Remove { id } => MemberChangeV1::Remove { id },
+            MemberChange::UpdatePeerUrls { id, peer_urls } => {
+                MemberChangeV1::UpdatePeerUrls { id, peer_urls }
+            }
+            MemberChange::Promote { id } => MemberChangeV1::Promote { id },
+            MemberChange::Publish {
+                id,
+                name,
+                client_urls,
+            } => MemberChangeV1::Publish {
+                id,
+                name,
+                client_urls,
+            },
+        }
+    }
+}
+
+impl From<MemberChangeV1> for MemberChange {
+    fn from(change: MemberChangeV1) -> MemberChange {
+        match change {
+            MemberChangeV1::Add {
+                id,
+                peer_urls,
+                learner,
+            } => MemberChange::Add {
+                id,
+                peer_urls,
+                learner,
+            },
+            MemberChangeV1::Remove { id } => MemberChange::Remove { id },
+            MemberChangeV1::UpdatePeerUrls { id, peer_urls } => {
+                MemberChange::UpdatePeerUrls { id, peer_urls }
+            }
+            MemberChangeV1::Promote { id } => MemberChange::Promote { id },
+            MemberChangeV1::Publish {
+                id,
+                name,
+                client_urls,
+            } => MemberChange::Publish {
+                id,
+                name,
+                client_urls,
+            },
+        }
+    }
 }
 
 /// A message that did not decode, or an error the other member answered with.

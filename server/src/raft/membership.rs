@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::ChangeMembers;
-use serde::{Deserialize, Serialize};
 
 use super::types::{Member, NodeId, Raft, TypeConfig, WatchReceiver};
 use crate::error::EtcdError;
@@ -18,7 +17,7 @@ const READY_FRACTION: f64 = 0.9;
 /// A change is retried while an earlier one is still committing.
 const IN_PROGRESS_PAUSE: Duration = Duration::from_millis(50);
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MemberChange {
     Add {
         id: NodeId,

@@ -37,9 +37,11 @@ pub use membership::{new_member_id, MemberChange, MemberInfo};
 pub use network::{
     peer_endpoint, Client as PeerClient, Peers, CLUSTER_ID_HEADER, MAX_PEER_MESSAGE,
 };
+pub use record::{decode_member_list, encode_member_list, RESTORED_MEMBERSHIP_KEY};
 pub use state_machine::{applied_position, AppliedPosition, RAFT_META_KEYS};
 use types::WatchReceiver;
 pub use types::{Member, NodeId};
+pub use wire::requested_change;
 
 use crate::apply::{Applier, Command, CommandBatch, Outcome, OutcomeBatch, Outcomes};
 use crate::error::EtcdError;
@@ -279,16 +281,14 @@ impl Consensus {
 
     /// Runs a membership change on the leader.
     pub async fn change_members(&self, change: MemberChange) -> Result<(), EtcdError> {
-        let encoded = bincode::serialize(&change).map_err(|_| EtcdError::Corrupt)?;
+        let request = wire::change_members_request(&change);
         let call = self.link.call(
             Some(EtcdError::LeaderChanged),
             || self.change_members_here(&change),
             |mut client| {
-                let change = encoded.clone();
+                let request = request.clone();
                 async move {
-                    let r = client
-                        .change_members(oxcd_proto::peerpb::ChangeMembersRequest { change })
-                        .await?;
+                    let r = client.change_members(request).await?;
                     Ok((r.into_inner().failure, ()))
                 }
             },

@@ -1,10 +1,12 @@
 //! oxcd's own encoding of what Raft keeps on disk: log entries, the vote, log positions,
-//! membership and snapshot metadata (data dir format 2, `docs/ARCHITECTURE.md`).
+//! membership and snapshot metadata, and the membership a restored data dir starts with (data
+//! dir format 3, `docs/ARCHITECTURE.md`).
 //!
 //! These are protobuf messages defined here, field numbers fixed, so the data dir does not
 //! depend on how the Raft library lays its types out: an upgrade of openraft changes only the
-//! conversions below. Format 1 (bincode of openraft 0.9's serde layout) is read by
-//! [`super::legacy`] and converted when a data dir is opened.
+//! conversions below. Formats 1 and 2 (bincode of openraft 0.9's serde layout; of oxcd's
+//! `Member`s for the restored membership) are read by [`super::legacy`] and converted when a
+//! data dir is opened.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -68,6 +70,13 @@ pub struct MembershipRecord {
     pub voters: Vec<VoterSetRecord>,
     #[prost(message, repeated, tag = "2")]
     pub nodes: Vec<NodeRecord>,
+}
+
+/// Members and nothing else: the voters a restored data dir's new cluster starts with.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct MemberListRecord {
+    #[prost(message, repeated, tag = "1")]
+    pub members: Vec<NodeRecord>,
 }
 
 /// A membership config and the entry that holds it.
@@ -319,6 +328,30 @@ pub fn decode_position(bytes: &[u8]) -> Result<Option<LogId>, RecordError> {
     Ok(decode::<PositionRecord>("log position", bytes)?
         .log_id
         .map(LogId::from))
+}
+
+/// Where a data dir made by `snapshot restore` keeps the membership its new cluster starts with
+/// (in `raft_state`, until its first start has put the restored store into a Raft snapshot).
+pub const RESTORED_MEMBERSHIP_KEY: &[u8] = b"restored_membership";
+
+pub fn encode_member_list(members: &BTreeMap<NodeId, Member>) -> Vec<u8> {
+    prost::Message::encode_to_vec(&MemberListRecord {
+        members: members
+            .iter()
+            .map(|(id, member)| NodeRecord {
+                id: *id,
+                member: Some(member.clone()),
+            })
+            .collect(),
+    })
+}
+
+pub fn decode_member_list(bytes: &[u8]) -> Result<BTreeMap<NodeId, Member>, RecordError> {
+    Ok(decode::<MemberListRecord>("member list", bytes)?
+        .members
+        .into_iter()
+        .map(|n| (n.id, n.member.unwrap_or_default()))
+        .collect())
 }
 
 pub fn encode_membership(membership: &StoredMembership) -> Vec<u8> {

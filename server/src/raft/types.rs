@@ -1,14 +1,12 @@
 //! The Raft type configuration: the log's entries carry the applier's command batches.
 
-use serde::{Deserialize, Serialize};
-
 pub use crate::apply::{CommandBatch, OutcomeBatch};
 
 pub type NodeId = u64;
 
 /// A member as Raft's membership config records it (a protobuf message of the data dir's
 /// membership records, `record::NodeRecord`).
-#[derive(Clone, Eq, PartialEq, Serialize, Deserialize, prost::Message)]
+#[derive(Clone, Eq, PartialEq, prost::Message)]
 pub struct Member {
     #[prost(string, tag = "1")]
     pub name: String,

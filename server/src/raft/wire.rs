@@ -12,6 +12,10 @@ use openraft::raft::{
 use super::record::{
     required, EntryRecord, LogIdRecord, PositionRecord, RecordError, SnapshotMetaRecord, VoteRecord,
 };
+use oxcd_proto::peerpb::ChangeMembersRequest;
+use prost::Message;
+
+use super::membership::MemberChange;
 use super::types::{LogId, SnapshotMeta, TypeConfig, Vote};
 
 /// `RaftMessage.payload`s decode as the stored records do.
@@ -372,4 +376,189 @@ pub fn transfer_result(
             actual: r.actual.map(LogId::from),
         }),
     })
+}
+
+/// A membership change a member asks the leader to make (`ChangeMembersRequest.record`).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct MemberChangeRecord {
+    #[prost(oneof = "MemberChangeKind", tags = "1, 2, 3, 4, 5")]
+    pub change: Option<MemberChangeKind>,
+}
+
+#[derive(Clone, PartialEq, prost::Oneof)]
+pub enum MemberChangeKind {
+    #[prost(message, tag = "1")]
+    Add(AddMemberRecord),
+    /// The member's id.
+    #[prost(uint64, tag = "2")]
+    Remove(u64),
+    #[prost(message, tag = "3")]
+    UpdatePeerUrls(PeerUrlsRecord),
+    /// The learner's id.
+    #[prost(uint64, tag = "4")]
+    Promote(u64),
+    #[prost(message, tag = "5")]
+    Publish(PublishRecord),
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct AddMemberRecord {
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    #[prost(string, repeated, tag = "2")]
+    pub peer_urls: Vec<String>,
+    #[prost(bool, tag = "3")]
+    pub learner: bool,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PeerUrlsRecord {
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    #[prost(string, repeated, tag = "2")]
+    pub peer_urls: Vec<String>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PublishRecord {
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    #[prost(string, tag = "2")]
+    pub name: String,
+    #[prost(string, repeated, tag = "3")]
+    pub client_urls: Vec<String>,
+}
+
+impl From<&MemberChange> for MemberChangeRecord {
+    fn from(change: &MemberChange) -> MemberChangeRecord {
+        let change = match change.clone() {
+            MemberChange::Add {
+                id,
+                peer_urls,
+                learner,
+            } => MemberChangeKind::Add(AddMemberRecord {
+                id,
+                peer_urls,
+                learner,
+            }),
+            MemberChange::Remove { id } => MemberChangeKind::Remove(id),
+            MemberChange::UpdatePeerUrls { id, peer_urls } => {
+                MemberChangeKind::UpdatePeerUrls(PeerUrlsRecord { id, peer_urls })
+            }
+            MemberChange::Promote { id } => MemberChangeKind::Promote(id),
+            MemberChange::Publish {
+                id,
+                name,
+                client_urls,
+            } => MemberChangeKind::Publish(PublishRecord {
+                id,
+                name,
+                client_urls,
+            }),
+        };
+        MemberChangeRecord {
+            change: Some(change),
+        }
+    }
+}
+
+impl TryFrom<MemberChangeRecord> for MemberChange {
+    type Error = RecordError;
+
+    fn try_from(r: MemberChangeRecord) -> Result<MemberChange, RecordError> {
+        Ok(match required("member change", r.change)? {
+            MemberChangeKind::Add(a) => MemberChange::Add {
+                id: a.id,
+                peer_urls: a.peer_urls,
+                learner: a.learner,
+            },
+            MemberChangeKind::Remove(id) => MemberChange::Remove { id },
+            MemberChangeKind::UpdatePeerUrls(u) => MemberChange::UpdatePeerUrls {
+                id: u.id,
+                peer_urls: u.peer_urls,
+            },
+            MemberChangeKind::Promote(id) => MemberChange::Promote { id },
+            MemberChangeKind::Publish(p) => MemberChange::Publish {
+                id: p.id,
+                name: p.name,
+                client_urls: p.client_urls,
+            },
+        })
+    }
+}
+
+/// A change as both releases read it: a leader of the previous release reads only `change`.
+pub fn change_members_request(change: &MemberChange) -> ChangeMembersRequest {
+    ChangeMembersRequest {
+        change: super::legacy_wire::encode(&super::legacy_wire::MemberChangeV1::from(change)),
+        record: MemberChangeRecord::from(change).encode_to_vec(),
+    }
+}
+
+/// The change a member asked for: its record, or what a member of the previous release sent.
+pub fn requested_change(request: &ChangeMembersRequest) -> Result<MemberChange, RecordError> {
+    if request.record.is_empty() {
+        let legacy: super::legacy_wire::MemberChangeV1 =
+            super::legacy_wire::decode(&request.change)
+                .map_err(|e| RecordError::new("member change", e))?;
+        return Ok(legacy.into());
+    }
+    decode::<MemberChangeRecord>("member change", &request.record)?.try_into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn every_change() -> Vec<MemberChange> {
+        vec![
+            MemberChange::Add {
+                id: 1,
+                peer_urls: vec!["http://a:2380".into()],
+                learner: true,
+            },
+            MemberChange::Remove { id: 2 },
+            MemberChange::UpdatePeerUrls {
+                id: 3,
+                peer_urls: vec!["http://b:2380".into(), "http://c:2380".into()],
+            },
+            MemberChange::Promote { id: 4 },
+            MemberChange::Publish {
+                id: 5,
+                name: "m5".into(),
+                client_urls: vec!["http://d:2379".into()],
+            },
+        ]
+    }
+
+    #[test]
+    fn a_member_change_reads_back_from_either_encoding() {
+        for change in every_change() {
+            let request = change_members_request(&change);
+            assert_eq!(requested_change(&request).unwrap(), change);
+            let from_previous_release = ChangeMembersRequest {
+                change: request.change,
+                record: Vec::new(),
+            };
+            assert_eq!(requested_change(&from_previous_release).unwrap(), change);
+        }
+    }
+
+    #[test]
+    fn the_previous_release_reads_its_own_layout() {
+        // bincode 1 of its enum: the variant's index as 4 bytes, then the fields, little-endian.
+        let request = change_members_request(&MemberChange::Remove { id: 5 });
+        assert_eq!(request.change, [1, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0]);
+        let garbage = ChangeMembersRequest {
+            change: vec![9, 9],
+            record: Vec::new(),
+        };
+        assert!(requested_change(&garbage).is_err());
+        let empty_record = ChangeMembersRequest {
+            change: Vec::new(),
+            // A field this release does not know, and no change.
+            record: vec![0x30, 0x01],
+        };
+        assert!(requested_change(&empty_record).is_err());
+    }
 }

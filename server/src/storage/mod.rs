@@ -84,9 +84,10 @@ const DB_DIR: &str = "db";
 /// The format of the data dir this build writes and reads, recorded in `raft_state` under
 /// [`FORMAT_KEY`] when the data dir is created. A release that changes how anything is stored
 /// raises it (and reads the older formats, or converts them at start); an older build refuses
-/// a newer data dir instead of misreading it. Format 2 stores Raft's records as oxcd's own
-/// protobuf messages (`raft::record`); format 1 had bincode of openraft 0.9's layout.
-pub const DATA_DIR_FORMAT: u64 = 2;
+/// a newer data dir instead of misreading it. Format 3 stores Raft's records and a restored
+/// data dir's membership as oxcd's own protobuf messages (`raft::record`); format 2 kept that
+/// membership as bincode of oxcd's `Member`s; format 1 had bincode of openraft 0.9's layout.
+pub const DATA_DIR_FORMAT: u64 = 3;
 /// Data dirs of the releases before the format was recorded have format 1 and get the record
 /// when this build opens them.
 pub const FORMAT_KEY: &[u8] = b"format_version";
