@@ -606,6 +606,15 @@ impl RaftNetworkV2<TypeConfig> for RaftPeer {
             return openraft::network::stream_append_sequential(self, input, _option);
         }
         Box::pin(async move {
+            // The first request is taken before connecting: openraft waits out its backoff
+            // (`backoff`, after an unreachable member) while producing a request, and a call
+            // refused at connect never asks for one, so a stopped member would be dialled
+            // again at once, thousands of times a second.
+            let mut input = input;
+            let Some(first) = input.next().await else {
+                return Ok(Box::pin(futures_util::stream::empty()) as BoxStream<'s, _>);
+            };
+            let input = futures_util::stream::once(std::future::ready(first)).chain(input);
             let mut client = self.client()?;
             let sent = self.metered.clone();
             let requests = input.map(move |rpc| {
