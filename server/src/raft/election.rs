@@ -33,10 +33,12 @@
 //! a member resumed after a pause (SIGSTOP, a stalled VM) has missed ticks, not heard silence,
 //! and must not count the pause against a leader that was there all along.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use oxcd_proto::peerpb::{LeaderBeaconRequest, PreVoteRequest};
 
 use super::log_store;
@@ -205,13 +207,16 @@ impl Elections {
     }
 
     /// A beacon from `leader` in `term`: heard when this member follows that leader (its vote
-    /// is that leader's, committed); says whether it does.
+    /// is for that leader in that term, which leads if it sends beacons); says whether it does.
+    /// The vote is the stored one: it is saved before a vote for another candidate is granted,
+    /// and the metrics show that only later, while a leader takes this answer as proof that no
+    /// other leader had been elected ([`quorum_follows`]).
     pub fn answer_beacon(&self, term: u64, leader: NodeId) -> bool {
-        let vote = self.raft.metrics().borrow_watched().vote;
-        let following = vote.committed
-            && vote.leader_id.term == term
-            && vote.leader_id.node_id == leader
-            && leader != self.me;
+        let Ok(Some(vote)) = log_store::saved_vote(&self.engine) else {
+            return false;
+        };
+        let following =
+            vote.leader_id.term == term && vote.leader_id.node_id == leader && leader != self.me;
         if following {
             self.leader_heard();
         }
@@ -462,6 +467,72 @@ impl Elections {
         }
         true
     }
+}
+
+/// Whether this member leads with a quorum that still follows it, as seen after this call
+/// began: a beacon goes to every other voter now, and each answer is to its own request, so
+/// each (joint) configuration's majority answering "following" proves that no other leader had
+/// been elected when they answered. A read index needs this after it is taken. openraft's own
+/// confirmation is not enough alone: it credits an append reply with the sending time of the
+/// latest request its entries cover, so when a partition heals, a follower's reply to an append
+/// it took before the partition (before it voted for a new leader) confirmed a request the old
+/// leader sent during it, and the old leader served a read at its stale commit index (Jepsen's
+/// append workload, isolate-leader). Members of the previous release have no beacon and are
+/// taken on openraft's word.
+pub(super) async fn quorum_follows(raft: &Raft, me: NodeId, peers: &Peers, wait: Duration) -> bool {
+    let (term, membership) = {
+        let m = raft.metrics();
+        let m = m.borrow_watched();
+        if !m.state.is_leader() || m.vote.leader_id.node_id != me {
+            return false;
+        }
+        (
+            m.vote.leader_id.term,
+            m.membership_config.membership().clone(),
+        )
+    };
+    let configs = membership.get_joint_config().clone();
+    let mut follows = BTreeSet::from([me]);
+    let mut answers = futures_util::stream::FuturesUnordered::new();
+    for id in configs.iter().flatten().copied().collect::<BTreeSet<_>>() {
+        if id == me {
+            continue;
+        }
+        if peers.is_legacy(id) {
+            follows.insert(id);
+            continue;
+        }
+        let client = membership
+            .get_node(&id)
+            .and_then(|member| peers.client(id, &member.peer_urls).ok());
+        if let Some(mut client) = client {
+            answers.push(async move {
+                let reply = client
+                    .leader_beacon(LeaderBeaconRequest { term, leader: me })
+                    .await;
+                (id, matches!(reply, Ok(r) if r.get_ref().following))
+            });
+        }
+    }
+    let quorum = |follows: &BTreeSet<NodeId>| {
+        configs.iter().all(|config| {
+            let following = config.iter().filter(|id| follows.contains(id)).count();
+            following * 2 > config.len()
+        })
+    };
+    let confirmed = async {
+        while !quorum(&follows) {
+            match answers.next().await {
+                Some((id, true)) => {
+                    follows.insert(id);
+                }
+                Some((_, false)) => {}
+                None => return false,
+            }
+        }
+        true
+    };
+    tokio::time::timeout(wait, confirmed).await.unwrap_or(false)
 }
 
 /// A random number in `0..bound`.

@@ -14,6 +14,7 @@ use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
 use openraft::{LinearizerOption, ReadPolicy};
 use oxcd_proto::peerpb::{Failure, ProposeRequest, ReadIndexRequest};
 
+use super::election::quorum_follows;
 use super::network::{Client, Peers};
 use super::types::{wait_for, NodeId, Raft, WatchReceiver};
 use crate::apply::{CommandBatch, OutcomeBatch};
@@ -132,12 +133,21 @@ impl LeaderLink {
         .await
     }
 
-    /// The leader's side of [`LeaderLink::read_index`]: confirms leadership with a quorum.
+    /// The leader's side of [`LeaderLink::read_index`]: confirms leadership with a quorum,
+    /// through openraft and then with beacons answered after the index was taken (see
+    /// [`quorum_follows`] for why openraft's confirmation is not enough alone). Unconfirmed, the
+    /// call is asked again, routed to whichever member leads by then.
     pub async fn read_index_local(&self) -> Result<u64, Failure> {
         let option =
             LinearizerOption::from(ReadPolicy::ReadIndex).with_wait_timeout(self.read_index_wait);
         match self.raft.get_read_log_id(option).await {
-            Ok((read, _applied)) => Ok(read.index()),
+            Ok((read, _applied)) => {
+                if quorum_follows(&self.raft, self.me, &self.peers, self.read_index_wait).await {
+                    Ok(read.index())
+                } else {
+                    Err(not_leader())
+                }
+            }
             Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(_))) => {
                 Err(not_leader())
             }

@@ -112,7 +112,7 @@ impl Peers {
         }
     }
 
-    fn is_legacy(&self, id: NodeId) -> bool {
+    pub(super) fn is_legacy(&self, id: NodeId) -> bool {
         self.legacy
             .lock()
             .get(&id)
