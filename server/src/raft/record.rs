@@ -194,15 +194,25 @@ impl From<&Membership> for MembershipRecord {
                     ids: set.iter().copied().collect(),
                 })
                 .collect(),
-            nodes: m
-                .nodes()
-                .map(|(id, member)| NodeRecord {
-                    id: *id,
-                    member: Some(member.clone()),
-                })
-                .collect(),
+            nodes: node_records(m.nodes()),
         }
     }
+}
+
+fn node_records<'a>(nodes: impl Iterator<Item = (&'a NodeId, &'a Member)>) -> Vec<NodeRecord> {
+    nodes
+        .map(|(id, member)| NodeRecord {
+            id: *id,
+            member: Some(member.clone()),
+        })
+        .collect()
+}
+
+fn nodes_of(records: Vec<NodeRecord>) -> BTreeMap<NodeId, Member> {
+    records
+        .into_iter()
+        .map(|n| (n.id, n.member.unwrap_or_default()))
+        .collect()
 }
 
 impl TryFrom<MembershipRecord> for Membership {
@@ -214,12 +224,7 @@ impl TryFrom<MembershipRecord> for Membership {
             .into_iter()
             .map(|set| set.ids.into_iter().collect())
             .collect();
-        let nodes: BTreeMap<NodeId, Member> = r
-            .nodes
-            .into_iter()
-            .map(|n| (n.id, n.member.unwrap_or_default()))
-            .collect();
-        Membership::new(configs, nodes).map_err(|e| RecordError::new("membership", e))
+        Membership::new(configs, nodes_of(r.nodes)).map_err(|e| RecordError::new("membership", e))
     }
 }
 
@@ -336,22 +341,14 @@ pub const RESTORED_MEMBERSHIP_KEY: &[u8] = b"restored_membership";
 
 pub fn encode_member_list(members: &BTreeMap<NodeId, Member>) -> Vec<u8> {
     prost::Message::encode_to_vec(&MemberListRecord {
-        members: members
-            .iter()
-            .map(|(id, member)| NodeRecord {
-                id: *id,
-                member: Some(member.clone()),
-            })
-            .collect(),
+        members: node_records(members.iter()),
     })
 }
 
 pub fn decode_member_list(bytes: &[u8]) -> Result<BTreeMap<NodeId, Member>, RecordError> {
-    Ok(decode::<MemberListRecord>("member list", bytes)?
-        .members
-        .into_iter()
-        .map(|n| (n.id, n.member.unwrap_or_default()))
-        .collect())
+    Ok(nodes_of(
+        decode::<MemberListRecord>("member list", bytes)?.members,
+    ))
 }
 
 pub fn encode_membership(membership: &StoredMembership) -> Vec<u8> {
