@@ -42,7 +42,7 @@ use futures_util::StreamExt;
 use oxcd_proto::peerpb::{LeaderBeaconRequest, PreVoteRequest};
 
 use super::log_store;
-use super::network::Peers;
+use super::network::{Client, Peers};
 use super::types::{LogId, Membership, NodeId, Raft, TransferLeaderRequest, Vote, WatchReceiver};
 use crate::storage::Engine;
 
@@ -401,10 +401,7 @@ impl Elections {
                 now.saturating_duration_since(heard) < self.election_timeout
             }
         };
-        membership.get_joint_config().iter().all(|config| {
-            let replied = config.iter().filter(|id| recent(id)).count();
-            replied * 2 > config.len()
-        })
+        joint_majority(membership, recent)
     }
 
     /// How often a leader has been heard from, and this member's vote.
@@ -432,40 +429,23 @@ impl Elections {
             .borrow_watched()
             .membership_config
             .clone();
-        let membership = membership.membership();
-        let mut asks = tokio::task::JoinSet::new();
-        for id in membership.voter_ids().filter(|id| *id != self.me) {
-            let Some(member) = membership.get_node(&id) else {
-                continue;
-            };
-            let Ok(mut client) = self.peers.client(id, &member.peer_urls) else {
-                continue;
-            };
-            let request = request.clone();
-            let timeout = self.answer_timeout;
-            asks.spawn(async move {
-                let reply = tokio::time::timeout(timeout, client.pre_vote(request)).await;
-                (id, matches!(reply, Ok(Ok(r)) if r.get_ref().granted))
-            });
-        }
-        let joint = membership.get_joint_config();
-        let quorum = |granted: &[NodeId]| {
-            joint.iter().all(|config| {
-                let yes = config.iter().filter(|id| granted.contains(id)).count();
-                yes * 2 > config.len()
-            })
-        };
+        let timeout = self.answer_timeout;
         // Decided as soon as a quorum grants: waiting for a member that does not answer would
         // let the answers go stale.
-        let mut granted = vec![self.me];
-        while !quorum(&granted) {
-            match asks.join_next().await {
-                Some(Ok((id, true))) => granted.push(id),
-                Some(_) => {}
-                None => return false,
-            }
-        }
-        true
+        quorum_agrees(
+            membership.membership(),
+            self.me,
+            &self.peers,
+            |_| false,
+            |mut client| {
+                let request = request.clone();
+                async move {
+                    let reply = tokio::time::timeout(timeout, client.pre_vote(request)).await;
+                    matches!(reply, Ok(Ok(r)) if r.get_ref().granted)
+                }
+            },
+        )
+        .await
     }
 }
 
@@ -491,48 +471,69 @@ pub(super) async fn quorum_follows(raft: &Raft, me: NodeId, peers: &Peers, wait:
             m.membership_config.membership().clone(),
         )
     };
-    let configs = membership.get_joint_config().clone();
-    let mut follows = BTreeSet::from([me]);
+    let confirmed = quorum_agrees(
+        &membership,
+        me,
+        peers,
+        |id| peers.is_legacy(id),
+        |mut client| async move {
+            let reply = client
+                .leader_beacon(LeaderBeaconRequest { term, leader: me })
+                .await;
+            matches!(reply, Ok(r) if r.get_ref().following)
+        },
+    );
+    tokio::time::timeout(wait, confirmed).await.unwrap_or(false)
+}
+
+/// Asks every other voter of `membership` with `ask`, all at once; true as soon as each (joint)
+/// configuration has a majority that said yes, `me` and the members `assumed` says yes for
+/// (without asking) counting as yes; false once every answer is in without one.
+async fn quorum_agrees<Ask, Answer>(
+    membership: &Membership,
+    me: NodeId,
+    peers: &Peers,
+    assumed: impl Fn(NodeId) -> bool,
+    ask: Ask,
+) -> bool
+where
+    Ask: Fn(Client) -> Answer,
+    Answer: std::future::Future<Output = bool>,
+{
+    let mut yes = BTreeSet::from([me]);
     let mut answers = futures_util::stream::FuturesUnordered::new();
-    for id in configs.iter().flatten().copied().collect::<BTreeSet<_>>() {
-        if id == me {
-            continue;
-        }
-        if peers.is_legacy(id) {
-            follows.insert(id);
+    for id in membership.voter_ids().filter(|id| *id != me) {
+        if assumed(id) {
+            yes.insert(id);
             continue;
         }
         let client = membership
             .get_node(&id)
             .and_then(|member| peers.client(id, &member.peer_urls).ok());
-        if let Some(mut client) = client {
-            answers.push(async move {
-                let reply = client
-                    .leader_beacon(LeaderBeaconRequest { term, leader: me })
-                    .await;
-                (id, matches!(reply, Ok(r) if r.get_ref().following))
-            });
+        if let Some(client) = client {
+            let answer = ask(client);
+            answers.push(async move { (id, answer.await) });
         }
     }
-    let quorum = |follows: &BTreeSet<NodeId>| {
-        configs.iter().all(|config| {
-            let following = config.iter().filter(|id| follows.contains(id)).count();
-            following * 2 > config.len()
-        })
-    };
-    let confirmed = async {
-        while !quorum(&follows) {
-            match answers.next().await {
-                Some((id, true)) => {
-                    follows.insert(id);
-                }
-                Some((_, false)) => {}
-                None => return false,
+    while !joint_majority(membership, |id| yes.contains(id)) {
+        match answers.next().await {
+            Some((id, true)) => {
+                yes.insert(id);
             }
+            Some((_, false)) => {}
+            None => return false,
         }
-        true
-    };
-    tokio::time::timeout(wait, confirmed).await.unwrap_or(false)
+    }
+    true
+}
+
+/// Whether every (joint) configuration of `membership` has a majority of members for which
+/// `counts` holds.
+fn joint_majority(membership: &Membership, counts: impl Fn(&NodeId) -> bool) -> bool {
+    membership.get_joint_config().iter().all(|config| {
+        let counted = config.iter().filter(|id| counts(id)).count();
+        counted * 2 > config.len()
+    })
 }
 
 /// A random number in `0..bound`.
