@@ -158,7 +158,7 @@ type Connecting = std::pin::Pin<
 >;
 
 /// TCP, then TLS that accepts any server certificate, offering HTTP/2 by ALPN as gRPC requires.
-fn insecure_connector(
+pub(crate) fn insecure_connector(
     identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
 ) -> Result<impl FnMut(Uri) -> Connecting + Clone + Send + 'static> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());

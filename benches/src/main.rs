@@ -5,6 +5,7 @@ mod compare;
 mod connection;
 mod failover;
 mod footprint;
+mod kube;
 mod list_memory;
 mod load;
 mod plot;
@@ -57,6 +58,10 @@ enum Command {
     /// ctl, then `snapshot restore` of etcd's file by etcdutl and by oxcdctl (and of oxcd's by
     /// oxcdctl) with each restore's peak memory; writes report.md and results.json into --out.
     Snapshot(snapshot::SnapshotArgs),
+    /// The store under Kubernetes' real control plane (kube-apiserver, controller-manager,
+    /// scheduler) with simulated nodes and Deployments scaled in rounds, on a fresh etcd and a
+    /// fresh oxcd; writes report.md, report.json and plots into --out.
+    Kube(kube::KubeArgs),
 }
 
 /// The flags every load generator takes around its workload's own.
@@ -101,6 +106,7 @@ async fn main() -> Result<()> {
         Command::Compare(args) => compare::compare(args).await?,
         Command::ListMemory(args) => list_memory::run(args).await?,
         Command::Snapshot(args) => snapshot::run(args).await?,
+        Command::Kube(args) => kube::run(args).await?,
         Command::Watch(args) => {
             let report = watch::run_watch(&args.endpoints(), &args.workload).await?;
             print_report(args.json, || report.to_json(), || report.to_text());

@@ -93,8 +93,16 @@ impl ServerProcess {
     }
 
     fn memory_status(&self, field: &str) -> Result<u64> {
-        let pid = self.child.id().context("server has already exited")?;
-        memory_status(pid, field)
+        memory_status(self.pid()?, field)
+    }
+
+    fn pid(&self) -> Result<u32> {
+        self.child.id().context("server has already exited")
+    }
+
+    /// CPU time (user and system) the process has used so far.
+    pub fn cpu_seconds(&self) -> Result<f64> {
+        cpu_seconds(self.pid()?)
     }
 
     /// Sum of the sizes of all files under the data dir (apparent sizes, as `du -b` reports).
@@ -297,6 +305,11 @@ impl Cluster {
         self.members.iter().map(ServerProcess::rss_bytes).sum()
     }
 
+    /// CPU time of all members together.
+    pub fn cpu_seconds(&self) -> Result<f64> {
+        self.members.iter().map(ServerProcess::cpu_seconds).sum()
+    }
+
     /// Size of all members' data dirs together.
     pub fn data_dir_bytes(&self) -> Result<u64> {
         self.members.iter().map(ServerProcess::data_dir_bytes).sum()
@@ -440,6 +453,28 @@ pub async fn run_measured(mut command: std::process::Command) -> Result<Measured
 }
 
 /// A `kB` line of /proc/PID/status, in bytes.
+/// CPU time (user and system) process `pid` has used so far, from /proc/PID/stat.
+pub fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name (field 2) is in parentheses and may hold spaces; utime and stime are
+    // fields 14 and 15, the 12th and 13th after it.
+    let after_name = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .context("no command name in /proc/PID/stat")?;
+    let mut fields = after_name.split_whitespace().skip(11);
+    let mut ticks = || -> Result<f64> {
+        Ok(fields
+            .next()
+            .context("/proc/PID/stat is too short")?
+            .parse::<u64>()? as f64)
+    };
+    let busy = ticks()? + ticks()?;
+    // SAFETY: sysconf only reads a configuration value.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    Ok(busy / per_second.max(1) as f64)
+}
+
 fn memory_status(pid: u32, field: &str) -> Result<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
     let kib = status

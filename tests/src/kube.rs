@@ -118,6 +118,20 @@ impl ApiServer {
         apiserver
     }
 
+    /// The HTTPS URL it serves (a self-signed certificate).
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    /// A bearer token of a `system:masters` user.
+    pub fn admin_token(&self) -> &'static str {
+        ADMIN_TOKEN
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.0.id()
+    }
+
     pub fn kubectl(&self) -> Kubectl {
         Kubectl {
             kubeconfig: self.dir.join("kubeconfig"),
@@ -126,8 +140,8 @@ impl ApiServer {
     }
 
     /// Starts kube-controller-manager or kube-scheduler against this apiserver as its admin,
-    /// serving its own health port on a free port. Killed on drop.
-    pub fn start_component(&self, name: &str) -> Killed {
+    /// serving its own health port on a free port, with `extra_args` after those. Killed on drop.
+    pub fn start_component(&self, name: &str, extra_args: &[&str]) -> Killed {
         let log = std::fs::File::create(self.dir.join(format!("{name}.log"))).unwrap();
         let process = Command::new(kube_binary(name))
             .arg(format!(
@@ -137,6 +151,7 @@ impl ApiServer {
             .arg("--leader-elect=false")
             .arg("--bind-address=127.0.0.1")
             .arg(format!("--secure-port={}", free_port()))
+            .args(extra_args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

@@ -287,8 +287,8 @@ async fn controllers_on_the_store(target: Target) {
     let dir = test_dir();
     let mut client = target.client.clone();
     let apiserver = ready_apiserver(&target, dir.path());
-    let _controller_manager = apiserver.start_component("kube-controller-manager");
-    let _scheduler = apiserver.start_component("kube-scheduler");
+    let _controller_manager = apiserver.start_component("kube-controller-manager", &[]);
+    let _scheduler = apiserver.start_component("kube-scheduler", &[]);
     let kubectl = apiserver.kubectl();
     register_node(&kubectl, dir.path());
     kubectl.ok(&["create", "namespace", NAMESPACE]);

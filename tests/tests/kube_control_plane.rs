@@ -268,8 +268,8 @@ async fn control_plane_on_three_members(flavor: Flavor) {
         ],
         &format!("{flavor} x3, TLS"),
     );
-    let _controller_manager = apiserver.start_component("kube-controller-manager");
-    let _scheduler = apiserver.start_component("kube-scheduler");
+    let _controller_manager = apiserver.start_component("kube-controller-manager", &[]);
+    let _scheduler = apiserver.start_component("kube-scheduler", &[]);
     let kubectl = apiserver.kubectl();
     register_node(&kubectl, dir.path());
     let kubelet = Kubelet::start(apiserver.kubectl());

@@ -1,0 +1,500 @@
+//! The simulated nodes. Each registers its Node and Lease, renews the Lease every interval (a
+//! kubelet's node lease controller) and runs the pods bound to it: it reports them Running and
+//! Ready and finishes their graceful deletion, as a kubelet does. One watch over the benchmark's
+//! namespace stands in for the kubelets' per-node watches, so thousands of nodes cost a task
+//! each, not a process.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{bail, Result};
+use hdrhistogram::Histogram;
+use hyper::{Method, StatusCode};
+use serde_json::{json, Value};
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::{JoinHandle, JoinSet};
+
+use super::client::{ApiClient, BodyKind};
+use crate::stats::{micros, new_latency_histogram};
+
+/// The namespace the benchmark's Deployments and pods live in.
+pub const NAMESPACE: &str = "bench";
+/// Calls in flight at once from registration, and from all kubelets together.
+const CONCURRENT_CALLS: usize = 64;
+const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases";
+/// The system namespaces controller creates kube-node-lease shortly after the apiserver is up.
+const LEASE_NAMESPACE_WAIT: Duration = Duration::from_secs(30);
+
+/// A timestamp as Kubernetes writes it: RFC 3339 in UTC, with microseconds for MicroTime.
+fn timestamp(micro: bool) -> String {
+    let since_epoch = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    let at =
+        chrono::DateTime::from_timestamp(since_epoch.as_secs() as i64, since_epoch.subsec_nanos())
+            .unwrap_or_default();
+    let format = if micro {
+        chrono::SecondsFormat::Micros
+    } else {
+        chrono::SecondsFormat::Secs
+    };
+    at.to_rfc3339_opts(format, true)
+}
+
+pub fn node_name(index: usize) -> String {
+    format!("sim-node-{index:05}")
+}
+
+/// A private address per index, unique for the first million.
+fn address(prefix: u8, index: usize) -> String {
+    format!(
+        "{prefix}.{}.{}.{}",
+        (index >> 16) & 0xff,
+        (index >> 8) & 0xff,
+        index & 0xff
+    )
+}
+
+/// Runs `call` for every index in `0..count`, `CONCURRENT_CALLS` at a time; the results in
+/// index order, or the first error.
+async fn for_each_concurrently<T, F>(count: usize, call: impl Fn(usize) -> F) -> Result<Vec<T>>
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = Result<T>> + Send + 'static,
+{
+    let permits = Arc::new(Semaphore::new(CONCURRENT_CALLS));
+    let mut tasks = JoinSet::new();
+    for index in 0..count {
+        let permit = Arc::clone(&permits).acquire_owned().await?;
+        let future = call(index);
+        tasks.spawn(async move {
+            let result = future.await;
+            drop(permit);
+            (index, result)
+        });
+    }
+    let mut results: Vec<Option<T>> = (0..count).map(|_| None).collect();
+    while let Some(joined) = tasks.join_next().await {
+        let (index, result) = joined?;
+        results[index] = Some(result?);
+    }
+    Ok(results.into_iter().flatten().collect())
+}
+
+/// Registers `count` ready nodes with room for 110 pods each, and their Leases; returns the
+/// Leases as stored, for [`LeaseRenewer::start`].
+pub async fn register_nodes(client: &Arc<ApiClient>, count: usize) -> Result<Vec<Value>> {
+    let deadline = Instant::now() + LEASE_NAMESPACE_WAIT;
+    while client
+        .call(Method::GET, "/api/v1/namespaces/kube-node-lease", None)
+        .await?
+        .status
+        != StatusCode::OK
+    {
+        if Instant::now() > deadline {
+            bail!("namespace kube-node-lease not created within {LEASE_NAMESPACE_WAIT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for_each_concurrently(count, |index| {
+        let client = Arc::clone(client);
+        async move { register_node(&client, index).await }
+    })
+    .await
+}
+
+async fn register_node(client: &ApiClient, index: usize) -> Result<Value> {
+    let name = node_name(index);
+    let node = json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name, "labels": {
+            "kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
+            "kubernetes.io/arch": "amd64", "oxcd-bench/simulated": "true"}},
+    });
+    client
+        .call(
+            Method::POST,
+            "/api/v1/nodes",
+            Some((BodyKind::Object, &node)),
+        )
+        .await?
+        .success(&format!("registering node {name}"))?;
+    let resources = json!({"cpu": "8", "memory": "32Gi", "pods": "110"});
+    let now = timestamp(false);
+    let status = json!({"status": {
+        "capacity": resources, "allocatable": resources,
+        "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+            "message": "simulated kubelet", "lastHeartbeatTime": now, "lastTransitionTime": now}],
+        "addresses": [{"type": "InternalIP", "address": address(10, index)},
+            {"type": "Hostname", "address": name}],
+    }});
+    client
+        .call(
+            Method::PATCH,
+            &format!("/api/v1/nodes/{name}/status"),
+            Some((BodyKind::MergePatch, &status)),
+        )
+        .await?
+        .success(&format!("reporting node {name} ready"))?;
+    let lease = json!({
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": name, "namespace": "kube-node-lease"},
+        "spec": {"holderIdentity": name, "leaseDurationSeconds": 40, "renewTime": timestamp(true)},
+    });
+    client
+        .call(Method::POST, LEASES, Some((BodyKind::Object, &lease)))
+        .await?
+        .success(&format!("creating node {name}'s lease"))
+}
+
+/// Renews every node's Lease once per interval, spread evenly over it.
+pub struct LeaseRenewer {
+    tasks: JoinSet<()>,
+    renewals: Arc<AtomicU64>,
+    failures: Arc<AtomicU64>,
+}
+
+impl LeaseRenewer {
+    pub fn start(client: &Arc<ApiClient>, leases: Vec<Value>, interval: Duration) -> Self {
+        let renewals = Arc::new(AtomicU64::new(0));
+        let failures = Arc::new(AtomicU64::new(0));
+        let mut tasks = JoinSet::new();
+        let count = leases.len().max(1) as u32;
+        let start = tokio::time::Instant::now();
+        for (index, mut lease) in leases.into_iter().enumerate() {
+            let client = Arc::clone(client);
+            let (renewals, failures) = (Arc::clone(&renewals), Arc::clone(&failures));
+            let first = start + interval * index as u32 / count;
+            tasks.spawn(async move {
+                let mut ticks = tokio::time::interval_at(first, interval);
+                let path = format!(
+                    "{LEASES}/{}",
+                    lease["metadata"]["name"].as_str().unwrap_or_default()
+                );
+                loop {
+                    ticks.tick().await;
+                    lease["spec"]["renewTime"] = json!(timestamp(true));
+                    match renew(&client, &path, &lease).await {
+                        Ok(stored) => {
+                            lease = stored;
+                            renewals.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(_) => {
+                            failures.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            });
+        }
+        Self {
+            tasks,
+            renewals,
+            failures,
+        }
+    }
+
+    /// Stops renewing; (renewals, failed renewals) so far.
+    pub fn stop(mut self) -> (u64, u64) {
+        self.tasks.abort_all();
+        (
+            self.renewals.load(Ordering::Relaxed),
+            self.failures.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// One renewal as a kubelet does it: an update of the lease it holds, and after a conflict an
+/// update of the lease read again.
+async fn renew(client: &ApiClient, path: &str, lease: &Value) -> Result<Value> {
+    let reply = client
+        .call(Method::PUT, path, Some((BodyKind::Object, lease)))
+        .await?;
+    if reply.status != StatusCode::CONFLICT {
+        return reply.success("renewing a lease");
+    }
+    let mut current = client
+        .call(Method::GET, path, None)
+        .await?
+        .success("reading a lease")?;
+    current["spec"]["renewTime"] = lease["spec"]["renewTime"].clone();
+    client
+        .call(Method::PUT, path, Some((BodyKind::Object, &current)))
+        .await?
+        .success("renewing a lease again")
+}
+
+/// What the kubelets know of one pod.
+struct Pod {
+    seen: Instant,
+    bound: bool,
+    running: bool,
+    deleting: bool,
+    status_sent: bool,
+    delete_sent: bool,
+}
+
+/// The pods of the namespace, and how long they took to be bound and to run.
+pub struct PodBook {
+    pods: HashMap<String, Pod>,
+    /// From the watch's first sight of a pod to its first sight bound to a node.
+    pub bound_us: Histogram<u64>,
+    /// From the first sight of a pod to its first sight Running.
+    pub running_us: Histogram<u64>,
+}
+
+impl PodBook {
+    /// Pods Running and not being deleted.
+    pub fn running(&self) -> usize {
+        self.pods
+            .values()
+            .filter(|pod| pod.running && !pod.deleting)
+            .count()
+    }
+
+    pub fn len(&self) -> usize {
+        self.pods.len()
+    }
+}
+
+/// The kubelets of all simulated nodes.
+pub struct Kubelets {
+    book: Arc<Mutex<PodBook>>,
+    changed: Arc<Notify>,
+    failures: Arc<AtomicU64>,
+    task: JoinHandle<()>,
+}
+
+impl Kubelets {
+    pub fn start(client: &Arc<ApiClient>) -> Self {
+        let book = Arc::new(Mutex::new(PodBook {
+            pods: HashMap::new(),
+            bound_us: new_latency_histogram(),
+            running_us: new_latency_histogram(),
+        }));
+        let changed = Arc::new(Notify::new());
+        let failures = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn(watch_pods(
+            Arc::clone(client),
+            Arc::clone(&book),
+            Arc::clone(&changed),
+            Arc::clone(&failures),
+        ));
+        Self {
+            book,
+            changed,
+            failures,
+            task,
+        }
+    }
+
+    /// Waits until `done` holds for the pods, for at most `timeout`.
+    pub async fn wait_until(
+        &self,
+        what: &str,
+        timeout: Duration,
+        done: impl Fn(&PodBook) -> bool,
+    ) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let changed = self.changed.notified();
+            {
+                let book = self.book.lock().unwrap_or_else(|e| e.into_inner());
+                if done(&book) {
+                    return Ok(());
+                }
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                let book = self.book.lock().unwrap_or_else(|e| e.into_inner());
+                bail!(
+                    "{what}: not within {timeout:?} ({} pods, {} running)",
+                    book.len(),
+                    book.running()
+                );
+            }
+        }
+    }
+
+    /// Reads the pods' latencies (and leaves them in place).
+    pub fn with_book<T>(&self, read: impl FnOnce(&PodBook) -> T) -> T {
+        read(&self.book.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Stops; the kubelets' failed calls.
+    pub fn stop(self) -> u64 {
+        self.task.abort();
+        self.failures.load(Ordering::Relaxed)
+    }
+}
+
+/// Lists the namespace's pods, then watches them from the list's revision; again from a fresh
+/// list whenever the watch ends or fails.
+async fn watch_pods(
+    client: Arc<ApiClient>,
+    book: Arc<Mutex<PodBook>>,
+    changed: Arc<Notify>,
+    failures: Arc<AtomicU64>,
+) {
+    let actions = Arc::new(Semaphore::new(CONCURRENT_CALLS));
+    let kubelet = Kubelet {
+        client,
+        book,
+        failures,
+        actions,
+    };
+    loop {
+        if let Err(error) = kubelet.list_and_watch(&changed).await {
+            eprintln!("kubelets: pod watch ended ({error:#}); listing again");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+struct Kubelet {
+    client: Arc<ApiClient>,
+    book: Arc<Mutex<PodBook>>,
+    failures: Arc<AtomicU64>,
+    actions: Arc<Semaphore>,
+}
+
+impl Kubelet {
+    async fn list_and_watch(&self, changed: &Notify) -> Result<()> {
+        let pods = format!("/api/v1/namespaces/{NAMESPACE}/pods");
+        let list = self
+            .client
+            .call(Method::GET, &pods, None)
+            .await?
+            .success("listing pods")?;
+        let listed: Vec<&Value> = list["items"].as_array().into_iter().flatten().collect();
+        {
+            let mut book = self.book.lock().unwrap_or_else(|e| e.into_inner());
+            book.pods.retain(|name, _| {
+                listed
+                    .iter()
+                    .any(|pod| pod["metadata"]["name"].as_str() == Some(name))
+            });
+        }
+        for pod in listed {
+            self.observe("ADDED", pod).await;
+        }
+        changed.notify_waiters();
+        let revision = list["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap_or_default();
+        let mut events = self
+            .client
+            .watch(&format!(
+                "{pods}?watch=true&resourceVersion={revision}&allowWatchBookmarks=true&timeoutSeconds=3600"
+            ))
+            .await?;
+        while let Some(event) = events.recv().await {
+            let event = event?;
+            match event["type"].as_str().unwrap_or_default() {
+                "ERROR" => bail!("{}", event["object"]["message"]),
+                "BOOKMARK" => continue,
+                kind => self.observe(kind, &event["object"]).await,
+            }
+            changed.notify_waiters();
+        }
+        bail!("the apiserver ended the watch")
+    }
+
+    /// Books one pod's new state, and does what a kubelet would about it.
+    async fn observe(&self, kind: &str, object: &Value) {
+        let Some(name) = object["metadata"]["name"].as_str() else {
+            return;
+        };
+        let (start, delete) = {
+            let mut book = self.book.lock().unwrap_or_else(|e| e.into_inner());
+            if kind == "DELETED" {
+                book.pods.remove(name);
+                return;
+            }
+            let now = Instant::now();
+            let book = &mut *book;
+            let pod = book.pods.entry(name.to_owned()).or_insert(Pod {
+                seen: now,
+                bound: false,
+                running: false,
+                deleting: false,
+                status_sent: false,
+                delete_sent: false,
+            });
+            if !pod.bound
+                && object["spec"]["nodeName"]
+                    .as_str()
+                    .is_some_and(|n| !n.is_empty())
+            {
+                pod.bound = true;
+                book.bound_us.saturating_record(micros(now - pod.seen));
+            }
+            if !pod.running && object["status"]["phase"] == "Running" {
+                pod.running = true;
+                book.running_us.saturating_record(micros(now - pod.seen));
+            }
+            pod.deleting = !object["metadata"]["deletionTimestamp"].is_null();
+            let delete = pod.deleting && !pod.delete_sent;
+            let start = pod.bound && !pod.running && !pod.deleting && !pod.status_sent;
+            pod.delete_sent |= delete;
+            pod.status_sent |= start;
+            (start, delete)
+        };
+        if !(start || delete) {
+            return;
+        }
+        let Ok(permit) = Arc::clone(&self.actions).acquire_owned().await else {
+            return;
+        };
+        let client = Arc::clone(&self.client);
+        let failures = Arc::clone(&self.failures);
+        let path = format!("/api/v1/namespaces/{NAMESPACE}/pods/{name}");
+        let uid = object["metadata"]["uid"].clone();
+        tokio::spawn(async move {
+            let reply = if delete {
+                let options = json!({"apiVersion": "v1", "kind": "DeleteOptions",
+                    "gracePeriodSeconds": 0, "preconditions": {"uid": uid}});
+                client
+                    .call(Method::DELETE, &path, Some((BodyKind::Object, &options)))
+                    .await
+            } else {
+                client
+                    .call(
+                        Method::PATCH,
+                        &format!("{path}/status"),
+                        Some((BodyKind::MergePatch, &running_status())),
+                    )
+                    .await
+            };
+            // A pod deleted meanwhile (404) or replaced under its name (409) needs nothing more.
+            let fine = reply.is_ok_and(|reply| {
+                reply.status.is_success()
+                    || matches!(reply.status, StatusCode::NOT_FOUND | StatusCode::CONFLICT)
+            });
+            if !fine {
+                failures.fetch_add(1, Ordering::Relaxed);
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// The status a kubelet reports once a pod's only container runs.
+fn running_status() -> Value {
+    static NEXT_IP: AtomicU64 = AtomicU64::new(1);
+    let now = timestamp(false);
+    let ip = address(
+        10,
+        NEXT_IP.fetch_add(1, Ordering::Relaxed) as usize | 0xf0_0000,
+    );
+    let ready = |kind: &str| json!({"type": kind, "status": "True", "lastTransitionTime": now});
+    json!({"status": {
+        "phase": "Running",
+        "conditions": [ready("Initialized"), ready("Ready"), ready("ContainersReady"),
+            ready("PodScheduled")],
+        "podIP": ip, "podIPs": [{"ip": ip}], "startTime": now,
+        "containerStatuses": [{"name": "app", "ready": true, "started": true,
+            "restartCount": 0, "image": super::POD_IMAGE, "imageID": "",
+            "state": {"running": {"startedAt": now}}}],
+    }})
+}
