@@ -48,11 +48,21 @@ pub struct Api {
     root: String,
 }
 
-/// The resource and namespace a path names, and the object's name when it names one.
+/// The resource and namespace a path names, and the object's name (and subresource) when it
+/// names one.
 struct Target {
     resource: &'static Resource,
     namespace: Option<String>,
     name: Option<String>,
+    subresource: Option<Subresource>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Subresource {
+    /// `…/status`: reads the object, writes only its status.
+    Status,
+    /// `pods/…/binding`: assigns a pod to a node (the scheduler's write).
+    Binding,
 }
 
 enum Route {
@@ -70,11 +80,21 @@ fn route(path: &str, host: &str) -> ApiResult<Route> {
         if name.is_some() && namespace.is_none() && resource.namespaced {
             return Err(ApiError::no_route());
         }
-        Ok(Route::Resource(Target {
+        Ok(Target {
             resource,
             namespace: namespace.map(str::to_string),
             name: name.map(str::to_string),
-        }))
+            subresource: None,
+        })
+    };
+    let subresource = |target: ApiResult<Target>, name: &str| {
+        let mut target = target?;
+        target.subresource = Some(match name {
+            "status" if target.resource.has_status => Subresource::Status,
+            "binding" if target.resource.kind == "Pod" => Subresource::Binding,
+            _ => return Err(ApiError::no_route()),
+        });
+        Ok(Route::Resource(target))
     };
     match segments.as_slice() {
         ["api"] => Ok(Route::Discovery(json!({
@@ -92,34 +112,64 @@ fn route(path: &str, host: &str) -> ApiResult<Route> {
             "gitVersion": format!("v1.37.2+oxcd-kube.{}", env!("CARGO_PKG_VERSION")),
             "platform": format!("{}/{}", std::env::consts::OS, std::env::consts::ARCH),
         }))),
-        ["api", "v1", "namespaces", namespace, resource] => target(resource, Some(namespace), None),
-        ["api", "v1", "namespaces", namespace, resource, name] => {
-            target(resource, Some(namespace), Some(name))
+        ["api", "v1", "namespaces", namespace, resource] => {
+            target(resource, Some(namespace), None).map(Route::Resource)
         }
-        ["api", "v1", resource] => target(resource, None, None),
-        ["api", "v1", resource, name] => target(resource, None, Some(name)),
+        ["api", "v1", "namespaces", namespace, resource, name] => {
+            target(resource, Some(namespace), Some(name)).map(Route::Resource)
+        }
+        ["api", "v1", "namespaces", namespace, resource, name, sub] => {
+            subresource(target(resource, Some(namespace), Some(name)), sub)
+        }
+        ["api", "v1", resource] => target(resource, None, None).map(Route::Resource),
+        ["api", "v1", resource, name] => target(resource, None, Some(name)).map(Route::Resource),
+        ["api", "v1", resource, name, sub] => subresource(target(resource, None, Some(name)), sub),
         _ => Err(ApiError::no_route()),
     }
 }
 
 fn resource_list() -> Value {
-    let resources: Vec<Value> = RESOURCES
-        .iter()
-        .map(|r| {
-            json!({
-                "name": r.name,
-                "singularName": r.singular,
-                "namespaced": r.namespaced,
-                "kind": r.kind,
-                "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"],
-                "shortNames": r.short_names,
-            })
-        })
-        .collect();
+    let mut resources: Vec<Value> = Vec::new();
+    for r in RESOURCES {
+        resources.push(json!({
+            "name": r.name,
+            "singularName": r.singular,
+            "namespaced": r.namespaced,
+            "kind": r.kind,
+            "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"],
+            "shortNames": r.short_names,
+        }));
+        if r.has_status {
+            resources.push(json!({
+                "name": format!("{}/status", r.name), "singularName": "",
+                "namespaced": r.namespaced, "kind": r.kind, "verbs": ["get", "patch", "update"],
+            }));
+        }
+        if r.kind == "Pod" {
+            resources.push(json!({
+                "name": "pods/binding", "singularName": "", "namespaced": true,
+                "kind": "Binding", "verbs": ["create"],
+            }));
+        }
+    }
     json!({"kind": "APIResourceList", "groupVersion": "v1", "resources": resources})
 }
 
-fn now() -> String {
+fn internal_request(method: &str, path: &str, body: Option<Value>) -> Request {
+    let (path, query) = path.split_once('?').unwrap_or((path, ""));
+    Request {
+        method: method.to_string(),
+        path: path.to_string(),
+        query: form_urlencoded::parse(query.as_bytes())
+            .into_owned()
+            .collect(),
+        body,
+        host: "localhost".to_string(),
+    }
+}
+
+/// Now in RFC 3339, to the second, as object timestamps are written.
+pub fn now() -> String {
     let seconds = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("the clock is past 1970")
@@ -248,6 +298,15 @@ impl Api {
             request.query.get("watch").map(String::as_str),
             Some("true" | "1")
         );
+        if let (Some(subresource), Some(name)) = (target.subresource, &target.name) {
+            return match (request.method.as_str(), subresource) {
+                ("GET", Subresource::Status) => self.get(&target, name).await,
+                ("PUT", Subresource::Status) => self.update(&target, name, request.body).await,
+                ("PATCH", Subresource::Status) => self.patch(&target, name, request.body).await,
+                ("POST", Subresource::Binding) => self.bind(&target, name, request.body).await,
+                (method, _) => Err(ApiError::method_not_allowed(method)),
+            };
+        }
         match (request.method.as_str(), &target.name) {
             ("GET", None) if watching => self.watch(&target, &request.query).await,
             ("GET", None) => self.list(&target, &request.query).await,
@@ -259,6 +318,23 @@ impl Api {
             ("PATCH", Some(name)) => self.patch(&target, name, request.body).await,
             ("DELETE", Some(name)) => self.delete(&target, name, request.body).await,
             (method, _) => Err(ApiError::method_not_allowed(method)),
+        }
+    }
+
+    /// A request from inside the process (the scheduler, the kubelets); `path` may carry a
+    /// query. The reply's document, or the failure as the API answers it.
+    pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> ApiResult<Value> {
+        match self.handle(internal_request(method, path, body)).await? {
+            Reply::Document { body, .. } => Ok(body),
+            Reply::Watch(_) => Err(ApiError::bad_request("a watch is not a call")),
+        }
+    }
+
+    /// A watch from inside the process: its events, as the HTTP stream would carry them.
+    pub async fn watch_events(&self, path: &str) -> ApiResult<mpsc::Receiver<Value>> {
+        match self.handle(internal_request("GET", path, None)).await? {
+            Reply::Watch(events) => Ok(events),
+            Reply::Document { .. } => Err(ApiError::bad_request("not a watch")),
         }
     }
 
@@ -396,6 +472,7 @@ impl Api {
             resource: resource("namespaces").expect("namespaces are served"),
             namespace: None,
             name: None,
+            subresource: None,
         };
         let (_, stored) = self.current(&namespaces, namespace).await?;
         if stored["status"]["phase"] == "Terminating" {
@@ -447,7 +524,26 @@ impl Api {
             }
             _ => {}
         }
-        resource.prepare_update(&mut object, &stored, target.namespace.as_deref(), name)?;
+        let namespace = target.namespace.as_deref();
+        match target.subresource {
+            Some(Subresource::Status) => {
+                object = resource.prepare_status_update(&object, &stored, namespace, name)?
+            }
+            _ => resource.prepare_update(&mut object, &stored, namespace, name)?,
+        }
+        self.replace(target, name, &kv, stored, object).await
+    }
+
+    /// Stores `object` in place of `kv` (read as `stored`), unless nothing changed.
+    async fn replace(
+        &self,
+        target: &Target,
+        name: &str,
+        kv: &KeyValue,
+        stored: Value,
+        mut object: Value,
+    ) -> ApiResult<Reply> {
+        let resource = target.resource;
         let value = stored_value(&object)?;
         // As kube-apiserver: an update that changes nothing writes nothing.
         if value == kv.value {
@@ -465,6 +561,49 @@ impl Api {
             Err(StoreError::Modified) => Err(ApiError::modified(resource.name, name)),
             Err(StoreError::NotFound) => Err(ApiError::not_found(resource.name, name)),
             Err(other) => Err(store_failure(other)),
+        }
+    }
+
+    /// `pods/NAME/binding`: the pod is assigned to the Binding's target node, once, as
+    /// kube-apiserver's binding storage does it (spec.nodeName and a PodScheduled condition),
+    /// and the answer is a Success Status.
+    async fn bind(&self, target: &Target, name: &str, body: Option<Value>) -> ApiResult<Reply> {
+        let binding = body.ok_or_else(|| ApiError::bad_request("the request has no body"))?;
+        let node = binding["target"]["name"].as_str().unwrap_or_default();
+        if node.is_empty() {
+            return Err(ApiError::invalid(
+                "Binding",
+                name,
+                "target.name: Required value",
+            ));
+        }
+        if binding["metadata"]["name"]
+            .as_str()
+            .is_some_and(|n| n != name)
+        {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({}) does not match the name on the URL ({name})",
+                binding["metadata"]["name"].as_str().unwrap_or_default()
+            )));
+        }
+        loop {
+            let (kv, stored) = self.current(target, name).await?;
+            let bound = target.resource.bind(&stored, node, &now())?;
+            let value = stored_value(&bound)?;
+            match self.store.update(&kv.key, value, kv.mod_revision).await {
+                Ok(_) => {
+                    return Ok(Reply::Document {
+                        code: 201,
+                        body: status::created(),
+                    })
+                }
+                // Another writer got in between (a status update): bind the new version.
+                Err(StoreError::Modified) => continue,
+                Err(StoreError::NotFound) => {
+                    return Err(ApiError::not_found(target.resource.name, name))
+                }
+                Err(other) => return Err(store_failure(other)),
+            }
         }
     }
 

@@ -1,13 +1,18 @@
 //! `oxcd-kube`: a small apiserver-style front end on an etcd-compatible store. It keeps core/v1
 //! namespaces, nodes, pods and configmaps under `/registry` exactly as kube-apiserver does (keys,
-//! protobuf values, resourceVersions), so the two can serve the same store side by side.
+//! protobuf values, resourceVersions), so the two can serve the same store side by side. A
+//! scheduler binds pending pods and simulated kubelets run them, both through the API.
 //!
 //! Layers: `store` (etcd calls) ← `resources` (kube-apiserver's registry strategies) and the
-//! library's codec ← `api` (REST semantics) ← this file (HTTP). Plain HTTP, no authentication
-//! or authorization: bind it to localhost.
+//! library's codec ← `api` (REST semantics) ← this file (HTTP), with `scheduler` and `kubelet`
+//! as the API's in-process clients. Plain HTTP, no authentication or authorization: bind it to
+//! localhost.
 
 mod api;
+mod kubelet;
+mod quantity;
 mod resources;
+mod scheduler;
 mod selector;
 mod status;
 mod store;
@@ -45,6 +50,29 @@ struct Flags {
     /// address to serve plain HTTP on
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+    /// bind pending pods to nodes (filters: readiness, node selector, taints, resources; scores:
+    /// least allocated, balanced)
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    scheduler: bool,
+    /// simulated kubelets to run: nodes NAME-PREFIX1..N register, heartbeat and run the pods
+    /// bound to them
+    #[arg(long, default_value_t = 0)]
+    nodes: usize,
+    /// the simulated nodes' name prefix
+    #[arg(long, default_value = "node-")]
+    node_name_prefix: String,
+    /// each simulated node's cpu (a quantity)
+    #[arg(long, default_value = "4")]
+    node_cpu: String,
+    /// each simulated node's memory (a quantity)
+    #[arg(long, default_value = "16Gi")]
+    node_memory: String,
+    /// pods each simulated node takes
+    #[arg(long, default_value_t = 110)]
+    node_pods: u32,
+    /// seconds between a simulated node's status reports (its heartbeat)
+    #[arg(long, default_value_t = 5)]
+    node_status_interval: u64,
 }
 
 type Body = BoxBody<Bytes, Infallible>;
@@ -173,6 +201,38 @@ async fn main() -> anyhow::Result<()> {
     let flags = Flags::parse();
     let store = store::Store::connect(&flags.etcd_servers).await?;
     let api = Api::new(store, &flags.etcd_prefix);
+    for quantity in [&flags.node_cpu, &flags.node_memory] {
+        anyhow::ensure!(
+            quantity::parse_quantity(quantity).is_some(),
+            "{quantity:?} is not a quantity"
+        );
+    }
+    // What kube-apiserver's system namespaces controller creates at start-up.
+    for namespace in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        let object = serde_json::json!({"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": namespace}});
+        match api.call("POST", "/api/v1/namespaces", Some(object)).await {
+            Err(error) if error.code != 409 => {
+                anyhow::bail!("creating namespace {namespace}: {}", error.message)
+            }
+            _ => {}
+        }
+    }
+    if flags.scheduler {
+        tokio::spawn(scheduler::run(api.clone()));
+    }
+    if flags.nodes > 0 {
+        let fleet = kubelet::Fleet {
+            names: (1..=flags.nodes)
+                .map(|n| format!("{}{n}", flags.node_name_prefix))
+                .collect(),
+            cpu: flags.node_cpu.clone(),
+            memory: flags.node_memory.clone(),
+            pods: flags.node_pods,
+            status_interval: std::time::Duration::from_secs(flags.node_status_interval.max(1)),
+        };
+        tokio::spawn(kubelet::run(api.clone(), fleet));
+    }
     let listener = tokio::net::TcpListener::bind(flags.listen).await?;
     eprintln!(
         "oxcd-kube serving http://{} on {} (prefix {}; no authentication)",

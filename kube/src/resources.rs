@@ -18,7 +18,7 @@ pub struct Resource {
     /// Where kube-apiserver stores it under its prefix (`minions` for nodes).
     storage: &'static str,
     /// Status changes only through the status subresource: an update keeps the stored status.
-    has_status: bool,
+    pub has_status: bool,
 }
 
 pub const RESOURCES: &[Resource] = &[
@@ -199,6 +199,52 @@ impl Resource {
         Ok(())
     }
 
+    /// A status update of `stored` (kube-apiserver's status strategies): the given object's
+    /// status, everything else as stored.
+    pub fn prepare_status_update(
+        &self,
+        given: &Value,
+        stored: &Value,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<Value, ApiError> {
+        let status = given.get("status").cloned().unwrap_or_else(|| json!({}));
+        // The same checks as an update (kind, name, namespace, uid).
+        self.prepare_update(&mut given.clone(), stored, namespace, name)?;
+        let mut object = stored.clone();
+        metadata(&mut object).remove("resourceVersion");
+        object["status"] = status;
+        Ok(object)
+    }
+
+    /// `stored` (a pod) assigned to `node`, as kube-apiserver's binding storage assigns it.
+    pub fn bind(&self, stored: &Value, node: &str, now: &str) -> Result<Value, ApiError> {
+        let name = stored["metadata"]["name"].as_str().unwrap_or_default();
+        let conflict = |why: String| ApiError::conflict("pods/binding", name, &why);
+        if !stored["metadata"]["deletionTimestamp"].is_null() {
+            return Err(conflict(format!(
+                "pod {name} is being deleted, cannot be assigned to a host"
+            )));
+        }
+        match stored["spec"]["nodeName"].as_str() {
+            Some(bound) if !bound.is_empty() => {
+                return Err(conflict(format!(
+                    "pod {name} is already assigned to node \"{bound}\""
+                )))
+            }
+            _ => {}
+        }
+        let mut pod = stored.clone();
+        metadata(&mut pod).remove("resourceVersion");
+        pod["spec"]["nodeName"] = node.into();
+        set_condition(
+            &mut pod["status"],
+            json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null,
+                "lastTransitionTime": now}),
+        );
+        Ok(pod)
+    }
+
     /// What deleting `stored` does.
     pub fn deletion(&self, stored: &Value, now: &str) -> Deletion {
         let finalizers = stored["spec"]["finalizers"]
@@ -259,6 +305,26 @@ impl Resource {
                 Ok(())
             }
         }
+    }
+}
+
+/// Puts `condition` in `status.conditions` in place of one of its type, or at the end.
+pub fn set_condition(status: &mut Value, condition: Value) {
+    if !status.is_object() {
+        *status = json!({});
+    }
+    let conditions = status
+        .as_object_mut()
+        .expect("made an object")
+        .entry("conditions")
+        .or_insert_with(|| json!([]));
+    if !conditions.is_array() {
+        *conditions = json!([]);
+    }
+    let list = conditions.as_array_mut().expect("made an array");
+    match list.iter_mut().find(|c| c["type"] == condition["type"]) {
+        Some(existing) => *existing = condition,
+        None => list.push(condition),
     }
 }
 

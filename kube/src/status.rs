@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 pub struct ApiError {
     pub code: u16,
     reason: &'static str,
-    message: String,
+    pub message: String,
     /// The object named in the request: `(resource, name)`.
     details: Option<(String, String)>,
 }
@@ -114,6 +114,17 @@ impl ApiError {
         }
         status
     }
+}
+
+/// The Status of a successful create that returns no object (a pod's binding).
+pub fn created() -> Value {
+    json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Success",
+        "code": 201,
+    })
 }
 
 /// The Status of a successful delete, as kube-apiserver answers for objects deleted at once.

@@ -13,7 +13,7 @@ use etcd_client::{Client, GetOptions};
 use oxcd_kube::envelope::PROTOBUF_MAGIC;
 use oxcd_kube::{encode, object};
 use oxcd_tests::certs::Killed;
-use oxcd_tests::kube::{ApiServer, Kubectl};
+use oxcd_tests::kube::{eventually, ApiServer, Kubectl};
 use oxcd_tests::{free_port, Flavor, Server};
 use serde_json::{json, Value};
 
@@ -26,11 +26,17 @@ struct Shim {
 }
 
 impl Shim {
+    /// The REST front end alone: no scheduler writes to the pods the test makes.
     fn start(etcd_url: &str) -> Shim {
+        Shim::start_with(etcd_url, &["--scheduler=false"])
+    }
+
+    fn start_with(etcd_url: &str, flags: &[&str]) -> Shim {
         let port = free_port();
         let process = Command::new(env!("CARGO_BIN_EXE_oxcd-kube"))
             .arg(format!("--etcd-servers={etcd_url}"))
             .arg(format!("--listen=127.0.0.1:{port}"))
+            .args(flags)
             .stdin(Stdio::null())
             .spawn()
             .expect("spawning oxcd-kube");
@@ -484,4 +490,201 @@ async fn the_shim_and_kube_apiserver_share_the_store() {
     );
     eprintln!("{checked} values under /registry round-trip byte for byte");
     assert!(checked > 30, "only {checked} protobuf values");
+}
+
+/// The pod once `done` holds for it, as kubectl shows it.
+fn pod_when(kubectl: &Kubectl, name: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    eventually(what, EVENT_TIMEOUT, || {
+        let pod = kubectl.json(&["get", "pod", name]);
+        done(&pod).then_some(pod)
+    })
+}
+
+fn condition<'a>(pod: &'a Value, kind: &str) -> &'a Value {
+    pod["status"]["conditions"]
+        .as_array()
+        .and_then(|conditions| conditions.iter().find(|c| c["type"] == kind))
+        .unwrap_or(&Value::Null)
+}
+
+fn running(pod: &Value) -> bool {
+    pod["status"]["phase"] == "Running"
+}
+
+fn pod_manifest(name: &str, cpu: &str, spec: Value) -> Value {
+    let mut pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+        "spec": {"containers": [{"name": "app", "image": "nginx:1.27",
+            "resources": {"requests": {"cpu": cpu, "memory": "256Mi"}}}]}});
+    for (key, value) in spec.as_object().unwrap() {
+        pod["spec"][key] = value.clone();
+    }
+    pod
+}
+
+/// The seeds' ten steps of creating a pod, with kubectl against the shim and its scheduler and
+/// simulated kubelets: the pod is stored (1–4), the scheduler binds it through the binding
+/// subresource (5–7), the node's kubelet reports it Running (8–10). The scheduler's filters and
+/// scores decide where pods go, and a real kube-apiserver started on the same store then reads
+/// the same objects.
+#[tokio::test]
+async fn the_ten_steps_of_creating_a_pod() {
+    let member = Server::start(Flavor::Oxcd).await;
+    let mut client = member.client().await;
+    let shim_process = Shim::start_with(
+        &member.client_url(),
+        &[
+            "--nodes=2",
+            "--node-cpu=2",
+            "--node-memory=4Gi",
+            "--node-status-interval=1",
+        ],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let kubectl = Kubectl::for_server(&shim_process.url, dir.path());
+
+    // The kubelets register their nodes, Ready, with what they offer.
+    let nodes = eventually("two ready nodes", EVENT_TIMEOUT, || {
+        let nodes = kubectl.json(&["get", "nodes"]);
+        let ready = nodes["items"]
+            .as_array()?
+            .iter()
+            .filter(|node| condition(node, "Ready")["status"] == "True")
+            .count();
+        (ready == 2).then_some(nodes)
+    });
+    assert_eq!(nodes["items"][0]["metadata"]["name"], "node-1");
+    assert_eq!(nodes["items"][0]["status"]["allocatable"]["cpu"], "2");
+    let heartbeat = |node: &str| {
+        condition(&kubectl.json(&["get", "node", node]), "Ready")["lastHeartbeatTime"].clone()
+    };
+    let first_beat = heartbeat("node-2");
+    eventually("a later heartbeat", EVENT_TIMEOUT, || {
+        (heartbeat("node-2") != first_beat).then_some(())
+    });
+
+    // 1–4: kubectl asks, the API stores the pod, unscheduled.
+    kubectl.ok(&["run", "web", "--image=nginx:1.27", "--restart=Never"]);
+    // 5–10: bound by the scheduler, then Running as its node's kubelet reports.
+    let web = pod_when(&kubectl, "web", "web running", running);
+    assert_eq!(
+        web["spec"]["nodeName"], "node-1",
+        "ties go to the first node"
+    );
+    assert_eq!(condition(&web, "PodScheduled")["status"], "True");
+    assert_eq!(condition(&web, "Ready")["status"], "True");
+    assert!(web["status"]["podIP"]
+        .as_str()
+        .unwrap()
+        .starts_with("10.88."));
+    assert_eq!(web["status"]["hostIP"], "10.0.0.1");
+    let (value, revision) = stored(&mut client, "/registry/pods/default/web")
+        .await
+        .unwrap();
+    let decoded = object::decode(value.strip_prefix(PROTOBUF_MAGIC).unwrap()).unwrap();
+    assert_eq!(decoded.object["spec"]["nodeName"], "node-1");
+    assert_eq!(decoded.object["status"]["phase"], "Running");
+    assert_eq!(web["metadata"]["resourceVersion"], revision.to_string());
+    // The shim serves no Table, so kubectl prints what it is asked for itself.
+    let columns = "custom-columns=NAME:.metadata.name,STATUS:.status.phase,NODE:.spec.nodeName";
+    let listed = kubectl.ok(&["get", "pods", "-o", columns, "--no-headers"]);
+    assert_eq!(
+        listed.split_whitespace().collect::<Vec<_>>(),
+        ["web", "Running", "node-1"]
+    );
+
+    // A second bind is refused as kube-apiserver refuses it.
+    let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "web"},
+        "target": {"kind": "Node", "name": "node-2"}});
+    let binding_file = dir.path().join("binding.json");
+    std::fs::write(&binding_file, binding.to_string()).unwrap();
+    let refused = kubectl.fails(&[
+        "create",
+        "--raw",
+        "/api/v1/namespaces/default/pods/web/binding",
+        "-f",
+        &binding_file.display().to_string(),
+    ]);
+    assert!(
+        refused.contains("pod web is already assigned to node \"node-1\""),
+        "{refused}"
+    );
+
+    // Scores: the emptier node wins (least allocated, balanced).
+    kubectl.create(&pod_manifest("a", "500m", json!({})));
+    assert_eq!(
+        pod_when(&kubectl, "a", "a running", running)["spec"]["nodeName"],
+        "node-1"
+    );
+    kubectl.create(&pod_manifest("b", "500m", json!({})));
+    assert_eq!(
+        pod_when(&kubectl, "b", "b running", running)["spec"]["nodeName"],
+        "node-2"
+    );
+
+    // Filters: requests that fit nowhere leave the pod Pending, saying why.
+    kubectl.create(&pod_manifest("huge", "3", json!({})));
+    let huge = pod_when(&kubectl, "huge", "huge unschedulable", |pod| {
+        condition(pod, "PodScheduled")["reason"] == "Unschedulable"
+    });
+    assert_eq!(
+        condition(&huge, "PodScheduled")["message"],
+        "0/2 nodes are available: 2 Insufficient cpu."
+    );
+    assert_eq!(huge["status"]["phase"], "Pending");
+    // A node selector, and a taint only a toleration passes.
+    kubectl.ok(&[
+        "patch",
+        "node",
+        "node-1",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"taints":[{"key":"dedicated","value":"db","effect":"NoSchedule"}]}}"#,
+    ]);
+    kubectl.create(&pod_manifest("c", "100m", json!({})));
+    assert_eq!(
+        pod_when(&kubectl, "c", "c running", running)["spec"]["nodeName"],
+        "node-2"
+    );
+    let on_node_1 = json!({"nodeSelector": {"kubernetes.io/hostname": "node-1"}});
+    kubectl.create(&pod_manifest("d", "100m", on_node_1.clone()));
+    let d = pod_when(&kubectl, "d", "d unschedulable", |pod| {
+        condition(pod, "PodScheduled")["reason"] == "Unschedulable"
+    });
+    assert_eq!(
+        condition(&d, "PodScheduled")["message"],
+        "0/2 nodes are available: 1 node(s) didn't match Pod's node affinity/selector, 1 node(s) had untolerated taint {dedicated: db}."
+    );
+    let mut tolerant = on_node_1;
+    tolerant["tolerations"] =
+        json!([{"key": "dedicated", "operator": "Equal", "value": "db", "effect": "NoSchedule"}]);
+    kubectl.create(&pod_manifest("e", "100m", tolerant));
+    assert_eq!(
+        pod_when(&kubectl, "e", "e running", running)["spec"]["nodeName"],
+        "node-1"
+    );
+
+    // The real kube-apiserver, started on the same store, reads the same objects.
+    let apiserver = ApiServer::start_ready(&member.client_url(), dir.path(), &[], "oxcd");
+    let kube = apiserver.kubectl();
+    let web_there = kube.json(&["get", "pod", "web"]);
+    assert_eq!(web_there["spec"]["nodeName"], "node-1");
+    assert_eq!(web_there["status"]["phase"], "Running");
+    assert_eq!(web_there["status"]["podIP"], web["status"]["podIP"]);
+    let node_there = kube.json(&["get", "node", "node-2"]);
+    assert_eq!(condition(&node_there, "Ready")["status"], "True");
+    assert_eq!(node_there["status"]["allocatable"]["memory"], "4Gi");
+    let wide = kube.ok(&["get", "pods", "-o", "wide", "--no-headers"]);
+    for (pod, node) in [
+        ("a", "node-1"),
+        ("b", "node-2"),
+        ("c", "node-2"),
+        ("e", "node-1"),
+    ] {
+        assert!(
+            wide.lines().any(|line| line.starts_with(&format!("{pod} "))
+                && line.contains("Running")
+                && line.contains(node)),
+            "{pod} on {node}: {wide}"
+        );
+    }
 }

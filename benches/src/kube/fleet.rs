@@ -376,7 +376,7 @@ impl Kubelet {
             });
         }
         for pod in listed {
-            self.observe("ADDED", pod).await;
+            self.observe("ADDED", pod);
         }
         changed.notify_waiters();
         let revision = list["metadata"]["resourceVersion"]
@@ -393,7 +393,7 @@ impl Kubelet {
             match event["type"].as_str().unwrap_or_default() {
                 "ERROR" => bail!("{}", event["object"]["message"]),
                 "BOOKMARK" => continue,
-                kind => self.observe(kind, &event["object"]).await,
+                kind => self.observe(kind, &event["object"]),
             }
             changed.notify_waiters();
         }
@@ -401,7 +401,7 @@ impl Kubelet {
     }
 
     /// Books one pod's new state, and does what a kubelet would about it.
-    async fn observe(&self, kind: &str, object: &Value) {
+    fn observe(&self, kind: &str, object: &Value) {
         let Some(name) = object["metadata"]["name"].as_str() else {
             return;
         };
@@ -443,14 +443,17 @@ impl Kubelet {
         if !(start || delete) {
             return;
         }
-        let Ok(permit) = Arc::clone(&self.actions).acquire_owned().await else {
-            return;
-        };
+        let actions = Arc::clone(&self.actions);
         let client = Arc::clone(&self.client);
         let failures = Arc::clone(&self.failures);
         let path = format!("/api/v1/namespaces/{NAMESPACE}/pods/{name}");
         let uid = object["metadata"]["uid"].clone();
+        // The permit is taken in the task: the watch must be read without pause, or the
+        // apiserver closes it as unresponsive.
         tokio::spawn(async move {
+            let Ok(_permit) = actions.acquire_owned().await else {
+                return;
+            };
             let reply = if delete {
                 let options = json!({"apiVersion": "v1", "kind": "DeleteOptions",
                     "gracePeriodSeconds": 0, "preconditions": {"uid": uid}});
@@ -474,7 +477,6 @@ impl Kubelet {
             if !fine {
                 failures.fetch_add(1, Ordering::Relaxed);
             }
-            drop(permit);
         });
     }
 }

@@ -1,0 +1,166 @@
+//! Simulated kubelets, one task set for any number of nodes: each node registers itself (a
+//! Node with its capacity, Ready), reports a heartbeat in its status every interval, and starts
+//! the pods bound to it: a bound Pending pod is reported Running and Ready with an IP, the last
+//! of the seeds' ten steps of creating a pod. Nothing runs; no image is pulled.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::api::{self, Api};
+
+const RETRY: Duration = Duration::from_secs(1);
+
+/// The simulated nodes and what each offers.
+#[derive(Clone, Debug)]
+pub struct Fleet {
+    pub names: Vec<String>,
+    pub cpu: String,
+    pub memory: String,
+    pub pods: u32,
+    /// How often each node reports its status (kubelet's --node-status-update-frequency).
+    pub status_interval: Duration,
+}
+
+/// The InternalIP of the node at `index` (node-1 at 0 is 10.0.0.1).
+fn node_address(index: usize) -> String {
+    let number = index + 1;
+    format!("10.0.{}.{}", (number >> 8) & 0xff, number & 0xff)
+}
+
+pub async fn run(api: Api, fleet: Fleet) {
+    for (index, name) in fleet.names.iter().enumerate() {
+        while let Err(error) = register(&api, &fleet, index, name).await {
+            eprintln!("kubelet {name}: registering: {}", error.message);
+            tokio::time::sleep(RETRY).await;
+        }
+    }
+    for (index, name) in fleet.names.iter().enumerate() {
+        tokio::spawn(heartbeat(api.clone(), fleet.clone(), index, name.clone()));
+    }
+    loop {
+        if let Ok(mut events) = api.watch_events("/api/v1/pods?watch=true").await {
+            while let Some(event) = events.recv().await {
+                if let Err(error) = start_if_ours(&api, &fleet, &event["object"]).await {
+                    eprintln!("kubelet: starting a pod: {}", error.message);
+                }
+            }
+        }
+        tokio::time::sleep(RETRY).await;
+    }
+}
+
+/// The Node's status as this kubelet reports it, with a heartbeat of now.
+fn node_status(fleet: &Fleet, index: usize, name: &str) -> Value {
+    let now = api::now();
+    let capacity =
+        json!({"cpu": fleet.cpu, "memory": fleet.memory, "pods": fleet.pods.to_string()});
+    json!({
+        "capacity": capacity, "allocatable": capacity,
+        "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+            "message": "kubelet is posting ready status (simulated by oxcd-kube)",
+            "lastHeartbeatTime": now, "lastTransitionTime": now}],
+        "addresses": [{"type": "InternalIP", "address": node_address(index)},
+            {"type": "Hostname", "address": name}],
+        "nodeInfo": {"kubeletVersion": "v1.37.2-oxcd-kube", "operatingSystem": "linux",
+            "architecture": std::env::consts::ARCH, "containerRuntimeVersion": "simulated://1",
+            "osImage": "oxcd-kube simulated node", "kernelVersion": "", "kubeProxyVersion": "",
+            "machineID": "", "systemUUID": "", "bootID": ""},
+    })
+}
+
+/// Creates the Node unless it exists, then reports its status.
+async fn register(api: &Api, fleet: &Fleet, index: usize, name: &str) -> api::ApiResult<()> {
+    let node = json!({"apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name,
+            "kubernetes.io/os": "linux", "kubernetes.io/arch": std::env::consts::ARCH}}});
+    match api.call("POST", "/api/v1/nodes", Some(node)).await {
+        Ok(_) => {}
+        Err(error) if error.code == 409 => {}
+        Err(error) => return Err(error),
+    }
+    report_status(api, fleet, index, name).await
+}
+
+async fn report_status(api: &Api, fleet: &Fleet, index: usize, name: &str) -> api::ApiResult<()> {
+    let status = node_status(fleet, index, name);
+    api.call(
+        "PATCH",
+        &format!("/api/v1/nodes/{name}/status"),
+        Some(json!({"status": status})),
+    )
+    .await
+    .map(drop)
+}
+
+async fn heartbeat(api: Api, fleet: Fleet, index: usize, name: String) {
+    let mut ticks = tokio::time::interval(fleet.status_interval);
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        if let Err(error) = report_status(&api, &fleet, index, &name).await {
+            eprintln!("kubelet {name}: heartbeat: {}", error.message);
+        }
+    }
+}
+
+/// A bound Pending pod of one of the fleet's nodes, reported Running.
+async fn start_if_ours(api: &Api, fleet: &Fleet, pod: &Value) -> api::ApiResult<()> {
+    static NEXT_POD_IP: AtomicU32 = AtomicU32::new(1);
+    let node = pod["spec"]["nodeName"].as_str().unwrap_or_default();
+    let Some(index) = fleet.names.iter().position(|name| name == node) else {
+        return Ok(());
+    };
+    if pod["status"]["phase"] != "Pending" || !pod["metadata"]["deletionTimestamp"].is_null() {
+        return Ok(());
+    }
+    let now = api::now();
+    let n = NEXT_POD_IP.fetch_add(1, Ordering::Relaxed);
+    let ip = format!("10.88.{}.{}", (n >> 8) & 0xff, n & 0xff);
+    let ready = |kind: &str| {
+        json!({"type": kind, "status": "True", "lastProbeTime": null,
+        "lastTransitionTime": now})
+    };
+    let containers: Vec<Value> = pod["spec"]["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|container| {
+            json!({"name": container["name"], "image": container["image"],
+                "imageID": "", "containerID": format!("simulated://{}", container["name"].as_str().unwrap_or("")),
+                "ready": true, "started": true, "restartCount": 0,
+                "state": {"running": {"startedAt": now}}})
+        })
+        .collect();
+    let mut status = pod["status"].clone();
+    for condition in [
+        "PodReadyToStartContainers",
+        "Initialized",
+        "Ready",
+        "ContainersReady",
+    ] {
+        crate::resources::set_condition(&mut status, ready(condition));
+    }
+    status["phase"] = "Running".into();
+    status["hostIP"] = node_address(index).into();
+    status["hostIPs"] = json!([{"ip": node_address(index)}]);
+    status["podIP"] = ip.clone().into();
+    status["podIPs"] = json!([{"ip": ip}]);
+    status["startTime"] = now.clone().into();
+    status["containerStatuses"] = containers.into();
+    // The pod's resourceVersion makes this a conditional write: a pod changed since is seen
+    // again by the watch.
+    let patch = json!({"metadata": {"resourceVersion": pod["metadata"]["resourceVersion"]},
+        "status": status});
+    let path = format!(
+        "/api/v1/namespaces/{}/pods/{}/status",
+        pod["metadata"]["namespace"].as_str().unwrap_or_default(),
+        pod["metadata"]["name"].as_str().unwrap_or_default()
+    );
+    match api.call("PATCH", &path, Some(patch)).await {
+        Ok(_) => Ok(()),
+        Err(error) if matches!(error.code, 404 | 409) => Ok(()),
+        Err(error) => Err(error),
+    }
+}
