@@ -242,6 +242,9 @@ pub struct PodBook {
     pub bound_us: Histogram<u64>,
     /// From the first sight of a pod to its first sight Running.
     pub running_us: Histogram<u64>,
+    /// How often the watch ended and the pods were listed again. (Under CPU starvation the
+    /// apiserver's watch cache closes a watcher its handler does not drain in time.)
+    pub watch_restarts: u64,
 }
 
 impl PodBook {
@@ -272,6 +275,7 @@ impl Kubelets {
             pods: HashMap::new(),
             bound_us: new_latency_histogram(),
             running_us: new_latency_histogram(),
+            watch_restarts: 0,
         }));
         let changed = Arc::new(Notify::new());
         let failures = Arc::new(AtomicU64::new(0));
@@ -345,8 +349,11 @@ async fn watch_pods(
     };
     loop {
         if let Err(error) = kubelet.list_and_watch(&changed).await {
-            eprintln!("kubelets: pod watch ended ({error:#}); listing again");
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            let mut book = kubelet.book.lock().unwrap_or_else(|e| e.into_inner());
+            book.watch_restarts += 1;
+            if book.watch_restarts == 1 {
+                eprintln!("kubelets: pod watch ended ({error:#}); listing again (counted)");
+            }
         }
     }
 }

@@ -232,6 +232,13 @@ const METRICS: &[MetricDef] = &[
         target: None,
     },
     MetricDef {
+        id: "pod_watch_restarts",
+        label: "simulated kubelets' pod watch closed by the apiserver and listed again",
+        unit: "",
+        higher_is_better: false,
+        target: None,
+    },
+    MetricDef {
         id: "failed_calls",
         label: "simulated nodes' failed calls (renewals and pod updates)",
         unit: "",
@@ -353,8 +360,13 @@ async fn run_one(
         _ => Some(template_pod(&client, &kubelets).await?),
     };
     let (renewals, renewal_failures) = renewer.stop();
-    let (bound, running) =
-        kubelets.with_book(|book| (book.bound_us.clone(), book.running_us.clone()));
+    let (bound, running, watch_restarts) = kubelets.with_book(|book| {
+        (
+            book.bound_us.clone(),
+            book.running_us.clone(),
+            book.watch_restarts,
+        )
+    });
     let kubelet_failures = kubelets.stop();
 
     let mut values = BTreeMap::new();
@@ -417,6 +429,7 @@ async fn run_one(
     values.insert("store_peak_rss_bytes", peak as f64);
     values.insert("store_disk_bytes", cluster.data_dir_bytes()? as f64);
     values.insert("lease_renewals", renewals as f64);
+    values.insert("pod_watch_restarts", watch_restarts as f64);
     values.insert("failed_calls", (renewal_failures + kubelet_failures) as f64);
 
     drop(components);
@@ -639,7 +652,9 @@ fn to_markdown(
          reads such a list with etcd 3.7's RangeStream). A round's scale-up ends when every pod is Running (the \
          simulated kubelets report a pod Running once it is bound), its scale-down when every pod \
          is gone (they finish deletions with grace 0). Latencies \"seen\" are from the kubelets' \
-         watch's first sight of a pod. kube-apiserver's figures are its own histograms \
+         watch's first sight of a pod; when the apiserver closes that watch (it does when its \
+         handler falls behind; the count is in the table) the pods are listed again, and a pod \
+         first seen in such a list counts from there. kube-apiserver's figures are its own histograms \
          (`apiserver_request_duration_seconds`, `etcd_request_duration_seconds`) over the rounds, \
          quantiles interpolated within buckets as Prometheus does, so they are coarse. Everything \
          runs on this one machine, the control plane included, so the store competes with it for \
