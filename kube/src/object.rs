@@ -351,8 +351,9 @@ pub(crate) mod tests {
 
     /// A value kube-apiserver wrote (tests/fixtures/registry).
     pub(crate) fn fixture(name: &str) -> Vec<u8> {
-        let dir =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/registry");
+        // Read at run time: the shared build cache may hold a binary built in another checkout.
+        let dir = std::path::Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").unwrap())
+            .join("../tests/fixtures/registry");
         std::fs::read(dir.join(name)).unwrap_or_else(|e| panic!("fixture {name}: {e}"))
     }
 

@@ -166,6 +166,16 @@ pub fn etcd37_tool(name: &str) -> PathBuf {
     etcd37_bin().with_file_name(name)
 }
 
+/// The directory of the package whose tests are running, read when they run. Not
+/// `env!("CARGO_MANIFEST_DIR")`: the build cache is shared between checkouts (CI's and a
+/// developer's), and a test binary built in one checkout is fresh in the other, with the first
+/// one's path compiled in.
+pub fn package_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .expect("cargo test sets CARGO_MANIFEST_DIR")
+}
+
 /// `$KUBE_BIN_DIR`, else where `tests/reference/build-kubernetes.sh` puts kube-apiserver,
 /// kube-controller-manager, kube-scheduler and kubectl.
 pub fn kube_bin_dir() -> PathBuf {

@@ -561,7 +561,7 @@ fn bbolt_ref() -> &'static Path {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BUILT.get_or_init(|| {
         let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bbolt-ref");
-        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("reference/bbolt");
+        let source = oxcd_tests::package_dir().join("reference/bbolt");
         // The same Go settings as tests/reference/build-etcd.sh: caches under ~/.cache, the
         // committed go.sum as the truth, the machine's own Go (>= 1.26) only.
         let cache =
@@ -650,7 +650,7 @@ fn files_made_by_real_bbolt_and_by_the_writer_read_the_same_in_both() {
 /// The files of bbolt/testdata/make-fixtures.sh: each etcd release's (3.4 to 3.7) saved snapshot
 /// `etcd-VERSION.db` and copied backend `etcd-VERSION-member.db`, all of one history.
 fn fixtures() -> Vec<PathBuf> {
-    let testdata = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bbolt/testdata");
+    let testdata = oxcd_tests::package_dir().join("../bbolt/testdata");
     let mut files: Vec<_> = std::fs::read_dir(&testdata)
         .unwrap()
         .map(|entry| entry.unwrap().path())

@@ -32,7 +32,7 @@ fn etcd_client_package() -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(cargo)
         .args(["metadata", "--format-version", "1", "--manifest-path"])
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+        .arg(oxcd_tests::package_dir().join("Cargo.toml"))
         .output()
         .expect("cargo metadata runs");
     assert!(out.status.success(), "cargo metadata: {out:?}");
@@ -229,7 +229,7 @@ async fn run_aetcd_tests(flavor: Flavor, aetcd: &Path) -> (PytestOutcomes, Strin
         // Our plugin points aetcd.Client's default endpoint (test_auth's client) at the member.
         .env(
             "PYTHONPATH",
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("reference/aetcd"),
+            oxcd_tests::package_dir().join("reference/aetcd"),
         )
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .args(["-p", "oxcd_aetcd_endpoint", "-p", "no:cacheprovider"])

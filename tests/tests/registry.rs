@@ -2,7 +2,7 @@
 //! writes them (tests/fixtures/registry, made by its Go generator with Kubernetes' own
 //! serializer), against etcd first and then oxcd.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use etcd_client::{Txn, TxnOp};
 use serde_json::Value;
@@ -13,7 +13,7 @@ use oxcd_tests::{for_both, oxcdctl_bin, Target};
 const BULK: usize = 1200;
 
 fn fixtures_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/registry")
+    oxcd_tests::package_dir().join("fixtures/registry")
 }
 
 /// (key, file name, value) in the generator's order, which is the order they are written in.

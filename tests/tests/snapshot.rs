@@ -521,7 +521,7 @@ async fn a_restore_with_a_revision_bump_serves_what_etcd_serves_after_etcdutls()
 /// it one), and prints only its result line otherwise.
 #[test]
 fn a_restore_shows_its_progress_on_a_terminal_only() {
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bbolt/testdata/etcd-3.7.3.db");
+    let fixture = oxcd_tests::package_dir().join("../bbolt/testdata/etcd-3.7.3.db");
     let dir = tempfile::tempdir().unwrap();
     let target = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
     let fixture = fixture.to_str().unwrap();

@@ -15,7 +15,7 @@ use oxcd_tests::{Flavor, Server, StartOptions};
 const FORMAT_1_FIXTURE: &str = "fixtures/data-dir/format1-a3286cd.tar.gz";
 
 fn unpack(fixture: &str, into: &Path) {
-    let archive = Path::new(env!("CARGO_MANIFEST_DIR")).join(fixture);
+    let archive = oxcd_tests::package_dir().join(fixture);
     std::fs::create_dir_all(into).unwrap();
     let status = Command::new("tar")
         .arg("-xzf")

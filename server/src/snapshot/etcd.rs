@@ -351,7 +351,8 @@ pub(super) mod tests {
     /// overwrite, a deletion, a put at 34 compacted at, a range deletion at 35, a leased put at
     /// 36; user alice with role reader.
     pub(in crate::snapshot) fn fixture(name: &str) -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        // Read at run time: the shared build cache may hold a binary built in another checkout.
+        PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap())
             .join("../bbolt/testdata")
             .join(name)
     }
