@@ -2,10 +2,12 @@
 //! the report's files exist and every workload has a figure from both servers. The figures
 //! themselves are not judged here; on a shared CI machine they are noise.
 
-use std::path::Path;
-use std::process::Command;
+mod common;
 
-use oxcd_tests::{etcd_bin, oxcd_bin};
+use std::path::Path;
+
+use common::run_driver;
+use oxcd_tests::etcd_bin;
 use serde_json::Value;
 
 /// Metrics a server may lack without the run being broken: oxcd's snapshot support is optional.
@@ -21,17 +23,11 @@ fn figure(metric: &Value, server: &str) -> Option<f64> {
 
 #[test]
 fn a_ci_scale_comparison_writes_a_complete_report() {
-    let out = tempfile::tempdir().unwrap();
-    let status = Command::new(env!("CARGO_BIN_EXE_oxcd-bench"))
-        .args(["compare", "--scale", "ci", "--members", "1", "--oxcd-bin"])
-        .arg(oxcd_bin())
-        .arg("--etcd-bin")
-        .arg(etcd_bin())
-        .arg("--out")
-        .arg(out.path())
-        .status()
-        .expect("cannot run oxcd-bench");
-    assert!(status.success(), "oxcd-bench compare failed: {status}");
+    let out = run_driver(
+        &["compare", "--scale", "ci", "--members", "1"],
+        &etcd_bin(),
+        &[],
+    );
 
     let file = |name: &str| out.path().join(name);
     let markdown = std::fs::read_to_string(file("report.md")).unwrap();

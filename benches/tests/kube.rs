@@ -1,18 +1,19 @@
 //! `oxcd-bench kube` at a small scale, end to end: the real control plane (kube-apiserver,
 //! controller-manager, scheduler from `tests/reference/build-kubernetes.sh`) on a fresh etcd 3.7
-//! and a fresh oxcd, simulated nodes, one round of Deployments scaled up and down. The figures
-//! are not judged here; the full-size run is in benches/README.md.
+//! and a fresh oxcd, simulated nodes, two rounds of Deployments scaled up and down, and a small
+//! list phase. The figures are not judged here; the full-size run is in
+//! benches/results/README.md.
 
-use std::process::Command;
+mod common;
 
-use oxcd_tests::{etcd37_bin, oxcd_bin};
+use common::run_driver;
+use oxcd_tests::etcd37_bin;
 use serde_json::Value;
 
 #[test]
 fn deployments_scale_up_and_down_through_the_real_control_plane_on_both_stores() {
-    let out = tempfile::tempdir().unwrap();
-    let status = Command::new(env!("CARGO_BIN_EXE_oxcd-bench"))
-        .args([
+    let out = run_driver(
+        &[
             "kube",
             "--members",
             "1",
@@ -20,8 +21,6 @@ fn deployments_scale_up_and_down_through_the_real_control_plane_on_both_stores()
             "10",
             "--lease-interval",
             "1",
-        ])
-        .args([
             "--deployments",
             "2",
             "--replicas",
@@ -30,16 +29,10 @@ fn deployments_scale_up_and_down_through_the_real_control_plane_on_both_stores()
             "2",
             "--list-pods",
             "300",
-        ])
-        .arg("--oxcd-bin")
-        .arg(oxcd_bin())
-        .arg("--etcd-bin")
-        .arg(etcd37_bin())
-        .arg("--out")
-        .arg(out.path())
-        .status()
-        .expect("cannot run oxcd-bench");
-    assert!(status.success(), "oxcd-bench kube failed: {status}");
+        ],
+        &etcd37_bin(),
+        &[],
+    );
 
     let report: Value =
         serde_json::from_str(&std::fs::read_to_string(out.path().join("report.json")).unwrap())

@@ -2,25 +2,19 @@
 //! alongside: every way of listing is measured on both and the reports are written. The figures
 //! are not judged; the full-size run is `oxcd-bench list-memory --keys 100000,1000000`.
 
-use std::process::Command;
+mod common;
 
-use oxcd_tests::{etcd37_bin, oxcd_bin};
+use common::run_driver;
+use oxcd_tests::etcd37_bin;
 use serde_json::Value;
 
 #[test]
 fn a_small_list_is_measured_every_way_on_both_servers() {
-    let out = tempfile::tempdir().unwrap();
-    let status = Command::new(env!("CARGO_BIN_EXE_oxcd-bench"))
-        .args(["list-memory", "--keys", "2000", "--value-size", "100"])
-        .arg("--oxcd-bin")
-        .arg(oxcd_bin())
-        .arg("--etcd-bin")
-        .arg(etcd37_bin())
-        .arg("--out")
-        .arg(out.path())
-        .status()
-        .expect("cannot run oxcd-bench");
-    assert!(status.success(), "oxcd-bench list-memory failed: {status}");
+    let out = run_driver(
+        &["list-memory", "--keys", "2000", "--value-size", "100"],
+        &etcd37_bin(),
+        &[],
+    );
 
     let markdown = std::fs::read_to_string(out.path().join("report.md")).unwrap();
     for list in ["RangeStream", "Range, pages of 500", "Range, unpaged"] {

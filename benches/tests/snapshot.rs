@@ -2,9 +2,10 @@
 //! and the oxcd and oxcdctl built alongside: every save and restore is measured and the reports
 //! are written. The figures are only checked for sanity; the full-size run is the lead's.
 
-use std::process::Command;
+mod common;
 
-use oxcd_tests::{etcd37_bin, oxcd_bin, oxcdctl_bin};
+use common::run_driver;
+use oxcd_tests::{etcd37_bin, oxcdctl_bin};
 use serde_json::Value;
 
 const KEYS: u64 = 500;
@@ -12,26 +13,21 @@ const VALUE_SIZE: u64 = 1000;
 
 #[test]
 fn a_small_store_is_saved_and_restored_with_each_tool() {
-    let out = tempfile::tempdir().unwrap();
-    let status = Command::new(env!("CARGO_BIN_EXE_oxcd-bench"))
-        .arg("snapshot")
-        .args(["--keys", &KEYS.to_string()])
-        .args(["--value-size", &VALUE_SIZE.to_string()])
-        .arg("--oxcd-bin")
-        .arg(oxcd_bin())
-        .arg("--oxcdctl-bin")
-        .arg(oxcdctl_bin())
-        .arg("--etcd-bin")
-        .arg(etcd37_bin())
-        .arg("--etcdctl-bin")
-        .arg(etcd37_bin().with_file_name("etcdctl"))
-        .arg("--etcdutl-bin")
-        .arg(etcd37_bin().with_file_name("etcdutl"))
-        .arg("--out")
-        .arg(out.path())
-        .status()
-        .expect("cannot run oxcd-bench");
-    assert!(status.success(), "oxcd-bench snapshot failed: {status}");
+    let out = run_driver(
+        &[
+            "snapshot",
+            "--keys",
+            &KEYS.to_string(),
+            "--value-size",
+            &VALUE_SIZE.to_string(),
+        ],
+        &etcd37_bin(),
+        &[
+            ("--oxcdctl-bin", oxcdctl_bin()),
+            ("--etcdctl-bin", etcd37_bin().with_file_name("etcdctl")),
+            ("--etcdutl-bin", etcd37_bin().with_file_name("etcdutl")),
+        ],
+    );
 
     let markdown = std::fs::read_to_string(out.path().join("report.md")).unwrap();
     for row in [

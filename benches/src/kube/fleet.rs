@@ -47,13 +47,14 @@ pub fn node_name(index: usize) -> String {
     format!("sim-node-{index:05}")
 }
 
-/// A private address per index, unique for the first million.
-fn address(prefix: u8, index: usize) -> String {
+/// A node's InternalIP in 10.0.0.0/12 (sim-node-00000 has 10.0.0.1), unique for a million nodes.
+fn node_address(index: usize) -> String {
+    let number = index + 1;
     format!(
-        "{prefix}.{}.{}.{}",
-        (index >> 16) & 0xff,
-        (index >> 8) & 0xff,
-        index & 0xff
+        "10.{}.{}.{}",
+        (number >> 16) & 0x0f,
+        (number >> 8) & 0xff,
+        number & 0xff
     )
 }
 
@@ -127,7 +128,7 @@ async fn register_node(client: &ApiClient, index: usize) -> Result<Value> {
         "capacity": resources, "allocatable": resources,
         "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
             "message": "simulated kubelet", "lastHeartbeatTime": now, "lastTransitionTime": now}],
-        "addresses": [{"type": "InternalIP", "address": address(10, index)},
+        "addresses": [{"type": "InternalIP", "address": node_address(index)},
             {"type": "Hostname", "address": name}],
     }});
     client
@@ -492,10 +493,9 @@ impl Kubelet {
 fn running_status() -> Value {
     static NEXT_IP: AtomicU64 = AtomicU64::new(1);
     let now = timestamp(false);
-    let ip = address(
-        10,
-        NEXT_IP.fetch_add(1, Ordering::Relaxed) as usize | 0xf0_0000,
-    );
+    // Pods in 10.244.0.0/16, as a default pod network; wrapping after 65,536 is harmless here.
+    let n = NEXT_IP.fetch_add(1, Ordering::Relaxed);
+    let ip = format!("10.244.{}.{}", (n >> 8) & 0xff, n & 0xff);
     let ready = |kind: &str| json!({"type": kind, "status": "True", "lastTransitionTime": now});
     json!({"status": {
         "phase": "Running",

@@ -145,7 +145,10 @@ mod tests {
         });
         let (key, value) = pod_value(&template, 7).unwrap();
         assert_eq!(key, "/registry/pods/bench/list-000007");
-        let pod = oxcd_kube::object::decode(&value).unwrap().object;
+        let envelope = value
+            .strip_prefix(oxcd_kube::envelope::PROTOBUF_MAGIC)
+            .unwrap();
+        let pod = oxcd_kube::object::decode(envelope).unwrap().object;
         assert_eq!(pod["metadata"]["name"], "list-000007");
         assert_eq!(
             pod["metadata"]["uid"],
