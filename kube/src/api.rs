@@ -4,12 +4,13 @@
 //! read's revision, failures as Status objects).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use base64::Engine as _;
 use chrono::{DateTime, SecondsFormat};
 use oxcd_proto::mvccpb::{event::EventType, KeyValue};
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 use crate::resources::{resource, Deletion, Resource, RESOURCES};
 use crate::selector::{FieldSelector, LabelSelector};
@@ -63,6 +64,8 @@ enum Subresource {
     Status,
     /// `pods/…/binding`: assigns a pod to a node (the scheduler's write).
     Binding,
+    /// `namespaces/…/finalize`: the only way a namespace's `spec.finalizers` change.
+    Finalize,
 }
 
 enum Route {
@@ -92,6 +95,7 @@ fn route(path: &str, host: &str) -> ApiResult<Route> {
         target.subresource = Some(match name {
             "status" if target.resource.has_status => Subresource::Status,
             "binding" if target.resource.kind == "Pod" => Subresource::Binding,
+            "finalize" if target.resource.kind == "Namespace" => Subresource::Finalize,
             _ => return Err(ApiError::no_route()),
         });
         Ok(Route::Resource(target))
@@ -112,6 +116,11 @@ fn route(path: &str, host: &str) -> ApiResult<Route> {
             "gitVersion": format!("v1.37.2+oxcd-kube.{}", env!("CARGO_PKG_VERSION")),
             "platform": format!("{}/{}", std::env::consts::OS, std::env::consts::ARCH),
         }))),
+        // A namespace's own subresources (`status`, `finalize`) share this shape with the
+        // collections in it; no collection has their names.
+        ["api", "v1", "namespaces", name, sub] if resource(sub).is_none() => {
+            subresource(target("namespaces", None, Some(name)), sub)
+        }
         ["api", "v1", "namespaces", namespace, resource] => {
             target(resource, Some(namespace), None).map(Route::Resource)
         }
@@ -151,8 +160,26 @@ fn resource_list() -> Value {
                 "kind": "Binding", "verbs": ["create"],
             }));
         }
+        if r.kind == "Namespace" {
+            resources.push(json!({
+                "name": "namespaces/finalize", "singularName": "", "namespaced": false,
+                "kind": "Namespace", "verbs": ["update"],
+            }));
+        }
     }
     json!({"kind": "APIResourceList", "groupVersion": "v1", "resources": resources})
+}
+
+/// Wakes a control loop on every event of a watch at `path`, watching again whenever it ends.
+pub async fn wake_on_events(api: Api, path: &'static str, changed: Arc<Notify>) {
+    loop {
+        if let Ok(mut events) = api.watch_events(path).await {
+            while events.recv().await.is_some() {
+                changed.notify_one();
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
 }
 
 fn internal_request(method: &str, path: &str, body: Option<Value>) -> Request {
@@ -304,6 +331,7 @@ impl Api {
                 ("PUT", Subresource::Status) => self.update(&target, name, request.body).await,
                 ("PATCH", Subresource::Status) => self.patch(&target, name, request.body).await,
                 ("POST", Subresource::Binding) => self.bind(&target, name, request.body).await,
+                ("PUT", Subresource::Finalize) => self.update(&target, name, request.body).await,
                 (method, _) => Err(ApiError::method_not_allowed(method)),
             };
         }
@@ -528,6 +556,9 @@ impl Api {
         match target.subresource {
             Some(Subresource::Status) => {
                 object = resource.prepare_status_update(&object, &stored, namespace, name)?
+            }
+            Some(Subresource::Finalize) => {
+                object = resource.prepare_finalize(&object, &stored, namespace, name)?
             }
             _ => resource.prepare_update(&mut object, &stored, namespace, name)?,
         }
@@ -844,6 +875,28 @@ mod tests {
         );
         assert_eq!(resource_of("/api/v1/pods"), ("pods", None, None));
         assert!(route("/api/v1/pods/p", "h").is_err());
+        let subresource_of = |path: &str| match route(path, "h").unwrap() {
+            Route::Resource(t) => (t.resource.name, t.name, t.subresource),
+            Route::Discovery(_) => panic!("{path} is a resource"),
+        };
+        assert_eq!(
+            subresource_of("/api/v1/namespaces/ns/finalize"),
+            ("namespaces", Some("ns".into()), Some(Subresource::Finalize))
+        );
+        assert_eq!(
+            subresource_of("/api/v1/namespaces/ns/status"),
+            ("namespaces", Some("ns".into()), Some(Subresource::Status))
+        );
+        assert_eq!(
+            subresource_of("/api/v1/nodes/n/status"),
+            ("nodes", Some("n".into()), Some(Subresource::Status))
+        );
+        assert_eq!(
+            subresource_of("/api/v1/namespaces/ns/pods/p/binding"),
+            ("pods", Some("p".into()), Some(Subresource::Binding))
+        );
+        assert!(route("/api/v1/namespaces/ns/pods/p/finalize", "h").is_err());
+        assert!(route("/api/v1/namespaces/ns/configmaps/c/status", "h").is_err());
         assert!(route("/api/v1/namespaces/ns/nodes", "h").is_err());
         assert!(route("/apis/apps/v1", "h").is_err());
     }

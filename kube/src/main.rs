@@ -1,15 +1,19 @@
 //! `oxcd-kube`: a small apiserver-style front end on an etcd-compatible store. It keeps core/v1
 //! namespaces, nodes, pods and configmaps under `/registry` exactly as kube-apiserver does (keys,
 //! protobuf values, resourceVersions), so the two can serve the same store side by side. A
-//! scheduler binds pending pods and simulated kubelets run them, both through the API.
+//! scheduler binds pending pods, a node lifecycle controller evicts the pods of silent nodes, a
+//! namespace controller empties deleted namespaces, and simulated kubelets run pods, all through
+//! the API.
 //!
 //! Layers: `store` (etcd calls) ← `resources` (kube-apiserver's registry strategies) and the
-//! library's codec ← `api` (REST semantics) ← this file (HTTP), with `scheduler` and `kubelet`
-//! as the API's in-process clients. Plain HTTP, no authentication or authorization: bind it to
-//! localhost.
+//! library's codec ← `api` (REST semantics) ← this file (HTTP), with the controllers
+//! and `kubelet` as the API's in-process clients. Plain HTTP, no authentication
+//! or authorization: bind it to localhost.
 
 mod api;
 mod kubelet;
+mod namespace_lifecycle;
+mod node_lifecycle;
 mod quantity;
 mod resources;
 mod scheduler;
@@ -19,6 +23,7 @@ mod store;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use bytes::Bytes;
 use clap::Parser;
@@ -50,10 +55,26 @@ struct Flags {
     /// address to serve plain HTTP on
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    /// bind pending pods to nodes (filters: readiness, node selector, taints, resources; scores:
-    /// least allocated, balanced)
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
-    scheduler: bool,
+    /// control loops to run, comma-separated: `scheduler` binds pending pods to nodes (filters:
+    /// readiness, node selector, taints, resources; scores: least allocated, balanced);
+    /// `node-lifecycle` marks silent nodes unreachable and evicts their pods; `namespace`
+    /// deletes a deleted namespace's objects, then the namespace. Empty: none, the REST front end
+    /// alone.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "scheduler,node-lifecycle,namespace"
+    )]
+    controllers: Vec<String>,
+    /// seconds between the node lifecycle controller's looks at the nodes
+    #[arg(long, default_value_t = 5)]
+    node_monitor_period: u64,
+    /// seconds without a heartbeat before a node is marked Unknown and unreachable
+    #[arg(long, default_value_t = 40)]
+    node_monitor_grace_period: u64,
+    /// seconds a node stays unreachable before its pods are evicted
+    #[arg(long, default_value_t = 300)]
+    pod_eviction_timeout: u64,
     /// simulated kubelets to run: nodes NAME-PREFIX1..N register, heartbeat and run the pods
     /// bound to them
     #[arg(long, default_value_t = 0)]
@@ -218,8 +239,26 @@ async fn main() -> anyhow::Result<()> {
             _ => {}
         }
     }
-    if flags.scheduler {
-        tokio::spawn(scheduler::run(api.clone()));
+    for controller in flags.controllers.iter().filter(|c| !c.is_empty()) {
+        match controller.as_str() {
+            "scheduler" => {
+                tokio::spawn(scheduler::run(api.clone()));
+            }
+            "node-lifecycle" => {
+                let timing = node_lifecycle::Timing {
+                    monitor_period: Duration::from_secs(flags.node_monitor_period.max(1)),
+                    grace_period: Duration::from_secs(flags.node_monitor_grace_period),
+                    eviction_timeout: Duration::from_secs(flags.pod_eviction_timeout),
+                };
+                tokio::spawn(node_lifecycle::run(api.clone(), timing));
+            }
+            "namespace" => {
+                tokio::spawn(namespace_lifecycle::run(api.clone()));
+            }
+            other => anyhow::bail!(
+                "--controllers: unknown controller {other:?} (scheduler, node-lifecycle, namespace)"
+            ),
+        }
     }
     if flags.nodes > 0 {
         let fleet = kubelet::Fleet {
@@ -229,7 +268,7 @@ async fn main() -> anyhow::Result<()> {
             cpu: flags.node_cpu.clone(),
             memory: flags.node_memory.clone(),
             pods: flags.node_pods,
-            status_interval: std::time::Duration::from_secs(flags.node_status_interval.max(1)),
+            status_interval: Duration::from_secs(flags.node_status_interval.max(1)),
         };
         tokio::spawn(kubelet::run(api.clone(), fleet));
     }

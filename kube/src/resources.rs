@@ -217,6 +217,24 @@ impl Resource {
         Ok(object)
     }
 
+    /// `namespaces/NAME/finalize`: the stored namespace with the given `spec.finalizers`.
+    pub fn prepare_finalize(
+        &self,
+        given: &Value,
+        stored: &Value,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<Value, ApiError> {
+        self.prepare_update(&mut given.clone(), stored, namespace, name)?;
+        let mut object = stored.clone();
+        metadata(&mut object).remove("resourceVersion");
+        object["spec"]["finalizers"] = match &given["spec"]["finalizers"] {
+            Value::Array(finalizers) => Value::Array(finalizers.clone()),
+            _ => json!([]),
+        };
+        Ok(object)
+    }
+
     /// `stored` (a pod) assigned to `node`, as kube-apiserver's binding storage assigns it.
     pub fn bind(&self, stored: &Value, node: &str, now: &str) -> Result<Value, ApiError> {
         let name = stored["metadata"]["name"].as_str().unwrap_or_default();

@@ -18,31 +18,18 @@ use crate::resources::set_condition;
 
 /// Passes run at least this often, so a pod that did not fit is tried again.
 const RESYNC: Duration = Duration::from_secs(2);
-const RETRY_WATCH: Duration = Duration::from_secs(1);
 pub const SCHEDULER_NAME: &str = "default-scheduler";
 
 pub async fn run(api: Api) {
     let changed = Arc::new(Notify::new());
     for path in ["/api/v1/pods?watch=true", "/api/v1/nodes?watch=true"] {
-        tokio::spawn(notify_on_change(api.clone(), path, Arc::clone(&changed)));
+        tokio::spawn(api::wake_on_events(api.clone(), path, Arc::clone(&changed)));
     }
     loop {
         if let Err(error) = schedule_pending(&api).await {
             eprintln!("scheduler: {}", error.message);
         }
         let _ = tokio::time::timeout(RESYNC, changed.notified()).await;
-    }
-}
-
-/// Wakes the scheduler on every event of a watch at `path`, watching again when it ends.
-pub(crate) async fn notify_on_change(api: Api, path: &'static str, changed: Arc<Notify>) {
-    loop {
-        if let Ok(mut events) = api.watch_events(path).await {
-            while events.recv().await.is_some() {
-                changed.notify_one();
-            }
-        }
-        tokio::time::sleep(RETRY_WATCH).await;
     }
 }
 
@@ -96,7 +83,7 @@ fn is_ready(node: &Value) -> bool {
 }
 
 /// Whether one of the pod's tolerations tolerates the taint.
-fn tolerates(pod: &Value, taint: &Value) -> bool {
+pub(crate) fn tolerates(pod: &Value, taint: &Value) -> bool {
     pod["spec"]["tolerations"]
         .as_array()
         .into_iter()

@@ -26,9 +26,9 @@ struct Shim {
 }
 
 impl Shim {
-    /// The REST front end alone: no scheduler writes to the pods the test makes.
+    /// The REST front end alone: no controller writes to the objects the test makes.
     fn start(etcd_url: &str) -> Shim {
-        Shim::start_with(etcd_url, &["--scheduler=false"])
+        Shim::start_with(etcd_url, &["--controllers="])
     }
 
     fn start_with(etcd_url: &str, flags: &[&str]) -> Shim {
@@ -687,4 +687,147 @@ async fn the_ten_steps_of_creating_a_pod() {
             "{pod} on {node}: {wide}"
         );
     }
+}
+
+/// The node lifecycle controller as the seeds describe it, with short timings: a node whose
+/// heartbeats stop is marked Unknown and tainted unreachable after the grace period, and after
+/// the eviction timeout its pods are deleted (not one that tolerates the taint for good); a node
+/// that reports Ready again loses the taint. A node whose kubelet keeps reporting is untouched.
+#[tokio::test]
+async fn a_silent_node_is_marked_unreachable_and_its_pods_evicted() {
+    let member = Server::start(Flavor::Oxcd).await;
+    let shim_process = Shim::start_with(
+        &member.client_url(),
+        &[
+            "--nodes=1",
+            "--node-status-interval=1",
+            "--node-monitor-period=1",
+            "--node-monitor-grace-period=4",
+            "--pod-eviction-timeout=3",
+        ],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let kubectl = Kubectl::for_server(&shim_process.url, dir.path());
+    eventually("node-1 ready", EVENT_TIMEOUT, || {
+        let node = kubectl.run(&["get", "node", "node-1", "-o", "json"]);
+        let node: Value = serde_json::from_slice(&node.stdout).ok()?;
+        (condition(&node, "Ready")["status"] == "True").then_some(())
+    });
+    // A node whose kubelet reports once and never again.
+    kubectl.create(&json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "ghost"}}));
+    let report_ready = || {
+        let now = chrono_now();
+        kubectl.ok(&[
+            "patch",
+            "node",
+            "ghost",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &json!({"status": {"allocatable": {"cpu": "4", "memory": "8Gi", "pods": "110"},
+                "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+                    "lastHeartbeatTime": now, "lastTransitionTime": now}]}})
+            .to_string(),
+        ]);
+    };
+    report_ready();
+    let bound_to = |name: &str, node: &str, tolerations: Value| {
+        let mut pod = pod_manifest(name, "100m", json!({"nodeName": node}));
+        pod["spec"]["tolerations"] = tolerations;
+        kubectl.create(&pod);
+    };
+    bound_to("stranded", "ghost", json!([]));
+    let forever = json!([{"key": "node.kubernetes.io/unreachable", "operator": "Exists",
+        "effect": "NoExecute"}]);
+    bound_to("patient", "ghost", forever);
+    bound_to("kept", "node-1", json!([]));
+
+    let unreachable = |node: &Value| {
+        node["spec"]["taints"].as_array().is_some_and(|taints| {
+            taints
+                .iter()
+                .any(|t| t["key"] == "node.kubernetes.io/unreachable" && t["effect"] == "NoExecute")
+        })
+    };
+    let ghost = eventually("ghost unreachable", EVENT_TIMEOUT, || {
+        let node = kubectl.json(&["get", "node", "ghost"]);
+        unreachable(&node).then_some(node)
+    });
+    let ready = condition(&ghost, "Ready");
+    assert_eq!(ready["status"], "Unknown");
+    assert_eq!(ready["reason"], "NodeStatusUnknown");
+    assert_eq!(ready["message"], "Kubelet stopped posting node status.");
+    eventually("stranded evicted", EVENT_TIMEOUT, || {
+        let out = kubectl.run(&["get", "pod", "stranded"]);
+        String::from_utf8_lossy(&out.stderr)
+            .contains("NotFound")
+            .then_some(())
+    });
+    kubectl.ok(&["get", "pod", "patient"]);
+    assert_eq!(
+        kubectl.json(&["get", "pod", "kept"])["status"]["phase"],
+        "Running"
+    );
+    let node_1 = kubectl.json(&["get", "node", "node-1"]);
+    assert_eq!(condition(&node_1, "Ready")["status"], "True");
+    assert!(!unreachable(&node_1));
+
+    // Back: Ready again, and the taint goes.
+    report_ready();
+    eventually("ghost untainted", EVENT_TIMEOUT, || {
+        let node = kubectl.json(&["get", "node", "ghost"]);
+        (!unreachable(&node) && condition(&node, "Ready")["status"] == "True").then_some(())
+    });
+}
+
+/// Now as Kubernetes writes object timestamps.
+fn chrono_now() -> String {
+    let seconds = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    chrono::DateTime::from_timestamp(seconds as i64, 0)
+        .unwrap()
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// The namespace controller: `kubectl delete namespace` returns once the namespace is gone, with
+/// every object that was in it gone from the store, and other namespaces untouched.
+#[tokio::test]
+async fn a_deleted_namespace_is_emptied_then_removed() {
+    let member = Server::start(Flavor::Oxcd).await;
+    let mut client = member.client().await;
+    let shim_process = Shim::start_with(&member.client_url(), &["--controllers=namespace"]);
+    let dir = tempfile::tempdir().unwrap();
+    let kubectl = Kubectl::for_server(&shim_process.url, dir.path());
+    for namespace in ["doomed", "kept"] {
+        kubectl.ok(&["create", "namespace", namespace]);
+        kubectl.ok(&[
+            "-n",
+            namespace,
+            "create",
+            "configmap",
+            "settings",
+            "--from-literal=k=v",
+        ]);
+    }
+    let mut worker = pod_manifest("worker", "100m", json!({}));
+    worker["metadata"]["namespace"] = "doomed".into();
+    kubectl.create(&worker);
+
+    kubectl.ok(&["delete", "namespace", "doomed", "--timeout=30s"]);
+    let refused = kubectl.fails(&["get", "namespace", "doomed"]);
+    assert!(refused.contains("NotFound"), "{refused}");
+    for prefix in [
+        "/registry/namespaces/doomed",
+        "/registry/configmaps/doomed/",
+        "/registry/pods/doomed/",
+    ] {
+        let left = client
+            .get(prefix, Some(GetOptions::new().with_prefix()))
+            .await
+            .unwrap();
+        assert!(left.kvs().is_empty(), "{prefix} still holds objects");
+    }
+    kubectl.ok(&["-n", "kept", "get", "configmap", "settings"]);
 }

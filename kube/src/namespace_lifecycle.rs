@@ -1,0 +1,87 @@
+//! The namespace controller: a namespace being deleted (marked Terminating, held by the
+//! `kubernetes` finalizer) has every object in it deleted; then the finalizer is removed through
+//! `namespaces/NAME/finalize` and the namespace deleted, as kube-controller-manager's namespace
+//! controller does. Level-triggered: a pass runs after any namespace event, and every few seconds.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::sync::Notify;
+
+use crate::api::{self, Api};
+use crate::resources::RESOURCES;
+
+const FINALIZER: &str = "kubernetes";
+const RESYNC: Duration = Duration::from_secs(2);
+
+pub async fn run(api: Api) {
+    let changed = Arc::new(Notify::new());
+    tokio::spawn(api::wake_on_events(
+        api.clone(),
+        "/api/v1/namespaces?watch=true",
+        Arc::clone(&changed),
+    ));
+    loop {
+        if let Err(error) = finalize_terminating(&api).await {
+            eprintln!("namespace controller: {}", error.message);
+        }
+        let _ = tokio::time::timeout(RESYNC, changed.notified()).await;
+    }
+}
+
+async fn finalize_terminating(api: &Api) -> api::ApiResult<()> {
+    let namespaces = api.call("GET", "/api/v1/namespaces", None).await?;
+    for namespace in namespaces["items"].as_array().into_iter().flatten() {
+        if namespace["metadata"]["deletionTimestamp"].is_null() {
+            continue;
+        }
+        let name = namespace["metadata"]["name"].as_str().unwrap_or_default();
+        delete_content(api, name).await?;
+        let finalizers: Vec<Value> = namespace["spec"]["finalizers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|f| *f != FINALIZER)
+            .cloned()
+            .collect();
+        let finalized = json!({"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": name, "resourceVersion": namespace["metadata"]["resourceVersion"]},
+            "spec": {"finalizers": finalizers}});
+        let path = format!("/api/v1/namespaces/{name}");
+        let outcome = match api
+            .call("PUT", &format!("{path}/finalize"), Some(finalized))
+            .await
+        {
+            // Another finalizer is still at work: its owner removes it, then deletes again.
+            Ok(_) if !finalizers.is_empty() => Ok(Value::Null),
+            Ok(_) => api.call("DELETE", &path, None).await,
+            Err(error) => Err(error),
+        };
+        match outcome {
+            // Changed or gone meanwhile: the next pass sees it.
+            Err(error) if !matches!(error.code, 404 | 409) => return Err(error),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Deletes every object of every namespaced kind in `namespace`.
+async fn delete_content(api: &Api, namespace: &str) -> api::ApiResult<()> {
+    for resource in RESOURCES.iter().filter(|r| r.namespaced) {
+        let collection = format!("/api/v1/namespaces/{namespace}/{}", resource.name);
+        let list = api.call("GET", &collection, None).await?;
+        for object in list["items"].as_array().into_iter().flatten() {
+            let name = object["metadata"]["name"].as_str().unwrap_or_default();
+            match api
+                .call("DELETE", &format!("{collection}/{name}"), None)
+                .await
+            {
+                Err(error) if error.code != 404 => return Err(error),
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
