@@ -12,7 +12,7 @@ use oxcd_proto::mvccpb::{event::EventType, KeyValue};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, Notify};
 
-use crate::resources::{resource, Deletion, Resource, RESOURCES};
+use crate::resources::{resource, Deletion, Part, Resource, RESOURCES};
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::status::{self, ApiError};
 use crate::store::{prefix_end, Change, Store, StoreError};
@@ -555,10 +555,17 @@ impl Api {
         let namespace = target.namespace.as_deref();
         match target.subresource {
             Some(Subresource::Status) => {
-                object = resource.prepare_status_update(&object, &stored, namespace, name)?
+                object =
+                    resource.prepare_part_update(Part::Status, &object, &stored, namespace, name)?
             }
             Some(Subresource::Finalize) => {
-                object = resource.prepare_finalize(&object, &stored, namespace, name)?
+                object = resource.prepare_part_update(
+                    Part::Finalizers,
+                    &object,
+                    &stored,
+                    namespace,
+                    name,
+                )?
             }
             _ => resource.prepare_update(&mut object, &stored, namespace, name)?,
         }

@@ -64,6 +64,15 @@ pub fn resource(name: &str) -> Option<&'static Resource> {
     RESOURCES.iter().find(|r| r.name == name)
 }
 
+/// What a subresource update may change.
+#[derive(Clone, Copy, Debug)]
+pub enum Part {
+    /// `…/status` (kube-apiserver's status strategies).
+    Status,
+    /// `namespaces/…/finalize`: the only way a namespace's `spec.finalizers` change.
+    Finalizers,
+}
+
 /// What happens to a deleted object: removed at once, or (a namespace with finalizers) kept,
 /// marked Terminating, until its finalizers are done.
 pub enum Deletion {
@@ -199,27 +208,11 @@ impl Resource {
         Ok(())
     }
 
-    /// A status update of `stored` (kube-apiserver's status strategies): the given object's
-    /// status, everything else as stored.
-    pub fn prepare_status_update(
+    /// An update through a subresource: `stored` with `part` taken from `given`, after the
+    /// same checks as an update (kind, name, namespace, uid).
+    pub fn prepare_part_update(
         &self,
-        given: &Value,
-        stored: &Value,
-        namespace: Option<&str>,
-        name: &str,
-    ) -> Result<Value, ApiError> {
-        let status = given.get("status").cloned().unwrap_or_else(|| json!({}));
-        // The same checks as an update (kind, name, namespace, uid).
-        self.prepare_update(&mut given.clone(), stored, namespace, name)?;
-        let mut object = stored.clone();
-        metadata(&mut object).remove("resourceVersion");
-        object["status"] = status;
-        Ok(object)
-    }
-
-    /// `namespaces/NAME/finalize`: the stored namespace with the given `spec.finalizers`.
-    pub fn prepare_finalize(
-        &self,
+        part: Part,
         given: &Value,
         stored: &Value,
         namespace: Option<&str>,
@@ -228,10 +221,17 @@ impl Resource {
         self.prepare_update(&mut given.clone(), stored, namespace, name)?;
         let mut object = stored.clone();
         metadata(&mut object).remove("resourceVersion");
-        object["spec"]["finalizers"] = match &given["spec"]["finalizers"] {
-            Value::Array(finalizers) => Value::Array(finalizers.clone()),
-            _ => json!([]),
-        };
+        match part {
+            Part::Status => {
+                object["status"] = given.get("status").cloned().unwrap_or_else(|| json!({}))
+            }
+            Part::Finalizers => {
+                object["spec"]["finalizers"] = match &given["spec"]["finalizers"] {
+                    Value::Array(finalizers) => Value::Array(finalizers.clone()),
+                    _ => json!([]),
+                }
+            }
+        }
         Ok(object)
     }
 
