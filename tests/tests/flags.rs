@@ -5,7 +5,7 @@
 
 use std::path::Path;
 use std::process::ExitStatus;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use oxcd_tests::{
     free_port, grpc_error, run_expecting_exit, Flavor, MemberSpec, Server, StartOptions,
@@ -300,8 +300,17 @@ async fn json_logs_have_etcds_keys() {
     )
     .await;
     assert!(json_lines(&server).is_empty());
-    // The whole log: at info level openraft may have said more than a tail holds since.
-    assert!(server.log_tail(100_000).contains("oxcd is serving"));
+    // The whole log: at info level openraft may have said more than a tail holds since. The
+    // line comes just after the client port opens, so a busy machine may not have written it
+    // when the first request is answered.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !server.log_tail(100_000).contains("oxcd is serving") {
+        assert!(
+            Instant::now() < deadline,
+            "no \"oxcd is serving\" in the console log"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// --unsafe-no-fsync is loudly logged at start, and writes work (and survive a clean restart,
