@@ -46,9 +46,9 @@ const MAX_BODY: usize = 3 * 1024 * 1024;
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Flags {
-    /// the store's client URL (kube-apiserver's --etcd-servers; one endpoint)
-    #[arg(long, default_value = "http://127.0.0.1:2379")]
-    etcd_servers: String,
+    /// the store's client URLs, comma-separated (kube-apiserver's --etcd-servers)
+    #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
+    etcd_servers: Vec<String>,
     /// key prefix objects live under (kube-apiserver's --etcd-prefix)
     #[arg(long, default_value = "/registry")]
     etcd_prefix: String,
@@ -276,7 +276,7 @@ async fn main() -> anyhow::Result<()> {
     eprintln!(
         "oxcd-kube serving http://{} on {} (prefix {}; no authentication)",
         listener.local_addr()?,
-        flags.etcd_servers,
+        flags.etcd_servers.join(","),
         flags.etcd_prefix
     );
     loop {

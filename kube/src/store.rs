@@ -48,6 +48,14 @@ impl From<tonic::Status> for StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// Tries of a call that found its member down, each on a fresh pick of the endpoints.
+const UNREACHED_RETRIES: u64 = 8;
+
+/// Whether the call failed before it reached a server (the connection could not be made).
+fn never_sent(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::Unavailable && status.message().contains("connect")
+}
+
 /// One page of a range: the keys read, whether more follow, and the revision read at.
 pub struct Page {
     pub kvs: Vec<KeyValue>,
@@ -104,13 +112,43 @@ fn read(key: &[u8]) -> RequestOp {
 }
 
 impl Store {
-    pub async fn connect(endpoint: &str) -> anyhow::Result<Store> {
-        let channel = Channel::from_shared(endpoint.to_string())?.connect_lazy();
+    /// A client of every endpoint (kube-apiserver's `--etcd-servers`): calls are spread over
+    /// them, and an endpoint that cannot be reached is left out until it can.
+    pub async fn connect(endpoints: &[String]) -> anyhow::Result<Store> {
+        anyhow::ensure!(!endpoints.is_empty(), "no store endpoint");
+        let endpoints = endpoints
+            .iter()
+            .map(|url| {
+                Ok(Channel::from_shared(url.clone())?
+                    .connect_timeout(std::time::Duration::from_secs(2)))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let channel = Channel::balance_list(endpoints.into_iter());
         Ok(Store {
             // Pages of objects can outgrow tonic's 4 MiB default, as in kube-apiserver's client.
             kv: KvClient::new(channel.clone()).max_decoding_message_size(usize::MAX),
             watch: WatchClient::new(channel).max_decoding_message_size(usize::MAX),
         })
+    }
+
+    /// A KV call, tried again (up to `UNREACHED_RETRIES` times) while it fails without having
+    /// reached a server: the balancer may pick a member that is down, and another pick goes
+    /// elsewhere. Nothing was sent, so a write is as safe to try again as a read.
+    async fn kv_call<T, F, Fut>(&self, call: F) -> Result<T, tonic::Status>
+    where
+        F: Fn(KvClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let mut attempts = 0;
+        loop {
+            match call(self.kv.clone()).await {
+                Err(status) if never_sent(&status) && attempts < UNREACHED_RETRIES => {
+                    attempts += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(10 * attempts)).await;
+                }
+                reply => return reply.map(tonic::Response::into_inner),
+            }
+        }
     }
 
     /// The key as it is now.
@@ -127,18 +165,19 @@ impl Store {
         limit: i64,
         revision: i64,
     ) -> StoreResult<Page> {
+        let request = RangeRequest {
+            key: from.to_vec(),
+            range_end: end.to_vec(),
+            limit,
+            revision,
+            ..Default::default()
+        };
         let response = self
-            .kv
-            .clone()
-            .range(RangeRequest {
-                key: from.to_vec(),
-                range_end: end.to_vec(),
-                limit,
-                revision,
-                ..Default::default()
+            .kv_call(|mut kv| {
+                let request = request.clone();
+                async move { kv.range(request).await }
             })
-            .await?
-            .into_inner();
+            .await?;
         Ok(Page {
             revision: response.header.map_or(0, |h| h.revision),
             more: response.more,
@@ -154,16 +193,17 @@ impl Store {
         compare: Compare,
         then: RequestOp,
     ) -> StoreResult<Result<i64, Option<KeyValue>>> {
+        let request = TxnRequest {
+            compare: vec![compare],
+            success: vec![then],
+            failure: vec![read(key)],
+        };
         let response = self
-            .kv
-            .clone()
-            .txn(TxnRequest {
-                compare: vec![compare],
-                success: vec![then],
-                failure: vec![read(key)],
+            .kv_call(|mut kv| {
+                let request = request.clone();
+                async move { kv.txn(request).await }
             })
-            .await?
-            .into_inner();
+            .await?;
         if response.succeeded {
             return Ok(Ok(response.header.map_or(0, |h| h.revision)));
         }

@@ -831,3 +831,36 @@ async fn a_deleted_namespace_is_emptied_then_removed() {
     }
     kubectl.ok(&["-n", "kept", "get", "configmap", "settings"]);
 }
+
+/// `--etcd-servers` lists every member of a cluster, as kube-apiserver's does: the shim keeps
+/// serving through the first listed member's death, reads and writes alike.
+#[tokio::test]
+async fn the_shim_serves_on_through_a_members_death() {
+    let mut cluster = oxcd_tests::cluster::Cluster::start(Flavor::Oxcd, 3, &[]).await;
+    let servers: Vec<String> = cluster
+        .members()
+        .iter()
+        .map(|member| member.client_url())
+        .collect();
+    let shim_process = Shim::start_with(&servers.join(","), &["--controllers="]);
+    let dir = tempfile::tempdir().unwrap();
+    let kubectl = Kubectl::for_server(&shim_process.url, dir.path());
+    kubectl.ok(&["create", "configmap", "before", "--from-literal=k=v"]);
+
+    cluster.kill(0);
+    // Calls in flight to the dead member fail; the next ones go to the others.
+    eventually("a write after the death", EVENT_TIMEOUT, || {
+        kubectl
+            .run(&["create", "configmap", "after", "--from-literal=k=v"])
+            .status
+            .success()
+            .then_some(())
+    });
+    for _ in 0..10 {
+        let listed = kubectl.ok(&["get", "configmaps", "-o", "name"]);
+        assert!(
+            listed.contains("configmap/before") && listed.contains("configmap/after"),
+            "{listed}"
+        );
+    }
+}
