@@ -124,46 +124,54 @@ fn key(i: usize) -> Vec<u8> {
     format!("{PREFIX}{i:08}").into_bytes()
 }
 
-/// Writes `keys` keys under `list/`, `PUTS_PER_TXN` per transaction, `LOADERS` at a time.
+/// Writes `keys` keys under `list/`, all with the same value.
 async fn load(url: &str, keys: usize, value_size: usize) -> Result<()> {
     let started = Instant::now();
-    let ch = channel(url).await?;
     let value = vec![b'v'; value_size];
-    let batches: Vec<usize> = (0..keys).step_by(PUTS_PER_TXN).collect();
+    put_in_txns(url, keys, move |i| Ok((key(i), value.clone()))).await?;
+    eprintln!("loaded {keys} keys in {:.0?}", started.elapsed());
+    Ok(())
+}
+
+/// Puts entries `0..count` (`entry` makes each key and value), `PUTS_PER_TXN` per transaction,
+/// `LOADERS` transactions at a time, through `url`: how the list benchmarks fill a store.
+pub async fn put_in_txns(
+    url: &str,
+    count: usize,
+    entry: impl Fn(usize) -> Result<(Vec<u8>, Vec<u8>)> + Send + Sync + 'static,
+) -> Result<()> {
+    let ch = channel(url).await?;
+    let entry = std::sync::Arc::new(entry);
     let mut loaders = tokio::task::JoinSet::new();
     for loader in 0..LOADERS {
         let mut kv = KvClient::new(ch.clone());
-        let mine: Vec<usize> = batches
-            .iter()
-            .copied()
-            .skip(loader)
-            .step_by(LOADERS)
-            .collect();
-        let value = value.clone();
+        let entry = std::sync::Arc::clone(&entry);
         loaders.spawn(async move {
-            for start in mine {
-                let success = (start..(start + PUTS_PER_TXN).min(keys))
-                    .map(|i| RequestOp {
-                        request: Some(Request::RequestPut(PutRequest {
-                            key: key(i),
-                            value: value.clone(),
-                            ..Default::default()
-                        })),
+            for start in (loader * PUTS_PER_TXN..count).step_by(LOADERS * PUTS_PER_TXN) {
+                let success = (start..(start + PUTS_PER_TXN).min(count))
+                    .map(|i| {
+                        let (key, value) = entry(i)?;
+                        Ok(RequestOp {
+                            request: Some(Request::RequestPut(PutRequest {
+                                key,
+                                value,
+                                ..Default::default()
+                            })),
+                        })
                     })
-                    .collect();
+                    .collect::<Result<_>>()?;
                 kv.txn(TxnRequest {
                     success,
                     ..Default::default()
                 })
                 .await?;
             }
-            Ok::<_, tonic::Status>(())
+            anyhow::Ok(())
         });
     }
     while let Some(done) = loaders.join_next().await {
         done?.context("loading keys")?;
     }
-    eprintln!("loaded {keys} keys in {:.0?}", started.elapsed());
     Ok(())
 }
 

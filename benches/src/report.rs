@@ -19,13 +19,17 @@ pub enum Unit {
     Bytes,
     Seconds,
     Millis,
+    /// Pods created (or deleted) a second, through Kubernetes' control plane.
+    PodsPerSec,
+    /// Events counted, e.g. lease renewals or failed calls.
+    Count,
 }
 
 impl Unit {
     pub fn higher_is_better(self) -> bool {
         matches!(
             self,
-            Unit::OpsPerSec | Unit::KeysPerSec | Unit::EventsPerSec
+            Unit::OpsPerSec | Unit::KeysPerSec | Unit::EventsPerSec | Unit::PodsPerSec
         )
     }
 
@@ -37,10 +41,12 @@ impl Unit {
             Unit::Bytes => "bytes",
             Unit::Seconds => "s",
             Unit::Millis => "ms",
+            Unit::PodsPerSec => "pods/s",
+            Unit::Count => "",
         }
     }
 
-    fn format(self, value: f64) -> String {
+    pub fn format(self, value: f64) -> String {
         match self {
             Unit::OpsPerSec => format!("{value:.0} ops/s"),
             Unit::KeysPerSec => format!("{value:.0} keys/s"),
@@ -48,6 +54,8 @@ impl Unit {
             Unit::Bytes => format!("{:.1} MiB", value / MIB),
             Unit::Seconds => format!("{value:.3} s"),
             Unit::Millis => format!("{value:.3} ms"),
+            Unit::PodsPerSec => format!("{value:.1} pods/s"),
+            Unit::Count => format!("{value:.0}"),
         }
     }
 }
@@ -63,7 +71,7 @@ pub struct Target {
 }
 
 impl Target {
-    pub fn higher(ratio: f64) -> Self {
+    pub const fn higher(ratio: f64) -> Self {
         Self {
             ratio,
             higher: true,
@@ -71,7 +79,7 @@ impl Target {
         }
     }
 
-    pub fn lower(ratio: f64) -> Self {
+    pub const fn lower(ratio: f64) -> Self {
         Self {
             ratio,
             higher: false,
@@ -86,7 +94,7 @@ impl Target {
         }
     }
 
-    fn text(&self) -> String {
+    pub fn text(&self) -> String {
         let mut text = format!("{}{}x", if self.higher { "≥" } else { "≤" }, self.ratio);
         if self.p99_not_worse {
             text.push_str(", p99 ≤ etcd");
@@ -94,14 +102,18 @@ impl Target {
         text
     }
 
-    /// Whether the figures meet the target; `None` if either is missing.
-    fn met(&self, etcd: &Cell, oxcd: &Cell) -> Option<bool> {
-        let ratio = ratio(etcd, oxcd)?;
-        let ratio_met = if self.higher {
+    /// Whether oxcd/etcd = `ratio` meets the ratio (the p99 condition aside).
+    pub fn ratio_met(&self, ratio: f64) -> bool {
+        if self.higher {
             ratio >= self.ratio
         } else {
             ratio <= self.ratio
-        };
+        }
+    }
+
+    /// Whether the figures meet the target; `None` if either is missing.
+    fn met(&self, etcd: &Cell, oxcd: &Cell) -> Option<bool> {
+        let ratio_met = self.ratio_met(ratio(etcd, oxcd)?);
         let p99_met = !self.p99_not_worse || oxcd.p99_us()? <= etcd.p99_us()?;
         Some(ratio_met && p99_met)
     }

@@ -4,24 +4,18 @@
 //! store without it gets paged Ranges). Measured: the store's peak memory for it.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use etcd_client::{Client, Txn, TxnOp};
 use hyper::Method;
 use oxcd_tests::kube::ApiServer;
 use serde_json::Value;
-use tokio::task::JoinSet;
 
 use super::client::ApiClient;
 use super::fleet::NAMESPACE;
+use crate::list_memory::put_in_txns;
 use crate::server::Cluster;
 
-/// Pods per loading transaction (etcd's default `--max-txn-ops` is 128).
-const PODS_PER_TXN: usize = 100;
-/// Loading transactions in flight at once.
-const LOADERS: usize = 8;
 /// Reading a large unpaged list takes a while on a busy machine.
 const LIST_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -109,27 +103,12 @@ fn pod_value(template: &Value, index: usize) -> Result<(String, Vec<u8>)> {
 }
 
 async fn load(url: &str, template: &Value, pods: usize) -> Result<()> {
-    let client = Client::connect([url], None).await?;
-    let template = Arc::new(template.clone());
-    let mut loaders = JoinSet::new();
-    for loader in 0..LOADERS {
-        let (mut client, template) = (client.clone(), Arc::clone(&template));
-        loaders.spawn(async move {
-            for first in (loader * PODS_PER_TXN..pods).step_by(LOADERS * PODS_PER_TXN) {
-                let mut puts = Vec::with_capacity(PODS_PER_TXN);
-                for index in first..(first + PODS_PER_TXN).min(pods) {
-                    let (key, value) = pod_value(&template, index)?;
-                    puts.push(TxnOp::put(key, value, None));
-                }
-                client.txn(Txn::new().and_then(puts)).await?;
-            }
-            anyhow::Ok(())
-        });
-    }
-    while let Some(loaded) = loaders.join_next().await {
-        loaded??;
-    }
-    Ok(())
+    let template = template.clone();
+    put_in_txns(url, pods, move |index| {
+        let (key, value) = pod_value(&template, index)?;
+        Ok((key.into_bytes(), value))
+    })
+    .await
 }
 
 #[cfg(test)]

@@ -23,9 +23,8 @@ use oxcd_tests::kube::ApiServer;
 use serde_json::json;
 
 use crate::plot;
-use crate::report::Machine;
+use crate::report::{Machine, Target, Unit};
 use crate::server::{new_work_dir, Cluster};
-use crate::stats::MIB;
 use client::{ApiClient, BodyKind};
 use fleet::{Kubelets, LeaseRenewer, NAMESPACE};
 use metrics::{Buckets, Labels};
@@ -91,158 +90,136 @@ struct Measurement {
 struct MetricDef {
     id: &'static str,
     label: &'static str,
-    unit: &'static str,
-    higher_is_better: bool,
+    unit: Unit,
     /// The target for oxcd/etcd.
-    target: Option<f64>,
+    target: Option<Target>,
 }
 
 const METRICS: &[MetricDef] = &[
     MetricDef {
         id: "pods_started_per_s",
         label: "pods created, bound and Running per second (scale-up)",
-        unit: "pods/s",
-        higher_is_better: true,
-        target: Some(1.5),
+        unit: Unit::PodsPerSec,
+        target: Some(Target::higher(1.5)),
     },
     MetricDef {
         id: "pods_deleted_per_s",
         label: "pods deleted per second (scale-down)",
-        unit: "pods/s",
-        higher_is_better: true,
+        unit: Unit::PodsPerSec,
         target: None,
     },
     MetricDef {
         id: "bound_p50_ms",
         label: "pod seen → bound, p50",
-        unit: "ms",
-        higher_is_better: false,
+        unit: Unit::Millis,
         target: None,
     },
     MetricDef {
         id: "bound_p99_ms",
         label: "pod seen → bound, p99",
-        unit: "ms",
-        higher_is_better: false,
+        unit: Unit::Millis,
         target: None,
     },
     MetricDef {
         id: "running_p99_ms",
         label: "pod seen → Running, p99",
-        unit: "ms",
-        higher_is_better: false,
+        unit: Unit::Millis,
         target: None,
     },
     MetricDef {
         id: "apiserver_write_p50_ms",
         label: "kube-apiserver writes (POST/PUT/PATCH/DELETE), p50",
-        unit: "ms",
-        higher_is_better: false,
+        unit: Unit::Millis,
         target: None,
     },
     MetricDef {
         id: "apiserver_write_p99_ms",
         label: "kube-apiserver writes (POST/PUT/PATCH/DELETE), p99",
-        unit: "ms",
-        higher_is_better: false,
-        target: Some(1.0),
+        unit: Unit::Millis,
+        target: Some(Target::lower(1.0)),
     },
     MetricDef {
         id: "apiserver_read_p99_ms",
         label: "kube-apiserver reads (GET/LIST), p99",
-        unit: "ms",
-        higher_is_better: false,
+        unit: Unit::Millis,
         target: None,
     },
     MetricDef {
         id: "store_call_p50_ms",
         label: "kube-apiserver's calls to the store, p50",
-        unit: "ms",
-        higher_is_better: false,
+        unit: Unit::Millis,
         target: None,
     },
     MetricDef {
         id: "store_call_p99_ms",
         label: "kube-apiserver's calls to the store, p99",
-        unit: "ms",
-        higher_is_better: false,
+        unit: Unit::Millis,
         target: None,
     },
     MetricDef {
         id: "store_cpu_seconds",
         label: "store CPU time during the rounds (all members)",
-        unit: "s",
-        higher_is_better: false,
+        unit: Unit::Seconds,
         target: None,
     },
     MetricDef {
         id: "store_rss_bytes",
         label: "store RSS after the rounds (all members)",
-        unit: "bytes",
-        higher_is_better: false,
-        target: Some(0.5),
+        unit: Unit::Bytes,
+        target: Some(Target::lower(0.5)),
     },
     MetricDef {
         id: "store_peak_rss_bytes",
         label: "store peak RSS (all members)",
-        unit: "bytes",
-        higher_is_better: false,
+        unit: Unit::Bytes,
         target: None,
     },
     MetricDef {
         id: "store_disk_bytes",
         label: "store data dirs after the rounds (all members)",
-        unit: "bytes",
-        higher_is_better: false,
+        unit: Unit::Bytes,
         target: None,
     },
     MetricDef {
         id: "list_seconds",
         label: "list of the namespace's pods, unpaged, without watch cache",
-        unit: "s",
-        higher_is_better: false,
+        unit: Unit::Seconds,
         target: None,
     },
     MetricDef {
         id: "list_store_startup_peak_bytes",
         label: "list phase: store peak RSS before the list (largest member)",
-        unit: "bytes",
-        higher_is_better: false,
+        unit: Unit::Bytes,
         target: None,
     },
     MetricDef {
         id: "list_store_peak_bytes",
         label: "list phase: store peak RSS after the list (largest member)",
-        unit: "bytes",
-        higher_is_better: false,
-        target: Some(0.5),
+        unit: Unit::Bytes,
+        target: Some(Target::lower(0.5)),
     },
     MetricDef {
         id: "apiserver_cpu_seconds",
         label: "kube-apiserver CPU time during the rounds",
-        unit: "s",
-        higher_is_better: false,
+        unit: Unit::Seconds,
         target: None,
     },
     MetricDef {
         id: "lease_renewals",
         label: "node Lease renewals",
-        unit: "",
-        higher_is_better: true,
+        unit: Unit::Count,
         target: None,
     },
     MetricDef {
         id: "pod_watch_restarts",
         label: "simulated kubelets' pod watch closed by the apiserver and listed again",
-        unit: "",
-        higher_is_better: false,
+        unit: Unit::Count,
         target: None,
     },
     MetricDef {
         id: "failed_calls",
         label: "simulated nodes' failed calls (renewals and pod updates)",
-        unit: "",
-        higher_is_better: false,
+        unit: Unit::Count,
         target: None,
     },
 ];
@@ -268,13 +245,13 @@ pub async fn run(args: KubeArgs) -> Result<()> {
         std::fs::write(
             args.out.join(format!("pods-{members}m.svg")),
             bars(&measurements, members, "Pods per second", |def| {
-                def.unit == "pods/s"
+                def.unit == Unit::PodsPerSec
             }),
         )?;
         std::fs::write(
             args.out.join(format!("latency-{members}m.svg")),
             bars(&measurements, members, "Latencies (ms)", |def| {
-                def.unit == "ms"
+                def.unit == Unit::Millis
             }),
         )?;
     }
@@ -571,14 +548,7 @@ fn value(measurements: &[Measurement], store: &str, members: usize, id: &str) ->
 }
 
 fn shown(def: &MetricDef, value: Option<f64>) -> String {
-    match (value, def.unit) {
-        (None, _) => "n/a".to_owned(),
-        (Some(v), "bytes") => format!("{:.1} MiB", v / MIB),
-        (Some(v), "ms") => format!("{v:.1} ms"),
-        (Some(v), "s") => format!("{v:.1} s"),
-        (Some(v), "pods/s") => format!("{v:.1} pods/s"),
-        (Some(v), _) => format!("{v:.0}"),
-    }
+    value.map_or_else(|| "n/a".to_owned(), |v| def.unit.format(v))
 }
 
 fn bars(
@@ -673,17 +643,13 @@ fn to_markdown(
                 _ => "n/a".to_owned(),
             };
             let target = match (def.target, etcd, oxcd) {
-                (Some(t), Some(e), Some(o)) if e > 0.0 => {
-                    let met = if def.higher_is_better {
-                        o / e >= t
+                (Some(target), Some(e), Some(o)) if e > 0.0 => {
+                    let verdict = if target.ratio_met(o / e) {
+                        "met"
                     } else {
-                        o / e <= t
+                        "missed"
                     };
-                    format!(
-                        "{}{t}x: {}",
-                        if def.higher_is_better { "≥" } else { "≤" },
-                        if met { "met" } else { "missed" }
-                    )
+                    format!("{}: {verdict}", target.text())
                 }
                 _ => String::new(),
             };
