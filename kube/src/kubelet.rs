@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::api::{self, Api};
+use oxcd_kube::kubelet_reports::{self, started_pod_status, NodeShape};
 
 const RETRY: Duration = Duration::from_secs(1);
 
@@ -53,21 +54,14 @@ pub async fn run(api: Api, fleet: Fleet) {
 
 /// The Node's status as this kubelet reports it, with a heartbeat of now.
 fn node_status(fleet: &Fleet, index: usize, name: &str) -> Value {
-    let now = api::now();
-    let capacity =
-        json!({"cpu": fleet.cpu, "memory": fleet.memory, "pods": fleet.pods.to_string()});
-    json!({
-        "capacity": capacity, "allocatable": capacity,
-        "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
-            "message": "kubelet is posting ready status (simulated by oxcd-kube)",
-            "lastHeartbeatTime": now, "lastTransitionTime": now}],
-        "addresses": [{"type": "InternalIP", "address": node_address(index)},
-            {"type": "Hostname", "address": name}],
-        "nodeInfo": {"kubeletVersion": "v1.37.2-oxcd-kube", "operatingSystem": "linux",
-            "architecture": std::env::consts::ARCH, "containerRuntimeVersion": "simulated://1",
-            "osImage": "oxcd-kube simulated node", "kernelVersion": "", "kubeProxyVersion": "",
-            "machineID": "", "systemUUID": "", "bootID": ""},
-    })
+    let shape = NodeShape {
+        name,
+        address: &node_address(index),
+        cpu: &fleet.cpu,
+        memory: &fleet.memory,
+        pods: fleet.pods,
+    };
+    kubelet_reports::node_status(&shape, &api::now())
 }
 
 /// Creates the Node unless it exists, then reports its status.
@@ -115,40 +109,9 @@ async fn start_if_ours(api: &Api, fleet: &Fleet, pod: &Value) -> api::ApiResult<
     if pod["status"]["phase"] != "Pending" || !pod["metadata"]["deletionTimestamp"].is_null() {
         return Ok(());
     }
-    let now = api::now();
     let n = NEXT_POD_IP.fetch_add(1, Ordering::Relaxed);
-    let ip = format!("10.88.{}.{}", (n >> 8) & 0xff, n & 0xff);
-    let ready = |kind: &str| {
-        json!({"type": kind, "status": "True", "lastProbeTime": null,
-        "lastTransitionTime": now})
-    };
-    let containers: Vec<Value> = pod["spec"]["containers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|container| {
-            json!({"name": container["name"], "image": container["image"],
-                "imageID": "", "containerID": format!("simulated://{}", container["name"].as_str().unwrap_or("")),
-                "ready": true, "started": true, "restartCount": 0,
-                "state": {"running": {"startedAt": now}}})
-        })
-        .collect();
-    let mut status = pod["status"].clone();
-    for condition in [
-        "PodReadyToStartContainers",
-        "Initialized",
-        "Ready",
-        "ContainersReady",
-    ] {
-        crate::resources::set_condition(&mut status, ready(condition));
-    }
-    status["phase"] = "Running".into();
-    status["hostIP"] = node_address(index).into();
-    status["hostIPs"] = json!([{"ip": node_address(index)}]);
-    status["podIP"] = ip.clone().into();
-    status["podIPs"] = json!([{"ip": ip}]);
-    status["startTime"] = now.clone().into();
-    status["containerStatuses"] = containers.into();
+    let pod_ip = format!("10.88.{}.{}", (n >> 8) & 0xff, n & 0xff);
+    let status = started_pod_status(pod, &node_address(index), &pod_ip, &api::now());
     // The pod's resourceVersion makes this a conditional write: a pod changed since is seen
     // again by the watch.
     let patch = json!({"metadata": {"resourceVersion": pod["metadata"]["resourceVersion"]},

@@ -12,8 +12,8 @@ use chrono::DateTime;
 use serde_json::{json, Value};
 
 use crate::api::{self, Api};
-use crate::resources::set_condition;
 use crate::scheduler::tolerates;
+use oxcd_kube::kubelet_reports::set_condition;
 
 pub const UNREACHABLE_TAINT: &str = "node.kubernetes.io/unreachable";
 

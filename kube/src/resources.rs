@@ -6,6 +6,7 @@
 use serde_json::{json, Map, Value};
 
 use crate::status::ApiError;
+use oxcd_kube::kubelet_reports::set_condition;
 
 #[derive(Debug)]
 pub struct Resource {
@@ -323,26 +324,6 @@ impl Resource {
                 Ok(())
             }
         }
-    }
-}
-
-/// Puts `condition` in `status.conditions` in place of one of its type, or at the end.
-pub fn set_condition(status: &mut Value, condition: Value) {
-    if !status.is_object() {
-        *status = json!({});
-    }
-    let conditions = status
-        .as_object_mut()
-        .expect("made an object")
-        .entry("conditions")
-        .or_insert_with(|| json!([]));
-    if !conditions.is_array() {
-        *conditions = json!([]);
-    }
-    let list = conditions.as_array_mut().expect("made an array");
-    match list.iter_mut().find(|c| c["type"] == condition["type"]) {
-        Some(existing) => *existing = condition,
-        None => list.push(condition),
     }
 }
 

@@ -14,7 +14,7 @@ use tokio::sync::Notify;
 
 use crate::api::{self, Api};
 use crate::quantity::parse_quantity;
-use crate::resources::set_condition;
+use oxcd_kube::kubelet_reports::set_condition;
 
 /// Passes run at least this often, so a pod that did not fit is tried again.
 const RESYNC: Duration = Duration::from_secs(2);

@@ -18,6 +18,7 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use super::client::{ApiClient, BodyKind};
 use crate::stats::{micros, new_latency_histogram};
+use oxcd_kube::kubelet_reports::{self, started_pod_status, NodeShape};
 
 /// The namespace the benchmark's Deployments and pods live in.
 pub const NAMESPACE: &str = "bench";
@@ -43,8 +44,10 @@ fn timestamp(micro: bool) -> String {
     at.to_rfc3339_opts(format, true)
 }
 
+const NODE_PREFIX: &str = "sim-node-";
+
 pub fn node_name(index: usize) -> String {
-    format!("sim-node-{index:05}")
+    format!("{NODE_PREFIX}{index:05}")
 }
 
 /// A node's InternalIP in 10.0.0.0/12 (sim-node-00000 has 10.0.0.1), unique for a million nodes.
@@ -122,15 +125,14 @@ async fn register_node(client: &ApiClient, index: usize) -> Result<Value> {
         )
         .await?
         .success(&format!("registering node {name}"))?;
-    let resources = json!({"cpu": "8", "memory": "32Gi", "pods": "110"});
-    let now = timestamp(false);
-    let status = json!({"status": {
-        "capacity": resources, "allocatable": resources,
-        "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
-            "message": "simulated kubelet", "lastHeartbeatTime": now, "lastTransitionTime": now}],
-        "addresses": [{"type": "InternalIP", "address": node_address(index)},
-            {"type": "Hostname", "address": name}],
-    }});
+    let shape = NodeShape {
+        name: &name,
+        address: &node_address(index),
+        cpu: "8",
+        memory: "32Gi",
+        pods: 110,
+    };
+    let status = json!({"status": kubelet_reports::node_status(&shape, &timestamp(false))});
     client
         .call(
             Method::PATCH,
@@ -455,7 +457,7 @@ impl Kubelet {
         let client = Arc::clone(&self.client);
         let failures = Arc::clone(&self.failures);
         let path = format!("/api/v1/namespaces/{NAMESPACE}/pods/{name}");
-        let uid = object["metadata"]["uid"].clone();
+        let pod = object.clone();
         // The permit is taken in the task: the watch must be read without pause, or the
         // apiserver closes it as unresponsive.
         tokio::spawn(async move {
@@ -464,7 +466,7 @@ impl Kubelet {
             };
             let reply = if delete {
                 let options = json!({"apiVersion": "v1", "kind": "DeleteOptions",
-                    "gracePeriodSeconds": 0, "preconditions": {"uid": uid}});
+                    "gracePeriodSeconds": 0, "preconditions": {"uid": pod["metadata"]["uid"]}});
                 client
                     .call(Method::DELETE, &path, Some((BodyKind::Object, &options)))
                     .await
@@ -473,7 +475,7 @@ impl Kubelet {
                     .call(
                         Method::PATCH,
                         &format!("{path}/status"),
-                        Some((BodyKind::MergePatch, &running_status())),
+                        Some((BodyKind::MergePatch, &running_status(&pod))),
                     )
                     .await
             };
@@ -489,21 +491,16 @@ impl Kubelet {
     }
 }
 
-/// The status a kubelet reports once a pod's only container runs.
-fn running_status() -> Value {
+/// The status patch a kubelet sends once `pod` (bound to one of the simulated nodes) runs.
+fn running_status(pod: &Value) -> Value {
     static NEXT_IP: AtomicU64 = AtomicU64::new(1);
-    let now = timestamp(false);
+    let host_ip = pod["spec"]["nodeName"]
+        .as_str()
+        .and_then(|node| node.strip_prefix(NODE_PREFIX)?.parse().ok())
+        .map(node_address)
+        .unwrap_or_default();
     // Pods in 10.244.0.0/16, as a default pod network; wrapping after 65,536 is harmless here.
     let n = NEXT_IP.fetch_add(1, Ordering::Relaxed);
-    let ip = format!("10.244.{}.{}", (n >> 8) & 0xff, n & 0xff);
-    let ready = |kind: &str| json!({"type": kind, "status": "True", "lastTransitionTime": now});
-    json!({"status": {
-        "phase": "Running",
-        "conditions": [ready("Initialized"), ready("Ready"), ready("ContainersReady"),
-            ready("PodScheduled")],
-        "podIP": ip, "podIPs": [{"ip": ip}], "startTime": now,
-        "containerStatuses": [{"name": "app", "ready": true, "started": true,
-            "restartCount": 0, "image": super::POD_IMAGE, "imageID": "",
-            "state": {"running": {"startedAt": now}}}],
-    }})
+    let pod_ip = format!("10.244.{}.{}", (n >> 8) & 0xff, n & 0xff);
+    json!({"status": started_pod_status(pod, &host_ip, &pod_ip, &timestamp(false))})
 }
