@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use base64::Engine as _;
 use chrono::{DateTime, SecondsFormat};
@@ -12,8 +13,10 @@ use oxcd_proto::mvccpb::{event::EventType, KeyValue};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, Notify};
 
-use crate::resources::{resource, Deletion, Part, Resource, RESOURCES};
+use crate::patch::{self, PatchType};
+use crate::resources::{resource, Deletion, Part, Resource, GROUPS, RESOURCES, VERSION};
 use crate::selector::{FieldSelector, LabelSelector};
+use crate::service_ips::{self, ServiceRange};
 use crate::status::{self, ApiError};
 use crate::store::{prefix_end, Change, Store, StoreError};
 use oxcd_kube::envelope::{self, Envelope};
@@ -28,6 +31,8 @@ pub struct Request {
     pub query: HashMap<String, String>,
     /// The body, already converted from its media type.
     pub body: Option<Value>,
+    /// A PATCH's type, from its media type.
+    pub patch_type: PatchType,
     /// host:port the client dialled, for discovery's server address.
     pub host: String,
 }
@@ -47,6 +52,7 @@ pub struct Api {
     store: Store,
     /// kube-apiserver's --etcd-prefix.
     root: String,
+    service_range: ServiceRange,
 }
 
 /// The resource and namespace a path names, and the object's name (and subresource) when it
@@ -62,6 +68,8 @@ struct Target {
 enum Subresource {
     /// `…/status`: reads the object, writes only its status.
     Status,
+    /// `…/scale` of a workload: its replicas as an autoscaling/v1 Scale.
+    Scale,
     /// `pods/…/binding`: assigns a pod to a node (the scheduler's write).
     Binding,
     /// `namespaces/…/finalize`: the only way a namespace's `spec.finalizers` change.
@@ -75,8 +83,45 @@ enum Route {
 
 fn route(path: &str, host: &str) -> ApiResult<Route> {
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (group, rest) = match segments.as_slice() {
+        ["api"] => {
+            return Ok(Route::Discovery(json!({
+                "kind": "APIVersions",
+                "versions": [VERSION],
+                "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": host}],
+            })))
+        }
+        ["apis"] => {
+            let groups: Vec<Value> = GROUPS.iter().map(|group| group_document(group)).collect();
+            return Ok(Route::Discovery(
+                json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}),
+            ));
+        }
+        ["apis", group] if GROUPS.contains(group) => {
+            let mut document = group_document(group);
+            document["kind"] = "APIGroup".into();
+            document["apiVersion"] = "v1".into();
+            return Ok(Route::Discovery(document));
+        }
+        ["version"] => {
+            return Ok(Route::Discovery(json!({
+                "major": "1",
+                "minor": "37",
+                "gitVersion": format!("v1.37.2+oxcd-kube.{}", env!("CARGO_PKG_VERSION")),
+                "platform": format!("{}/{}", std::env::consts::OS, std::env::consts::ARCH),
+            })))
+        }
+        ["openapi", "v3"] => return Ok(Route::Discovery(openapi_index())),
+        ["openapi", "v3", "api", VERSION] => return Ok(Route::Discovery(openapi_document(""))),
+        ["openapi", "v3", "apis", group, VERSION] if GROUPS.contains(group) => {
+            return Ok(Route::Discovery(openapi_document(group)))
+        }
+        ["api", VERSION, rest @ ..] => ("", rest),
+        ["apis", group, VERSION, rest @ ..] if GROUPS.contains(group) => (*group, rest),
+        _ => return Err(ApiError::no_route()),
+    };
     let target = |plural: &str, namespace: Option<&str>, name: Option<&str>| {
-        let resource = resource(plural).ok_or_else(ApiError::no_route)?;
+        let resource = resource(group, plural).ok_or_else(ApiError::no_route)?;
         if namespace.is_some() && !resource.namespaced {
             return Err(ApiError::no_route());
         }
@@ -94,64 +139,105 @@ fn route(path: &str, host: &str) -> ApiResult<Route> {
         let mut target = target?;
         target.subresource = Some(match name {
             "status" if target.resource.has_status => Subresource::Status,
+            "scale" if target.resource.has_scale => Subresource::Scale,
             "binding" if target.resource.kind == "Pod" => Subresource::Binding,
             "finalize" if target.resource.kind == "Namespace" => Subresource::Finalize,
             _ => return Err(ApiError::no_route()),
         });
         Ok(Route::Resource(target))
     };
-    match segments.as_slice() {
-        ["api"] => Ok(Route::Discovery(json!({
-            "kind": "APIVersions",
-            "versions": ["v1"],
-            "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": host}],
-        }))),
-        ["apis"] => Ok(Route::Discovery(
-            json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": []}),
-        )),
-        ["api", "v1"] => Ok(Route::Discovery(resource_list())),
-        ["version"] => Ok(Route::Discovery(json!({
-            "major": "1",
-            "minor": "37",
-            "gitVersion": format!("v1.37.2+oxcd-kube.{}", env!("CARGO_PKG_VERSION")),
-            "platform": format!("{}/{}", std::env::consts::OS, std::env::consts::ARCH),
-        }))),
+    match rest {
+        [] => Ok(Route::Discovery(resource_list(group))),
         // A namespace's own subresources (`status`, `finalize`) share this shape with the
         // collections in it; no collection has their names.
-        ["api", "v1", "namespaces", name, sub] if resource(sub).is_none() => {
+        ["namespaces", name, sub] if group.is_empty() && resource(group, sub).is_none() => {
             subresource(target("namespaces", None, Some(name)), sub)
         }
-        ["api", "v1", "namespaces", namespace, resource] => {
+        ["namespaces", namespace, resource] => {
             target(resource, Some(namespace), None).map(Route::Resource)
         }
-        ["api", "v1", "namespaces", namespace, resource, name] => {
+        ["namespaces", namespace, resource, name] => {
             target(resource, Some(namespace), Some(name)).map(Route::Resource)
         }
-        ["api", "v1", "namespaces", namespace, resource, name, sub] => {
+        ["namespaces", namespace, resource, name, sub] => {
             subresource(target(resource, Some(namespace), Some(name)), sub)
         }
-        ["api", "v1", resource] => target(resource, None, None).map(Route::Resource),
-        ["api", "v1", resource, name] => target(resource, None, Some(name)).map(Route::Resource),
-        ["api", "v1", resource, name, sub] => subresource(target(resource, None, Some(name)), sub),
+        [resource] => target(resource, None, None).map(Route::Resource),
+        [resource, name] => target(resource, None, Some(name)).map(Route::Resource),
+        [resource, name, sub] => subresource(target(resource, None, Some(name)), sub),
         _ => Err(ApiError::no_route()),
     }
 }
 
-fn resource_list() -> Value {
+/// `/openapi/v3`: where each group version's document is.
+fn openapi_index() -> Value {
+    let mut paths = serde_json::Map::new();
+    for group in std::iter::once("").chain(GROUPS.iter().copied()) {
+        let path = match group {
+            "" => format!("api/{VERSION}"),
+            group => format!("apis/{group}/{VERSION}"),
+        };
+        let url = format!("/openapi/v3/{path}");
+        paths.insert(path, json!({"serverRelativeURL": url}));
+    }
+    json!({"paths": paths})
+}
+
+/// A group version's OpenAPI v3 document, reduced to what kubectl reads from it: each kind's
+/// PATCH operation, taking `fieldValidation`, so kubectl leaves validation to the server (which
+/// refuses undeclared fields when asked for Strict) instead of wanting schemas. It names no
+/// request body type, so `kubectl apply` computes strategic merge patches from its built-in
+/// types.
+fn openapi_document(group: &str) -> Value {
+    let mut paths = serde_json::Map::new();
+    for r in RESOURCES.iter().filter(|r| r.group == group) {
+        let collection = r.collection_path(r.namespaced.then_some("{namespace}"));
+        let gvk = json!({"group": group, "version": VERSION, "kind": r.kind});
+        let field_validation = json!({"name": "fieldValidation", "in": "query",
+            "schema": {"type": "string", "uniqueItems": true}});
+        paths.insert(
+            format!("{collection}/{{name}}"),
+            json!({"patch": {"x-kubernetes-group-version-kind": gvk,
+                "parameters": [field_validation], "responses": {}}}),
+        );
+    }
+    json!({"openapi": "3.0.0",
+        "info": {"title": "Kubernetes", "version": "v1.37.2"},
+        "paths": paths})
+}
+
+/// A group's entry in `/apis` (and, with its kind, `/apis/GROUP`).
+fn group_document(group: &str) -> Value {
+    let version = json!({"groupVersion": format!("{group}/{VERSION}"), "version": VERSION});
+    json!({"name": group, "versions": [version.clone()], "preferredVersion": version})
+}
+
+fn resource_list(group: &str) -> Value {
     let mut resources: Vec<Value> = Vec::new();
-    for r in RESOURCES {
-        resources.push(json!({
+    for r in RESOURCES.iter().filter(|r| r.group == group) {
+        let mut entry = json!({
             "name": r.name,
             "singularName": r.singular,
             "namespaced": r.namespaced,
             "kind": r.kind,
             "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"],
             "shortNames": r.short_names,
-        }));
+        });
+        if r.in_category_all() {
+            entry["categories"] = json!(["all"]);
+        }
+        resources.push(entry);
         if r.has_status {
             resources.push(json!({
                 "name": format!("{}/status", r.name), "singularName": "",
                 "namespaced": r.namespaced, "kind": r.kind, "verbs": ["get", "patch", "update"],
+            }));
+        }
+        if r.has_scale {
+            resources.push(json!({
+                "name": format!("{}/scale", r.name), "singularName": "",
+                "namespaced": r.namespaced, "group": "autoscaling", "version": "v1",
+                "kind": "Scale", "verbs": ["get", "patch", "update"],
             }));
         }
         if r.kind == "Pod" {
@@ -167,18 +253,46 @@ fn resource_list() -> Value {
             }));
         }
     }
-    json!({"kind": "APIResourceList", "groupVersion": "v1", "resources": resources})
+    let group_version = RESOURCES
+        .iter()
+        .find(|r| r.group == group)
+        .map_or_else(|| VERSION.to_string(), Resource::api_version);
+    json!({"kind": "APIResourceList", "groupVersion": group_version, "resources": resources})
+}
+
+/// Passes of a level-triggered control loop run at least this often, so what failed or did
+/// not fit is tried again.
+const RESYNC: Duration = Duration::from_secs(2);
+
+/// Runs `pass` after any event of the watches at `paths`, and every [`RESYNC`] without one,
+/// as kube-controller-manager's controllers sync on informer events and resyncs. A failed pass
+/// is logged and the next one starts afresh.
+pub async fn control_loop<F, Fut>(api: Api, name: &str, paths: &[&'static str], mut pass: F)
+where
+    F: FnMut(Api) -> Fut,
+    Fut: std::future::Future<Output = ApiResult<()>>,
+{
+    let changed = Arc::new(Notify::new());
+    for path in paths {
+        tokio::spawn(wake_on_events(api.clone(), path, Arc::clone(&changed)));
+    }
+    loop {
+        if let Err(error) = pass(api.clone()).await {
+            eprintln!("{name}: {}", error.message);
+        }
+        let _ = tokio::time::timeout(RESYNC, changed.notified()).await;
+    }
 }
 
 /// Wakes a control loop on every event of a watch at `path`, watching again whenever it ends.
-pub async fn wake_on_events(api: Api, path: &'static str, changed: Arc<Notify>) {
+async fn wake_on_events(api: Api, path: &'static str, changed: Arc<Notify>) {
     loop {
         if let Ok(mut events) = api.watch_events(path).await {
             while events.recv().await.is_some() {
                 changed.notify_one();
             }
         }
-        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
@@ -191,6 +305,7 @@ fn internal_request(method: &str, path: &str, body: Option<Value>) -> Request {
             .into_owned()
             .collect(),
         body,
+        patch_type: PatchType::Merge,
         host: "localhost".to_string(),
     }
 }
@@ -204,6 +319,37 @@ pub fn now() -> String {
     DateTime::from_timestamp(seconds as i64, 0)
         .expect("now is a valid time")
         .to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// `fieldValidation=Strict`: a written object (or merge patch) with fields its type does not
+/// declare is refused, as kube-apiserver refuses it.
+fn check_fields_declared(target: &Target, request: &Request) -> ApiResult<()> {
+    let writes_object = match request.method.as_str() {
+        "POST" | "PUT" => true,
+        "PATCH" => request.patch_type != PatchType::Json,
+        _ => false,
+    };
+    let (true, Some(Value::Object(fields))) = (writes_object, &request.body) else {
+        return Ok(());
+    };
+    if !matches!(target.subresource, None | Some(Subresource::Status)) {
+        return Ok(());
+    }
+    let mut object = fields.clone();
+    object.insert("apiVersion".into(), target.resource.api_version().into());
+    object.insert("kind".into(), target.resource.kind.into());
+    let unknown = encode::unknown_fields(&Value::Object(object));
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    let named: Vec<String> = unknown
+        .iter()
+        .map(|f| format!("unknown field {f:?}"))
+        .collect();
+    Err(ApiError::bad_request(format!(
+        "strict decoding error: {}",
+        named.join(", ")
+    )))
 }
 
 /// A stored value as the API shows it, with its resourceVersion (the given revision).
@@ -308,10 +454,11 @@ fn query_number(query: &HashMap<String, String>, name: &str) -> ApiResult<i64> {
 }
 
 impl Api {
-    pub fn new(store: Store, root: &str) -> Api {
+    pub fn new(store: Store, root: &str, service_range: ServiceRange) -> Api {
         Api {
             store,
             root: root.trim_end_matches('/').to_string(),
+            service_range,
         }
     }
 
@@ -321,6 +468,9 @@ impl Api {
             Route::Discovery(_) => return Err(ApiError::method_not_allowed(&request.method)),
             Route::Resource(target) => target,
         };
+        if request.query.get("fieldValidation").map(String::as_str) == Some("Strict") {
+            check_fields_declared(&target, &request)?;
+        }
         let watching = matches!(
             request.query.get("watch").map(String::as_str),
             Some("true" | "1")
@@ -329,9 +479,27 @@ impl Api {
             return match (request.method.as_str(), subresource) {
                 ("GET", Subresource::Status) => self.get(&target, name).await,
                 ("PUT", Subresource::Status) => self.update(&target, name, request.body).await,
-                ("PATCH", Subresource::Status) => self.patch(&target, name, request.body).await,
+                ("PATCH", Subresource::Status) => {
+                    self.patch(&target, name, request.patch_type, request.body)
+                        .await
+                }
                 ("POST", Subresource::Binding) => self.bind(&target, name, request.body).await,
                 ("PUT", Subresource::Finalize) => self.update(&target, name, request.body).await,
+                ("GET", Subresource::Scale) => {
+                    let (_, object) = self.current(&target, name).await?;
+                    ok(target.resource.scale_of(&object))
+                }
+                ("PUT", Subresource::Scale) => self.rescale(&target, name, request.body).await,
+                ("PATCH", Subresource::Scale) => {
+                    let patch = request
+                        .body
+                        .ok_or_else(|| ApiError::bad_request("the request has no patch"))?;
+                    let (_, object) = self.current(&target, name).await?;
+                    let mut scale = target.resource.scale_of(&object);
+                    patch::apply(request.patch_type, &mut scale, &patch)
+                        .map_err(ApiError::bad_request)?;
+                    self.rescale(&target, name, Some(scale)).await
+                }
                 (method, _) => Err(ApiError::method_not_allowed(method)),
             };
         }
@@ -343,7 +511,10 @@ impl Api {
                 self.create(&target, request.body).await
             }
             ("PUT", Some(name)) => self.update(&target, name, request.body).await,
-            ("PATCH", Some(name)) => self.patch(&target, name, request.body).await,
+            ("PATCH", Some(name)) => {
+                self.patch(&target, name, request.patch_type, request.body)
+                    .await
+            }
             ("DELETE", Some(name)) => self.delete(&target, name, request.body).await,
             (method, _) => Err(ApiError::method_not_allowed(method)),
         }
@@ -380,7 +551,7 @@ impl Api {
             .get(key.as_bytes())
             .await
             .map_err(store_failure)?;
-        let kv = kv.ok_or_else(|| ApiError::not_found(target.resource.name, name))?;
+        let kv = kv.ok_or_else(|| ApiError::not_found(&target.resource.qualified(), name))?;
         let object = api_object(&kv.value, kv.mod_revision)?;
         Ok((kv, object))
     }
@@ -487,7 +658,7 @@ impl Api {
             .collect();
         ok(json!({
             "kind": format!("{}List", target.resource.kind),
-            "apiVersion": "v1",
+            "apiVersion": target.resource.api_version(),
             "metadata": metadata,
             "items": items,
         }))
@@ -497,7 +668,7 @@ impl Api {
     /// terminating.
     async fn check_namespace_open(&self, namespace: &str) -> ApiResult<()> {
         let namespaces = Target {
-            resource: resource("namespaces").expect("namespaces are served"),
+            resource: resource("", "namespaces").expect("namespaces are served"),
             namespace: None,
             name: None,
             subresource: None,
@@ -514,26 +685,114 @@ impl Api {
     async fn create(&self, target: &Target, body: Option<Value>) -> ApiResult<Reply> {
         let mut object = body.ok_or_else(|| ApiError::bad_request("the request has no body"))?;
         let resource = target.resource;
-        resource.prepare_create(&mut object, target.namespace.as_deref(), &now())?;
+        let namespace = target.namespace.as_deref();
+        resource.prepare_create(&mut object, namespace, &now())?;
+        if let Some(namespace) = namespace {
+            self.check_namespace_open(namespace).await?;
+        }
+        let held_ip = match resource.kind {
+            "Service" => self.allocate_cluster_ip(&mut object).await?,
+            _ => None,
+        };
+        let created = self.insert(resource, namespace, object).await;
+        if let (Err(_), Some(ip)) = (&created, held_ip) {
+            self.release_cluster_ip(&ip).await;
+        }
+        Ok(Reply::Document {
+            code: 201,
+            body: created?,
+        })
+    }
+
+    /// Stores a new, prepared object; it, with its resourceVersion.
+    async fn insert(
+        &self,
+        resource: &Resource,
+        namespace: Option<&str>,
+        mut object: Value,
+    ) -> ApiResult<Value> {
         let name = object["metadata"]["name"]
             .as_str()
             .unwrap_or_default()
             .to_string();
-        if let Some(namespace) = &target.namespace {
-            self.check_namespace_open(namespace).await?;
-        }
         let value = stored_value(&object)?;
-        let key = self.key(target, &name);
+        let key = resource.key(&self.root, namespace, &name);
         match self.store.create(key.as_bytes(), value).await {
             Ok(revision) => {
                 object["metadata"]["resourceVersion"] = revision.to_string().into();
-                Ok(Reply::Document {
-                    code: 201,
-                    body: object,
-                })
+                Ok(object)
             }
-            Err(StoreError::Exists) => Err(ApiError::already_exists(resource.name, &name)),
+            Err(StoreError::Exists) => Err(ApiError::already_exists(&resource.qualified(), &name)),
             Err(other) => Err(store_failure(other)),
+        }
+    }
+
+    /// Gives a new ClusterIP service its address (the one asked for, or a free one), held by
+    /// its IPAddress object; the address held. Headless and ExternalName services get none.
+    async fn allocate_cluster_ip(&self, service: &mut Value) -> ApiResult<Option<String>> {
+        let spec = &mut service["spec"];
+        if spec["type"] == "ExternalName" {
+            return Ok(None);
+        }
+        spec["ipFamilies"] = json!(["IPv4"]);
+        spec["ipFamilyPolicy"] = "SingleStack".into();
+        let asked = spec["clusterIP"].as_str().unwrap_or_default().to_string();
+        if asked == "None" {
+            spec["clusterIPs"] = json!(["None"]);
+            return Ok(None);
+        }
+        let meta = &service["metadata"];
+        let (namespace, name) = (
+            meta["namespace"].as_str().unwrap_or_default().to_string(),
+            meta["name"].as_str().unwrap_or_default().to_string(),
+        );
+        let invalid = |why: String| ApiError::invalid("Service", &name, &why);
+        let ip_addresses = resource("networking.k8s.io", "ipaddresses").expect("served");
+        let claim = |ip: &str| {
+            let mut holder = service_ips::ip_address(ip, &namespace, &name);
+            ip_addresses
+                .prepare_create(&mut holder, None, &now())
+                .map(|()| holder)
+        };
+        let held = if !asked.is_empty() {
+            if !self.service_range.allocatable(&asked) {
+                return Err(invalid(format!(
+                    "spec.clusterIPs: Invalid value: [\"{asked}\"]: failed to allocate IP {asked}: the provided IP ({asked}) is not in the valid range"
+                )));
+            }
+            match self.insert(ip_addresses, None, claim(&asked)?).await {
+                Ok(_) => asked,
+                Err(error) if error.code == 409 => {
+                    return Err(invalid(format!(
+                        "spec.clusterIPs: Invalid value: [\"{asked}\"]: failed to allocate IP {asked}: provided IP is already allocated"
+                    )))
+                }
+                Err(error) => return Err(error),
+            }
+        } else {
+            let mut held = None;
+            for ip in self.service_range.candidates() {
+                match self.insert(ip_addresses, None, claim(&ip)?).await {
+                    Ok(_) => {
+                        held = Some(ip);
+                        break;
+                    }
+                    Err(error) if error.code == 409 => continue,
+                    Err(error) => return Err(error),
+                }
+            }
+            held.ok_or_else(|| ApiError::internal("failed to allocate a serviceIP: range is full"))?
+        };
+        service["spec"]["clusterIP"] = held.clone().into();
+        service["spec"]["clusterIPs"] = json!([held]);
+        Ok(Some(held))
+    }
+
+    /// Lets go of a service's address; one left behind only wastes an address.
+    async fn release_cluster_ip(&self, ip: &str) {
+        let path = format!("/apis/networking.k8s.io/v1/ipaddresses/{ip}");
+        if let Err(error) = Box::pin(self.call("DELETE", &path, None)).await {
+            eprintln!("releasing cluster IP {ip}: {}", error.message);
         }
     }
 
@@ -548,7 +807,7 @@ impl Api {
             .filter(|v| !v.is_empty())
         {
             Some(given) if given != kv.mod_revision.to_string() => {
-                return Err(ApiError::modified(resource.name, name))
+                return Err(ApiError::modified(&resource.qualified(), name))
             }
             _ => {}
         }
@@ -569,7 +828,7 @@ impl Api {
             }
             _ => resource.prepare_update(&mut object, &stored, namespace, name)?,
         }
-        self.replace(target, name, &kv, stored, object).await
+        ok(self.replace(target, name, &kv, stored, object).await?)
     }
 
     /// Stores `object` in place of `kv` (read as `stored`), unless nothing changed.
@@ -580,12 +839,12 @@ impl Api {
         kv: &KeyValue,
         stored: Value,
         mut object: Value,
-    ) -> ApiResult<Reply> {
+    ) -> ApiResult<Value> {
         let resource = target.resource;
         let value = stored_value(&object)?;
         // As kube-apiserver: an update that changes nothing writes nothing.
         if value == kv.value {
-            return ok(stored);
+            return Ok(stored);
         }
         match self
             .store
@@ -594,12 +853,33 @@ impl Api {
         {
             Ok(revision) => {
                 object["metadata"]["resourceVersion"] = revision.to_string().into();
-                ok(object)
+                Ok(object)
             }
-            Err(StoreError::Modified) => Err(ApiError::modified(resource.name, name)),
-            Err(StoreError::NotFound) => Err(ApiError::not_found(resource.name, name)),
+            Err(StoreError::Modified) => Err(ApiError::modified(&resource.qualified(), name)),
+            Err(StoreError::NotFound) => Err(ApiError::not_found(&resource.qualified(), name)),
             Err(other) => Err(store_failure(other)),
         }
+    }
+
+    /// `…/scale`: the workload's `spec.replicas` set from a Scale (its resourceVersion, when
+    /// given, a precondition), answered with the new Scale.
+    async fn rescale(&self, target: &Target, name: &str, body: Option<Value>) -> ApiResult<Reply> {
+        let scale = body.ok_or_else(|| ApiError::bad_request("the request has no body"))?;
+        let resource = target.resource;
+        let (kv, stored) = self.current(target, name).await?;
+        match scale["metadata"]["resourceVersion"]
+            .as_str()
+            .filter(|v| !v.is_empty())
+        {
+            Some(given) if given != kv.mod_revision.to_string() => {
+                return Err(ApiError::modified(&resource.qualified(), name))
+            }
+            _ => {}
+        }
+        let mut object = resource.rescaled(&stored, &scale, name)?;
+        resource.prepare_update(&mut object, &stored, target.namespace.as_deref(), name)?;
+        let scaled = self.replace(target, name, &kv, stored, object).await?;
+        ok(resource.scale_of(&scaled))
     }
 
     /// `pods/NAME/binding`: the pod is assigned to the Binding's target node, once, as
@@ -638,20 +918,42 @@ impl Api {
                 // Another writer got in between (a status update): bind the new version.
                 Err(StoreError::Modified) => continue,
                 Err(StoreError::NotFound) => {
-                    return Err(ApiError::not_found(target.resource.name, name))
+                    return Err(ApiError::not_found(&target.resource.qualified(), name))
                 }
                 Err(other) => return Err(store_failure(other)),
             }
         }
     }
 
-    /// A JSON merge patch applied to the current object, then stored as an update (a
-    /// resourceVersion in the patch is the update's precondition, as for a PUT).
-    async fn patch(&self, target: &Target, name: &str, patch: Option<Value>) -> ApiResult<Reply> {
+    /// A patch applied to the current object, then stored as an update (a resourceVersion
+    /// the patch sets is the update's precondition, as for a PUT).
+    async fn patch(
+        &self,
+        target: &Target,
+        name: &str,
+        patch_type: PatchType,
+        patch: Option<Value>,
+    ) -> ApiResult<Reply> {
         let patch = patch.ok_or_else(|| ApiError::bad_request("the request has no patch"))?;
-        let (_, mut object) = self.current(target, name).await?;
-        merge_patch(&mut object, &patch);
-        self.update(target, name, Some(object)).await
+        // The version read is the update's precondition. A patch that names no version of
+        // its own is applied again to the newer object when that fails, as kube-apiserver
+        // retries it.
+        let versioned = match patch_type {
+            PatchType::Json => patch.as_array().into_iter().flatten().any(|operation| {
+                operation["path"] == "/metadata/resourceVersion" && operation["op"] != "test"
+            }),
+            _ => !patch["metadata"]["resourceVersion"].is_null(),
+        };
+        loop {
+            let (_, mut object) = self.current(target, name).await?;
+            patch::apply(patch_type, &mut object, &patch).map_err(|why| {
+                ApiError::unprocessable(format!("the patch could not be applied: {why}"))
+            })?;
+            match self.update(target, name, Some(object)).await {
+                Err(error) if error.code == 409 && !versioned => continue,
+                other => return other,
+            }
+        }
     }
 
     async fn delete(
@@ -674,14 +976,19 @@ impl Api {
             if precondition_failed("resourceVersion", &revision)
                 || precondition_failed("uid", &stored["metadata"]["uid"])
             {
-                return Err(ApiError::modified(resource.name, name));
+                return Err(ApiError::modified(&resource.qualified(), name));
             }
             let outcome = match resource.deletion(&stored, &now()) {
-                Deletion::Remove => self
-                    .store
-                    .delete(&kv.key, kv.mod_revision)
-                    .await
-                    .map(|_| status::deleted(resource.name, name, &stored["metadata"]["uid"])),
+                Deletion::Remove => {
+                    let deleted = self.store.delete(&kv.key, kv.mod_revision).await;
+                    if let (Ok(_), Some(ip)) = (&deleted, stored["spec"]["clusterIP"].as_str()) {
+                        if resource.kind == "Service" && ip != "None" {
+                            self.release_cluster_ip(ip).await;
+                        }
+                    }
+                    deleted
+                        .map(|_| status::deleted(resource.name, name, &stored["metadata"]["uid"]))
+                }
                 Deletion::Finalize(mut terminating) => {
                     let value = stored_value(&terminating)?;
                     if value == kv.value {
@@ -700,8 +1007,12 @@ impl Api {
             match outcome {
                 Ok(body) => return ok(body),
                 Err(StoreError::Modified) if preconditions.is_null() => continue,
-                Err(StoreError::Modified) => return Err(ApiError::modified(resource.name, name)),
-                Err(StoreError::NotFound) => return Err(ApiError::not_found(resource.name, name)),
+                Err(StoreError::Modified) => {
+                    return Err(ApiError::modified(&resource.qualified(), name))
+                }
+                Err(StoreError::NotFound) => {
+                    return Err(ApiError::not_found(&resource.qualified(), name))
+                }
                 Err(other) => return Err(store_failure(other)),
             }
         }
@@ -729,7 +1040,7 @@ impl Api {
             initial = listing.items;
         }
         let bookmark = query.get("sendInitialEvents").map(String::as_str) == Some("true");
-        let kind = target.resource.kind;
+        let (kind, api_version) = (target.resource.kind, target.resource.api_version());
         let store = self.store.clone();
         let timeout = query_number(query, "timeoutSeconds")?;
         tokio::spawn(async move {
@@ -742,7 +1053,7 @@ impl Api {
                 }
                 if bookmark {
                     let mark = json!({"type": "BOOKMARK", "object": {
-                        "kind": kind, "apiVersion": "v1",
+                        "kind": kind, "apiVersion": api_version,
                         "metadata": {"resourceVersion": start.to_string(),
                             "annotations": {"k8s.io/initial-events-end": "true"}}}});
                     events.send(mark).await.ok()?;
@@ -784,25 +1095,6 @@ impl Api {
             }
         });
         Ok(Reply::Watch(reply))
-    }
-}
-
-/// RFC 7386: objects merge key by key, `null` removes a key, anything else replaces.
-fn merge_patch(target: &mut Value, patch: &Value) {
-    let Value::Object(changes) = patch else {
-        *target = patch.clone();
-        return;
-    };
-    if !target.is_object() {
-        *target = json!({});
-    }
-    let fields = target.as_object_mut().expect("made an object");
-    for (key, change) in changes {
-        if change.is_null() {
-            fields.remove(key);
-        } else {
-            merge_patch(fields.entry(key.clone()).or_insert(Value::Null), change);
-        }
     }
 }
 
@@ -854,19 +1146,6 @@ mod tests {
     }
 
     #[test]
-    fn merge_patches_follow_rfc_7386() {
-        let mut object = json!({"metadata": {"labels": {"a": "1", "b": "2"}}, "data": {"k": "v"}});
-        merge_patch(
-            &mut object,
-            &json!({"metadata": {"labels": {"a": null, "c": "3"}}, "data": "x"}),
-        );
-        assert_eq!(
-            object,
-            json!({"metadata": {"labels": {"b": "2", "c": "3"}}, "data": "x"})
-        );
-    }
-
-    #[test]
     fn paths_route_as_kube_apiservers() {
         let resource_of = |path: &str| match route(path, "h").unwrap() {
             Route::Resource(t) => (t.resource.name, t.namespace, t.name),
@@ -905,6 +1184,28 @@ mod tests {
         assert!(route("/api/v1/namespaces/ns/pods/p/finalize", "h").is_err());
         assert!(route("/api/v1/namespaces/ns/configmaps/c/status", "h").is_err());
         assert!(route("/api/v1/namespaces/ns/nodes", "h").is_err());
-        assert!(route("/apis/apps/v1", "h").is_err());
+        assert!(matches!(
+            route("/apis/apps/v1", "h"),
+            Ok(Route::Discovery(_))
+        ));
+        assert_eq!(
+            subresource_of("/apis/apps/v1/namespaces/ns/deployments/web/scale"),
+            ("deployments", Some("web".into()), Some(Subresource::Scale))
+        );
+        assert_eq!(
+            resource_of("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases"),
+            ("leases", Some("kube-node-lease".into()), None)
+        );
+        assert!(route("/apis/apps/v1/namespaces/ns/pods", "h").is_err());
+        assert!(route("/api/v1/namespaces/ns/deployments", "h").is_err());
+        assert!(route("/apis/batch/v1/jobs", "h").is_err());
+        assert!(route("/api/v1/namespaces/ns/configmaps/c/scale", "h").is_err());
+        let Ok(Route::Discovery(groups)) = route("/apis", "h") else {
+            panic!("/apis is discovery");
+        };
+        assert_eq!(
+            groups["groups"][0]["preferredVersion"]["groupVersion"],
+            "apps/v1"
+        );
     }
 }

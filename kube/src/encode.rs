@@ -225,6 +225,104 @@ fn write_typed(
     }
 }
 
+/// The apimachinery types whose JSON is not an object of their fields.
+const CUSTOM_JSON: &[&str] = &[
+    "apis.meta.v1.Time",
+    "apis.meta.v1.MicroTime",
+    "api.resource.Quantity",
+    "util.intstr.IntOrString",
+    "runtime.RawExtension",
+    "apis.meta.v1.FieldsV1",
+];
+
+fn has_custom_json(descriptor: &MessageDescriptor) -> bool {
+    descriptor
+        .full_name()
+        .strip_prefix("k8s.io.apimachinery.pkg.")
+        .is_some_and(|name| CUSTOM_JSON.contains(&name))
+}
+
+/// The fields of `object` its type does not declare, named as kube-apiserver's strict field
+/// validation names them (`spec.replicass`, `spec.template.spec.containers[0].imagee`). Keys
+/// starting with `$` (patch directives) are not fields. Empty for a kind it does not know.
+pub fn unknown_fields(object: &Value) -> Vec<String> {
+    let text = |name: &str| object[name].as_str().unwrap_or_default().to_string();
+    let type_meta = TypeMeta {
+        api_version: text("apiVersion"),
+        kind: text("kind"),
+    };
+    let mut unknown = Vec::new();
+    if let (Some(descriptor), Some(fields)) = (typed_message(&type_meta), object.as_object()) {
+        let mut fields = fields.clone();
+        fields.remove("apiVersion");
+        fields.remove("kind");
+        unknown_in(&descriptor, &fields, "", &mut unknown);
+    }
+    unknown
+}
+
+/// Every field a message's JSON object may hold: its own, and those of its inlined structs.
+fn declared_fields(descriptor: &MessageDescriptor, declared: &mut Vec<FieldDescriptor>) {
+    for field in descriptor.fields() {
+        match (json_hint(&field), field.kind()) {
+            (Some(Hint::Inline), Kind::Message(inner)) => declared_fields(&inner, declared),
+            _ => declared.push(field),
+        }
+    }
+}
+
+fn unknown_in(
+    descriptor: &MessageDescriptor,
+    json: &Map<String, Value>,
+    path: &str,
+    unknown: &mut Vec<String>,
+) {
+    let mut declared = Vec::new();
+    declared_fields(descriptor, &mut declared);
+    for (key, value) in json {
+        if key.starts_with('$') {
+            continue;
+        }
+        let here = if path.is_empty() {
+            key.clone()
+        } else {
+            format!("{path}.{key}")
+        };
+        let Some(field) = declared.iter().find(|f| f.name() == key) else {
+            unknown.push(here);
+            continue;
+        };
+        let inner = match field.kind() {
+            Kind::Message(inner) if field.is_map() => inner.map_entry_value_field().kind(),
+            kind => kind,
+        };
+        let Kind::Message(inner) = inner else {
+            continue;
+        };
+        if has_custom_json(&inner) {
+            continue;
+        }
+        match value {
+            Value::Object(entries) if field.is_map() => {
+                for (entry, value) in entries {
+                    if let Value::Object(fields) = value {
+                        unknown_in(&inner, fields, &format!("{here}.{entry}"), unknown);
+                    }
+                }
+            }
+            Value::Object(fields) => unknown_in(&inner, fields, &here, unknown),
+            Value::Array(items) => {
+                for (index, item) in items.iter().enumerate() {
+                    if let Value::Object(fields) = item {
+                        unknown_in(&inner, fields, &format!("{here}[{index}]"), unknown);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 /// metav1.Time and MicroTime: RFC 3339 in JSON, {seconds, nanos} on the wire; the zero time
 /// (JSON null) is an empty message, as its Marshal writes it.
 fn write_time(value: &Value, out: &mut Vec<u8>) -> Result<(), String> {
@@ -249,6 +347,23 @@ mod tests {
 
     /// Values kube-apiserver wrote, decoded to kubectl's JSON and encoded again, come back byte
     /// for byte.
+    #[test]
+    fn undeclared_fields_are_named_by_their_path() {
+        let deployment = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web", "labels": {"app": "web"}, "creationTimestamp": null},
+            "spec": {"replicass": 3, "template": {"spec": {"containers": [
+                {"name": "web", "imagee": "nginx", "resources": {"limits": {"cpu": "1"}},
+                    "ports": [{"containerPort": 80}]}]}},
+                "strategy": {"rollingUpdate": {"maxSurge": "25%"}}},
+            "$setElementOrder/x": []});
+        assert_eq!(
+            unknown_fields(&deployment),
+            ["spec.replicass", "spec.template.spec.containers[0].imagee"]
+        );
+        let unknown_kind = json!({"apiVersion": "example.com/v1", "kind": "Widget", "x": 1});
+        assert!(unknown_fields(&unknown_kind).is_empty());
+    }
+
     #[test]
     fn stored_values_round_trip_byte_for_byte() {
         for name in [

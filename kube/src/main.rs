@@ -1,23 +1,32 @@
 //! `oxcd-kube`: a small apiserver-style front end on an etcd-compatible store. It keeps core/v1
-//! namespaces, nodes, pods and configmaps under `/registry` exactly as kube-apiserver does (keys,
-//! protobuf values, resourceVersions), so the two can serve the same store side by side. A
-//! scheduler binds pending pods, a node lifecycle controller evicts the pods of silent nodes, a
-//! namespace controller empties deleted namespaces, and simulated kubelets run pods, all through
-//! the API.
+//! namespaces, nodes, pods, services, endpoints, configmaps, secrets and events, apps/v1
+//! deployments and replicasets, coordination.k8s.io leases and networking.k8s.io ipaddresses
+//! under `/registry` exactly as kube-apiserver does (keys, protobuf values, resourceVersions,
+//! defaults), so the two can serve the same store side by side. Control loops act through the
+//! API as kube-controller-manager's and kube-scheduler's do: a scheduler binds pending pods,
+//! deployment and replicaset controllers roll workloads out, a garbage collector removes what
+//! lost its owner, a node lifecycle controller evicts the pods of silent nodes, a namespace
+//! controller empties deleted namespaces, and simulated kubelets run pods.
 //!
-//! Layers: `store` (etcd calls) ← `resources` (kube-apiserver's registry strategies) and the
-//! library's codec ← `api` (REST semantics) ← this file (HTTP), with the controllers
-//! and `kubelet` as the API's in-process clients. Plain HTTP, no authentication
+//! Layers: `store` (etcd calls) ← `resources` (kube-apiserver's registry strategies and
+//! defaults), `patch` and the library's codec ← `api` (REST semantics) ← this file (HTTP), with
+//! the controllers and `kubelet` as the API's in-process clients. Plain HTTP, no authentication
 //! or authorization: bind it to localhost.
 
 mod api;
+mod deployment_controller;
+mod garbage_collector;
 mod kubelet;
 mod namespace_lifecycle;
 mod node_lifecycle;
+mod ownership;
+mod patch;
 mod quantity;
+mod replicaset_controller;
 mod resources;
 mod scheduler;
 mod selector;
+mod service_ips;
 mod status;
 mod store;
 
@@ -38,6 +47,7 @@ use tokio_stream::StreamExt;
 use api::{Api, Reply, Request};
 use oxcd_kube::envelope::PROTOBUF_MAGIC;
 use oxcd_kube::object;
+use patch::PatchType;
 use status::ApiError;
 
 /// kube-apiserver refuses request bodies over 3 MiB.
@@ -52,18 +62,23 @@ struct Flags {
     /// key prefix objects live under (kube-apiserver's --etcd-prefix)
     #[arg(long, default_value = "/registry")]
     etcd_prefix: String,
+    /// the IPv4 range services' cluster IPs come from (kube-apiserver's flag and default)
+    #[arg(long, default_value = "10.0.0.0/24")]
+    service_cluster_ip_range: String,
     /// address to serve plain HTTP on
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
     /// control loops to run, comma-separated: `scheduler` binds pending pods to nodes (filters:
     /// readiness, node selector, taints, resources; scores: least allocated, balanced);
     /// `node-lifecycle` marks silent nodes unreachable and evicts their pods; `namespace`
-    /// deletes a deleted namespace's objects, then the namespace. Empty: none, the REST front end
-    /// alone.
+    /// deletes a deleted namespace's objects, then the namespace; `deployment` rolls
+    /// Deployments out through ReplicaSets; `replicaset` keeps each ReplicaSet's pods at its
+    /// replicas; `garbage-collector` deletes what lost its owners. Empty: none, the REST front
+    /// end alone.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "scheduler,node-lifecycle,namespace"
+        default_value = "scheduler,node-lifecycle,namespace,deployment,replicaset,garbage-collector"
     )]
     controllers: Vec<String>,
     /// seconds between the node lifecycle controller's looks at the nodes
@@ -134,13 +149,11 @@ fn request_body(
         return Ok(None);
     }
     let media_type = content_type.split(';').next().unwrap_or("").trim();
-    // PATCH bodies are JSON merge patches, the kind `kubectl label` and `patch --type=merge`
-    // send; strategic merge and JSON patches are not implemented.
     if method == hyper::Method::PATCH {
-        if media_type != "application/merge-patch+json" {
+        if PatchType::from_media_type(media_type).is_none() {
             return Err(ApiError::unsupported_media_type(
                 content_type,
-                "application/merge-patch+json",
+                PatchType::ACCEPTED,
             ));
         }
         return serde_json::from_slice(body)
@@ -207,6 +220,8 @@ async fn serve(api: Api, request: hyper::Request<Incoming>) -> Response<Body> {
             .into_owned()
             .collect(),
         body,
+        patch_type: PatchType::from_media_type(content_type.split(';').next().unwrap_or("").trim())
+            .unwrap_or(PatchType::Merge),
         host: parts
             .headers
             .get(header::HOST)
@@ -221,7 +236,9 @@ async fn serve(api: Api, request: hyper::Request<Incoming>) -> Response<Body> {
 async fn main() -> anyhow::Result<()> {
     let flags = Flags::parse();
     let store = store::Store::connect(&flags.etcd_servers).await?;
-    let api = Api::new(store, &flags.etcd_prefix);
+    let service_range = service_ips::ServiceRange::parse(&flags.service_cluster_ip_range)
+        .map_err(|e| anyhow::anyhow!("--service-cluster-ip-range: {e}"))?;
+    let api = Api::new(store, &flags.etcd_prefix, service_range);
     for quantity in [&flags.node_cpu, &flags.node_memory] {
         anyhow::ensure!(
             quantity::parse_quantity(quantity).is_some(),
@@ -255,8 +272,17 @@ async fn main() -> anyhow::Result<()> {
             "namespace" => {
                 tokio::spawn(namespace_lifecycle::run(api.clone()));
             }
+            "deployment" => {
+                tokio::spawn(deployment_controller::run(api.clone()));
+            }
+            "replicaset" => {
+                tokio::spawn(replicaset_controller::run(api.clone()));
+            }
+            "garbage-collector" => {
+                tokio::spawn(garbage_collector::run(api.clone()));
+            }
             other => anyhow::bail!(
-                "--controllers: unknown controller {other:?} (scheduler, node-lifecycle, namespace)"
+                "--controllers: unknown controller {other:?} (scheduler, node-lifecycle, namespace, deployment, replicaset, garbage-collector)"
             ),
         }
     }

@@ -3,31 +3,19 @@
 //! `namespaces/NAME/finalize` and the namespace deleted, as kube-controller-manager's namespace
 //! controller does. Level-triggered: a pass runs after any namespace event, and every few seconds.
 
-use std::sync::Arc;
-use std::time::Duration;
-
 use serde_json::{json, Value};
-use tokio::sync::Notify;
 
 use crate::api::{self, Api};
 use crate::resources::RESOURCES;
 
 const FINALIZER: &str = "kubernetes";
-const RESYNC: Duration = Duration::from_secs(2);
 
 pub async fn run(api: Api) {
-    let changed = Arc::new(Notify::new());
-    tokio::spawn(api::wake_on_events(
-        api.clone(),
-        "/api/v1/namespaces?watch=true",
-        Arc::clone(&changed),
-    ));
-    loop {
-        if let Err(error) = finalize_terminating(&api).await {
-            eprintln!("namespace controller: {}", error.message);
-        }
-        let _ = tokio::time::timeout(RESYNC, changed.notified()).await;
-    }
+    let watches = ["/api/v1/namespaces?watch=true"];
+    api::control_loop(api, "namespace controller", &watches, |api| async move {
+        finalize_terminating(&api).await
+    })
+    .await
 }
 
 async fn finalize_terminating(api: &Api) -> api::ApiResult<()> {
@@ -70,7 +58,7 @@ async fn finalize_terminating(api: &Api) -> api::ApiResult<()> {
 /// Deletes every object of every namespaced kind in `namespace`.
 async fn delete_content(api: &Api, namespace: &str) -> api::ApiResult<()> {
     for resource in RESOURCES.iter().filter(|r| r.namespaced) {
-        let collection = format!("/api/v1/namespaces/{namespace}/{}", resource.name);
+        let collection = resource.collection_path(Some(namespace));
         let list = api.call("GET", &collection, None).await?;
         for object in list["items"].as_array().into_iter().flatten() {
             let name = object["metadata"]["name"].as_str().unwrap_or_default();

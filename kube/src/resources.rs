@@ -3,6 +3,7 @@
 //! generation, status kept from the stored object, a namespace's finalizer and phase), so an
 //! object written here is one kube-apiserver could have written.
 
+use base64::Engine as _;
 use serde_json::{json, Map, Value};
 
 use crate::status::ApiError;
@@ -10,6 +11,8 @@ use oxcd_kube::kubelet_reports::set_condition;
 
 #[derive(Debug)]
 pub struct Resource {
+    /// The API group (`apps`); core/v1's is empty.
+    pub group: &'static str,
     /// The plural in URLs (`nodes`).
     pub name: &'static str,
     pub singular: &'static str,
@@ -20,49 +23,138 @@ pub struct Resource {
     storage: &'static str,
     /// Status changes only through the status subresource: an update keeps the stored status.
     pub has_status: bool,
+    /// `…/scale` reads and writes `spec.replicas` as an autoscaling/v1 Scale.
+    pub has_scale: bool,
+    /// Spec changes count in `metadata.generation`, so a controller can report which spec it
+    /// has acted on (`status.observedGeneration`).
+    counts_generation: bool,
+}
+
+/// Every kind served is at version v1 of its group.
+pub const VERSION: &str = "v1";
+
+const fn namespaced(
+    group: &'static str,
+    name: &'static str,
+    singular: &'static str,
+    kind: &'static str,
+    short_names: &'static [&'static str],
+    storage: &'static str,
+) -> Resource {
+    Resource {
+        group,
+        name,
+        singular,
+        kind,
+        short_names,
+        namespaced: true,
+        storage,
+        has_status: false,
+        has_scale: false,
+        counts_generation: false,
+    }
+}
+
+/// A workload (deployments, replicasets): status, scale and generation.
+const fn workload(
+    name: &'static str,
+    singular: &'static str,
+    kind: &'static str,
+    short_names: &'static [&'static str],
+) -> Resource {
+    Resource {
+        has_status: true,
+        has_scale: true,
+        counts_generation: true,
+        ..namespaced("apps", name, singular, kind, short_names, name)
+    }
 }
 
 pub const RESOURCES: &[Resource] = &[
+    namespaced(
+        "",
+        "configmaps",
+        "configmap",
+        "ConfigMap",
+        &["cm"],
+        "configmaps",
+    ),
+    // kube-apiserver keeps endpoints beside their services.
+    namespaced(
+        "",
+        "endpoints",
+        "endpoints",
+        "Endpoints",
+        &["ep"],
+        "services/endpoints",
+    ),
+    namespaced("", "events", "event", "Event", &["ev"], "events"),
     Resource {
-        name: "configmaps",
-        singular: "configmap",
-        kind: "ConfigMap",
-        short_names: &["cm"],
-        namespaced: true,
-        storage: "configmaps",
-        has_status: false,
-    },
-    Resource {
-        name: "namespaces",
-        singular: "namespace",
-        kind: "Namespace",
-        short_names: &["ns"],
         namespaced: false,
-        storage: "namespaces",
         has_status: true,
+        ..namespaced(
+            "",
+            "namespaces",
+            "namespace",
+            "Namespace",
+            &["ns"],
+            "namespaces",
+        )
     },
     Resource {
-        name: "nodes",
-        singular: "node",
-        kind: "Node",
-        short_names: &["no"],
         namespaced: false,
-        storage: "minions",
         has_status: true,
+        ..namespaced("", "nodes", "node", "Node", &["no"], "minions")
     },
     Resource {
-        name: "pods",
-        singular: "pod",
-        kind: "Pod",
-        short_names: &["po"],
-        namespaced: true,
-        storage: "pods",
         has_status: true,
+        counts_generation: true,
+        ..namespaced("", "pods", "pod", "Pod", &["po"], "pods")
+    },
+    namespaced("", "secrets", "secret", "Secret", &[], "secrets"),
+    Resource {
+        has_status: true,
+        ..namespaced(
+            "",
+            "services",
+            "service",
+            "Service",
+            &["svc"],
+            "services/specs",
+        )
+    },
+    workload("deployments", "deployment", "Deployment", &["deploy"]),
+    workload("replicasets", "replicaset", "ReplicaSet", &["rs"]),
+    namespaced(
+        "coordination.k8s.io",
+        "leases",
+        "lease",
+        "Lease",
+        &[],
+        "leases",
+    ),
+    // A service's cluster IP, held by the object named after it (kube-apiserver's allocator
+    // since MultiCIDRServiceAllocator, 1.33).
+    Resource {
+        namespaced: false,
+        ..namespaced(
+            "networking.k8s.io",
+            "ipaddresses",
+            "ipaddress",
+            "IPAddress",
+            &["ip"],
+            "ipaddresses",
+        )
     },
 ];
 
-pub fn resource(name: &str) -> Option<&'static Resource> {
-    RESOURCES.iter().find(|r| r.name == name)
+/// The groups served under `/apis`, in discovery's order.
+pub const GROUPS: &[&str] = &["apps", "coordination.k8s.io", "networking.k8s.io"];
+
+pub fn resource(group: &str, name: &str) -> Option<&'static Resource> {
+    RESOURCES
+        .iter()
+        .find(|r| r.group == group && r.name == name)
 }
 
 /// What a subresource update may change.
@@ -82,6 +174,36 @@ pub enum Deletion {
 }
 
 impl Resource {
+    /// `v1`, `apps/v1`: objects' apiVersion.
+    pub fn api_version(&self) -> String {
+        match self.group {
+            "" => VERSION.to_string(),
+            group => format!("{group}/{VERSION}"),
+        }
+    }
+
+    /// The name messages give it: `pods`, `deployments.apps`.
+    pub fn qualified(&self) -> String {
+        match self.group {
+            "" => self.name.to_string(),
+            group => format!("{}.{group}", self.name),
+        }
+    }
+
+    /// Its collection's URL path in `namespace` (every namespace for `None`).
+    pub fn collection_path(&self, namespace: Option<&str>) -> String {
+        let root = match self.group {
+            "" => format!("/api/{VERSION}"),
+            group => format!("/apis/{group}/{VERSION}"),
+        };
+        match namespace {
+            Some(namespace) if self.namespaced => {
+                format!("{root}/namespaces/{namespace}/{}", self.name)
+            }
+            _ => format!("{root}/{}", self.name),
+        }
+    }
+
     /// The prefix of every object listed at `namespace` (all of them for `None`).
     pub fn list_prefix(&self, root: &str, namespace: Option<&str>) -> String {
         match namespace {
@@ -125,13 +247,13 @@ impl Resource {
         }
         meta.insert("uid".into(), uuid_v4().into());
         meta.insert("creationTimestamp".into(), now.into());
+        if self.counts_generation {
+            meta.insert("generation".into(), 1.into());
+        } else {
+            meta.remove("generation");
+        }
         match self.kind {
-            // Pods count spec changes (PodObservedGenerationTracking).
-            "Pod" => {
-                meta.insert("generation".into(), 1.into());
-                object["status"] = json!({"phase": "Pending"});
-                default_pod_spec(&mut object["spec"]);
-            }
+            "Pod" => object["status"] = json!({"phase": "Pending"}),
             "Namespace" => {
                 let name = metadata_text(metadata(object), "name");
                 let labels = metadata(object)
@@ -141,10 +263,11 @@ impl Resource {
                 object["spec"] = json!({"finalizers": ["kubernetes"]});
                 object["status"] = json!({"phase": "Active"});
             }
-            _ => {
-                meta.remove("generation");
-            }
+            "Deployment" | "ReplicaSet" => object["status"] = json!({}),
+            "Service" => object["status"] = json!({"loadBalancer": {}}),
+            _ => {}
         }
+        self.default_and_validate(object)?;
         Ok(())
     }
 
@@ -191,7 +314,32 @@ impl Resource {
                 None => meta.remove(kept),
             };
         }
-        if self.kind == "Pod" && object["spec"] != stored["spec"] {
+        if self.kind == "Service" {
+            // An update that leaves the cluster IP out keeps the allocated one (it is
+            // immutable), as kube-apiserver's service storage fills it in.
+            for allocated in ["clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy"] {
+                if object["spec"].get(allocated).is_none_or(Value::is_null) {
+                    object["spec"][allocated] = stored["spec"][allocated].clone();
+                }
+            }
+            if object["spec"]["clusterIP"] != stored["spec"]["clusterIP"] {
+                return Err(ApiError::invalid(
+                    &self.qualified_kind(),
+                    name,
+                    "spec.clusterIPs[0]: Invalid value: field is immutable",
+                ));
+            }
+        }
+        let workload = self.kind == "Deployment" || self.kind == "ReplicaSet";
+        if workload && object["spec"]["selector"] != stored["spec"]["selector"] {
+            return Err(ApiError::invalid(
+                &self.qualified_kind(),
+                name,
+                "spec.selector: Invalid value: field is immutable",
+            ));
+        }
+        self.default_and_validate(object)?;
+        if self.counts_generation && object["spec"] != stored["spec"] {
             let generation = stored["metadata"]["generation"].as_i64().unwrap_or(0);
             metadata(object).insert("generation".into(), (generation + 1).into());
         }
@@ -281,21 +429,177 @@ impl Resource {
         Deletion::Finalize(terminating)
     }
 
+    /// Whether `kubectl get all` lists it.
+    pub fn in_category_all(&self) -> bool {
+        matches!(self.kind, "Pod" | "Service" | "Deployment" | "ReplicaSet")
+    }
+
+    /// A workload's replicas as the autoscaling/v1 Scale its `scale` subresource shows.
+    pub fn scale_of(&self, object: &Value) -> Value {
+        let meta = &object["metadata"];
+        let selector = crate::selector::LabelSelector::from_api(&object["spec"]["selector"])
+            .map(|s| s.to_query())
+            .unwrap_or_default();
+        json!({
+            "kind": "Scale",
+            "apiVersion": "autoscaling/v1",
+            "metadata": {"name": meta["name"], "namespace": meta["namespace"], "uid": meta["uid"],
+                "resourceVersion": meta["resourceVersion"],
+                "creationTimestamp": meta["creationTimestamp"]},
+            "spec": {"replicas": object["spec"]["replicas"]},
+            "status": {"replicas": object["status"]["replicas"].as_i64().unwrap_or(0),
+                "selector": selector},
+        })
+    }
+
+    /// `stored` with the replicas `scale` asks for.
+    pub fn rescaled(&self, stored: &Value, scale: &Value, name: &str) -> Result<Value, ApiError> {
+        let replicas = &scale["spec"]["replicas"];
+        match replicas.as_i64() {
+            Some(n) if n >= 0 => {}
+            _ => {
+                return Err(ApiError::invalid(
+                    "Scale.autoscaling",
+                    name,
+                    &format!(
+                    "spec.replicas: Invalid value: {replicas}: must be greater than or equal to 0"
+                ),
+                ))
+            }
+        }
+        let mut object = stored.clone();
+        object["spec"]["replicas"] = replicas.clone();
+        Ok(object)
+    }
+
+    /// `Pod`, `Deployment.apps`: the kind as validation errors name it.
+    pub fn qualified_kind(&self) -> String {
+        match self.group {
+            "" => self.kind.to_string(),
+            group => format!("{}.{group}", self.kind),
+        }
+    }
+
+    /// kube-apiserver's defaulting (SetDefaults_*) and the validation the controllers rely
+    /// on, for a created or updated object.
+    fn default_and_validate(&self, object: &mut Value) -> Result<(), ApiError> {
+        let name = object["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let invalid = |why: String| ApiError::invalid(&self.qualified_kind(), &name, &why);
+        match self.kind {
+            "Pod" => default_pod_spec(&mut object["spec"]),
+            "Deployment" | "ReplicaSet" => {
+                let spec = object_field(object, "spec");
+                spec.entry("replicas").or_insert(1.into());
+                if self.kind == "Deployment" {
+                    let strategy = spec
+                        .entry("strategy")
+                        .or_insert_with(|| json!({"type": "RollingUpdate"}));
+                    if strategy["type"].is_null() {
+                        strategy["type"] = "RollingUpdate".into();
+                    }
+                    if strategy["type"] == "RollingUpdate" {
+                        for bound in ["maxUnavailable", "maxSurge"] {
+                            if strategy["rollingUpdate"][bound].is_null() {
+                                strategy["rollingUpdate"][bound] = "25%".into();
+                            }
+                        }
+                    }
+                    spec.entry("revisionHistoryLimit").or_insert(10.into());
+                    spec.entry("progressDeadlineSeconds").or_insert(600.into());
+                }
+                default_pod_spec(&mut object["spec"]["template"]["spec"]);
+                let spec = &object["spec"];
+                if !spec["selector"].is_object() {
+                    return Err(invalid("spec.selector: Required value".into()));
+                }
+                let selector = crate::selector::LabelSelector::from_api(&spec["selector"])
+                    .map_err(|e| invalid(format!("spec.selector: Invalid value: {e}")))?;
+                let template = &spec["template"];
+                if !selector.matches(template) || selector.is_empty() {
+                    return Err(invalid(format!(
+                        "spec.template.metadata.labels: Invalid value: {}: `selector` does not match template `labels`",
+                        template["metadata"]["labels"]
+                    )));
+                }
+            }
+            "Endpoints" => {
+                let subsets = object.get_mut("subsets").and_then(Value::as_array_mut);
+                for subset in subsets.into_iter().flatten() {
+                    default_protocols(subset.get_mut("ports"));
+                }
+            }
+            "Secret" => {
+                let fields = object.as_object_mut().expect("checked");
+                fields.entry("type").or_insert("Opaque".into());
+                // kube-apiserver folds stringData into data on write; it is never stored.
+                if let Some(Value::Object(strings)) = fields.remove("stringData") {
+                    let data = fields.entry("data").or_insert_with(|| json!({}));
+                    for (key, text) in strings {
+                        let text = text.as_str().unwrap_or_default();
+                        data[key] = base64::engine::general_purpose::STANDARD
+                            .encode(text)
+                            .into();
+                    }
+                }
+            }
+            "Service" => {
+                let spec = object_field(object, "spec");
+                let kind = spec
+                    .entry("type")
+                    .or_insert("ClusterIP".into())
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                if !matches!(kind.as_str(), "ClusterIP" | "ExternalName") {
+                    return Err(invalid(format!(
+                        "spec.type: Unsupported value: {kind:?}: supported values: \"ClusterIP\", \"ExternalName\" (oxcd-kube allocates no node ports)"
+                    )));
+                }
+                spec.entry("sessionAffinity").or_insert("None".into());
+                if kind == "ClusterIP" {
+                    spec.entry("internalTrafficPolicy")
+                        .or_insert("Cluster".into());
+                }
+                default_protocols(spec.get_mut("ports"));
+                let ports = spec.get_mut("ports").and_then(Value::as_array_mut);
+                for port in ports.into_iter().flatten() {
+                    if port["targetPort"].is_null() {
+                        port["targetPort"] = port["port"].clone();
+                    }
+                }
+                let headless = spec.get("clusterIP").and_then(Value::as_str) == Some("None");
+                let has_ports = spec
+                    .get("ports")
+                    .and_then(Value::as_array)
+                    .is_some_and(|ports| !ports.is_empty());
+                if kind == "ClusterIP" && !headless && !has_ports {
+                    return Err(invalid("spec.ports: Required value".into()));
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
     fn check_type(&self, object: &mut Value) -> Result<(), ApiError> {
         let Some(fields) = object.as_object_mut() else {
             return Err(ApiError::bad_request("the body is not a JSON object"));
         };
+        let expected = self.api_version();
         let api_version = fields.get("apiVersion").and_then(Value::as_str);
         let kind = fields.get("kind").and_then(Value::as_str);
-        if api_version.is_some_and(|v| v != "v1") || kind.is_some_and(|k| k != self.kind) {
+        if api_version.is_some_and(|v| v != expected) || kind.is_some_and(|k| k != self.kind) {
             return Err(ApiError::bad_request(format!(
-                "the API version in the data ({}) does not match the expected API version (v1) or kind {} is not {}",
+                "the API version in the data ({}) does not match the expected API version ({expected}) or kind {} is not {}",
                 api_version.unwrap_or(""),
                 kind.unwrap_or(""),
                 self.kind
             )));
         }
-        fields.insert("apiVersion".into(), "v1".into());
+        fields.insert("apiVersion".into(), expected.into());
         fields.insert("kind".into(), self.kind.into());
         if !fields.get("metadata").is_some_and(Value::is_object) {
             fields.insert("metadata".into(), json!({}));
@@ -333,6 +637,14 @@ fn metadata(object: &mut Value) -> &mut Map<String, Value> {
         .expect("check_type made metadata an object")
 }
 
+/// `object[field]` as an object, made one if it is anything else.
+fn object_field<'a>(object: &'a mut Value, field: &str) -> &'a mut Map<String, Value> {
+    if !object[field].is_object() {
+        object[field] = json!({});
+    }
+    object[field].as_object_mut().expect("made an object")
+}
+
 fn metadata_text(metadata: &Map<String, Value>, field: &str) -> String {
     metadata
         .get(field)
@@ -357,27 +669,86 @@ fn default_pod_spec(spec: &mut Value) {
     ] {
         spec.entry(field).or_insert(default);
     }
-    let containers = spec.get_mut("containers").and_then(Value::as_array_mut);
-    for container in containers.into_iter().flatten() {
-        let Some(container) = container.as_object_mut() else {
+    for list in ["initContainers", "containers"] {
+        let containers = spec.get_mut(list).and_then(Value::as_array_mut);
+        for container in containers.into_iter().flatten() {
+            default_container(container);
+        }
+    }
+    let volumes = spec.get_mut("volumes").and_then(Value::as_array_mut);
+    for volume in volumes
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_object_mut)
+    {
+        // 0644, the mode files of these volumes get (SetDefaults_*VolumeSource).
+        for source in ["secret", "configMap", "downwardAPI", "projected"] {
+            if let Some(Value::Object(source)) = volume.get_mut(source) {
+                source.entry("defaultMode").or_insert(420.into());
+            }
+        }
+        if let Some(Value::Object(host_path)) = volume.get_mut("hostPath") {
+            host_path.entry("type").or_insert("".into());
+        }
+        let sourced = volume.keys().any(|key| key != "name");
+        if !sourced {
+            volume.insert("emptyDir".into(), json!({}));
+        }
+    }
+}
+
+/// SetDefaults_Container and what it holds: ports, probes, field references.
+fn default_container(container: &mut Value) {
+    let Some(fields) = container.as_object_mut() else {
+        return;
+    };
+    let image = fields.get("image").and_then(Value::as_str).unwrap_or("");
+    // An untagged or `:latest` image is pulled every time; a pinned one when missing.
+    let tag = image.rsplit('/').next().unwrap_or("").split_once(':');
+    let pull = if image.contains('@') || tag.is_some_and(|(_, t)| t != "latest") {
+        "IfNotPresent"
+    } else {
+        "Always"
+    };
+    for (field, default) in [
+        ("imagePullPolicy", json!(pull)),
+        ("resources", json!({})),
+        ("terminationMessagePath", json!("/dev/termination-log")),
+        ("terminationMessagePolicy", json!("File")),
+    ] {
+        fields.entry(field).or_insert(default);
+    }
+    default_protocols(fields.get_mut("ports"));
+    for probe in ["livenessProbe", "readinessProbe", "startupProbe"] {
+        let Some(Value::Object(probe)) = fields.get_mut(probe) else {
             continue;
         };
-        let image = container.get("image").and_then(Value::as_str).unwrap_or("");
-        // An untagged or `:latest` image is pulled every time; a pinned one when missing.
-        let tag = image.rsplit('/').next().unwrap_or("").split_once(':');
-        let pull = if image.contains('@') || tag.is_some_and(|(_, t)| t != "latest") {
-            "IfNotPresent"
-        } else {
-            "Always"
-        };
         for (field, default) in [
-            ("imagePullPolicy", json!(pull)),
-            ("resources", json!({})),
-            ("terminationMessagePath", json!("/dev/termination-log")),
-            ("terminationMessagePolicy", json!("File")),
+            ("timeoutSeconds", 1),
+            ("periodSeconds", 10),
+            ("successThreshold", 1),
+            ("failureThreshold", 3),
         ] {
-            container.entry(field).or_insert(default);
+            probe.entry(field).or_insert(default.into());
         }
+        if let Some(Value::Object(get)) = probe.get_mut("httpGet") {
+            get.entry("path").or_insert("/".into());
+            get.entry("scheme").or_insert("HTTP".into());
+        }
+    }
+    let env = fields.get_mut("env").and_then(Value::as_array_mut);
+    for variable in env.into_iter().flatten() {
+        if let Some(Value::Object(field_ref)) = variable.pointer_mut("/valueFrom/fieldRef") {
+            field_ref.entry("apiVersion").or_insert("v1".into());
+        }
+    }
+}
+
+/// Ports without a protocol are TCP (containers', endpoints', services').
+fn default_protocols(ports: Option<&mut Value>) {
+    let ports = ports.and_then(Value::as_array_mut);
+    for port in ports.into_iter().flatten().filter_map(Value::as_object_mut) {
+        port.entry("protocol").or_insert("TCP".into());
     }
 }
 
@@ -413,12 +784,12 @@ mod tests {
 
     #[test]
     fn keys_are_where_kube_apiserver_keeps_them() {
-        let nodes = resource("nodes").unwrap();
+        let nodes = resource("", "nodes").unwrap();
         assert_eq!(
             nodes.key("/registry", Some("x"), "n1"),
             "/registry/minions/n1"
         );
-        let pods = resource("pods").unwrap();
+        let pods = resource("", "pods").unwrap();
         assert_eq!(
             pods.key("/registry", Some("ns"), "p"),
             "/registry/pods/ns/p"
@@ -428,7 +799,7 @@ mod tests {
 
     #[test]
     fn creation_fills_what_the_apiserver_fills() {
-        let namespaces = resource("namespaces").unwrap();
+        let namespaces = resource("", "namespaces").unwrap();
         let mut ns = json!({"metadata": {"name": "team", "resourceVersion": "5"}});
         namespaces.prepare_create(&mut ns, None, NOW).unwrap();
         assert_eq!(ns["kind"], "Namespace");
@@ -443,7 +814,7 @@ mod tests {
         let uid = ns["metadata"]["uid"].as_str().unwrap();
         assert_eq!((uid.len(), &uid[14..15]), (36, "4"));
 
-        let pods = resource("pods").unwrap();
+        let pods = resource("", "pods").unwrap();
         let mut pod = json!({"metadata": {"generateName": "web-"},
             "spec": {"containers": [{"name": "c", "image": "nginx:1.27"}]}});
         pods.prepare_create(&mut pod, Some("ns"), NOW).unwrap();
@@ -459,7 +830,7 @@ mod tests {
         );
         assert_eq!(pod["status"]["phase"], "Pending");
 
-        let configmaps = resource("configmaps").unwrap();
+        let configmaps = resource("", "configmaps").unwrap();
         let mut elsewhere = json!({"metadata": {"name": "c", "namespace": "other"}});
         let refused = configmaps.prepare_create(&mut elsewhere, Some("ns"), NOW);
         assert_eq!(refused.unwrap_err().code, 400);
@@ -470,7 +841,7 @@ mod tests {
 
     #[test]
     fn updates_keep_identity_and_status() {
-        let pods = resource("pods").unwrap();
+        let pods = resource("", "pods").unwrap();
         let stored = json!({"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": "p", "namespace": "ns", "uid": "u1", "generation": 1,
                 "creationTimestamp": NOW},
@@ -492,7 +863,7 @@ mod tests {
 
     #[test]
     fn namespaces_with_finalizers_terminate() {
-        let namespaces = resource("namespaces").unwrap();
+        let namespaces = resource("", "namespaces").unwrap();
         let stored = json!({"metadata": {"name": "team"}, "spec": {"finalizers": ["kubernetes"]},
             "status": {"phase": "Active"}});
         let Deletion::Finalize(terminating) = namespaces.deletion(&stored, NOW) else {
@@ -500,7 +871,7 @@ mod tests {
         };
         assert_eq!(terminating["status"]["phase"], "Terminating");
         assert_eq!(terminating["metadata"]["deletionTimestamp"], NOW);
-        let configmaps = resource("configmaps").unwrap();
+        let configmaps = resource("", "configmaps").unwrap();
         assert!(matches!(
             configmaps.deletion(&stored, NOW),
             Deletion::Remove

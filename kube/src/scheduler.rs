@@ -6,31 +6,21 @@
 //! after any pod or node changes, and every few seconds.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
-use std::time::Duration;
 
 use serde_json::{json, Value};
-use tokio::sync::Notify;
 
 use crate::api::{self, Api};
 use crate::quantity::parse_quantity;
 use oxcd_kube::kubelet_reports::set_condition;
 
-/// Passes run at least this often, so a pod that did not fit is tried again.
-const RESYNC: Duration = Duration::from_secs(2);
 pub const SCHEDULER_NAME: &str = "default-scheduler";
 
 pub async fn run(api: Api) {
-    let changed = Arc::new(Notify::new());
-    for path in ["/api/v1/pods?watch=true", "/api/v1/nodes?watch=true"] {
-        tokio::spawn(api::wake_on_events(api.clone(), path, Arc::clone(&changed)));
-    }
-    loop {
-        if let Err(error) = schedule_pending(&api).await {
-            eprintln!("scheduler: {}", error.message);
-        }
-        let _ = tokio::time::timeout(RESYNC, changed.notified()).await;
-    }
+    let watches = ["/api/v1/pods?watch=true", "/api/v1/nodes?watch=true"];
+    api::control_loop(api, "scheduler", &watches, |api| async move {
+        schedule_pending(&api).await
+    })
+    .await
 }
 
 /// What a pod asks for, or what a node has room for.

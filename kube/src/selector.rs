@@ -127,6 +127,70 @@ impl LabelSelector {
         Ok(LabelSelector(requirements))
     }
 
+    /// A metav1.LabelSelector (`matchLabels`, `matchExpressions`), as workloads carry it.
+    pub fn from_api(selector: &Value) -> Result<LabelSelector, String> {
+        let mut requirements = Vec::new();
+        for (key, value) in selector["matchLabels"].as_object().into_iter().flatten() {
+            let value = value.as_str().ok_or("matchLabels values are strings")?;
+            requirements.push(Requirement {
+                key: key.clone(),
+                test: Test::In(vec![value.to_string()]),
+            });
+        }
+        for expression in selector["matchExpressions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            let key = expression["key"].as_str().unwrap_or_default().to_string();
+            let values: Vec<String> = expression["values"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect();
+            let test = match expression["operator"].as_str() {
+                Some("In") if !values.is_empty() => Test::In(values),
+                Some("NotIn") if !values.is_empty() => Test::NotIn(values),
+                Some("Exists") if values.is_empty() => Test::Exists,
+                Some("DoesNotExist") if values.is_empty() => Test::NotExists,
+                other => {
+                    return Err(format!(
+                        "{other:?} is not a valid label selector operator with values {values:?}"
+                    ))
+                }
+            };
+            if !valid_key(&key) {
+                return Err(format!("{key:?} is not a valid label key"));
+            }
+            requirements.push(Requirement { key, test });
+        }
+        requirements.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(LabelSelector(requirements))
+    }
+
+    /// Whether it selects everything.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The selector in labelSelector's syntax, as a Scale's `status.selector` gives it.
+    pub fn to_query(&self) -> String {
+        let terms: Vec<String> = self
+            .0
+            .iter()
+            .map(|r| match &r.test {
+                Test::In(values) if values.len() == 1 => format!("{}={}", r.key, values[0]),
+                Test::NotIn(values) if values.len() == 1 => format!("{}!={}", r.key, values[0]),
+                Test::In(values) => format!("{} in ({})", r.key, values.join(",")),
+                Test::NotIn(values) => format!("{} notin ({})", r.key, values.join(",")),
+                Test::Exists => r.key.clone(),
+                Test::NotExists => format!("!{}", r.key),
+            })
+            .collect();
+        terms.join(",")
+    }
+
     pub fn matches(&self, object: &Value) -> bool {
         let labels = &object["metadata"]["labels"];
         self.0
@@ -189,6 +253,26 @@ mod tests {
         assert!(!matches("app=web,tier=back"));
         assert!(LabelSelector::parse("app in web").is_err());
         assert!(LabelSelector::parse("a b=c").is_err());
+    }
+
+    #[test]
+    fn workload_selectors_read_match_labels_and_expressions() {
+        let selector = LabelSelector::from_api(&json!({
+            "matchLabels": {"app": "web"},
+            "matchExpressions": [{"key": "tier", "operator": "In", "values": ["front", "edge"]},
+                {"key": "canary", "operator": "DoesNotExist"}]}))
+        .unwrap();
+        assert_eq!(selector.to_query(), "app=web,!canary,tier in (front,edge)");
+        assert!(selector.matches(&labelled(json!({"app": "web", "tier": "edge"}))));
+        assert!(!selector.matches(&labelled(json!({"app": "web", "tier": "back"}))));
+        assert_eq!(
+            LabelSelector::parse(&selector.to_query()).unwrap(),
+            selector
+        );
+        let wrong =
+            json!({"matchExpressions": [{"key": "a", "operator": "Exists", "values": ["x"]}]});
+        assert!(LabelSelector::from_api(&wrong).is_err());
+        assert!(LabelSelector::from_api(&json!({})).unwrap().is_empty());
     }
 
     #[test]

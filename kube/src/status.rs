@@ -60,6 +60,11 @@ impl ApiError {
         }
     }
 
+    /// A request understood but not applicable (a patch that does not apply).
+    pub fn unprocessable(message: impl Into<String>) -> Self {
+        Self::plain(422, "Invalid", message)
+    }
+
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::plain(400, "BadRequest", message)
     }
@@ -109,8 +114,13 @@ impl ApiError {
             "reason": self.reason,
             "code": self.code,
         });
-        if let Some((kind, name)) = &self.details {
+        if let Some((resource, name)) = &self.details {
+            // `deployments.apps`: the plural and its group, as apimachinery's errors give them.
+            let (kind, group) = resource.split_once('.').unwrap_or((resource, ""));
             status["details"] = json!({"name": name, "kind": kind});
+            if !group.is_empty() {
+                status["details"]["group"] = group.into();
+            }
         }
         status
     }

@@ -86,7 +86,20 @@ async fn kubectl_against_the_shim() {
     let resources = kubectl.ok(&["api-resources", "--no-headers", "-o", "name"]);
     assert_eq!(
         names(&resources),
-        ["configmaps", "namespaces", "nodes", "pods"]
+        [
+            "configmaps",
+            "endpoints",
+            "events",
+            "namespaces",
+            "nodes",
+            "pods",
+            "secrets",
+            "services",
+            "deployments.apps",
+            "replicasets.apps",
+            "leases.coordination.k8s.io",
+            "ipaddresses.networking.k8s.io"
+        ]
     );
 
     kubectl.ok(&["create", "namespace", ns]);
@@ -162,10 +175,52 @@ async fn kubectl_against_the_shim() {
         None,
         "an empty map is not stored"
     );
-    let strategic = kubectl.fails(&["-n", ns, "patch", "cm", "cm-4", "-p", "{}"]);
+    // kubectl's default patch type (strategic merge), a JSON patch, and server-side apply,
+    // which the shim does not do.
+    kubectl.ok(&[
+        "-n",
+        ns,
+        "patch",
+        "cm",
+        "cm-4",
+        "-p",
+        r#"{"data":{"k2":"v2"}}"#,
+    ]);
+    let json_patch =
+        r#"[{"op":"replace","path":"/data/k","value":"json"},{"op":"remove","path":"/data/k2"}]"#;
+    kubectl.ok(&[
+        "-n",
+        ns,
+        "patch",
+        "cm",
+        "cm-4",
+        "--type=json",
+        "-p",
+        json_patch,
+    ]);
+    let patched = kubectl.json(&["-n", ns, "get", "cm", "cm-4"]);
+    assert_eq!(patched["data"], json!({"k": "json"}));
+    let failed_test = r#"[{"op":"test","path":"/data/k","value":"other"}]"#;
+    let refused = kubectl.fails(&[
+        "-n",
+        ns,
+        "patch",
+        "cm",
+        "cm-4",
+        "--type=json",
+        "-p",
+        failed_test,
+    ]);
     assert!(
-        strategic.contains("strategic-merge-patch+json is not supported"),
-        "{strategic}"
+        refused.contains("testing value /data/k failed"),
+        "{refused}"
+    );
+    let manifest = dir.path().join("cm-4.json");
+    std::fs::write(&manifest, patched.to_string()).unwrap();
+    let server_side = kubectl.fails(&["apply", "--server-side", "-f", manifest.to_str().unwrap()]);
+    assert!(
+        server_side.contains("Server-side apply not available on the server"),
+        "{server_side}"
     );
     let selected =
         |selector: &str| kubectl.ok(&["-n", ns, "get", "cm", "-l", selector, "-o", "name"]);
@@ -374,6 +429,98 @@ async fn the_shim_and_kube_apiserver_share_the_store() {
         comparable(namespace),
         comparable(shim.json(&["get", "ns", ns]))
     );
+    // Every other kind the shim serves, written with its defaults (kube-apiserver defaults
+    // what it reads, so a default the shim missed would show here), its cluster IP held as
+    // kube-apiserver's allocator holds one.
+    shim.ok(&[
+        "-n",
+        ns,
+        "create",
+        "deployment",
+        "web",
+        "--image=nginx:1.27",
+        "--port=80",
+        "--replicas=2",
+    ]);
+    shim.ok(&[
+        "-n",
+        ns,
+        "create",
+        "service",
+        "clusterip",
+        "web",
+        "--tcp=80:8080",
+    ]);
+    shim.ok(&[
+        "-n",
+        ns,
+        "create",
+        "secret",
+        "generic",
+        "token",
+        "--from-literal=t=s3cret",
+    ]);
+    shim.create(
+        &json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": "leader", "namespace": ns},
+        "spec": {"holderIdentity": "web-0", "leaseDurationSeconds": 15}}),
+    );
+    shim.create(&json!({"apiVersion": "v1", "kind": "Endpoints",
+        "metadata": {"name": "web", "namespace": ns},
+        "subsets": [{"addresses": [{"ip": "10.88.0.5"}], "ports": [{"port": 8080}]}]}));
+    shim.create(&json!({"apiVersion": "apps/v1", "kind": "ReplicaSet",
+        "metadata": {"name": "solo", "namespace": ns},
+        "spec": {"selector": {"matchLabels": {"app": "solo"}},
+            "template": {"metadata": {"labels": {"app": "solo"}},
+                "spec": {"containers": [{"name": "c", "image": "busybox",
+                    "ports": [{"containerPort": 9000}]}]}}}}));
+    for kind in [
+        "deployment",
+        "service",
+        "secret",
+        "lease",
+        "endpoints",
+        "replicaset",
+    ] {
+        let name = match kind {
+            "secret" => "token",
+            "lease" => "leader",
+            "replicaset" => "solo",
+            _ => "web",
+        };
+        let via_shim = shim.json(&["-n", ns, "get", kind, name]);
+        let via_apiserver = kube.json(&["-n", ns, "get", kind, name]);
+        assert_eq!(comparable(via_apiserver), comparable(via_shim), "{kind}");
+    }
+    let service = shim.json(&["-n", ns, "get", "service", "web"]);
+    let ip = service["spec"]["clusterIP"].as_str().unwrap();
+    let holder = kube.json(&["get", "ipaddress", ip]);
+    assert_eq!(holder["spec"]["parentRef"]["name"], "web");
+    let taken = kube.fails(&[
+        "-n",
+        ns,
+        "create",
+        "service",
+        "clusterip",
+        "twin",
+        "--tcp=80:80",
+        &format!("--clusterip={ip}"),
+    ]);
+    assert!(taken.contains("already allocated"), "{taken}");
+    let taken = kube.fails(&[
+        "-n",
+        ns,
+        "create",
+        "service",
+        "clusterip",
+        "twin",
+        "--tcp=80:80",
+        &format!("--clusterip={ip}"),
+    ]);
+    assert!(
+        taken.contains("already allocated"),
+        "kube-apiserver: {taken}"
+    );
 
     // kube-apiserver writes (into the namespace the shim made); the shim reads them.
     kube.ok(&[
@@ -390,16 +537,8 @@ async fn the_shim_and_kube_apiserver_share_the_store() {
         ("default", "ns", "made-by-apiserver"),
         ("default", "ns", "kube-system"),
         ("default", "svc", "kubernetes"),
+        ("default", "endpoints", "kubernetes"),
     ] {
-        if resource == "svc" {
-            // Services are not served by the shim: its discovery does not list them.
-            let refused = shim.fails(&["-n", namespace, "get", resource, name]);
-            assert!(
-                refused.contains("the server doesn't have a resource type \"svc\""),
-                "{refused}"
-            );
-            continue;
-        }
         let via_apiserver = kube.json(&["-n", namespace, "get", resource, name]);
         let via_shim = shim.json(&["-n", namespace, "get", resource, name]);
         assert_eq!(
@@ -408,6 +547,19 @@ async fn the_shim_and_kube_apiserver_share_the_store() {
             "{resource} {name}"
         );
     }
+
+    // kube-apiserver's identity lease, renewed every 10 s: both read the same version.
+    let leases = kube.json(&["-n", "kube-system", "get", "leases"]);
+    let lease = leases["items"][0]["metadata"]["name"].as_str().unwrap();
+    eventually(
+        "one version of the lease read through both",
+        EVENT_TIMEOUT,
+        || {
+            let via_shim = shim.json(&["-n", "kube-system", "get", "lease", lease]);
+            let via_apiserver = kube.json(&["-n", "kube-system", "get", "lease", lease]);
+            (comparable(via_shim) == comparable(via_apiserver)).then_some(())
+        },
+    );
 
     // Updates cross over: the shim replaces what kube-apiserver made, kube-apiserver's watch
     // sees it, and kube-apiserver refuses a replace with the old resourceVersion.
@@ -862,5 +1014,205 @@ async fn the_shim_serves_on_through_a_members_death() {
             listed.contains("configmap/before") && listed.contains("configmap/after"),
             "{listed}"
         );
+    }
+}
+
+/// Pods of `namespace` as NAME IMAGE PHASE triples, Running or not.
+fn pod_images(kubectl: &Kubectl, selector: &str) -> Vec<(String, String, String)> {
+    let pods = kubectl.json(&["get", "pods", "-l", selector]);
+    pods["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|pod| {
+            (
+                pod["metadata"]["name"].as_str().unwrap().to_string(),
+                pod["spec"]["containers"][0]["image"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+                pod["status"]["phase"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The seeds' Deployment flow on the shim's own controllers: the Deployment makes a
+/// ReplicaSet, the ReplicaSet pods, the scheduler binds them and the kubelets run them; a
+/// scale, a rolling update by `kubectl set image` (a strategic merge patch), `rollout undo`,
+/// `kubectl apply` of a changed manifest, and a delete whose ReplicaSets and pods the garbage
+/// collector removes.
+#[tokio::test]
+async fn a_deployment_rolls_out_scales_and_is_collected() {
+    let member = Server::start(Flavor::Oxcd).await;
+    let mut client = member.client().await;
+    let shim_process = Shim::start_with(
+        &member.client_url(),
+        &["--nodes=2", "--node-status-interval=1"],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let kubectl = Kubectl::for_server(&shim_process.url, dir.path());
+    let rollout = |what: &str| {
+        let done = kubectl.ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);
+        assert!(done.contains("successfully rolled out"), "{what}: {done}");
+    };
+    let running = |count: usize, image: &str| {
+        eventually(
+            &format!("{count} pods of {image} running"),
+            EVENT_TIMEOUT,
+            || {
+                let pods = pod_images(&kubectl, "app=web");
+                let all = pods.len() == count
+                    && pods
+                        .iter()
+                        .all(|(_, i, phase)| i == image && phase == "Running");
+                all.then_some(pods)
+            },
+        )
+    };
+
+    kubectl.ok(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=nginx:1.27",
+        "--replicas=3",
+    ]);
+    rollout("created");
+    let pods = running(3, "nginx:1.27");
+    let sets = kubectl.json(&["get", "replicasets"]);
+    let first_set = sets["items"][0].clone();
+    assert_eq!(sets["items"].as_array().unwrap().len(), 1);
+    let hash = first_set["metadata"]["labels"]["pod-template-hash"]
+        .as_str()
+        .unwrap();
+    assert_eq!(first_set["metadata"]["name"], format!("web-{hash}"));
+    assert_eq!(
+        first_set["metadata"]["ownerReferences"][0]["kind"],
+        "Deployment"
+    );
+    assert_eq!(first_set["status"]["readyReplicas"], 3);
+    assert!(pods
+        .iter()
+        .all(|(name, _, _)| name.starts_with(&format!("web-{hash}-"))));
+    let deployment = kubectl.json(&["get", "deployment", "web"]);
+    assert_eq!(deployment["status"]["availableReplicas"], 3);
+    assert_eq!(deployment["status"]["observedGeneration"], 1);
+    assert_eq!(
+        deployment["metadata"]["annotations"]["deployment.kubernetes.io/revision"],
+        "1"
+    );
+
+    // Scale through the scale subresource.
+    kubectl.ok(&["scale", "deployment", "web", "--replicas=5"]);
+    running(5, "nginx:1.27");
+    let scale = kubectl.ok(&[
+        "get",
+        "--raw",
+        "/apis/apps/v1/namespaces/default/deployments/web/scale",
+    ]);
+    let scale: Value = serde_json::from_str(&scale).unwrap();
+    assert_eq!(
+        (scale["kind"].as_str(), &scale["spec"]["replicas"]),
+        (Some("Scale"), &json!(5))
+    );
+    assert_eq!(scale["status"]["selector"], "app=web");
+
+    // A rolling update: a second ReplicaSet takes over, the first is scaled to zero and kept.
+    kubectl.ok(&["set", "image", "deployment/web", "nginx=nginx:1.28"]);
+    rollout("new image");
+    running(5, "nginx:1.28");
+    let deployment = kubectl.json(&["get", "deployment", "web"]);
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        container["terminationMessagePath"], "/dev/termination-log",
+        "the patch kept the rest"
+    );
+    let sets = kubectl.json(&["get", "replicasets"]);
+    let replicas: Vec<i64> = sets["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|set| set["spec"]["replicas"].as_i64().unwrap())
+        .collect();
+    assert_eq!(replicas.iter().sum::<i64>(), 5);
+    assert!(replicas.contains(&0) && replicas.len() == 2, "{replicas:?}");
+    let history = kubectl.ok(&["rollout", "history", "deployment/web"]);
+    assert!(history.contains('1') && history.contains('2'), "{history}");
+
+    // Back to the first template: its ReplicaSet returns as revision 3.
+    kubectl.ok(&["rollout", "undo", "deployment/web"]);
+    rollout("undone");
+    running(5, "nginx:1.27");
+    let set = kubectl.json(&[
+        "get",
+        "replicaset",
+        first_set["metadata"]["name"].as_str().unwrap(),
+    ]);
+    assert_eq!(set["spec"]["replicas"], 5);
+    assert_eq!(
+        set["metadata"]["annotations"]["deployment.kubernetes.io/revision"],
+        "3"
+    );
+
+    // kubectl apply takes the Deployment over and changes it; a field its type lacks is refused.
+    let mut manifest = kubectl.json(&["get", "deployment", "web"]);
+    for server_set in [
+        "resourceVersion",
+        "uid",
+        "creationTimestamp",
+        "generation",
+        "annotations",
+    ] {
+        manifest["metadata"]
+            .as_object_mut()
+            .unwrap()
+            .remove(server_set);
+    }
+    manifest.as_object_mut().unwrap().remove("status");
+    // With kubectl's default validation, which the shim's OpenAPI leaves to the server.
+    let apply = |manifest: &Value| {
+        let file = dir.path().join("web.json");
+        std::fs::write(&file, manifest.to_string()).unwrap();
+        let out = kubectl.run(&["apply", "-f", file.to_str().unwrap()]);
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    };
+    manifest["spec"]["replicas"] = 2.into();
+    let applied = apply(&manifest);
+    assert!(applied.contains("configured"), "{applied}");
+    running(2, "nginx:1.27");
+    manifest["spec"]["replicass"] = 3.into();
+    let refused = apply(&manifest);
+    assert!(
+        refused.contains(r#"strict decoding error: unknown field "spec.replicass""#),
+        "{refused}"
+    );
+
+    // Deleting the Deployment takes its ReplicaSets and their pods.
+    kubectl.ok(&["delete", "deployment", "web"]);
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    loop {
+        let mut left = 0;
+        for prefix in ["/registry/replicasets/default/", "/registry/pods/default/"] {
+            let counted = client
+                .get(
+                    prefix,
+                    Some(GetOptions::new().with_prefix().with_count_only()),
+                )
+                .await
+                .unwrap();
+            left += counted.count();
+        }
+        if left == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{left} ReplicaSets and pods left uncollected"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
