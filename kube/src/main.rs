@@ -41,6 +41,7 @@ use http_body_util::{BodyExt, Full, Limited, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{header, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use tokio::signal::unix::{signal, SignalKind};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 
@@ -56,9 +57,20 @@ const MAX_BODY: usize = 3 * 1024 * 1024;
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Flags {
-    /// the store's client URLs, comma-separated (kube-apiserver's --etcd-servers)
-    #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
+    /// the store's client URLs, comma-separated (kube-apiserver's --etcd-servers); without
+    /// them, the shim runs an oxcd member of its own, in this process
+    #[arg(long, value_delimiter = ',')]
     etcd_servers: Vec<String>,
+    /// the embedded member's data directory (used only without --etcd-servers)
+    #[arg(long, default_value = "default.oxcd-kube")]
+    data_dir: std::path::PathBuf,
+    /// the embedded member's client URL, where kube-apiserver, etcdctl or a second shim can
+    /// reach the same store (used only without --etcd-servers)
+    #[arg(long, default_value = "http://127.0.0.1:2379")]
+    listen_client_urls: String,
+    /// the embedded member's peer URL (used only without --etcd-servers)
+    #[arg(long, default_value = "http://127.0.0.1:2380")]
+    listen_peer_urls: String,
     /// key prefix objects live under (kube-apiserver's --etcd-prefix)
     #[arg(long, default_value = "/registry")]
     etcd_prefix: String,
@@ -235,7 +247,57 @@ async fn serve(api: Api, request: hyper::Request<Incoming>) -> Response<Body> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let flags = Flags::parse();
-    let store = store::Store::connect(&flags.etcd_servers).await?;
+    let member = match flags.etcd_servers.is_empty() {
+        true => Some(start_member(&flags).await?),
+        false => None,
+    };
+    let endpoints = match &member {
+        Some(member) => member
+            .client_addrs()
+            .iter()
+            .map(|address| format!("http://{address}"))
+            .collect(),
+        None => flags.etcd_servers.clone(),
+    };
+    let serving = serve_api(&flags, &endpoints);
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let outcome = tokio::select! {
+        outcome = serving => outcome,
+        _ = terminate.recv() => Ok(()),
+        _ = interrupt.recv() => Ok(()),
+    };
+    // The member stops cleanly, releasing its data dir, however the front end ended.
+    if let Some(member) = member {
+        member.shutdown().await;
+    }
+    outcome
+}
+
+/// The embedded oxcd member: one node, its data in --data-dir.
+async fn start_member(flags: &Flags) -> anyhow::Result<oxcd::Node> {
+    let config = oxcd::Config::builder()
+        .name("oxcd-kube")
+        .data_dir(&flags.data_dir)
+        .listen_client_urls([flags.listen_client_urls.as_str()])
+        .advertise_client_urls([flags.listen_client_urls.as_str()])
+        .listen_peer_urls([flags.listen_peer_urls.as_str()])
+        .initial_advertise_peer_urls([flags.listen_peer_urls.as_str()])
+        .build()?;
+    oxcd::logging::init(&config)?;
+    let member = oxcd::Node::start(&config).await?;
+    eprintln!(
+        "oxcd-kube: embedded oxcd member in {}, clients on {}",
+        flags.data_dir.display(),
+        flags.listen_client_urls
+    );
+    Ok(member)
+}
+
+/// The REST front end and the chosen control loops on the store at `endpoints`, until the
+/// listener fails.
+async fn serve_api(flags: &Flags, endpoints: &[String]) -> anyhow::Result<()> {
+    let store = store::Store::connect(endpoints).await?;
     let service_range = service_ips::ServiceRange::parse(&flags.service_cluster_ip_range)
         .map_err(|e| anyhow::anyhow!("--service-cluster-ip-range: {e}"))?;
     let api = Api::new(store, &flags.etcd_prefix, service_range);
@@ -302,7 +364,7 @@ async fn main() -> anyhow::Result<()> {
     eprintln!(
         "oxcd-kube serving http://{} on {} (prefix {}; no authentication)",
         listener.local_addr()?,
-        flags.etcd_servers.join(","),
+        endpoints.join(","),
         flags.etcd_prefix
     );
     loop {

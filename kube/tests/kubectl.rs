@@ -21,7 +21,7 @@ const EVENT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The shim on `etcd_url`, on a free port; killed on drop.
 struct Shim {
-    _process: Killed,
+    process: Killed,
     url: String,
 }
 
@@ -32,9 +32,13 @@ impl Shim {
     }
 
     fn start_with(etcd_url: &str, flags: &[&str]) -> Shim {
+        let store = format!("--etcd-servers={etcd_url}");
+        Shim::spawn(&[&[store.as_str()], flags].concat())
+    }
+
+    fn spawn(flags: &[&str]) -> Shim {
         let port = free_port();
         let process = Command::new(env!("CARGO_BIN_EXE_oxcd-kube"))
-            .arg(format!("--etcd-servers={etcd_url}"))
             .arg(format!("--listen=127.0.0.1:{port}"))
             .args(flags)
             .stdin(Stdio::null())
@@ -50,7 +54,7 @@ impl Shim {
             std::thread::sleep(Duration::from_millis(50));
         }
         Shim {
-            _process: Killed(process),
+            process: Killed(process),
             url,
         }
     }
@@ -1215,4 +1219,46 @@ async fn a_deployment_rolls_out_scales_and_is_collected() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Without `--etcd-servers` the shim runs an oxcd member itself: the objects it serves are in
+/// that member (reachable by any etcd client on its client URL), and survive a stop (SIGTERM,
+/// which stops the member cleanly) and a start on the same data dir.
+#[tokio::test]
+async fn the_shim_embeds_a_member_by_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("store");
+    let client_url = format!("http://127.0.0.1:{}", free_port());
+    let member_flags = [
+        format!("--data-dir={}", data_dir.display()),
+        format!("--listen-client-urls={client_url}"),
+        format!("--listen-peer-urls=http://127.0.0.1:{}", free_port()),
+    ];
+    let flags: Vec<&str> = member_flags.iter().map(String::as_str).collect();
+    let mut shim = Shim::spawn(&flags);
+    let kubectl = Kubectl::for_server(&shim.url, dir.path());
+    kubectl.ok(&["create", "configmap", "kept", "--from-literal=k=v"]);
+    let mut client = Client::connect([client_url.as_str()], None).await.unwrap();
+    let (value, _) = stored(&mut client, "/registry/configmaps/default/kept")
+        .await
+        .expect("the configmap is in the embedded member");
+    assert!(value.starts_with(PROTOBUF_MAGIC));
+
+    let pid = shim.process.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let stopped = shim.process.0.wait().unwrap();
+    assert!(
+        stopped.success(),
+        "oxcd-kube exited with {stopped} on SIGTERM"
+    );
+    drop(shim);
+
+    let shim = Shim::spawn(&flags);
+    let kubectl = Kubectl::for_server(&shim.url, dir.path());
+    let kept = kubectl.json(&["get", "configmap", "kept"]);
+    assert_eq!(kept["data"]["k"], "v");
 }
