@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
-use chrono::{DateTime, SecondsFormat};
+use chrono::{DateTime, SecondsFormat, Utc};
 use oxcd_proto::mvccpb::{event::EventType, KeyValue};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, Notify};
@@ -19,6 +19,7 @@ use crate::selector::{FieldSelector, LabelSelector};
 use crate::service_ips::{self, ServiceRange};
 use crate::status::{self, ApiError};
 use crate::store::{prefix_end, Change, Store, StoreError};
+use crate::table::{self, IncludeObject};
 use oxcd_kube::envelope::{self, Envelope};
 use oxcd_kube::{encode, object};
 
@@ -33,6 +34,8 @@ pub struct Request {
     pub body: Option<Value>,
     /// A PATCH's type, from its media type.
     pub patch_type: PatchType,
+    /// A GET's answer is wanted as a meta.k8s.io Table (server-side printing).
+    pub table: bool,
     /// host:port the client dialled, for discovery's server address.
     pub host: String,
 }
@@ -306,19 +309,61 @@ fn internal_request(method: &str, path: &str, body: Option<Value>) -> Request {
             .collect(),
         body,
         patch_type: PatchType::Merge,
+        table: false,
         host: "localhost".to_string(),
     }
 }
 
 /// Now in RFC 3339, to the second, as object timestamps are written.
 pub fn now() -> String {
+    current_time().to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+fn current_time() -> DateTime<Utc> {
     let seconds = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("the clock is past 1970")
         .as_secs();
-    DateTime::from_timestamp(seconds as i64, 0)
-        .expect("now is a valid time")
-        .to_rfc3339_opts(SecondsFormat::Secs, true)
+    DateTime::from_timestamp(seconds as i64, 0).expect("now is a valid time")
+}
+
+/// A GET's answer as the Table kubectl asked for: a list's items, an object, or each watch
+/// event's object, in rows of `kind`'s columns.
+fn tabulate(reply: Reply, kind: &'static str, include: IncludeObject) -> Reply {
+    match reply {
+        Reply::Document { code, body } => {
+            let (objects, metadata) = match body["items"].as_array() {
+                Some(items) => (items.clone(), body["metadata"].clone()),
+                None => (
+                    vec![body.clone()],
+                    json!({"resourceVersion": body["metadata"]["resourceVersion"]}),
+                ),
+            };
+            let body = table::table(kind, &objects, metadata, include, current_time());
+            Reply::Document { code, body }
+        }
+        Reply::Watch(mut events) => {
+            let (tabulated, reply) = mpsc::channel(64);
+            tokio::spawn(async move {
+                while let Some(mut event) = events.recv().await {
+                    if matches!(
+                        event["type"].as_str(),
+                        Some("ADDED" | "MODIFIED" | "DELETED")
+                    ) {
+                        let object = event["object"].take();
+                        let metadata =
+                            json!({"resourceVersion": object["metadata"]["resourceVersion"]});
+                        event["object"] =
+                            table::table(kind, &[object], metadata, include, current_time());
+                    }
+                    if tabulated.send(event).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            Reply::Watch(reply)
+        }
+    }
 }
 
 /// `fieldValidation=Strict`: a written object (or merge patch) with fields its type does not
@@ -502,6 +547,16 @@ impl Api {
                 }
                 (method, _) => Err(ApiError::method_not_allowed(method)),
             };
+        }
+        if request.method == "GET" && request.table {
+            let include =
+                IncludeObject::from_query(request.query.get("includeObject").map(String::as_str));
+            let read = match &target.name {
+                None if watching => self.watch(&target, &request.query).await,
+                None => self.list(&target, &request.query).await,
+                Some(name) => self.get(&target, name).await,
+            };
+            return read.map(|reply| tabulate(reply, target.resource.kind, include));
         }
         match (request.method.as_str(), &target.name) {
             ("GET", None) if watching => self.watch(&target, &request.query).await,

@@ -1,5 +1,6 @@
 //! Simulated kubelets, one task set for any number of nodes: each node registers itself (a
-//! Node with its capacity, Ready), reports a heartbeat in its status every interval, and starts
+//! Node with its capacity, Ready), reports a heartbeat in its status every interval, renews its
+//! Lease in `kube-node-lease` every 10 s (a quarter of its 40 s duration, as kubelets do), and starts
 //! the pods bound to it: a bound Pending pod is reported Running and Ready with an IP, the last
 //! of the seeds' ten steps of creating a pod. Nothing runs; no image is pulled.
 
@@ -9,6 +10,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::api::{self, Api};
+use crate::node_lifecycle::NODE_LEASES;
 use oxcd_kube::kubelet_reports::{self, started_pod_status, NodeShape};
 
 const RETRY: Duration = Duration::from_secs(1);
@@ -89,13 +91,48 @@ async fn report_status(api: &Api, fleet: &Fleet, index: usize, name: &str) -> ap
 }
 
 async fn heartbeat(api: Api, fleet: Fleet, index: usize, name: String) {
-    let mut ticks = tokio::time::interval(fleet.status_interval);
-    ticks.tick().await;
+    let mut status_ticks = tokio::time::interval(fleet.status_interval);
+    let mut lease_ticks = tokio::time::interval(LEASE_RENEWAL);
+    status_ticks.tick().await;
     loop {
-        ticks.tick().await;
-        if let Err(error) = report_status(&api, &fleet, index, &name).await {
-            eprintln!("kubelet {name}: heartbeat: {}", error.message);
+        tokio::select! {
+            _ = status_ticks.tick() => {
+                if let Err(error) = report_status(&api, &fleet, index, &name).await {
+                    eprintln!("kubelet {name}: heartbeat: {}", error.message);
+                }
+            }
+            _ = lease_ticks.tick() => {
+                if let Err(error) = renew_lease(&api, &name).await {
+                    eprintln!("kubelet {name}: renewing its lease: {}", error.message);
+                }
+            }
         }
+    }
+}
+
+/// kubelet's node lease: 40 s long, renewed every quarter of that.
+const LEASE_SECONDS: u64 = 40;
+const LEASE_RENEWAL: Duration = Duration::from_secs(LEASE_SECONDS / 4);
+
+/// Renews the node's Lease, creating it (owned by the Node, so it goes with it) if missing.
+async fn renew_lease(api: &Api, name: &str) -> api::ApiResult<()> {
+    let path = format!("{NODE_LEASES}/{name}");
+    let renewal = json!({"spec": {"holderIdentity": name, "renewTime": api::now()}});
+    match api.call("PATCH", &path, Some(renewal)).await {
+        Err(error) if error.code == 404 => {}
+        other => return other.map(drop),
+    }
+    let node = api
+        .call("GET", &format!("/api/v1/nodes/{name}"), None)
+        .await?;
+    let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": name, "namespace": "kube-node-lease", "ownerReferences": [
+            {"apiVersion": "v1", "kind": "Node", "name": name, "uid": node["metadata"]["uid"]}]},
+        "spec": {"holderIdentity": name, "leaseDurationSeconds": LEASE_SECONDS,
+            "renewTime": api::now()}});
+    match api.call("POST", NODE_LEASES, Some(lease)).await {
+        Err(error) if error.code != 409 => Err(error),
+        _ => Ok(()),
     }
 }
 

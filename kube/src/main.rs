@@ -29,6 +29,7 @@ mod selector;
 mod service_ips;
 mod status;
 mod store;
+mod table;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -234,6 +235,11 @@ async fn serve(api: Api, request: hyper::Request<Incoming>) -> Response<Body> {
         body,
         patch_type: PatchType::from_media_type(content_type.split(';').next().unwrap_or("").trim())
             .unwrap_or(PatchType::Merge),
+        table: parts
+            .headers
+            .get(header::ACCEPT)
+            .and_then(|h| h.to_str().ok())
+            .is_some_and(table::wanted),
         host: parts
             .headers
             .get(header::HOST)

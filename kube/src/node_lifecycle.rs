@@ -1,11 +1,12 @@
 //! The node lifecycle controller, as the seeds describe kube-controller-manager's: every
 //! monitor period (5 s) it reads each node's last heartbeat (its Ready condition's
-//! `lastHeartbeatTime`). A node silent for the grace period (40 s) is marked `Ready=Unknown`
+//! `lastHeartbeatTime`, or its Lease's `renewTime` in `kube-node-lease` when later). A node silent for the grace period (40 s) is marked `Ready=Unknown`
 //! ("Kubelet stopped posting node status.") and tainted `node.kubernetes.io/unreachable:NoExecute`;
 //! once the taint is older than the eviction timeout (5 min), the node's pods are deleted, so that
 //! their owners replace them elsewhere, unless they tolerate the taint for good. A node that
 //! reports Ready again loses the taint.
 
+use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
 use chrono::DateTime;
@@ -16,6 +17,8 @@ use crate::scheduler::tolerates;
 use oxcd_kube::kubelet_reports::set_condition;
 
 pub const UNREACHABLE_TAINT: &str = "node.kubernetes.io/unreachable";
+/// Where each kubelet renews its node's Lease.
+pub const NODE_LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases";
 
 #[derive(Clone, Copy, Debug)]
 pub struct Timing {
@@ -74,11 +77,13 @@ enum Step {
     Nothing,
 }
 
-fn next_step(node: &Value, now: i64, timing: &Timing) -> Step {
+/// `lease_renewed`: when the node's Lease was last renewed, if it has one.
+fn next_step(node: &Value, lease_renewed: Option<i64>, now: i64, timing: &Timing) -> Step {
     let ready = ready_condition(node);
-    let heartbeat = epoch_seconds(&ready["lastHeartbeatTime"])
+    let reported = epoch_seconds(&ready["lastHeartbeatTime"])
         .or_else(|| epoch_seconds(&node["metadata"]["creationTimestamp"]))
         .unwrap_or(now);
+    let heartbeat = reported.max(lease_renewed.unwrap_or(reported));
     let silent_too_long = now - heartbeat > timing.grace_period.as_secs() as i64;
     match (ready["status"].as_str(), unreachable_taint(node)) {
         // A node that never reported counts from its creation.
@@ -101,6 +106,16 @@ fn next_step(node: &Value, now: i64, timing: &Timing) -> Step {
 
 async fn monitor(api: &Api, timing: &Timing) -> api::ApiResult<()> {
     let nodes = api.call("GET", "/api/v1/nodes", None).await?;
+    let leases = api.call("GET", NODE_LEASES, None).await?;
+    let renewals: HashMap<&str, i64> = leases["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|lease| {
+            let name = lease["metadata"]["name"].as_str()?;
+            Some((name, epoch_seconds(&lease["spec"]["renewTime"])?))
+        })
+        .collect();
     for node in nodes["items"].as_array().into_iter().flatten() {
         let name = node["metadata"]["name"].as_str().unwrap_or_default();
         let path = format!("/api/v1/nodes/{name}");
@@ -109,7 +124,8 @@ async fn monitor(api: &Api, timing: &Timing) -> api::ApiResult<()> {
             .as_array()
             .cloned()
             .unwrap_or_default();
-        let result = match next_step(node, now_seconds(), timing) {
+        let renewed = renewals.get(name).copied();
+        let result = match next_step(node, renewed, now_seconds(), timing) {
             Step::Nothing => Ok(Value::Null),
             Step::MarkUnknown => {
                 let mut status = node["status"].clone();
@@ -209,21 +225,22 @@ mod tests {
         };
         let now = 1_000_000;
         assert_eq!(
-            next_step(&node("True", &at(now - 10), None), now, &TIMING),
+            next_step(&node("True", &at(now - 10), None), None, now, &TIMING),
             Step::Nothing
         );
         assert_eq!(
-            next_step(&node("True", &at(now - 41), None), now, &TIMING),
+            next_step(&node("True", &at(now - 41), None), None, now, &TIMING),
             Step::MarkUnknown
         );
         assert_eq!(
-            next_step(&node("Unknown", &at(now - 41), None), now, &TIMING),
+            next_step(&node("Unknown", &at(now - 41), None), None, now, &TIMING),
             Step::Taint
         );
         let tainted = Some(at(now - 299));
         assert_eq!(
             next_step(
                 &node("Unknown", &at(now - 400), tainted.as_deref()),
+                None,
                 now,
                 &TIMING
             ),
@@ -233,6 +250,7 @@ mod tests {
         assert_eq!(
             next_step(
                 &node("Unknown", &at(now - 400), long_ago.as_deref()),
+                None,
                 now,
                 &TIMING
             ),
@@ -241,22 +259,42 @@ mod tests {
         assert_eq!(
             next_step(
                 &node("True", &at(now - 1), long_ago.as_deref()),
+                None,
                 now,
                 &TIMING
             ),
             Step::Untaint
         );
         assert_eq!(
-            next_step(&node("False", &at(now - 1), None), now, &TIMING),
+            next_step(&node("False", &at(now - 1), None), None, now, &TIMING),
             Step::Nothing
         );
         let never_reported = |created: i64| json!({"metadata": {"name": "n", "creationTimestamp": at(created)}, "spec": {}});
         assert_eq!(
-            next_step(&never_reported(now - 10), now, &TIMING),
+            next_step(&never_reported(now - 10), None, now, &TIMING),
             Step::Nothing
         );
         assert_eq!(
-            next_step(&never_reported(now - 41), now, &TIMING),
+            next_step(&never_reported(now - 41), None, now, &TIMING),
+            Step::MarkUnknown
+        );
+        // A Lease renewed lately is a heartbeat too, as kubelets mostly send them now.
+        assert_eq!(
+            next_step(
+                &node("True", &at(now - 100), None),
+                Some(now - 5),
+                now,
+                &TIMING
+            ),
+            Step::Nothing
+        );
+        assert_eq!(
+            next_step(
+                &node("True", &at(now - 100), None),
+                Some(now - 41),
+                now,
+                &TIMING
+            ),
             Step::MarkUnknown
         );
     }

@@ -740,12 +740,12 @@ async fn the_ten_steps_of_creating_a_pod() {
     assert_eq!(decoded.object["spec"]["nodeName"], "node-1");
     assert_eq!(decoded.object["status"]["phase"], "Running");
     assert_eq!(web["metadata"]["resourceVersion"], revision.to_string());
-    // The shim serves no Table, so kubectl prints what it is asked for itself.
-    let columns = "custom-columns=NAME:.metadata.name,STATUS:.status.phase,NODE:.spec.nodeName";
-    let listed = kubectl.ok(&["get", "pods", "-o", columns, "--no-headers"]);
+    // kubectl's own view, printed by the shim in kube-apiserver's columns.
+    let listed = kubectl.ok(&["get", "pods", "-o", "wide", "--no-headers"]);
+    let cells: Vec<&str> = listed.split_whitespace().collect();
     assert_eq!(
-        listed.split_whitespace().collect::<Vec<_>>(),
-        ["web", "Running", "node-1"]
+        [cells[0], cells[1], cells[2], cells[3], cells[5], cells[6]],
+        ["web", "1/1", "Running", "0", "10.88.0.1", "node-1"]
     );
 
     // A second bind is refused as kube-apiserver refuses it.
@@ -1109,6 +1109,47 @@ async fn a_deployment_rolls_out_scales_and_is_collected() {
         deployment["metadata"]["annotations"]["deployment.kubernetes.io/revision"],
         "1"
     );
+    // Printed by the server, in kube-apiserver's columns.
+    let printed = kubectl.ok(&["get", "deployment", "web", "-o", "wide"]);
+    let lines: Vec<Vec<&str>> = printed
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        lines[0],
+        [
+            "NAME",
+            "READY",
+            "UP-TO-DATE",
+            "AVAILABLE",
+            "AGE",
+            "CONTAINERS",
+            "IMAGES",
+            "SELECTOR"
+        ]
+    );
+    assert_eq!(
+        [
+            lines[1][0],
+            lines[1][1],
+            lines[1][2],
+            lines[1][3],
+            lines[1][6],
+            lines[1][7]
+        ],
+        ["web", "3/3", "3", "3", "nginx:1.27", "app=web"]
+    );
+    let printed = kubectl.ok(&["get", "pods", "--no-headers"]);
+    assert!(
+        printed
+            .lines()
+            .all(|l| l.contains("1/1") && l.contains("Running")),
+        "{printed}"
+    );
+    // Each kubelet renews its node's Lease.
+    let lease = kubectl.json(&["-n", "kube-node-lease", "get", "lease", "node-1"]);
+    assert_eq!(lease["spec"]["holderIdentity"], "node-1");
+    assert_eq!(lease["metadata"]["ownerReferences"][0]["kind"], "Node");
 
     // Scale through the scale subresource.
     kubectl.ok(&["scale", "deployment", "web", "--replicas=5"]);
