@@ -56,6 +56,7 @@ pub struct Api {
     /// kube-apiserver's --etcd-prefix.
     root: String,
     service_range: ServiceRange,
+    event_ttl: Duration,
 }
 
 /// The resource and namespace a path names, and the object's name (and subresource) when it
@@ -499,11 +500,12 @@ fn query_number(query: &HashMap<String, String>, name: &str) -> ApiResult<i64> {
 }
 
 impl Api {
-    pub fn new(store: Store, root: &str, service_range: ServiceRange) -> Api {
+    pub fn new(store: Store, root: &str, service_range: ServiceRange, event_ttl: Duration) -> Api {
         Api {
             store,
             root: root.trim_end_matches('/').to_string(),
             service_range,
+            event_ttl,
         }
     }
 
@@ -772,7 +774,8 @@ impl Api {
             .to_string();
         let value = stored_value(&object)?;
         let key = resource.key(&self.root, namespace, &name);
-        match self.store.create(key.as_bytes(), value).await {
+        let lease = self.lease_of(resource).await?;
+        match self.store.create(key.as_bytes(), value, lease).await {
             Ok(revision) => {
                 object["metadata"]["resourceVersion"] = revision.to_string().into();
                 Ok(object)
@@ -780,6 +783,16 @@ impl Api {
             Err(StoreError::Exists) => Err(ApiError::already_exists(&resource.qualified(), &name)),
             Err(other) => Err(store_failure(other)),
         }
+    }
+
+    /// The lease a write of `resource` attaches: events expire after --event-ttl, as
+    /// kube-apiserver's do; nothing else does.
+    async fn lease_of(&self, resource: &Resource) -> ApiResult<i64> {
+        if resource.kind != "Event" {
+            return Ok(0);
+        }
+        let ttl = self.event_ttl.as_secs() as i64;
+        self.store.lease_for(ttl).await.map_err(store_failure)
     }
 
     /// Gives a new ClusterIP service its address (the one asked for, or a free one), held by
@@ -901,9 +914,10 @@ impl Api {
         if value == kv.value {
             return Ok(stored);
         }
+        let lease = self.lease_of(resource).await?;
         match self
             .store
-            .update(kv.key.as_slice(), value, kv.mod_revision)
+            .update(kv.key.as_slice(), value, kv.mod_revision, lease)
             .await
         {
             Ok(revision) => {
@@ -963,7 +977,7 @@ impl Api {
             let (kv, stored) = self.current(target, name).await?;
             let bound = target.resource.bind(&stored, node, &now())?;
             let value = stored_value(&bound)?;
-            match self.store.update(&kv.key, value, kv.mod_revision).await {
+            match self.store.update(&kv.key, value, kv.mod_revision, 0).await {
                 Ok(_) => {
                     return Ok(Reply::Document {
                         code: 201,
@@ -1050,7 +1064,7 @@ impl Api {
                         return ok(stored);
                     }
                     self.store
-                        .update(&kv.key, value, kv.mod_revision)
+                        .update(&kv.key, value, kv.mod_revision, 0)
                         .await
                         .map(|revision| {
                             terminating["metadata"]["resourceVersion"] =

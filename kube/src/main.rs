@@ -78,6 +78,9 @@ struct Flags {
     /// the IPv4 range services' cluster IPs come from (kube-apiserver's flag and default)
     #[arg(long, default_value = "10.0.0.0/24")]
     service_cluster_ip_range: String,
+    /// how long events are kept (kube-apiserver's flag and default; a Go duration)
+    #[arg(long, default_value = "1h0m0s")]
+    event_ttl: String,
     /// address to serve plain HTTP on
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
@@ -280,6 +283,27 @@ async fn main() -> anyhow::Result<()> {
     outcome
 }
 
+/// A Go duration of hours, minutes and seconds (`1h0m0s`, `90s`, `2h`).
+fn parse_duration(text: &str) -> Option<Duration> {
+    let (mut total, mut number) = (0u64, String::new());
+    for c in text.chars() {
+        match c {
+            '0'..='9' => number.push(c),
+            'h' | 'm' | 's' => {
+                let unit = match c {
+                    'h' => 3600,
+                    'm' => 60,
+                    _ => 1,
+                };
+                total += number.parse::<u64>().ok()? * unit;
+                number.clear();
+            }
+            _ => return None,
+        }
+    }
+    (number.is_empty() && !text.is_empty()).then_some(Duration::from_secs(total))
+}
+
 /// The embedded oxcd member: one node, its data in --data-dir.
 async fn start_member(flags: &Flags) -> anyhow::Result<oxcd::Node> {
     let config = oxcd::Config::builder()
@@ -306,7 +330,9 @@ async fn serve_api(flags: &Flags, endpoints: &[String]) -> anyhow::Result<()> {
     let store = store::Store::connect(endpoints).await?;
     let service_range = service_ips::ServiceRange::parse(&flags.service_cluster_ip_range)
         .map_err(|e| anyhow::anyhow!("--service-cluster-ip-range: {e}"))?;
-    let api = Api::new(store, &flags.etcd_prefix, service_range);
+    let event_ttl = parse_duration(&flags.event_ttl)
+        .ok_or_else(|| anyhow::anyhow!("--event-ttl: {:?} is not a duration", flags.event_ttl))?;
+    let api = Api::new(store, &flags.etcd_prefix, service_range, event_ttl);
     for quantity in [&flags.node_cpu, &flags.node_memory] {
         anyhow::ensure!(
             quantity::parse_quantity(quantity).is_some(),
@@ -385,5 +411,20 @@ async fn serve_api(flags: &Flags, endpoints: &[String]) -> anyhow::Result<()> {
                 .serve_connection(TokioIo::new(connection), service)
                 .await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_durations_parse() {
+        assert_eq!(parse_duration("1h0m0s"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("90s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("2h30m"), Some(Duration::from_secs(9000)));
+        assert_eq!(parse_duration("5"), None);
+        assert_eq!(parse_duration("1d"), None);
+        assert_eq!(parse_duration(""), None);
     }
 }

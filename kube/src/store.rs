@@ -4,14 +4,18 @@
 //! revision etcd answers with is the object's resourceVersion.
 
 use oxcd_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
 use oxcd_proto::etcdserverpb::kv_client::KvClient;
+use oxcd_proto::etcdserverpb::lease_client::LeaseClient;
 use oxcd_proto::etcdserverpb::request_op::Request;
 use oxcd_proto::etcdserverpb::response_op::Response;
 use oxcd_proto::etcdserverpb::watch_client::WatchClient;
 use oxcd_proto::etcdserverpb::watch_request::RequestUnion;
 use oxcd_proto::etcdserverpb::{
-    Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
-    WatchCreateRequest, WatchRequest,
+    Compare, DeleteRangeRequest, LeaseGrantRequest, PutRequest, RangeRequest, RequestOp,
+    TxnRequest, WatchCreateRequest, WatchRequest,
 };
 use oxcd_proto::mvccpb::{event::EventType, KeyValue};
 use tokio_stream::StreamExt;
@@ -74,6 +78,21 @@ pub struct Change {
 pub struct Store {
     kv: KvClient<Channel>,
     watch: WatchClient<Channel>,
+    lease: LeaseClient<Channel>,
+    reused_lease: Arc<Mutex<Option<ReusedLease>>>,
+}
+
+/// The lease expiring keys were last attached to.
+struct ReusedLease {
+    id: i64,
+    ttl: i64,
+    granted: Instant,
+}
+
+/// How long a granted lease is handed out again: kube-apiserver's
+/// --lease-reuse-duration-seconds (60), at most 5% of the TTL.
+fn reuse_seconds(ttl: i64) -> i64 {
+    (ttl / 20).min(60)
 }
 
 /// The end of the range of every key starting with `prefix`.
@@ -127,8 +146,45 @@ impl Store {
         Ok(Store {
             // Pages of objects can outgrow tonic's 4 MiB default, as in kube-apiserver's client.
             kv: KvClient::new(channel.clone()).max_decoding_message_size(usize::MAX),
-            watch: WatchClient::new(channel).max_decoding_message_size(usize::MAX),
+            watch: WatchClient::new(channel.clone()).max_decoding_message_size(usize::MAX),
+            lease: LeaseClient::new(channel),
+            reused_lease: Arc::default(),
         })
+    }
+
+    /// A lease that keeps what is attached to it at least `ttl` seconds (kube-apiserver's
+    /// --event-ttl for events). As kube-apiserver's lease manager, one lease serves every write
+    /// of a minute: it is granted for the TTL plus that minute, so a burst of events costs one
+    /// lease, not one each.
+    pub async fn lease_for(&self, ttl: i64) -> StoreResult<i64> {
+        let reuse = reuse_seconds(ttl);
+        {
+            let reused = self.reused_lease.lock().expect("not poisoned");
+            if let Some(lease) = reused.as_ref() {
+                if lease.ttl == ttl && (lease.granted.elapsed().as_secs() as i64) < reuse {
+                    return Ok(lease.id);
+                }
+            }
+        }
+        let granted = Instant::now();
+        let response = self
+            .lease
+            .clone()
+            .lease_grant(LeaseGrantRequest {
+                ttl: ttl + reuse,
+                id: 0,
+            })
+            .await?
+            .into_inner();
+        if !response.error.is_empty() {
+            return Err(StoreError::Unavailable(response.error));
+        }
+        *self.reused_lease.lock().expect("not poisoned") = Some(ReusedLease {
+            id: response.id,
+            ttl,
+            granted,
+        });
+        Ok(response.id)
     }
 
     /// A KV call, tried again (up to `UNREACHED_RETRIES` times) while it fails without having
@@ -217,11 +273,12 @@ impl Store {
         Ok(Err(current))
     }
 
-    /// Creates the key; its revision, or `Exists`.
-    pub async fn create(&self, key: &[u8], value: Vec<u8>) -> StoreResult<i64> {
+    /// Creates the key, attached to `lease` (0: none); its revision, or `Exists`.
+    pub async fn create(&self, key: &[u8], value: Vec<u8>, lease: i64) -> StoreResult<i64> {
         let put = op(Request::RequestPut(PutRequest {
             key: key.to_vec(),
             value,
+            lease,
             ..Default::default()
         }));
         match self.guarded(key, mod_revision_is(key, 0), put).await? {
@@ -230,11 +287,19 @@ impl Store {
         }
     }
 
-    /// Replaces the key if its mod revision is `expected`; the new revision.
-    pub async fn update(&self, key: &[u8], value: Vec<u8>, expected: i64) -> StoreResult<i64> {
+    /// Replaces the key if its mod revision is `expected`, attached to `lease` (0: none); the
+    /// new revision.
+    pub async fn update(
+        &self,
+        key: &[u8],
+        value: Vec<u8>,
+        expected: i64,
+        lease: i64,
+    ) -> StoreResult<i64> {
         let put = op(Request::RequestPut(PutRequest {
             key: key.to_vec(),
             value,
+            lease,
             ..Default::default()
         }));
         match self

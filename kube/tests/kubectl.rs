@@ -1303,3 +1303,63 @@ async fn the_shim_embeds_a_member_by_default() {
     let kept = kubectl.json(&["get", "configmap", "kept"]);
     assert_eq!(kept["data"]["k"], "v");
 }
+
+fn event(name: &str, reason: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Event",
+        "metadata": {"name": name, "namespace": "default"},
+        "involvedObject": {"kind": "Pod", "name": "web", "namespace": "default"},
+        "reason": reason, "message": "seen", "type": "Normal"})
+}
+
+/// Events expire as kube-apiserver's do: attached to a lease of --event-ttl (plus the minute
+/// a lease is reused for), one lease for a burst of them.
+#[tokio::test]
+async fn events_expire_after_the_event_ttl() {
+    let member = Server::start(Flavor::Oxcd).await;
+    let mut client = member.client().await;
+    let dir = tempfile::tempdir().unwrap();
+    let lasting = Shim::start(&member.client_url());
+    let kubectl = Kubectl::for_server(&lasting.url, dir.path());
+    kubectl.create(&event("first", "Scheduled"));
+    kubectl.create(&event("second", "Pulled"));
+    let lease_of = |kvs: &[etcd_client::KeyValue]| kvs[0].lease();
+    let first = client
+        .get("/registry/events/default/first", None)
+        .await
+        .unwrap();
+    let second = client
+        .get("/registry/events/default/second", None)
+        .await
+        .unwrap();
+    let lease = lease_of(first.kvs());
+    assert_ne!(lease, 0, "an event is attached to a lease");
+    assert_eq!(
+        lease_of(second.kvs()),
+        lease,
+        "a burst of events shares one lease"
+    );
+    let ttl = client.lease_time_to_live(lease, None).await.unwrap();
+    assert_eq!(ttl.granted_ttl(), 3600 + 60);
+    // A configmap lives on.
+    kubectl.ok(&["create", "configmap", "kept"]);
+    let kept = client
+        .get("/registry/configmaps/default/kept", None)
+        .await
+        .unwrap();
+    assert_eq!(lease_of(kept.kvs()), 0);
+    drop(lasting);
+
+    let brief = Shim::start_with(&member.client_url(), &["--controllers=", "--event-ttl=2s"]);
+    let kubectl = Kubectl::for_server(&brief.url, dir.path());
+    kubectl.create(&event("brief", "Killing"));
+    let printed = kubectl.ok(&["get", "events", "--no-headers"]);
+    assert!(
+        printed.contains("pod/web") && printed.contains("Killing"),
+        "{printed}"
+    );
+    eventually("the brief event expired", EVENT_TIMEOUT, || {
+        let out = kubectl.run(&["get", "event", "brief"]);
+        (!out.status.success()).then_some(())
+    });
+    kubectl.ok(&["get", "event", "first"]);
+}
