@@ -1,11 +1,11 @@
 //! The garbage collector: an object whose every owner is gone (no object of the owner's kind
 //! and name with the owner's uid) is deleted, so deleting a Deployment takes its ReplicaSets,
 //! and those their pods, as kube-controller-manager's garbage collector does for background
-//! deletion. An owner is looked up live before anything is deleted, so an owner created after
-//! a pass's lists began is never missed. Owners of kinds the shim does not serve are assumed
+//! deletion. A pass lists every kind once; an owner missing from those lists is looked up live
+//! before anything is deleted, so an owner created after a pass's lists began is never missed. Owners of kinds the shim does not serve are assumed
 //! present. Foreground deletion (the `foregroundDeletion` finalizer) and orphaning are not done.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 
 use serde_json::{json, Value};
 
@@ -34,52 +34,24 @@ fn owner_resource(reference: &Value) -> Option<&'static Resource> {
 }
 
 async fn collect(api: &Api) -> ApiResult<()> {
-    // Whether the owner (resource, namespace, name, uid) exists, looked up once per pass.
-    let mut present: HashMap<String, bool> = HashMap::new();
+    let mut listed = Vec::new();
     for resource in RESOURCES {
         let list = api
             .call("GET", &resource.collection_path(None), None)
             .await?;
-        for object in list["items"].as_array().into_iter().flatten() {
-            let owners = object["metadata"]["ownerReferences"].as_array();
-            let Some(owners) = owners.filter(|o| !o.is_empty()) else {
-                continue;
-            };
-            let namespace = ownership::namespace(object);
-            let mut orphaned = true;
-            for owner in owners {
-                let Some(owner_kind) = owner_resource(owner) else {
-                    orphaned = false;
-                    break;
-                };
+        let items = list["items"].as_array().cloned().unwrap_or_default();
+        listed.push((resource, items));
+    }
+    let present: HashSet<&str> = listed
+        .iter()
+        .flat_map(|(_, items)| items.iter().map(ownership::uid))
+        .collect();
+    for (resource, items) in &listed {
+        for object in items {
+            if is_orphaned(api, object, &present).await? {
                 let path = format!(
                     "{}/{}",
-                    owner_kind.collection_path(Some(namespace)),
-                    owner["name"].as_str().unwrap_or_default()
-                );
-                let uid = owner["uid"].as_str().unwrap_or_default();
-                let key = format!("{path} {uid}");
-                let exists = match present.get(&key) {
-                    Some(exists) => *exists,
-                    None => {
-                        let exists = match api.call("GET", &path, None).await {
-                            Ok(found) => ownership::uid(&found) == uid,
-                            Err(error) if error.code == 404 => false,
-                            Err(error) => return Err(error),
-                        };
-                        present.insert(key, exists);
-                        exists
-                    }
-                };
-                if exists {
-                    orphaned = false;
-                    break;
-                }
-            }
-            if orphaned {
-                let path = format!(
-                    "{}/{}",
-                    resource.collection_path(Some(namespace)),
+                    resource.collection_path(Some(ownership::namespace(object))),
                     ownership::name(object)
                 );
                 let options = json!({"preconditions": {"uid": ownership::uid(object)}});
@@ -91,4 +63,34 @@ async fn collect(api: &Api) -> ApiResult<()> {
         }
     }
     Ok(())
+}
+
+/// Whether every owner of `object` is gone. An owner whose uid the pass's lists did not hold
+/// is looked up live before it counts as gone: it may have been made after its kind was listed.
+async fn is_orphaned(api: &Api, object: &Value, present: &HashSet<&str>) -> ApiResult<bool> {
+    let owners = object["metadata"]["ownerReferences"].as_array();
+    let Some(owners) = owners.filter(|o| !o.is_empty()) else {
+        return Ok(false);
+    };
+    for owner in owners {
+        let uid = owner["uid"].as_str().unwrap_or_default();
+        let Some(owner_kind) = owner_resource(owner) else {
+            return Ok(false);
+        };
+        if present.contains(uid) {
+            return Ok(false);
+        }
+        let path = format!(
+            "{}/{}",
+            owner_kind.collection_path(Some(ownership::namespace(object))),
+            owner["name"].as_str().unwrap_or_default()
+        );
+        match api.call("GET", &path, None).await {
+            Ok(found) if ownership::uid(&found) == uid => return Ok(false),
+            Ok(_) => {}
+            Err(error) if error.code == 404 => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(true)
 }

@@ -14,6 +14,7 @@
 //! or authorization: bind it to localhost.
 
 mod api;
+mod compactor;
 mod deployment_controller;
 mod garbage_collector;
 mod kubelet;
@@ -78,6 +79,10 @@ struct Flags {
     /// the IPv4 range services' cluster IPs come from (kube-apiserver's flag and default)
     #[arg(long, default_value = "10.0.0.0/24")]
     service_cluster_ip_range: String,
+    /// how often the store is compacted to the revision of one interval before (kube-apiserver's
+    /// flag and default; a Go duration; 0 never compacts)
+    #[arg(long, default_value = "5m0s")]
+    etcd_compaction_interval: String,
     /// how long events are kept (kube-apiserver's flag and default; a Go duration)
     #[arg(long, default_value = "1h0m0s")]
     event_ttl: String,
@@ -283,8 +288,11 @@ async fn main() -> anyhow::Result<()> {
     outcome
 }
 
-/// A Go duration of hours, minutes and seconds (`1h0m0s`, `90s`, `2h`).
+/// A Go duration of hours, minutes and seconds (`1h0m0s`, `90s`, `2h`, `0`).
 fn parse_duration(text: &str) -> Option<Duration> {
+    if text == "0" {
+        return Some(Duration::ZERO);
+    }
     let (mut total, mut number) = (0u64, String::new());
     for c in text.chars() {
         match c {
@@ -332,6 +340,15 @@ async fn serve_api(flags: &Flags, endpoints: &[String]) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("--service-cluster-ip-range: {e}"))?;
     let event_ttl = parse_duration(&flags.event_ttl)
         .ok_or_else(|| anyhow::anyhow!("--event-ttl: {:?} is not a duration", flags.event_ttl))?;
+    let compaction_interval = parse_duration(&flags.etcd_compaction_interval).ok_or_else(|| {
+        anyhow::anyhow!(
+            "--etcd-compaction-interval: {:?} is not a duration",
+            flags.etcd_compaction_interval
+        )
+    })?;
+    if !compaction_interval.is_zero() {
+        tokio::spawn(compactor::run(store.clone(), compaction_interval));
+    }
     let api = Api::new(store, &flags.etcd_prefix, service_range, event_ttl);
     for quantity in [&flags.node_cpu, &flags.node_memory] {
         anyhow::ensure!(
@@ -423,6 +440,8 @@ mod tests {
         assert_eq!(parse_duration("1h0m0s"), Some(Duration::from_secs(3600)));
         assert_eq!(parse_duration("90s"), Some(Duration::from_secs(90)));
         assert_eq!(parse_duration("2h30m"), Some(Duration::from_secs(9000)));
+        assert_eq!(parse_duration("0"), Some(Duration::ZERO));
+        assert_eq!(parse_duration("0s"), Some(Duration::ZERO));
         assert_eq!(parse_duration("5"), None);
         assert_eq!(parse_duration("1d"), None);
         assert_eq!(parse_duration(""), None);

@@ -199,8 +199,21 @@ fn name_of(object: &Value) -> (&str, &str) {
     )
 }
 
+/// Whether the pod waits for this scheduler.
+fn pending(pod: &Value) -> bool {
+    let unbound = pod["spec"]["nodeName"].as_str().is_none_or(str::is_empty);
+    let ours = pod["spec"]["schedulerName"]
+        .as_str()
+        .is_none_or(|name| name.is_empty() || name == SCHEDULER_NAME);
+    unbound && ours && pod["metadata"]["deletionTimestamp"].is_null()
+}
+
 async fn schedule_pending(api: &Api) -> api::ApiResult<()> {
     let pods = items(&api.call("GET", "/api/v1/pods", None).await?);
+    // Most passes (woken by a node's heartbeat) find nothing to do: the nodes are not read.
+    if !pods.iter().any(pending) {
+        return Ok(());
+    }
     let nodes = items(&api.call("GET", "/api/v1/nodes", None).await?);
     let mut usage: HashMap<String, Resources> = HashMap::new();
     let finished = |pod: &Value| {
@@ -220,14 +233,7 @@ async fn schedule_pending(api: &Api) -> api::ApiResult<()> {
             }
         }
     }
-    for pod in &pods {
-        let unbound = pod["spec"]["nodeName"].as_str().is_none_or(str::is_empty);
-        let ours = pod["spec"]["schedulerName"]
-            .as_str()
-            .is_none_or(|name| name.is_empty() || name == SCHEDULER_NAME);
-        if !unbound || !ours || !pod["metadata"]["deletionTimestamp"].is_null() {
-            continue;
-        }
+    for pod in pods.iter().filter(|pod| pending(pod)) {
         let (namespace, name) = name_of(pod);
         let path = format!("/api/v1/namespaces/{namespace}/pods/{name}");
         match choose(pod, &nodes, &usage) {

@@ -14,12 +14,15 @@ use oxcd_proto::etcdserverpb::response_op::Response;
 use oxcd_proto::etcdserverpb::watch_client::WatchClient;
 use oxcd_proto::etcdserverpb::watch_request::RequestUnion;
 use oxcd_proto::etcdserverpb::{
-    Compare, DeleteRangeRequest, LeaseGrantRequest, PutRequest, RangeRequest, RequestOp,
-    TxnRequest, WatchCreateRequest, WatchRequest,
+    CompactionRequest, Compare, DeleteRangeRequest, LeaseGrantRequest, PutRequest, RangeRequest,
+    RequestOp, TxnRequest, WatchCreateRequest, WatchRequest,
 };
 use oxcd_proto::mvccpb::{event::EventType, KeyValue};
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
+
+/// Where kube-apiserver's compactors agree on the next compaction (outside --etcd-prefix).
+const COMPACT_REV_KEY: &[u8] = b"compact_rev_key";
 
 /// etcd's error for a revision below the compaction point.
 const COMPACTED: &str = "etcdserver: mvcc: required revision has been compacted";
@@ -326,6 +329,70 @@ impl Store {
             Err(None) => Err(StoreError::NotFound),
             Err(Some(_)) => Err(StoreError::Modified),
         }
+    }
+
+    /// One round of kube-apiserver's compactor (storage/etcd3/compact.go), which every
+    /// apiserver on a store runs and which coordinates through the store's `compact_rev_key`:
+    /// `Txn(Version(compact_rev_key) == expected_version, Put(compact_rev_key, revision), else
+    /// Get)`. Whoever wins the round compacts the store to `revision` (the revision it saw one
+    /// round ago) unless that is 0. Returns the key's version and the store's revision now,
+    /// for the next round.
+    pub async fn compaction_round(
+        &self,
+        expected_version: i64,
+        revision: i64,
+    ) -> StoreResult<(i64, i64)> {
+        let key = COMPACT_REV_KEY.to_vec();
+        let request = TxnRequest {
+            compare: vec![Compare {
+                result: CompareResult::Equal as i32,
+                target: CompareTarget::Version as i32,
+                key: key.clone(),
+                target_union: Some(TargetUnion::Version(expected_version)),
+                ..Default::default()
+            }],
+            success: vec![op(Request::RequestPut(PutRequest {
+                key: key.clone(),
+                value: revision.to_string().into_bytes(),
+                ..Default::default()
+            }))],
+            failure: vec![read(&key)],
+        };
+        let response = self
+            .kv_call(|mut kv| {
+                let request = request.clone();
+                async move { kv.txn(request).await }
+            })
+            .await?;
+        let now = response.header.as_ref().map_or(0, |h| h.revision);
+        if !response.succeeded {
+            let version = response
+                .responses
+                .into_iter()
+                .find_map(|r| match r.response {
+                    Some(Response::ResponseRange(range)) => range.kvs.into_iter().next(),
+                    _ => None,
+                })
+                .map_or(0, |kv| kv.version);
+            return Ok((version, now));
+        }
+        if revision > 0 {
+            let compaction = CompactionRequest {
+                revision,
+                physical: false,
+            };
+            match self
+                .kv_call(|mut kv| async move { kv.compact(compaction).await })
+                .await
+            {
+                // Compacted already (by another apiserver's compactor, or an operator).
+                Err(status) if status.message() == COMPACTED => {}
+                other => {
+                    other?;
+                }
+            }
+        }
+        Ok((expected_version + 1, now))
     }
 
     /// Every change under `prefix` from revision `start` on, in order, sent to `changes`

@@ -1363,3 +1363,54 @@ async fn events_expire_after_the_event_ttl() {
     });
     kubectl.ok(&["get", "event", "first"]);
 }
+
+/// The shim compacts the store as kube-apiserver does: each interval, through
+/// `compact_rev_key`, to the revision of the interval before; a list at a compacted
+/// resourceVersion is then 410 Gone.
+#[tokio::test]
+async fn the_store_is_compacted_every_interval() {
+    let member = Server::start(Flavor::Oxcd).await;
+    let mut client = member.client().await;
+    let shim = Shim::start_with(
+        &member.client_url(),
+        &["--controllers=", "--etcd-compaction-interval=1s"],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let kubectl = Kubectl::for_server(&shim.url, dir.path());
+    kubectl.ok(&["create", "configmap", "churn", "--from-literal=k=0"]);
+    let first = kubectl.json(&["get", "configmap", "churn"]);
+    let first_version = first["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    let mut writes = 0;
+    let compacted_to = loop {
+        writes += 1;
+        let patch = format!(r#"{{"data":{{"k":"{writes}"}}}}"#);
+        kubectl.ok(&["patch", "configmap", "churn", "--type=merge", "-p", &patch]);
+        let status = client.status().await.unwrap();
+        let key = client.get("compact_rev_key", None).await.unwrap();
+        let compacted: i64 = key
+            .kvs()
+            .first()
+            .and_then(|kv| kv.value_str().ok()?.parse().ok())
+            .unwrap_or(0);
+        if compacted > first_version.parse::<i64>().unwrap() {
+            assert!(compacted < status.header().unwrap().revision());
+            break compacted;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no compaction past {first_version}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    eprintln!("compacted to {compacted_to}");
+    let gone = kubectl.fails(&[
+        "get",
+        "--raw",
+        &format!("/api/v1/namespaces/default/configmaps?resourceVersion={first_version}&resourceVersionMatch=Exact"),
+    ]);
+    assert!(gone.contains("too old"), "{gone}");
+}
