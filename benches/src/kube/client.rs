@@ -88,6 +88,13 @@ impl ApiClient {
         })
     }
 
+    /// Another client of the same apiserver, as the same caller, on `connections` new
+    /// connections.
+    pub async fn reconnect(&self, connections: usize) -> Result<Self> {
+        let token = self.authorization.trim_start_matches("Bearer ");
+        Self::connect(&self.base, token, connections).await
+    }
+
     async fn send(
         &self,
         method: Method,

@@ -1,8 +1,8 @@
 //! The simulated nodes. Each registers its Node and Lease, renews the Lease every interval (a
-//! kubelet's node lease controller) and runs the pods bound to it: it reports them Running and
-//! Ready and finishes their graceful deletion, as a kubelet does. One watch over the benchmark's
-//! namespace stands in for the kubelets' per-node watches, so thousands of nodes cost a task
-//! each, not a process.
+//! kubelet's node lease controller) and runs the pods bound to it: like a kubelet it watches
+//! the pods with `spec.nodeName` = its name, reports them Running and Ready and finishes their
+//! graceful deletion. Thousands of nodes cost a task each, not a process. A separate observer
+//! watches the whole namespace to time each pod from its creation; it never acts.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -234,8 +234,6 @@ struct Pod {
     bound: bool,
     running: bool,
     deleting: bool,
-    status_sent: bool,
-    delete_sent: bool,
 }
 
 /// The pods of the namespace, and how long they took to be bound and to run.
@@ -245,8 +243,9 @@ pub struct PodBook {
     pub bound_us: Histogram<u64>,
     /// From the first sight of a pod to its first sight Running.
     pub running_us: Histogram<u64>,
-    /// How often the watch ended and the pods were listed again. (Under CPU starvation the
-    /// apiserver's watch cache closes a watcher its handler does not drain in time.)
+    /// How often the observer's watch ended and the pods were listed again. (Under CPU
+    /// starvation the apiserver's watch cache closes a watcher its handler does not drain in
+    /// time.)
     pub watch_restarts: u64,
 }
 
@@ -264,16 +263,23 @@ impl PodBook {
     }
 }
 
-/// The kubelets of all simulated nodes.
+/// The kubelets of all simulated nodes, and the observer that times the pods.
 pub struct Kubelets {
     book: Arc<Mutex<PodBook>>,
     changed: Arc<Notify>,
     failures: Arc<AtomicU64>,
-    task: JoinHandle<()>,
+    kubelet_watch_restarts: Arc<AtomicU64>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
+/// Watch streams per HTTP/2 connection of the kubelets' client (kube-apiserver allows 1,000
+/// streams on one, Go's default 250).
+const WATCHES_PER_CONNECTION: usize = 100;
+
 impl Kubelets {
-    pub fn start(client: &Arc<ApiClient>) -> Self {
+    /// The observer on `client`, and a kubelet for each of the first `nodes` nodes on
+    /// connections of their own (their watches hold a stream each for good).
+    pub async fn start(client: &Arc<ApiClient>, nodes: usize) -> Result<Self> {
         let book = Arc::new(Mutex::new(PodBook {
             pods: HashMap::new(),
             bound_us: new_latency_histogram(),
@@ -282,18 +288,44 @@ impl Kubelets {
         }));
         let changed = Arc::new(Notify::new());
         let failures = Arc::new(AtomicU64::new(0));
-        let task = tokio::spawn(watch_pods(
+        let kubelet_watch_restarts = Arc::new(AtomicU64::new(0));
+        let mut tasks = vec![tokio::spawn(observe_pods(
             Arc::clone(client),
             Arc::clone(&book),
             Arc::clone(&changed),
-            Arc::clone(&failures),
-        ));
-        Self {
+        ))];
+        let watch_client = Arc::new(
+            client
+                .reconnect(nodes.div_ceil(WATCHES_PER_CONNECTION).max(1))
+                .await?,
+        );
+        let actions = Arc::new(Semaphore::new(CONCURRENT_CALLS));
+        for index in 0..nodes {
+            let kubelet = Kubelet {
+                node: node_name(index),
+                watches: Arc::clone(&watch_client),
+                client: Arc::clone(client),
+                failures: Arc::clone(&failures),
+                actions: Arc::clone(&actions),
+            };
+            let restarts = Arc::clone(&kubelet_watch_restarts);
+            tasks.push(tokio::spawn(async move {
+                let mut sent = HashMap::new();
+                loop {
+                    if kubelet.list_and_watch(&mut sent).await.is_err() {
+                        restarts.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }));
+        }
+        Ok(Self {
             book,
             changed,
             failures,
-            task,
-        }
+            kubelet_watch_restarts,
+            tasks,
+        })
     }
 
     /// Waits until `done` holds for the pods, for at most `timeout`.
@@ -328,135 +360,196 @@ impl Kubelets {
         read(&self.book.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
-    /// Stops; the kubelets' failed calls.
-    pub fn stop(self) -> u64 {
-        self.task.abort();
-        self.failures.load(Ordering::Relaxed)
+    /// Stops; the kubelets' failed calls, and how often their watches were closed.
+    pub fn stop(self) -> (u64, u64) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        (
+            self.failures.load(Ordering::Relaxed),
+            self.kubelet_watch_restarts.load(Ordering::Relaxed),
+        )
     }
 }
 
 /// Lists the namespace's pods, then watches them from the list's revision; again from a fresh
 /// list whenever the watch ends or fails.
-async fn watch_pods(
-    client: Arc<ApiClient>,
-    book: Arc<Mutex<PodBook>>,
-    changed: Arc<Notify>,
-    failures: Arc<AtomicU64>,
-) {
-    let actions = Arc::new(Semaphore::new(CONCURRENT_CALLS));
-    let kubelet = Kubelet {
-        client,
-        book,
-        failures,
-        actions,
-    };
+async fn observe_pods(client: Arc<ApiClient>, book: Arc<Mutex<PodBook>>, changed: Arc<Notify>) {
+    let observer = Observer { client, book };
     loop {
-        if let Err(error) = kubelet.list_and_watch(&changed).await {
-            let mut book = kubelet.book.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(error) = observer.list_and_watch(&changed).await {
+            let mut book = observer.book.lock().unwrap_or_else(|e| e.into_inner());
             book.watch_restarts += 1;
             if book.watch_restarts == 1 {
-                eprintln!("kubelets: pod watch ended ({error:#}); listing again (counted)");
+                eprintln!("observer: pod watch ended ({error:#}); listing again (counted)");
             }
         }
     }
 }
 
-struct Kubelet {
+/// What a list-then-watch hands on: the whole list first, then each event.
+enum Seen<'a> {
+    Listed(&'a [Value]),
+    Event(&'a str, &'a Value),
+}
+
+/// Lists what `path` selects, then watches it from the list's revision, handing the list and
+/// each event to `seen`; ends with an error when the watch does.
+async fn list_then_watch(
+    lister: &ApiClient,
+    watcher: &ApiClient,
+    path: &str,
+    mut seen: impl FnMut(Seen<'_>),
+) -> Result<()> {
+    let list = lister
+        .call(Method::GET, path, None)
+        .await?
+        .success("listing pods")?;
+    let listed: Vec<Value> = list["items"].as_array().cloned().unwrap_or_default();
+    seen(Seen::Listed(&listed));
+    let revision = list["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap_or_default();
+    let separator = if path.contains('?') { '&' } else { '?' };
+    let mut events = watcher
+        .watch(&format!(
+            "{path}{separator}watch=true&resourceVersion={revision}&allowWatchBookmarks=true&timeoutSeconds=3600"
+        ))
+        .await?;
+    while let Some(event) = events.recv().await {
+        let event = event?;
+        match event["type"].as_str().unwrap_or_default() {
+            "ERROR" => bail!("{}", event["object"]["message"]),
+            "BOOKMARK" => continue,
+            kind => seen(Seen::Event(kind, &event["object"])),
+        }
+    }
+    bail!("the apiserver ended the watch")
+}
+
+/// Times the pods of the benchmark's namespace from their first sight.
+struct Observer {
     client: Arc<ApiClient>,
     book: Arc<Mutex<PodBook>>,
+}
+
+impl Observer {
+    async fn list_and_watch(&self, changed: &Notify) -> Result<()> {
+        let pods = format!("/api/v1/namespaces/{NAMESPACE}/pods");
+        list_then_watch(&self.client, &self.client, &pods, |seen| {
+            match seen {
+                Seen::Listed(listed) => {
+                    // Pods the list no longer has are gone; what it holds is booked.
+                    {
+                        let mut book = self.book.lock().unwrap_or_else(|e| e.into_inner());
+                        book.pods.retain(|name, _| {
+                            listed
+                                .iter()
+                                .any(|pod| pod["metadata"]["name"].as_str() == Some(name))
+                        });
+                    }
+                    for pod in listed {
+                        self.record("ADDED", pod);
+                    }
+                }
+                Seen::Event(kind, pod) => self.record(kind, pod),
+            }
+            changed.notify_waiters();
+        })
+        .await
+    }
+
+    /// Books one pod's new state.
+    fn record(&self, kind: &str, object: &Value) {
+        let Some(name) = object["metadata"]["name"].as_str() else {
+            return;
+        };
+        let mut book = self.book.lock().unwrap_or_else(|e| e.into_inner());
+        if kind == "DELETED" {
+            book.pods.remove(name);
+            return;
+        }
+        let now = Instant::now();
+        let book = &mut *book;
+        let pod = book.pods.entry(name.to_owned()).or_insert(Pod {
+            seen: now,
+            bound: false,
+            running: false,
+            deleting: false,
+        });
+        if !pod.bound
+            && object["spec"]["nodeName"]
+                .as_str()
+                .is_some_and(|n| !n.is_empty())
+        {
+            pod.bound = true;
+            book.bound_us.saturating_record(micros(now - pod.seen));
+        }
+        if !pod.running && object["status"]["phase"] == "Running" {
+            pod.running = true;
+            book.running_us.saturating_record(micros(now - pod.seen));
+        }
+        pod.deleting = !object["metadata"]["deletionTimestamp"].is_null();
+    }
+}
+
+/// What one kubelet already asked for a pod.
+#[derive(Default)]
+struct Sent {
+    status: bool,
+    delete: bool,
+}
+
+/// One simulated node's kubelet: its pods, as its field-selected watch shows them.
+struct Kubelet {
+    node: String,
+    /// The connections its watch holds a stream on.
+    watches: Arc<ApiClient>,
+    client: Arc<ApiClient>,
     failures: Arc<AtomicU64>,
     actions: Arc<Semaphore>,
 }
 
 impl Kubelet {
-    async fn list_and_watch(&self, changed: &Notify) -> Result<()> {
-        let pods = format!("/api/v1/namespaces/{NAMESPACE}/pods");
-        let list = self
-            .client
-            .call(Method::GET, &pods, None)
-            .await?
-            .success("listing pods")?;
-        let listed: Vec<&Value> = list["items"].as_array().into_iter().flatten().collect();
-        {
-            let mut book = self.book.lock().unwrap_or_else(|e| e.into_inner());
-            book.pods.retain(|name, _| {
-                listed
-                    .iter()
-                    .any(|pod| pod["metadata"]["name"].as_str() == Some(name))
-            });
-        }
-        for pod in listed {
-            self.observe("ADDED", pod);
-        }
-        changed.notify_waiters();
-        let revision = list["metadata"]["resourceVersion"]
-            .as_str()
-            .unwrap_or_default();
-        let mut events = self
-            .client
-            .watch(&format!(
-                "{pods}?watch=true&resourceVersion={revision}&allowWatchBookmarks=true&timeoutSeconds=3600"
-            ))
-            .await?;
-        while let Some(event) = events.recv().await {
-            let event = event?;
-            match event["type"].as_str().unwrap_or_default() {
-                "ERROR" => bail!("{}", event["object"]["message"]),
-                "BOOKMARK" => continue,
-                kind => self.observe(kind, &event["object"]),
+    async fn list_and_watch(&self, sent: &mut HashMap<String, Sent>) -> Result<()> {
+        let pods = format!("/api/v1/pods?fieldSelector=spec.nodeName%3D{}", self.node);
+        list_then_watch(&self.client, &self.watches, &pods, |seen| match seen {
+            Seen::Listed(listed) => {
+                for pod in listed {
+                    self.act("ADDED", pod, sent);
+                }
             }
-            changed.notify_waiters();
-        }
-        bail!("the apiserver ended the watch")
+            Seen::Event(kind, pod) => self.act(kind, pod, sent),
+        })
+        .await
     }
 
-    /// Books one pod's new state, and does what a kubelet would about it.
-    fn observe(&self, kind: &str, object: &Value) {
+    /// Does what a kubelet would about a pod bound to its node.
+    fn act(&self, kind: &str, object: &Value, sent: &mut HashMap<String, Sent>) {
         let Some(name) = object["metadata"]["name"].as_str() else {
             return;
         };
-        let (start, delete) = {
-            let mut book = self.book.lock().unwrap_or_else(|e| e.into_inner());
-            if kind == "DELETED" {
-                book.pods.remove(name);
-                return;
-            }
-            let now = Instant::now();
-            let book = &mut *book;
-            let pod = book.pods.entry(name.to_owned()).or_insert(Pod {
-                seen: now,
-                bound: false,
-                running: false,
-                deleting: false,
-                status_sent: false,
-                delete_sent: false,
-            });
-            if !pod.bound
-                && object["spec"]["nodeName"]
-                    .as_str()
-                    .is_some_and(|n| !n.is_empty())
-            {
-                pod.bound = true;
-                book.bound_us.saturating_record(micros(now - pod.seen));
-            }
-            if !pod.running && object["status"]["phase"] == "Running" {
-                pod.running = true;
-                book.running_us.saturating_record(micros(now - pod.seen));
-            }
-            pod.deleting = !object["metadata"]["deletionTimestamp"].is_null();
-            let delete = pod.deleting && !pod.delete_sent;
-            let start = pod.bound && !pod.running && !pod.deleting && !pod.status_sent;
-            pod.delete_sent |= delete;
-            pod.status_sent |= start;
-            (start, delete)
-        };
+        if kind == "DELETED" {
+            sent.remove(name);
+            return;
+        }
+        let asked = sent.entry(name.to_owned()).or_default();
+        let deleting = !object["metadata"]["deletionTimestamp"].is_null();
+        let running = object["status"]["phase"] == "Running";
+        let delete = deleting && !asked.delete;
+        let start = !running && !deleting && !asked.status;
+        asked.delete |= delete;
+        asked.status |= start;
         if !(start || delete) {
             return;
         }
         let actions = Arc::clone(&self.actions);
         let client = Arc::clone(&self.client);
         let failures = Arc::clone(&self.failures);
-        let path = format!("/api/v1/namespaces/{NAMESPACE}/pods/{name}");
+        let namespace = object["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or(NAMESPACE);
+        let path = format!("/api/v1/namespaces/{namespace}/pods/{name}");
         let pod = object.clone();
         // The permit is taken in the task: the watch must be read without pause, or the
         // apiserver closes it as unresponsive.

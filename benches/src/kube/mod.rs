@@ -212,7 +212,13 @@ const METRICS: &[MetricDef] = &[
     },
     MetricDef {
         id: "pod_watch_restarts",
-        label: "simulated kubelets' pod watch closed by the apiserver and listed again",
+        label: "the observer's pod watch closed by the apiserver and listed again",
+        unit: Unit::Count,
+        target: None,
+    },
+    MetricDef {
+        id: "kubelet_watch_restarts",
+        label: "simulated kubelets' own pod watches closed and listed again",
         unit: Unit::Count,
         target: None,
     },
@@ -306,7 +312,7 @@ async fn run_one(
     prepare_namespace(&client).await?;
     let leases = fleet::register_nodes(&client, args.nodes).await?;
     let renewer = LeaseRenewer::start(&client, leases, Duration::from_secs(args.lease_interval));
-    let kubelets = Kubelets::start(&client);
+    let kubelets = Kubelets::start(&client, args.nodes).await?;
     create_deployments(&client, args.deployments).await?;
     eprintln!("{label}: {} nodes registered; rounds start", args.nodes);
 
@@ -344,7 +350,7 @@ async fn run_one(
             book.watch_restarts,
         )
     });
-    let kubelet_failures = kubelets.stop();
+    let (kubelet_failures, kubelet_watch_restarts) = kubelets.stop();
 
     let mut values = BTreeMap::new();
     let pods = (target * args.rounds) as f64;
@@ -407,6 +413,7 @@ async fn run_one(
     values.insert("store_disk_bytes", cluster.data_dir_bytes()? as f64);
     values.insert("lease_renewals", renewals as f64);
     values.insert("pod_watch_restarts", watch_restarts as f64);
+    values.insert("kubelet_watch_restarts", kubelet_watch_restarts as f64);
     values.insert("failed_calls", (renewal_failures + kubelet_failures) as f64);
 
     drop(components);
