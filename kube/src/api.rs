@@ -470,11 +470,12 @@ struct Filter {
 }
 
 impl Filter {
-    fn from_query(query: &HashMap<String, String>) -> ApiResult<Filter> {
+    fn from_query(query: &HashMap<String, String>, kind: &str) -> ApiResult<Filter> {
         let text = |name: &str| query.get(name).map_or("", String::as_str);
         Ok(Filter {
             labels: LabelSelector::parse(text("labelSelector")).map_err(ApiError::bad_request)?,
-            fields: FieldSelector::parse(text("fieldSelector")).map_err(ApiError::bad_request)?,
+            fields: FieldSelector::parse(text("fieldSelector"), kind)
+                .map_err(ApiError::bad_request)?,
         })
     }
 
@@ -669,7 +670,7 @@ impl Api {
     }
 
     async fn list(&self, target: &Target, query: &HashMap<String, String>) -> ApiResult<Reply> {
-        let filter = Filter::from_query(query)?;
+        let filter = Filter::from_query(query, target.resource.kind)?;
         let limit = query_number(query, "limit")?.max(0);
         let prefix = target
             .resource
@@ -1090,7 +1091,7 @@ impl Api {
     /// `watch=true`: from `resourceVersion` + 1; without one (or "0"), the current objects as
     /// ADDED first. `sendInitialEvents=true` ends those with the bookmark client-go waits for.
     async fn watch(&self, target: &Target, query: &HashMap<String, String>) -> ApiResult<Reply> {
-        let filter = Filter::from_query(query)?;
+        let filter = Filter::from_query(query, target.resource.kind)?;
         let since = query_number(query, "resourceVersion")?;
         let initial_events =
             since == 0 || query.get("sendInitialEvents").map(String::as_str) == Some("true");

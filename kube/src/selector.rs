@@ -1,7 +1,8 @@
 //! `labelSelector` and `fieldSelector` as kube-apiserver parses them: comma-separated
 //! requirements, all of which must hold. Labels: `k=v`, `k==v`, `k!=v`, `k in (a,b)`,
-//! `k notin (a,b)`, `k`, `!k`. Fields: `metadata.name` and `metadata.namespace` with `=`, `==`,
-//! `!=` (the fields every kind supports).
+//! `k notin (a,b)`, `k`, `!k`. Fields, with `=`, `==`, `!=`: `metadata.name` and
+//! `metadata.namespace` (every kind), and the fields each kind adds (`spec.nodeName` and
+//! `status.phase` for pods, `involvedObject.*` for events, …).
 
 use serde_json::Value;
 
@@ -202,16 +203,56 @@ impl LabelSelector {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FieldSelector(Vec<Requirement>);
 
+/// The fields kube-apiserver selects on for `kind` besides `metadata.name` and
+/// `metadata.namespace` (each kind's GetAttrs), and each one's value when the object lacks it.
+fn selectable_fields(kind: &str) -> &'static [(&'static str, &'static str)] {
+    match kind {
+        "Pod" => &[
+            ("spec.nodeName", ""),
+            ("spec.restartPolicy", ""),
+            ("spec.schedulerName", ""),
+            ("spec.serviceAccountName", ""),
+            ("spec.hostNetwork", "false"),
+            ("status.phase", ""),
+            ("status.podIP", ""),
+            ("status.nominatedNodeName", ""),
+        ],
+        "Node" => &[("spec.unschedulable", "false")],
+        "Namespace" => &[("status.phase", "")],
+        "Secret" => &[("type", "")],
+        "ReplicaSet" => &[("status.replicas", "0")],
+        "Event" => &[
+            ("involvedObject.kind", ""),
+            ("involvedObject.namespace", ""),
+            ("involvedObject.name", ""),
+            ("involvedObject.uid", ""),
+            ("involvedObject.apiVersion", ""),
+            ("involvedObject.resourceVersion", ""),
+            ("involvedObject.fieldPath", ""),
+            ("reason", ""),
+            ("reportingComponent", ""),
+            ("source", ""),
+            ("type", ""),
+        ],
+        _ => &[],
+    }
+}
+
 impl FieldSelector {
-    pub fn parse(selector: &str) -> Result<FieldSelector, String> {
+    /// A selector on objects of `kind`: `metadata.name`, `metadata.namespace`, and the fields
+    /// kube-apiserver lets that kind be selected by (`spec.nodeName` for pods, …).
+    pub fn parse(selector: &str, kind: &str) -> Result<FieldSelector, String> {
         let mut requirements = Vec::new();
         for term in top_level_terms(selector) {
             let requirement =
                 equality(term).ok_or_else(|| format!("invalid selector: {term:?}"))?;
-            if !matches!(
+            let known = matches!(
                 requirement.key.as_str(),
                 "metadata.name" | "metadata.namespace"
-            ) {
+            ) || selectable_fields(kind)
+                .iter()
+                .any(|(field, _)| *field == requirement.key);
+            if !known {
                 return Err(format!("field label not supported: {}", requirement.key));
             }
             requirements.push(requirement);
@@ -220,11 +261,24 @@ impl FieldSelector {
     }
 
     pub fn matches(&self, object: &Value) -> bool {
+        let kind = object["kind"].as_str().unwrap_or_default();
         self.0.iter().all(|r| {
-            let field = r.key.strip_prefix("metadata.").unwrap_or(&r.key);
-            // An absent field is the empty string, as in kube-apiserver's field sets.
-            let value = object["metadata"][field].as_str().unwrap_or("");
-            r.holds(Some(value))
+            let mut value = object;
+            for step in r.key.split('.') {
+                value = &value[step];
+            }
+            // An absent field has its zero value, as in kube-apiserver's field sets.
+            let absent = selectable_fields(kind)
+                .iter()
+                .find(|(field, _)| *field == r.key)
+                .map_or("", |(_, zero)| zero);
+            let text = match value {
+                Value::String(text) => text.clone(),
+                Value::Bool(flag) => flag.to_string(),
+                Value::Number(number) => number.to_string(),
+                _ => absent.to_string(),
+            };
+            r.holds(Some(&text))
         })
     }
 }
@@ -276,15 +330,31 @@ mod tests {
     }
 
     #[test]
-    fn field_selectors_know_name_and_namespace() {
+    fn field_selectors_know_name_namespace_and_each_kinds_fields() {
         let object = labelled(json!({}));
-        let matches = |s: &str| FieldSelector::parse(s).unwrap().matches(&object);
+        let matches = |s: &str| {
+            FieldSelector::parse(s, "ConfigMap")
+                .unwrap()
+                .matches(&object)
+        };
         assert!(matches("metadata.name=a"));
         assert!(matches("metadata.name==a,metadata.namespace=ns"));
         assert!(!matches("metadata.namespace!=ns"));
         assert_eq!(
-            FieldSelector::parse("spec.nodeName=x").unwrap_err(),
+            FieldSelector::parse("spec.nodeName=x", "ConfigMap").unwrap_err(),
             "field label not supported: spec.nodeName"
         );
+        // What kubelets and kube-scheduler select pods by.
+        let pod = json!({"kind": "Pod", "metadata": {"name": "p"},
+            "spec": {"nodeName": "node-1"}, "status": {"phase": "Running"}});
+        let pod_matches = |s: &str| FieldSelector::parse(s, "Pod").unwrap().matches(&pod);
+        assert!(pod_matches("spec.nodeName=node-1"));
+        assert!(!pod_matches("spec.nodeName=node-2"));
+        assert!(pod_matches("status.phase!=Succeeded,status.phase!=Failed"));
+        assert!(pod_matches("spec.hostNetwork=false"));
+        let unbound = json!({"kind": "Pod", "metadata": {"name": "q"}, "spec": {}});
+        assert!(FieldSelector::parse("spec.nodeName=", "Pod")
+            .unwrap()
+            .matches(&unbound));
     }
 }

@@ -1146,6 +1146,20 @@ async fn a_deployment_rolls_out_scales_and_is_collected() {
             .all(|l| l.contains("1/1") && l.contains("Running")),
         "{printed}"
     );
+    // Pods by node and phase, as kubelets and kube-scheduler select them.
+    let on_node = |node: &str| {
+        let selector = format!("--field-selector=spec.nodeName={node},status.phase=Running");
+        kubectl
+            .ok(&["get", "pods", &selector, "-o", "name"])
+            .lines()
+            .count()
+    };
+    assert_eq!(on_node("node-1") + on_node("node-2"), 3);
+    let refused = kubectl.fails(&["get", "configmaps", "--field-selector=spec.nodeName=x"]);
+    assert!(
+        refused.contains("field label not supported: spec.nodeName"),
+        "{refused}"
+    );
     // Each kubelet renews its node's Lease.
     let lease = kubectl.json(&["-n", "kube-node-lease", "get", "lease", "node-1"]);
     assert_eq!(lease["spec"]["holderIdentity"], "node-1");
