@@ -53,6 +53,9 @@ use oxcd_kube::object;
 use patch::PatchType;
 use status::ApiError;
 
+// The embedded member's allocator, as in the oxcd binary.
+oxcd::jemalloc_allocator!();
+
 /// kube-apiserver refuses request bodies over 3 MiB.
 const MAX_BODY: usize = 3 * 1024 * 1024;
 

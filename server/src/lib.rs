@@ -61,6 +61,27 @@ pub mod tls;
 pub mod watch;
 
 pub use config::Config;
+// For [`jemalloc_allocator!`] in the programs that use it.
+#[doc(hidden)]
+pub use tikv_jemallocator;
+
+/// Makes jemalloc, with the options the `oxcd` binary runs with, the allocator of the program
+/// this is written in: `oxcd`'s own, and any program that embeds a member. glibc's malloc keeps
+/// the memory of watch fan-out's many short-lived buffers across threads; jemalloc's background
+/// thread returns freed pages to the OS within about a second (measured: 429 MiB kept after a
+/// burst without it, 33 MiB with it).
+#[macro_export]
+macro_rules! jemalloc_allocator {
+    () => {
+        #[global_allocator]
+        static ALLOCATOR: $crate::tikv_jemallocator::Jemalloc = $crate::tikv_jemallocator::Jemalloc;
+
+        #[allow(non_upper_case_globals)]
+        #[export_name = "_rjem_malloc_conf"]
+        pub static _rjem_malloc_conf: &[u8] =
+            b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+    };
+}
 pub use embed::ConfigBuilder;
 pub use node::Node;
 

@@ -5,16 +5,7 @@ use std::time::Duration;
 
 use tokio::signal::unix::{signal, SignalKind};
 
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
-/// jemalloc options read at start-up: a background thread returns freed pages to the OS within
-/// about a second, so memory used by a burst (watch fan-out under overload) does not stay in
-/// the process's RSS (measured: 429 MiB kept after a burst without it, 33 MiB with it).
-#[allow(non_upper_case_globals)]
-#[export_name = "_rjem_malloc_conf"]
-pub static _rjem_malloc_conf: &[u8] =
-    b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+oxcd::jemalloc_allocator!();
 
 fn main() {
     abort_on_panic();
