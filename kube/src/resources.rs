@@ -862,6 +862,116 @@ mod tests {
     }
 
     #[test]
+    fn workloads_are_defaulted_validated_and_scaled() {
+        let deployments = resource("apps", "deployments").unwrap();
+        let mut web = json!({"metadata": {"name": "web"},
+            "spec": {"selector": {"matchLabels": {"app": "web"}},
+                "template": {"metadata": {"labels": {"app": "web"}},
+                    "spec": {"containers": [{"name": "c", "image": "nginx",
+                        "ports": [{"containerPort": 80}]}]}}}});
+        deployments
+            .prepare_create(&mut web, Some("ns"), NOW)
+            .unwrap();
+        assert_eq!(web["apiVersion"], "apps/v1");
+        assert_eq!(web["metadata"]["generation"], 1);
+        assert_eq!(web["spec"]["replicas"], 1);
+        assert_eq!(web["spec"]["strategy"]["rollingUpdate"]["maxSurge"], "25%");
+        let container = &web["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(container["ports"][0]["protocol"], "TCP");
+        assert_eq!(container["imagePullPolicy"], "Always");
+
+        let mut scaled = deployments
+            .rescaled(&web, &json!({"spec": {"replicas": 4}}), "web")
+            .unwrap();
+        deployments
+            .prepare_update(&mut scaled, &web, Some("ns"), "web")
+            .unwrap();
+        assert_eq!(scaled["metadata"]["generation"], 2, "a spec change counts");
+        let scale = deployments.scale_of(&scaled);
+        assert_eq!(
+            (
+                scale["spec"]["replicas"].as_i64(),
+                scale["status"]["selector"].as_str()
+            ),
+            (Some(4), Some("app=web"))
+        );
+        let negative = deployments.rescaled(&web, &json!({"spec": {"replicas": -1}}), "web");
+        assert_eq!(negative.unwrap_err().code, 422);
+
+        let mut mismatched = json!({"metadata": {"name": "odd"},
+            "spec": {"selector": {"matchLabels": {"app": "a"}},
+                "template": {"metadata": {"labels": {"app": "b"}}, "spec": {}}}});
+        let refused = deployments
+            .prepare_create(&mut mismatched, Some("ns"), NOW)
+            .unwrap_err();
+        assert!(
+            refused
+                .message
+                .starts_with("Deployment.apps \"odd\" is invalid: spec.template.metadata.labels"),
+            "{}",
+            refused.message
+        );
+        let mut moved = scaled.clone();
+        moved["spec"]["selector"] = json!({"matchLabels": {"app": "other"}});
+        moved["spec"]["template"]["metadata"]["labels"] = json!({"app": "other"});
+        let refused = deployments
+            .prepare_update(&mut moved, &web, Some("ns"), "web")
+            .unwrap_err();
+        assert!(refused
+            .message
+            .contains("spec.selector: Invalid value: field is immutable"));
+    }
+
+    #[test]
+    fn secrets_and_services_get_kube_apiservers_defaults() {
+        let secrets = resource("", "secrets").unwrap();
+        let mut secret = json!({"metadata": {"name": "s"}, "data": {"a": "eA=="},
+            "stringData": {"b": "y"}});
+        secrets
+            .prepare_create(&mut secret, Some("ns"), NOW)
+            .unwrap();
+        assert_eq!(secret["type"], "Opaque");
+        assert_eq!(secret["data"], json!({"a": "eA==", "b": "eQ=="}));
+        assert_eq!(secret.get("stringData"), None);
+
+        let services = resource("", "services").unwrap();
+        let mut service = json!({"metadata": {"name": "web"},
+            "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]}});
+        services
+            .prepare_create(&mut service, Some("ns"), NOW)
+            .unwrap();
+        assert_eq!(service["spec"]["type"], "ClusterIP");
+        assert_eq!(
+            service["spec"]["ports"][0],
+            json!({"port": 80, "protocol": "TCP", "targetPort": 80})
+        );
+        assert_eq!(service["status"], json!({"loadBalancer": {}}));
+        let mut node_port = json!({"metadata": {"name": "np"},
+            "spec": {"type": "NodePort", "ports": [{"port": 80}]}});
+        let refused = services
+            .prepare_create(&mut node_port, Some("ns"), NOW)
+            .unwrap_err();
+        assert_eq!(refused.code, 422);
+        // An update that leaves the cluster IP out keeps it; one that changes it is refused.
+        let mut stored = service.clone();
+        stored["spec"]["clusterIP"] = "10.0.0.9".into();
+        let mut update = json!({"metadata": {"name": "web"}, "spec": {"ports": [{"port": 81}]}});
+        services
+            .prepare_update(&mut update, &stored, Some("ns"), "web")
+            .unwrap();
+        assert_eq!(update["spec"]["clusterIP"], "10.0.0.9");
+        let mut moved = json!({"metadata": {"name": "web"},
+            "spec": {"clusterIP": "10.0.0.8", "ports": [{"port": 81}]}});
+        assert_eq!(
+            services
+                .prepare_update(&mut moved, &stored, Some("ns"), "web")
+                .unwrap_err()
+                .code,
+            422
+        );
+    }
+
+    #[test]
     fn namespaces_with_finalizers_terminate() {
         let namespaces = resource("", "namespaces").unwrap();
         let stored = json!({"metadata": {"name": "team"}, "spec": {"finalizers": ["kubernetes"]},
