@@ -5,7 +5,7 @@
 //! defaults), so the two can serve the same store side by side. Control loops act through the
 //! API as kube-controller-manager's and kube-scheduler's do: a scheduler binds pending pods,
 //! deployment and replicaset controllers roll workloads out, a garbage collector removes what
-//! lost its owner, a node lifecycle controller evicts the pods of silent nodes, a namespace
+//! lost its owner, an endpoints controller lists each service's pods, a node lifecycle controller evicts the pods of silent nodes, a namespace
 //! controller empties deleted namespaces, and simulated kubelets run pods.
 //!
 //! Layers: `store` (etcd calls) ← `resources` (kube-apiserver's registry strategies and
@@ -16,6 +16,7 @@
 mod api;
 mod compactor;
 mod deployment_controller;
+mod endpoints_controller;
 mod garbage_collector;
 mod kubelet;
 mod namespace_lifecycle;
@@ -97,12 +98,12 @@ struct Flags {
     /// `node-lifecycle` marks silent nodes unreachable and evicts their pods; `namespace`
     /// deletes a deleted namespace's objects, then the namespace; `deployment` rolls
     /// Deployments out through ReplicaSets; `replicaset` keeps each ReplicaSet's pods at its
-    /// replicas; `garbage-collector` deletes what lost its owners. Empty: none, the REST front
-    /// end alone.
+    /// replicas; `garbage-collector` deletes what lost its owners; `endpoints` lists each
+    /// Service's pods in its Endpoints. Empty: none, the REST front end alone.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "scheduler,node-lifecycle,namespace,deployment,replicaset,garbage-collector"
+        default_value = "scheduler,node-lifecycle,namespace,deployment,replicaset,garbage-collector,endpoints"
     )]
     controllers: Vec<String>,
     /// seconds between the node lifecycle controller's looks at the nodes
@@ -395,8 +396,11 @@ async fn serve_api(flags: &Flags, endpoints: &[String]) -> anyhow::Result<()> {
             "garbage-collector" => {
                 tokio::spawn(garbage_collector::run(api.clone()));
             }
+            "endpoints" => {
+                tokio::spawn(endpoints_controller::run(api.clone()));
+            }
             other => anyhow::bail!(
-                "--controllers: unknown controller {other:?} (scheduler, node-lifecycle, namespace, deployment, replicaset, garbage-collector)"
+                "--controllers: unknown controller {other:?} (scheduler, node-lifecycle, namespace, deployment, replicaset, garbage-collector, endpoints)"
             ),
         }
     }

@@ -1180,6 +1180,37 @@ async fn a_deployment_rolls_out_scales_and_is_collected() {
     );
     assert_eq!(scale["status"]["selector"], "app=web");
 
+    // A Service in front of them: its Endpoints list the five ready pods, and are left alone
+    // while nothing changes.
+    kubectl.ok(&[
+        "expose",
+        "deployment",
+        "web",
+        "--port=80",
+        "--target-port=8080",
+    ]);
+    let endpoints = eventually("five endpoints", EVENT_TIMEOUT, || {
+        let endpoints = kubectl.json(&["get", "endpoints", "web"]);
+        let ready = endpoints["subsets"][0]["addresses"]
+            .as_array()
+            .map_or(0, Vec::len);
+        (ready == 5).then_some(endpoints)
+    });
+    assert_eq!(
+        endpoints["subsets"][0]["ports"],
+        json!([{"port": 8080, "protocol": "TCP"}])
+    );
+    assert_eq!(
+        endpoints["subsets"][0]["addresses"][0]["targetRef"]["kind"],
+        "Pod"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let again = kubectl.json(&["get", "endpoints", "web"]);
+    assert_eq!(
+        again["metadata"]["resourceVersion"], endpoints["metadata"]["resourceVersion"],
+        "no rewrite without a change"
+    );
+
     // A rolling update: a second ReplicaSet takes over, the first is scaled to zero and kept.
     kubectl.ok(&["set", "image", "deployment/web", "nginx=nginx:1.28"]);
     rollout("new image");
@@ -1250,7 +1281,12 @@ async fn a_deployment_rolls_out_scales_and_is_collected() {
         "{refused}"
     );
 
-    // Deleting the Deployment takes its ReplicaSets and their pods.
+    // Deleting the Service takes its Endpoints; deleting the Deployment takes its ReplicaSets
+    // and their pods.
+    kubectl.ok(&["delete", "service", "web"]);
+    eventually("the endpoints deleted", EVENT_TIMEOUT, || {
+        (!kubectl.run(&["get", "endpoints", "web"]).status.success()).then_some(())
+    });
     kubectl.ok(&["delete", "deployment", "web"]);
     let deadline = Instant::now() + EVENT_TIMEOUT;
     loop {
