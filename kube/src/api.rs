@@ -398,6 +398,20 @@ fn check_fields_declared(target: &Target, request: &Request) -> ApiResult<()> {
     )))
 }
 
+/// A resourceVersion in a written body is a precondition on the version read (`kv`);
+/// without one the write is unconditional (these kinds allow that).
+fn check_version(body: &Value, kv: &KeyValue, resource: &Resource, name: &str) -> ApiResult<()> {
+    match body["metadata"]["resourceVersion"]
+        .as_str()
+        .filter(|v| !v.is_empty())
+    {
+        Some(given) if given != kv.mod_revision.to_string() => {
+            Err(ApiError::modified(&resource.qualified(), name))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// A stored value as the API shows it, with its resourceVersion (the given revision).
 fn api_object(value: &[u8], revision: i64) -> ApiResult<Value> {
     let mut object = match envelope::classify(value) {
@@ -584,6 +598,15 @@ impl Api {
         match self.handle(internal_request(method, path, body)).await? {
             Reply::Document { body, .. } => Ok(body),
             Reply::Watch(_) => Err(ApiError::bad_request("a watch is not a call")),
+        }
+    }
+
+    /// The items of the list at `path` (which may carry a query), from inside the process.
+    pub async fn list_items(&self, path: &str) -> ApiResult<Vec<Value>> {
+        let mut list = self.call("GET", path, None).await?;
+        match list["items"].take() {
+            Value::Array(items) => Ok(items),
+            _ => Ok(Vec::new()),
         }
     }
 
@@ -869,17 +892,7 @@ impl Api {
         let mut object = body.ok_or_else(|| ApiError::bad_request("the request has no body"))?;
         let resource = target.resource;
         let (kv, stored) = self.current(target, name).await?;
-        // A resourceVersion in the body is a precondition; without one the update is
-        // unconditional (these kinds allow that), made against the version just read.
-        match object["metadata"]["resourceVersion"]
-            .as_str()
-            .filter(|v| !v.is_empty())
-        {
-            Some(given) if given != kv.mod_revision.to_string() => {
-                return Err(ApiError::modified(&resource.qualified(), name))
-            }
-            _ => {}
-        }
+        check_version(&object, &kv, resource, name)?;
         let namespace = target.namespace.as_deref();
         match target.subresource {
             Some(Subresource::Status) => {
@@ -937,15 +950,7 @@ impl Api {
         let scale = body.ok_or_else(|| ApiError::bad_request("the request has no body"))?;
         let resource = target.resource;
         let (kv, stored) = self.current(target, name).await?;
-        match scale["metadata"]["resourceVersion"]
-            .as_str()
-            .filter(|v| !v.is_empty())
-        {
-            Some(given) if given != kv.mod_revision.to_string() => {
-                return Err(ApiError::modified(&resource.qualified(), name))
-            }
-            _ => {}
-        }
+        check_version(&scale, &kv, resource, name)?;
         let mut object = resource.rescaled(&stored, &scale, name)?;
         resource.prepare_update(&mut object, &stored, target.namespace.as_deref(), name)?;
         let scaled = self.replace(target, name, &kv, stored, object).await?;

@@ -29,11 +29,10 @@ pub async fn run(api: Api) {
 }
 
 async fn sync_all(api: &Api) -> ApiResult<()> {
-    let deployments = api.call("GET", "/apis/apps/v1/deployments", None).await?;
-    let sets = api.call("GET", "/apis/apps/v1/replicasets", None).await?;
-    let sets = sets["items"].as_array().cloned().unwrap_or_default();
+    let deployments = api.list_items("/apis/apps/v1/deployments").await?;
+    let sets = api.list_items("/apis/apps/v1/replicasets").await?;
     let owned = by_controller(&sets);
-    for deployment in deployments["items"].as_array().into_iter().flatten() {
+    for deployment in &deployments {
         if is_terminating(deployment) {
             continue;
         }

@@ -25,10 +25,6 @@ pub async fn run(api: Api) {
     .await
 }
 
-fn items(list: &Value) -> Vec<Value> {
-    list["items"].as_array().cloned().unwrap_or_default()
-}
-
 fn key(object: &Value) -> (String, String) {
     (
         ownership::namespace(object).to_string(),
@@ -37,9 +33,9 @@ fn key(object: &Value) -> (String, String) {
 }
 
 async fn sync_all(api: &Api) -> ApiResult<()> {
-    let services = items(&api.call("GET", "/api/v1/services", None).await?);
-    let pods = items(&api.call("GET", "/api/v1/pods", None).await?);
-    let endpoints = items(&api.call("GET", "/api/v1/endpoints", None).await?);
+    let services = api.list_items("/api/v1/services").await?;
+    let pods = api.list_items("/api/v1/pods").await?;
+    let endpoints = api.list_items("/api/v1/endpoints").await?;
     let existing: HashMap<(String, String), &Value> =
         endpoints.iter().map(|e| (key(e), e)).collect();
     let mut served = Vec::new();

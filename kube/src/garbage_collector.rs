@@ -36,10 +36,7 @@ fn owner_resource(reference: &Value) -> Option<&'static Resource> {
 async fn collect(api: &Api) -> ApiResult<()> {
     let mut listed = Vec::new();
     for resource in RESOURCES {
-        let list = api
-            .call("GET", &resource.collection_path(None), None)
-            .await?;
-        let items = list["items"].as_array().cloned().unwrap_or_default();
+        let items = api.list_items(&resource.collection_path(None)).await?;
         listed.push((resource, items));
     }
     let present: HashSet<&str> = listed

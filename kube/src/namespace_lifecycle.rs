@@ -19,8 +19,8 @@ pub async fn run(api: Api) {
 }
 
 async fn finalize_terminating(api: &Api) -> api::ApiResult<()> {
-    let namespaces = api.call("GET", "/api/v1/namespaces", None).await?;
-    for namespace in namespaces["items"].as_array().into_iter().flatten() {
+    let namespaces = api.list_items("/api/v1/namespaces").await?;
+    for namespace in &namespaces {
         if namespace["metadata"]["deletionTimestamp"].is_null() {
             continue;
         }
@@ -59,8 +59,8 @@ async fn finalize_terminating(api: &Api) -> api::ApiResult<()> {
 async fn delete_content(api: &Api, namespace: &str) -> api::ApiResult<()> {
     for resource in RESOURCES.iter().filter(|r| r.namespaced) {
         let collection = resource.collection_path(Some(namespace));
-        let list = api.call("GET", &collection, None).await?;
-        for object in list["items"].as_array().into_iter().flatten() {
+        let objects = api.list_items(&collection).await?;
+        for object in &objects {
             let name = object["metadata"]["name"].as_str().unwrap_or_default();
             match api
                 .call("DELETE", &format!("{collection}/{name}"), None)

@@ -105,18 +105,16 @@ fn next_step(node: &Value, lease_renewed: Option<i64>, now: i64, timing: &Timing
 }
 
 async fn monitor(api: &Api, timing: &Timing) -> api::ApiResult<()> {
-    let nodes = api.call("GET", "/api/v1/nodes", None).await?;
-    let leases = api.call("GET", NODE_LEASES, None).await?;
-    let renewals: HashMap<&str, i64> = leases["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    let nodes = api.list_items("/api/v1/nodes").await?;
+    let leases = api.list_items(NODE_LEASES).await?;
+    let renewals: HashMap<&str, i64> = leases
+        .iter()
         .filter_map(|lease| {
             let name = lease["metadata"]["name"].as_str()?;
             Some((name, epoch_seconds(&lease["spec"]["renewTime"])?))
         })
         .collect();
-    for node in nodes["items"].as_array().into_iter().flatten() {
+    for node in &nodes {
         let name = node["metadata"]["name"].as_str().unwrap_or_default();
         let path = format!("/api/v1/nodes/{name}");
         let revision = &node["metadata"]["resourceVersion"];
@@ -170,8 +168,8 @@ async fn monitor(api: &Api, timing: &Timing) -> api::ApiResult<()> {
 
 /// Deletes the node's pods that do not tolerate the taint for good.
 async fn evict(api: &Api, node: &str, taint: Option<&Value>) -> api::ApiResult<Value> {
-    let pods = api.call("GET", "/api/v1/pods", None).await?;
-    for pod in pods["items"].as_array().into_iter().flatten() {
+    let pods = api.list_items("/api/v1/pods").await?;
+    for pod in &pods {
         let tolerated_for_good = taint.is_some_and(|taint| {
             tolerates(pod, taint)
                 && pod["spec"]["tolerations"]

@@ -29,11 +29,10 @@ pub async fn run(api: Api) {
 }
 
 async fn sync_all(api: &Api) -> ApiResult<()> {
-    let sets = api.call("GET", "/apis/apps/v1/replicasets", None).await?;
-    let pods = api.call("GET", "/api/v1/pods", None).await?;
-    let pods = pods["items"].as_array().cloned().unwrap_or_default();
+    let sets = api.list_items("/apis/apps/v1/replicasets").await?;
+    let pods = api.list_items("/api/v1/pods").await?;
     let owned = by_controller(&pods);
-    for set in sets["items"].as_array().into_iter().flatten() {
+    for set in &sets {
         if is_terminating(set) {
             continue;
         }

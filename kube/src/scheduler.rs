@@ -188,10 +188,6 @@ fn choose(
     }
 }
 
-fn items(list: &Value) -> Vec<Value> {
-    list["items"].as_array().cloned().unwrap_or_default()
-}
-
 fn name_of(object: &Value) -> (&str, &str) {
     (
         object["metadata"]["namespace"].as_str().unwrap_or_default(),
@@ -209,12 +205,12 @@ fn pending(pod: &Value) -> bool {
 }
 
 async fn schedule_pending(api: &Api) -> api::ApiResult<()> {
-    let pods = items(&api.call("GET", "/api/v1/pods", None).await?);
+    let pods = api.list_items("/api/v1/pods").await?;
     // Most passes (woken by a node's heartbeat) find nothing to do: the nodes are not read.
     if !pods.iter().any(pending) {
         return Ok(());
     }
-    let nodes = items(&api.call("GET", "/api/v1/nodes", None).await?);
+    let nodes = api.list_items("/api/v1/nodes").await?;
     let mut usage: HashMap<String, Resources> = HashMap::new();
     let finished = |pod: &Value| {
         matches!(

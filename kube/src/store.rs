@@ -244,14 +244,14 @@ impl Store {
         })
     }
 
-    /// Txn(`compare`, success `then`, failure Range(key)): the new revision, or the key as the
-    /// failed compare found it.
+    /// Txn(`compare`, success `then`, failure Range(key)): the store's revision after it, and
+    /// whether the compare held, or else the key as the failed compare found it.
     async fn guarded(
         &self,
         key: &[u8],
         compare: Compare,
         then: RequestOp,
-    ) -> StoreResult<Result<i64, Option<KeyValue>>> {
+    ) -> StoreResult<(i64, Result<(), Option<KeyValue>>)> {
         let request = TxnRequest {
             compare: vec![compare],
             success: vec![then],
@@ -263,8 +263,9 @@ impl Store {
                 async move { kv.txn(request).await }
             })
             .await?;
+        let revision = response.header.map_or(0, |h| h.revision);
         if response.succeeded {
-            return Ok(Ok(response.header.map_or(0, |h| h.revision)));
+            return Ok((revision, Ok(())));
         }
         let current = response
             .responses
@@ -273,7 +274,7 @@ impl Store {
                 Some(Response::ResponseRange(range)) => range.kvs.into_iter().next(),
                 _ => None,
             });
-        Ok(Err(current))
+        Ok((revision, Err(current)))
     }
 
     /// Creates the key, attached to `lease` (0: none); its revision, or `Exists`.
@@ -285,8 +286,8 @@ impl Store {
             ..Default::default()
         }));
         match self.guarded(key, mod_revision_is(key, 0), put).await? {
-            Ok(revision) => Ok(revision),
-            Err(_) => Err(StoreError::Exists),
+            (revision, Ok(())) => Ok(revision),
+            (_, Err(_)) => Err(StoreError::Exists),
         }
     }
 
@@ -309,9 +310,9 @@ impl Store {
             .guarded(key, mod_revision_is(key, expected), put)
             .await?
         {
-            Ok(revision) => Ok(revision),
-            Err(None) => Err(StoreError::NotFound),
-            Err(Some(_)) => Err(StoreError::Modified),
+            (revision, Ok(())) => Ok(revision),
+            (_, Err(None)) => Err(StoreError::NotFound),
+            (_, Err(Some(_))) => Err(StoreError::Modified),
         }
     }
 
@@ -325,9 +326,9 @@ impl Store {
             .guarded(key, mod_revision_is(key, expected), delete)
             .await?
         {
-            Ok(revision) => Ok(revision),
-            Err(None) => Err(StoreError::NotFound),
-            Err(Some(_)) => Err(StoreError::Modified),
+            (revision, Ok(())) => Ok(revision),
+            (_, Err(None)) => Err(StoreError::NotFound),
+            (_, Err(Some(_))) => Err(StoreError::Modified),
         }
     }
 
@@ -342,40 +343,24 @@ impl Store {
         expected_version: i64,
         revision: i64,
     ) -> StoreResult<(i64, i64)> {
-        let key = COMPACT_REV_KEY.to_vec();
-        let request = TxnRequest {
-            compare: vec![Compare {
-                result: CompareResult::Equal as i32,
-                target: CompareTarget::Version as i32,
-                key: key.clone(),
-                target_union: Some(TargetUnion::Version(expected_version)),
-                ..Default::default()
-            }],
-            success: vec![op(Request::RequestPut(PutRequest {
-                key: key.clone(),
-                value: revision.to_string().into_bytes(),
-                ..Default::default()
-            }))],
-            failure: vec![read(&key)],
+        let key = COMPACT_REV_KEY;
+        let version_is = Compare {
+            result: CompareResult::Equal as i32,
+            target: CompareTarget::Version as i32,
+            key: key.to_vec(),
+            target_union: Some(TargetUnion::Version(expected_version)),
+            ..Default::default()
         };
-        let response = self
-            .kv_call(|mut kv| {
-                let request = request.clone();
-                async move { kv.txn(request).await }
-            })
-            .await?;
-        let now = response.header.as_ref().map_or(0, |h| h.revision);
-        if !response.succeeded {
-            let version = response
-                .responses
-                .into_iter()
-                .find_map(|r| match r.response {
-                    Some(Response::ResponseRange(range)) => range.kvs.into_iter().next(),
-                    _ => None,
-                })
-                .map_or(0, |kv| kv.version);
-            return Ok((version, now));
-        }
+        let record = op(Request::RequestPut(PutRequest {
+            key: key.to_vec(),
+            value: revision.to_string().into_bytes(),
+            ..Default::default()
+        }));
+        let now = match self.guarded(key, version_is, record).await? {
+            (now, Ok(())) => now,
+            // Another compactor won the round: the next one expects the key's version now.
+            (now, Err(current)) => return Ok((current.map_or(0, |kv| kv.version), now)),
+        };
         if revision > 0 {
             let compaction = CompactionRequest {
                 revision,
