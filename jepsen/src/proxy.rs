@@ -214,6 +214,7 @@ pub struct Proxy {
     rules: watch::Sender<Rules>,
     stop: oneshot::Sender<()>,
     task: JoinHandle<()>,
+    accepted: Arc<AtomicU64>,
 }
 
 impl Proxy {
@@ -235,18 +236,32 @@ impl Proxy {
             unknown: Fault::Pass,
         });
         let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(accept_loop(listener, target, rules_rx, identify, stopped));
+        let accepted = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn(accept_loop(
+            listener,
+            target,
+            rules_rx,
+            identify,
+            accepted.clone(),
+            stopped,
+        ));
         Ok(Proxy {
             addr,
             rules,
             stop,
             task,
+            accepted,
         })
     }
 
     /// Where to connect to reach the target through the proxy.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
     }
 
     /// Applies `fault` to every connection, existing and new.
@@ -274,6 +289,7 @@ async fn accept_loop(
     target: SocketAddr,
     rules: watch::Receiver<Rules>,
     identify: Option<Identify>,
+    accepted_count: Arc<AtomicU64>,
     mut stopped: oneshot::Receiver<()>,
 ) {
     let local = listener.local_addr().ok();
@@ -285,6 +301,7 @@ async fn accept_loop(
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             accepted = listener.accept() => match accepted {
                 Ok((stream, dialler)) => {
+                    accepted_count.fetch_add(1, Ordering::Relaxed);
                     // Right at accept the dialling socket is surely still open; procfs reads
                     // never wait on a device, so doing them inline is cheap.
                     let origin = identify
@@ -582,6 +599,11 @@ impl Network {
     /// be recognised. Connections already accepted keep the origin they were given.
     pub fn set_pid(&self, member: usize, pid: Option<u32>) {
         self.pids.write().unwrap_or_else(|e| e.into_inner())[member] = pid;
+    }
+
+    /// Peer connections opened so far, between all members.
+    pub fn peer_connections(&self) -> u64 {
+        self.peers.iter().map(Proxy::accepted).sum()
     }
 
     /// Peer connections so far whose dialling member could not be identified.

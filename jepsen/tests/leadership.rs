@@ -3,8 +3,9 @@
 //! for a leader (etcd's CheckQuorum and its followers' election timeout), so `hasleader`
 //! requests fail with "no leader", `hasleader` watch streams are cut, /health and /readyz fail
 //! and `etcd_server_has_leader` is 0; and a cut-off leader answers no keep-alive, so no lease
-//! it can no longer vouch for is extended. Real etcd 3.7 runs the same scenario as calibration
-//! (it extends leases until its leader steps down, which oxcd does not).
+//! it can no longer vouch for is extended; and the peers' connections outlive the partition.
+//! Real etcd 3.7 runs the same scenario as calibration (it extends leases until its leader steps
+//! down, which oxcd does not).
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -242,6 +243,7 @@ async fn isolated_member_stops_vouching_for_a_leader(flavor: Flavor, isolate_lea
         );
     }
 
+    let connections_at_heal = cluster.network().peer_connections();
     cluster.network().heal();
     let healed = Instant::now();
     loop {
@@ -254,6 +256,16 @@ async fn isolated_member_stops_vouching_for_a_leader(flavor: Flavor, isolate_lea
             "{context}: not recovered {RECOVERS_WITHIN:?} after the heal: {now:?}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let reopened = cluster.network().peer_connections() - connections_at_heal;
+    println!("{context}: peer connections opened after the heal: {reopened}");
+    if flavor == Flavor::Oxcd {
+        assert_eq!(
+            reopened, 0,
+            "{context}: the heal closed peer connections (the calls given up on during the \
+             partition arrive at once, and each is reset before it is accepted)"
+        );
     }
     drop(cluster);
     let _ = std::fs::remove_dir_all(dir);

@@ -43,6 +43,9 @@ pub struct ConnectionSettings {
     /// Idle connections are pinged this often (--grpc-keepalive-interval) and closed when a
     /// ping goes unanswered for the second duration (--grpc-keepalive-timeout); `None`: never.
     pub keepalive: Option<(std::time::Duration, std::time::Duration)>,
+    /// Streams a peer may open and reset before they are accepted, at once, before the
+    /// connection is closed as a rapid-reset attack; `None`: h2's 20.
+    pub max_pending_accept_reset_streams: Option<usize>,
 }
 
 /// Serves `listener` until `stopped`: gRPC with `grpc`, and plain HTTP with `http` when given
@@ -72,6 +75,9 @@ pub async fn serve<S>(
         .max_frame_size(HTTP2_LIMITS.max_frame_size)
         .max_header_list_size(HTTP2_LIMITS.max_header_list_size)
         .header_table_size(HTTP2_LIMITS.header_table_size);
+    if let Some(max) = settings.max_pending_accept_reset_streams {
+        http2.max_pending_accept_reset_streams(max);
+    }
     if let Some((interval, timeout)) = settings.keepalive {
         http2
             .timer(TokioTimer::new())

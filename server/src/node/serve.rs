@@ -19,6 +19,12 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::service::Routes;
 
 use super::GRPC_OVERHEAD_BYTES;
+
+/// Peer calls a member sent and then gave up on (each tick's beacon and heartbeat, votes) that a
+/// partition held back and the heal delivers at once, each opened and reset. h2's limit of 20
+/// closed the peers' connections at every heal of a partition of more than a few seconds; this
+/// covers about a minute of ticks, and still bounds what a peer can make a member hold.
+const PEER_PENDING_RESETS: usize = 4096;
 use crate::alarm::{Alarms, Quota};
 use crate::api::{
     AuthApi, ClientRoutes, ClusterApi, ClusterCheck, DiscoveryApi, ElectionApi, GrpcWire,
@@ -177,7 +183,10 @@ impl Services {
                 acceptor,
                 routes.routes(),
                 None,
-                ConnectionSettings::default(),
+                ConnectionSettings {
+                    max_pending_accept_reset_streams: Some(PEER_PENDING_RESETS),
+                    ..ConnectionSettings::default()
+                },
                 stopped.clone(),
             )));
         }
@@ -377,5 +386,6 @@ fn client_connection_settings(config: &Config) -> ConnectionSettings {
         max_concurrent_streams: Some(config.max_concurrent_streams)
             .filter(|&limit| limit < u32::MAX),
         keepalive: (!interval.is_zero() && !timeout.is_zero()).then_some((interval, timeout)),
+        max_pending_accept_reset_streams: None,
     }
 }
