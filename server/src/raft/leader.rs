@@ -133,13 +133,14 @@ impl LeaderLink {
         .await
     }
 
-    /// The leader's side of [`LeaderLink::read_index`]: confirms leadership with a quorum,
-    /// through openraft and then with beacons answered after the index was taken (see
-    /// [`quorum_follows`] for why openraft's confirmation is not enough alone). Unconfirmed, the
-    /// call is asked again, routed to whichever member leads by then.
+    /// The leader's side of [`LeaderLink::read_index`]: takes the index from openraft (see
+    /// [`LeaderLink::read_confirmation`]), then confirms leadership with beacons answered after
+    /// it was taken (see [`quorum_follows`] for why openraft's confirmation is not enough
+    /// alone). Unconfirmed, the call is asked again, routed to whichever member leads by then.
     pub async fn read_index_local(&self) -> Result<u64, Failure> {
-        let option =
-            LinearizerOption::from(ReadPolicy::ReadIndex).with_wait_timeout(self.read_index_wait);
+        let option = self
+            .read_confirmation()
+            .with_wait_timeout(self.read_index_wait);
         match self.raft.get_read_log_id(option).await {
             Ok((read, _applied)) => {
                 if quorum_follows(&self.raft, self.me, &self.peers, self.read_index_wait).await {
@@ -155,6 +156,26 @@ impl LeaderLink {
                 Err(failure(EtcdError::Timeout))
             }
             Err(RaftError::Fatal(_)) => Err(failure(EtcdError::Stopped)),
+        }
+    }
+
+    /// What openraft must confirm before it hands out a read index. The beacon round after it
+    /// confirms leadership on its own, so openraft's lease (a quorum's recent answer) is enough
+    /// and saves a round trip per read batch. A voter of the previous release answers no
+    /// beacons and counts as following, so with one in the cluster a read needs openraft's own
+    /// heartbeat round, sent after the read arrived.
+    fn read_confirmation(&self) -> LinearizerOption {
+        let metrics = self.raft.metrics();
+        let any_legacy_voter = metrics
+            .borrow_watched()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|id| id != self.me && self.peers.is_legacy(id));
+        if any_legacy_voter {
+            ReadPolicy::ReadIndex.into()
+        } else {
+            LinearizerOption::new(None, true)
         }
     }
 
