@@ -320,7 +320,7 @@ pub fn now() -> String {
     current_time().to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
-fn current_time() -> DateTime<Utc> {
+pub fn current_time() -> DateTime<Utc> {
     let seconds = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("the clock is past 1970")

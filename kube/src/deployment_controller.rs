@@ -4,14 +4,20 @@
 //! zero first) or within `maxSurge` and `maxUnavailable` (`RollingUpdate`), as
 //! kube-controller-manager's deployment controller does. Old ReplicaSets beyond
 //! `revisionHistoryLimit` are deleted, and the status and the `Available` and `Progressing`
-//! conditions report the rollout, which is what `kubectl rollout status` waits on. Not done:
-//! pausing, `progressDeadlineSeconds`, proportional scaling during a rollout, adoption of
-//! orphaned ReplicaSets.
+//! conditions report the rollout, which is what `kubectl rollout status` waits on; a rollout
+//! that makes no progress for `progressDeadlineSeconds` is reported stuck. A paused Deployment
+//! starts no rollout and only follows `replicas`. Not done: proportional scaling across
+//! several active ReplicaSets (during a rollout or while paused). Orphaned ReplicaSets its
+//! selector matches are adopted, and its own that it no longer matches released.
 
 use serde_json::{json, Map, Value};
 
-use crate::api::{self, now, Api, ApiResult};
-use crate::ownership::{self, by_controller, controller_reference, is_terminating};
+use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
+
+use crate::api::{self, current_time, Api, ApiResult};
+use crate::ownership::{
+    self, by_controller, claim, controller_reference, is_terminating, orphans_by_namespace,
+};
 use oxcd_kube::kubelet_reports::set_condition;
 
 const HASH_LABEL: &str = "pod-template-hash";
@@ -32,15 +38,25 @@ async fn sync_all(api: &Api) -> ApiResult<()> {
     let deployments = api.list_items("/apis/apps/v1/deployments").await?;
     let sets = api.list_items("/apis/apps/v1/replicasets").await?;
     let owned = by_controller(&sets);
+    let orphans = orphans_by_namespace(&sets);
     for deployment in &deployments {
-        if is_terminating(deployment) {
-            continue;
-        }
-        let sets = owned
+        let own = owned
             .get(ownership::uid(deployment))
             .cloned()
             .unwrap_or_default();
-        match sync(api, deployment, sets).await {
+        let namespace = ownership::namespace(deployment);
+        let candidates: Vec<&Value> = own
+            .iter()
+            .chain(orphans.get(namespace).into_iter().flatten())
+            .copied()
+            .collect();
+        let collection = format!("/apis/apps/v1/namespaces/{namespace}/replicasets");
+        if claim(api, deployment, "Deployment", &candidates, &collection).await?
+            || is_terminating(deployment)
+        {
+            continue;
+        }
+        match sync(api, deployment, own).await {
             // Changed or gone meanwhile: the next pass sees it.
             Err(error) if matches!(error.code, 404 | 409) => {}
             other => other?,
@@ -75,12 +91,13 @@ fn template_without_hash(set: &Value) -> Value {
 
 async fn sync(api: &Api, deployment: &Value, mut sets: Vec<&Value>) -> ApiResult<()> {
     let template = &deployment["spec"]["template"];
+    let paused = deployment["spec"]["paused"] == true;
     // Oldest first: scaling down and history cleanup take the oldest revisions first.
     sets.sort_by_key(|set| revision(set));
     let current = sets
         .iter()
         .position(|set| template_without_hash(set) == *template);
-    let created;
+    let created_set;
     let new_set = match current {
         Some(index) => {
             let set = sets.remove(index);
@@ -98,20 +115,22 @@ async fn sync(api: &Api, deployment: &Value, mut sets: Vec<&Value>) -> ApiResult
                 // The next pass works from the renumbered set.
                 return Ok(());
             }
-            set
+            Some(set)
         }
+        // A paused Deployment starts no rollout: its new template waits for the resume.
+        None if paused => None,
         None => {
             let next_revision = sets.last().map_or(0, |set| revision(set)) + 1;
-            created = create_replica_set(api, deployment, next_revision).await?;
-            &created
+            created_set = create_replica_set(api, deployment, next_revision).await?;
+            Some(&created_set)
         }
     };
     let desired = deployment["spec"]["replicas"].as_i64().unwrap_or(1);
-    let scaling = plan(deployment, new_set, &sets, desired);
-    for (set, target) in std::iter::once(new_set)
-        .chain(sets.iter().copied())
-        .zip(scaling)
-    {
+    let scaling = match new_set {
+        Some(new_set) if !paused => plan(deployment, new_set, &sets, desired),
+        _ => plan_paused(new_set, &sets, desired),
+    };
+    for (set, target) in new_set.into_iter().chain(sets.iter().copied()).zip(scaling) {
         if replicas(set) != target {
             let path = format!(
                 "/apis/apps/v1/namespaces/{}/replicasets/{}/scale",
@@ -123,8 +142,22 @@ async fn sync(api: &Api, deployment: &Value, mut sets: Vec<&Value>) -> ApiResult
         }
     }
     clean_up_history(api, deployment, &sets).await?;
-    record_revision(api, deployment, new_set).await?;
-    update_status(api, deployment, new_set, &sets, desired).await
+    if let Some(new_set) = new_set {
+        record_revision(api, deployment, new_set).await?;
+    }
+    let pass = Pass {
+        new_set,
+        old: &sets,
+        created: current.is_none() && new_set.is_some(),
+        now: current_time(),
+    };
+    let status = next_status(deployment, &pass);
+    if status == deployment["status"] {
+        return Ok(());
+    }
+    let mut updated = deployment.clone();
+    updated["status"] = status;
+    write_status(api, updated).await
 }
 
 /// The ReplicaSet for the Deployment's current template.
@@ -222,6 +255,28 @@ fn plan(deployment: &Value, new_set: &Value, old: &[&Value], desired: i64) -> Ve
     targets
 }
 
+/// The replicas of the new ReplicaSet (if any), then of each old one, while the Deployment is
+/// paused: no rollout moves, but a change of `replicas` reaches the one active set (or, with
+/// none active, the newest), as kube-controller-manager's paused sync scales it. With several
+/// active sets nothing is scaled (kube-controller-manager scales them in proportion; the shim
+/// does not).
+fn plan_paused(new_set: Option<&Value>, old: &[&Value], desired: i64) -> Vec<i64> {
+    let all: Vec<&Value> = new_set.into_iter().chain(old.iter().copied()).collect();
+    let mut targets: Vec<i64> = all.iter().map(|set| replicas(set)).collect();
+    let active: Vec<usize> = (0..all.len()).filter(|&i| targets[i] > 0).collect();
+    let chosen = match active.as_slice() {
+        [only] => Some(*only),
+        // The new set comes first; among old ones (oldest first) the newest is last.
+        [] if new_set.is_some() => Some(0),
+        [] => all.len().checked_sub(1),
+        _ => None,
+    };
+    if let Some(index) = chosen {
+        targets[index] = desired;
+    }
+    targets
+}
+
 /// maxSurge or maxUnavailable against `desired`: a count, or a percentage rounded up (surge)
 /// or down (unavailable).
 fn scaled_value(value: &Value, desired: i64, round_up: bool) -> i64 {
@@ -282,29 +337,40 @@ async fn record_revision(api: &Api, deployment: &Value, new_set: &Value) -> ApiR
     api.call("PATCH", &path, Some(patch)).await.map(drop)
 }
 
-async fn update_status(
-    api: &Api,
-    deployment: &Value,
-    new_set: &Value,
-    old: &[&Value],
-    desired: i64,
-) -> ApiResult<()> {
-    let all = || std::iter::once(new_set).chain(old.iter().copied());
+/// What one pass saw and did, for the status it leaves.
+struct Pass<'a> {
+    new_set: Option<&'a Value>,
+    old: &'a [&'a Value],
+    /// The pass created the new ReplicaSet.
+    created: bool,
+    now: DateTime<Utc>,
+}
+
+/// The Deployment's status after `pass`: the counts, `Available`, and `Progressing` as
+/// kube-controller-manager's syncRolloutStatus keeps it. Progress (more updated, ready or
+/// available pods, fewer old ones) renews its `lastUpdateTime`; a rollout that makes none for
+/// `progressDeadlineSeconds` turns it False with ProgressDeadlineExceeded, which `kubectl
+/// rollout status` reports as a failure. Pausing and resuming set it Unknown, so a resumed
+/// rollout gets a fresh deadline; a paused Deployment's progress is not judged.
+fn next_status(deployment: &Value, pass: &Pass) -> Value {
+    let all = || pass.new_set.into_iter().chain(pass.old.iter().copied());
     let sum = |field: &str| all().map(|set| status_count(set, field)).sum::<i64>();
     let (available, ready, total) = (
         sum("availableReplicas"),
         sum("readyReplicas"),
         sum("replicas"),
     );
-    let updated = status_count(new_set, "replicas");
+    let updated = pass.new_set.map_or(0, |set| status_count(set, "replicas"));
     let spec_total: i64 = all().map(replicas).sum();
+    let desired = deployment["spec"]["replicas"].as_i64().unwrap_or(1);
     let strategy = &deployment["spec"]["strategy"];
     let max_unavailable = if strategy["type"] == "RollingUpdate" {
         scaled_value(&strategy["rollingUpdate"]["maxUnavailable"], desired, false)
     } else {
         0
     };
-    let mut status = deployment["status"].clone();
+    let previous = &deployment["status"];
+    let mut status = previous.clone();
     let mut counts = Map::new();
     counts.insert(
         "observedGeneration".into(),
@@ -327,61 +393,155 @@ async fn update_status(
             status[field] = value;
         }
     }
-    let name = ownership::name(new_set);
-    let (available_status, available_reason, available_message) =
-        if available >= desired - max_unavailable {
-            (
-                "True",
-                "MinimumReplicasAvailable",
-                "Deployment has minimum availability.",
-            )
-        } else {
-            (
-                "False",
-                "MinimumReplicasUnavailable",
-                "Deployment does not have minimum availability.",
-            )
-        };
-    let complete = updated == desired && total == desired && available == desired;
-    let (progress_reason, progress_message) = if complete {
-        (
-            "NewReplicaSetAvailable",
-            format!("ReplicaSet \"{name}\" has successfully progressed."),
-        )
+    let now = pass.now.to_rfc3339_opts(SecondsFormat::Secs, true);
+    let now = now.as_str();
+    if available >= desired - max_unavailable {
+        let message = "Deployment has minimum availability.";
+        set_condition_of(
+            &mut status,
+            AVAILABLE,
+            "True",
+            "MinimumReplicasAvailable",
+            message,
+            now,
+        );
     } else {
-        (
-            "ReplicaSetUpdated",
-            format!("ReplicaSet \"{name}\" is progressing."),
-        )
-    };
-    let now = now();
-    set_changed_condition(
-        &mut status,
-        "Available",
-        available_status,
-        available_reason,
-        available_message,
-        &now,
-    );
-    set_changed_condition(
-        &mut status,
-        "Progressing",
-        "True",
-        progress_reason,
-        &progress_message,
-        &now,
-    );
-    if status == deployment["status"] {
-        return Ok(());
+        let message = "Deployment does not have minimum availability.";
+        set_condition_of(
+            &mut status,
+            AVAILABLE,
+            "False",
+            "MinimumReplicasUnavailable",
+            message,
+            now,
+        );
     }
-    let mut updated_deployment = deployment.clone();
-    updated_deployment["status"] = status;
-    write_status(api, updated_deployment).await
+
+    let deadline = deployment["spec"]["progressDeadlineSeconds"]
+        .as_i64()
+        .filter(|&seconds| seconds != i64::from(i32::MAX));
+    let Some(deadline) = deadline else {
+        remove_condition(&mut status, PROGRESSING);
+        return status;
+    };
+    let paused = deployment["spec"]["paused"] == true;
+    let reason = condition(&status, PROGRESSING).map(|c| c["reason"].clone());
+    if reason.as_ref().is_none_or(|r| r != TIMED_OUT) {
+        let was_paused = reason.as_ref().is_some_and(|r| r == "DeploymentPaused");
+        if paused && !was_paused {
+            set_condition_of(
+                &mut status,
+                PROGRESSING,
+                "Unknown",
+                "DeploymentPaused",
+                "Deployment is paused",
+                now,
+            );
+        } else if !paused && was_paused {
+            set_condition_of(
+                &mut status,
+                PROGRESSING,
+                "Unknown",
+                "DeploymentResumed",
+                "Deployment is resumed",
+                now,
+            );
+        }
+    }
+    if paused {
+        return status;
+    }
+    let subject = match pass.new_set {
+        Some(set) => format!("ReplicaSet \"{}\"", ownership::name(set)),
+        None => format!("Deployment \"{}\"", ownership::name(deployment)),
+    };
+    if let Some(set) = pass.new_set {
+        let name = ownership::name(set);
+        if pass.created {
+            let message = format!("Created new replica set \"{name}\"");
+            set_condition_of(
+                &mut status,
+                PROGRESSING,
+                "True",
+                "NewReplicaSetCreated",
+                &message,
+                now,
+            );
+        } else if condition(&status, PROGRESSING).is_none() {
+            let message = format!("Found new replica set \"{name}\"");
+            set_condition_of(
+                &mut status,
+                PROGRESSING,
+                "True",
+                "FoundNewReplicaSet",
+                &message,
+                now,
+            );
+        }
+    }
+    let current = condition(&status, PROGRESSING).cloned();
+    let reason_is = |reason: &str| current.as_ref().is_some_and(|c| c["reason"] == reason);
+    if total == updated && reason_is(COMPLETE) {
+        return status;
+    }
+    let count = |object: &Value, field: &str| object[field].as_i64().unwrap_or(0);
+    let progressed = count(&status, "updatedReplicas") > count(previous, "updatedReplicas")
+        || count(&status, "replicas") - count(&status, "updatedReplicas")
+            < count(previous, "replicas") - count(previous, "updatedReplicas")
+        || count(&status, "readyReplicas") > count(previous, "readyReplicas")
+        || count(&status, "availableReplicas") > count(previous, "availableReplicas");
+    if updated == desired && total == desired && available == desired {
+        let message = format!("{subject} has successfully progressed.");
+        set_condition_of(&mut status, PROGRESSING, "True", COMPLETE, &message, now);
+    } else if progressed {
+        // Renewed even when it says the same: its lastUpdateTime is when progress was last seen.
+        let transition = match &current {
+            Some(c) if c["status"] == "True" => c["lastTransitionTime"].clone(),
+            _ => now.into(),
+        };
+        remove_condition(&mut status, PROGRESSING);
+        set_condition(
+            &mut status,
+            json!({"type": PROGRESSING, "status": "True", "lastUpdateTime": now,
+                "lastTransitionTime": transition, "reason": "ReplicaSetUpdated",
+                "message": format!("{subject} is progressing.")}),
+        );
+    } else if let Some(current) = current.filter(|c| c["reason"] != COMPLETE) {
+        let last_progress = current["lastUpdateTime"]
+            .as_str()
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok());
+        let timed_out = current["reason"] == TIMED_OUT
+            || last_progress.is_some_and(|since| since + TimeDelta::seconds(deadline) < pass.now);
+        if timed_out {
+            let message = format!("{subject} has timed out progressing.");
+            set_condition_of(&mut status, PROGRESSING, "False", TIMED_OUT, &message, now);
+        }
+    }
+    status
 }
 
-/// Sets a condition unless it already says the same (so a pass that changes nothing writes
-/// nothing); `lastTransitionTime` moves only when its status does.
-fn set_changed_condition(
+const AVAILABLE: &str = "Available";
+const PROGRESSING: &str = "Progressing";
+const COMPLETE: &str = "NewReplicaSetAvailable";
+const TIMED_OUT: &str = "ProgressDeadlineExceeded";
+
+fn condition<'a>(status: &'a Value, kind: &str) -> Option<&'a Value> {
+    status["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == kind)
+}
+
+fn remove_condition(status: &mut Value, kind: &str) {
+    if let Some(conditions) = status["conditions"].as_array_mut() {
+        conditions.retain(|c| c["type"] != kind);
+    }
+}
+
+/// kube-controller-manager's SetDeploymentCondition: nothing changes while the condition has
+/// the same status and reason (so a pass that changes nothing writes nothing);
+/// `lastTransitionTime` moves only when its status does.
+fn set_condition_of(
     status: &mut Value,
     kind: &str,
     state: &str,
@@ -389,15 +549,9 @@ fn set_changed_condition(
     message: &str,
     now: &str,
 ) {
-    let existing = status["conditions"]
-        .as_array()
-        .and_then(|all| all.iter().find(|c| c["type"] == kind))
-        .cloned();
+    let existing = condition(status, kind).cloned();
     if let Some(existing) = &existing {
-        if existing["status"] == state
-            && existing["reason"] == reason
-            && existing["message"] == message
-        {
+        if existing["status"] == state && existing["reason"] == reason {
             return;
         }
     }
@@ -482,6 +636,105 @@ mod tests {
         assert_eq!(plan(&deployment, &set(0, 0), &[&draining], 3), [0, 0]);
         assert_eq!(plan(&deployment, &set(0, 0), &[&set(0, 0)], 3), [3, 0]);
         assert_eq!(plan(&rolling(7), &set(3, 3), &[], 7), [7]);
+    }
+
+    #[test]
+    fn a_paused_deployment_scales_its_one_active_set_only() {
+        let (new, old) = (set(0, 0), set(3, 3));
+        assert_eq!(plan_paused(Some(&new), &[&old], 5), [0, 5]);
+        assert_eq!(plan_paused(None, &[&set(0, 0), &set(0, 0)], 2), [0, 2]);
+        assert_eq!(plan_paused(Some(&set(0, 0)), &[], 2), [2]);
+        // Mid-rollout: two active sets are left as they are.
+        assert_eq!(plan_paused(Some(&set(2, 2)), &[&old], 5), [2, 3]);
+    }
+
+    fn at(seconds: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + seconds, 0).unwrap()
+    }
+
+    fn progressing(status: &Value) -> (String, String) {
+        let c = condition(status, PROGRESSING).expect("a Progressing condition");
+        (
+            c["status"].as_str().unwrap().into(),
+            c["reason"].as_str().unwrap().into(),
+        )
+    }
+
+    #[test]
+    fn a_rollout_without_progress_times_out_after_its_deadline() {
+        let mut deployment = rolling(2);
+        deployment["metadata"] = json!({"name": "web", "generation": 2});
+        deployment["spec"]["progressDeadlineSeconds"] = 60.into();
+        // The last rollout was complete; the template has just changed.
+        deployment["status"] = json!({"replicas": 2, "updatedReplicas": 2, "readyReplicas": 2,
+            "availableReplicas": 2, "conditions": [{"type": PROGRESSING, "status": "True",
+            "reason": COMPLETE, "lastUpdateTime": "2027-01-15T08:00:00Z"}]});
+        let new = json!({"metadata": {"name": "web-abc"}, "spec": {"replicas": 1},
+            "status": {"replicas": 1}});
+        let old = set(2, 2);
+        let olds = [&old];
+        let pass = |created, now| Pass {
+            new_set: Some(&new),
+            old: &olds,
+            created,
+            now: at(now),
+        };
+        let created = json!({"metadata": {"name": "web-abc"}, "spec": {"replicas": 1}});
+        let first = Pass {
+            new_set: Some(&created),
+            ..pass(true, 0)
+        };
+        deployment["status"] = next_status(&deployment, &first);
+        assert_eq!(
+            progressing(&deployment["status"]),
+            ("True".into(), "NewReplicaSetCreated".into())
+        );
+        // The new set's pod counts as progress at 10 s; nothing more happens after it.
+        deployment["status"] = next_status(&deployment, &pass(false, 10));
+        assert_eq!(
+            progressing(&deployment["status"]),
+            ("True".into(), "ReplicaSetUpdated".into())
+        );
+        let status = next_status(&deployment, &pass(false, 69));
+        assert_eq!(
+            status, deployment["status"],
+            "within the deadline nothing changes"
+        );
+        let status = next_status(&deployment, &pass(false, 71));
+        assert_eq!(progressing(&status), ("False".into(), TIMED_OUT.into()));
+        assert_eq!(
+            condition(&status, PROGRESSING).unwrap()["message"],
+            "ReplicaSet \"web-abc\" has timed out progressing."
+        );
+    }
+
+    #[test]
+    fn pausing_and_resuming_reset_the_progress_condition() {
+        let mut deployment = rolling(1);
+        deployment["metadata"] = json!({"name": "web", "generation": 1});
+        deployment["spec"]["progressDeadlineSeconds"] = 600.into();
+        deployment["spec"]["paused"] = true.into();
+        let new = json!({"metadata": {"name": "web-abc"}, "spec": {"replicas": 1},
+            "status": {"replicas": 1, "availableReplicas": 1}});
+        let pass = Pass {
+            new_set: Some(&new),
+            old: &[],
+            created: false,
+            now: at(0),
+        };
+        deployment["status"] = next_status(&deployment, &pass);
+        assert_eq!(
+            progressing(&deployment["status"]),
+            ("Unknown".into(), "DeploymentPaused".into())
+        );
+        deployment["spec"]["paused"] = false.into();
+        let resumed = next_status(&deployment, &Pass { now: at(1), ..pass });
+        // Resumed, then judged in the same pass: complete.
+        assert_eq!(progressing(&resumed), ("True".into(), COMPLETE.into()));
+        assert_eq!(
+            condition(&resumed, AVAILABLE).unwrap()["reason"],
+            "MinimumReplicasAvailable"
+        );
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! The ReplicaSet controller: each ReplicaSet gets pods from its template until as many of its
 //! own (those it controls, not terminating, not finished) exist as `spec.replicas` asks, and
 //! loses the ones that matter least beyond that; its status reports what it saw, as
-//! kube-controller-manager's replicaset controller does. Orphans matching the selector are not
-//! adopted. Level-triggered: a pass runs after any ReplicaSet or pod event, and every few
+//! kube-controller-manager's replicaset controller does. Orphans its selector matches are
+//! adopted, and its pods that no longer match are released. Level-triggered: a pass runs after any ReplicaSet or pod event, and every few
 //! seconds. Lists are read from the store (not a cache), so a pass never counts a pod twice or
 //! misses one it created in the pass before.
 
@@ -11,7 +11,9 @@ use std::cmp::Reverse;
 use serde_json::{json, Value};
 
 use crate::api::{self, Api, ApiResult};
-use crate::ownership::{self, by_controller, controller_reference, is_terminating};
+use crate::ownership::{
+    self, by_controller, claim, controller_reference, is_terminating, orphans_by_namespace,
+};
 
 /// Pods created or deleted for one ReplicaSet in one pass (kube-controller-manager's
 /// burstReplicas).
@@ -32,17 +34,22 @@ async fn sync_all(api: &Api) -> ApiResult<()> {
     let sets = api.list_items("/apis/apps/v1/replicasets").await?;
     let pods = api.list_items("/api/v1/pods").await?;
     let owned = by_controller(&pods);
+    let orphans = orphans_by_namespace(&pods);
     for set in &sets {
-        if is_terminating(set) {
+        let own = owned
+            .get(ownership::uid(set))
+            .map_or(&[][..], Vec::as_slice);
+        let namespace = ownership::namespace(set);
+        let candidates: Vec<&Value> = own
+            .iter()
+            .chain(orphans.get(namespace).into_iter().flatten())
+            .copied()
+            .collect();
+        let collection = format!("/api/v1/namespaces/{namespace}/pods");
+        if claim(api, set, "ReplicaSet", &candidates, &collection).await? || is_terminating(set) {
             continue;
         }
-        let active: Vec<&Value> = owned
-            .get(ownership::uid(set))
-            .into_iter()
-            .flatten()
-            .copied()
-            .filter(|pod| is_active(pod))
-            .collect();
+        let active: Vec<&Value> = own.iter().copied().filter(|pod| is_active(pod)).collect();
         match sync(api, set, &active).await {
             // Changed or gone meanwhile: the next pass sees it.
             Err(error) if matches!(error.code, 404 | 409) => {}

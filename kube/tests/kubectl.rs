@@ -1464,3 +1464,138 @@ async fn the_store_is_compacted_every_interval() {
     ]);
     assert!(gone.contains("too old"), "{gone}");
 }
+
+/// The ownership and rollout rules kube-controller-manager keeps beyond the happy path: a
+/// ReplicaSet adopts a bare pod its selector matches (and makes one pod fewer) and releases a
+/// pod relabelled out of it (and replaces it); a paused Deployment starts no rollout but
+/// follows a scale, and rolls out on resume; a rollout that cannot progress is reported stuck
+/// once its progress deadline passes, which `kubectl rollout status` fails on.
+#[tokio::test]
+async fn orphans_are_adopted_and_paused_or_stuck_rollouts_say_so() {
+    let member = Server::start(Flavor::Oxcd).await;
+    let shim_process = Shim::start_with(
+        &member.client_url(),
+        &["--nodes=1", "--node-status-interval=1"],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let kubectl = Kubectl::for_server(&shim_process.url, dir.path());
+    let owner_kinds = |selector: &str| -> Vec<(String, String)> {
+        let pods = kubectl.json(&["get", "pods", "-l", selector]);
+        pods["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|pod| {
+                let owner = &pod["metadata"]["ownerReferences"][0];
+                (
+                    pod["metadata"]["name"].as_str().unwrap().to_string(),
+                    owner["name"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect()
+    };
+
+    kubectl.ok(&[
+        "run",
+        "stray",
+        "--image=nginx:1.27",
+        "--labels=app=cache",
+        "--restart=Never",
+    ]);
+    let set = json!({"apiVersion": "apps/v1", "kind": "ReplicaSet",
+        "metadata": {"name": "cache", "namespace": "default"},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "cache"}},
+            "template": {"metadata": {"labels": {"app": "cache"}},
+                "spec": {"containers": [{"name": "redis", "image": "redis:7"}]}}}});
+    kubectl.create(&set);
+    let pods = eventually("the stray pod adopted", EVENT_TIMEOUT, || {
+        let pods = owner_kinds("app=cache");
+        (pods.len() == 2 && pods.iter().all(|(_, owner)| owner == "cache")).then_some(pods)
+    });
+    assert!(
+        pods.iter().any(|(name, _)| name == "stray"),
+        "the bare pod counts as one of the two: {pods:?}"
+    );
+    let stray = kubectl.json(&["get", "pod", "stray"]);
+    assert_eq!(stray["metadata"]["ownerReferences"][0]["controller"], true);
+    assert_eq!(stray["metadata"]["ownerReferences"][0]["kind"], "ReplicaSet");
+
+    kubectl.ok(&["label", "pod", "stray", "app=gone", "--overwrite"]);
+    eventually("the relabelled pod released and replaced", EVENT_TIMEOUT, || {
+        let pods = owner_kinds("app=cache");
+        let released = kubectl.json(&["get", "pod", "stray"])["metadata"]["ownerReferences"]
+            .as_array()
+            .is_none_or(|r| r.is_empty());
+        (released && pods.len() == 2 && pods.iter().all(|(name, _)| name != "stray"))
+            .then_some(())
+    });
+
+    kubectl.ok(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=nginx:1.27",
+        "--replicas=2",
+    ]);
+    kubectl.ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);
+    let progressing = |reason: &str| {
+        eventually(&format!("Progressing: {reason}"), EVENT_TIMEOUT, || {
+            let deployment = kubectl.json(&["get", "deployment", "web"]);
+            let conditions = deployment["status"]["conditions"].as_array().cloned()?;
+            conditions
+                .into_iter()
+                .find(|c| c["type"] == "Progressing" && c["reason"] == reason)
+        })
+    };
+    kubectl.ok(&["rollout", "pause", "deployment/web"]);
+    assert_eq!(progressing("DeploymentPaused")["status"], "Unknown");
+    kubectl.ok(&["set", "image", "deployment/web", "nginx=nginx:1.28"]);
+    kubectl.ok(&["scale", "deployment/web", "--replicas=3"]);
+    let images = eventually("the paused Deployment scaled", EVENT_TIMEOUT, || {
+        let pods = pod_images(&kubectl, "app=web");
+        (pods.len() == 3 && pods.iter().all(|(_, _, phase)| phase == "Running")).then_some(pods)
+    });
+    assert!(
+        images.iter().all(|(_, image, _)| image == "nginx:1.27"),
+        "paused: no rollout to the new image: {images:?}"
+    );
+    assert_eq!(
+        kubectl.json(&["get", "replicasets", "-l", "app=web"])["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1,
+        "paused: no new ReplicaSet"
+    );
+    kubectl.ok(&["rollout", "resume", "deployment/web"]);
+    kubectl.ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);
+    let images = pod_images(&kubectl, "app=web");
+    assert!(
+        images.len() == 3 && images.iter().all(|(_, image, _)| image == "nginx:1.28"),
+        "resumed: rolled out: {images:?}"
+    );
+
+    // No node has the label: the new pods stay Pending, and the rollout makes no progress.
+    kubectl.ok(&[
+        "patch",
+        "deployment/web",
+        "--type=merge",
+        "-p",
+        r#"{"spec": {"progressDeadlineSeconds": 2,
+            "template": {"spec": {"nodeSelector": {"disk": "none"}}}}}"#,
+    ]);
+    let stuck = progressing("ProgressDeadlineExceeded");
+    assert_eq!(stuck["status"], "False");
+    assert!(
+        stuck["message"]
+            .as_str()
+            .unwrap()
+            .ends_with("has timed out progressing."),
+        "{stuck}"
+    );
+    let refused = kubectl.fails(&["rollout", "status", "deployment/web", "--timeout=30s"]);
+    assert!(
+        refused.contains("deployment \"web\" exceeded its progress deadline"),
+        "{refused}"
+    );
+}
