@@ -1518,17 +1518,24 @@ async fn orphans_are_adopted_and_paused_or_stuck_rollouts_say_so() {
     );
     let stray = kubectl.json(&["get", "pod", "stray"]);
     assert_eq!(stray["metadata"]["ownerReferences"][0]["controller"], true);
-    assert_eq!(stray["metadata"]["ownerReferences"][0]["kind"], "ReplicaSet");
+    assert_eq!(
+        stray["metadata"]["ownerReferences"][0]["kind"],
+        "ReplicaSet"
+    );
 
     kubectl.ok(&["label", "pod", "stray", "app=gone", "--overwrite"]);
-    eventually("the relabelled pod released and replaced", EVENT_TIMEOUT, || {
-        let pods = owner_kinds("app=cache");
-        let released = kubectl.json(&["get", "pod", "stray"])["metadata"]["ownerReferences"]
-            .as_array()
-            .is_none_or(|r| r.is_empty());
-        (released && pods.len() == 2 && pods.iter().all(|(name, _)| name != "stray"))
-            .then_some(())
-    });
+    eventually(
+        "the relabelled pod released and replaced",
+        EVENT_TIMEOUT,
+        || {
+            let pods = owner_kinds("app=cache");
+            let released = kubectl.json(&["get", "pod", "stray"])["metadata"]["ownerReferences"]
+                .as_array()
+                .is_none_or(|r| r.is_empty());
+            (released && pods.len() == 2 && pods.iter().all(|(name, _)| name != "stray"))
+                .then_some(())
+        },
+    );
 
     kubectl.ok(&[
         "create",
