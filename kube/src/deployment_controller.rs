@@ -15,9 +15,7 @@ use serde_json::{json, Map, Value};
 use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 
 use crate::api::{self, current_time, Api, ApiResult};
-use crate::ownership::{
-    self, by_controller, claim, controller_reference, is_terminating, orphans_by_namespace,
-};
+use crate::ownership::{self, controller_reference, is_terminating, Dependents};
 use oxcd_kube::kubelet_reports::set_condition;
 
 const HASH_LABEL: &str = "pod-template-hash";
@@ -37,25 +35,18 @@ pub async fn run(api: Api) {
 async fn sync_all(api: &Api) -> ApiResult<()> {
     let deployments = api.list_items("/apis/apps/v1/deployments").await?;
     let sets = api.list_items("/apis/apps/v1/replicasets").await?;
-    let owned = by_controller(&sets);
-    let orphans = orphans_by_namespace(&sets);
+    let dependents = Dependents::new(&sets);
     for deployment in &deployments {
-        let own = owned
-            .get(ownership::uid(deployment))
-            .cloned()
-            .unwrap_or_default();
         let namespace = ownership::namespace(deployment);
-        let candidates: Vec<&Value> = own
-            .iter()
-            .chain(orphans.get(namespace).into_iter().flatten())
-            .copied()
-            .collect();
         let collection = format!("/apis/apps/v1/namespaces/{namespace}/replicasets");
-        if claim(api, deployment, "Deployment", &candidates, &collection).await?
+        if dependents
+            .claim(api, deployment, "Deployment", &collection)
+            .await?
             || is_terminating(deployment)
         {
             continue;
         }
+        let own = dependents.of(deployment).to_vec();
         match sync(api, deployment, own).await {
             // Changed or gone meanwhile: the next pass sees it.
             Err(error) if matches!(error.code, 404 | 409) => {}

@@ -1,5 +1,6 @@
 //! Owner references: which object controls which (a ReplicaSet its pods, a Deployment its
-//! ReplicaSets), as the workload controllers write them and the garbage collector follows them.
+//! ReplicaSets), as the workload controllers write, adopt and release them and the garbage
+//! collector follows them.
 
 use std::collections::HashMap;
 
@@ -27,24 +28,84 @@ pub fn controller_reference(api_version: &str, kind: &str, owner: &Value) -> Val
     })
 }
 
-/// `objects` by the uid of their controller; those without one are left out.
-pub fn by_controller(objects: &[Value]) -> HashMap<&str, Vec<&Value>> {
-    let mut grouped: HashMap<&str, Vec<&Value>> = HashMap::new();
-    for object in objects {
-        if let Some(uid) = controller_uid(object) {
-            grouped.entry(uid).or_default().push(object);
-        }
-    }
-    grouped
+/// A kind's objects as the controllers of another see them: by the uid of their controller,
+/// and those without one (which a controller may adopt) by namespace.
+pub struct Dependents<'a> {
+    owned: HashMap<&'a str, Vec<&'a Value>>,
+    orphans: HashMap<&'a str, Vec<&'a Value>>,
 }
 
-/// `objects` without a controller, by namespace: what a controller may adopt.
-pub fn orphans_by_namespace(objects: &[Value]) -> HashMap<&str, Vec<&Value>> {
-    let mut grouped: HashMap<&str, Vec<&Value>> = HashMap::new();
-    for object in objects.iter().filter(|o| controller_uid(o).is_none()) {
-        grouped.entry(namespace(object)).or_default().push(object);
+impl<'a> Dependents<'a> {
+    pub fn new(objects: &'a [Value]) -> Dependents<'a> {
+        let mut dependents = Dependents {
+            owned: HashMap::new(),
+            orphans: HashMap::new(),
+        };
+        for object in objects {
+            match controller_uid(object) {
+                Some(uid) => dependents.owned.entry(uid).or_default().push(object),
+                None => dependents
+                    .orphans
+                    .entry(namespace(object))
+                    .or_default()
+                    .push(object),
+            }
+        }
+        dependents
     }
-    grouped
+
+    /// What `owner` controls.
+    pub fn of(&self, owner: &Value) -> &[&'a Value] {
+        self.owned.get(uid(owner)).map_or(&[], Vec::as_slice)
+    }
+
+    /// Adopts the orphans in `owner`'s namespace (at `collection`) that its selector matches,
+    /// and releases those it controls that it no longer matches, as kube-controller-manager's
+    /// workload controllers do: a bare pod with a ReplicaSet's labels becomes one of its
+    /// replicas, and a pod relabelled out of it is replaced. Each change is a patch of the
+    /// owner references on the version read, so a concurrent change wins. True when anything
+    /// changed: the caller then leaves `owner` to the next pass, which sees the result.
+    pub async fn claim(
+        &self,
+        api: &Api,
+        owner: &Value,
+        owner_kind: &str,
+        collection: &str,
+    ) -> ApiResult<bool> {
+        let Ok(selector) = LabelSelector::from_api(&owner["spec"]["selector"]) else {
+            return Ok(false);
+        };
+        let orphans = self.orphans.get(namespace(owner)).into_iter().flatten();
+        let mut changed = false;
+        for object in self.of(owner).iter().chain(orphans) {
+            let references = object["metadata"]["ownerReferences"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let references: Vec<Value> = match claim_of(owner, &selector, object) {
+                Claim::Keep | Claim::Ignore => continue,
+                Claim::Adopt => references
+                    .into_iter()
+                    .chain([controller_reference("apps/v1", owner_kind, owner)])
+                    .collect(),
+                Claim::Release => references
+                    .into_iter()
+                    .filter(|r| r["uid"] != uid(owner))
+                    .collect(),
+            };
+            let patch = json!({"metadata": {"ownerReferences": references,
+                "resourceVersion": object["metadata"]["resourceVersion"]}});
+            let path = format!("{collection}/{}", name(object));
+            match api.call("PATCH", &path, Some(patch)).await {
+                // Changed or gone meanwhile: the next pass decides again.
+                Err(error) if matches!(error.code, 404 | 409) => {}
+                Err(error) => return Err(error),
+                Ok(_) => {}
+            }
+            changed = true;
+        }
+        Ok(changed)
+    }
 }
 
 /// What a controller does with an object it might control, as kube-controller-manager's
@@ -80,53 +141,6 @@ fn claim_of(owner: &Value, selector: &LabelSelector, object: &Value) -> Claim {
         }
         None => Claim::Adopt,
     }
-}
-
-/// Adopts the orphans among `candidates` (objects in `owner`'s namespace, at `collection`)
-/// that `owner`'s selector matches, and releases those it controls that it no longer matches,
-/// as kube-controller-manager's workload controllers do: a bare pod with a ReplicaSet's labels
-/// becomes one of its replicas, and a pod relabelled out of it is replaced. Each change is a
-/// patch of the owner references on the version read, so a concurrent change wins. True when
-/// anything changed: the caller then leaves `owner` to the next pass, which sees the result.
-pub async fn claim(
-    api: &Api,
-    owner: &Value,
-    owner_kind: &str,
-    candidates: &[&Value],
-    collection: &str,
-) -> ApiResult<bool> {
-    let Ok(selector) = LabelSelector::from_api(&owner["spec"]["selector"]) else {
-        return Ok(false);
-    };
-    let mut changed = false;
-    for object in candidates {
-        let references = object["metadata"]["ownerReferences"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        let references: Vec<Value> = match claim_of(owner, &selector, object) {
-            Claim::Keep | Claim::Ignore => continue,
-            Claim::Adopt => references
-                .into_iter()
-                .chain([controller_reference("apps/v1", owner_kind, owner)])
-                .collect(),
-            Claim::Release => references
-                .into_iter()
-                .filter(|r| r["uid"] != uid(owner))
-                .collect(),
-        };
-        let patch = json!({"metadata": {"ownerReferences": references,
-            "resourceVersion": object["metadata"]["resourceVersion"]}});
-        let path = format!("{collection}/{}", name(object));
-        match api.call("PATCH", &path, Some(patch)).await {
-            // Changed or gone meanwhile: the next pass decides again.
-            Err(error) if matches!(error.code, 404 | 409) => {}
-            Err(error) => return Err(error),
-            Ok(_) => {}
-        }
-        changed = true;
-    }
-    Ok(changed)
 }
 
 pub fn is_terminating(object: &Value) -> bool {
@@ -191,9 +205,13 @@ mod tests {
             controller_reference("apps/v1", "ReplicaSet", &owner)]}});
         let referenced = json!({"metadata": {"ownerReferences": [{"uid": "u1"}]}});
         let objects = [controlled, referenced, json!({"metadata": {}})];
-        let grouped = by_controller(&objects);
-        assert_eq!(grouped.len(), 1);
-        assert_eq!(grouped["u1"].len(), 1);
+        let dependents = Dependents::new(&objects);
+        assert_eq!(dependents.of(&owner).len(), 1);
+        assert_eq!(
+            dependents.orphans[""].len(),
+            2,
+            "no controller, some owner or none"
+        );
         assert_eq!(
             objects[0]["metadata"]["ownerReferences"][1]["kind"],
             "ReplicaSet"

@@ -11,9 +11,7 @@ use std::cmp::Reverse;
 use serde_json::{json, Value};
 
 use crate::api::{self, Api, ApiResult};
-use crate::ownership::{
-    self, by_controller, claim, controller_reference, is_terminating, orphans_by_namespace,
-};
+use crate::ownership::{self, controller_reference, is_terminating, Dependents};
 
 /// Pods created or deleted for one ReplicaSet in one pass (kube-controller-manager's
 /// burstReplicas).
@@ -33,22 +31,18 @@ pub async fn run(api: Api) {
 async fn sync_all(api: &Api) -> ApiResult<()> {
     let sets = api.list_items("/apis/apps/v1/replicasets").await?;
     let pods = api.list_items("/api/v1/pods").await?;
-    let owned = by_controller(&pods);
-    let orphans = orphans_by_namespace(&pods);
+    let dependents = Dependents::new(&pods);
     for set in &sets {
-        let own = owned
-            .get(ownership::uid(set))
-            .map_or(&[][..], Vec::as_slice);
         let namespace = ownership::namespace(set);
-        let candidates: Vec<&Value> = own
-            .iter()
-            .chain(orphans.get(namespace).into_iter().flatten())
-            .copied()
-            .collect();
         let collection = format!("/api/v1/namespaces/{namespace}/pods");
-        if claim(api, set, "ReplicaSet", &candidates, &collection).await? || is_terminating(set) {
+        if dependents
+            .claim(api, set, "ReplicaSet", &collection)
+            .await?
+            || is_terminating(set)
+        {
             continue;
         }
+        let own = dependents.of(set);
         let active: Vec<&Value> = own.iter().copied().filter(|pod| is_active(pod)).collect();
         match sync(api, set, &active).await {
             // Changed or gone meanwhile: the next pass sees it.
