@@ -19,12 +19,6 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::service::Routes;
 
 use super::GRPC_OVERHEAD_BYTES;
-
-/// Peer calls a member sent and then gave up on (each tick's beacon and heartbeat, votes) that a
-/// partition held back and the heal delivers at once, each opened and reset. h2's limit of 20
-/// closed the peers' connections at every heal of a partition of more than a few seconds; this
-/// covers about a minute of ticks, and still bounds what a peer can make a member hold.
-const PEER_PENDING_RESETS: usize = 4096;
 use crate::alarm::{Alarms, Quota};
 use crate::api::{
     AuthApi, ClientRoutes, ClusterApi, ClusterCheck, DiscoveryApi, ElectionApi, GrpcWire,
@@ -46,6 +40,12 @@ use crate::mvcc::MvccStore;
 use crate::raft::{Consensus, MAX_PEER_MESSAGE};
 use crate::storage::Engine;
 use crate::watch::WatchHub;
+
+/// Peer calls a member sent and then gave up on (each tick's beacon and heartbeat, votes) that a
+/// partition held back and the heal delivers at once, each opened and reset. h2's limit of 20
+/// closed the peers' connections at every heal of a partition of more than a few seconds; this
+/// covers about a minute of ticks, and still bounds what a peer can make a member hold.
+const PEER_PENDING_RESETS: usize = 4096;
 
 /// The member's services, built once and shared by every listener.
 pub(super) struct Services {
