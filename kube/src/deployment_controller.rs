@@ -6,9 +6,9 @@
 //! `revisionHistoryLimit` are deleted, and the status and the `Available` and `Progressing`
 //! conditions report the rollout, which is what `kubectl rollout status` waits on; a rollout
 //! that makes no progress for `progressDeadlineSeconds` is reported stuck. A paused Deployment
-//! starts no rollout and only follows `replicas`. Not done: proportional scaling across
-//! several active ReplicaSets (during a rollout or while paused). Orphaned ReplicaSets its
-//! selector matches are adopted, and its own that it no longer matches released.
+//! starts no rollout and only follows `replicas`. Orphaned ReplicaSets its selector matches
+//! are adopted, and its own that it no longer matches released. Not done: proportional scaling
+//! across several active ReplicaSets (during a rollout or while paused).
 
 use serde_json::{json, Map, Value};
 
