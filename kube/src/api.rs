@@ -601,6 +601,15 @@ impl Api {
         }
     }
 
+    /// Deletes the object at `path` (with `options`, a DeleteOptions); one already gone counts
+    /// as deleted.
+    pub async fn delete_if_present(&self, path: &str, options: Option<Value>) -> ApiResult<()> {
+        match self.call("DELETE", path, options).await {
+            Err(error) if error.code != 404 => Err(error),
+            _ => Ok(()),
+        }
+    }
+
     /// The items of the list at `path` (which may carry a query), from inside the process.
     pub async fn list_items(&self, path: &str) -> ApiResult<Vec<Value>> {
         let mut list = self.call("GET", path, None).await?;

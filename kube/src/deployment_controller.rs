@@ -303,10 +303,7 @@ async fn clean_up_history(api: &Api, deployment: &Value, old: &[&Value]) -> ApiR
             ownership::namespace(set),
             ownership::name(set)
         );
-        match api.call("DELETE", &path, None).await {
-            Err(error) if error.code != 404 => return Err(error),
-            _ => {}
-        }
+        api.delete_if_present(&path, None).await?;
     }
     Ok(())
 }

@@ -100,10 +100,7 @@ async fn sync_all(api: &Api) -> ApiResult<()> {
             ownership::namespace(stale),
             ownership::name(stale)
         );
-        match api.call("DELETE", &path, None).await {
-            Err(error) if error.code != 404 => return Err(error),
-            _ => {}
-        }
+        api.delete_if_present(&path, None).await?;
     }
     Ok(())
 }

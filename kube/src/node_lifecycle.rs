@@ -186,10 +186,7 @@ async fn evict(api: &Api, node: &str, taint: Option<&Value>) -> api::ApiResult<V
             pod["metadata"]["namespace"].as_str().unwrap_or_default(),
             pod["metadata"]["name"].as_str().unwrap_or_default()
         );
-        match api.call("DELETE", &path, None).await {
-            Err(error) if error.code != 404 => return Err(error),
-            _ => {}
-        }
+        api.delete_if_present(&path, None).await?;
     }
     Ok(Value::Null)
 }

@@ -69,10 +69,7 @@ async fn sync(api: &Api, set: &Value, active: &[&Value]) -> ApiResult<()> {
         {
             let path = format!("{pods_path}/{}", ownership::name(pod));
             let options = json!({"preconditions": {"uid": ownership::uid(pod)}});
-            match api.call("DELETE", &path, Some(options)).await {
-                Err(error) if error.code != 404 => return Err(error),
-                _ => {}
-            }
+            api.delete_if_present(&path, Some(options)).await?;
         }
     }
     let status = status_of(set, active);
