@@ -238,6 +238,13 @@ impl Health {
             compact_revision: self.store.compact_revision(),
             watch: self.watches.counts(),
             peers: self.consensus.peer_activity(),
+            memory: self
+                .engine
+                .memory_usage()
+                .parts()
+                .into_iter()
+                .chain(crate::allocator_memory())
+                .collect(),
         })
     }
 }

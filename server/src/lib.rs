@@ -82,6 +82,32 @@ macro_rules! jemalloc_allocator {
             b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
     };
 }
+
+/// What jemalloc holds, for `oxcd_memory_bytes`: the bytes of live allocations, the pages it
+/// has resident, and the pages it keeps mapped for reuse. Empty in a program whose allocator
+/// is not jemalloc ([`jemalloc_allocator!`]), where its figures would describe nothing.
+pub fn allocator_memory() -> Vec<(&'static str, u64)> {
+    use tikv_jemalloc_ctl::{epoch, stats};
+    // Statistics are a snapshot taken when the epoch advances.
+    if epoch::advance().is_err() {
+        return Vec::new();
+    }
+    let (Ok(allocated), Ok(resident), Ok(retained)) = (
+        stats::allocated::read(),
+        stats::resident::read(),
+        stats::retained::read(),
+    ) else {
+        return Vec::new();
+    };
+    if allocated == 0 {
+        return Vec::new();
+    }
+    vec![
+        ("allocator_allocated", allocated as u64),
+        ("allocator_resident", resident as u64),
+        ("allocator_retained", retained as u64),
+    ]
+}
 pub use embed::ConfigBuilder;
 pub use node::Node;
 

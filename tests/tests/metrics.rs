@@ -123,6 +123,9 @@ async fn etcd_dashboards_and_alerts_find_their_series() {
             let sum = total(&scrapes, selector);
             assert!(sum >= 100.0, "{flavor}: {selector} sums to {sum}");
         }
+        if flavor == Flavor::Oxcd {
+            memory_holders_add_up(&scrapes);
+        }
 
         drop(streams);
         let (down, down_id) = member_down(&mut cluster).await;
@@ -464,6 +467,44 @@ fn matching<'a>(scrape: &'a Scrape, selector: &'a Selector) -> impl Iterator<Ite
                 }
             })
     })
+}
+
+/// oxcd's own `oxcd_memory_bytes`: on each member, every holder reported, the writes in the
+/// memtables, and the allocator's figures consistent with each other and with the process RSS.
+fn memory_holders_add_up(scrapes: &[Scrape]) {
+    for scrape in scrapes {
+        let held = |holder: &str| {
+            let values: Vec<f64> = scrape
+                .samples
+                .iter()
+                .filter(|s| {
+                    s.name == "oxcd_memory_bytes"
+                        && s.labels.get("holder").map(String::as_str) == Some(holder)
+                })
+                .map(|s| s.value)
+                .collect();
+            assert_eq!(
+                values.len(),
+                1,
+                "oxcd_memory_bytes{{holder={holder}}}: {values:?}"
+            );
+            values[0]
+        };
+        assert!(held("rocksdb_memtables") > 0.0);
+        held("rocksdb_block_cache");
+        held("rocksdb_table_readers");
+        let allocated = held("allocator_allocated");
+        let resident = held("allocator_resident");
+        held("allocator_retained");
+        let process = matching(scrape, &Selector::parse("process_resident_memory_bytes"))
+            .map(|s| s.value)
+            .next()
+            .expect("process_resident_memory_bytes");
+        assert!(
+            0.0 < allocated && allocated <= resident && resident <= process,
+            "allocated {allocated}, resident {resident}, process RSS {process}"
+        );
+    }
 }
 
 /// The sum of the samples `selector` matches over every member.

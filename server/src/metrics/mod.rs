@@ -138,6 +138,9 @@ pub struct Metrics {
     pub mvcc: MvccMetrics,
     pub network: NetworkMetrics,
     pub grpc: grpc::GrpcServerMetrics,
+    /// oxcd's own `oxcd_memory_bytes{holder}`: what the storage engine and the allocator hold
+    /// (etcd's memory is Go's heap and bbolt's mmap, which `go_*` and `process_*` describe).
+    memory: IntGaugeVec,
     /// Scrapes set the member-state gauges, then read them: one at a time (several members
     /// can run in one process).
     scraping: Mutex<()>,
@@ -167,6 +170,8 @@ pub struct MemberState {
     pub watch: WatchCounts,
     /// The other voting members and whether this member is in touch with each.
     pub peers: Vec<(u64, bool)>,
+    /// Bytes of memory by what holds them (`oxcd_memory_bytes`'s `holder` label).
+    pub memory: Vec<(&'static str, u64)>,
 }
 
 /// The watch hub's current numbers.
@@ -441,6 +446,13 @@ impl Metrics {
         };
 
         let grpc = grpc::GrpcServerMetrics::new(&registry);
+        let memory = gauge_vec(
+            "oxcd",
+            "",
+            "memory_bytes",
+            "Bytes of memory held, by holder: the storage engine's memtables, block cache and table readers; the allocator's live allocations, its resident pages and pages it keeps mapped.",
+            &["holder"],
+        );
         #[cfg(target_os = "linux")]
         register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
@@ -453,6 +465,7 @@ impl Metrics {
             mvcc,
             network,
             grpc,
+            memory,
             scraping: Mutex::new(()),
         }
     }
@@ -502,6 +515,12 @@ impl Metrics {
             n.active_peers
                 .with_label_values(&[&local, &member_label(*peer)])
                 .set((*active).into());
+        }
+        self.memory.reset();
+        for (holder, bytes) in &m.memory {
+            self.memory
+                .with_label_values(&[holder])
+                .set(i64::try_from(*bytes).unwrap_or(i64::MAX));
         }
     }
 }

@@ -110,6 +110,28 @@ pub struct Engine {
     _lock: File,
 }
 
+/// RocksDB's memory, in bytes ([`Engine::memory_usage`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemoryUsage {
+    /// Memtables, active and immutable ones not yet flushed or still pinned by a reader.
+    pub memtables: u64,
+    /// Data, index and filter blocks in the shared block cache.
+    pub block_cache: u64,
+    /// Open table files' readers (their index and filter blocks held outside the cache).
+    pub table_readers: u64,
+}
+
+impl MemoryUsage {
+    /// Each part under the name metrics report it by.
+    pub fn parts(&self) -> [(&'static str, u64); 3] {
+        [
+            ("rocksdb_memtables", self.memtables),
+            ("rocksdb_block_cache", self.block_cache),
+            ("rocksdb_table_readers", self.table_readers),
+        ]
+    }
+}
+
 /// How long [`Engine::holds_writes_back`] trusts its last look.
 const HELD_BACK_RECHECK: std::time::Duration = std::time::Duration::from_millis(10);
 
@@ -375,6 +397,33 @@ impl Engine {
             "rocksdb.cur-size-all-mem-tables",
         ])
         .min(self.data_size())
+    }
+
+    /// What RocksDB holds in memory now, by what holds it.
+    pub fn memory_usage(&self) -> MemoryUsage {
+        let over_all_cfs = |property: &str| {
+            Cf::ALL
+                .iter()
+                .filter_map(|cf| {
+                    self.db
+                        .property_int_value_cf(self.cf(*cf), property)
+                        .ok()
+                        .flatten()
+                })
+                .sum()
+        };
+        MemoryUsage {
+            memtables: over_all_cfs("rocksdb.size-all-mem-tables"),
+            // One cache serves all of ours, and each reports all of it (the unused default
+            // column family has a cache of its own).
+            block_cache: self
+                .db
+                .property_int_value_cf(self.cf(Cf::Kv), "rocksdb.block-cache-usage")
+                .ok()
+                .flatten()
+                .unwrap_or(0),
+            table_readers: over_all_cfs("rocksdb.estimate-table-readers-mem"),
+        }
     }
 
     /// The sum of integer properties over the backend's column families.
@@ -663,6 +712,41 @@ mod tests {
             "{} after a defragment",
             e.data_size()
         );
+    }
+
+    #[test]
+    fn memory_usage_follows_writes_flushes_and_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Engine::open(dir.path()).unwrap();
+        let idle = e.memory_usage();
+        let mut b = e.batch();
+        // Values that do not compress, so the table blocks read back are as large as written.
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        for i in 0..256u32 {
+            let value: Vec<u8> = (0..4096)
+                .map(|_| {
+                    state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
+                    (state >> 56) as u8
+                })
+                .collect();
+            b.put(Cf::Kv, &i.to_be_bytes(), &value);
+        }
+        e.write(b, true).unwrap();
+        let written = e.memory_usage();
+        assert!(
+            written.memtables >= idle.memtables + (1 << 20),
+            "{idle:?} -> {written:?}"
+        );
+        e.compact_range(Cf::Kv, None, None);
+        let flushed = e.memory_usage();
+        assert!(flushed.memtables < written.memtables, "{flushed:?}");
+        assert!(flushed.table_readers > 0, "{flushed:?}");
+        for i in 0..256u32 {
+            e.get(Cf::Kv, &i.to_be_bytes()).unwrap().unwrap();
+        }
+        let read = e.memory_usage();
+        assert!(read.block_cache >= 1 << 20, "{read:?}");
+        assert_eq!(read.parts()[1], ("rocksdb_block_cache", read.block_cache));
     }
 
     #[test]
