@@ -65,6 +65,11 @@ pub use config::Config;
 #[doc(hidden)]
 pub use tikv_jemallocator;
 
+/// [`jemalloc_allocator!`]'s options, NUL-terminated for C.
+#[doc(hidden)]
+pub static JEMALLOC_OPTIONS: [u8; 60] =
+    *b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+
 /// Makes jemalloc, with the options the `oxcd` binary runs with, the allocator of the program
 /// this is written in: `oxcd`'s own, and any program that embeds a member. glibc's malloc keeps
 /// the memory of watch fan-out's many short-lived buffers across threads; jemalloc's background
@@ -76,16 +81,22 @@ macro_rules! jemalloc_allocator {
         #[global_allocator]
         static ALLOCATOR: $crate::tikv_jemallocator::Jemalloc = $crate::tikv_jemallocator::Jemalloc;
 
+        // jemalloc reads its options from `malloc_conf` where it is the process's malloc
+        // (Linux with glibc: RocksDB links it so) and from `_rjem_malloc_conf` where it is
+        // prefixed (elsewhere); the name it does not read is an unused symbol.
+        // Each is C's `const char *`: a thin pointer to the NUL-terminated options.
+        #[allow(non_upper_case_globals)]
+        #[export_name = "malloc_conf"]
+        pub static malloc_conf: Option<&u8> = Some(&$crate::JEMALLOC_OPTIONS[0]);
         #[allow(non_upper_case_globals)]
         #[export_name = "_rjem_malloc_conf"]
-        pub static _rjem_malloc_conf: &[u8] =
-            b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+        pub static _rjem_malloc_conf: Option<&u8> = Some(&$crate::JEMALLOC_OPTIONS[0]);
     };
 }
 
 /// What jemalloc holds, for `oxcd_memory_bytes`: the bytes of live allocations, the pages it
-/// has resident, and the pages it keeps mapped for reuse. Empty in a program whose allocator
-/// is not jemalloc ([`jemalloc_allocator!`]), where its figures would describe nothing.
+/// has resident, and the pages it keeps mapped for reuse, RocksDB's included (it links jemalloc
+/// as the process's malloc where it can). Empty where jemalloc serves nothing.
 pub fn allocator_memory() -> Vec<(&'static str, u64)> {
     use tikv_jemalloc_ctl::{epoch, stats};
     // Statistics are a snapshot taken when the epoch advances.

@@ -87,6 +87,32 @@ impl Buckets {
     }
 }
 
+/// The sum of the samples of gauge or counter `name` in `text` whose labels `keep` accepts;
+/// `None` when there is none.
+pub fn sample_sum(text: &str, name: &str, keep: impl Fn(&Labels) -> bool) -> Option<f64> {
+    let mut sum = None;
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        let sample = match rest.chars().next() {
+            Some('{') => parse_series(rest),
+            Some(' ') => rest
+                .split_whitespace()
+                .next()
+                .and_then(parse_float)
+                .map(|value| (Labels::new(), value)),
+            _ => None,
+        };
+        if let Some((labels, value)) = sample {
+            if keep(&labels) {
+                *sum.get_or_insert(0.0) += value;
+            }
+        }
+    }
+    sum
+}
+
 fn parse_float(text: &str) -> Option<f64> {
     match text {
         "+Inf" => Some(f64::INFINITY),
@@ -184,6 +210,30 @@ apiserver_request_duration_seconds_bucket{component="apiserver",resource="a\"b,c
             Buckets(vec![(0.005, 5.0), (f64::INFINITY, 15.0)])
         );
         assert_eq!(after.since(&Buckets::default()), after);
+    }
+
+    #[test]
+    fn samples_of_one_name_are_summed_with_or_without_labels() {
+        let text = "go_memstats_heap_inuse_bytes 1.5e+06\n\
+                    go_memstats_heap_inuse_bytes_total 7\n\
+                    oxcd_memory_bytes{holder=\"rocksdb_memtables\"} 100\n\
+                    oxcd_memory_bytes{holder=\"allocator_allocated\"} 20\n";
+        assert_eq!(
+            sample_sum(text, "go_memstats_heap_inuse_bytes", |_| true),
+            Some(1.5e6)
+        );
+        let holder = |name: &'static str| {
+            move |labels: &Labels| labels.get("holder").map(String::as_str) == Some(name)
+        };
+        assert_eq!(
+            sample_sum(text, "oxcd_memory_bytes", holder("rocksdb_memtables")),
+            Some(100.0)
+        );
+        assert_eq!(sample_sum(text, "oxcd_memory_bytes", |_| true), Some(120.0));
+        assert_eq!(
+            sample_sum(text, "oxcd_memory_bytes", holder("nothing")),
+            None
+        );
     }
 
     #[test]

@@ -169,6 +169,24 @@ const METRICS: &[MetricDef] = &[
         target: Some(Target::lower(0.5)),
     },
     MetricDef {
+        id: "store_heap_bytes",
+        label: "store heap in use after the rounds (all members; Go's heap in use, jemalloc's allocated)",
+        unit: Unit::Bytes,
+        target: None,
+    },
+    MetricDef {
+        id: "store_memtables_bytes",
+        label: "of which RocksDB memtables (oxcd)",
+        unit: Unit::Bytes,
+        target: None,
+    },
+    MetricDef {
+        id: "store_block_cache_bytes",
+        label: "of which RocksDB block cache (oxcd)",
+        unit: Unit::Bytes,
+        target: None,
+    },
+    MetricDef {
         id: "store_peak_rss_bytes",
         label: "store peak RSS (all members)",
         unit: Unit::Bytes,
@@ -404,6 +422,7 @@ async fn run_one(
     values.insert("store_cpu_seconds", store_cpu);
     values.insert("apiserver_cpu_seconds", apiserver_cpu);
     values.insert("store_rss_bytes", cluster.rss_bytes()? as f64);
+    values.extend(heap_after_rounds(&cluster).await?);
     let peak: u64 = cluster
         .members()
         .iter()
@@ -545,6 +564,49 @@ async fn scale_all(client: &ApiClient, deployments: usize, replicas: usize) -> R
             .success(&format!("scaling {path}"))?;
     }
     Ok(())
+}
+
+/// What the members' own metrics say their memory is: the heap in use (Go's for etcd,
+/// jemalloc's live allocations for oxcd, RocksDB's included) and, for oxcd, RocksDB's memtables
+/// and block cache. Summed over the members; a figure a store does not report is left out.
+async fn heap_after_rounds(cluster: &Cluster) -> Result<Vec<(&'static str, f64)>> {
+    let oxcd_holder = |holder: &'static str| {
+        move |labels: &Labels| labels.get("holder").map(String::as_str) == Some(holder)
+    };
+    let mut sums: BTreeMap<&'static str, f64> = BTreeMap::new();
+    for member in cluster.members() {
+        let text = member.metrics_text().await?;
+        let figures = [
+            (
+                "store_heap_bytes",
+                metrics::sample_sum(&text, "go_memstats_heap_inuse_bytes", |_| true).or(
+                    metrics::sample_sum(
+                        &text,
+                        "oxcd_memory_bytes",
+                        oxcd_holder("allocator_allocated"),
+                    ),
+                ),
+            ),
+            (
+                "store_memtables_bytes",
+                metrics::sample_sum(&text, "oxcd_memory_bytes", oxcd_holder("rocksdb_memtables")),
+            ),
+            (
+                "store_block_cache_bytes",
+                metrics::sample_sum(
+                    &text,
+                    "oxcd_memory_bytes",
+                    oxcd_holder("rocksdb_block_cache"),
+                ),
+            ),
+        ];
+        for (id, value) in figures {
+            if let Some(value) = value {
+                *sums.entry(id).or_default() += value;
+            }
+        }
+    }
+    Ok(sums.into_iter().collect())
 }
 
 fn value(measurements: &[Measurement], store: &str, members: usize, id: &str) -> Option<f64> {
