@@ -54,6 +54,7 @@ fn deployments_scale_up_and_down_through_the_real_control_plane_on_both_stores()
             "apiserver_write_p99_ms",
             "store_call_p99_ms",
             "store_rss_bytes",
+            "store_heap_bytes",
             "store_disk_bytes",
             "lease_renewals",
             "list_seconds",
@@ -62,6 +63,20 @@ fn deployments_scale_up_and_down_through_the_real_control_plane_on_both_stores()
             assert!(values[id].as_f64().unwrap() > 0.0, "{id} in {run}");
         }
         assert_eq!(values["failed_calls"], 0.0, "{run}");
+        // RocksDB's parts of the heap, which only oxcd reports.
+        let rocksdb = ["store_memtables_bytes", "store_block_cache_bytes"];
+        if run["store"] == "oxcd" {
+            assert!(
+                values["store_memtables_bytes"].as_f64().unwrap() > 0.0,
+                "{run}"
+            );
+            assert!(
+                values["store_block_cache_bytes"].as_f64().is_some(),
+                "{run}"
+            );
+        } else {
+            assert!(rocksdb.iter().all(|id| values[id].is_null()), "{run}");
+        }
     }
     let markdown = std::fs::read_to_string(out.path().join("report.md")).unwrap();
     assert!(
