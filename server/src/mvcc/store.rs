@@ -513,7 +513,7 @@ fn load_state(engine: &Engine) -> storage::Result<(State, i64, HashMap<Vec<u8>, 
     let mut index = TreeIndex::default();
     let mut leased = HashMap::new();
     let mut corrupt = None;
-    engine.scan(Cf::Kv, &[], None, |k, v| {
+    engine.scan_once(Cf::Kv, &[], None, |k, v| {
         let (Some((rev, tombstone)), Ok(kv)) = (Revision::from_key(k), KeyValue::decode(v)) else {
             corrupt = Some(k.to_vec());
             return false;
@@ -974,7 +974,7 @@ fn compact(
     loop {
         let mut doomed = Vec::new();
         let mut last = None;
-        engine.scan(Cf::Kv, &from, Some(&end), |k, v| {
+        engine.scan_once(Cf::Kv, &from, Some(&end), |k, v| {
             last = Some(k.to_vec());
             if let Some(hasher) = &mut hasher {
                 hasher.write(k, v);
