@@ -87,27 +87,13 @@ impl ServerProcess {
         self.memory_status("VmRSS")
     }
 
-    /// The member's Prometheus metrics, from `/metrics` on its (plain HTTP) client port, asked
-    /// as HTTP/1.0 so etcd answers without chunked encoding.
+    /// The member's Prometheus metrics, from `/metrics` on its (plain HTTP) client port.
     pub async fn metrics_text(&self) -> Result<String> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let address = self
+        let endpoint = self
             .client_url
             .strip_prefix("http://")
             .context("metrics are read from plain-HTTP client URLs only")?;
-        let mut connection = tokio::net::TcpStream::connect(address).await?;
-        connection
-            .write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
-            .await?;
-        let mut reply = String::new();
-        connection.read_to_string(&mut reply).await?;
-        let (head, body) = reply
-            .split_once("\r\n\r\n")
-            .context("an HTTP reply without a blank line")?;
-        if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
-            bail!("GET /metrics on {}: {head}", self.name);
-        }
-        Ok(body.to_owned())
+        oxcd_tests::metrics_text(endpoint).await
     }
 
     /// The highest resident set size the process has had (VmHWM).

@@ -665,6 +665,25 @@ impl Drop for Server {
     }
 }
 
+/// The body of `GET /metrics` on a plain-HTTP client port (`host:port`), asked as HTTP/1.0 so
+/// etcd answers without chunked encoding.
+pub async fn metrics_text(endpoint: &str) -> Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut connection = tokio::net::TcpStream::connect(endpoint).await?;
+    connection
+        .write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
+        .await?;
+    let mut reply = String::new();
+    connection.read_to_string(&mut reply).await?;
+    let (head, body) = reply
+        .split_once("\r\n\r\n")
+        .context("an HTTP reply without a blank line")?;
+    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
+        bail!("GET /metrics on {endpoint}: {head}");
+    }
+    Ok(body.to_owned())
+}
+
 /// Connects with bounded timeouts. etcd-client connects lazily, so this does not prove the
 /// server is up; requests do.
 pub async fn connect(endpoint: &str, request_timeout: Duration) -> Result<Client> {

@@ -11,7 +11,6 @@ use etcd_client::WatchStream;
 use etcd_client::{GetOptions, LeaseKeepAliveStream, LeaseKeeper, PutOptions, WatchOptions};
 use oxcd_tests::cluster::Cluster;
 use oxcd_tests::Flavor;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The selectors of etcd's dashboards and alerts, without the scrape-target matchers they all
 /// add (`job=~".*etcd.*"`, the cluster label), which Prometheus attaches, not etcd. `up`, which
@@ -311,20 +310,8 @@ async fn scrape_until_every_selector_matches(cluster: &Cluster) -> Vec<Scrape> {
     }
 }
 
-/// `GET /metrics` on a client port as HTTP/1.0, so Go answers without chunked encoding.
 async fn get_metrics(endpoint: &str) -> String {
-    let mut conn = tokio::net::TcpStream::connect(endpoint).await.unwrap();
-    conn.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
-        .await
-        .unwrap();
-    let mut raw = String::new();
-    conn.read_to_string(&mut raw).await.unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP answer");
-    assert!(
-        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
-        "{head}"
-    );
-    body.to_string()
+    oxcd_tests::metrics_text(endpoint).await.unwrap()
 }
 
 /// One member's samples and metric types.

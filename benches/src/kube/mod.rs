@@ -570,35 +570,22 @@ async fn scale_all(client: &ApiClient, deployments: usize, replicas: usize) -> R
 /// jemalloc's live allocations for oxcd, RocksDB's included) and, for oxcd, RocksDB's memtables
 /// and block cache. Summed over the members; a figure a store does not report is left out.
 async fn heap_after_rounds(cluster: &Cluster) -> Result<Vec<(&'static str, f64)>> {
-    let oxcd_holder = |holder: &'static str| {
-        move |labels: &Labels| labels.get("holder").map(String::as_str) == Some(holder)
-    };
     let mut sums: BTreeMap<&'static str, f64> = BTreeMap::new();
     for member in cluster.members() {
         let text = member.metrics_text().await?;
+        let held = |holder: &str| {
+            metrics::sample_sum(&text, "oxcd_memory_bytes", |labels| {
+                labels.get("holder").map(String::as_str) == Some(holder)
+            })
+        };
         let figures = [
             (
                 "store_heap_bytes",
-                metrics::sample_sum(&text, "go_memstats_heap_inuse_bytes", |_| true).or(
-                    metrics::sample_sum(
-                        &text,
-                        "oxcd_memory_bytes",
-                        oxcd_holder("allocator_allocated"),
-                    ),
-                ),
+                metrics::sample_sum(&text, "go_memstats_heap_inuse_bytes", |_| true)
+                    .or(held("allocator_allocated")),
             ),
-            (
-                "store_memtables_bytes",
-                metrics::sample_sum(&text, "oxcd_memory_bytes", oxcd_holder("rocksdb_memtables")),
-            ),
-            (
-                "store_block_cache_bytes",
-                metrics::sample_sum(
-                    &text,
-                    "oxcd_memory_bytes",
-                    oxcd_holder("rocksdb_block_cache"),
-                ),
-            ),
+            ("store_memtables_bytes", held("rocksdb_memtables")),
+            ("store_block_cache_bytes", held("rocksdb_block_cache")),
         ];
         for (id, value) in figures {
             if let Some(value) = value {

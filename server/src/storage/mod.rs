@@ -394,10 +394,13 @@ impl Engine {
     /// table file, or a RocksDB compaction, would otherwise shrink it at moments no client can
     /// predict (and lift a quota refusal that etcd keeps until a defragment).
     pub fn data_size(&self) -> u64 {
-        let now = self.sum_of(&[
-            "rocksdb.total-sst-files-size",
-            "rocksdb.cur-size-all-mem-tables",
-        ]);
+        let now = self.sum_of(
+            &Cf::BACKEND,
+            &[
+                "rocksdb.total-sst-files-size",
+                "rocksdb.cur-size-all-mem-tables",
+            ],
+        );
         self.size_high_water
             .fetch_max(now, Ordering::Relaxed)
             .max(now)
@@ -407,28 +410,20 @@ impl Engine {
     /// use). RocksDB's estimate covers table files only; data still in memtables is counted as
     /// live, so that a store that has not flushed yet is not reported empty.
     pub fn live_data_size(&self) -> u64 {
-        self.sum_of(&[
-            "rocksdb.estimate-live-data-size",
-            "rocksdb.cur-size-all-mem-tables",
-        ])
+        self.sum_of(
+            &Cf::BACKEND,
+            &[
+                "rocksdb.estimate-live-data-size",
+                "rocksdb.cur-size-all-mem-tables",
+            ],
+        )
         .min(self.data_size())
     }
 
     /// What RocksDB holds in memory now, by what holds it.
     pub fn memory_usage(&self) -> MemoryUsage {
-        let over_all_cfs = |property: &str| {
-            Cf::ALL
-                .iter()
-                .filter_map(|cf| {
-                    self.db
-                        .property_int_value_cf(self.cf(*cf), property)
-                        .ok()
-                        .flatten()
-                })
-                .sum()
-        };
         MemoryUsage {
-            memtables: over_all_cfs("rocksdb.size-all-mem-tables"),
+            memtables: self.sum_of(&Cf::ALL, &["rocksdb.size-all-mem-tables"]),
             // One cache serves all of ours, and each reports all of it (the unused default
             // column family has a cache of its own).
             block_cache: self
@@ -437,14 +432,13 @@ impl Engine {
                 .ok()
                 .flatten()
                 .unwrap_or(0),
-            table_readers: over_all_cfs("rocksdb.estimate-table-readers-mem"),
+            table_readers: self.sum_of(&Cf::ALL, &["rocksdb.estimate-table-readers-mem"]),
         }
     }
 
-    /// The sum of integer properties over the backend's column families.
-    fn sum_of(&self, properties: &[&str]) -> u64 {
-        Cf::BACKEND
-            .iter()
+    /// The sum of integer properties over column families `cfs`.
+    fn sum_of(&self, cfs: &[Cf], properties: &[&str]) -> u64 {
+        cfs.iter()
             .flat_map(|cf| properties.iter().map(move |p| (*cf, *p)))
             .filter_map(|(cf, p)| self.db.property_int_value_cf(self.cf(cf), p).ok().flatten())
             .sum()
@@ -730,14 +724,11 @@ mod tests {
         );
     }
 
-    #[test]
-    fn memory_usage_follows_writes_flushes_and_reads() {
-        let dir = tempfile::tempdir().unwrap();
-        let e = Engine::open(dir.path()).unwrap();
-        let idle = e.memory_usage();
-        let mut b = e.batch();
-        // Values that do not compress, so the table blocks read back are as large as written.
+    /// 256 keys of 4 KiB values that do not compress, so table blocks read back are as large
+    /// as written.
+    fn write_incompressible_keys(e: &Engine) {
         let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut b = e.batch();
         for i in 0..256u32 {
             let value: Vec<u8> = (0..4096)
                 .map(|_| {
@@ -748,6 +739,14 @@ mod tests {
             b.put(Cf::Kv, &i.to_be_bytes(), &value);
         }
         e.write(b, true).unwrap();
+    }
+
+    #[test]
+    fn memory_usage_follows_writes_flushes_and_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Engine::open(dir.path()).unwrap();
+        let idle = e.memory_usage();
+        write_incompressible_keys(&e);
         let written = e.memory_usage();
         assert!(
             written.memtables >= idle.memtables + (1 << 20),
@@ -769,20 +768,7 @@ mod tests {
     fn a_scan_once_leaves_the_block_cache_as_it_was() {
         let dir = tempfile::tempdir().unwrap();
         let e = Engine::open(dir.path()).unwrap();
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut b = e.batch();
-        for i in 0..256u32 {
-            let value: Vec<u8> = (0..4096)
-                .map(|_| {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    state as u8
-                })
-                .collect();
-            b.put(Cf::Kv, &i.to_be_bytes(), &value);
-        }
-        e.write(b, true).unwrap();
+        write_incompressible_keys(&e);
         e.compact_range(Cf::Kv, None, None);
         let before = e.memory_usage().block_cache;
         let mut seen = 0;
