@@ -57,6 +57,8 @@ pub fn range_with(
             limit,
             rev: r.revision,
             count_only: r.count_only,
+            // keys_only still answers each key's lease, which only its value holds.
+            index_only: false,
             skip_total,
         },
     )?;
@@ -300,13 +302,16 @@ fn compare_path(view: &impl ReadView, t: &TxnRequest) -> Vec<bool> {
 }
 
 fn compare(view: &impl ReadView, c: &Compare) -> bool {
-    let Ok(rr) = view.range(
-        &KeyRange::new(&c.key, &c.range_end),
-        RangeOptions::default(),
-    ) else {
+    let target = CompareTarget::try_from(c.target).ok();
+    // Revisions and versions are in the index; kube-apiserver's every write compares a
+    // mod_revision, and reading the value for it was a store read per write.
+    let opts = RangeOptions {
+        index_only: !matches!(target, Some(CompareTarget::Value | CompareTarget::Lease)),
+        ..RangeOptions::default()
+    };
+    let Ok(rr) = view.range(&KeyRange::new(&c.key, &c.range_end), opts) else {
         return false;
     };
-    let target = CompareTarget::try_from(c.target).ok();
     if rr.kvs.is_empty() {
         // A value compare on a missing key always fails: gRPC cannot tell nil from empty.
         return target != Some(CompareTarget::Value) && compare_kv(c, target, &KeyValue::default());

@@ -56,6 +56,9 @@ pub struct RangeOptions {
     /// <= 0 = the view's current revision.
     pub rev: i64,
     pub count_only: bool,
+    /// Answer from the index alone: each key with its revisions and version, but without its
+    /// value or lease (a Txn compare on those needs no read of the value).
+    pub index_only: bool,
     /// Stop at the limit instead of counting the whole range (etcd's `WithTotalCount: false`,
     /// which RangeStream's chunks use: counting would visit the rest of the range per chunk).
     pub skip_total: bool,
@@ -262,12 +265,8 @@ impl MvccStore {
         let state = self.state.read();
         let (entries, count, rev) =
             resolve(&state.index, state.compact, state.current, range, opts)?;
-        if opts.count_only {
-            return Ok(RangeResult {
-                kvs: Vec::new(),
-                count,
-                rev,
-            });
+        if let Some(answered) = from_index(&entries, count, rev, opts) {
+            return Ok(answered);
         }
         let snapshot = self.engine.snapshot();
         drop(state);
@@ -587,6 +586,33 @@ fn resolve(
     Ok((entries, count, current))
 }
 
+/// The range result that needs no value read, if `opts` asks for one: the count alone, or
+/// each key's revisions and version.
+fn from_index(
+    entries: &[(Vec<u8>, KeyAt)],
+    count: usize,
+    rev: i64,
+    opts: RangeOptions,
+) -> Option<RangeResult> {
+    let kvs = if opts.count_only {
+        Vec::new()
+    } else if opts.index_only {
+        entries
+            .iter()
+            .map(|(key, at)| KeyValue {
+                key: key.clone(),
+                create_revision: at.created.main,
+                mod_revision: at.modified.main,
+                version: at.version,
+                ..KeyValue::default()
+            })
+            .collect()
+    } else {
+        return None;
+    };
+    Some(RangeResult { kvs, count, rev })
+}
+
 fn fetch(
     entries: &[(Vec<u8>, KeyAt)],
     multi_get: impl FnOnce(&[Vec<u8>]) -> storage::Result<Vec<Option<Vec<u8>>>>,
@@ -650,12 +676,8 @@ impl ReadView for ReadTxn<'_> {
             resolved
         };
         let (entries, count, rev) = resolved?;
-        if opts.count_only {
-            return Ok(RangeResult {
-                kvs: Vec::new(),
-                count,
-                rev,
-            });
+        if let Some(answered) = from_index(&entries, count, rev, opts) {
+            return Ok(answered);
         }
         let kvs = fetch(&entries, |keys| self.snapshot.multi_get(Cf::Kv, keys))?;
         Ok(RangeResult { kvs, count, rev })
@@ -745,18 +767,24 @@ impl<'a> Writer<'a> {
         Ok(self.changes)
     }
 
-    fn value_at(&self, rev: Revision) -> Result<KeyValue, EtcdError> {
+    /// The revision `rev` of a key, as this batch sees it. `superseded`: the batch replaces
+    /// it, so after this read (for prev_kv) nothing but a read of history asks for it again,
+    /// and it is not worth a place in the block cache.
+    fn value_at(&self, rev: Revision, superseded: bool) -> Result<KeyValue, EtcdError> {
         if let Some(kv) = self.written.get(&rev) {
             return Ok(kv.clone());
         }
-        let raw = self
-            .store
-            .engine
-            .get(Cf::Kv, &rev.to_key(false))
-            .map_err(|e| {
-                tracing::error!(error = %e, "reading a revision failed");
-                EtcdError::Corrupt
-            })?;
+        let key = rev.to_key(false);
+        let engine = &self.store.engine;
+        let raw = if superseded {
+            engine.get_once(Cf::Kv, &key)
+        } else {
+            engine.get(Cf::Kv, &key)
+        };
+        let raw = raw.map_err(|e| {
+            tracing::error!(error = %e, "reading a revision failed");
+            EtcdError::Corrupt
+        })?;
         raw.and_then(|v| KeyValue::decode(v.as_slice()).ok())
             .ok_or(EtcdError::Corrupt)
     }
@@ -820,7 +848,7 @@ impl TxnWrite<'_, '_> {
         if !self.writer.keep_prev {
             return None;
         }
-        rev.and_then(|r| self.writer.value_at(r).ok())
+        rev.and_then(|r| self.writer.value_at(r, true).ok())
     }
 
     /// Deletes every live key in `range`; returns how many and the revision to report.
@@ -885,16 +913,12 @@ impl ReadView for TxnWrite<'_, '_> {
             opts,
         );
         let (entries, count, rev) = resolved?;
-        if opts.count_only {
-            return Ok(RangeResult {
-                kvs: Vec::new(),
-                count,
-                rev,
-            });
+        if let Some(answered) = from_index(&entries, count, rev, opts) {
+            return Ok(answered);
         }
         let kvs = entries
             .iter()
-            .map(|(_, at)| self.writer.value_at(at.modified))
+            .map(|(_, at)| self.writer.value_at(at.modified, false))
             .collect::<Result<_, _>>()?;
         Ok(RangeResult { kvs, count, rev })
     }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use super::*;
 use crate::error::EtcdError;
 use crate::storage::Engine;
+use oxcd_proto::mvccpb::KeyValue;
 
 fn open(dir: &std::path::Path) -> Arc<MvccStore> {
     MvccStore::open(Engine::open(dir).unwrap()).unwrap()
@@ -205,4 +206,49 @@ fn writes_in_a_batch_see_each_other() {
     drop(t);
     w.commit().unwrap();
     assert_eq!(s.current_revision(), 3);
+}
+
+#[test]
+fn an_index_only_range_answers_revisions_and_versions_without_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    put(&s, "a", "1");
+    put(&s, "a", "2");
+    put(&s, "b", "1");
+    delete(&s, "b");
+    put(&s, "c", "1");
+    let all = KeyRange::new(b"a", b"z");
+    let full = s.range(&all, RangeOptions::default()).unwrap();
+    let index_only = RangeOptions {
+        index_only: true,
+        ..RangeOptions::default()
+    };
+    let brief = s.range(&all, index_only).unwrap();
+    assert_eq!((brief.count, brief.rev), (full.count, full.rev));
+    let without_values: Vec<KeyValue> = full
+        .kvs
+        .into_iter()
+        .map(|kv| KeyValue {
+            value: Vec::new(),
+            lease: 0,
+            ..kv
+        })
+        .collect();
+    assert_eq!(brief.kvs, without_values);
+    assert_eq!(brief.kvs.len(), 2, "the deleted key is not live");
+
+    // The same from a write transaction's view, which sees its own writes.
+    let mut w = s.writer(false);
+    let mut t = w.txn();
+    t.put(b"a", b"3".to_vec(), 0);
+    let seen = t.range(&KeyRange::new(b"a", &[]), index_only).unwrap();
+    assert_eq!(
+        (
+            seen.kvs[0].create_revision,
+            seen.kvs[0].mod_revision,
+            seen.kvs[0].version
+        ),
+        (2, 7, 3)
+    );
+    assert!(seen.kvs[0].value.is_empty());
 }
