@@ -54,6 +54,7 @@ fn deployments_scale_up_and_down_through_the_real_control_plane_on_both_stores()
             "apiserver_write_p99_ms",
             "store_call_p99_ms",
             "store_rss_bytes",
+            "store_mean_rss_bytes",
             "store_heap_bytes",
             "store_disk_bytes",
             "lease_renewals",
@@ -63,6 +64,10 @@ fn deployments_scale_up_and_down_through_the_real_control_plane_on_both_stores()
             assert!(values[id].as_f64().unwrap() > 0.0, "{id} in {run}");
         }
         assert_eq!(values["failed_calls"], 0.0, "{run}");
+        assert!(
+            values["store_mean_rss_bytes"].as_f64() <= values["store_peak_rss_bytes"].as_f64(),
+            "{run}"
+        );
         // RocksDB's parts of the heap, which only oxcd reports.
         let rocksdb = ["store_memtables_bytes", "store_block_cache_bytes"];
         if run["store"] == "oxcd" {

@@ -35,6 +35,8 @@ const POD_IMAGE: &str = "registry.k8s.io/pause:3.10";
 const CONNECTIONS: usize = 4;
 /// The longest a round's scale-up or scale-down may take before the run fails.
 const ROUND_TIMEOUT: Duration = Duration::from_secs(600);
+/// How often the store's RSS is sampled during the rounds, for its mean.
+const RSS_SAMPLE_INTERVAL: Duration = Duration::from_millis(250);
 const SERVICE_ACCOUNT_WAIT: Duration = Duration::from_secs(120);
 
 #[derive(clap::Args, Debug)]
@@ -165,6 +167,12 @@ const METRICS: &[MetricDef] = &[
     MetricDef {
         id: "store_rss_bytes",
         label: "store RSS after the rounds (all members)",
+        unit: Unit::Bytes,
+        target: Some(Target::lower(0.5)),
+    },
+    MetricDef {
+        id: "store_mean_rss_bytes",
+        label: "store RSS during the rounds, mean of samples every 250 ms (all members)",
         unit: Unit::Bytes,
         target: Some(Target::lower(0.5)),
     },
@@ -338,21 +346,38 @@ async fn run_one(
     let store_cpu_before = cluster.cpu_seconds()?;
     let apiserver_cpu_before = crate::server::cpu_seconds(apiserver.pid())?;
     let target = args.deployments * args.replicas;
-    let mut rounds = Vec::new();
-    for _ in 0..args.rounds {
-        let started = Instant::now();
-        scale_all(&client, args.deployments, args.replicas).await?;
-        kubelets
-            .wait_until("scale-up", ROUND_TIMEOUT, |book| book.running() >= target)
-            .await?;
-        let up = started.elapsed().as_secs_f64();
-        let started = Instant::now();
-        scale_all(&client, args.deployments, 0).await?;
-        kubelets
-            .wait_until("scale-down", ROUND_TIMEOUT, |book| book.len() == 0)
-            .await?;
-        rounds.push((up, started.elapsed().as_secs_f64()));
-    }
+    let rounds_done = std::sync::atomic::AtomicBool::new(false);
+    let run_rounds = async {
+        let mut rounds = Vec::new();
+        for _ in 0..args.rounds {
+            let started = Instant::now();
+            scale_all(&client, args.deployments, args.replicas).await?;
+            kubelets
+                .wait_until("scale-up", ROUND_TIMEOUT, |book| book.running() >= target)
+                .await?;
+            let up = started.elapsed().as_secs_f64();
+            let started = Instant::now();
+            scale_all(&client, args.deployments, 0).await?;
+            kubelets
+                .wait_until("scale-down", ROUND_TIMEOUT, |book| book.len() == 0)
+                .await?;
+            rounds.push((up, started.elapsed().as_secs_f64()));
+        }
+        rounds_done.store(true, std::sync::atomic::Ordering::Relaxed);
+        anyhow::Ok(rounds)
+    };
+    // What the store holds at one moment swings by tens of MiB as its write buffers fill and
+    // flush; the mean over the rounds does not depend on where in that cycle they ended.
+    let sample_rss = async {
+        let mut samples = Vec::new();
+        while !rounds_done.load(std::sync::atomic::Ordering::Relaxed) {
+            samples.push(cluster.rss_bytes()? as f64);
+            tokio::time::sleep(RSS_SAMPLE_INTERVAL).await;
+        }
+        anyhow::Ok(samples)
+    };
+    let (rounds, rss_samples) = tokio::join!(run_rounds, sample_rss);
+    let (rounds, rss_samples) = (rounds?, rss_samples?);
     let store_cpu = cluster.cpu_seconds()? - store_cpu_before;
     let apiserver_cpu = crate::server::cpu_seconds(apiserver.pid())? - apiserver_cpu_before;
     let metrics_after = client.text("/metrics").await?;
@@ -422,6 +447,10 @@ async fn run_one(
     values.insert("store_cpu_seconds", store_cpu);
     values.insert("apiserver_cpu_seconds", apiserver_cpu);
     values.insert("store_rss_bytes", cluster.rss_bytes()? as f64);
+    if !rss_samples.is_empty() {
+        let mean = rss_samples.iter().sum::<f64>() / rss_samples.len() as f64;
+        values.insert("store_mean_rss_bytes", mean);
+    }
     values.extend(heap_after_rounds(&cluster).await?);
     let peak: u64 = cluster
         .members()
