@@ -47,9 +47,11 @@ impl Cf {
             // responses, kube-apiserver's reads of what it just updated): the memtable is their
             // cache, and a smaller one only moves them into the block cache.
             Cf::Kv => 32 << 20,
-            // Entries are read back once, to apply them, right after they are appended; a
-            // flushed entry is read again only for a follower that fell behind.
-            Cf::RaftLog => 8 << 20,
+            // Most entries are purged after the next Raft snapshot, before this memtable is
+            // flushed, and a flush drops them. With 8 MiB they were written to table files and
+            // compacted first: a 3-member cluster under Kubernetes took 25.3 s of CPU for what
+            // took it 19.6 s with 32 (benches/results/2026-12-07-kube-*).
+            Cf::RaftLog => 32 << 20,
             // A few keys, overwritten at every append or apply: without a small memtable they
             // hold megabytes of superseded copies (thousands of entries per minute under
             // Kubernetes) until the next flush.
