@@ -346,7 +346,6 @@ async fn run_one(
     let store_cpu_before = cluster.cpu_seconds()?;
     let apiserver_cpu_before = crate::server::cpu_seconds(apiserver.pid())?;
     let target = args.deployments * args.replicas;
-    let rounds_done = std::sync::atomic::AtomicBool::new(false);
     let run_rounds = async {
         let mut rounds = Vec::new();
         for _ in 0..args.rounds {
@@ -363,21 +362,21 @@ async fn run_one(
                 .await?;
             rounds.push((up, started.elapsed().as_secs_f64()));
         }
-        rounds_done.store(true, std::sync::atomic::Ordering::Relaxed);
         anyhow::Ok(rounds)
     };
     // What the store holds at one moment swings by tens of MiB as its write buffers fill and
     // flush; the mean over the rounds does not depend on where in that cycle they ended.
-    let sample_rss = async {
-        let mut samples = Vec::new();
-        while !rounds_done.load(std::sync::atomic::Ordering::Relaxed) {
-            samples.push(cluster.rss_bytes()? as f64);
-            tokio::time::sleep(RSS_SAMPLE_INTERVAL).await;
+    let mut rss_samples = Vec::new();
+    let mut sample_every = tokio::time::interval(RSS_SAMPLE_INTERVAL);
+    let rounds = {
+        tokio::pin!(run_rounds);
+        loop {
+            tokio::select! {
+                rounds = &mut run_rounds => break rounds?,
+                _ = sample_every.tick() => rss_samples.push(cluster.rss_bytes()? as f64),
+            }
         }
-        anyhow::Ok(samples)
     };
-    let (rounds, rss_samples) = tokio::join!(run_rounds, sample_rss);
-    let (rounds, rss_samples) = (rounds?, rss_samples?);
     let store_cpu = cluster.cpu_seconds()? - store_cpu_before;
     let apiserver_cpu = crate::server::cpu_seconds(apiserver.pid())? - apiserver_cpu_before;
     let metrics_after = client.text("/metrics").await?;
