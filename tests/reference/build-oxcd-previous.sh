@@ -10,8 +10,11 @@
 #   Everything else (progress, cargo's output) goes to stderr. A cached binary is not rebuilt.
 #
 # The build shares the workspace's target dir (its dependencies are mostly the same, so only
-# what changed since compiles), which means it overwrites the workspace crates' artifacts there:
-# run it BEFORE building the current workspace, as ./dev test does.
+# what changed since compiles). It links the RocksDB library the workspace's debug build
+# compiled when that is the same RocksDB release (the longest part of a cold build: the two
+# builds enable different features of the rocksdb crate, so cargo would compile its C++ twice),
+# so run it AFTER building the workspace, as ./dev test does. It leaves its binary at
+# `$CARGO_TARGET_DIR/debug/oxcd`; the workspace's next `cargo build` puts the current one back.
 set -euo pipefail
 
 SCRIPT=build-oxcd-previous.sh
@@ -61,8 +64,31 @@ git -C "$repo" archive --format=tar "$commit" | tar -xf - -C "$src"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/oxcd-target}"
 echo "$SCRIPT: building oxcd at $commit into $out (target dir $CARGO_TARGET_DIR)" >&2
 start=$SECONDS
+
+# The newest debug build of the same librocksdb-sys release in the target dir, if any: its build
+# script's output names the crate's source dir, which ends in the version.
+rocksdb_version="$(awk '/^name = "librocksdb-sys"$/ { getline; gsub(/version = |"/, ""); print; exit }' "$src/Cargo.lock")"
+rocksdb_lib_dir=""
+if [[ -n "$rocksdb_version" ]]; then
+    rocksdb_lib_dir="$(
+        grep -lx "cargo:cargo_manifest_dir=.*/librocksdb-sys-$rocksdb_version" \
+            "$CARGO_TARGET_DIR"/debug/build/librocksdb-sys-*/output 2>/dev/null |
+            while read -r output; do
+                lib="$(dirname "$output")/out/librocksdb.a"
+                if [[ -f "$lib" ]]; then
+                    echo "$(stat -c %Y "$lib") $(dirname "$lib")"
+                fi
+            done | sort -n | tail -n1 | cut -d' ' -f2-
+    )" || rocksdb_lib_dir="" # none there (grep found nothing): the build compiles RocksDB
+fi
+rocksdb_env=()
+if [[ -n "$rocksdb_lib_dir" ]]; then
+    echo "$SCRIPT: linking RocksDB $rocksdb_version from $rocksdb_lib_dir" >&2
+    rocksdb_env=(ROCKSDB_LIB_DIR="$rocksdb_lib_dir" ROCKSDB_STATIC=1)
+fi
+
 # --locked: the release's own Cargo.lock, the dependency versions it shipped with.
-(cd "$src" && cargo build --locked -p oxcd --bin oxcd --features failpoints >&2) ||
+(cd "$src" && env "${rocksdb_env[@]}" cargo build --locked -p oxcd --bin oxcd --features failpoints >&2) ||
     die "cargo build of oxcd at $commit failed"
 cp "$CARGO_TARGET_DIR/debug/oxcd" "$tmp/oxcd"
 is_built "$tmp" || die "the oxcd built at $commit does not run"
