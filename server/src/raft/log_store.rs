@@ -6,6 +6,9 @@
 //! queued up meanwhile and then acknowledges them all. openraft's core never blocks on an
 //! fsync, and concurrent appends share one. Every other engine call runs on the blocking pool,
 //! so a RocksDB write stall or a slow fsync never holds up the async workers.
+//!
+//! Appended entries also stay decoded in a [`LogCache`] until they are applied: the state
+//! machine and the replication streams read them from there.
 
 use std::fmt::Debug;
 use std::io;
@@ -15,6 +18,7 @@ use std::sync::Arc;
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader};
 
+use super::log_cache::LogCache;
 use super::record::{self, RecordError};
 use super::types::{Entry, LogId, TypeConfig, Vote};
 use crate::metrics::metrics;
@@ -28,6 +32,8 @@ pub(super) const LAST_PURGED: &[u8] = b"last_purged";
 pub struct LogStore {
     engine: Arc<Engine>,
     syncer: Arc<WalSyncer>,
+    /// Shared by the core's store and the readers cloned from it.
+    recent: Arc<parking_lot::Mutex<LogCache>>,
 }
 
 /// The WAL sync thread; dropping the last handle stops it and waits for it, so the engine is
@@ -74,6 +80,7 @@ impl LogStore {
                 pending: Some(pending),
                 thread: Some(thread),
             }),
+            recent: Arc::default(),
         })
     }
 
@@ -132,14 +139,17 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(i) => Some(*i),
             Bound::Unbounded => None,
         };
-        let engine = self.engine.clone();
-        let work = move || read_entries(&engine, start, end, u64::MAX);
-        // The entries just committed, read back to be applied: recent, so in the memtable.
-        if end.is_some_and(|end| end.saturating_sub(start) <= SHORT_READ_ENTRIES) {
-            short_unless_held_back(&self.engine, read_err("shutting down"), work).await
-        } else {
-            blocking(work).await
+        // The state machine's read of what it applies next, the one caller while serving.
+        let split = end.and_then(|end| self.recent.lock().take_applied(start, end));
+        let Some(split) = split else {
+            return self.read_entries(start, end).await;
+        };
+        if split.engine_end == start {
+            return Ok(split.cached);
         }
+        let mut entries = self.read_entries(start, Some(split.engine_end)).await?;
+        entries.extend(split.cached);
+        Ok(entries)
     }
 
     /// What one append message to a follower carries: at least one entry, and no more than
@@ -150,6 +160,13 @@ impl RaftLogReader<TypeConfig> for LogStore {
         start: u64,
         end: u64,
     ) -> Result<Vec<Entry>, StorageError> {
+        if let Some(cached) = self
+            .recent
+            .lock()
+            .copy_for_append(start, end, MAX_APPEND_BYTES)
+        {
+            return Ok(cached);
+        }
         let engine = self.engine.clone();
         short_unless_held_back(&self.engine, write_err("shutting down"), move || {
             read_entries(&engine, start, Some(end), MAX_APPEND_BYTES)
@@ -159,6 +176,19 @@ impl RaftLogReader<TypeConfig> for LogStore {
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
         self.get_state(VOTE, record::decode_vote).await
+    }
+}
+
+impl LogStore {
+    async fn read_entries(&self, start: u64, end: Option<u64>) -> Result<Vec<Entry>, StorageError> {
+        let engine = self.engine.clone();
+        let work = move || read_entries(&engine, start, end, u64::MAX);
+        // Entries read back to be applied are recent, so in the memtable.
+        if end.is_some_and(|end| end.saturating_sub(start) <= SHORT_READ_ENTRIES) {
+            short_unless_held_back(&self.engine, read_err("shutting down"), work).await
+        } else {
+            blocking(work).await
+        }
     }
 }
 
@@ -274,10 +304,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let entries: Vec<Entry> = entries.into_iter().collect();
         let encoded: Vec<_> = entries
-            .into_iter()
+            .iter()
             .map(|entry| (index_key(entry.log_id.index), record::encode_entry(entry)))
             .collect();
+        let sizes: Vec<usize> = encoded.iter().map(|(_, bytes)| bytes.len()).collect();
         let engine = self.engine.clone();
         short_unless_held_back(&self.engine, write_err("shutting down"), move || {
             let mut batch = engine.batch();
@@ -287,6 +319,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             engine.write(batch, false).map_err(write_err)
         })
         .await?;
+        self.recent.lock().appended(entries.into_iter().zip(sizes));
         fail::fail_point!("raft::log::after_append");
         let Some(syncer) = &self.syncer.pending else {
             unreachable!("the syncer's queue lives as long as the log store")
@@ -301,6 +334,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate_after(&mut self, last_kept: Option<LogId>) -> Result<(), StorageError> {
         let from = last_kept.map_or(0, |id| id.index + 1);
+        self.recent.lock().truncate_from(from);
         let engine = self.engine.clone();
         blocking(move || {
             let mut batch = engine.batch();
@@ -315,6 +349,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let purged = record::encode_position(Some(&log_id));
         self.put_state(LAST_PURGED, purged, true).await?;
         fail::fail_point!("raft::log::purge::after_mark");
+        self.recent.lock().purge_through(log_id.index);
         let engine = self.engine.clone();
         blocking(move || {
             let mut batch = engine.batch();
@@ -342,5 +377,108 @@ fn sync_wal(engine: &Engine, pending: std::sync::mpsc::Receiver<IOFlushed<TypeCo
         for callback in waiting {
             callback.io_completed(result.clone().map_err(io::Error::other));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::testing::log::{StoreBuilder, Suite};
+
+    use super::*;
+    use crate::apply::Applier;
+    use crate::raft::state_machine::StateMachine;
+
+    struct TempStore;
+
+    impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for TempStore {
+        async fn build(
+            &self,
+        ) -> Result<(tempfile::TempDir, LogStore, StateMachine), openraft::StorageError<TypeConfig>>
+        {
+            let dir = tempfile::tempdir().unwrap();
+            let engine = Engine::open(dir.path()).unwrap();
+            let applier = Applier::open_for_tests(&engine);
+            let sm = StateMachine::open(engine.clone(), applier).unwrap();
+            Ok((dir, LogStore::new(engine).unwrap(), sm))
+        }
+    }
+
+    fn blank(term: u64, index: u64) -> Entry {
+        Entry {
+            log_id: crate::raft::types::log_id(term, 1, index),
+            payload: openraft::EntryPayload::Blank,
+        }
+    }
+
+    fn terms(entries: &[Entry]) -> Vec<(u64, u64)> {
+        let ids = entries
+            .iter()
+            .map(|e| (e.log_id.leader_id.term, e.log_id.index));
+        ids.collect()
+    }
+
+    /// What a truncation or a purge removes is never read back from the log cache, and what
+    /// replaced it is.
+    #[tokio::test]
+    async fn reads_see_the_log_after_truncation_and_purge() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = LogStore::new(Engine::open(dir.path()).unwrap()).unwrap();
+        let entries = (1..=10).map(|i| blank(1, i));
+        log.append(entries, IOFlushed::noop()).await.unwrap();
+        log.truncate_after(Some(crate::raft::types::log_id(1, 1, 5)))
+            .await
+            .unwrap();
+        assert!(log.limited_get_log_entries(6, 10).await.unwrap().is_empty());
+        assert_eq!(log.try_get_log_entries(4..8).await.unwrap().len(), 2);
+        log.append([blank(2, 6), blank(2, 7)], IOFlushed::noop())
+            .await
+            .unwrap();
+        assert_eq!(
+            terms(&log.limited_get_log_entries(5, 9).await.unwrap()),
+            [(1, 5), (2, 6), (2, 7)]
+        );
+        log.purge(crate::raft::types::log_id(1, 1, 5))
+            .await
+            .unwrap();
+        assert_eq!(
+            terms(&log.try_get_log_entries(0..8).await.unwrap()),
+            [(2, 6), (2, 7)]
+        );
+    }
+
+    /// openraft's contract for log stores and state machines, the log cache included:
+    /// truncation, purges, reads across appends. All of its cases but `transfer_snapshot`,
+    /// which installs the leader's snapshot file on a follower directly: oxcd's state machine
+    /// installs only what the peer network received (`SnapshotData::Received`), and
+    /// `tests/snapshot.rs` covers that path across real members.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn openraft_storage_suite() {
+        type Cases = Suite<TypeConfig, LogStore, StateMachine, TempStore, tempfile::TempDir>;
+        macro_rules! run {
+            ($($case:ident)*) => {$(
+                let (_dir, log, sm) = TempStore.build().await.unwrap();
+                Cases::$case(log, sm).await.expect(stringify!($case));
+            )*};
+        }
+        run!(
+            last_membership_in_log_initial last_membership_in_log
+            last_membership_in_log_multi_step get_membership_initial
+            get_membership_from_log_and_empty_sm get_membership_from_empty_log_and_sm
+            get_membership_from_log_le_sm_last_applied
+            get_membership_from_log_gt_sm_last_applied_1
+            get_membership_from_log_gt_sm_last_applied_2 get_initial_state_without_init
+            get_initial_state_membership_from_empty_log_and_sm
+            get_initial_state_membership_from_sm_inlog_is_smaller
+            get_initial_state_membership_from_log_insm_is_smaller get_initial_state_with_state
+            get_initial_state_last_log_gt_sm get_initial_state_last_log_lt_sm
+            get_initial_state_inverted_log_order get_initial_state_conflict_at_same_index
+            get_initial_state_log_ids get_initial_state_re_apply_committed save_vote
+            get_log_entries limited_get_log_entries leader_bounded_stream entries_stream
+            try_get_log_entry log_reader_reads_new_entries initial_logs get_log_state get_log_id
+            last_id_in_log last_applied_state purge_logs_upto_0 purge_logs_upto_5
+            purge_logs_upto_20 delete_logs_after_11 delete_logs_after_5 delete_logs_after_0
+            delete_logs_after_none append_to_log snapshot_meta snapshot_meta_optional
+            apply_single apply_multiple
+        );
     }
 }

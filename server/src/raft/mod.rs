@@ -12,6 +12,7 @@ mod inbound;
 mod leader;
 mod legacy;
 mod legacy_wire;
+mod log_cache;
 mod log_store;
 mod membership;
 mod network;

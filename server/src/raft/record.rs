@@ -297,8 +297,27 @@ impl TryFrom<SnapshotMetaRecord> for SnapshotMeta {
     }
 }
 
-pub fn encode_entry(entry: Entry) -> Vec<u8> {
-    prost::Message::encode_to_vec(&EntryRecord::from(entry))
+/// An entry's [`EntryRecord`] bytes, encoded from a borrowed entry so the log store can keep
+/// the entry itself for the state machine without cloning its commands.
+pub fn encode_entry(entry: &Entry) -> Vec<u8> {
+    use prost::encoding::message;
+    let log_id = LogIdRecord::from(&entry.log_id);
+    // Field by field in tag order, as prost's derived encoding writes an `EntryRecord`.
+    let mut bytes = Vec::with_capacity(message::encoded_len(1, &log_id) + payload_len(entry));
+    message::encode(1, &log_id, &mut bytes);
+    match &entry.payload {
+        EntryPayload::Blank => message::encode(2, &(), &mut bytes),
+        EntryPayload::Normal(batch) => message::encode(3, batch, &mut bytes),
+        EntryPayload::Membership(m) => message::encode(4, &MembershipRecord::from(m), &mut bytes),
+    }
+    bytes
+}
+
+fn payload_len(entry: &Entry) -> usize {
+    match &entry.payload {
+        EntryPayload::Normal(batch) => prost::encoding::message::encoded_len(3, batch),
+        EntryPayload::Blank | EntryPayload::Membership(_) => 0,
+    }
 }
 
 pub fn decode_entry(bytes: &[u8]) -> Result<Entry, RecordError> {
@@ -417,7 +436,12 @@ mod tests {
             },
         ];
         for entry in entries {
-            let bytes = encode_entry(entry.clone());
+            let bytes = encode_entry(&entry);
+            assert_eq!(
+                bytes,
+                prost::Message::encode_to_vec(&EntryRecord::from(entry.clone())),
+                "the same bytes as the derived encoding"
+            );
             assert_eq!(entry_log_id(&bytes).unwrap(), entry.log_id);
             assert_eq!(decode_entry(&bytes).unwrap(), entry);
         }
@@ -461,7 +485,7 @@ mod tests {
             payload: EntryPayload::Blank,
         };
         assert_eq!(
-            encode_entry(blank),
+            encode_entry(&blank),
             [0x0a, 6, 0x08, 1, 0x10, 2, 0x18, 3, 0x12, 0]
         );
     }
