@@ -89,6 +89,10 @@ pub struct Config {
     /// Time (ms) for an election to time out.
     #[arg(long, env = "ETCD_ELECTION_TIMEOUT", default_value_t = 1000)]
     pub election_timeout: u64,
+    /// Whether a member restarted into a cluster counts most of an election timeout as
+    /// already passed once it reaches its peers, so a cluster restarted whole elects sooner.
+    #[arg(long, env = "ETCD_INITIAL_ELECTION_TICK_ADVANCE", num_args = 0..=1, default_value = "true", default_missing_value = "true", value_parser = go_bool)]
+    pub initial_election_tick_advance: bool,
     /// Committed Raft entries between snapshots of the state machine.
     #[arg(long, env = "ETCD_SNAPSHOT_COUNT", default_value_t = 10_000)]
     pub snapshot_count: u64,
@@ -244,8 +248,6 @@ pub struct RefusedFlags {
     /// etcd's YAML configuration file (oxcd takes flags and ETCD_* variables only).
     #[arg(long, env = "ETCD_CONFIG_FILE")]
     pub config_file: Option<PathBuf>,
-    #[arg(long, env = "ETCD_INITIAL_ELECTION_TICK_ADVANCE", num_args = 0..=1, default_value = "true", default_missing_value = "true", value_parser = go_bool)]
-    pub initial_election_tick_advance: bool,
     #[arg(long, env = "ETCD_LISTEN_CLIENT_HTTP_URLS", value_delimiter = ',')]
     pub listen_client_http_urls: Vec<String>,
     #[arg(long, env = "ETCD_MAX_SNAPSHOTS", default_value_t = 5)]
@@ -396,11 +398,6 @@ impl RefusedFlags {
         let s = Duration::from_secs;
         let mut checks = vec![
             ("config-file", path(&self.config_file), String::new()),
-            (
-                "initial-election-tick-advance",
-                self.initial_election_tick_advance.to_string(),
-                "true".into(),
-            ),
             (
                 "listen-client-http-urls",
                 self.listen_client_http_urls.join(","),
@@ -1054,6 +1051,18 @@ mod tests {
             go_flag_error(&e).unwrap(),
             "invalid value \"yes\" for flag -memory-mlock: parse error"
         );
+    }
+
+    #[test]
+    fn the_initial_election_tick_advance_can_be_turned_off() {
+        for (flag, advance) in [
+            ("--initial-election-tick-advance=false", false),
+            ("--initial-election-tick-advance", true),
+        ] {
+            let c = Config::try_parse_from(["oxcd", flag]).unwrap();
+            c.refuse_unsupported().unwrap();
+            assert_eq!(c.initial_election_tick_advance, advance, "{flag}");
+        }
     }
 
     #[test]

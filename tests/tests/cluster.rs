@@ -120,6 +120,37 @@ async fn one_member_grows_to_three_oxcd() {
     bounded(one_member_grows_to_three(Flavor::Oxcd)).await;
 }
 
+/// etcd's --initial-election-tick-advance: a cluster restarted whole elects a few heartbeats
+/// after its members reach each other, not a whole election timeout later (with this timeout,
+/// 5 s of silence before the first campaign without it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_restarted_whole_advances_its_election_ticks_oxcd() {
+    bounded(async {
+        let flags = ["--election-timeout=5000", "--log-level=info"];
+        let mut cluster = Cluster::start(Flavor::Oxcd, 3, &flags).await;
+        for i in 0..3 {
+            cluster.terminate(i);
+        }
+        let started = Instant::now();
+        cluster.restart_all().await;
+        let serving = started.elapsed();
+        let advanced = cluster
+            .members()
+            .iter()
+            .filter(|m| {
+                m.log_of_this_launch()
+                    .contains("advanced the election ticks after a restart")
+            })
+            .count();
+        assert!(advanced >= 2, "{advanced} members advanced their ticks");
+        assert!(
+            serving < Duration::from_secs(5),
+            "serving {serving:?} after the restart, an election timeout or more"
+        );
+    })
+    .await;
+}
+
 async fn bounded(body: impl Future<Output = ()>) {
     if tokio::time::timeout(TEST_LIMIT, body).await.is_err() {
         panic!("the test body did not finish within {TEST_LIMIT:?}");

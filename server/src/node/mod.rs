@@ -91,6 +91,7 @@ impl Node {
         let opts = RaftOptions {
             heartbeat: Duration::from_millis(config.heartbeat_interval),
             election_timeout: Duration::from_millis(config.election_timeout),
+            initial_election_tick_advance: config.initial_election_tick_advance,
             snapshot_count: config.snapshot_count.max(1),
             max_request_bytes: config.max_request_bytes,
             request_timeout: Duration::from_secs(5)

@@ -42,6 +42,7 @@ use futures_util::StreamExt;
 use oxcd_proto::peerpb::{LeaderBeaconRequest, PreVoteRequest};
 
 use super::log_store;
+use super::membership;
 use super::network::{Client, Peers};
 use super::types::{LogId, Membership, NodeId, Raft, TransferLeaderRequest, Vote, WatchReceiver};
 use crate::storage::Engine;
@@ -50,6 +51,10 @@ use crate::storage::Engine;
 const SNAPSHOT_QUIET: Duration = Duration::from_secs(3);
 /// How long a member stays out of elections for a leader transfer that never finishes.
 const HOLD_LIMIT: Duration = Duration::from_secs(10);
+/// How long a restarted member looks for its peers before the initial tick advance gives up,
+/// and how often (etcd's: rafthttp's 5 s connection read timeout, every 50 ms).
+const ADVANCE_WAIT: Duration = Duration::from_secs(5);
+const ADVANCE_RETRY: Duration = Duration::from_millis(50);
 
 pub struct Elections {
     raft: Raft,
@@ -117,6 +122,8 @@ pub struct Timing {
     pub election_timeout: Duration,
     /// How long a PreVote or a beacon waits for its answer.
     pub answer_timeout: Duration,
+    /// etcd's --initial-election-tick-advance ([`Elections::advance_after_restart`]).
+    pub advance_on_restart: bool,
 }
 
 impl Elections {
@@ -164,6 +171,9 @@ impl Elections {
             in_contact: AtomicBool::new(false),
         });
         tokio::spawn(elections.clone().tick());
+        if voted_for_leader && timing.advance_on_restart {
+            tokio::spawn(elections.clone().advance_after_restart());
+        }
         elections
     }
 
@@ -296,6 +306,45 @@ impl Elections {
                 1 + spread_ticks()
             };
             self.contact.lock().backoff_ticks = backoff;
+        }
+    }
+
+    /// etcd's initial election tick advance: a member restarted into a cluster waits (for up to
+    /// [`ADVANCE_WAIT`]) until more than one peer answers, then counts all but two ticks of an
+    /// election timeout as silence already heard, unless a leader spoke meanwhile. A cluster
+    /// restarted whole then elects in a few heartbeats instead of a whole election timeout (one
+    /// second of its restart to serving, by default). A member whose leader lives hears it
+    /// within a heartbeat and counts from zero again; PreVote keeps an early campaign from
+    /// deposing anyone. Like etcd, a member with fewer than two peers reachable never advances.
+    async fn advance_after_restart(self: Arc<Self>) {
+        let heard_before = self.contact.lock().heard;
+        let deadline = Instant::now() + ADVANCE_WAIT;
+        loop {
+            let others: Vec<_> = membership::list(&self.raft)
+                .into_iter()
+                .filter(|m| m.id != self.me)
+                .collect();
+            let probes = others.iter().map(|m| {
+                let within = self.answer_timeout;
+                self.peers.answers(m.id, &m.member.peer_urls, within)
+            });
+            let active = futures_util::future::join_all(probes).await;
+            if active.into_iter().filter(|answered| *answered).count() > 1 {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep(ADVANCE_RETRY).await;
+        }
+        let mut contact = self.contact.lock();
+        if contact.heard == heard_before {
+            let advanced = self.election_ticks.saturating_sub(2);
+            contact.silent_ticks = contact.silent_ticks.max(advanced);
+            tracing::info!(
+                ticks = advanced,
+                "advanced the election ticks after a restart"
+            );
         }
     }
 

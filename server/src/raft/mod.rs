@@ -53,6 +53,8 @@ use crate::storage::Engine;
 pub struct RaftOptions {
     pub heartbeat: Duration,
     pub election_timeout: Duration,
+    /// etcd's --initial-election-tick-advance (see `election`).
+    pub initial_election_tick_advance: bool,
     /// Applied entries between Raft snapshots (after which the log is purged).
     pub snapshot_count: u64,
     pub max_request_bytes: usize,
@@ -180,6 +182,7 @@ impl Consensus {
                 heartbeat: opts.heartbeat,
                 election_timeout: opts.election_timeout,
                 answer_timeout,
+                advance_on_restart: opts.initial_election_tick_advance,
             },
         );
         Ok(Consensus {

@@ -180,13 +180,8 @@ impl Peers {
     }
 
     async fn probe_one(&self, id: NodeId, peer_urls: Vec<String>) {
-        let Ok(mut client) = self.client(id, &peer_urls) else {
-            return;
-        };
         let sent = Instant::now();
-        let answered = tokio::time::timeout(PROBE_INTERVAL, client.probe(ProbeRequest {}))
-            .await
-            .is_ok_and(|reply| reply.is_ok());
+        let answered = self.answers(id, &peer_urls, PROBE_INTERVAL).await;
         if answered {
             metrics()
                 .network
@@ -195,6 +190,16 @@ impl Peers {
                 .observe(sent.elapsed().as_secs_f64());
         }
         self.reachable.lock().insert(id, answered);
+    }
+
+    /// Whether member `id` answers a probe within `within`: an active peer, in etcd's words.
+    pub async fn answers(&self, id: NodeId, peer_urls: &[String], within: Duration) -> bool {
+        let Ok(mut client) = self.client(id, peer_urls) else {
+            return false;
+        };
+        tokio::time::timeout(within, client.probe(ProbeRequest {}))
+            .await
+            .is_ok_and(|reply| reply.is_ok())
     }
 
     /// A client for member `id`, reconnecting when its peer URLs changed.
