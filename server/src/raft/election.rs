@@ -35,7 +35,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -172,7 +172,7 @@ impl Elections {
         });
         tokio::spawn(elections.clone().tick());
         if voted_for_leader && timing.advance_on_restart {
-            tokio::spawn(elections.clone().advance_after_restart());
+            tokio::spawn(Elections::advance_after_restart(Arc::downgrade(&elections)));
         }
         elections
     }
@@ -316,18 +316,35 @@ impl Elections {
     /// second of its restart to serving, by default). A member whose leader lives hears it
     /// within a heartbeat and counts from zero again; PreVote keeps an early campaign from
     /// deposing anyone. Like etcd, a member with fewer than two peers reachable never advances.
-    async fn advance_after_restart(self: Arc<Self>) {
-        let heard_before = self.contact.lock().heard;
+    async fn advance_after_restart(elections: Weak<Elections>) {
         let deadline = Instant::now() + ADVANCE_WAIT;
+        let mut heard_before = None;
         loop {
-            let others: Vec<_> = membership::list(&self.raft)
-                .into_iter()
-                .filter(|m| m.id != self.me)
-                .collect();
-            let probes = others.iter().map(|m| {
-                let within = self.answer_timeout;
-                self.peers.answers(m.id, &m.member.peer_urls, within)
-            });
+            // Only a weak hold between rounds: a member stopped meanwhile closes its engine
+            // without waiting for this.
+            let (peers, others, within) = {
+                let Some(this) = elections.upgrade() else {
+                    return;
+                };
+                if matches!(this.standing(), Standing::Stopped) {
+                    return;
+                }
+                heard_before.get_or_insert(this.contact.lock().heard);
+                let members = membership::list(&this.raft);
+                let others: Vec<_> = members
+                    .iter()
+                    .filter(|m| m.id != this.me)
+                    .cloned()
+                    .collect();
+                // With fewer than two others no round can find more than one peer.
+                if !members.is_empty() && others.len() < 2 {
+                    return;
+                }
+                (this.peers.clone(), others, this.answer_timeout)
+            };
+            let probes = others
+                .iter()
+                .map(|m| peers.answers(m.id, &m.member.peer_urls, within));
             let active = futures_util::future::join_all(probes).await;
             if active.into_iter().filter(|answered| *answered).count() > 1 {
                 break;
@@ -337,9 +354,12 @@ impl Elections {
             }
             tokio::time::sleep(ADVANCE_RETRY).await;
         }
-        let mut contact = self.contact.lock();
-        if contact.heard == heard_before {
-            let advanced = self.election_ticks.saturating_sub(2);
+        let Some(this) = elections.upgrade() else {
+            return;
+        };
+        let mut contact = this.contact.lock();
+        if Some(contact.heard) == heard_before {
+            let advanced = this.election_ticks.saturating_sub(2);
             contact.silent_ticks = contact.silent_ticks.max(advanced);
             tracing::info!(
                 ticks = advanced,
