@@ -77,8 +77,12 @@ impl LogCache {
     /// the cached ones are handed over and everything before `end` leaves the cache. `None` when
     /// the cache does not reach `end - 1`, so the engine serves the whole range.
     pub fn take_applied(&mut self, start: u64, end: u64) -> Option<Split> {
-        let split = self.split(start, end)?;
-        let mut cached = Vec::with_capacity((end - split.engine_end) as usize);
+        let (first, next) = (self.first_index()?, self.next_index()?);
+        if start >= end || end > next || end <= first {
+            return None;
+        }
+        let engine_end = first.max(start);
+        let mut cached = Vec::with_capacity((end - engine_end) as usize);
         while self.first_index().is_some_and(|first| first < end) {
             let (entry, size) = self.entries.pop_front().expect("not empty");
             self.bytes -= size;
@@ -86,7 +90,7 @@ impl LogCache {
                 cached.push(entry);
             }
         }
-        Some(Split { cached, ..split })
+        Some(Split { engine_end, cached })
     }
 
     /// Copies of the entries from `start` to before `end`, at least one and no more than
@@ -106,14 +110,6 @@ impl LogCache {
             bytes += *size as u64;
         }
         Some(copied)
-    }
-
-    fn split(&self, start: u64, end: u64) -> Option<Split> {
-        let (first, next) = (self.first_index()?, self.next_index()?);
-        (start < end && end <= next && end > first).then(|| Split {
-            engine_end: first.max(start),
-            cached: Vec::new(),
-        })
     }
 
     fn pop_front(&mut self) {

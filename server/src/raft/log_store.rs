@@ -142,12 +142,12 @@ impl RaftLogReader<TypeConfig> for LogStore {
         // The state machine's read of what it applies next, the one caller while serving.
         let split = end.and_then(|end| self.recent.lock().take_applied(start, end));
         let Some(split) = split else {
-            return self.read_entries(start, end).await;
+            return self.read_from_engine(start, end).await;
         };
         if split.engine_end == start {
             return Ok(split.cached);
         }
-        let mut entries = self.read_entries(start, Some(split.engine_end)).await?;
+        let mut entries = self.read_from_engine(start, Some(split.engine_end)).await?;
         entries.extend(split.cached);
         Ok(entries)
     }
@@ -180,7 +180,11 @@ impl RaftLogReader<TypeConfig> for LogStore {
 }
 
 impl LogStore {
-    async fn read_entries(&self, start: u64, end: Option<u64>) -> Result<Vec<Entry>, StorageError> {
+    async fn read_from_engine(
+        &self,
+        start: u64,
+        end: Option<u64>,
+    ) -> Result<Vec<Entry>, StorageError> {
         let engine = self.engine.clone();
         let work = move || read_entries(&engine, start, end, u64::MAX);
         // Entries read back to be applied are recent, so in the memtable.
