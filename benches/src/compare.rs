@@ -149,6 +149,7 @@ impl Preset {
             total: (clients * self.requests_per_client).max(MIN_TOTAL),
             duration: self.duration,
             rate: 0.0,
+            slow: None,
         }
     }
 

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context, Result};
 use etcd_client::{Client, KvClient};
@@ -17,7 +17,7 @@ use rand::{Rng, SeedableRng};
 use tokio::task::JoinSet;
 
 use crate::connection::Endpoints;
-use crate::stats::{latency_json, latency_text, merge, micros, new_latency_histogram};
+use crate::stats::{format_ms, latency_json, latency_text, merge, micros, new_latency_histogram};
 
 /// How much load to offer, whatever each request is; every workload flattens it into its flags.
 #[derive(clap::Args, Clone, Debug)]
@@ -37,6 +37,10 @@ pub struct LoadShape {
     /// Requests per second over all clients together; 0 issues them as fast as the clients can.
     #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
     pub rate: f64,
+    /// List the requests slower than this many milliseconds, with the wall-clock time each was
+    /// sent, to line a latency spike up with the server's logs.
+    #[arg(long = "slow-ms", value_parser = parse_millis)]
+    pub slow: Option<Duration>,
 }
 
 impl LoadShape {
@@ -48,6 +52,7 @@ impl LoadShape {
             total,
             duration: None,
             rate: 0.0,
+            slow: None,
         }
     }
 }
@@ -58,6 +63,13 @@ fn parse_seconds(text: &str) -> Result<Duration, String> {
         .and_then(|seconds| Duration::try_from_secs_f64(seconds).ok())
         .filter(|duration| !duration.is_zero())
         .ok_or_else(|| format!("`{text}` is not a positive number of seconds"))
+}
+
+fn parse_millis(text: &str) -> Result<Duration, String> {
+    text.parse::<f64>()
+        .ok()
+        .and_then(|millis| Duration::try_from_secs_f64(millis / 1000.0).ok())
+        .ok_or_else(|| format!("`{text}` is not a number of milliseconds"))
 }
 
 fn parse_rate(text: &str) -> Result<f64, String> {
@@ -222,6 +234,8 @@ struct Schedule {
     /// Requests per second over the run; 0 means unpaced.
     rate: f64,
     started: Instant,
+    /// `started` on the wall clock, which slow requests are reported in.
+    started_wall: SystemTime,
     /// Requests answered so far, for the progress line.
     completed: AtomicU64,
 }
@@ -233,6 +247,7 @@ impl Schedule {
             end: shape.duration.map_or(End::Total(shape.total), End::After),
             rate: shape.rate,
             started: Instant::now(),
+            started_wall: SystemTime::now(),
             completed: AtomicU64::new(0),
         }
     }
@@ -263,6 +278,10 @@ impl Schedule {
         tokio::time::sleep_until((self.started + self.due(ticket)).into()).await;
         Some(ticket)
     }
+
+    fn wall_clock(&self, at: Instant) -> SystemTime {
+        self.started_wall + at.saturating_duration_since(self.started)
+    }
 }
 
 /// What one client task saw.
@@ -271,6 +290,86 @@ struct ClientOutcome {
     latency_us: Histogram<u64>,
     errors: u64,
     first_error: Option<String>,
+    slow: SlowRequests,
+}
+
+/// A request slower than `--slow-ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SlowRequest {
+    pub sent: SystemTime,
+    pub latency: Duration,
+}
+
+/// The slow requests of a run, the first [`SlowRequests::KEPT`] of them listed and the rest
+/// only counted, so a threshold set too low cannot grow the generator without bound.
+#[derive(Debug, Default)]
+pub struct SlowRequests {
+    pub listed: Vec<SlowRequest>,
+    pub count: u64,
+}
+
+impl SlowRequests {
+    const KEPT: usize = 10_000;
+
+    fn record(&mut self, request: SlowRequest) {
+        self.count += 1;
+        if self.listed.len() < Self::KEPT {
+            self.listed.push(request);
+        }
+    }
+
+    fn absorb(&mut self, other: SlowRequests) {
+        self.count += other.count;
+        let room = Self::KEPT.saturating_sub(self.listed.len());
+        self.listed.extend(other.listed.into_iter().take(room));
+    }
+
+    /// One line per listed request, oldest first: when it was sent (UTC) and how long it took.
+    fn to_text(&self, threshold: Duration) -> String {
+        let mut listed = self.listed.clone();
+        listed.sort();
+        let mut text = format!(
+            "slower than {}: {} requests{}\n",
+            format_ms(micros(threshold)),
+            self.count,
+            if self.count > listed.len() as u64 {
+                format!(", the first {} listed", listed.len())
+            } else {
+                String::new()
+            }
+        );
+        for request in listed {
+            text.push_str(&format!(
+                "  sent {}  took {}\n",
+                utc_micros(request.sent),
+                format_ms(micros(request.latency))
+            ));
+        }
+        text
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        let mut listed = self.listed.clone();
+        listed.sort();
+        serde_json::json!({
+            "count": self.count,
+            "listed": listed.iter().map(|request| serde_json::json!({
+                "sent": utc_micros(request.sent),
+                "latency_ms": micros(request.latency) as f64 / 1000.0,
+            })).collect::<Vec<_>>(),
+        })
+    }
+}
+
+/// RFC 3339 in UTC with microseconds, as the server's log lines stamp their time.
+fn utc_micros(at: SystemTime) -> String {
+    let since_epoch = at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    chrono::DateTime::from_timestamp_micros(micros(since_epoch) as i64)
+        .map_or_else(String::new, |at| {
+            at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+        })
 }
 
 /// The result of a load run.
@@ -284,6 +383,8 @@ pub struct LoadReport {
     /// Latency of the successful requests, in microseconds, from sending to the response (not
     /// from when a paced request was due).
     pub latency_us: Histogram<u64>,
+    /// With `--slow-ms`, its threshold and the successful requests slower than it.
+    pub slow: Option<(Duration, SlowRequests)>,
 }
 
 impl LoadReport {
@@ -309,6 +410,9 @@ impl LoadReport {
         if let Some(error) = &self.first_error {
             text.push_str(&format!("first error: {error}\n"));
         }
+        if let Some((threshold, slow)) = &self.slow {
+            text.push_str(&slow.to_text(*threshold));
+        }
         text
     }
 
@@ -321,6 +425,7 @@ impl LoadReport {
             "wall_s": self.wall.as_secs_f64(),
             "ops_per_s": self.throughput(),
             "latency_ms": latency_json(&self.latency_us),
+            "slow": self.slow.as_ref().map(|(_, slow)| slow.to_json()),
         })
     }
 }
@@ -351,7 +456,7 @@ where
     let schedule = Arc::new(Schedule::new(shape));
     let mut clients = JoinSet::new();
     for requester in requesters {
-        clients.spawn(run_client(requester, Arc::clone(&schedule)));
+        clients.spawn(run_client(requester, Arc::clone(&schedule), shape.slow));
     }
     let progress = std::io::stderr()
         .is_terminal()
@@ -363,6 +468,9 @@ where
         first_error: None,
         wall: Duration::ZERO,
         latency_us: new_latency_histogram(),
+        slow: shape
+            .slow
+            .map(|threshold| (threshold, SlowRequests::default())),
     };
     while let Some(outcome) = clients.join_next().await {
         let outcome = outcome.context("a client task panicked")?;
@@ -370,6 +478,9 @@ where
         merge(&mut report.latency_us, &outcome.latency_us);
         report.errors += outcome.errors;
         report.first_error = report.first_error.or(outcome.first_error);
+        if let Some((_, slow)) = &mut report.slow {
+            slow.absorb(outcome.slow);
+        }
     }
     report.wall = schedule.started.elapsed();
     if let Some(progress) = progress {
@@ -417,18 +528,32 @@ pub async fn connect(endpoints: &Endpoints, index: usize) -> Result<Client> {
     Ok(client)
 }
 
-async fn run_client(mut requester: impl Requester, schedule: Arc<Schedule>) -> ClientOutcome {
+async fn run_client(
+    mut requester: impl Requester,
+    schedule: Arc<Schedule>,
+    slow: Option<Duration>,
+) -> ClientOutcome {
     let mut outcome = ClientOutcome {
         issued: 0,
         latency_us: new_latency_histogram(),
         errors: 0,
         first_error: None,
+        slow: SlowRequests::default(),
     };
     while let Some(ticket) = schedule.next().await {
         outcome.issued += 1;
         let sent = Instant::now();
         match requester.issue(ticket).await {
-            Ok(()) => outcome.latency_us.saturating_record(micros(sent.elapsed())),
+            Ok(()) => {
+                let latency = sent.elapsed();
+                outcome.latency_us.saturating_record(micros(latency));
+                if slow.is_some_and(|threshold| latency > threshold) {
+                    outcome.slow.record(SlowRequest {
+                        sent: schedule.wall_clock(sent),
+                        latency,
+                    });
+                }
+            }
             Err(error) => {
                 outcome.errors += 1;
                 outcome
@@ -509,6 +634,7 @@ mod tests {
             total,
             duration: duration.map(Duration::from_secs_f64),
             rate,
+            slow: None,
         })
     }
 
@@ -548,6 +674,44 @@ mod tests {
     }
 
     #[test]
+    fn slow_requests_are_listed_in_send_order_up_to_a_bound() {
+        let at = |micros: u64| SlowRequest {
+            sent: SystemTime::UNIX_EPOCH
+                + Duration::from_secs(1_765_000_000)
+                + Duration::from_micros(micros),
+            latency: Duration::from_micros(50_000 + micros),
+        };
+        let mut run = SlowRequests::default();
+        let mut client = SlowRequests::default();
+        client.record(at(2));
+        client.record(at(1));
+        run.absorb(client);
+        let text = run.to_text(Duration::from_millis(40));
+        assert_eq!(
+            text,
+            "slower than 40.000 ms: 2 requests\n  \
+             sent 2025-12-06T05:46:40.000001Z  took 50.001 ms\n  \
+             sent 2025-12-06T05:46:40.000002Z  took 50.002 ms\n"
+        );
+        assert_eq!(run.to_json()["listed"][1]["latency_ms"], 50.002);
+
+        let mut flood = SlowRequests::default();
+        for micros in 0..SlowRequests::KEPT as u64 + 5 {
+            flood.record(at(micros));
+        }
+        run.absorb(flood);
+        assert_eq!(
+            (run.count, run.listed.len()),
+            (SlowRequests::KEPT as u64 + 7, SlowRequests::KEPT)
+        );
+        assert!(run.to_text(Duration::from_millis(40)).starts_with(&format!(
+            "slower than 40.000 ms: {} requests, the first {} listed\n",
+            SlowRequests::KEPT + 7,
+            SlowRequests::KEPT
+        )));
+    }
+
+    #[test]
     fn reported_percentiles_come_from_the_histogram() {
         let mut latency_us = new_latency_histogram();
         for micros in 1..=1000 {
@@ -559,6 +723,7 @@ mod tests {
             first_error: None,
             wall: Duration::from_secs(2),
             latency_us,
+            slow: None,
         };
         assert_eq!(report.p99_us(), 990);
         assert_eq!(report.throughput(), 500.0);

@@ -215,11 +215,22 @@ impl Engine {
         // each Raft append durable does not also have to commit a file-size change (on ext4
         // that is about 0.18 ms instead of 0.6 ms per fsync here).
         db_opts.set_recycle_log_file_num(4);
+        // Flushes and compactions write tables of 32 MiB and more. Synced only at their end, each
+        // put that much in front of the next Raft append's fsync at once, and the whole member
+        // stalled for tens of ms: with a sync every MiB written, transactions from 50 clients had
+        // 266–421 requests over 15 ms in 10 s instead of 835–939 (benches/results/README.md,
+        // 2026-12-07, "the stalls").
+        db_opts.set_bytes_per_sync(1 << 20);
         if let Some(wal_dir) = &wal_dir {
             db_opts.set_wal_dir(wal_dir);
         }
-        let cfs = Cf::ALL.map(|cf| {
-            let mut o = Options::default();
+        let cfs = Cf::ALL.map(|cf| -> Result<ColumnFamilyDescriptor> {
+            // Once no snapshot needs their sequence numbers, RocksDB rewrites the tables of the
+            // last level just to zero them, and a table just flushed is often of the last level:
+            // every Raft log table of 32 MiB was written twice, seconds before the purge
+            // dropped it. An hour on, what is left of a table is rewritten as before.
+            let mut o = Options::default()
+                .get_options_from_string("bottommost_file_compaction_delay=3600")?;
             let mut table = BlockBasedOptions::default();
             table.set_block_cache(&cache);
             if cf == Cf::Kv {
@@ -230,8 +241,9 @@ impl Engine {
             o.set_compression_type(DBCompressionType::Lz4);
             o.set_bottommost_compression_type(DBCompressionType::Zstd);
             o.set_write_buffer_size(cf.write_buffer_size());
-            ColumnFamilyDescriptor::new(cf.name(), o)
+            Ok(ColumnFamilyDescriptor::new(cf.name(), o))
         });
+        let cfs = cfs.into_iter().collect::<Result<Vec<_>>>()?;
         let db_path = data_dir.join(DB_DIR);
         let db = DB::open_cf_descriptors(&db_opts, &db_path, cfs)?;
         check_format(&db, data_dir)?;
@@ -696,6 +708,30 @@ mod tests {
             e.write(b, false).unwrap();
             assert!(!e.holds_writes_back(), "write {i}");
         }
+    }
+
+    /// The options set from strings reach RocksDB: its own record of the options in force says so
+    /// for the database and for every column family.
+    #[test]
+    fn rocksdb_runs_with_the_options_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let _engine = Engine::open(dir.path()).unwrap();
+        let db = dir.path().join(DB_DIR);
+        let latest = std::fs::read_dir(&db)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+            .filter(|name| name.starts_with("OPTIONS-"))
+            .max()
+            .expect("RocksDB writes an OPTIONS file");
+        let options = std::fs::read_to_string(db.join(latest)).unwrap();
+        let count = |setting: &str| options.lines().filter(|l| l.trim() == setting).count();
+        assert_eq!(count("avoid_flush_during_recovery=true"), 1);
+        assert_eq!(count("bytes_per_sync=1048576"), 1);
+        // Every family of ours; RocksDB's `default`, unused, keeps its defaults.
+        assert_eq!(
+            count("bottommost_file_compaction_delay=3600"),
+            Cf::ALL.len()
+        );
     }
 
     #[test]
