@@ -300,7 +300,7 @@ pub struct SlowRequest {
     pub latency: Duration,
 }
 
-/// The slow requests of a run, the first [`SlowRequests::KEPT`] of them listed and the rest
+/// The slow requests of a run: at most [`SlowRequests::KEPT`] of them listed, the rest
 /// only counted, so a threshold set too low cannot grow the generator without bound.
 #[derive(Debug, Default)]
 pub struct SlowRequests {
@@ -333,7 +333,7 @@ impl SlowRequests {
             format_ms(micros(threshold)),
             self.count,
             if self.count > listed.len() as u64 {
-                format!(", the first {} listed", listed.len())
+                format!(", {} of them listed", listed.len())
             } else {
                 String::new()
             }
@@ -705,7 +705,7 @@ mod tests {
             (SlowRequests::KEPT as u64 + 7, SlowRequests::KEPT)
         );
         assert!(run.to_text(Duration::from_millis(40)).starts_with(&format!(
-            "slower than 40.000 ms: {} requests, the first {} listed\n",
+            "slower than 40.000 ms: {} requests, {} of them listed\n",
             SlowRequests::KEPT + 7,
             SlowRequests::KEPT
         )));
