@@ -275,10 +275,20 @@ async fn kube_apiserver_and_kubectl_on_a_single_member() {
     against(Flavor::Etcd37, apiserver_on_the_store).await;
     let runs = RESOURCES.lock().unwrap();
     assert_eq!(runs.len(), 2);
+    // kube-apiserver's own Events go out through its event broadcaster, batched and
+    // asynchronously: whether one is stored yet when the keys are listed is a matter of timing
+    // (a cold CI run had one on etcd and none on oxcd).
+    let without_events = |resources: &BTreeSet<String>| {
+        let mut resources = resources.clone();
+        resources.remove("events");
+        resources
+    };
     assert_eq!(
-        runs[0].1, runs[1].1,
+        without_events(&runs[0].1),
+        without_events(&runs[1].1),
         "kube-apiserver stored different resource types on {} and {}",
-        runs[0].0, runs[1].0
+        runs[0].0,
+        runs[1].0
     );
 }
 
