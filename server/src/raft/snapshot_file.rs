@@ -417,8 +417,8 @@ mod tests {
         }
     }
 
-    /// Whatever the sizes of the writes, the file holds exactly what was written, and the
-    /// writeback is started for every whole MiB behind the writes, each byte once.
+    /// Whatever the sizes of the writes, the file holds exactly what was written, and never
+    /// more than a MiB of it waits to be handed to the disk.
     #[test]
     fn a_written_back_file_holds_what_was_written() {
         let dir = tempfile::tempdir().unwrap();

@@ -218,7 +218,7 @@ impl Engine {
         // Flushes and compactions write tables of 32 MiB and more. Synced only at their end, each
         // put that much in front of the next Raft append's fsync at once, and the whole member
         // stalled for tens of ms: with a sync every MiB written, transactions from 50 clients had
-        // 266–421 requests over 15 ms in 10 s instead of 835–939 (benches/results/README.md,
+        // 114–169 requests over 15 ms in 10 s instead of 606–659 (benches/results/README.md,
         // 2026-12-07, "the stalls").
         db_opts.set_bytes_per_sync(1 << 20);
         if let Some(wal_dir) = &wal_dir {
