@@ -322,12 +322,13 @@ impl SlowRequests {
         self.count += other.count;
         let room = Self::KEPT.saturating_sub(self.listed.len());
         self.listed.extend(other.listed.into_iter().take(room));
+        // Kept in send order, the order both reports list them in.
+        self.listed.sort();
     }
 
     /// One line per listed request, oldest first: when it was sent (UTC) and how long it took.
     fn to_text(&self, threshold: Duration) -> String {
-        let mut listed = self.listed.clone();
-        listed.sort();
+        let listed = &self.listed;
         let mut text = format!(
             "slower than {}: {} requests{}\n",
             format_ms(micros(threshold)),
@@ -349,8 +350,7 @@ impl SlowRequests {
     }
 
     fn to_json(&self) -> serde_json::Value {
-        let mut listed = self.listed.clone();
-        listed.sort();
+        let listed = &self.listed;
         serde_json::json!({
             "count": self.count,
             "listed": listed.iter().map(|request| serde_json::json!({
