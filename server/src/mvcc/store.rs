@@ -397,7 +397,7 @@ impl MvccStore {
         drop(state);
         let mut hasher = KvHasher::new(compacted, rev, &keep);
         snapshot
-            .scan(
+            .scan_once(
                 Cf::Kv,
                 &[],
                 Some(&Revision::lower_bound_key(rev + 1)),

@@ -170,13 +170,14 @@ impl<'a> EtcdExport<'a> {
     fn copy(&self, b: &mut Builder<'_>, name: &str, cf: Cf) -> Result<(), ExportError> {
         in_bucket(b, name, |b| {
             let mut failed = None;
-            self.snap.scan(cf, &[], None, |k, v| match b.put(k, v) {
-                Ok(()) => true,
-                Err(e) => {
-                    failed = Some(e);
-                    false
-                }
-            })?;
+            self.snap
+                .scan_once(cf, &[], None, |k, v| match b.put(k, v) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        failed = Some(e);
+                        false
+                    }
+                })?;
             failed.map_or(Ok(()), |e| Err(e.into()))
         })
     }

@@ -30,7 +30,7 @@ pub fn encode(snap: &Snapshot<'_>, out: &mut impl Write) -> Result<(), EncodeErr
     out.write_all(MAGIC)?;
     for (tag, cf) in TAGGED_CFS {
         let mut written = Ok(());
-        snap.scan(cf, &[], None, |k, v| {
+        snap.scan_once(cf, &[], None, |k, v| {
             written = write_record(out, tag, k, v);
             written.is_ok()
         })?;
