@@ -6,9 +6,9 @@ use futures_util::{Stream, StreamExt};
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, StreamAppendError};
 use oxcd_proto::peerpb::RaftMessage;
 use prost::Message;
-use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
 use super::legacy_wire;
+use super::snapshot_file::ReceivingFile;
 use super::state_machine::{RaftSnapshot, SnapshotData};
 use super::types::{NodeId, TypeConfig, WatchReceiver};
 use super::wire::{
@@ -28,6 +28,13 @@ pub enum InboundError {
     Snapshot(#[from] std::io::Error),
     #[error(transparent)]
     Legacy(#[from] legacy_wire::LegacyError),
+}
+
+/// Writes of a received snapshot, off the async workers.
+async fn on_disk<T: Send + 'static>(
+    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    crate::storage::off_runtime(std::io::Error::other("shutting down"), work).await
 }
 
 /// The sender of a message, as its vote names it.
@@ -159,15 +166,19 @@ impl Consensus {
         let from = sender(&vote);
         self.elections.snapshot_chunk_arrived();
         let mut received = first.payload.len();
-        let mut file = tokio::fs::File::create(&self.receiving_path).await?;
+        let path = self.receiving_path.clone();
+        let mut file = on_disk(move || ReceivingFile::open(&path, 0)).await?;
         while let Some(chunk) = messages.next().await {
             let chunk = chunk.map_err(std::io::Error::other)?;
             self.elections.snapshot_chunk_arrived();
             received += chunk.payload.len();
-            file.write_all(&chunk.payload).await?;
+            file = on_disk(move || {
+                file.write_piece(&chunk.payload)?;
+                Ok(file)
+            })
+            .await?;
         }
-        file.flush().await?;
-        drop(file);
+        file.finish();
         let snapshot = RaftSnapshot {
             meta,
             snapshot: SnapshotData::Received,
@@ -233,16 +244,15 @@ impl Consensus {
         let from = sender(&vote);
         self.elections.snapshot_chunk_arrived();
         let _one_at_a_time = self.receiving.lock().await;
-        let mut file = tokio::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(chunk.offset == 0)
-            .open(&self.receiving_path)
-            .await?;
-        file.seek(std::io::SeekFrom::Start(chunk.offset)).await?;
-        file.write_all(&chunk.data).await?;
-        file.flush().await?;
-        drop(file);
+        let path = self.receiving_path.clone();
+        let (offset, data) = (chunk.offset, chunk.data);
+        on_disk(move || {
+            let mut file = ReceivingFile::open(&path, offset)?;
+            file.write_piece(&data)?;
+            file.finish();
+            Ok(())
+        })
+        .await?;
         let answered_vote = if chunk.done {
             let snapshot = RaftSnapshot {
                 meta: legacy_wire::snapshot_meta_back(chunk.meta)?,
