@@ -101,15 +101,76 @@ async fn a_member_crashed_on_the_write_path_keeps_every_acknowledged_write() {
     }
 }
 
+/// Every `--snapshot-count` entries a member makes what it applied durable, then purges its log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_member_crashed_while_publishing_a_snapshot_keeps_every_acknowledged_write() {
+async fn a_member_crashed_while_taking_a_snapshot_keeps_every_acknowledged_write() {
+    // The first snapshot is taken; the member crashes taking the second.
+    crash_one_member_under_load(
+        "raft::snapshot::point::before_sync",
+        1,
+        &["--snapshot-count=50"],
+    )
+    .await;
+}
+
+/// A leader dumps its store to a file only for a follower behind its purged log; it crashes at
+/// each step of writing and publishing that file. Restarted, it leads or follows with all it had,
+/// and the follower is caught up by whichever member leads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_crashed_while_writing_a_snapshot_for_a_follower_loses_nothing() {
     for failpoint in [
         "raft::snapshot::build::before_sync",
         "raft::snapshot::build::before_publish",
         "raft::snapshot::publish::before_dir_sync",
     ] {
-        // The first snapshot is built; the member crashes building the second.
-        crash_one_member_under_load(failpoint, 1, &["--snapshot-count=50"]).await;
+        let mut cluster = Cluster::start(Flavor::Oxcd, 3, &["--snapshot-count=100"]).await;
+        let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
+        let lagging = (leader + 1) % 3;
+        let third = (leader + 2) % 3;
+        let mut client = connect(&cluster.endpoints()[leader], Duration::from_secs(10))
+            .await
+            .unwrap();
+        bulk_write(&mut client, "fp/bulk", 2_000).await;
+        cluster.kill(lagging);
+        // Enough entries that the leader purges what the follower lacks.
+        for i in 0..300 {
+            let key = format!("fp/seq/{i:04}");
+            client
+                .put(key.clone(), value_for(&key), None)
+                .await
+                .unwrap();
+        }
+        drop(client);
+        cluster.kill(leader);
+        cluster
+            .member_mut(leader)
+            .set_env(FAILPOINTS, Some(&crash_at(failpoint, 0)));
+        cluster.restart(leader).await;
+        if cluster.wait_for_leader(Duration::from_secs(10)).await != leader {
+            let target = cluster.member_id(leader).await;
+            let mut third_client = cluster.members()[third].client().await;
+            third_client.move_leader(target).await.unwrap();
+            assert_eq!(
+                cluster.wait_for_leader(Duration::from_secs(10)).await,
+                leader,
+                "MoveLeader to the member with the failpoint"
+            );
+        }
+        // It cannot serve before it has the snapshot, so it is launched, not waited for.
+        cluster.member_mut(lagging).spawn().unwrap();
+        wait_for_crash(cluster.member_mut(leader), failpoint).await;
+        cluster.member_mut(leader).set_env(FAILPOINTS, None);
+        cluster.restart(leader).await;
+        let mut client = connect(&cluster.endpoints()[third], Duration::from_secs(10))
+            .await
+            .unwrap();
+        client
+            .put("fp/after", value_for("fp/after"), None)
+            .await
+            .unwrap();
+        let acks = acks_of_prefix(&mut client, "fp/").await;
+        assert_eq!(acks.len(), 2_000 + 300 + 1, "{failpoint}");
+        check_cluster(&cluster, &acks, failpoint).await;
     }
 }
 

@@ -133,10 +133,7 @@ impl Consensus {
         legacy::upgrade(&engine)?;
         let log = log_store::LogStore::new(engine.clone())?;
         let sm = state_machine::StateMachine::open(engine.clone(), applier)?;
-        sm.cover_purged_log(
-            log_store::last_purged(&engine)?,
-            log_store::last_log_id(&engine)?,
-        )?;
+        sm.check_purged_log(log_store::last_purged(&engine)?)?;
         let receiving_path = sm.receiving_path();
         let network = network::PeerNetwork(peers.clone());
         let raft = types::Raft::new(id, Arc::new(config), network, log, sm).await?;

@@ -683,7 +683,8 @@ impl RaftNetworkV2<TypeConfig> for RaftPeer {
     }
 
     /// The snapshot file goes out on one client stream, an offer (vote and metadata) first;
-    /// the reply comes once the follower has installed it.
+    /// the reply comes once the follower has installed it. The state machine's store is dumped
+    /// to the file first, and the offer names where the dump stands.
     async fn full_snapshot(
         &mut self,
         vote: Vote,
@@ -691,18 +692,26 @@ impl RaftNetworkV2<TypeConfig> for RaftPeer {
         cancel: impl Future<Output = ReplicationClosed> + openraft::OptionalSend + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        let SnapshotData::File(file) = snapshot.snapshot else {
-            return Err(network_error("only a snapshot file of this member's can be sent").into());
+        let mut cancel = std::pin::pin!(cancel);
+        let (meta, file) = match snapshot.snapshot {
+            SnapshotData::File(file) => (snapshot.meta, file),
+            SnapshotData::State(state) => tokio::select! {
+                written = state.write() => written.map_err(network_error)?,
+                closed = cancel.as_mut() => return Err(closed.into()),
+            },
+            SnapshotData::Received => {
+                return Err(network_error("only this member's own snapshot can be sent").into())
+            }
         };
         if self.is_legacy() {
-            let sending = self.legacy_snapshot(vote, &snapshot.meta, file, option.hard_ttl());
+            let sending = self.legacy_snapshot(vote, &meta, file, option.hard_ttl());
             return tokio::select! {
                 reply = sending => reply,
                 closed = cancel => Err(closed.into()),
             };
         }
         let mut client = self.client()?;
-        let offer = message(&wire::snapshot_offer(&vote, &snapshot.meta));
+        let offer = message(&wire::snapshot_offer(&vote, &meta));
         let metered = self.metered.clone();
         let chunks = futures_util::stream::unfold(
             Some(tokio::fs::File::from_std(file)),

@@ -1,7 +1,13 @@
 //! The Raft state machine: hands committed batches to the applier and records the applied log
 //! id and membership in the same atomic engine write, so a restart resumes exactly where the
-//! last applied batch ended without replaying history. It also builds, sends and installs
+//! last applied batch ended without replaying history. It also makes, sends and installs
 //! snapshots.
+//!
+//! The state machine's own store is the snapshot, as etcd's bbolt file is: "building" one every
+//! `--snapshot-count` entries only makes what was applied durable, so that openraft may purge
+//! the log behind it. The store is dumped to a file only when a follower needs it
+//! ([`StateSnapshot::write`]), not every `--snapshot-count` entries: a dump writes the whole
+//! store, hundreds of MiB for a large one, and most are never sent.
 //!
 //! Applying and loading snapshots is disk work: it runs on the blocking pool, never on the async
 //! workers that carry heartbeats and client calls.
@@ -41,6 +47,8 @@ pub struct StateMachine {
 
 /// What openraft hands over as a snapshot's data.
 pub enum SnapshotData {
+    /// The state machine's store itself, dumped when it is sent.
+    State(StateSnapshot),
     /// One of this member's own snapshot files: the current one, sent to a follower (or, at
     /// start, loaded if the state machine is behind it).
     File(std::fs::File),
@@ -93,34 +101,10 @@ impl StateMachine {
         self.snapshots.receiving_path()
     }
 
-    /// The metadata of the current snapshot, if any.
-    fn current_snapshot_id(&self) -> Result<Option<LogId>, StorageError> {
-        Ok(self
-            .snapshots
-            .current()
-            .map_err(file_err)?
-            .and_then(|(meta, _)| meta.last_log_id))
-    }
-
-    /// Makes sure a snapshot reaches what openraft will take as purged: the end of the purged
-    /// log, or the applied entry when the log ends before it (a snapshot from the leader was
-    /// loaded past the log's end, and openraft purges up to it at start). openraft refuses to
-    /// start when no snapshot covers it, and a lagging member could not be caught up. It falls
-    /// short when a crash came between the load of a received snapshot and its publication, or
-    /// when the previous release's snapshot was dropped at start.
-    pub fn cover_purged_log(
-        &self,
-        purged: Option<LogId>,
-        last_log: Option<LogId>,
-    ) -> Result<(), StorageError> {
-        let purged = if last_log < self.applied {
-            purged.max(self.applied)
-        } else {
-            purged
-        };
-        if purged <= self.current_snapshot_id()? {
-            return Ok(());
-        }
+    /// Checks that the state machine reaches the purged log: it is the snapshot that covers
+    /// the entries purged, which a lagging member is sent instead. Purges come only after what
+    /// was applied up to them is durable, so a state machine behind them is a damaged data dir.
+    pub fn check_purged_log(&self, purged: Option<LogId>) -> Result<(), StorageError> {
         if purged > self.applied {
             let e = std::io::Error::other(format!(
                 "the state machine (applied {:?}) is behind the purged Raft log ({purged:?}); the data dir is damaged",
@@ -128,8 +112,14 @@ impl StateMachine {
             ));
             return Err(sm_err(e));
         }
-        tracing::warn!(?purged, "no snapshot covers the purged log; building one");
-        dump_snapshot(&self.applier.store, &self.snapshots)
+        Ok(())
+    }
+
+    fn state_snapshot(&self) -> StateSnapshot {
+        StateSnapshot {
+            store: self.applier.store.clone(),
+            snapshots: self.snapshots.clone(),
+        }
     }
 
     /// A crash while a received snapshot was being loaded leaves a partly replaced state and
@@ -289,8 +279,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
         SnapshotBuilder {
-            store: self.applier.store.clone(),
-            snapshots: self.snapshots.clone(),
+            engine: self.engine.clone(),
+            state: self.state_snapshot(),
         }
     }
 
@@ -305,9 +295,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             self.applier.clone(),
         );
         let meta_owned = meta.clone();
-        let received = matches!(snapshot, SnapshotData::Received);
-        // The file is read again by its path.
-        drop(snapshot);
+        let received = match snapshot {
+            SnapshotData::Received => true,
+            SnapshotData::File(_) => false,
+            // Its metadata is never ahead of what was applied, so openraft never loads it.
+            SnapshotData::State(_) => {
+                return Err(snap_err(
+                    "the state machine's own store cannot be installed on it",
+                ))
+            }
+        };
         blocking(move || {
             if received {
                 snapshots.verify_received(&meta_owned).map_err(file_err)?;
@@ -324,37 +321,88 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(())
     }
 
+    /// The snapshot file when it is as new as the state (one just received from the leader),
+    /// otherwise the state machine itself as of what it has applied.
     async fn get_current_snapshot(&mut self) -> Result<Option<RaftSnapshot>, StorageError> {
         let snapshots = self.snapshots.clone();
         let current = blocking(move || snapshots.current().map_err(file_err)).await?;
-        Ok(current.map(|(meta, file)| RaftSnapshot {
-            meta,
-            snapshot: SnapshotData::File(file),
+        if let Some((meta, file)) = current {
+            if meta.last_log_id >= self.applied {
+                return Ok(Some(RaftSnapshot {
+                    meta,
+                    snapshot: SnapshotData::File(file),
+                }));
+            }
+        }
+        if self.applied.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(RaftSnapshot {
+            meta: SnapshotMeta {
+                last_log_id: self.applied,
+                last_membership: self.membership.clone(),
+            },
+            snapshot: SnapshotData::State(self.state_snapshot()),
         }))
     }
 }
 
-pub struct SnapshotBuilder {
+/// The state machine's store as a snapshot: written to a file only when it is sent.
+pub struct StateSnapshot {
     store: Arc<MvccStore>,
     snapshots: Arc<SnapshotDir>,
+}
+
+impl StateSnapshot {
+    /// Dumps the store as it is now and makes the dump the current snapshot file. Its metadata
+    /// is where the store stands now, at or after the metadata openraft was given with this
+    /// snapshot: a follower that installs it holds every entry up to there, and the entries
+    /// between the two that openraft sends it next are among those it has committed, which it
+    /// keeps as they are.
+    pub async fn write(self) -> Result<(SnapshotMeta, std::fs::File), StorageError> {
+        blocking(move || {
+            dump_snapshot(&self.store, &self.snapshots)?;
+            self.snapshots
+                .current()
+                .map_err(file_err)?
+                .ok_or_else(|| snap_err("the snapshot just written vanished"))
+        })
+        .await
+    }
+}
+
+pub struct SnapshotBuilder {
+    engine: Arc<Engine>,
+    state: StateSnapshot,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     type SnapshotData = SnapshotData;
 
+    /// Makes the store durable up to where it stands, which openraft then purges the log to
+    /// (but the last `min(snapshot-count, 5000)` entries).
     async fn build_snapshot(&mut self) -> Result<RaftSnapshot, StorageError> {
-        let (store, snapshots) = (self.store.clone(), self.snapshots.clone());
-        let (meta, file) = blocking(move || {
-            dump_snapshot(&store, &snapshots)?;
-            snapshots
-                .current()
-                .map_err(file_err)?
-                .ok_or_else(|| snap_err("the snapshot just built vanished"))
+        let (engine, store) = (self.engine.clone(), self.state.store.clone());
+        let meta = blocking(move || {
+            let snap = store.engine_snapshot();
+            let (last_log_id, last_membership) = applied_state(&snap)?;
+            drop(snap);
+            fail::fail_point!("raft::snapshot::point::before_sync");
+            // Applied batches reach the write-ahead log unsynced (the log append before them
+            // was synced); the entries they came from may go once they are durable.
+            engine.sync_wal().map_err(snap_err)?;
+            Ok(SnapshotMeta {
+                last_log_id,
+                last_membership,
+            })
         })
         .await?;
         Ok(RaftSnapshot {
             meta,
-            snapshot: SnapshotData::File(file),
+            snapshot: SnapshotData::State(StateSnapshot {
+                store: self.state.store.clone(),
+                snapshots: self.state.snapshots.clone(),
+            }),
         })
     }
 }
@@ -538,7 +586,7 @@ mod tests {
         assert_eq!(sm.applied, meta.last_log_id);
         assert!(engine.get(Cf::Meta, META_INSTALLING).unwrap().is_none());
         assert_eq!(
-            sm.current_snapshot_id().unwrap(),
+            snaps.current().unwrap().unwrap().0.last_log_id,
             meta.last_log_id,
             "the loaded snapshot is the current one"
         );
