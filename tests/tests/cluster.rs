@@ -557,7 +557,26 @@ async fn snapshot_catch_up(cluster: &mut Cluster) {
         .await
         .expect("leased put with one member down");
 
+    // Writes go on while the follower is caught up: an oxcd leader dumps its store for the
+    // snapshot while it applies them, so the snapshot stands past the point it was sent for.
+    let live_writer = tokio::spawn({
+        let mut client = client.clone();
+        async move {
+            let until = Instant::now() + Duration::from_secs(3);
+            let mut written = 0usize;
+            while Instant::now() < until {
+                let key = format!("snaplive/{written:06}");
+                client
+                    .put(key.clone(), key.clone(), None)
+                    .await
+                    .unwrap_or_else(|e| panic!("put {key} while the follower catches up: {e}"));
+                written += 1;
+            }
+            written
+        }
+    });
     cluster.restart(follower).await;
+    let live_written = live_writer.await.expect("live writer task");
     let cluster = &*cluster;
     let expected = &expected;
     eventually(
@@ -569,6 +588,22 @@ async fn snapshot_catch_up(cluster: &mut Cluster) {
                 return Err(format!("{} of {} keys", found.len(), expected.len()));
             }
             missing(expected, &found).map_or(Ok(()), Err)
+        },
+    )
+    .await;
+    let live_expected: BTreeSet<String> = (0..live_written)
+        .map(|i| format!("snaplive/{i:06}"))
+        .collect();
+    let live_expected = &live_expected;
+    eventually(
+        Duration::from_secs(30),
+        "the restarted follower serves every key written while it caught up",
+        || async move {
+            let found = read_prefix(cluster, follower, "snaplive/", true).await?;
+            if found.len() != live_expected.len() {
+                return Err(format!("{} of {} keys", found.len(), live_expected.len()));
+            }
+            missing(live_expected, &found).map_or(Ok(()), Err)
         },
     )
     .await;
