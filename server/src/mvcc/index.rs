@@ -255,13 +255,20 @@ impl TreeIndex {
         }
     }
 
-    pub fn put(&mut self, key: &[u8], rev: Revision) {
+    /// Records a write of `key` at `rev`, newer than all its history, and returns the key's
+    /// state just before it (what a read at `rev.main` saw), found by the same lookup.
+    pub fn put(&mut self, key: &[u8], rev: Revision) -> Option<KeyAt> {
         match self.keys.get_mut(key) {
-            Some(h) => h.put(rev),
+            Some(h) => {
+                let before = h.get(rev.main);
+                h.put(rev);
+                before
+            }
             None => {
                 let mut h = KeyHistory::default();
                 h.put(rev);
                 self.keys.insert(key.to_vec(), h);
+                None
             }
         }
     }
@@ -350,6 +357,22 @@ mod tests {
                 version: 1
             })
         );
+    }
+
+    /// A put answers what a get just before it would have: within one revision (a txn's
+    /// earlier put of the key), after an older one, and after a tombstone.
+    #[test]
+    fn a_put_returns_the_state_before_it() {
+        let mut ix = TreeIndex::default();
+        assert_eq!(ix.put(b"a", r(2)), None);
+        let first = ix.get(b"a", 3);
+        assert_eq!(ix.put(b"a", Revision::new(3, 0)), first);
+        let within_txn = ix.get(b"a", 3);
+        assert_eq!(ix.put(b"a", Revision::new(3, 1)), within_txn);
+        assert_eq!(within_txn.unwrap().version, 2);
+        ix.tombstone(b"a", r(4));
+        assert_eq!(ix.put(b"a", r(5)), None, "a deleted key starts again");
+        assert_eq!(ix.get(b"a", 5).unwrap().version, 1);
     }
 
     #[test]

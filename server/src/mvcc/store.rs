@@ -819,10 +819,9 @@ impl TxnWrite<'_, '_> {
     /// Writes `key`; returns the revision of the write.
     pub fn put(&mut self, key: &[u8], value: Vec<u8>, lease: i64) -> i64 {
         metrics().mvcc.put.inc();
-        let at = self.begin + 1;
-        let previous = self.writer.store.state.read().index.get(key, at);
-        let prev = self.previous_value(previous.map(|p| p.modified));
         let rev = self.next_revision();
+        let previous = self.writer.store.state.write().index.put(key, rev);
+        let prev = self.previous_value(previous.map(|p| p.modified));
         let kv = KeyValue {
             key: key.to_vec(),
             create_revision: previous.map_or(rev.main, |p| p.created.main),
@@ -834,7 +833,6 @@ impl TxnWrite<'_, '_> {
         self.writer
             .batch
             .put(Cf::Kv, &rev.to_key(false), &kv.encode_to_vec());
-        self.writer.store.state.write().index.put(key, rev);
         self.writer.written.insert(rev, kv.clone());
         self.writer.changes.push(Change {
             kv,

@@ -145,8 +145,6 @@ fn reload_applier(applier: &Applier, engine: &Engine) -> Result<(), StorageError
     applier.reload(engine).map_err(snap_err)
 }
 
-/// Applies committed entries in order, recording the last applied log id and the membership
-/// after them in the same engine write; returns their outcomes, that log id and membership.
 /// At most this many commands are applied right on the async worker (see [`is_short`]).
 const SHORT_BATCH_COMMANDS: usize = 1024;
 
@@ -167,6 +165,9 @@ fn is_short(entries: &[Entry]) -> bool {
     })
 }
 
+/// Applies committed entries in order, recording the last applied log id (and the membership,
+/// when an entry changed it) in the same engine write; returns their outcomes, that log id and
+/// the membership after them.
 fn apply_entries(
     applier: &Applier,
     mut applied: Option<LogId>,
@@ -175,6 +176,7 @@ fn apply_entries(
 ) -> Result<(Vec<OutcomeBatch>, Option<LogId>, StoredMembership), StorageError> {
     let mut round = applier.begin();
     let mut results = Vec::with_capacity(entries.len());
+    let mut membership_changed = false;
     for entry in entries {
         applied = Some(entry.log_id);
         let outcomes = match entry.payload {
@@ -188,6 +190,7 @@ fn apply_entries(
             }
             EntryPayload::Membership(m) => {
                 membership = StoredMembership::new(Some(entry.log_id), m);
+                membership_changed = true;
                 Vec::new()
             }
         };
@@ -198,11 +201,15 @@ fn apply_entries(
         META_APPLIED,
         &record::encode_position(applied.as_ref()),
     );
-    round.record(
-        Cf::Meta,
-        META_MEMBERSHIP,
-        &record::encode_membership(&membership),
-    );
+    // Rewritten only when it changes: most batches have no membership entry, and the record
+    // names every member.
+    if membership_changed {
+        round.record(
+            Cf::Meta,
+            META_MEMBERSHIP,
+            &record::encode_membership(&membership),
+        );
+    }
     round.commit().map_err(sm_err)?;
     Ok((results, applied, membership))
 }
