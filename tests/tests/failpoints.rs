@@ -123,23 +123,8 @@ async fn a_leader_crashed_while_writing_a_snapshot_for_a_follower_loses_nothing(
         "raft::snapshot::build::before_publish",
         "raft::snapshot::publish::before_dir_sync",
     ] {
-        let mut cluster = Cluster::start(Flavor::Oxcd, 3, &["--snapshot-count=100"]).await;
-        let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
-        let lagging = (leader + 1) % 3;
-        let third = (leader + 2) % 3;
-        let mut client = connect(&cluster.endpoints()[leader], Duration::from_secs(10))
-            .await
-            .unwrap();
-        bulk_write(&mut client, "fp/bulk", 2_000).await;
-        cluster.kill(lagging);
-        // Enough entries that the leader purges what the follower lacks.
-        for i in 0..300 {
-            let key = format!("fp/seq/{i:04}");
-            client
-                .put(key.clone(), value_for(&key), None)
-                .await
-                .unwrap();
-        }
+        let (mut cluster, leader, lagging, client) = behind_the_purged_log(2_000).await;
+        let third = 3 - leader - lagging;
         drop(client);
         cluster.kill(leader);
         cluster
@@ -259,22 +244,7 @@ async fn a_follower_crashed_while_installing_a_snapshot_recovers_it() {
         "raft::snapshot::install::before_publish",
         "raft::snapshot::publish::before_dir_sync",
     ] {
-        let mut cluster = Cluster::start(Flavor::Oxcd, 3, &["--snapshot-count=100"]).await;
-        let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
-        let follower = (leader + 1) % 3;
-        let mut client = connect(&cluster.endpoints()[leader], Duration::from_secs(10))
-            .await
-            .unwrap();
-        bulk_write(&mut client, "fp/bulk", 12_000).await;
-        cluster.kill(follower);
-        // Enough entries that the leader purges what the follower lacks.
-        for i in 0..300 {
-            let key = format!("fp/seq/{i:04}");
-            client
-                .put(key.clone(), value_for(&key), None)
-                .await
-                .unwrap();
-        }
+        let (mut cluster, _, follower, mut client) = behind_the_purged_log(12_000).await;
         cluster
             .member_mut(follower)
             .set_env(FAILPOINTS, Some(&crash_at(failpoint, 0)));
@@ -287,6 +257,29 @@ async fn a_follower_crashed_while_installing_a_snapshot_recovers_it() {
         let acks = acks_of_prefix(&mut client, "fp/").await;
         check_cluster(&cluster, &acks, failpoint).await;
     }
+}
+
+/// A 3-member cluster (`--snapshot-count=100`) holding `bulk` keys, whose follower was stopped
+/// and then left behind the leader's purged log; returns it with the leader, that follower and a
+/// client of the leader.
+async fn behind_the_purged_log(bulk: usize) -> (Cluster, usize, usize, Client) {
+    let mut cluster = Cluster::start(Flavor::Oxcd, 3, &["--snapshot-count=100"]).await;
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
+    let follower = (leader + 1) % 3;
+    let mut client = connect(&cluster.endpoints()[leader], Duration::from_secs(10))
+        .await
+        .unwrap();
+    bulk_write(&mut client, "fp/bulk", bulk).await;
+    cluster.kill(follower);
+    // Enough entries that the leader purges what the follower lacks.
+    for i in 0..300 {
+        let key = format!("fp/seq/{i:04}");
+        client
+            .put(key.clone(), value_for(&key), None)
+            .await
+            .unwrap();
+    }
+    (cluster, leader, follower, client)
 }
 
 /// What is stored under `prefix` now, as acknowledged writes (for loads written in bulk).
