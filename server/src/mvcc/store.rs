@@ -329,7 +329,7 @@ impl MvccStore {
         let mut failure = None;
         let end = Revision::lower_bound_key(to + 1);
         snapshot
-            .scan(
+            .scan_once(
                 Cf::Kv,
                 &Revision::lower_bound_key(from),
                 Some(&end),

@@ -49,7 +49,7 @@ pub struct EtcdExport<'a> {
 impl<'a> EtcdExport<'a> {
     pub fn new(snap: &'a Snapshot<'a>) -> Result<EtcdExport<'a>, ExportError> {
         let mut meta = BTreeMap::new();
-        snap.scan(Cf::Meta, &[], None, |k, v| {
+        snap.scan_once(Cf::Meta, &[], None, |k, v| {
             meta.insert(k.to_vec(), v.to_vec());
             true
         })?;

@@ -668,21 +668,10 @@ impl Snapshot<'_> {
         Ok(self.inner.get_cf(self.engine.cf(cf), key)?)
     }
 
-    /// Visits keys in `[from, to)` (to = None: unbounded) in order until `f` returns false.
-    pub fn scan(
-        &self,
-        cf: Cf,
-        from: &[u8],
-        to: Option<&[u8]>,
-        f: impl FnMut(&[u8], &[u8]) -> bool,
-    ) -> Result<()> {
-        self.engine
-            .scan_at(Some(&self.inner), cf, from, to, true, f)
-    }
-
-    /// [`Snapshot::scan`] for a pass over the whole store (a Raft or backup snapshot, a hash):
-    /// as [`Engine::scan_once`], the blocks it reads stay out of the block cache, which would
-    /// otherwise fill to its 64 MiB with data no client asked for and stay resident.
+    /// Visits keys in `[from, to)` (to = None: unbounded) in order until `f` returns false. As
+    /// [`Engine::scan_once`], the blocks it reads stay out of the block cache: a snapshot is read
+    /// for a pass over the whole store (a Raft or backup snapshot, a hash) or over history a
+    /// watcher missed, and those would fill the cache to its 64 MiB with data read once.
     pub fn scan_once(
         &self,
         cf: Cf,
