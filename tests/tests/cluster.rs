@@ -214,6 +214,25 @@ async fn read_prefix(
 
 /// `None` if every key of `expected` is in `found` with its key as value, else a complaint
 /// counting those that are not and naming the first.
+/// Waits until member `i` serves, serializably, exactly the keys `expected` under `prefix`,
+/// each with itself as its value.
+async fn serves_every_key(
+    cluster: &Cluster,
+    i: usize,
+    prefix: &str,
+    expected: &BTreeSet<String>,
+    what: &str,
+) {
+    eventually(Duration::from_secs(30), what, || async move {
+        let found = read_prefix(cluster, i, prefix, true).await?;
+        if found.len() != expected.len() {
+            return Err(format!("{} of {} keys", found.len(), expected.len()));
+        }
+        missing(expected, &found).map_or(Ok(()), Err)
+    })
+    .await;
+}
+
 fn missing(expected: &BTreeSet<String>, found: &[(String, String)]) -> Option<String> {
     let found: BTreeSet<(&str, &str)> = found.iter().map(|(k, v)| (&**k, &**v)).collect();
     let absent: Vec<&String> = expected
@@ -578,33 +597,23 @@ async fn snapshot_catch_up(cluster: &mut Cluster) {
     cluster.restart(follower).await;
     let live_written = live_writer.await.expect("live writer task");
     let cluster = &*cluster;
-    let expected = &expected;
-    eventually(
-        Duration::from_secs(30),
+    serves_every_key(
+        cluster,
+        follower,
+        "snap/",
+        &expected,
         "the restarted follower serves every key serializably",
-        || async move {
-            let found = read_prefix(cluster, follower, "snap/", true).await?;
-            if found.len() != expected.len() {
-                return Err(format!("{} of {} keys", found.len(), expected.len()));
-            }
-            missing(expected, &found).map_or(Ok(()), Err)
-        },
     )
     .await;
     let live_expected: BTreeSet<String> = (0..live_written)
         .map(|i| format!("snaplive/{i:06}"))
         .collect();
-    let live_expected = &live_expected;
-    eventually(
-        Duration::from_secs(30),
+    serves_every_key(
+        cluster,
+        follower,
+        "snaplive/",
+        &live_expected,
         "the restarted follower serves every key written while it caught up",
-        || async move {
-            let found = read_prefix(cluster, follower, "snaplive/", true).await?;
-            if found.len() != live_expected.len() {
-                return Err(format!("{} of {} keys", found.len(), live_expected.len()));
-            }
-            missing(live_expected, &found).map_or(Ok(()), Err)
-        },
     )
     .await;
     eventually(

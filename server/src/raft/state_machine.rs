@@ -355,6 +355,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 }
 
 /// The state machine's store as a snapshot: written to a file only when it is sent.
+#[derive(Clone)]
 pub struct StateSnapshot {
     store: Arc<MvccStore>,
     snapshots: Arc<SnapshotDir>,
@@ -406,10 +407,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         .await?;
         Ok(RaftSnapshot {
             meta,
-            snapshot: SnapshotData::State(StateSnapshot {
-                store: self.state.store.clone(),
-                snapshots: self.state.snapshots.clone(),
-            }),
+            snapshot: SnapshotData::State(self.state.clone()),
         })
     }
 }
