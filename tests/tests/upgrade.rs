@@ -11,8 +11,10 @@ use oxcd_tests::cluster::Cluster;
 use oxcd_tests::writes::{self, Writers};
 use oxcd_tests::{Flavor, Server, StartOptions};
 
-/// See `tests/fixtures/data-dir/README.md` for how the fixture was made and what it served.
+/// See `tests/fixtures/data-dir/README.md` for how the fixtures were made and what they served:
+/// the same writes, through the releases before data dir formats 2 and 4.
 const FORMAT_1_FIXTURE: &str = "fixtures/data-dir/format1-a3286cd.tar.gz";
+const FORMAT_3_FIXTURE: &str = "fixtures/data-dir/format3-935de49.tar.gz";
 
 fn unpack(fixture: &str, into: &Path) {
     let archive = oxcd_tests::package_dir().join(fixture);
@@ -29,9 +31,21 @@ fn unpack(fixture: &str, into: &Path) {
 
 #[tokio::test]
 async fn a_data_dir_of_format_1_is_converted_and_serves_what_it_held() {
+    serves_what_the_fixture_held(FORMAT_1_FIXTURE, 264_170_792).await;
+}
+
+/// Format 3 kept the Raft log in RocksDB; format 4 moves it to its own files.
+#[tokio::test]
+async fn a_data_dir_of_format_3_is_converted_and_serves_what_it_held() {
+    serves_what_the_fixture_held(FORMAT_3_FIXTURE, 1_123_023_990).await;
+}
+
+/// Starts the current build on a fixture data dir, checks what it serves, restarts it and
+/// checks again. `hash` is the fixture's HashKV at its last revision (leases have random ids).
+async fn serves_what_the_fixture_held(fixture: &str, hash: u32) {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
-    unpack(FORMAT_1_FIXTURE, &data_dir);
+    unpack(fixture, &data_dir);
     let mut server = Server::start_with(
         Flavor::Oxcd,
         StartOptions {
@@ -109,8 +123,20 @@ async fn a_data_dir_of_format_1_is_converted_and_serves_what_it_held() {
 
         if start == "converted" {
             // The history up to the fixture's last revision hashes as it did.
-            let hash = client.hash_kv(133).await.unwrap();
-            assert_eq!(hash.hash(), 264_170_792, "HashKV at 133");
+            assert_eq!(
+                client.hash_kv(133).await.unwrap().hash(),
+                hash,
+                "HashKV at 133"
+            );
+            let segments = std::fs::read_dir(data_dir.join("raft-log")).unwrap();
+            let segments = segments.filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".seg")
+            });
+            assert!(segments.count() >= 1, "the Raft log has its own files");
             server.terminate(Duration::from_secs(10)).unwrap();
             server.restart().await;
         }

@@ -41,11 +41,10 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use oxcd_proto::peerpb::{LeaderBeaconRequest, PreVoteRequest};
 
-use super::log_store;
+use super::log_store::LogStore;
 use super::membership;
 use super::network::{Client, Peers};
 use super::types::{LogId, Membership, NodeId, Raft, TransferLeaderRequest, Vote, WatchReceiver};
-use crate::storage::Engine;
 
 /// Elections stay off this long after the last snapshot chunk arrived.
 const SNAPSHOT_QUIET: Duration = Duration::from_secs(3);
@@ -59,7 +58,7 @@ const ADVANCE_RETRY: Duration = Duration::from_millis(50);
 pub struct Elections {
     raft: Raft,
     me: NodeId,
-    engine: Arc<Engine>,
+    log: LogStore,
     peers: Arc<Peers>,
     heartbeat: Duration,
     /// How long a leader may go without hearing from a quorum, and a follower without hearing
@@ -130,7 +129,7 @@ impl Elections {
     pub fn start(
         raft: Raft,
         me: NodeId,
-        engine: Arc<Engine>,
+        log: LogStore,
         peers: Arc<Peers>,
         timing: Timing,
     ) -> Arc<Elections> {
@@ -143,14 +142,15 @@ impl Elections {
         // reported once, and a restarted member that took that for "never voted" campaigned at
         // once, deposing the leader the others were about to follow again (a full-cluster
         // restart then took 13-23 s to serve instead of about 4).
-        let voted_for_leader = log_store::saved_vote(&engine)
+        let voted_for_leader = log
+            .saved_vote()
             .ok()
             .flatten()
             .is_some_and(|vote| vote.committed);
         let elections = Arc::new(Elections {
             raft,
             me,
-            engine,
+            log,
             peers,
             heartbeat,
             election_timeout: timing.election_timeout,
@@ -207,7 +207,7 @@ impl Elections {
         {
             return false;
         }
-        match log_store::last_log_id(&self.engine) {
+        match self.log.last_log_id() {
             Ok(mine) => candidate_last >= mine,
             Err(e) => {
                 tracing::warn!(error = %e, "reading the last log id for a pre-vote");
@@ -222,7 +222,7 @@ impl Elections {
     /// and the metrics show that only later, while a leader takes this answer as proof that no
     /// other leader had been elected ([`quorum_follows`]).
     pub fn answer_beacon(&self, term: u64, leader: NodeId) -> bool {
-        let Ok(Some(vote)) = log_store::saved_vote(&self.engine) else {
+        let Ok(Some(vote)) = self.log.saved_vote() else {
             return false;
         };
         let following =
@@ -387,7 +387,7 @@ impl Elections {
         // may still show an older one, right after a start or a vote). No last log id: openraft
         // would wait for the log to be flushed up to it, and after a start it reports no
         // flushed log until the first write; the voters judge the candidate's log anyway.
-        let vote = log_store::saved_vote(&self.engine).ok().flatten();
+        let vote = self.log.saved_vote().ok().flatten();
         let transferred = match vote {
             Some(vote) => {
                 let before = self.raft.metrics().borrow_watched().vote;
@@ -481,7 +481,7 @@ impl Elections {
 
     /// Asks every other voter; won when each of the (joint) configurations has a majority.
     async fn pre_vote_won(&self) -> bool {
-        let last = match log_store::last_log_id(&self.engine) {
+        let last = match self.log.last_log_id() {
             Ok(last) => last,
             Err(e) => {
                 tracing::warn!(error = %e, "reading the last log id for a pre-vote");

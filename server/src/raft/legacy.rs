@@ -329,7 +329,6 @@ type RecordRewrite<'a> = &'a dyn Fn(&[u8]) -> Result<Vec<u8>, StorageError>;
 
 /// Converts a data dir of an older format to this build's; does nothing to one already there.
 pub fn upgrade(engine: &Engine) -> Result<(), StorageError> {
-    debug_assert_eq!(MEMBER_LIST_FORMAT, crate::storage::DATA_DIR_FORMAT);
     if engine.format_version()? < RECORD_FORMAT {
         to_records(engine)?;
     }

@@ -1,11 +1,12 @@
-//! Raft's log and vote in the engine. An append is acknowledged to openraft only after the
-//! engine write that holds it has been fsynced; the vote is fsynced before `save_vote` returns.
+//! Raft's log, in its own segment files ([`SegmentLog`]), and its vote and log positions in the
+//! engine. An append is acknowledged to openraft only after an fsync of the segment that holds
+//! it; the vote is fsynced before `save_vote` returns.
 //!
 //! Appends do not wait for the disk: the entries are written (readable at once) and their
-//! completion callback goes to the WAL syncer thread, which fsyncs once for every append that
+//! completion callback goes to the log's sync thread, which fsyncs once for every append that
 //! queued up meanwhile and then acknowledges them all. openraft's core never blocks on an
-//! fsync, and concurrent appends share one. Every other engine call runs on the blocking pool,
-//! so a RocksDB write stall or a slow fsync never holds up the async workers.
+//! fsync, and concurrent appends share one. Every engine call that may wait runs on the
+//! blocking pool, so a RocksDB write stall or a slow fsync never holds up the async workers.
 //!
 //! Appended entries also stay decoded in a [`LogCache`] until they are applied: the state
 //! machine and the replication streams read them from there.
@@ -20,40 +21,42 @@ use openraft::{OptionalSend, RaftLogReader};
 
 use super::log_cache::LogCache;
 use super::record::{self, RecordError};
+use super::segment_log::SegmentLog;
 use super::types::{Entry, LogId, TypeConfig, Vote};
 use crate::metrics::metrics;
-use crate::storage::{off_runtime, short_unless_held_back, Cf, Engine};
+use crate::storage::{off_runtime, short_unless_held_back, Cf, Engine, FORMAT_KEY};
 
 pub(super) const VOTE: &[u8] = b"vote";
 pub(super) const COMMITTED: &[u8] = b"committed";
 pub(super) const LAST_PURGED: &[u8] = b"last_purged";
 
+/// Data dir format 4: the Raft log moved from the engine's `raft_log` column family into
+/// [`SegmentLog`] files.
+pub const SEGMENT_LOG_FORMAT: u64 = 4;
+
 #[derive(Clone)]
 pub struct LogStore {
     engine: Arc<Engine>,
-    syncer: Arc<WalSyncer>,
+    log: Arc<SegmentLog>,
+    syncer: Arc<LogSyncer>,
     /// Shared by the core's store and the readers cloned from it.
     recent: Arc<parking_lot::Mutex<LogCache>>,
 }
 
-/// The WAL sync thread; dropping the last handle stops it and waits for it, so the engine is
+/// The log's sync thread; dropping the last handle stops it and waits for it, so the log is
 /// never in use by it once the log store is gone.
-struct WalSyncer {
+struct LogSyncer {
     pending: Option<std::sync::mpsc::Sender<IOFlushed<TypeConfig>>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-impl Drop for WalSyncer {
+impl Drop for LogSyncer {
     fn drop(&mut self) {
         self.pending.take();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
     }
-}
-
-fn index_key(index: u64) -> [u8; 8] {
-    index.to_be_bytes()
 }
 
 /// Errors as openraft's storage traits take them.
@@ -68,20 +71,47 @@ fn write_err(e: impl std::fmt::Display) -> StorageError {
 }
 
 impl LogStore {
-    pub fn new(engine: Arc<Engine>) -> std::io::Result<LogStore> {
+    /// Opens the log of the engine's data dir, moving it out of the engine first if the data
+    /// dir is of an older format.
+    pub fn open(engine: Arc<Engine>) -> std::io::Result<LogStore> {
+        let dir = engine.raft_log_dir();
+        let format = engine.format_version().map_err(read_err)?;
+        if format < SEGMENT_LOG_FORMAT && dir.exists() {
+            // A conversion cut short: the engine still holds the whole log.
+            std::fs::remove_dir_all(&dir)?;
+        }
+        let purged = last_purged(&engine)?.map(|id| id.index);
+        let log = Arc::new(SegmentLog::open(&dir, purged, engine.fsyncs())?);
+        if format < SEGMENT_LOG_FORMAT {
+            move_log_out_of_engine(&engine, &log)?;
+        }
         let (pending, queue) = std::sync::mpsc::channel();
-        let wal = engine.clone();
+        let synced = log.clone();
         let thread = std::thread::Builder::new()
-            .name("raft-wal-sync".into())
-            .spawn(move || sync_wal(&wal, queue))?;
+            .name("raft-log-sync".into())
+            .spawn(move || sync_appends(&synced, queue))?;
         Ok(LogStore {
             engine,
-            syncer: Arc::new(WalSyncer {
+            log,
+            syncer: Arc::new(LogSyncer {
                 pending: Some(pending),
                 thread: Some(thread),
             }),
             recent: Arc::default(),
         })
+    }
+
+    /// The id of the last entry in the log, or of the last purged one when the log is empty.
+    pub fn last_log_id(&self) -> Result<Option<LogId>, StorageError> {
+        match self.log.last_log_id() {
+            Some(last) => Ok(Some(last)),
+            None => last_purged(&self.engine),
+        }
+    }
+
+    /// The vote as last saved. At start-up openraft's metrics do not show it yet.
+    pub fn saved_vote(&self) -> Result<Option<Vote>, StorageError> {
+        read_state(&self.engine, VOTE, record::decode_vote)
     }
 
     async fn get_state<T: Send + 'static>(
@@ -120,8 +150,8 @@ async fn blocking<T: Send + 'static>(
     off_runtime(write_err("shutting down"), work).await
 }
 
-/// Reads of at most this many entries run right on the async worker (see
-/// [`short_unless_held_back`]).
+/// Reads of at most this many entries run right on the async worker: a few reads from the page
+/// cache, as any short computation does.
 const SHORT_READ_ENTRIES: u64 = 64;
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -142,12 +172,12 @@ impl RaftLogReader<TypeConfig> for LogStore {
         // The state machine's read of what it applies next, the one caller while serving.
         let split = end.and_then(|end| self.recent.lock().take_applied(start, end));
         let Some(split) = split else {
-            return self.read_from_engine(start, end).await;
+            return self.read_from_log(start, end).await;
         };
         if split.engine_end == start {
             return Ok(split.cached);
         }
-        let mut entries = self.read_from_engine(start, Some(split.engine_end)).await?;
+        let mut entries = self.read_from_log(start, Some(split.engine_end)).await?;
         entries.extend(split.cached);
         Ok(entries)
     }
@@ -167,11 +197,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         {
             return Ok(cached);
         }
-        let engine = self.engine.clone();
-        short_unless_held_back(&self.engine, write_err("shutting down"), move || {
-            read_entries(&engine, start, Some(end), MAX_APPEND_BYTES)
-        })
-        .await
+        read_entries(&self.log, start, Some(end), MAX_APPEND_BYTES)
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
@@ -180,16 +206,16 @@ impl RaftLogReader<TypeConfig> for LogStore {
 }
 
 impl LogStore {
-    async fn read_from_engine(
+    async fn read_from_log(
         &self,
         start: u64,
         end: Option<u64>,
     ) -> Result<Vec<Entry>, StorageError> {
-        let engine = self.engine.clone();
-        let work = move || read_entries(&engine, start, end, u64::MAX);
-        // Entries read back to be applied are recent, so in the memtable.
+        let log = self.log.clone();
+        let work = move || read_entries(&log, start, end, u64::MAX);
+        // Entries read back to be applied are recent, so in the page cache.
         if end.is_some_and(|end| end.saturating_sub(start) <= SHORT_READ_ENTRIES) {
-            short_unless_held_back(&self.engine, read_err("shutting down"), work).await
+            work()
         } else {
             blocking(work).await
         }
@@ -201,45 +227,14 @@ const MAX_APPEND_BYTES: u64 = 2 << 20;
 
 /// The entries from `start` to before `end`, stopping early once `budget` bytes are read.
 fn read_entries(
-    engine: &Engine,
+    log: &SegmentLog,
     start: u64,
     end: Option<u64>,
     budget: u64,
 ) -> Result<Vec<Entry>, StorageError> {
-    let mut entries = Vec::new();
-    let mut read = 0u64;
-    let mut failure = None;
-    let end_key = end.map(index_key);
-    engine
-        .scan(
-            Cf::RaftLog,
-            &index_key(start),
-            end_key.as_ref().map(|k| k.as_slice()),
-            |_, v| match record::decode_entry(v) {
-                Ok(e) => {
-                    entries.push(e);
-                    read += v.len() as u64;
-                    read < budget
-                }
-                Err(e) => {
-                    failure = Some(e);
-                    false
-                }
-            },
-        )
-        .map_err(read_err)?;
-    match failure {
-        Some(e) => Err(read_err(e)),
-        None => Ok(entries),
-    }
-}
-
-/// The id of the last entry in the log, or of the last purged one when the log is empty.
-pub fn last_log_id(engine: &Engine) -> Result<Option<LogId>, StorageError> {
-    match engine.last(Cf::RaftLog).map_err(read_err)? {
-        Some((_, v)) => Ok(Some(record::entry_log_id(&v).map_err(read_err)?)),
-        None => last_purged(engine),
-    }
+    let encoded = log.read(start, end, budget)?;
+    let entries = encoded.iter().map(|bytes| record::decode_entry(bytes));
+    entries.collect::<Result<_, _>>().map_err(read_err)
 }
 
 /// The id of the last entry purged from the log (the log before it is gone).
@@ -247,9 +242,41 @@ pub fn last_purged(engine: &Engine) -> Result<Option<LogId>, StorageError> {
     Ok(read_state(engine, LAST_PURGED, record::decode_position)?.flatten())
 }
 
-/// The vote as last saved. At start-up openraft's metrics do not show it yet.
-pub fn saved_vote(engine: &Engine) -> Result<Option<Vote>, StorageError> {
-    read_state(engine, VOTE, record::decode_vote)
+/// Format 3 → 4: the entries of the engine's `raft_log` column family are written to the
+/// segment log and synced, and only then removed from the engine, with the new format recorded
+/// in the same (synced) write. A conversion cut short starts again from the engine.
+fn move_log_out_of_engine(engine: &Engine, log: &SegmentLog) -> Result<(), StorageError> {
+    tracing::info!("moving the Raft log out of RocksDB into its own files (once)");
+    let mut next = 0u64;
+    loop {
+        let mut batch = Vec::new();
+        let mut failure = None;
+        engine
+            .scan(Cf::RaftLog, &next.to_be_bytes(), None, |_, v| {
+                match record::entry_log_id(v) {
+                    Ok(id) => batch.push((id, v.to_vec())),
+                    Err(e) => failure = Some(e),
+                }
+                failure.is_none() && batch.len() < 1024
+            })
+            .map_err(read_err)?;
+        if let Some(e) = failure {
+            return Err(read_err(e));
+        }
+        let Some((last, _)) = batch.last() else {
+            break;
+        };
+        next = last.index + 1;
+        log.append(&batch)?;
+    }
+    log.sync()?;
+    fail::fail_point!("raft::log::convert::before_engine_write", |_| Err(
+        write_err("failpoint raft::log::convert::before_engine_write")
+    ));
+    let mut batch = engine.batch();
+    batch.delete_range(Cf::RaftLog, &0u64.to_be_bytes(), &u64::MAX.to_be_bytes());
+    batch.put(Cf::RaftState, FORMAT_KEY, &SEGMENT_LOG_FORMAT.to_be_bytes());
+    engine.write(batch, true).map_err(write_err)
 }
 
 fn read_state<T>(
@@ -268,13 +295,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let engine = self.engine.clone();
-        blocking(move || {
-            Ok(LogState {
-                last_purged_log_id: last_purged(&engine)?,
-                last_log_id: last_log_id(&engine)?,
-            })
+        let last_purged_log_id = blocking(move || last_purged(&engine)).await?;
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id: self.log.last_log_id().or(last_purged_log_id),
         })
-        .await
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -311,25 +336,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let entries: Vec<Entry> = entries.into_iter().collect();
         let encoded: Vec<_> = entries
             .iter()
-            .map(|entry| (index_key(entry.log_id.index), record::encode_entry(entry)))
+            .map(|entry| (entry.log_id, record::encode_entry(entry)))
             .collect();
-        let sizes: Vec<usize> = encoded.iter().map(|(_, bytes)| bytes.len()).collect();
-        let engine = self.engine.clone();
-        short_unless_held_back(&self.engine, write_err("shutting down"), move || {
-            let mut batch = engine.batch();
-            for (key, bytes) in &encoded {
-                batch.put(Cf::RaftLog, key, bytes);
-            }
-            engine.write(batch, false).map_err(write_err)
-        })
-        .await?;
+        self.log.append(&encoded)?;
+        let sizes = encoded.iter().map(|(_, bytes)| bytes.len());
         self.recent.lock().appended(entries.into_iter().zip(sizes));
         fail::fail_point!("raft::log::after_append");
         let Some(syncer) = &self.syncer.pending else {
             unreachable!("the syncer's queue lives as long as the log store")
         };
         if let Err(unsent) = syncer.send(callback) {
-            let e = "the WAL sync thread has stopped";
+            let e = "the Raft log's sync thread has stopped";
             unsent.0.io_completed(Err(write_err(e)));
             return Err(write_err(e));
         }
@@ -339,13 +356,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn truncate_after(&mut self, last_kept: Option<LogId>) -> Result<(), StorageError> {
         let from = last_kept.map_or(0, |id| id.index + 1);
         self.recent.lock().truncate_from(from);
-        let engine = self.engine.clone();
-        blocking(move || {
-            let mut batch = engine.batch();
-            batch.delete_range(Cf::RaftLog, &index_key(from), &index_key(u64::MAX));
-            engine.write(batch, true).map_err(write_err)
-        })
-        .await
+        let log = self.log.clone();
+        blocking(move || log.truncate_from(from)).await
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
@@ -354,29 +366,24 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.put_state(LAST_PURGED, purged, true).await?;
         fail::fail_point!("raft::log::purge::after_mark");
         self.recent.lock().purge_through(log_id.index);
-        let engine = self.engine.clone();
-        blocking(move || {
-            let mut batch = engine.batch();
-            batch.delete_range(Cf::RaftLog, &index_key(0), &index_key(log_id.index + 1));
-            engine.write(batch, false).map_err(write_err)
-        })
-        .await
+        let log = self.log.clone();
+        blocking(move || log.purge_through(log_id.index)).await
     }
 }
 
 /// Acknowledges appends once an fsync that began after them has completed; every append that
 /// queued during one fsync shares the next.
-fn sync_wal(engine: &Engine, pending: std::sync::mpsc::Receiver<IOFlushed<TypeConfig>>) {
+fn sync_appends(log: &SegmentLog, pending: std::sync::mpsc::Receiver<IOFlushed<TypeConfig>>) {
     while let Ok(first) = pending.recv() {
         let mut waiting = vec![first];
         waiting.extend(pending.try_iter());
         fail::fail_point!("raft::wal::before_fsync");
         let fsync = metrics().disk.wal_fsync.start_timer();
-        let result = engine.sync_wal().map_err(|e| e.to_string());
+        let result = log.sync().map_err(|e| e.to_string());
         fsync.observe_duration();
         fail::fail_point!("raft::wal::after_fsync");
         if let Err(e) = &result {
-            tracing::error!(error = %e, "fsync of the write-ahead log failed");
+            tracing::error!(error = %e, "fsync of the Raft log failed");
         }
         for callback in waiting {
             callback.io_completed(result.clone().map_err(io::Error::other));
@@ -403,7 +410,7 @@ mod tests {
             let engine = Engine::open(dir.path()).unwrap();
             let applier = Applier::open_for_tests(&engine);
             let sm = StateMachine::open(engine.clone(), applier).unwrap();
-            Ok((dir, LogStore::new(engine).unwrap(), sm))
+            Ok((dir, LogStore::open(engine).unwrap(), sm))
         }
     }
 
@@ -426,7 +433,7 @@ mod tests {
     #[tokio::test]
     async fn reads_see_the_log_after_truncation_and_purge() {
         let dir = tempfile::tempdir().unwrap();
-        let mut log = LogStore::new(Engine::open(dir.path()).unwrap()).unwrap();
+        let mut log = LogStore::open(Engine::open(dir.path()).unwrap()).unwrap();
         let entries = (1..=10).map(|i| blank(1, i));
         log.append(entries, IOFlushed::noop()).await.unwrap();
         log.truncate_after(Some(crate::raft::types::log_id(1, 1, 5)))
@@ -448,6 +455,45 @@ mod tests {
             terms(&log.try_get_log_entries(0..8).await.unwrap()),
             [(2, 6), (2, 7)]
         );
+    }
+
+    /// Format 3 → 4: the log moves out of the engine; a conversion cut short starts again.
+    #[cfg(feature = "failpoints")]
+    #[tokio::test]
+    async fn a_log_in_the_engine_moves_to_its_own_files_even_when_cut_short() {
+        use crate::raft::types::log_id;
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(dir.path()).unwrap();
+        let mut batch = engine.batch();
+        batch.put(Cf::RaftState, FORMAT_KEY, &3u64.to_be_bytes());
+        let purged = record::encode_position(Some(&log_id(1, 1, 4)));
+        batch.put(Cf::RaftState, LAST_PURGED, &purged);
+        for index in 5..=2500u64 {
+            let entry = record::encode_entry(&blank(1 + index / 1000, index));
+            batch.put(Cf::RaftLog, &index.to_be_bytes(), &entry);
+        }
+        engine.write(batch, true).unwrap();
+
+        fail::cfg("raft::log::convert::before_engine_write", "1*return->off").unwrap();
+        LogStore::open(engine.clone())
+            .err()
+            .expect("the failpoint stops it");
+        assert_eq!(engine.format_version().unwrap(), 3);
+        assert!(
+            engine.last(Cf::RaftLog).unwrap().is_some(),
+            "the engine keeps the log"
+        );
+
+        let mut log = LogStore::open(engine.clone()).unwrap();
+        assert_eq!(engine.format_version().unwrap(), SEGMENT_LOG_FORMAT);
+        assert!(engine.last(Cf::RaftLog).unwrap().is_none());
+        assert_eq!(log.last_log_id().unwrap(), Some(log_id(3, 1, 2500)));
+        let entries = log.try_get_log_entries(0..3000).await.unwrap();
+        let expected: Vec<_> = (5..=2500).map(|i| (1 + i / 1000, i)).collect();
+        assert_eq!(terms(&entries), expected);
+        drop(log);
+        let mut log = LogStore::open(engine).unwrap();
+        assert_eq!(log.try_get_log_entries(2499..2501).await.unwrap().len(), 2);
     }
 
     /// openraft's contract for log stores and state machines, the log cache included:

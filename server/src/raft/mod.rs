@@ -20,10 +20,12 @@ mod proposer;
 mod read_index;
 mod record;
 mod replication;
+mod segment_log;
 mod snapshot_file;
 mod state_machine;
 mod types;
 mod wire;
+mod written_back;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -131,12 +133,12 @@ impl Consensus {
         }
         .validate()?;
         legacy::upgrade(&engine)?;
-        let log = log_store::LogStore::new(engine.clone())?;
+        let log = log_store::LogStore::open(engine.clone())?;
         let sm = state_machine::StateMachine::open(engine.clone(), applier)?;
         sm.check_purged_log(log_store::last_purged(&engine)?)?;
         let receiving_path = sm.receiving_path();
         let network = network::PeerNetwork(peers.clone());
-        let raft = types::Raft::new(id, Arc::new(config), network, log, sm).await?;
+        let raft = types::Raft::new(id, Arc::new(config), network, log.clone(), sm).await?;
         if let Some(members) = bootstrap {
             // Every member of a new cluster initializes with the same membership, which
             // openraft allows; whichever wins the first election leads.
@@ -173,7 +175,7 @@ impl Consensus {
         let elections = election::Elections::start(
             raft.clone(),
             id,
-            engine,
+            log,
             link.peers.clone(),
             election::Timing {
                 heartbeat: opts.heartbeat,

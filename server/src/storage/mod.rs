@@ -1,9 +1,9 @@
 //! The storage engine: the only module that knows RocksDB.
 //!
-//! Raft's log and vote, the MVCC revisions and the state-machine metadata live in one RocksDB
-//! instance as separate column families. They share one write-ahead log, so the fsync that makes
-//! a Raft append durable also covers every state-machine write made before it; state-machine
-//! writes themselves therefore never fsync (the Raft log can always re-apply them).
+//! Raft's vote and log positions, the MVCC revisions and the state-machine metadata live in one
+//! RocksDB instance as separate column families. State-machine writes never fsync: the Raft log
+//! (its own files since data dir format 4, in [`Engine::raft_log_dir`]) can always re-apply
+//! them, and it is purged only up to what a [`Engine::sync_wal`] has made durable.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -21,7 +21,8 @@ use crate::metrics::metrics;
 /// Column families. Names are part of the on-disk format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cf {
-    /// Raft log entries keyed by big-endian index.
+    /// Raft log entries keyed by big-endian index, in data dirs of formats 1 to 3; since
+    /// format 4 the log has its own files, and this is read only to move it there.
     RaftLog,
     /// Vote, committed log id, last purged log id.
     RaftState,
@@ -47,15 +48,12 @@ impl Cf {
             // responses, kube-apiserver's reads of what it just updated): the memtable is their
             // cache, and a smaller one only moves them into the block cache.
             Cf::Kv => 32 << 20,
-            // Most entries are purged after the next Raft snapshot, before this memtable is
-            // flushed, and a flush drops them. With 8 MiB they were written to table files and
-            // compacted first: a 3-member cluster under Kubernetes took 25.3 s of CPU for what
-            // took it 19.6 s with 32 (benches/results/2026-12-07-kube-*).
-            Cf::RaftLog => 32 << 20,
             // A few keys, overwritten at every append or apply: without a small memtable they
             // hold megabytes of superseded copies (thousands of entries per minute under
             // Kubernetes) until the next flush.
             Cf::RaftState | Cf::Meta | Cf::Lease => 1 << 20,
+            // Not written since data dir format 4.
+            Cf::RaftLog => 1 << 20,
         }
     }
 
@@ -101,13 +99,17 @@ pub type Entry = (Box<[u8]>, Box<[u8]>);
 
 const LOCK_FILE: &str = "oxcd.lock";
 const DB_DIR: &str = "db";
+/// The Raft log's directory, inside the data dir or the --wal-dir.
+const RAFT_LOG_DIR: &str = "raft-log";
 /// The format of the data dir this build writes and reads, recorded in `raft_state` under
 /// [`FORMAT_KEY`] when the data dir is created. A release that changes how anything is stored
 /// raises it (and reads the older formats, or converts them at start); an older build refuses
 /// a newer data dir instead of misreading it. Format 3 stores Raft's records and a restored
 /// data dir's membership as oxcd's own protobuf messages (`raft::record`); format 2 kept that
 /// membership as bincode of oxcd's `Member`s; format 1 had bincode of openraft 0.9's layout.
-pub const DATA_DIR_FORMAT: u64 = 3;
+/// Format 4 keeps the Raft log in its own files (`raft::segment_log`) instead of the `raft_log`
+/// column family, which only the conversion from format 3 still reads.
+pub const DATA_DIR_FORMAT: u64 = 4;
 /// Data dirs of the releases before the format was recorded have format 1 and get the record
 /// when this build opens them.
 pub const FORMAT_KEY: &[u8] = b"format_version";
@@ -118,6 +120,7 @@ const WAL_DIR_FILE: &str = "wal_dir";
 pub struct Engine {
     db: DB,
     dir: PathBuf,
+    wal_dir: Option<PathBuf>,
     /// False with --unsafe-no-fsync: durable writes and WAL syncs return without an fsync.
     fsync: bool,
     /// The largest [`Engine::data_size`] seen since the last defragment: etcd's backend file
@@ -211,9 +214,9 @@ impl Engine {
         db_opts.set_max_background_jobs(2);
         db_opts.set_keep_log_file_num(4);
         db_opts.set_max_total_wal_size(256 << 20);
-        // Reusing old WAL files overwrites blocks that already exist, so the fsync that makes
-        // each Raft append durable does not also have to commit a file-size change (on ext4
-        // that is about 0.18 ms instead of 0.6 ms per fsync here).
+        // Reusing old WAL files overwrites blocks that already exist, so a durable write (a
+        // vote, the sync at a snapshot point) does not also have to commit a file-size change
+        // (on ext4 that is about 0.18 ms instead of 0.6 ms per fsync here).
         db_opts.set_recycle_log_file_num(4);
         // Flushes and compactions write tables of 32 MiB and more. Synced only at their end, each
         // put that much in front of the next Raft append's fsync at once, and the whole member
@@ -254,6 +257,7 @@ impl Engine {
         Ok(Arc::new(Engine {
             db,
             dir: data_dir.into(),
+            wal_dir,
             fsync,
             size_high_water: AtomicU64::new(0),
             held_back: std::sync::atomic::AtomicBool::new(false),
@@ -325,6 +329,20 @@ impl Engine {
             }
         }
         self.held_back.load(Ordering::Relaxed)
+    }
+
+    /// Where the Raft log keeps its files: with the write-ahead log, on the --wal-dir's disk
+    /// when there is one.
+    pub fn raft_log_dir(&self) -> PathBuf {
+        self.wal_dir
+            .as_ref()
+            .unwrap_or(&self.dir)
+            .join(RAFT_LOG_DIR)
+    }
+
+    /// False with --unsafe-no-fsync.
+    pub fn fsyncs(&self) -> bool {
+        self.fsync
     }
 
     /// Makes every write issued so far durable (fsyncs the shared write-ahead log). Without
@@ -769,7 +787,9 @@ mod tests {
             matches!(refused, StorageError::NewerFormat { found, .. } if found == DATA_DIR_FORMAT + 1)
         );
         assert!(
-            refused.to_string().contains("format version 3"),
+            refused
+                .to_string()
+                .contains(&format!("format version {DATA_DIR_FORMAT}")),
             "{refused}"
         );
     }
