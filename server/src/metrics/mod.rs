@@ -54,8 +54,7 @@ pub struct ServerMetrics {
 
 /// `etcd_disk_*`.
 pub struct DiskMetrics {
-    /// The fsync of RocksDB's write-ahead log that makes Raft log appends durable (etcd's
-    /// WAL fsync).
+    /// The fsync of the Raft log's segment that makes appends durable (etcd's WAL fsync).
     pub wal_fsync: Histogram,
     /// The engine write of one applied batch (etcd: bbolt's commit of the backend; here the
     /// RocksDB write of the applied state, which is not fsynced: the Raft log is).
