@@ -46,8 +46,11 @@ impl Cf {
         match self {
             // Revisions are read back soon after they are written (prev_kv for watchers and
             // responses, kube-apiserver's reads of what it just updated): the memtable is their
-            // cache, and a smaller one only moves them into the block cache.
-            Cf::Kv => 32 << 20,
+            // cache. 16 MiB rather than 32: under the Kubernetes benchmark a member's RSS
+            // averaged 53.5 MiB instead of 59.2 (1 member; 150.8 MiB instead of 167.3 for 3),
+            // with puts at 50 clients within the noise (18,127-18,874 against 17,128-19,287/s;
+            // benches/results/2026-12-07-segment-log/).
+            Cf::Kv => 16 << 20,
             // A few keys, overwritten at every append or apply: without a small memtable they
             // hold megabytes of superseded copies (thousands of entries per minute under
             // Kubernetes) until the next flush.
