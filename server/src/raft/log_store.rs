@@ -338,8 +338,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .iter()
             .map(|entry| (entry.log_id, record::encode_entry(entry)))
             .collect();
-        self.log.append(&encoded)?;
-        let sizes = encoded.iter().map(|(_, bytes)| bytes.len());
+        let sizes: Vec<usize> = encoded.iter().map(|(_, bytes)| bytes.len()).collect();
+        if self.log.fits(&encoded) {
+            self.log.append(&encoded)?;
+        } else {
+            // A new segment syncs the last one and the directory, and a cut its segment.
+            let log = self.log.clone();
+            blocking(move || log.append(&encoded)).await?;
+        }
         self.recent.lock().appended(entries.into_iter().zip(sizes));
         fail::fail_point!("raft::log::after_append");
         let Some(syncer) = &self.syncer.pending else {

@@ -44,9 +44,12 @@ const FORMAT: u32 = 1;
 const HEADER_BYTES: u64 = 32;
 const RECORD_HEADER_BYTES: u64 = 8;
 const SUFFIX: &str = ".seg";
-/// A file of a segment's size, written and synced, ready to be the next segment.
-const SPARE: &str = "spare";
+/// Files of a segment's size, written and synced, ready to be the next segments: `spare-0`, …
+const SPARE_PREFIX: &str = "spare-";
 const SPARE_BEING_MADE: &str = "spare.tmp";
+/// Spares kept at most. Two, so that a purged segment is kept for reuse even while a zeroed
+/// spare waits: at a steady rate every new segment is a purged one, and no zeros are written.
+const MAX_SPARES: usize = 2;
 
 fn corrupt(what: impl std::fmt::Display) -> io::Error {
     io::Error::new(
@@ -80,7 +83,15 @@ struct Inner {
     first_readable: u64,
     /// The last segment has writes no fsync has covered yet.
     dirty: bool,
-    spare_ready: bool,
+    spares: Vec<PathBuf>,
+}
+
+impl Inner {
+    /// Where a new spare goes, unless there are enough.
+    fn free_spare_name(&self, dir: &Path) -> Option<PathBuf> {
+        let names = (0..MAX_SPARES).map(|n| dir.join(format!("{SPARE_PREFIX}{n}")));
+        names.into_iter().find(|path| !self.spares.contains(path))
+    }
 }
 
 struct Segment {
@@ -254,9 +265,14 @@ impl SegmentLog {
         named.sort_unstable();
         let mut inner = Inner {
             first_readable: purged.map_or(0, |purged| purged + 1),
-            spare_ready: std::fs::metadata(dir.join(SPARE)).is_ok_and(|m| m.len() == segment_bytes),
             ..Inner::default()
         };
+        for n in 0..MAX_SPARES {
+            let path = dir.join(format!("{SPARE_PREFIX}{n}"));
+            if std::fs::metadata(&path).is_ok_and(|m| m.len() == segment_bytes) {
+                inner.spares.push(path);
+            }
+        }
         let count = named.len();
         for (n, first) in named.into_iter().enumerate() {
             let path = dir.join(segment_name(first));
@@ -314,10 +330,12 @@ impl SegmentLog {
             spare_maker: Some(spare_maker),
         };
         let mut inner = log.shared.inner.lock();
-        if !inner.spare_ready && inner.segments.is_empty() {
+        if inner.spares.is_empty() && inner.segments.is_empty() {
             // The first append is waiting for a segment: made now, before serving.
-            log.shared.make_spare_locked(&mut inner)?;
-        } else if !inner.spare_ready {
+            let path = inner.free_spare_name(dir).expect("no spares");
+            zero_filled(&path, segment_bytes, fsync)?;
+            inner.spares.push(path);
+        } else if inner.spares.is_empty() {
             log.request_spare();
         }
         drop(inner);
@@ -328,6 +346,21 @@ impl SegmentLog {
         if let Some(requests) = &self.spare_requests {
             let _ = requests.send(());
         }
+    }
+
+    /// Whether [`SegmentLog::append`] writes these entries after the last one in the last
+    /// segment, with no new segment or cut (each of which syncs).
+    pub fn fits(&self, entries: &[(LogId, Vec<u8>)]) -> bool {
+        let Some((first, _)) = entries.first() else {
+            return true;
+        };
+        let bytes: u64 = entries
+            .iter()
+            .map(|(_, payload)| RECORD_HEADER_BYTES + payload.len() as u64)
+            .sum();
+        let inner = self.shared.inner.lock();
+        let last = inner.segments.back();
+        last.is_some_and(|s| s.next_index() == first.index && s.end + bytes <= s.size)
     }
 
     /// The id of the last entry, if the log holds any.
@@ -401,9 +434,9 @@ impl SegmentLog {
         let size = shared
             .segment_bytes
             .max((HEADER_BYTES + need).next_multiple_of(4096));
-        let file = if size == shared.segment_bytes && inner.spare_ready {
-            std::fs::rename(shared.dir.join(SPARE), &path)?;
-            inner.spare_ready = false;
+        let spare = (size == shared.segment_bytes).then(|| inner.spares.pop());
+        let file = if let Some(spare) = spare.flatten() {
+            std::fs::rename(spare, &path)?;
             File::options().read(true).write(true).open(&path)?
         } else {
             zero_filled(&path, size, shared.fsync)?
@@ -424,7 +457,7 @@ impl SegmentLog {
             end: HEADER_BYTES,
         });
         inner.dirty = true;
-        if !inner.spare_ready {
+        if inner.spares.is_empty() {
             self.request_spare();
         }
         Ok(())
@@ -498,8 +531,8 @@ impl SegmentLog {
         self.shared.truncate_locked(&mut inner, index)
     }
 
-    /// Drops the segments whose entries all lie at or before `index`; the oldest becomes the
-    /// next spare if none is ready. Not synced: the purge point is recorded (durably) first,
+    /// Drops the segments whose entries all lie at or before `index`, keeping them as spares
+    /// while there are fewer than [`MAX_SPARES`]. Not synced: the purge point is recorded (durably) first,
     /// and a segment that comes back is dropped again at the next open.
     pub fn purge_through(&self, index: u64) -> io::Result<()> {
         let mut inner = self.shared.inner.lock();
@@ -510,9 +543,10 @@ impl SegmentLog {
             .is_some_and(|s| s.next_index() <= index + 1)
         {
             let segment = inner.segments.pop_front().expect("checked");
-            if !inner.spare_ready && segment.size == self.shared.segment_bytes {
-                std::fs::rename(&segment.path, self.shared.dir.join(SPARE))?;
-                inner.spare_ready = true;
+            let spare = inner.free_spare_name(&self.shared.dir);
+            if let Some(spare) = spare.filter(|_| segment.size == self.shared.segment_bytes) {
+                std::fs::rename(&segment.path, &spare)?;
+                inner.spares.push(spare);
             } else {
                 std::fs::remove_file(&segment.path)?;
             }
@@ -580,29 +614,22 @@ impl Shared {
         Ok(())
     }
 
+    /// Zero-fills a spare unless one is ready (a purged segment may have become one meanwhile).
     fn make_spare(&self) -> io::Result<()> {
-        if self.inner.lock().spare_ready {
+        if !self.inner.lock().spares.is_empty() {
             return Ok(());
         }
-        zero_filled(
-            &self.dir.join(SPARE_BEING_MADE),
-            self.segment_bytes,
-            self.fsync,
-        )?;
+        let made = self.dir.join(SPARE_BEING_MADE);
+        zero_filled(&made, self.segment_bytes, self.fsync)?;
         let mut inner = self.inner.lock();
-        if inner.spare_ready {
-            std::fs::remove_file(self.dir.join(SPARE_BEING_MADE))
-        } else {
-            std::fs::rename(self.dir.join(SPARE_BEING_MADE), self.dir.join(SPARE))?;
-            inner.spare_ready = true;
-            Ok(())
+        match inner.free_spare_name(&self.dir) {
+            Some(spare) if inner.spares.is_empty() => {
+                std::fs::rename(&made, &spare)?;
+                inner.spares.push(spare);
+                Ok(())
+            }
+            _ => std::fs::remove_file(&made),
         }
-    }
-
-    fn make_spare_locked(&self, inner: &mut Inner) -> io::Result<()> {
-        zero_filled(&self.dir.join(SPARE), self.segment_bytes, self.fsync)?;
-        inner.spare_ready = true;
-        Ok(())
     }
 }
 
@@ -760,7 +787,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let first = segments(used.path()).into_iter().next().unwrap();
         std::fs::create_dir_all(dir.path()).unwrap();
-        std::fs::copy(used.path().join(&first), dir.path().join(SPARE)).unwrap();
+        std::fs::copy(used.path().join(&first), dir.path().join("spare-0")).unwrap();
         let log = open(dir.path(), None);
         // Its first entry at the same index as the old file's, so even the header is the same.
         let old_first: u64 = first.strip_suffix(SUFFIX).unwrap().parse().unwrap();
@@ -769,6 +796,33 @@ mod tests {
         drop(log);
         let log = open(dir.path(), None);
         assert_eq!(ids(&log, 0), run(2, old_first..=old_first + 2));
+    }
+
+    /// At a steady rate, purged segments are the next ones: the files are reused, not made.
+    #[test]
+    fn purged_segments_become_the_next_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open(dir.path(), None);
+        let inode = |name: &str| {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(dir.path().join(name)).unwrap().ino()
+        };
+        append(&log, 1, 1..=60);
+        let purged: Vec<_> = segments(dir.path())[..2].iter().map(|n| inode(n)).collect();
+        let through = log.shared.inner.lock().segments[1].next_index() - 1;
+        log.purge_through(through).unwrap();
+        assert_eq!(log.shared.inner.lock().spares.len(), MAX_SPARES);
+        append(&log, 1, 61..=120);
+        let now: Vec<_> = segments(dir.path()).iter().map(|n| inode(n)).collect();
+        for ino in purged {
+            assert!(
+                now.contains(&ino),
+                "a purged segment's file is in use again"
+            );
+        }
+        drop(log);
+        let log = open(dir.path(), Some(through));
+        assert_eq!(ids(&log, 0), run(1, through + 1..=120));
     }
 
     /// After a purge past the whole log (a snapshot installed), the log starts again anywhere.
