@@ -687,6 +687,14 @@ mod tests {
         indexes.map(|i| (term, i)).collect()
     }
 
+    /// Runs of entries one after the other, each of one term.
+    fn runs(parts: &[(u64, std::ops::RangeInclusive<u64>)]) -> Vec<(u64, u64)> {
+        let parts = parts
+            .iter()
+            .map(|(term, indexes)| run(*term, indexes.clone()));
+        parts.flatten().collect()
+    }
+
     fn segments(dir: &Path) -> Vec<String> {
         let mut names: Vec<_> = std::fs::read_dir(dir)
             .unwrap()
@@ -704,8 +712,7 @@ mod tests {
         append(&log, 1, 1..=50);
         append(&log, 2, 51..=100);
         assert!(segments(dir.path()).len() > 3, "{:?}", segments(dir.path()));
-        let mut expected = run(1, 1..=50);
-        expected.extend(run(2, 51..=100));
+        let expected = runs(&[(1, 1..=50), (2, 51..=100)]);
         assert_eq!(ids(&log, 0), expected);
         drop(log);
 
@@ -738,10 +745,8 @@ mod tests {
         assert_eq!(log.last_log_id(), Some(log_id(1, 1, 4)));
         append(&log, 2, 5..=6);
         drop(log);
-        let log = open(dir.path(), None);
-        let mut expected = run(1, 1..=4);
-        expected.extend(run(2, 5..=6));
-        assert_eq!(ids(&log, 0), expected);
+        let reopened = open(dir.path(), None);
+        assert_eq!(ids(&reopened, 0), runs(&[(1, 1..=4), (2, 5..=6)]));
     }
 
     /// Entries cut off by a truncation stay cut off after a reopen, even where the entries
@@ -760,16 +765,12 @@ mod tests {
         drop(log);
 
         let log = open(dir.path(), None);
-        let mut expected = run(1, 1..=11);
-        expected.extend(run(2, 12..=13));
-        assert_eq!(ids(&log, 0), expected);
+        assert_eq!(ids(&log, 0), runs(&[(1, 1..=11), (2, 12..=13)]));
         // An append over existing entries replaces them and what followed.
         append(&log, 3, 5..=5);
         drop(log);
-        let log = open(dir.path(), None);
-        let mut expected = run(1, 1..=4);
-        expected.push((3, 5));
-        assert_eq!(ids(&log, 0), expected);
+        let reopened = open(dir.path(), None);
+        assert_eq!(ids(&reopened, 0), runs(&[(1, 1..=4), (3, 5..=5)]));
     }
 
     /// A segment file used again (a purged one becomes the spare) holds old records after the
