@@ -74,6 +74,8 @@ impl LogStore {
     /// Opens the log of the engine's data dir, moving it out of the engine first if the data
     /// dir is of an older format.
     pub fn open(engine: Arc<Engine>) -> std::io::Result<LogStore> {
+        // The last conversion step ends at the format this build writes.
+        debug_assert_eq!(SEGMENT_LOG_FORMAT, crate::storage::DATA_DIR_FORMAT);
         let dir = engine.raft_log_dir();
         let format = engine.format_version().map_err(read_err)?;
         if format < SEGMENT_LOG_FORMAT && dir.exists() {
