@@ -207,13 +207,7 @@ impl Elections {
         {
             return false;
         }
-        match self.log.last_log_id() {
-            Ok(mine) => candidate_last >= mine,
-            Err(e) => {
-                tracing::warn!(error = %e, "reading the last log id for a pre-vote");
-                false
-            }
-        }
+        candidate_last >= self.log.last_log_id()
     }
 
     /// A beacon from `leader` in `term`: heard when this member follows that leader (its vote
@@ -481,13 +475,7 @@ impl Elections {
 
     /// Asks every other voter; won when each of the (joint) configurations has a majority.
     async fn pre_vote_won(&self) -> bool {
-        let last = match self.log.last_log_id() {
-            Ok(last) => last,
-            Err(e) => {
-                tracing::warn!(error = %e, "reading the last log id for a pre-vote");
-                return false;
-            }
-        };
+        let last = self.log.last_log_id();
         let request = PreVoteRequest {
             last_log_id: super::legacy::encode_position(last.as_ref()),
             last_log_position: super::record::encode_position(last.as_ref()),

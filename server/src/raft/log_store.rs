@@ -41,6 +41,8 @@ pub struct LogStore {
     syncer: Arc<LogSyncer>,
     /// Shared by the core's store and the readers cloned from it.
     recent: Arc<parking_lot::Mutex<LogCache>>,
+    /// The id of the last purged entry, as recorded in the engine.
+    purged: Arc<parking_lot::Mutex<Option<LogId>>>,
 }
 
 /// The log's sync thread; dropping the last handle stops it and waits for it, so the log is
@@ -82,8 +84,12 @@ impl LogStore {
             // A conversion cut short: the engine still holds the whole log.
             std::fs::remove_dir_all(&dir)?;
         }
-        let purged = last_purged(&engine)?.map(|id| id.index);
-        let log = Arc::new(SegmentLog::open(&dir, purged, engine.fsyncs())?);
+        let purged = read_state(&engine, LAST_PURGED, record::decode_position)?.flatten();
+        let log = Arc::new(SegmentLog::open(
+            &dir,
+            purged.map(|id| id.index),
+            engine.fsyncs(),
+        )?);
         if format < SEGMENT_LOG_FORMAT {
             move_log_out_of_engine(&engine, &log)?;
         }
@@ -100,15 +106,18 @@ impl LogStore {
                 thread: Some(thread),
             }),
             recent: Arc::default(),
+            purged: Arc::new(parking_lot::Mutex::new(purged)),
         })
     }
 
+    /// The id of the last entry purged from the log (the log before it is gone).
+    pub fn last_purged(&self) -> Option<LogId> {
+        *self.purged.lock()
+    }
+
     /// The id of the last entry in the log, or of the last purged one when the log is empty.
-    pub fn last_log_id(&self) -> Result<Option<LogId>, StorageError> {
-        match self.log.last_log_id() {
-            Some(last) => Ok(Some(last)),
-            None => last_purged(&self.engine),
-        }
+    pub fn last_log_id(&self) -> Option<LogId> {
+        self.log.last_log_id().or_else(|| self.last_purged())
     }
 
     /// The vote as last saved. At start-up openraft's metrics do not show it yet.
@@ -199,7 +208,10 @@ impl RaftLogReader<TypeConfig> for LogStore {
         {
             return Ok(cached);
         }
-        read_entries(&self.log, start, Some(end), MAX_APPEND_BYTES)
+        // A follower catching up on entries older than the cache: up to a message's worth of
+        // reads, from disk when they are old enough, so not on the async worker.
+        let log = self.log.clone();
+        blocking(move || read_entries(&log, start, Some(end), MAX_APPEND_BYTES)).await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
@@ -237,11 +249,6 @@ fn read_entries(
     let encoded = log.read(start, end, budget)?;
     let entries = encoded.iter().map(|bytes| record::decode_entry(bytes));
     entries.collect::<Result<_, _>>().map_err(read_err)
-}
-
-/// The id of the last entry purged from the log (the log before it is gone).
-pub fn last_purged(engine: &Engine) -> Result<Option<LogId>, StorageError> {
-    Ok(read_state(engine, LAST_PURGED, record::decode_position)?.flatten())
 }
 
 /// Format 3 → 4: the entries of the engine's `raft_log` column family are written to the
@@ -296,11 +303,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        let engine = self.engine.clone();
-        let last_purged_log_id = blocking(move || last_purged(&engine)).await?;
         Ok(LogState {
-            last_purged_log_id,
-            last_log_id: self.log.last_log_id().or(last_purged_log_id),
+            last_purged_log_id: self.last_purged(),
+            last_log_id: self.last_log_id(),
         })
     }
 
@@ -372,6 +377,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Record the purge point first: a crash in between leaves extra entries, never a gap.
         let purged = record::encode_position(Some(&log_id));
         self.put_state(LAST_PURGED, purged, true).await?;
+        *self.purged.lock() = Some(log_id);
         fail::fail_point!("raft::log::purge::after_mark");
         self.recent.lock().purge_through(log_id.index);
         let log = self.log.clone();
@@ -495,7 +501,7 @@ mod tests {
         let mut log = LogStore::open(engine.clone()).unwrap();
         assert_eq!(engine.format_version().unwrap(), SEGMENT_LOG_FORMAT);
         assert!(engine.last(Cf::RaftLog).unwrap().is_none());
-        assert_eq!(log.last_log_id().unwrap(), Some(log_id(3, 1, 2500)));
+        assert_eq!(log.last_log_id(), Some(log_id(3, 1, 2500)));
         let entries = log.try_get_log_entries(0..3000).await.unwrap();
         let expected: Vec<_> = (5..=2500).map(|i| (1 + i / 1000, i)).collect();
         assert_eq!(terms(&entries), expected);

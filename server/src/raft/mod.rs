@@ -135,7 +135,7 @@ impl Consensus {
         legacy::upgrade(&engine)?;
         let log = log_store::LogStore::open(engine.clone())?;
         let sm = state_machine::StateMachine::open(engine.clone(), applier)?;
-        sm.check_purged_log(log_store::last_purged(&engine)?)?;
+        sm.check_purged_log(log.last_purged())?;
         let receiving_path = sm.receiving_path();
         let network = network::PeerNetwork(peers.clone());
         let raft = types::Raft::new(id, Arc::new(config), network, log.clone(), sm).await?;
