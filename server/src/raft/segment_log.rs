@@ -307,6 +307,15 @@ impl SegmentLog {
                 )));
             }
         }
+        if fsync {
+            // What a member killed before its fsync had written is read back from the page
+            // cache, and it counts as this member's log from here on (a leader may commit an
+            // entry on the strength of it): it is made durable before anything is answered.
+            for segment in &inner.segments {
+                segment.file.sync_data()?;
+            }
+            sync_dir(dir)?;
+        }
         let shared = Arc::new(Shared {
             dir: dir.into(),
             fsync,
