@@ -208,6 +208,14 @@ async fn three_member_cluster_keeps_acknowledged_writes_through_power_cuts() {
     drop(disks);
 }
 
+/// Writes through `member` until `n` writes are acknowledged, and returns them.
+async fn acknowledged_writes(cluster: &Cluster, member: usize, prefix: &str, n: usize) -> Vec<Ack> {
+    let endpoint = [cluster.members()[member].endpoint()];
+    let load = Writers::start(&endpoint, prefix, WRITERS).await;
+    load.wait_for_acks(n, Duration::from_secs(60)).await;
+    load.finish().await.0
+}
+
 /// A member's engine writes (what it applies) are not synced as they are made; a SIGKILL keeps
 /// them in the page cache, and the member reads them back when it starts again. A power cut
 /// later must not leave it with those writes gone but later ones, synced since (a vote saved in
@@ -226,39 +234,22 @@ async fn a_member_killed_then_cut_later_keeps_what_it_applied_before_the_kill() 
     let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
     let follower = (leader + 1) % 3;
     let other = (leader + 2) % 3;
-    let endpoints = |c: &Cluster, of: &[usize]| -> Vec<String> {
-        of.iter().map(|&i| c.members()[i].endpoint()).collect()
-    };
-    let mut all_acks = Vec::new();
 
     // Applied by the follower, then kept through its SIGKILL in the page cache only.
-    let load = Writers::start(&endpoints(&cluster, &[leader]), "cut-later/a", WRITERS).await;
-    load.wait_for_acks(3000, Duration::from_secs(60)).await;
-    let (acks, _) = load.finish().await;
-    all_acks.extend(acks);
+    let mut all_acks = acknowledged_writes(&cluster, leader, "cut-later/a", 3000).await;
     let applied = all_acks.iter().map(|a| a.revision).max().unwrap();
-    hash_at(
-        &cluster.members()[follower].endpoint(),
-        applied,
-        "before the kill",
-    )
-    .await;
+    let follower_endpoint = cluster.members()[follower].endpoint();
+    hash_at(&follower_endpoint, applied, "before the kill").await;
     cluster.kill(follower);
     cluster.restart(follower).await;
 
     // More writes, then an election: every member saves its vote for the new term, synced.
-    let load = Writers::start(&endpoints(&cluster, &[leader]), "cut-later/b", WRITERS).await;
-    load.wait_for_acks(1000, Duration::from_secs(60)).await;
-    let (acks, _) = load.finish().await;
-    all_acks.extend(acks);
+    all_acks.extend(acknowledged_writes(&cluster, leader, "cut-later/b", 1000).await);
     cluster.kill(leader);
     let new_leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
     assert_ne!(new_leader, leader);
     cluster.restart(leader).await;
-    let load = Writers::start(&endpoints(&cluster, &[new_leader]), "cut-later/c", WRITERS).await;
-    load.wait_for_acks(1000, Duration::from_secs(60)).await;
-    let (acks, _) = load.finish().await;
-    all_acks.extend(acks);
+    all_acks.extend(acknowledged_writes(&cluster, new_leader, "cut-later/c", 1000).await);
 
     // The follower loses what it never synced.
     cluster.kill(follower);
@@ -266,7 +257,8 @@ async fn a_member_killed_then_cut_later_keeps_what_it_applied_before_the_kill() 
     println!("{name}: {}", disks[&name].cut_power());
     cluster.restart(follower).await;
 
-    let mut client = client_for(&endpoints(&cluster, &[new_leader, other])).await;
+    let serving = [new_leader, other].map(|i| cluster.members()[i].endpoint());
+    let mut client = client_for(&serving).await;
     let (_, store) = read_prefix(&mut client, "cut-later/", false).await;
     verify(&all_acks, &store, "after the cut");
     let probe = client
