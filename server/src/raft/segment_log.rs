@@ -824,12 +824,12 @@ mod tests {
         assert_eq!(log.shared.inner.lock().spares.len(), MAX_SPARES);
         append(&log, 1, 61..=120);
         let now: Vec<_> = segments(dir.path()).iter().map(|n| inode(n)).collect();
-        for ino in purged {
-            assert!(
-                now.contains(&ino),
-                "a purged segment's file is in use again"
-            );
-        }
+        // Both purged files are reused unless the spare maker had a zeroed spare ready before
+        // the purge, which then keeps one of the two places.
+        assert!(
+            purged.iter().any(|ino| now.contains(ino)),
+            "no purged segment's file is in use again"
+        );
         drop(log);
         let log = open(dir.path(), Some(through));
         assert_eq!(ids(&log, 0), run(1, through + 1..=120));
