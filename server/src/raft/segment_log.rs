@@ -86,11 +86,15 @@ struct Inner {
     spares: Vec<PathBuf>,
 }
 
+/// The names spares may have: `spare-0`, …
+fn spare_names(dir: &Path) -> impl Iterator<Item = PathBuf> + '_ {
+    (0..MAX_SPARES).map(move |n| dir.join(format!("{SPARE_PREFIX}{n}")))
+}
+
 impl Inner {
     /// Where a new spare goes, unless there are enough.
     fn free_spare_name(&self, dir: &Path) -> Option<PathBuf> {
-        let names = (0..MAX_SPARES).map(|n| dir.join(format!("{SPARE_PREFIX}{n}")));
-        names.into_iter().find(|path| !self.spares.contains(path))
+        spare_names(dir).find(|path| !self.spares.contains(path))
     }
 }
 
@@ -267,12 +271,9 @@ impl SegmentLog {
             first_readable: purged.map_or(0, |purged| purged + 1),
             ..Inner::default()
         };
-        for n in 0..MAX_SPARES {
-            let path = dir.join(format!("{SPARE_PREFIX}{n}"));
-            if std::fs::metadata(&path).is_ok_and(|m| m.len() == segment_bytes) {
-                inner.spares.push(path);
-            }
-        }
+        inner.spares = spare_names(dir)
+            .filter(|path| std::fs::metadata(path).is_ok_and(|m| m.len() == segment_bytes))
+            .collect();
         let count = named.len();
         for (n, first) in named.into_iter().enumerate() {
             let path = dir.join(segment_name(first));
@@ -310,9 +311,10 @@ impl SegmentLog {
         if fsync {
             // What a member killed before its fsync had written is read back from the page
             // cache, and it counts as this member's log from here on (a leader may commit an
-            // entry on the strength of it): it is made durable before anything is answered.
-            for segment in &inner.segments {
-                segment.file.sync_data()?;
+            // entry on the strength of it): it is made durable before anything is answered. Only
+            // the last segment can hold such writes: each was synced before the next was used.
+            if let Some(last) = inner.segments.back() {
+                last.file.sync_data()?;
             }
             sync_dir(dir)?;
         }
